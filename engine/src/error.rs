@@ -1,0 +1,180 @@
+//! Errors that leave the engine as Kubernetes `Status` objects.
+//!
+//! Every failure a client can cause maps to the apiserver's reason and code, so kubectl and
+//! kubeclient print and branch on them exactly as they do against a real cluster.
+
+use serde_json::{json, Value};
+
+/// One field-level cause inside a `Status` (`details.causes[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cause {
+    pub reason: &'static str,
+    pub message: String,
+    pub field: String,
+}
+
+impl Cause {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Cause { reason: "FieldValueInvalid", message: message.into(), field: field.into() }
+    }
+    pub fn required(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Cause { reason: "FieldValueRequired", message: message.into(), field: field.into() }
+    }
+    pub fn not_supported(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Cause { reason: "FieldValueNotSupported", message: message.into(), field: field.into() }
+    }
+    pub fn duplicate(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Cause { reason: "FieldValueDuplicate", message: message.into(), field: field.into() }
+    }
+    pub fn forbidden(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Cause { reason: "FieldValueForbidden", message: message.into(), field: field.into() }
+    }
+}
+
+/// An API error: the content of a `Status` with `status: Failure`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason} ({code}): {message}")]
+pub struct ApiError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+    pub name: Option<String>,
+    pub group: Option<String>,
+    pub kind: Option<String>,
+    pub causes: Vec<Cause>,
+}
+
+impl ApiError {
+    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError { code, reason, message: message.into(), name: None, group: None, kind: None, causes: vec![] }
+    }
+    fn about(mut self, group: &str, plural: &str, name: &str) -> Self {
+        self.group = Some(group.to_string());
+        self.kind = Some(plural.to_string());
+        self.name = Some(name.to_string());
+        self
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", message)
+    }
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(403, "Forbidden", message)
+    }
+    pub fn not_found(group: &str, plural: &str, name: &str) -> Self {
+        Self::new(404, "NotFound", format!("{} \"{}\" not found", qualified(group, plural), name))
+            .about(group, plural, name)
+    }
+    pub fn route_not_found() -> Self {
+        Self::new(404, "NotFound", "the server could not find the requested resource")
+    }
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(405, "MethodNotAllowed", message)
+    }
+    pub fn already_exists(group: &str, plural: &str, name: &str) -> Self {
+        Self::new(409, "AlreadyExists", format!("{} \"{}\" already exists", qualified(group, plural), name))
+            .about(group, plural, name)
+    }
+    pub fn conflict(group: &str, plural: &str, name: &str, why: impl Into<String>) -> Self {
+        let why = why.into();
+        Self::new(
+            409,
+            "Conflict",
+            format!("Operation cannot be fulfilled on {} \"{}\": {}", qualified(group, plural), name, why),
+        )
+        .about(group, plural, name)
+    }
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self::new(410, "Expired", message)
+    }
+    pub fn unsupported_media_type(content_type: &str) -> Self {
+        Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml; got {content_type}"))
+    }
+    /// 422 with field causes, worded as the apiserver words validation failures.
+    pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {
+        let summary: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
+        let mut e = Self::new(
+            422,
+            "Invalid",
+            format!("{}.{} \"{}\" is invalid: [{}]", kind, group_or_core(group), name, summary.join(", ")),
+        );
+        if causes.len() == 1 {
+            e.message = format!("{}.{} \"{}\" is invalid: {}", kind, group_or_core(group), name, summary[0]);
+        }
+        e.group = Some(group.to_string());
+        e.kind = Some(kind.to_string());
+        e.name = Some(name.to_string());
+        e.causes = causes;
+        e
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "ServiceUnavailable", message)
+    }
+
+    /// The `Status` object as served.
+    pub fn to_status(&self) -> Value {
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        });
+        if self.name.is_some() || self.kind.is_some() || !self.causes.is_empty() {
+            let mut details = serde_json::Map::new();
+            if let Some(n) = &self.name {
+                details.insert("name".into(), json!(n));
+            }
+            if let Some(g) = &self.group {
+                if !g.is_empty() {
+                    details.insert("group".into(), json!(g));
+                }
+            }
+            if let Some(k) = &self.kind {
+                details.insert("kind".into(), json!(k));
+            }
+            if !self.causes.is_empty() {
+                let causes: Vec<Value> = self
+                    .causes
+                    .iter()
+                    .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                    .collect();
+                details.insert("causes".into(), Value::Array(causes));
+            }
+            status["details"] = Value::Object(details);
+        }
+        status
+    }
+}
+
+fn group_or_core(group: &str) -> &str {
+    if group.is_empty() {
+        ""
+    } else {
+        group
+    }
+}
+
+fn qualified(group: &str, plural: &str) -> String {
+    if group.is_empty() {
+        plural.to_string()
+    } else {
+        format!("{plural}.{group}")
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        tracing::error!(error = %e, "database error");
+        ApiError::internal(format!("storage: {e}"))
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,226 @@
+//! The registry of served kinds: everything the router, discovery, the store and the OpenAPI
+//! documents need to know about a kind lives in one table row.
+
+/// What the apiserver knows about one resource.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ResourceKind {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub short_names: &'static [&'static str],
+    pub namespaced: bool,
+    pub categories: &'static [&'static str],
+    pub status_subresource: bool,
+    pub scale_subresource: bool,
+    /// Definition name in the schema registry (`crate::schema`).
+    pub definition: &'static str,
+}
+
+impl ResourceKind {
+    /// `v1` or `kubevirt.io/v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+    /// Key the store files objects under: stable across versions of one group.
+    pub fn store_key(&self) -> String {
+        format!("{}/{}", if self.group.is_empty() { "core" } else { self.group }, self.plural)
+    }
+    /// Core kinds accept strategic-merge-patch; custom resources answer 415, as CRDs do.
+    pub fn is_core(&self) -> bool {
+        self.group.is_empty()
+    }
+    pub fn list_kind(&self) -> String {
+        format!("{}List", self.kind)
+    }
+    /// The `/api/v1` or `/apis/g/v` prefix.
+    pub fn path_prefix(&self) -> String {
+        if self.group.is_empty() {
+            format!("/api/{}", self.version)
+        } else {
+            format!("/apis/{}/{}", self.group, self.version)
+        }
+    }
+}
+
+pub const KUBEVIRT_GROUP: &str = "kubevirt.io";
+
+pub static VIRTUAL_MACHINE: ResourceKind = ResourceKind {
+    group: KUBEVIRT_GROUP,
+    version: "v1",
+    kind: "VirtualMachine",
+    plural: "virtualmachines",
+    singular: "virtualmachine",
+    short_names: &["vm", "vms"],
+    namespaced: true,
+    categories: &["all"],
+    status_subresource: true,
+    scale_subresource: false,
+    definition: "v1.VirtualMachine",
+};
+
+pub static VIRTUAL_MACHINE_INSTANCE: ResourceKind = ResourceKind {
+    group: KUBEVIRT_GROUP,
+    version: "v1",
+    kind: "VirtualMachineInstance",
+    plural: "virtualmachineinstances",
+    singular: "virtualmachineinstance",
+    short_names: &["vmi", "vmis"],
+    namespaced: true,
+    categories: &["all"],
+    status_subresource: true,
+    scale_subresource: false,
+    definition: "v1.VirtualMachineInstance",
+};
+
+pub static VIRTUAL_MACHINE_INSTANCE_REPLICA_SET: ResourceKind = ResourceKind {
+    group: KUBEVIRT_GROUP,
+    version: "v1",
+    kind: "VirtualMachineInstanceReplicaSet",
+    plural: "virtualmachineinstancereplicasets",
+    singular: "virtualmachineinstancereplicaset",
+    short_names: &["vmirs", "vmirss"],
+    namespaced: true,
+    categories: &["all"],
+    status_subresource: true,
+    scale_subresource: true,
+    definition: "v1.VirtualMachineInstanceReplicaSet",
+};
+
+pub static VIRTUAL_MACHINE_INSTANCE_PRESET: ResourceKind = ResourceKind {
+    group: KUBEVIRT_GROUP,
+    version: "v1",
+    kind: "VirtualMachineInstancePreset",
+    plural: "virtualmachineinstancepresets",
+    singular: "virtualmachineinstancepreset",
+    short_names: &["vmipreset", "vmipresets"],
+    namespaced: true,
+    categories: &["all"],
+    status_subresource: false,
+    scale_subresource: false,
+    definition: "v1.VirtualMachineInstancePreset",
+};
+
+pub static NAMESPACE: ResourceKind = ResourceKind {
+    group: "",
+    version: "v1",
+    kind: "Namespace",
+    plural: "namespaces",
+    singular: "namespace",
+    short_names: &["ns"],
+    namespaced: false,
+    categories: &[],
+    status_subresource: true,
+    scale_subresource: false,
+    definition: "io.k8s.api.core.v1.Namespace",
+};
+
+pub static SECRET: ResourceKind = ResourceKind {
+    group: "",
+    version: "v1",
+    kind: "Secret",
+    plural: "secrets",
+    singular: "secret",
+    short_names: &[],
+    namespaced: true,
+    categories: &[],
+    status_subresource: false,
+    scale_subresource: false,
+    definition: "io.k8s.api.core.v1.Secret",
+};
+
+pub static CONFIG_MAP: ResourceKind = ResourceKind {
+    group: "",
+    version: "v1",
+    kind: "ConfigMap",
+    plural: "configmaps",
+    singular: "configmap",
+    short_names: &["cm"],
+    namespaced: true,
+    categories: &[],
+    status_subresource: false,
+    scale_subresource: false,
+    definition: "io.k8s.api.core.v1.ConfigMap",
+};
+
+pub static EVENT: ResourceKind = ResourceKind {
+    group: "",
+    version: "v1",
+    kind: "Event",
+    plural: "events",
+    singular: "event",
+    short_names: &["ev"],
+    namespaced: true,
+    categories: &[],
+    status_subresource: false,
+    scale_subresource: false,
+    definition: "io.k8s.api.core.v1.Event",
+};
+
+/// Every served kind, in discovery order.
+pub static ALL: &[&ResourceKind] = &[
+    &NAMESPACE,
+    &SECRET,
+    &CONFIG_MAP,
+    &EVENT,
+    &VIRTUAL_MACHINE,
+    &VIRTUAL_MACHINE_INSTANCE,
+    &VIRTUAL_MACHINE_INSTANCE_REPLICA_SET,
+    &VIRTUAL_MACHINE_INSTANCE_PRESET,
+];
+
+/// The kind served at `group/version` under `plural`.
+pub fn by_plural(group: &str, version: &str, plural: &str) -> Option<&'static ResourceKind> {
+    ALL.iter().copied().find(|k| k.group == group && k.version == version && k.plural == plural)
+}
+
+/// Look a kind up by its store key.
+pub fn by_store_key(key: &str) -> Option<&'static ResourceKind> {
+    ALL.iter().copied().find(|k| k.store_key() == key)
+}
+
+/// Group/versions served, in discovery order, groups first-seen.
+pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = vec![];
+    for k in ALL {
+        if !out.contains(&(k.group, k.version)) {
+            out.push((k.group, k.version));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plurals_are_unique_within_a_group_version() {
+        for a in ALL {
+            let same = ALL.iter().filter(|b| b.group == a.group && b.version == a.version && b.plural == a.plural);
+            assert_eq!(same.count(), 1, "{}", a.plural);
+        }
+    }
+
+    #[test]
+    fn short_names_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for k in ALL {
+            for s in k.short_names {
+                assert!(seen.insert(*s), "{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn lookups_agree() {
+        assert_eq!(by_plural("kubevirt.io", "v1", "virtualmachines"), Some(&VIRTUAL_MACHINE));
+        assert_eq!(by_store_key("core/namespaces"), Some(&NAMESPACE));
+        assert_eq!(group_versions(), vec![("", "v1"), ("kubevirt.io", "v1")]);
+    }
+}

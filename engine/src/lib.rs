@@ -1,0 +1,16 @@
+//! Converge's engine: API objects, admission, the object store and (later) the controllers and
+//! node agent. No HTTP here.
+
+pub mod admission;
+pub mod error;
+pub mod gc;
+pub mod kinds;
+pub mod macpool;
+pub mod meta;
+pub mod patch;
+pub mod quantity;
+pub mod schema;
+pub mod selector;
+pub mod store;
+
+pub use error::{ApiError, ApiResult, Cause};

@@ -1,0 +1,567 @@
+//! The object store: every kind's objects with Kubernetes metadata semantics, on SQLite or
+//! PostgreSQL through one code path (sqlx `Any`).
+//!
+//! Writes take an in-process writer lock and, inside their transaction, bump a counter row. The
+//! row lock makes resourceVersions follow commit order on PostgreSQL too (a sequence would not);
+//! the writer lock makes the broadcast to watchers follow the same order. Each change is also
+//! appended to `watch_events`, so a watch resumed from any retained resourceVersion is served
+//! from the log and then from the broadcast, with neither gaps nor repeats.
+
+mod sql;
+pub mod watch;
+
+use crate::error::{ApiError, ApiResult};
+use crate::kinds::{self, ResourceKind};
+use crate::macpool::MacRange;
+use crate::meta;
+use crate::selector::{FieldSelector, LabelSelector};
+use serde_json::{json, Map, Value};
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
+use std::sync::Arc;
+use tokio::sync::{broadcast, Mutex};
+
+pub use watch::{WatchEvent, WatchEventType, WatchFilter, WatchItem};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub url: String,
+    /// Changes kept in the watch log; older resourceVersions answer 410 Expired.
+    pub watch_log_retention: i64,
+    pub mac_range: MacRange,
+}
+
+impl StoreConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        StoreConfig { url: url.into(), watch_log_retention: 100_000, mac_range: MacRange::default() }
+    }
+}
+
+/// How a list is narrowed and paged.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    pub limit: Option<usize>,
+    pub continue_token: Option<String>,
+}
+
+/// One page of a list: raw JSON bodies, so large lists are never re-parsed.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    pub items: Vec<String>,
+    pub resource_version: i64,
+    pub continue_token: Option<String>,
+    pub remaining: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateMode {
+    /// PUT/PATCH on the object: `.status` is kept as stored where the kind has a status subresource.
+    Main,
+    /// `/status`: only `.status` is taken.
+    Status,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Propagation {
+    #[default]
+    Background,
+    Foreground,
+    Orphan,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    pub propagation: Option<Propagation>,
+    pub precondition_uid: Option<String>,
+    pub precondition_rv: Option<String>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum DeleteOutcome {
+    /// Gone from the store; the object as it was, with the deletion's resourceVersion.
+    Deleted(Value),
+    /// Held by finalizers; the object with its deletionTimestamp.
+    Pending(Value),
+}
+
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+pub const ORPHAN_FINALIZER: &str = "orphan";
+pub const NAMESPACE_FINALIZER: &str = "kubernetes";
+
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    writer: Mutex<()>,
+    events: broadcast::Sender<Arc<WatchEvent>>,
+    retention: i64,
+    mac_range: MacRange,
+}
+
+impl Store {
+    #[tracing::instrument(skip_all, fields(backend))]
+    pub async fn open(config: &StoreConfig) -> ApiResult<Arc<Store>> {
+        sqlx::any::install_default_drivers();
+        let backend = if config.url.starts_with("postgres") { Backend::Postgres } else { Backend::Sqlite };
+        tracing::Span::current().record("backend", format!("{backend:?}"));
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        use sqlx::Executor;
+                        conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000;")
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&config.url)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("cannot open database: {e}")))?;
+        let migrator = match backend {
+            Backend::Sqlite => sqlx::migrate!("../migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("../migrations/postgres"),
+        };
+        migrator.run(&pool).await.map_err(|e| ApiError::unavailable(format!("database migration failed: {e}")))?;
+        let (events, _) = broadcast::channel(8192);
+        let store = Arc::new(Store {
+            pool,
+            backend,
+            writer: Mutex::new(()),
+            events,
+            retention: config.watch_log_retention,
+            mac_range: config.mac_range,
+        });
+        store.ensure_namespace("default").await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<WatchEvent>> {
+        self.events.subscribe()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Create a namespace unless it exists (used at start for `default`).
+    pub async fn ensure_namespace(&self, name: &str) -> ApiResult<()> {
+        if self.get(&kinds::NAMESPACE, "", name).await?.is_some() {
+            return Ok(());
+        }
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        match self.create(&kinds::NAMESPACE, ns, false).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.reason == "AlreadyExists" => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn get(&self, kind: &ResourceKind, namespace: &str, name: &str) -> ApiResult<Option<Value>> {
+        let mut conn = self.pool.acquire().await?;
+        sql::load(&mut conn, &kind.store_key(), namespace, name).await
+    }
+
+    pub async fn current_rv(&self) -> ApiResult<i64> {
+        let mut conn = self.pool.acquire().await?;
+        sql::meta_value(&mut conn, "rv").await
+    }
+
+    pub async fn exists_uid(&self, uid: &str) -> ApiResult<bool> {
+        let mut conn = self.pool.acquire().await?;
+        sql::uid_exists(&mut conn, uid).await
+    }
+
+    /// One page of objects of `kind`, in `namespace` or across all of them.
+    pub async fn list(&self, kind: &ResourceKind, namespace: Option<&str>, opts: &ListOptions) -> ApiResult<ListPage> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            // One snapshot for the items and the list's resourceVersion.
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
+        }
+        let token = match &opts.continue_token {
+            Some(t) if !t.is_empty() => Some(ContinueToken::decode(t)?),
+            _ => None,
+        };
+        let current = sql::meta_value(&mut tx, "rv").await?;
+        if let Some(t) = &token {
+            let compacted = sql::meta_value(&mut tx, "compacted_rv").await?;
+            if t.rv < compacted {
+                return Err(ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."));
+            }
+        }
+        let list_rv = token.as_ref().map(|t| t.rv).unwrap_or(current);
+        let after = token.map(|t| (t.namespace, t.name));
+        let page = sql::scan(&mut tx, &kind.store_key(), namespace, after, opts).await?;
+        tx.commit().await?;
+        let continue_token = page.last_key.map(|(ns, name)| ContinueToken { rv: list_rv, namespace: ns, name }.encode());
+        Ok(ListPage { items: page.items, resource_version: list_rv, continue_token, remaining: page.remaining })
+    }
+
+    /// Store a new object, filling uid, creationTimestamp, generation and resourceVersion.
+    #[tracing::instrument(skip(self, obj), fields(kind = kind.kind))]
+    pub async fn create(&self, kind: &ResourceKind, mut obj: Value, dry_run: bool) -> ApiResult<Value> {
+        let _writer = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let key = kind.store_key();
+        let namespace = meta::namespace(&obj).to_string();
+        if kind.namespaced {
+            let ns = sql::load(&mut tx, &kinds::NAMESPACE.store_key(), "", &namespace).await?;
+            match ns {
+                None => return Err(ApiError::not_found("", "namespaces", &namespace)),
+                Some(ns) if meta::is_deleting(&ns) => {
+                    return Err(ApiError::forbidden(format!(
+                        "{} \"{}\" is forbidden: unable to create new content in namespace {} because it is being terminated",
+                        qualified(kind),
+                        meta::name(&obj),
+                        namespace
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        if meta::name(&obj).is_empty() {
+            let prefix = meta::meta_str(&obj, "generateName").unwrap_or("").to_string();
+            if prefix.is_empty() {
+                return Err(ApiError::invalid(kind.group, kind.kind, "", vec![crate::error::Cause::required("metadata.name", "name or generateName is required")]));
+            }
+            let mut generated = None;
+            for _ in 0..8 {
+                let candidate = format!("{prefix}{}", random_suffix());
+                if sql::load(&mut tx, &key, &namespace, &candidate).await?.is_none() {
+                    generated = Some(candidate);
+                    break;
+                }
+            }
+            let candidate = generated.ok_or_else(|| ApiError::already_exists(kind.group, kind.plural, &prefix))?;
+            meta::metadata_mut(&mut obj).insert("name".into(), Value::String(candidate));
+        }
+        let name = meta::name(&obj).to_string();
+        if sql::load(&mut tx, &key, &namespace, &name).await?.is_some() {
+            return Err(ApiError::already_exists(kind.group, kind.plural, &name));
+        }
+        {
+            let m = meta::metadata_mut(&mut obj);
+            m.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
+            m.insert("creationTimestamp".into(), Value::String(meta::now_rfc3339()));
+            m.insert("generation".into(), json!(1));
+            for system in ["deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+                m.remove(system);
+            }
+            if !kind.namespaced {
+                m.remove("namespace");
+            }
+        }
+        if std::ptr::eq(kind, &kinds::NAMESPACE) {
+            *meta::at_mut(&mut obj, &["spec", "finalizers"]) = json!([NAMESPACE_FINALIZER]);
+            *meta::at_mut(&mut obj, &["status"]) = json!({"phase": "Active"});
+        }
+        crate::macpool::sync(&mut tx, kind, &mut obj, &self.mac_range).await?;
+        let rv = sql::next_rv(&mut tx).await?;
+        let event = sql::put(&mut tx, kind, &mut obj, rv, WatchEventType::Added, None).await?;
+        self.finish(tx, vec![event], dry_run, rv).await?;
+        Ok(obj)
+    }
+
+    /// Replace an object (or, in `Status` mode, its status). A stale resourceVersion is a 409; a
+    /// change that changes nothing returns the stored object and writes nothing.
+    #[tracing::instrument(skip(self, new), fields(kind = kind.kind))]
+    pub async fn update(&self, kind: &ResourceKind, new: Value, mode: UpdateMode, dry_run: bool) -> ApiResult<Value> {
+        let _writer = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let key = kind.store_key();
+        let (namespace, name) = (meta::namespace(&new).to_string(), meta::name(&new).to_string());
+        let current = sql::load(&mut tx, &key, &namespace, &name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(kind.group, kind.plural, &name))?;
+        if let Some(sent) = meta::meta_str(&new, "resourceVersion").filter(|s| !s.is_empty()) {
+            if Some(sent) != meta::meta_str(&current, "resourceVersion") {
+                return Err(ApiError::conflict(kind.group, kind.plural, &name, "the object has been modified; please apply your changes to the latest version and try again"));
+            }
+        }
+        if let Some(sent_uid) = meta::meta_str(&new, "uid").filter(|s| !s.is_empty()) {
+            if sent_uid != meta::uid(&current) {
+                return Err(ApiError::conflict(kind.group, kind.plural, &name, format!("Precondition failed: UID in precondition: {sent_uid}, UID in object meta: {}", meta::uid(&current))));
+            }
+        }
+        let mut merged = merge_for_update(kind, &current, new, mode);
+        if meta::is_deleting(&current) {
+            let before = meta::finalizers(&current);
+            if meta::finalizers(&merged).iter().any(|f| !before.contains(f)) {
+                return Err(ApiError::invalid(kind.group, kind.kind, &name, vec![crate::error::Cause::forbidden("metadata.finalizers", "no new finalizers can be added if the object is being deleted")]));
+            }
+        }
+        if spec_of(&merged) != spec_of(&current) {
+            let generation = meta::metadata(&current).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0);
+            meta::metadata_mut(&mut merged).insert("generation".into(), json!(generation + 1));
+        }
+        if merged == current {
+            return Ok(current);
+        }
+        let rv = sql::next_rv(&mut tx).await?;
+        let events = if meta::is_deleting(&merged) && blocking_finalizers(kind, &merged).is_empty() {
+            vec![sql::remove(&mut tx, kind, &mut merged, rv).await?]
+        } else {
+            crate::macpool::sync(&mut tx, kind, &mut merged, &self.mac_range).await?;
+            let prev = meta::labels(&current);
+            vec![sql::put(&mut tx, kind, &mut merged, rv, WatchEventType::Modified, Some(prev)).await?]
+        };
+        self.finish(tx, events, dry_run, rv).await?;
+        Ok(merged)
+    }
+
+    /// Delete by the propagation policy: held by finalizers (including the collector's own) or
+    /// removed now.
+    #[tracing::instrument(skip(self, opts), fields(kind = kind.kind))]
+    pub async fn delete(&self, kind: &ResourceKind, namespace: &str, name: &str, opts: &DeleteOptions) -> ApiResult<DeleteOutcome> {
+        let _writer = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let key = kind.store_key();
+        let current = sql::load(&mut tx, &key, namespace, name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(kind.group, kind.plural, name))?;
+        if let Some(uid) = &opts.precondition_uid {
+            if uid != meta::uid(&current) {
+                return Err(ApiError::conflict(kind.group, kind.plural, name, format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta::uid(&current))));
+            }
+        }
+        if let Some(rv) = &opts.precondition_rv {
+            if Some(rv.as_str()) != meta::meta_str(&current, "resourceVersion") {
+                return Err(ApiError::conflict(kind.group, kind.plural, name, format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", meta::meta_str(&current, "resourceVersion").unwrap_or(""))));
+            }
+        }
+        let mut obj = current.clone();
+        let mut finalizers = meta::finalizers(&obj);
+        if sql::has_dependents(&mut tx, meta::uid(&obj)).await? {
+            let wanted = match opts.propagation.unwrap_or_default() {
+                Propagation::Foreground => Some(FOREGROUND_FINALIZER),
+                Propagation::Orphan => Some(ORPHAN_FINALIZER),
+                Propagation::Background => None,
+            };
+            if let Some(f) = wanted {
+                if !finalizers.iter().any(|x| x == f) {
+                    finalizers.push(f.to_string());
+                }
+            }
+        }
+        meta::set_finalizers(&mut obj, &finalizers);
+        if blocking_finalizers(kind, &obj).is_empty() {
+            let rv = sql::next_rv(&mut tx).await?;
+            let event = sql::remove(&mut tx, kind, &mut obj, rv).await?;
+            self.finish(tx, vec![event], opts.dry_run, rv).await?;
+            return Ok(DeleteOutcome::Deleted(obj));
+        }
+        if !meta::is_deleting(&obj) {
+            let m = meta::metadata_mut(&mut obj);
+            m.insert("deletionTimestamp".into(), Value::String(meta::now_rfc3339()));
+            m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            if std::ptr::eq(kind, &kinds::NAMESPACE) {
+                *meta::at_mut(&mut obj, &["status", "phase"]) = json!("Terminating");
+            }
+        }
+        if obj == current {
+            return Ok(DeleteOutcome::Pending(current));
+        }
+        let rv = sql::next_rv(&mut tx).await?;
+        let prev = meta::labels(&current);
+        let event = sql::put(&mut tx, kind, &mut obj, rv, WatchEventType::Modified, Some(prev)).await?;
+        self.finish(tx, vec![event], opts.dry_run, rv).await?;
+        Ok(DeleteOutcome::Pending(obj))
+    }
+
+    /// Commit (or roll back a dry run), then tell watchers — still under the writer lock, so
+    /// they hear changes in resourceVersion order.
+    async fn finish(&self, mut tx: sqlx::Transaction<'_, sqlx::Any>, events: Vec<WatchEvent>, dry_run: bool, rv: i64) -> ApiResult<()> {
+        if dry_run {
+            tx.rollback().await?;
+            return Ok(());
+        }
+        if rv % 1000 == 0 {
+            sql::compact(&mut tx, rv - self.retention).await?;
+        }
+        tx.commit().await?;
+        for e in events {
+            let _ = self.events.send(Arc::new(e));
+        }
+        Ok(())
+    }
+
+    /// Namespaces with a dependent relation to `owner_uid`: (kind key, namespace, name).
+    pub async fn dependents(&self, owner_uid: &str) -> ApiResult<Vec<(String, String, String)>> {
+        let mut conn = self.pool.acquire().await?;
+        sql::dependents(&mut conn, owner_uid).await
+    }
+
+    /// Dependents whose owner no longer exists: (kind key, namespace, name, owner uid).
+    pub async fn dangling_owner_refs(&self) -> ApiResult<Vec<(String, String, String, String)>> {
+        let mut conn = self.pool.acquire().await?;
+        sql::dangling_owner_refs(&mut conn).await
+    }
+
+    /// Objects with a deletionTimestamp: (kind key, body).
+    pub async fn deleting(&self) -> ApiResult<Vec<(String, Value)>> {
+        let mut conn = self.pool.acquire().await?;
+        sql::deleting(&mut conn).await
+    }
+
+    /// Count of objects of any namespaced kind in `namespace`.
+    pub async fn namespace_contents(&self, namespace: &str) -> ApiResult<Vec<(String, String)>> {
+        let mut conn = self.pool.acquire().await?;
+        sql::namespace_contents(&mut conn, namespace).await
+    }
+
+    /// Leased MACs of one owner, for tests and status.
+    pub async fn mac_leases(&self) -> ApiResult<Vec<(u64, String, String, String)>> {
+        let mut conn = self.pool.acquire().await?;
+        crate::macpool::all_leases(&mut conn).await
+    }
+}
+
+/// Finalizers that hold an object: its own, plus a namespace's `spec.finalizers`.
+pub fn blocking_finalizers(kind: &ResourceKind, obj: &Value) -> Vec<String> {
+    let mut all = meta::finalizers(obj);
+    if std::ptr::eq(kind, &kinds::NAMESPACE) {
+        if let Some(spec) = meta::at(obj, &["spec", "finalizers"]).and_then(Value::as_array) {
+            all.extend(spec.iter().filter_map(Value::as_str).map(str::to_string));
+        }
+    }
+    all
+}
+
+/// Everything but metadata and status: what `generation` counts changes of.
+fn spec_of(obj: &Value) -> Map<String, Value> {
+    let mut m = obj.as_object().cloned().unwrap_or_default();
+    m.remove("metadata");
+    m.remove("status");
+    m
+}
+
+const SYSTEM_METADATA: &[&str] = &[
+    "uid",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "generation",
+    "resourceVersion",
+    "namespace",
+    "name",
+    "selfLink",
+];
+
+fn merge_for_update(kind: &ResourceKind, current: &Value, new: Value, mode: UpdateMode) -> Value {
+    match mode {
+        UpdateMode::Status => {
+            let mut merged = current.clone();
+            if let (Some(m), Some(status)) = (merged.as_object_mut(), new.get("status")) {
+                m.insert("status".into(), status.clone());
+            }
+            merged
+        }
+        UpdateMode::Main => {
+            let mut merged = new;
+            let current_meta = meta::metadata(current).cloned().unwrap_or_default();
+            let m = meta::metadata_mut(&mut merged);
+            for field in SYSTEM_METADATA {
+                match current_meta.get(*field) {
+                    Some(v) => m.insert(field.to_string(), v.clone()),
+                    None => m.remove(*field),
+                };
+            }
+            let keep_status = kind.status_subresource && !std::ptr::eq(kind, &kinds::NAMESPACE);
+            if let Some(obj) = merged.as_object_mut() {
+                if keep_status || std::ptr::eq(kind, &kinds::NAMESPACE) {
+                    match current.get("status") {
+                        Some(s) => obj.insert("status".into(), s.clone()),
+                        None => obj.remove("status"),
+                    };
+                }
+            }
+            merged
+        }
+    }
+}
+
+fn qualified(kind: &ResourceKind) -> String {
+    if kind.group.is_empty() {
+        kind.plural.to_string()
+    } else {
+        format!("{}.{}", kind.plural, kind.group)
+    }
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+/// `continue` tokens: the list's resourceVersion and the last key served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ContinueToken {
+    rv: i64,
+    namespace: String,
+    name: String,
+}
+
+impl ContinueToken {
+    fn encode(&self) -> String {
+        use base64::Engine;
+        let body = json!({"v": "meta.k8s.io/v1", "rv": self.rv, "ns": self.namespace, "start": self.name});
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body.to_string())
+    }
+    fn decode(token: &str) -> ApiResult<Self> {
+        use base64::Engine;
+        let bad = || ApiError::bad_request(format!("continue key is not valid: {token}"));
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|_| bad())?;
+        let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+        Ok(ContinueToken {
+            rv: v.get("rv").and_then(Value::as_i64).ok_or_else(bad)?,
+            namespace: v.get("ns").and_then(Value::as_str).ok_or_else(bad)?.to_string(),
+            name: v.get("start").and_then(Value::as_str).ok_or_else(bad)?.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continue_tokens_round_trip_and_refuse_garbage() {
+        let t = ContinueToken { rv: 42, namespace: "default".into(), name: "vm-9".into() };
+        assert_eq!(ContinueToken::decode(&t.encode()).ok(), Some(t));
+        assert!(ContinueToken::decode("%%%").is_err());
+        assert!(ContinueToken::decode("e30").is_err());
+    }
+
+    #[test]
+    fn main_updates_keep_status_and_system_metadata() {
+        let current = json!({"metadata": {"name": "a", "uid": "u", "generation": 3, "resourceVersion": "9", "labels": {"x": "1"}}, "spec": {"a": 1}, "status": {"s": 1}});
+        let new = json!({"metadata": {"name": "a", "uid": "other", "labels": {"y": "2"}}, "spec": {"a": 2}, "status": {"s": 2}});
+        let merged = merge_for_update(&kinds::VIRTUAL_MACHINE, &current, new.clone(), UpdateMode::Main);
+        assert_eq!(merged["status"], json!({"s": 1}));
+        assert_eq!(merged["metadata"]["uid"], "u");
+        assert_eq!(merged["metadata"]["labels"], json!({"y": "2"}));
+        let status = merge_for_update(&kinds::VIRTUAL_MACHINE, &current, new, UpdateMode::Status);
+        assert_eq!(status["spec"], json!({"a": 1}));
+        assert_eq!(status["status"], json!({"s": 2}));
+    }
+}

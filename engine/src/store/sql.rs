@@ -1,0 +1,317 @@
+//! The store's SQL, written once for both dialects (`$n` placeholders, BIGINT everywhere).
+
+use super::watch::{WatchEvent, WatchEventType};
+use super::ListOptions;
+use crate::error::ApiResult;
+use crate::kinds::ResourceKind;
+use crate::meta;
+use serde_json::{Map, Value};
+use sqlx::{AnyConnection, Row};
+use std::sync::Arc;
+
+pub async fn meta_value(conn: &mut AnyConnection, key: &str) -> ApiResult<i64> {
+    let row = sqlx::query("SELECT value FROM meta WHERE key = $1").bind(key).fetch_one(&mut *conn).await?;
+    Ok(row.try_get::<i64, _>(0)?)
+}
+
+/// The next resourceVersion. The row lock this takes is held to commit, which orders commits.
+pub async fn next_rv(conn: &mut AnyConnection) -> ApiResult<i64> {
+    let row = sqlx::query("UPDATE meta SET value = value + 1 WHERE key = 'rv' RETURNING value")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(row.try_get::<i64, _>(0)?)
+}
+
+fn parse_body(body: &str) -> ApiResult<Value> {
+    serde_json::from_str(body).map_err(|e| crate::error::ApiError::internal(format!("stored object is corrupt: {e}")))
+}
+
+pub async fn load(conn: &mut AnyConnection, key: &str, namespace: &str, name: &str) -> ApiResult<Option<Value>> {
+    let row = sqlx::query("SELECT body FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3")
+        .bind(key)
+        .bind(namespace)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        Some(r) => Ok(Some(parse_body(&r.try_get::<String, _>(0)?)?)),
+        None => Ok(None),
+    }
+}
+
+pub async fn uid_exists(conn: &mut AnyConnection, uid: &str) -> ApiResult<bool> {
+    let row = sqlx::query("SELECT COUNT(*) FROM objects WHERE uid = $1").bind(uid).fetch_one(&mut *conn).await?;
+    Ok(row.try_get::<i64, _>(0)? > 0)
+}
+
+pub struct ScanResult {
+    pub items: Vec<String>,
+    pub last_key: Option<(String, String)>,
+    pub remaining: Option<i64>,
+}
+
+const SCAN_BATCH: i64 = 1000;
+
+/// Objects in key order after `after`, filtered, up to `opts.limit`.
+pub async fn scan(
+    conn: &mut AnyConnection,
+    key: &str,
+    namespace: Option<&str>,
+    after: Option<(String, String)>,
+    opts: &ListOptions,
+) -> ApiResult<ScanResult> {
+    let limit = opts.limit.filter(|l| *l > 0);
+    let mut cursor = after.unwrap_or_default();
+    let mut started = cursor != (String::new(), String::new());
+    let mut items = vec![];
+    let needs_body_filter = opts.fields.0.iter().any(|(f, _, _)| f != "metadata.name" && f != "metadata.namespace");
+    loop {
+        let mut q = String::from("SELECT namespace, name, labels, body FROM objects WHERE kind = $1");
+        let mut n = 1;
+        if namespace.is_some() {
+            n += 1;
+            q.push_str(&format!(" AND namespace = ${n}"));
+        }
+        if opts.fields.pinned_name().is_some() {
+            n += 1;
+            q.push_str(&format!(" AND name = ${n}"));
+        }
+        if started {
+            q.push_str(&format!(" AND (namespace > ${} OR (namespace = ${} AND name > ${}))", n + 1, n + 1, n + 2));
+        }
+        q.push_str(&format!(" ORDER BY namespace, name LIMIT {SCAN_BATCH}"));
+        let mut query = sqlx::query(&q).bind(key);
+        if let Some(ns) = namespace {
+            query = query.bind(ns);
+        }
+        if let Some(name) = opts.fields.pinned_name() {
+            query = query.bind(name);
+        }
+        if started {
+            query = query.bind(cursor.0.clone()).bind(cursor.1.clone());
+        }
+        let rows = query.fetch_all(&mut *conn).await?;
+        let batch_len = rows.len() as i64;
+        for row in rows {
+            let (ns, name): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+            cursor = (ns, name);
+            started = true;
+            if !opts.labels.is_empty() {
+                let labels: Map<String, Value> = serde_json::from_str(&row.try_get::<String, _>(2)?).unwrap_or_default();
+                if !opts.labels.matches(&labels) {
+                    continue;
+                }
+            }
+            let body: String = row.try_get(3)?;
+            if !opts.fields.is_empty() {
+                let matches = if needs_body_filter {
+                    opts.fields.matches(&parse_body(&body)?)
+                } else {
+                    let stub = serde_json::json!({"metadata": {"namespace": cursor.0, "name": cursor.1}});
+                    opts.fields.matches(&stub)
+                };
+                if !matches {
+                    continue;
+                }
+            }
+            items.push(body);
+            if limit.is_some_and(|l| items.len() >= l) {
+                let remaining = count_after(conn, key, namespace, &cursor).await?;
+                let more = remaining > 0;
+                return Ok(ScanResult {
+                    items,
+                    last_key: if more { Some(cursor) } else { None },
+                    remaining: if more && opts.labels.is_empty() && opts.fields.is_empty() { Some(remaining) } else { None },
+                });
+            }
+        }
+        if batch_len < SCAN_BATCH {
+            return Ok(ScanResult { items, last_key: None, remaining: None });
+        }
+    }
+}
+
+async fn count_after(conn: &mut AnyConnection, key: &str, namespace: Option<&str>, after: &(String, String)) -> ApiResult<i64> {
+    let (q, with_ns) = match namespace {
+        Some(_) => ("SELECT COUNT(*) FROM objects WHERE kind = $1 AND namespace = $2 AND (namespace > $3 OR (namespace = $3 AND name > $4))", true),
+        None => ("SELECT COUNT(*) FROM objects WHERE kind = $1 AND (namespace > $2 OR (namespace = $2 AND name > $3))", false),
+    };
+    let mut query = sqlx::query(q).bind(key);
+    if with_ns {
+        query = query.bind(namespace.unwrap_or_default());
+    }
+    let row = query.bind(after.0.clone()).bind(after.1.clone()).fetch_one(&mut *conn).await?;
+    Ok(row.try_get::<i64, _>(0)?)
+}
+
+fn labels_text(obj: &Value) -> String {
+    Value::Object(meta::labels(obj)).to_string()
+}
+
+/// Upsert the object at `rv` and log the change.
+pub async fn put(
+    conn: &mut AnyConnection,
+    kind: &ResourceKind,
+    obj: &mut Value,
+    rv: i64,
+    event_type: WatchEventType,
+    prev_labels: Option<Map<String, Value>>,
+) -> ApiResult<WatchEvent> {
+    meta::metadata_mut(obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
+    let key = kind.store_key();
+    let (namespace, name, uid) = (meta::namespace(obj).to_string(), meta::name(obj).to_string(), meta::uid(obj).to_string());
+    let body = obj.to_string();
+    sqlx::query(
+        "INSERT INTO objects (kind, namespace, name, uid, rv, deleting, labels, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (kind, namespace, name) DO UPDATE SET uid = excluded.uid, rv = excluded.rv, deleting = excluded.deleting, labels = excluded.labels, body = excluded.body",
+    )
+    .bind(&key)
+    .bind(&namespace)
+    .bind(&name)
+    .bind(&uid)
+    .bind(rv)
+    .bind(i64::from(meta::is_deleting(obj)))
+    .bind(labels_text(obj))
+    .bind(&body)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM owner_refs WHERE kind = $1 AND namespace = $2 AND name = $3")
+        .bind(&key)
+        .bind(&namespace)
+        .bind(&name)
+        .execute(&mut *conn)
+        .await?;
+    for owner in meta::owner_uids(obj) {
+        sqlx::query("INSERT INTO owner_refs (owner_uid, kind, namespace, name) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            .bind(owner)
+            .bind(&key)
+            .bind(&namespace)
+            .bind(&name)
+            .execute(&mut *conn)
+            .await?;
+    }
+    log_event(conn, &key, &namespace, &name, event_type, prev_labels, obj, body, rv).await
+}
+
+/// Remove the object for good at `rv` and log a DELETED carrying it.
+pub async fn remove(conn: &mut AnyConnection, kind: &ResourceKind, obj: &mut Value, rv: i64) -> ApiResult<WatchEvent> {
+    meta::metadata_mut(obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
+    let key = kind.store_key();
+    let (namespace, name) = (meta::namespace(obj).to_string(), meta::name(obj).to_string());
+    for table in ["objects", "owner_refs"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE kind = $1 AND namespace = $2 AND name = $3"))
+            .bind(&key)
+            .bind(&namespace)
+            .bind(&name)
+            .execute(&mut *conn)
+            .await?;
+    }
+    crate::macpool::release(conn, kind, obj).await?;
+    let body = obj.to_string();
+    log_event(conn, &key, &namespace, &name, WatchEventType::Deleted, None, obj, body, rv).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn log_event(
+    conn: &mut AnyConnection,
+    key: &str,
+    namespace: &str,
+    name: &str,
+    event_type: WatchEventType,
+    prev_labels: Option<Map<String, Value>>,
+    obj: &Value,
+    body: String,
+    rv: i64,
+) -> ApiResult<WatchEvent> {
+    let prev_text = prev_labels.as_ref().map(|l| Value::Object(l.clone()).to_string());
+    sqlx::query("INSERT INTO watch_events (rv, kind, namespace, name, event_type, prev_labels, body) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        .bind(rv)
+        .bind(key)
+        .bind(namespace)
+        .bind(name)
+        .bind(event_type.as_str())
+        .bind(prev_text)
+        .bind(&body)
+        .execute(&mut *conn)
+        .await?;
+    Ok(WatchEvent {
+        rv,
+        kind_key: key.to_string(),
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        event_type,
+        object: Arc::new(obj.clone()),
+        raw: Arc::from(body),
+        prev_labels,
+    })
+}
+
+/// Drop watch-log entries at or below `upto`; older resume points then answer 410.
+pub async fn compact(conn: &mut AnyConnection, upto: i64) -> ApiResult<()> {
+    if upto <= 0 {
+        return Ok(());
+    }
+    sqlx::query("DELETE FROM watch_events WHERE rv <= $1").bind(upto).execute(&mut *conn).await?;
+    sqlx::query("UPDATE meta SET value = $1 WHERE key = 'compacted_rv' AND value < $1").bind(upto).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Logged changes of `key` after `rv`, oldest first.
+pub async fn events_since(conn: &mut AnyConnection, key: &str, rv: i64) -> ApiResult<Vec<WatchEvent>> {
+    let rows = sqlx::query("SELECT rv, namespace, name, event_type, prev_labels, body FROM watch_events WHERE kind = $1 AND rv > $2 ORDER BY rv")
+        .bind(key)
+        .bind(rv)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let body: String = row.try_get(5)?;
+        let prev: Option<String> = row.try_get(4)?;
+        out.push(WatchEvent {
+            rv: row.try_get(0)?,
+            kind_key: key.to_string(),
+            namespace: row.try_get(1)?,
+            name: row.try_get(2)?,
+            event_type: WatchEventType::parse(&row.try_get::<String, _>(3)?),
+            object: Arc::new(parse_body(&body)?),
+            raw: Arc::from(body),
+            prev_labels: prev.and_then(|p| serde_json::from_str(&p).ok()),
+        });
+    }
+    Ok(out)
+}
+
+pub async fn has_dependents(conn: &mut AnyConnection, uid: &str) -> ApiResult<bool> {
+    let row = sqlx::query("SELECT COUNT(*) FROM owner_refs WHERE owner_uid = $1").bind(uid).fetch_one(&mut *conn).await?;
+    Ok(row.try_get::<i64, _>(0)? > 0)
+}
+
+pub async fn dependents(conn: &mut AnyConnection, uid: &str) -> ApiResult<Vec<(String, String, String)>> {
+    let rows = sqlx::query("SELECT kind, namespace, name FROM owner_refs WHERE owner_uid = $1 ORDER BY kind, namespace, name")
+        .bind(uid)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+}
+
+pub async fn dangling_owner_refs(conn: &mut AnyConnection) -> ApiResult<Vec<(String, String, String, String)>> {
+    let rows = sqlx::query(
+        "SELECT r.kind, r.namespace, r.name, r.owner_uid FROM owner_refs r LEFT JOIN objects o ON o.uid = r.owner_uid WHERE o.uid IS NULL",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
+}
+
+pub async fn deleting(conn: &mut AnyConnection) -> ApiResult<Vec<(String, Value)>> {
+    let rows = sqlx::query("SELECT kind, body FROM objects WHERE deleting = 1").fetch_all(&mut *conn).await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, parse_body(&r.try_get::<String, _>(1)?)?))).collect()
+}
+
+pub async fn namespace_contents(conn: &mut AnyConnection, namespace: &str) -> ApiResult<Vec<(String, String)>> {
+    let rows = sqlx::query("SELECT kind, name FROM objects WHERE namespace = $1 ORDER BY kind, name")
+        .bind(namespace)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+}
