@@ -1,1 +1,18 @@
-pub fn x(){}
+//! Converge's HTTP face: the Kubernetes-compatible API (discovery, CRUD, list/watch, patch,
+//! status, scale), bearer-token auth over TLS, and the OpenAPI documents.
+
+pub mod auth;
+pub mod discovery;
+pub mod openapi;
+pub mod openapi_k8s;
+pub mod pki;
+pub mod request;
+mod resources;
+pub mod response;
+pub mod server;
+pub mod state;
+pub mod table;
+mod tokens;
+mod watch;
+
+pub use server::{start, RunningServer, ServeError, ServerConfig};

@@ -6,7 +6,10 @@
 use crate::error::ApiResult;
 use crate::kinds::{self, ResourceKind};
 use crate::meta;
-use crate::store::{DeleteOptions, Propagation, Store, UpdateMode, FOREGROUND_FINALIZER, NAMESPACE_FINALIZER, ORPHAN_FINALIZER};
+use crate::store::{
+    DeleteOptions, Propagation, Store, UpdateMode, FOREGROUND_FINALIZER, NAMESPACE_FINALIZER,
+    ORPHAN_FINALIZER,
+};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,8 +34,12 @@ pub async fn run(store: Arc<Store>) {
 pub async fn collect(store: &Store) -> ApiResult<usize> {
     let mut acted = 0;
     for (key, ns, name, _) in store.dangling_owner_refs().await? {
-        let Some(kind) = kinds::by_store_key(&key) else { continue };
-        let Some(obj) = store.get(kind, &ns, &name).await? else { continue };
+        let Some(kind) = kinds::by_store_key(&key) else {
+            continue;
+        };
+        let Some(obj) = store.get(kind, &ns, &name).await? else {
+            continue;
+        };
         let mut live = vec![];
         for owner in meta::owner_uids(&obj) {
             if store.exists_uid(&owner).await? {
@@ -41,20 +48,32 @@ pub async fn collect(store: &Store) -> ApiResult<usize> {
         }
         acted += 1;
         if live.is_empty() {
-            ignore_gone(store.delete(kind, &ns, &name, &background()).await.map(drop))?;
+            ignore_gone(
+                store
+                    .delete(kind, &ns, &name, &background())
+                    .await
+                    .map(drop),
+            )?;
         } else {
-            ignore_gone(retain_owner_refs(store, kind, obj, |uid| live.iter().any(|l| l == uid)).await)?;
+            ignore_gone(
+                retain_owner_refs(store, kind, obj, |uid| live.iter().any(|l| l == uid)).await,
+            )?;
         }
     }
     for (key, obj) in store.deleting().await? {
-        let Some(kind) = kinds::by_store_key(&key) else { continue };
+        let Some(kind) = kinds::by_store_key(&key) else {
+            continue;
+        };
         acted += usize::from(finish_deletion(store, kind, obj).await?);
     }
     Ok(acted)
 }
 
 fn background() -> DeleteOptions {
-    DeleteOptions { propagation: Some(Propagation::Background), ..Default::default() }
+    DeleteOptions {
+        propagation: Some(Propagation::Background),
+        ..Default::default()
+    }
 }
 
 /// NotFound and Conflict mean another writer got there first; the next pass looks again.
@@ -65,7 +84,12 @@ fn ignore_gone(result: ApiResult<()>) -> ApiResult<()> {
     }
 }
 
-async fn retain_owner_refs(store: &Store, kind: &ResourceKind, mut obj: Value, keep: impl Fn(&str) -> bool) -> ApiResult<()> {
+async fn retain_owner_refs(
+    store: &Store,
+    kind: &ResourceKind,
+    mut obj: Value,
+    keep: impl Fn(&str) -> bool,
+) -> ApiResult<()> {
     let m = meta::metadata_mut(&mut obj);
     if let Some(refs) = m.get_mut("ownerReferences").and_then(Value::as_array_mut) {
         refs.retain(|r| r.get("uid").and_then(Value::as_str).is_some_and(&keep));
@@ -73,13 +97,27 @@ async fn retain_owner_refs(store: &Store, kind: &ResourceKind, mut obj: Value, k
             m.remove("ownerReferences");
         }
     }
-    store.update(kind, obj, UpdateMode::Main, false).await.map(drop)
+    store
+        .update(kind, obj, UpdateMode::Main, false)
+        .await
+        .map(drop)
 }
 
-async fn remove_finalizer(store: &Store, kind: &ResourceKind, mut obj: Value, finalizer: &str) -> ApiResult<()> {
-    let remaining: Vec<String> = meta::finalizers(&obj).into_iter().filter(|f| f != finalizer).collect();
+async fn remove_finalizer(
+    store: &Store,
+    kind: &ResourceKind,
+    mut obj: Value,
+    finalizer: &str,
+) -> ApiResult<()> {
+    let remaining: Vec<String> = meta::finalizers(&obj)
+        .into_iter()
+        .filter(|f| f != finalizer)
+        .collect();
     meta::set_finalizers(&mut obj, &remaining);
-    store.update(kind, obj, UpdateMode::Main, false).await.map(drop)
+    store
+        .update(kind, obj, UpdateMode::Main, false)
+        .await
+        .map(drop)
 }
 
 /// Move one object held by the collector's finalizers a step on. True when something was done.
@@ -88,7 +126,9 @@ async fn finish_deletion(store: &Store, kind: &ResourceKind, obj: Value) -> ApiR
     let finalizers = meta::finalizers(&obj);
     if finalizers.iter().any(|f| f == ORPHAN_FINALIZER) {
         for (key, ns, name) in store.dependents(&uid).await? {
-            let Some(dep_kind) = kinds::by_store_key(&key) else { continue };
+            let Some(dep_kind) = kinds::by_store_key(&key) else {
+                continue;
+            };
             if let Some(dep) = store.get(dep_kind, &ns, &name).await? {
                 ignore_gone(retain_owner_refs(store, dep_kind, dep, |u| u != uid).await)?;
             }
@@ -103,26 +143,45 @@ async fn finish_deletion(store: &Store, kind: &ResourceKind, obj: Value) -> ApiR
             return Ok(true);
         }
         for (key, ns, name) in dependents {
-            let Some(dep_kind) = kinds::by_store_key(&key) else { continue };
-            let opts = DeleteOptions { propagation: Some(Propagation::Foreground), ..Default::default() };
+            let Some(dep_kind) = kinds::by_store_key(&key) else {
+                continue;
+            };
+            let opts = DeleteOptions {
+                propagation: Some(Propagation::Foreground),
+                ..Default::default()
+            };
             ignore_gone(store.delete(dep_kind, &ns, &name, &opts).await.map(drop))?;
         }
         return Ok(true);
     }
     let terminating_namespace = std::ptr::eq(kind, &kinds::NAMESPACE)
-        && meta::at(&obj, &["spec", "finalizers"]).and_then(Value::as_array).is_some_and(|f| f.iter().any(|x| x == NAMESPACE_FINALIZER));
+        && meta::at(&obj, &["spec", "finalizers"])
+            .and_then(Value::as_array)
+            .is_some_and(|f| f.iter().any(|x| x == NAMESPACE_FINALIZER));
     if terminating_namespace {
         let name = meta::name(&obj).to_string();
         let contents = store.namespace_contents(&name).await?;
         if contents.is_empty() {
             let mut finalized = obj;
             *meta::at_mut(&mut finalized, &["spec", "finalizers"]) = Value::Array(vec![]);
-            ignore_gone(store.update(kind, finalized, UpdateMode::Main, false).await.map(drop))?;
+            ignore_gone(
+                store
+                    .update(kind, finalized, UpdateMode::Main, false)
+                    .await
+                    .map(drop),
+            )?;
             return Ok(true);
         }
         for (key, item) in contents {
-            let Some(item_kind) = kinds::by_store_key(&key) else { continue };
-            ignore_gone(store.delete(item_kind, &name, &item, &background()).await.map(drop))?;
+            let Some(item_kind) = kinds::by_store_key(&key) else {
+                continue;
+            };
+            ignore_gone(
+                store
+                    .delete(item_kind, &name, &item, &background())
+                    .await
+                    .map(drop),
+            )?;
         }
         return Ok(true);
     }

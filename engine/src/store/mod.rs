@@ -39,7 +39,11 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     pub fn new(url: impl Into<String>) -> Self {
-        StoreConfig { url: url.into(), watch_log_retention: 100_000, mac_range: MacRange::default() }
+        StoreConfig {
+            url: url.into(),
+            watch_log_retention: 100_000,
+            mac_range: MacRange::default(),
+        }
     }
 }
 
@@ -110,7 +114,11 @@ impl Store {
     #[tracing::instrument(skip_all, fields(backend))]
     pub async fn open(config: &StoreConfig) -> ApiResult<Arc<Store>> {
         sqlx::any::install_default_drivers();
-        let backend = if config.url.starts_with("postgres") { Backend::Postgres } else { Backend::Sqlite };
+        let backend = if config.url.starts_with("postgres") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        };
         tracing::Span::current().record("backend", format!("{backend:?}"));
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
@@ -131,7 +139,10 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("../migrations/sqlite"),
             Backend::Postgres => sqlx::migrate!("../migrations/postgres"),
         };
-        migrator.run(&pool).await.map_err(|e| ApiError::unavailable(format!("database migration failed: {e}")))?;
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("database migration failed: {e}")))?;
         let (events, _) = broadcast::channel(8192);
         let store = Arc::new(Store {
             pool,
@@ -174,7 +185,12 @@ impl Store {
         }
     }
 
-    pub async fn get(&self, kind: &ResourceKind, namespace: &str, name: &str) -> ApiResult<Option<Value>> {
+    pub async fn get(
+        &self,
+        kind: &ResourceKind,
+        namespace: &str,
+        name: &str,
+    ) -> ApiResult<Option<Value>> {
         let mut conn = self.pool.acquire().await?;
         sql::load(&mut conn, &kind.store_key(), namespace, name).await
     }
@@ -190,11 +206,18 @@ impl Store {
     }
 
     /// One page of objects of `kind`, in `namespace` or across all of them.
-    pub async fn list(&self, kind: &ResourceKind, namespace: Option<&str>, opts: &ListOptions) -> ApiResult<ListPage> {
+    pub async fn list(
+        &self,
+        kind: &ResourceKind,
+        namespace: Option<&str>,
+        opts: &ListOptions,
+    ) -> ApiResult<ListPage> {
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
             // One snapshot for the items and the list's resourceVersion.
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await?;
         }
         let token = match &opts.continue_token {
             Some(t) if !t.is_empty() => Some(ContinueToken::decode(t)?),
@@ -211,13 +234,30 @@ impl Store {
         let after = token.map(|t| (t.namespace, t.name));
         let page = sql::scan(&mut tx, &kind.store_key(), namespace, after, opts).await?;
         tx.commit().await?;
-        let continue_token = page.last_key.map(|(ns, name)| ContinueToken { rv: list_rv, namespace: ns, name }.encode());
-        Ok(ListPage { items: page.items, resource_version: list_rv, continue_token, remaining: page.remaining })
+        let continue_token = page.last_key.map(|(ns, name)| {
+            ContinueToken {
+                rv: list_rv,
+                namespace: ns,
+                name,
+            }
+            .encode()
+        });
+        Ok(ListPage {
+            items: page.items,
+            resource_version: list_rv,
+            continue_token,
+            remaining: page.remaining,
+        })
     }
 
     /// Store a new object, filling uid, creationTimestamp, generation and resourceVersion.
     #[tracing::instrument(skip(self, obj), fields(kind = kind.kind))]
-    pub async fn create(&self, kind: &ResourceKind, mut obj: Value, dry_run: bool) -> ApiResult<Value> {
+    pub async fn create(
+        &self,
+        kind: &ResourceKind,
+        mut obj: Value,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
         let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         let key = kind.store_key();
@@ -238,19 +278,33 @@ impl Store {
             }
         }
         if meta::name(&obj).is_empty() {
-            let prefix = meta::meta_str(&obj, "generateName").unwrap_or("").to_string();
+            let prefix = meta::meta_str(&obj, "generateName")
+                .unwrap_or("")
+                .to_string();
             if prefix.is_empty() {
-                return Err(ApiError::invalid(kind.group, kind.kind, "", vec![crate::error::Cause::required("metadata.name", "name or generateName is required")]));
+                return Err(ApiError::invalid(
+                    kind.group,
+                    kind.kind,
+                    "",
+                    vec![crate::error::Cause::required(
+                        "metadata.name",
+                        "name or generateName is required",
+                    )],
+                ));
             }
             let mut generated = None;
             for _ in 0..8 {
                 let candidate = format!("{prefix}{}", random_suffix());
-                if sql::load(&mut tx, &key, &namespace, &candidate).await?.is_none() {
+                if sql::load(&mut tx, &key, &namespace, &candidate)
+                    .await?
+                    .is_none()
+                {
                     generated = Some(candidate);
                     break;
                 }
             }
-            let candidate = generated.ok_or_else(|| ApiError::already_exists(kind.group, kind.plural, &prefix))?;
+            let candidate = generated
+                .ok_or_else(|| ApiError::already_exists(kind.group, kind.plural, &prefix))?;
             meta::metadata_mut(&mut obj).insert("name".into(), Value::String(candidate));
         }
         let name = meta::name(&obj).to_string();
@@ -259,10 +313,20 @@ impl Store {
         }
         {
             let m = meta::metadata_mut(&mut obj);
-            m.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
-            m.insert("creationTimestamp".into(), Value::String(meta::now_rfc3339()));
+            m.insert(
+                "uid".into(),
+                Value::String(uuid::Uuid::new_v4().to_string()),
+            );
+            m.insert(
+                "creationTimestamp".into(),
+                Value::String(meta::now_rfc3339()),
+            );
             m.insert("generation".into(), json!(1));
-            for system in ["deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+            for system in [
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "selfLink",
+            ] {
                 m.remove(system);
             }
             if !kind.namespaced {
@@ -283,11 +347,20 @@ impl Store {
     /// Replace an object (or, in `Status` mode, its status). A stale resourceVersion is a 409; a
     /// change that changes nothing returns the stored object and writes nothing.
     #[tracing::instrument(skip(self, new), fields(kind = kind.kind))]
-    pub async fn update(&self, kind: &ResourceKind, new: Value, mode: UpdateMode, dry_run: bool) -> ApiResult<Value> {
+    pub async fn update(
+        &self,
+        kind: &ResourceKind,
+        new: Value,
+        mode: UpdateMode,
+        dry_run: bool,
+    ) -> ApiResult<Value> {
         let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         let key = kind.store_key();
-        let (namespace, name) = (meta::namespace(&new).to_string(), meta::name(&new).to_string());
+        let (namespace, name) = (
+            meta::namespace(&new).to_string(),
+            meta::name(&new).to_string(),
+        );
         let current = sql::load(&mut tx, &key, &namespace, &name)
             .await?
             .ok_or_else(|| ApiError::not_found(kind.group, kind.plural, &name))?;
@@ -304,24 +377,49 @@ impl Store {
         let mut merged = merge_for_update(kind, &current, new, mode);
         if meta::is_deleting(&current) {
             let before = meta::finalizers(&current);
-            if meta::finalizers(&merged).iter().any(|f| !before.contains(f)) {
-                return Err(ApiError::invalid(kind.group, kind.kind, &name, vec![crate::error::Cause::forbidden("metadata.finalizers", "no new finalizers can be added if the object is being deleted")]));
+            if meta::finalizers(&merged)
+                .iter()
+                .any(|f| !before.contains(f))
+            {
+                return Err(ApiError::invalid(
+                    kind.group,
+                    kind.kind,
+                    &name,
+                    vec![crate::error::Cause::forbidden(
+                        "metadata.finalizers",
+                        "no new finalizers can be added if the object is being deleted",
+                    )],
+                ));
             }
         }
         if spec_of(&merged) != spec_of(&current) {
-            let generation = meta::metadata(&current).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0);
+            let generation = meta::metadata(&current)
+                .and_then(|m| m.get("generation"))
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             meta::metadata_mut(&mut merged).insert("generation".into(), json!(generation + 1));
         }
         if merged == current {
             return Ok(current);
         }
         let rv = sql::next_rv(&mut tx).await?;
-        let events = if meta::is_deleting(&merged) && blocking_finalizers(kind, &merged).is_empty() {
+        let events = if meta::is_deleting(&merged) && blocking_finalizers(kind, &merged).is_empty()
+        {
             vec![sql::remove(&mut tx, kind, &mut merged, rv).await?]
         } else {
             crate::macpool::sync(&mut tx, kind, &mut merged, &self.mac_range).await?;
             let prev = meta::labels(&current);
-            vec![sql::put(&mut tx, kind, &mut merged, rv, WatchEventType::Modified, Some(prev)).await?]
+            vec![
+                sql::put(
+                    &mut tx,
+                    kind,
+                    &mut merged,
+                    rv,
+                    WatchEventType::Modified,
+                    Some(prev),
+                )
+                .await?,
+            ]
         };
         self.finish(tx, events, dry_run, rv).await?;
         Ok(merged)
@@ -330,7 +428,13 @@ impl Store {
     /// Delete by the propagation policy: held by finalizers (including the collector's own) or
     /// removed now.
     #[tracing::instrument(skip(self, opts), fields(kind = kind.kind))]
-    pub async fn delete(&self, kind: &ResourceKind, namespace: &str, name: &str, opts: &DeleteOptions) -> ApiResult<DeleteOutcome> {
+    pub async fn delete(
+        &self,
+        kind: &ResourceKind,
+        namespace: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> ApiResult<DeleteOutcome> {
         let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin().await?;
         let key = kind.store_key();
@@ -339,7 +443,15 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(kind.group, kind.plural, name))?;
         if let Some(uid) = &opts.precondition_uid {
             if uid != meta::uid(&current) {
-                return Err(ApiError::conflict(kind.group, kind.plural, name, format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta::uid(&current))));
+                return Err(ApiError::conflict(
+                    kind.group,
+                    kind.plural,
+                    name,
+                    format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        meta::uid(&current)
+                    ),
+                ));
             }
         }
         if let Some(rv) = &opts.precondition_rv {
@@ -370,7 +482,10 @@ impl Store {
         }
         if !meta::is_deleting(&obj) {
             let m = meta::metadata_mut(&mut obj);
-            m.insert("deletionTimestamp".into(), Value::String(meta::now_rfc3339()));
+            m.insert(
+                "deletionTimestamp".into(),
+                Value::String(meta::now_rfc3339()),
+            );
             m.insert("deletionGracePeriodSeconds".into(), json!(0));
             if std::ptr::eq(kind, &kinds::NAMESPACE) {
                 *meta::at_mut(&mut obj, &["status", "phase"]) = json!("Terminating");
@@ -381,14 +496,28 @@ impl Store {
         }
         let rv = sql::next_rv(&mut tx).await?;
         let prev = meta::labels(&current);
-        let event = sql::put(&mut tx, kind, &mut obj, rv, WatchEventType::Modified, Some(prev)).await?;
+        let event = sql::put(
+            &mut tx,
+            kind,
+            &mut obj,
+            rv,
+            WatchEventType::Modified,
+            Some(prev),
+        )
+        .await?;
         self.finish(tx, vec![event], opts.dry_run, rv).await?;
         Ok(DeleteOutcome::Pending(obj))
     }
 
     /// Commit (or roll back a dry run), then tell watchers — still under the writer lock, so
     /// they hear changes in resourceVersion order.
-    async fn finish(&self, mut tx: sqlx::Transaction<'_, sqlx::Any>, events: Vec<WatchEvent>, dry_run: bool, rv: i64) -> ApiResult<()> {
+    async fn finish(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+        events: Vec<WatchEvent>,
+        dry_run: bool,
+        rv: i64,
+    ) -> ApiResult<()> {
         if dry_run {
             tx.rollback().await?;
             return Ok(());
@@ -510,7 +639,9 @@ fn random_suffix() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// `continue` tokens: the list's resourceVersion and the last key served.
@@ -524,18 +655,29 @@ struct ContinueToken {
 impl ContinueToken {
     fn encode(&self) -> String {
         use base64::Engine;
-        let body = json!({"v": "meta.k8s.io/v1", "rv": self.rv, "ns": self.namespace, "start": self.name});
+        let body =
+            json!({"v": "meta.k8s.io/v1", "rv": self.rv, "ns": self.namespace, "start": self.name});
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body.to_string())
     }
     fn decode(token: &str) -> ApiResult<Self> {
         use base64::Engine;
         let bad = || ApiError::bad_request(format!("continue key is not valid: {token}"));
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|_| bad())?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.trim_end_matches('='))
+            .map_err(|_| bad())?;
         let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
         Ok(ContinueToken {
             rv: v.get("rv").and_then(Value::as_i64).ok_or_else(bad)?,
-            namespace: v.get("ns").and_then(Value::as_str).ok_or_else(bad)?.to_string(),
-            name: v.get("start").and_then(Value::as_str).ok_or_else(bad)?.to_string(),
+            namespace: v
+                .get("ns")
+                .and_then(Value::as_str)
+                .ok_or_else(bad)?
+                .to_string(),
+            name: v
+                .get("start")
+                .and_then(Value::as_str)
+                .ok_or_else(bad)?
+                .to_string(),
         })
     }
 }
@@ -546,7 +688,11 @@ mod tests {
 
     #[test]
     fn continue_tokens_round_trip_and_refuse_garbage() {
-        let t = ContinueToken { rv: 42, namespace: "default".into(), name: "vm-9".into() };
+        let t = ContinueToken {
+            rv: 42,
+            namespace: "default".into(),
+            name: "vm-9".into(),
+        };
         assert_eq!(ContinueToken::decode(&t.encode()).ok(), Some(t));
         assert!(ContinueToken::decode("%%%").is_err());
         assert!(ContinueToken::decode("e30").is_err());
@@ -556,7 +702,12 @@ mod tests {
     fn main_updates_keep_status_and_system_metadata() {
         let current = json!({"metadata": {"name": "a", "uid": "u", "generation": 3, "resourceVersion": "9", "labels": {"x": "1"}}, "spec": {"a": 1}, "status": {"s": 1}});
         let new = json!({"metadata": {"name": "a", "uid": "other", "labels": {"y": "2"}}, "spec": {"a": 2}, "status": {"s": 2}});
-        let merged = merge_for_update(&kinds::VIRTUAL_MACHINE, &current, new.clone(), UpdateMode::Main);
+        let merged = merge_for_update(
+            &kinds::VIRTUAL_MACHINE,
+            &current,
+            new.clone(),
+            UpdateMode::Main,
+        );
         assert_eq!(merged["status"], json!({"s": 1}));
         assert_eq!(merged["metadata"]["uid"], "u");
         assert_eq!(merged["metadata"]["labels"], json!({"y": "2"}));

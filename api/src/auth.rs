@@ -1,0 +1,375 @@
+//! Bearer tokens: HS256 JWTs signed with the data dir's key, recorded in the store so they can be
+//! listed and revoked. Read from the Authorization header or, for websockets, from the
+//! `base64url.bearer.authorization.k8s.io.<token>` subprotocol.
+
+use base64::Engine;
+use converge_engine::{ApiError, ApiResult};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use std::collections::HashSet;
+use std::sync::RwLock;
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    View,
+    Edit,
+    Admin,
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "view" => Ok(Role::View),
+            "edit" => Ok(Role::Edit),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role \"{other}\": one of view, edit, admin"
+            )),
+        }
+    }
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::View => "view",
+            Role::Edit => "edit",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub jti: String,
+    pub role: Role,
+    /// Empty: every namespace.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+/// Who is asking, once their token checked out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub token_id: String,
+    pub subject: String,
+    pub role: Role,
+    pub namespaces: Vec<String>,
+}
+
+const ISSUER: &str = "converge";
+const WEBSOCKET_BEARER_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
+
+pub struct Authenticator {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    revoked: RwLock<HashSet<String>>,
+}
+
+impl Authenticator {
+    pub fn new(secret: &[u8]) -> Self {
+        Authenticator {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            revoked: RwLock::new(HashSet::new()),
+        }
+    }
+
+    /// Sign claims as given (tests use this for expired tokens).
+    pub fn sign(&self, claims: &Claims) -> ApiResult<String> {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .map_err(|e| ApiError::internal(format!("signing a token: {e}")))
+    }
+
+    pub fn claims(subject: &str, role: Role, namespaces: Vec<String>, ttl_seconds: i64) -> Claims {
+        let now = chrono::Utc::now().timestamp();
+        Claims {
+            iss: ISSUER.into(),
+            sub: subject.into(),
+            jti: uuid::Uuid::new_v4().to_string(),
+            role,
+            namespaces,
+            iat: now,
+            exp: now + ttl_seconds,
+        }
+    }
+
+    pub fn verify(&self, token: &str) -> ApiResult<Principal> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_issuer(&[ISSUER]);
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
+            .map_err(|_| ApiError::unauthorized())?;
+        let c = data.claims;
+        if self
+            .revoked
+            .read()
+            .map(|r| r.contains(&c.jti))
+            .unwrap_or(true)
+        {
+            return Err(ApiError::unauthorized());
+        }
+        Ok(Principal {
+            token_id: c.jti,
+            subject: c.sub,
+            role: c.role,
+            namespaces: c.namespaces,
+        })
+    }
+
+    pub fn mark_revoked(&self, id: &str) {
+        if let Ok(mut r) = self.revoked.write() {
+            r.insert(id.to_string());
+        }
+    }
+
+    /// Load revocations recorded in the store.
+    pub async fn load_revoked(&self, pool: &sqlx::AnyPool) -> ApiResult<()> {
+        let rows = sqlx::query("SELECT id FROM tokens WHERE revoked = 1")
+            .fetch_all(pool)
+            .await?;
+        for row in rows {
+            self.mark_revoked(&row.try_get::<String, _>(0)?);
+        }
+        Ok(())
+    }
+
+    /// Issue and record a token.
+    pub async fn issue(
+        &self,
+        pool: &sqlx::AnyPool,
+        subject: &str,
+        role: Role,
+        namespaces: Vec<String>,
+        ttl_seconds: i64,
+    ) -> ApiResult<(Claims, String)> {
+        let claims = Self::claims(subject, role, namespaces, ttl_seconds);
+        let token = self.sign(&claims)?;
+        sqlx::query("INSERT INTO tokens (id, subject, role, namespaces, created_at, expires_at, revoked) VALUES ($1, $2, $3, $4, $5, $6, 0)")
+            .bind(&claims.jti)
+            .bind(&claims.sub)
+            .bind(claims.role.as_str())
+            .bind(claims.namespaces.join(","))
+            .bind(claims.iat)
+            .bind(claims.exp)
+            .execute(pool)
+            .await?;
+        Ok((claims, token))
+    }
+
+    /// Revoke a recorded token; false when there is no such token.
+    pub async fn revoke(&self, pool: &sqlx::AnyPool, id: &str) -> ApiResult<bool> {
+        let done = sqlx::query("UPDATE tokens SET revoked = 1 WHERE id = $1")
+            .bind(id)
+            .execute(pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        self.mark_revoked(id);
+        Ok(true)
+    }
+}
+
+/// The bearer token of a request, from either place a Kubernetes client puts it.
+pub fn bearer_token(
+    authorization: Option<&str>,
+    websocket_protocols: Option<&str>,
+) -> Option<String> {
+    if let Some(value) = authorization {
+        let mut parts = value.splitn(2, ' ');
+        if parts
+            .next()
+            .is_some_and(|s| s.eq_ignore_ascii_case("bearer"))
+        {
+            return parts
+                .next()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty());
+        }
+        return None;
+    }
+    let protocols = websocket_protocols?;
+    let encoded = protocols
+        .split(',')
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix(WEBSOCKET_BEARER_PREFIX))?;
+    // Clients differ: base64url or standard alphabet, padded or not.
+    let normalized: String = encoded
+        .trim_end_matches('=')
+        .chars()
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            other => other,
+        })
+        .collect();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(normalized)
+        .ok()?;
+    String::from_utf8(bytes).ok().filter(|t| !t.is_empty())
+}
+
+/// What a request does, for authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access<'a> {
+    pub write: bool,
+    /// Namespace the request is confined to; `None` for cluster-wide.
+    pub namespace: Option<&'a str>,
+    /// The resource is cluster-scoped (namespaces, discovery).
+    pub cluster_scoped: bool,
+    /// Cluster-wide lists of this resource are allowed to namespace-scoped tokens.
+    pub listable_across_namespaces: bool,
+    pub resource: &'a str,
+    pub group: &'a str,
+    pub verb: &'a str,
+}
+
+pub fn authorize(p: &Principal, a: &Access) -> ApiResult<()> {
+    let forbidden = || {
+        let resource = if a.group.is_empty() {
+            a.resource.to_string()
+        } else {
+            format!("{}.{}", a.resource, a.group)
+        };
+        let scope = match a.namespace {
+            Some(ns) => format!(" in the namespace \"{ns}\""),
+            None => " at the cluster scope".to_string(),
+        };
+        ApiError::forbidden(format!(
+            "{resource} is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\"{scope}",
+            p.subject, a.verb, a.resource, a.group
+        ))
+    };
+    if a.write && p.role < Role::Edit {
+        return Err(forbidden());
+    }
+    if p.namespaces.is_empty() {
+        return Ok(());
+    }
+    let allowed = match a.namespace {
+        Some(ns) => p.namespaces.iter().any(|n| n == ns),
+        None if a.cluster_scoped => !a.write,
+        None => !a.write && a.listable_across_namespaces,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(forbidden())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_verify_and_fail_as_they_should() {
+        let auth = Authenticator::new(b"0123456789abcdef0123456789abcdef");
+        let good = auth
+            .sign(&Authenticator::claims("a", Role::Edit, vec![], 60))
+            .unwrap_or_default();
+        assert!(auth.verify(&good).is_ok());
+        let expired = auth
+            .sign(&Authenticator::claims("a", Role::Edit, vec![], -10))
+            .unwrap_or_default();
+        assert!(auth.verify(&expired).is_err());
+        let other = Authenticator::new(b"another key, another key, another");
+        let foreign = other
+            .sign(&Authenticator::claims("a", Role::Admin, vec![], 60))
+            .unwrap_or_default();
+        assert!(auth.verify(&foreign).is_err());
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(
+                &serde_json::to_string(&Authenticator::claims("a", Role::Admin, vec![], 60))
+                    .unwrap_or_default()
+            )
+        );
+        assert!(auth.verify(&none).is_err());
+        let claims = Authenticator::claims("a", Role::Edit, vec![], 60);
+        let revoked = auth.sign(&claims).unwrap_or_default();
+        auth.mark_revoked(&claims.jti);
+        assert!(auth.verify(&revoked).is_err());
+    }
+
+    #[test]
+    fn bearer_from_header_or_subprotocol() {
+        assert_eq!(bearer_token(Some("Bearer abc"), None), Some("abc".into()));
+        assert_eq!(bearer_token(Some("Basic abc"), None), None);
+        let token = "eyJ.a+b/c?";
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
+        let std_padded = base64::engine::general_purpose::STANDARD.encode(token);
+        for enc in [url, std_padded] {
+            let header =
+                format!("base64.binary.k8s.io, base64url.bearer.authorization.k8s.io.{enc}");
+            assert_eq!(bearer_token(None, Some(&header)), Some(token.into()));
+        }
+        assert_eq!(bearer_token(None, Some("base64.binary.k8s.io")), None);
+    }
+
+    fn who(role: Role, namespaces: &[&str]) -> Principal {
+        Principal {
+            token_id: "t".into(),
+            subject: "s".into(),
+            role,
+            namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn access(
+        write: bool,
+        namespace: Option<&str>,
+        cluster_scoped: bool,
+        listable: bool,
+    ) -> Access<'_> {
+        Access {
+            write,
+            namespace,
+            cluster_scoped,
+            listable_across_namespaces: listable,
+            resource: "r",
+            group: "g",
+            verb: "v",
+        }
+    }
+
+    #[test]
+    fn roles_and_namespaces() {
+        assert!(authorize(
+            &who(Role::View, &[]),
+            &access(false, Some("a"), false, false)
+        )
+        .is_ok());
+        assert!(authorize(
+            &who(Role::View, &[]),
+            &access(true, Some("a"), false, false)
+        )
+        .is_err());
+        assert!(authorize(
+            &who(Role::Edit, &["a"]),
+            &access(true, Some("a"), false, false)
+        )
+        .is_ok());
+        assert!(authorize(
+            &who(Role::Edit, &["a"]),
+            &access(false, Some("b"), false, false)
+        )
+        .is_err());
+        assert!(authorize(&who(Role::Edit, &["a"]), &access(false, None, true, false)).is_ok());
+        assert!(authorize(&who(Role::Edit, &["a"]), &access(true, None, true, false)).is_err());
+        assert!(authorize(&who(Role::Edit, &["a"]), &access(false, None, false, false)).is_err());
+        assert!(authorize(&who(Role::Edit, &["a"]), &access(false, None, false, true)).is_ok());
+    }
+}

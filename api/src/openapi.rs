@@ -1,0 +1,83 @@
+//! Converge's own OpenAPI document (`/openapi.json`): utoipa documents the handlers it annotates,
+//! and every resource route is added from the kind registry — the same table the router serves.
+//! `openapi/converge.json` is the committed copy; a test fails when they drift.
+
+use crate::openapi_k8s;
+use converge_engine::kinds;
+use serde_json::{json, Map, Value};
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Converge",
+        description = "Virtual machines as Kubernetes objects: KubeVirt's kubevirt.io/v1 API, served by Converge. \
+            Every route but /healthz, /readyz, /livez and /version takes a bearer token.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        crate::server::healthz,
+        crate::server::readyz,
+        crate::server::version,
+        crate::server::api_versions,
+        crate::server::api_groups,
+        crate::tokens::create,
+        crate::tokens::list,
+        crate::tokens::revoke
+    ),
+    components(schemas(crate::tokens::TokenRequest, crate::tokens::TokenRecord, crate::auth::Role)),
+    tags((name = "tokens", description = "Bearer tokens"), (name = "discovery", description = "What the server serves"))
+)]
+pub struct HandlerDoc;
+
+/// The whole document, as served and committed.
+pub fn document() -> Value {
+    let mut doc = serde_json::to_value(HandlerDoc::openapi()).unwrap_or_default();
+    let mut schemas_needed = vec![];
+    for k in kinds::ALL {
+        for (path, mut item) in openapi_k8s::paths_for_document(k) {
+            if let Some(ops) = item.as_object_mut() {
+                for op in ops.values_mut() {
+                    op["security"] = json!([{"BearerToken": []}]);
+                }
+            }
+            doc["paths"][path] = item;
+        }
+        schemas_needed.push(k.definition.to_string());
+        schemas_needed.push(format!("{}List", k.definition));
+    }
+    let schemas = doc["components"]["schemas"]
+        .as_object_mut()
+        .map(std::mem::take)
+        .unwrap_or_default();
+    let mut all: Map<String, Value> = schemas;
+    all.extend(openapi_k8s::reachable_schemas(&schemas_needed));
+    doc["components"]["schemas"] = Value::Object(all);
+    doc["components"]["securitySchemes"] =
+        json!({"BearerToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}});
+    doc
+}
+
+pub fn document_text() -> String {
+    serde_json::to_string_pretty(&document()).unwrap_or_default() + "\n"
+}
+
+/// A docs page that needs nothing from the network: it fetches `/openapi.json` with the token
+/// given in the page and lists every operation with its parameters and schemas.
+pub const DOCS_PAGE: &str = include_str!("docs.html");
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn committed_openapi_is_current() {
+        let committed = include_str!("../../openapi/converge.json");
+        let generated = super::document_text();
+        if committed != generated {
+            if std::env::var("CONVERGE_BLESS").is_ok() {
+                let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi/converge.json");
+                std::fs::write(path, &generated).expect("write openapi/converge.json");
+            }
+            panic!("openapi/converge.json is stale: run `CONVERGE_BLESS=1 cargo test -p converge-api committed_openapi` and commit it");
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! The schema documents kubectl reads: `/openapi/v3` (an index, then one OpenAPI 3 document per
+//! group-version) and `/openapi/v2` (Swagger 2.0). Built from the kind registry and the schema
+//! registry, with `x-kubernetes-group-version-kind` on each kind and its operations, and the
+//! `fieldValidation` parameter on PATCH — how kubectl learns to leave validation to the server.
+
+use converge_engine::kinds::{self, ResourceKind};
+use converge_engine::schema;
+use serde_json::{json, Map, Value};
+use std::sync::OnceLock;
+
+fn gvk(k: &ResourceKind) -> Value {
+    json!([{"group": k.group, "version": k.version, "kind": k.kind}])
+}
+
+fn query_param(name: &str, kind: &str, description: &str) -> Value {
+    json!({"name": name, "in": "query", "description": description, "schema": {"type": kind}, "uniqueItems": true})
+}
+
+fn write_params() -> Vec<Value> {
+    vec![
+        query_param(
+            "dryRun",
+            "string",
+            "When present, indicates that modifications should not be persisted. Valid value: All",
+        ),
+        query_param(
+            "fieldManager",
+            "string",
+            "A name associated with the actor making these changes.",
+        ),
+        query_param(
+            "fieldValidation",
+            "string",
+            "How to treat unknown fields: Ignore, Warn (default) or Strict.",
+        ),
+    ]
+}
+
+fn list_params() -> Vec<Value> {
+    [
+        ("labelSelector", "string"),
+        ("fieldSelector", "string"),
+        ("limit", "integer"),
+        ("continue", "string"),
+        ("resourceVersion", "string"),
+        ("timeoutSeconds", "integer"),
+        ("watch", "boolean"),
+        ("allowWatchBookmarks", "boolean"),
+    ]
+    .iter()
+    .map(|(n, t)| query_param(n, t, ""))
+    .collect()
+}
+
+fn path_param(name: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}, "uniqueItems": true})
+}
+
+fn schema_ref(name: &str, v3: bool) -> Value {
+    if v3 {
+        json!({"$ref": format!("#/components/schemas/{name}")})
+    } else {
+        json!({"$ref": format!("#/definitions/{name}")})
+    }
+}
+
+fn list_definition(k: &ResourceKind) -> String {
+    let name = format!("{}List", k.definition);
+    if schema::definitions().contains_key(&name) {
+        name
+    } else {
+        k.definition.to_string()
+    }
+}
+
+fn operation(
+    k: &ResourceKind,
+    action: &str,
+    id: &str,
+    params: Vec<Value>,
+    body: Option<(Vec<&str>, Value)>,
+    response: Value,
+    v3: bool,
+) -> Value {
+    let mut op = json!({
+        "operationId": id,
+        "tags": [if k.group.is_empty() { "core_v1".to_string() } else { format!("{}_{}", k.group.replace('.', "_"), k.version) }],
+        "parameters": params,
+        "x-kubernetes-action": action,
+        "x-kubernetes-group-version-kind": gvk(k)[0].clone(),
+    });
+    if v3 {
+        op["responses"] = json!({"200": {"description": "OK", "content": {"application/json": {"schema": response}}}, "401": {"description": "Unauthorized"}});
+        if let Some((types, schema)) = body {
+            let content: Map<String, Value> = types
+                .iter()
+                .map(|t| (t.to_string(), json!({"schema": schema.clone()})))
+                .collect();
+            op["requestBody"] = json!({"required": true, "content": content});
+        }
+    } else {
+        op["responses"] = json!({"200": {"description": "OK", "schema": response}, "401": {"description": "Unauthorized"}});
+        if let Some((types, schema)) = body {
+            op["consumes"] = json!(types);
+            let mut p = op["parameters"].as_array().cloned().unwrap_or_default();
+            p.push(json!({"name": "body", "in": "body", "required": true, "schema": schema}));
+            op["parameters"] = Value::Array(p);
+        }
+        if let Some(params) = op["parameters"].as_array_mut() {
+            for p in params.iter_mut() {
+                if let Some(t) = p.get("schema").and_then(|s| s.get("type")).cloned() {
+                    p["type"] = t;
+                    p.as_object_mut().map(|m| m.remove("schema"));
+                }
+            }
+        }
+    }
+    op
+}
+
+fn paths_for(k: &ResourceKind, v3: bool) -> Vec<(String, Value)> {
+    let prefix = k.path_prefix();
+    let (collection, item_base) = if k.namespaced {
+        (
+            format!("{prefix}/namespaces/{{namespace}}/{}", k.plural),
+            format!("{prefix}/namespaces/{{namespace}}/{}", k.plural),
+        )
+    } else {
+        (
+            format!("{prefix}/{}", k.plural),
+            format!("{prefix}/{}", k.plural),
+        )
+    };
+    let item = format!("{item_base}/{{name}}");
+    let scope = if k.namespaced { "Namespaced" } else { "" };
+    let obj = schema_ref(k.definition, v3);
+    let list = schema_ref(&list_definition(k), v3);
+    let patch_types: Vec<&str> = if k.is_core() {
+        vec![
+            "application/json-patch+json",
+            "application/merge-patch+json",
+            "application/strategic-merge-patch+json",
+        ]
+    } else {
+        vec![
+            "application/json-patch+json",
+            "application/merge-patch+json",
+        ]
+    };
+    let ns_params: Vec<Value> = if k.namespaced {
+        vec![path_param("namespace")]
+    } else {
+        vec![]
+    };
+    let with = |mut base: Vec<Value>, more: Vec<Value>| {
+        base.extend(more);
+        base
+    };
+    let item_params = with(ns_params.clone(), vec![path_param("name")]);
+    let mut out = vec![];
+    out.push((
+        collection.clone(),
+        json!({
+            "get": operation(k, "list", &format!("list{scope}{}", k.kind), with(ns_params.clone(), list_params()), None, list.clone(), v3),
+            "post": operation(k, "post", &format!("create{scope}{}", k.kind), with(ns_params.clone(), write_params()), Some((vec!["application/json"], obj.clone())), obj.clone(), v3),
+            "delete": operation(k, "deletecollection", &format!("deleteCollection{scope}{}", k.kind), with(ns_params.clone(), list_params()), None, json!({"type": "object"}), v3),
+        }),
+    ));
+    out.push((
+        item.clone(),
+        json!({
+            "get": operation(k, "get", &format!("read{scope}{}", k.kind), item_params.clone(), None, obj.clone(), v3),
+            "put": operation(k, "put", &format!("replace{scope}{}", k.kind), with(item_params.clone(), write_params()), Some((vec!["application/json"], obj.clone())), obj.clone(), v3),
+            "patch": operation(k, "patch", &format!("patch{scope}{}", k.kind), with(item_params.clone(), write_params()), Some((patch_types.clone(), json!({"type": "object"}))), obj.clone(), v3),
+            "delete": operation(k, "delete", &format!("delete{scope}{}", k.kind), with(item_params.clone(), vec![query_param("dryRun", "string", ""), query_param("propagationPolicy", "string", "")]), None, obj.clone(), v3),
+        }),
+    ));
+    if k.status_subresource {
+        out.push((
+            format!("{item}/status"),
+            json!({
+                "get": operation(k, "get", &format!("read{scope}{}Status", k.kind), item_params.clone(), None, obj.clone(), v3),
+                "put": operation(k, "put", &format!("replace{scope}{}Status", k.kind), with(item_params.clone(), write_params()), Some((vec!["application/json"], obj.clone())), obj.clone(), v3),
+                "patch": operation(k, "patch", &format!("patch{scope}{}Status", k.kind), with(item_params.clone(), write_params()), Some((patch_types, json!({"type": "object"}))), obj.clone(), v3),
+            }),
+        ));
+    }
+    out
+}
+
+fn rewrite_refs(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get_mut("$ref") {
+                if let Some(name) = r.strip_prefix("#/definitions/") {
+                    *r = format!("#/components/schemas/{name}");
+                }
+            }
+            m.values_mut().for_each(rewrite_refs);
+        }
+        Value::Array(a) => a.iter_mut().for_each(rewrite_refs),
+        _ => {}
+    }
+}
+
+/// All definitions, with each served kind marked with its group-version-kind.
+fn definitions_with_gvk() -> Map<String, Value> {
+    let mut defs = schema::definitions().clone();
+    for k in kinds::ALL {
+        if let Some(d) = defs.get_mut(k.definition) {
+            d["x-kubernetes-group-version-kind"] = gvk(k);
+        }
+    }
+    defs
+}
+
+/// `/openapi/v3/{api/v1 | apis/g/v}` for one group-version.
+pub fn v3_document(group: &str, version: &str) -> Option<&'static (String, String)> {
+    static DOCS: OnceLock<Vec<(String, String, (String, String))>> = OnceLock::new();
+    let docs = DOCS.get_or_init(|| {
+        kinds::group_versions()
+            .into_iter()
+            .map(|(g, v)| {
+                let mut paths = Map::new();
+                for k in kinds::ALL.iter().filter(|k| k.group == g && k.version == v) {
+                    for (p, item) in paths_for(k, true) {
+                        paths.insert(p, item);
+                    }
+                }
+                let mut schemas = Value::Object(definitions_with_gvk());
+                rewrite_refs(&mut schemas);
+                let title = if g.is_empty() { "Kubernetes".to_string() } else { format!("{g}/{v}") };
+                let doc = json!({
+                    "openapi": "3.0.0",
+                    "info": {"title": title, "version": v},
+                    "paths": paths,
+                    "components": {"schemas": schemas, "securitySchemes": {"BearerToken": {"type": "apiKey", "name": "authorization", "in": "header"}}},
+                });
+                let text = doc.to_string();
+                let hash = fnv_hex(&text);
+                (g.to_string(), v.to_string(), (text, hash))
+            })
+            .collect()
+    });
+    docs.iter()
+        .find(|(g, v, _)| g == group && v == version)
+        .map(|(_, _, d)| d)
+}
+
+/// `/openapi/v3`: where each group-version's document is.
+pub fn v3_index() -> Value {
+    let mut paths = Map::new();
+    for (g, v) in kinds::group_versions() {
+        let key = if g.is_empty() {
+            format!("api/{v}")
+        } else {
+            format!("apis/{g}/{v}")
+        };
+        if let Some((_, hash)) = v3_document(g, v) {
+            paths.insert(
+                key.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={hash}")}),
+            );
+        }
+    }
+    json!({"paths": paths})
+}
+
+/// `/openapi/v2`, JSON.
+pub fn v2_document() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut paths = Map::new();
+        for k in kinds::ALL {
+            for (p, item) in paths_for(k, false) {
+                paths.insert(p, item);
+            }
+        }
+        json!({
+            "swagger": "2.0",
+            "info": {"title": "Converge", "version": env!("CARGO_PKG_VERSION")},
+            "paths": paths,
+            "definitions": definitions_with_gvk(),
+            "securityDefinitions": {"BearerToken": {"type": "apiKey", "name": "authorization", "in": "header"}},
+            "security": [{"BearerToken": []}],
+        })
+        .to_string()
+    })
+}
+
+fn fnv_hex(text: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016X}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_operations_declare_field_validation_and_gvk() {
+        let (text, _) = v3_document("kubevirt.io", "v1")
+            .cloned()
+            .unwrap_or_default();
+        let doc: Value = serde_json::from_str(&text).unwrap_or_default();
+        let patch = &doc["paths"]
+            ["/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachines/{name}"]["patch"];
+        assert_eq!(
+            patch["x-kubernetes-group-version-kind"]["kind"],
+            "VirtualMachine"
+        );
+        let params: Vec<&str> = patch["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert!(params.contains(&"fieldValidation"));
+        assert!(doc["components"]["schemas"]["v1.VirtualMachine"]
+            ["x-kubernetes-group-version-kind"]
+            .is_array());
+        let refs = text.matches("#/definitions/").count();
+        assert_eq!(refs, 0);
+        assert!(v3_index()["paths"]["api/v1"]["serverRelativeURL"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("/openapi/v3/api/v1?hash=")));
+    }
+}
+
+/// A kind's routes as OpenAPI 3 path items (for Converge's own document).
+pub fn paths_for_document(k: &ResourceKind) -> Vec<(String, Value)> {
+    paths_for(k, true)
+}
+
+/// The named definitions and everything they reference, as OpenAPI 3 component schemas.
+pub fn reachable_schemas(roots: &[String]) -> Map<String, Value> {
+    let defs = definitions_with_gvk();
+    let mut out = Map::new();
+    let mut todo: Vec<String> = roots
+        .iter()
+        .filter(|r| defs.contains_key(*r))
+        .cloned()
+        .collect();
+    while let Some(name) = todo.pop() {
+        if out.contains_key(&name) {
+            continue;
+        }
+        let Some(def) = defs.get(&name) else { continue };
+        let mut def = def.clone();
+        collect_refs(&def, &mut todo);
+        rewrite_refs(&mut def);
+        out.insert(name, def);
+    }
+    out.sort_keys();
+    out
+}
+
+fn collect_refs(v: &Value, todo: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(name) = m
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix("#/definitions/"))
+            {
+                todo.push(name.to_string());
+            }
+            m.values().for_each(|c| collect_refs(c, todo));
+        }
+        Value::Array(a) => a.iter().for_each(|c| collect_refs(c, todo)),
+        _ => {}
+    }
+}

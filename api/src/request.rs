@@ -1,0 +1,348 @@
+//! Pure parsing of resource requests: path and query string in, a typed request out. No socket,
+//! no store — so every route shape is unit-tested.
+
+use converge_engine::kinds::{self, ResourceKind};
+use converge_engine::selector::{FieldSelector, LabelSelector};
+use converge_engine::store::{ListOptions, Propagation};
+use converge_engine::ApiError;
+
+/// Which resource a path names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourcePath {
+    pub kind: &'static ResourceKind,
+    /// Set for namespaced paths; `None` for cluster-scoped kinds and all-namespace lists.
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub subresource: Option<Subresource>,
+    /// The legacy `/watch/` path prefix.
+    pub watch_prefix: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subresource {
+    Status,
+    Scale,
+}
+
+/// Parse `/api/v1/...` or `/apis/{group}/{version}/...`; `None` when it is not a resource path.
+pub fn parse_path(path: &str) -> Result<ResourcePath, ApiError> {
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let (group, version, rest) = match segments.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return Err(ApiError::route_not_found()),
+    };
+    let (watch_prefix, rest) = match rest {
+        ["watch", more @ ..] => (true, more),
+        _ => (false, rest),
+    };
+    let find = |plural: &str| {
+        kinds::by_plural(group, version, plural).ok_or_else(ApiError::route_not_found)
+    };
+    let namespaced =
+        |plural: &str| kinds::by_plural(group, version, plural).filter(|k| k.namespaced);
+    let path = match rest {
+        [plural] => ResourcePath {
+            kind: find(plural)?,
+            namespace: None,
+            name: None,
+            subresource: None,
+            watch_prefix,
+        },
+        ["namespaces", ns, plural, tail @ ..] if namespaced(plural).is_some() => {
+            let kind = find(plural)?;
+            let (name, sub) = match tail {
+                [] => (None, None),
+                [name] => (Some(name.to_string()), None),
+                [name, sub] => (Some(name.to_string()), Some(*sub)),
+                _ => return Err(ApiError::route_not_found()),
+            };
+            ResourcePath {
+                kind,
+                namespace: Some(ns.to_string()),
+                name,
+                subresource: subresource(kind, sub)?,
+                watch_prefix,
+            }
+        }
+        [plural, name, tail @ ..] => {
+            let kind = find(plural)?;
+            if kind.namespaced {
+                return Err(ApiError::route_not_found());
+            }
+            let sub = match tail {
+                [] => None,
+                [sub] => Some(*sub),
+                _ => return Err(ApiError::route_not_found()),
+            };
+            ResourcePath {
+                kind,
+                namespace: None,
+                name: Some(name.to_string()),
+                subresource: subresource(kind, sub)?,
+                watch_prefix,
+            }
+        }
+        _ => return Err(ApiError::route_not_found()),
+    };
+    Ok(path)
+}
+
+fn subresource(kind: &ResourceKind, sub: Option<&str>) -> Result<Option<Subresource>, ApiError> {
+    match sub {
+        None => Ok(None),
+        Some("status") if kind.status_subresource => Ok(Some(Subresource::Status)),
+        Some("scale") if kind.scale_subresource => Ok(Some(Subresource::Scale)),
+        Some(_) => Err(ApiError::route_not_found()),
+    }
+}
+
+/// The query parameters the resource handlers read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Query {
+    pub watch: bool,
+    pub label_selector: String,
+    pub field_selector: String,
+    pub limit: Option<usize>,
+    pub continue_token: Option<String>,
+    pub resource_version: Option<String>,
+    pub timeout_seconds: Option<u64>,
+    pub allow_bookmarks: bool,
+    pub dry_run: bool,
+    pub field_validation: FieldValidation,
+    pub propagation: Option<Propagation>,
+    pub include_object: IncludeObject,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FieldValidation {
+    Ignore,
+    #[default]
+    Warn,
+    Strict,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IncludeObject {
+    None,
+    #[default]
+    Metadata,
+    Object,
+}
+
+pub fn parse_propagation(value: &str) -> Result<Propagation, ApiError> {
+    match value {
+        "Background" => Ok(Propagation::Background),
+        "Foreground" => Ok(Propagation::Foreground),
+        "Orphan" => Ok(Propagation::Orphan),
+        other => Err(ApiError::bad_request(format!("propagationPolicy: Unsupported value: \"{other}\": supported values: \"Background\", \"Foreground\", \"Orphan\""))),
+    }
+}
+
+fn truthy(v: &str) -> bool {
+    matches!(v, "true" | "1" | "True")
+}
+
+pub fn parse_query(pairs: &[(String, String)]) -> Result<Query, ApiError> {
+    let mut q = Query::default();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "watch" => q.watch = truthy(v),
+            "labelSelector" => q.label_selector = v.clone(),
+            "fieldSelector" => q.field_selector = v.clone(),
+            "limit" => {
+                let n: i64 = v.parse().map_err(|_| ApiError::bad_request(format!("limit: Invalid value: \"{v}\": must be an integer")))?;
+                q.limit = (n > 0).then_some(n as usize);
+            }
+            "continue" => q.continue_token = Some(v.clone()).filter(|s| !s.is_empty()),
+            "resourceVersion" => q.resource_version = Some(v.clone()).filter(|s| !s.is_empty()),
+            "timeoutSeconds" => {
+                q.timeout_seconds = Some(v.parse().map_err(|_| ApiError::bad_request(format!("timeoutSeconds: Invalid value: \"{v}\"")))?)
+            }
+            "allowWatchBookmarks" => q.allow_bookmarks = truthy(v),
+            "dryRun" => {
+                if v != "All" {
+                    return Err(ApiError::bad_request(format!("dryRun: Unsupported value: \"{v}\": supported values: \"All\"")));
+                }
+                q.dry_run = true;
+            }
+            "fieldValidation" => {
+                q.field_validation = match v.as_str() {
+                    "Ignore" => FieldValidation::Ignore,
+                    "Warn" | "" => FieldValidation::Warn,
+                    "Strict" => FieldValidation::Strict,
+                    other => return Err(ApiError::bad_request(format!("fieldValidation: Unsupported value: \"{other}\": supported values: \"Ignore\", \"Strict\", \"Warn\""))),
+                }
+            }
+            "propagationPolicy" => q.propagation = Some(parse_propagation(v)?),
+            "includeObject" => {
+                q.include_object = match v.as_str() {
+                    "None" => IncludeObject::None,
+                    "Object" => IncludeObject::Object,
+                    _ => IncludeObject::Metadata,
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(q)
+}
+
+/// Fields each kind can be selected by, beyond `metadata.name` and `metadata.namespace`.
+pub fn selectable_fields(kind: &ResourceKind) -> &'static [&'static str] {
+    if std::ptr::eq(kind, &kinds::EVENT) {
+        &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ]
+    } else if std::ptr::eq(kind, &kinds::NAMESPACE) {
+        &["status.phase"]
+    } else if std::ptr::eq(kind, &kinds::SECRET) {
+        &["type"]
+    } else {
+        &[]
+    }
+}
+
+impl Query {
+    pub fn list_options(&self, kind: &ResourceKind) -> Result<ListOptions, ApiError> {
+        let labels = LabelSelector::parse(&self.label_selector)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let fields = FieldSelector::parse(&self.field_selector, selectable_fields(kind))
+            .map_err(|e| ApiError::bad_request(format!("{e}")))?;
+        Ok(ListOptions {
+            labels,
+            fields,
+            limit: self.limit,
+            continue_token: self.continue_token.clone(),
+        })
+    }
+}
+
+/// What the client wants back: plain objects or a `meta.k8s.io` Table.
+pub fn wants_table(accept: &str) -> bool {
+    accept
+        .split(',')
+        .next()
+        .is_some_and(|first| first.contains("as=Table") && first.contains("g=meta.k8s.io"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(path: &str) -> ResourcePath {
+        match parse_path(path) {
+            Ok(p) => p,
+            Err(e) => panic!("{path}: {e}"),
+        }
+    }
+
+    #[test]
+    fn every_route_shape() {
+        let p = ok("/apis/kubevirt.io/v1/namespaces/default/virtualmachines");
+        assert_eq!(
+            (p.kind.kind, p.namespace.as_deref(), p.name.as_deref()),
+            ("VirtualMachine", Some("default"), None)
+        );
+        let p = ok("/apis/kubevirt.io/v1/namespaces/default/virtualmachines/web");
+        assert_eq!(p.name.as_deref(), Some("web"));
+        let p = ok("/apis/kubevirt.io/v1/namespaces/default/virtualmachines/web/status");
+        assert_eq!(p.subresource, Some(Subresource::Status));
+        let p = ok(
+            "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstancereplicasets/rs/scale",
+        );
+        assert_eq!(p.subresource, Some(Subresource::Scale));
+        let p = ok("/apis/kubevirt.io/v1/virtualmachines");
+        assert_eq!((p.namespace, p.name), (None, None));
+        let p = ok("/api/v1/namespaces");
+        assert_eq!(p.kind.kind, "Namespace");
+        let p = ok("/api/v1/namespaces/default");
+        assert_eq!(
+            (p.kind.kind, p.name.as_deref()),
+            ("Namespace", Some("default"))
+        );
+        let p = ok("/api/v1/namespaces/default/status");
+        assert_eq!(
+            (p.kind.kind, p.subresource),
+            ("Namespace", Some(Subresource::Status))
+        );
+        let p = ok("/api/v1/namespaces/default/configmaps");
+        assert_eq!(
+            (p.kind.kind, p.namespace.as_deref()),
+            ("ConfigMap", Some("default"))
+        );
+        let p = ok("/api/v1/watch/namespaces/default/events");
+        assert!(p.watch_prefix);
+    }
+
+    #[test]
+    fn refuses_what_is_not_served() {
+        for bad in [
+            "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/web/scale",
+            "/apis/kubevirt.io/v1/namespaces/default/virtualmachinepools",
+            "/apis/kubevirt.io/v2/virtualmachines",
+            "/api/v1/configmaps/x",
+            "/api/v1/namespaces/default/configmaps/a/b/c",
+            "/healthz",
+        ] {
+            assert!(parse_path(bad).is_err_and(|e| e.code == 404), "{bad}");
+        }
+    }
+
+    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn query_parameters() {
+        let q = parse_query(&pairs(&[
+            ("watch", "true"),
+            ("limit", "5"),
+            ("dryRun", "All"),
+            ("fieldValidation", "Strict"),
+            ("propagationPolicy", "Foreground"),
+        ]));
+        let q = q.unwrap_or_default();
+        assert!(q.watch && q.dry_run);
+        assert_eq!(q.limit, Some(5));
+        assert_eq!(q.field_validation, FieldValidation::Strict);
+        assert_eq!(q.propagation, Some(Propagation::Foreground));
+        assert!(parse_query(&pairs(&[("dryRun", "Some")])).is_err());
+        assert!(parse_query(&pairs(&[("limit", "x")])).is_err());
+        assert!(parse_query(&pairs(&[("fieldValidation", "Loud")])).is_err());
+        assert!(parse_query(&pairs(&[("propagationPolicy", "Now")])).is_err());
+    }
+
+    #[test]
+    fn selectors_are_checked_per_kind() {
+        let q = Query {
+            field_selector: "involvedObject.name=x".into(),
+            ..Default::default()
+        };
+        assert!(q.list_options(&kinds::EVENT).is_ok());
+        assert!(q.list_options(&kinds::VIRTUAL_MACHINE).is_err());
+    }
+
+    #[test]
+    fn table_negotiation() {
+        assert!(wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"));
+        assert!(!wants_table("application/json"));
+    }
+}

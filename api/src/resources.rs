@@ -1,0 +1,681 @@
+//! Kubernetes-compatible REST for every registered kind: one dispatcher, typed by
+//! `request::parse_path`, writing through admission and the store.
+
+use crate::auth::{self, Access, Principal};
+use crate::request::{self, FieldValidation, Query, ResourcePath, Subresource};
+use crate::response::{json_response, status_response, Warnings};
+use crate::state::AppState;
+use crate::{table, watch};
+use actix_web::http::Method;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use converge_engine::admission::{self, Operation};
+use converge_engine::kinds::{self, ResourceKind};
+use converge_engine::patch::{self, PatchError, PatchType};
+use converge_engine::store::{DeleteOptions, DeleteOutcome, ListOptions, UpdateMode};
+use converge_engine::{meta, schema, ApiError, ApiResult, Cause};
+use serde_json::{json, Value};
+
+pub async fn dispatch(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    match handle(&req, &body, &state).await {
+        Ok(resp) => resp,
+        Err(e) => status_response(&e),
+    }
+}
+
+fn verb(method: &Method, path: &ResourcePath, q: &Query) -> &'static str {
+    match (method.as_str(), path.name.is_some()) {
+        ("GET", true) => "get",
+        ("GET", false) if q.watch || path.watch_prefix => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => "unknown",
+    }
+}
+
+async fn handle(req: &HttpRequest, body: &[u8], state: &AppState) -> ApiResult<HttpResponse> {
+    let path = request::parse_path(req.path())?;
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
+    let q = request::parse_query(&pairs)?;
+    let principal = req
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(ApiError::unauthorized)?;
+    let verb = verb(req.method(), &path, &q);
+    auth::authorize(
+        &principal,
+        &Access {
+            write: req.method() != Method::GET,
+            namespace: path.namespace.as_deref(),
+            cluster_scoped: !path.kind.namespaced,
+            listable_across_namespaces: false,
+            resource: path.kind.plural,
+            group: path.kind.group,
+            verb,
+        },
+    )?;
+    let accept = req
+        .headers()
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let as_table = request::wants_table(accept);
+    match (req.method().as_str(), &path.name, path.subresource) {
+        ("GET", None, _) if q.watch || path.watch_prefix => {
+            watch::serve(state, &path, &q, as_table).await
+        }
+        ("GET", None, _) => list(state, &path, &q, as_table).await,
+        ("GET", Some(name), Some(Subresource::Scale)) => Ok(json_response(
+            200,
+            &scale_of(&get(state, &path, name).await?),
+            &[],
+        )),
+        ("GET", Some(name), _) => {
+            let obj = get(state, &path, name).await?;
+            if as_table {
+                Ok(json_response(
+                    200,
+                    &table::table(path.kind, &[obj], json!({}), q.include_object),
+                    &[],
+                ))
+            } else {
+                Ok(json_response(200, &obj, &[]))
+            }
+        }
+        ("POST", None, None) => create(state, &path, &q, body, content_type).await,
+        ("PUT", Some(name), Some(Subresource::Scale)) => {
+            scale_update(state, &path, name, &q, ScaleChange::Replace(body)).await
+        }
+        ("PUT", Some(name), sub) => {
+            replace(state, &path, name, &q, body, content_type, mode(sub)).await
+        }
+        ("PATCH", Some(name), Some(Subresource::Scale)) => {
+            let pt = patch_type(path.kind, content_type)?;
+            scale_update(state, &path, name, &q, ScaleChange::Patch(pt, body)).await
+        }
+        ("PATCH", Some(name), sub) => {
+            patch(state, &path, name, &q, body, content_type, mode(sub)).await
+        }
+        ("DELETE", Some(name), None) => delete(state, &path, name, &q, body).await,
+        ("DELETE", None, None) => delete_collection(state, &path, &q).await,
+        (method, _, _) => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource: {method}"
+        ))),
+    }
+}
+
+fn mode(sub: Option<Subresource>) -> UpdateMode {
+    if sub == Some(Subresource::Status) {
+        UpdateMode::Status
+    } else {
+        UpdateMode::Main
+    }
+}
+
+fn item_namespace(path: &ResourcePath) -> &str {
+    path.namespace.as_deref().unwrap_or("")
+}
+
+async fn get(state: &AppState, path: &ResourcePath, name: &str) -> ApiResult<Value> {
+    let kind = path.kind;
+    state
+        .store
+        .get(kind, item_namespace(path), name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(kind.group, kind.plural, name))
+}
+
+async fn list(
+    state: &AppState,
+    path: &ResourcePath,
+    q: &Query,
+    as_table: bool,
+) -> ApiResult<HttpResponse> {
+    let kind = path.kind;
+    let opts = q.list_options(kind)?;
+    let page = state
+        .store
+        .list(kind, path.namespace.as_deref(), &opts)
+        .await?;
+    let mut list_meta = json!({"resourceVersion": page.resource_version.to_string()});
+    if let Some(c) = &page.continue_token {
+        list_meta["continue"] = json!(c);
+    }
+    if let Some(r) = page.remaining {
+        list_meta["remainingItemCount"] = json!(r);
+    }
+    if as_table {
+        let objects = page
+            .items
+            .iter()
+            .map(|raw| serde_json::from_str(raw))
+            .collect::<Result<Vec<Value>, _>>()
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        return Ok(json_response(
+            200,
+            &table::table(kind, &objects, list_meta, q.include_object),
+            &[],
+        ));
+    }
+    // Items are spliced in as stored: a large list is never parsed and re-serialized.
+    let mut body =
+        String::with_capacity(page.items.iter().map(|i| i.len() + 1).sum::<usize>() + 256);
+    body.push_str(&format!(
+        "{{\"apiVersion\":\"{}\",\"kind\":\"{}\",\"metadata\":{},\"items\":[",
+        kind.api_version(),
+        kind.list_kind(),
+        list_meta
+    ));
+    for (i, item) in page.items.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(item);
+    }
+    body.push_str("]}");
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
+}
+
+/// Parse a request body as a JSON object.
+fn decode(kind: &ResourceKind, body: &[u8], content_type: &str) -> ApiResult<Value> {
+    let ct = content_type.split(';').next().unwrap_or("").trim();
+    if !ct.is_empty() && ct != "application/json" && ct != "*/*" {
+        return Err(ApiError::unsupported_media_type(content_type));
+    }
+    let obj: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: {e}",
+            kind.kind, kind.version, kind.kind
+        ))
+    })?;
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: the body must be a JSON object",
+            kind.kind, kind.version, kind.kind
+        )));
+    }
+    Ok(obj)
+}
+
+/// apiVersion/kind as the endpoint expects (filled when absent), and the shape by the schema.
+fn check_object(
+    kind: &ResourceKind,
+    obj: &mut Value,
+    validation: FieldValidation,
+) -> ApiResult<Warnings> {
+    let expected = kind.api_version();
+    match obj.get("apiVersion").and_then(Value::as_str) {
+        Some(v) if v != expected => {
+            return Err(ApiError::bad_request(format!("the API version in the data ({v}) does not match the expected API version ({expected})")))
+        }
+        _ => obj["apiVersion"] = json!(expected),
+    }
+    match obj.get("kind").and_then(Value::as_str) {
+        Some(k) if k != kind.kind => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                kind.kind
+            )))
+        }
+        _ => obj["kind"] = json!(kind.kind),
+    }
+    let report = schema::check(kind.definition, obj, validation != FieldValidation::Strict);
+    if !report.type_errors.is_empty() || !report.missing.is_empty() {
+        let mut causes: Vec<Cause> = report
+            .type_errors
+            .into_iter()
+            .map(|(f, m)| Cause::invalid(f, m))
+            .collect();
+        causes.extend(
+            report
+                .missing
+                .into_iter()
+                .map(|f| Cause::required(f, "Required value")),
+        );
+        let mut err = ApiError::invalid(kind.group, kind.kind, meta::name(obj), causes);
+        if kind.is_core() {
+            err.code = 400;
+            err.reason = "BadRequest";
+        }
+        return Err(err);
+    }
+    let unknown: Vec<String> = report
+        .unknown_fields
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    match validation {
+        FieldValidation::Strict if !unknown.is_empty() => Err(ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+            kind.kind,
+            kind.version,
+            kind.kind,
+            unknown.join(", ")
+        ))),
+        FieldValidation::Warn => Ok(unknown),
+        _ => Ok(vec![]),
+    }
+}
+
+fn place(path: &ResourcePath, obj: &mut Value, url_name: Option<&str>) -> ApiResult<()> {
+    let kind = path.kind;
+    let m = meta::metadata_mut(obj);
+    if kind.namespaced {
+        let ns = path.namespace.as_deref().ok_or_else(|| {
+            ApiError::method_not_allowed("namespaced resources are created in a namespace")
+        })?;
+        match m.get("namespace").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            Some(given) if given != ns => {
+                return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"))
+            }
+            _ => {
+                m.insert("namespace".into(), json!(ns));
+            }
+        }
+    } else {
+        m.remove("namespace");
+    }
+    if let Some(url_name) = url_name {
+        match m
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
+            Some(given) if given != url_name => return Err(ApiError::bad_request(format!(
+                "the name of the object ({given}) does not match the name on the URL ({url_name})"
+            ))),
+            _ => {
+                m.insert("name".into(), json!(url_name));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn presets_for(
+    state: &AppState,
+    kind: &ResourceKind,
+    namespace: &str,
+) -> ApiResult<Vec<Value>> {
+    if !std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE) {
+        return Ok(vec![]);
+    }
+    let page = state
+        .store
+        .list(
+            &kinds::VIRTUAL_MACHINE_INSTANCE_PRESET,
+            Some(namespace),
+            &ListOptions::default(),
+        )
+        .await?;
+    page.items
+        .iter()
+        .map(|raw| serde_json::from_str(raw).map_err(|e| ApiError::internal(e.to_string())))
+        .collect()
+}
+
+async fn create(
+    state: &AppState,
+    path: &ResourcePath,
+    q: &Query,
+    body: &[u8],
+    content_type: &str,
+) -> ApiResult<HttpResponse> {
+    let kind = path.kind;
+    let mut obj = decode(kind, body, content_type)?;
+    place(path, &mut obj, None)?;
+    let warnings = check_object(kind, &mut obj, q.field_validation)?;
+    let presets = presets_for(state, kind, item_namespace(path)).await?;
+    admission::admit(
+        kind,
+        Operation::Create,
+        &mut obj,
+        &admission::Context {
+            old: None,
+            presets: &presets,
+        },
+    )?;
+    let created = state.store.create(kind, obj, q.dry_run).await?;
+    Ok(json_response(201, &created, &warnings))
+}
+
+/// Admission and the store's update, shared by PUT and PATCH.
+async fn write_update(
+    state: &AppState,
+    kind: &ResourceKind,
+    mut obj: Value,
+    old: &Value,
+    q: &Query,
+    mode: UpdateMode,
+) -> ApiResult<Value> {
+    if mode == UpdateMode::Main {
+        admission::admit(
+            kind,
+            Operation::Update,
+            &mut obj,
+            &admission::Context {
+                old: Some(old),
+                presets: &[],
+            },
+        )?;
+    }
+    state.store.update(kind, obj, mode, q.dry_run).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn replace(
+    state: &AppState,
+    path: &ResourcePath,
+    name: &str,
+    q: &Query,
+    body: &[u8],
+    content_type: &str,
+    mode: UpdateMode,
+) -> ApiResult<HttpResponse> {
+    let kind = path.kind;
+    let mut obj = decode(kind, body, content_type)?;
+    place(path, &mut obj, Some(name))?;
+    let warnings = check_object(kind, &mut obj, q.field_validation)?;
+    let old = get(state, path, name).await?;
+    let updated = write_update(state, kind, obj, &old, q, mode).await?;
+    Ok(json_response(200, &updated, &warnings))
+}
+
+fn patch_type(kind: &ResourceKind, content_type: &str) -> ApiResult<PatchType> {
+    match PatchType::from_content_type(content_type) {
+        Some(PatchType::Strategic) if !kind.is_core() => {
+            Err(ApiError::unsupported_media_type(content_type))
+        }
+        Some(PatchType::Apply) => Err(ApiError::unsupported_media_type(&format!(
+            "{content_type} (server-side apply is not supported yet)"
+        ))),
+        Some(pt) => Ok(pt),
+        None => Err(ApiError::unsupported_media_type(content_type)),
+    }
+}
+
+fn patch_error(kind: &ResourceKind, name: &str, e: PatchError) -> ApiError {
+    match e {
+        PatchError::Malformed(m) => ApiError::bad_request(m),
+        PatchError::Failed(m) => {
+            ApiError::invalid(kind.group, kind.kind, name, vec![Cause::invalid("", m)])
+        }
+    }
+}
+
+const PATCH_RETRIES: usize = 5;
+
+#[allow(clippy::too_many_arguments)]
+async fn patch(
+    state: &AppState,
+    path: &ResourcePath,
+    name: &str,
+    q: &Query,
+    body: &[u8],
+    content_type: &str,
+    mode: UpdateMode,
+) -> ApiResult<HttpResponse> {
+    let kind = path.kind;
+    let pt = patch_type(kind, content_type)?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = get(state, path, name).await?;
+        let mut patched =
+            patch::apply(pt, &current, body).map_err(|e| patch_error(kind, name, e))?;
+        let current_rv = meta::meta_str(&current, "resourceVersion")
+            .unwrap_or("")
+            .to_string();
+        // A patch that names a resourceVersion asks for that exact version; otherwise the
+        // version read is the precondition, and a lost race is retried.
+        let client_rv =
+            meta::meta_str(&patched, "resourceVersion").is_some_and(|rv| rv != current_rv);
+        if meta::meta_str(&patched, "resourceVersion").is_none_or(str::is_empty) {
+            meta::metadata_mut(&mut patched).insert("resourceVersion".into(), json!(current_rv));
+        }
+        if meta::name(&patched) != name || meta::namespace(&patched) != meta::namespace(&current) {
+            return Err(ApiError::invalid(
+                kind.group,
+                kind.kind,
+                name,
+                vec![Cause::invalid("metadata.name", "field is immutable")],
+            ));
+        }
+        let warnings = check_object(kind, &mut patched, q.field_validation)?;
+        match write_update(state, kind, patched, &current, q, mode).await {
+            Ok(updated) => return Ok(json_response(200, &updated, &warnings)),
+            Err(e) if e.code == 409 && !client_rv && attempt < PATCH_RETRIES => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn delete_options(path: &ResourcePath, q: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
+    let mut opts = DeleteOptions {
+        propagation: q.propagation,
+        dry_run: q.dry_run,
+        ..Default::default()
+    };
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?;
+        if let Some(p) = v.get("propagationPolicy").and_then(Value::as_str) {
+            opts.propagation = Some(request::parse_propagation(p)?);
+        }
+        if v.get("orphanDependents").and_then(Value::as_bool) == Some(true)
+            && opts.propagation.is_none()
+        {
+            opts.propagation = Some(converge_engine::store::Propagation::Orphan);
+        }
+        if let Some(dry) = v.get("dryRun").and_then(Value::as_array) {
+            for d in dry {
+                if d.as_str() != Some("All") {
+                    return Err(ApiError::bad_request(format!(
+                        "dryRun: Unsupported value: {d}: supported values: \"All\""
+                    )));
+                }
+                opts.dry_run = true;
+            }
+        }
+        if let Some(pre) = v.get("preconditions") {
+            opts.precondition_uid = pre.get("uid").and_then(Value::as_str).map(str::to_string);
+            opts.precondition_rv = pre
+                .get("resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+        }
+    }
+    let _ = path;
+    Ok(opts)
+}
+
+fn deleted_response(kind: &ResourceKind, obj: &Value) -> HttpResponse {
+    // Core kinds other than namespaces answer with a Success Status, as the apiserver does.
+    if kind.is_core() && !std::ptr::eq(kind, &kinds::NAMESPACE) {
+        let status = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+            "details": {"name": meta::name(obj), "kind": kind.plural, "uid": meta::uid(obj)}
+        });
+        return json_response(200, &status, &[]);
+    }
+    json_response(200, obj, &[])
+}
+
+async fn delete(
+    state: &AppState,
+    path: &ResourcePath,
+    name: &str,
+    q: &Query,
+    body: &[u8],
+) -> ApiResult<HttpResponse> {
+    let opts = delete_options(path, q, body)?;
+    match state
+        .store
+        .delete(path.kind, item_namespace(path), name, &opts)
+        .await?
+    {
+        DeleteOutcome::Deleted(obj) => Ok(deleted_response(path.kind, &obj)),
+        DeleteOutcome::Pending(obj) => Ok(json_response(200, &obj, &[])),
+    }
+}
+
+async fn delete_collection(
+    state: &AppState,
+    path: &ResourcePath,
+    q: &Query,
+) -> ApiResult<HttpResponse> {
+    let kind = path.kind;
+    let opts = q.list_options(kind)?;
+    let page = state
+        .store
+        .list(
+            kind,
+            path.namespace.as_deref(),
+            &ListOptions {
+                limit: None,
+                continue_token: None,
+                ..opts
+            },
+        )
+        .await?;
+    let del = DeleteOptions {
+        propagation: q.propagation,
+        dry_run: q.dry_run,
+        ..Default::default()
+    };
+    let mut items = vec![];
+    for raw in page.items {
+        let obj: Value =
+            serde_json::from_str(&raw).map_err(|e| ApiError::internal(e.to_string()))?;
+        match state
+            .store
+            .delete(kind, meta::namespace(&obj), meta::name(&obj), &del)
+            .await
+        {
+            Ok(DeleteOutcome::Deleted(o)) | Ok(DeleteOutcome::Pending(o)) => items.push(o),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let list = json!({"apiVersion": kind.api_version(), "kind": kind.list_kind(), "metadata": {"resourceVersion": state.store.current_rv().await?.to_string()}, "items": items});
+    Ok(json_response(200, &list, &[]))
+}
+
+/// `autoscaling/v1` Scale for a replica set.
+fn scale_of(obj: &Value) -> Value {
+    let selector = meta::at(obj, &["spec", "selector"])
+        .map(selector_string)
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta::name(obj), "namespace": meta::namespace(obj), "uid": meta::uid(obj),
+            "resourceVersion": meta::meta_str(obj, "resourceVersion"), "creationTimestamp": meta::meta_str(obj, "creationTimestamp"),
+        },
+        "spec": {"replicas": meta::at(obj, &["spec", "replicas"]).cloned().unwrap_or(json!(1))},
+        "status": {"replicas": meta::at(obj, &["status", "replicas"]).cloned().unwrap_or(json!(0)), "selector": selector},
+    })
+}
+
+fn selector_string(sel: &Value) -> String {
+    let mut parts = vec![];
+    for (k, v) in sel
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        parts.push(format!("{k}={}", v.as_str().unwrap_or_default()));
+    }
+    for e in sel
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
+        let values: Vec<&str> = e
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        parts.push(match e.get("operator").and_then(Value::as_str) {
+            Some("In") => format!("{key} in ({})", values.join(",")),
+            Some("NotIn") => format!("{key} notin ({})", values.join(",")),
+            Some("DoesNotExist") => format!("!{key}"),
+            _ => key.to_string(),
+        });
+    }
+    parts.join(",")
+}
+
+enum ScaleChange<'a> {
+    Replace(&'a [u8]),
+    Patch(PatchType, &'a [u8]),
+}
+
+async fn scale_update(
+    state: &AppState,
+    path: &ResourcePath,
+    name: &str,
+    q: &Query,
+    change: ScaleChange<'_>,
+) -> ApiResult<HttpResponse> {
+    let kind = path.kind;
+    let current = get(state, path, name).await?;
+    let scale = match change {
+        ScaleChange::Replace(body) => serde_json::from_slice::<Value>(body)
+            .map_err(|e| ApiError::bad_request(format!("Scale: {e}")))?,
+        ScaleChange::Patch(pt, body) => {
+            patch::apply(pt, &scale_of(&current), body).map_err(|e| patch_error(kind, name, e))?
+        }
+    };
+    let replicas = meta::at(&scale, &["spec", "replicas"])
+        .and_then(Value::as_i64)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "autoscaling",
+                "Scale",
+                name,
+                vec![Cause::required("spec.replicas", "Required value")],
+            )
+        })?;
+    if replicas < 0 {
+        return Err(ApiError::invalid(
+            "autoscaling",
+            "Scale",
+            name,
+            vec![Cause::invalid(
+                "spec.replicas",
+                format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+            )],
+        ));
+    }
+    let mut updated = current.clone();
+    *meta::at_mut(&mut updated, &["spec", "replicas"]) = json!(replicas);
+    if let Some(rv) = meta::meta_str(&scale, "resourceVersion").filter(|s| !s.is_empty()) {
+        meta::metadata_mut(&mut updated).insert("resourceVersion".into(), json!(rv));
+    }
+    let stored = write_update(state, kind, updated, &current, q, UpdateMode::Main).await?;
+    Ok(json_response(200, &scale_of(&stored), &[]))
+}

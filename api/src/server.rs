@@ -1,0 +1,396 @@
+//! `converge serve`: data dir, TLS, auth middleware, routes, the collector — and a handle tests
+//! start on port 0.
+
+use crate::auth::{self, Authenticator, Principal, Role};
+use crate::response::{json_response, status_response};
+use crate::state::AppState;
+use crate::{discovery, openapi, openapi_k8s, pki, resources, tokens};
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, HttpServer};
+use converge_engine::macpool::MacRange;
+use converge_engine::store::{Store, StoreConfig};
+use converge_engine::ApiError;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error("store: {0}")]
+    Store(ApiError),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("tls: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    /// `sqlite://…` or `postgres://…`; default: SQLite in the data dir.
+    pub database_url: Option<String>,
+    pub tls_sans: Vec<String>,
+    pub mac_range: MacRange,
+    pub bookmark_interval: Duration,
+    pub workers: usize,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            listen: "127.0.0.1:6443".into(),
+            database_url: None,
+            tls_sans: vec![],
+            mac_range: MacRange::default(),
+            bookmark_interval: Duration::from_secs(60),
+            workers: 2,
+        }
+    }
+}
+
+/// A started server.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub kubeconfig: PathBuf,
+    pub admin_token: String,
+    pub ca_pem: String,
+    pub store: Arc<Store>,
+    pub auth: Arc<Authenticator>,
+    handle: ServerHandle,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    collector: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Serve until the server stops (a signal, or `stop`).
+    pub async fn wait(self) -> std::io::Result<()> {
+        let result = self.server.await.unwrap_or(Ok(()));
+        self.collector.abort();
+        self.store.close().await;
+        result
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.server.await;
+        self.collector.abort();
+        self.store.close().await;
+    }
+}
+
+const ADMIN_TOKEN_TTL: i64 = 10 * 365 * 24 * 3600;
+
+async fn admin_token(
+    config: &ServerConfig,
+    auth: &Authenticator,
+    store: &Store,
+) -> Result<String, ServeError> {
+    let path = config.data_dir.join("admin.token");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        if auth
+            .verify(existing.trim())
+            .is_ok_and(|p| p.role == Role::Admin)
+        {
+            return Ok(existing.trim().to_string());
+        }
+    }
+    let (_, token) = auth
+        .issue(
+            store.pool(),
+            "converge-admin",
+            Role::Admin,
+            vec![],
+            ADMIN_TOKEN_TTL,
+        )
+        .await
+        .map_err(ServeError::Store)?;
+    pki::write_private(&path, &token)?;
+    Ok(token)
+}
+
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
+    let data_dir = &config.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(|e| ServeError::DataDir {
+        path: data_dir.display().to_string(),
+        source: e,
+    })?;
+    let pki = pki::ensure(data_dir, &pki::default_sans(&config.tls_sans))?;
+    let url = config.database_url.clone().unwrap_or_else(|| {
+        format!(
+            "sqlite://{}?mode=rwc",
+            data_dir.join("converge.db").display()
+        )
+    });
+    let mut store_config = StoreConfig::new(url);
+    store_config.mac_range = config.mac_range;
+    let store = Store::open(&store_config)
+        .await
+        .map_err(ServeError::Store)?;
+    let auth = Arc::new(Authenticator::new(&pki.signing_secret));
+    auth.load_revoked(store.pool())
+        .await
+        .map_err(ServeError::Store)?;
+    let token = admin_token(&config, &auth, &store).await?;
+
+    let listener = std::net::TcpListener::bind(&config.listen).map_err(|e| ServeError::Listen {
+        addr: config.listen.clone(),
+        source: e,
+    })?;
+    let addr = listener.local_addr().map_err(|e| ServeError::Listen {
+        addr: config.listen.clone(),
+        source: e,
+    })?;
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let base_url = format!("https://{host}:{}", addr.port());
+
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![rustls::pki_types::CertificateDer::from(
+                pki.serving_cert_der.clone(),
+            )],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(pki.serving_key_der.clone().into()),
+        )?;
+
+    let state = web::Data::new(AppState {
+        store: Arc::clone(&store),
+        auth: Arc::clone(&auth),
+        server_address: format!("{host}:{}", addr.port()),
+        bookmark_interval: config.bookmark_interval,
+    });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::PayloadConfig::new(3 * 1024 * 1024))
+            .wrap(from_fn(authenticate))
+            .route("/healthz", web::get().to(healthz))
+            .route("/livez", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/version", web::get().to(version))
+            .route("/api", web::get().to(api_versions))
+            .route("/apis", web::get().to(api_groups))
+            .route("/api/{version}", web::get().to(core_resources))
+            .route("/apis/{group}", web::get().to(api_group))
+            .route("/apis/{group}/{version}", web::get().to(group_resources))
+            .route("/openapi/v2", web::get().to(openapi_v2))
+            .route("/openapi/v3", web::get().to(openapi_v3_index))
+            .route("/openapi/v3/api/{version}", web::get().to(openapi_v3_core))
+            .route(
+                "/openapi/v3/apis/{group}/{version}",
+                web::get().to(openapi_v3_group),
+            )
+            .route("/openapi.json", web::get().to(own_openapi))
+            .route("/docs", web::get().to(docs))
+            .service(
+                web::resource("/converge/v1/tokens")
+                    .route(web::post().to(tokens::create))
+                    .route(web::get().to(tokens::list)),
+            )
+            .route("/converge/v1/tokens/{id}", web::delete().to(tokens::revoke))
+            .default_service(web::to(resources::dispatch))
+    })
+    .workers(config.workers.max(1))
+    .disable_signals()
+    .shutdown_timeout(5)
+    .listen_rustls_0_23(listener, tls)
+    .map_err(|e| ServeError::Listen {
+        addr: config.listen.clone(),
+        source: e,
+    })?
+    .run();
+    let handle = server.handle();
+    let server = tokio::spawn(server);
+    let collector = tokio::spawn(converge_engine::gc::run(Arc::clone(&store)));
+
+    let kubeconfig = data_dir.join("kubeconfig");
+    pki::write_private(
+        &kubeconfig,
+        &pki::kubeconfig(&base_url, &pki.ca_pem, &token),
+    )?;
+    tracing::info!(%base_url, kubeconfig = %kubeconfig.display(), "converge is serving");
+    Ok(RunningServer {
+        addr,
+        base_url,
+        kubeconfig,
+        admin_token: token,
+        ca_pem: pki.ca_pem,
+        store,
+        auth,
+        handle,
+        server,
+        collector,
+    })
+}
+
+/// Routes anyone may call: health and version, as on a Kubernetes apiserver; and the docs shell,
+/// which holds no data and asks for a token before it loads anything.
+pub const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version", "/docs"];
+
+async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = std::time::Instant::now();
+    let (method, path) = (req.method().clone(), req.path().to_string());
+    if !PUBLIC_PATHS.contains(&req.path()) {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let token = auth::bearer_token(
+            header("authorization").as_deref(),
+            header("sec-websocket-protocol").as_deref(),
+        );
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let principal: Result<Principal, ApiError> = match (token, state) {
+            (Some(t), Some(s)) => s.auth.verify(&t),
+            _ => Err(ApiError::unauthorized()),
+        };
+        match principal {
+            Ok(p) => {
+                req.extensions_mut().insert(p);
+            }
+            Err(e) => {
+                tracing::debug!(%method, %path, "unauthorized");
+                return Ok(req.into_response(status_response(&e)).map_into_right_body());
+            }
+        }
+    }
+    let resp = next.call(req).await?;
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    Ok(resp.map_into_left_body())
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "discovery", responses((status = 200, description = "ok", body = String)))]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok")
+}
+
+/// Readiness: the store answers.
+#[utoipa::path(get, path = "/readyz", tag = "discovery", responses((status = 200, description = "ok", body = String), (status = 503, description = "the store does not answer")))]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    match state.store.current_rv().await {
+        Ok(_) => HttpResponse::Ok().content_type("text/plain").body("ok"),
+        Err(e) => status_response(&ApiError::unavailable(e.message)),
+    }
+}
+
+/// Kubernetes-style version info (kubectl checks it for skew).
+#[utoipa::path(get, path = "/version", tag = "discovery", responses((status = 200, description = "Version info", body = Object)))]
+pub async fn version() -> HttpResponse {
+    json_response(200, &version_info(), &[])
+}
+
+pub fn version_info() -> serde_json::Value {
+    json!({
+        "major": "1", "minor": "32",
+        "gitVersion": format!("v1.32.0+converge-{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "", "gitTreeState": "clean", "buildDate": "",
+        "goVersion": "", "compiler": "rustc", "platform": format!("{}/{}", std::env::consts::OS, if std::env::consts::ARCH == "x86_64" { "amd64" } else { std::env::consts::ARCH }),
+        "converge": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// The core API's versions.
+#[utoipa::path(get, path = "/api", tag = "discovery", responses((status = 200, description = "APIVersions", body = Object)), security(("BearerToken" = [])))]
+pub async fn api_versions(state: web::Data<AppState>) -> HttpResponse {
+    json_response(200, &discovery::api_versions(&state.server_address), &[])
+}
+
+/// API groups served.
+#[utoipa::path(get, path = "/apis", tag = "discovery", responses((status = 200, description = "APIGroupList", body = Object)), security(("BearerToken" = [])))]
+pub async fn api_groups() -> HttpResponse {
+    json_response(200, &discovery::api_group_list(), &[])
+}
+
+async fn core_resources(version: web::Path<String>) -> HttpResponse {
+    match discovery::api_resource_list("", &version) {
+        Some(list) => json_response(200, &list, &[]),
+        None => status_response(&ApiError::route_not_found()),
+    }
+}
+
+async fn api_group(group: web::Path<String>) -> HttpResponse {
+    match discovery::api_group(&group) {
+        Some(g) => json_response(200, &g, &[]),
+        None => status_response(&ApiError::route_not_found()),
+    }
+}
+
+async fn group_resources(path: web::Path<(String, String)>) -> HttpResponse {
+    match discovery::api_resource_list(&path.0, &path.1) {
+        Some(list) => json_response(200, &list, &[]),
+        None => status_response(&ApiError::route_not_found()),
+    }
+}
+
+async fn openapi_v2() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(openapi_k8s::v2_document())
+}
+
+async fn openapi_v3_index() -> HttpResponse {
+    json_response(200, &openapi_k8s::v3_index(), &[])
+}
+
+fn v3_response(group: &str, version: &str) -> HttpResponse {
+    match openapi_k8s::v3_document(group, version) {
+        Some((text, hash)) => HttpResponse::Ok()
+            .content_type("application/json")
+            .insert_header(("ETag", format!("\"{hash}\"")))
+            .body(text.clone()),
+        None => status_response(&ApiError::route_not_found()),
+    }
+}
+
+async fn openapi_v3_core(version: web::Path<String>) -> HttpResponse {
+    v3_response("", &version)
+}
+
+async fn openapi_v3_group(path: web::Path<(String, String)>) -> HttpResponse {
+    v3_response(&path.0, &path.1)
+}
+
+async fn own_openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(openapi::document_text())
+}
+
+async fn docs(_req: HttpRequest) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(openapi::DOCS_PAGE)
+}

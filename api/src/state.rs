@@ -1,0 +1,15 @@
+//! What every handler shares.
+
+use crate::auth::Authenticator;
+use converge_engine::store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub auth: Arc<Authenticator>,
+    /// `host:port` clients reach us at, for discovery.
+    pub server_address: String,
+    /// How often a watch that allows bookmarks gets one.
+    pub bookmark_interval: Duration,
+}

@@ -1,0 +1,407 @@
+//! `meta.k8s.io/v1` Tables for `kubectl get`, with KubeVirt's printer columns.
+
+use crate::request::IncludeObject;
+use converge_engine::kinds::{self, ResourceKind};
+use converge_engine::meta;
+use serde_json::{json, Value};
+
+struct Column {
+    name: &'static str,
+    kind: &'static str,
+    format: &'static str,
+    priority: i64,
+    description: &'static str,
+    cell: fn(&Value) -> Value,
+}
+
+fn condition_status(obj: &Value, condition: &str) -> Value {
+    obj.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c.get("type").and_then(Value::as_str) == Some(condition))
+        })
+        .and_then(|c| c.get("status"))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn text(obj: &Value, pointer: &str) -> Value {
+    obj.pointer(pointer).cloned().unwrap_or(Value::Null)
+}
+
+fn age(obj: &Value) -> Value {
+    match meta::meta_str(obj, "creationTimestamp")
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    {
+        Some(t) => json!(human_duration(
+            chrono::Utc::now().signed_duration_since(t).num_seconds()
+        )),
+        None => json!("<unknown>"),
+    }
+}
+
+/// Kubernetes' `duration.HumanDuration`, so ages read as kubectl users expect.
+pub fn human_duration(seconds: i64) -> String {
+    if seconds < -1 {
+        return "<invalid>".into();
+    }
+    let s = seconds.max(0);
+    let (m, h, d) = (s / 60, s / 3600, s / 86400);
+    if s < 120 {
+        format!("{s}s")
+    } else if m < 10 {
+        if s % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", s % 60)
+        }
+    } else if m < 180 {
+        format!("{m}m")
+    } else if h < 8 {
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
+    } else if h < 48 {
+        format!("{h}h")
+    } else if h < 24 * 8 {
+        if h % 24 == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{}h", h % 24)
+        }
+    } else if d < 365 * 2 {
+        format!("{d}d")
+    } else if d < 365 * 8 {
+        let y = d / 365;
+        if d % 365 == 0 {
+            format!("{y}y")
+        } else {
+            format!("{y}y{}d", d % 365)
+        }
+    } else {
+        format!("{}y", d / 365)
+    }
+}
+
+const NAME: Column = Column {
+    name: "Name",
+    kind: "string",
+    format: "name",
+    priority: 0,
+    description: "Name must be unique within a namespace.",
+    cell: |o| json!(meta::name(o)),
+};
+const AGE: Column = Column { name: "Age", kind: "date", format: "", priority: 0, description: "CreationTimestamp is a timestamp representing the server time when this object was created.", cell: age };
+
+fn count_keys(o: &Value, fields: &[&str]) -> Value {
+    json!(fields
+        .iter()
+        .map(|f| o.get(*f).and_then(Value::as_object).map_or(0, |m| m.len()))
+        .sum::<usize>())
+}
+
+fn columns(kind: &ResourceKind) -> Vec<Column> {
+    if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE) {
+        vec![
+            NAME,
+            AGE,
+            Column {
+                name: "Status",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "Human Readable Status",
+                cell: |o| text(o, "/status/printableStatus"),
+            },
+            Column {
+                name: "Ready",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "Ready",
+                cell: |o| condition_status(o, "Ready"),
+            },
+        ]
+    } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE) {
+        vec![
+            NAME,
+            AGE,
+            Column {
+                name: "Phase",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "Phase",
+                cell: |o| text(o, "/status/phase"),
+            },
+            Column {
+                name: "IP",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "IP",
+                cell: |o| text(o, "/status/interfaces/0/ipAddress"),
+            },
+            Column {
+                name: "NodeName",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "NodeName",
+                cell: |o| text(o, "/status/nodeName"),
+            },
+            Column {
+                name: "Ready",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "Ready",
+                cell: |o| condition_status(o, "Ready"),
+            },
+            Column {
+                name: "Live-Migratable",
+                kind: "string",
+                format: "",
+                priority: 1,
+                description: "Live-Migratable",
+                cell: |o| condition_status(o, "LiveMigratable"),
+            },
+            Column {
+                name: "Paused",
+                kind: "string",
+                format: "",
+                priority: 1,
+                description: "Paused",
+                cell: |o| condition_status(o, "Paused"),
+            },
+        ]
+    } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET) {
+        vec![
+            NAME,
+            Column {
+                name: "Desired",
+                kind: "integer",
+                format: "",
+                priority: 0,
+                description: "Number of desired VirtualMachineInstances",
+                cell: |o| text(o, "/spec/replicas"),
+            },
+            Column {
+                name: "Current",
+                kind: "integer",
+                format: "",
+                priority: 0,
+                description: "Number of managed and not final or deleted VirtualMachineInstances",
+                cell: |o| text(o, "/status/replicas"),
+            },
+            Column {
+                name: "Ready",
+                kind: "integer",
+                format: "",
+                priority: 0,
+                description:
+                    "Number of managed VirtualMachineInstances which are ready to receive traffic",
+                cell: |o| text(o, "/status/readyReplicas"),
+            },
+            AGE,
+        ]
+    } else if std::ptr::eq(kind, &kinds::NAMESPACE) {
+        vec![
+            NAME,
+            Column {
+                name: "Status",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "The status of the namespace",
+                cell: |o| text(o, "/status/phase"),
+            },
+            AGE,
+        ]
+    } else if std::ptr::eq(kind, &kinds::SECRET) {
+        vec![
+            NAME,
+            Column {
+                name: "Type",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "The type of the secret",
+                cell: |o| text(o, "/type"),
+            },
+            Column {
+                name: "Data",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "The number of entries in the secret",
+                cell: |o| count_keys(o, &["data"]),
+            },
+            AGE,
+        ]
+    } else if std::ptr::eq(kind, &kinds::CONFIG_MAP) {
+        vec![
+            NAME,
+            Column {
+                name: "Data",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "The number of entries",
+                cell: |o| count_keys(o, &["data", "binaryData"]),
+            },
+            AGE,
+        ]
+    } else if std::ptr::eq(kind, &kinds::EVENT) {
+        vec![
+            Column {
+                name: "Last Seen",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "Time since the event was last seen",
+                cell: |o| {
+                    let t = o
+                        .get("lastTimestamp")
+                        .or_else(|| o.get("eventTime"))
+                        .and_then(Value::as_str)
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                    t.map(|t| {
+                        json!(human_duration(
+                            chrono::Utc::now().signed_duration_since(t).num_seconds()
+                        ))
+                    })
+                    .unwrap_or_else(|| age(o))
+                },
+            },
+            Column {
+                name: "Type",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "Type of this event",
+                cell: |o| text(o, "/type"),
+            },
+            Column {
+                name: "Reason",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "Reason for the transition",
+                cell: |o| text(o, "/reason"),
+            },
+            Column {
+                name: "Object",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "The object this event is about",
+                cell: |o| {
+                    let kind = o
+                        .pointer("/involvedObject/kind")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_lowercase();
+                    let name = o
+                        .pointer("/involvedObject/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    json!(format!("{kind}/{name}"))
+                },
+            },
+            Column {
+                name: "Message",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "A human-readable description",
+                cell: |o| text(o, "/message"),
+            },
+        ]
+    } else {
+        vec![NAME, AGE]
+    }
+}
+
+fn row_object(obj: &Value, include: IncludeObject) -> Value {
+    match include {
+        IncludeObject::None => Value::Null,
+        IncludeObject::Object => obj.clone(),
+        IncludeObject::Metadata => json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": obj.get("metadata").cloned().unwrap_or(json!({})),
+        }),
+    }
+}
+
+/// A Table of `objects`, with the list metadata given.
+pub fn table(
+    kind: &ResourceKind,
+    objects: &[Value],
+    list_meta: Value,
+    include: IncludeObject,
+) -> Value {
+    let cols = columns(kind);
+    let definitions: Vec<Value> = cols
+        .iter()
+        .map(|c| json!({"name": c.name, "type": c.kind, "format": c.format, "description": c.description, "priority": c.priority}))
+        .collect();
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| {
+            let cells: Vec<Value> = cols.iter().map(|c| (c.cell)(o)).collect();
+            json!({"cells": cells, "object": row_object(o, include)})
+        })
+        .collect();
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "columnDefinitions": definitions, "rows": rows})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_kubectl() {
+        for (s, want) in [
+            (5, "5s"),
+            (119, "119s"),
+            (150, "2m30s"),
+            (600, "10m"),
+            (3 * 3600 + 60, "3h1m"),
+            (10 * 3600, "10h"),
+            (3 * 86400, "3d"),
+            (3 * 86400 + 7200, "3d2h"),
+            (400 * 86400, "400d"),
+            (-5, "<invalid>"),
+        ] {
+            assert_eq!(human_duration(s), want);
+        }
+    }
+
+    #[test]
+    fn vm_columns() {
+        let vm = json!({"metadata": {"name": "a", "creationTimestamp": meta::now_rfc3339()}, "status": {"printableStatus": "Stopped", "conditions": [{"type": "Ready", "status": "False"}]}});
+        let t = table(
+            &kinds::VIRTUAL_MACHINE,
+            &[vm],
+            json!({}),
+            IncludeObject::Metadata,
+        );
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(names, vec!["Name", "Age", "Status", "Ready"]);
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!(["a", "0s", "Stopped", "False"])
+        );
+        assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
+}

@@ -1,0 +1,164 @@
+//! `/converge/v1/tokens`: issue, list and revoke bearer tokens (admin only).
+
+use crate::auth::{Principal, Role};
+use crate::response::{json_response, status_response};
+use crate::state::AppState;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use converge_engine::{ApiError, ApiResult};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::Row;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenRequest {
+    /// Who the token is for (free text, shown in audit and errors).
+    #[serde(default)]
+    pub subject: Option<String>,
+    pub role: Role,
+    /// Namespaces the token may act in; empty for all.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Lifetime in seconds.
+    pub ttl_seconds: i64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    pub id: String,
+    pub subject: String,
+    pub role: String,
+    pub namespaces: Vec<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked: bool,
+    /// Only in the answer to a create.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+fn admin(req: &HttpRequest) -> ApiResult<Principal> {
+    let p = req
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(ApiError::unauthorized)?;
+    if p.role != Role::Admin || !p.namespaces.is_empty() {
+        return Err(ApiError::forbidden(format!(
+            "tokens are managed by cluster admins; User \"{}\" is not one",
+            p.subject
+        )));
+    }
+    Ok(p)
+}
+
+fn respond(r: ApiResult<HttpResponse>) -> HttpResponse {
+    r.unwrap_or_else(|e| status_response(&e))
+}
+
+/// Issue a token.
+#[utoipa::path(post, path = "/converge/v1/tokens", tag = "tokens", request_body = TokenRequest,
+    responses((status = 201, description = "The token, shown once", body = TokenRecord), (status = 400, description = "Bad request"), (status = 403, description = "Not an admin")),
+    security(("BearerToken" = [])))]
+pub async fn create(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(
+        async {
+            let who = admin(&req)?;
+            let r: TokenRequest = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_request(format!("token request: {e}")))?;
+            if r.ttl_seconds <= 0 {
+                return Err(ApiError::bad_request("ttlSeconds must be positive"));
+            }
+            for ns in &r.namespaces {
+                if !converge_engine::meta::dns1123_label_errors(ns).is_empty() {
+                    return Err(ApiError::bad_request(format!(
+                        "namespace \"{ns}\" is not a valid namespace name"
+                    )));
+                }
+            }
+            let subject = r
+                .subject
+                .unwrap_or_else(|| format!("token-issued-by-{}", who.subject));
+            let (claims, token) = state
+                .auth
+                .issue(
+                    state.store.pool(),
+                    &subject,
+                    r.role,
+                    r.namespaces,
+                    r.ttl_seconds,
+                )
+                .await?;
+            let record = TokenRecord {
+                id: claims.jti,
+                subject: claims.sub,
+                role: claims.role.as_str().into(),
+                namespaces: claims.namespaces,
+                created_at: claims.iat,
+                expires_at: claims.exp,
+                revoked: false,
+                token: Some(token),
+            };
+            Ok(json_response(
+                201,
+                &serde_json::to_value(record).unwrap_or_default(),
+                &[],
+            ))
+        }
+        .await,
+    )
+}
+
+/// List tokens (never their secrets).
+#[utoipa::path(get, path = "/converge/v1/tokens", tag = "tokens",
+    responses((status = 200, description = "Every token issued", body = [TokenRecord]), (status = 403, description = "Not an admin")),
+    security(("BearerToken" = [])))]
+pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    respond(async {
+        admin(&req)?;
+        let rows = sqlx::query("SELECT id, subject, role, namespaces, created_at, expires_at, revoked FROM tokens ORDER BY created_at, id")
+            .fetch_all(state.store.pool())
+            .await?;
+        let mut out = vec![];
+        for r in rows {
+            let namespaces: String = r.try_get(3)?;
+            out.push(TokenRecord {
+                id: r.try_get(0)?,
+                subject: r.try_get(1)?,
+                role: r.try_get(2)?,
+                namespaces: namespaces.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+                created_at: r.try_get(4)?,
+                expires_at: r.try_get(5)?,
+                revoked: r.try_get::<i64, _>(6)? != 0,
+                token: None,
+            });
+        }
+        Ok(json_response(200, &json!({"items": out}), &[]))
+    }
+    .await)
+}
+
+/// Revoke a token: every request bearing it is refused from now on.
+#[utoipa::path(delete, path = "/converge/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "Token id (the JWT's jti)")),
+    responses((status = 200, description = "Revoked"), (status = 404, description = "No such token"), (status = 403, description = "Not an admin")),
+    security(("BearerToken" = [])))]
+pub async fn revoke(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    respond(async {
+        admin(&req)?;
+        if !state.auth.revoke(state.store.pool(), &id).await? {
+            return Err(ApiError::not_found("converge", "tokens", &id));
+        }
+        Ok(json_response(200, &json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": id.as_str(), "kind": "tokens"}}), &[]))
+    }
+    .await)
+}

@@ -1,0 +1,157 @@
+//! `converge serve` settings: flags over environment over the config file over defaults.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// A TOML file with any of: data_dir, listen, database, tls_san, mac_range, log_format.
+    #[arg(long, env = "CONVERGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the database, certificates and kubeconfig live.
+    #[arg(long, env = "CONVERGE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// ADDR:PORT to serve HTTPS on (default 127.0.0.1:6443).
+    #[arg(long, env = "CONVERGE_LISTEN")]
+    pub listen: Option<String>,
+    /// postgres://… to use PostgreSQL; default: SQLite in the data dir.
+    #[arg(long, env = "CONVERGE_DATABASE")]
+    pub database: Option<String>,
+    /// Extra names for the serving certificate (repeatable).
+    #[arg(long = "tls-san", env = "CONVERGE_TLS_SAN", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// MACs handed to interfaces without one: START-END.
+    #[arg(long, env = "CONVERGE_MAC_RANGE")]
+    pub mac_range: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    database: Option<String>,
+    #[serde(default)]
+    tls_san: Vec<String>,
+    mac_range: Option<String>,
+    log_format: Option<String>,
+}
+
+pub struct Settings {
+    pub server: converge_api::ServerConfig,
+    pub log_format: String,
+}
+
+pub fn default_data_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from("/var/lib/converge");
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("converge")
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(default_data_dir);
+    let mut server = converge_api::ServerConfig::new(data_dir);
+    if let Some(listen) = args.listen.or(file.listen) {
+        server.listen = listen;
+    }
+    server.database_url = args.database.or(file.database);
+    server.tls_sans = if args.tls_san.is_empty() {
+        file.tls_san
+    } else {
+        args.tls_san
+    };
+    if let Some(range) = args.mac_range.or(file.mac_range) {
+        server.mac_range = converge_engine::macpool::MacRange::parse(&range)
+            .map_err(|e| anyhow::anyhow!("--mac-range {range}: {e}"))?;
+    }
+    let log_format = log_format
+        .or(file.log_format)
+        .unwrap_or_else(|| "text".into());
+    Ok(Settings { server, log_format })
+}
+
+/// `90s`, `30m`, `24h`, `7d`.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("{text:?} is not a duration like 24h"))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => bail!("{text:?}: the unit is one of s, m, h, d"),
+    };
+    if secs == 0 {
+        bail!("a token's lifetime must be positive");
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h").ok(), Some(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("90").ok(), Some(Duration::from_secs(90)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn flags_beat_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:7000\"\ndatabase = \"sqlite://x\"\nlog_format = \"json\"\n",
+        )
+        .expect("write");
+        let args = ServeArgs {
+            config: Some(file),
+            listen: Some("127.0.0.1:1".into()),
+            ..Default::default()
+        };
+        let s = resolve(args, None).expect("resolve");
+        assert_eq!(s.server.listen, "127.0.0.1:1");
+        assert_eq!(s.server.database_url.as_deref(), Some("sqlite://x"));
+        assert_eq!(s.log_format, "json");
+    }
+}
