@@ -298,9 +298,11 @@ fn place(path: &ResourcePath, obj: &mut Value, url_name: Option<&str>) -> ApiRes
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
         {
-            Some(given) if given != url_name => return Err(ApiError::bad_request(format!(
+            Some(given) if given != url_name => {
+                return Err(ApiError::bad_request(format!(
                 "the name of the object ({given}) does not match the name on the URL ({url_name})"
-            ))),
+            )))
+            }
             _ => {
                 m.insert("name".into(), json!(url_name));
             }

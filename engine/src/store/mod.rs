@@ -2,10 +2,11 @@
 //! PostgreSQL through one code path (sqlx `Any`).
 //!
 //! Writes take an in-process writer lock and, inside their transaction, bump a counter row. The
-//! row lock makes resourceVersions follow commit order on PostgreSQL too (a sequence would not);
-//! the writer lock makes the broadcast to watchers follow the same order. Each change is also
-//! appended to `watch_events`, so a watch resumed from any retained resourceVersion is served
-//! from the log and then from the broadcast, with neither gaps nor repeats.
+//! row lock makes resourceVersions follow commit order on PostgreSQL too (a sequence would not).
+//! Each change is appended to `watch_events` in the same transaction. One hub task per store
+//! tails that log in resourceVersion order — woken at once by this process's commits, and by a
+//! timer for other processes' — and fans each change out to watchers. So a watch resumed from
+//! any retained resourceVersion, on any process, sees every change once.
 
 mod sql;
 pub mod watch;
@@ -19,7 +20,8 @@ use serde_json::{json, Map, Value};
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 use std::sync::Arc;
-use tokio::sync::{broadcast, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, Mutex, Notify};
 
 pub use watch::{WatchEvent, WatchEventType, WatchFilter, WatchItem};
 
@@ -108,7 +110,13 @@ pub struct Store {
     events: broadcast::Sender<Arc<WatchEvent>>,
     retention: i64,
     mac_range: MacRange,
+    committed: Arc<Notify>,
+    hub: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
+
+/// How often the hub looks for changes other processes committed.
+const FOREIGN_POLL: Duration = Duration::from_millis(500);
+const HUB_BATCH: i64 = 1000;
 
 impl Store {
     #[tracing::instrument(skip_all, fields(backend))]
@@ -144,6 +152,17 @@ impl Store {
             .await
             .map_err(|e| ApiError::unavailable(format!("database migration failed: {e}")))?;
         let (events, _) = broadcast::channel(8192);
+        let start = {
+            let mut conn = pool.acquire().await?;
+            sql::meta_value(&mut conn, "rv").await?
+        };
+        let committed = Arc::new(Notify::new());
+        let hub = tokio::spawn(run_hub(
+            pool.clone(),
+            events.clone(),
+            Arc::clone(&committed),
+            start,
+        ));
         let store = Arc::new(Store {
             pool,
             backend,
@@ -151,6 +170,8 @@ impl Store {
             events,
             retention: config.watch_log_retention,
             mac_range: config.mac_range,
+            committed,
+            hub: std::sync::Mutex::new(Some(hub)),
         });
         store.ensure_namespace("default").await?;
         Ok(store)
@@ -169,6 +190,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(hub) = self.hub.lock().ok().and_then(|mut h| h.take()) {
+            hub.abort();
+        }
         self.pool.close().await;
     }
 
@@ -259,7 +283,7 @@ impl Store {
         dry_run: bool,
     ) -> ApiResult<Value> {
         let _writer = self.writer.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let key = kind.store_key();
         let namespace = meta::namespace(&obj).to_string();
         if kind.namespaced {
@@ -339,8 +363,8 @@ impl Store {
         }
         crate::macpool::sync(&mut tx, kind, &mut obj, &self.mac_range).await?;
         let rv = sql::next_rv(&mut tx).await?;
-        let event = sql::put(&mut tx, kind, &mut obj, rv, WatchEventType::Added, None).await?;
-        self.finish(tx, vec![event], dry_run, rv).await?;
+        sql::put(&mut tx, kind, &mut obj, rv, WatchEventType::Added, None).await?;
+        self.finish(tx, dry_run, rv).await?;
         Ok(obj)
     }
 
@@ -355,7 +379,7 @@ impl Store {
         dry_run: bool,
     ) -> ApiResult<Value> {
         let _writer = self.writer.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let key = kind.store_key();
         let (namespace, name) = (
             meta::namespace(&new).to_string(),
@@ -403,25 +427,22 @@ impl Store {
             return Ok(current);
         }
         let rv = sql::next_rv(&mut tx).await?;
-        let events = if meta::is_deleting(&merged) && blocking_finalizers(kind, &merged).is_empty()
-        {
-            vec![sql::remove(&mut tx, kind, &mut merged, rv).await?]
+        if meta::is_deleting(&merged) && blocking_finalizers(kind, &merged).is_empty() {
+            sql::remove(&mut tx, kind, &mut merged, rv).await?;
         } else {
             crate::macpool::sync(&mut tx, kind, &mut merged, &self.mac_range).await?;
             let prev = meta::labels(&current);
-            vec![
-                sql::put(
-                    &mut tx,
-                    kind,
-                    &mut merged,
-                    rv,
-                    WatchEventType::Modified,
-                    Some(prev),
-                )
-                .await?,
-            ]
-        };
-        self.finish(tx, events, dry_run, rv).await?;
+            sql::put(
+                &mut tx,
+                kind,
+                &mut merged,
+                rv,
+                WatchEventType::Modified,
+                Some(prev),
+            )
+            .await?;
+        }
+        self.finish(tx, dry_run, rv).await?;
         Ok(merged)
     }
 
@@ -436,7 +457,7 @@ impl Store {
         opts: &DeleteOptions,
     ) -> ApiResult<DeleteOutcome> {
         let _writer = self.writer.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let key = kind.store_key();
         let current = sql::load(&mut tx, &key, namespace, name)
             .await?
@@ -476,8 +497,8 @@ impl Store {
         meta::set_finalizers(&mut obj, &finalizers);
         if blocking_finalizers(kind, &obj).is_empty() {
             let rv = sql::next_rv(&mut tx).await?;
-            let event = sql::remove(&mut tx, kind, &mut obj, rv).await?;
-            self.finish(tx, vec![event], opts.dry_run, rv).await?;
+            sql::remove(&mut tx, kind, &mut obj, rv).await?;
+            self.finish(tx, opts.dry_run, rv).await?;
             return Ok(DeleteOutcome::Deleted(obj));
         }
         if !meta::is_deleting(&obj) {
@@ -496,7 +517,7 @@ impl Store {
         }
         let rv = sql::next_rv(&mut tx).await?;
         let prev = meta::labels(&current);
-        let event = sql::put(
+        sql::put(
             &mut tx,
             kind,
             &mut obj,
@@ -505,16 +526,24 @@ impl Store {
             Some(prev),
         )
         .await?;
-        self.finish(tx, vec![event], opts.dry_run, rv).await?;
+        self.finish(tx, opts.dry_run, rv).await?;
         Ok(DeleteOutcome::Pending(obj))
     }
 
-    /// Commit (or roll back a dry run), then tell watchers — still under the writer lock, so
-    /// they hear changes in resourceVersion order.
+    /// A write transaction. SQLite's takes the write lock up front (`BEGIN IMMEDIATE`): a
+    /// deferred one that read first fails with SQLITE_BUSY when another process wrote meanwhile.
+    async fn begin_write(&self) -> ApiResult<sqlx::Transaction<'static, sqlx::Any>> {
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(tx)
+    }
+
+    /// Commit (or roll back a dry run), then wake the hub, which tells watchers.
     async fn finish(
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Any>,
-        events: Vec<WatchEvent>,
         dry_run: bool,
         rv: i64,
     ) -> ApiResult<()> {
@@ -526,9 +555,7 @@ impl Store {
             sql::compact(&mut tx, rv - self.retention).await?;
         }
         tx.commit().await?;
-        for e in events {
-            let _ = self.events.send(Arc::new(e));
-        }
+        self.committed.notify_one();
         Ok(())
     }
 
@@ -560,6 +587,46 @@ impl Store {
     pub async fn mac_leases(&self) -> ApiResult<Vec<(u64, String, String, String)>> {
         let mut conn = self.pool.acquire().await?;
         crate::macpool::all_leases(&mut conn).await
+    }
+}
+
+/// Tail the change log in resourceVersion order and broadcast each change once.
+async fn run_hub(
+    pool: AnyPool,
+    events: broadcast::Sender<Arc<WatchEvent>>,
+    committed: Arc<Notify>,
+    mut last: i64,
+) {
+    loop {
+        tokio::select! {
+            _ = committed.notified() => {}
+            _ = tokio::time::sleep(FOREIGN_POLL) => {}
+        }
+        loop {
+            let batch = async {
+                let mut conn = pool.acquire().await?;
+                sql::events_after(&mut conn, last, HUB_BATCH).await
+            }
+            .await;
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    if pool.is_closed() {
+                        return;
+                    }
+                    tracing::warn!(error = %e, "reading the change log failed; retrying");
+                    break;
+                }
+            };
+            let full = batch.len() as i64 == HUB_BATCH;
+            for ev in batch {
+                last = ev.rv;
+                let _ = events.send(Arc::new(ev));
+            }
+            if !full {
+                break;
+            }
+        }
     }
 }
 

@@ -198,7 +198,7 @@ pub async fn put(
     rv: i64,
     event_type: WatchEventType,
     prev_labels: Option<Map<String, Value>>,
-) -> ApiResult<WatchEvent> {
+) -> ApiResult<()> {
     meta::metadata_mut(obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
     let key = kind.store_key();
     let (namespace, name, uid) = (
@@ -243,8 +243,7 @@ pub async fn put(
         &name,
         event_type,
         prev_labels,
-        obj,
-        body,
+        &body,
         rv,
     )
     .await
@@ -256,7 +255,7 @@ pub async fn remove(
     kind: &ResourceKind,
     obj: &mut Value,
     rv: i64,
-) -> ApiResult<WatchEvent> {
+) -> ApiResult<()> {
     meta::metadata_mut(obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
     let key = kind.store_key();
     let (namespace, name) = (
@@ -282,14 +281,13 @@ pub async fn remove(
         &name,
         WatchEventType::Deleted,
         None,
-        obj,
-        body,
+        &body,
         rv,
     )
     .await
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Append one change to the log, in the writer's transaction.
 async fn log_event(
     conn: &mut AnyConnection,
     key: &str,
@@ -297,13 +295,10 @@ async fn log_event(
     name: &str,
     event_type: WatchEventType,
     prev_labels: Option<Map<String, Value>>,
-    obj: &Value,
-    body: String,
+    body: &str,
     rv: i64,
-) -> ApiResult<WatchEvent> {
-    let prev_text = prev_labels
-        .as_ref()
-        .map(|l| Value::Object(l.clone()).to_string());
+) -> ApiResult<()> {
+    let prev_text = prev_labels.map(|l| Value::Object(l).to_string());
     sqlx::query("INSERT INTO watch_events (rv, kind, namespace, name, event_type, prev_labels, body) VALUES ($1, $2, $3, $4, $5, $6, $7)")
         .bind(rv)
         .bind(key)
@@ -311,19 +306,10 @@ async fn log_event(
         .bind(name)
         .bind(event_type.as_str())
         .bind(prev_text)
-        .bind(&body)
+        .bind(body)
         .execute(&mut *conn)
         .await?;
-    Ok(WatchEvent {
-        rv,
-        kind_key: key.to_string(),
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-        event_type,
-        object: Arc::new(obj.clone()),
-        raw: Arc::from(body),
-        prev_labels,
-    })
+    Ok(())
 }
 
 /// Drop watch-log entries at or below `upto`; older resume points then answer 410.
@@ -348,27 +334,44 @@ pub async fn events_since(
     key: &str,
     rv: i64,
 ) -> ApiResult<Vec<WatchEvent>> {
-    let rows = sqlx::query("SELECT rv, namespace, name, event_type, prev_labels, body FROM watch_events WHERE kind = $1 AND rv > $2 ORDER BY rv")
-        .bind(key)
-        .bind(rv)
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let body: String = row.try_get(5)?;
-        let prev: Option<String> = row.try_get(4)?;
-        out.push(WatchEvent {
-            rv: row.try_get(0)?,
-            kind_key: key.to_string(),
-            namespace: row.try_get(1)?,
-            name: row.try_get(2)?,
-            event_type: WatchEventType::parse(&row.try_get::<String, _>(3)?),
-            object: Arc::new(parse_body(&body)?),
-            raw: Arc::from(body),
-            prev_labels: prev.and_then(|p| serde_json::from_str(&p).ok()),
-        });
-    }
-    Ok(out)
+    let rows = sqlx::query(
+        "SELECT rv, namespace, name, event_type, prev_labels, body, kind FROM watch_events WHERE kind = $1 AND rv > $2 ORDER BY rv",
+    )
+    .bind(key)
+    .bind(rv)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+/// Logged changes of every kind after `rv`, oldest first, at most `limit`.
+pub async fn events_after(
+    conn: &mut AnyConnection,
+    rv: i64,
+    limit: i64,
+) -> ApiResult<Vec<WatchEvent>> {
+    let rows = sqlx::query(&format!(
+        "SELECT rv, namespace, name, event_type, prev_labels, body, kind FROM watch_events WHERE rv > $1 ORDER BY rv LIMIT {limit}"
+    ))
+    .bind(rv)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+fn event_from_row(row: &sqlx::any::AnyRow) -> ApiResult<WatchEvent> {
+    let body: String = row.try_get(5)?;
+    let prev: Option<String> = row.try_get(4)?;
+    Ok(WatchEvent {
+        rv: row.try_get(0)?,
+        kind_key: row.try_get(6)?,
+        namespace: row.try_get(1)?,
+        name: row.try_get(2)?,
+        event_type: WatchEventType::parse(&row.try_get::<String, _>(3)?),
+        object: Arc::new(parse_body(&body)?),
+        raw: Arc::from(body),
+        prev_labels: prev.and_then(|p| serde_json::from_str(&p).ok()),
+    })
 }
 
 pub async fn has_dependents(conn: &mut AnyConnection, uid: &str) -> ApiResult<bool> {
