@@ -152,7 +152,17 @@ fn walk(
                     .filter_map(Value::as_str)
                 {
                     if map.get(req).is_none_or(Value::is_null) {
-                        report.missing.push(join(path, req));
+                        // Defaulting runs before validation, as in the apiserver.
+                        let default = schema
+                            .get("properties")
+                            .and_then(|p| p.get(req))
+                            .and_then(|p| p.get("default"));
+                        match default {
+                            Some(d) => {
+                                map.insert(req.to_string(), d.clone());
+                            }
+                            None => report.missing.push(join(path, req)),
+                        }
                     }
                 }
             }
@@ -240,6 +250,19 @@ mod tests {
         assert_eq!(
             paths,
             vec!["spec.running", "spec.template.spec.domain.cpu.cores"]
+        );
+    }
+
+    #[test]
+    fn required_fields_with_defaults_are_filled() {
+        let mut preset = json!({"spec": {"selector": {}, "domain": {"cpu": {"cores": 2}}}});
+        let report = check("v1.VirtualMachineInstancePreset", &mut preset, false);
+        assert!(report.missing.is_empty(), "{report:?}");
+        assert_eq!(preset["spec"]["domain"]["devices"], json!({}));
+        let mut vm = json!({"spec": {}});
+        assert_eq!(
+            check("v1.VirtualMachine", &mut vm, false).missing,
+            vec!["spec.template"]
         );
     }
 
