@@ -214,9 +214,12 @@ fn definitions_with_gvk() -> Map<String, Value> {
     defs
 }
 
+/// (group, version, (document text, hash)).
+type GroupVersionDoc = (String, String, (String, String));
+
 /// `/openapi/v3/{api/v1 | apis/g/v}` for one group-version.
 pub fn v3_document(group: &str, version: &str) -> Option<&'static (String, String)> {
-    static DOCS: OnceLock<Vec<(String, String, (String, String))>> = OnceLock::new();
+    static DOCS: OnceLock<Vec<GroupVersionDoc>> = OnceLock::new();
     let docs = DOCS.get_or_init(|| {
         kinds::group_versions()
             .into_iter()

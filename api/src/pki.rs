@@ -139,7 +139,7 @@ fn encode_hex(bytes: &[u8]) -> String {
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() < 32 {
+    if !s.len().is_multiple_of(2) || s.len() < 32 {
         return None;
     }
     (0..s.len())

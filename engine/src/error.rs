@@ -58,6 +58,12 @@ pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
+    /// `details` of the Status; boxed, as most errors have none and results stay small.
+    pub details: Option<Box<Details>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Details {
     pub name: Option<String>,
     pub group: Option<String>,
     pub kind: Option<String>,
@@ -66,21 +72,20 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            reason,
-            message: message.into(),
-            name: None,
-            group: None,
-            kind: None,
-            causes: vec![],
-        }
+        ApiError { code, reason, message: message.into(), details: None }
     }
     fn about(mut self, group: &str, plural: &str, name: &str) -> Self {
-        self.group = Some(group.to_string());
-        self.kind = Some(plural.to_string());
-        self.name = Some(name.to_string());
+        self.details = Some(Box::new(Details {
+            name: Some(name.to_string()),
+            group: Some(group.to_string()),
+            kind: Some(plural.to_string()),
+            causes: vec![],
+        }));
         self
+    }
+    /// The field causes, if any.
+    pub fn causes(&self) -> &[Cause] {
+        self.details.as_ref().map(|d| d.causes.as_slice()).unwrap_or_default()
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
@@ -163,10 +168,12 @@ impl ApiError {
                 summary[0]
             );
         }
-        e.group = Some(group.to_string());
-        e.kind = Some(kind.to_string());
-        e.name = Some(name.to_string());
-        e.causes = causes;
+        e.details = Some(Box::new(Details {
+            name: Some(name.to_string()),
+            group: Some(group.to_string()),
+            kind: Some(kind.to_string()),
+            causes,
+        }));
         e
     }
     pub fn internal(message: impl Into<String>) -> Self {
@@ -191,21 +198,19 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
-        if self.name.is_some() || self.kind.is_some() || !self.causes.is_empty() {
+        if let Some(d) = &self.details {
             let mut details = serde_json::Map::new();
-            if let Some(n) = &self.name {
+            if let Some(n) = &d.name {
                 details.insert("name".into(), json!(n));
             }
-            if let Some(g) = &self.group {
-                if !g.is_empty() {
-                    details.insert("group".into(), json!(g));
-                }
+            if let Some(g) = d.group.as_ref().filter(|g| !g.is_empty()) {
+                details.insert("group".into(), json!(g));
             }
-            if let Some(k) = &self.kind {
+            if let Some(k) = &d.kind {
                 details.insert("kind".into(), json!(k));
             }
-            if !self.causes.is_empty() {
-                let causes: Vec<Value> = self
+            if !d.causes.is_empty() {
+                let causes: Vec<Value> = d
                     .causes
                     .iter()
                     .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))

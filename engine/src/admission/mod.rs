@@ -124,7 +124,7 @@ fn keep_assigned_macs(kind: &ResourceKind, obj: &mut Value, old: &Value) {
 fn validate_metadata(kind: &ResourceKind, obj: &Value, op: Operation, causes: &mut Vec<Cause>) {
     let name = meta::name(obj);
     let generate = meta::meta_str(obj, "generateName").unwrap_or("");
-    if name.is_empty() && !(op == Operation::Create && !generate.is_empty()) {
+    if name.is_empty() && (op != Operation::Create || generate.is_empty()) {
         causes.push(Cause::required(
             "metadata.name",
             "name or generateName is required",

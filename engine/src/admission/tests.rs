@@ -19,7 +19,7 @@ fn fields(result: ApiResult<()>) -> Vec<String> {
         Ok(()) => vec![],
         Err(e) => {
             assert_eq!(e.code, 422, "{e:?}");
-            e.causes.into_iter().map(|c| c.field).collect()
+            e.causes().iter().map(|c| c.field.clone()).collect()
         }
     }
 }

@@ -288,6 +288,7 @@ pub async fn remove(
 }
 
 /// Append one change to the log, in the writer's transaction.
+#[allow(clippy::too_many_arguments)]
 async fn log_event(
     conn: &mut AnyConnection,
     key: &str,

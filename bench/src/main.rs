@@ -1,0 +1,213 @@
+//! API benchmark: a server started in this process on port 0, and a load client sharing the
+//! same cores, over HTTPS with a bearer token and keep-alive. Prints figures, each beside a
+//! baseline measured the same way in the same run (`/healthz` through the same client: TLS and
+//! HTTP without auth, admission or the store).
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Args {
+    /// postgres://… to measure PostgreSQL; default SQLite in a temp dir.
+    #[arg(long)]
+    database: Option<String>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds per GET measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// VMs in the big list.
+    #[arg(long, default_value_t = 10_000)]
+    list_size: usize,
+    /// Open watches for the fan-out measurement.
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
+}
+
+const VMS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
+
+fn vm(name: &str) -> Value {
+    json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": name, "labels": {"app": "bench"}},
+        "spec": {"runStrategy": "Halted", "template": {"spec": {
+            "domain": {"devices": {"disks": [{"name": "root", "disk": {}}], "interfaces": [{"name": "default", "masquerade": {}}]},
+                       "resources": {"requests": {"memory": "128Mi"}}},
+            "networks": [{"name": "default", "pod": {}}],
+            "volumes": [{"name": "root", "containerDisk": {"image": "registry.local/busybox"}}]}}}
+    })
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    async fn get(&self, path: &str) -> Result<u16> {
+        let r = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await?;
+        let s = r.status().as_u16();
+        r.bytes().await?;
+        Ok(s)
+    }
+    async fn post(&self, path: &str, body: &Value) -> Result<u16> {
+        let r = self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(body).send().await?;
+        let s = r.status().as_u16();
+        r.bytes().await?;
+        Ok(s)
+    }
+}
+
+/// Requests per second of `op` at `concurrency` for `seconds`.
+async fn rate<F, Fut>(concurrency: usize, seconds: u64, op: F) -> Result<f64>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<u16>> + Send,
+{
+    let op = Arc::new(op);
+    let done = Arc::new(AtomicUsize::new(0));
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = vec![];
+    for w in 0..concurrency {
+        let (op, done) = (Arc::clone(&op), Arc::clone(&done));
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while Instant::now() < end {
+                let s = op(i).await?;
+                anyhow::ensure!((200..300).contains(&s), "status {s}");
+                done.fetch_add(1, Ordering::Relaxed);
+                i += concurrency;
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Create `count` VMs named prefix-N at `concurrency`; creates per second.
+async fn create_many(client: &Arc<Client>, prefix: &str, count: usize, concurrency: usize) -> Result<f64> {
+    let started = Instant::now();
+    let results: Vec<Result<u16>> = futures::stream::iter(0..count)
+        .map(|i| {
+            let client = Arc::clone(client);
+            let name = format!("{prefix}-{i:05}");
+            async move { client.post(VMS, &vm(&name)).await }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    for r in results {
+        anyhow::ensure!(r? == 201, "create failed");
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let args = Args::parse();
+    let dir = tempfile::tempdir()?;
+    let mut config = converge_api::ServerConfig::new(dir.path());
+    config.listen = "127.0.0.1:0".into();
+    config.database_url = args.database.clone();
+    let server = converge_api::start(config).await.context("starting the server")?;
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(server.ca_pem.as_bytes())?)
+        .pool_max_idle_per_host(args.concurrency * 2)
+        .build()?;
+    let client = Arc::new(Client { http, base: server.base_url.clone(), token: server.admin_token.clone() });
+    let c = args.concurrency;
+    println!("converge api-bench: {} on {} cores, concurrency {c}, HTTPS + bearer + keep-alive, load client in the same process", if args.database.is_some() { "PostgreSQL" } else { "SQLite" }, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+
+    let warm = Arc::clone(&client);
+    rate(c, 1, move |_| { let w = Arc::clone(&warm); async move { w.get("/healthz").await } }).await?;
+    let base_client = Arc::clone(&client);
+    let healthz = rate(c, args.seconds, move |_| { let b = Arc::clone(&base_client); async move { b.get("/healthz").await } }).await?;
+
+    let creates = create_many(&client, "c", 2000, c).await?;
+    let get_client = Arc::clone(&client);
+    let gets = rate(c, args.seconds, move |i| {
+        let g = Arc::clone(&get_client);
+        async move { g.get(&format!("{VMS}/c-{:05}", i % 2000)).await }
+    })
+    .await?;
+    let fill = create_many(&client, "f", args.list_size.saturating_sub(2000), c).await?;
+
+    let mut list_ms = vec![];
+    let mut table_ms = vec![];
+    for _ in 0..5 {
+        let t = Instant::now();
+        let body = client.http.get(format!("{}{VMS}", client.base)).bearer_auth(&client.token).send().await?.bytes().await?;
+        list_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let items = serde_json::from_slice::<Value>(&body)?["items"].as_array().map_or(0, Vec::len);
+        anyhow::ensure!(items == args.list_size.max(2000), "listed {items}");
+        let t = Instant::now();
+        client.http.get(format!("{}{VMS}", client.base)).bearer_auth(&client.token)
+            .header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io").send().await?.bytes().await?;
+        table_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+
+    // Fan-out: one change, measured until every open watch has it.
+    let mut watches = vec![];
+    for _ in 0..args.watchers {
+        let resp = client.http.get(format!("{}{VMS}?watch=true&resourceVersion={}&fieldSelector=metadata.name%3Dc-00000", client.base, server.store.current_rv().await.map_err(|e| anyhow::anyhow!(e.message))?))
+            .bearer_auth(&client.token).send().await?;
+        watches.push(resp);
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    for (i, mut resp) in watches.into_iter().enumerate() {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                for _ in chunk.iter().filter(|b| **b == b'\n') {
+                    let _ = tx.send((i, Instant::now()));
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut fanout_ms = vec![];
+    for round in 0..10 {
+        let t = Instant::now();
+        let patch = json!({"metadata": {"labels": {"round": round.to_string()}}});
+        let r = client.http.patch(format!("{}{VMS}/c-00000", client.base)).bearer_auth(&client.token)
+            .header("content-type", "application/merge-patch+json").body(patch.to_string()).send().await?;
+        anyhow::ensure!(r.status().is_success(), "patch {}", r.status());
+        let mut got = 0;
+        let mut last = t;
+        while got < args.watchers {
+            let (_, at) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await?.context("watch ended")?;
+            got += 1;
+            last = at;
+        }
+        fanout_ms.push(last.duration_since(t).as_secs_f64() * 1000.0);
+    }
+
+    let row = |what: &str, value: String, goal: &str, note: String| println!("{what:<34} {value:>12}   goal {goal:<10} {note}");
+    println!();
+    row("baseline GET /healthz", format!("{healthz:.0}/s"), "-", String::new());
+    row("GET one VM", format!("{gets:.0}/s"), ">= 5000/s", format!("{:.2} x baseline", gets / healthz));
+    row("create VM (admission + MAC pool)", format!("{creates:.0}/s"), ">= 500/s", format!("{:.2} x baseline; sustained to {}: {fill:.0}/s", creates / healthz, args.list_size));
+    row(&format!("LIST {} VMs (JSON)", args.list_size), format!("{:.0} ms", median(list_ms.clone())), "<= 200 ms", format!("median of 5, min {:.0} ms", list_ms.iter().cloned().fold(f64::MAX, f64::min)));
+    row(&format!("LIST {} VMs (Table)", args.list_size), format!("{:.0} ms", median(table_ms)), "-", "what `kubectl get` asks for".into());
+    row(&format!("change -> {} watches", args.watchers), format!("{:.1} ms", median(fanout_ms.clone())), "<= 50 ms", format!("median of 10, max {:.1} ms", fanout_ms.iter().cloned().fold(0.0, f64::max)));
+    server.stop().await;
+    Ok(())
+}
