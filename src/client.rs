@@ -12,18 +12,13 @@ pub struct Client {
 
 /// The first value of `key:` in a kubeconfig (the ones Converge writes have one cluster and user).
 fn field(text: &str, key: &str) -> Option<String> {
-    text.lines().find_map(|l| {
-        l.trim()
-            .strip_prefix(&format!("{key}:"))
-            .map(|v| v.trim().trim_matches('"').to_string())
-    })
+    text.lines().find_map(|l| l.trim().strip_prefix(&format!("{key}:")).map(|v| v.trim().trim_matches('"').to_string()))
 }
 
 impl Client {
     pub fn from_kubeconfig(path: &Path) -> Result<Self> {
         use base64::Engine;
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
         let server = field(&text, "server").context("kubeconfig has no server")?;
         let token = field(&text, "token").context("kubeconfig has no token")?;
         let mut builder = reqwest::Client::builder().use_rustls_tls();
@@ -33,29 +28,15 @@ impl Client {
                 .context("certificate-authority-data is not base64")?;
             builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
         }
-        Ok(Client {
-            server,
-            token,
-            http: builder.build()?,
-        })
+        Ok(Client { server, token, http: builder.build()? })
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value> {
-        let resp = req
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("talking to {}", self.server))?;
+        let resp = req.bearer_auth(&self.token).send().await.with_context(|| format!("talking to {}", self.server))?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            bail!(
-                "{}: {}",
-                status,
-                body.get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("request failed")
-            );
+            bail!("{}: {}", status, body.get("message").and_then(Value::as_str).unwrap_or("request failed"));
         }
         Ok(body)
     }
@@ -68,24 +49,14 @@ impl Client {
         subject: Option<&str>,
     ) -> Result<Value> {
         let body = json!({"role": role, "namespaces": namespaces, "ttlSeconds": ttl_seconds, "subject": subject});
-        self.send(
-            self.http
-                .post(format!("{}/converge/v1/tokens", self.server))
-                .json(&body),
-        )
-        .await
+        self.send(self.http.post(format!("{}/converge/v1/tokens", self.server)).json(&body)).await
     }
 
     pub async fn revoke_token(&self, id: &str) -> Result<Value> {
-        self.send(
-            self.http
-                .delete(format!("{}/converge/v1/tokens/{id}", self.server)),
-        )
-        .await
+        self.send(self.http.delete(format!("{}/converge/v1/tokens/{id}", self.server))).await
     }
 
     pub async fn list_tokens(&self) -> Result<Value> {
-        self.send(self.http.get(format!("{}/converge/v1/tokens", self.server)))
-            .await
+        self.send(self.http.get(format!("{}/converge/v1/tokens", self.server))).await
     }
 }

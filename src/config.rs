@@ -59,56 +59,37 @@ pub fn default_data_dir() -> PathBuf {
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
 }
 
 pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> {
     let file: FileConfig = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
         }
         None => FileConfig::default(),
     };
-    let data_dir = args
-        .data_dir
-        .or(file.data_dir)
-        .unwrap_or_else(default_data_dir);
+    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir);
     let mut server = converge_api::ServerConfig::new(data_dir);
     if let Some(listen) = args.listen.or(file.listen) {
         server.listen = listen;
     }
     server.database_url = args.database.or(file.database);
-    server.tls_sans = if args.tls_san.is_empty() {
-        file.tls_san
-    } else {
-        args.tls_san
-    };
+    server.tls_sans = if args.tls_san.is_empty() { file.tls_san } else { args.tls_san };
     if let Some(range) = args.mac_range.or(file.mac_range) {
         server.mac_range = converge_engine::macpool::MacRange::parse(&range)
             .map_err(|e| anyhow::anyhow!("--mac-range {range}: {e}"))?;
     }
-    let log_format = log_format
-        .or(file.log_format)
-        .unwrap_or_else(|| "text".into());
+    let log_format = log_format.or(file.log_format).unwrap_or_else(|| "text".into());
     Ok(Settings { server, log_format })
 }
 
 /// `90s`, `30m`, `24h`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = number
-        .parse()
-        .with_context(|| format!("{text:?} is not a duration like 24h"))?;
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().with_context(|| format!("{text:?} is not a duration like 24h"))?;
     let secs = match unit {
         "s" | "" => n,
         "m" => n * 60,
@@ -139,16 +120,9 @@ mod tests {
     fn flags_beat_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("c.toml");
-        std::fs::write(
-            &file,
-            "listen = \"0.0.0.0:7000\"\ndatabase = \"sqlite://x\"\nlog_format = \"json\"\n",
-        )
-        .expect("write");
-        let args = ServeArgs {
-            config: Some(file),
-            listen: Some("127.0.0.1:1".into()),
-            ..Default::default()
-        };
+        std::fs::write(&file, "listen = \"0.0.0.0:7000\"\ndatabase = \"sqlite://x\"\nlog_format = \"json\"\n")
+            .expect("write");
+        let args = ServeArgs { config: Some(file), listen: Some("127.0.0.1:1".into()), ..Default::default() };
         let s = resolve(args, None).expect("resolve");
         assert_eq!(s.server.listen, "127.0.0.1:1");
         assert_eq!(s.server.database_url.as_deref(), Some("sqlite://x"));

@@ -8,11 +8,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "converge",
-    version,
-    about = "Virtual machines as Kubernetes objects, with or without a cluster"
-)]
+#[command(name = "converge", version, about = "Virtual machines as Kubernetes objects, with or without a cluster")]
 struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "CONVERGE_LOG_FORMAT", global = true)]
@@ -69,9 +65,7 @@ enum TokenCommand {
 fn init_logging(format: Option<&str>) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format.unwrap_or("text") {
         "json" => builder.json().init(),
         "text" => builder.init(),
@@ -83,10 +77,7 @@ fn init_logging(format: Option<&str>) -> Result<()> {
 fn main() -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => {
@@ -101,54 +92,29 @@ fn main() -> Result<()> {
             Command::Ca { data_dir } => {
                 let dir = data_dir.unwrap_or_else(config::default_data_dir);
                 let pem = std::fs::read_to_string(dir.join("ca.crt")).with_context(|| {
-                    format!(
-                        "reading {}/ca.crt (has `converge serve` run with this data dir?)",
-                        dir.display()
-                    )
+                    format!("reading {}/ca.crt (has `converge serve` run with this data dir?)", dir.display())
                 })?;
                 print!("{pem}");
                 Ok(())
             }
-            Command::Token {
-                command,
-                kubeconfig,
-                data_dir,
-            } => {
+            Command::Token { command, kubeconfig, data_dir } => {
                 init_logging(cli.log_format.as_deref())?;
                 let path = kubeconfig
                     .or_else(|| std::env::var_os("KUBECONFIG").map(PathBuf::from))
-                    .unwrap_or_else(|| {
-                        data_dir
-                            .unwrap_or_else(config::default_data_dir)
-                            .join("kubeconfig")
-                    });
+                    .unwrap_or_else(|| data_dir.unwrap_or_else(config::default_data_dir).join("kubeconfig"));
                 let api = client::Client::from_kubeconfig(&path)?;
                 match command {
-                    TokenCommand::Create {
-                        namespaces,
-                        role,
-                        ttl,
-                        subject,
-                    } => {
+                    TokenCommand::Create { namespaces, role, ttl, subject } => {
                         let ttl = config::parse_duration(&ttl)?;
-                        let record = api
-                            .create_token(
-                                &role,
-                                &namespaces,
-                                ttl.as_secs() as i64,
-                                subject.as_deref(),
-                            )
-                            .await?;
+                        let record =
+                            api.create_token(&role, &namespaces, ttl.as_secs() as i64, subject.as_deref()).await?;
                         println!("{}", serde_json::to_string_pretty(&record)?);
                     }
                     TokenCommand::Revoke { id } => {
                         api.revoke_token(&id).await?;
                         println!("token {id} revoked");
                     }
-                    TokenCommand::List => println!(
-                        "{}",
-                        serde_json::to_string_pretty(&api.list_tokens().await?)?
-                    ),
+                    TokenCommand::List => println!("{}", serde_json::to_string_pretty(&api.list_tokens().await?)?),
                 }
                 Ok(())
             }
@@ -158,11 +124,7 @@ fn main() -> Result<()> {
 
 async fn serve(config: converge_api::ServerConfig) -> Result<()> {
     let server = converge_api::start(config).await?;
-    println!(
-        "converge serving at {}; kubeconfig: {}",
-        server.base_url,
-        server.kubeconfig.display()
-    );
+    println!("converge serving at {}; kubeconfig: {}", server.base_url, server.kubeconfig.display());
     tokio::select! {
         r = tokio::signal::ctrl_c() => {
             r.context("waiting for a signal")?;

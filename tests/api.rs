@@ -8,13 +8,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 async fn watch_lines(app: &TestApp, path: &str, max: usize, within: Duration) -> Vec<Value> {
-    let resp = app
-        .http
-        .get(app.url(path))
-        .bearer_auth(&app.token)
-        .send()
-        .await
-        .expect("watch");
+    let resp = app.http.get(app.url(path)).bearer_auth(&app.token).send().await.expect("watch");
     assert_eq!(resp.status().as_u16(), 200);
     let mut out = vec![];
     let mut buf = String::new();
@@ -41,10 +35,7 @@ async fn put_ignores_status_and_status_ignores_the_rest() {
     with_status["spec"]["runStrategy"] = json!("Always");
     let (s, main) = app.put(&format!("{VMS}/s"), &with_status).await;
     assert_eq!(s, 200, "{main}");
-    assert!(
-        main.get("status").is_none(),
-        "PUT on the object keeps the stored status: {main}"
-    );
+    assert!(main.get("status").is_none(), "PUT on the object keeps the stored status: {main}");
     assert_eq!(main["spec"]["runStrategy"], "Always");
     let mut status_update = main.clone();
     status_update["status"] = json!({"printableStatus": "Stopped"});
@@ -52,10 +43,7 @@ async fn put_ignores_status_and_status_ignores_the_rest() {
     let (s, status) = app.put(&format!("{VMS}/s/status"), &status_update).await;
     assert_eq!(s, 200, "{status}");
     assert_eq!(status["status"]["printableStatus"], "Stopped");
-    assert_eq!(
-        status["spec"]["runStrategy"], "Always",
-        "/status ignores the spec"
-    );
+    assert_eq!(status["spec"]["runStrategy"], "Always", "/status ignores the spec");
     assert_eq!(
         status["metadata"]["generation"], main["metadata"]["generation"],
         "status writes do not bump generation"
@@ -86,10 +74,7 @@ async fn field_validation_modes_and_bad_bodies() {
         )
         .await;
     assert_eq!(s, 201);
-    let warning = headers
-        .get("warning")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let warning = headers.get("warning").and_then(|v| v.to_str().ok()).unwrap_or_default();
     assert_eq!(warning, r#"299 - "unknown field \"spec.surprise\"""#);
     let (s, _, headers) = app
         .request(
@@ -101,37 +86,18 @@ async fn field_validation_modes_and_bad_bodies() {
         .await;
     assert_eq!(s, 201);
     assert!(headers.get("warning").is_none());
-    let (s, status, _) = app
-        .request(
-            Method::POST,
-            &format!("{VMS}?fieldValidation=Strict"),
-            "application/json",
-            Some(body),
-        )
-        .await;
+    let (s, status, _) =
+        app.request(Method::POST, &format!("{VMS}?fieldValidation=Strict"), "application/json", Some(body)).await;
     assert_eq!((s, status["reason"].as_str()), (400, Some("BadRequest")));
-    assert_eq!(
-        app.get(&format!("{VMS}/fv")).await.0,
-        404,
-        "dry runs and refusals store nothing"
-    );
+    assert_eq!(app.get(&format!("{VMS}/fv")).await.0, 404, "dry runs and refusals store nothing");
 
     let mut wrong_type = vm_manifest("wt");
     wrong_type["spec"]["running"] = json!("yes");
-    wrong_type["spec"]
-        .as_object_mut()
-        .map(|m| m.remove("runStrategy"));
+    wrong_type["spec"].as_object_mut().map(|m| m.remove("runStrategy"));
     let (s, status) = app.post(VMS, &wrong_type).await;
     assert_eq!(s, 422);
     assert_eq!(status["details"]["causes"][0]["field"], "spec.running");
-    let (s, _, _) = app
-        .request(
-            Method::POST,
-            VMS,
-            "application/json",
-            Some("{not json".into()),
-        )
-        .await;
+    let (s, _, _) = app.request(Method::POST, VMS, "application/json", Some("{not json".into())).await;
     assert_eq!(s, 400);
     let mut other_version = vm_manifest("ov");
     other_version["apiVersion"] = json!("kubevirt.io/v2");
@@ -140,43 +106,18 @@ async fn field_validation_modes_and_bad_bodies() {
     other_ns["metadata"]["namespace"] = json!("elsewhere");
     assert_eq!(app.post(VMS, &other_ns).await.0, 400);
     assert_eq!(
-        app.post(
-            "/apis/kubevirt.io/v1/namespaces/missing/virtualmachines",
-            &vm_manifest("x")
-        )
-        .await
-        .0,
+        app.post("/apis/kubevirt.io/v1/namespaces/missing/virtualmachines", &vm_manifest("x")).await.0,
         400,
         "namespace in body differs"
     );
     let mut in_missing = vm_manifest("x");
     in_missing["metadata"]["namespace"] = json!("missing");
-    assert_eq!(
-        app.post(
-            "/apis/kubevirt.io/v1/namespaces/missing/virtualmachines",
-            &in_missing
-        )
-        .await
-        .0,
-        404
-    );
+    assert_eq!(app.post("/apis/kubevirt.io/v1/namespaces/missing/virtualmachines", &in_missing).await.0, 404);
     let (s, _, _) = app
-        .request(
-            Method::PATCH,
-            &format!("{VMS}/x"),
-            "application/strategic-merge-patch+json",
-            Some("{}".into()),
-        )
+        .request(Method::PATCH, &format!("{VMS}/x"), "application/strategic-merge-patch+json", Some("{}".into()))
         .await;
     assert_eq!(s, 415, "custom resources take no strategic merge patch");
-    let (s, _, _) = app
-        .request(
-            Method::POST,
-            VMS,
-            "application/vnd.kubernetes.protobuf",
-            Some("k8s\0".into()),
-        )
-        .await;
+    let (s, _, _) = app.request(Method::POST, VMS, "application/vnd.kubernetes.protobuf", Some("k8s\0".into())).await;
     assert_eq!(s, 415);
 }
 
@@ -184,10 +125,7 @@ async fn field_validation_modes_and_bad_bodies() {
 async fn watches_expire_bookmark_and_follow_selectors() {
     let app = spawn_app_with(None, |c| c.bookmark_interval = Duration::from_millis(200)).await;
     let (_, first) = app.post(VMS, &vm_manifest("w1")).await;
-    let rv: i64 = first["metadata"]["resourceVersion"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("rv");
+    let rv: i64 = first["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).expect("rv");
     // From a resourceVersion: only later changes; with bookmarks allowed, bookmarks too.
     let watcher = {
         let path = format!("{VMS}?watch=true&resourceVersion={rv}&allowWatchBookmarks=true&labelSelector=app%3Dweb");
@@ -205,21 +143,10 @@ async fn watches_expire_bookmark_and_follow_selectors() {
         .await;
     };
     let (lines, _) = tokio::join!(watcher, writer);
-    let types: Vec<&str> = lines
-        .iter()
-        .filter_map(|l| l["type"].as_str())
-        .filter(|t| *t != "BOOKMARK")
-        .collect();
-    assert_eq!(
-        types,
-        vec!["ADDED", "DELETED"],
-        "w2 added; w1 left the selector: {lines:?}"
-    );
+    let types: Vec<&str> = lines.iter().filter_map(|l| l["type"].as_str()).filter(|t| *t != "BOOKMARK").collect();
+    assert_eq!(types, vec!["ADDED", "DELETED"], "w2 added; w1 left the selector: {lines:?}");
     assert!(
-        lines
-            .iter()
-            .any(|l| l["type"] == "BOOKMARK"
-                && l["object"]["metadata"]["resourceVersion"].is_string()),
+        lines.iter().any(|l| l["type"] == "BOOKMARK" && l["object"]["metadata"]["resourceVersion"].is_string()),
         "{lines:?}"
     );
     let plain = watch_lines(
@@ -229,14 +156,8 @@ async fn watches_expire_bookmark_and_follow_selectors() {
         Duration::from_secs(3),
     )
     .await;
-    assert!(
-        plain.iter().all(|l| l["type"] != "BOOKMARK"),
-        "no bookmarks unless asked"
-    );
-    assert!(
-        plain.len() >= 2,
-        "the stream ends at timeoutSeconds: {plain:?}"
-    );
+    assert!(plain.iter().all(|l| l["type"] != "BOOKMARK"), "no bookmarks unless asked");
+    assert!(plain.len() >= 2, "the stream ends at timeoutSeconds: {plain:?}");
 
     // A resourceVersion older than the log answers with an ERROR event carrying 410 Expired.
     let app2 = spawn_app().await;
@@ -246,9 +167,7 @@ async fn watches_expire_bookmark_and_follow_selectors() {
         ..converge_engine::store::StoreConfig::new(&app2.database_url)
     };
     drop(store);
-    let small = converge_engine::store::Store::open(&compacted)
-        .await
-        .expect("store");
+    let small = converge_engine::store::Store::open(&compacted).await.expect("store");
     for i in 0..1000 {
         small
             .create(
@@ -285,82 +204,31 @@ async fn replica_sets_scale_and_vmis_get_admission() {
     let (s, scale) = app.get(&format!("{base}/rs/scale")).await;
     assert_eq!(s, 200);
     assert_eq!(
-        (
-            scale["kind"].as_str(),
-            scale["spec"]["replicas"].as_i64(),
-            scale["status"]["selector"].as_str()
-        ),
+        (scale["kind"].as_str(), scale["spec"]["replicas"].as_i64(), scale["status"]["selector"].as_str()),
         (Some("Scale"), Some(2), Some("rs=a"))
     );
-    let (s, _) = app
-        .put(
-            &format!("{base}/rs/scale"),
-            &json!({"spec": {"replicas": 5}}),
-        )
-        .await;
+    let (s, _) = app.put(&format!("{base}/rs/scale"), &json!({"spec": {"replicas": 5}})).await;
     assert_eq!(s, 200);
-    let (s, _) = app
-        .patch(
-            &format!("{base}/rs/scale"),
-            "application/merge-patch+json",
-            &json!({"spec": {"replicas": 3}}),
-        )
-        .await;
+    let (s, _) =
+        app.patch(&format!("{base}/rs/scale"), "application/merge-patch+json", &json!({"spec": {"replicas": 3}})).await;
     assert_eq!(s, 200);
-    assert_eq!(
-        app.get(&format!("{base}/rs")).await.1["spec"]["replicas"],
-        3
-    );
-    assert_eq!(
-        app.put(
-            &format!("{base}/rs/scale"),
-            &json!({"spec": {"replicas": -1}})
-        )
-        .await
-        .0,
-        422
-    );
+    assert_eq!(app.get(&format!("{base}/rs")).await.1["spec"]["replicas"], 3);
+    assert_eq!(app.put(&format!("{base}/rs/scale"), &json!({"spec": {"replicas": -1}})).await.0, 422);
 
     let preset = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstancePreset", "metadata": {"name": "small"},
         "spec": {"selector": {"matchLabels": {"size": "small"}}, "domain": {"cpu": {"cores": 2}}}});
-    assert_eq!(
-        app.post(
-            "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstancepresets",
-            &preset
-        )
-        .await
-        .0,
-        201
-    );
+    assert_eq!(app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstancepresets", &preset).await.0, 201);
     let mut vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "metadata": {"name": "vmi", "labels": {"size": "small"}}});
     vmi["spec"] = vm_manifest("x")["spec"]["template"]["spec"].clone();
     vmi["spec"].as_object_mut().map(|m| m.remove("networks"));
-    vmi["spec"]["domain"]["devices"]
-        .as_object_mut()
-        .map(|m| m.remove("interfaces"));
-    let (s, created) = app
-        .post(
-            "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances",
-            &vmi,
-        )
-        .await;
+    vmi["spec"]["domain"]["devices"].as_object_mut().map(|m| m.remove("interfaces"));
+    let (s, created) = app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances", &vmi).await;
     assert_eq!(s, 201, "{created}");
-    assert_eq!(
-        created["spec"]["domain"]["cpu"]["cores"], 2,
-        "preset applied"
-    );
-    assert_eq!(
-        created["spec"]["networks"],
-        json!([{"name": "default", "pod": {}}])
-    );
-    assert_eq!(
-        created["spec"]["domain"]["devices"]["disks"][0]["disk"]["bus"],
-        "virtio"
-    );
+    assert_eq!(created["spec"]["domain"]["cpu"]["cores"], 2, "preset applied");
+    assert_eq!(created["spec"]["networks"], json!([{"name": "default", "pod": {}}]));
+    assert_eq!(created["spec"]["domain"]["devices"]["disks"][0]["disk"]["bus"], "virtio");
     assert!(
-        created["spec"]["domain"]["devices"]["interfaces"][0]["macAddress"]
-            .as_str()
-            .is_some(),
+        created["spec"]["domain"]["devices"]["interfaces"][0]["macAddress"].as_str().is_some(),
         "MAC in the create response"
     );
     let (s, table, _) = {
@@ -368,10 +236,7 @@ async fn replica_sets_scale_and_vmis_get_admission() {
             .http
             .get(app.url("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances"))
             .bearer_auth(&app.token)
-            .header(
-                "accept",
-                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
-            )
+            .header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json")
             .send()
             .await
             .expect("get");
@@ -379,53 +244,25 @@ async fn replica_sets_scale_and_vmis_get_admission() {
         (s, resp.json::<Value>().await.expect("json"), ())
     };
     assert_eq!(s, 200);
-    let columns: Vec<&str> = table["columnDefinitions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
-    assert_eq!(
-        columns,
-        vec![
-            "Name",
-            "Age",
-            "Phase",
-            "IP",
-            "NodeName",
-            "Ready",
-            "Live-Migratable",
-            "Paused"
-        ]
-    );
+    let columns: Vec<&str> =
+        table["columnDefinitions"].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(columns, vec!["Name", "Age", "Phase", "IP", "NodeName", "Ready", "Live-Migratable", "Paused"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_honour_preconditions_and_restarts_keep_everything() {
     let app = spawn_app().await;
     let (_, vm) = app.post(VMS, &vm_manifest("keep")).await;
-    let (s, body) = app
-        .delete(
-            &format!("{VMS}/keep"),
-            Some(&json!({"preconditions": {"uid": "not-it"}})),
-        )
-        .await;
+    let (s, body) = app.delete(&format!("{VMS}/keep"), Some(&json!({"preconditions": {"uid": "not-it"}}))).await;
     assert_eq!((s, body["reason"].as_str()), (409, Some("Conflict")));
     let (s, _) = app.delete(&format!("{VMS}/keep?dryRun=All"), None).await;
     assert_eq!(s, 200);
     let app = app.restart().await;
     let (s, after) = app.get(&format!("{VMS}/keep")).await;
     assert_eq!(s, 200);
-    assert_eq!(
-        after, vm,
-        "same object, same resourceVersion, after a restart"
-    );
-    let (s, gone) = app
-        .delete(
-            &format!("{VMS}/keep"),
-            Some(&json!({"preconditions": {"uid": vm["metadata"]["uid"]}})),
-        )
-        .await;
+    assert_eq!(after, vm, "same object, same resourceVersion, after a restart");
+    let (s, gone) =
+        app.delete(&format!("{VMS}/keep"), Some(&json!({"preconditions": {"uid": vm["metadata"]["uid"]}}))).await;
     assert_eq!(s, 200);
     assert_eq!(gone["metadata"]["name"], "keep");
     assert_eq!(app.get(&format!("{VMS}/keep")).await.0, 404);

@@ -26,16 +26,8 @@ fn protected_routes() -> Vec<(Method, &'static str, Option<Value>)> {
         (Method::GET, "/api/v1/namespaces/default/configmaps", None),
         (Method::GET, VMS, None),
         (Method::GET, "/apis/kubevirt.io/v1/virtualmachines", None),
-        (
-            Method::GET,
-            "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/probe",
-            None,
-        ),
-        (
-            Method::GET,
-            "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/probe/status",
-            None,
-        ),
+        (Method::GET, "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/probe", None),
+        (Method::GET, "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/probe/status", None),
         (
             Method::POST,
             "/api/v1/namespaces/default/configmaps",
@@ -86,11 +78,7 @@ async fn call(
         };
     }
     if let Some(b) = body {
-        let ct = if method == Method::PATCH {
-            "application/merge-patch+json"
-        } else {
-            "application/json"
-        };
+        let ct = if method == Method::PATCH { "application/merge-patch+json" } else { "application/json" };
         req = req.header("content-type", ct).body(b.to_string());
     }
     req.send().await.expect("request").status().as_u16()
@@ -99,8 +87,7 @@ async fn call(
 fn alg_none(claims_of: &str) -> String {
     let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
     let claims =
-        serde_json::to_string(&Authenticator::claims(claims_of, Role::Admin, vec![], 3600))
-            .unwrap_or_default();
+        serde_json::to_string(&Authenticator::claims(claims_of, Role::Admin, vec![], 3600)).unwrap_or_default();
     format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&claims))
 }
 
@@ -110,51 +97,26 @@ async fn the_token_matrix_on_every_protected_route() {
     let (s, _) = app.post(VMS, &vm_manifest("probe")).await;
     assert_eq!(s, 201);
     let server = app.server.as_ref().expect("running");
-    let expired = server
-        .auth
-        .sign(&Authenticator::claims("old", Role::Admin, vec![], -5))
-        .expect("sign");
+    let expired = server.auth.sign(&Authenticator::claims("old", Role::Admin, vec![], -5)).expect("sign");
     let foreign = Authenticator::new(b"some other signing key, not ours!")
         .sign(&Authenticator::claims("x", Role::Admin, vec![], 3600))
         .expect("sign");
     let none = alg_none("x");
-    let (s, issued) = app
-        .post(
-            "/converge/v1/tokens",
-            &json!({"role": "admin", "ttlSeconds": 3600, "subject": "to-revoke"}),
-        )
-        .await;
+    let (s, issued) =
+        app.post("/converge/v1/tokens", &json!({"role": "admin", "ttlSeconds": 3600, "subject": "to-revoke"})).await;
     assert_eq!(s, 201, "{issued}");
     let revoked = issued["token"].as_str().expect("token").to_string();
-    let (s, _) = app
-        .delete(
-            &format!(
-                "/converge/v1/tokens/{}",
-                issued["id"].as_str().unwrap_or_default()
-            ),
-            None,
-        )
-        .await;
+    let (s, _) = app.delete(&format!("/converge/v1/tokens/{}", issued["id"].as_str().unwrap_or_default()), None).await;
     assert_eq!(s, 200);
     let (_, scoped) = app
-        .post(
-            "/converge/v1/tokens",
-            &json!({"role": "edit", "ttlSeconds": 3600, "namespaces": ["elsewhere"]}),
-        )
+        .post("/converge/v1/tokens", &json!({"role": "edit", "ttlSeconds": 3600, "namespaces": ["elsewhere"]}))
         .await;
     let scoped = scoped["token"].as_str().expect("token").to_string();
 
-    for carrier in [
-        Carrier::Header,
-        Carrier::WebsocketUrl,
-        Carrier::WebsocketStdPadded,
-    ] {
+    for carrier in [Carrier::Header, Carrier::WebsocketUrl, Carrier::WebsocketStdPadded] {
         for (method, path, body) in protected_routes() {
             let status = call(&app, method.clone(), path, &body, Some(&app.token), carrier).await;
-            assert!(
-                (200..300).contains(&status),
-                "{carrier:?} admin {method} {path}: {status}"
-            );
+            assert!((200..300).contains(&status), "{carrier:?} admin {method} {path}: {status}");
             for (what, token) in [
                 ("none", None),
                 ("expired", Some(&expired)),
@@ -162,15 +124,7 @@ async fn the_token_matrix_on_every_protected_route() {
                 ("alg none", Some(&none)),
                 ("revoked", Some(&revoked)),
             ] {
-                let status = call(
-                    &app,
-                    method.clone(),
-                    path,
-                    &body,
-                    token.map(String::as_str),
-                    carrier,
-                )
-                .await;
+                let status = call(&app, method.clone(), path, &body, token.map(String::as_str), carrier).await;
                 assert_eq!(status, 401, "{carrier:?} {what} {method} {path}");
             }
             let status = call(&app, method.clone(), path, &body, Some(&scoped), carrier).await;
@@ -179,18 +133,11 @@ async fn the_token_matrix_on_every_protected_route() {
                 && !path.starts_with("/converge")
                 && path != "/apis/kubevirt.io/v1/virtualmachines";
             let want = if cluster_read { 200 } else { 403 };
-            assert_eq!(
-                status, want,
-                "{carrier:?} other-namespace token {method} {path}"
-            );
+            assert_eq!(status, want, "{carrier:?} other-namespace token {method} {path}");
         }
     }
     for public in ["/healthz", "/readyz", "/version", "/livez"] {
-        assert_eq!(
-            call(&app, Method::GET, public, &None, None, Carrier::Header).await,
-            200,
-            "{public}"
-        );
+        assert_eq!(call(&app, Method::GET, public, &None, None, Carrier::Header).await, 200, "{public}");
     }
 }
 
@@ -201,10 +148,7 @@ async fn roles_and_namespace_scopes() {
         let app = &app;
         async move {
             let (s, body) = app
-                .post(
-                    "/converge/v1/tokens",
-                    &json!({"role": role, "ttlSeconds": 600, "namespaces": namespaces}),
-                )
+                .post("/converge/v1/tokens", &json!({"role": role, "ttlSeconds": 600, "namespaces": namespaces}))
                 .await;
             assert_eq!(s, 201, "{body}");
             body["token"].as_str().expect("token").to_string()
@@ -212,89 +156,31 @@ async fn roles_and_namespace_scopes() {
     };
     let view = issue("view", vec![]).await;
     let team = issue("edit", vec!["team-a"]).await;
-    let (s, _) = app
-        .post(
-            "/api/v1/namespaces",
-            &json!({"metadata": {"name": "team-a"}}),
-        )
-        .await;
+    let (s, _) = app.post("/api/v1/namespaces", &json!({"metadata": {"name": "team-a"}})).await;
     assert_eq!(s, 201);
     let vm = Some(vm_manifest("x"));
     let create_default = call(&app, Method::POST, VMS, &vm, Some(&view), Carrier::Header).await;
     assert_eq!(create_default, 403, "view cannot write");
-    assert_eq!(
-        call(&app, Method::GET, VMS, &None, Some(&view), Carrier::Header).await,
-        200,
-        "view reads"
-    );
+    assert_eq!(call(&app, Method::GET, VMS, &None, Some(&view), Carrier::Header).await, 200, "view reads");
     let mut in_team = vm_manifest("x");
     in_team["metadata"]["namespace"] = json!("team-a");
     let team_vms = "/apis/kubevirt.io/v1/namespaces/team-a/virtualmachines";
+    assert_eq!(call(&app, Method::POST, team_vms, &Some(in_team), Some(&team), Carrier::Header).await, 201);
+    assert_eq!(call(&app, Method::GET, VMS, &None, Some(&team), Carrier::Header).await, 403);
     assert_eq!(
-        call(
-            &app,
-            Method::POST,
-            team_vms,
-            &Some(in_team),
-            Some(&team),
-            Carrier::Header
-        )
-        .await,
-        201
-    );
-    assert_eq!(
-        call(&app, Method::GET, VMS, &None, Some(&team), Carrier::Header).await,
-        403
-    );
-    assert_eq!(
-        call(
-            &app,
-            Method::GET,
-            "/apis/kubevirt.io/v1/virtualmachines",
-            &None,
-            Some(&team),
-            Carrier::Header
-        )
-        .await,
+        call(&app, Method::GET, "/apis/kubevirt.io/v1/virtualmachines", &None, Some(&team), Carrier::Header).await,
         403,
         "no cluster-wide list of VMs"
     );
     assert_eq!(
-        call(
-            &app,
-            Method::GET,
-            "/api/v1/namespaces",
-            &None,
-            Some(&team),
-            Carrier::Header
-        )
-        .await,
+        call(&app, Method::GET, "/api/v1/namespaces", &None, Some(&team), Carrier::Header).await,
         200,
         "cluster-scoped kinds are readable"
     );
     let ns = Some(json!({"metadata": {"name": "team-b"}}));
+    assert_eq!(call(&app, Method::POST, "/api/v1/namespaces", &ns, Some(&team), Carrier::Header).await, 403);
     assert_eq!(
-        call(
-            &app,
-            Method::POST,
-            "/api/v1/namespaces",
-            &ns,
-            Some(&team),
-            Carrier::Header
-        )
-        .await,
-        403
-    );
-    assert_eq!(
-        call(
-            &app,
-            Method::GET,
-            "/converge/v1/tokens",
-            &None,
-            Some(&team),
-            Carrier::Header
-        )
-        .await,
+        call(&app, Method::GET, "/converge/v1/tokens", &None, Some(&team), Carrier::Header).await,
         403,
         "only admins manage tokens"
     );
@@ -336,32 +222,13 @@ async fn the_token_cli_creates_and_revokes() {
     let record: Value = serde_json::from_str(&out).expect("JSON record");
     let token = record["token"].as_str().expect("token");
     assert_eq!(record["role"], "edit");
-    assert!(
-        record["expiresAt"].as_i64().unwrap_or(0) - record["createdAt"].as_i64().unwrap_or(0)
-            == 86400
-    );
-    assert_eq!(
-        call(&app, Method::GET, VMS, &None, Some(token), Carrier::Header).await,
-        200
-    );
-    let (ok, _, err) = run(vec![
-        "token".into(),
-        "revoke".into(),
-        record["id"].as_str().unwrap_or_default().into(),
-    ])
-    .await;
+    assert!(record["expiresAt"].as_i64().unwrap_or(0) - record["createdAt"].as_i64().unwrap_or(0) == 86400);
+    assert_eq!(call(&app, Method::GET, VMS, &None, Some(token), Carrier::Header).await, 200);
+    let (ok, _, err) =
+        run(vec!["token".into(), "revoke".into(), record["id"].as_str().unwrap_or_default().into()]).await;
     assert!(ok, "{err}");
-    assert_eq!(
-        call(&app, Method::GET, VMS, &None, Some(token), Carrier::Header).await,
-        401
-    );
-    let (ok, _, err) = run(vec![
-        "token".into(),
-        "create".into(),
-        "--role".into(),
-        "root".into(),
-    ])
-    .await;
+    assert_eq!(call(&app, Method::GET, VMS, &None, Some(token), Carrier::Header).await, 401);
+    let (ok, _, err) = run(vec!["token".into(), "create".into(), "--role".into(), "root".into()]).await;
     assert!(!ok && err.contains("unknown"), "{err}");
     let out = tokio::process::Command::new(bin)
         .args(["ca", "--data-dir"])
@@ -369,8 +236,5 @@ async fn the_token_cli_creates_and_revokes() {
         .output()
         .await
         .expect("converge ca");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        app.server.as_ref().expect("running").ca_pem
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), app.server.as_ref().expect("running").ca_pem);
 }

@@ -10,9 +10,7 @@ use sqlx::Row;
 use std::collections::HashSet;
 use std::sync::RwLock;
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     View,
@@ -27,9 +25,7 @@ impl std::str::FromStr for Role {
             "view" => Ok(Role::View),
             "edit" => Ok(Role::Edit),
             "admin" => Ok(Role::Admin),
-            other => Err(format!(
-                "unknown role \"{other}\": one of view, edit, admin"
-            )),
+            other => Err(format!("unknown role \"{other}\": one of view, edit, admin")),
         }
     }
 }
@@ -107,23 +103,13 @@ impl Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.set_issuer(&[ISSUER]);
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
-            .map_err(|_| ApiError::unauthorized())?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|_| ApiError::unauthorized())?;
         let c = data.claims;
-        if self
-            .revoked
-            .read()
-            .map(|r| r.contains(&c.jti))
-            .unwrap_or(true)
-        {
+        if self.revoked.read().map(|r| r.contains(&c.jti)).unwrap_or(true) {
             return Err(ApiError::unauthorized());
         }
-        Ok(Principal {
-            token_id: c.jti,
-            subject: c.sub,
-            role: c.role,
-            namespaces: c.namespaces,
-        })
+        Ok(Principal { token_id: c.jti, subject: c.sub, role: c.role, namespaces: c.namespaces })
     }
 
     pub fn mark_revoked(&self, id: &str) {
@@ -134,9 +120,7 @@ impl Authenticator {
 
     /// Load revocations recorded in the store.
     pub async fn load_revoked(&self, pool: &sqlx::AnyPool) -> ApiResult<()> {
-        let rows = sqlx::query("SELECT id FROM tokens WHERE revoked = 1")
-            .fetch_all(pool)
-            .await?;
+        let rows = sqlx::query("SELECT id FROM tokens WHERE revoked = 1").fetch_all(pool).await?;
         for row in rows {
             self.mark_revoked(&row.try_get::<String, _>(0)?);
         }
@@ -168,10 +152,7 @@ impl Authenticator {
 
     /// Revoke a recorded token; false when there is no such token.
     pub async fn revoke(&self, pool: &sqlx::AnyPool, id: &str) -> ApiResult<bool> {
-        let done = sqlx::query("UPDATE tokens SET revoked = 1 WHERE id = $1")
-            .bind(id)
-            .execute(pool)
-            .await?;
+        let done = sqlx::query("UPDATE tokens SET revoked = 1 WHERE id = $1").bind(id).execute(pool).await?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }
@@ -181,28 +162,16 @@ impl Authenticator {
 }
 
 /// The bearer token of a request, from either place a Kubernetes client puts it.
-pub fn bearer_token(
-    authorization: Option<&str>,
-    websocket_protocols: Option<&str>,
-) -> Option<String> {
+pub fn bearer_token(authorization: Option<&str>, websocket_protocols: Option<&str>) -> Option<String> {
     if let Some(value) = authorization {
         let mut parts = value.splitn(2, ' ');
-        if parts
-            .next()
-            .is_some_and(|s| s.eq_ignore_ascii_case("bearer"))
-        {
-            return parts
-                .next()
-                .map(|t| t.trim().to_string())
-                .filter(|t| !t.is_empty());
+        if parts.next().is_some_and(|s| s.eq_ignore_ascii_case("bearer")) {
+            return parts.next().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
         }
         return None;
     }
     let protocols = websocket_protocols?;
-    let encoded = protocols
-        .split(',')
-        .map(str::trim)
-        .find_map(|p| p.strip_prefix(WEBSOCKET_BEARER_PREFIX))?;
+    let encoded = protocols.split(',').map(str::trim).find_map(|p| p.strip_prefix(WEBSOCKET_BEARER_PREFIX))?;
     // Clients differ: base64url or standard alphabet, padded or not.
     let normalized: String = encoded
         .trim_end_matches('=')
@@ -213,9 +182,7 @@ pub fn bearer_token(
             other => other,
         })
         .collect();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(normalized)
-        .ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(normalized).ok()?;
     String::from_utf8(bytes).ok().filter(|t| !t.is_empty())
 }
 
@@ -236,11 +203,7 @@ pub struct Access<'a> {
 
 pub fn authorize(p: &Principal, a: &Access) -> ApiResult<()> {
     let forbidden = || {
-        let resource = if a.group.is_empty() {
-            a.resource.to_string()
-        } else {
-            format!("{}.{}", a.resource, a.group)
-        };
+        let resource = if a.group.is_empty() { a.resource.to_string() } else { format!("{}.{}", a.resource, a.group) };
         let scope = match a.namespace {
             Some(ns) => format!(" in the namespace \"{ns}\""),
             None => " at the cluster scope".to_string(),
@@ -275,27 +238,18 @@ mod tests {
     #[test]
     fn tokens_verify_and_fail_as_they_should() {
         let auth = Authenticator::new(b"0123456789abcdef0123456789abcdef");
-        let good = auth
-            .sign(&Authenticator::claims("a", Role::Edit, vec![], 60))
-            .unwrap_or_default();
+        let good = auth.sign(&Authenticator::claims("a", Role::Edit, vec![], 60)).unwrap_or_default();
         assert!(auth.verify(&good).is_ok());
-        let expired = auth
-            .sign(&Authenticator::claims("a", Role::Edit, vec![], -10))
-            .unwrap_or_default();
+        let expired = auth.sign(&Authenticator::claims("a", Role::Edit, vec![], -10)).unwrap_or_default();
         assert!(auth.verify(&expired).is_err());
         let other = Authenticator::new(b"another key, another key, another");
-        let foreign = other
-            .sign(&Authenticator::claims("a", Role::Admin, vec![], 60))
-            .unwrap_or_default();
+        let foreign = other.sign(&Authenticator::claims("a", Role::Admin, vec![], 60)).unwrap_or_default();
         assert!(auth.verify(&foreign).is_err());
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         let none = format!(
             "{}.{}.",
             b64(r#"{"alg":"none","typ":"JWT"}"#),
-            b64(
-                &serde_json::to_string(&Authenticator::claims("a", Role::Admin, vec![], 60))
-                    .unwrap_or_default()
-            )
+            b64(&serde_json::to_string(&Authenticator::claims("a", Role::Admin, vec![], 60)).unwrap_or_default())
         );
         assert!(auth.verify(&none).is_err());
         let claims = Authenticator::claims("a", Role::Edit, vec![], 60);
@@ -312,8 +266,7 @@ mod tests {
         let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token);
         let std_padded = base64::engine::general_purpose::STANDARD.encode(token);
         for enc in [url, std_padded] {
-            let header =
-                format!("base64.binary.k8s.io, base64url.bearer.authorization.k8s.io.{enc}");
+            let header = format!("base64.binary.k8s.io, base64url.bearer.authorization.k8s.io.{enc}");
             assert_eq!(bearer_token(None, Some(&header)), Some(token.into()));
         }
         assert_eq!(bearer_token(None, Some("base64.binary.k8s.io")), None);
@@ -328,12 +281,7 @@ mod tests {
         }
     }
 
-    fn access(
-        write: bool,
-        namespace: Option<&str>,
-        cluster_scoped: bool,
-        listable: bool,
-    ) -> Access<'_> {
+    fn access(write: bool, namespace: Option<&str>, cluster_scoped: bool, listable: bool) -> Access<'_> {
         Access {
             write,
             namespace,
@@ -347,26 +295,10 @@ mod tests {
 
     #[test]
     fn roles_and_namespaces() {
-        assert!(authorize(
-            &who(Role::View, &[]),
-            &access(false, Some("a"), false, false)
-        )
-        .is_ok());
-        assert!(authorize(
-            &who(Role::View, &[]),
-            &access(true, Some("a"), false, false)
-        )
-        .is_err());
-        assert!(authorize(
-            &who(Role::Edit, &["a"]),
-            &access(true, Some("a"), false, false)
-        )
-        .is_ok());
-        assert!(authorize(
-            &who(Role::Edit, &["a"]),
-            &access(false, Some("b"), false, false)
-        )
-        .is_err());
+        assert!(authorize(&who(Role::View, &[]), &access(false, Some("a"), false, false)).is_ok());
+        assert!(authorize(&who(Role::View, &[]), &access(true, Some("a"), false, false)).is_err());
+        assert!(authorize(&who(Role::Edit, &["a"]), &access(true, Some("a"), false, false)).is_ok());
+        assert!(authorize(&who(Role::Edit, &["a"]), &access(false, Some("b"), false, false)).is_err());
         assert!(authorize(&who(Role::Edit, &["a"]), &access(false, None, true, false)).is_ok());
         assert!(authorize(&who(Role::Edit, &["a"]), &access(true, None, true, false)).is_err());
         assert!(authorize(&who(Role::Edit, &["a"]), &access(false, None, false, false)).is_err());

@@ -3,16 +3,7 @@
 use converge_engine::kinds::{self, ResourceKind};
 use serde_json::{json, Value};
 
-const VERBS: &[&str] = &[
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "create",
-    "update",
-    "watch",
-];
+const VERBS: &[&str] = &["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"];
 
 pub fn api_versions(server_address: &str) -> Value {
     json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}]})
@@ -39,15 +30,12 @@ pub fn api_group_list() -> Value {
 }
 
 pub fn api_group(group: &str) -> Option<Value> {
-    kinds::group_versions()
-        .iter()
-        .any(|(g, _)| *g == group && !g.is_empty())
-        .then(|| {
-            let mut g = group_entry(group);
-            g["kind"] = json!("APIGroup");
-            g["apiVersion"] = json!("v1");
-            g
-        })
+    kinds::group_versions().iter().any(|(g, _)| *g == group && !g.is_empty()).then(|| {
+        let mut g = group_entry(group);
+        g["kind"] = json!("APIGroup");
+        g["apiVersion"] = json!("v1");
+        g
+    })
 }
 
 fn resource_entries(k: &ResourceKind) -> Vec<Value> {
@@ -83,14 +71,8 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
     if resources.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() {
-        version.to_string()
-    } else {
-        format!("{group}/{version}")
-    };
-    Some(
-        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
-    )
+    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
 }
 
 #[cfg(test)]
@@ -100,12 +82,8 @@ mod tests {
     #[test]
     fn kubevirt_resources_have_short_names_and_subresources() {
         let list = api_resource_list("kubevirt.io", "v1").unwrap_or_default();
-        let names: Vec<&str> = list["resources"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|r| r["name"].as_str())
-            .collect();
+        let names: Vec<&str> =
+            list["resources"].as_array().into_iter().flatten().filter_map(|r| r["name"].as_str()).collect();
         assert!(names.contains(&"virtualmachines/status"));
         assert!(names.contains(&"virtualmachineinstancereplicasets/scale"));
         let vm = list["resources"]

@@ -46,10 +46,7 @@ pub fn document() -> Value {
         schemas_needed.push(k.definition.to_string());
         schemas_needed.push(format!("{}List", k.definition));
     }
-    let schemas = doc["components"]["schemas"]
-        .as_object_mut()
-        .map(std::mem::take)
-        .unwrap_or_default();
+    let schemas = doc["components"]["schemas"].as_object_mut().map(std::mem::take).unwrap_or_default();
     let mut all: Map<String, Value> = schemas;
     all.extend(openapi_k8s::reachable_schemas(&schemas_needed));
     doc["components"]["schemas"] = Value::Object(all);

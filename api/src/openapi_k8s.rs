@@ -23,16 +23,8 @@ fn write_params() -> Vec<Value> {
             "string",
             "When present, indicates that modifications should not be persisted. Valid value: All",
         ),
-        query_param(
-            "fieldManager",
-            "string",
-            "A name associated with the actor making these changes.",
-        ),
-        query_param(
-            "fieldValidation",
-            "string",
-            "How to treat unknown fields: Ignore, Warn (default) or Strict.",
-        ),
+        query_param("fieldManager", "string", "A name associated with the actor making these changes."),
+        query_param("fieldValidation", "string", "How to treat unknown fields: Ignore, Warn (default) or Strict."),
     ]
 }
 
@@ -92,14 +84,13 @@ fn operation(
     if v3 {
         op["responses"] = json!({"200": {"description": "OK", "content": {"application/json": {"schema": response}}}, "401": {"description": "Unauthorized"}});
         if let Some((types, schema)) = body {
-            let content: Map<String, Value> = types
-                .iter()
-                .map(|t| (t.to_string(), json!({"schema": schema.clone()})))
-                .collect();
+            let content: Map<String, Value> =
+                types.iter().map(|t| (t.to_string(), json!({"schema": schema.clone()}))).collect();
             op["requestBody"] = json!({"required": true, "content": content});
         }
     } else {
-        op["responses"] = json!({"200": {"description": "OK", "schema": response}, "401": {"description": "Unauthorized"}});
+        op["responses"] =
+            json!({"200": {"description": "OK", "schema": response}, "401": {"description": "Unauthorized"}});
         if let Some((types, schema)) = body {
             op["consumes"] = json!(types);
             let mut p = op["parameters"].as_array().cloned().unwrap_or_default();
@@ -126,32 +117,18 @@ fn paths_for(k: &ResourceKind, v3: bool) -> Vec<(String, Value)> {
             format!("{prefix}/namespaces/{{namespace}}/{}", k.plural),
         )
     } else {
-        (
-            format!("{prefix}/{}", k.plural),
-            format!("{prefix}/{}", k.plural),
-        )
+        (format!("{prefix}/{}", k.plural), format!("{prefix}/{}", k.plural))
     };
     let item = format!("{item_base}/{{name}}");
     let scope = if k.namespaced { "Namespaced" } else { "" };
     let obj = schema_ref(k.definition, v3);
     let list = schema_ref(&list_definition(k), v3);
     let patch_types: Vec<&str> = if k.is_core() {
-        vec![
-            "application/json-patch+json",
-            "application/merge-patch+json",
-            "application/strategic-merge-patch+json",
-        ]
+        vec!["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json"]
     } else {
-        vec![
-            "application/json-patch+json",
-            "application/merge-patch+json",
-        ]
+        vec!["application/json-patch+json", "application/merge-patch+json"]
     };
-    let ns_params: Vec<Value> = if k.namespaced {
-        vec![path_param("namespace")]
-    } else {
-        vec![]
-    };
+    let ns_params: Vec<Value> = if k.namespaced { vec![path_param("namespace")] } else { vec![] };
     let with = |mut base: Vec<Value>, more: Vec<Value>| {
         base.extend(more);
         base
@@ -245,25 +222,16 @@ pub fn v3_document(group: &str, version: &str) -> Option<&'static (String, Strin
             })
             .collect()
     });
-    docs.iter()
-        .find(|(g, v, _)| g == group && v == version)
-        .map(|(_, _, d)| d)
+    docs.iter().find(|(g, v, _)| g == group && v == version).map(|(_, _, d)| d)
 }
 
 /// `/openapi/v3`: where each group-version's document is.
 pub fn v3_index() -> Value {
     let mut paths = Map::new();
     for (g, v) in kinds::group_versions() {
-        let key = if g.is_empty() {
-            format!("api/{v}")
-        } else {
-            format!("apis/{g}/{v}")
-        };
+        let key = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
         if let Some((_, hash)) = v3_document(g, v) {
-            paths.insert(
-                key.clone(),
-                json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={hash}")}),
-            );
+            paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={hash}")}));
         }
     }
     json!({"paths": paths})
@@ -306,26 +274,14 @@ mod tests {
 
     #[test]
     fn patch_operations_declare_field_validation_and_gvk() {
-        let (text, _) = v3_document("kubevirt.io", "v1")
-            .cloned()
-            .unwrap_or_default();
+        let (text, _) = v3_document("kubevirt.io", "v1").cloned().unwrap_or_default();
         let doc: Value = serde_json::from_str(&text).unwrap_or_default();
-        let patch = &doc["paths"]
-            ["/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachines/{name}"]["patch"];
-        assert_eq!(
-            patch["x-kubernetes-group-version-kind"]["kind"],
-            "VirtualMachine"
-        );
-        let params: Vec<&str> = patch["parameters"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p["name"].as_str())
-            .collect();
+        let patch = &doc["paths"]["/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachines/{name}"]["patch"];
+        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "VirtualMachine");
+        let params: Vec<&str> =
+            patch["parameters"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str()).collect();
         assert!(params.contains(&"fieldValidation"));
-        assert!(doc["components"]["schemas"]["v1.VirtualMachine"]
-            ["x-kubernetes-group-version-kind"]
-            .is_array());
+        assert!(doc["components"]["schemas"]["v1.VirtualMachine"]["x-kubernetes-group-version-kind"].is_array());
         let refs = text.matches("#/definitions/").count();
         assert_eq!(refs, 0);
         assert!(v3_index()["paths"]["api/v1"]["serverRelativeURL"]
@@ -343,11 +299,7 @@ pub fn paths_for_document(k: &ResourceKind) -> Vec<(String, Value)> {
 pub fn reachable_schemas(roots: &[String]) -> Map<String, Value> {
     let defs = definitions_with_gvk();
     let mut out = Map::new();
-    let mut todo: Vec<String> = roots
-        .iter()
-        .filter(|r| defs.contains_key(*r))
-        .cloned()
-        .collect();
+    let mut todo: Vec<String> = roots.iter().filter(|r| defs.contains_key(*r)).cloned().collect();
     while let Some(name) = todo.pop() {
         if out.contains_key(&name) {
             continue;
@@ -365,11 +317,7 @@ pub fn reachable_schemas(roots: &[String]) -> Map<String, Value> {
 fn collect_refs(v: &Value, todo: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
-            if let Some(name) = m
-                .get("$ref")
-                .and_then(Value::as_str)
-                .and_then(|r| r.strip_prefix("#/definitions/"))
-            {
+            if let Some(name) = m.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/definitions/")) {
                 todo.push(name.to_string());
             }
             m.values().for_each(|c| collect_refs(c, todo));

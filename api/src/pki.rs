@@ -2,19 +2,13 @@
 //! signing key, the admin token and a kubeconfig — so `kubectl --kubeconfig DATA_DIR/kubeconfig`
 //! works at once, as with k3s.
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("certificate: {0}")]
     Certificate(#[from] rcgen::Error),
     #[error("{0}")]
@@ -25,10 +19,7 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(PkiError::Io {
-            path: path.display().to_string(),
-            source: e,
-        }),
+        Err(e) => Err(PkiError::Io { path: path.display().to_string(), source: e }),
     }
 }
 
@@ -36,18 +27,10 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
 pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |e| PkiError::Io {
-        path: path.display().to_string(),
-        source: e,
-    };
+    let io = |e| PkiError::Io { path: path.display().to_string(), source: e };
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
     f.write_all(contents.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
@@ -63,18 +46,10 @@ pub struct Pki {
 
 fn ca_params() -> Result<CertificateParams, PkiError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "converge-ca");
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "converge");
+    params.distinguished_name.push(DnType::CommonName, "converge-ca");
+    params.distinguished_name.push(DnType::OrganizationName, "converge");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params.not_before = rcgen::date_time_ymd(2020, 1, 1);
     params.not_after = rcgen::date_time_ymd(2099, 12, 31);
     Ok(params)
@@ -106,17 +81,16 @@ pub fn ensure(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
     };
     let serving_key = KeyPair::generate()?;
     let mut params = CertificateParams::new(sans.to_vec())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "converge");
+    params.distinguished_name.push(DnType::CommonName, "converge");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.not_before = rcgen::date_time_ymd(2020, 1, 1);
     params.not_after = rcgen::date_time_ymd(2099, 12, 31);
     let serving = params.signed_by(&serving_key, &ca_cert, &ca_key)?;
     let secret_path = dir.join("signing.key");
     let signing_secret = match read(&secret_path)? {
-        Some(hex) => decode_hex(hex.trim())
-            .ok_or_else(|| PkiError::Invalid(format!("{} is not hex", secret_path.display())))?,
+        Some(hex) => {
+            decode_hex(hex.trim()).ok_or_else(|| PkiError::Invalid(format!("{} is not hex", secret_path.display())))?
+        }
         None => {
             use rand::RngCore;
             let mut bytes = vec![0u8; 32];
@@ -142,19 +116,12 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) || s.len() < 32 {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
 }
 
 /// The subject names the serving certificate covers.
 pub fn default_sans(extra: &[String]) -> Vec<String> {
-    let mut sans = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ];
+    let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
     if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         let host = host.trim().to_string();
         if !host.is_empty() {
@@ -186,8 +153,7 @@ mod tests {
     fn second_start_keeps_the_ca_and_key() {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = ensure(dir.path(), &default_sans(&[])).expect("first");
-        let second =
-            ensure(dir.path(), &default_sans(&["converge.example".into()])).expect("second");
+        let second = ensure(dir.path(), &default_sans(&["converge.example".into()])).expect("second");
         assert_eq!(first.ca_pem, second.ca_pem);
         assert_eq!(first.signing_secret, second.signing_secret);
         assert_ne!(first.serving_cert_pem, second.serving_cert_pem);

@@ -26,11 +26,7 @@ pub enum Subresource {
 
 /// Parse `/api/v1/...` or `/apis/{group}/{version}/...`; `None` when it is not a resource path.
 pub fn parse_path(path: &str) -> Result<ResourcePath, ApiError> {
-    let segments: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let (group, version, rest) = match segments.as_slice() {
         ["api", version, rest @ ..] => ("", *version, rest),
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
@@ -40,19 +36,10 @@ pub fn parse_path(path: &str) -> Result<ResourcePath, ApiError> {
         ["watch", more @ ..] => (true, more),
         _ => (false, rest),
     };
-    let find = |plural: &str| {
-        kinds::by_plural(group, version, plural).ok_or_else(ApiError::route_not_found)
-    };
-    let namespaced =
-        |plural: &str| kinds::by_plural(group, version, plural).filter(|k| k.namespaced);
+    let find = |plural: &str| kinds::by_plural(group, version, plural).ok_or_else(ApiError::route_not_found);
+    let namespaced = |plural: &str| kinds::by_plural(group, version, plural).filter(|k| k.namespaced);
     let path = match rest {
-        [plural] => ResourcePath {
-            kind: find(plural)?,
-            namespace: None,
-            name: None,
-            subresource: None,
-            watch_prefix,
-        },
+        [plural] => ResourcePath { kind: find(plural)?, namespace: None, name: None, subresource: None, watch_prefix },
         ["namespaces", ns, plural, tail @ ..] if namespaced(plural).is_some() => {
             let kind = find(plural)?;
             let (name, sub) = match tail {
@@ -219,25 +206,16 @@ pub fn selectable_fields(kind: &ResourceKind) -> &'static [&'static str] {
 
 impl Query {
     pub fn list_options(&self, kind: &ResourceKind) -> Result<ListOptions, ApiError> {
-        let labels = LabelSelector::parse(&self.label_selector)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let labels = LabelSelector::parse(&self.label_selector).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let fields = FieldSelector::parse(&self.field_selector, selectable_fields(kind))
             .map_err(|e| ApiError::bad_request(format!("{e}")))?;
-        Ok(ListOptions {
-            labels,
-            fields,
-            limit: self.limit,
-            continue_token: self.continue_token.clone(),
-        })
+        Ok(ListOptions { labels, fields, limit: self.limit, continue_token: self.continue_token.clone() })
     }
 }
 
 /// What the client wants back: plain objects or a `meta.k8s.io` Table.
 pub fn wants_table(accept: &str) -> bool {
-    accept
-        .split(',')
-        .next()
-        .is_some_and(|first| first.contains("as=Table") && first.contains("g=meta.k8s.io"))
+    accept.split(',').next().is_some_and(|first| first.contains("as=Table") && first.contains("g=meta.k8s.io"))
 }
 
 #[cfg(test)]
@@ -254,37 +232,23 @@ mod tests {
     #[test]
     fn every_route_shape() {
         let p = ok("/apis/kubevirt.io/v1/namespaces/default/virtualmachines");
-        assert_eq!(
-            (p.kind.kind, p.namespace.as_deref(), p.name.as_deref()),
-            ("VirtualMachine", Some("default"), None)
-        );
+        assert_eq!((p.kind.kind, p.namespace.as_deref(), p.name.as_deref()), ("VirtualMachine", Some("default"), None));
         let p = ok("/apis/kubevirt.io/v1/namespaces/default/virtualmachines/web");
         assert_eq!(p.name.as_deref(), Some("web"));
         let p = ok("/apis/kubevirt.io/v1/namespaces/default/virtualmachines/web/status");
         assert_eq!(p.subresource, Some(Subresource::Status));
-        let p = ok(
-            "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstancereplicasets/rs/scale",
-        );
+        let p = ok("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstancereplicasets/rs/scale");
         assert_eq!(p.subresource, Some(Subresource::Scale));
         let p = ok("/apis/kubevirt.io/v1/virtualmachines");
         assert_eq!((p.namespace, p.name), (None, None));
         let p = ok("/api/v1/namespaces");
         assert_eq!(p.kind.kind, "Namespace");
         let p = ok("/api/v1/namespaces/default");
-        assert_eq!(
-            (p.kind.kind, p.name.as_deref()),
-            ("Namespace", Some("default"))
-        );
+        assert_eq!((p.kind.kind, p.name.as_deref()), ("Namespace", Some("default")));
         let p = ok("/api/v1/namespaces/default/status");
-        assert_eq!(
-            (p.kind.kind, p.subresource),
-            ("Namespace", Some(Subresource::Status))
-        );
+        assert_eq!((p.kind.kind, p.subresource), ("Namespace", Some(Subresource::Status)));
         let p = ok("/api/v1/namespaces/default/configmaps");
-        assert_eq!(
-            (p.kind.kind, p.namespace.as_deref()),
-            ("ConfigMap", Some("default"))
-        );
+        assert_eq!((p.kind.kind, p.namespace.as_deref()), ("ConfigMap", Some("default")));
         let p = ok("/api/v1/watch/namespaces/default/events");
         assert!(p.watch_prefix);
     }
@@ -304,10 +268,7 @@ mod tests {
     }
 
     fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
-        items
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
+        items.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
     }
 
     #[test]
@@ -332,10 +293,7 @@ mod tests {
 
     #[test]
     fn selectors_are_checked_per_kind() {
-        let q = Query {
-            field_selector: "involvedObject.name=x".into(),
-            ..Default::default()
-        };
+        let q = Query { field_selector: "involvedObject.name=x".into(), ..Default::default() };
         assert!(q.list_options(&kinds::EVENT).is_ok());
         assert!(q.list_options(&kinds::VIRTUAL_MACHINE).is_err());
     }

@@ -15,11 +15,7 @@ use converge_engine::store::{DeleteOptions, DeleteOutcome, ListOptions, UpdateMo
 use converge_engine::{meta, schema, ApiError, ApiResult, Cause};
 use serde_json::{json, Value};
 
-pub async fn dispatch(
-    req: HttpRequest,
-    body: web::Bytes,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+pub async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
     match handle(&req, &body, &state).await {
         Ok(resp) => resp,
         Err(e) => status_response(&e),
@@ -46,11 +42,7 @@ async fn handle(req: &HttpRequest, body: &[u8], state: &AppState) -> ApiResult<H
         .map(|q| q.into_inner())
         .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?;
     let q = request::parse_query(&pairs)?;
-    let principal = req
-        .extensions()
-        .get::<Principal>()
-        .cloned()
-        .ok_or_else(ApiError::unauthorized)?;
+    let principal = req.extensions().get::<Principal>().cloned().ok_or_else(ApiError::unauthorized)?;
     let verb = verb(req.method(), &path, &q);
     auth::authorize(
         &principal,
@@ -64,35 +56,19 @@ async fn handle(req: &HttpRequest, body: &[u8], state: &AppState) -> ApiResult<H
             verb,
         },
     )?;
-    let accept = req
-        .headers()
-        .get("accept")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let content_type = req
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
+    let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let as_table = request::wants_table(accept);
     match (req.method().as_str(), &path.name, path.subresource) {
-        ("GET", None, _) if q.watch || path.watch_prefix => {
-            watch::serve(state, &path, &q, as_table).await
-        }
+        ("GET", None, _) if q.watch || path.watch_prefix => watch::serve(state, &path, &q, as_table).await,
         ("GET", None, _) => list(state, &path, &q, as_table).await,
-        ("GET", Some(name), Some(Subresource::Scale)) => Ok(json_response(
-            200,
-            &scale_of(&get(state, &path, name).await?),
-            &[],
-        )),
+        ("GET", Some(name), Some(Subresource::Scale)) => {
+            Ok(json_response(200, &scale_of(&get(state, &path, name).await?), &[]))
+        }
         ("GET", Some(name), _) => {
             let obj = get(state, &path, name).await?;
             if as_table {
-                Ok(json_response(
-                    200,
-                    &table::table(path.kind, &[obj], json!({}), q.include_object),
-                    &[],
-                ))
+                Ok(json_response(200, &table::table(path.kind, &[obj], json!({}), q.include_object), &[]))
             } else {
                 Ok(json_response(200, &obj, &[]))
             }
@@ -101,16 +77,12 @@ async fn handle(req: &HttpRequest, body: &[u8], state: &AppState) -> ApiResult<H
         ("PUT", Some(name), Some(Subresource::Scale)) => {
             scale_update(state, &path, name, &q, ScaleChange::Replace(body)).await
         }
-        ("PUT", Some(name), sub) => {
-            replace(state, &path, name, &q, body, content_type, mode(sub)).await
-        }
+        ("PUT", Some(name), sub) => replace(state, &path, name, &q, body, content_type, mode(sub)).await,
         ("PATCH", Some(name), Some(Subresource::Scale)) => {
             let pt = patch_type(path.kind, content_type)?;
             scale_update(state, &path, name, &q, ScaleChange::Patch(pt, body)).await
         }
-        ("PATCH", Some(name), sub) => {
-            patch(state, &path, name, &q, body, content_type, mode(sub)).await
-        }
+        ("PATCH", Some(name), sub) => patch(state, &path, name, &q, body, content_type, mode(sub)).await,
         ("DELETE", Some(name), None) => delete(state, &path, name, &q, body).await,
         ("DELETE", None, None) => delete_collection(state, &path, &q).await,
         (method, _, _) => Err(ApiError::method_not_allowed(format!(
@@ -140,18 +112,10 @@ async fn get(state: &AppState, path: &ResourcePath, name: &str) -> ApiResult<Val
         .ok_or_else(|| ApiError::not_found(kind.group, kind.plural, name))
 }
 
-async fn list(
-    state: &AppState,
-    path: &ResourcePath,
-    q: &Query,
-    as_table: bool,
-) -> ApiResult<HttpResponse> {
+async fn list(state: &AppState, path: &ResourcePath, q: &Query, as_table: bool) -> ApiResult<HttpResponse> {
     let kind = path.kind;
     let opts = q.list_options(kind)?;
-    let page = state
-        .store
-        .list(kind, path.namespace.as_deref(), &opts)
-        .await?;
+    let page = state.store.list(kind, path.namespace.as_deref(), &opts).await?;
     let mut list_meta = json!({"resourceVersion": page.resource_version.to_string()});
     if let Some(c) = &page.continue_token {
         list_meta["continue"] = json!(c);
@@ -166,15 +130,10 @@ async fn list(
             .map(|raw| serde_json::from_str(raw))
             .collect::<Result<Vec<Value>, _>>()
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        return Ok(json_response(
-            200,
-            &table::table(kind, &objects, list_meta, q.include_object),
-            &[],
-        ));
+        return Ok(json_response(200, &table::table(kind, &objects, list_meta, q.include_object), &[]));
     }
     // Items are spliced in as stored: a large list is never parsed and re-serialized.
-    let mut body =
-        String::with_capacity(page.items.iter().map(|i| i.len() + 1).sum::<usize>() + 256);
+    let mut body = String::with_capacity(page.items.iter().map(|i| i.len() + 1).sum::<usize>() + 256);
     body.push_str(&format!(
         "{{\"apiVersion\":\"{}\",\"kind\":\"{}\",\"metadata\":{},\"items\":[",
         kind.api_version(),
@@ -188,9 +147,7 @@ async fn list(
         body.push_str(item);
     }
     body.push_str("]}");
-    Ok(HttpResponse::Ok()
-        .content_type("application/json")
-        .body(body))
+    Ok(HttpResponse::Ok().content_type("application/json").body(body))
 }
 
 /// Parse a request body as a JSON object.
@@ -215,15 +172,13 @@ fn decode(kind: &ResourceKind, body: &[u8], content_type: &str) -> ApiResult<Val
 }
 
 /// apiVersion/kind as the endpoint expects (filled when absent), and the shape by the schema.
-fn check_object(
-    kind: &ResourceKind,
-    obj: &mut Value,
-    validation: FieldValidation,
-) -> ApiResult<Warnings> {
+fn check_object(kind: &ResourceKind, obj: &mut Value, validation: FieldValidation) -> ApiResult<Warnings> {
     let expected = kind.api_version();
     match obj.get("apiVersion").and_then(Value::as_str) {
         Some(v) if v != expected => {
-            return Err(ApiError::bad_request(format!("the API version in the data ({v}) does not match the expected API version ({expected})")))
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({v}) does not match the expected API version ({expected})"
+            )))
         }
         _ => obj["apiVersion"] = json!(expected),
     }
@@ -238,17 +193,8 @@ fn check_object(
     }
     let report = schema::check(kind.definition, obj, validation != FieldValidation::Strict);
     if !report.type_errors.is_empty() || !report.missing.is_empty() {
-        let mut causes: Vec<Cause> = report
-            .type_errors
-            .into_iter()
-            .map(|(f, m)| Cause::invalid(f, m))
-            .collect();
-        causes.extend(
-            report
-                .missing
-                .into_iter()
-                .map(|f| Cause::required(f, "Required value")),
-        );
+        let mut causes: Vec<Cause> = report.type_errors.into_iter().map(|(f, m)| Cause::invalid(f, m)).collect();
+        causes.extend(report.missing.into_iter().map(|f| Cause::required(f, "Required value")));
         let mut err = ApiError::invalid(kind.group, kind.kind, meta::name(obj), causes);
         if kind.is_core() {
             err.code = 400;
@@ -256,11 +202,7 @@ fn check_object(
         }
         return Err(err);
     }
-    let unknown: Vec<String> = report
-        .unknown_fields
-        .iter()
-        .map(|f| format!("unknown field \"{f}\""))
-        .collect();
+    let unknown: Vec<String> = report.unknown_fields.iter().map(|f| format!("unknown field \"{f}\"")).collect();
     match validation {
         FieldValidation::Strict if !unknown.is_empty() => Err(ApiError::bad_request(format!(
             "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
@@ -278,12 +220,15 @@ fn place(path: &ResourcePath, obj: &mut Value, url_name: Option<&str>) -> ApiRes
     let kind = path.kind;
     let m = meta::metadata_mut(obj);
     if kind.namespaced {
-        let ns = path.namespace.as_deref().ok_or_else(|| {
-            ApiError::method_not_allowed("namespaced resources are created in a namespace")
-        })?;
+        let ns = path
+            .namespace
+            .as_deref()
+            .ok_or_else(|| ApiError::method_not_allowed("namespaced resources are created in a namespace"))?;
         match m.get("namespace").and_then(Value::as_str).filter(|s| !s.is_empty()) {
             Some(given) if given != ns => {
-                return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"))
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ))
             }
             _ => {
                 m.insert("namespace".into(), json!(ns));
@@ -293,15 +238,11 @@ fn place(path: &ResourcePath, obj: &mut Value, url_name: Option<&str>) -> ApiRes
         m.remove("namespace");
     }
     if let Some(url_name) = url_name {
-        match m
-            .get("name")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-        {
+        match m.get("name").and_then(Value::as_str).filter(|s| !s.is_empty()) {
             Some(given) if given != url_name => {
                 return Err(ApiError::bad_request(format!(
-                "the name of the object ({given}) does not match the name on the URL ({url_name})"
-            )))
+                    "the name of the object ({given}) does not match the name on the URL ({url_name})"
+                )))
             }
             _ => {
                 m.insert("name".into(), json!(url_name));
@@ -311,26 +252,13 @@ fn place(path: &ResourcePath, obj: &mut Value, url_name: Option<&str>) -> ApiRes
     Ok(())
 }
 
-async fn presets_for(
-    state: &AppState,
-    kind: &ResourceKind,
-    namespace: &str,
-) -> ApiResult<Vec<Value>> {
+async fn presets_for(state: &AppState, kind: &ResourceKind, namespace: &str) -> ApiResult<Vec<Value>> {
     if !std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE) {
         return Ok(vec![]);
     }
-    let page = state
-        .store
-        .list(
-            &kinds::VIRTUAL_MACHINE_INSTANCE_PRESET,
-            Some(namespace),
-            &ListOptions::default(),
-        )
-        .await?;
-    page.items
-        .iter()
-        .map(|raw| serde_json::from_str(raw).map_err(|e| ApiError::internal(e.to_string())))
-        .collect()
+    let page =
+        state.store.list(&kinds::VIRTUAL_MACHINE_INSTANCE_PRESET, Some(namespace), &ListOptions::default()).await?;
+    page.items.iter().map(|raw| serde_json::from_str(raw).map_err(|e| ApiError::internal(e.to_string()))).collect()
 }
 
 async fn create(
@@ -345,15 +273,7 @@ async fn create(
     place(path, &mut obj, None)?;
     let warnings = check_object(kind, &mut obj, q.field_validation)?;
     let presets = presets_for(state, kind, item_namespace(path)).await?;
-    admission::admit(
-        kind,
-        Operation::Create,
-        &mut obj,
-        &admission::Context {
-            old: None,
-            presets: &presets,
-        },
-    )?;
+    admission::admit(kind, Operation::Create, &mut obj, &admission::Context { old: None, presets: &presets })?;
     let created = state.store.create(kind, obj, q.dry_run).await?;
     Ok(json_response(201, &created, &warnings))
 }
@@ -368,15 +288,7 @@ async fn write_update(
     mode: UpdateMode,
 ) -> ApiResult<Value> {
     if mode == UpdateMode::Main {
-        admission::admit(
-            kind,
-            Operation::Update,
-            &mut obj,
-            &admission::Context {
-                old: Some(old),
-                presets: &[],
-            },
-        )?;
+        admission::admit(kind, Operation::Update, &mut obj, &admission::Context { old: Some(old), presets: &[] })?;
     }
     state.store.update(kind, obj, mode, q.dry_run).await
 }
@@ -402,12 +314,10 @@ async fn replace(
 
 fn patch_type(kind: &ResourceKind, content_type: &str) -> ApiResult<PatchType> {
     match PatchType::from_content_type(content_type) {
-        Some(PatchType::Strategic) if !kind.is_core() => {
-            Err(ApiError::unsupported_media_type(content_type))
+        Some(PatchType::Strategic) if !kind.is_core() => Err(ApiError::unsupported_media_type(content_type)),
+        Some(PatchType::Apply) => {
+            Err(ApiError::unsupported_media_type(&format!("{content_type} (server-side apply is not supported yet)")))
         }
-        Some(PatchType::Apply) => Err(ApiError::unsupported_media_type(&format!(
-            "{content_type} (server-side apply is not supported yet)"
-        ))),
         Some(pt) => Ok(pt),
         None => Err(ApiError::unsupported_media_type(content_type)),
     }
@@ -416,9 +326,7 @@ fn patch_type(kind: &ResourceKind, content_type: &str) -> ApiResult<PatchType> {
 fn patch_error(kind: &ResourceKind, name: &str, e: PatchError) -> ApiError {
     match e {
         PatchError::Malformed(m) => ApiError::bad_request(m),
-        PatchError::Failed(m) => {
-            ApiError::invalid(kind.group, kind.kind, name, vec![Cause::invalid("", m)])
-        }
+        PatchError::Failed(m) => ApiError::invalid(kind.group, kind.kind, name, vec![Cause::invalid("", m)]),
     }
 }
 
@@ -440,15 +348,11 @@ async fn patch(
     loop {
         attempt += 1;
         let current = get(state, path, name).await?;
-        let mut patched =
-            patch::apply(pt, &current, body).map_err(|e| patch_error(kind, name, e))?;
-        let current_rv = meta::meta_str(&current, "resourceVersion")
-            .unwrap_or("")
-            .to_string();
+        let mut patched = patch::apply(pt, &current, body).map_err(|e| patch_error(kind, name, e))?;
+        let current_rv = meta::meta_str(&current, "resourceVersion").unwrap_or("").to_string();
         // A patch that names a resourceVersion asks for that exact version; otherwise the
         // version read is the precondition, and a lost race is retried.
-        let client_rv =
-            meta::meta_str(&patched, "resourceVersion").is_some_and(|rv| rv != current_rv);
+        let client_rv = meta::meta_str(&patched, "resourceVersion").is_some_and(|rv| rv != current_rv);
         if meta::meta_str(&patched, "resourceVersion").is_none_or(str::is_empty) {
             meta::metadata_mut(&mut patched).insert("resourceVersion".into(), json!(current_rv));
         }
@@ -470,20 +374,14 @@ async fn patch(
 }
 
 fn delete_options(path: &ResourcePath, q: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
-    let mut opts = DeleteOptions {
-        propagation: q.propagation,
-        dry_run: q.dry_run,
-        ..Default::default()
-    };
+    let mut opts = DeleteOptions { propagation: q.propagation, dry_run: q.dry_run, ..Default::default() };
     if !body.iter().all(u8::is_ascii_whitespace) {
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?;
+        let v: Value =
+            serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("DeleteOptions: {e}")))?;
         if let Some(p) = v.get("propagationPolicy").and_then(Value::as_str) {
             opts.propagation = Some(request::parse_propagation(p)?);
         }
-        if v.get("orphanDependents").and_then(Value::as_bool) == Some(true)
-            && opts.propagation.is_none()
-        {
+        if v.get("orphanDependents").and_then(Value::as_bool) == Some(true) && opts.propagation.is_none() {
             opts.propagation = Some(converge_engine::store::Propagation::Orphan);
         }
         if let Some(dry) = v.get("dryRun").and_then(Value::as_array) {
@@ -498,10 +396,7 @@ fn delete_options(path: &ResourcePath, q: &Query, body: &[u8]) -> ApiResult<Dele
         }
         if let Some(pre) = v.get("preconditions") {
             opts.precondition_uid = pre.get("uid").and_then(Value::as_str).map(str::to_string);
-            opts.precondition_rv = pre
-                .get("resourceVersion")
-                .and_then(Value::as_str)
-                .map(str::to_string);
+            opts.precondition_rv = pre.get("resourceVersion").and_then(Value::as_str).map(str::to_string);
         }
     }
     let _ = path;
@@ -520,57 +415,26 @@ fn deleted_response(kind: &ResourceKind, obj: &Value) -> HttpResponse {
     json_response(200, obj, &[])
 }
 
-async fn delete(
-    state: &AppState,
-    path: &ResourcePath,
-    name: &str,
-    q: &Query,
-    body: &[u8],
-) -> ApiResult<HttpResponse> {
+async fn delete(state: &AppState, path: &ResourcePath, name: &str, q: &Query, body: &[u8]) -> ApiResult<HttpResponse> {
     let opts = delete_options(path, q, body)?;
-    match state
-        .store
-        .delete(path.kind, item_namespace(path), name, &opts)
-        .await?
-    {
+    match state.store.delete(path.kind, item_namespace(path), name, &opts).await? {
         DeleteOutcome::Deleted(obj) => Ok(deleted_response(path.kind, &obj)),
         DeleteOutcome::Pending(obj) => Ok(json_response(200, &obj, &[])),
     }
 }
 
-async fn delete_collection(
-    state: &AppState,
-    path: &ResourcePath,
-    q: &Query,
-) -> ApiResult<HttpResponse> {
+async fn delete_collection(state: &AppState, path: &ResourcePath, q: &Query) -> ApiResult<HttpResponse> {
     let kind = path.kind;
     let opts = q.list_options(kind)?;
     let page = state
         .store
-        .list(
-            kind,
-            path.namespace.as_deref(),
-            &ListOptions {
-                limit: None,
-                continue_token: None,
-                ..opts
-            },
-        )
+        .list(kind, path.namespace.as_deref(), &ListOptions { limit: None, continue_token: None, ..opts })
         .await?;
-    let del = DeleteOptions {
-        propagation: q.propagation,
-        dry_run: q.dry_run,
-        ..Default::default()
-    };
+    let del = DeleteOptions { propagation: q.propagation, dry_run: q.dry_run, ..Default::default() };
     let mut items = vec![];
     for raw in page.items {
-        let obj: Value =
-            serde_json::from_str(&raw).map_err(|e| ApiError::internal(e.to_string()))?;
-        match state
-            .store
-            .delete(kind, meta::namespace(&obj), meta::name(&obj), &del)
-            .await
-        {
+        let obj: Value = serde_json::from_str(&raw).map_err(|e| ApiError::internal(e.to_string()))?;
+        match state.store.delete(kind, meta::namespace(&obj), meta::name(&obj), &del).await {
             Ok(DeleteOutcome::Deleted(o)) | Ok(DeleteOutcome::Pending(o)) => items.push(o),
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),
@@ -582,9 +446,7 @@ async fn delete_collection(
 
 /// `autoscaling/v1` Scale for a replica set.
 fn scale_of(obj: &Value) -> Value {
-    let selector = meta::at(obj, &["spec", "selector"])
-        .map(selector_string)
-        .unwrap_or_default();
+    let selector = meta::at(obj, &["spec", "selector"]).map(selector_string).unwrap_or_default();
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -599,28 +461,13 @@ fn scale_of(obj: &Value) -> Value {
 
 fn selector_string(sel: &Value) -> String {
     let mut parts = vec![];
-    for (k, v) in sel
-        .get("matchLabels")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-    {
+    for (k, v) in sel.get("matchLabels").and_then(Value::as_object).into_iter().flatten() {
         parts.push(format!("{k}={}", v.as_str().unwrap_or_default()));
     }
-    for e in sel
-        .get("matchExpressions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for e in sel.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
         let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
-        let values: Vec<&str> = e
-            .get("values")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let values: Vec<&str> =
+            e.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
         parts.push(match e.get("operator").and_then(Value::as_str) {
             Some("In") => format!("{key} in ({})", values.join(",")),
             Some("NotIn") => format!("{key} notin ({})", values.join(",")),
@@ -646,22 +493,16 @@ async fn scale_update(
     let kind = path.kind;
     let current = get(state, path, name).await?;
     let scale = match change {
-        ScaleChange::Replace(body) => serde_json::from_slice::<Value>(body)
-            .map_err(|e| ApiError::bad_request(format!("Scale: {e}")))?,
+        ScaleChange::Replace(body) => {
+            serde_json::from_slice::<Value>(body).map_err(|e| ApiError::bad_request(format!("Scale: {e}")))?
+        }
         ScaleChange::Patch(pt, body) => {
             patch::apply(pt, &scale_of(&current), body).map_err(|e| patch_error(kind, name, e))?
         }
     };
-    let replicas = meta::at(&scale, &["spec", "replicas"])
-        .and_then(Value::as_i64)
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "autoscaling",
-                "Scale",
-                name,
-                vec![Cause::required("spec.replicas", "Required value")],
-            )
-        })?;
+    let replicas = meta::at(&scale, &["spec", "replicas"]).and_then(Value::as_i64).ok_or_else(|| {
+        ApiError::invalid("autoscaling", "Scale", name, vec![Cause::required("spec.replicas", "Required value")])
+    })?;
     if replicas < 0 {
         return Err(ApiError::invalid(
             "autoscaling",

@@ -21,19 +21,13 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("data dir {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
+    DataDir { path: String, source: std::io::Error },
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
     #[error("store: {0}")]
     Store(ApiError),
     #[error("listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Listen { addr: String, source: std::io::Error },
     #[error("tls: {0}")]
     Tls(#[from] rustls::Error),
 }
@@ -97,28 +91,15 @@ impl RunningServer {
 
 const ADMIN_TOKEN_TTL: i64 = 10 * 365 * 24 * 3600;
 
-async fn admin_token(
-    config: &ServerConfig,
-    auth: &Authenticator,
-    store: &Store,
-) -> Result<String, ServeError> {
+async fn admin_token(config: &ServerConfig, auth: &Authenticator, store: &Store) -> Result<String, ServeError> {
     let path = config.data_dir.join("admin.token");
     if let Ok(existing) = std::fs::read_to_string(&path) {
-        if auth
-            .verify(existing.trim())
-            .is_ok_and(|p| p.role == Role::Admin)
-        {
+        if auth.verify(existing.trim()).is_ok_and(|p| p.role == Role::Admin) {
             return Ok(existing.trim().to_string());
         }
     }
     let (_, token) = auth
-        .issue(
-            store.pool(),
-            "converge-admin",
-            Role::Admin,
-            vec![],
-            ADMIN_TOKEN_TTL,
-        )
+        .issue(store.pool(), "converge-admin", Role::Admin, vec![], ADMIN_TOKEN_TTL)
         .await
         .map_err(ServeError::Store)?;
     pki::write_private(&path, &token)?;
@@ -127,46 +108,25 @@ async fn admin_token(
 
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     let data_dir = &config.data_dir;
-    std::fs::create_dir_all(data_dir).map_err(|e| ServeError::DataDir {
-        path: data_dir.display().to_string(),
-        source: e,
-    })?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| ServeError::DataDir { path: data_dir.display().to_string(), source: e })?;
     let pki = pki::ensure(data_dir, &pki::default_sans(&config.tls_sans))?;
-    let url = config.database_url.clone().unwrap_or_else(|| {
-        format!(
-            "sqlite://{}?mode=rwc",
-            data_dir.join("converge.db").display()
-        )
-    });
+    let url = config
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", data_dir.join("converge.db").display()));
     let mut store_config = StoreConfig::new(url);
     store_config.mac_range = config.mac_range;
-    let store = Store::open(&store_config)
-        .await
-        .map_err(ServeError::Store)?;
+    let store = Store::open(&store_config).await.map_err(ServeError::Store)?;
     let auth = Arc::new(Authenticator::new(&pki.signing_secret));
-    auth.load_revoked(store.pool())
-        .await
-        .map_err(ServeError::Store)?;
+    auth.load_revoked(store.pool()).await.map_err(ServeError::Store)?;
     let token = admin_token(&config, &auth, &store).await?;
 
-    let listener = std::net::TcpListener::bind(&config.listen).map_err(|e| ServeError::Listen {
-        addr: config.listen.clone(),
-        source: e,
-    })?;
-    let addr = listener.local_addr().map_err(|e| ServeError::Listen {
-        addr: config.listen.clone(),
-        source: e,
-    })?;
-    let host = if addr.ip().is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        addr.ip().to_string()
-    };
-    let host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host
-    };
+    let listener = std::net::TcpListener::bind(&config.listen)
+        .map_err(|e| ServeError::Listen { addr: config.listen.clone(), source: e })?;
+    let addr = listener.local_addr().map_err(|e| ServeError::Listen { addr: config.listen.clone(), source: e })?;
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
     let base_url = format!("https://{host}:{}", addr.port());
 
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -174,9 +134,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(
-            vec![rustls::pki_types::CertificateDer::from(
-                pki.serving_cert_der.clone(),
-            )],
+            vec![rustls::pki_types::CertificateDer::from(pki.serving_cert_der.clone())],
             rustls::pki_types::PrivateKeyDer::Pkcs8(pki.serving_key_der.clone().into()),
         )?;
 
@@ -203,10 +161,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             .route("/openapi/v2", web::get().to(openapi_v2))
             .route("/openapi/v3", web::get().to(openapi_v3_index))
             .route("/openapi/v3/api/{version}", web::get().to(openapi_v3_core))
-            .route(
-                "/openapi/v3/apis/{group}/{version}",
-                web::get().to(openapi_v3_group),
-            )
+            .route("/openapi/v3/apis/{group}/{version}", web::get().to(openapi_v3_group))
             .route("/openapi.json", web::get().to(own_openapi))
             .route("/docs", web::get().to(docs))
             .service(
@@ -221,20 +176,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     .disable_signals()
     .shutdown_timeout(5)
     .listen_rustls_0_23(listener, tls)
-    .map_err(|e| ServeError::Listen {
-        addr: config.listen.clone(),
-        source: e,
-    })?
+    .map_err(|e| ServeError::Listen { addr: config.listen.clone(), source: e })?
     .run();
     let handle = server.handle();
     let server = tokio::spawn(server);
     let collector = tokio::spawn(converge_engine::gc::run(Arc::clone(&store)));
 
     let kubeconfig = data_dir.join("kubeconfig");
-    pki::write_private(
-        &kubeconfig,
-        &pki::kubeconfig(&base_url, &pki.ca_pem, &token),
-    )?;
+    pki::write_private(&kubeconfig, &pki::kubeconfig(&base_url, &pki.ca_pem, &token))?;
     tracing::info!(%base_url, kubeconfig = %kubeconfig.display(), "converge is serving");
     Ok(RunningServer {
         addr,
@@ -261,16 +210,8 @@ async fn authenticate(
     let started = std::time::Instant::now();
     let (method, path) = (req.method().clone(), req.path().to_string());
     if !PUBLIC_PATHS.contains(&req.path()) {
-        let header = |name: &str| {
-            req.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let token = auth::bearer_token(
-            header("authorization").as_deref(),
-            header("sec-websocket-protocol").as_deref(),
-        );
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let token = auth::bearer_token(header("authorization").as_deref(), header("sec-websocket-protocol").as_deref());
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let principal: Result<Principal, ApiError> = match (token, state) {
             (Some(t), Some(s)) => s.auth.verify(&t),
@@ -356,9 +297,7 @@ async fn group_resources(path: web::Path<(String, String)>) -> HttpResponse {
 }
 
 async fn openapi_v2() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(openapi_k8s::v2_document())
+    HttpResponse::Ok().content_type("application/json").body(openapi_k8s::v2_document())
 }
 
 async fn openapi_v3_index() -> HttpResponse {
@@ -384,13 +323,9 @@ async fn openapi_v3_group(path: web::Path<(String, String)>) -> HttpResponse {
 }
 
 async fn own_openapi() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(openapi::document_text())
+    HttpResponse::Ok().content_type("application/json").body(openapi::document_text())
 }
 
 async fn docs(_req: HttpRequest) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(openapi::DOCS_PAGE)
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(openapi::DOCS_PAGE)
 }

@@ -17,10 +17,7 @@ struct Column {
 fn condition_status(obj: &Value, condition: &str) -> Value {
     obj.pointer("/status/conditions")
         .and_then(Value::as_array)
-        .and_then(|cs| {
-            cs.iter()
-                .find(|c| c.get("type").and_then(Value::as_str) == Some(condition))
-        })
+        .and_then(|cs| cs.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(condition)))
         .and_then(|c| c.get("status"))
         .cloned()
         .unwrap_or(Value::Null)
@@ -31,12 +28,8 @@ fn text(obj: &Value, pointer: &str) -> Value {
 }
 
 fn age(obj: &Value) -> Value {
-    match meta::meta_str(obj, "creationTimestamp")
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-    {
-        Some(t) => json!(human_duration(
-            chrono::Utc::now().signed_duration_since(t).num_seconds()
-        )),
+    match meta::meta_str(obj, "creationTimestamp").and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) {
+        Some(t) => json!(human_duration(chrono::Utc::now().signed_duration_since(t).num_seconds())),
         None => json!("<unknown>"),
     }
 }
@@ -94,13 +87,17 @@ const NAME: Column = Column {
     description: "Name must be unique within a namespace.",
     cell: |o| json!(meta::name(o)),
 };
-const AGE: Column = Column { name: "Age", kind: "date", format: "", priority: 0, description: "CreationTimestamp is a timestamp representing the server time when this object was created.", cell: age };
+const AGE: Column = Column {
+    name: "Age",
+    kind: "date",
+    format: "",
+    priority: 0,
+    description: "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    cell: age,
+};
 
 fn count_keys(o: &Value, fields: &[&str]) -> Value {
-    json!(fields
-        .iter()
-        .map(|f| o.get(*f).and_then(Value::as_object).map_or(0, |m| m.len()))
-        .sum::<usize>())
+    json!(fields.iter().map(|f| o.get(*f).and_then(Value::as_object).map_or(0, |m| m.len())).sum::<usize>())
 }
 
 fn columns(kind: &ResourceKind) -> Vec<Column> {
@@ -202,8 +199,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 kind: "integer",
                 format: "",
                 priority: 0,
-                description:
-                    "Number of managed VirtualMachineInstances which are ready to receive traffic",
+                description: "Number of managed VirtualMachineInstances which are ready to receive traffic",
                 cell: |o| text(o, "/status/readyReplicas"),
             },
             AGE,
@@ -269,12 +265,8 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                         .or_else(|| o.get("eventTime"))
                         .and_then(Value::as_str)
                         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-                    t.map(|t| {
-                        json!(human_duration(
-                            chrono::Utc::now().signed_duration_since(t).num_seconds()
-                        ))
-                    })
-                    .unwrap_or_else(|| age(o))
+                    t.map(|t| json!(human_duration(chrono::Utc::now().signed_duration_since(t).num_seconds())))
+                        .unwrap_or_else(|| age(o))
                 },
             },
             Column {
@@ -300,15 +292,8 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 priority: 0,
                 description: "The object this event is about",
                 cell: |o| {
-                    let kind = o
-                        .pointer("/involvedObject/kind")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_lowercase();
-                    let name = o
-                        .pointer("/involvedObject/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
+                    let kind = o.pointer("/involvedObject/kind").and_then(Value::as_str).unwrap_or("").to_lowercase();
+                    let name = o.pointer("/involvedObject/name").and_then(Value::as_str).unwrap_or("");
                     json!(format!("{kind}/{name}"))
                 },
             },
@@ -339,12 +324,7 @@ fn row_object(obj: &Value, include: IncludeObject) -> Value {
 }
 
 /// A Table of `objects`, with the list metadata given.
-pub fn table(
-    kind: &ResourceKind,
-    objects: &[Value],
-    list_meta: Value,
-    include: IncludeObject,
-) -> Value {
+pub fn table(kind: &ResourceKind, objects: &[Value], list_meta: Value, include: IncludeObject) -> Value {
     let cols = columns(kind);
     let definitions: Vec<Value> = cols
         .iter()
@@ -385,23 +365,11 @@ mod tests {
     #[test]
     fn vm_columns() {
         let vm = json!({"metadata": {"name": "a", "creationTimestamp": meta::now_rfc3339()}, "status": {"printableStatus": "Stopped", "conditions": [{"type": "Ready", "status": "False"}]}});
-        let t = table(
-            &kinds::VIRTUAL_MACHINE,
-            &[vm],
-            json!({}),
-            IncludeObject::Metadata,
-        );
-        let names: Vec<&str> = t["columnDefinitions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["name"].as_str())
-            .collect();
+        let t = table(&kinds::VIRTUAL_MACHINE, &[vm], json!({}), IncludeObject::Metadata);
+        let names: Vec<&str> =
+            t["columnDefinitions"].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
         assert_eq!(names, vec!["Name", "Age", "Status", "Ready"]);
-        assert_eq!(
-            t["rows"][0]["cells"],
-            json!(["a", "0s", "Stopped", "False"])
-        );
+        assert_eq!(t["rows"][0]["cells"], json!(["a", "0s", "Stopped", "False"]));
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
     }
 }

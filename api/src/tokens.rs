@@ -39,11 +39,7 @@ pub struct TokenRecord {
 }
 
 fn admin(req: &HttpRequest) -> ApiResult<Principal> {
-    let p = req
-        .extensions()
-        .get::<Principal>()
-        .cloned()
-        .ok_or_else(ApiError::unauthorized)?;
+    let p = req.extensions().get::<Principal>().cloned().ok_or_else(ApiError::unauthorized)?;
     if p.role != Role::Admin || !p.namespaces.is_empty() {
         return Err(ApiError::forbidden(format!(
             "tokens are managed by cluster admins; User \"{}\" is not one",
@@ -61,39 +57,23 @@ fn respond(r: ApiResult<HttpResponse>) -> HttpResponse {
 #[utoipa::path(post, path = "/converge/v1/tokens", tag = "tokens", request_body = TokenRequest,
     responses((status = 201, description = "The token, shown once", body = TokenRecord), (status = 400, description = "Bad request"), (status = 403, description = "Not an admin")),
     security(("BearerToken" = [])))]
-pub async fn create(
-    req: HttpRequest,
-    body: web::Bytes,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+pub async fn create(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
     respond(
         async {
             let who = admin(&req)?;
-            let r: TokenRequest = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_request(format!("token request: {e}")))?;
+            let r: TokenRequest =
+                serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("token request: {e}")))?;
             if r.ttl_seconds <= 0 {
                 return Err(ApiError::bad_request("ttlSeconds must be positive"));
             }
             for ns in &r.namespaces {
                 if !converge_engine::meta::dns1123_label_errors(ns).is_empty() {
-                    return Err(ApiError::bad_request(format!(
-                        "namespace \"{ns}\" is not a valid namespace name"
-                    )));
+                    return Err(ApiError::bad_request(format!("namespace \"{ns}\" is not a valid namespace name")));
                 }
             }
-            let subject = r
-                .subject
-                .unwrap_or_else(|| format!("token-issued-by-{}", who.subject));
-            let (claims, token) = state
-                .auth
-                .issue(
-                    state.store.pool(),
-                    &subject,
-                    r.role,
-                    r.namespaces,
-                    r.ttl_seconds,
-                )
-                .await?;
+            let subject = r.subject.unwrap_or_else(|| format!("token-issued-by-{}", who.subject));
+            let (claims, token) =
+                state.auth.issue(state.store.pool(), &subject, r.role, r.namespaces, r.ttl_seconds).await?;
             let record = TokenRecord {
                 id: claims.jti,
                 subject: claims.sub,
@@ -104,11 +84,7 @@ pub async fn create(
                 revoked: false,
                 token: Some(token),
             };
-            Ok(json_response(
-                201,
-                &serde_json::to_value(record).unwrap_or_default(),
-                &[],
-            ))
+            Ok(json_response(201, &serde_json::to_value(record).unwrap_or_default(), &[]))
         }
         .await,
     )
@@ -148,11 +124,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
     params(("id" = String, Path, description = "Token id (the JWT's jti)")),
     responses((status = 200, description = "Revoked"), (status = 404, description = "No such token"), (status = 403, description = "Not an admin")),
     security(("BearerToken" = [])))]
-pub async fn revoke(
-    req: HttpRequest,
-    id: web::Path<String>,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+pub async fn revoke(req: HttpRequest, id: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
     respond(async {
         admin(&req)?;
         if !state.auth.revoke(state.store.pool(), &id).await? {

@@ -13,48 +13,30 @@ use std::time::Duration;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
 fn line(event_type: &str, object: &str) -> Bytes {
-    Bytes::from(format!(
-        "{{\"type\":\"{event_type}\",\"object\":{object}}}\n"
-    ))
+    Bytes::from(format!("{{\"type\":\"{event_type}\",\"object\":{object}}}\n"))
 }
 
-pub async fn serve(
-    state: &AppState,
-    path: &ResourcePath,
-    q: &Query,
-    as_table: bool,
-) -> ApiResult<HttpResponse> {
+pub async fn serve(state: &AppState, path: &ResourcePath, q: &Query, as_table: bool) -> ApiResult<HttpResponse> {
     let kind = path.kind;
     let opts = q.list_options(kind)?;
     let from = match q.resource_version.as_deref() {
         None | Some("0") => None,
         Some(rv) => Some(rv.parse::<i64>().map_err(|_| {
-            ApiError::bad_request(format!(
-                "resourceVersion: Invalid value: \"{rv}\": must be an integer"
-            ))
+            ApiError::bad_request(format!("resourceVersion: Invalid value: \"{rv}\": must be an integer"))
         })?),
     };
-    let filter = WatchFilter {
-        namespace: path.namespace.clone(),
-        labels: opts.labels,
-        fields: opts.fields,
-    };
+    let filter = WatchFilter { namespace: path.namespace.clone(), labels: opts.labels, fields: opts.fields };
     let bookmarks = q.allow_bookmarks.then_some(state.bookmark_interval);
     let rx = match state.store.watch(kind, filter, from, bookmarks).await {
         Ok(rx) => rx,
         // The apiserver answers a too-old resourceVersion inside the stream, not with a 410.
         Err(e) if e.code == 410 => {
             let body = line("ERROR", &e.to_status().to_string());
-            return Ok(HttpResponse::Ok()
-                .content_type("application/json")
-                .body(body));
+            return Ok(HttpResponse::Ok().content_type("application/json").body(body));
         }
         Err(e) => return Err(e),
     };
-    let timeout = q
-        .timeout_seconds
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_TIMEOUT);
+    let timeout = q.timeout_seconds.map(Duration::from_secs).unwrap_or(DEFAULT_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
     let include = q.include_object;
     let stream = futures::stream::unfold(rx, move |mut rx| async move {
@@ -83,7 +65,5 @@ pub async fn serve(
         };
         Some((Ok::<Bytes, actix_web::Error>(bytes), rx))
     });
-    Ok(HttpResponse::Ok()
-        .content_type("application/json")
-        .streaming(stream))
+    Ok(HttpResponse::Ok().content_type("application/json").streaming(stream))
 }

@@ -137,9 +137,17 @@ async fn main() -> Result<()> {
     println!("converge api-bench: {} on {} cores, concurrency {c}, HTTPS + bearer + keep-alive, load client in the same process", if args.database.is_some() { "PostgreSQL" } else { "SQLite" }, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
 
     let warm = Arc::clone(&client);
-    rate(c, 1, move |_| { let w = Arc::clone(&warm); async move { w.get("/healthz").await } }).await?;
+    rate(c, 1, move |_| {
+        let w = Arc::clone(&warm);
+        async move { w.get("/healthz").await }
+    })
+    .await?;
     let base_client = Arc::clone(&client);
-    let healthz = rate(c, args.seconds, move |_| { let b = Arc::clone(&base_client); async move { b.get("/healthz").await } }).await?;
+    let healthz = rate(c, args.seconds, move |_| {
+        let b = Arc::clone(&base_client);
+        async move { b.get("/healthz").await }
+    })
+    .await?;
 
     let creates = create_many(&client, "c", 2000, c).await?;
     let get_client = Arc::clone(&client);
@@ -154,21 +162,37 @@ async fn main() -> Result<()> {
     let mut table_ms = vec![];
     for _ in 0..5 {
         let t = Instant::now();
-        let body = client.http.get(format!("{}{VMS}", client.base)).bearer_auth(&client.token).send().await?.bytes().await?;
+        let body =
+            client.http.get(format!("{}{VMS}", client.base)).bearer_auth(&client.token).send().await?.bytes().await?;
         list_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         let items = serde_json::from_slice::<Value>(&body)?["items"].as_array().map_or(0, Vec::len);
         anyhow::ensure!(items == args.list_size.max(2000), "listed {items}");
         let t = Instant::now();
-        client.http.get(format!("{}{VMS}", client.base)).bearer_auth(&client.token)
-            .header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io").send().await?.bytes().await?;
+        client
+            .http
+            .get(format!("{}{VMS}", client.base))
+            .bearer_auth(&client.token)
+            .header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+            .send()
+            .await?
+            .bytes()
+            .await?;
         table_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
 
     // Fan-out: one change, measured until every open watch has it.
     let mut watches = vec![];
     for _ in 0..args.watchers {
-        let resp = client.http.get(format!("{}{VMS}?watch=true&resourceVersion={}&fieldSelector=metadata.name%3Dc-00000", client.base, server.store.current_rv().await.map_err(|e| anyhow::anyhow!(e.message))?))
-            .bearer_auth(&client.token).send().await?;
+        let resp = client
+            .http
+            .get(format!(
+                "{}{VMS}?watch=true&resourceVersion={}&fieldSelector=metadata.name%3Dc-00000",
+                client.base,
+                server.store.current_rv().await.map_err(|e| anyhow::anyhow!(e.message))?
+            ))
+            .bearer_auth(&client.token)
+            .send()
+            .await?;
         watches.push(resp);
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
@@ -187,8 +211,14 @@ async fn main() -> Result<()> {
     for round in 0..10 {
         let t = Instant::now();
         let patch = json!({"metadata": {"labels": {"round": round.to_string()}}});
-        let r = client.http.patch(format!("{}{VMS}/c-00000", client.base)).bearer_auth(&client.token)
-            .header("content-type", "application/merge-patch+json").body(patch.to_string()).send().await?;
+        let r = client
+            .http
+            .patch(format!("{}{VMS}/c-00000", client.base))
+            .bearer_auth(&client.token)
+            .header("content-type", "application/merge-patch+json")
+            .body(patch.to_string())
+            .send()
+            .await?;
         anyhow::ensure!(r.status().is_success(), "patch {}", r.status());
         let mut got = 0;
         let mut last = t;
@@ -200,14 +230,36 @@ async fn main() -> Result<()> {
         fanout_ms.push(last.duration_since(t).as_secs_f64() * 1000.0);
     }
 
-    let row = |what: &str, value: String, goal: &str, note: String| println!("{what:<34} {value:>12}   goal {goal:<10} {note}");
+    let row = |what: &str, value: String, goal: &str, note: String| {
+        println!("{what:<34} {value:>12}   goal {goal:<10} {note}")
+    };
     println!();
     row("baseline GET /healthz", format!("{healthz:.0}/s"), "-", String::new());
     row("GET one VM", format!("{gets:.0}/s"), ">= 5000/s", format!("{:.2} x baseline", gets / healthz));
-    row("create VM (admission + MAC pool)", format!("{creates:.0}/s"), ">= 500/s", format!("{:.2} x baseline; sustained to {}: {fill:.0}/s", creates / healthz, args.list_size));
-    row(&format!("LIST {} VMs (JSON)", args.list_size), format!("{:.0} ms", median(list_ms.clone())), "<= 200 ms", format!("median of 5, min {:.0} ms", list_ms.iter().cloned().fold(f64::MAX, f64::min)));
-    row(&format!("LIST {} VMs (Table)", args.list_size), format!("{:.0} ms", median(table_ms)), "-", "what `kubectl get` asks for".into());
-    row(&format!("change -> {} watches", args.watchers), format!("{:.1} ms", median(fanout_ms.clone())), "<= 50 ms", format!("median of 10, max {:.1} ms", fanout_ms.iter().cloned().fold(0.0, f64::max)));
+    row(
+        "create VM (admission + MAC pool)",
+        format!("{creates:.0}/s"),
+        ">= 500/s",
+        format!("{:.2} x baseline; sustained to {}: {fill:.0}/s", creates / healthz, args.list_size),
+    );
+    row(
+        &format!("LIST {} VMs (JSON)", args.list_size),
+        format!("{:.0} ms", median(list_ms.clone())),
+        "<= 200 ms",
+        format!("median of 5, min {:.0} ms", list_ms.iter().cloned().fold(f64::MAX, f64::min)),
+    );
+    row(
+        &format!("LIST {} VMs (Table)", args.list_size),
+        format!("{:.0} ms", median(table_ms)),
+        "-",
+        "what `kubectl get` asks for".into(),
+    );
+    row(
+        &format!("change -> {} watches", args.watchers),
+        format!("{:.1} ms", median(fanout_ms.clone())),
+        "<= 50 ms",
+        format!("median of 10, max {:.1} ms", fanout_ms.iter().cloned().fold(0.0, f64::max)),
+    );
     server.stop().await;
     Ok(())
 }

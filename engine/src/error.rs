@@ -15,39 +15,19 @@ pub struct Cause {
 
 impl Cause {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Cause {
-            reason: "FieldValueInvalid",
-            message: message.into(),
-            field: field.into(),
-        }
+        Cause { reason: "FieldValueInvalid", message: message.into(), field: field.into() }
     }
     pub fn required(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Cause {
-            reason: "FieldValueRequired",
-            message: message.into(),
-            field: field.into(),
-        }
+        Cause { reason: "FieldValueRequired", message: message.into(), field: field.into() }
     }
     pub fn not_supported(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Cause {
-            reason: "FieldValueNotSupported",
-            message: message.into(),
-            field: field.into(),
-        }
+        Cause { reason: "FieldValueNotSupported", message: message.into(), field: field.into() }
     }
     pub fn duplicate(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Cause {
-            reason: "FieldValueDuplicate",
-            message: message.into(),
-            field: field.into(),
-        }
+        Cause { reason: "FieldValueDuplicate", message: message.into(), field: field.into() }
     }
     pub fn forbidden(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Cause {
-            reason: "FieldValueForbidden",
-            message: message.into(),
-            field: field.into(),
-        }
+        Cause { reason: "FieldValueForbidden", message: message.into(), field: field.into() }
     }
 }
 
@@ -97,42 +77,25 @@ impl ApiError {
         Self::new(403, "Forbidden", message)
     }
     pub fn not_found(group: &str, plural: &str, name: &str) -> Self {
-        Self::new(
-            404,
-            "NotFound",
-            format!("{} \"{}\" not found", qualified(group, plural), name),
-        )
-        .about(group, plural, name)
+        Self::new(404, "NotFound", format!("{} \"{}\" not found", qualified(group, plural), name))
+            .about(group, plural, name)
     }
     pub fn route_not_found() -> Self {
-        Self::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        )
+        Self::new(404, "NotFound", "the server could not find the requested resource")
     }
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(405, "MethodNotAllowed", message)
     }
     pub fn already_exists(group: &str, plural: &str, name: &str) -> Self {
-        Self::new(
-            409,
-            "AlreadyExists",
-            format!("{} \"{}\" already exists", qualified(group, plural), name),
-        )
-        .about(group, plural, name)
+        Self::new(409, "AlreadyExists", format!("{} \"{}\" already exists", qualified(group, plural), name))
+            .about(group, plural, name)
     }
     pub fn conflict(group: &str, plural: &str, name: &str, why: impl Into<String>) -> Self {
         let why = why.into();
         Self::new(
             409,
             "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {} \"{}\": {}",
-                qualified(group, plural),
-                name,
-                why
-            ),
+            format!("Operation cannot be fulfilled on {} \"{}\": {}", qualified(group, plural), name, why),
         )
         .about(group, plural, name)
     }
@@ -144,29 +107,14 @@ impl ApiError {
     }
     /// 422 with field causes, worded as the apiserver words validation failures.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {
-        let summary: Vec<String> = causes
-            .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect();
+        let summary: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
         let mut e = Self::new(
             422,
             "Invalid",
-            format!(
-                "{}.{} \"{}\" is invalid: [{}]",
-                kind,
-                group_or_core(group),
-                name,
-                summary.join(", ")
-            ),
+            format!("{}.{} \"{}\" is invalid: [{}]", kind, group_or_core(group), name, summary.join(", ")),
         );
         if causes.len() == 1 {
-            e.message = format!(
-                "{}.{} \"{}\" is invalid: {}",
-                kind,
-                group_or_core(group),
-                name,
-                summary[0]
-            );
+            e.message = format!("{}.{} \"{}\" is invalid: {}", kind, group_or_core(group), name, summary[0]);
         }
         e.details = Some(Box::new(Details {
             name: Some(name.to_string()),
@@ -177,11 +125,7 @@ impl ApiError {
         e
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(
-            500,
-            "InternalError",
-            format!("Internal error occurred: {}", message.into()),
-        )
+        Self::new(500, "InternalError", format!("Internal error occurred: {}", message.into()))
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "ServiceUnavailable", message)

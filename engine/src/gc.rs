@@ -7,8 +7,7 @@ use crate::error::ApiResult;
 use crate::kinds::{self, ResourceKind};
 use crate::meta;
 use crate::store::{
-    DeleteOptions, Propagation, Store, UpdateMode, FOREGROUND_FINALIZER, NAMESPACE_FINALIZER,
-    ORPHAN_FINALIZER,
+    DeleteOptions, Propagation, Store, UpdateMode, FOREGROUND_FINALIZER, NAMESPACE_FINALIZER, ORPHAN_FINALIZER,
 };
 use serde_json::Value;
 use std::sync::Arc;
@@ -48,16 +47,9 @@ pub async fn collect(store: &Store) -> ApiResult<usize> {
         }
         acted += 1;
         if live.is_empty() {
-            ignore_gone(
-                store
-                    .delete(kind, &ns, &name, &background())
-                    .await
-                    .map(drop),
-            )?;
+            ignore_gone(store.delete(kind, &ns, &name, &background()).await.map(drop))?;
         } else {
-            ignore_gone(
-                retain_owner_refs(store, kind, obj, |uid| live.iter().any(|l| l == uid)).await,
-            )?;
+            ignore_gone(retain_owner_refs(store, kind, obj, |uid| live.iter().any(|l| l == uid)).await)?;
         }
     }
     for (key, obj) in store.deleting().await? {
@@ -70,10 +62,7 @@ pub async fn collect(store: &Store) -> ApiResult<usize> {
 }
 
 fn background() -> DeleteOptions {
-    DeleteOptions {
-        propagation: Some(Propagation::Background),
-        ..Default::default()
-    }
+    DeleteOptions { propagation: Some(Propagation::Background), ..Default::default() }
 }
 
 /// NotFound and Conflict mean another writer got there first; the next pass looks again.
@@ -97,27 +86,13 @@ async fn retain_owner_refs(
             m.remove("ownerReferences");
         }
     }
-    store
-        .update(kind, obj, UpdateMode::Main, false)
-        .await
-        .map(drop)
+    store.update(kind, obj, UpdateMode::Main, false).await.map(drop)
 }
 
-async fn remove_finalizer(
-    store: &Store,
-    kind: &ResourceKind,
-    mut obj: Value,
-    finalizer: &str,
-) -> ApiResult<()> {
-    let remaining: Vec<String> = meta::finalizers(&obj)
-        .into_iter()
-        .filter(|f| f != finalizer)
-        .collect();
+async fn remove_finalizer(store: &Store, kind: &ResourceKind, mut obj: Value, finalizer: &str) -> ApiResult<()> {
+    let remaining: Vec<String> = meta::finalizers(&obj).into_iter().filter(|f| f != finalizer).collect();
     meta::set_finalizers(&mut obj, &remaining);
-    store
-        .update(kind, obj, UpdateMode::Main, false)
-        .await
-        .map(drop)
+    store.update(kind, obj, UpdateMode::Main, false).await.map(drop)
 }
 
 /// Move one object held by the collector's finalizers a step on. True when something was done.
@@ -146,10 +121,7 @@ async fn finish_deletion(store: &Store, kind: &ResourceKind, obj: Value) -> ApiR
             let Some(dep_kind) = kinds::by_store_key(&key) else {
                 continue;
             };
-            let opts = DeleteOptions {
-                propagation: Some(Propagation::Foreground),
-                ..Default::default()
-            };
+            let opts = DeleteOptions { propagation: Some(Propagation::Foreground), ..Default::default() };
             ignore_gone(store.delete(dep_kind, &ns, &name, &opts).await.map(drop))?;
         }
         return Ok(true);
@@ -164,24 +136,14 @@ async fn finish_deletion(store: &Store, kind: &ResourceKind, obj: Value) -> ApiR
         if contents.is_empty() {
             let mut finalized = obj;
             *meta::at_mut(&mut finalized, &["spec", "finalizers"]) = Value::Array(vec![]);
-            ignore_gone(
-                store
-                    .update(kind, finalized, UpdateMode::Main, false)
-                    .await
-                    .map(drop),
-            )?;
+            ignore_gone(store.update(kind, finalized, UpdateMode::Main, false).await.map(drop))?;
             return Ok(true);
         }
         for (key, item) in contents {
             let Some(item_kind) = kinds::by_store_key(&key) else {
                 continue;
             };
-            ignore_gone(
-                store
-                    .delete(item_kind, &name, &item, &background())
-                    .await
-                    .map(drop),
-            )?;
+            ignore_gone(store.delete(item_kind, &name, &item, &background()).await.map(drop))?;
         }
         return Ok(true);
     }

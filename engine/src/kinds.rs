@@ -29,15 +29,7 @@ impl ResourceKind {
     }
     /// Key the store files objects under: stable across versions of one group.
     pub fn store_key(&self) -> String {
-        format!(
-            "{}/{}",
-            if self.group.is_empty() {
-                "core"
-            } else {
-                self.group
-            },
-            self.plural
-        )
+        format!("{}/{}", if self.group.is_empty() { "core" } else { self.group }, self.plural)
     }
     /// Core kinds accept strategic-merge-patch; custom resources answer 415, as CRDs do.
     pub fn is_core(&self) -> bool {
@@ -184,9 +176,7 @@ pub static ALL: &[&ResourceKind] = &[
 
 /// The kind served at `group/version` under `plural`.
 pub fn by_plural(group: &str, version: &str, plural: &str) -> Option<&'static ResourceKind> {
-    ALL.iter()
-        .copied()
-        .find(|k| k.group == group && k.version == version && k.plural == plural)
+    ALL.iter().copied().find(|k| k.group == group && k.version == version && k.plural == plural)
 }
 
 /// Look a kind up by its store key.
@@ -212,9 +202,7 @@ mod tests {
     #[test]
     fn plurals_are_unique_within_a_group_version() {
         for a in ALL {
-            let same = ALL
-                .iter()
-                .filter(|b| b.group == a.group && b.version == a.version && b.plural == a.plural);
+            let same = ALL.iter().filter(|b| b.group == a.group && b.version == a.version && b.plural == a.plural);
             assert_eq!(same.count(), 1, "{}", a.plural);
         }
     }
@@ -231,10 +219,7 @@ mod tests {
 
     #[test]
     fn lookups_agree() {
-        assert_eq!(
-            by_plural("kubevirt.io", "v1", "virtualmachines"),
-            Some(&VIRTUAL_MACHINE)
-        );
+        assert_eq!(by_plural("kubevirt.io", "v1", "virtualmachines"), Some(&VIRTUAL_MACHINE));
         assert_eq!(by_store_key("core/namespaces"), Some(&NAMESPACE));
         assert_eq!(group_versions(), vec![("", "v1"), ("kubevirt.io", "v1")]);
     }

@@ -20,10 +20,7 @@ pub struct MacRange {
 impl Default for MacRange {
     /// Locally administered, unicast: `02:00:00:00:00:00`–`02:ff:ff:ff:ff:ff`, KubeMacPool's default.
     fn default() -> Self {
-        MacRange {
-            start: 0x02_00_00_00_00_00,
-            end: 0x02_ff_ff_ff_ff_ff,
-        }
+        MacRange { start: 0x02_00_00_00_00_00, end: 0x02_ff_ff_ff_ff_ff }
     }
 }
 
@@ -42,9 +39,7 @@ impl MacRange {
 pub fn parse_mac(text: &str) -> Result<u64, String> {
     let parts: Vec<&str> = text.split([':', '-']).collect();
     if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
-        return Err(format!(
-            "\"{text}\" is not a MAC address (expected six hex octets)"
-        ));
+        return Err(format!("\"{text}\" is not a MAC address (expected six hex octets)"));
     }
     parts.iter().try_fold(0u64, |acc, p| {
         u8::from_str_radix(p, 16)
@@ -54,24 +49,13 @@ pub fn parse_mac(text: &str) -> Result<u64, String> {
 }
 
 pub fn format_mac(mac: u64) -> String {
-    (0..6)
-        .rev()
-        .map(|i| format!("{:02x}", (mac >> (i * 8)) & 0xff))
-        .collect::<Vec<_>>()
-        .join(":")
+    (0..6).rev().map(|i| format!("{:02x}", (mac >> (i * 8)) & 0xff)).collect::<Vec<_>>().join(":")
 }
 
 /// Where a kind keeps its interfaces.
 fn interfaces_path(kind: &ResourceKind) -> Option<&'static [&'static str]> {
     if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE) {
-        Some(&[
-            "spec",
-            "template",
-            "spec",
-            "domain",
-            "devices",
-            "interfaces",
-        ])
+        Some(&["spec", "template", "spec", "domain", "devices", "interfaces"])
     } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE) {
         Some(&["spec", "domain", "devices", "interfaces"])
     } else {
@@ -83,18 +67,12 @@ fn interfaces_path(kind: &ResourceKind) -> Option<&'static [&'static str]> {
 fn lease_owner(kind: &ResourceKind, obj: &Value) -> (String, String, String, bool) {
     let ns = meta::namespace(obj).to_string();
     if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE) {
-        let refs = meta::metadata(obj)
-            .and_then(|m| m.get("ownerReferences"))
-            .and_then(Value::as_array);
+        let refs = meta::metadata(obj).and_then(|m| m.get("ownerReferences")).and_then(Value::as_array);
         if let Some(vm) = refs.into_iter().flatten().find(|r| {
             r.get("kind").and_then(Value::as_str) == Some("VirtualMachine")
                 && r.get("controller").and_then(Value::as_bool) == Some(true)
         }) {
-            let name = vm
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let name = vm.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
             return (kinds::VIRTUAL_MACHINE.store_key(), ns, name, false);
         }
     }
@@ -102,22 +80,14 @@ fn lease_owner(kind: &ResourceKind, obj: &Value) -> (String, String, String, boo
 }
 
 /// Fill missing MACs, check given ones, and make the owner's leases match its interfaces.
-pub async fn sync(
-    conn: &mut AnyConnection,
-    kind: &ResourceKind,
-    obj: &mut Value,
-    range: &MacRange,
-) -> ApiResult<()> {
+pub async fn sync(conn: &mut AnyConnection, kind: &ResourceKind, obj: &mut Value, range: &MacRange) -> ApiResult<()> {
     let Some(path) = interfaces_path(kind) else {
         return Ok(());
     };
     let (owner_kind, owner_ns, owner_name, owns) = lease_owner(kind, obj);
     let field_base = path.join(".");
     let name = meta::name(obj).to_string();
-    let Some(interfaces) = meta::at(obj, path)
-        .and_then(Value::as_array)
-        .map(|a| a.len())
-    else {
+    let Some(interfaces) = meta::at(obj, path).and_then(Value::as_array).map(|a| a.len()) else {
         if owns {
             release_owner(conn, &owner_kind, &owner_ns, &owner_name).await?;
         }
@@ -126,28 +96,18 @@ pub async fn sync(
     let mut wanted = vec![];
     for i in 0..interfaces {
         let iface = &mut meta::at_mut(obj, path)[i];
-        let given = iface
-            .get("macAddress")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string);
+        let given = iface.get("macAddress").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
         let mac = match given {
             Some(text) => {
-                let mac = parse_mac(&text).map_err(|m| {
-                    invalid(kind, &name, &format!("{field_base}[{i}].macAddress"), m)
-                })?;
+                let mac =
+                    parse_mac(&text).map_err(|m| invalid(kind, &name, &format!("{field_base}[{i}].macAddress"), m))?;
                 if let Some(holder) = holder_of(conn, mac).await? {
                     if holder != (owner_kind.clone(), owner_ns.clone(), owner_name.clone()) {
                         return Err(invalid(
                             kind,
                             &name,
                             &format!("{field_base}[{i}].macAddress"),
-                            format!(
-                                "MAC address {} is already in use by {}/{}",
-                                format_mac(mac),
-                                holder.1,
-                                holder.2
-                            ),
+                            format!("MAC address {} is already in use by {}/{}", format_mac(mac), holder.1, holder.2),
                         ));
                     }
                 }
@@ -172,31 +132,25 @@ pub async fn sync(
     if owns {
         let held = leases_of(conn, &owner_kind, &owner_ns, &owner_name).await?;
         for mac in held.iter().filter(|m| !wanted.contains(m)) {
-            sqlx::query("DELETE FROM mac_leases WHERE mac = $1")
-                .bind(*mac as i64)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query("DELETE FROM mac_leases WHERE mac = $1").bind(*mac as i64).execute(&mut *conn).await?;
         }
     }
     for mac in wanted {
-        sqlx::query("INSERT INTO mac_leases (mac, kind, namespace, name) VALUES ($1, $2, $3, $4) ON CONFLICT (mac) DO NOTHING")
-            .bind(mac as i64)
-            .bind(&owner_kind)
-            .bind(&owner_ns)
-            .bind(&owner_name)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO mac_leases (mac, kind, namespace, name) VALUES ($1, $2, $3, $4) ON CONFLICT (mac) DO NOTHING",
+        )
+        .bind(mac as i64)
+        .bind(&owner_kind)
+        .bind(&owner_ns)
+        .bind(&owner_name)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }
 
 fn invalid(kind: &ResourceKind, name: &str, field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::invalid(
-        kind.group,
-        kind.kind,
-        name,
-        vec![Cause::invalid(field, message)],
-    )
+    ApiError::invalid(kind.group, kind.kind, name, vec![Cause::invalid(field, message)])
 }
 
 /// Release what an object held when it is gone (a VMI under a VM releases nothing).
@@ -211,12 +165,7 @@ pub async fn release(conn: &mut AnyConnection, kind: &ResourceKind, obj: &Value)
     Ok(())
 }
 
-async fn release_owner(
-    conn: &mut AnyConnection,
-    kind: &str,
-    ns: &str,
-    name: &str,
-) -> ApiResult<()> {
+async fn release_owner(conn: &mut AnyConnection, kind: &str, ns: &str, name: &str) -> ApiResult<()> {
     sqlx::query("DELETE FROM mac_leases WHERE kind = $1 AND namespace = $2 AND name = $3")
         .bind(kind)
         .bind(ns)
@@ -226,10 +175,7 @@ async fn release_owner(
     Ok(())
 }
 
-async fn holder_of(
-    conn: &mut AnyConnection,
-    mac: u64,
-) -> ApiResult<Option<(String, String, String)>> {
+async fn holder_of(conn: &mut AnyConnection, mac: u64) -> ApiResult<Option<(String, String, String)>> {
     let row = sqlx::query("SELECT kind, namespace, name FROM mac_leases WHERE mac = $1")
         .bind(mac as i64)
         .fetch_optional(&mut *conn)
@@ -240,34 +186,20 @@ async fn holder_of(
     }
 }
 
-async fn leases_of(
-    conn: &mut AnyConnection,
-    kind: &str,
-    ns: &str,
-    name: &str,
-) -> ApiResult<Vec<u64>> {
-    let rows =
-        sqlx::query("SELECT mac FROM mac_leases WHERE kind = $1 AND namespace = $2 AND name = $3")
-            .bind(kind)
-            .bind(ns)
-            .bind(name)
-            .fetch_all(&mut *conn)
-            .await?;
-    rows.iter()
-        .map(|r| Ok(r.try_get::<i64, _>(0)? as u64))
-        .collect()
+async fn leases_of(conn: &mut AnyConnection, kind: &str, ns: &str, name: &str) -> ApiResult<Vec<u64>> {
+    let rows = sqlx::query("SELECT mac FROM mac_leases WHERE kind = $1 AND namespace = $2 AND name = $3")
+        .bind(kind)
+        .bind(ns)
+        .bind(name)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(|r| Ok(r.try_get::<i64, _>(0)? as u64)).collect()
 }
 
 /// Next free MAC after the cursor (wrapping once round the range).
-async fn allocate(
-    conn: &mut AnyConnection,
-    range: &MacRange,
-    taken_here: &[u64],
-) -> ApiResult<u64> {
+async fn allocate(conn: &mut AnyConnection, range: &MacRange, taken_here: &[u64]) -> ApiResult<u64> {
     let size = range.end - range.start + 1;
-    let row = sqlx::query("SELECT value FROM meta WHERE key = 'mac_cursor'")
-        .fetch_one(&mut *conn)
-        .await?;
+    let row = sqlx::query("SELECT value FROM meta WHERE key = 'mac_cursor'").fetch_one(&mut *conn).await?;
     let cursor = row.try_get::<i64, _>(0)? as u64;
     let mut offset = cursor % size;
     for _ in 0..size.min(1 << 20) {
@@ -287,19 +219,9 @@ async fn allocate(
 
 /// Every lease: (mac, kind key, namespace, name).
 pub async fn all_leases(conn: &mut AnyConnection) -> ApiResult<Vec<(u64, String, String, String)>> {
-    let rows = sqlx::query("SELECT mac, kind, namespace, name FROM mac_leases ORDER BY mac")
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get::<i64, _>(0)? as u64,
-                r.try_get(1)?,
-                r.try_get(2)?,
-                r.try_get(3)?,
-            ))
-        })
-        .collect()
+    let rows =
+        sqlx::query("SELECT mac, kind, namespace, name FROM mac_leases ORDER BY mac").fetch_all(&mut *conn).await?;
+    rows.iter().map(|r| Ok((r.try_get::<i64, _>(0)? as u64, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
 }
 
 #[cfg(test)]
@@ -317,10 +239,7 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(
-            MacRange::parse("02:00:00:00:00:00-02:00:00:00:00:ff").map(|r| r.end - r.start),
-            Ok(255)
-        );
+        assert_eq!(MacRange::parse("02:00:00:00:00:00-02:00:00:00:00:ff").map(|r| r.end - r.start), Ok(255));
         assert!(MacRange::parse("02:00:00:00:00:ff-02:00:00:00:00:00").is_err());
     }
 }

@@ -19,9 +19,7 @@ pub fn metadata_mut(obj: &mut Value) -> &mut Map<String, Value> {
         *obj = Value::Object(Map::new());
     }
     let map = obj.as_object_mut().expect("object ensured above");
-    let entry = map
-        .entry("metadata")
-        .or_insert_with(|| Value::Object(Map::new()));
+    let entry = map.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
     if !entry.is_object() {
         *entry = Value::Object(Map::new());
     }
@@ -29,9 +27,7 @@ pub fn metadata_mut(obj: &mut Value) -> &mut Map<String, Value> {
 }
 
 pub fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
-    metadata(obj)
-        .and_then(|m| m.get(field))
-        .and_then(Value::as_str)
+    metadata(obj).and_then(|m| m.get(field)).and_then(Value::as_str)
 }
 
 pub fn name(obj: &Value) -> &str {
@@ -51,11 +47,7 @@ pub fn resource_version(obj: &Value) -> Option<i64> {
 }
 
 pub fn string_map(obj: &Value, field: &str) -> Map<String, Value> {
-    metadata(obj)
-        .and_then(|m| m.get(field))
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default()
+    metadata(obj).and_then(|m| m.get(field)).and_then(Value::as_object).cloned().unwrap_or_default()
 }
 
 pub fn labels(obj: &Value) -> Map<String, Value> {
@@ -66,11 +58,7 @@ pub fn finalizers(obj: &Value) -> Vec<String> {
     metadata(obj)
         .and_then(|m| m.get("finalizers"))
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|f| f.as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_string)).collect())
         .unwrap_or_default()
 }
 
@@ -92,11 +80,7 @@ pub fn owner_uids(obj: &Value) -> Vec<String> {
     metadata(obj)
         .and_then(|m| m.get("ownerReferences"))
         .and_then(Value::as_array)
-        .map(|refs| {
-            refs.iter()
-                .filter_map(|r| r.get("uid").and_then(Value::as_str).map(str::to_string))
-                .collect()
-        })
+        .map(|refs| refs.iter().filter_map(|r| r.get("uid").and_then(Value::as_str).map(str::to_string)).collect())
         .unwrap_or_default()
 }
 
@@ -132,14 +116,9 @@ fn is_label_char(c: char) -> bool {
 pub fn dns1123_label_errors(value: &str) -> Vec<String> {
     let mut errs = vec![];
     if value.len() > DNS1123_LABEL_MAX {
-        errs.push(format!(
-            "must be no more than {DNS1123_LABEL_MAX} characters"
-        ));
+        errs.push(format!("must be no more than {DNS1123_LABEL_MAX} characters"));
     }
-    let ok = !value.is_empty()
-        && value.chars().all(is_label_char)
-        && !value.starts_with('-')
-        && !value.ends_with('-');
+    let ok = !value.is_empty() && value.chars().all(is_label_char) && !value.starts_with('-') && !value.ends_with('-');
     if !ok {
         errs.push("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')".into());
     }
@@ -150,16 +129,11 @@ pub fn dns1123_label_errors(value: &str) -> Vec<String> {
 pub fn dns1123_subdomain_errors(value: &str) -> Vec<String> {
     let mut errs = vec![];
     if value.len() > DNS1123_SUBDOMAIN_MAX {
-        errs.push(format!(
-            "must be no more than {DNS1123_SUBDOMAIN_MAX} characters"
-        ));
+        errs.push(format!("must be no more than {DNS1123_SUBDOMAIN_MAX} characters"));
     }
     let ok = !value.is_empty()
         && value.split('.').all(|part| {
-            !part.is_empty()
-                && part.chars().all(is_label_char)
-                && !part.starts_with('-')
-                && !part.ends_with('-')
+            !part.is_empty() && part.chars().all(is_label_char) && !part.starts_with('-') && !part.ends_with('-')
         });
     if !ok {
         errs.push("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".into());
@@ -188,9 +162,7 @@ pub fn label_key_errors(key: &str) -> Vec<String> {
 fn is_qualified_name_part(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }

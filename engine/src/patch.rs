@@ -17,9 +17,7 @@ impl PatchType {
             "application/merge-patch+json" => Some(PatchType::Merge),
             "application/json-patch+json" => Some(PatchType::Json),
             "application/strategic-merge-patch+json" => Some(PatchType::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => {
-                Some(PatchType::Apply)
-            }
+            "application/apply-patch+yaml" | "application/apply-patch+cbor" => Some(PatchType::Apply),
             _ => None,
         }
     }
@@ -34,15 +32,12 @@ pub enum PatchError {
 }
 
 pub fn apply(kind: PatchType, doc: &Value, body: &[u8]) -> Result<Value, PatchError> {
-    let patch: Value =
-        serde_json::from_slice(body).map_err(|e| PatchError::Malformed(e.to_string()))?;
+    let patch: Value = serde_json::from_slice(body).map_err(|e| PatchError::Malformed(e.to_string()))?;
     let mut out = doc.clone();
     match kind {
         PatchType::Merge => {
             if !patch.is_object() {
-                return Err(PatchError::Malformed(
-                    "a merge patch must be a JSON object".into(),
-                ));
+                return Err(PatchError::Malformed("a merge patch must be a JSON object".into()));
             }
             json_patch::merge(&mut out, &patch);
         }
@@ -53,17 +48,11 @@ pub fn apply(kind: PatchType, doc: &Value, body: &[u8]) -> Result<Value, PatchEr
         }
         PatchType::Strategic => {
             if !patch.is_object() {
-                return Err(PatchError::Malformed(
-                    "a strategic merge patch must be a JSON object".into(),
-                ));
+                return Err(PatchError::Malformed("a strategic merge patch must be a JSON object".into()));
             }
             strategic_merge(&mut out, &patch, "");
         }
-        PatchType::Apply => {
-            return Err(PatchError::Failed(
-                "server-side apply is not supported".into(),
-            ))
-        }
+        PatchType::Apply => return Err(PatchError::Failed("server-side apply is not supported".into())),
     }
     Ok(out)
 }
@@ -121,10 +110,9 @@ fn strategic_merge(target: &mut Value, patch: &Value, path: &str) {
             continue;
         }
         if let Some(field) = key.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(list), Some(remove)) = (
-                target_map.get_mut(field).and_then(Value::as_array_mut),
-                value.as_array(),
-            ) {
+            if let (Some(list), Some(remove)) =
+                (target_map.get_mut(field).and_then(Value::as_array_mut), value.as_array())
+            {
                 list.retain(|item| !remove.contains(item));
             }
             continue;
@@ -167,9 +155,7 @@ fn strategic_merge(target: &mut Value, patch: &Value, path: &str) {
 fn merge_keyed_list(existing: &mut Vec<Value>, items: &[Value], key: &str, path: &str) {
     for item in items {
         let id = item.get(key).cloned();
-        let position = existing
-            .iter()
-            .position(|e| id.is_some() && e.get(key) == id.as_ref());
+        let position = existing.iter().position(|e| id.is_some() && e.get(key) == id.as_ref());
         let deleting = item.get("$patch").and_then(Value::as_str) == Some("delete");
         match (position, deleting) {
             (Some(i), true) => {
@@ -193,32 +179,17 @@ mod tests {
 
     #[test]
     fn merge_patch_deletes_with_null() {
-        let out = run(
-            PatchType::Merge,
-            json!({"a": 1, "b": {"c": 2}}),
-            json!({"b": {"c": null}, "d": 3}),
-        );
+        let out = run(PatchType::Merge, json!({"a": 1, "b": {"c": 2}}), json!({"b": {"c": null}, "d": 3}));
         assert_eq!(out, Ok(json!({"a": 1, "b": {}, "d": 3})));
     }
 
     #[test]
     fn json_patch_ops_and_failures() {
-        let out = run(
-            PatchType::Json,
-            json!({"a": [1]}),
-            json!([{"op": "add", "path": "/a/-", "value": 2}]),
-        );
+        let out = run(PatchType::Json, json!({"a": [1]}), json!([{"op": "add", "path": "/a/-", "value": 2}]));
         assert_eq!(out, Ok(json!({"a": [1, 2]})));
-        let failed = run(
-            PatchType::Json,
-            json!({}),
-            json!([{"op": "test", "path": "/x", "value": 1}]),
-        );
+        let failed = run(PatchType::Json, json!({}), json!([{"op": "test", "path": "/x", "value": 1}]));
         assert!(matches!(failed, Err(PatchError::Failed(_))));
-        assert!(matches!(
-            run(PatchType::Json, json!({}), json!({"op": "add"})),
-            Err(PatchError::Malformed(_))
-        ));
+        assert!(matches!(run(PatchType::Json, json!({}), json!({"op": "add"})), Err(PatchError::Malformed(_))));
     }
 
     #[test]
@@ -246,18 +217,12 @@ mod tests {
             doc,
             json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"], "ownerReferences": [{"uid": "1", "$patch": "delete"}]}}),
         );
-        assert_eq!(
-            out.map(|v| v["metadata"].clone()),
-            Ok(json!({"finalizers": [], "ownerReferences": []}))
-        );
+        assert_eq!(out.map(|v| v["metadata"].clone()), Ok(json!({"finalizers": [], "ownerReferences": []})));
     }
 
     #[test]
     fn content_types() {
-        assert_eq!(
-            PatchType::from_content_type("application/merge-patch+json; charset=utf-8"),
-            Some(PatchType::Merge)
-        );
+        assert_eq!(PatchType::from_content_type("application/merge-patch+json; charset=utf-8"), Some(PatchType::Merge));
         assert_eq!(PatchType::from_content_type("application/json"), None);
     }
 }

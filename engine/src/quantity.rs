@@ -4,16 +4,16 @@
 pub fn parse(input: &str) -> Result<f64, String> {
     let s = input.trim();
     if s.is_empty() || s != input {
-        return Err("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'".into());
+        return Err(
+            "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'".into()
+        );
     }
     let (sign, rest) = match s.as_bytes()[0] {
         b'+' => (1.0, &s[1..]),
         b'-' => (-1.0, &s[1..]),
         _ => (1.0, s),
     };
-    let number_len = rest
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(rest.len());
+    let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
     let (number, suffix) = rest.split_at(number_len);
     let dots = number.matches('.').count();
     if number.is_empty() || number == "." || dots > 1 {
@@ -25,8 +25,7 @@ pub fn parse(input: &str) -> Result<f64, String> {
 }
 
 fn grammar_error() -> String {
-    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
-        .into()
+    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'".into()
 }
 
 fn suffix_multiplier(suffix: &str) -> Option<f64> {
@@ -50,9 +49,7 @@ fn suffix_multiplier(suffix: &str) -> Option<f64> {
         "P" => decimal(15),
         "E" => decimal(18),
         _ => {
-            let exp = suffix
-                .strip_prefix('e')
-                .or_else(|| suffix.strip_prefix('E'))?;
+            let exp = suffix.strip_prefix('e').or_else(|| suffix.strip_prefix('E'))?;
             let digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
             if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
                 return None;
@@ -91,9 +88,7 @@ mod tests {
 
     #[test]
     fn refuses_what_the_apiserver_refuses() {
-        for bad in [
-            "", "1Gb", "abc", "1..2", "Mi", "1 Gi", " 1Gi", "1e", "1iMi", "1MiB", ".",
-        ] {
+        for bad in ["", "1Gb", "abc", "1..2", "Mi", "1 Gi", " 1Gi", "1e", "1iMi", "1MiB", "."] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

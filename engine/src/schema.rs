@@ -51,19 +51,10 @@ fn resolve(schema: &Value) -> (&Value, Option<&str>) {
     let mut cur = schema;
     let mut name = None;
     for _ in 0..8 {
-        match cur
-            .get("$ref")
-            .and_then(Value::as_str)
-            .and_then(|r| r.strip_prefix("#/definitions/"))
-        {
+        match cur.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/definitions/")) {
             Some(n) => match definitions().get(n) {
                 Some(d) => {
-                    name = Some(
-                        definitions()
-                            .get_key_value(n)
-                            .map(|(k, _)| k.as_str())
-                            .unwrap_or(n),
-                    );
+                    name = Some(definitions().get_key_value(n).map(|(k, _)| k.as_str()).unwrap_or(n));
                     cur = d;
                 }
                 None => break,
@@ -108,19 +99,10 @@ fn type_ok(schema: &Value, v: &Value) -> bool {
         return actual == "string" || actual == "integer";
     }
     let allowed = type_names(schema);
-    allowed.is_empty()
-        || allowed.contains(&actual)
-        || (actual == "integer" && allowed.contains(&"number"))
+    allowed.is_empty() || allowed.contains(&actual) || (actual == "integer" && allowed.contains(&"number"))
 }
 
-fn walk(
-    schema: &Value,
-    v: &mut Value,
-    path: &str,
-    prune: bool,
-    top_meta: bool,
-    report: &mut SchemaReport,
-) {
+fn walk(schema: &Value, v: &mut Value, path: &str, prune: bool, top_meta: bool, report: &mut SchemaReport) {
     let (schema, name) = resolve(schema);
     // Null stands for "unset" in manifests (`creationTimestamp: null`), as the apiserver reads it.
     if v.is_null() {
@@ -130,10 +112,7 @@ fn walk(
         let want = type_names(schema).join(" or ");
         report.type_errors.push((
             path.to_string(),
-            format!(
-                "Invalid value: \"{}\": {path} in body must be of type {want}",
-                json_type(v)
-            ),
+            format!("Invalid value: \"{}\": {path} in body must be of type {want}", json_type(v)),
         ));
         return;
     }
@@ -144,19 +123,12 @@ fn walk(
     match v {
         Value::Object(map) => {
             if !path.starts_with("status") {
-                for req in schema
-                    .get("required")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
+                for req in
+                    schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str)
                 {
                     if map.get(req).is_none_or(Value::is_null) {
                         // Defaulting runs before validation, as in the apiserver.
-                        let default = schema
-                            .get("properties")
-                            .and_then(|p| p.get(req))
-                            .and_then(|p| p.get("default"));
+                        let default = schema.get("properties").and_then(|p| p.get(req)).and_then(|p| p.get("default"));
                         match default {
                             Some(d) => {
                                 map.insert(req.to_string(), d.clone());
@@ -171,14 +143,7 @@ fn walk(
             let mut unknown = vec![];
             for (key, child) in map.iter_mut() {
                 if let Some(prop) = props.and_then(|p| p.get(key)) {
-                    walk(
-                        prop,
-                        child,
-                        &join(path, key),
-                        prune,
-                        path.is_empty() && key == "metadata",
-                        report,
-                    );
+                    walk(prop, child, &join(path, key), prune, path.is_empty() && key == "metadata", report);
                 } else if let Some(add) = additional.filter(|a| a.is_object()) {
                     walk(add, child, &join(path, key), prune, false, report);
                 } else if props.is_some() && additional.is_none() {
@@ -195,14 +160,7 @@ fn walk(
         Value::Array(items) => {
             if let Some(item_schema) = schema.get("items") {
                 for (i, item) in items.iter_mut().enumerate() {
-                    walk(
-                        item_schema,
-                        item,
-                        &format!("{path}[{i}]"),
-                        prune,
-                        false,
-                        report,
-                    );
+                    walk(item_schema, item, &format!("{path}[{i}]"), prune, false, report);
                 }
             }
         }
@@ -230,14 +188,7 @@ mod tests {
             "spec": {"running": false, "foo": 1, "template": {"metadata": {"anything": 1}, "spec": {"domain": {"devices": {}, "bar": 2}}}}
         });
         let report = check("v1.VirtualMachine", &mut vm, true);
-        assert_eq!(
-            report.unknown_fields,
-            vec![
-                "metadata.bogus",
-                "spec.template.spec.domain.bar",
-                "spec.foo"
-            ]
-        );
+        assert_eq!(report.unknown_fields, vec!["metadata.bogus", "spec.template.spec.domain.bar", "spec.foo"]);
         assert!(vm["spec"].get("foo").is_none());
         assert_eq!(vm["spec"]["template"]["metadata"]["anything"], 1);
     }
@@ -247,10 +198,7 @@ mod tests {
         let mut vm = json!({"spec": {"running": "yes", "template": {"spec": {"domain": {"cpu": {"cores": "two"}, "memory": {"guest": "1Gi"}}}}}});
         let report = check("v1.VirtualMachine", &mut vm, false);
         let paths: Vec<&str> = report.type_errors.iter().map(|(p, _)| p.as_str()).collect();
-        assert_eq!(
-            paths,
-            vec!["spec.running", "spec.template.spec.domain.cpu.cores"]
-        );
+        assert_eq!(paths, vec!["spec.running", "spec.template.spec.domain.cpu.cores"]);
     }
 
     #[test]
@@ -260,10 +208,7 @@ mod tests {
         assert!(report.missing.is_empty(), "{report:?}");
         assert_eq!(preset["spec"]["domain"]["devices"], json!({}));
         let mut vm = json!({"spec": {}});
-        assert_eq!(
-            check("v1.VirtualMachine", &mut vm, false).missing,
-            vec!["spec.template"]
-        );
+        assert_eq!(check("v1.VirtualMachine", &mut vm, false).missing, vec!["spec.template"]);
     }
 
     #[test]

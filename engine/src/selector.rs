@@ -38,27 +38,16 @@ impl LabelSelector {
         let mut reqs = vec![];
         if let Some(labels) = selector.get("matchLabels").and_then(Value::as_object) {
             for (k, v) in labels {
-                reqs.push(Requirement::Equals(
-                    k.clone(),
-                    v.as_str().unwrap_or_default().to_string(),
-                ));
+                reqs.push(Requirement::Equals(k.clone(), v.as_str().unwrap_or_default().to_string()));
             }
         }
         if let Some(exprs) = selector.get("matchExpressions").and_then(Value::as_array) {
             for e in exprs {
-                let key = e
-                    .get("key")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
+                let key = e.get("key").and_then(Value::as_str).unwrap_or_default().to_string();
                 let values: Vec<String> = e
                     .get("values")
                     .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|v| v.as_str().map(str::to_string))
-                            .collect()
-                    })
+                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
                     .unwrap_or_default();
                 let req = match e.get("operator").and_then(Value::as_str) {
                     Some("In") => Requirement::In(key, values),
@@ -114,9 +103,7 @@ fn check_key(key: &str, term: &str) -> Result<String, SelectorError> {
     if crate::meta::label_key_errors(key).is_empty() {
         Ok(key.to_string())
     } else {
-        Err(SelectorError(format!(
-            "invalid label key \"{key}\" in \"{term}\""
-        )))
+        Err(SelectorError(format!("invalid label key \"{key}\" in \"{term}\"")))
     }
 }
 
@@ -124,9 +111,7 @@ fn check_value(value: &str, term: &str) -> Result<String, SelectorError> {
     if crate::meta::label_value_errors(value).is_empty() {
         Ok(value.to_string())
     } else {
-        Err(SelectorError(format!(
-            "invalid label value \"{value}\" in \"{term}\""
-        )))
+        Err(SelectorError(format!("invalid label value \"{value}\" in \"{term}\"")))
     }
 }
 
@@ -135,22 +120,13 @@ fn parse_requirement(term: &str) -> Result<Requirement, SelectorError> {
         return Ok(Requirement::NotExists(check_key(key.trim(), term)?));
     }
     if let Some((k, v)) = term.split_once("!=") {
-        return Ok(Requirement::NotEquals(
-            check_key(k.trim(), term)?,
-            check_value(v.trim(), term)?,
-        ));
+        return Ok(Requirement::NotEquals(check_key(k.trim(), term)?, check_value(v.trim(), term)?));
     }
     if let Some((k, v)) = term.split_once("==") {
-        return Ok(Requirement::Equals(
-            check_key(k.trim(), term)?,
-            check_value(v.trim(), term)?,
-        ));
+        return Ok(Requirement::Equals(check_key(k.trim(), term)?, check_value(v.trim(), term)?));
     }
     if let Some((k, v)) = term.split_once('=') {
-        return Ok(Requirement::Equals(
-            check_key(k.trim(), term)?,
-            check_value(v.trim(), term)?,
-        ));
+        return Ok(Requirement::Equals(check_key(k.trim(), term)?, check_value(v.trim(), term)?));
     }
     let words: Vec<&str> = term.splitn(2, char::is_whitespace).collect();
     if words.len() == 2 {
@@ -160,25 +136,16 @@ fn parse_requirement(term: &str) -> Result<Requirement, SelectorError> {
         } else if let Some(l) = rest.strip_prefix("in") {
             ("in", l)
         } else {
-            return Err(SelectorError(format!(
-                "found '{rest}', expected: in, notin, =, ==, !="
-            )));
+            return Err(SelectorError(format!("found '{rest}', expected: in, notin, =, ==, !=")));
         };
         let list = list.trim();
         let inner = list
             .strip_prefix('(')
             .and_then(|l| l.strip_suffix(')'))
             .ok_or_else(|| SelectorError(format!("found '{list}', expected: '('")))?;
-        let values = inner
-            .split(',')
-            .map(|v| check_value(v.trim(), term))
-            .collect::<Result<Vec<_>, _>>()?;
+        let values = inner.split(',').map(|v| check_value(v.trim(), term)).collect::<Result<Vec<_>, _>>()?;
         let key = check_key(words[0], term)?;
-        return Ok(if op == "in" {
-            Requirement::In(key, values)
-        } else {
-            Requirement::NotIn(key, values)
-        });
+        return Ok(if op == "in" { Requirement::In(key, values) } else { Requirement::NotIn(key, values) });
     }
     Ok(Requirement::Exists(check_key(term, term)?))
 }
@@ -199,15 +166,10 @@ impl FieldSelector {
             } else if let Some((f, v)) = term.split_once('=') {
                 (f, true, v)
             } else {
-                return Err(SelectorError(format!(
-                    "invalid selector: '{term}'; can't understand '{term}'"
-                )));
+                return Err(SelectorError(format!("invalid selector: '{term}'; can't understand '{term}'")));
             };
             let field = field.trim();
-            if field != "metadata.name"
-                && field != "metadata.namespace"
-                && !extra_fields.contains(&field)
-            {
+            if field != "metadata.name" && field != "metadata.namespace" && !extra_fields.contains(&field) {
                 return Err(SelectorError(format!("field label not supported: {field}")));
             }
             terms.push((field.to_string(), equal, value.trim().to_string()));
@@ -221,18 +183,13 @@ impl FieldSelector {
 
     /// The exact name asked for, when the selector pins one (lets the store skip a scan).
     pub fn pinned_name(&self) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(f, eq, _)| f == "metadata.name" && *eq)
-            .map(|(_, _, v)| v.as_str())
+        self.0.iter().find(|(f, eq, _)| f == "metadata.name" && *eq).map(|(_, _, v)| v.as_str())
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(field, equal, value)| {
             let path: Vec<&str> = field.split('.').collect();
-            let actual = crate::meta::at(obj, &path)
-                .and_then(Value::as_str)
-                .unwrap_or("");
+            let actual = crate::meta::at(obj, &path).and_then(Value::as_str).unwrap_or("");
             (actual == value) == *equal
         })
     }
@@ -273,15 +230,9 @@ mod tests {
     #[test]
     fn field_selectors() {
         let obj = json!({"metadata": {"name": "a", "namespace": "ns"}, "involvedObject": {"kind": "VirtualMachine"}});
-        let fs = FieldSelector::parse(
-            "metadata.name=a,involvedObject.kind=VirtualMachine",
-            &["involvedObject.kind"],
-        );
+        let fs = FieldSelector::parse("metadata.name=a,involvedObject.kind=VirtualMachine", &["involvedObject.kind"]);
         assert!(fs.as_ref().is_ok_and(|f| f.matches(&obj)));
-        assert_eq!(
-            fs.ok().and_then(|f| f.pinned_name().map(str::to_string)),
-            Some("a".into())
-        );
+        assert_eq!(fs.ok().and_then(|f| f.pinned_name().map(str::to_string)), Some("a".into()));
         assert!(FieldSelector::parse("spec.x=1", &[]).is_err());
         assert!(FieldSelector::parse("metadata.name!=a", &[]).is_ok_and(|f| !f.matches(&obj)));
     }

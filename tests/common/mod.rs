@@ -22,21 +22,15 @@ pub struct TestApp {
 /// PostgreSQL is tested when CONVERGE_TEST_POSTGRES names a server (CI sets it); each test gets
 /// a database of its own.
 pub fn postgres_base() -> Option<String> {
-    std::env::var("CONVERGE_TEST_POSTGRES")
-        .ok()
-        .filter(|s| !s.is_empty())
+    std::env::var("CONVERGE_TEST_POSTGRES").ok().filter(|s| !s.is_empty())
 }
 
 pub async fn fresh_postgres(base: &str) -> String {
     use sqlx::Connection;
     let name = format!("converge_test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(base)
-        .await
-        .expect("CONVERGE_TEST_POSTGRES is set but PostgreSQL does not answer");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
+    let mut conn =
+        sqlx::PgConnection::connect(base).await.expect("CONVERGE_TEST_POSTGRES is set but PostgreSQL does not answer");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
     let (prefix, _) = base.rsplit_once('/').expect("postgres URL with a database");
     format!("{prefix}/{name}")
 }
@@ -45,11 +39,7 @@ pub async fn fresh_postgres(base: &str) -> String {
 pub async fn database_urls(dir: &Path) -> Vec<(String, String)> {
     let mut urls = vec![(
         "sqlite".to_string(),
-        format!(
-            "sqlite://{}?mode=rwc",
-            dir.join(format!("{}.db", uuid::Uuid::new_v4().simple()))
-                .display()
-        ),
+        format!("sqlite://{}?mode=rwc", dir.join(format!("{}.db", uuid::Uuid::new_v4().simple())).display()),
     )];
     if let Some(base) = postgres_base() {
         urls.push(("postgres".to_string(), fresh_postgres(&base).await));
@@ -58,9 +48,7 @@ pub async fn database_urls(dir: &Path) -> Vec<(String, String)> {
 }
 
 pub async fn open_store(url: &str) -> Arc<Store> {
-    Store::open(&StoreConfig::new(url))
-        .await
-        .expect("open store")
+    Store::open(&StoreConfig::new(url)).await.expect("open store")
 }
 
 pub fn http_client(ca_pem: &str) -> reqwest::Client {
@@ -77,25 +65,14 @@ pub async fn spawn_app() -> TestApp {
 }
 
 /// Start a server; `database_url` None means SQLite in the data dir.
-pub async fn spawn_app_with(
-    database_url: Option<String>,
-    tweak: impl FnOnce(&mut ServerConfig),
-) -> TestApp {
+pub async fn spawn_app_with(database_url: Option<String>, tweak: impl FnOnce(&mut ServerConfig)) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = database_url.unwrap_or_else(|| {
-        format!(
-            "sqlite://{}?mode=rwc",
-            dir.path().join("converge.db").display()
-        )
-    });
+    let database_url =
+        database_url.unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.path().join("converge.db").display()));
     start_in(dir, database_url, tweak).await
 }
 
-async fn start_in(
-    dir: tempfile::TempDir,
-    database_url: String,
-    tweak: impl FnOnce(&mut ServerConfig),
-) -> TestApp {
+async fn start_in(dir: tempfile::TempDir, database_url: String, tweak: impl FnOnce(&mut ServerConfig)) -> TestApp {
     let mut config = ServerConfig::new(dir.path());
     config.listen = "127.0.0.1:0".into();
     config.database_url = Some(database_url.clone());
@@ -138,10 +115,7 @@ impl TestApp {
         content_type: &str,
         body: Option<String>,
     ) -> (u16, Value, reqwest::header::HeaderMap) {
-        let mut req = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(&self.token);
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.header("content-type", content_type).body(b);
         }
@@ -149,11 +123,7 @@ impl TestApp {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-            headers,
-        )
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)), headers)
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -162,50 +132,23 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let (s, v, _) = self
-            .request(
-                reqwest::Method::POST,
-                path,
-                "application/json",
-                Some(body.to_string()),
-            )
-            .await;
+        let (s, v, _) = self.request(reqwest::Method::POST, path, "application/json", Some(body.to_string())).await;
         (s, v)
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
-        let (s, v, _) = self
-            .request(
-                reqwest::Method::PUT,
-                path,
-                "application/json",
-                Some(body.to_string()),
-            )
-            .await;
+        let (s, v, _) = self.request(reqwest::Method::PUT, path, "application/json", Some(body.to_string())).await;
         (s, v)
     }
 
     pub async fn patch(&self, path: &str, content_type: &str, body: &Value) -> (u16, Value) {
-        let (s, v, _) = self
-            .request(
-                reqwest::Method::PATCH,
-                path,
-                content_type,
-                Some(body.to_string()),
-            )
-            .await;
+        let (s, v, _) = self.request(reqwest::Method::PATCH, path, content_type, Some(body.to_string())).await;
         (s, v)
     }
 
     pub async fn delete(&self, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let (s, v, _) = self
-            .request(
-                reqwest::Method::DELETE,
-                path,
-                "application/json",
-                body.map(Value::to_string),
-            )
-            .await;
+        let (s, v, _) =
+            self.request(reqwest::Method::DELETE, path, "application/json", body.map(Value::to_string)).await;
         (s, v)
     }
 
@@ -214,11 +157,7 @@ impl TestApp {
         self.kubectl_stdin(args, None).await
     }
 
-    pub async fn kubectl_stdin(
-        &self,
-        args: &[&str],
-        stdin: Option<&str>,
-    ) -> (bool, String, String) {
+    pub async fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
         use tokio::io::AsyncWriteExt;
         let mut cmd = tokio::process::Command::new("kubectl");
         cmd.args(args)

@@ -8,9 +8,7 @@ fn key_ok(key: &str) -> bool {
         && key.len() <= 253
         && key != "."
         && key != ".."
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
 }
 
 const KEY_RULE: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
@@ -24,16 +22,11 @@ pub fn mutate_secret(secret: &mut Value) {
     let Some(Value::Object(string_data)) = obj.remove("stringData") else {
         return;
     };
-    let data = obj
-        .entry("data")
-        .or_insert_with(|| Value::Object(Default::default()));
+    let data = obj.entry("data").or_insert_with(|| Value::Object(Default::default()));
     if let Some(data) = data.as_object_mut() {
         for (k, v) in string_data {
             let text = v.as_str().unwrap_or_default();
-            data.insert(
-                k,
-                Value::String(base64::engine::general_purpose::STANDARD.encode(text)),
-            );
+            data.insert(k, Value::String(base64::engine::general_purpose::STANDARD.encode(text)));
         }
     }
     if !obj.contains_key("type") {
@@ -43,21 +36,11 @@ pub fn mutate_secret(secret: &mut Value) {
 
 pub fn validate_secret(secret: &Value, causes: &mut Vec<Cause>) {
     use base64::Engine;
-    for (k, v) in secret
-        .get("data")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-    {
+    for (k, v) in secret.get("data").and_then(Value::as_object).into_iter().flatten() {
         if !key_ok(k) {
-            causes.push(Cause::invalid(
-                format!("data[{k}]"),
-                format!("Invalid value: \"{k}\": {KEY_RULE}"),
-            ));
+            causes.push(Cause::invalid(format!("data[{k}]"), format!("Invalid value: \"{k}\": {KEY_RULE}")));
         }
-        if v.as_str()
-            .is_none_or(|s| base64::engine::general_purpose::STANDARD.decode(s).is_err())
-        {
+        if v.as_str().is_none_or(|s| base64::engine::general_purpose::STANDARD.decode(s).is_err()) {
             causes.push(Cause::invalid(format!("data[{k}]"), "illegal base64 data"));
         }
     }
@@ -69,10 +52,7 @@ pub fn validate_config_map(cm: &Value, causes: &mut Vec<Cause>) {
     for (field, map) in [("data", data), ("binaryData", binary)] {
         for k in map.into_iter().flat_map(|m| m.keys()) {
             if !key_ok(k) {
-                causes.push(Cause::invalid(
-                    format!("{field}[{k}]"),
-                    format!("Invalid value: \"{k}\": {KEY_RULE}"),
-                ));
+                causes.push(Cause::invalid(format!("{field}[{k}]"), format!("Invalid value: \"{k}\": {KEY_RULE}")));
             }
         }
     }

@@ -46,11 +46,7 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
                 causes.append(&mut c);
             }
         }
-        spec::validate_vmi_spec(
-            meta::at(obj, &["spec"]).unwrap_or(&Value::Null),
-            "spec",
-            &mut causes,
-        );
+        spec::validate_vmi_spec(meta::at(obj, &["spec"]).unwrap_or(&Value::Null), "spec", &mut causes);
     } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET) {
         vm::validate_replica_set(obj, &mut causes);
     } else if std::ptr::eq(kind, &kinds::SECRET) {
@@ -63,12 +59,7 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
     if causes.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::invalid(
-            kind.group,
-            kind.kind,
-            meta::name(obj),
-            causes,
-        ))
+        Err(ApiError::invalid(kind.group, kind.kind, meta::name(obj), causes))
     }
 }
 
@@ -76,14 +67,7 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
 /// keeps the MAC its interface had, matched by name, as KubeMacPool does.
 fn keep_assigned_macs(kind: &ResourceKind, obj: &mut Value, old: &Value) {
     let path: &[&str] = if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE) {
-        &[
-            "spec",
-            "template",
-            "spec",
-            "domain",
-            "devices",
-            "interfaces",
-        ]
+        &["spec", "template", "spec", "domain", "devices", "interfaces"]
     } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE) {
         &["spec", "domain", "devices", "interfaces"]
     } else {
@@ -105,15 +89,8 @@ fn keep_assigned_macs(kind: &ResourceKind, obj: &mut Value, old: &Value) {
     }
     if let Some(ifaces) = meta::at_mut(obj, path).as_array_mut() {
         for iface in ifaces {
-            let missing = iface
-                .get("macAddress")
-                .and_then(Value::as_str)
-                .is_none_or(str::is_empty);
-            let name = iface
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let missing = iface.get("macAddress").and_then(Value::as_str).is_none_or(str::is_empty);
+            let name = iface.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
             if let (true, Some(mac)) = (missing, mac_of(&name)) {
                 iface["macAddress"] = mac;
             }
@@ -125,10 +102,7 @@ fn validate_metadata(kind: &ResourceKind, obj: &Value, op: Operation, causes: &m
     let name = meta::name(obj);
     let generate = meta::meta_str(obj, "generateName").unwrap_or("");
     if name.is_empty() && (op != Operation::Create || generate.is_empty()) {
-        causes.push(Cause::required(
-            "metadata.name",
-            "name or generateName is required",
-        ));
+        causes.push(Cause::required("metadata.name", "name or generateName is required"));
     } else if !name.is_empty() {
         let errs = if std::ptr::eq(kind, &kinds::NAMESPACE) {
             meta::dns1123_label_errors(name)
@@ -136,50 +110,32 @@ fn validate_metadata(kind: &ResourceKind, obj: &Value, op: Operation, causes: &m
             meta::dns1123_subdomain_errors(name)
         };
         for e in errs {
-            causes.push(Cause::invalid(
-                "metadata.name",
-                format!("Invalid value: \"{name}\": {e}"),
-            ));
+            causes.push(Cause::invalid("metadata.name", format!("Invalid value: \"{name}\": {e}")));
         }
     }
     for (k, v) in meta::labels(obj) {
         for e in meta::label_key_errors(&k) {
-            causes.push(Cause::invalid(
-                "metadata.labels",
-                format!("Invalid value: \"{k}\": {e}"),
-            ));
+            causes.push(Cause::invalid("metadata.labels", format!("Invalid value: \"{k}\": {e}")));
         }
         match v.as_str() {
             Some(s) => {
                 for e in meta::label_value_errors(s) {
-                    causes.push(Cause::invalid(
-                        format!("metadata.labels.{k}"),
-                        format!("Invalid value: \"{s}\": {e}"),
-                    ));
+                    causes.push(Cause::invalid(format!("metadata.labels.{k}"), format!("Invalid value: \"{s}\": {e}")));
                 }
             }
-            None => causes.push(Cause::invalid(
-                format!("metadata.labels.{k}"),
-                "label values must be strings",
-            )),
+            None => causes.push(Cause::invalid(format!("metadata.labels.{k}"), "label values must be strings")),
         }
     }
     let annotations = meta::string_map(obj, "annotations");
     let mut total = 0;
     for (k, v) in &annotations {
         for e in meta::label_key_errors(k) {
-            causes.push(Cause::invalid(
-                "metadata.annotations",
-                format!("Invalid value: \"{k}\": {e}"),
-            ));
+            causes.push(Cause::invalid("metadata.annotations", format!("Invalid value: \"{k}\": {e}")));
         }
         total += k.len() + v.as_str().map_or(0, str::len);
     }
     if total > 256 * 1024 {
-        causes.push(Cause::invalid(
-            "metadata.annotations",
-            "Too long: must have at most 262144 bytes",
-        ));
+        causes.push(Cause::invalid("metadata.annotations", "Too long: must have at most 262144 bytes"));
     }
 }
 

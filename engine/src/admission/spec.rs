@@ -10,15 +10,7 @@ use std::collections::HashSet;
 
 const DISK_DEVICES: &[(&str, &str)] = &[("disk", "virtio"), ("cdrom", "sata"), ("lun", "scsi")];
 const DISK_BUSES: &[&str] = &["virtio", "sata", "scsi", "usb"];
-const BINDINGS: &[&str] = &[
-    "bridge",
-    "masquerade",
-    "sriov",
-    "slirp",
-    "passt",
-    "macvtap",
-    "binding",
-];
+const BINDINGS: &[&str] = &["bridge", "masquerade", "sriov", "slirp", "passt", "macvtap", "binding"];
 const NETWORK_SOURCES: &[&str] = &["pod", "multus"];
 const VOLUME_SOURCES: &[&str] = &[
     "containerDisk",
@@ -56,25 +48,17 @@ pub fn mutate_vmi_spec(spec: &mut Value) {
                 }
             };
             if let Some(device) = d.get_mut(dev).and_then(Value::as_object_mut) {
-                if device
-                    .get("bus")
-                    .and_then(Value::as_str)
-                    .is_none_or(str::is_empty)
-                {
+                if device.get("bus").and_then(Value::as_str).is_none_or(str::is_empty) {
                     device.insert("bus".into(), json!(bus));
                 }
             }
         }
     }
-    let autoattach = devices
-        .get("autoattachPodInterface")
-        .and_then(Value::as_bool)
-        != Some(false);
+    let autoattach = devices.get("autoattachPodInterface").and_then(Value::as_bool) != Some(false);
     let has_interfaces = devices.get("interfaces").is_some_and(|v| !v.is_null());
     let has_networks = spec.get("networks").is_some_and(|v| !v.is_null());
     if autoattach && !has_interfaces && !has_networks {
-        *meta::at_mut(spec, &["domain", "devices", "interfaces"]) =
-            json!([{"name": "default", "bridge": {}}]);
+        *meta::at_mut(spec, &["domain", "devices", "interfaces"]) = json!([{"name": "default", "bridge": {}}]);
         spec["networks"] = json!([{"name": "default", "pod": {}}]);
     }
 }
@@ -85,49 +69,27 @@ fn names<'a>(list: Option<&'a Vec<Value>>, field: &str, causes: &mut Vec<Cause>)
     for (i, item) in list.into_iter().flatten().enumerate() {
         let name = item.get("name").and_then(Value::as_str).unwrap_or("");
         if name.is_empty() {
-            causes.push(Cause::required(
-                format!("{field}[{i}].name"),
-                "Required value",
-            ));
+            causes.push(Cause::required(format!("{field}[{i}].name"), "Required value"));
         } else if !seen.insert(name) {
-            causes.push(Cause::duplicate(
-                format!("{field}[{i}].name"),
-                format!("Duplicate value: \"{name}\""),
-            ));
+            causes.push(Cause::duplicate(format!("{field}[{i}].name"), format!("Duplicate value: \"{name}\"")));
         }
         out.push(name);
     }
     out
 }
 
-fn exactly_one(
-    item: &Value,
-    allowed: &[&str],
-    field: &str,
-    what: &str,
-    causes: &mut Vec<Cause>,
-) -> Option<String> {
-    let present: Vec<&str> = allowed
-        .iter()
-        .copied()
-        .filter(|k| item.get(*k).is_some_and(|v| !v.is_null()))
-        .collect();
+fn exactly_one(item: &Value, allowed: &[&str], field: &str, what: &str, causes: &mut Vec<Cause>) -> Option<String> {
+    let present: Vec<&str> = allowed.iter().copied().filter(|k| item.get(*k).is_some_and(|v| !v.is_null())).collect();
     match present.as_slice() {
         [one] => Some(one.to_string()),
         [] => {
-            causes.push(Cause::required(
-                field,
-                format!("Required value: one of {} must be set", what),
-            ));
+            causes.push(Cause::required(field, format!("Required value: one of {} must be set", what)));
             None
         }
         many => {
             causes.push(Cause::invalid(
                 field,
-                format!(
-                    "Invalid value: only one {what} may be set, found {}",
-                    many.join(", ")
-                ),
+                format!("Invalid value: only one {what} may be set, found {}", many.join(", ")),
             ));
             None
         }
@@ -137,10 +99,7 @@ fn exactly_one(
 fn check_quantity(v: &Value, field: &str, causes: &mut Vec<Cause>) -> Option<f64> {
     match quantity::parse_value(v) {
         Ok(q) if q < 0.0 => {
-            causes.push(Cause::invalid(
-                field,
-                format!("Invalid value: {v}: must be greater than or equal to 0"),
-            ));
+            causes.push(Cause::invalid(field, format!("Invalid value: {v}: must be greater than or equal to 0")));
             None
         }
         Ok(q) => Some(q),
@@ -169,18 +128,11 @@ pub fn validate_vmi_spec(spec: &Value, prefix: &str, causes: &mut Vec<Cause>) {
                 format!("Invalid value: \"{name}\": disk {name} does not have a matching volume"),
             ));
         }
-        let devs: Vec<&str> = DISK_DEVICES
-            .iter()
-            .map(|(d, _)| *d)
-            .filter(|d| disk.get(*d).is_some())
-            .collect();
+        let devs: Vec<&str> = DISK_DEVICES.iter().map(|(d, _)| *d).filter(|d| disk.get(*d).is_some()).collect();
         if devs.len() > 1 {
             causes.push(Cause::invalid(
                 format!("{dfield}[{i}]"),
-                format!(
-                    "Invalid value: only one of disk, cdrom or lun may be set, found {}",
-                    devs.join(", ")
-                ),
+                format!("Invalid value: only one of disk, cdrom or lun may be set, found {}", devs.join(", ")),
             ));
         }
         for dev in devs {
@@ -188,10 +140,7 @@ pub fn validate_vmi_spec(spec: &Value, prefix: &str, causes: &mut Vec<Cause>) {
                 if !DISK_BUSES.contains(&bus) {
                     causes.push(Cause::not_supported(
                         format!("{dfield}[{i}].{dev}.bus"),
-                        format!(
-                            "Unsupported value: \"{bus}\": supported values: \"{}\"",
-                            DISK_BUSES.join("\", \"")
-                        ),
+                        format!("Unsupported value: \"{bus}\": supported values: \"{}\"", DISK_BUSES.join("\", \"")),
                     ));
                 }
             }
@@ -218,13 +167,7 @@ pub fn validate_vmi_spec(spec: &Value, prefix: &str, causes: &mut Vec<Cause>) {
                 format!("Invalid value: \"{name}\": volume {name} is not used by any disk"),
             ));
         }
-        exactly_one(
-            volume,
-            VOLUME_SOURCES,
-            &format!("{vfield}[{i}]"),
-            "volume source",
-            causes,
-        );
+        exactly_one(volume, VOLUME_SOURCES, &format!("{vfield}[{i}]"), "volume source", causes);
     }
     validate_networks(spec, devices, prefix, causes);
     validate_resources(spec, prefix, causes);
@@ -249,15 +192,11 @@ fn validate_networks(spec: &Value, devices: &Value, prefix: &str, causes: &mut V
     let mut net_kinds = Map::new();
     let mut pods = 0;
     for (i, net) in networks.into_iter().flatten().enumerate() {
-        if let Some(source) = exactly_one(
-            net,
-            NETWORK_SOURCES,
-            &format!("{nfield}[{i}]"),
-            "network source (pod, multus)",
-            causes,
-        ) {
-            let default_multus = source == "multus"
-                && meta::at(net, &["multus", "default"]).and_then(Value::as_bool) == Some(true);
+        if let Some(source) =
+            exactly_one(net, NETWORK_SOURCES, &format!("{nfield}[{i}]"), "network source (pod, multus)", causes)
+        {
+            let default_multus =
+                source == "multus" && meta::at(net, &["multus", "default"]).and_then(Value::as_bool) == Some(true);
             if source == "pod" || default_multus {
                 pods += 1;
             }
@@ -266,10 +205,7 @@ fn validate_networks(spec: &Value, devices: &Value, prefix: &str, causes: &mut V
         if !net_names[i].is_empty() && !iface_names.contains(&net_names[i]) {
             causes.push(Cause::invalid(
                 format!("{nfield}[{i}].name"),
-                format!(
-                    "Invalid value: \"{}\": network has no interface with the same name",
-                    net_names[i]
-                ),
+                format!("Invalid value: \"{}\": network has no interface with the same name", net_names[i]),
             ));
         }
     }
@@ -287,26 +223,14 @@ fn validate_networks(spec: &Value, devices: &Value, prefix: &str, causes: &mut V
                 format!("Invalid value: \"{name}\": interface has no network with the same name"),
             ));
         }
-        let binding = exactly_one(
-            iface,
-            BINDINGS,
-            &format!("{ifield}[{i}]"),
-            "interface binding method",
-            causes,
-        );
-        if binding.as_deref() == Some("masquerade")
-            && net_kinds.get(name).and_then(Value::as_str) == Some("multus")
-        {
+        let binding = exactly_one(iface, BINDINGS, &format!("{ifield}[{i}]"), "interface binding method", causes);
+        if binding.as_deref() == Some("masquerade") && net_kinds.get(name).and_then(Value::as_str) == Some("multus") {
             causes.push(Cause::invalid(
                 format!("{ifield}[{i}].masquerade"),
                 "Invalid value: masquerade binding is only allowed on the pod network",
             ));
         }
-        if let Some(mac) = iface
-            .get("macAddress")
-            .and_then(Value::as_str)
-            .filter(|m| !m.is_empty())
-        {
+        if let Some(mac) = iface.get("macAddress").and_then(Value::as_str).filter(|m| !m.is_empty()) {
             if let Err(e) = crate::macpool::parse_mac(mac) {
                 causes.push(Cause::invalid(
                     format!("{ifield}[{i}].macAddress"),
@@ -321,16 +245,8 @@ fn validate_resources(spec: &Value, prefix: &str, causes: &mut Vec<Cause>) {
     let domain = spec.get("domain").unwrap_or(&Value::Null);
     let mut memory = None;
     for section in ["requests", "limits"] {
-        for (k, v) in meta::at(domain, &["resources", section])
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
-            let q = check_quantity(
-                v,
-                &format!("{prefix}.domain.resources.{section}.{k}"),
-                causes,
-            );
+        for (k, v) in meta::at(domain, &["resources", section]).and_then(Value::as_object).into_iter().flatten() {
+            let q = check_quantity(v, &format!("{prefix}.domain.resources.{section}.{k}"), causes);
             if k == "memory" && section == "requests" {
                 memory = memory.or(q);
             }
@@ -341,11 +257,7 @@ fn validate_resources(spec: &Value, prefix: &str, causes: &mut Vec<Cause>) {
     }
     let hugepages = meta::at(domain, &["memory", "hugepages", "pageSize"]);
     if let Some(v) = hugepages {
-        check_quantity(
-            v,
-            &format!("{prefix}.domain.memory.hugepages.pageSize"),
-            causes,
-        );
+        check_quantity(v, &format!("{prefix}.domain.memory.hugepages.pageSize"), causes);
     }
     let has_memory_request = meta::at(domain, &["resources", "requests", "memory"]).is_some()
         || meta::at(domain, &["memory", "guest"]).is_some()
@@ -376,11 +288,7 @@ fn validate_resources(spec: &Value, prefix: &str, causes: &mut Vec<Cause>) {
 /// the VMI (or an earlier preset) sets to something else is a conflict, and the VMI is refused.
 pub fn apply_presets(vmi: &mut Value, presets: &[Value]) -> Result<Vec<String>, Vec<Cause>> {
     const EXCLUDE: &str = "virtualmachineinstancepresets.admission.kubevirt.io/exclude";
-    if meta::string_map(vmi, "annotations")
-        .get(EXCLUDE)
-        .and_then(Value::as_str)
-        == Some("true")
-    {
+    if meta::string_map(vmi, "annotations").get(EXCLUDE).and_then(Value::as_str) == Some("true") {
         return Ok(vec![]);
     }
     let labels = meta::labels(vmi);
@@ -404,12 +312,9 @@ pub fn apply_presets(vmi: &mut Value, presets: &[Value]) -> Result<Vec<String>, 
         return Err(causes);
     }
     if !applied.is_empty() {
-        let annotations = meta::metadata_mut(vmi)
-            .entry("annotations")
-            .or_insert_with(|| json!({}));
+        let annotations = meta::metadata_mut(vmi).entry("annotations").or_insert_with(|| json!({}));
         for name in &applied {
-            annotations[format!("virtualmachinepreset.kubevirt.io/{name}")] =
-                json!("kubevirt.io/v1");
+            annotations[format!("virtualmachinepreset.kubevirt.io/{name}")] = json!("kubevirt.io/v1");
         }
     }
     Ok(applied)
@@ -428,6 +333,9 @@ fn fill(target: &mut Value, source: &Value, path: &str, preset: &str, causes: &m
             }
         }
     } else if target != source {
-        causes.push(Cause::invalid(path, format!("Invalid value: VirtualMachineInstancePreset {preset} conflicts with the VMI at {path}")));
+        causes.push(Cause::invalid(
+            path,
+            format!("Invalid value: VirtualMachineInstancePreset {preset} conflicts with the VMI at {path}"),
+        ));
     }
 }

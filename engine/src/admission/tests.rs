@@ -25,12 +25,7 @@ fn fields(result: ApiResult<()>) -> Vec<String> {
 }
 
 fn admit_vm(mut v: Value) -> (Value, Vec<String>) {
-    let r = admit(
-        &kinds::VIRTUAL_MACHINE,
-        Operation::Create,
-        &mut v,
-        &Context::default(),
-    );
+    let r = admit(&kinds::VIRTUAL_MACHINE, Operation::Create, &mut v, &Context::default());
     (v, fields(r))
 }
 
@@ -40,19 +35,14 @@ fn a_good_vm_gets_machine_type_and_firmware_uuid() {
     assert!(errs.is_empty(), "{errs:?}");
     let domain = &v["spec"]["template"]["spec"]["domain"];
     assert_eq!(domain["machine"]["type"], "q35");
-    assert!(domain["firmware"]["uuid"]
-        .as_str()
-        .is_some_and(|u| u.len() == 36));
+    assert!(domain["firmware"]["uuid"].as_str().is_some_and(|u| u.len() == 36));
 }
 
 #[test]
 fn firmware_uuid_survives_an_update_that_omits_it() {
     let (old, _) = admit_vm(vm(json!({})));
     let mut new = vm(json!({}));
-    let ctx = Context {
-        old: Some(&old),
-        presets: &[],
-    };
+    let ctx = Context { old: Some(&old), presets: &[] };
     assert!(admit(&kinds::VIRTUAL_MACHINE, Operation::Update, &mut new, &ctx).is_ok());
     let path = |v: &Value| v["spec"]["template"]["spec"]["domain"]["firmware"]["uuid"].clone();
     assert_eq!(path(&new), path(&old));
@@ -61,62 +51,37 @@ fn firmware_uuid_survives_an_update_that_omits_it() {
 #[test]
 fn disk_without_volume_names_the_field() {
     let (_, errs) = admit_vm(vm(json!({"spec": {"template": {"spec": {"volumes": []}}}})));
-    assert_eq!(
-        errs,
-        vec!["spec.template.spec.domain.devices.disks[0].name"]
-    );
+    assert_eq!(errs, vec!["spec.template.spec.domain.devices.disks[0].name"]);
 }
 
 #[test]
 fn volume_without_disk_is_refused() {
     let extra = json!({"spec": {"template": {"spec": {"volumes": [{"name": "root", "containerDisk": {"image": "a"}}, {"name": "spare", "emptyDisk": {"capacity": "1Gi"}}]}}}});
-    assert_eq!(
-        admit_vm(vm(extra)).1,
-        vec!["spec.template.spec.volumes[1].name"]
-    );
+    assert_eq!(admit_vm(vm(extra)).1, vec!["spec.template.spec.volumes[1].name"]);
 }
 
 #[test]
 fn bad_memory_quantity() {
     let extra = json!({"spec": {"template": {"spec": {"domain": {"resources": {"requests": {"memory": "lots"}}}}}}});
-    assert_eq!(
-        admit_vm(vm(extra)).1,
-        vec!["spec.template.spec.domain.resources.requests.memory"]
-    );
+    assert_eq!(admit_vm(vm(extra)).1, vec!["spec.template.spec.domain.resources.requests.memory"]);
 }
 
 #[test]
 fn missing_memory_is_refused() {
     let extra = json!({"spec": {"template": {"spec": {"domain": {"resources": null}}}}});
-    assert_eq!(
-        admit_vm(vm(extra)).1,
-        vec!["spec.template.spec.domain.resources.requests.memory"]
-    );
+    assert_eq!(admit_vm(vm(extra)).1, vec!["spec.template.spec.domain.resources.requests.memory"]);
 }
 
 #[test]
 fn run_strategy_rules() {
-    assert_eq!(
-        admit_vm(vm(json!({"spec": {"runStrategy": "Sometimes"}}))).1,
-        vec!["spec.runStrategy"]
-    );
-    assert_eq!(
-        admit_vm(vm(json!({"spec": {"running": true}}))).1,
-        vec!["spec.running"]
-    );
-    assert!(
-        admit_vm(vm(json!({"spec": {"running": true, "runStrategy": null}})))
-            .1
-            .is_empty()
-    );
+    assert_eq!(admit_vm(vm(json!({"spec": {"runStrategy": "Sometimes"}}))).1, vec!["spec.runStrategy"]);
+    assert_eq!(admit_vm(vm(json!({"spec": {"running": true}}))).1, vec!["spec.running"]);
+    assert!(admit_vm(vm(json!({"spec": {"running": true, "runStrategy": null}}))).1.is_empty());
 }
 
 #[test]
 fn names_must_be_subdomains() {
-    assert_eq!(
-        admit_vm(vm(json!({"metadata": {"name": "Web_01"}}))).1,
-        vec!["metadata.name"]
-    );
+    assert_eq!(admit_vm(vm(json!({"metadata": {"name": "Web_01"}}))).1, vec!["metadata.name"]);
 }
 
 #[test]
@@ -148,29 +113,11 @@ fn vmi(labels: Value) -> Value {
 #[test]
 fn vmi_defaults_disk_buses_and_pod_network() {
     let mut v = vmi(json!({}));
-    assert!(admit(
-        &kinds::VIRTUAL_MACHINE_INSTANCE,
-        Operation::Create,
-        &mut v,
-        &Context::default()
-    )
-    .is_ok());
-    assert_eq!(
-        v["spec"]["domain"]["devices"]["disks"][0]["disk"]["bus"],
-        "virtio"
-    );
-    assert_eq!(
-        v["spec"]["domain"]["devices"]["disks"][1]["cdrom"]["bus"],
-        "sata"
-    );
-    assert_eq!(
-        v["spec"]["domain"]["devices"]["interfaces"],
-        json!([{"name": "default", "bridge": {}}])
-    );
-    assert_eq!(
-        v["spec"]["networks"],
-        json!([{"name": "default", "pod": {}}])
-    );
+    assert!(admit(&kinds::VIRTUAL_MACHINE_INSTANCE, Operation::Create, &mut v, &Context::default()).is_ok());
+    assert_eq!(v["spec"]["domain"]["devices"]["disks"][0]["disk"]["bus"], "virtio");
+    assert_eq!(v["spec"]["domain"]["devices"]["disks"][1]["cdrom"]["bus"], "sata");
+    assert_eq!(v["spec"]["domain"]["devices"]["interfaces"], json!([{"name": "default", "bridge": {}}]));
+    assert_eq!(v["spec"]["networks"], json!([{"name": "default", "pod": {}}]));
 }
 
 #[test]
@@ -178,52 +125,23 @@ fn presets_fill_matching_vmis_and_conflicts_refuse() {
     let preset = json!({"metadata": {"name": "small"}, "spec": {"selector": {"matchLabels": {"size": "small"}}, "domain": {"cpu": {"cores": 2}, "resources": {"requests": {"memory": "64Mi"}}}}});
     let presets = [preset];
     let mut v = vmi(json!({"size": "small"}));
-    let ctx = Context {
-        old: None,
-        presets: &presets,
-    };
-    assert!(admit(
-        &kinds::VIRTUAL_MACHINE_INSTANCE,
-        Operation::Create,
-        &mut v,
-        &ctx
-    )
-    .is_ok());
+    let ctx = Context { old: None, presets: &presets };
+    assert!(admit(&kinds::VIRTUAL_MACHINE_INSTANCE, Operation::Create, &mut v, &ctx).is_ok());
     assert_eq!(v["spec"]["domain"]["cpu"]["cores"], 2);
-    assert_eq!(
-        v["metadata"]["annotations"]["virtualmachinepreset.kubevirt.io/small"],
-        "kubevirt.io/v1"
-    );
+    assert_eq!(v["metadata"]["annotations"]["virtualmachinepreset.kubevirt.io/small"], "kubevirt.io/v1");
     let mut unmatched = vmi(json!({}));
-    assert!(admit(
-        &kinds::VIRTUAL_MACHINE_INSTANCE,
-        Operation::Create,
-        &mut unmatched,
-        &ctx
-    )
-    .is_ok());
+    assert!(admit(&kinds::VIRTUAL_MACHINE_INSTANCE, Operation::Create, &mut unmatched, &ctx).is_ok());
     assert!(unmatched["spec"]["domain"].get("cpu").is_none());
     let mut conflicting = vmi(json!({"size": "small"}));
     conflicting["spec"]["domain"]["cpu"] = json!({"cores": 4});
-    let errs = fields(admit(
-        &kinds::VIRTUAL_MACHINE_INSTANCE,
-        Operation::Create,
-        &mut conflicting,
-        &ctx,
-    ));
+    let errs = fields(admit(&kinds::VIRTUAL_MACHINE_INSTANCE, Operation::Create, &mut conflicting, &ctx));
     assert_eq!(errs, vec!["spec.domain.cpu.cores"]);
 }
 
 #[test]
 fn secrets_take_string_data_and_check_base64() {
-    let mut s =
-        json!({"metadata": {"name": "s"}, "stringData": {"user": "admin"}, "data": {"bad": "!!"}});
-    let errs = fields(admit(
-        &kinds::SECRET,
-        Operation::Create,
-        &mut s,
-        &Context::default(),
-    ));
+    let mut s = json!({"metadata": {"name": "s"}, "stringData": {"user": "admin"}, "data": {"bad": "!!"}});
+    let errs = fields(admit(&kinds::SECRET, Operation::Create, &mut s, &Context::default()));
     assert_eq!(errs, vec!["data[bad]"]);
     assert_eq!(s["data"]["user"], "YWRtaW4=");
     assert!(s.get("stringData").is_none());
@@ -233,12 +151,8 @@ fn secrets_take_string_data_and_check_base64() {
 fn replica_set_selector_must_match_template() {
     let mut rs = json!({"metadata": {"name": "rs"}, "spec": {"replicas": 2, "selector": {"matchLabels": {"a": "1"}},
         "template": {"metadata": {"labels": {"a": "2"}}, "spec": vmi(json!({}))["spec"].clone()}}});
-    let errs = fields(admit(
-        &kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET,
-        Operation::Create,
-        &mut rs,
-        &Context::default(),
-    ));
+    let errs =
+        fields(admit(&kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET, Operation::Create, &mut rs, &Context::default()));
     assert_eq!(errs, vec!["spec.selector"]);
 }
 
@@ -249,10 +163,7 @@ fn updates_keep_assigned_macs_by_interface_name() {
     let mut new = vm(
         json!({"spec": {"template": {"spec": {"domain": {"devices": {"interfaces": [{"name": "default", "bridge": {}}]}}, "networks": [{"name": "default", "pod": {}}]}}}}),
     );
-    let ctx = Context {
-        old: Some(&old),
-        presets: &[],
-    };
+    let ctx = Context { old: Some(&old), presets: &[] };
     assert!(admit(&kinds::VIRTUAL_MACHINE, Operation::Update, &mut new, &ctx).is_ok());
     assert_eq!(
         new["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"][0]["macAddress"],

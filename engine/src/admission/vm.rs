@@ -10,24 +10,12 @@ use serde_json::{json, Value};
 /// What virt-api's VM mutator sets: the machine type, and a firmware UUID that stays with the VM.
 pub fn mutate_vm(op: Operation, vm: &mut Value, old: Option<&Value>) {
     let domain = meta::at_mut(vm, &["spec", "template", "spec", "domain"]);
-    if meta::at(domain, &["machine", "type"])
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty)
-    {
+    if meta::at(domain, &["machine", "type"]).and_then(Value::as_str).is_none_or(str::is_empty) {
         *meta::at_mut(domain, &["machine"]) = json!({"type": "q35"});
     }
-    let has_uuid = meta::at(domain, &["firmware", "uuid"])
-        .and_then(Value::as_str)
-        .is_some_and(|s| !s.is_empty());
+    let has_uuid = meta::at(domain, &["firmware", "uuid"]).and_then(Value::as_str).is_some_and(|s| !s.is_empty());
     if !has_uuid {
-        let kept = old
-            .and_then(|o| {
-                meta::at(
-                    o,
-                    &["spec", "template", "spec", "domain", "firmware", "uuid"],
-                )
-            })
-            .cloned();
+        let kept = old.and_then(|o| meta::at(o, &["spec", "template", "spec", "domain", "firmware", "uuid"])).cloned();
         let uuid = match (op, kept) {
             (Operation::Update, Some(u)) => u,
             _ => Value::String(uuid::Uuid::new_v4().to_string()),
@@ -36,14 +24,7 @@ pub fn mutate_vm(op: Operation, vm: &mut Value, old: Option<&Value>) {
     }
 }
 
-const RUN_STRATEGIES: &[&str] = &[
-    "Always",
-    "RerunOnFailure",
-    "Manual",
-    "Halted",
-    "Once",
-    "WaitAsReceiver",
-];
+const RUN_STRATEGIES: &[&str] = &["Always", "RerunOnFailure", "Manual", "Halted", "Once", "WaitAsReceiver"];
 
 pub fn validate_vm(vm: &Value, causes: &mut Vec<Cause>) {
     let spec = meta::at(vm, &["spec"]).unwrap_or(&Value::Null);
@@ -56,19 +37,15 @@ pub fn validate_vm(vm: &Value, causes: &mut Vec<Cause>) {
         if !RUN_STRATEGIES.contains(&s) {
             causes.push(Cause::not_supported(
                 "spec.runStrategy",
-                format!(
-                    "Unsupported value: \"{s}\": supported values: \"{}\"",
-                    RUN_STRATEGIES.join("\", \"")
-                ),
+                format!("Unsupported value: \"{s}\": supported values: \"{}\"", RUN_STRATEGIES.join("\", \"")),
             ));
         }
     }
     match meta::at(vm, &["spec", "template", "spec"]) {
         Some(t) => validate_vmi_spec(t, "spec.template.spec", causes),
-        None => causes.push(Cause::required(
-            "spec.template.spec",
-            "Required value: missing virtual machine template spec",
-        )),
+        None => {
+            causes.push(Cause::required("spec.template.spec", "Required value: missing virtual machine template spec"))
+        }
     }
 }
 
@@ -88,14 +65,12 @@ pub fn validate_replica_set(rs: &Value, causes: &mut Vec<Cause>) {
     match meta::at(rs, &["spec", "selector"]).map(LabelSelector::from_object) {
         None => causes.push(Cause::required("spec.selector", "Required value")),
         Some(Err(e)) => causes.push(Cause::invalid("spec.selector", e.to_string())),
-        Some(Ok(sel)) if sel.is_empty() => causes.push(Cause::invalid(
-            "spec.selector",
-            "Invalid value: empty selector is invalid for deployment",
-        )),
-        Some(Ok(sel)) if !sel.matches(&labels) => causes.push(Cause::invalid(
-            "spec.selector",
-            "selector does not match labels in template",
-        )),
+        Some(Ok(sel)) if sel.is_empty() => {
+            causes.push(Cause::invalid("spec.selector", "Invalid value: empty selector is invalid for deployment"))
+        }
+        Some(Ok(sel)) if !sel.matches(&labels) => {
+            causes.push(Cause::invalid("spec.selector", "selector does not match labels in template"))
+        }
         Some(Ok(_)) => {}
     }
     match meta::at(rs, &["spec", "template", "spec"]) {

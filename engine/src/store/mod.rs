@@ -41,11 +41,7 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     pub fn new(url: impl Into<String>) -> Self {
-        StoreConfig {
-            url: url.into(),
-            watch_log_retention: 100_000,
-            mac_range: MacRange::default(),
-        }
+        StoreConfig { url: url.into(), watch_log_retention: 100_000, mac_range: MacRange::default() }
     }
 }
 
@@ -122,11 +118,7 @@ impl Store {
     #[tracing::instrument(skip_all, fields(backend))]
     pub async fn open(config: &StoreConfig) -> ApiResult<Arc<Store>> {
         sqlx::any::install_default_drivers();
-        let backend = if config.url.starts_with("postgres") {
-            Backend::Postgres
-        } else {
-            Backend::Sqlite
-        };
+        let backend = if config.url.starts_with("postgres") { Backend::Postgres } else { Backend::Sqlite };
         tracing::Span::current().record("backend", format!("{backend:?}"));
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
@@ -147,22 +139,14 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("../migrations/sqlite"),
             Backend::Postgres => sqlx::migrate!("../migrations/postgres"),
         };
-        migrator
-            .run(&pool)
-            .await
-            .map_err(|e| ApiError::unavailable(format!("database migration failed: {e}")))?;
+        migrator.run(&pool).await.map_err(|e| ApiError::unavailable(format!("database migration failed: {e}")))?;
         let (events, _) = broadcast::channel(8192);
         let start = {
             let mut conn = pool.acquire().await?;
             sql::meta_value(&mut conn, "rv").await?
         };
         let committed = Arc::new(Notify::new());
-        let hub = tokio::spawn(run_hub(
-            pool.clone(),
-            events.clone(),
-            Arc::clone(&committed),
-            start,
-        ));
+        let hub = tokio::spawn(run_hub(pool.clone(), events.clone(), Arc::clone(&committed), start));
         let store = Arc::new(Store {
             pool,
             backend,
@@ -209,12 +193,7 @@ impl Store {
         }
     }
 
-    pub async fn get(
-        &self,
-        kind: &ResourceKind,
-        namespace: &str,
-        name: &str,
-    ) -> ApiResult<Option<Value>> {
+    pub async fn get(&self, kind: &ResourceKind, namespace: &str, name: &str) -> ApiResult<Option<Value>> {
         let mut conn = self.pool.acquire().await?;
         sql::load(&mut conn, &kind.store_key(), namespace, name).await
     }
@@ -230,18 +209,11 @@ impl Store {
     }
 
     /// One page of objects of `kind`, in `namespace` or across all of them.
-    pub async fn list(
-        &self,
-        kind: &ResourceKind,
-        namespace: Option<&str>,
-        opts: &ListOptions,
-    ) -> ApiResult<ListPage> {
+    pub async fn list(&self, kind: &ResourceKind, namespace: Option<&str>, opts: &ListOptions) -> ApiResult<ListPage> {
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
             // One snapshot for the items and the list's resourceVersion.
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
         }
         let token = match &opts.continue_token {
             Some(t) if !t.is_empty() => Some(ContinueToken::decode(t)?),
@@ -258,30 +230,14 @@ impl Store {
         let after = token.map(|t| (t.namespace, t.name));
         let page = sql::scan(&mut tx, &kind.store_key(), namespace, after, opts).await?;
         tx.commit().await?;
-        let continue_token = page.last_key.map(|(ns, name)| {
-            ContinueToken {
-                rv: list_rv,
-                namespace: ns,
-                name,
-            }
-            .encode()
-        });
-        Ok(ListPage {
-            items: page.items,
-            resource_version: list_rv,
-            continue_token,
-            remaining: page.remaining,
-        })
+        let continue_token =
+            page.last_key.map(|(ns, name)| ContinueToken { rv: list_rv, namespace: ns, name }.encode());
+        Ok(ListPage { items: page.items, resource_version: list_rv, continue_token, remaining: page.remaining })
     }
 
     /// Store a new object, filling uid, creationTimestamp, generation and resourceVersion.
     #[tracing::instrument(skip(self, obj), fields(kind = kind.kind))]
-    pub async fn create(
-        &self,
-        kind: &ResourceKind,
-        mut obj: Value,
-        dry_run: bool,
-    ) -> ApiResult<Value> {
+    pub async fn create(&self, kind: &ResourceKind, mut obj: Value, dry_run: bool) -> ApiResult<Value> {
         let _writer = self.writer.lock().await;
         let mut tx = self.begin_write().await?;
         let key = kind.store_key();
@@ -302,33 +258,24 @@ impl Store {
             }
         }
         if meta::name(&obj).is_empty() {
-            let prefix = meta::meta_str(&obj, "generateName")
-                .unwrap_or("")
-                .to_string();
+            let prefix = meta::meta_str(&obj, "generateName").unwrap_or("").to_string();
             if prefix.is_empty() {
                 return Err(ApiError::invalid(
                     kind.group,
                     kind.kind,
                     "",
-                    vec![crate::error::Cause::required(
-                        "metadata.name",
-                        "name or generateName is required",
-                    )],
+                    vec![crate::error::Cause::required("metadata.name", "name or generateName is required")],
                 ));
             }
             let mut generated = None;
             for _ in 0..8 {
                 let candidate = format!("{prefix}{}", random_suffix());
-                if sql::load(&mut tx, &key, &namespace, &candidate)
-                    .await?
-                    .is_none()
-                {
+                if sql::load(&mut tx, &key, &namespace, &candidate).await?.is_none() {
                     generated = Some(candidate);
                     break;
                 }
             }
-            let candidate = generated
-                .ok_or_else(|| ApiError::already_exists(kind.group, kind.plural, &prefix))?;
+            let candidate = generated.ok_or_else(|| ApiError::already_exists(kind.group, kind.plural, &prefix))?;
             meta::metadata_mut(&mut obj).insert("name".into(), Value::String(candidate));
         }
         let name = meta::name(&obj).to_string();
@@ -337,20 +284,10 @@ impl Store {
         }
         {
             let m = meta::metadata_mut(&mut obj);
-            m.insert(
-                "uid".into(),
-                Value::String(uuid::Uuid::new_v4().to_string()),
-            );
-            m.insert(
-                "creationTimestamp".into(),
-                Value::String(meta::now_rfc3339()),
-            );
+            m.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
+            m.insert("creationTimestamp".into(), Value::String(meta::now_rfc3339()));
             m.insert("generation".into(), json!(1));
-            for system in [
-                "deletionTimestamp",
-                "deletionGracePeriodSeconds",
-                "selfLink",
-            ] {
+            for system in ["deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
                 m.remove(system);
             }
             if !kind.namespaced {
@@ -371,40 +308,41 @@ impl Store {
     /// Replace an object (or, in `Status` mode, its status). A stale resourceVersion is a 409; a
     /// change that changes nothing returns the stored object and writes nothing.
     #[tracing::instrument(skip(self, new), fields(kind = kind.kind))]
-    pub async fn update(
-        &self,
-        kind: &ResourceKind,
-        new: Value,
-        mode: UpdateMode,
-        dry_run: bool,
-    ) -> ApiResult<Value> {
+    pub async fn update(&self, kind: &ResourceKind, new: Value, mode: UpdateMode, dry_run: bool) -> ApiResult<Value> {
         let _writer = self.writer.lock().await;
         let mut tx = self.begin_write().await?;
         let key = kind.store_key();
-        let (namespace, name) = (
-            meta::namespace(&new).to_string(),
-            meta::name(&new).to_string(),
-        );
+        let (namespace, name) = (meta::namespace(&new).to_string(), meta::name(&new).to_string());
         let current = sql::load(&mut tx, &key, &namespace, &name)
             .await?
             .ok_or_else(|| ApiError::not_found(kind.group, kind.plural, &name))?;
         if let Some(sent) = meta::meta_str(&new, "resourceVersion").filter(|s| !s.is_empty()) {
             if Some(sent) != meta::meta_str(&current, "resourceVersion") {
-                return Err(ApiError::conflict(kind.group, kind.plural, &name, "the object has been modified; please apply your changes to the latest version and try again"));
+                return Err(ApiError::conflict(
+                    kind.group,
+                    kind.plural,
+                    &name,
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                ));
             }
         }
         if let Some(sent_uid) = meta::meta_str(&new, "uid").filter(|s| !s.is_empty()) {
             if sent_uid != meta::uid(&current) {
-                return Err(ApiError::conflict(kind.group, kind.plural, &name, format!("Precondition failed: UID in precondition: {sent_uid}, UID in object meta: {}", meta::uid(&current))));
+                return Err(ApiError::conflict(
+                    kind.group,
+                    kind.plural,
+                    &name,
+                    format!(
+                        "Precondition failed: UID in precondition: {sent_uid}, UID in object meta: {}",
+                        meta::uid(&current)
+                    ),
+                ));
             }
         }
         let mut merged = merge_for_update(kind, &current, new, mode);
         if meta::is_deleting(&current) {
             let before = meta::finalizers(&current);
-            if meta::finalizers(&merged)
-                .iter()
-                .any(|f| !before.contains(f))
-            {
+            if meta::finalizers(&merged).iter().any(|f| !before.contains(f)) {
                 return Err(ApiError::invalid(
                     kind.group,
                     kind.kind,
@@ -417,10 +355,8 @@ impl Store {
             }
         }
         if spec_of(&merged) != spec_of(&current) {
-            let generation = meta::metadata(&current)
-                .and_then(|m| m.get("generation"))
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
+            let generation =
+                meta::metadata(&current).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0);
             meta::metadata_mut(&mut merged).insert("generation".into(), json!(generation + 1));
         }
         if merged == current {
@@ -432,15 +368,7 @@ impl Store {
         } else {
             crate::macpool::sync(&mut tx, kind, &mut merged, &self.mac_range).await?;
             let prev = meta::labels(&current);
-            sql::put(
-                &mut tx,
-                kind,
-                &mut merged,
-                rv,
-                WatchEventType::Modified,
-                Some(prev),
-            )
-            .await?;
+            sql::put(&mut tx, kind, &mut merged, rv, WatchEventType::Modified, Some(prev)).await?;
         }
         self.finish(tx, dry_run, rv).await?;
         Ok(merged)
@@ -503,10 +431,7 @@ impl Store {
         }
         if !meta::is_deleting(&obj) {
             let m = meta::metadata_mut(&mut obj);
-            m.insert(
-                "deletionTimestamp".into(),
-                Value::String(meta::now_rfc3339()),
-            );
+            m.insert("deletionTimestamp".into(), Value::String(meta::now_rfc3339()));
             m.insert("deletionGracePeriodSeconds".into(), json!(0));
             if std::ptr::eq(kind, &kinds::NAMESPACE) {
                 *meta::at_mut(&mut obj, &["status", "phase"]) = json!("Terminating");
@@ -517,15 +442,7 @@ impl Store {
         }
         let rv = sql::next_rv(&mut tx).await?;
         let prev = meta::labels(&current);
-        sql::put(
-            &mut tx,
-            kind,
-            &mut obj,
-            rv,
-            WatchEventType::Modified,
-            Some(prev),
-        )
-        .await?;
+        sql::put(&mut tx, kind, &mut obj, rv, WatchEventType::Modified, Some(prev)).await?;
         self.finish(tx, opts.dry_run, rv).await?;
         Ok(DeleteOutcome::Pending(obj))
     }
@@ -541,12 +458,7 @@ impl Store {
     }
 
     /// Commit (or roll back a dry run), then wake the hub, which tells watchers.
-    async fn finish(
-        &self,
-        mut tx: sqlx::Transaction<'_, sqlx::Any>,
-        dry_run: bool,
-        rv: i64,
-    ) -> ApiResult<()> {
+    async fn finish(&self, mut tx: sqlx::Transaction<'_, sqlx::Any>, dry_run: bool, rv: i64) -> ApiResult<()> {
         if dry_run {
             tx.rollback().await?;
             return Ok(());
@@ -591,12 +503,7 @@ impl Store {
 }
 
 /// Tail the change log in resourceVersion order and broadcast each change once.
-async fn run_hub(
-    pool: AnyPool,
-    events: broadcast::Sender<Arc<WatchEvent>>,
-    committed: Arc<Notify>,
-    mut last: i64,
-) {
+async fn run_hub(pool: AnyPool, events: broadcast::Sender<Arc<WatchEvent>>, committed: Arc<Notify>, mut last: i64) {
     loop {
         tokio::select! {
             _ = committed.notified() => {}
@@ -706,9 +613,7 @@ fn random_suffix() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..5)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
+    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
 }
 
 /// `continue` tokens: the list's resourceVersion and the last key served.
@@ -722,29 +627,19 @@ struct ContinueToken {
 impl ContinueToken {
     fn encode(&self) -> String {
         use base64::Engine;
-        let body =
-            json!({"v": "meta.k8s.io/v1", "rv": self.rv, "ns": self.namespace, "start": self.name});
+        let body = json!({"v": "meta.k8s.io/v1", "rv": self.rv, "ns": self.namespace, "start": self.name});
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body.to_string())
     }
     fn decode(token: &str) -> ApiResult<Self> {
         use base64::Engine;
         let bad = || ApiError::bad_request(format!("continue key is not valid: {token}"));
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token.trim_end_matches('='))
-            .map_err(|_| bad())?;
+        let bytes =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|_| bad())?;
         let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
         Ok(ContinueToken {
             rv: v.get("rv").and_then(Value::as_i64).ok_or_else(bad)?,
-            namespace: v
-                .get("ns")
-                .and_then(Value::as_str)
-                .ok_or_else(bad)?
-                .to_string(),
-            name: v
-                .get("start")
-                .and_then(Value::as_str)
-                .ok_or_else(bad)?
-                .to_string(),
+            namespace: v.get("ns").and_then(Value::as_str).ok_or_else(bad)?.to_string(),
+            name: v.get("start").and_then(Value::as_str).ok_or_else(bad)?.to_string(),
         })
     }
 }
@@ -755,11 +650,7 @@ mod tests {
 
     #[test]
     fn continue_tokens_round_trip_and_refuse_garbage() {
-        let t = ContinueToken {
-            rv: 42,
-            namespace: "default".into(),
-            name: "vm-9".into(),
-        };
+        let t = ContinueToken { rv: 42, namespace: "default".into(), name: "vm-9".into() };
         assert_eq!(ContinueToken::decode(&t.encode()).ok(), Some(t));
         assert!(ContinueToken::decode("%%%").is_err());
         assert!(ContinueToken::decode("e30").is_err());
@@ -769,12 +660,7 @@ mod tests {
     fn main_updates_keep_status_and_system_metadata() {
         let current = json!({"metadata": {"name": "a", "uid": "u", "generation": 3, "resourceVersion": "9", "labels": {"x": "1"}}, "spec": {"a": 1}, "status": {"s": 1}});
         let new = json!({"metadata": {"name": "a", "uid": "other", "labels": {"y": "2"}}, "spec": {"a": 2}, "status": {"s": 2}});
-        let merged = merge_for_update(
-            &kinds::VIRTUAL_MACHINE,
-            &current,
-            new.clone(),
-            UpdateMode::Main,
-        );
+        let merged = merge_for_update(&kinds::VIRTUAL_MACHINE, &current, new.clone(), UpdateMode::Main);
         assert_eq!(merged["status"], json!({"s": 1}));
         assert_eq!(merged["metadata"]["uid"], "u");
         assert_eq!(merged["metadata"]["labels"], json!({"y": "2"}));

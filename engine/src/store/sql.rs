@@ -10,39 +10,28 @@ use sqlx::{AnyConnection, Row};
 use std::sync::Arc;
 
 pub async fn meta_value(conn: &mut AnyConnection, key: &str) -> ApiResult<i64> {
-    let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
-        .bind(key)
-        .fetch_one(&mut *conn)
-        .await?;
+    let row = sqlx::query("SELECT value FROM meta WHERE key = $1").bind(key).fetch_one(&mut *conn).await?;
     Ok(row.try_get::<i64, _>(0)?)
 }
 
 /// The next resourceVersion. The row lock this takes is held to commit, which orders commits.
 pub async fn next_rv(conn: &mut AnyConnection) -> ApiResult<i64> {
-    let row = sqlx::query("UPDATE meta SET value = value + 1 WHERE key = 'rv' RETURNING value")
-        .fetch_one(&mut *conn)
-        .await?;
+    let row =
+        sqlx::query("UPDATE meta SET value = value + 1 WHERE key = 'rv' RETURNING value").fetch_one(&mut *conn).await?;
     Ok(row.try_get::<i64, _>(0)?)
 }
 
 fn parse_body(body: &str) -> ApiResult<Value> {
-    serde_json::from_str(body)
-        .map_err(|e| crate::error::ApiError::internal(format!("stored object is corrupt: {e}")))
+    serde_json::from_str(body).map_err(|e| crate::error::ApiError::internal(format!("stored object is corrupt: {e}")))
 }
 
-pub async fn load(
-    conn: &mut AnyConnection,
-    key: &str,
-    namespace: &str,
-    name: &str,
-) -> ApiResult<Option<Value>> {
-    let row =
-        sqlx::query("SELECT body FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3")
-            .bind(key)
-            .bind(namespace)
-            .bind(name)
-            .fetch_optional(&mut *conn)
-            .await?;
+pub async fn load(conn: &mut AnyConnection, key: &str, namespace: &str, name: &str) -> ApiResult<Option<Value>> {
+    let row = sqlx::query("SELECT body FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3")
+        .bind(key)
+        .bind(namespace)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
     match row {
         Some(r) => Ok(Some(parse_body(&r.try_get::<String, _>(0)?)?)),
         None => Ok(None),
@@ -50,10 +39,7 @@ pub async fn load(
 }
 
 pub async fn uid_exists(conn: &mut AnyConnection, uid: &str) -> ApiResult<bool> {
-    let row = sqlx::query("SELECT COUNT(*) FROM objects WHERE uid = $1")
-        .bind(uid)
-        .fetch_one(&mut *conn)
-        .await?;
+    let row = sqlx::query("SELECT COUNT(*) FROM objects WHERE uid = $1").bind(uid).fetch_one(&mut *conn).await?;
     Ok(row.try_get::<i64, _>(0)? > 0)
 }
 
@@ -77,14 +63,9 @@ pub async fn scan(
     let mut cursor = after.unwrap_or_default();
     let mut started = cursor != (String::new(), String::new());
     let mut items = vec![];
-    let needs_body_filter = opts
-        .fields
-        .0
-        .iter()
-        .any(|(f, _, _)| f != "metadata.name" && f != "metadata.namespace");
+    let needs_body_filter = opts.fields.0.iter().any(|(f, _, _)| f != "metadata.name" && f != "metadata.namespace");
     loop {
-        let mut q =
-            String::from("SELECT namespace, name, labels, body FROM objects WHERE kind = $1");
+        let mut q = String::from("SELECT namespace, name, labels, body FROM objects WHERE kind = $1");
         let mut n = 1;
         if namespace.is_some() {
             n += 1;
@@ -95,12 +76,7 @@ pub async fn scan(
             q.push_str(&format!(" AND name = ${n}"));
         }
         if started {
-            q.push_str(&format!(
-                " AND (namespace > ${} OR (namespace = ${} AND name > ${}))",
-                n + 1,
-                n + 1,
-                n + 2
-            ));
+            q.push_str(&format!(" AND (namespace > ${} OR (namespace = ${} AND name > ${}))", n + 1, n + 1, n + 2));
         }
         q.push_str(&format!(" ORDER BY namespace, name LIMIT {SCAN_BATCH}"));
         let mut query = sqlx::query(&q).bind(key);
@@ -131,8 +107,7 @@ pub async fn scan(
                 let matches = if needs_body_filter {
                     opts.fields.matches(&parse_body(&body)?)
                 } else {
-                    let stub =
-                        serde_json::json!({"metadata": {"namespace": cursor.0, "name": cursor.1}});
+                    let stub = serde_json::json!({"metadata": {"namespace": cursor.0, "name": cursor.1}});
                     opts.fields.matches(&stub)
                 };
                 if !matches {
@@ -155,11 +130,7 @@ pub async fn scan(
             }
         }
         if batch_len < SCAN_BATCH {
-            return Ok(ScanResult {
-                items,
-                last_key: None,
-                remaining: None,
-            });
+            return Ok(ScanResult { items, last_key: None, remaining: None });
         }
     }
 }
@@ -178,11 +149,7 @@ async fn count_after(
     if with_ns {
         query = query.bind(namespace.unwrap_or_default());
     }
-    let row = query
-        .bind(after.0.clone())
-        .bind(after.1.clone())
-        .fetch_one(&mut *conn)
-        .await?;
+    let row = query.bind(after.0.clone()).bind(after.1.clone()).fetch_one(&mut *conn).await?;
     Ok(row.try_get::<i64, _>(0)?)
 }
 
@@ -201,11 +168,8 @@ pub async fn put(
 ) -> ApiResult<()> {
     meta::metadata_mut(obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
     let key = kind.store_key();
-    let (namespace, name, uid) = (
-        meta::namespace(obj).to_string(),
-        meta::name(obj).to_string(),
-        meta::uid(obj).to_string(),
-    );
+    let (namespace, name, uid) =
+        (meta::namespace(obj).to_string(), meta::name(obj).to_string(), meta::uid(obj).to_string());
     let body = obj.to_string();
     sqlx::query(
         "INSERT INTO objects (kind, namespace, name, uid, rv, deleting, labels, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -228,63 +192,35 @@ pub async fn put(
         .execute(&mut *conn)
         .await?;
     for owner in meta::owner_uids(obj) {
-        sqlx::query("INSERT INTO owner_refs (owner_uid, kind, namespace, name) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
-            .bind(owner)
-            .bind(&key)
-            .bind(&namespace)
-            .bind(&name)
-            .execute(&mut *conn)
-            .await?;
-    }
-    log_event(
-        conn,
-        &key,
-        &namespace,
-        &name,
-        event_type,
-        prev_labels,
-        &body,
-        rv,
-    )
-    .await
-}
-
-/// Remove the object for good at `rv` and log a DELETED carrying it.
-pub async fn remove(
-    conn: &mut AnyConnection,
-    kind: &ResourceKind,
-    obj: &mut Value,
-    rv: i64,
-) -> ApiResult<()> {
-    meta::metadata_mut(obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
-    let key = kind.store_key();
-    let (namespace, name) = (
-        meta::namespace(obj).to_string(),
-        meta::name(obj).to_string(),
-    );
-    for table in ["objects", "owner_refs"] {
-        sqlx::query(&format!(
-            "DELETE FROM {table} WHERE kind = $1 AND namespace = $2 AND name = $3"
-        ))
+        sqlx::query(
+            "INSERT INTO owner_refs (owner_uid, kind, namespace, name) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(owner)
         .bind(&key)
         .bind(&namespace)
         .bind(&name)
         .execute(&mut *conn)
         .await?;
     }
+    log_event(conn, &key, &namespace, &name, event_type, prev_labels, &body, rv).await
+}
+
+/// Remove the object for good at `rv` and log a DELETED carrying it.
+pub async fn remove(conn: &mut AnyConnection, kind: &ResourceKind, obj: &mut Value, rv: i64) -> ApiResult<()> {
+    meta::metadata_mut(obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
+    let key = kind.store_key();
+    let (namespace, name) = (meta::namespace(obj).to_string(), meta::name(obj).to_string());
+    for table in ["objects", "owner_refs"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE kind = $1 AND namespace = $2 AND name = $3"))
+            .bind(&key)
+            .bind(&namespace)
+            .bind(&name)
+            .execute(&mut *conn)
+            .await?;
+    }
     crate::macpool::release(conn, kind, obj).await?;
     let body = obj.to_string();
-    log_event(
-        conn,
-        &key,
-        &namespace,
-        &name,
-        WatchEventType::Deleted,
-        None,
-        &body,
-        rv,
-    )
-    .await
+    log_event(conn, &key, &namespace, &name, WatchEventType::Deleted, None, &body, rv).await
 }
 
 /// Append one change to the log, in the writer's transaction.
@@ -318,10 +254,7 @@ pub async fn compact(conn: &mut AnyConnection, upto: i64) -> ApiResult<()> {
     if upto <= 0 {
         return Ok(());
     }
-    sqlx::query("DELETE FROM watch_events WHERE rv <= $1")
-        .bind(upto)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query("DELETE FROM watch_events WHERE rv <= $1").bind(upto).execute(&mut *conn).await?;
     sqlx::query("UPDATE meta SET value = $1 WHERE key = 'compacted_rv' AND value < $1")
         .bind(upto)
         .execute(&mut *conn)
@@ -330,11 +263,7 @@ pub async fn compact(conn: &mut AnyConnection, upto: i64) -> ApiResult<()> {
 }
 
 /// Logged changes of `key` after `rv`, oldest first.
-pub async fn events_since(
-    conn: &mut AnyConnection,
-    key: &str,
-    rv: i64,
-) -> ApiResult<Vec<WatchEvent>> {
+pub async fn events_since(conn: &mut AnyConnection, key: &str, rv: i64) -> ApiResult<Vec<WatchEvent>> {
     let rows = sqlx::query(
         "SELECT rv, namespace, name, event_type, prev_labels, body, kind FROM watch_events WHERE kind = $1 AND rv > $2 ORDER BY rv",
     )
@@ -346,11 +275,7 @@ pub async fn events_since(
 }
 
 /// Logged changes of every kind after `rv`, oldest first, at most `limit`.
-pub async fn events_after(
-    conn: &mut AnyConnection,
-    rv: i64,
-    limit: i64,
-) -> ApiResult<Vec<WatchEvent>> {
+pub async fn events_after(conn: &mut AnyConnection, rv: i64, limit: i64) -> ApiResult<Vec<WatchEvent>> {
     let rows = sqlx::query(&format!(
         "SELECT rv, namespace, name, event_type, prev_labels, body, kind FROM watch_events WHERE rv > $1 ORDER BY rv LIMIT {limit}"
     ))
@@ -376,58 +301,38 @@ fn event_from_row(row: &sqlx::any::AnyRow) -> ApiResult<WatchEvent> {
 }
 
 pub async fn has_dependents(conn: &mut AnyConnection, uid: &str) -> ApiResult<bool> {
-    let row = sqlx::query("SELECT COUNT(*) FROM owner_refs WHERE owner_uid = $1")
-        .bind(uid)
-        .fetch_one(&mut *conn)
-        .await?;
+    let row =
+        sqlx::query("SELECT COUNT(*) FROM owner_refs WHERE owner_uid = $1").bind(uid).fetch_one(&mut *conn).await?;
     Ok(row.try_get::<i64, _>(0)? > 0)
 }
 
-pub async fn dependents(
-    conn: &mut AnyConnection,
-    uid: &str,
-) -> ApiResult<Vec<(String, String, String)>> {
-    let rows = sqlx::query("SELECT kind, namespace, name FROM owner_refs WHERE owner_uid = $1 ORDER BY kind, namespace, name")
-        .bind(uid)
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-        .collect()
+pub async fn dependents(conn: &mut AnyConnection, uid: &str) -> ApiResult<Vec<(String, String, String)>> {
+    let rows =
+        sqlx::query("SELECT kind, namespace, name FROM owner_refs WHERE owner_uid = $1 ORDER BY kind, namespace, name")
+            .bind(uid)
+            .fetch_all(&mut *conn)
+            .await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
 }
 
-pub async fn dangling_owner_refs(
-    conn: &mut AnyConnection,
-) -> ApiResult<Vec<(String, String, String, String)>> {
+pub async fn dangling_owner_refs(conn: &mut AnyConnection) -> ApiResult<Vec<(String, String, String, String)>> {
     let rows = sqlx::query(
         "SELECT r.kind, r.namespace, r.name, r.owner_uid FROM owner_refs r LEFT JOIN objects o ON o.uid = r.owner_uid WHERE o.uid IS NULL",
     )
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-        .collect()
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
 }
 
 pub async fn deleting(conn: &mut AnyConnection) -> ApiResult<Vec<(String, Value)>> {
-    let rows = sqlx::query("SELECT kind, body FROM objects WHERE deleting = 1")
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, parse_body(&r.try_get::<String, _>(1)?)?)))
-        .collect()
+    let rows = sqlx::query("SELECT kind, body FROM objects WHERE deleting = 1").fetch_all(&mut *conn).await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, parse_body(&r.try_get::<String, _>(1)?)?))).collect()
 }
 
-pub async fn namespace_contents(
-    conn: &mut AnyConnection,
-    namespace: &str,
-) -> ApiResult<Vec<(String, String)>> {
-    let rows =
-        sqlx::query("SELECT kind, name FROM objects WHERE namespace = $1 ORDER BY kind, name")
-            .bind(namespace)
-            .fetch_all(&mut *conn)
-            .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect()
+pub async fn namespace_contents(conn: &mut AnyConnection, namespace: &str) -> ApiResult<Vec<(String, String)>> {
+    let rows = sqlx::query("SELECT kind, name FROM objects WHERE namespace = $1 ORDER BY kind, name")
+        .bind(namespace)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
 }

@@ -110,21 +110,13 @@ impl Store {
         let rx = self.subscribe();
         let (backlog, start) = match from {
             None => {
-                let opts = ListOptions {
-                    labels: filter.labels.clone(),
-                    fields: filter.fields.clone(),
-                    ..Default::default()
-                };
+                let opts =
+                    ListOptions { labels: filter.labels.clone(), fields: filter.fields.clone(), ..Default::default() };
                 let page = self.list(kind, filter.namespace.as_deref(), &opts).await?;
                 let mut items = Vec::with_capacity(page.items.len());
                 for raw in page.items {
-                    let obj: Value = serde_json::from_str(&raw)
-                        .map_err(|e| ApiError::internal(e.to_string()))?;
-                    items.push(WatchItem::Event(
-                        WatchEventType::Added,
-                        Arc::new(obj),
-                        Arc::from(raw),
-                    ));
+                    let obj: Value = serde_json::from_str(&raw).map_err(|e| ApiError::internal(e.to_string()))?;
+                    items.push(WatchItem::Event(WatchEventType::Added, Arc::new(obj), Arc::from(raw)));
                 }
                 (items, page.resource_version)
             }
@@ -132,9 +124,7 @@ impl Store {
                 let mut conn = self.pool.acquire().await?;
                 let compacted = sql::meta_value(&mut conn, "compacted_rv").await?;
                 if rv < compacted {
-                    return Err(ApiError::gone(format!(
-                        "too old resource version: {rv} ({compacted})"
-                    )));
+                    return Err(ApiError::gone(format!("too old resource version: {rv} ({compacted})")));
                 }
                 let events = sql::events_since(&mut conn, &key, rv).await?;
                 let mut last = rv;
@@ -156,9 +146,7 @@ impl Store {
                     return;
                 }
             }
-            store
-                .follow(key, filter, start, rx, tx, bookmark_every)
-                .await;
+            store.follow(key, filter, start, rx, tx, bookmark_every).await;
         });
         Ok(out)
     }
@@ -243,30 +231,12 @@ mod tests {
 
     #[test]
     fn selectors_turn_modifications_into_adds_and_deletes() {
-        let filter = WatchFilter {
-            labels: LabelSelector::parse("app=web").unwrap_or_default(),
-            ..Default::default()
-        };
+        let filter = WatchFilter { labels: LabelSelector::parse("app=web").unwrap_or_default(), ..Default::default() };
         use WatchEventType::*;
         let cases = [
-            (
-                Modified,
-                json!({"app": "web"}),
-                Some(json!({"app": "web"})),
-                Some(Modified),
-            ),
-            (
-                Modified,
-                json!({"app": "web"}),
-                Some(json!({})),
-                Some(Added),
-            ),
-            (
-                Modified,
-                json!({}),
-                Some(json!({"app": "web"})),
-                Some(Deleted),
-            ),
+            (Modified, json!({"app": "web"}), Some(json!({"app": "web"})), Some(Modified)),
+            (Modified, json!({"app": "web"}), Some(json!({})), Some(Added)),
+            (Modified, json!({}), Some(json!({"app": "web"})), Some(Deleted)),
             (Modified, json!({}), Some(json!({})), None),
             (Added, json!({"app": "web"}), None, Some(Added)),
             (Deleted, json!({}), None, None),
@@ -274,10 +244,7 @@ mod tests {
         for (t, labels, prev, want) in cases {
             assert_eq!(filter.translate(&event(t, labels, prev)), want);
         }
-        let other_ns = WatchFilter {
-            namespace: Some("x".into()),
-            ..Default::default()
-        };
+        let other_ns = WatchFilter { namespace: Some("x".into()), ..Default::default() };
         assert_eq!(other_ns.translate(&event(Added, json!({}), None)), None);
     }
 }
