@@ -268,28 +268,6 @@ fn fnv_hex(text: &str) -> String {
     format!("{h:016X}")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn patch_operations_declare_field_validation_and_gvk() {
-        let (text, _) = v3_document("kubevirt.io", "v1").cloned().unwrap_or_default();
-        let doc: Value = serde_json::from_str(&text).unwrap_or_default();
-        let patch = &doc["paths"]["/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachines/{name}"]["patch"];
-        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "VirtualMachine");
-        let params: Vec<&str> =
-            patch["parameters"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str()).collect();
-        assert!(params.contains(&"fieldValidation"));
-        assert!(doc["components"]["schemas"]["v1.VirtualMachine"]["x-kubernetes-group-version-kind"].is_array());
-        let refs = text.matches("#/definitions/").count();
-        assert_eq!(refs, 0);
-        assert!(v3_index()["paths"]["api/v1"]["serverRelativeURL"]
-            .as_str()
-            .is_some_and(|u| u.starts_with("/openapi/v3/api/v1?hash=")));
-    }
-}
-
 /// A kind's routes as OpenAPI 3 path items (for Converge's own document).
 pub fn paths_for_document(k: &ResourceKind) -> Vec<(String, Value)> {
     paths_for(k, true)
@@ -324,5 +302,27 @@ fn collect_refs(v: &Value, todo: &mut Vec<String>) {
         }
         Value::Array(a) => a.iter().for_each(|c| collect_refs(c, todo)),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_operations_declare_field_validation_and_gvk() {
+        let (text, _) = v3_document("kubevirt.io", "v1").cloned().unwrap_or_default();
+        let doc: Value = serde_json::from_str(&text).unwrap_or_default();
+        let patch = &doc["paths"]["/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachines/{name}"]["patch"];
+        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "VirtualMachine");
+        let params: Vec<&str> =
+            patch["parameters"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str()).collect();
+        assert!(params.contains(&"fieldValidation"));
+        assert!(doc["components"]["schemas"]["v1.VirtualMachine"]["x-kubernetes-group-version-kind"].is_array());
+        let refs = text.matches("#/definitions/").count();
+        assert_eq!(refs, 0);
+        assert!(v3_index()["paths"]["api/v1"]["serverRelativeURL"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("/openapi/v3/api/v1?hash=")));
     }
 }
