@@ -304,6 +304,20 @@ stringData:
         "describe shows the VM's events: {out}"
     );
 
+    // kubectl's generators send protobuf bodies for core kinds.
+    let (ok, out, err) = app.kubectl(&["create", "namespace", "team-b"]).await;
+    assert!(ok && out.contains("namespace/team-b created"), "{out}{err}");
+    let (ok, _, err) = app.kubectl(&["-n", "team-b", "create", "configmap", "gen", "--from-literal=k=v"]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) =
+        app.kubectl(&["-n", "team-b", "create", "secret", "generic", "gen", "--from-literal=user=admin"]).await;
+    assert!(ok, "{err}");
+    let (_, out, _) = app.kubectl(&["-n", "team-b", "get", "cm", "gen", "-o", "jsonpath={.data.k}"]).await;
+    assert_eq!(out, "v");
+    let (_, out, _) =
+        app.kubectl(&["-n", "team-b", "get", "secret", "gen", "-o", "jsonpath={.type} {.data.user}"]).await;
+    assert_eq!(out, "Opaque YWRtaW4=");
+
     let (ok, _, err) = app.kubectl(&["delete", "ns", "team-a"]).await;
     assert!(ok, "{err}");
     let gone =

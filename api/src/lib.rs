@@ -6,6 +6,7 @@ pub mod discovery;
 pub mod openapi;
 pub mod openapi_k8s;
 pub mod pki;
+pub mod protobuf;
 pub mod request;
 mod resources;
 pub mod response;

@@ -153,6 +153,9 @@ async fn list(state: &AppState, path: &ResourcePath, q: &Query, as_table: bool) 
 /// Parse a request body as a JSON object.
 fn decode(kind: &ResourceKind, body: &[u8], content_type: &str) -> ApiResult<Value> {
     let ct = content_type.split(';').next().unwrap_or("").trim();
+    if ct == crate::protobuf::CONTENT_TYPE && crate::protobuf::accepts(kind) {
+        return crate::protobuf::decode(kind, body);
+    }
     if !ct.is_empty() && ct != "application/json" && ct != "*/*" {
         return Err(ApiError::unsupported_media_type(content_type));
     }

@@ -13,24 +13,21 @@ fn key_ok(key: &str) -> bool {
 
 const KEY_RULE: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
 
-/// `stringData` is write-only: merged into `data`, base64-encoded, then dropped.
+/// `stringData` is write-only: merged into `data`, base64-encoded, then dropped. `type`
+/// defaults to `Opaque`, as the apiserver's defaulter sets it.
 pub fn mutate_secret(secret: &mut Value) {
     use base64::Engine;
-    let Some(obj) = secret.as_object_mut() else {
-        return;
-    };
-    let Some(Value::Object(string_data)) = obj.remove("stringData") else {
-        return;
-    };
+    let Some(obj) = secret.as_object_mut() else { return };
+    if obj.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
+        obj.insert("type".into(), Value::String("Opaque".into()));
+    }
+    let Some(Value::Object(string_data)) = obj.remove("stringData") else { return };
     let data = obj.entry("data").or_insert_with(|| Value::Object(Default::default()));
     if let Some(data) = data.as_object_mut() {
         for (k, v) in string_data {
             let text = v.as_str().unwrap_or_default();
             data.insert(k, Value::String(base64::engine::general_purpose::STANDARD.encode(text)));
         }
-    }
-    if !obj.contains_key("type") {
-        obj.insert("type".into(), Value::String("Opaque".into()));
     }
 }
 
