@@ -150,6 +150,37 @@ async fn selectors_chunks_labels_annotations_and_patches() {
     assert_eq!(vm["spec"]["runStrategy"], "Manual");
     assert_eq!(vm["metadata"]["generation"], 3, "two spec changes, label and annotation do not count");
 
+    // `kubectl edit` itself, with a non-interactive editor.
+    let edit = |script: &'static str| {
+        let app = &app;
+        async move {
+            let out = tokio::process::Command::new("kubectl")
+                .args(["edit", "vm", "vm-1"])
+                .env("KUBECONFIG", &app.kubeconfig)
+                .env("HOME", app.dir.path())
+                // kubectl runs $EDITOR through `sh -c`.
+                .env("EDITOR", format!("sed -i '{script}'"))
+                .output()
+                .await
+                .expect("kubectl edit");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+            )
+        }
+    };
+    let (ok, out) = edit("s/runStrategy: Manual/runStrategy: Always/").await;
+    assert!(ok && out.contains("edited"), "{out}");
+    let (ok, out) = edit("s/runStrategy: Always/runStrategy: Sometimes/").await;
+    assert!(!ok && out.contains("is invalid"), "{out}");
+    let (_, out, _) = app.kubectl(&["get", "vm", "vm-1", "-o", "jsonpath={.spec.runStrategy}"]).await;
+    assert_eq!(out, "Always", "a refused edit changes nothing");
+    let (ok, _, err) =
+        app.kubectl(&["patch", "vm", "vm-1", "--type", "merge", "-p", r#"{"spec":{"runStrategy":"Manual"}}"#]).await;
+    assert!(ok, "{err}");
+    let (_, out, _) = app.kubectl(&["get", "vm", "vm-1", "-o", "json"]).await;
+    let vm = json_of(&out);
+
     // The edit equivalent: read, change, replace.
     let mut edited = vm.clone();
     edited["spec"]["template"]["spec"]["domain"]["resources"]["requests"]["memory"] = Value::from("256Mi");
