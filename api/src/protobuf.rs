@@ -12,7 +12,6 @@ const MAGIC: &[u8] = b"k8s\0";
 
 enum Field {
     Str(&'static str),
-    Bytes(&'static str),
     Bool(&'static str),
     Int(&'static str),
     Time(&'static str),
@@ -181,9 +180,6 @@ fn message(bytes: &[u8], spec: &[(u64, Field)]) -> Result<Value, ApiError> {
         match (field, w) {
             (Str(name), Wire::Bytes(b)) => {
                 out.insert(name.to_string(), text(b)?);
-            }
-            (Bytes(name), Wire::Bytes(b)) => {
-                out.insert(name.to_string(), base64(b));
             }
             (Bool(name), Wire::Varint(v)) => {
                 out.insert(name.to_string(), Value::Bool(v != 0));

@@ -79,74 +79,84 @@ fn lease_owner(kind: &ResourceKind, obj: &Value) -> (String, String, String, boo
     (kind.store_key(), ns, meta::name(obj).to_string(), true)
 }
 
-/// Fill missing MACs, check given ones, and make the owner's leases match its interfaces.
-pub async fn sync(conn: &mut AnyConnection, kind: &ResourceKind, obj: &mut Value, range: &MacRange) -> ApiResult<()> {
-    let Some(path) = interfaces_path(kind) else {
-        return Ok(());
-    };
-    let (owner_kind, owner_ns, owner_name, owns) = lease_owner(kind, obj);
+fn macs_at(obj: Option<&Value>, path: &[&str]) -> Vec<u64> {
+    obj.and_then(|o| meta::at(o, path))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.get("macAddress").and_then(Value::as_str))
+        .filter_map(|m| parse_mac(m).ok())
+        .collect()
+}
+
+/// Fill missing MACs, claim given ones, and release what `previous` (the stored version) held
+/// that `obj` no longer has. A stored object's MACs are exactly its leases, so what it held is
+/// read from it, not from the lease table.
+pub async fn sync(
+    conn: &mut AnyConnection,
+    kind: &ResourceKind,
+    obj: &mut Value,
+    previous: Option<&Value>,
+    range: &MacRange,
+) -> ApiResult<()> {
+    let Some(path) = interfaces_path(kind) else { return Ok(()) };
+    let owner = lease_owner(kind, obj);
     let field_base = path.join(".");
     let name = meta::name(obj).to_string();
-    let Some(interfaces) = meta::at(obj, path).and_then(Value::as_array).map(|a| a.len()) else {
-        if owns {
-            release_owner(conn, &owner_kind, &owner_ns, &owner_name).await?;
-        }
-        return Ok(());
-    };
+    let held = macs_at(previous, path);
+    let count = meta::at(obj, path).and_then(Value::as_array).map_or(0, Vec::len);
     let mut wanted = vec![];
-    for i in 0..interfaces {
+    for i in 0..count {
+        let field = format!("{field_base}[{i}].macAddress");
         let iface = &mut meta::at_mut(obj, path)[i];
         let given = iface.get("macAddress").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
         let mac = match given {
             Some(text) => {
-                let mac =
-                    parse_mac(&text).map_err(|m| invalid(kind, &name, &format!("{field_base}[{i}].macAddress"), m))?;
-                if let Some(holder) = holder_of(conn, mac).await? {
-                    if holder != (owner_kind.clone(), owner_ns.clone(), owner_name.clone()) {
-                        return Err(invalid(
-                            kind,
-                            &name,
-                            &format!("{field_base}[{i}].macAddress"),
-                            format!("MAC address {} is already in use by {}/{}", format_mac(mac), holder.1, holder.2),
-                        ));
+                let mac = parse_mac(&text).map_err(|m| invalid(kind, &name, &field, m))?;
+                if !held.contains(&mac) && !wanted.contains(&mac) && !claim(conn, mac, &owner).await? {
+                    match holder_of(conn, mac).await? {
+                        Some(h) if h == (owner.0.clone(), owner.1.clone(), owner.2.clone()) => {}
+                        Some(h) => {
+                            let msg = format!("MAC address {} is already in use by {}/{}", format_mac(mac), h.1, h.2);
+                            return Err(invalid(kind, &name, &field, msg));
+                        }
+                        None => return Err(ApiError::unavailable("the MAC pool changed underneath; retry")),
                     }
                 }
                 mac
             }
             None => {
-                let mac = allocate(conn, range, &wanted).await?;
+                let mac = allocate(conn, range, &owner).await?;
                 iface["macAddress"] = Value::String(format_mac(mac));
                 mac
             }
         };
         if wanted.contains(&mac) {
-            return Err(invalid(
-                kind,
-                &name,
-                &format!("{field_base}[{i}].macAddress"),
-                format!("MAC address {} is used by two interfaces", format_mac(mac)),
-            ));
+            let msg = format!("MAC address {} is used by two interfaces", format_mac(mac));
+            return Err(invalid(kind, &name, &field, msg));
         }
         wanted.push(mac);
     }
-    if owns {
-        let held = leases_of(conn, &owner_kind, &owner_ns, &owner_name).await?;
+    if owner.3 {
         for mac in held.iter().filter(|m| !wanted.contains(m)) {
             sqlx::query("DELETE FROM mac_leases WHERE mac = $1").bind(*mac as i64).execute(&mut *conn).await?;
         }
     }
-    for mac in wanted {
-        sqlx::query(
-            "INSERT INTO mac_leases (mac, kind, namespace, name) VALUES ($1, $2, $3, $4) ON CONFLICT (mac) DO NOTHING",
-        )
-        .bind(mac as i64)
-        .bind(&owner_kind)
-        .bind(&owner_ns)
-        .bind(&owner_name)
-        .execute(&mut *conn)
-        .await?;
-    }
     Ok(())
+}
+
+/// Lease `mac` to `owner` if nobody holds it; false when it is taken (by anyone).
+async fn claim(conn: &mut AnyConnection, mac: u64, owner: &(String, String, String, bool)) -> ApiResult<bool> {
+    let done = sqlx::query(
+        "INSERT INTO mac_leases (mac, kind, namespace, name) VALUES ($1, $2, $3, $4) ON CONFLICT (mac) DO NOTHING",
+    )
+    .bind(mac as i64)
+    .bind(&owner.0)
+    .bind(&owner.1)
+    .bind(&owner.2)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 fn invalid(kind: &ResourceKind, name: &str, field: &str, message: impl Into<String>) -> ApiError {
@@ -186,33 +196,21 @@ async fn holder_of(conn: &mut AnyConnection, mac: u64) -> ApiResult<Option<(Stri
     }
 }
 
-async fn leases_of(conn: &mut AnyConnection, kind: &str, ns: &str, name: &str) -> ApiResult<Vec<u64>> {
-    let rows = sqlx::query("SELECT mac FROM mac_leases WHERE kind = $1 AND namespace = $2 AND name = $3")
-        .bind(kind)
-        .bind(ns)
-        .bind(name)
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.iter().map(|r| Ok(r.try_get::<i64, _>(0)? as u64)).collect()
-}
-
-/// Next free MAC after the cursor (wrapping once round the range).
-async fn allocate(conn: &mut AnyConnection, range: &MacRange, taken_here: &[u64]) -> ApiResult<u64> {
+/// The next free MAC from the cursor (wrapping round the range), leased to `owner`.
+async fn allocate(
+    conn: &mut AnyConnection,
+    range: &MacRange,
+    owner: &(String, String, String, bool),
+) -> ApiResult<u64> {
     let size = range.end - range.start + 1;
-    let row = sqlx::query("SELECT value FROM meta WHERE key = 'mac_cursor'").fetch_one(&mut *conn).await?;
-    let cursor = row.try_get::<i64, _>(0)? as u64;
-    let mut offset = cursor % size;
-    for _ in 0..size.min(1 << 20) {
-        let mac = range.start + offset;
-        offset = (offset + 1) % size;
-        if taken_here.contains(&mac) || holder_of(conn, mac).await?.is_some() {
-            continue;
-        }
-        sqlx::query("UPDATE meta SET value = $1 WHERE key = 'mac_cursor'")
-            .bind(offset as i64)
-            .execute(&mut *conn)
+    for _ in 0..size.min(1 << 16) {
+        let row = sqlx::query("UPDATE meta SET value = value + 1 WHERE key = 'mac_cursor' RETURNING value")
+            .fetch_one(&mut *conn)
             .await?;
-        return Ok(mac);
+        let mac = range.start + (row.try_get::<i64, _>(0)? as u64 - 1) % size;
+        if claim(conn, mac, owner).await? {
+            return Ok(mac);
+        }
     }
     Err(ApiError::unavailable("the MAC pool is exhausted"))
 }

@@ -242,45 +242,39 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let key = kind.store_key();
         let namespace = meta::namespace(&obj).to_string();
-        if kind.namespaced {
-            let ns = sql::load(&mut tx, &kinds::NAMESPACE.store_key(), "", &namespace).await?;
-            match ns {
-                None => return Err(ApiError::not_found("", "namespaces", &namespace)),
-                Some(ns) if meta::is_deleting(&ns) => {
-                    return Err(ApiError::forbidden(format!(
-                        "{} \"{}\" is forbidden: unable to create new content in namespace {} because it is being terminated",
-                        qualified(kind),
-                        meta::name(&obj),
-                        namespace
-                    )))
-                }
-                Some(_) => {}
-            }
+        let prefix = meta::meta_str(&obj, "generateName").unwrap_or("").to_string();
+        let generate = meta::name(&obj).is_empty();
+        if generate && prefix.is_empty() {
+            let cause = crate::error::Cause::required("metadata.name", "name or generateName is required");
+            return Err(ApiError::invalid(kind.group, kind.kind, "", vec![cause]));
         }
-        if meta::name(&obj).is_empty() {
-            let prefix = meta::meta_str(&obj, "generateName").unwrap_or("").to_string();
-            if prefix.is_empty() {
-                return Err(ApiError::invalid(
-                    kind.group,
-                    kind.kind,
-                    "",
-                    vec![crate::error::Cause::required("metadata.name", "name or generateName is required")],
-                ));
+        let ns_key = kinds::NAMESPACE.store_key();
+        let mut attempts = 0;
+        loop {
+            if generate {
+                meta::metadata_mut(&mut obj)
+                    .insert("name".into(), Value::String(format!("{prefix}{}", random_suffix())));
             }
-            let mut generated = None;
-            for _ in 0..8 {
-                let candidate = format!("{prefix}{}", random_suffix());
-                if sql::load(&mut tx, &key, &namespace, &candidate).await?.is_none() {
-                    generated = Some(candidate);
-                    break;
+            let name = meta::name(&obj).to_string();
+            // The namespace and a same-named object, in one round trip.
+            let (ns, existing) = sql::load_two(&mut tx, (&ns_key, "", &namespace), (&key, &namespace, &name)).await?;
+            if kind.namespaced {
+                match ns {
+                    None => return Err(ApiError::not_found("", "namespaces", &namespace)),
+                    Some(ns) if meta::is_deleting(&ns) => {
+                        return Err(ApiError::forbidden(format!(
+                            "{} \"{name}\" is forbidden: unable to create new content in namespace {namespace} because it is being terminated",
+                            qualified(kind),
+                        )))
+                    }
+                    Some(_) => {}
                 }
             }
-            let candidate = generated.ok_or_else(|| ApiError::already_exists(kind.group, kind.plural, &prefix))?;
-            meta::metadata_mut(&mut obj).insert("name".into(), Value::String(candidate));
-        }
-        let name = meta::name(&obj).to_string();
-        if sql::load(&mut tx, &key, &namespace, &name).await?.is_some() {
-            return Err(ApiError::already_exists(kind.group, kind.plural, &name));
+            match existing {
+                None => break,
+                Some(_) if generate && attempts < 8 => attempts += 1,
+                Some(_) => return Err(ApiError::already_exists(kind.group, kind.plural, &name)),
+            }
         }
         {
             let m = meta::metadata_mut(&mut obj);
@@ -298,9 +292,9 @@ impl Store {
             *meta::at_mut(&mut obj, &["spec", "finalizers"]) = json!([NAMESPACE_FINALIZER]);
             *meta::at_mut(&mut obj, &["status"]) = json!({"phase": "Active"});
         }
-        crate::macpool::sync(&mut tx, kind, &mut obj, &self.mac_range).await?;
+        crate::macpool::sync(&mut tx, kind, &mut obj, None, &self.mac_range).await?;
         let rv = sql::next_rv(&mut tx).await?;
-        sql::put(&mut tx, kind, &mut obj, rv, WatchEventType::Added, None).await?;
+        sql::put(&mut tx, kind, &mut obj, rv, None).await?;
         self.finish(tx, dry_run, rv).await?;
         Ok(obj)
     }
@@ -366,9 +360,8 @@ impl Store {
         if meta::is_deleting(&merged) && blocking_finalizers(kind, &merged).is_empty() {
             sql::remove(&mut tx, kind, &mut merged, rv).await?;
         } else {
-            crate::macpool::sync(&mut tx, kind, &mut merged, &self.mac_range).await?;
-            let prev = meta::labels(&current);
-            sql::put(&mut tx, kind, &mut merged, rv, WatchEventType::Modified, Some(prev)).await?;
+            crate::macpool::sync(&mut tx, kind, &mut merged, Some(&current), &self.mac_range).await?;
+            sql::put(&mut tx, kind, &mut merged, rv, Some(&current)).await?;
         }
         self.finish(tx, dry_run, rv).await?;
         Ok(merged)
@@ -441,8 +434,7 @@ impl Store {
             return Ok(DeleteOutcome::Pending(current));
         }
         let rv = sql::next_rv(&mut tx).await?;
-        let prev = meta::labels(&current);
-        sql::put(&mut tx, kind, &mut obj, rv, WatchEventType::Modified, Some(prev)).await?;
+        sql::put(&mut tx, kind, &mut obj, rv, Some(&current)).await?;
         self.finish(tx, opts.dry_run, rv).await?;
         Ok(DeleteOutcome::Pending(obj))
     }

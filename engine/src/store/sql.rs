@@ -38,6 +38,37 @@ pub async fn load(conn: &mut AnyConnection, key: &str, namespace: &str, name: &s
     }
 }
 
+/// Two objects in one round trip: `(first, second)`.
+pub async fn load_two(
+    conn: &mut AnyConnection,
+    first: (&str, &str, &str),
+    second: (&str, &str, &str),
+) -> ApiResult<(Option<Value>, Option<Value>)> {
+    let rows = sqlx::query(
+        "SELECT kind, namespace, name, body FROM objects \
+         WHERE (kind = $1 AND namespace = $2 AND name = $3) OR (kind = $4 AND namespace = $5 AND name = $6)",
+    )
+    .bind(first.0)
+    .bind(first.1)
+    .bind(first.2)
+    .bind(second.0)
+    .bind(second.1)
+    .bind(second.2)
+    .fetch_all(&mut *conn)
+    .await?;
+    let (mut a, mut b) = (None, None);
+    for row in rows {
+        let id: (String, String, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let body = parse_body(&row.try_get::<String, _>(3)?)?;
+        if (id.0.as_str(), id.1.as_str(), id.2.as_str()) == first {
+            a = Some(body);
+        } else {
+            b = Some(body);
+        }
+    }
+    Ok((a, b))
+}
+
 pub async fn uid_exists(conn: &mut AnyConnection, uid: &str) -> ApiResult<bool> {
     let row = sqlx::query("SELECT COUNT(*) FROM objects WHERE uid = $1").bind(uid).fetch_one(&mut *conn).await?;
     Ok(row.try_get::<i64, _>(0)? > 0)
@@ -157,14 +188,14 @@ fn labels_text(obj: &Value) -> String {
     Value::Object(meta::labels(obj)).to_string()
 }
 
-/// Upsert the object at `rv` and log the change.
+/// Upsert the object at `rv` and log the change; `previous` is the stored version (None on
+/// create), whose labels selector watches need and whose owners tell whether to re-index them.
 pub async fn put(
     conn: &mut AnyConnection,
     kind: &ResourceKind,
     obj: &mut Value,
     rv: i64,
-    event_type: WatchEventType,
-    prev_labels: Option<Map<String, Value>>,
+    previous: Option<&Value>,
 ) -> ApiResult<()> {
     meta::metadata_mut(obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
     let key = kind.store_key();
@@ -185,23 +216,33 @@ pub async fn put(
     .bind(&body)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("DELETE FROM owner_refs WHERE kind = $1 AND namespace = $2 AND name = $3")
-        .bind(&key)
-        .bind(&namespace)
-        .bind(&name)
-        .execute(&mut *conn)
-        .await?;
-    for owner in meta::owner_uids(obj) {
-        sqlx::query(
-            "INSERT INTO owner_refs (owner_uid, kind, namespace, name) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        )
-        .bind(owner)
-        .bind(&key)
-        .bind(&namespace)
-        .bind(&name)
-        .execute(&mut *conn)
-        .await?;
+    let owners = meta::owner_uids(obj);
+    let previous_owners = previous.map(meta::owner_uids).unwrap_or_default();
+    if owners != previous_owners {
+        if previous.is_some() {
+            sqlx::query("DELETE FROM owner_refs WHERE kind = $1 AND namespace = $2 AND name = $3")
+                .bind(&key)
+                .bind(&namespace)
+                .bind(&name)
+                .execute(&mut *conn)
+                .await?;
+        }
+        for owner in owners {
+            sqlx::query(
+                "INSERT INTO owner_refs (owner_uid, kind, namespace, name) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(owner)
+            .bind(&key)
+            .bind(&namespace)
+            .bind(&name)
+            .execute(&mut *conn)
+            .await?;
+        }
     }
+    let (event_type, prev_labels) = match previous {
+        None => (WatchEventType::Added, None),
+        Some(p) => (WatchEventType::Modified, Some(meta::labels(p))),
+    };
     log_event(conn, &key, &namespace, &name, event_type, prev_labels, &body, rv).await
 }
 
