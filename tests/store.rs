@@ -325,3 +325,52 @@ fn stale_token(rv: i64) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(json!({"v": "meta.k8s.io/v1", "rv": rv, "ns": "default", "start": "c0000"}).to_string())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_in_two_processes_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (backend, url) in database_urls(dir.path()).await {
+        let a = open_store(&url).await;
+        let b = open_store(&url).await;
+        a.create(&kinds::CONFIG_MAP, cm("shared"), false).await.expect("create");
+        let mut tasks = vec![];
+        for (t, store) in [(0, &a), (1, &b), (2, &a), (3, &b)] {
+            let store: Arc<Store> = Arc::clone(store);
+            tasks.push(tokio::spawn(async move {
+                for i in 0..15 {
+                    loop {
+                        let mut obj =
+                            store.get(&kinds::CONFIG_MAP, "default", "shared").await.expect("get").expect("exists");
+                        obj["data"][format!("t{t}-{i}")] = json!("x");
+                        match store.update(&kinds::CONFIG_MAP, obj, UpdateMode::Main, false).await {
+                            Ok(_) => break,
+                            Err(e) if e.code == 409 => continue,
+                            Err(e) => panic!("update: {e}"),
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("writer");
+        }
+        let obj = a.get(&kinds::CONFIG_MAP, "default", "shared").await.expect("get").expect("exists");
+        assert_eq!(obj["data"].as_object().map(|m| m.len()), Some(61), "{backend}: every read-modify-write survived");
+
+        let racers: Vec<_> = [&a, &b, &a, &b]
+            .into_iter()
+            .map(|s| {
+                let s: Arc<Store> = Arc::clone(s);
+                tokio::spawn(async move { s.create(&kinds::CONFIG_MAP, cm("once"), false).await.map_err(|e| e.reason) })
+            })
+            .collect();
+        let mut outcomes = vec![];
+        for r in racers {
+            outcomes.push(r.await.expect("join").err());
+        }
+        assert_eq!(outcomes.iter().filter(|o| o.is_none()).count(), 1, "{backend}: one create wins: {outcomes:?}");
+        assert!(outcomes.iter().flatten().all(|r| *r == "AlreadyExists"), "{backend}: {outcomes:?}");
+        a.close().await;
+        b.close().await;
+    }
+}

@@ -238,7 +238,7 @@ impl Store {
     /// Store a new object, filling uid, creationTimestamp, generation and resourceVersion.
     #[tracing::instrument(skip(self, obj), fields(kind = kind.kind))]
     pub async fn create(&self, kind: &ResourceKind, mut obj: Value, dry_run: bool) -> ApiResult<Value> {
-        let _writer = self.writer.lock().await;
+        let _writer = self.lock_writer().await;
         let mut tx = self.begin_write().await?;
         let key = kind.store_key();
         let namespace = meta::namespace(&obj).to_string();
@@ -294,7 +294,9 @@ impl Store {
         }
         crate::macpool::sync(&mut tx, kind, &mut obj, None, &self.mac_range).await?;
         let rv = sql::next_rv(&mut tx).await?;
-        sql::put(&mut tx, kind, &mut obj, rv, None).await?;
+        if !sql::put(&mut tx, kind, &mut obj, rv, None).await? {
+            return Err(ApiError::already_exists(kind.group, kind.plural, meta::name(&obj)));
+        }
         self.finish(tx, dry_run, rv).await?;
         Ok(obj)
     }
@@ -303,7 +305,21 @@ impl Store {
     /// change that changes nothing returns the stored object and writes nothing.
     #[tracing::instrument(skip(self, new), fields(kind = kind.kind))]
     pub async fn update(&self, kind: &ResourceKind, new: Value, mode: UpdateMode, dry_run: bool) -> ApiResult<Value> {
-        let _writer = self.writer.lock().await;
+        // Without a resourceVersion the caller asked for whatever is stored: a lost race is
+        // retried on the new version, as the apiserver's update loop does.
+        let unconditional = meta::meta_str(&new, "resourceVersion").is_none_or(str::is_empty);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.update_once(kind, new.clone(), mode, dry_run).await {
+                Err(e) if unconditional && e.reason == "Conflict" && attempt < WRITE_RETRIES => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn update_once(&self, kind: &ResourceKind, new: Value, mode: UpdateMode, dry_run: bool) -> ApiResult<Value> {
+        let _writer = self.lock_writer().await;
         let mut tx = self.begin_write().await?;
         let key = kind.store_key();
         let (namespace, name) = (meta::namespace(&new).to_string(), meta::name(&new).to_string());
@@ -358,10 +374,14 @@ impl Store {
         }
         let rv = sql::next_rv(&mut tx).await?;
         if meta::is_deleting(&merged) && blocking_finalizers(kind, &merged).is_empty() {
-            sql::remove(&mut tx, kind, &mut merged, rv).await?;
+            if !sql::remove(&mut tx, kind, &mut merged, rv, current_rv(&current)).await? {
+                return Err(lost_race(kind, &name));
+            }
         } else {
             crate::macpool::sync(&mut tx, kind, &mut merged, Some(&current), &self.mac_range).await?;
-            sql::put(&mut tx, kind, &mut merged, rv, Some(&current)).await?;
+            if !sql::put(&mut tx, kind, &mut merged, rv, Some(&current)).await? {
+                return Err(lost_race(kind, &name));
+            }
         }
         self.finish(tx, dry_run, rv).await?;
         Ok(merged)
@@ -377,7 +397,25 @@ impl Store {
         name: &str,
         opts: &DeleteOptions,
     ) -> ApiResult<DeleteOutcome> {
-        let _writer = self.writer.lock().await;
+        let unconditional = opts.precondition_rv.is_none();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.delete_once(kind, namespace, name, opts).await {
+                Err(e) if unconditional && e.reason == "Conflict" && attempt < WRITE_RETRIES => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn delete_once(
+        &self,
+        kind: &ResourceKind,
+        namespace: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> ApiResult<DeleteOutcome> {
+        let _writer = self.lock_writer().await;
         let mut tx = self.begin_write().await?;
         let key = kind.store_key();
         let current = sql::load(&mut tx, &key, namespace, name)
@@ -418,7 +456,9 @@ impl Store {
         meta::set_finalizers(&mut obj, &finalizers);
         if blocking_finalizers(kind, &obj).is_empty() {
             let rv = sql::next_rv(&mut tx).await?;
-            sql::remove(&mut tx, kind, &mut obj, rv).await?;
+            if !sql::remove(&mut tx, kind, &mut obj, rv, current_rv(&current)).await? {
+                return Err(lost_race(kind, name));
+            }
             self.finish(tx, opts.dry_run, rv).await?;
             return Ok(DeleteOutcome::Deleted(obj));
         }
@@ -434,9 +474,21 @@ impl Store {
             return Ok(DeleteOutcome::Pending(current));
         }
         let rv = sql::next_rv(&mut tx).await?;
-        sql::put(&mut tx, kind, &mut obj, rv, Some(&current)).await?;
+        if !sql::put(&mut tx, kind, &mut obj, rv, Some(&current)).await? {
+            return Err(lost_race(kind, name));
+        }
         self.finish(tx, opts.dry_run, rv).await?;
         Ok(DeleteOutcome::Pending(obj))
+    }
+
+    /// SQLite has one writer at a time anyway: taking turns here saves its busy-waiting. On
+    /// PostgreSQL, writers run concurrently; the counter row orders their commits and
+    /// conditional writes (`sql::put`, `sql::remove`) catch lost races.
+    async fn lock_writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.writer.lock().await),
+            Backend::Postgres => None,
+        }
     }
 
     /// A write transaction. SQLite's takes the write lock up front (`BEGIN IMMEDIATE`): a
@@ -527,6 +579,21 @@ async fn run_hub(pool: AnyPool, events: broadcast::Sender<Arc<WatchEvent>>, comm
             }
         }
     }
+}
+
+const WRITE_RETRIES: usize = 5;
+
+fn current_rv(obj: &Value) -> i64 {
+    meta::resource_version(obj).unwrap_or(-1)
+}
+
+fn lost_race(kind: &ResourceKind, name: &str) -> ApiError {
+    ApiError::conflict(
+        kind.group,
+        kind.plural,
+        name,
+        "the object has been modified; please apply your changes to the latest version and try again",
+    )
 }
 
 /// Finalizers that hold an object: its own, plus a namespace's `spec.finalizers`.

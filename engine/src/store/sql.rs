@@ -188,34 +188,44 @@ fn labels_text(obj: &Value) -> String {
     Value::Object(meta::labels(obj)).to_string()
 }
 
-/// Upsert the object at `rv` and log the change; `previous` is the stored version (None on
+/// Write the object at `rv` and log the change; `previous` is the stored version read (None on
 /// create), whose labels selector watches need and whose owners tell whether to re-index them.
+/// False when another writer got there first (nothing written).
 pub async fn put(
     conn: &mut AnyConnection,
     kind: &ResourceKind,
     obj: &mut Value,
     rv: i64,
     previous: Option<&Value>,
-) -> ApiResult<()> {
+) -> ApiResult<bool> {
     meta::metadata_mut(obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
     let key = kind.store_key();
     let (namespace, name, uid) =
         (meta::namespace(obj).to_string(), meta::name(obj).to_string(), meta::uid(obj).to_string());
     let body = obj.to_string();
-    sqlx::query(
-        "INSERT INTO objects (kind, namespace, name, uid, rv, deleting, labels, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-         ON CONFLICT (kind, namespace, name) DO UPDATE SET uid = excluded.uid, rv = excluded.rv, deleting = excluded.deleting, labels = excluded.labels, body = excluded.body",
-    )
-    .bind(&key)
-    .bind(&namespace)
-    .bind(&name)
-    .bind(&uid)
-    .bind(rv)
-    .bind(i64::from(meta::is_deleting(obj)))
-    .bind(labels_text(obj))
-    .bind(&body)
-    .execute(&mut *conn)
-    .await?;
+    // A create inserts only where nothing is; an update changes only the version it read. Either
+    // losing a race to another writer (another process, on PostgreSQL) writes nothing.
+    let sql = match previous {
+        None => "INSERT INTO objects (kind, namespace, name, uid, rv, deleting, labels, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (kind, namespace, name) DO NOTHING",
+        Some(_) => "UPDATE objects SET uid = $4, rv = $5, deleting = $6, labels = $7, body = $8 \
+                    WHERE kind = $1 AND namespace = $2 AND name = $3 AND rv = $9",
+    };
+    let written = sqlx::query(sql)
+        .bind(&key)
+        .bind(&namespace)
+        .bind(&name)
+        .bind(&uid)
+        .bind(rv)
+        .bind(i64::from(meta::is_deleting(obj)))
+        .bind(labels_text(obj))
+        .bind(&body)
+        .bind(previous.and_then(meta::resource_version).unwrap_or(-1))
+        .execute(&mut *conn)
+        .await?;
+    if written.rows_affected() != 1 {
+        return Ok(false);
+    }
     let owners = meta::owner_uids(obj);
     let previous_owners = previous.map(meta::owner_uids).unwrap_or_default();
     if owners != previous_owners {
@@ -243,25 +253,42 @@ pub async fn put(
         None => (WatchEventType::Added, None),
         Some(p) => (WatchEventType::Modified, Some(meta::labels(p))),
     };
-    log_event(conn, &key, &namespace, &name, event_type, prev_labels, &body, rv).await
+    log_event(conn, &key, &namespace, &name, event_type, prev_labels, &body, rv).await?;
+    Ok(true)
 }
 
-/// Remove the object for good at `rv` and log a DELETED carrying it.
-pub async fn remove(conn: &mut AnyConnection, kind: &ResourceKind, obj: &mut Value, rv: i64) -> ApiResult<()> {
-    meta::metadata_mut(obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
+/// Remove the object for good at `rv`, if it is still at the version read (`expected_rv`), and
+/// log a DELETED carrying it. False when another writer changed it first (nothing written).
+pub async fn remove(
+    conn: &mut AnyConnection,
+    kind: &ResourceKind,
+    obj: &mut Value,
+    rv: i64,
+    expected_rv: i64,
+) -> ApiResult<bool> {
     let key = kind.store_key();
     let (namespace, name) = (meta::namespace(obj).to_string(), meta::name(obj).to_string());
-    for table in ["objects", "owner_refs"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE kind = $1 AND namespace = $2 AND name = $3"))
-            .bind(&key)
-            .bind(&namespace)
-            .bind(&name)
-            .execute(&mut *conn)
-            .await?;
+    let gone = sqlx::query("DELETE FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3 AND rv = $4")
+        .bind(&key)
+        .bind(&namespace)
+        .bind(&name)
+        .bind(expected_rv)
+        .execute(&mut *conn)
+        .await?;
+    if gone.rows_affected() != 1 {
+        return Ok(false);
     }
+    sqlx::query("DELETE FROM owner_refs WHERE kind = $1 AND namespace = $2 AND name = $3")
+        .bind(&key)
+        .bind(&namespace)
+        .bind(&name)
+        .execute(&mut *conn)
+        .await?;
     crate::macpool::release(conn, kind, obj).await?;
+    meta::metadata_mut(obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
     let body = obj.to_string();
-    log_event(conn, &key, &namespace, &name, WatchEventType::Deleted, None, &body, rv).await
+    log_event(conn, &key, &namespace, &name, WatchEventType::Deleted, None, &body, rv).await?;
+    Ok(true)
 }
 
 /// Append one change to the log, in the writer's transaction.
