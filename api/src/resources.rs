@@ -127,7 +127,7 @@ async fn list(state: &AppState, path: &ResourcePath, q: &Query, as_table: bool) 
         let objects = page
             .items
             .iter()
-            .map(|raw| serde_json::from_str(raw))
+            .map(|raw| table::parse_row_source(kind, raw, q.include_object))
             .collect::<Result<Vec<Value>, _>>()
             .map_err(|e| ApiError::internal(e.to_string()))?;
         return Ok(json_response(200, &table::table(kind, &objects, list_meta, q.include_object), &[]));

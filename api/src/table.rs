@@ -323,6 +323,40 @@ fn row_object(obj: &Value, include: IncludeObject) -> Value {
     }
 }
 
+/// What a KubeVirt kind's row needs: metadata, status and `spec.replicas`. The rest of the spec
+/// (the VMI template: most of the bytes) is skipped while parsing.
+#[derive(serde::Deserialize)]
+struct RowSource {
+    metadata: Value,
+    #[serde(default)]
+    spec: RowSpec,
+    #[serde(default)]
+    status: Value,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct RowSpec {
+    #[serde(default)]
+    replicas: Option<Value>,
+}
+
+/// Parse a stored object for a Table row, only as far as the row needs.
+pub fn parse_row_source(kind: &ResourceKind, raw: &str, include: IncludeObject) -> serde_json::Result<Value> {
+    if kind.is_core() || include == IncludeObject::Object {
+        return serde_json::from_str(raw);
+    }
+    let row: RowSource = serde_json::from_str(raw)?;
+    let mut out = serde_json::Map::new();
+    out.insert("metadata".into(), row.metadata);
+    if let Some(replicas) = row.spec.replicas {
+        out.insert("spec".into(), json!({"replicas": replicas}));
+    }
+    if !row.status.is_null() {
+        out.insert("status".into(), row.status);
+    }
+    Ok(Value::Object(out))
+}
+
 /// A Table of `objects`, with the list metadata given.
 pub fn table(kind: &ResourceKind, objects: &[Value], list_meta: Value, include: IncludeObject) -> Value {
     let cols = columns(kind);
@@ -360,6 +394,17 @@ mod tests {
         ] {
             assert_eq!(human_duration(s), want);
         }
+    }
+
+    #[test]
+    fn slim_rows_read_what_the_columns_need() {
+        let raw = json!({"metadata": {"name": "rs"}, "spec": {"replicas": 3, "template": {"spec": {"big": true}}}, "status": {"replicas": 1}}).to_string();
+        let slim = parse_row_source(&kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET, &raw, IncludeObject::Metadata)
+            .unwrap_or_default();
+        assert_eq!(slim, json!({"metadata": {"name": "rs"}, "spec": {"replicas": 3}, "status": {"replicas": 1}}));
+        let full = parse_row_source(&kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET, &raw, IncludeObject::Object)
+            .unwrap_or_default();
+        assert_eq!(full["spec"]["template"]["spec"]["big"], true);
     }
 
     #[test]
