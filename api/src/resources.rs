@@ -376,7 +376,7 @@ async fn patch(
     }
 }
 
-fn delete_options(path: &ResourcePath, q: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
+fn delete_options(q: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
     let mut opts = DeleteOptions { propagation: q.propagation, dry_run: q.dry_run, ..Default::default() };
     if !body.iter().all(u8::is_ascii_whitespace) {
         let v: Value =
@@ -402,7 +402,6 @@ fn delete_options(path: &ResourcePath, q: &Query, body: &[u8]) -> ApiResult<Dele
             opts.precondition_rv = pre.get("resourceVersion").and_then(Value::as_str).map(str::to_string);
         }
     }
-    let _ = path;
     Ok(opts)
 }
 
@@ -419,7 +418,7 @@ fn deleted_response(kind: &ResourceKind, obj: &Value) -> HttpResponse {
 }
 
 async fn delete(state: &AppState, path: &ResourcePath, name: &str, q: &Query, body: &[u8]) -> ApiResult<HttpResponse> {
-    let opts = delete_options(path, q, body)?;
+    let opts = delete_options(q, body)?;
     match state.store.delete(path.kind, item_namespace(path), name, &opts).await? {
         DeleteOutcome::Deleted(obj) => Ok(deleted_response(path.kind, &obj)),
         DeleteOutcome::Pending(obj) => Ok(json_response(200, &obj, &[])),

@@ -308,14 +308,7 @@ impl Store {
         // Without a resourceVersion the caller asked for whatever is stored: a lost race is
         // retried on the new version, as the apiserver's update loop does.
         let unconditional = meta::meta_str(&new, "resourceVersion").is_none_or(str::is_empty);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.update_once(kind, new.clone(), mode, dry_run).await {
-                Err(e) if unconditional && e.reason == "Conflict" && attempt < WRITE_RETRIES => continue,
-                other => return other,
-            }
-        }
+        retry_lost_races(unconditional, || self.update_once(kind, new.clone(), mode, dry_run)).await
     }
 
     async fn update_once(&self, kind: &ResourceKind, new: Value, mode: UpdateMode, dry_run: bool) -> ApiResult<Value> {
@@ -397,15 +390,7 @@ impl Store {
         name: &str,
         opts: &DeleteOptions,
     ) -> ApiResult<DeleteOutcome> {
-        let unconditional = opts.precondition_rv.is_none();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.delete_once(kind, namespace, name, opts).await {
-                Err(e) if unconditional && e.reason == "Conflict" && attempt < WRITE_RETRIES => continue,
-                other => return other,
-            }
-        }
+        retry_lost_races(opts.precondition_rv.is_none(), || self.delete_once(kind, namespace, name, opts)).await
     }
 
     async fn delete_once(
@@ -515,7 +500,7 @@ impl Store {
         Ok(())
     }
 
-    /// Namespaces with a dependent relation to `owner_uid`: (kind key, namespace, name).
+    /// Objects whose ownerReferences name `owner_uid`: (kind key, namespace, name).
     pub async fn dependents(&self, owner_uid: &str) -> ApiResult<Vec<(String, String, String)>> {
         let mut conn = self.pool.acquire().await?;
         sql::dependents(&mut conn, owner_uid).await
@@ -533,13 +518,13 @@ impl Store {
         sql::deleting(&mut conn).await
     }
 
-    /// Count of objects of any namespaced kind in `namespace`.
+    /// Every object in `namespace`: (kind key, name).
     pub async fn namespace_contents(&self, namespace: &str) -> ApiResult<Vec<(String, String)>> {
         let mut conn = self.pool.acquire().await?;
         sql::namespace_contents(&mut conn, namespace).await
     }
 
-    /// Leased MACs of one owner, for tests and status.
+    /// Every MAC lease: (mac, owner kind key, namespace, name).
     pub async fn mac_leases(&self) -> ApiResult<Vec<(u64, String, String, String)>> {
         let mut conn = self.pool.acquire().await?;
         crate::macpool::all_leases(&mut conn).await
@@ -582,6 +567,22 @@ async fn run_hub(pool: AnyPool, events: broadcast::Sender<Arc<WatchEvent>>, comm
 }
 
 const WRITE_RETRIES: usize = 5;
+
+/// Run a write again when it lost a race, if the caller did not pin a resourceVersion.
+async fn retry_lost_races<T, F, Fut>(unconditional: bool, mut write: F) -> ApiResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ApiResult<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match write().await {
+            Err(e) if unconditional && e.reason == "Conflict" && attempt < WRITE_RETRIES => continue,
+            other => return other,
+        }
+    }
+}
 
 fn current_rv(obj: &Value) -> i64 {
     meta::resource_version(obj).unwrap_or(-1)
@@ -646,9 +647,8 @@ fn merge_for_update(kind: &ResourceKind, current: &Value, new: Value, mode: Upda
                     None => m.remove(*field),
                 };
             }
-            let keep_status = kind.status_subresource && !std::ptr::eq(kind, &kinds::NAMESPACE);
             if let Some(obj) = merged.as_object_mut() {
-                if keep_status || std::ptr::eq(kind, &kinds::NAMESPACE) {
+                if kind.status_subresource {
                     match current.get("status") {
                         Some(s) => obj.insert("status".into(), s.clone()),
                         None => obj.remove("status"),

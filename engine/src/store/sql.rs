@@ -230,12 +230,7 @@ pub async fn put(
     let previous_owners = previous.map(meta::owner_uids).unwrap_or_default();
     if owners != previous_owners {
         if previous.is_some() {
-            sqlx::query("DELETE FROM owner_refs WHERE kind = $1 AND namespace = $2 AND name = $3")
-                .bind(&key)
-                .bind(&namespace)
-                .bind(&name)
-                .execute(&mut *conn)
-                .await?;
+            unindex_owners(conn, &key, &namespace, &name).await?;
         }
         for owner in owners {
             sqlx::query(
@@ -278,17 +273,22 @@ pub async fn remove(
     if gone.rows_affected() != 1 {
         return Ok(false);
     }
-    sqlx::query("DELETE FROM owner_refs WHERE kind = $1 AND namespace = $2 AND name = $3")
-        .bind(&key)
-        .bind(&namespace)
-        .bind(&name)
-        .execute(&mut *conn)
-        .await?;
+    unindex_owners(conn, &key, &namespace, &name).await?;
     crate::macpool::release(conn, kind, obj).await?;
     meta::metadata_mut(obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
     let body = obj.to_string();
     log_event(conn, &key, &namespace, &name, WatchEventType::Deleted, None, &body, rv).await?;
     Ok(true)
+}
+
+async fn unindex_owners(conn: &mut AnyConnection, key: &str, namespace: &str, name: &str) -> ApiResult<()> {
+    sqlx::query("DELETE FROM owner_refs WHERE kind = $1 AND namespace = $2 AND name = $3")
+        .bind(key)
+        .bind(namespace)
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Append one change to the log, in the writer's transaction.
