@@ -238,3 +238,40 @@ async fn the_token_cli_creates_and_revokes() {
         .expect("converge ca");
     assert_eq!(String::from_utf8_lossy(&out.stdout), app.server.as_ref().expect("running").ca_pem);
 }
+
+/// Every GET route our own OpenAPI document lists, with its parameters filled in.
+fn documented_get_routes() -> Vec<String> {
+    let doc = converge_api::openapi::document();
+    let mut out = vec![];
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        if item.get("get").is_none() {
+            continue;
+        }
+        out.push(path.replace("{namespace}", "default").replace("{name}", "probe").replace("{id}", "probe"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_route_refuses_bad_tokens() {
+    let app = spawn_app().await;
+    let server = app.server.as_ref().expect("running");
+    let expired = server.auth.sign(&Authenticator::claims("old", Role::Admin, vec![], -5)).expect("sign");
+    let foreign = Authenticator::new(b"some other signing key, not ours!").sign(&Authenticator::claims("x", Role::Admin, vec![], 3600)).expect("sign");
+    let routes = documented_get_routes();
+    assert!(routes.len() > 20, "{routes:?}");
+    let public = converge_api::server::PUBLIC_PATHS;
+    for path in &routes {
+        if public.contains(&path.as_str()) {
+            assert_eq!(call(&app, Method::GET, path, &None, None, Carrier::Header).await, 200, "{path} is public");
+            continue;
+        }
+        for carrier in [Carrier::Header, Carrier::WebsocketUrl] {
+            for token in [None, Some(expired.as_str()), Some(foreign.as_str()), Some(alg_none("x").as_str())] {
+                assert_eq!(call(&app, Method::GET, path, &None, token, carrier).await, 401, "{carrier:?} {path}");
+            }
+            let admin = call(&app, Method::GET, path, &None, Some(&app.token), carrier).await;
+            assert!(admin == 200 || admin == 404, "{carrier:?} admin {path}: {admin}");
+        }
+    }
+}
