@@ -119,6 +119,12 @@ async fn field_validation_modes_and_bad_bodies() {
     assert_eq!(s, 415, "custom resources take no strategic merge patch");
     let (s, _, _) = app.request(Method::POST, VMS, "application/vnd.kubernetes.protobuf", Some("k8s\0".into())).await;
     assert_eq!(s, 415);
+    let mut huge = vm_manifest("huge");
+    huge["metadata"]["annotations"] = json!({"x": "y".repeat(4 * 1024 * 1024)});
+    let (s, status) = app.post(VMS, &huge).await;
+    assert_eq!((s, status["reason"].as_str()), (413, Some("RequestEntityTooLarge")));
+    let (s, status) = app.get("/apis/kubevirt.io/v1/nothing-here").await;
+    assert_eq!((s, status["kind"].as_str()), (404, Some("Status")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -257,7 +257,9 @@ async fn every_documented_route_refuses_bad_tokens() {
     let app = spawn_app().await;
     let server = app.server.as_ref().expect("running");
     let expired = server.auth.sign(&Authenticator::claims("old", Role::Admin, vec![], -5)).expect("sign");
-    let foreign = Authenticator::new(b"some other signing key, not ours!").sign(&Authenticator::claims("x", Role::Admin, vec![], 3600)).expect("sign");
+    let foreign = Authenticator::new(b"some other signing key, not ours!")
+        .sign(&Authenticator::claims("x", Role::Admin, vec![], 3600))
+        .expect("sign");
     let routes = documented_get_routes();
     assert!(routes.len() > 20, "{routes:?}");
     let public = converge_api::server::PUBLIC_PATHS;

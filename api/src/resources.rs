@@ -15,11 +15,29 @@ use converge_engine::store::{DeleteOptions, DeleteOutcome, ListOptions, UpdateMo
 use converge_engine::{meta, schema, ApiError, ApiResult, Cause};
 use serde_json::{json, Value};
 
-pub async fn dispatch(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
-    match handle(&req, &body, &state).await {
-        Ok(resp) => resp,
-        Err(e) => status_response(&e),
+/// Bodies larger than this are refused, as the apiserver refuses them.
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+pub async fn dispatch(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let result = async {
+        let body = read_body(payload).await?;
+        handle(&req, &body, &state).await
     }
+    .await;
+    result.unwrap_or_else(|e| status_response(&e))
+}
+
+async fn read_body(mut payload: web::Payload) -> ApiResult<Vec<u8>> {
+    use futures::StreamExt;
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(ApiError::too_large(MAX_BODY));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn verb(method: &Method, path: &ResourcePath, q: &Query) -> &'static str {

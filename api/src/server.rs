@@ -147,7 +147,6 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .app_data(web::PayloadConfig::new(3 * 1024 * 1024))
             .wrap(from_fn(authenticate))
             .route("/healthz", web::get().to(healthz))
             .route("/livez", web::get().to(healthz))

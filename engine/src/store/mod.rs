@@ -1,12 +1,15 @@
 //! The object store: every kind's objects with Kubernetes metadata semantics, on SQLite or
 //! PostgreSQL through one code path (sqlx `Any`).
 //!
-//! Writes take an in-process writer lock and, inside their transaction, bump a counter row. The
-//! row lock makes resourceVersions follow commit order on PostgreSQL too (a sequence would not).
-//! Each change is appended to `watch_events` in the same transaction. One hub task per store
-//! tails that log in resourceVersion order — woken at once by this process's commits, and by a
-//! timer for other processes' — and fans each change out to watchers. So a watch resumed from
-//! any retained resourceVersion, on any process, sees every change once.
+//! Each write bumps a counter row inside its transaction; the row lock is held to commit, so
+//! resourceVersions follow commit order on PostgreSQL too (a sequence would not). Writes are
+//! conditional — a create inserts only where nothing is, an update or delete changes only the
+//! version it read — so concurrent writers, in this process or another, lose nothing; a caller
+//! that pinned no resourceVersion has a lost race retried. Each change is appended to
+//! `watch_events` in the same transaction. One hub task per store tails that log in
+//! resourceVersion order — woken at once by this process's commits, and by a timer for other
+//! processes' — and fans each change out to watchers. So a watch resumed from any retained
+//! resourceVersion, on any process, sees every change once.
 
 mod sql;
 pub mod watch;
