@@ -8,13 +8,18 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 async fn watch_lines(app: &TestApp, path: &str, max: usize, within: Duration) -> Vec<Value> {
+    watch_until(app, path, within, |lines| lines.len() >= max).await
+}
+
+/// Read watch events until `done` says so or `within` passes.
+async fn watch_until(app: &TestApp, path: &str, within: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let resp = app.http.get(app.url(path)).bearer_auth(&app.token).send().await.expect("watch");
     assert_eq!(resp.status().as_u16(), 200);
     let mut out = vec![];
     let mut buf = String::new();
     let mut resp = resp;
     let deadline = tokio::time::Instant::now() + within;
-    while out.len() < max {
+    while !done(&out) {
         let chunk = tokio::time::timeout_at(deadline, resp.chunk()).await;
         let Ok(Ok(Some(bytes))) = chunk else { break };
         buf.push_str(&String::from_utf8_lossy(&bytes));
@@ -136,7 +141,8 @@ async fn watches_expire_bookmark_and_follow_selectors() {
     let watcher = {
         let path = format!("{VMS}?watch=true&resourceVersion={rv}&allowWatchBookmarks=true&labelSelector=app%3Dweb");
         let app = &app;
-        async move { watch_lines(app, &path, 4, Duration::from_secs(5)).await }
+        let events = |lines: &[Value]| lines.iter().filter(|l| l["type"] != "BOOKMARK").count() >= 2;
+        async move { watch_until(app, &path, Duration::from_secs(20), events).await }
     };
     let writer = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
