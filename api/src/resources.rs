@@ -68,7 +68,8 @@ async fn handle(req: &HttpRequest, body: &[u8], state: &AppState) -> ApiResult<H
             write: req.method() != Method::GET,
             namespace: path.namespace.as_deref(),
             cluster_scoped: !path.kind.namespaced,
-            listable_across_namespaces: false,
+            // Foreman's plugin lists these across namespaces with a namespace-scoped token.
+            listable_across_namespaces: path.kind.plural == "network-attachment-definitions",
             resource: path.kind.plural,
             group: path.kind.group,
             verb,
