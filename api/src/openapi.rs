@@ -55,8 +55,10 @@ pub fn document() -> Value {
     doc
 }
 
-pub fn document_text() -> String {
-    serde_json::to_string_pretty(&document()).unwrap_or_default() + "\n"
+/// The document as served and committed, built once.
+pub fn document_text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| serde_json::to_string_pretty(&document()).unwrap_or_default() + "\n")
 }
 
 /// A docs page that needs nothing from the network: it fetches `/openapi.json` with the token
@@ -72,7 +74,7 @@ mod tests {
         if committed != generated {
             if std::env::var("CONVERGE_BLESS").is_ok() {
                 let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi/converge.json");
-                std::fs::write(path, &generated).expect("write openapi/converge.json");
+                std::fs::write(path, generated).expect("write openapi/converge.json");
             }
             panic!("openapi/converge.json is stale: run `CONVERGE_BLESS=1 cargo test -p converge-api committed_openapi` and commit it");
         }

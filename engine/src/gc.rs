@@ -7,25 +7,42 @@ use crate::error::ApiResult;
 use crate::kinds::{self, ResourceKind};
 use crate::meta;
 use crate::store::{
-    DeleteOptions, Propagation, Store, UpdateMode, FOREGROUND_FINALIZER, NAMESPACE_FINALIZER, ORPHAN_FINALIZER,
+    DeleteOptions, Propagation, Store, UpdateMode, WatchEvent, WatchEventType, FOREGROUND_FINALIZER,
+    NAMESPACE_FINALIZER, ORPHAN_FINALIZER,
 };
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Run passes until the store closes.
+/// Run passes until the store closes: after changes that can leave work (a deletion, or an
+/// object given a deletionTimestamp), and every few seconds in case a step lost a race.
 pub async fn run(store: Arc<Store>) {
+    use tokio::sync::broadcast::error::RecvError;
     let mut rx = store.subscribe();
     loop {
         if let Err(e) = collect(&store).await {
             tracing::warn!(error = %e, "garbage collection pass failed; will retry");
         }
-        let woke = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
-        if let Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) = woke {
-            return;
+        let retry_at = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match tokio::time::timeout_at(retry_at, rx.recv()).await {
+                Err(_) | Ok(Err(RecvError::Lagged(_))) => break,
+                Ok(Err(RecvError::Closed)) => return,
+                Ok(Ok(ev)) if can_leave_work(&ev) => {
+                    // The pass about to run sees everything queued behind this event too.
+                    while rx.try_recv().is_ok() {}
+                    break;
+                }
+                Ok(Ok(_)) => {}
+            }
         }
-        while rx.try_recv().is_ok() {}
     }
+}
+
+/// Plain creates and updates of live objects never give the collector anything to do; only
+/// removals (dependents may dangle) and objects being deleted (finalizers to act on) do.
+fn can_leave_work(ev: &WatchEvent) -> bool {
+    ev.event_type == WatchEventType::Deleted || meta::is_deleting(&ev.object)
 }
 
 /// One pass; returns how many objects it acted on.

@@ -211,7 +211,7 @@ pub async fn put(
         Some(_) => "UPDATE objects SET uid = $4, rv = $5, deleting = $6, labels = $7, body = $8 \
                     WHERE kind = $1 AND namespace = $2 AND name = $3 AND rv = $9",
     };
-    let written = sqlx::query(sql)
+    let mut query = sqlx::query(sql)
         .bind(&key)
         .bind(&namespace)
         .bind(&name)
@@ -219,10 +219,11 @@ pub async fn put(
         .bind(rv)
         .bind(i64::from(meta::is_deleting(obj)))
         .bind(labels_text(obj))
-        .bind(&body)
-        .bind(previous.and_then(meta::resource_version).unwrap_or(-1))
-        .execute(&mut *conn)
-        .await?;
+        .bind(&body);
+    if let Some(p) = previous {
+        query = query.bind(meta::resource_version(p).unwrap_or(-1));
+    }
+    let written = query.execute(&mut *conn).await?;
     if written.rows_affected() != 1 {
         return Ok(false);
     }
