@@ -5,6 +5,7 @@ pub mod admission;
 pub mod error;
 pub mod gc;
 pub mod kinds;
+pub mod launcher;
 pub mod macpool;
 pub mod meta;
 pub mod patch;

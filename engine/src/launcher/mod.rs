@@ -1,0 +1,4 @@
+//! VMI → libvirt domain: the typed domain XML model, the pure builder from a VMI and a node
+//! context, and the KVM probe that picks the domain type.
+
+pub mod probe;
