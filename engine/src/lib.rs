@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod error;
 pub mod gc;
+pub mod hypervisor;
 pub mod kinds;
 pub mod launcher;
 pub mod macpool;

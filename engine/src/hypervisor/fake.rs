@@ -1,0 +1,118 @@
+//! A hypervisor in memory that records every call: the node agent's unit tests drive it and
+//! assert on what was asked of libvirt.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use super::{DomainState, DomainSummary, HvResult, Hypervisor, HypervisorError};
+
+#[derive(Default)]
+struct Inner {
+    domains: BTreeMap<String, (Option<String>, DomainState, String)>,
+    calls: Vec<String>,
+}
+
+pub struct FakeHypervisor {
+    inner: Mutex<Inner>,
+    tx: UnboundedSender<String>,
+    rx: Mutex<Option<UnboundedReceiver<String>>>,
+}
+
+impl Default for FakeHypervisor {
+    fn default() -> Self {
+        let (tx, rx) = unbounded_channel();
+        FakeHypervisor { inner: Mutex::default(), tx, rx: Mutex::new(Some(rx)) }
+    }
+}
+
+fn name_of(xml: &str) -> String {
+    xml.split("<name>").nth(1).and_then(|s| s.split("</name>").next()).unwrap_or_default().to_string()
+}
+
+impl FakeHypervisor {
+    pub fn calls(&self) -> Vec<String> {
+        self.inner.lock().map(|i| i.calls.clone()).unwrap_or_default()
+    }
+    /// Changes a domain's state as if the guest or QEMU did it, and fires the event.
+    pub fn set_state(&self, name: &str, state: DomainState) {
+        if let Ok(mut inner) = self.inner.lock() {
+            if let Some(d) = inner.domains.get_mut(name) {
+                d.1 = state;
+            }
+        }
+        let _ = self.tx.send(name.into());
+    }
+    fn record<T>(&self, call: String, f: impl FnOnce(&mut Inner) -> HvResult<T>) -> HvResult<T> {
+        let mut inner = self.inner.lock().map_err(|_| HypervisorError::Libvirt("poisoned".into()))?;
+        inner.calls.push(call);
+        f(&mut inner)
+    }
+    fn transition(&self, verb: &str, name: &str, to: DomainState) -> HvResult<()> {
+        let result = self.record(format!("{verb} {name}"), |i| match i.domains.get_mut(name) {
+            Some(d) => {
+                d.1 = to;
+                Ok(())
+            }
+            None => Err(HypervisorError::NoDomain(name.into())),
+        });
+        let _ = self.tx.send(name.into());
+        result
+    }
+}
+
+impl Hypervisor for FakeHypervisor {
+    fn define_and_start(&self, xml: &str) -> HvResult<()> {
+        let name = name_of(xml);
+        let uid = super::libvirt::vmi_uid_from_xml(xml);
+        self.record(format!("start {name}"), |i| {
+            i.domains.insert(name.clone(), (uid, DomainState::Running, xml.to_string()));
+            Ok(())
+        })?;
+        let _ = self.tx.send(name);
+        Ok(())
+    }
+    fn list(&self) -> HvResult<Vec<DomainSummary>> {
+        let inner = self.inner.lock().map_err(|_| HypervisorError::Libvirt("poisoned".into()))?;
+        Ok(inner
+            .domains
+            .iter()
+            .map(|(name, (uid, state, _))| DomainSummary { name: name.clone(), vmi_uid: uid.clone(), state: *state })
+            .collect())
+    }
+    fn state(&self, name: &str) -> HvResult<Option<DomainState>> {
+        Ok(self.inner.lock().ok().and_then(|i| i.domains.get(name).map(|d| d.1)))
+    }
+    fn shutdown(&self, name: &str) -> HvResult<()> {
+        self.transition("shutdown", name, DomainState::ShutOffByGuest)
+    }
+    fn destroy(&self, name: &str) -> HvResult<()> {
+        match self.transition("destroy", name, DomainState::Destroyed) {
+            Err(HypervisorError::NoDomain(_)) => Ok(()),
+            other => other,
+        }
+    }
+    fn undefine(&self, name: &str) -> HvResult<()> {
+        self.record(format!("undefine {name}"), |i| {
+            i.domains.remove(name);
+            Ok(())
+        })
+    }
+    fn pause(&self, name: &str) -> HvResult<()> {
+        self.transition("pause", name, DomainState::Paused)
+    }
+    fn unpause(&self, name: &str) -> HvResult<()> {
+        self.transition("unpause", name, DomainState::Running)
+    }
+    fn soft_reboot(&self, name: &str) -> HvResult<()> {
+        self.transition("reboot", name, DomainState::Running)
+    }
+    fn xml(&self, name: &str) -> HvResult<String> {
+        let inner = self.inner.lock().map_err(|_| HypervisorError::Libvirt("poisoned".into()))?;
+        inner.domains.get(name).map(|d| d.2.clone()).ok_or_else(|| HypervisorError::NoDomain(name.into()))
+    }
+    fn events(&self) -> Option<UnboundedReceiver<String>> {
+        self.rx.lock().ok()?.take()
+    }
+}

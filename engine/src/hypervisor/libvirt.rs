@@ -1,0 +1,192 @@
+//! The real hypervisor: libvirt's QEMU driver through the `virt` crate.
+
+use std::sync::Mutex;
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use virt::connect::Connect;
+use virt::domain::{DomainShutoffReason, DomainState as VirtState, DomainStateReason};
+use virt::enumutil::Enum;
+use virt::error::ErrorNumber;
+use virt::sys;
+
+use super::{lifecycle, DomainState, DomainSummary, HvResult, Hypervisor, HypervisorError};
+
+/// Empty name on the event channel: "the connection was re-opened, look at everything".
+pub const RESYNC_ALL: &str = "";
+
+pub struct Libvirt {
+    uri: String,
+    conn: Mutex<Option<Connect>>,
+    events_tx: UnboundedSender<String>,
+    events_rx: Mutex<Option<UnboundedReceiver<String>>>,
+}
+
+fn err(e: virt::error::Error) -> HypervisorError {
+    HypervisorError::Libvirt(e.to_string())
+}
+
+fn is_no_domain(e: &virt::error::Error) -> bool {
+    matches!(e.code(), Enum::Known(ErrorNumber::NoDomain))
+}
+
+impl Libvirt {
+    /// Opens `uri` (e.g. `qemu:///system`) with lifecycle events flowing.
+    pub fn open(uri: &str) -> HvResult<Libvirt> {
+        virt::error::clear_error_callback();
+        lifecycle::start_event_loop().map_err(HypervisorError::Libvirt)?;
+        let (events_tx, events_rx) = unbounded_channel();
+        let hv = Libvirt { uri: uri.into(), conn: Mutex::new(None), events_tx, events_rx: Mutex::new(Some(events_rx)) };
+        hv.with_conn(|_| Ok(()))?;
+        Ok(hv)
+    }
+
+    fn connect(&self) -> HvResult<Connect> {
+        let conn = Connect::open(Some(&self.uri)).map_err(err)?;
+        // Keepalives make a restarted libvirtd show up as a dead connection within seconds.
+        let _ = conn.set_keep_alive(5, 3);
+        lifecycle::register(&conn, self.events_tx.clone()).map_err(HypervisorError::Libvirt)?;
+        let _ = self.events_tx.send(RESYNC_ALL.into());
+        Ok(conn)
+    }
+
+    /// Runs `f` on a live connection, reconnecting once if libvirtd went away.
+    fn with_conn<T>(&self, f: impl Fn(&Connect) -> HvResult<T>) -> HvResult<T> {
+        let mut guard = self.conn.lock().map_err(|_| HypervisorError::Libvirt("connection lock poisoned".into()))?;
+        if guard.as_ref().is_some_and(|c| !c.is_alive().unwrap_or(false)) {
+            // Dropping the dead connection closes it.
+            guard.take();
+        }
+        if guard.is_none() {
+            *guard = Some(self.connect()?);
+        }
+        let conn = guard.as_ref().ok_or_else(|| HypervisorError::Libvirt("not connected".into()))?;
+        f(conn)
+    }
+
+    fn with_domain<T>(&self, name: &str, f: impl Fn(&virt::domain::Domain) -> HvResult<T>) -> HvResult<T> {
+        self.with_conn(|conn| match conn.lookup_domain_by_name(name) {
+            Ok(dom) => f(&dom),
+            Err(e) if is_no_domain(&e) => Err(HypervisorError::NoDomain(name.into())),
+            Err(e) => Err(err(e)),
+        })
+    }
+}
+
+fn read_state(dom: &virt::domain::Domain) -> HvResult<DomainState> {
+    let (state, reason) = dom.state().map_err(err)?;
+    Ok(match state {
+        Enum::Known(VirtState::Running | VirtState::Blocked) => DomainState::Running,
+        Enum::Known(VirtState::Paused | VirtState::PMSuspended) => DomainState::Paused,
+        Enum::Known(VirtState::Shutdown) => DomainState::ShuttingDown,
+        Enum::Known(VirtState::Crashed) => DomainState::Crashed,
+        Enum::Known(VirtState::Shutoff) => match reason {
+            Enum::Known(DomainStateReason::Shutoff(Enum::Known(DomainShutoffReason::Shutdown))) => {
+                DomainState::ShutOffByGuest
+            }
+            Enum::Known(DomainStateReason::Shutoff(Enum::Known(DomainShutoffReason::Destroyed))) => {
+                DomainState::Destroyed
+            }
+            Enum::Known(DomainStateReason::Shutoff(Enum::Known(
+                DomainShutoffReason::Crashed | DomainShutoffReason::Failed,
+            ))) => DomainState::Crashed,
+            _ => DomainState::ShutOff,
+        },
+        // `state()` reads a vanished domain as Unknown rather than failing.
+        Enum::Known(VirtState::NoState) | Enum::Unknown(_) => {
+            return Err(HypervisorError::NoDomain(dom.name().unwrap_or_default()))
+        }
+    })
+}
+
+/// The VMI uid from `<metadata><converge:vmi uid="…"/>`.
+pub fn vmi_uid_from_xml(xml: &str) -> Option<String> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    loop {
+        match reader.read_event() {
+            Ok(quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e))
+                if e.name().as_ref().ends_with(b":vmi") =>
+            {
+                return e
+                    .attributes()
+                    .flatten()
+                    .find(|a| a.key.as_ref() == b"uid")
+                    .and_then(|a| a.unescape_value().ok().map(|v| v.into_owned()));
+            }
+            Ok(quick_xml::events::Event::Eof) | Err(_) => return None,
+            _ => {}
+        }
+    }
+}
+
+impl Hypervisor for Libvirt {
+    fn define_and_start(&self, xml: &str) -> HvResult<()> {
+        self.with_conn(|conn| {
+            let dom = conn.define_domain_xml(xml).map_err(err)?;
+            dom.create().map_err(err)
+        })
+    }
+
+    fn list(&self) -> HvResult<Vec<DomainSummary>> {
+        self.with_conn(|conn| {
+            let mut out = Vec::new();
+            for dom in conn.list_all_domains(0).map_err(err)? {
+                let Ok(name) = dom.name() else { continue };
+                let Ok(state) = read_state(&dom) else { continue };
+                let vmi_uid = dom.xml_desc(0).ok().as_deref().and_then(vmi_uid_from_xml);
+                out.push(DomainSummary { name, vmi_uid, state });
+            }
+            Ok(out)
+        })
+    }
+
+    fn state(&self, name: &str) -> HvResult<Option<DomainState>> {
+        match self.with_domain(name, read_state) {
+            Ok(state) => Ok(Some(state)),
+            Err(HypervisorError::NoDomain(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn shutdown(&self, name: &str) -> HvResult<()> {
+        self.with_domain(name, |dom| dom.shutdown().map_err(err))
+    }
+
+    fn destroy(&self, name: &str) -> HvResult<()> {
+        match self.with_domain(name, |dom| {
+            if dom.is_active().map_err(err)? {
+                dom.destroy().map_err(err)?;
+            }
+            Ok(())
+        }) {
+            Err(HypervisorError::NoDomain(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn undefine(&self, name: &str) -> HvResult<()> {
+        match self.with_domain(name, |dom| dom.undefine_flags(sys::VIR_DOMAIN_UNDEFINE_NVRAM).map_err(err)) {
+            Err(HypervisorError::NoDomain(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn pause(&self, name: &str) -> HvResult<()> {
+        self.with_domain(name, |dom| dom.suspend().map_err(err))
+    }
+
+    fn unpause(&self, name: &str) -> HvResult<()> {
+        self.with_domain(name, |dom| dom.resume().map_err(err))
+    }
+
+    fn soft_reboot(&self, name: &str) -> HvResult<()> {
+        self.with_domain(name, |dom| dom.reboot(sys::VIR_DOMAIN_REBOOT_ACPI_POWER_BTN).map_err(err))
+    }
+
+    fn xml(&self, name: &str) -> HvResult<String> {
+        self.with_domain(name, |dom| dom.xml_desc(0).map_err(err))
+    }
+
+    fn events(&self) -> Option<UnboundedReceiver<String>> {
+        self.events_rx.lock().ok()?.take()
+    }
+}

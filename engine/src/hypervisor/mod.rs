@@ -1,0 +1,71 @@
+//! The libvirt boundary. The node agent talks to a `Hypervisor`; the real one is libvirt through
+//! the `virt` crate (`libvirt.rs`), the double records calls for unit tests (`fake.rs`).
+
+pub mod fake;
+mod libvirt;
+mod lifecycle;
+
+pub use libvirt::Libvirt;
+
+/// What libvirt says a domain is doing, with the reason where it matters to a VMI's phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainState {
+    Running,
+    Paused,
+    /// Shutting down, not yet off.
+    ShuttingDown,
+    /// Off after the guest powered itself off (or an ACPI shutdown it honoured).
+    ShutOffByGuest,
+    /// Off because someone destroyed it.
+    Destroyed,
+    /// Off because QEMU died or failed.
+    Crashed,
+    /// Defined, never started (or off for another reason).
+    ShutOff,
+}
+
+impl DomainState {
+    pub fn is_active(self) -> bool {
+        matches!(self, DomainState::Running | DomainState::Paused | DomainState::ShuttingDown)
+    }
+}
+
+/// One domain Converge owns, as listed by the hypervisor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainSummary {
+    pub name: String,
+    /// The VMI uid from the domain's Converge metadata; `None` for domains that aren't ours.
+    pub vmi_uid: Option<String>,
+    pub state: DomainState,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    #[error("libvirt: {0}")]
+    Libvirt(String),
+    #[error("no domain named {0}")]
+    NoDomain(String),
+}
+
+pub type HvResult<T> = Result<T, HypervisorError>;
+
+/// Calls block (libvirt is synchronous): the node agent makes them from blocking threads.
+pub trait Hypervisor: Send + Sync + 'static {
+    /// Defines the domain (replacing a stopped definition of the same name) and starts it.
+    fn define_and_start(&self, xml: &str) -> HvResult<()>;
+    fn list(&self) -> HvResult<Vec<DomainSummary>>;
+    fn state(&self, name: &str) -> HvResult<Option<DomainState>>;
+    /// Asks the guest to power off (ACPI).
+    fn shutdown(&self, name: &str) -> HvResult<()>;
+    /// Pulls the plug. A domain already off is fine.
+    fn destroy(&self, name: &str) -> HvResult<()>;
+    /// Removes the definition of a stopped domain; a missing one is fine.
+    fn undefine(&self, name: &str) -> HvResult<()>;
+    fn pause(&self, name: &str) -> HvResult<()>;
+    fn unpause(&self, name: &str) -> HvResult<()>;
+    /// Asks the guest to reboot (ACPI), the way KubeVirt's soft reboot does without an agent.
+    fn soft_reboot(&self, name: &str) -> HvResult<()>;
+    fn xml(&self, name: &str) -> HvResult<String>;
+    /// Names of domains whose lifecycle changed, as libvirt reports them. One receiver.
+    fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>>;
+}

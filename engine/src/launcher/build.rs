@@ -1,0 +1,302 @@
+//! The pure step: a VMI plus what the node prepared for it → a libvirt domain.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::domain::*;
+use super::spec::{DiskSpec, VmiSpec};
+use crate::meta;
+
+/// Whether guests run under KVM or QEMU's software emulation (TCG).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn domain_type(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "qemu",
+        }
+    }
+}
+
+/// What the node knows that the VMI doesn't.
+#[derive(Debug, Clone)]
+pub struct NodeContext {
+    pub accel: Accel,
+    /// This VMI's own directory: sockets, console log, ephemeral disks.
+    pub vmi_dir: PathBuf,
+    /// Translation-block cache per guest under TCG.
+    pub tb_cache_mib: u64,
+    /// OVMF code and variable-store template for EFI guests.
+    pub ovmf: Option<(PathBuf, PathBuf)>,
+}
+
+/// A volume made ready on disk by the node (see `crate::node::disks`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedVolume {
+    pub path: PathBuf,
+    /// `raw` or `qcow2`.
+    pub format: String,
+    pub block_device: bool,
+    /// Generated media (cloud-init seeds) are read-only to the guest.
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prepared {
+    pub volumes: BTreeMap<String, PreparedVolume>,
+    /// Kernel and initrd extracted for `firmware.kernelBoot`.
+    pub kernel: Option<(PathBuf, Option<PathBuf>)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BuildError {
+    #[error("the VMI has no guest memory (spec.domain.memory.guest or resources.requests.memory)")]
+    NoMemory,
+    #[error("disk {0:?} has no prepared volume")]
+    VolumeNotPrepared(String),
+    #[error("interface {0:?}: {1}")]
+    Interface(String, String),
+    #[error("EFI boot needs OVMF (Debian package `ovmf`), which this node lacks")]
+    NoOvmf,
+    #[error("the VMI spec cannot be read: {0}")]
+    Spec(String),
+}
+
+/// `{namespace}_{name}`, as KubeVirt names its domains.
+pub fn domain_name(namespace: &str, name: &str) -> String {
+    format!("{namespace}_{name}")
+}
+
+pub fn serial_socket(vmi_dir: &Path) -> PathBuf {
+    vmi_dir.join("serial0.sock")
+}
+pub fn serial_log(vmi_dir: &Path) -> PathBuf {
+    vmi_dir.join("serial0.log")
+}
+pub fn vnc_socket(vmi_dir: &Path) -> PathBuf {
+    vmi_dir.join("vnc.sock")
+}
+
+fn path_text(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+pub fn build_domain(vmi: &Value, ctx: &NodeContext, prepared: &Prepared) -> Result<Domain, BuildError> {
+    let spec = VmiSpec::from_vmi(vmi).map_err(BuildError::Spec)?;
+    let memory_kib = spec.guest_memory_bytes().ok_or(BuildError::NoMemory)? / 1024;
+    let (sockets, cores, threads) = spec.vcpus();
+    let firmware = spec.domain.firmware.clone().unwrap_or_default();
+    let uuid = firmware.uuid.clone().unwrap_or_else(|| meta::uid(vmi).to_string());
+    let machine = spec.domain.machine.as_ref().and_then(|m| m.machine_type.clone()).unwrap_or_else(|| "q35".into());
+
+    let efi = firmware.bootloader.as_ref().and_then(|b| b.efi.clone());
+    let (loader, nvram) = match (&efi, &ctx.ovmf) {
+        (None, _) => (None, None),
+        (Some(_), None) => return Err(BuildError::NoOvmf),
+        (Some(e), Some((code, _))) => (
+            Some(Loader {
+                readonly: "yes".into(),
+                secure: if e.secure_boot == Some(true) { "yes" } else { "no" }.into(),
+                loader_type: "pflash".into(),
+                path: path_text(code),
+            }),
+            Some(Text::new(path_text(&ctx.vmi_dir.join("nvram.fd")))),
+        ),
+    };
+    let (kernel, initrd) = match &prepared.kernel {
+        Some((k, i)) => (Some(Text::new(path_text(k))), i.as_ref().map(|i| Text::new(path_text(i)))),
+        None => (None, None),
+    };
+    let cmdline = firmware.kernel_boot.as_ref().and_then(|k| k.kernel_args.clone()).map(Text::new);
+    let os = Os {
+        os_type: OsType { arch: "x86_64".into(), machine, value: "hvm".into() },
+        loader,
+        nvram,
+        kernel,
+        initrd,
+        cmdline,
+        bios: efi.is_none().then(|| Bios { useserial: "yes".into() }),
+        smbios: None,
+    };
+
+    let cpu = match spec.domain.cpu.as_ref().and_then(|c| c.model.clone()).as_deref() {
+        // Under TCG there is no host CPU to pass through: QEMU's own model is what runs.
+        _ if ctx.accel == Accel::Tcg => Cpu {
+            mode: "custom".into(),
+            model: Some(CpuModel { fallback: "allow".into(), name: "qemu64".into() }),
+            topology: Topology { sockets, cores, threads },
+        },
+        None | Some("host-model") => {
+            Cpu { mode: "host-model".into(), model: None, topology: Topology { sockets, cores, threads } }
+        }
+        Some("host-passthrough") => {
+            Cpu { mode: "host-passthrough".into(), model: None, topology: Topology { sockets, cores, threads } }
+        }
+        Some(name) => Cpu {
+            mode: "custom".into(),
+            model: Some(CpuModel { fallback: "forbid".into(), name: name.into() }),
+            topology: Topology { sockets, cores, threads },
+        },
+    };
+
+    let devices = build_devices(&spec, ctx, prepared)?;
+    Ok(Domain {
+        domain_type: ctx.accel.domain_type().into(),
+        name: domain_name(meta::namespace(vmi), meta::name(vmi)),
+        uuid,
+        metadata: Metadata {
+            vmi: VmiRef {
+                xmlns: METADATA_NS.into(),
+                namespace: meta::namespace(vmi).into(),
+                name: meta::name(vmi).into(),
+                uid: meta::uid(vmi).into(),
+            },
+        },
+        memory: Sized::kib(memory_kib),
+        current_memory: Sized::kib(memory_kib),
+        vcpu: Text::new(sockets * cores * threads),
+        os,
+        features: Features {
+            acpi: Some(Empty {}),
+            apic: Some(Empty {}),
+            tcg: (ctx.accel == Accel::Tcg).then(|| Tcg { tb_cache: Sized::mib(ctx.tb_cache_mib) }),
+        },
+        cpu,
+        clock: Clock { offset: "utc".into() },
+        on_poweroff: "destroy".into(),
+        on_reboot: "restart".into(),
+        on_crash: "destroy".into(),
+        devices,
+    })
+}
+
+fn disk_target(disk: &DiskSpec) -> (&'static str, String, bool) {
+    let (device, target) = if let Some(t) = &disk.cdrom {
+        ("cdrom", t)
+    } else if let Some(t) = &disk.lun {
+        ("lun", t)
+    } else if let Some(t) = &disk.disk {
+        ("disk", t)
+    } else {
+        return ("disk", "virtio".into(), false);
+    };
+    let bus = target.bus.clone().unwrap_or_else(|| if device == "disk" { "virtio".into() } else { "sata".into() });
+    // cdroms are read-only unless the VMI says otherwise, as in KubeVirt.
+    let readonly = target.readonly.unwrap_or(device == "cdrom");
+    (device, bus, readonly)
+}
+
+/// `vda`, `vdb`, … `vdz`, `vdaa`: libvirt's device names per bus prefix.
+pub(crate) fn device_name(prefix: &str, index: usize) -> String {
+    let mut n = index;
+    let mut suffix = Vec::new();
+    loop {
+        suffix.push(b'a' + (n % 26) as u8);
+        if n < 26 {
+            break;
+        }
+        n = n / 26 - 1;
+    }
+    suffix.reverse();
+    format!("{prefix}{}", String::from_utf8_lossy(&suffix))
+}
+
+fn build_devices(spec: &VmiSpec, ctx: &NodeContext, prepared: &Prepared) -> Result<Devices, BuildError> {
+    let mut devices = Devices::default();
+    let mut per_prefix: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut needs_scsi = false;
+    for disk in &spec.domain.devices.disks {
+        let volume =
+            prepared.volumes.get(&disk.name).ok_or_else(|| BuildError::VolumeNotPrepared(disk.name.clone()))?;
+        let (device, bus, readonly) = disk_target(disk);
+        let prefix = if bus == "virtio" { "vd" } else { "sd" };
+        needs_scsi |= bus == "scsi";
+        let index = per_prefix.entry(prefix).or_default();
+        let dev = device_name(prefix, *index);
+        *index += 1;
+        let readonly = readonly || volume.readonly;
+        devices.disks.push(Disk {
+            disk_type: if volume.block_device { "block" } else { "file" }.into(),
+            device: device.into(),
+            driver: DiskDriver {
+                name: "qemu".into(),
+                format: volume.format.clone(),
+                cache: disk.cache.clone().or_else(|| Some("none".into()).filter(|_| !readonly && device != "cdrom")),
+            },
+            source: DiskSource {
+                file: (!volume.block_device).then(|| path_text(&volume.path)),
+                dev: volume.block_device.then(|| path_text(&volume.path)),
+            },
+            target: DiskTarget { dev, bus },
+            boot: disk.boot_order.map(|order| Boot { order }),
+            readonly: readonly.then_some(Empty {}),
+            serial: disk.serial.clone().map(Text::new),
+            alias: Alias { name: format!("ua-{}", disk.name) },
+        });
+    }
+    if needs_scsi {
+        devices.controllers.push(Controller {
+            controller_type: "scsi".into(),
+            index: 0,
+            model: Some("virtio-scsi".into()),
+        });
+    }
+
+    for iface in &spec.domain.devices.interfaces {
+        let network = spec.networks.iter().find(|n| n.name == iface.name);
+        if network.is_some_and(|n| n.pod.is_none()) {
+            return Err(BuildError::Interface(
+                iface.name.clone(),
+                "only the pod network is supported on this node yet".into(),
+            ));
+        }
+        if iface.sriov.is_some() {
+            return Err(BuildError::Interface(iface.name.clone(), "no SR-IOV device on this node".into()));
+        }
+        devices.interfaces.push(Interface {
+            // Until pod networking lands: QEMU's user-mode network stands in for the pod network.
+            interface_type: "user".into(),
+            mac: iface.mac_address.clone().map(|address| Mac { address }),
+            model: Model { model_type: iface.model.clone().unwrap_or_else(|| "virtio".into()) },
+            boot: iface.boot_order.map(|order| Boot { order }),
+            alias: Alias { name: format!("ua-{}", iface.name) },
+        });
+    }
+
+    if spec.domain.devices.autoattach_serial_console != Some(false) {
+        let socket = SocketSource { mode: "bind".into(), path: path_text(&serial_socket(&ctx.vmi_dir)) };
+        devices.serials.push(Serial {
+            serial_type: "unix".into(),
+            source: socket.clone(),
+            log: Log { file: path_text(&serial_log(&ctx.vmi_dir)), append: "on".into() },
+            target: SerialTarget { port: 0 },
+            alias: Alias { name: "serial0".into() },
+        });
+        devices.consoles.push(Console {
+            console_type: "unix".into(),
+            source: socket,
+            target: ConsoleTarget { target_type: "serial".into(), port: 0 },
+        });
+    }
+    if spec.domain.devices.autoattach_graphics_device != Some(false) {
+        devices.graphics.push(Graphics { graphics_type: "vnc".into(), socket: path_text(&vnc_socket(&ctx.vmi_dir)) });
+        devices.video = Some(Video { model: VideoModel { model_type: "vga".into(), heads: 1 } });
+    }
+    devices.memballoon = Some(Memballoon {
+        model: if spec.domain.devices.autoattach_mem_balloon == Some(false) { "none" } else { "virtio" }.into(),
+    });
+    if spec.domain.devices.rng.is_some() {
+        devices.rngs.push(Rng {
+            model: "virtio".into(),
+            backend: RngBackend { model: "random".into(), device: "/dev/urandom".into() },
+        });
+    }
+    Ok(devices)
+}
