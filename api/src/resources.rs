@@ -275,12 +275,7 @@ fn place(path: &ResourcePath, obj: &mut Value, url_name: Option<&str>) -> ApiRes
 }
 
 async fn presets_for(state: &AppState, kind: &ResourceKind, namespace: &str) -> ApiResult<Vec<Value>> {
-    if !std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE) {
-        return Ok(vec![]);
-    }
-    let page =
-        state.store.list(&kinds::VIRTUAL_MACHINE_INSTANCE_PRESET, Some(namespace), &ListOptions::default()).await?;
-    page.items.iter().map(|raw| serde_json::from_str(raw).map_err(|e| ApiError::internal(e.to_string()))).collect()
+    admission::presets_for(&state.store, kind, namespace).await
 }
 
 async fn create(

@@ -148,6 +148,20 @@ pub static CONFIG_MAP: ResourceKind = ResourceKind {
     definition: "io.k8s.api.core.v1.ConfigMap",
 };
 
+pub static NODE: ResourceKind = ResourceKind {
+    group: "",
+    version: "v1",
+    kind: "Node",
+    plural: "nodes",
+    singular: "node",
+    short_names: &["no"],
+    namespaced: false,
+    categories: &[],
+    status_subresource: true,
+    scale_subresource: false,
+    definition: "io.k8s.api.core.v1.Node",
+};
+
 pub static EVENT: ResourceKind = ResourceKind {
     group: "",
     version: "v1",
@@ -165,6 +179,7 @@ pub static EVENT: ResourceKind = ResourceKind {
 /// Every served kind, in discovery order.
 pub static ALL: &[&ResourceKind] = &[
     &NAMESPACE,
+    &NODE,
     &SECRET,
     &CONFIG_MAP,
     &EVENT,

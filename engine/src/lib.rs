@@ -2,6 +2,7 @@
 //! node agent. No HTTP here.
 
 pub mod admission;
+pub mod controllers;
 pub mod error;
 pub mod gc;
 pub mod hypervisor;

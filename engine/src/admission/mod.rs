@@ -45,6 +45,12 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
             if let Err(mut c) = apply_presets(obj, ctx.presets) {
                 causes.append(&mut c);
             }
+            // Held until the node agent has removed its domain (or no node ever took it).
+            let mut finalizers = meta::finalizers(obj);
+            if !finalizers.iter().any(|f| f == crate::controllers::VMI_FINALIZER) {
+                finalizers.push(crate::controllers::VMI_FINALIZER.to_string());
+                meta::set_finalizers(obj, &finalizers);
+            }
         }
         spec::validate_vmi_spec(meta::at(obj, &["spec"]).unwrap_or(&Value::Null), "spec", &mut causes);
     } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET) {
@@ -141,3 +147,24 @@ fn validate_metadata(kind: &ResourceKind, obj: &Value, op: Operation, causes: &m
 
 #[cfg(test)]
 mod tests;
+
+/// Creates `obj` the way the API does after decoding: presets of its namespace, admission, then
+/// the store. Controllers create their children through this, never around admission.
+pub async fn create_admitted(
+    store: &crate::store::Store,
+    kind: &ResourceKind,
+    mut obj: Value,
+    dry_run: bool,
+) -> ApiResult<Value> {
+    let presets = presets_for(store, kind, meta::namespace(&obj)).await?;
+    admit(kind, Operation::Create, &mut obj, &Context { old: None, presets: &presets })?;
+    store.create(kind, obj, dry_run).await
+}
+
+/// The VirtualMachineInstancePresets a new VMI in `namespace` is matched against.
+pub async fn presets_for(store: &crate::store::Store, kind: &ResourceKind, namespace: &str) -> ApiResult<Vec<Value>> {
+    if !std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE) {
+        return Ok(vec![]);
+    }
+    store.list_values(&kinds::VIRTUAL_MACHINE_INSTANCE_PRESET, Some(namespace)).await
+}

@@ -201,6 +201,22 @@ impl Store {
         sql::load(&mut conn, &kind.store_key(), namespace, name).await
     }
 
+    /// Every object of `kind` (in `namespace`, or everywhere), parsed.
+    pub async fn list_values(&self, kind: &ResourceKind, namespace: Option<&str>) -> ApiResult<Vec<Value>> {
+        let mut out = Vec::new();
+        let mut opts = ListOptions { limit: Some(1000), ..ListOptions::default() };
+        loop {
+            let page = self.list(kind, namespace, &opts).await?;
+            for raw in &page.items {
+                out.push(serde_json::from_str(raw).map_err(|e| ApiError::internal(e.to_string()))?);
+            }
+            match page.continue_token {
+                Some(token) => opts.continue_token = Some(token),
+                None => return Ok(out),
+            }
+        }
+    }
+
     pub async fn current_rv(&self) -> ApiResult<i64> {
         let mut conn = self.pool.acquire().await?;
         sql::meta_value(&mut conn, "rv").await

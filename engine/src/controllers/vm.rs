@@ -1,0 +1,312 @@
+//! The VirtualMachine reconciler: runStrategy and state-change requests decide whether a VMI
+//! should exist; the VMI's state decides the VM's printableStatus. Pure: the runtime hands in the
+//! VM, its VMI and the time, and applies the plan it gets back.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use super::status::{self as st, condition_true, is_final, phase};
+use crate::meta;
+
+pub const RUN_ALWAYS: &str = "Always";
+pub const RUN_HALTED: &str = "Halted";
+pub const RUN_MANUAL: &str = "Manual";
+pub const RUN_RERUN_ON_FAILURE: &str = "RerunOnFailure";
+pub const RUN_ONCE: &str = "Once";
+
+/// A VMI that ran at least this long before failing resets the crash-loop count.
+const STABLE_RUN: Duration = Duration::from_secs(60);
+const BACKOFF_BASE_SECS: i64 = 5;
+const BACKOFF_MAX_SECS: i64 = 300;
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct VmPlan {
+    pub create_vmi: Option<Value>,
+    /// Delete the VMI with this uid.
+    pub delete_vmi: Option<String>,
+    /// The VM's whole new status.
+    pub status: Value,
+    pub requeue_after: Option<Duration>,
+}
+
+pub fn run_strategy(vm: &Value) -> &str {
+    if let Some(s) = vm.pointer("/spec/runStrategy").and_then(Value::as_str) {
+        return s;
+    }
+    match vm.pointer("/spec/running").and_then(Value::as_bool) {
+        Some(true) => RUN_ALWAYS,
+        _ => RUN_HALTED,
+    }
+}
+
+fn backoff_secs(failures: i64) -> i64 {
+    let exp = (failures - 1).clamp(0, 16) as u32;
+    (BACKOFF_BASE_SECS.saturating_mul(1 << exp)).min(BACKOFF_MAX_SECS)
+}
+
+fn parse_time(v: Option<&Value>) -> Option<DateTime<Utc>> {
+    v.and_then(Value::as_str).and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc))
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The VMI a VM's template describes, owned by the VM.
+pub fn vmi_from_template(vm: &Value) -> Value {
+    let template = vm.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    let mut metadata = json!({
+        "name": meta::name(vm),
+        "namespace": meta::namespace(vm),
+        "ownerReferences": [{
+            "apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachine",
+            "name": meta::name(vm),
+            "uid": meta::uid(vm),
+            "controller": true,
+            "blockOwnerDeletion": true,
+        }],
+    });
+    for field in ["labels", "annotations"] {
+        if let Some(v) = template.pointer(&format!("/metadata/{field}")).filter(|v| v.is_object()) {
+            metadata[field] = v.clone();
+        }
+    }
+    json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": metadata,
+        "spec": template.get("spec").cloned().unwrap_or(json!({})),
+    })
+}
+
+fn owned_by(vmi: &Value, vm: &Value) -> bool {
+    meta::owner_uids(vmi).iter().any(|u| u == meta::uid(vm))
+}
+
+/// Decides what to do about `vm` given its VMI (same name) and the time.
+pub fn reconcile(vm: &Value, vmi: Option<&Value>, now: DateTime<Utc>) -> VmPlan {
+    let mut plan = VmPlan::default();
+    let mut status = vm.get("status").cloned().filter(Value::is_object).unwrap_or(json!({}));
+    // A VMI of the same name that this VM doesn't own is someone else's: leave it alone.
+    let vmi = vmi.filter(|v| owned_by(v, vm));
+    let strategy = run_strategy(vm).to_string();
+    let vmi_gone_or_going = |v: Option<&Value>| v.is_none_or(meta::is_deleting);
+
+    let mut requests: Vec<Value> =
+        status.get("stateChangeRequests").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut create_now = false;
+    let mut waiting_backoff = false;
+
+    if meta::is_deleting(vm) {
+        if let Some(v) = vmi.filter(|v| !meta::is_deleting(v)) {
+            plan.delete_vmi = Some(meta::uid(v).to_string());
+        }
+        requests.clear();
+    } else if let Some(request) = requests.first().cloned() {
+        match request.get("action").and_then(Value::as_str) {
+            Some("Stop") => {
+                let uid = request.get("uid").and_then(Value::as_str);
+                match vmi {
+                    Some(v) if uid.is_none_or(|u| u == meta::uid(v)) => {
+                        if !meta::is_deleting(v) {
+                            plan.delete_vmi = Some(meta::uid(v).to_string());
+                        }
+                    }
+                    _ => {
+                        requests.remove(0);
+                    }
+                }
+            }
+            Some("Start") => match vmi {
+                None => {
+                    requests.remove(0);
+                    create_now = true;
+                }
+                Some(v) if is_final(phase(v)) && !meta::is_deleting(v) => {
+                    plan.delete_vmi = Some(meta::uid(v).to_string());
+                }
+                Some(v) if meta::is_deleting(v) => {}
+                Some(_) => {
+                    requests.remove(0);
+                }
+            },
+            _ => {
+                requests.remove(0);
+            }
+        }
+    } else {
+        match strategy.as_str() {
+            RUN_HALTED => {
+                if let Some(v) = vmi.filter(|v| !meta::is_deleting(v)) {
+                    plan.delete_vmi = Some(meta::uid(v).to_string());
+                }
+            }
+            RUN_ALWAYS | RUN_RERUN_ON_FAILURE => {
+                let restart_on = |p: &str| p == st::FAILED || (strategy == RUN_ALWAYS && p == st::SUCCEEDED);
+                match vmi {
+                    Some(v) if restart_on(phase(v)) && !meta::is_deleting(v) => {
+                        if phase(v) == st::FAILED {
+                            record_failure(&mut status, v, now);
+                        }
+                        plan.delete_vmi = Some(meta::uid(v).to_string());
+                    }
+                    None => create_now = true,
+                    Some(_) => {}
+                }
+            }
+            RUN_ONCE => {
+                if vmi.is_none() && status.get("printableStatus").is_none() {
+                    create_now = true;
+                }
+            }
+            _ => {} // Manual: only requests start and stop it.
+        }
+        if create_now {
+            if let Some(retry) = parse_time(status.pointer("/startFailure/retryAfterTimestamp")) {
+                if now < retry {
+                    create_now = false;
+                    waiting_backoff = true;
+                    let wait = (retry - now).to_std().unwrap_or_default();
+                    plan.requeue_after = Some(wait + Duration::from_millis(100));
+                }
+            }
+        }
+    }
+    if create_now && vmi_gone_or_going(vmi) && vmi.is_none() {
+        plan.create_vmi = Some(vmi_from_template(vm));
+    }
+
+    // A VMI that has run long enough clears the crash-loop record.
+    if let Some(v) = vmi.filter(|v| phase(v) == st::RUNNING) {
+        match st::phase_since(v, st::RUNNING) {
+            Some(since) if (now - since).to_std().unwrap_or_default() >= STABLE_RUN => {
+                if let Some(map) = status.as_object_mut() {
+                    map.remove("startFailure");
+                }
+            }
+            Some(since) if status.get("startFailure").is_some() => {
+                let left = STABLE_RUN.saturating_sub((now - since).to_std().unwrap_or_default());
+                plan.requeue_after = Some(plan.requeue_after.map_or(left, |r| r.min(left)));
+            }
+            _ => {}
+        }
+    }
+
+    if requests.is_empty() {
+        if let Some(map) = status.as_object_mut() {
+            map.remove("stateChangeRequests");
+        }
+    } else {
+        status["stateChangeRequests"] = json!(requests);
+    }
+    let effective_vmi = if plan.delete_vmi.is_some() { None } else { vmi };
+    let wants_run = plan.create_vmi.is_some() || (!requests.is_empty() && plan.delete_vmi.is_none());
+    let printable = printable_status(vm, vmi, plan.delete_vmi.is_some(), wants_run, waiting_backoff);
+    status["printableStatus"] = json!(printable);
+    status["runStrategy"] = json!(strategy);
+    let created = effective_vmi.is_some() || plan.create_vmi.is_some();
+    let ready = effective_vmi.is_some_and(|v| condition_true(v, "Ready"));
+    status["created"] = json!(created);
+    status["ready"] = json!(ready);
+    if let Some(map) = status.as_object_mut() {
+        if !created {
+            map.remove("created");
+        }
+        if !ready {
+            map.remove("ready");
+        }
+    }
+    if let Some(generation) = vm.pointer("/metadata/generation") {
+        status["desiredGeneration"] = generation.clone();
+        status["observedGeneration"] = generation.clone();
+    }
+    let mut holder = json!({"status": status});
+    let now_s = rfc3339(now);
+    match effective_vmi {
+        Some(_) if ready => st::set_condition(&mut holder, "Ready", true, "", "", &now_s),
+        Some(v) => {
+            let reason = st::condition(v, "Ready")
+                .and_then(|c| c.get("reason"))
+                .and_then(Value::as_str)
+                .unwrap_or("VMINotReady");
+            st::set_condition(&mut holder, "Ready", false, reason, "", &now_s)
+        }
+        None => st::set_condition(&mut holder, "Ready", false, "VMINotExists", "VMI does not exist", &now_s),
+    }
+    match effective_vmi.and_then(|v| st::condition(v, "Paused")).filter(|c| c["status"] == "True") {
+        Some(_) => st::set_condition(&mut holder, "Paused", true, "PausedByUser", "VMI was paused by user", &now_s),
+        None => st::remove_condition(&mut holder, "Paused"),
+    }
+    match effective_vmi.and_then(|v| st::condition(v, "PodScheduled")).filter(|c| c["status"] == "False") {
+        Some(c) => {
+            let message = c.get("message").and_then(Value::as_str).unwrap_or("");
+            st::set_condition(&mut holder, "Failure", true, "FailedCreate", message, &now_s)
+        }
+        None => st::remove_condition(&mut holder, "Failure"),
+    }
+    plan.status = holder["status"].take();
+    plan
+}
+
+fn record_failure(status: &mut Value, vmi: &Value, now: DateTime<Utc>) {
+    let uid = meta::uid(vmi);
+    if status.pointer("/startFailure/lastFailedVMIUID").and_then(Value::as_str) == Some(uid) {
+        return;
+    }
+    let ran_long = match (st::phase_since(vmi, st::RUNNING), st::phase_since(vmi, st::FAILED)) {
+        (Some(up), Some(down)) => (down - up).to_std().unwrap_or_default() >= STABLE_RUN,
+        _ => false,
+    };
+    let count = if ran_long {
+        1
+    } else {
+        status.pointer("/startFailure/consecutiveFailCount").and_then(Value::as_i64).unwrap_or(0) + 1
+    };
+    let retry = now + chrono::Duration::seconds(backoff_secs(count));
+    status["startFailure"] = json!({
+        "consecutiveFailCount": count,
+        "lastFailedVMIUID": uid,
+        "retryAfterTimestamp": rfc3339(retry),
+    });
+}
+
+/// KubeVirt's printableStatus values, from the VM and what its VMI is doing.
+fn printable_status(
+    vm: &Value,
+    vmi: Option<&Value>,
+    deleting_vmi: bool,
+    wants_run: bool,
+    backoff: bool,
+) -> &'static str {
+    if meta::is_deleting(vm) {
+        return "Terminating";
+    }
+    if backoff {
+        return "CrashLoopBackOff";
+    }
+    let Some(v) = vmi else {
+        return if wants_run { "Starting" } else { "Stopped" };
+    };
+    if meta::is_deleting(v) || deleting_vmi {
+        return if is_final(phase(v)) && !wants_run { "Stopped" } else { "Stopping" };
+    }
+    match phase(v) {
+        "" | st::PENDING | st::SCHEDULING => {
+            let unschedulable = st::condition(v, "PodScheduled")
+                .is_some_and(|c| c["status"] == "False" && c["reason"] == "Unschedulable");
+            if unschedulable {
+                "ErrorUnschedulable"
+            } else {
+                "Starting"
+            }
+        }
+        st::SCHEDULED => "Starting",
+        st::RUNNING if condition_true(v, "Paused") => "Paused",
+        st::RUNNING => "Running",
+        st::SUCCEEDED | st::FAILED => "Stopped",
+        _ => "Unknown",
+    }
+}

@@ -1,0 +1,110 @@
+//! The VMI controller's share of a VMI's life (the node agent owns the rest): Pending, then
+//! scheduling onto a node, and releasing VMIs that are deleted before any node took them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::queue::WorkQueue;
+use super::scheduler::{self, NodeView, Request};
+use super::status::{self as st, is_final, node_name, phase};
+use super::{Key, VMI_FINALIZER};
+use crate::error::ApiResult;
+use crate::kinds;
+use crate::meta;
+use crate::store::{Store, UpdateMode};
+
+/// How often an unschedulable VMI is tried again (node changes also wake it).
+const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct VmiPlan {
+    pub status: Option<Value>,
+    pub remove_finalizer: bool,
+    pub requeue_after: Option<Duration>,
+}
+
+/// Pure: what to do with a VMI no node has taken yet.
+pub fn reconcile(vmi: &Value, nodes: &[NodeView], used: &BTreeMap<String, Request>, now: &str) -> VmiPlan {
+    let mut plan = VmiPlan::default();
+    if node_name(vmi).is_some() {
+        return plan;
+    }
+    if meta::is_deleting(vmi) {
+        plan.remove_finalizer = meta::finalizers(vmi).iter().any(|f| f == VMI_FINALIZER);
+        return plan;
+    }
+    if is_final(phase(vmi)) {
+        return plan;
+    }
+    let mut next = vmi.clone();
+    st::set_phase(&mut next, st::PENDING, now);
+    match scheduler::schedule(vmi, nodes, used) {
+        Ok(node) => {
+            st::status_mut(&mut next).insert("nodeName".into(), Value::String(node));
+            st::set_phase(&mut next, st::SCHEDULED, now);
+            st::set_condition(&mut next, "PodScheduled", true, "", "", now);
+        }
+        Err(message) => {
+            st::set_phase(&mut next, st::SCHEDULING, now);
+            st::set_condition(&mut next, "PodScheduled", false, "Unschedulable", &message, now);
+            st::set_condition(
+                &mut next,
+                "Ready",
+                false,
+                "PodNotExists",
+                "virt-launcher pod has not yet been scheduled",
+                now,
+            );
+            plan.requeue_after = Some(RETRY_UNSCHEDULABLE);
+        }
+    }
+    plan.status = next.get("status").cloned().filter(|s| Some(s) != vmi.get("status"));
+    plan
+}
+
+/// What each node has promised to the VMIs placed on it and not finished.
+pub fn node_usage(vmis: &[Value]) -> BTreeMap<String, Request> {
+    let mut used: BTreeMap<String, Request> = BTreeMap::new();
+    for v in vmis.iter().filter(|v| !is_final(phase(v))) {
+        if let Some(node) = node_name(v) {
+            let r = scheduler::request_of(v);
+            let entry = used.entry(node.to_string()).or_default();
+            entry.cpu_milli += r.cpu_milli;
+            entry.memory_bytes += r.memory_bytes;
+        }
+    }
+    used
+}
+
+pub(super) async fn sync(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<Key>>) -> ApiResult<()> {
+    let Some(vmi) = store.get(&kinds::VIRTUAL_MACHINE_INSTANCE, &ns, &name).await? else { return Ok(()) };
+    if node_name(&vmi).is_some() {
+        return Ok(());
+    }
+    let (nodes, used) = if meta::is_deleting(&vmi) || is_final(phase(&vmi)) {
+        (vec![], BTreeMap::new())
+    } else {
+        let nodes: Vec<NodeView> =
+            store.list_values(&kinds::NODE, None).await?.iter().map(NodeView::from_node).collect();
+        let vmis = store.list_values(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await?;
+        (nodes, node_usage(&vmis))
+    };
+    let plan = reconcile(&vmi, &nodes, &used, &meta::now_rfc3339());
+    if plan.remove_finalizer {
+        let mut updated = vmi.clone();
+        let rest: Vec<String> = meta::finalizers(&vmi).into_iter().filter(|f| f != VMI_FINALIZER).collect();
+        meta::set_finalizers(&mut updated, &rest);
+        store.update(&kinds::VIRTUAL_MACHINE_INSTANCE, updated, UpdateMode::Main, false).await?;
+        return Ok(());
+    }
+    if let Some(status) = plan.status {
+        super::runtime::write_status(store, &kinds::VIRTUAL_MACHINE_INSTANCE, &vmi, status).await?;
+    }
+    if let Some(after) = plan.requeue_after {
+        queue.add_after((ns, name), after);
+    }
+    Ok(())
+}
