@@ -5,9 +5,13 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 pub struct Client {
-    server: String,
-    token: String,
+    pub server: String,
+    pub token: String,
     http: reqwest::Client,
+    /// PEM of the cluster CA from the kubeconfig, for websocket connections.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The kubeconfig context's namespace.
+    pub namespace: Option<String>,
 }
 
 /// The first value of `key:` in a kubeconfig (the ones Converge writes have one cluster and user).
@@ -22,13 +26,51 @@ impl Client {
         let server = field(&text, "server").context("kubeconfig has no server")?;
         let token = field(&text, "token").context("kubeconfig has no token")?;
         let mut builder = reqwest::Client::builder().use_rustls_tls();
+        let mut ca_pem = None;
         if let Some(ca) = field(&text, "certificate-authority-data") {
             let pem = base64::engine::general_purpose::STANDARD
                 .decode(ca)
                 .context("certificate-authority-data is not base64")?;
             builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+            ca_pem = Some(pem);
         }
-        Ok(Client { server, token, http: builder.build()? })
+        let namespace = field(&text, "namespace");
+        Ok(Client { server, token, http: builder.build()?, ca_pem, namespace })
+    }
+
+    /// PUT to a subresource; 2xx with any (or no) body is success.
+    pub async fn put(&self, path: &str, body: &Value) -> Result<()> {
+        let resp = self
+            .http
+            .put(format!("{}{path}", self.server))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("talking to {}", self.server))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            bail!("{}", body.get("message").and_then(Value::as_str).unwrap_or(status.as_str()));
+        }
+        Ok(())
+    }
+
+    pub async fn get_text(&self, path: &str) -> Result<String> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.server))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("talking to {}", self.server))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            bail!("{}", body.get("message").and_then(Value::as_str).unwrap_or(status.as_str()));
+        }
+        Ok(text)
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value> {

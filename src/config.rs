@@ -8,7 +8,8 @@ use std::time::Duration;
 
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
-    /// A TOML file with any of: data_dir, listen, database, tls_san, mac_range, log_format.
+    /// A TOML file with any of: data_dir, listen, database, tls_san, mac_range, log_format,
+    /// no_node, node_name, allow_emulation, libvirt_uri.
     #[arg(long, env = "CONVERGE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where the database, certificates and kubeconfig live.
@@ -26,6 +27,18 @@ pub struct ServeArgs {
     /// MACs handed to interfaces without one: START-END.
     #[arg(long, env = "CONVERGE_MAC_RANGE")]
     pub mac_range: Option<String>,
+    /// Serve the API only: run no guests on this host.
+    #[arg(long, env = "CONVERGE_NO_NODE")]
+    pub no_node: bool,
+    /// This host's Node name (default: the host name).
+    #[arg(long, env = "CONVERGE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Run guests under software emulation (TCG) when KVM is unusable (default true).
+    #[arg(long, env = "CONVERGE_ALLOW_EMULATION")]
+    pub allow_emulation: Option<bool>,
+    /// libvirt connection URI (default qemu:///system).
+    #[arg(long, env = "CONVERGE_LIBVIRT_URI")]
+    pub libvirt_uri: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -38,6 +51,10 @@ struct FileConfig {
     tls_san: Vec<String>,
     mac_range: Option<String>,
     log_format: Option<String>,
+    no_node: Option<bool>,
+    node_name: Option<String>,
+    allow_emulation: Option<bool>,
+    libvirt_uri: Option<String>,
 }
 
 pub struct Settings {
@@ -72,7 +89,18 @@ pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> 
         None => FileConfig::default(),
     };
     let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir);
-    let mut server = converge_api::ServerConfig::new(data_dir);
+    let mut server = converge_api::ServerConfig::new(data_dir.clone());
+    if !(args.no_node || file.no_node.unwrap_or(false)) {
+        let mut node = converge_engine::node::NodeConfig::new(data_dir.join("node"));
+        if let Some(name) = args.node_name.or(file.node_name) {
+            node.name = name;
+        }
+        node.allow_emulation = args.allow_emulation.or(file.allow_emulation).unwrap_or(true);
+        server.node = Some(node);
+    }
+    if let Some(uri) = args.libvirt_uri.or(file.libvirt_uri) {
+        server.libvirt_uri = uri;
+    }
     if let Some(listen) = args.listen.or(file.listen) {
         server.listen = listen;
     }

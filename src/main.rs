@@ -2,6 +2,7 @@
 
 mod client;
 mod config;
+mod verbs;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -19,7 +20,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the API (and, in later releases, run guests) from one process.
+    /// Serve the API and run guests on this host (the node agent), from one process.
     Serve(config::ServeArgs),
     /// Print the version.
     Version,
@@ -32,6 +33,80 @@ enum Command {
         kubeconfig: Option<PathBuf>,
         #[arg(long, env = "CONVERGE_DATA_DIR", global = true)]
         data_dir: Option<PathBuf>,
+    },
+    /// The node's local image store (container disks and kernel-boot images).
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+        #[arg(long, env = "CONVERGE_DATA_DIR", global = true)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Start a VM (virtctl start).
+    Start {
+        #[command(flatten)]
+        target: Target,
+        /// Start the guest paused.
+        #[arg(long)]
+        paused: bool,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stop a VM (virtctl stop).
+    Stop {
+        #[command(flatten)]
+        target: Target,
+        /// Seconds the guest gets to shut down.
+        #[arg(long)]
+        grace_period: Option<i64>,
+        /// Pull the plug at once (grace period 0).
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Restart a VM: its VMI is replaced by a new one (virtctl restart).
+    Restart {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        grace_period: Option<i64>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Pause a running VMI.
+    Pause {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Unpause a paused VMI.
+    Unpause {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Reboot a VMI's guest through ACPI.
+    Softreboot {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Attach to a VMI's serial console (escape with Ctrl-]).
+    Console {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Serve a VMI's VNC display on a local port for a viewer.
+    Vnc {
+        #[command(flatten)]
+        target: Target,
+        /// Local port (0: any free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        address: String,
+    },
+    /// Print the libvirt domain XML of a running VMI.
+    Domxml {
+        #[command(flatten)]
+        target: Target,
     },
     /// Print the CA certificate that signs the server's certificate.
     Ca {
@@ -62,6 +137,44 @@ enum TokenCommand {
     List,
 }
 
+/// A VM or VMI named as virtctl names them: `NAME`, or `vm NAME` / `vmi NAME`.
+#[derive(clap::Args)]
+struct Target {
+    #[arg(num_args = 1..=2, required = true)]
+    names: Vec<String>,
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    #[arg(long, env = "CONVERGE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl Target {
+    fn name(&self) -> &str {
+        self.names.last().map(String::as_str).unwrap_or_default()
+    }
+    fn client(&self) -> Result<(client::Client, String)> {
+        let path = verbs::kubeconfig_path(self.kubeconfig.clone(), self.data_dir.clone());
+        let api = client::Client::from_kubeconfig(&path)?;
+        let ns = self.namespace.clone().or_else(|| api.namespace.clone()).unwrap_or_else(|| "default".into());
+        Ok((api, ns))
+    }
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import an OCI image layout (a directory, or a tar of one, as `skopeo copy oci:`/`oci-archive:` write).
+    Import {
+        source: PathBuf,
+        /// Reference to file it under (default: the layout's own ref.name annotations).
+        #[arg(long)]
+        reference: Option<String>,
+    },
+    /// List stored images.
+    List,
+}
+
 fn init_logging(format: Option<&str>) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -87,6 +200,59 @@ fn main() -> Result<()> {
             }
             Command::Version => {
                 println!("converge {}", env!("CARGO_PKG_VERSION"));
+                Ok(())
+            }
+            Command::Start { target, paused, dry_run } => {
+                let (api, ns) = target.client()?;
+                verbs::start(&api, &ns, target.name(), paused, dry_run).await
+            }
+            Command::Stop { target, grace_period, force, dry_run } => {
+                let (api, ns) = target.client()?;
+                verbs::stop(&api, &ns, target.name(), grace_period, force, dry_run).await
+            }
+            Command::Restart { target, grace_period, dry_run } => {
+                let (api, ns) = target.client()?;
+                verbs::restart(&api, &ns, target.name(), grace_period, dry_run).await
+            }
+            Command::Pause { target } => {
+                let (api, ns) = target.client()?;
+                verbs::vmi_action(&api, &ns, target.name(), "pause").await
+            }
+            Command::Unpause { target } => {
+                let (api, ns) = target.client()?;
+                verbs::vmi_action(&api, &ns, target.name(), "unpause").await
+            }
+            Command::Softreboot { target } => {
+                let (api, ns) = target.client()?;
+                verbs::vmi_action(&api, &ns, target.name(), "softreboot").await
+            }
+            Command::Console { target } => {
+                let (api, ns) = target.client()?;
+                verbs::console(&api, &ns, target.name()).await
+            }
+            Command::Vnc { target, port, address } => {
+                let (api, ns) = target.client()?;
+                verbs::vnc(std::sync::Arc::new(api), ns, target.name().to_string(), &address, port).await
+            }
+            Command::Domxml { target } => {
+                let (api, ns) = target.client()?;
+                verbs::domxml(&api, &ns, target.name()).await
+            }
+            Command::Image { command, data_dir } => {
+                let dir = data_dir.unwrap_or_else(config::default_data_dir).join("node").join("images");
+                let store = converge_engine::node::images::ImageStore::open(&dir)?;
+                match command {
+                    ImageCommand::Import { source, reference } => {
+                        for r in store.import(&source, reference.as_deref())? {
+                            println!("imported {r}");
+                        }
+                    }
+                    ImageCommand::List => {
+                        for (r, digest) in store.list() {
+                            println!("{r}\t{digest}");
+                        }
+                    }
+                }
                 Ok(())
             }
             Command::Ca { data_dir } => {

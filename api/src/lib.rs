@@ -2,6 +2,7 @@
 //! status, scale), bearer-token auth over TLS, and the OpenAPI documents.
 
 pub mod auth;
+mod console;
 pub mod discovery;
 pub mod openapi;
 pub mod openapi_k8s;
@@ -12,6 +13,7 @@ mod resources;
 pub mod response;
 pub mod server;
 pub mod state;
+pub mod subresources;
 pub mod table;
 mod tokens;
 mod watch;

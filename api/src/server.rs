@@ -4,12 +4,14 @@
 use crate::auth::{self, Authenticator, Principal, Role};
 use crate::response::{json_response, status_response};
 use crate::state::AppState;
-use crate::{discovery, openapi, openapi_k8s, pki, resources, tokens};
+use crate::{discovery, openapi, openapi_k8s, pki, resources, subresources, tokens};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, HttpServer};
+use converge_engine::controllers::Controllers;
 use converge_engine::macpool::MacRange;
+use converge_engine::node::{NodeAgent, NodeConfig};
 use converge_engine::store::{Store, StoreConfig};
 use converge_engine::ApiError;
 use serde_json::json;
@@ -30,6 +32,8 @@ pub enum ServeError {
     Listen { addr: String, source: std::io::Error },
     #[error("tls: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("node agent: {0}")]
+    Node(String),
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +46,9 @@ pub struct ServerConfig {
     pub mac_range: MacRange,
     pub bookmark_interval: Duration,
     pub workers: usize,
+    /// Run a node agent in this process (VMIs become libvirt domains here); `None`: API only.
+    pub node: Option<NodeConfig>,
+    pub libvirt_uri: String,
 }
 
 impl ServerConfig {
@@ -54,6 +61,8 @@ impl ServerConfig {
             mac_range: MacRange::default(),
             bookmark_interval: Duration::from_secs(60),
             workers: 2,
+            node: None,
+            libvirt_uri: "qemu:///system".into(),
         }
     }
 }
@@ -67,6 +76,8 @@ pub struct RunningServer {
     pub ca_pem: String,
     pub store: Arc<Store>,
     pub auth: Arc<Authenticator>,
+    pub node: Option<Arc<NodeAgent>>,
+    controllers: Controllers,
     handle: ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     collector: tokio::task::JoinHandle<()>,
@@ -77,6 +88,8 @@ impl RunningServer {
     pub async fn wait(self) -> std::io::Result<()> {
         let result = self.server.await.unwrap_or(Ok(()));
         self.collector.abort();
+        drop(self.controllers);
+        drop(self.node);
         self.store.close().await;
         result
     }
@@ -85,6 +98,8 @@ impl RunningServer {
         self.handle.stop(true).await;
         let _ = self.server.await;
         self.collector.abort();
+        drop(self.controllers);
+        drop(self.node);
         self.store.close().await;
     }
 }
@@ -106,6 +121,22 @@ async fn admin_token(config: &ServerConfig, auth: &Authenticator, store: &Store)
     Ok(token)
 }
 
+/// Connects to libvirt and starts the node agent on this host.
+async fn start_node(store: &Arc<Store>, config: NodeConfig, uri: &str) -> Result<NodeAgent, ServeError> {
+    use converge_engine::hypervisor::Libvirt;
+    let uri_owned = uri.to_string();
+    let libvirt = tokio::task::spawn_blocking(move || Libvirt::open(&uri_owned))
+        .await
+        .map_err(|e| ServeError::Node(e.to_string()))?
+        .map_err(|e| ServeError::Node(format!("{e} (is libvirtd running? `libvirtd -d` as root)")))?;
+    let version = libvirt.version();
+    let hv: Arc<dyn converge_engine::hypervisor::Hypervisor> = Arc::new(libvirt);
+    let tool = Arc::new(converge_engine::node::disks::SystemDiskTool);
+    converge_engine::node::start(Arc::clone(store), config, hv, tool, &version)
+        .await
+        .map_err(|e| ServeError::Node(e.to_string()))
+}
+
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     let data_dir = &config.data_dir;
     std::fs::create_dir_all(data_dir)
@@ -121,6 +152,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     let auth = Arc::new(Authenticator::new(&pki.signing_secret));
     auth.load_revoked(store.pool()).await.map_err(ServeError::Store)?;
     let token = admin_token(&config, &auth, &store).await?;
+    let node = match &config.node {
+        Some(node_config) => Some(Arc::new(start_node(&store, node_config.clone(), &config.libvirt_uri).await?)),
+        None => None,
+    };
 
     let listener = std::net::TcpListener::bind(&config.listen)
         .map_err(|e| ServeError::Listen { addr: config.listen.clone(), source: e })?;
@@ -143,6 +178,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         auth: Arc::clone(&auth),
         server_address: format!("{host}:{}", addr.port()),
         bookmark_interval: config.bookmark_interval,
+        node: node.clone(),
     });
     let server = HttpServer::new(move || {
         App::new()
@@ -169,6 +205,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
                     .route(web::get().to(tokens::list)),
             )
             .route("/converge/v1/tokens/{id}", web::delete().to(tokens::revoke))
+            .route(
+                "/converge/v1/namespaces/{namespace}/virtualmachineinstances/{name}/domain",
+                web::get().to(subresources::domain_xml),
+            )
+            .route("/apis/subresources.kubevirt.io/{version}", web::get().to(subresources::group_version))
+            .route("/apis/subresources.kubevirt.io/{version}/{tail:.*}", web::to(subresources::handle))
             .default_service(web::to(resources::dispatch))
     })
     .workers(config.workers.max(1))
@@ -180,6 +222,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     let handle = server.handle();
     let server = tokio::spawn(server);
     let collector = tokio::spawn(converge_engine::gc::run(Arc::clone(&store)));
+    let controllers = converge_engine::controllers::spawn(Arc::clone(&store));
 
     let kubeconfig = data_dir.join("kubeconfig");
     pki::write_private(&kubeconfig, &pki::kubeconfig(&base_url, &pki.ca_pem, &token))?;
@@ -192,6 +235,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         ca_pem: pki.ca_pem,
         store,
         auth,
+        node,
+        controllers,
         handle,
         server,
         collector,

@@ -12,4 +12,6 @@ pub struct AppState {
     pub server_address: String,
     /// How often a watch that allows bookmarks gets one.
     pub bookmark_interval: Duration,
+    /// The in-process node agent, when this server runs guests.
+    pub node: Option<Arc<converge_engine::node::NodeAgent>>,
 }

@@ -10,6 +10,7 @@ pub mod kinds;
 pub mod launcher;
 pub mod macpool;
 pub mod meta;
+pub mod node;
 pub mod patch;
 pub mod quantity;
 pub mod schema;

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Wraps a disk image as a KubeVirt containerDisk in OCI image layout: one gzip layer holding
-/disk/<file>, a config, a manifest and an index. Usage: oci_layout.py DISK OUT_DIR [REF]"""
+"""Writes an OCI image layout with one gzip layer holding the given files, as container disks
+and kernel-boot images are built. Files are owned by 107 (qemu in KubeVirt's images).
+Usage: oci_layout.py OUT_DIR REFERENCE SRC:DEST [SRC:DEST ...]"""
 import gzip, hashlib, io, json, os, sys, tarfile
 
-disk, out = sys.argv[1], sys.argv[2]
-ref = sys.argv[3] if len(sys.argv) > 3 else "converge/test-guest:latest"
+out, ref, pairs = sys.argv[1], sys.argv[2], sys.argv[3:]
 blobs = os.path.join(out, "blobs", "sha256")
 os.makedirs(blobs, exist_ok=True)
 
@@ -16,12 +16,22 @@ def put(data: bytes) -> str:
 
 raw = io.BytesIO()
 with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-    d = tarfile.TarInfo("disk"); d.type = tarfile.DIRTYPE; d.mode = 0o555; d.uid = d.gid = 107
-    tar.addfile(d)
-    info = tar.gettarinfo(disk, arcname="disk/" + os.path.basename(disk))
-    info.uid = info.gid = 107; info.uname = info.gname = ""; info.mode = 0o444; info.mtime = 0
-    with open(disk, "rb") as f:
-        tar.addfile(info, f)
+    dirs = set()
+    for pair in pairs:
+        src, dest = pair.split(":", 1)
+        dest = dest.strip("/")
+        parts = dest.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in dirs:
+                dirs.add(d)
+                info = tarfile.TarInfo(d); info.type = tarfile.DIRTYPE; info.mode = 0o555
+                info.uid = info.gid = 107; info.mtime = 0
+                tar.addfile(info)
+        info = tar.gettarinfo(src, arcname=dest)
+        info.uid = info.gid = 107; info.uname = info.gname = ""; info.mode = 0o444; info.mtime = 0
+        with open(src, "rb") as f:
+            tar.addfile(info, f)
 layer_tar = raw.getvalue()
 layer = gzip.compress(layer_tar, mtime=0)
 layer_digest = put(layer)

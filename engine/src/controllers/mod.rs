@@ -10,7 +10,7 @@ pub mod vmi;
 
 mod runtime;
 
-pub use runtime::{spawn, Controllers};
+pub use runtime::{spawn, write_status as runtime_write_status, Controllers};
 
 /// The finalizer every VMI is born with; removed once its domain is gone (or it never had one).
 pub const VMI_FINALIZER: &str = "kubevirt.io/virtualMachineControllerFinalize";

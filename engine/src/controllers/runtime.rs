@@ -146,7 +146,7 @@ async fn feed(store: Arc<Store>, queues: Arc<Queues>) {
 }
 
 /// Writes `status` if it differs from what is stored.
-pub(crate) async fn write_status(store: &Store, kind: &ResourceKind, obj: &Value, status: Value) -> ApiResult<()> {
+pub async fn write_status(store: &Store, kind: &ResourceKind, obj: &Value, status: Value) -> ApiResult<()> {
     if obj.get("status") == Some(&status) {
         return Ok(());
     }

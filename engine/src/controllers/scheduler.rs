@@ -126,9 +126,9 @@ pub fn schedule(vmi: &Value, nodes: &[NodeView], used: &BTreeMap<String, Request
             Some("node(s) were not ready")
         } else if node.unschedulable {
             Some("node(s) were unschedulable")
-        } else if !spec.node_selector.iter().all(|(k, v)| node.labels.get(k).and_then(Value::as_str) == Some(v)) {
-            Some("node(s) didn't match Pod's node affinity/selector")
-        } else if !affinity_matches(&node.labels, spec.affinity.as_ref()) {
+        } else if !spec.node_selector.iter().all(|(k, v)| node.labels.get(k).and_then(Value::as_str) == Some(v))
+            || !affinity_matches(&node.labels, spec.affinity.as_ref())
+        {
             Some("node(s) didn't match Pod's node affinity/selector")
         } else if node.taints.iter().any(|t| {
             matches!(t.get("effect").and_then(Value::as_str), Some("NoSchedule" | "NoExecute"))
@@ -201,7 +201,7 @@ mod tests {
         );
         let no_kvm = NodeView { kvm_devices: 0, ..node("a") };
         assert_eq!(
-            schedule(&vmi(json!({})), &[no_kvm.clone()], &BTreeMap::new()),
+            schedule(&vmi(json!({})), std::slice::from_ref(&no_kvm), &BTreeMap::new()),
             Err("0/1 nodes are available: 1 Insufficient devices.kubevirt.io/kvm.".into())
         );
         let emulating = NodeView { emulation_allowed: true, ..no_kvm };
@@ -220,13 +220,13 @@ mod tests {
         assert_eq!(schedule(&aff, &[node("a"), node("b")], &BTreeMap::new()), Ok("b".into()));
         let tainted =
             NodeView { taints: vec![json!({"key": "dedicated", "value": "db", "effect": "NoSchedule"})], ..node("a") };
-        assert!(schedule(&vmi(json!({})), &[tainted.clone()], &BTreeMap::new())
+        assert!(schedule(&vmi(json!({})), std::slice::from_ref(&tainted), &BTreeMap::new())
             .unwrap_err()
             .contains("untolerated taint"));
         let tolerant = vmi(
             json!({"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]}),
         );
-        assert_eq!(schedule(&tolerant, &[tainted.clone()], &BTreeMap::new()), Ok("a".into()));
+        assert_eq!(schedule(&tolerant, std::slice::from_ref(&tainted), &BTreeMap::new()), Ok("a".into()));
         let exists = vmi(json!({"tolerations": [{"operator": "Exists"}]}));
         assert_eq!(schedule(&exists, &[tainted], &BTreeMap::new()), Ok("a".into()));
         let cordoned = NodeView { unschedulable: true, ..node("a") };

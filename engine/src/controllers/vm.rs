@@ -157,11 +157,8 @@ pub fn reconcile(vm: &Value, vmi: Option<&Value>, now: DateTime<Utc>) -> VmPlan 
                     Some(_) => {}
                 }
             }
-            RUN_ONCE => {
-                if vmi.is_none() && status.get("printableStatus").is_none() {
-                    create_now = true;
-                }
-            }
+            // Once: the first VMI only; a VM that has shown any status has had its chance.
+            RUN_ONCE if vmi.is_none() && status.get("printableStatus").is_none() => create_now = true,
             _ => {} // Manual: only requests start and stop it.
         }
         if create_now {

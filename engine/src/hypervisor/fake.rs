@@ -78,7 +78,12 @@ impl Hypervisor for FakeHypervisor {
         Ok(inner
             .domains
             .iter()
-            .map(|(name, (uid, state, _))| DomainSummary { name: name.clone(), vmi_uid: uid.clone(), state: *state })
+            .map(|(name, (uid, state, xml))| DomainSummary {
+                name: name.clone(),
+                vmi_uid: uid.clone(),
+                node_uid: super::libvirt::node_uid_from_xml(xml),
+                state: *state,
+            })
             .collect())
     }
     fn state(&self, name: &str) -> HvResult<Option<DomainState>> {

@@ -40,6 +40,12 @@ impl Libvirt {
         Ok(hv)
     }
 
+    /// `9.0.0`: the libvirt library version, for the Node's containerRuntimeVersion.
+    pub fn version(&self) -> String {
+        let v = Connect::version().unwrap_or(0);
+        format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
+    }
+
     fn connect(&self) -> HvResult<Connect> {
         let conn = Connect::open(Some(&self.uri)).map_err(err)?;
         // Keepalives make a restarted libvirtd show up as a dead connection within seconds.
@@ -100,6 +106,15 @@ fn read_state(dom: &virt::domain::Domain) -> HvResult<DomainState> {
 
 /// The VMI uid from `<metadata><converge:vmi uid="…"/>`.
 pub fn vmi_uid_from_xml(xml: &str) -> Option<String> {
+    metadata_attr(xml, b"uid")
+}
+
+/// The Node uid from `<metadata><converge:vmi node="…"/>`.
+pub fn node_uid_from_xml(xml: &str) -> Option<String> {
+    metadata_attr(xml, b"node")
+}
+
+fn metadata_attr(xml: &str, attr: &[u8]) -> Option<String> {
     let mut reader = quick_xml::Reader::from_str(xml);
     loop {
         match reader.read_event() {
@@ -109,7 +124,7 @@ pub fn vmi_uid_from_xml(xml: &str) -> Option<String> {
                 return e
                     .attributes()
                     .flatten()
-                    .find(|a| a.key.as_ref() == b"uid")
+                    .find(|a| a.key.as_ref() == attr)
                     .and_then(|a| a.unescape_value().ok().map(|v| v.into_owned()));
             }
             Ok(quick_xml::events::Event::Eof) | Err(_) => return None,
@@ -132,8 +147,13 @@ impl Hypervisor for Libvirt {
             for dom in conn.list_all_domains(0).map_err(err)? {
                 let Ok(name) = dom.name() else { continue };
                 let Ok(state) = read_state(&dom) else { continue };
-                let vmi_uid = dom.xml_desc(0).ok().as_deref().and_then(vmi_uid_from_xml);
-                out.push(DomainSummary { name, vmi_uid, state });
+                let xml = dom.xml_desc(0).unwrap_or_default();
+                out.push(DomainSummary {
+                    name,
+                    vmi_uid: vmi_uid_from_xml(&xml),
+                    node_uid: node_uid_from_xml(&xml),
+                    state,
+                });
             }
             Ok(out)
         })

@@ -5,7 +5,7 @@ pub mod fake;
 mod libvirt;
 mod lifecycle;
 
-pub use libvirt::Libvirt;
+pub use libvirt::{node_uid_from_xml, vmi_uid_from_xml, Libvirt, RESYNC_ALL};
 
 /// What libvirt says a domain is doing, with the reason where it matters to a VMI's phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +36,8 @@ pub struct DomainSummary {
     pub name: String,
     /// The VMI uid from the domain's Converge metadata; `None` for domains that aren't ours.
     pub vmi_uid: Option<String>,
+    /// The Node uid from the same metadata: which agent made it.
+    pub node_uid: Option<String>,
     pub state: DomainState,
 }
 

@@ -35,6 +35,10 @@ pub struct NodeContext {
     pub tb_cache_mib: u64,
     /// OVMF code and variable-store template for EFI guests.
     pub ovmf: Option<(PathBuf, PathBuf)>,
+    /// The Node object's uid, written into the domain's metadata.
+    pub node_uid: String,
+    /// Prepended to `{namespace}_{name}`; empty in production.
+    pub domain_prefix: String,
 }
 
 /// A volume made ready on disk by the node (see `crate::node::disks`).
@@ -69,9 +73,9 @@ pub enum BuildError {
     Spec(String),
 }
 
-/// `{namespace}_{name}`, as KubeVirt names its domains.
-pub fn domain_name(namespace: &str, name: &str) -> String {
-    format!("{namespace}_{name}")
+/// `{namespace}_{name}`, as KubeVirt names its domains (after the node's prefix, if any).
+pub fn domain_name(prefix: &str, namespace: &str, name: &str) -> String {
+    format!("{prefix}{namespace}_{name}")
 }
 
 pub fn serial_socket(vmi_dir: &Path) -> PathBuf {
@@ -149,7 +153,7 @@ pub fn build_domain(vmi: &Value, ctx: &NodeContext, prepared: &Prepared) -> Resu
     let devices = build_devices(&spec, ctx, prepared)?;
     Ok(Domain {
         domain_type: ctx.accel.domain_type().into(),
-        name: domain_name(meta::namespace(vmi), meta::name(vmi)),
+        name: domain_name(&ctx.domain_prefix, meta::namespace(vmi), meta::name(vmi)),
         uuid,
         metadata: Metadata {
             vmi: VmiRef {
@@ -157,6 +161,7 @@ pub fn build_domain(vmi: &Value, ctx: &NodeContext, prepared: &Prepared) -> Resu
                 namespace: meta::namespace(vmi).into(),
                 name: meta::name(vmi).into(),
                 uid: meta::uid(vmi).into(),
+                node: ctx.node_uid.clone(),
             },
         },
         memory: Sized::kib(memory_kib),

@@ -45,6 +45,10 @@ pub struct VmiRef {
     pub name: String,
     #[serde(rename = "@uid")]
     pub uid: String,
+    /// The uid of the Node object whose agent made the domain: agents sharing a libvirtd
+    /// (tests, or two stores on one host) only ever touch their own domains.
+    #[serde(rename = "@node")]
+    pub node: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -5,7 +5,14 @@ use serde_json::json;
 use super::build::*;
 
 fn ctx(accel: Accel) -> NodeContext {
-    NodeContext { accel, vmi_dir: PathBuf::from("/run/converge/vmis/u1"), tb_cache_mib: 32, ovmf: None }
+    NodeContext {
+        accel,
+        vmi_dir: PathBuf::from("/run/converge/vmis/u1"),
+        tb_cache_mib: 32,
+        ovmf: None,
+        node_uid: "n1".into(),
+        domain_prefix: String::new(),
+    }
 }
 
 fn vmi() -> serde_json::Value {
@@ -53,7 +60,7 @@ const EXPECTED_TCG: &str = r#"<domain type="qemu">
   <name>default_testvm</name>
   <uuid>5d307ca9-b3ef-428c-8861-06e72d69f223</uuid>
   <metadata>
-    <converge:vmi xmlns:converge="https://converge.dev/xmlns/domain/1" namespace="default" name="testvm" uid="u1"/>
+    <converge:vmi xmlns:converge="https://converge.dev/xmlns/domain/1" namespace="default" name="testvm" uid="u1" node="n1"/>
   </metadata>
   <memory unit="KiB">131072</memory>
   <currentMemory unit="KiB">131072</currentMemory>

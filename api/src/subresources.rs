@@ -1,0 +1,429 @@
+//! `subresources.kubevirt.io` (v1 and v1alpha3), with virtctl's wire behaviour: PUT start / stop
+//! / restart on VMs, PUT pause / unpause / softreboot on VMIs, GET console / vnc websockets
+//! (`console.rs`), and the group's discovery, version and healthz. Parsing and the decisions
+//! about what a request changes are pure functions, tested without a server.
+
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use converge_engine::controllers::status::{self as st, is_final, phase};
+use converge_engine::controllers::vm::{
+    run_strategy, RUN_ALWAYS, RUN_HALTED, RUN_MANUAL, RUN_ONCE, RUN_RERUN_ON_FAILURE,
+};
+use converge_engine::kinds;
+use converge_engine::meta;
+use converge_engine::store::UpdateMode;
+use converge_engine::{ApiError, ApiResult};
+use serde_json::{json, Value};
+
+use crate::auth::{self, Access, Principal};
+use crate::response::{json_response, status_response};
+use crate::state::AppState;
+
+pub const GROUP: &str = "subresources.kubevirt.io";
+pub const VERSIONS: &[&str] = &["v1", "v1alpha3"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmOp {
+    Start,
+    Stop,
+    Restart,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmiOp {
+    Pause,
+    Unpause,
+    SoftReboot,
+    Console,
+    Vnc,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubRequest {
+    Version,
+    Healthz,
+    Vm { namespace: String, name: String, op: VmOp },
+    Vmi { namespace: String, name: String, op: VmiOp },
+}
+
+/// Pure: method and path (after `/apis/subresources.kubevirt.io/{version}/`) → the request.
+pub fn parse(method: &str, tail: &str) -> ApiResult<SubRequest> {
+    let parts: Vec<&str> = tail.trim_matches('/').split('/').collect();
+    let not_found = ApiError::route_not_found;
+    let wrong_method = |want: &str| ApiError::method_not_allowed(format!("{tail} takes {want}"));
+    match parts.as_slice() {
+        ["version"] if method == "GET" => Ok(SubRequest::Version),
+        ["healthz"] if method == "GET" => Ok(SubRequest::Healthz),
+        ["namespaces", ns, "virtualmachines", name, action] => {
+            let op = match *action {
+                "start" => VmOp::Start,
+                "stop" => VmOp::Stop,
+                "restart" => VmOp::Restart,
+                _ => return Err(not_found()),
+            };
+            if method != "PUT" {
+                return Err(wrong_method("PUT"));
+            }
+            Ok(SubRequest::Vm { namespace: ns.to_string(), name: name.to_string(), op })
+        }
+        ["namespaces", ns, "virtualmachineinstances", name, action] => {
+            let (op, want) = match *action {
+                "pause" => (VmiOp::Pause, "PUT"),
+                "unpause" => (VmiOp::Unpause, "PUT"),
+                "softreboot" => (VmiOp::SoftReboot, "PUT"),
+                "console" => (VmiOp::Console, "GET"),
+                "vnc" => (VmiOp::Vnc, "GET"),
+                _ => return Err(not_found()),
+            };
+            if method != want {
+                return Err(wrong_method(want));
+            }
+            Ok(SubRequest::Vmi { namespace: ns.to_string(), name: name.to_string(), op })
+        }
+        _ => Err(not_found()),
+    }
+}
+
+/// What a start / stop / restart does to the VM (and its VMI's grace period).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct VmChange {
+    /// Replace `spec.running` (when the VM uses it) or `spec.runStrategy` with this strategy.
+    pub set_strategy: Option<&'static str>,
+    pub add_requests: Vec<Value>,
+    /// terminationGracePeriodSeconds to put on the running VMI first (stop's gracePeriod).
+    pub vmi_grace: Option<i64>,
+}
+
+fn conflict(vm: &Value, why: &str) -> ApiError {
+    ApiError::conflict("kubevirt.io", "virtualmachines", meta::name(vm), why)
+}
+
+fn running_vmi(vmi: Option<&Value>) -> Option<&Value> {
+    vmi.filter(|v| !is_final(phase(v)) && !meta::is_deleting(v))
+}
+
+/// Pure: virt-api's rules for the three VM verbs, by run strategy.
+pub fn vm_change(op: VmOp, vm: &Value, vmi: Option<&Value>, body: &Value) -> ApiResult<VmChange> {
+    let strategy = run_strategy(vm);
+    let live = running_vmi(vmi);
+    let grace = body.get("gracePeriod").or_else(|| body.get("gracePeriodSeconds")).and_then(Value::as_i64);
+    if grace.is_some_and(|g| g < 0) {
+        return Err(ApiError::bad_request("gracePeriod must not be negative"));
+    }
+    let mut change = VmChange { vmi_grace: grace.filter(|_| live.is_some()), ..VmChange::default() };
+    match op {
+        VmOp::Start => match strategy {
+            RUN_ALWAYS => return Err(conflict(vm, "Always does not support manual start requests")),
+            RUN_HALTED => change.set_strategy = Some(RUN_ALWAYS),
+            RUN_MANUAL | RUN_RERUN_ON_FAILURE | RUN_ONCE => {
+                if live.is_some() {
+                    return Err(conflict(vm, "VM is already running"));
+                }
+                change.add_requests.push(json!({"action": "Start"}));
+            }
+            other => return Err(ApiError::bad_request(format!("unknown runStrategy {other:?}"))),
+        },
+        VmOp::Stop => match strategy {
+            RUN_HALTED if live.is_none() => return Err(conflict(vm, "VM is not running")),
+            RUN_HALTED => {}
+            RUN_ALWAYS | RUN_RERUN_ON_FAILURE => change.set_strategy = Some(RUN_HALTED),
+            _ => match live {
+                Some(v) => change.add_requests.push(json!({"action": "Stop", "uid": meta::uid(v)})),
+                None => return Err(conflict(vm, "VM is not running")),
+            },
+        },
+        VmOp::Restart => {
+            if strategy == RUN_HALTED {
+                return Err(conflict(vm, "RunStategy Halted does not support manual restart requests"));
+            }
+            match live {
+                Some(v) => {
+                    change.add_requests.push(json!({"action": "Stop", "uid": meta::uid(v)}));
+                    change.add_requests.push(json!({"action": "Start"}));
+                }
+                None => return Err(conflict(vm, "VM is not running")),
+            }
+        }
+    }
+    Ok(change)
+}
+
+fn is_dry_run(body: &Value) -> bool {
+    body.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|v| v == "All"))
+}
+
+fn accepted() -> HttpResponse {
+    HttpResponse::Accepted().finish()
+}
+
+fn parse_body(body: &[u8]) -> ApiResult<Value> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))
+}
+
+/// The group's APIResourceList, as virt-api serves it.
+pub fn resource_list(version: &str) -> Value {
+    let r = |name: &str, verbs: &[&str]| json!({"name": name, "singularName": "", "namespaced": true, "kind": "", "verbs": verbs});
+    json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": format!("{GROUP}/{version}"),
+        "resources": [
+            r("virtualmachineinstances/vnc", &["get"]),
+            r("virtualmachineinstances/console", &["get"]),
+            r("virtualmachineinstances/pause", &["update"]),
+            r("virtualmachineinstances/unpause", &["update"]),
+            r("virtualmachineinstances/softreboot", &["update"]),
+            r("virtualmachines/start", &["update"]),
+            r("virtualmachines/stop", &["update"]),
+            r("virtualmachines/restart", &["update"]),
+        ],
+    })
+}
+
+pub async fn group_version(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let version = req.match_info().get("version").unwrap_or("");
+    if !VERSIONS.contains(&version) {
+        return status_response(&ApiError::route_not_found());
+    }
+    let _ = state;
+    json_response(200, &resource_list(version), &[])
+}
+
+pub async fn handle(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    match dispatch(&req, payload, &state).await {
+        Ok(resp) => resp,
+        Err(e) => status_response(&e),
+    }
+}
+
+/// Bodies here are small option objects.
+const BODY_LIMIT: usize = 64 * 1024;
+
+async fn read_body(mut payload: web::Payload) -> ApiResult<Vec<u8>> {
+    use futures::StreamExt;
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        if body.len() + chunk.len() > BODY_LIMIT {
+            return Err(ApiError::too_large(BODY_LIMIT));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn dispatch(req: &HttpRequest, payload: web::Payload, state: &AppState) -> ApiResult<HttpResponse> {
+    let version = req.match_info().get("version").unwrap_or("");
+    if !VERSIONS.contains(&version) {
+        return Err(ApiError::route_not_found());
+    }
+    let tail = req.match_info().get("tail").unwrap_or("");
+    let request = parse(req.method().as_str(), tail)?;
+    let principal = req.extensions().get::<Principal>().cloned().ok_or_else(ApiError::unauthorized)?;
+    let (namespace, resource, verb) = match &request {
+        SubRequest::Version | SubRequest::Healthz => (None, "", "get"),
+        SubRequest::Vm { namespace, .. } => (Some(namespace.as_str()), "virtualmachines", "update"),
+        SubRequest::Vmi { namespace, .. } => (Some(namespace.as_str()), "virtualmachineinstances", "update"),
+    };
+    if !resource.is_empty() {
+        // Consoles and power actions change what a guest does: edit, as KubeVirt's roles grant them.
+        auth::authorize(
+            &principal,
+            &Access {
+                write: true,
+                namespace,
+                cluster_scoped: false,
+                listable_across_namespaces: false,
+                resource,
+                group: GROUP,
+                verb,
+            },
+        )?;
+    }
+    match request {
+        SubRequest::Version => Ok(json_response(
+            200,
+            &json!({"gitVersion": format!("v{}", env!("CARGO_PKG_VERSION")), "gitCommit": "", "gitTreeState": "clean",
+                    "buildDate": "", "goVersion": "", "compiler": "rustc", "platform": "linux/amd64"}),
+            &[],
+        )),
+        SubRequest::Healthz => Ok(json_response(200, &json!({"apiserver": "ok", "restclient": "ok"}), &[])),
+        SubRequest::Vm { namespace, name, op } => {
+            let body = read_body(payload).await?;
+            vm_request(state, &namespace, &name, op, &parse_body(&body)?).await
+        }
+        SubRequest::Vmi { namespace, name, op } => match op {
+            VmiOp::Console | VmiOp::Vnc => crate::console::open(req, payload, state, &namespace, &name, op).await,
+            _ => {
+                let body = read_body(payload).await?;
+                vmi_request(state, &namespace, &name, op, &parse_body(&body)?).await
+            }
+        },
+    }
+}
+
+/// `GET /converge/v1/namespaces/{ns}/virtualmachineinstances/{name}/domain`: the live libvirt
+/// domain XML of a running VMI (Converge's own; KubeVirt has no such endpoint).
+pub async fn domain_xml(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let ns = req.match_info().get("namespace").unwrap_or("").to_string();
+    let name = req.match_info().get("name").unwrap_or("").to_string();
+    let result: ApiResult<HttpResponse> = async {
+        let principal = req.extensions().get::<Principal>().cloned().ok_or_else(ApiError::unauthorized)?;
+        auth::authorize(
+            &principal,
+            &Access {
+                write: false,
+                namespace: Some(&ns),
+                cluster_scoped: false,
+                listable_across_namespaces: false,
+                resource: "virtualmachineinstances",
+                group: "kubevirt.io",
+                verb: "get",
+            },
+        )?;
+        let vmi = state
+            .store
+            .get(&kinds::VIRTUAL_MACHINE_INSTANCE, &ns, &name)
+            .await?
+            .ok_or_else(|| ApiError::not_found("kubevirt.io", "virtualmachineinstances", &name))?;
+        let node = crate::console::node_for(&state, &vmi)?;
+        let xml = node.with_domain(&ns, &name, |hv, d| hv.xml(d)).await.map_err(|e| {
+            ApiError::not_found("kubevirt.io", "virtualmachineinstances", &format!("{name} (domain: {e})"))
+        })?;
+        Ok(HttpResponse::Ok().content_type("application/xml").body(xml))
+    }
+    .await;
+    result.unwrap_or_else(|e| status_response(&e))
+}
+
+async fn vm_request(state: &AppState, ns: &str, name: &str, op: VmOp, body: &Value) -> ApiResult<HttpResponse> {
+    let vm = state
+        .store
+        .get(&kinds::VIRTUAL_MACHINE, ns, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("kubevirt.io", "virtualmachines", name))?;
+    let vmi = state.store.get(&kinds::VIRTUAL_MACHINE_INSTANCE, ns, name).await?;
+    let change = vm_change(op, &vm, vmi.as_ref(), body)?;
+    if is_dry_run(body) {
+        return Ok(accepted());
+    }
+    if let (Some(grace), Some(mut v)) = (change.vmi_grace, vmi) {
+        v["spec"]["terminationGracePeriodSeconds"] = json!(grace);
+        state.store.update(&kinds::VIRTUAL_MACHINE_INSTANCE, v, UpdateMode::Main, false).await?;
+    }
+    if let Some(strategy) = change.set_strategy {
+        let mut updated = vm.clone();
+        if vm.pointer("/spec/running").is_some_and(|r| !r.is_null()) {
+            updated["spec"]["running"] = json!(strategy == RUN_ALWAYS);
+        } else {
+            updated["spec"]["runStrategy"] = json!(strategy);
+        }
+        state.store.update(&kinds::VIRTUAL_MACHINE, updated, UpdateMode::Main, false).await?;
+    }
+    if !change.add_requests.is_empty() {
+        // Re-read: the spec update above bumped the resourceVersion.
+        let mut current = state
+            .store
+            .get(&kinds::VIRTUAL_MACHINE, ns, name)
+            .await?
+            .ok_or_else(|| ApiError::not_found("kubevirt.io", "virtualmachines", name))?;
+        let status = st::status_mut(&mut current);
+        let list = status.entry("stateChangeRequests").or_insert_with(|| json!([]));
+        if let Some(items) = list.as_array_mut() {
+            items.extend(change.add_requests);
+        }
+        state.store.update(&kinds::VIRTUAL_MACHINE, current, UpdateMode::Status, false).await?;
+    }
+    Ok(accepted())
+}
+
+async fn vmi_request(state: &AppState, ns: &str, name: &str, op: VmiOp, body: &Value) -> ApiResult<HttpResponse> {
+    let vmi = state
+        .store
+        .get(&kinds::VIRTUAL_MACHINE_INSTANCE, ns, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("kubevirt.io", "virtualmachineinstances", name))?;
+    let conflict = |why: &str| ApiError::conflict("kubevirt.io", "virtualmachineinstances", name, why);
+    if phase(&vmi) != st::RUNNING {
+        return Err(conflict("VMI is not running"));
+    }
+    let paused = st::condition_true(&vmi, "Paused");
+    match op {
+        VmiOp::Pause if paused => return Err(conflict("VMI is already paused")),
+        VmiOp::Unpause if !paused => return Err(conflict("VMI is not paused")),
+        VmiOp::SoftReboot if paused => return Err(conflict("VMI is paused")),
+        _ => {}
+    }
+    if is_dry_run(body) {
+        return Ok(accepted());
+    }
+    let node = crate::console::node_for(state, &vmi)?;
+    let result = match op {
+        VmiOp::Pause => node.with_domain(ns, name, |hv, d| hv.pause(d)).await,
+        VmiOp::Unpause => node.with_domain(ns, name, |hv, d| hv.unpause(d)).await,
+        _ => node.with_domain(ns, name, |hv, d| hv.soft_reboot(d)).await,
+    };
+    result.map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(accepted())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(spec: Value) -> Value {
+        json!({"metadata": {"name": "v", "namespace": "d", "uid": "vm1"}, "spec": spec})
+    }
+    fn vmi(phase: &str) -> Value {
+        json!({"metadata": {"name": "v", "uid": "i1"}, "status": {"phase": phase}})
+    }
+
+    #[test]
+    fn paths_parse_to_requests() {
+        assert_eq!(
+            parse("PUT", "namespaces/d/virtualmachines/v/start").unwrap(),
+            SubRequest::Vm { namespace: "d".into(), name: "v".into(), op: VmOp::Start }
+        );
+        assert_eq!(
+            parse("GET", "namespaces/d/virtualmachineinstances/v/console").unwrap(),
+            SubRequest::Vmi { namespace: "d".into(), name: "v".into(), op: VmiOp::Console }
+        );
+        assert_eq!(parse("GET", "version").unwrap(), SubRequest::Version);
+        assert_eq!(parse("GET", "namespaces/d/virtualmachines/v/start").unwrap_err().code, 405);
+        assert_eq!(parse("PUT", "namespaces/d/virtualmachines/v/explode").unwrap_err().code, 404);
+    }
+
+    #[test]
+    fn start_follows_the_run_strategy() {
+        let halted = vm(json!({"runStrategy": "Halted"}));
+        assert_eq!(vm_change(VmOp::Start, &halted, None, &json!({})).unwrap().set_strategy, Some("Always"));
+        let always = vm(json!({"running": true}));
+        assert_eq!(vm_change(VmOp::Start, &always, None, &json!({})).unwrap_err().code, 409);
+        let manual = vm(json!({"runStrategy": "Manual"}));
+        assert_eq!(
+            vm_change(VmOp::Start, &manual, None, &json!({})).unwrap().add_requests,
+            vec![json!({"action": "Start"})]
+        );
+        assert_eq!(vm_change(VmOp::Start, &manual, Some(&vmi("Running")), &json!({})).unwrap_err().code, 409);
+        // A finished VMI does not count as running.
+        assert!(vm_change(VmOp::Start, &manual, Some(&vmi("Succeeded")), &json!({})).is_ok());
+    }
+
+    #[test]
+    fn stop_and_restart() {
+        let always = vm(json!({"runStrategy": "Always"}));
+        let c = vm_change(VmOp::Stop, &always, Some(&vmi("Running")), &json!({"gracePeriod": 0})).unwrap();
+        assert_eq!(c.set_strategy, Some("Halted"));
+        assert_eq!(c.vmi_grace, Some(0));
+        let manual = vm(json!({"runStrategy": "Manual"}));
+        let c = vm_change(VmOp::Stop, &manual, Some(&vmi("Running")), &json!({})).unwrap();
+        assert_eq!(c.add_requests, vec![json!({"action": "Stop", "uid": "i1"})]);
+        assert_eq!(vm_change(VmOp::Stop, &vm(json!({"running": false})), None, &json!({})).unwrap_err().code, 409);
+        let c = vm_change(VmOp::Restart, &always, Some(&vmi("Running")), &json!({})).unwrap();
+        assert_eq!(c.add_requests.len(), 2);
+        assert_eq!(vm_change(VmOp::Restart, &always, None, &json!({})).unwrap_err().code, 409);
+        assert_eq!(vm_change(VmOp::Stop, &always, None, &json!({"gracePeriod": -1})).unwrap_err().code, 400);
+    }
+}

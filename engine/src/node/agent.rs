@@ -1,0 +1,399 @@
+//! The node agent's reconcile loop: for one `(namespace, name)` it compares the VMI (if any, if
+//! scheduled here) with the libvirt domain of that name and acts — start, adopt, report, shut
+//! down, clean up. Woken by VMI changes, libvirt lifecycle events and a periodic resync.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+
+use super::{disks, Shared};
+use crate::controllers::status::{self as st, is_final, node_name, phase};
+use crate::controllers::{Key, VMI_FINALIZER};
+use crate::error::{ApiError, ApiResult};
+use crate::hypervisor::{DomainState, HypervisorError, RESYNC_ALL};
+use crate::kinds;
+use crate::launcher::build::{self, build_domain, Accel, NodeContext};
+use crate::launcher::spec::VmiSpec;
+use crate::meta;
+use crate::store::UpdateMode;
+
+const WORKERS: usize = 8;
+/// KubeVirt's default when a VMI names no terminationGracePeriodSeconds.
+const DEFAULT_GRACE_SECS: u64 = 180;
+
+pub fn domain_name_of(prefix: &str, namespace: &str, name: &str) -> String {
+    build::domain_name(prefix, namespace, name)
+}
+
+fn key_of_domain(prefix: &str, domain: &str) -> Option<Key> {
+    let rest = domain.strip_prefix(prefix)?;
+    let (ns, name) = rest.split_once('_')?;
+    Some((ns.to_string(), name.to_string()))
+}
+
+fn hv_error(e: HypervisorError) -> ApiError {
+    ApiError::unavailable(e.to_string())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(e.to_string()))
+}
+
+pub(super) fn spawn(shared: Arc<Shared>) -> Vec<JoinHandle<()>> {
+    let mut tasks = vec![tokio::spawn(feed_store(Arc::clone(&shared))), tokio::spawn(feed_resync(Arc::clone(&shared)))];
+    if let Some(events) = shared.hv.events() {
+        tasks.push(tokio::spawn(feed_libvirt(Arc::clone(&shared), events)));
+    }
+    for _ in 0..WORKERS {
+        let s = Arc::clone(&shared);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let key = s.queue.next().await;
+                let span = tracing::debug_span!("node_sync", namespace = %key.0, name = %key.1);
+                let result = tracing::Instrument::instrument(sync(&s, &key), span).await;
+                match result {
+                    Ok(Some(after)) => s.queue.add_after(key.clone(), after),
+                    Ok(None) => {}
+                    Err(e) => {
+                        if e.code != 409 {
+                            tracing::warn!(namespace = %key.0, name = %key.1, error = %e.message, "node sync failed; retrying");
+                        }
+                        let delay = if e.code == 409 { Duration::from_millis(50) } else { Duration::from_secs(1) };
+                        s.queue.add_after(key.clone(), delay);
+                    }
+                }
+                s.queue.done(&key);
+            }
+        }));
+    }
+    tasks
+}
+
+async fn feed_store(s: Arc<Shared>) {
+    let mut rx = s.store.subscribe();
+    let vmi_key = kinds::VIRTUAL_MACHINE_INSTANCE.store_key();
+    loop {
+        match rx.recv().await {
+            Ok(ev) if ev.kind_key == vmi_key => {
+                if node_name(&ev.object) == Some(s.config.name.as_str()) {
+                    s.queue.add((ev.namespace.clone(), ev.name.clone()));
+                }
+            }
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => resync(&s).await,
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+async fn feed_libvirt(s: Arc<Shared>, mut events: tokio::sync::mpsc::UnboundedReceiver<String>) {
+    while let Some(domain) = events.recv().await {
+        if domain == RESYNC_ALL {
+            resync(&s).await;
+        } else if let Some(key) = key_of_domain(&s.config.domain_prefix, &domain) {
+            s.queue.add(key);
+        }
+    }
+}
+
+async fn feed_resync(s: Arc<Shared>) {
+    let mut tick = tokio::time::interval(s.config.resync);
+    loop {
+        tick.tick().await;
+        resync(&s).await;
+    }
+}
+
+/// Queues every VMI on this node and every domain this node made (orphans included).
+async fn resync(s: &Arc<Shared>) {
+    if let Ok(vmis) = s.store.list_values(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await {
+        for v in vmis.iter().filter(|v| node_name(v) == Some(s.config.name.as_str())) {
+            s.queue.add((meta::namespace(v).to_string(), meta::name(v).to_string()));
+        }
+    }
+    let hv = Arc::clone(&s.hv);
+    if let Ok(Ok(domains)) = blocking(move || hv.list()).await {
+        for d in domains.iter().filter(|d| d.node_uid.as_deref() == Some(s.node_uid.as_str())) {
+            if let Some(key) = key_of_domain(&s.config.domain_prefix, &d.name) {
+                s.queue.add(key);
+            }
+        }
+    }
+}
+
+fn vmi_dir(s: &Shared, uid: &str) -> PathBuf {
+    s.config.state_dir.join("vmis").join(uid)
+}
+
+/// The domain of this name, if this node made it: (VMI uid, state).
+async fn our_domain(s: &Arc<Shared>, name: &str) -> ApiResult<Option<(String, DomainState)>> {
+    let (hv, n) = (Arc::clone(&s.hv), name.to_string());
+    let xml = match blocking(move || hv.xml(&n)).await? {
+        Ok(xml) => xml,
+        Err(HypervisorError::NoDomain(_)) => return Ok(None),
+        Err(e) => return Err(hv_error(e)),
+    };
+    if crate::hypervisor::node_uid_from_xml(&xml).as_deref() != Some(s.node_uid.as_str()) {
+        return Ok(None);
+    }
+    let (hv, n) = (Arc::clone(&s.hv), name.to_string());
+    let state = blocking(move || hv.state(&n)).await?.map_err(hv_error)?;
+    Ok(match (crate::hypervisor::vmi_uid_from_xml(&xml), state) {
+        (Some(uid), Some(state)) => Some((uid, state)),
+        _ => None,
+    })
+}
+
+/// Destroys and undefines a domain and removes the VMI's directory.
+async fn tear_down(s: &Arc<Shared>, domain: &str, vmi_uid: &str) -> ApiResult<()> {
+    let (hv, n) = (Arc::clone(&s.hv), domain.to_string());
+    blocking(move || hv.destroy(&n).and_then(|_| hv.undefine(&n))).await?.map_err(hv_error)?;
+    let _ = std::fs::remove_dir_all(vmi_dir(s, vmi_uid));
+    if let Ok(mut d) = s.shutdown_deadlines.lock() {
+        d.remove(vmi_uid);
+    }
+    Ok(())
+}
+
+async fn write(s: &Shared, vmi: &Value, next: &Value) -> ApiResult<()> {
+    match next.get("status") {
+        Some(status) if vmi.get("status") != Some(status) => {
+            crate::controllers::runtime_write_status(&s.store, &kinds::VIRTUAL_MACHINE_INSTANCE, vmi, status.clone())
+                .await
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn remove_finalizer(s: &Shared, vmi: &Value) -> ApiResult<()> {
+    let rest: Vec<String> = meta::finalizers(vmi).into_iter().filter(|f| f != VMI_FINALIZER).collect();
+    if rest.len() == meta::finalizers(vmi).len() {
+        return Ok(());
+    }
+    let mut updated = vmi.clone();
+    meta::set_finalizers(&mut updated, &rest);
+    match s.store.update(&kinds::VIRTUAL_MACHINE_INSTANCE, updated, UpdateMode::Main, false).await {
+        Err(e) if e.code == 404 => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+/// One pass over one key; `Some(delay)` asks to be looked at again.
+async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> {
+    let domain = domain_name_of(&s.config.domain_prefix, ns, name);
+    let vmi = s.store.get(&kinds::VIRTUAL_MACHINE_INSTANCE, ns, name).await?;
+    let vmi = vmi.filter(|v| node_name(v) == Some(s.config.name.as_str()));
+    let existing = our_domain(s, &domain).await?;
+
+    // A domain whose VMI is gone, or was replaced by a new VMI of the same name, goes.
+    if let Some((uid, _)) = &existing {
+        if vmi.as_ref().is_none_or(|v| meta::uid(v) != uid) {
+            tear_down(s, &domain, uid).await?;
+            return Ok(vmi.is_some().then_some(Duration::ZERO));
+        }
+    }
+    let Some(vmi) = vmi else { return Ok(None) };
+    let uid = meta::uid(&vmi).to_string();
+    let state = existing.map(|(_, state)| state);
+    let now = meta::now_rfc3339();
+
+    if meta::is_deleting(&vmi) {
+        return shut_down_for_delete(s, &vmi, &domain, state, &now).await;
+    }
+    if is_final(phase(&vmi)) {
+        if state.is_some() {
+            tear_down(s, &domain, &uid).await?;
+        } else {
+            let _ = std::fs::remove_dir_all(vmi_dir(s, &uid));
+        }
+        remove_finalizer(s, &vmi).await?;
+        return Ok(None);
+    }
+    let mut next = vmi.clone();
+    match (phase(&vmi), state) {
+        (st::PENDING | st::SCHEDULING | st::SCHEDULED, None) => match start_domain(s, &vmi).await {
+            Ok(()) => mark_running(s, &mut next, &now),
+            Err(StartError::Retry(e)) => return Err(e),
+            Err(StartError::Fatal(reason, message)) => {
+                tracing::warn!(namespace = %ns, name = %name, %reason, %message, "VMI cannot start");
+                st::set_condition(&mut next, "Synchronized", false, &reason, &message, &now);
+                st::set_condition(&mut next, "Ready", false, &reason, &message, &now);
+                st::set_phase(&mut next, st::FAILED, &now);
+            }
+        },
+        // Started before a crash or restart of `converge serve`: adopt it.
+        (st::PENDING | st::SCHEDULING | st::SCHEDULED, Some(ds)) if ds.is_active() => mark_running(s, &mut next, &now),
+        (_, Some(DomainState::Running)) => {
+            st::set_condition(&mut next, "Ready", true, "", "", &now);
+            st::remove_condition(&mut next, "Paused");
+        }
+        (_, Some(DomainState::Paused)) => {
+            st::set_condition(&mut next, "Paused", true, "PausedByUser", "VMI was paused by user", &now);
+            st::set_condition(&mut next, "Ready", false, "PausedByUser", "VMI was paused by user", &now);
+        }
+        (_, Some(DomainState::ShuttingDown)) => return Ok(Some(Duration::from_secs(1))),
+        (_, Some(DomainState::ShutOffByGuest)) => {
+            st::set_condition(&mut next, "Ready", false, "GuestShutdown", "the guest powered itself off", &now);
+            st::set_phase(&mut next, st::SUCCEEDED, &now);
+        }
+        (_, Some(ds)) => {
+            let why = match ds {
+                DomainState::Crashed => "QEMU exited unexpectedly",
+                DomainState::Destroyed => "the domain was destroyed outside Converge",
+                _ => "the domain stopped for an unknown reason",
+            };
+            st::set_condition(&mut next, "Ready", false, "DomainFailed", why, &now);
+            st::set_phase(&mut next, st::FAILED, &now);
+        }
+        (_, None) => {
+            st::set_condition(&mut next, "Ready", false, "DomainNotFound", "the domain vanished", &now);
+            st::set_phase(&mut next, st::FAILED, &now);
+        }
+    }
+    write(s, &vmi, &next).await?;
+    Ok(is_final(phase(&next)).then_some(Duration::ZERO))
+}
+
+fn mark_running(s: &Shared, next: &mut Value, now: &str) {
+    st::set_phase(next, st::RUNNING, now);
+    st::set_condition(next, "Ready", true, "", "", now);
+    st::set_condition(next, "LiveMigratable", false, "NotMigratable", "live migration is not available yet", now);
+    match (&s.emulation_reason, s.accel) {
+        (Some(why), Accel::Tcg) => st::set_condition(next, "SoftwareEmulation", true, "KVMUnusable", why, now),
+        _ => st::remove_condition(next, "SoftwareEmulation"),
+    }
+    let spec = VmiSpec::from_vmi(next).unwrap_or_default();
+    let interfaces: Vec<Value> = spec
+        .domain
+        .devices
+        .interfaces
+        .iter()
+        .map(|i| {
+            let mut v = json!({"name": i.name, "infoSource": "domain"});
+            if let Some(mac) = &i.mac_address {
+                v["mac"] = json!(mac);
+            }
+            v
+        })
+        .collect();
+    let status = st::status_mut(next);
+    status.insert("interfaces".into(), json!(interfaces));
+    status.insert("guestOSInfo".into(), json!({}));
+    status.insert("qosClass".into(), json!("Burstable"));
+    status.insert("migrationMethod".into(), json!("BlockMigration"));
+}
+
+enum StartError {
+    /// Try again (libvirt unreachable, store conflict).
+    Retry(ApiError),
+    /// The VMI cannot run as specified: it fails, with this reason and message.
+    Fatal(String, String),
+}
+
+async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<(), StartError> {
+    let uid = meta::uid(vmi).to_string();
+    let dir = vmi_dir(s, &uid);
+    std::fs::create_dir_all(&dir).map_err(|e| StartError::Retry(ApiError::internal(e.to_string())))?;
+    if let Some((owner, group)) = s.qemu_owner {
+        // QEMU binds the console and VNC sockets here.
+        let _ = std::os::unix::fs::chown(&dir, Some(owner), Some(group));
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o770));
+    }
+    let secrets = cloud_init_secrets(s, vmi).await.map_err(StartError::Retry)?;
+    let (vmi_c, dir_c, shared) = (vmi.clone(), dir.clone(), Arc::clone(s));
+    let prepared = blocking(move || disks::prepare(&vmi_c, &dir_c, &shared.images, shared.tool.as_ref(), &secrets))
+        .await
+        .map_err(StartError::Retry)?;
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(disks::DiskError::Image(e)) => return Err(StartError::Fatal("ErrImagePull".into(), e.to_string())),
+        Err(e) => return Err(StartError::Fatal("FailedDiskPreparation".into(), e.to_string())),
+    };
+    let ctx = NodeContext {
+        accel: s.accel,
+        vmi_dir: dir,
+        tb_cache_mib: s.config.tb_cache_mib,
+        ovmf: ovmf(),
+        node_uid: s.node_uid.clone(),
+        domain_prefix: s.config.domain_prefix.clone(),
+    };
+    let xml = build_domain(vmi, &ctx, &prepared)
+        .and_then(|d| d.to_xml().map_err(|e| build::BuildError::Spec(e.to_string())))
+        .map_err(|e| StartError::Fatal("FailedCreate".into(), e.to_string()))?;
+    let hv = Arc::clone(&s.hv);
+    match blocking(move || hv.define_and_start(&xml)).await.map_err(StartError::Retry)? {
+        Ok(()) => Ok(()),
+        Err(HypervisorError::Libvirt(message)) if !message.contains("connect") => {
+            Err(StartError::Fatal("FailedCreate".into(), message))
+        }
+        Err(e) => Err(StartError::Retry(hv_error(e))),
+    }
+}
+
+/// OVMF from Debian's `ovmf` package, when installed.
+fn ovmf() -> Option<(PathBuf, PathBuf)> {
+    let code = PathBuf::from("/usr/share/OVMF/OVMF_CODE_4M.fd");
+    let vars = PathBuf::from("/usr/share/OVMF/OVMF_VARS_4M.fd");
+    (code.is_file() && vars.is_file()).then_some((code, vars))
+}
+
+async fn cloud_init_secrets(s: &Shared, vmi: &Value) -> ApiResult<disks::SecretData> {
+    let spec = VmiSpec::from_vmi(vmi).unwrap_or_default();
+    let mut names = vec![];
+    for v in &spec.volumes {
+        for src in [&v.cloud_init_no_cloud, &v.cloud_init_config_drive].into_iter().flatten() {
+            names.extend(src.secret_ref.iter().chain(src.network_data_secret_ref.iter()).map(|r| r.name.clone()));
+        }
+    }
+    let mut out = disks::SecretData::new();
+    for name in names {
+        if let Some(secret) = s.store.get(&kinds::SECRET, meta::namespace(vmi), &name).await? {
+            out.insert(name, disks::secret_data(&secret));
+        }
+    }
+    Ok(out)
+}
+
+/// A deleted VMI: ask the guest to power off, pull the plug after its grace period, then let
+/// the object go.
+async fn shut_down_for_delete(
+    s: &Arc<Shared>,
+    vmi: &Value,
+    domain: &str,
+    state: Option<DomainState>,
+    now: &str,
+) -> ApiResult<Option<Duration>> {
+    let uid = meta::uid(vmi).to_string();
+    if let Some(ds) = state.filter(|d| d.is_active()) {
+        let grace =
+            VmiSpec::from_vmi(vmi).ok().and_then(|sp| sp.termination_grace_period_seconds).map(|g| g.max(0) as u64);
+        let grace = Duration::from_secs(grace.unwrap_or(DEFAULT_GRACE_SECS));
+        let deadline = {
+            let mut d = s.shutdown_deadlines.lock().map_err(|_| ApiError::internal("deadline lock poisoned"))?;
+            *d.entry(uid.clone()).or_insert_with(|| Instant::now() + grace)
+        };
+        let (hv, n) = (Arc::clone(&s.hv), domain.to_string());
+        if Instant::now() >= deadline || grace.is_zero() || ds == DomainState::Paused {
+            blocking(move || hv.destroy(&n)).await?.map_err(hv_error)?;
+        } else {
+            // ACPI again on every pass: a guest still booting may miss the first press.
+            let _ = blocking(move || hv.shutdown(&n)).await?;
+            return Ok(Some(deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(2))));
+        }
+    }
+    tear_down(s, domain, &uid).await?;
+    let mut next = vmi.clone();
+    if !is_final(phase(vmi)) {
+        st::set_condition(&mut next, "Ready", false, "Deleted", "the VMI was deleted", now);
+        st::set_phase(&mut next, st::SUCCEEDED, now);
+        write(s, vmi, &next).await?;
+        return Ok(Some(Duration::ZERO));
+    }
+    remove_finalizer(s, vmi).await?;
+    Ok(None)
+}

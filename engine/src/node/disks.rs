@@ -1,0 +1,269 @@
+//! Makes a VMI's volumes real before its domain starts: copy-on-write overlays over container
+//! disks (the image itself is never written), empty disks, host disks, cloud-init seed images,
+//! and the kernel and initrd of `kernelBoot`. Tools that touch files are behind `DiskTool`.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine;
+use serde_json::Value;
+
+use super::images::{ImageError, ImageStore};
+use crate::launcher::build::{Prepared, PreparedVolume};
+use crate::launcher::spec::{CloudInitSource, VmiSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("volume {volume:?}: {message}")]
+    Volume { volume: String, message: String },
+    #[error("{tool} failed: {message}")]
+    Tool { tool: String, message: String },
+    #[error("disk I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn volume_error(volume: &str, message: impl Into<String>) -> DiskError {
+    DiskError::Volume { volume: volume.to_string(), message: message.into() }
+}
+
+/// The file-making side of disk preparation: `qemu-img` and an ISO 9660 writer.
+pub trait DiskTool: Send + Sync {
+    fn create_overlay(&self, base: &Path, base_format: &str, overlay: &Path) -> Result<(), DiskError>;
+    fn create_image(&self, path: &Path, format: &str, size_bytes: u64) -> Result<(), DiskError>;
+    /// An ISO 9660 image with volume label `label` holding `files` (relative path → content).
+    fn create_iso(&self, path: &Path, label: &str, files: &BTreeMap<String, Vec<u8>>) -> Result<(), DiskError>;
+}
+
+fn run(tool: &str, cmd: &mut Command) -> Result<(), DiskError> {
+    let out = cmd.output().map_err(|e| DiskError::Tool { tool: tool.into(), message: e.to_string() })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(DiskError::Tool { tool: tool.into(), message: String::from_utf8_lossy(&out.stderr).trim().to_string() })
+    }
+}
+
+/// The real tools: Debian's `qemu-img` and `genisoimage`.
+pub struct SystemDiskTool;
+
+impl DiskTool for SystemDiskTool {
+    fn create_overlay(&self, base: &Path, base_format: &str, overlay: &Path) -> Result<(), DiskError> {
+        run(
+            "qemu-img",
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", base_format, "-b"])
+                .arg(base)
+                .arg(overlay),
+        )
+    }
+    fn create_image(&self, path: &Path, format: &str, size_bytes: u64) -> Result<(), DiskError> {
+        run(
+            "qemu-img",
+            Command::new("qemu-img").args(["create", "-q", "-f", format]).arg(path).arg(size_bytes.to_string()),
+        )
+    }
+    fn create_iso(&self, path: &Path, label: &str, files: &BTreeMap<String, Vec<u8>>) -> Result<(), DiskError> {
+        let staging = tempfile::tempdir()?;
+        for (name, content) in files {
+            let file = staging.path().join(name);
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(file, content)?;
+        }
+        run(
+            "genisoimage",
+            Command::new("genisoimage")
+                .args(["-quiet", "-output"])
+                .arg(path)
+                .args(["-volid", label, "-joliet", "-rock"])
+                .arg(staging.path()),
+        )
+    }
+}
+
+/// `qcow2` or `raw`, from the file's first bytes.
+pub fn detect_format(path: &Path) -> Result<String, DiskError> {
+    let mut magic = [0u8; 4];
+    let n = std::fs::File::open(path)?.read(&mut magic)?;
+    Ok(if n == 4 && magic == *b"QFI\xfb" { "qcow2" } else { "raw" }.to_string())
+}
+
+/// Secret data a VMI's cloud-init may reference: secret name → key → bytes.
+pub type SecretData = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
+
+/// Secret data as stored (`data` is base64), for `SecretData`.
+pub fn secret_data(secret: &Value) -> BTreeMap<String, Vec<u8>> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    secret
+        .get("data")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), b64.decode(v.as_str()?).ok()?))).collect())
+        .unwrap_or_default()
+}
+
+fn host_path_ok(path: &str) -> bool {
+    let p = Path::new(path);
+    p.is_absolute()
+        && !p.components().any(|c| matches!(c, Component::ParentDir))
+        && !path.starts_with("/proc")
+        && !path.starts_with("/sys")
+}
+
+fn pick(data: &BTreeMap<String, Vec<u8>>, keys: &[&str]) -> Option<Vec<u8>> {
+    keys.iter().find_map(|k| data.get(*k).cloned())
+}
+
+fn cloud_init_payload(
+    volume: &str,
+    src: &CloudInitSource,
+    secrets: &SecretData,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), DiskError> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let secret = |name: &str| {
+        secrets
+            .get(name)
+            .ok_or_else(|| volume_error(volume, format!("secret {name:?} not found in the VMI's namespace")))
+    };
+    let user = if let Some(text) = &src.user_data {
+        text.clone().into_bytes()
+    } else if let Some(encoded) = &src.user_data_base64 {
+        b64.decode(encoded).map_err(|e| volume_error(volume, format!("userDataBase64: {e}")))?
+    } else if let Some(r) = &src.secret_ref {
+        pick(secret(&r.name)?, &["userdata", "userData"])
+            .ok_or_else(|| volume_error(volume, format!("secret {:?} has no userdata key", r.name)))?
+    } else {
+        Vec::new()
+    };
+    let network = if let Some(text) = &src.network_data {
+        Some(text.clone().into_bytes())
+    } else if let Some(encoded) = &src.network_data_base64 {
+        Some(b64.decode(encoded).map_err(|e| volume_error(volume, format!("networkDataBase64: {e}")))?)
+    } else if let Some(r) = &src.network_data_secret_ref {
+        pick(secret(&r.name)?, &["networkdata", "networkData"])
+    } else if let Some(r) = &src.secret_ref {
+        pick(secret(&r.name)?, &["networkdata", "networkData"])
+    } else {
+        None
+    };
+    Ok((user, network))
+}
+
+/// Prepares every volume of `vmi` under `vmi_dir`. Idempotent: a file already made is kept.
+pub fn prepare(
+    vmi: &Value,
+    vmi_dir: &Path,
+    images: &ImageStore,
+    tool: &dyn DiskTool,
+    secrets: &SecretData,
+) -> Result<Prepared, DiskError> {
+    let spec = VmiSpec::from_vmi(vmi).map_err(|e| volume_error("spec", e))?;
+    let uid = crate::meta::uid(vmi);
+    let name = crate::meta::name(vmi);
+    let mut prepared = Prepared::default();
+    let disks_dir = vmi_dir.join("disks");
+    std::fs::create_dir_all(&disks_dir)?;
+    for vol in &spec.volumes {
+        let file = |ext: &str| disks_dir.join(format!("{}.{ext}", vol.name));
+        let ready = |path: PathBuf, format: &str, readonly: bool| PreparedVolume {
+            path,
+            format: format.to_string(),
+            block_device: false,
+            readonly,
+        };
+        let volume = if let Some(cd) = &vol.container_disk {
+            let base = images.disk(&cd.image, cd.path.as_deref())?;
+            let base_format = detect_format(&base)?;
+            let overlay = file("qcow2");
+            if !overlay.exists() {
+                tool.create_overlay(&base, &base_format, &overlay)?;
+            }
+            ready(overlay, "qcow2", false)
+        } else if let Some(empty) = &vol.empty_disk {
+            let size = empty
+                .capacity
+                .as_ref()
+                .and_then(|q| crate::quantity::parse_value(q).ok())
+                .ok_or_else(|| volume_error(&vol.name, "emptyDisk needs a capacity"))? as u64;
+            let path = file("qcow2");
+            if !path.exists() {
+                tool.create_image(&path, "qcow2", size)?;
+            }
+            ready(path, "qcow2", false)
+        } else if let Some(host) = &vol.host_disk {
+            if !host_path_ok(&host.path) {
+                return Err(volume_error(
+                    &vol.name,
+                    format!("hostDisk path {:?} must be absolute, without '..', outside /proc and /sys", host.path),
+                ));
+            }
+            let path = PathBuf::from(&host.path);
+            match host.disk_type.as_str() {
+                "Disk" if !path.is_file() => {
+                    return Err(volume_error(&vol.name, format!("hostDisk {:?} does not exist (type Disk)", host.path)))
+                }
+                "Disk" => {}
+                "DiskOrCreate" if !path.exists() => {
+                    let size = host
+                        .capacity
+                        .as_ref()
+                        .and_then(|q| crate::quantity::parse_value(q).ok())
+                        .ok_or_else(|| volume_error(&vol.name, "hostDisk DiskOrCreate needs a capacity"))?
+                        as u64;
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    tool.create_image(&path, "raw", size)?;
+                }
+                "DiskOrCreate" => {}
+                other => {
+                    return Err(volume_error(&vol.name, format!("hostDisk type {other:?} is not Disk or DiskOrCreate")))
+                }
+            }
+            ready(path.clone(), &detect_format(&path)?, false)
+        } else if let Some(src) = &vol.cloud_init_no_cloud {
+            let (user, network) = cloud_init_payload(&vol.name, src, secrets)?;
+            let mut files = BTreeMap::from([
+                ("user-data".to_string(), user),
+                ("meta-data".to_string(), format!("instance-id: {uid}\nlocal-hostname: {name}\n").into_bytes()),
+            ]);
+            if let Some(n) = network {
+                files.insert("network-config".into(), n);
+            }
+            let path = file("iso");
+            tool.create_iso(&path, "cidata", &files)?;
+            ready(path, "raw", true)
+        } else if let Some(src) = &vol.cloud_init_config_drive {
+            let (user, network) = cloud_init_payload(&vol.name, src, secrets)?;
+            let meta = serde_json::json!({"uuid": uid, "instance_id": uid, "hostname": name, "name": name});
+            let mut files = BTreeMap::from([
+                ("openstack/latest/user_data".to_string(), user),
+                ("openstack/latest/meta_data.json".to_string(), meta.to_string().into_bytes()),
+            ]);
+            if let Some(n) = network {
+                files.insert("openstack/latest/network_data.json".into(), n);
+            }
+            let path = file("iso");
+            tool.create_iso(&path, "config-2", &files)?;
+            ready(path, "raw", true)
+        } else {
+            return Err(volume_error(&vol.name, "this volume type is not supported on this node yet"));
+        };
+        prepared.volumes.insert(vol.name.clone(), volume);
+    }
+    if let Some(kb) = spec.domain.firmware.as_ref().and_then(|f| f.kernel_boot.as_ref()) {
+        if let Some(c) = kb.container.as_ref() {
+            let kernel = c.kernel_path.as_deref().map(|p| images.file(&c.image, p)).transpose()?;
+            let initrd = c.initrd_path.as_deref().map(|p| images.file(&c.image, p)).transpose()?;
+            match kernel {
+                Some(k) => prepared.kernel = Some((k, initrd)),
+                None => return Err(volume_error("kernelBoot", "kernelBoot.container needs a kernelPath")),
+            }
+        }
+    }
+    Ok(prepared)
+}

@@ -1,0 +1,262 @@
+//! The node agent: registers this host as a Node, and makes the VMIs scheduled to it real under
+//! libvirt — disks, domain, lifecycle — reporting back through VMI status. It never decides
+//! policy; it only follows the objects in the store (see `agent.rs`).
+
+pub mod disks;
+pub mod host;
+pub mod images;
+pub mod register;
+
+mod agent;
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+use crate::controllers::queue::WorkQueue;
+use crate::controllers::Key;
+use crate::hypervisor::Hypervisor;
+use crate::kinds;
+use crate::launcher::build::Accel;
+use crate::launcher::probe::{probe_kvm, KvmProbe};
+use crate::meta;
+use crate::store::{Store, UpdateMode};
+
+pub use agent::domain_name_of;
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The Node's name; the host name by default.
+    pub name: String,
+    /// Holds `vmis/<uid>/` (sockets, console log, overlays) and `images/`.
+    pub state_dir: PathBuf,
+    /// Run guests under TCG when KVM is unusable (KubeVirt's `useEmulation`).
+    pub allow_emulation: bool,
+    /// QEMU's translation-block cache per guest under TCG.
+    pub tb_cache_mib: u64,
+    /// Prepended to every domain name (tests sharing one libvirtd use it).
+    pub domain_prefix: String,
+    pub heartbeat: Duration,
+    pub resync: Duration,
+    /// Skip the KVM probe and use this (tests that run where the answer is known).
+    pub accel_override: Option<Accel>,
+}
+
+impl NodeConfig {
+    pub fn new(state_dir: impl Into<PathBuf>) -> NodeConfig {
+        let hostname = host::gather().hostname;
+        NodeConfig {
+            name: if hostname.is_empty() { "localhost".into() } else { hostname.to_lowercase() },
+            state_dir: state_dir.into(),
+            allow_emulation: true,
+            tb_cache_mib: 32,
+            domain_prefix: String::new(),
+            heartbeat: Duration::from_secs(20),
+            resync: Duration::from_secs(15),
+            accel_override: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("node state directory {0}: {1}")]
+    StateDir(String, std::io::Error),
+    #[error("registering the Node: {0}")]
+    Register(String),
+    #[error(transparent)]
+    Images(#[from] images::ImageError),
+}
+
+/// What the agent's workers share.
+pub(crate) struct Shared {
+    pub store: Arc<Store>,
+    pub hv: Arc<dyn Hypervisor>,
+    pub tool: Arc<dyn disks::DiskTool>,
+    pub images: images::ImageStore,
+    pub config: NodeConfig,
+    pub accel: Accel,
+    /// Why KVM is not used, for the SoftwareEmulation condition.
+    pub emulation_reason: Option<String>,
+    pub node_uid: String,
+    pub qemu_owner: Option<(u32, u32)>,
+    /// VMI uid → when its graceful shutdown must end.
+    pub shutdown_deadlines: Mutex<HashMap<String, Instant>>,
+    pub queue: Arc<WorkQueue<Key>>,
+}
+
+pub struct NodeAgent {
+    pub accel: Accel,
+    pub node_name: String,
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What the API's subresources ask of the node that runs a VMI.
+impl NodeAgent {
+    pub fn images(&self) -> &images::ImageStore {
+        &self.shared.images
+    }
+    pub fn serial_socket(&self, vmi_uid: &str) -> PathBuf {
+        crate::launcher::build::serial_socket(&self.shared.config.state_dir.join("vmis").join(vmi_uid))
+    }
+    pub fn serial_log(&self, vmi_uid: &str) -> PathBuf {
+        crate::launcher::build::serial_log(&self.shared.config.state_dir.join("vmis").join(vmi_uid))
+    }
+    pub fn vnc_socket(&self, vmi_uid: &str) -> PathBuf {
+        crate::launcher::build::vnc_socket(&self.shared.config.state_dir.join("vmis").join(vmi_uid))
+    }
+    pub fn domain_name(&self, namespace: &str, name: &str) -> String {
+        agent::domain_name_of(&self.shared.config.domain_prefix, namespace, name)
+    }
+    /// Runs a hypervisor call for the domain of `namespace/name` off the async threads.
+    pub async fn with_domain<T: Send + 'static>(
+        &self,
+        namespace: &str,
+        name: &str,
+        f: impl FnOnce(&dyn Hypervisor, &str) -> crate::hypervisor::HvResult<T> + Send + 'static,
+    ) -> Result<T, crate::hypervisor::HypervisorError> {
+        let hv = Arc::clone(&self.shared.hv);
+        let domain = self.domain_name(namespace, name);
+        let key = (namespace.to_string(), name.to_string());
+        let queue = Arc::clone(&self.shared.queue);
+        let result = tokio::task::spawn_blocking(move || f(hv.as_ref(), &domain))
+            .await
+            .map_err(|e| crate::hypervisor::HypervisorError::Libvirt(e.to_string()))?;
+        // The agent reports what changed without waiting for libvirt's event.
+        queue.add(key);
+        result
+    }
+}
+
+impl Drop for NodeAgent {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// uid and gid QEMU runs as under `qemu:///system` (Debian: libvirt-qemu), so its sockets and
+/// disks can live in directories Converge makes.
+fn qemu_owner() -> Option<(u32, u32)> {
+    let name = std::ffi::CString::new("libvirt-qemu").ok()?;
+    // SAFETY: getpwnam returns a pointer into static storage or null; read at once.
+    unsafe {
+        let pw = libc::getpwnam(name.as_ptr());
+        (!pw.is_null()).then(|| ((*pw).pw_uid, (*pw).pw_gid))
+    }
+}
+
+/// QEMU (another user) must reach files below `dir`: every ancestor gets the traverse bit.
+fn allow_traverse(dir: &Path) -> std::io::Result<()> {
+    for ancestor in dir.ancestors() {
+        if let Ok(m) = std::fs::metadata(ancestor) {
+            let mode = m.permissions().mode();
+            if mode & 0o001 == 0 {
+                std::fs::set_permissions(ancestor, std::fs::Permissions::from_mode(mode | 0o001))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn register(store: &Store, config: &NodeConfig, accel: Accel, hv_version: &str) -> Result<Value, NodeError> {
+    let facts = host::gather();
+    let nf = register::NodeFacts {
+        name: &config.name,
+        host: &facts,
+        accel,
+        emulation_allowed: config.allow_emulation,
+        hypervisor_version: hv_version,
+    };
+    let now = meta::now_rfc3339();
+    let err = |e: crate::ApiError| NodeError::Register(e.message);
+    let node = match store.get(&kinds::NODE, "", &config.name).await.map_err(err)? {
+        Some(mut existing) => {
+            let labels = meta::at_mut(&mut existing, &["metadata", "labels"]);
+            if let (Some(map), Some(new)) = (labels.as_object_mut(), register::labels(&nf).as_object()) {
+                map.remove(crate::controllers::scheduler::EMULATION_LABEL);
+                map.extend(new.clone());
+            }
+            store.update(&kinds::NODE, existing, UpdateMode::Main, false).await.map_err(err)?
+        }
+        None => {
+            let node = json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": config.name, "labels": register::labels(&nf)},
+                "spec": {},
+            });
+            store.create(&kinds::NODE, node, false).await.map_err(err)?
+        }
+    };
+    let status = register::merge_heartbeat(node.get("status"), register::status(&nf, &now));
+    let mut with_status = node.clone();
+    with_status["status"] = status;
+    store.update(&kinds::NODE, with_status, UpdateMode::Status, false).await.map_err(err)
+}
+
+/// Probes KVM, registers the Node and starts reconciling the VMIs scheduled to it.
+pub async fn start(
+    store: Arc<Store>,
+    config: NodeConfig,
+    hv: Arc<dyn Hypervisor>,
+    tool: Arc<dyn disks::DiskTool>,
+    hv_version: &str,
+) -> Result<NodeAgent, NodeError> {
+    let state_err = |e: std::io::Error| NodeError::StateDir(config.state_dir.display().to_string(), e);
+    std::fs::create_dir_all(config.state_dir.join("vmis")).map_err(state_err)?;
+    allow_traverse(&config.state_dir.join("vmis")).map_err(state_err)?;
+    let images = images::ImageStore::open(config.state_dir.join("images"))?;
+    allow_traverse(&config.state_dir.join("images")).map_err(state_err)?;
+
+    let (accel, emulation_reason) = match config.accel_override {
+        Some(a) => (a, (a == Accel::Tcg).then(|| "software emulation chosen by configuration".to_string())),
+        None => match tokio::task::spawn_blocking(|| probe_kvm(Duration::from_secs(2))).await {
+            Ok(KvmProbe::Works) => (Accel::Kvm, None),
+            Ok(KvmProbe::Unusable(why)) => (Accel::Tcg, Some(why)),
+            Err(e) => (Accel::Tcg, Some(format!("the KVM probe did not finish: {e}"))),
+        },
+    };
+    if let Some(why) = &emulation_reason {
+        if config.allow_emulation {
+            tracing::warn!(reason = %why, "KVM is unusable on this node: guests run under software emulation (TCG)");
+        } else {
+            tracing::warn!(reason = %why, "KVM is unusable and emulation is not allowed: no VMI can run on this node");
+        }
+    }
+    let node = register(&store, &config, accel, hv_version).await?;
+    let shared = Arc::new(Shared {
+        node_uid: meta::uid(&node).to_string(),
+        store: Arc::clone(&store),
+        hv,
+        tool,
+        images,
+        accel,
+        emulation_reason,
+        qemu_owner: qemu_owner(),
+        shutdown_deadlines: Mutex::new(HashMap::new()),
+        queue: WorkQueue::new(),
+        config: config.clone(),
+    });
+    let mut tasks = agent::spawn(Arc::clone(&shared));
+    let agent_shared = Arc::clone(&shared);
+    let heartbeat_config = config.clone();
+    let hv_version = hv_version.to_string();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(heartbeat_config.heartbeat);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = register(&store, &heartbeat_config, accel, &hv_version).await {
+                tracing::warn!(error = %e, "node heartbeat failed");
+            }
+        }
+    }));
+    Ok(NodeAgent { accel, node_name: config.name, shared: agent_shared, tasks })
+}
