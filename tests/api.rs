@@ -33,7 +33,7 @@ async fn watch_until(app: &TestApp, path: &str, within: Duration, done: impl Fn(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_ignores_status_and_status_ignores_the_rest() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let (_, vm) = app.post(VMS, &vm_manifest("s")).await;
     let mut with_status = vm.clone();
     with_status["status"] = json!({"printableStatus": "Running"});
@@ -66,7 +66,7 @@ async fn put_ignores_status_and_status_ignores_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn field_validation_modes_and_bad_bodies() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let mut vm = vm_manifest("fv");
     vm["spec"]["surprise"] = json!(true);
     let body = vm.to_string();
@@ -134,7 +134,11 @@ async fn field_validation_modes_and_bad_bodies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_expire_bookmark_and_follow_selectors() {
-    let app = spawn_app_with(None, |c| c.bookmark_interval = Duration::from_millis(200)).await;
+    let app = spawn_app_with(None, |c| {
+        c.bookmark_interval = Duration::from_millis(200);
+        c.controllers = false;
+    })
+    .await;
     let (_, first) = app.post(VMS, &vm_manifest("w1")).await;
     let rv: i64 = first["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()).expect("rv");
     // From a resourceVersion: only later changes; with bookmarks allowed, bookmarks too.
@@ -172,7 +176,7 @@ async fn watches_expire_bookmark_and_follow_selectors() {
     assert!(plain.len() >= 2, "the stream ends at timeoutSeconds: {plain:?}");
 
     // A resourceVersion older than the log answers with an ERROR event carrying 410 Expired.
-    let app2 = spawn_app().await;
+    let app2 = spawn_api_only().await;
     let store = app2.store();
     let compacted = converge_engine::store::StoreConfig {
         watch_log_retention: 5,
@@ -204,7 +208,7 @@ async fn watches_expire_bookmark_and_follow_selectors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_sets_scale_and_vmis_get_admission() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let template = vm_manifest("t")["spec"]["template"].clone();
     let mut template = template;
     template["metadata"] = json!({"labels": {"rs": "a"}});
@@ -263,7 +267,7 @@ async fn replica_sets_scale_and_vmis_get_admission() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_honour_preconditions_and_restarts_keep_everything() {
-    let app = spawn_app().await;
+    let app = spawn_api_only().await;
     let (_, vm) = app.post(VMS, &vm_manifest("keep")).await;
     let (s, body) = app.delete(&format!("{VMS}/keep"), Some(&json!({"preconditions": {"uid": "not-it"}}))).await;
     assert_eq!((s, body["reason"].as_str()), (409, Some("Conflict")));

@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub mac_range: MacRange,
     pub bookmark_interval: Duration,
     pub workers: usize,
+    /// Run the controllers (VM, VMI, replica set); off only for tests of the API alone.
+    pub controllers: bool,
     /// Run a node agent in this process (VMIs become libvirt domains here); `None`: API only.
     pub node: Option<NodeConfig>,
     pub libvirt_uri: String,
@@ -61,6 +63,7 @@ impl ServerConfig {
             mac_range: MacRange::default(),
             bookmark_interval: Duration::from_secs(60),
             workers: 2,
+            controllers: true,
             node: None,
             libvirt_uri: "qemu:///system".into(),
         }
@@ -77,7 +80,7 @@ pub struct RunningServer {
     pub store: Arc<Store>,
     pub auth: Arc<Authenticator>,
     pub node: Option<Arc<NodeAgent>>,
-    controllers: Controllers,
+    controllers: Option<Controllers>,
     handle: ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     collector: tokio::task::JoinHandle<()>,
@@ -222,7 +225,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     let handle = server.handle();
     let server = tokio::spawn(server);
     let collector = tokio::spawn(converge_engine::gc::run(Arc::clone(&store)));
-    let controllers = converge_engine::controllers::spawn(Arc::clone(&store));
+    let controllers = config.controllers.then(|| converge_engine::controllers::spawn(Arc::clone(&store)));
 
     let kubeconfig = data_dir.join("kubeconfig");
     pki::write_private(&kubeconfig, &pki::kubeconfig(&base_url, &pki.ca_pem, &token))?;

@@ -17,6 +17,8 @@ pub struct TestApp {
     pub kubeconfig: PathBuf,
     pub token: String,
     pub http: reqwest::Client,
+    /// What the server was started with; a restart reuses it.
+    pub config: ServerConfig,
 }
 
 /// PostgreSQL is tested when CONVERGE_TEST_POSTGRES names a server (CI sets it); each test gets
@@ -64,6 +66,11 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(None, |_| {}).await
 }
 
+/// The API server alone: no controllers write status behind the test's back.
+pub async fn spawn_api_only() -> TestApp {
+    spawn_app_with(None, |c| c.controllers = false).await
+}
+
 /// Start a server; `database_url` None means SQLite in the data dir.
 pub async fn spawn_app_with(database_url: Option<String>, tweak: impl FnOnce(&mut ServerConfig)) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -78,7 +85,11 @@ async fn start_in(dir: tempfile::TempDir, database_url: String, tweak: impl FnOn
     config.database_url = Some(database_url.clone());
     config.workers = 2;
     tweak(&mut config);
-    let server = converge_api::start(config).await.expect("server starts");
+    start_with(dir, database_url, config).await
+}
+
+async fn start_with(dir: tempfile::TempDir, database_url: String, config: ServerConfig) -> TestApp {
+    let server = converge_api::start(config.clone()).await.expect("server starts");
     let http = http_client(&server.ca_pem);
     TestApp {
         base_url: server.base_url.clone(),
@@ -88,6 +99,7 @@ async fn start_in(dir: tempfile::TempDir, database_url: String, tweak: impl FnOn
         dir,
         database_url,
         http,
+        config,
     }
 }
 
@@ -97,7 +109,7 @@ impl TestApp {
         if let Some(s) = self.server.take() {
             s.stop().await;
         }
-        start_in(self.dir, self.database_url, |_| {}).await
+        start_with(self.dir, self.database_url, self.config).await
     }
 
     pub fn store(&self) -> Arc<Store> {
