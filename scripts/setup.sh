@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install what Converge and its tests need on Debian 12. Idempotent; needs root (or sudo).
+# Install what Converge and its tests need on Debian 12, and start libvirt. Idempotent; needs
+# root (or sudo).
 set -euo pipefail
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -9,12 +10,27 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
 command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# libvirt + QEMU (the node agent), the tools disk preparation runs, and what the test guests are
+# built from.
+command -v libvirtd >/dev/null 2>&1 || need+=(libvirt-daemon-system)
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
+[ -f /usr/include/libvirt/libvirt.h ] || need+=(libvirt-dev)
+command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+command -v genisoimage >/dev/null 2>&1 || need+=(genisoimage)
+[ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)
+[ -x /bin/busybox ] && /bin/busybox --list | grep -qx udhcpc || need+=(busybox-static)
+command -v syslinux >/dev/null 2>&1 || need+=(syslinux)
+[ -f /usr/lib/syslinux/modules/bios/ldlinux.c32 ] || need+=(syslinux-common)
+command -v mcopy >/dev/null 2>&1 || need+=(mtools)
+command -v mkfs.vfat >/dev/null 2>&1 || need+=(dosfstools)
+command -v cpio >/dev/null 2>&1 || need+=(cpio)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: a Rust toolchain (cargo, rustc >= 1.85) is required and is not on PATH" >&2
   exit 1
 fi
+scripts/libvirt.sh

@@ -16,7 +16,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-${CONVERGE_GUEST_DIR:-$here/../../target/guest}}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
-stamp="$out/.built-v4"
+stamp="$out/.built-v5"
 [ -f "$stamp" ] && { echo "$out"; exit 0; }
 
 need=()
@@ -108,7 +108,8 @@ code += bytes([0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb, (loop - (len(code) + 8)
 code += bytes([0xf4, 0xeb, 0xfd])
 code[6:8] = (0x7C00 + len(code)).to_bytes(2, "little")
 code += msg + b"\0"
-open(sys.argv[1], "wb").write(bytes(code) + bytes(510 - len(code)) + b"\x55\xaa")
+# Padded to 1 MiB: firmware will not boot a disk of a single sector.
+open(sys.argv[1], "wb").write((bytes(code) + bytes(510 - len(code)) + b"\x55\xaa").ljust(1 << 20, b"\0"))
 PY
 
 # The same files as container images, in OCI image layout.

@@ -79,7 +79,7 @@ pub async fn spawn_app_with(database_url: Option<String>, tweak: impl FnOnce(&mu
     start_in(dir, database_url, tweak).await
 }
 
-async fn start_in(dir: tempfile::TempDir, database_url: String, tweak: impl FnOnce(&mut ServerConfig)) -> TestApp {
+pub async fn start_in(dir: tempfile::TempDir, database_url: String, tweak: impl FnOnce(&mut ServerConfig)) -> TestApp {
     let mut config = ServerConfig::new(dir.path());
     config.listen = "127.0.0.1:0".into();
     config.database_url = Some(database_url.clone());
@@ -236,3 +236,4 @@ pub fn vm_manifest(name: &str) -> Value {
 }
 
 pub const VMS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
+pub mod guests;

@@ -1,0 +1,237 @@
+//! Real guests under libvirt and QEMU (TCG here): the user's flow from `kubectl apply` to a
+//! console, and what happens when guests stop, crash, or the server restarts. Run apart with
+//! `cargo test --test guests`; each test has its own deadline.
+
+mod common;
+
+use common::guests::*;
+use common::*;
+use converge_engine::hypervisor::DomainState;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const BOOT: Duration = Duration::from_secs(90);
+const SETTLE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_start_console_stop_restart() {
+    let g = spawn_guest_app().await;
+    within(Duration::from_secs(300), async {
+        let manifest = serde_yaml_like(&kernel_vm("demo", "Halted"));
+        let (ok, _, err) = g.app.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest)).await;
+        assert!(ok, "kubectl apply: {err}");
+        assert!(g.wait_printable("demo", "Stopped", SETTLE).await, "a Halted VM reads Stopped");
+
+        let (ok, out, err) = g.converge(&["start", "demo"], None).await;
+        assert!(ok && out.contains("scheduled to start"), "{out}{err}");
+        assert!(g.wait_phase("demo", "Running", BOOT).await, "VMI Running");
+        assert!(g.wait_printable("demo", "Running", SETTLE).await);
+        let vmi = g.vmi("demo").await;
+        assert_eq!(vmi["status"]["nodeName"], "node-1");
+        let emulation =
+            vmi["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "SoftwareEmulation");
+        assert_eq!(emulation.map(|c| c["status"].clone()), Some(json!("True")), "the probe picked TCG here: {vmi}");
+        assert_eq!(g.domain_state("demo"), Some(DomainState::Running));
+        let first_uid = vmi["metadata"]["uid"].as_str().unwrap().to_string();
+
+        assert!(g.wait_marker("demo", GUEST_MARKER, BOOT).await, "the guest printed its marker");
+        let (ok, out, err) = g.converge(&["console", "demo"], Some("echo console-$((6*7))\n")).await;
+        assert!(ok, "console: {err}");
+        assert!(out.contains("console-42"), "the shell ran the command: {out:?}");
+
+        let (ok, out, err) = g.app.kubectl(&["get", "vm", "demo"]).await;
+        assert!(ok && out.contains("Running"), "{out}{err}");
+
+        let (ok, _, err) = g.converge(&["stop", "demo"], None).await;
+        assert!(ok, "{err}");
+        assert!(g.wait_printable("demo", "Stopped", SETTLE).await, "stopped");
+        assert!(wait_until(SETTLE, || async { g.domain_state("demo").is_none() }).await, "domain gone");
+
+        let (ok, _, err) = g.converge(&["start", "demo"], None).await;
+        assert!(ok, "{err}");
+        assert!(g.wait_phase("demo", "Running", BOOT).await);
+        let second_uid = g.vmi("demo").await["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        let (ok, _, err) = g.converge(&["restart", "demo"], None).await;
+        assert!(ok, "{err}");
+        let restarted = wait_until(BOOT, || async {
+            let v = g.vmi("demo").await;
+            let uid = v["metadata"]["uid"].as_str().unwrap_or("").to_string();
+            !uid.is_empty() && uid != second_uid && v["status"]["phase"] == "Running"
+        })
+        .await;
+        assert!(restarted, "restart gives a new VMI");
+        assert_ne!(first_uid, second_uid);
+        assert_eq!(g.domains().len(), 1, "one domain, no duplicates: {:?}", g.domains());
+
+        let (ok, xml, err) = g.converge(&["domxml", "demo"], None).await;
+        assert!(ok && xml.contains("<domain type='qemu'"), "{xml}{err}");
+    })
+    .await;
+}
+
+/// kubectl reads JSON as YAML; keeps the manifests in one place.
+fn serde_yaml_like(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deletion_poweroff_and_run_strategies() {
+    let g = spawn_guest_app().await;
+    within(Duration::from_secs(300), async {
+        // A standalone VMI, deleted: its domain is gone within its grace period (0 here).
+        let vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+                         "metadata": {"name": "solo", "namespace": "default"}, "spec": halt_vmi_spec()});
+        let (code, body) = g.app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances", &vmi).await;
+        assert_eq!(code, 201, "{body}");
+        assert!(g.wait_phase("solo", "Running", BOOT).await);
+        assert!(g.wait_marker("solo", HALT_MARKER, BOOT).await, "the boot sector ran");
+        let (code, _) =
+            g.app.delete("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances/solo", None).await;
+        assert_eq!(code, 200);
+        assert!(wait_until(SETTLE, || async { g.domain_state("solo").is_none() }).await, "domain gone");
+        assert!(
+            wait_until(SETTLE, || async {
+                g.app.get("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances/solo").await.0 == 404
+            })
+            .await
+        );
+
+        // The guest powers itself off: Succeeded, and with runStrategy Always it comes back.
+        let (code, body) = g.app.post(VMS, &kernel_vm("always", "Always")).await;
+        assert_eq!(code, 201, "{body}");
+        assert!(g.wait_phase("always", "Running", BOOT).await);
+        assert!(g.wait_marker("always", GUEST_MARKER, BOOT).await);
+        let uid = g.vmi("always").await["metadata"]["uid"].as_str().unwrap().to_string();
+        let (ok, _, err) = g.converge(&["console", "always"], Some("poweroff -f\n")).await;
+        assert!(ok, "{err}");
+        let back = wait_until(BOOT, || async {
+            let v = g.vmi("always").await;
+            v["metadata"]["uid"].as_str().is_some_and(|u| u != uid) && v["status"]["phase"] == "Running"
+        })
+        .await;
+        assert!(back, "Always restarts a guest that powered off");
+
+        // Halted → stopped for good; Succeeded seen on a Manual VM.
+        let (code, _) = g.app.post(VMS, &kernel_vm("manual", "Manual")).await;
+        assert_eq!(code, 201);
+        assert!(g.wait_printable("manual", "Stopped", SETTLE).await, "Manual starts only on request");
+        let (ok, _, err) = g.converge(&["start", "manual"], None).await;
+        assert!(ok, "{err}");
+        assert!(g.wait_phase("manual", "Running", BOOT).await);
+        assert!(g.wait_marker("manual", GUEST_MARKER, BOOT).await);
+        let (ok, _, err) = g.converge(&["console", "manual"], Some("poweroff -f\n")).await;
+        assert!(ok, "{err}");
+        assert!(g.wait_phase("manual", "Succeeded", SETTLE).await, "guest poweroff → Succeeded");
+        assert!(g.wait_printable("manual", "Stopped", SETTLE).await);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crashes_fail_rerun_and_back_off() {
+    let g = spawn_guest_app().await;
+    within(Duration::from_secs(300), async {
+        let (code, body) = g.app.post(VMS, &halt_vm("crashy", "RerunOnFailure")).await;
+        assert_eq!(code, 201, "{body}");
+        let mut last_uid = String::new();
+        let mut saw_backoff = false;
+        for round in 0..3 {
+            let up = wait_until(BOOT, || async {
+                let v = g.vmi("crashy").await;
+                v["status"]["phase"] == "Running" && v["metadata"]["uid"].as_str().is_some_and(|u| u != last_uid)
+            })
+            .await;
+            assert!(up, "round {round}: a new VMI runs");
+            last_uid = g.vmi("crashy").await["metadata"]["uid"].as_str().unwrap().to_string();
+            kill_qemu(&g.domain("crashy"));
+            let failed = wait_until(SETTLE, || async {
+                let v = g.vmi("crashy").await;
+                v["metadata"]["uid"].as_str() != Some(last_uid.as_str()) || v["status"]["phase"] == "Failed"
+            })
+            .await;
+            assert!(failed, "round {round}: kill -9 of QEMU → Failed");
+            if round > 0 {
+                saw_backoff |= g.wait_printable("crashy", "CrashLoopBackOff", Duration::from_secs(10)).await;
+            }
+        }
+        assert!(saw_backoff, "repeated crashes show CrashLoopBackOff");
+        let failures = g.vm("crashy").await["status"]["startFailure"]["consecutiveFailCount"].as_i64().unwrap_or(0);
+        assert!(failures >= 2, "failures are counted: {failures}");
+    })
+    .await;
+}
+
+fn kill_qemu(domain: &str) {
+    let pid_file = format!("/run/libvirt/qemu/{domain}.pid");
+    let pid = std::fs::read_to_string(&pid_file).expect("QEMU pid file").trim().to_string();
+    let status = std::process::Command::new("kill").args(["-9", &pid]).status().expect("kill");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guests_survive_a_server_restart() {
+    let g = spawn_guest_app().await;
+    within(Duration::from_secs(300), async {
+        for name in ["keep-a", "keep-b", "keep-c"] {
+            let (code, body) = g.app.post(VMS, &halt_vm(name, "Always")).await;
+            assert_eq!(code, 201, "{body}");
+        }
+        for name in ["keep-a", "keep-b", "keep-c"] {
+            assert!(g.wait_phase(name, "Running", BOOT).await, "{name} runs");
+        }
+        let uids: Vec<String> = futures::future::join_all(["keep-a", "keep-b", "keep-c"].map(|n| g.vmi(n)))
+            .await
+            .iter()
+            .map(|v| v["metadata"]["uid"].to_string())
+            .collect();
+        let pids: Vec<String> = ["keep-a", "keep-b", "keep-c"]
+            .iter()
+            .map(|n| std::fs::read_to_string(format!("/run/libvirt/qemu/{}.pid", g.domain(n))).unwrap_or_default())
+            .collect();
+
+        let GuestApp { app, prefix, libvirt, cleanup } = g;
+        let app = app.restart().await;
+        let g = GuestApp { app, prefix, libvirt, cleanup };
+        tokio::time::sleep(Duration::from_secs(8)).await; // more than one resync of the agent
+        for (i, name) in ["keep-a", "keep-b", "keep-c"].iter().enumerate() {
+            let v = g.vmi(name).await;
+            assert_eq!(v["status"]["phase"], "Running", "{name} still Running");
+            assert_eq!(v["metadata"]["uid"].to_string(), uids[i], "{name}: same VMI");
+            let pid = std::fs::read_to_string(format!("/run/libvirt/qemu/{}.pid", g.domain(name))).unwrap_or_default();
+            assert_eq!(pid, pids[i], "{name}: the same QEMU process, adopted");
+        }
+        assert_eq!(g.domains().len(), 3, "no duplicates: {:?}", g.domains());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replica_sets_scale_guests() {
+    let g = spawn_guest_app().await;
+    within(Duration::from_secs(300), async {
+        let rs = json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceReplicaSet",
+            "metadata": {"name": "fleet", "namespace": "default"},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "fleet"}},
+                     "template": {"metadata": {"labels": {"app": "fleet"}}, "spec": halt_vmi_spec()}},
+        });
+        let path = "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstancereplicasets";
+        let (code, body) = g.app.post(path, &rs).await;
+        assert_eq!(code, 201, "{body}");
+        let ready =
+            wait_until(BOOT, || async { g.app.get(&format!("{path}/fleet")).await.1["status"]["readyReplicas"] == 3 })
+                .await;
+        assert!(ready, "3 ready replicas");
+        assert_eq!(g.domains().len(), 3);
+        let (ok, out, err) = g.app.kubectl(&["scale", "vmirs", "fleet", "--replicas=1"]).await;
+        assert!(ok, "{out}{err}");
+        assert!(wait_until(SETTLE, || async { g.domains().len() == 1 }).await, "2 guests stopped: {:?}", g.domains());
+        let scaled = wait_until(SETTLE, || async {
+            let s = g.app.get(&format!("{path}/fleet")).await.1;
+            s["status"]["replicas"] == 1 && s["status"]["readyReplicas"] == 1
+        })
+        .await;
+        assert!(scaled);
+    })
+    .await;
+}
