@@ -290,7 +290,9 @@ async fn create(
     place(path, &mut obj, None)?;
     let warnings = check_object(kind, &mut obj, q.field_validation)?;
     let presets = presets_for(state, kind, item_namespace(path)).await?;
-    admission::admit(kind, Operation::Create, &mut obj, &admission::Context { old: None, presets: &presets })?;
+    let (instancetype, preference) = admission::lookup_instancetypes(&state.store, kind, &obj).await?;
+    let ctx = admission::Context { old: None, presets: &presets, instancetype, preference };
+    admission::admit(kind, Operation::Create, &mut obj, &ctx)?;
     let created = state.store.create(kind, obj, q.dry_run).await?;
     Ok(json_response(201, &created, &warnings))
 }
@@ -305,7 +307,14 @@ async fn write_update(
     mode: UpdateMode,
 ) -> ApiResult<Value> {
     if mode == UpdateMode::Main {
-        admission::admit(kind, Operation::Update, &mut obj, &admission::Context { old: Some(old), presets: &[] })?;
+        // The frozen revision lives in the stored status; an update's body may not carry it.
+        let mut probe = obj.clone();
+        if let Some(status) = old.get("status") {
+            probe["status"] = status.clone();
+        }
+        let (instancetype, preference) = admission::lookup_instancetypes(&state.store, kind, &probe).await?;
+        let ctx = admission::Context { old: Some(old), presets: &[], instancetype, preference };
+        admission::admit(kind, Operation::Update, &mut obj, &ctx)?;
     }
     state.store.update(kind, obj, mode, q.dry_run).await
 }

@@ -148,6 +148,78 @@ pub static CONFIG_MAP: ResourceKind = ResourceKind {
     definition: "io.k8s.api.core.v1.ConfigMap",
 };
 
+pub const INSTANCETYPE_GROUP: &str = "instancetype.kubevirt.io";
+
+pub static INSTANCETYPE: ResourceKind = ResourceKind {
+    group: INSTANCETYPE_GROUP,
+    version: "v1beta1",
+    kind: "VirtualMachineInstancetype",
+    plural: "virtualmachineinstancetypes",
+    singular: "virtualmachineinstancetype",
+    short_names: &["vminstancetype", "vminstancetypes", "vmf", "vmfs"],
+    namespaced: true,
+    categories: &[],
+    status_subresource: false,
+    scale_subresource: false,
+    definition: "v1beta1.VirtualMachineInstancetype",
+};
+
+pub static CLUSTER_INSTANCETYPE: ResourceKind = ResourceKind {
+    group: INSTANCETYPE_GROUP,
+    version: "v1beta1",
+    kind: "VirtualMachineClusterInstancetype",
+    plural: "virtualmachineclusterinstancetypes",
+    singular: "virtualmachineclusterinstancetype",
+    short_names: &["vmclusterinstancetype", "vmclusterinstancetypes", "vmcf", "vmcfs"],
+    namespaced: false,
+    categories: &[],
+    status_subresource: false,
+    scale_subresource: false,
+    definition: "v1beta1.VirtualMachineClusterInstancetype",
+};
+
+pub static PREFERENCE: ResourceKind = ResourceKind {
+    group: INSTANCETYPE_GROUP,
+    version: "v1beta1",
+    kind: "VirtualMachinePreference",
+    plural: "virtualmachinepreferences",
+    singular: "virtualmachinepreference",
+    short_names: &["vmpref", "vmprefs", "vmp", "vmps"],
+    namespaced: true,
+    categories: &[],
+    status_subresource: false,
+    scale_subresource: false,
+    definition: "v1beta1.VirtualMachinePreference",
+};
+
+pub static CLUSTER_PREFERENCE: ResourceKind = ResourceKind {
+    group: INSTANCETYPE_GROUP,
+    version: "v1beta1",
+    kind: "VirtualMachineClusterPreference",
+    plural: "virtualmachineclusterpreferences",
+    singular: "virtualmachineclusterpreference",
+    short_names: &["vmcp", "vmcps"],
+    namespaced: false,
+    categories: &[],
+    status_subresource: false,
+    scale_subresource: false,
+    definition: "v1beta1.VirtualMachineClusterPreference",
+};
+
+pub static CONTROLLER_REVISION: ResourceKind = ResourceKind {
+    group: "apps",
+    version: "v1",
+    kind: "ControllerRevision",
+    plural: "controllerrevisions",
+    singular: "controllerrevision",
+    short_names: &[],
+    namespaced: true,
+    categories: &[],
+    status_subresource: false,
+    scale_subresource: false,
+    definition: "io.k8s.api.apps.v1.ControllerRevision",
+};
+
 pub static NODE: ResourceKind = ResourceKind {
     group: "",
     version: "v1",
@@ -187,6 +259,11 @@ pub static ALL: &[&ResourceKind] = &[
     &VIRTUAL_MACHINE_INSTANCE,
     &VIRTUAL_MACHINE_INSTANCE_REPLICA_SET,
     &VIRTUAL_MACHINE_INSTANCE_PRESET,
+    &INSTANCETYPE,
+    &CLUSTER_INSTANCETYPE,
+    &PREFERENCE,
+    &CLUSTER_PREFERENCE,
+    &CONTROLLER_REVISION,
 ];
 
 /// The kind served at `group/version` under `plural`.
@@ -236,6 +313,9 @@ mod tests {
     fn lookups_agree() {
         assert_eq!(by_plural("kubevirt.io", "v1", "virtualmachines"), Some(&VIRTUAL_MACHINE));
         assert_eq!(by_store_key("core/namespaces"), Some(&NAMESPACE));
-        assert_eq!(group_versions(), vec![("", "v1"), ("kubevirt.io", "v1")]);
+        assert_eq!(
+            group_versions(),
+            vec![("", "v1"), ("kubevirt.io", "v1"), ("instancetype.kubevirt.io", "v1beta1"), ("apps", "v1")]
+        );
     }
 }

@@ -6,6 +6,7 @@ pub mod controllers;
 pub mod error;
 pub mod gc;
 pub mod hypervisor;
+pub mod instancetype;
 pub mod kinds;
 pub mod launcher;
 pub mod macpool;

@@ -25,6 +25,10 @@ pub struct Context<'a> {
     pub old: Option<&'a Value>,
     /// VirtualMachineInstancePresets of the object's namespace (VMI create only).
     pub presets: &'a [Value],
+    /// A VM's instancetype and preference, as `lookup_instancetypes` found them (an Err is
+    /// the message for a missing one); `None` when the VM names none.
+    pub instancetype: Option<Result<Value, String>>,
+    pub preference: Option<Result<Value, String>>,
 }
 
 /// Default and validate `obj` for `op`. On failure, a 422 with one cause per problem.
@@ -37,7 +41,7 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
     }
     if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE) {
         vm::mutate_vm(op, obj, ctx.old);
-        vm::validate_vm(obj, &mut causes);
+        vm::validate_vm(obj, ctx, &mut causes);
     } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE) {
         if op == Operation::Create {
             let spec = meta::at_mut(obj, &["spec"]);
@@ -157,8 +161,51 @@ pub async fn create_admitted(
     dry_run: bool,
 ) -> ApiResult<Value> {
     let presets = presets_for(store, kind, meta::namespace(&obj)).await?;
-    admit(kind, Operation::Create, &mut obj, &Context { old: None, presets: &presets })?;
+    let (instancetype, preference) = lookup_instancetypes(store, kind, &obj).await?;
+    admit(kind, Operation::Create, &mut obj, &Context { old: None, presets: &presets, instancetype, preference })?;
     store.create(kind, obj, dry_run).await
+}
+
+type Lookup = Option<Result<Value, String>>;
+
+/// A VM's instancetype and preference: the revision it froze, else the current object.
+pub async fn lookup_instancetypes(
+    store: &crate::store::Store,
+    kind: &ResourceKind,
+    vm: &Value,
+) -> ApiResult<(Lookup, Lookup)> {
+    if !std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE) {
+        return Ok((None, None));
+    }
+    let mut out = [None, None];
+    for (i, (field, status_field)) in
+        [("instancetype", "instancetypeRef"), ("preference", "preferenceRef")].iter().enumerate()
+    {
+        let Some(matcher) = vm.pointer(&format!("/spec/{field}")).filter(|m| m.is_object()) else { continue };
+        let name = matcher.get("name").and_then(Value::as_str).unwrap_or("");
+        let revision =
+            vm.pointer(&format!("/status/{status_field}/controllerRevisionRef/name")).and_then(Value::as_str);
+        if let Some(rev) = revision {
+            if let Some(r) = store.get(&kinds::CONTROLLER_REVISION, meta::namespace(vm), rev).await? {
+                if r.pointer("/data/metadata/name").and_then(Value::as_str) == Some(name) {
+                    out[i] = Some(Ok(r["data"].clone()));
+                    continue;
+                }
+            }
+        }
+        let target = if i == 0 {
+            crate::instancetype::instancetype_kind(matcher)
+        } else {
+            crate::instancetype::preference_kind(matcher)
+        };
+        let ns = if target.namespaced { meta::namespace(vm) } else { "" };
+        out[i] = Some(match store.get(target, ns, name).await? {
+            Some(obj) => Ok(obj),
+            None => Err(format!("Failure to find {field}: {}.{} \"{name}\" not found", target.plural, target.group)),
+        });
+    }
+    let [instancetype, preference] = out;
+    Ok((instancetype, preference))
 }
 
 /// The VirtualMachineInstancePresets a new VMI in `namespace` is matched against.

@@ -42,7 +42,7 @@ fn a_good_vm_gets_machine_type_and_firmware_uuid() {
 fn firmware_uuid_survives_an_update_that_omits_it() {
     let (old, _) = admit_vm(vm(json!({})));
     let mut new = vm(json!({}));
-    let ctx = Context { old: Some(&old), presets: &[] };
+    let ctx = Context { old: Some(&old), ..Context::default() };
     assert!(admit(&kinds::VIRTUAL_MACHINE, Operation::Update, &mut new, &ctx).is_ok());
     let path = |v: &Value| v["spec"]["template"]["spec"]["domain"]["firmware"]["uuid"].clone();
     assert_eq!(path(&new), path(&old));
@@ -125,7 +125,7 @@ fn presets_fill_matching_vmis_and_conflicts_refuse() {
     let preset = json!({"metadata": {"name": "small"}, "spec": {"selector": {"matchLabels": {"size": "small"}}, "domain": {"cpu": {"cores": 2}, "resources": {"requests": {"memory": "64Mi"}}}}});
     let presets = [preset];
     let mut v = vmi(json!({"size": "small"}));
-    let ctx = Context { old: None, presets: &presets };
+    let ctx = Context { old: None, presets: &presets, ..Context::default() };
     assert!(admit(&kinds::VIRTUAL_MACHINE_INSTANCE, Operation::Create, &mut v, &ctx).is_ok());
     assert_eq!(v["spec"]["domain"]["cpu"]["cores"], 2);
     assert_eq!(v["metadata"]["annotations"]["virtualmachinepreset.kubevirt.io/small"], "kubevirt.io/v1");
@@ -163,7 +163,7 @@ fn updates_keep_assigned_macs_by_interface_name() {
     let mut new = vm(
         json!({"spec": {"template": {"spec": {"domain": {"devices": {"interfaces": [{"name": "default", "bridge": {}}]}}, "networks": [{"name": "default", "pod": {}}]}}}}),
     );
-    let ctx = Context { old: Some(&old), presets: &[] };
+    let ctx = Context { old: Some(&old), ..Context::default() };
     assert!(admit(&kinds::VIRTUAL_MACHINE, Operation::Update, &mut new, &ctx).is_ok());
     assert_eq!(
         new["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"][0]["macAddress"],

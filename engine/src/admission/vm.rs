@@ -26,7 +26,7 @@ pub fn mutate_vm(op: Operation, vm: &mut Value, old: Option<&Value>) {
 
 const RUN_STRATEGIES: &[&str] = &["Always", "RerunOnFailure", "Manual", "Halted", "Once", "WaitAsReceiver"];
 
-pub fn validate_vm(vm: &Value, causes: &mut Vec<Cause>) {
+pub fn validate_vm(vm: &Value, ctx: &super::Context, causes: &mut Vec<Cause>) {
     let spec = meta::at(vm, &["spec"]).unwrap_or(&Value::Null);
     let running = spec.get("running").filter(|v| !v.is_null());
     let strategy = spec.get("runStrategy").filter(|v| !v.is_null());
@@ -41,8 +41,26 @@ pub fn validate_vm(vm: &Value, causes: &mut Vec<Cause>) {
             ));
         }
     }
+    let mut lookup = |found: &Option<Result<Value, String>>, field: &str| match found {
+        Some(Ok(obj)) => obj.get("spec").cloned(),
+        Some(Err(message)) => {
+            causes.push(Cause::invalid(format!("spec.{field}.name"), message.clone()));
+            None
+        }
+        None => None,
+    };
+    let instancetype = lookup(&ctx.instancetype, "instancetype");
+    let preference = lookup(&ctx.preference, "preference");
     match meta::at(vm, &["spec", "template", "spec"]) {
-        Some(t) => validate_vmi_spec(t, "spec.template.spec", causes),
+        Some(t) => {
+            if let Some(it) = &instancetype {
+                causes.extend(crate::instancetype::conflicts(t, it, "spec.template.spec"));
+            }
+            // The template is checked as the VMI it will become: with what the instancetype gives.
+            let mut shaped = t.clone();
+            crate::instancetype::apply(&mut shaped, instancetype.as_ref(), preference.as_ref());
+            validate_vmi_spec(&shaped, "spec.template.spec", causes)
+        }
         None => {
             causes.push(Cause::required("spec.template.spec", "Required value: missing virtual machine template spec"))
         }

@@ -3,6 +3,7 @@
 
 pub mod queue;
 pub mod replicaset;
+pub mod revisions;
 pub mod scheduler;
 pub mod status;
 pub mod vm;

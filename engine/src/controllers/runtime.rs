@@ -178,12 +178,23 @@ fn now() -> chrono::DateTime<chrono::Utc> {
 async fn sync_vm(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<Key>>) -> ApiResult<()> {
     let Some(vm_obj) = store.get(&kinds::VIRTUAL_MACHINE, &ns, &name).await? else { return Ok(()) };
     let vmi_obj = store.get(&kinds::VIRTUAL_MACHINE_INSTANCE, &ns, &name).await?;
+    let frozen = super::revisions::freeze(store, &vm_obj).await?;
     let plan = vm::reconcile(&vm_obj, vmi_obj.as_ref(), now());
     if let (Some(uid), Some(_)) = (&plan.delete_vmi, &vmi_obj) {
         delete_uid(store, &kinds::VIRTUAL_MACHINE_INSTANCE, &ns, &name, uid).await?;
     }
     let mut status = plan.status;
-    if let Some(new_vmi) = plan.create_vmi {
+    frozen.write_refs(&mut status);
+    let mut create = plan.create_vmi;
+    if let (true, Err(why)) = (create.is_some(), frozen.shape_ready()) {
+        let mut holder = serde_json::json!({"status": status});
+        super::status::set_condition(&mut holder, "Failure", true, "FailedCreate", &why, &meta::now_rfc3339());
+        status = holder["status"].take();
+        create = None;
+        queue.add_after((ns.clone(), name.clone()), Duration::from_secs(10));
+    }
+    if let Some(mut new_vmi) = create {
+        frozen.shape(&mut new_vmi["spec"]);
         match crate::admission::create_admitted(store, &kinds::VIRTUAL_MACHINE_INSTANCE, new_vmi, false).await {
             Ok(_) => {}
             Err(e) if e.code == 409 => {}
