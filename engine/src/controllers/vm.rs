@@ -105,36 +105,43 @@ pub fn reconcile(vm: &Value, vmi: Option<&Value>, now: DateTime<Utc>) -> VmPlan 
             plan.delete_vmi = Some(meta::uid(v).to_string());
         }
         requests.clear();
-    } else if let Some(request) = requests.first().cloned() {
-        match request.get("action").and_then(Value::as_str) {
-            Some("Stop") => {
-                let uid = request.get("uid").and_then(Value::as_str);
-                match vmi {
-                    Some(v) if uid.is_none_or(|u| u == meta::uid(v)) => {
-                        if !meta::is_deleting(v) {
-                            plan.delete_vmi = Some(meta::uid(v).to_string());
+    } else if !requests.is_empty() {
+        // Requests run in order; one that is done is dropped and the next one looked at.
+        while let Some(request) = requests.first().cloned() {
+            match request.get("action").and_then(Value::as_str) {
+                Some("Stop") => {
+                    let uid = request.get("uid").and_then(Value::as_str);
+                    match vmi {
+                        Some(v) if uid.is_none_or(|u| u == meta::uid(v)) => {
+                            if !meta::is_deleting(v) {
+                                plan.delete_vmi = Some(meta::uid(v).to_string());
+                            }
+                            break;
+                        }
+                        _ => {
+                            requests.remove(0);
                         }
                     }
-                    _ => {
-                        requests.remove(0);
+                }
+                Some("Start") => {
+                    match vmi {
+                        None => {
+                            requests.remove(0);
+                            create_now = true;
+                        }
+                        Some(v) if is_final(phase(v)) && !meta::is_deleting(v) => {
+                            plan.delete_vmi = Some(meta::uid(v).to_string());
+                        }
+                        Some(v) if meta::is_deleting(v) => {}
+                        Some(_) => {
+                            requests.remove(0);
+                        }
                     }
+                    break;
                 }
-            }
-            Some("Start") => match vmi {
-                None => {
-                    requests.remove(0);
-                    create_now = true;
-                }
-                Some(v) if is_final(phase(v)) && !meta::is_deleting(v) => {
-                    plan.delete_vmi = Some(meta::uid(v).to_string());
-                }
-                Some(v) if meta::is_deleting(v) => {}
-                Some(_) => {
+                _ => {
                     requests.remove(0);
                 }
-            },
-            _ => {
-                requests.remove(0);
             }
         }
     } else {
@@ -305,5 +312,114 @@ fn printable_status(
         st::RUNNING => "Running",
         st::SUCCEEDED | st::FAILED => "Stopped",
         _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(extra: Value, status: Value) -> Value {
+        let mut spec = json!({"template": {"metadata": {"labels": {"a": "b"}}, "spec": {"domain": {}}}});
+        if let (Some(m), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            m.extend(extra.clone());
+        }
+        json!({"metadata": {"name": "v", "namespace": "d", "uid": "vm1", "generation": 2}, "spec": spec, "status": status})
+    }
+
+    fn vmi(phase: &str, uid: &str) -> Value {
+        json!({"metadata": {"name": "v", "uid": uid, "ownerReferences": [{"uid": "vm1", "kind": "VirtualMachine"}]},
+               "status": {"phase": phase, "conditions": [{"type": "Ready", "status": if phase == "Running" {"True"} else {"False"}}]}})
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn run_strategies_decide_whether_a_vmi_exists() {
+        // (strategy, VMI phase or none) → (create, delete, printableStatus)
+        let table: &[(&str, Option<&str>, bool, bool, &str)] = &[
+            ("Always", None, true, false, "Starting"),
+            ("Always", Some("Running"), false, false, "Running"),
+            ("Always", Some("Succeeded"), false, true, "Stopped"),
+            ("Always", Some("Failed"), false, true, "Stopped"),
+            ("Halted", None, false, false, "Stopped"),
+            ("Halted", Some("Running"), false, true, "Stopping"),
+            ("Manual", None, false, false, "Stopped"),
+            ("Manual", Some("Running"), false, false, "Running"),
+            ("Manual", Some("Succeeded"), false, false, "Stopped"),
+            ("RerunOnFailure", None, true, false, "Starting"),
+            ("RerunOnFailure", Some("Succeeded"), false, false, "Stopped"),
+            ("RerunOnFailure", Some("Failed"), false, true, "Stopped"),
+            ("Once", None, true, false, "Starting"),
+            ("Once", Some("Failed"), false, false, "Stopped"),
+            ("Always", Some("Scheduled"), false, false, "Starting"),
+        ];
+        for (strategy, phase, create, delete, printable) in table {
+            let v = vm(json!({"runStrategy": strategy}), json!({}));
+            let instance = phase.map(|p| vmi(p, "i1"));
+            let plan = reconcile(&v, instance.as_ref(), now());
+            assert_eq!(plan.create_vmi.is_some(), *create, "{strategy} {phase:?} create");
+            assert_eq!(plan.delete_vmi.is_some(), *delete, "{strategy} {phase:?} delete");
+            assert_eq!(plan.status["printableStatus"], *printable, "{strategy} {phase:?}");
+        }
+        assert_eq!(run_strategy(&json!({"spec": {"running": true}})), "Always");
+        assert_eq!(run_strategy(&json!({"spec": {"running": false}})), "Halted");
+    }
+
+    #[test]
+    fn the_new_vmi_comes_from_the_template_and_is_owned() {
+        let plan = reconcile(&vm(json!({"runStrategy": "Always"}), json!({})), None, now());
+        let new = plan.create_vmi.unwrap();
+        assert_eq!(new["metadata"]["name"], "v");
+        assert_eq!(new["metadata"]["labels"]["a"], "b");
+        assert_eq!(new["metadata"]["ownerReferences"][0]["uid"], "vm1");
+        assert_eq!(new["metadata"]["ownerReferences"][0]["controller"], true);
+        assert_eq!(plan.status["observedGeneration"], 2);
+    }
+
+    #[test]
+    fn state_change_requests_stop_then_start() {
+        let requests = json!({"stateChangeRequests": [{"action": "Stop", "uid": "i1"}, {"action": "Start"}]});
+        let v = vm(json!({"runStrategy": "Manual"}), requests);
+        let plan = reconcile(&v, Some(&vmi("Running", "i1")), now());
+        assert_eq!(plan.delete_vmi.as_deref(), Some("i1"));
+        assert_eq!(plan.status["stateChangeRequests"].as_array().unwrap().len(), 2, "kept until the VMI is gone");
+        let v = vm(json!({"runStrategy": "Manual"}), plan.status.clone());
+        let plan = reconcile(&v, None, now());
+        assert!(plan.create_vmi.is_some(), "Stop done (VMI gone), Start creates");
+        assert!(plan.status.get("stateChangeRequests").is_none());
+    }
+
+    #[test]
+    fn failures_back_off_and_show_crash_loop() {
+        let v = vm(json!({"runStrategy": "Always"}), json!({}));
+        let plan = reconcile(&v, Some(&vmi("Failed", "i1")), now());
+        assert_eq!(plan.status["startFailure"]["consecutiveFailCount"], 1);
+        let v = vm(json!({"runStrategy": "Always"}), plan.status.clone());
+        let plan = reconcile(&v, None, now());
+        assert!(plan.create_vmi.is_none(), "waits out the backoff");
+        assert_eq!(plan.status["printableStatus"], "CrashLoopBackOff");
+        assert!(plan.requeue_after.is_some());
+        let later = now() + chrono::Duration::seconds(6);
+        let plan = reconcile(&v, None, later);
+        assert!(plan.create_vmi.is_some(), "then tries again");
+        assert_eq!(backoff_secs(1), 5);
+        assert_eq!(backoff_secs(3), 20);
+        assert_eq!(backoff_secs(20), 300);
+    }
+
+    #[test]
+    fn a_vmi_someone_else_owns_is_left_alone_and_deleting_vms_terminate() {
+        let v = vm(json!({"runStrategy": "Halted"}), json!({}));
+        let mut foreign = vmi("Running", "x");
+        foreign["metadata"]["ownerReferences"] = json!([]);
+        assert!(reconcile(&v, Some(&foreign), now()).delete_vmi.is_none());
+        let mut deleting = vm(json!({"runStrategy": "Always"}), json!({}));
+        deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        let plan = reconcile(&deleting, Some(&vmi("Running", "i1")), now());
+        assert_eq!(plan.delete_vmi.as_deref(), Some("i1"));
+        assert_eq!(plan.status["printableStatus"], "Terminating");
     }
 }

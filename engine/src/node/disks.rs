@@ -267,3 +267,85 @@ pub fn prepare(
     }
     Ok(prepared)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn vmi(volumes: Value) -> Value {
+        json!({"metadata": {"name": "g", "namespace": "d", "uid": "u-1"}, "spec": {"domain": {}, "volumes": volumes}})
+    }
+
+    /// The real tools against real files: an overlay over an imported container disk, an empty
+    /// disk, a created host disk, and NoCloud / ConfigDrive seeds.
+    #[test]
+    fn volumes_become_files_with_the_real_tools() {
+        let root = tempfile::tempdir().unwrap();
+        let images = ImageStore::open(root.path().join("images")).unwrap();
+        // A one-file OCI layout holding disk/base.raw.
+        let layout = root.path().join("layout");
+        let rootfs = root.path().join("content");
+        std::fs::create_dir_all(rootfs.join("disk")).unwrap();
+        std::fs::write(rootfs.join("disk/base.raw"), vec![0u8; 1 << 20]).unwrap();
+        let status = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/guest/oci_layout.py"))
+            .arg(&layout)
+            .arg("example.org/base:1")
+            .arg(format!("{}:disk/base.raw", rootfs.join("disk/base.raw").display()))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        images.import(&layout, None).unwrap();
+
+        let secret = BTreeMap::from([("userdata".to_string(), b"#cloud-config\nfrom: secret\n".to_vec())]);
+        let secrets = SecretData::from([("seed".to_string(), secret)]);
+        let host = root.path().join("host/data.img");
+        let v = vmi(json!([
+            {"name": "root", "containerDisk": {"image": "example.org/base:1"}},
+            {"name": "scratch", "emptyDisk": {"capacity": "10Mi"}},
+            {"name": "data", "hostDisk": {"path": host.display().to_string(), "type": "DiskOrCreate", "capacity": "4Mi"}},
+            {"name": "nocloud", "cloudInitNoCloud": {"userData": "#cloud-config\nhostname: g\n", "networkData": "version: 2\n"}},
+            {"name": "drive", "cloudInitConfigDrive": {"secretRef": {"name": "seed"}}},
+        ]));
+        let dir = root.path().join("vmi");
+        let prepared = prepare(&v, &dir, &images, &SystemDiskTool, &secrets).unwrap();
+        let root_disk = &prepared.volumes["root"];
+        assert_eq!(root_disk.format, "qcow2");
+        let info = Command::new("qemu-img").arg("info").arg(&root_disk.path).output().unwrap();
+        let info = String::from_utf8_lossy(&info.stdout);
+        assert!(info.contains("backing file:") && info.contains("base.raw"), "{info}");
+        assert_eq!(prepared.volumes["scratch"].format, "qcow2");
+        assert_eq!(std::fs::metadata(&host).unwrap().len(), 4 << 20);
+        assert!(prepared.volumes["nocloud"].readonly);
+        let iso = std::fs::read(&prepared.volumes["nocloud"].path).unwrap();
+        let text = String::from_utf8_lossy(&iso);
+        assert!(text.contains("cidata") && text.contains("hostname: g") && text.contains("instance-id: u-1"));
+        let drive = String::from_utf8_lossy(&std::fs::read(&prepared.volumes["drive"].path).unwrap()).into_owned();
+        assert!(drive.contains("config-2") && drive.contains("from: secret"));
+
+        // Again: nothing is remade, the overlay keeps what the guest wrote.
+        std::fs::write(dir.join("disks/scratch.qcow2"), b"QFI\xfbguest-data").unwrap();
+        prepare(&v, &dir, &images, &SystemDiskTool, &secrets).unwrap();
+        assert_eq!(std::fs::read(dir.join("disks/scratch.qcow2")).unwrap(), b"QFI\xfbguest-data");
+    }
+
+    #[test]
+    fn bad_volumes_are_named() {
+        let root = tempfile::tempdir().unwrap();
+        let images = ImageStore::open(root.path().join("images")).unwrap();
+        let none = SecretData::new();
+        let cases = [
+            (json!([{"name": "r", "containerDisk": {"image": "missing:1"}}]), "not in this node's image store"),
+            (json!([{"name": "h", "hostDisk": {"path": "relative/x.img", "type": "Disk"}}]), "must be absolute"),
+            (json!([{"name": "h", "hostDisk": {"path": "/nonexistent/x.img", "type": "Disk"}}]), "does not exist"),
+            (json!([{"name": "h", "hostDisk": {"path": "/tmp/../etc/x", "type": "DiskOrCreate", "capacity": "1Mi"}}]), "must be absolute, without '..'"),
+            (json!([{"name": "c", "cloudInitNoCloud": {"secretRef": {"name": "nope"}}}]), "secret \"nope\" not found"),
+            (json!([{"name": "e", "emptyDisk": {}}]), "needs a capacity"),
+        ];
+        for (volumes, want) in cases {
+            let err = prepare(&vmi(volumes.clone()), &root.path().join("v"), &images, &SystemDiskTool, &none).unwrap_err();
+            assert!(err.to_string().contains(want), "{volumes}: {err}");
+        }
+    }
+}

@@ -260,3 +260,6 @@ pub async fn start(
     }));
     Ok(NodeAgent { accel, node_name: config.name, shared: agent_shared, tasks })
 }
+
+#[cfg(test)]
+mod tests;
