@@ -234,7 +234,13 @@ pub async fn vnc(api: Arc<Client>, ns: String, name: String, address: &str, port
         let (mut tcp, _) = listener.accept().await?;
         let (api, ns, name) = (Arc::clone(&api), ns.clone(), name.clone());
         tokio::spawn(async move {
-            let Ok(socket) = websocket(&api, &vmi_path(&ns, &name, "vnc")).await else { return };
+            let socket = match websocket(&api, &vmi_path(&ns, &name, "vnc")).await {
+                Ok(socket) => socket,
+                Err(e) => {
+                    eprintln!("vnc: {e:#}");
+                    return;
+                }
+            };
             let (mut sink, mut source) = socket.split();
             let (mut rd, mut wr) = tcp.split();
             let mut buf = vec![0u8; 64 * 1024];

@@ -6,7 +6,7 @@ mod common;
 
 use common::guests::*;
 use common::*;
-use converge_engine::hypervisor::DomainState;
+use converge_engine::hypervisor::{DomainState, Hypervisor};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -232,6 +232,76 @@ async fn replica_sets_scale_guests() {
         })
         .await;
         assert!(scaled);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn efi_firmware_boots_the_guest() {
+    let g = spawn_guest_app().await;
+    within(Duration::from_secs(240), async {
+        let mut spec = kernel_vmi_spec();
+        spec["domain"]["firmware"]["bootloader"] = json!({"efi": {"secureBoot": false}});
+        // OVMF and the kernel's decompression need more than the BIOS guest's 128Mi.
+        spec["domain"]["resources"]["requests"]["memory"] = json!("512Mi");
+        let vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+                         "metadata": {"name": "uefi", "namespace": "default"}, "spec": spec});
+        let (code, body) = g.app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances", &vmi).await;
+        assert_eq!(code, 201, "{body}");
+        assert!(g.wait_phase("uefi", "Running", BOOT).await);
+        assert!(
+            g.wait_marker("uefi", GUEST_MARKER, BOOT).await,
+            "OVMF booted the kernel: {}",
+            g.serial_log("uefi").await
+        );
+        let xml = g.libvirt.xml(&g.domain("uefi")).unwrap();
+        assert!(xml.contains("OVMF_CODE_4M.fd") && xml.contains("<nvram"), "{xml}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vnc_speaks_rfb_over_the_websocket() {
+    let g = spawn_guest_app().await;
+    within(Duration::from_secs(120), async {
+        let mut spec = halt_vmi_spec();
+        spec["domain"]["devices"]["autoattachGraphicsDevice"] = json!(true);
+        let vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+                         "metadata": {"name": "screen", "namespace": "default"}, "spec": spec});
+        assert_eq!(g.app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances", &vmi).await.0, 201);
+        assert!(g.wait_phase("screen", "Running", BOOT).await);
+        // `converge vnc` serves a local port; a viewer's first read is the RFB banner.
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+            .args(["vnc", "screen", "--port", "0"])
+            .env("KUBECONFIG", &g.app.kubeconfig)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next_line().await.unwrap().unwrap_or_default();
+        let addr = first.rsplit(' ').next().unwrap().to_string();
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut banner = [0u8; 12];
+        tcp.read_exact(&mut banner).await.unwrap();
+        assert_eq!(&banner[..4], b"RFB ", "{:?}", String::from_utf8_lossy(&banner));
+        // Without the token the websocket is refused.
+        let (code, _) = {
+            let r = reqwest::Client::builder()
+                .danger_accept_invalid_certs(true)
+                .build()
+                .unwrap()
+                .get(
+                    g.app
+                        .url("/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/screen/vnc"),
+                )
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), ())
+        };
+        assert_eq!(code, 401);
     })
     .await;
 }

@@ -57,7 +57,7 @@ pub async fn open(
     let node = node_for(state, &vmi)?;
     let uid = meta::uid(&vmi).to_string();
     let serial = op == VmiOp::Console;
-    let (take_over, taken) = oneshot::channel();
+    let (take_over, taken) = oneshot::channel::<()>();
     if serial {
         // Close the previous console first: QEMU serves one client on the serial socket.
         if let Some(previous) = holders().lock().ok().and_then(|mut h| h.remove(&uid)) {
@@ -74,11 +74,15 @@ pub async fn open(
     })?;
     let (response, session, stream) = actix_ws::handle_with_protocols(req, payload, &[PLAIN_PROTOCOL])
         .map_err(|e| ApiError::bad_request(format!("websocket handshake: {e}")))?;
-    if serial {
+    // Only the serial port is exclusive; a VNC bridge is never taken over.
+    let taken = if serial {
         if let Ok(mut h) = holders().lock() {
             h.insert(uid.clone(), take_over);
         }
-    }
+        Some(taken)
+    } else {
+        None
+    };
     actix_web::rt::spawn(bridge(session, stream, socket, taken));
     Ok(response)
 }
@@ -87,8 +91,18 @@ async fn bridge(
     mut session: actix_ws::Session,
     mut stream: actix_ws::MessageStream,
     socket: tokio::net::UnixStream,
-    mut taken: oneshot::Receiver<()>,
+    taken: Option<oneshot::Receiver<()>>,
 ) {
+    let taken = async move {
+        match taken {
+            // A dropped sender means the holder entry was replaced: taken over as well.
+            Some(rx) => {
+                let _ = rx.await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(taken);
     let (mut from_guest, mut to_guest) = socket.into_split();
     let mut buf = vec![0u8; 16 * 1024];
     loop {

@@ -33,12 +33,35 @@ pub struct NodeContext {
     pub vmi_dir: PathBuf,
     /// Translation-block cache per guest under TCG.
     pub tb_cache_mib: u64,
-    /// OVMF code and variable-store template for EFI guests.
-    pub ovmf: Option<(PathBuf, PathBuf)>,
+    /// OVMF firmware for EFI guests, when the node has it.
+    pub ovmf: Option<Ovmf>,
     /// The Node object's uid, written into the domain's metadata.
     pub node_uid: String,
     /// Prepended to `{namespace}_{name}`; empty in production.
     pub domain_prefix: String,
+}
+
+/// OVMF's firmware code and variable templates: plain, and with Secure Boot (Microsoft keys).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ovmf {
+    pub code: PathBuf,
+    pub vars: PathBuf,
+    pub secure_code: PathBuf,
+    pub secure_vars: PathBuf,
+}
+
+impl Ovmf {
+    /// Debian's `ovmf` package, if installed.
+    pub fn debian() -> Option<Ovmf> {
+        let dir = Path::new("/usr/share/OVMF");
+        let o = Ovmf {
+            code: dir.join("OVMF_CODE_4M.fd"),
+            vars: dir.join("OVMF_VARS_4M.fd"),
+            secure_code: dir.join("OVMF_CODE_4M.secboot.fd"),
+            secure_vars: dir.join("OVMF_VARS_4M.ms.fd"),
+        };
+        [&o.code, &o.vars, &o.secure_code, &o.secure_vars].iter().all(|p| p.is_file()).then_some(o)
+    }
 }
 
 /// A volume made ready on disk by the node (see `crate::node::disks`).
@@ -101,18 +124,23 @@ pub fn build_domain(vmi: &Value, ctx: &NodeContext, prepared: &Prepared) -> Resu
     let machine = spec.domain.machine.as_ref().and_then(|m| m.machine_type.clone()).unwrap_or_else(|| "q35".into());
 
     let efi = firmware.bootloader.as_ref().and_then(|b| b.efi.clone());
+    // KubeVirt turns Secure Boot on unless the VMI says otherwise.
+    let secure = efi.as_ref().is_some_and(|e| e.secure_boot != Some(false));
     let (loader, nvram) = match (&efi, &ctx.ovmf) {
         (None, _) => (None, None),
         (Some(_), None) => return Err(BuildError::NoOvmf),
-        (Some(e), Some((code, _))) => (
-            Some(Loader {
-                readonly: "yes".into(),
-                secure: if e.secure_boot == Some(true) { "yes" } else { "no" }.into(),
-                loader_type: "pflash".into(),
-                path: path_text(code),
-            }),
-            Some(Text::new(path_text(&ctx.vmi_dir.join("nvram.fd")))),
-        ),
+        (Some(_), Some(ovmf)) => {
+            let (code, vars) = if secure { (&ovmf.secure_code, &ovmf.secure_vars) } else { (&ovmf.code, &ovmf.vars) };
+            (
+                Some(Loader {
+                    readonly: "yes".into(),
+                    secure: if secure { "yes" } else { "no" }.into(),
+                    loader_type: "pflash".into(),
+                    path: path_text(code),
+                }),
+                Some(Nvram { template: path_text(vars), path: path_text(&ctx.vmi_dir.join("nvram.fd")) }),
+            )
+        }
     };
     let (kernel, initrd) = match &prepared.kernel {
         Some((k, i)) => (Some(Text::new(path_text(k))), i.as_ref().map(|i| Text::new(path_text(i)))),
@@ -171,6 +199,7 @@ pub fn build_domain(vmi: &Value, ctx: &NodeContext, prepared: &Prepared) -> Resu
         features: Features {
             acpi: Some(Empty {}),
             apic: Some(Empty {}),
+            smm: secure.then(|| Smm { state: "on".into() }),
             tcg: (ctx.accel == Accel::Tcg).then(|| Tcg { tb_cache: Sized::mib(ctx.tb_cache_mib) }),
         },
         cpu,

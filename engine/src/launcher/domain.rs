@@ -90,7 +90,7 @@ pub struct Os {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loader: Option<Loader>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub nvram: Option<Text>,
+    pub nvram: Option<Nvram>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,6 +125,21 @@ pub struct Loader {
     pub path: String,
 }
 
+/// The VMI's own EFI variable store, created by libvirt from the template on first start.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Nvram {
+    #[serde(rename = "@template")]
+    pub template: String,
+    #[serde(rename = "$text")]
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Smm {
+    #[serde(rename = "@state")]
+    pub state: String,
+}
+
 /// SeaBIOS prints to the serial console too, so a boot failure shows in the console log.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Bios {
@@ -144,6 +159,9 @@ pub struct Features {
     pub acpi: Option<Empty>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub apic: Option<Empty>,
+    /// Secure boot needs SMM so the firmware can protect its variables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smm: Option<Smm>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcg: Option<Tcg>,
 }

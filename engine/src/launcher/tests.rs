@@ -167,6 +167,27 @@ fn missing_pieces_are_named() {
 }
 
 #[test]
+fn efi_uses_ovmf_with_secure_boot_by_default() {
+    let mut c = ctx(Accel::Tcg);
+    c.ovmf = Some(Ovmf {
+        code: "/o/CODE.fd".into(),
+        vars: "/o/VARS.fd".into(),
+        secure_code: "/o/CODE.secboot.fd".into(),
+        secure_vars: "/o/VARS.ms.fd".into(),
+    });
+    let mut v = vmi();
+    v["spec"]["domain"]["firmware"]["bootloader"] = json!({"efi": {}});
+    let xml = build_domain(&v, &c, &prepared()).unwrap().to_xml().unwrap();
+    assert!(xml.contains(r#"<loader readonly="yes" secure="yes" type="pflash">/o/CODE.secboot.fd</loader>"#), "{xml}");
+    assert!(xml.contains(r#"<nvram template="/o/VARS.ms.fd">/run/converge/vmis/u1/nvram.fd</nvram>"#), "{xml}");
+    assert!(xml.contains(r#"<smm state="on"/>"#));
+    assert!(!xml.contains("<bios"));
+    v["spec"]["domain"]["firmware"]["bootloader"] = json!({"efi": {"secureBoot": false}});
+    let xml = build_domain(&v, &c, &prepared()).unwrap().to_xml().unwrap();
+    assert!(xml.contains(r#"secure="no" type="pflash">/o/CODE.fd</loader>"#) && !xml.contains("smm"));
+}
+
+#[test]
 fn device_names_roll_over_like_libvirt() {
     assert_eq!(device_name_for_test("vd", 0), "vda");
     assert_eq!(device_name_for_test("vd", 25), "vdz");

@@ -318,7 +318,7 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<(), StartError> {
         accel: s.accel,
         vmi_dir: dir,
         tb_cache_mib: s.config.tb_cache_mib,
-        ovmf: ovmf(),
+        ovmf: build::Ovmf::debian(),
         node_uid: s.node_uid.clone(),
         domain_prefix: s.config.domain_prefix.clone(),
     };
@@ -333,13 +333,6 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<(), StartError> {
         }
         Err(e) => Err(StartError::Retry(hv_error(e))),
     }
-}
-
-/// OVMF from Debian's `ovmf` package, when installed.
-fn ovmf() -> Option<(PathBuf, PathBuf)> {
-    let code = PathBuf::from("/usr/share/OVMF/OVMF_CODE_4M.fd");
-    let vars = PathBuf::from("/usr/share/OVMF/OVMF_VARS_4M.fd");
-    (code.is_file() && vars.is_file()).then_some((code, vars))
 }
 
 async fn cloud_init_secrets(s: &Shared, vmi: &Value) -> ApiResult<disks::SecretData> {

@@ -339,12 +339,16 @@ mod tests {
             (json!([{"name": "r", "containerDisk": {"image": "missing:1"}}]), "not in this node's image store"),
             (json!([{"name": "h", "hostDisk": {"path": "relative/x.img", "type": "Disk"}}]), "must be absolute"),
             (json!([{"name": "h", "hostDisk": {"path": "/nonexistent/x.img", "type": "Disk"}}]), "does not exist"),
-            (json!([{"name": "h", "hostDisk": {"path": "/tmp/../etc/x", "type": "DiskOrCreate", "capacity": "1Mi"}}]), "must be absolute, without '..'"),
+            (
+                json!([{"name": "h", "hostDisk": {"path": "/tmp/../etc/x", "type": "DiskOrCreate", "capacity": "1Mi"}}]),
+                "must be absolute, without '..'",
+            ),
             (json!([{"name": "c", "cloudInitNoCloud": {"secretRef": {"name": "nope"}}}]), "secret \"nope\" not found"),
             (json!([{"name": "e", "emptyDisk": {}}]), "needs a capacity"),
         ];
         for (volumes, want) in cases {
-            let err = prepare(&vmi(volumes.clone()), &root.path().join("v"), &images, &SystemDiskTool, &none).unwrap_err();
+            let err =
+                prepare(&vmi(volumes.clone()), &root.path().join("v"), &images, &SystemDiskTool, &none).unwrap_err();
             assert!(err.to_string().contains(want), "{volumes}: {err}");
         }
     }

@@ -108,7 +108,8 @@ async fn the_agent_follows_guests_through_their_lives() {
         until_async(|| {
             let s = Arc::clone(&store2);
             async move {
-                let v = s.get(&kinds::VIRTUAL_MACHINE_INSTANCE, "default", "a").await.ok().flatten().unwrap_or_default();
+                let v =
+                    s.get(&kinds::VIRTUAL_MACHINE_INSTANCE, "default", "a").await.ok().flatten().unwrap_or_default();
                 crate::controllers::status::condition_true(&v, "Paused")
             }
         })
