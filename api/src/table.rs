@@ -217,6 +217,42 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
             },
             AGE,
         ]
+    } else if std::ptr::eq(kind, &kinds::NODE) {
+        vec![
+            NAME,
+            Column {
+                name: "Status",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "Ready, NotReady, plus SchedulingDisabled when cordoned",
+                cell: |o| {
+                    let ready = condition_status(o, "Ready") == Value::String("True".into());
+                    let mut s = if ready { "Ready" } else { "NotReady" }.to_string();
+                    if o.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
+                        s.push_str(",SchedulingDisabled");
+                    }
+                    Value::String(s)
+                },
+            },
+            Column {
+                name: "Roles",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "The roles of the node",
+                cell: |_| Value::String("<none>".into()),
+            },
+            AGE,
+            Column {
+                name: "Version",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "The node agent's version",
+                cell: |o| text(o, "/status/nodeInfo/kubeletVersion"),
+            },
+        ]
     } else if std::ptr::eq(kind, &kinds::SECRET) {
         vec![
             NAME,

@@ -55,18 +55,23 @@ impl Libvirt {
         Ok(conn)
     }
 
-    /// Runs `f` on a live connection, reconnecting once if libvirtd went away.
+    /// Runs `f` on a live connection, reconnecting if libvirtd went away. The lock covers only
+    /// picking the connection: libvirt connections are thread-safe, and calls from many workers
+    /// run side by side on one (a lock held across calls serialized every start).
     fn with_conn<T>(&self, f: impl Fn(&Connect) -> HvResult<T>) -> HvResult<T> {
-        let mut guard = self.conn.lock().map_err(|_| HypervisorError::Libvirt("connection lock poisoned".into()))?;
-        if guard.as_ref().is_some_and(|c| !c.is_alive().unwrap_or(false)) {
-            // Dropping the dead connection closes it.
-            guard.take();
-        }
-        if guard.is_none() {
-            *guard = Some(self.connect()?);
-        }
-        let conn = guard.as_ref().ok_or_else(|| HypervisorError::Libvirt("not connected".into()))?;
-        f(conn)
+        let conn = {
+            let mut guard =
+                self.conn.lock().map_err(|_| HypervisorError::Libvirt("connection lock poisoned".into()))?;
+            if guard.as_ref().is_some_and(|c| !c.is_alive().unwrap_or(false)) {
+                // Dropping the dead connection closes it.
+                guard.take();
+            }
+            if guard.is_none() {
+                *guard = Some(self.connect()?);
+            }
+            guard.as_ref().cloned().ok_or_else(|| HypervisorError::Libvirt("not connected".into()))?
+        };
+        f(&conn)
     }
 
     fn with_domain<T>(&self, name: &str, f: impl Fn(&virt::domain::Domain) -> HvResult<T>) -> HvResult<T> {
