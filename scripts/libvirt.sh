@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts virtlogd and libvirtd when they are not running (machines without systemd), and gives
+# Starts virtlogd and libvirtd when they are not serving (machines without systemd), and gives
 # /dev/kvm the owner udev would: without it, libvirt sees KVM "appear and vanish" between its
 # capability probes and re-probes QEMU on every domain start (over a minute each time).
 set -euo pipefail
@@ -8,9 +8,13 @@ if [ -c /dev/kvm ] && getent group kvm >/dev/null; then
   as_root chgrp kvm /dev/kvm
   as_root chmod 0660 /dev/kvm
 fi
-pgrep -x virtlogd >/dev/null || as_root virtlogd -d
-pgrep -x libvirtd >/dev/null || as_root libvirtd -d
-for _ in $(seq 50); do
+# Asked, not looked up by name: a dead daemon's process entry must not count as running.
+# virtlogd refuses to start twice (its pid file), so starting it unconditionally is safe.
+as_root virtlogd -d 2>/dev/null || true
+if ! virsh -c qemu:///system version >/dev/null 2>&1; then
+  as_root libvirtd -d 2>/dev/null || true
+fi
+for _ in $(seq 150); do
   virsh -c qemu:///system version >/dev/null 2>&1 && exit 0
   sleep 0.2
 done

@@ -305,3 +305,58 @@ async fn vnc_speaks_rfb_over_the_websocket() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bootable_disk_image_boots_as_a_container_disk() {
+    let g = spawn_guest_app().await;
+    g.agent().images().import(&guest_dir().join("oci-disk"), None).expect("import disk image");
+    within(Duration::from_secs(180), async {
+        let vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": "disked", "namespace": "default"},
+            "spec": {"terminationGracePeriodSeconds": 0, "domain": {
+                "resources": {"requests": {"memory": "128Mi"}},
+                "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}, "bootOrder": 1}], "autoattachGraphicsDevice": false}},
+                "volumes": [{"name": "root", "containerDisk": {"image": "converge.dev/test/guest-disk:latest"}}]}});
+        let (code, body) = g.app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances", &vmi).await;
+        assert_eq!(code, 201, "{body}");
+        assert!(g.wait_phase("disked", "Running", BOOT).await);
+        assert!(g.wait_marker("disked", GUEST_MARKER, BOOT).await, "syslinux booted the disk: {}", g.serial_log("disked").await);
+        let xml = g.libvirt.xml(&g.domain("disked")).unwrap();
+        assert!(xml.contains("<backingStore type='file'"), "the image is a backing file, never written: {xml}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_kvm_and_without_emulation_vmis_stay_unschedulable() {
+    let prefix = format!("t{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = node_config(dir.path(), &prefix);
+    node.allow_emulation = false;
+    let database_url = format!("sqlite://{}?mode=rwc", dir.path().join("converge.db").display());
+    let app = start_in(dir, database_url, move |c| c.node = Some(node)).await;
+    let accel = app.server.as_ref().and_then(|s| s.node.as_ref()).map(|n| n.accel);
+    if accel == Some(converge_engine::launcher::build::Accel::Kvm) {
+        return; // KVM works on this machine: nothing to refuse.
+    }
+    within(Duration::from_secs(60), async {
+        let mut vm = halt_vm("nokvm", "Always");
+        vm["metadata"]["name"] = json!("nokvm");
+        assert_eq!(app.post(VMS, &vm).await.0, 201);
+        let refused = wait_until(SETTLE, || async {
+            app.get(&format!("{VMS}/nokvm")).await.1["status"]["printableStatus"] == "ErrorUnschedulable"
+        })
+        .await;
+        assert!(refused);
+        let vmi = app.get("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances/nokvm").await.1;
+        let cond = vmi["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "PodScheduled")
+            .cloned()
+            .unwrap();
+        assert_eq!(cond["message"], "0/1 nodes are available: 1 Insufficient devices.kubevirt.io/kvm.");
+    })
+    .await;
+}

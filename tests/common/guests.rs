@@ -22,7 +22,7 @@ pub struct GuestApp {
 /// Whatever a test leaves (a panic included): domains with its prefix go.
 pub struct Cleanup(pub String);
 
-fn guest_dir() -> PathBuf {
+pub fn guest_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CONVERGE_GUEST_DIR") {
         return PathBuf::from(dir);
     }
