@@ -360,3 +360,24 @@ async fn without_kvm_and_without_emulation_vmis_stay_unschedulable() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_paused_then_unpause() {
+    let g = spawn_guest_app().await;
+    within(Duration::from_secs(120), async {
+        assert_eq!(g.app.post(VMS, &halt_vm("sleeper", "Halted")).await.0, 201);
+        assert!(g.wait_printable("sleeper", "Stopped", SETTLE).await);
+        let (ok, _, err) = g.converge(&["start", "sleeper", "--paused"], None).await;
+        assert!(ok, "{err}");
+        assert!(g.wait_printable("sleeper", "Paused", BOOT).await, "{}", g.vm("sleeper").await);
+        assert_eq!(g.vmi("sleeper").await["spec"]["startStrategy"], "Paused");
+        assert_eq!(g.domain_state("sleeper"), Some(DomainState::Paused));
+        let (ok, _, err) = g.converge(&["unpause", "sleeper"], None).await;
+        assert!(ok, "{err}");
+        assert!(g.wait_printable("sleeper", "Running", SETTLE).await);
+        assert!(g.wait_marker("sleeper", HALT_MARKER, BOOT).await, "the guest ran once unpaused");
+        let (ok, _, err) = g.converge(&["unpause", "sleeper"], None).await;
+        assert!(!ok && err.contains("not paused"), "{err}");
+    })
+    .await;
+}

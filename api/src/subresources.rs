@@ -110,15 +110,25 @@ pub fn vm_change(op: VmOp, vm: &Value, vmi: Option<&Value>, body: &Value) -> Api
         return Err(ApiError::bad_request("gracePeriod must not be negative"));
     }
     let mut change = VmChange { vmi_grace: grace.filter(|_| live.is_some()), ..VmChange::default() };
+    let paused = body.get("paused").and_then(Value::as_bool) == Some(true);
+    // virtctl start --paused: a Start request carrying startPaused, which the VM controller
+    // turns into the new VMI's `startStrategy: Paused`.
+    let start_request =
+        if paused { json!({"action": "Start", "data": {"startPaused": "true"}}) } else { json!({"action": "Start"}) };
     match op {
         VmOp::Start => match strategy {
             RUN_ALWAYS => return Err(conflict(vm, "Always does not support manual start requests")),
-            RUN_HALTED => change.set_strategy = Some(RUN_ALWAYS),
+            RUN_HALTED => {
+                change.set_strategy = Some(RUN_ALWAYS);
+                if paused {
+                    change.add_requests.push(start_request);
+                }
+            }
             RUN_MANUAL | RUN_RERUN_ON_FAILURE | RUN_ONCE => {
                 if live.is_some() {
                     return Err(conflict(vm, "VM is already running"));
                 }
-                change.add_requests.push(json!({"action": "Start"}));
+                change.add_requests.push(start_request);
             }
             other => return Err(ApiError::bad_request(format!("unknown runStrategy {other:?}"))),
         },
@@ -313,30 +323,54 @@ async fn vm_request(state: &AppState, ns: &str, name: &str, op: VmOp, body: &Val
         v["spec"]["terminationGracePeriodSeconds"] = json!(grace);
         state.store.update(&kinds::VIRTUAL_MACHINE_INSTANCE, v, UpdateMode::Main, false).await?;
     }
-    if let Some(strategy) = change.set_strategy {
-        let mut updated = vm.clone();
-        if vm.pointer("/spec/running").is_some_and(|r| !r.is_null()) {
-            updated["spec"]["running"] = json!(strategy == RUN_ALWAYS);
-        } else {
-            updated["spec"]["runStrategy"] = json!(strategy);
-        }
-        state.store.update(&kinds::VIRTUAL_MACHINE, updated, UpdateMode::Main, false).await?;
-    }
     if !change.add_requests.is_empty() {
-        // Re-read: the spec update above bumped the resourceVersion.
-        let mut current = state
+        // Requests go first: the VM controller acts on them before the run strategy, so a
+        // paused start is never overtaken by an unpaused one.
+        let requests = change.add_requests.clone();
+        modify_vm(state, ns, name, UpdateMode::Status, move |vm| {
+            let status = st::status_mut(vm);
+            let list = status.entry("stateChangeRequests").or_insert_with(|| json!([]));
+            if let Some(items) = list.as_array_mut() {
+                items.extend(requests.iter().cloned());
+            }
+        })
+        .await?;
+    }
+    if let Some(strategy) = change.set_strategy {
+        let uses_running = vm.pointer("/spec/running").is_some_and(|r| !r.is_null());
+        modify_vm(state, ns, name, UpdateMode::Main, move |vm| {
+            if uses_running {
+                vm["spec"]["running"] = json!(strategy == RUN_ALWAYS);
+            } else {
+                vm["spec"]["runStrategy"] = json!(strategy);
+            }
+        })
+        .await?;
+    }
+    Ok(accepted())
+}
+
+/// Read-modify-write of a VM, again on a lost race: the VM controller writes status often.
+async fn modify_vm(
+    state: &AppState,
+    ns: &str,
+    name: &str,
+    mode: UpdateMode,
+    change: impl Fn(&mut Value),
+) -> ApiResult<()> {
+    let mut attempt = 0;
+    loop {
+        let mut vm = state
             .store
             .get(&kinds::VIRTUAL_MACHINE, ns, name)
             .await?
             .ok_or_else(|| ApiError::not_found("kubevirt.io", "virtualmachines", name))?;
-        let status = st::status_mut(&mut current);
-        let list = status.entry("stateChangeRequests").or_insert_with(|| json!([]));
-        if let Some(items) = list.as_array_mut() {
-            items.extend(change.add_requests);
+        change(&mut vm);
+        match state.store.update(&kinds::VIRTUAL_MACHINE, vm, mode, false).await {
+            Err(e) if e.code == 409 && attempt < 10 => attempt += 1,
+            other => return other.map(|_| ()),
         }
-        state.store.update(&kinds::VIRTUAL_MACHINE, current, UpdateMode::Status, false).await?;
     }
-    Ok(accepted())
 }
 
 async fn vmi_request(state: &AppState, ns: &str, name: &str, op: VmiOp, body: &Value) -> ApiResult<HttpResponse> {
@@ -399,6 +433,8 @@ mod tests {
     fn start_follows_the_run_strategy() {
         let halted = vm(json!({"runStrategy": "Halted"}));
         assert_eq!(vm_change(VmOp::Start, &halted, None, &json!({})).unwrap().set_strategy, Some("Always"));
+        let paused = vm_change(VmOp::Start, &halted, None, &json!({"paused": true})).unwrap();
+        assert_eq!(paused.add_requests, vec![json!({"action": "Start", "data": {"startPaused": "true"}})]);
         let always = vm(json!({"running": true}));
         assert_eq!(vm_change(VmOp::Start, &always, None, &json!({})).unwrap_err().code, 409);
         let manual = vm(json!({"runStrategy": "Manual"}));

@@ -98,6 +98,7 @@ pub fn reconcile(vm: &Value, vmi: Option<&Value>, now: DateTime<Utc>) -> VmPlan 
     let mut requests: Vec<Value> =
         status.get("stateChangeRequests").and_then(Value::as_array).cloned().unwrap_or_default();
     let mut create_now = false;
+    let mut start_paused = false;
     let mut waiting_backoff = false;
 
     if meta::is_deleting(vm) {
@@ -128,6 +129,7 @@ pub fn reconcile(vm: &Value, vmi: Option<&Value>, now: DateTime<Utc>) -> VmPlan 
                         None => {
                             requests.remove(0);
                             create_now = true;
+                            start_paused = request.pointer("/data/startPaused").and_then(Value::as_str) == Some("true");
                         }
                         Some(v) if is_final(phase(v)) && !meta::is_deleting(v) => {
                             plan.delete_vmi = Some(meta::uid(v).to_string());
@@ -180,7 +182,11 @@ pub fn reconcile(vm: &Value, vmi: Option<&Value>, now: DateTime<Utc>) -> VmPlan 
         }
     }
     if create_now && vmi_gone_or_going(vmi) && vmi.is_none() {
-        plan.create_vmi = Some(vmi_from_template(vm));
+        let mut new = vmi_from_template(vm);
+        if start_paused {
+            new["spec"]["startStrategy"] = json!("Paused");
+        }
+        plan.create_vmi = Some(new);
     }
 
     // A VMI that has run long enough clears the crash-loop record.
@@ -390,6 +396,13 @@ mod tests {
         let plan = reconcile(&v, None, now());
         assert!(plan.create_vmi.is_some(), "Stop done (VMI gone), Start creates");
         assert!(plan.status.get("stateChangeRequests").is_none());
+    }
+
+    #[test]
+    fn a_start_request_may_ask_for_a_paused_guest() {
+        let requests = json!({"stateChangeRequests": [{"action": "Start", "data": {"startPaused": "true"}}]});
+        let plan = reconcile(&vm(json!({"runStrategy": "Always"}), requests), None, now());
+        assert_eq!(plan.create_vmi.unwrap()["spec"]["startStrategy"], "Paused");
     }
 
     #[test]

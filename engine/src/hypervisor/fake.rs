@@ -63,11 +63,12 @@ impl FakeHypervisor {
 }
 
 impl Hypervisor for FakeHypervisor {
-    fn define_and_start(&self, xml: &str) -> HvResult<()> {
+    fn define_and_start(&self, xml: &str, paused: bool) -> HvResult<()> {
         let name = name_of(xml);
         let uid = super::libvirt::vmi_uid_from_xml(xml);
+        let state = if paused { DomainState::Paused } else { DomainState::Running };
         self.record(format!("start {name}"), |i| {
-            i.domains.insert(name.clone(), (uid, DomainState::Running, xml.to_string()));
+            i.domains.insert(name.clone(), (uid, state, xml.to_string()));
             Ok(())
         })?;
         let _ = self.tx.send(name);

@@ -139,10 +139,11 @@ fn metadata_attr(xml: &str, attr: &[u8]) -> Option<String> {
 }
 
 impl Hypervisor for Libvirt {
-    fn define_and_start(&self, xml: &str) -> HvResult<()> {
+    fn define_and_start(&self, xml: &str, paused: bool) -> HvResult<()> {
         self.with_conn(|conn| {
             let dom = conn.define_domain_xml(xml).map_err(err)?;
-            dom.create().map_err(err)
+            let flags = if paused { sys::VIR_DOMAIN_START_PAUSED } else { 0 };
+            dom.create_with_flags(flags).map(|_| ()).map_err(err)
         })
     }
 

@@ -53,8 +53,9 @@ pub type HvResult<T> = Result<T, HypervisorError>;
 
 /// Calls block (libvirt is synchronous): the node agent makes them from blocking threads.
 pub trait Hypervisor: Send + Sync + 'static {
-    /// Defines the domain (replacing a stopped definition of the same name) and starts it.
-    fn define_and_start(&self, xml: &str) -> HvResult<()>;
+    /// Defines the domain (replacing a stopped definition of the same name) and starts it,
+    /// with its vCPUs stopped when `paused` (KubeVirt's `startStrategy: Paused`).
+    fn define_and_start(&self, xml: &str, paused: bool) -> HvResult<()>;
     fn list(&self) -> HvResult<Vec<DomainSummary>>;
     fn state(&self, name: &str) -> HvResult<Option<DomainState>>;
     /// Asks the guest to power off (ACPI).

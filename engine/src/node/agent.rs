@@ -326,7 +326,8 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<(), StartError> {
         .and_then(|d| d.to_xml().map_err(|e| build::BuildError::Spec(e.to_string())))
         .map_err(|e| StartError::Fatal("FailedCreate".into(), e.to_string()))?;
     let hv = Arc::clone(&s.hv);
-    match blocking(move || hv.define_and_start(&xml)).await.map_err(StartError::Retry)? {
+    let paused = vmi.pointer("/spec/startStrategy").and_then(Value::as_str) == Some("Paused");
+    match blocking(move || hv.define_and_start(&xml, paused)).await.map_err(StartError::Retry)? {
         Ok(()) => Ok(()),
         Err(HypervisorError::Libvirt(message)) if !message.contains("connect") => {
             Err(StartError::Fatal("FailedCreate".into(), message))

@@ -145,11 +145,11 @@ async fn the_agent_follows_guests_through_their_lives() {
     let orphan = format!(
         r#"<domain><name>default_ghost</name><metadata><converge:vmi xmlns:converge="x" namespace="default" name="ghost" uid="dead" node="{node_uid}"/></metadata></domain>"#
     );
-    hv.define_and_start(&orphan).unwrap();
+    hv.define_and_start(&orphan, false).unwrap();
     assert!(until(|| hv.state("default_ghost").ok().flatten().is_none()).await, "orphan removed");
     // …but a domain another node made is not touched.
     let foreign = r#"<domain><name>default_other</name><metadata><converge:vmi xmlns:converge="x" namespace="default" name="other" uid="u" node="someone-else"/></metadata></domain>"#;
-    hv.define_and_start(foreign).unwrap();
+    hv.define_and_start(foreign, false).unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(hv.state("default_other").unwrap(), Some(DomainState::Running));
 }
