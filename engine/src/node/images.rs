@@ -198,6 +198,9 @@ impl ImageStore {
             archive.set_preserve_permissions(true);
             archive.unpack(&rootfs)?;
         }
+        // QEMU runs as another user and reads disks and kernels from here.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o755))?;
         let _ = fs::remove_dir_all(&target);
         fs::rename(staging.keep(), &target)?;
         Ok(())
