@@ -14,28 +14,72 @@ pub struct Client {
     pub namespace: Option<String>,
 }
 
-/// The first value of `key:` in a kubeconfig (the ones Converge writes have one cluster and user).
-fn field(text: &str, key: &str) -> Option<String> {
-    text.lines().find_map(|l| l.trim().strip_prefix(&format!("{key}:")).map(|v| v.trim().trim_matches('"').to_string()))
+/// What a kubeconfig's current context points at, read as kubectl reads it.
+#[derive(Debug, Default, PartialEq)]
+pub struct KubeconfigTarget {
+    pub server: String,
+    pub token: Option<String>,
+    pub ca_pem: Option<Vec<u8>>,
+    pub namespace: Option<String>,
+}
+
+fn named<'a>(doc: &'a serde_yaml::Value, list: &str, name: &str, inner: &str) -> Option<&'a serde_yaml::Value> {
+    doc.get(list)?.as_sequence()?.iter().find(|e| e.get("name").and_then(|n| n.as_str()) == Some(name))?.get(inner)
+}
+
+/// current-context → its cluster (server, CA data or file) and user (token or tokenFile).
+pub fn read_kubeconfig(text: &str, base: &Path) -> Result<KubeconfigTarget> {
+    use base64::Engine;
+    let doc: serde_yaml::Value = serde_yaml::from_str(text).context("kubeconfig is not YAML")?;
+    let str_of = |v: Option<&serde_yaml::Value>, key: &str| {
+        v.and_then(|v| v.get(key)).and_then(|s| s.as_str()).map(str::to_string)
+    };
+    let current = doc.get("current-context").and_then(|c| c.as_str()).unwrap_or("");
+    let context = named(&doc, "contexts", current, "context")
+        .or_else(|| doc.get("contexts")?.as_sequence()?.first()?.get("context"));
+    let cluster_name = str_of(context, "cluster").unwrap_or_default();
+    let user_name = str_of(context, "user").unwrap_or_default();
+    let cluster = named(&doc, "clusters", &cluster_name, "cluster")
+        .or_else(|| doc.get("clusters")?.as_sequence()?.first()?.get("cluster"));
+    let user =
+        named(&doc, "users", &user_name, "user").or_else(|| doc.get("users")?.as_sequence()?.first()?.get("user"));
+    let server = str_of(cluster, "server").context("kubeconfig: the current context's cluster has no server")?;
+    let relative = |p: String| if Path::new(&p).is_absolute() { p.into() } else { base.join(p) };
+    let ca_pem = match (str_of(cluster, "certificate-authority-data"), str_of(cluster, "certificate-authority")) {
+        (Some(data), _) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .context("certificate-authority-data is not base64")?,
+        ),
+        (None, Some(file)) => Some(std::fs::read(relative(file)).context("reading certificate-authority")?),
+        (None, None) => None,
+    };
+    let token = match (str_of(user, "token"), str_of(user, "tokenFile")) {
+        (Some(t), _) => Some(t),
+        (None, Some(file)) => {
+            Some(std::fs::read_to_string(relative(file)).context("reading tokenFile")?.trim().to_string())
+        }
+        (None, None) => None,
+    };
+    Ok(KubeconfigTarget { server, token, ca_pem, namespace: str_of(context, "namespace") })
 }
 
 impl Client {
     pub fn from_kubeconfig(path: &Path) -> Result<Self> {
-        use base64::Engine;
         let text = std::fs::read_to_string(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
-        let server = field(&text, "server").context("kubeconfig has no server")?;
-        let token = field(&text, "token").context("kubeconfig has no token")?;
+        let target = read_kubeconfig(&text, path.parent().unwrap_or(Path::new(".")))?;
+        let token = target.token.context("kubeconfig: the current context's user has no token")?;
         let mut builder = reqwest::Client::builder().use_rustls_tls();
-        let mut ca_pem = None;
-        if let Some(ca) = field(&text, "certificate-authority-data") {
-            let pem = base64::engine::general_purpose::STANDARD
-                .decode(ca)
-                .context("certificate-authority-data is not base64")?;
-            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
-            ca_pem = Some(pem);
+        if let Some(pem) = &target.ca_pem {
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem)?);
         }
-        let namespace = field(&text, "namespace");
-        Ok(Client { server, token, http: builder.build()?, ca_pem, namespace })
+        Ok(Client {
+            server: target.server,
+            token,
+            http: builder.build()?,
+            ca_pem: target.ca_pem,
+            namespace: target.namespace,
+        })
     }
 
     /// PUT to a subresource; 2xx with any (or no) body is success.
@@ -100,5 +144,42 @@ impl Client {
 
     pub async fn list_tokens(&self) -> Result<Value> {
         self.send(self.http.get(format!("{}/converge/v1/tokens", self.server))).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_current_context_decides() {
+        let text = r#"
+apiVersion: v1
+kind: Config
+current-context: second
+clusters:
+- name: one
+  cluster: {server: "https://one:6443", certificate-authority-data: "QUJD"}
+- name: two
+  cluster: {server: "https://two:6443"}
+users:
+- name: alice
+  user: {token: "a-token"}
+- name: bob
+  user: {token: "b-token"}
+contexts:
+- name: first
+  context: {cluster: one, user: alice}
+- name: second
+  context: {cluster: two, user: bob, namespace: team-b}
+"#;
+        let t = read_kubeconfig(text, Path::new("/")).unwrap();
+        assert_eq!(t.server, "https://two:6443");
+        assert_eq!(t.token.as_deref(), Some("b-token"));
+        assert_eq!(t.namespace.as_deref(), Some("team-b"));
+        assert_eq!(t.ca_pem, None);
+        let first = read_kubeconfig(&text.replace("current-context: second", "current-context: first"), Path::new("/"))
+            .unwrap();
+        assert_eq!(first.ca_pem.as_deref(), Some(&b"ABC"[..]));
     }
 }

@@ -35,6 +35,12 @@ async fn apply_start_console_stop_restart() {
         let first_uid = vmi["metadata"]["uid"].as_str().unwrap().to_string();
 
         assert!(g.wait_marker("demo", GUEST_MARKER, BOOT).await, "the guest printed its marker");
+        // The pod interface (QEMU's user-mode network until pod networking lands) answers DHCP.
+        assert!(
+            g.wait_marker("demo", "CONVERGE-GUEST-DHCP eth0 10.0.2.15", BOOT).await,
+            "{}",
+            g.serial_log("demo").await
+        );
         let (ok, out, err) = g.converge(&["console", "demo"], Some("echo console-$((6*7))\n")).await;
         assert!(ok, "console: {err}");
         assert!(out.contains("console-42"), "the shell ran the command: {out:?}");
@@ -286,6 +292,22 @@ async fn vnc_speaks_rfb_over_the_websocket() {
         let mut banner = [0u8; 12];
         tcp.read_exact(&mut banner).await.unwrap();
         assert_eq!(&banner[..4], b"RFB ", "{:?}", String::from_utf8_lossy(&banner));
+        // Foreman's way: no header, the token in a subprotocol (standard base64, no padding).
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&g.app.token);
+        let path = "/apis/subresources.kubevirt.io/v1alpha3/namespaces/default/virtualmachineinstances/screen/vnc";
+        let (mut socket, chosen) =
+            ws_with_protocols(&g.app, path, &format!("plain.kubevirt.io, base64url.bearer.authorization.k8s.io.{b64}"))
+                .await
+                .expect("websocket");
+        assert_eq!(chosen, "plain.kubevirt.io");
+        use futures::StreamExt;
+        let first = socket.next().await.expect("a frame").expect("frame");
+        assert!(first.is_binary() && first.into_data().starts_with(b"RFB "), "binary frames carry RFB");
+        let refused =
+            ws_with_protocols(&g.app, path, "plain.kubevirt.io, base64url.bearer.authorization.k8s.io.bm90LWEtdG9rZW4")
+                .await;
+        assert!(refused.is_err_and(|e| e.contains("401")), "a bad token is refused");
         // Without the token the websocket is refused.
         let (code, _) = {
             let r = reqwest::Client::builder()

@@ -16,7 +16,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-${CONVERGE_GUEST_DIR:-$here/../../target/guest}}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
-stamp="$out/.built-v5"
+stamp="$out/.built-v8"
 [ -f "$stamp" ] && { echo "$out"; exit 0; }
 
 need=()
@@ -43,7 +43,11 @@ mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,etc,lib/modules,usr/share/udhcpc}
 cp "$(command -v busybox)" "$root/bin/busybox"
 for applet in $("$root/bin/busybox" --list); do [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"; done
 mods="$work/kernel/lib/modules/$kver/kernel"
-for m in drivers/net/net_failover net/core/failover drivers/net/virtio_net drivers/block/virtio_blk; do
+# Debian builds virtio itself as modules: the core, the PCI transport, then the drivers.
+modules="drivers/virtio/virtio drivers/virtio/virtio_ring drivers/virtio/virtio_pci_legacy_dev
+  drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci net/core/failover drivers/net/net_failover
+  drivers/net/virtio_net drivers/block/virtio_blk"
+for m in $modules; do
   for f in "$mods/$m".ko*; do [ -f "$f" ] && cp "$f" "$root/lib/modules/"; done
 done
 cat > "$root/usr/share/udhcpc/default.script" <<'SCRIPT'
@@ -62,14 +66,16 @@ cat > "$root/init" <<'INIT'
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in failover net_failover virtio_net virtio_blk; do
+for m in virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_blk; do
   for f in /lib/modules/$m.ko*; do [ -f "$f" ] && insmod "$f" 2>/dev/null; done
 done
 hostname converge-guest
 echo "CONVERGE-GUEST-READY"
+# The NIC appears a moment after its driver loads.
+for _ in 1 2 3 4 5 6 7 8 9 10; do ip link show eth0 >/dev/null 2>&1 && break; sleep 0.3; done
 if ip link show eth0 >/dev/null 2>&1; then
   ip link set lo up; ip link set eth0 up
-  udhcpc -b -q -t 5 -i eth0 >/dev/null 2>&1 &
+  udhcpc -b -q -t 5 -i eth0 -s /usr/share/udhcpc/default.script >/dev/null 2>&1 &
 fi
 while true; do
   setsid cttyhack sh -l

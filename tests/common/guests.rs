@@ -220,3 +220,39 @@ pub fn halt_vm(name: &str, strategy: &str) -> Value {
 pub async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(limit, f).await.expect("the test finished within its time limit")
 }
+
+pub type TestSocket = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// A websocket to `path` offering `protocols`, with no Authorization header: the token, if any,
+/// travels in a protocol as Foreman's console sends it.
+pub async fn ws_with_protocols(app: &TestApp, path: &str, protocols: &str) -> Result<(TestSocket, String), String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = app.url(path).replacen("https://", "wss://", 1);
+    let addr = app.base_url.trim_start_matches("https://").to_string();
+    let server = app.server.as_ref().expect("running");
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(server.ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA")).expect("root");
+    }
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("tls")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.expect("tcp");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let stream =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(name, tcp).await.expect("tls handshake");
+    let mut request = url.as_str().into_client_request().expect("request");
+    request.headers_mut().insert("Sec-WebSocket-Protocol", protocols.parse().expect("header"));
+    match tokio_tungstenite::client_async(request, stream).await {
+        Ok((socket, resp)) => {
+            let chosen =
+                resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            Ok((socket, chosen))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
