@@ -83,7 +83,17 @@ pub async fn open(
     } else {
         None
     };
-    actix_web::rt::spawn(bridge(session, stream, socket, taken));
+    actix_web::rt::spawn(async move {
+        bridge(session, stream, socket, taken).await;
+        // Gone: forget this connection unless a newer one already took its place.
+        if serial {
+            if let Ok(mut h) = holders().lock() {
+                if h.get(&uid).is_some_and(|tx| tx.is_closed()) {
+                    h.remove(&uid);
+                }
+            }
+        }
+    });
     Ok(response)
 }
 

@@ -79,7 +79,15 @@ pub fn node_usage(vmis: &[Value]) -> BTreeMap<String, Request> {
     used
 }
 
+/// One placement at a time: each reads every node's load and adds to it, so two at once could
+/// both fit into the same free memory.
+fn placement_lock() -> &'static tokio::sync::Mutex<()> {
+    static LOCK: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
+}
+
 pub(super) async fn sync(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<Key>>) -> ApiResult<()> {
+    let _placing = placement_lock().lock().await;
     let Some(vmi) = store.get(&kinds::VIRTUAL_MACHINE_INSTANCE, &ns, &name).await? else { return Ok(()) };
     if node_name(&vmi).is_some() {
         return Ok(());
