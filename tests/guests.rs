@@ -47,6 +47,10 @@ async fn apply_start_console_stop_restart() {
 
         let (ok, out, err) = g.app.kubectl(&["get", "vm", "demo"]).await;
         assert!(ok && out.contains("Running"), "{out}{err}");
+        let (ok, out, err) = g.app.kubectl(&["describe", "vm", "demo"]).await;
+        assert!(ok && out.contains("SuccessfulCreate"), "kubectl describe tells the story: {out}{err}");
+        let (ok, out, err) = g.app.kubectl(&["describe", "vmi", "demo"]).await;
+        assert!(ok && out.contains("VirtualMachineInstance started."), "{out}{err}");
 
         let (ok, _, err) = g.converge(&["stop", "demo"], None).await;
         assert!(ok, "{err}");

@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod controllers;
 pub mod error;
+pub mod events;
 pub mod gc;
 pub mod hypervisor;
 pub mod instancetype;

@@ -12,11 +12,14 @@ use tracing::Instrument;
 use super::queue::WorkQueue;
 use super::{replicaset, vm, vmi, Key};
 use crate::error::ApiResult;
+use crate::events;
 use crate::kinds::{self, ResourceKind};
 use crate::meta;
 use crate::store::{DeleteOptions, Store, UpdateMode};
 
 const WORKERS: usize = 4;
+/// The name KubeVirt's controllers record events under.
+pub(crate) const COMPONENT: &str = "virtualmachine-controller";
 const RESYNC: Duration = Duration::from_secs(30);
 
 pub struct Controllers {
@@ -182,6 +185,17 @@ async fn sync_vm(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<Key>>) ->
     let plan = vm::reconcile(&vm_obj, vmi_obj.as_ref(), now());
     if let (Some(uid), Some(_)) = (&plan.delete_vmi, &vmi_obj) {
         delete_uid(store, &kinds::VIRTUAL_MACHINE_INSTANCE, &ns, &name, uid).await?;
+        let message = format!("Stopped the virtual machine by deleting the virtual machine instance {uid}");
+        events::record(
+            store,
+            &kinds::VIRTUAL_MACHINE,
+            &vm_obj,
+            events::NORMAL,
+            "SuccessfulDelete",
+            &message,
+            COMPONENT,
+        )
+        .await;
     }
     let mut status = plan.status;
     frozen.write_refs(&mut status);
@@ -196,9 +210,34 @@ async fn sync_vm(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<Key>>) ->
     if let Some(mut new_vmi) = create {
         frozen.shape(&mut new_vmi["spec"]);
         match crate::admission::create_admitted(store, &kinds::VIRTUAL_MACHINE_INSTANCE, new_vmi, false).await {
-            Ok(_) => {}
+            Ok(created) => {
+                let message = format!(
+                    "Started the virtual machine by creating the new virtual machine instance {}",
+                    meta::name(&created)
+                );
+                events::record(
+                    store,
+                    &kinds::VIRTUAL_MACHINE,
+                    &vm_obj,
+                    events::NORMAL,
+                    "SuccessfulCreate",
+                    &message,
+                    COMPONENT,
+                )
+                .await;
+            }
             Err(e) if e.code == 409 => {}
             Err(e) => {
+                events::record(
+                    store,
+                    &kinds::VIRTUAL_MACHINE,
+                    &vm_obj,
+                    events::WARNING,
+                    "FailedCreate",
+                    &e.message,
+                    COMPONENT,
+                )
+                .await;
                 // The template can't make a VMI: say why on the VM instead of retrying blindly.
                 let mut holder = serde_json::json!({"status": status});
                 let at = meta::now_rfc3339();

@@ -109,7 +109,25 @@ pub(super) async fn sync(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<K
         return Ok(());
     }
     if let Some(status) = plan.status {
+        let unschedulable = status
+            .get("conditions")
+            .and_then(Value::as_array)
+            .and_then(|c| c.iter().find(|c| c["type"] == "PodScheduled" && c["status"] == "False"))
+            .and_then(|c| c.get("message").and_then(Value::as_str).map(str::to_string));
         super::runtime::write_status(store, &kinds::VIRTUAL_MACHINE_INSTANCE, &vmi, status).await?;
+        if let Some(message) = unschedulable {
+            let c = super::runtime::COMPONENT;
+            crate::events::record(
+                store,
+                &kinds::VIRTUAL_MACHINE_INSTANCE,
+                &vmi,
+                crate::events::WARNING,
+                "FailedScheduling",
+                &message,
+                c,
+            )
+            .await;
+        }
     }
     if let Some(after) = plan.requeue_after {
         queue.add_after((ns, name), after);

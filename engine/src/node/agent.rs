@@ -256,7 +256,31 @@ async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> 
         }
     }
     write(s, &vmi, &next).await?;
+    record_transition(s, &vmi, &next).await;
     Ok(is_final(phase(&next)).then_some(Duration::ZERO))
+}
+
+/// virt-handler's events for what just happened to the guest.
+async fn record_transition(s: &Shared, before: &Value, after: &Value) {
+    use crate::events::{record, NORMAL, WARNING};
+    let (from, to) = (phase(before), phase(after));
+    let event = match to {
+        _ if from == to => None,
+        st::RUNNING => Some((NORMAL, "Started", "VirtualMachineInstance started.".to_string())),
+        st::SUCCEEDED => Some((NORMAL, "Stopped", "The VirtualMachineInstance was shut down.".to_string())),
+        st::FAILED => {
+            let why = st::condition(after, "Ready")
+                .and_then(|c| c.get("message"))
+                .and_then(Value::as_str)
+                .unwrap_or("failed");
+            Some((WARNING, "Stopped", format!("The VirtualMachineInstance crashed: {why}")))
+        }
+        _ => None,
+    };
+    if let Some((kind, reason, message)) = event {
+        let component = "virt-handler";
+        record(&s.store, &kinds::VIRTUAL_MACHINE_INSTANCE, after, kind, reason, &message, component).await;
+    }
 }
 
 fn mark_running(s: &Shared, next: &mut Value, now: &str) {
@@ -367,10 +391,27 @@ async fn shut_down_for_delete(
         let grace =
             VmiSpec::from_vmi(vmi).ok().and_then(|sp| sp.termination_grace_period_seconds).map(|g| g.max(0) as u64);
         let grace = Duration::from_secs(grace.unwrap_or(DEFAULT_GRACE_SECS));
+        let mut first_request = false;
         let deadline = {
             let mut d = s.shutdown_deadlines.lock().map_err(|_| ApiError::internal("deadline lock poisoned"))?;
-            *d.entry(uid.clone()).or_insert_with(|| Instant::now() + grace)
+            *d.entry(uid.clone()).or_insert_with(|| {
+                first_request = true;
+                Instant::now() + grace
+            })
         };
+        if first_request {
+            let message = "Signaled Graceful Shutdown";
+            crate::events::record(
+                &s.store,
+                &kinds::VIRTUAL_MACHINE_INSTANCE,
+                vmi,
+                crate::events::NORMAL,
+                "ShuttingDown",
+                message,
+                "virt-handler",
+            )
+            .await;
+        }
         let (hv, n) = (Arc::clone(&s.hv), domain.to_string());
         if Instant::now() >= deadline || grace.is_zero() || ds == DomainState::Paused {
             blocking(move || hv.destroy(&n)).await?.map_err(hv_error)?;
