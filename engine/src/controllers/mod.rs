@@ -18,3 +18,34 @@ pub const VMI_FINALIZER: &str = "kubevirt.io/virtualMachineControllerFinalize";
 
 /// `(namespace, name)`.
 pub type Key = (String, String);
+
+/// A VMI from an owner's `spec.template`, owned (as controller) by that owner: what the VM and
+/// replica-set controllers create.
+pub fn owned_vmi_from_template(owner: &serde_json::Value, owner_kind: &str, name: &str) -> serde_json::Value {
+    use crate::meta;
+    use serde_json::json;
+    let template = owner.pointer("/spec/template").cloned().unwrap_or(json!({}));
+    let mut metadata = json!({
+        "name": name,
+        "namespace": meta::namespace(owner),
+        "ownerReferences": [{
+            "apiVersion": "kubevirt.io/v1",
+            "kind": owner_kind,
+            "name": meta::name(owner),
+            "uid": meta::uid(owner),
+            "controller": true,
+            "blockOwnerDeletion": true,
+        }],
+    });
+    for field in ["labels", "annotations"] {
+        if let Some(v) = template.pointer(&format!("/metadata/{field}")).filter(|v| v.is_object()) {
+            metadata[field] = v.clone();
+        }
+    }
+    json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstance",
+        "metadata": metadata,
+        "spec": template.get("spec").cloned().unwrap_or(json!({})),
+    })
+}

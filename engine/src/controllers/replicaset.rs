@@ -77,26 +77,7 @@ pub fn vmi_for(rs: &Value) -> Value {
         let mut rng = rand::rng();
         (0..5).map(|_| char::from(b"bcdfghjklmnpqrstvwxz2456789"[rng.random_range(0..27)])).collect()
     };
-    let template = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
-    let mut metadata = json!({
-        "name": format!("{}{}", meta::name(rs), suffix),
-        "namespace": meta::namespace(rs),
-        "ownerReferences": [{
-            "apiVersion": "kubevirt.io/v1",
-            "kind": "VirtualMachineInstanceReplicaSet",
-            "name": meta::name(rs),
-            "uid": meta::uid(rs),
-            "controller": true,
-            "blockOwnerDeletion": true,
-        }],
-    });
-    for field in ["labels", "annotations"] {
-        if let Some(v) = template.pointer(&format!("/metadata/{field}")).filter(|v| v.is_object()) {
-            metadata[field] = v.clone();
-        }
-    }
-    json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "metadata": metadata,
-           "spec": template.get("spec").cloned().unwrap_or(json!({}))})
+    super::owned_vmi_from_template(rs, "VirtualMachineInstanceReplicaSet", &format!("{}{}", meta::name(rs), suffix))
 }
 
 pub(super) async fn sync(store: &Store, (ns, name): Key, _queue: &Arc<WorkQueue<Key>>) -> ApiResult<()> {

@@ -56,30 +56,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// The VMI a VM's template describes, owned by the VM.
 pub fn vmi_from_template(vm: &Value) -> Value {
-    let template = vm.pointer("/spec/template").cloned().unwrap_or(json!({}));
-    let mut metadata = json!({
-        "name": meta::name(vm),
-        "namespace": meta::namespace(vm),
-        "ownerReferences": [{
-            "apiVersion": "kubevirt.io/v1",
-            "kind": "VirtualMachine",
-            "name": meta::name(vm),
-            "uid": meta::uid(vm),
-            "controller": true,
-            "blockOwnerDeletion": true,
-        }],
-    });
-    for field in ["labels", "annotations"] {
-        if let Some(v) = template.pointer(&format!("/metadata/{field}")).filter(|v| v.is_object()) {
-            metadata[field] = v.clone();
-        }
-    }
-    json!({
-        "apiVersion": "kubevirt.io/v1",
-        "kind": "VirtualMachineInstance",
-        "metadata": metadata,
-        "spec": template.get("spec").cloned().unwrap_or(json!({})),
-    })
+    super::owned_vmi_from_template(vm, "VirtualMachine", meta::name(vm))
 }
 
 fn owned_by(vmi: &Value, vm: &Value) -> bool {
