@@ -216,18 +216,27 @@ async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> 
     }
     let mut next = vmi.clone();
     match (phase(&vmi), state) {
-        (st::PENDING | st::SCHEDULING | st::SCHEDULED, None) => match start_domain(s, &vmi).await {
-            Ok(()) => mark_running(s, &mut next, &now),
-            Err(StartError::Retry(e)) => return Err(e),
-            Err(StartError::Fatal(reason, message)) => {
-                tracing::warn!(namespace = %ns, name = %name, %reason, %message, "VMI cannot start");
-                st::set_condition(&mut next, "Synchronized", false, &reason, &message, &now);
-                st::set_condition(&mut next, "Ready", false, &reason, &message, &now);
-                st::set_phase(&mut next, st::FAILED, &now);
+        // Not started yet — or defined but never started, when a crash came between the two.
+        (st::PENDING | st::SCHEDULING | st::SCHEDULED, ds) if ds.is_none_or(|d| !d.is_active()) => {
+            match start_domain(s, &vmi).await {
+                Ok(()) => {
+                    mark_running(s, &mut next, &now);
+                    if vmi.pointer("/spec/startStrategy").and_then(Value::as_str) == Some("Paused") {
+                        st::set_condition(&mut next, "Paused", true, "PausedByUser", "VMI was started paused", &now);
+                        st::set_condition(&mut next, "Ready", false, "PausedByUser", "VMI was started paused", &now);
+                    }
+                }
+                Err(StartError::Retry(e)) => return Err(e),
+                Err(StartError::Fatal(reason, message)) => {
+                    tracing::warn!(namespace = %ns, name = %name, %reason, %message, "VMI cannot start");
+                    st::set_condition(&mut next, "Synchronized", false, &reason, &message, &now);
+                    st::set_condition(&mut next, "Ready", false, &reason, &message, &now);
+                    st::set_phase(&mut next, st::FAILED, &now);
+                }
             }
-        },
+        }
         // Started before a crash or restart of `converge serve`: adopt it.
-        (st::PENDING | st::SCHEDULING | st::SCHEDULED, Some(ds)) if ds.is_active() => mark_running(s, &mut next, &now),
+        (st::PENDING | st::SCHEDULING | st::SCHEDULED, Some(_)) => mark_running(s, &mut next, &now),
         (_, Some(DomainState::Running)) => {
             st::set_condition(&mut next, "Ready", true, "", "", &now);
             st::remove_condition(&mut next, "Paused");
