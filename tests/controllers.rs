@@ -119,3 +119,39 @@ async fn presets_shape_matching_vmis_made_by_vms() {
     assert_eq!(vmi["spec"]["domain"]["cpu"]["cores"], 3, "{vmi}");
     assert_eq!(vmi["metadata"]["annotations"]["virtualmachinepreset.kubevirt.io/small-cpu"], "kubevirt.io/v1");
 }
+
+#[tokio::test]
+async fn vmis_on_a_silent_node_fail_and_their_vm_starts_them_again() {
+    let app = spawn_app().await;
+    // A node whose agent last spoke two minutes ago.
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gone", "labels": {"converge.dev/software-emulation": "true"}}});
+    let (code, body) = app.post("/api/v1/nodes", &node).await;
+    assert_eq!(code, 201, "{body}");
+    let beat = (chrono::Utc::now() - chrono::Duration::seconds(120)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let mut with_status = body.clone();
+    with_status["status"] = json!({"allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110", "devices.kubevirt.io/kvm": "0"},
+        "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": beat, "lastTransitionTime": beat}]});
+    let (code, body) = app.put("/api/v1/nodes/gone/status", &with_status).await;
+    assert_eq!(code, 200, "{body}");
+    let mut vm = vm_manifest("orphaned");
+    vm["spec"]["runStrategy"] = json!("Always");
+    assert_eq!(app.post(VMS, &vm).await.0, 201);
+    let vmi_path = "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances/orphaned";
+    assert!(wait_until(WAIT, || async { app.get(vmi_path).await.0 == 200 }).await);
+    // Pretend the node took it and ran it (no agent here to do so).
+    let mut vmi = app.get(vmi_path).await.1;
+    let first_uid = vmi["metadata"]["uid"].clone();
+    vmi["status"] = json!({"phase": "Running", "nodeName": "gone"});
+    let (code, body) = app.put(&format!("{vmi_path}/status"), &vmi).await;
+    assert!(code == 200 || code == 409, "{body}");
+    let failed_or_replaced = wait_until(Duration::from_secs(30), || async {
+        let v = app.get(vmi_path).await.1;
+        v["metadata"]["uid"] != first_uid || v["status"]["phase"] == "Failed"
+    })
+    .await;
+    assert!(failed_or_replaced, "{}", app.get(vmi_path).await.1);
+    let node = app.get("/api/v1/nodes/gone").await.1;
+    assert_eq!(node["status"]["conditions"][0]["status"], "Unknown", "{node}");
+    let (ok, out, _) = app.kubectl(&["get", "nodes"]).await;
+    assert!(ok && out.contains("NotReady"), "{out}");
+}

@@ -58,7 +58,10 @@ fn owner_keys(obj: &Value, owner_kind: &str) -> Vec<Key> {
 /// Starts every controller on `store`.
 pub fn spawn(store: Arc<Store>) -> Controllers {
     let queues = Arc::new(Queues { vm: WorkQueue::new(), vmi: WorkQueue::new(), rs: WorkQueue::new() });
-    let mut tasks = vec![tokio::spawn(feed(Arc::clone(&store), Arc::clone(&queues)))];
+    let mut tasks = vec![
+        tokio::spawn(feed(Arc::clone(&store), Arc::clone(&queues))),
+        tokio::spawn(super::nodes::run(Arc::clone(&store))),
+    ];
     for _ in 0..WORKERS {
         let (s, q) = (Arc::clone(&store), Arc::clone(&queues.vm));
         tasks.push(tokio::spawn(work(q, move |key, q| {
