@@ -192,12 +192,11 @@ pub fn resource_list(version: &str) -> Value {
     })
 }
 
-pub async fn group_version(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub async fn group_version(req: HttpRequest) -> HttpResponse {
     let version = req.match_info().get("version").unwrap_or("");
     if !VERSIONS.contains(&version) {
         return status_response(&ApiError::route_not_found());
     }
-    let _ = state;
     json_response(200, &resource_list(version), &[])
 }
 

@@ -4,9 +4,10 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::error::Cause;
+use crate::error::{ApiResult, Cause};
 use crate::kinds::{self, ResourceKind};
 use crate::meta;
+use crate::store::Store;
 
 /// The kind a matcher names; KubeVirt's default is the cluster-wide one.
 pub fn instancetype_kind(matcher: &Value) -> &'static ResourceKind {
@@ -21,6 +22,51 @@ pub fn preference_kind(matcher: &Value) -> &'static ResourceKind {
         Some("virtualmachinepreference") => &kinds::PREFERENCE,
         _ => &kinds::CLUSTER_PREFERENCE,
     }
+}
+
+/// An instancetype or preference a VM names.
+pub struct Named<'a> {
+    /// `instancetype` or `preference`: the spec field, and the word in messages.
+    pub field: &'static str,
+    /// `instancetypeRef` or `preferenceRef` in the VM's status.
+    pub status_field: &'static str,
+    pub matcher: &'a Value,
+    pub name: String,
+    pub kind: &'static ResourceKind,
+}
+
+/// The instancetype and preference `vm` names, in that order.
+pub fn named(vm: &Value) -> Vec<Named<'_>> {
+    [("instancetype", "instancetypeRef"), ("preference", "preferenceRef")]
+        .into_iter()
+        .filter_map(|(field, status_field)| {
+            let matcher = vm.pointer(&format!("/spec/{field}")).filter(|m| m.is_object())?;
+            let kind = if field == "instancetype" { instancetype_kind(matcher) } else { preference_kind(matcher) };
+            let name = matcher.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+            Some(Named { field, status_field, matcher, name, kind })
+        })
+        .collect()
+}
+
+/// The ControllerRevision the VM's status points at, if it still freezes the object named.
+pub async fn frozen_revision(store: &Store, vm: &Value, named: &Named<'_>) -> ApiResult<Option<Value>> {
+    let pointer = format!("/status/{}/controllerRevisionRef/name", named.status_field);
+    let Some(rev) = vm.pointer(&pointer).and_then(Value::as_str) else { return Ok(None) };
+    Ok(store
+        .get(&kinds::CONTROLLER_REVISION, meta::namespace(vm), rev)
+        .await?
+        .filter(|r| r.pointer("/data/metadata/name").and_then(Value::as_str) == Some(named.name.as_str())))
+}
+
+/// The instancetype or preference as it is now.
+pub async fn current(store: &Store, vm: &Value, named: &Named<'_>) -> ApiResult<Option<Value>> {
+    let ns = if named.kind.namespaced { meta::namespace(vm) } else { "" };
+    store.get(named.kind, ns, &named.name).await
+}
+
+/// `virtualmachineclusterinstancetypes.instancetype.kubevirt.io "x" not found`
+pub fn not_found(named: &Named<'_>) -> String {
+    format!("{}.{} \"{}\" not found", named.kind.plural, named.kind.group, named.name)
 }
 
 const CONFLICT: &str = "conflicts with selected instance type";

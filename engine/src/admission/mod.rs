@@ -178,30 +178,14 @@ pub async fn lookup_instancetypes(
         return Ok((None, None));
     }
     let mut out = [None, None];
-    for (i, (field, status_field)) in
-        [("instancetype", "instancetypeRef"), ("preference", "preferenceRef")].iter().enumerate()
-    {
-        let Some(matcher) = vm.pointer(&format!("/spec/{field}")).filter(|m| m.is_object()) else { continue };
-        let name = matcher.get("name").and_then(Value::as_str).unwrap_or("");
-        let revision =
-            vm.pointer(&format!("/status/{status_field}/controllerRevisionRef/name")).and_then(Value::as_str);
-        if let Some(rev) = revision {
-            if let Some(r) = store.get(&kinds::CONTROLLER_REVISION, meta::namespace(vm), rev).await? {
-                if r.pointer("/data/metadata/name").and_then(Value::as_str) == Some(name) {
-                    out[i] = Some(Ok(r["data"].clone()));
-                    continue;
-                }
-            }
-        }
-        let target = if i == 0 {
-            crate::instancetype::instancetype_kind(matcher)
-        } else {
-            crate::instancetype::preference_kind(matcher)
-        };
-        let ns = if target.namespaced { meta::namespace(vm) } else { "" };
-        out[i] = Some(match store.get(target, ns, name).await? {
-            Some(obj) => Ok(obj),
-            None => Err(format!("Failure to find {field}: {}.{} \"{name}\" not found", target.plural, target.group)),
+    for named in crate::instancetype::named(vm) {
+        let slot = usize::from(named.field == "preference");
+        out[slot] = Some(match crate::instancetype::frozen_revision(store, vm, &named).await? {
+            Some(revision) => Ok(revision["data"].clone()),
+            None => match crate::instancetype::current(store, vm, &named).await? {
+                Some(obj) => Ok(obj),
+                None => Err(format!("Failure to find {}: {}", named.field, crate::instancetype::not_found(&named))),
+            },
         });
     }
     let [instancetype, preference] = out;

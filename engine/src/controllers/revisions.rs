@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use crate::error::ApiResult;
-use crate::instancetype::{self, instancetype_kind, preference_kind};
+use crate::instancetype;
 use crate::kinds;
 use crate::meta;
 use crate::store::Store;
@@ -44,46 +44,29 @@ pub async fn freeze(store: &Store, vm: &Value) -> ApiResult<Frozen> {
     if meta::is_deleting(vm) {
         return Ok(frozen);
     }
-    for (field, status_field) in [("instancetype", "instancetypeRef"), ("preference", "preferenceRef")] {
-        let Some(matcher) = vm.pointer(&format!("/spec/{field}")).filter(|m| m.is_object()) else { continue };
-        let name = matcher.get("name").and_then(Value::as_str).unwrap_or("").to_string();
-        let kind = if field == "instancetype" { instancetype_kind(matcher) } else { preference_kind(matcher) };
-        let existing_rev = vm
-            .pointer(&format!("/status/{status_field}/controllerRevisionRef/name"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let mut revision = None;
-        if let Some(rev) = &existing_rev {
-            revision = store
-                .get(&kinds::CONTROLLER_REVISION, meta::namespace(vm), rev)
-                .await?
-                .filter(|r| r.pointer("/data/metadata/name").and_then(Value::as_str) == Some(name.as_str()));
-        }
+    for named in instancetype::named(vm) {
+        let mut revision = instancetype::frozen_revision(store, vm, &named).await?;
         if revision.is_none() {
-            let ns = if kind.namespaced { meta::namespace(vm) } else { "" };
-            match store.get(kind, ns, &name).await? {
-                Some(obj) => {
-                    let rev = instancetype::revision_for(vm, &obj);
-                    let rev_name = meta::name(&rev).to_string();
-                    match store.create(&kinds::CONTROLLER_REVISION, rev.clone(), false).await {
-                        Ok(created) => revision = Some(created),
-                        Err(e) if e.code == 409 => {
-                            revision = store.get(&kinds::CONTROLLER_REVISION, meta::namespace(vm), &rev_name).await?
-                        }
-                        Err(e) => return Err(e),
-                    }
+            let Some(obj) = instancetype::current(store, vm, &named).await? else {
+                let why = format!("{} {}", named.field, instancetype::not_found(&named));
+                frozen.refs.push((named.status_field, json!({"kind": named.kind.kind, "name": named.name}), Err(why)));
+                continue;
+            };
+            let rev = instancetype::revision_for(vm, &obj);
+            let rev_name = meta::name(&rev).to_string();
+            revision = match store.create(&kinds::CONTROLLER_REVISION, rev, false).await {
+                Ok(created) => Some(created),
+                Err(e) if e.code == 409 => {
+                    store.get(&kinds::CONTROLLER_REVISION, meta::namespace(vm), &rev_name).await?
                 }
-                None => {
-                    let why = format!("{field} {}.{} \"{name}\" not found", kind.plural, kind.group);
-                    frozen.refs.push((status_field, json!({"kind": kind.kind, "name": name}), Err(why)));
-                    continue;
-                }
-            }
+                Err(e) => return Err(e),
+            };
         }
         let Some(rev) = revision else { continue };
-        let reference = json!({"kind": kind.kind, "name": name, "controllerRevisionRef": {"name": meta::name(&rev)}});
+        let reference =
+            json!({"kind": named.kind.kind, "name": named.name, "controllerRevisionRef": {"name": meta::name(&rev)}});
         let spec = rev.pointer("/data/spec").cloned().unwrap_or(json!({}));
-        frozen.refs.push((status_field, reference, Ok(spec)));
+        frozen.refs.push((named.status_field, reference, Ok(spec)));
     }
     Ok(frozen)
 }
