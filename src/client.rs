@@ -82,6 +82,35 @@ impl Client {
         })
     }
 
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// POST a JSON object; the created object back.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
+        self.send(self.http.post(format!("{}{path}", self.server)).json(body)).await
+    }
+
+    /// GET a JSON object; `None` on 404.
+    pub async fn get_json(&self, path: &str) -> Result<Option<Value>> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.server))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("talking to {}", self.server))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{}: {}", status, body.get("message").and_then(Value::as_str).unwrap_or("request failed"));
+        }
+        Ok(Some(body))
+    }
+
     /// PUT to a subresource; 2xx with any (or no) body is success.
     pub async fn put(&self, path: &str, body: &Value) -> Result<()> {
         let resp = self

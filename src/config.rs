@@ -9,7 +9,8 @@ use std::time::Duration;
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
     /// A TOML file with any of: data_dir, listen, database, tls_san, mac_range, log_format,
-    /// no_node, node_name, allow_emulation, libvirt_uri.
+    /// no_node, node_name, allow_emulation, libvirt_uri, allow_private_imports, insecure_registry,
+    /// max_volume_size.
     #[arg(long, env = "CONVERGE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where the database, certificates and kubeconfig live.
@@ -39,6 +40,15 @@ pub struct ServeArgs {
     /// libvirt connection URI (default qemu:///system).
     #[arg(long, env = "CONVERGE_LIBVIRT_URI")]
     pub libvirt_uri: Option<String>,
+    /// Let DataVolume imports fetch from loopback, link-local and metadata addresses.
+    #[arg(long, env = "CONVERGE_ALLOW_PRIVATE_IMPORTS")]
+    pub allow_private_imports: Option<bool>,
+    /// Registries (HOST:PORT) spoken to over plain HTTP (repeatable).
+    #[arg(long = "insecure-registry", env = "CONVERGE_INSECURE_REGISTRIES", value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
+    /// The largest volume a claim may ask for (e.g. 500Gi).
+    #[arg(long, env = "CONVERGE_MAX_VOLUME_SIZE")]
+    pub max_volume_size: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -55,6 +65,10 @@ struct FileConfig {
     node_name: Option<String>,
     allow_emulation: Option<bool>,
     libvirt_uri: Option<String>,
+    allow_private_imports: Option<bool>,
+    #[serde(default)]
+    insecure_registry: Vec<String>,
+    max_volume_size: Option<String>,
 }
 
 pub struct Settings {
@@ -90,12 +104,21 @@ pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> 
     };
     let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir);
     let mut server = converge_api::ServerConfig::new(data_dir.clone());
+    let insecure = if args.insecure_registry.is_empty() { file.insecure_registry } else { args.insecure_registry };
+    server.storage.insecure_registries = insecure.clone();
+    server.storage.allow_private_imports = args.allow_private_imports.or(file.allow_private_imports).unwrap_or(false);
+    if let Some(max) = args.max_volume_size.or(file.max_volume_size) {
+        let bytes =
+            converge_engine::quantity::parse(&max).map_err(|e| anyhow::anyhow!("--max-volume-size {max}: {e}"))?;
+        server.storage.max_volume_bytes = Some(bytes as u64);
+    }
     if !(args.no_node || file.no_node.unwrap_or(false)) {
         let mut node = converge_engine::node::NodeConfig::new(data_dir.join("node"));
         if let Some(name) = args.node_name.or(file.node_name) {
             node.name = name;
         }
         node.allow_emulation = args.allow_emulation.or(file.allow_emulation).unwrap_or(true);
+        node.insecure_registries = insecure;
         server.node = Some(node);
     }
     if let Some(uri) = args.libvirt_uri.or(file.libvirt_uri) {

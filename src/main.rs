@@ -2,6 +2,7 @@
 
 mod client;
 mod config;
+mod upload;
 mod verbs;
 
 use anyhow::{bail, Context, Result};
@@ -107,6 +108,39 @@ enum Command {
     Domxml {
         #[command(flatten)]
         target: Target,
+    },
+    /// Upload a disk image into a new DataVolume (virtctl image-upload): `image-upload dv NAME
+    /// --image-path FILE --size 2Gi`.
+    #[command(name = "image-upload")]
+    ImageUpload {
+        /// `dv NAME` (or just NAME).
+        #[arg(num_args = 1..=2, required = true)]
+        names: Vec<String>,
+        #[arg(long)]
+        image_path: PathBuf,
+        /// Size of the DataVolume to create (e.g. 2Gi).
+        #[arg(long)]
+        size: Option<String>,
+        #[arg(long)]
+        storage_class: Option<String>,
+        /// Create a block-mode volume.
+        #[arg(long)]
+        block_volume: bool,
+        /// Upload into an existing DataVolume.
+        #[arg(long)]
+        no_create: bool,
+        /// Seconds to wait for the upload target, and for processing.
+        #[arg(long, default_value_t = 300)]
+        wait_secs: u64,
+        /// The file is a tar archive of files, not a disk image.
+        #[arg(long)]
+        archive: bool,
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        #[arg(long, env = "CONVERGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Print the CA certificate that signs the server's certificate.
     Ca {
@@ -254,6 +288,38 @@ fn main() -> Result<()> {
                     }
                 }
                 Ok(())
+            }
+            Command::ImageUpload {
+                names,
+                image_path,
+                size,
+                storage_class,
+                block_volume,
+                no_create,
+                wait_secs,
+                archive,
+                namespace,
+                kubeconfig,
+                data_dir,
+            } => {
+                if names.len() == 2 && !matches!(names[0].as_str(), "dv" | "datavolume") {
+                    bail!("image-upload takes `dv NAME`; uploading into a bare PVC is not supported");
+                }
+                let path = verbs::kubeconfig_path(kubeconfig, data_dir);
+                let api = client::Client::from_kubeconfig(&path)?;
+                let namespace = namespace.or_else(|| api.namespace.clone()).unwrap_or_else(|| "default".into());
+                let args = upload::UploadArgs {
+                    namespace,
+                    name: names.last().cloned().unwrap_or_default(),
+                    image_path,
+                    size,
+                    storage_class,
+                    block: block_volume,
+                    no_create,
+                    wait: std::time::Duration::from_secs(wait_secs),
+                    archive,
+                };
+                upload::image_upload(&api, args).await
             }
             Command::Ca { data_dir } => {
                 let dir = data_dir.unwrap_or_else(config::default_data_dir);

@@ -342,7 +342,7 @@ async fn the_bootable_disk_image_boots_as_a_container_disk() {
             "spec": {"terminationGracePeriodSeconds": 0, "domain": {
                 "resources": {"requests": {"memory": "128Mi"}},
                 "devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}, "bootOrder": 1}], "autoattachGraphicsDevice": false}},
-                "volumes": [{"name": "root", "containerDisk": {"image": "converge.dev/test/guest-disk:latest"}}]}});
+                "volumes": [{"name": "root", "containerDisk": {"image": "converge.dev/test/guest-disk:v1"}}]}});
         let (code, body) = g.app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances", &vmi).await;
         assert_eq!(code, 201, "{body}");
         assert!(g.wait_phase("disked", "Running", BOOT).await);

@@ -16,6 +16,7 @@ pub mod state;
 pub mod subresources;
 pub mod table;
 mod tokens;
+pub mod upload;
 mod watch;
 
 pub use server::{start, RunningServer, ServeError, ServerConfig};

@@ -4,7 +4,7 @@
 use crate::auth::{self, Authenticator, Principal, Role};
 use crate::response::{json_response, status_response};
 use crate::state::AppState;
-use crate::{discovery, openapi, openapi_k8s, pki, resources, subresources, tokens};
+use crate::{discovery, openapi, openapi_k8s, pki, resources, subresources, tokens, upload};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Next};
@@ -12,6 +12,7 @@ use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, HttpServer};
 use converge_engine::controllers::Controllers;
 use converge_engine::macpool::MacRange;
 use converge_engine::node::{NodeAgent, NodeConfig};
+use converge_engine::storage::{StorageConfig, StorageControllers};
 use converge_engine::store::{Store, StoreConfig};
 use converge_engine::ApiError;
 use serde_json::json;
@@ -51,12 +52,16 @@ pub struct ServerConfig {
     /// Run a node agent in this process (VMIs become libvirt domains here); `None`: API only.
     pub node: Option<NodeConfig>,
     pub libvirt_uri: String,
+    /// Pools, import limits and registries for the storage controllers (run with the others).
+    pub storage: StorageConfig,
 }
 
 impl ServerConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir: PathBuf = data_dir.into();
         ServerConfig {
-            data_dir: data_dir.into(),
+            storage: StorageConfig::new(&data_dir),
+            data_dir,
             listen: "127.0.0.1:6443".into(),
             database_url: None,
             tls_sans: vec![],
@@ -81,6 +86,7 @@ pub struct RunningServer {
     pub auth: Arc<Authenticator>,
     pub node: Option<Arc<NodeAgent>>,
     controllers: Option<Controllers>,
+    pub storage: Option<Arc<StorageControllers>>,
     handle: ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     collector: tokio::task::JoinHandle<()>,
@@ -92,6 +98,7 @@ impl RunningServer {
         let result = self.server.await.unwrap_or(Ok(()));
         self.collector.abort();
         drop(self.controllers);
+        drop(self.storage);
         drop(self.node);
         self.store.close().await;
         result
@@ -102,6 +109,7 @@ impl RunningServer {
         let _ = self.server.await;
         self.collector.abort();
         drop(self.controllers);
+        drop(self.storage);
         drop(self.node);
         self.store.close().await;
     }
@@ -176,7 +184,17 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             rustls::pki_types::PrivateKeyDer::Pkcs8(pki.serving_key_der.clone().into()),
         )?;
 
+    let storage = match config.controllers {
+        true => Some(Arc::new(
+            converge_engine::storage::spawn(Arc::clone(&store), config.storage.clone())
+                .await
+                .map_err(ServeError::Store)?,
+        )),
+        false => None,
+    };
     let state = web::Data::new(AppState {
+        storage: storage.clone(),
+        upload_auth: Arc::new(upload::authenticator(&pki.signing_secret)),
         store: Arc::clone(&store),
         auth: Arc::clone(&auth),
         server_address: format!("{host}:{}", addr.port()),
@@ -212,6 +230,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
                 "/converge/v1/namespaces/{namespace}/virtualmachineinstances/{name}/domain",
                 web::get().to(subresources::domain_xml),
             )
+            .route(
+                "/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/{namespace}/uploadtokenrequests",
+                web::post().to(upload::token_request),
+            )
+            .route("/v1beta1/upload", web::post().to(upload::upload))
+            .route("/v1beta1/upload", web::put().to(upload::upload))
+            .route("/v1beta1/upload-async", web::post().to(upload::upload))
+            .route("/v1beta1/upload-async", web::put().to(upload::upload))
+            .route("/v1alpha1/upload", web::post().to(upload::upload))
+            .route("/v1alpha1/upload-async", web::post().to(upload::upload))
             .route("/apis/subresources.kubevirt.io/{version}", web::get().to(subresources::group_version))
             .route("/apis/subresources.kubevirt.io/{version}/{tail:.*}", web::to(subresources::handle))
             .default_service(web::to(resources::dispatch))
@@ -240,6 +268,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         auth,
         node,
         controllers,
+        storage,
         handle,
         server,
         collector,
@@ -256,7 +285,7 @@ async fn authenticate(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = std::time::Instant::now();
     let (method, path) = (req.method().clone(), req.path().to_string());
-    if !PUBLIC_PATHS.contains(&req.path()) {
+    if !PUBLIC_PATHS.contains(&req.path()) && !upload::PATHS.contains(&req.path()) {
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let token = auth::bearer_token(header("authorization").as_deref(), header("sec-websocket-protocol").as_deref());
         let state = req.app_data::<web::Data<AppState>>().cloned();

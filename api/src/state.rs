@@ -14,4 +14,8 @@ pub struct AppState {
     pub bookmark_interval: Duration,
     /// The in-process node agent, when this server runs guests.
     pub node: Option<Arc<converge_engine::node::NodeAgent>>,
+    /// The storage controllers, which take uploads.
+    pub storage: Option<Arc<converge_engine::storage::StorageControllers>>,
+    /// Signs and checks upload tokens (a key of their own).
+    pub upload_auth: Arc<Authenticator>,
 }

@@ -65,14 +65,14 @@ fn halt_vmi(name: &str) -> Value {
            "spec": {"terminationGracePeriodSeconds": 0, "domain": {"resources": {"requests": {"memory": "32Mi"}},
                     "devices": {"disks": [{"name": "boot", "disk": {"bus": "sata"}}], "autoattachGraphicsDevice": false,
                                 "autoattachPodInterface": false, "autoattachMemBalloon": false}},
-                    "volumes": [{"name": "boot", "containerDisk": {"image": "converge.dev/test/halt:latest"}}]}})
+                    "volumes": [{"name": "boot", "containerDisk": {"image": "converge.dev/test/halt:v1"}}]}})
 }
 
 fn kernel_vmi(name: &str) -> Value {
     json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "metadata": {"name": name},
            "spec": {"terminationGracePeriodSeconds": 0, "domain": {
                "firmware": {"kernelBoot": {"kernelArgs": "console=ttyS0 quiet", "container": {
-                   "image": "converge.dev/test/guest-kernel:latest", "kernelPath": "/boot/vmlinuz", "initrdPath": "/boot/initramfs.gz"}}},
+                   "image": "converge.dev/test/guest-kernel:v1", "kernelPath": "/boot/vmlinuz", "initrdPath": "/boot/initramfs.gz"}}},
                "resources": {"requests": {"memory": "128Mi"}},
                "devices": {"autoattachGraphicsDevice": false, "autoattachPodInterface": false}}}})
 }

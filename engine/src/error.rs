@@ -80,6 +80,10 @@ impl ApiError {
         Self::new(404, "NotFound", format!("{} \"{}\" not found", qualified(group, plural), name))
             .about(group, plural, name)
     }
+    /// 404 with a message of the caller's.
+    pub fn not_found_message(message: impl Into<String>) -> Self {
+        Self::new(404, "NotFound", message)
+    }
     pub fn route_not_found() -> Self {
         Self::new(404, "NotFound", "the server could not find the requested resource")
     }

@@ -248,6 +248,108 @@ pub static EVENT: ResourceKind = ResourceKind {
     definition: "io.k8s.api.core.v1.Event",
 };
 
+pub const STORAGE_GROUP: &str = "storage.k8s.io";
+pub const CDI_GROUP: &str = "cdi.kubevirt.io";
+pub const UPLOAD_GROUP: &str = "upload.cdi.kubevirt.io";
+
+pub static PERSISTENT_VOLUME_CLAIM: ResourceKind = ResourceKind {
+    group: "",
+    version: "v1",
+    kind: "PersistentVolumeClaim",
+    plural: "persistentvolumeclaims",
+    singular: "persistentvolumeclaim",
+    short_names: &["pvc"],
+    namespaced: true,
+    categories: &[],
+    status_subresource: true,
+    scale_subresource: false,
+    definition: "io.k8s.api.core.v1.PersistentVolumeClaim",
+};
+
+pub static PERSISTENT_VOLUME: ResourceKind = ResourceKind {
+    group: "",
+    version: "v1",
+    kind: "PersistentVolume",
+    plural: "persistentvolumes",
+    singular: "persistentvolume",
+    short_names: &["pv"],
+    namespaced: false,
+    categories: &[],
+    status_subresource: true,
+    scale_subresource: false,
+    definition: "io.k8s.api.core.v1.PersistentVolume",
+};
+
+pub static STORAGE_CLASS: ResourceKind = ResourceKind {
+    group: STORAGE_GROUP,
+    version: "v1",
+    kind: "StorageClass",
+    plural: "storageclasses",
+    singular: "storageclass",
+    short_names: &["sc"],
+    namespaced: false,
+    categories: &[],
+    status_subresource: false,
+    scale_subresource: false,
+    definition: "io.k8s.api.storage.v1.StorageClass",
+};
+
+pub static DATA_VOLUME: ResourceKind = ResourceKind {
+    group: CDI_GROUP,
+    version: "v1beta1",
+    kind: "DataVolume",
+    plural: "datavolumes",
+    singular: "datavolume",
+    short_names: &["dv", "dvs"],
+    namespaced: true,
+    categories: &["all"],
+    status_subresource: true,
+    scale_subresource: false,
+    definition: "cdi.v1beta1.DataVolume",
+};
+
+pub static DATA_SOURCE: ResourceKind = ResourceKind {
+    group: CDI_GROUP,
+    version: "v1beta1",
+    kind: "DataSource",
+    plural: "datasources",
+    singular: "datasource",
+    short_names: &["das"],
+    namespaced: true,
+    categories: &["all"],
+    status_subresource: true,
+    scale_subresource: false,
+    definition: "cdi.v1beta1.DataSource",
+};
+
+pub static STORAGE_PROFILE: ResourceKind = ResourceKind {
+    group: CDI_GROUP,
+    version: "v1beta1",
+    kind: "StorageProfile",
+    plural: "storageprofiles",
+    singular: "storageprofile",
+    short_names: &[],
+    namespaced: false,
+    categories: &[],
+    status_subresource: true,
+    scale_subresource: false,
+    definition: "cdi.v1beta1.StorageProfile",
+};
+
+pub static UPLOAD_TOKEN_REQUEST: ResourceKind = ResourceKind {
+    group: UPLOAD_GROUP,
+    version: "v1beta1",
+    kind: "UploadTokenRequest",
+    plural: "uploadtokenrequests",
+    singular: "uploadtokenrequest",
+    short_names: &["utr", "utrs"],
+    namespaced: true,
+    categories: &[],
+    status_subresource: false,
+    scale_subresource: false,
+    definition: "cdi.v1beta1.UploadTokenRequest",
+};
+
 /// Every served kind, in discovery order.
 pub static ALL: &[&ResourceKind] = &[
     &NAMESPACE,
@@ -255,6 +357,8 @@ pub static ALL: &[&ResourceKind] = &[
     &SECRET,
     &CONFIG_MAP,
     &EVENT,
+    &PERSISTENT_VOLUME_CLAIM,
+    &PERSISTENT_VOLUME,
     &VIRTUAL_MACHINE,
     &VIRTUAL_MACHINE_INSTANCE,
     &VIRTUAL_MACHINE_INSTANCE_REPLICA_SET,
@@ -264,6 +368,11 @@ pub static ALL: &[&ResourceKind] = &[
     &PREFERENCE,
     &CLUSTER_PREFERENCE,
     &CONTROLLER_REVISION,
+    &STORAGE_CLASS,
+    &DATA_VOLUME,
+    &DATA_SOURCE,
+    &STORAGE_PROFILE,
+    &UPLOAD_TOKEN_REQUEST,
 ];
 
 /// The kind served at `group/version` under `plural`.
@@ -315,7 +424,15 @@ mod tests {
         assert_eq!(by_store_key("core/namespaces"), Some(&NAMESPACE));
         assert_eq!(
             group_versions(),
-            vec![("", "v1"), ("kubevirt.io", "v1"), ("instancetype.kubevirt.io", "v1beta1"), ("apps", "v1")]
+            vec![
+                ("", "v1"),
+                ("kubevirt.io", "v1"),
+                ("instancetype.kubevirt.io", "v1beta1"),
+                ("apps", "v1"),
+                ("storage.k8s.io", "v1"),
+                ("cdi.kubevirt.io", "v1beta1"),
+                ("upload.cdi.kubevirt.io", "v1beta1"),
+            ]
         );
     }
 }

@@ -17,6 +17,7 @@ pub mod patch;
 pub mod quantity;
 pub mod schema;
 pub mod selector;
+pub mod storage;
 pub mod store;
 
 pub use error::{ApiError, ApiResult, Cause};

@@ -9,6 +9,11 @@ use std::sync::OnceLock;
 
 const KUBEVIRT_SPEC: &str = include_str!("../schema/kubevirt-openapi.json");
 const CORE_SPEC: &str = include_str!("../schema/core-v1.json");
+/// CDI's published definitions (`../shared/reference/cdi-openapi.json`). Some of its names
+/// (`v1.Condition`, `v1beta1.DataVolumeSpec`) differ in content from KubeVirt's, so they are filed
+/// under `cdi.` with their references rewritten; CDI's ObjectMeta becomes the shared one.
+const CDI_SPEC: &str = include_str!("../schema/cdi-openapi.json");
+pub const CDI_PREFIX: &str = "cdi.";
 
 /// All definitions by name, `#/definitions/NAME` references intact.
 pub fn definitions() -> &'static Map<String, Value> {
@@ -20,6 +25,14 @@ pub fn definitions() -> &'static Map<String, Value> {
             if let Some(defs) = doc.get("definitions").and_then(Value::as_object) {
                 all.extend(defs.clone());
             }
+        }
+        let cdi_text = CDI_SPEC.replace("\"#/definitions/", "\"#/definitions/cdi.").replace(
+            "\"#/definitions/cdi.v1.ObjectMeta\"",
+            "\"#/definitions/k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta\"",
+        );
+        let doc: Value = serde_json::from_str(&cdi_text).expect("embedded CDI schema is valid JSON");
+        for (name, def) in doc.get("definitions").and_then(Value::as_object).into_iter().flatten() {
+            all.insert(format!("{CDI_PREFIX}{name}"), def.clone());
         }
         all
     })

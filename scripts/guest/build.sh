@@ -6,17 +6,17 @@
 #   disk.qcow2     a disk that boots by itself: FAT + syslinux holding the same kernel and initramfs
 #   halt.img       a 512-byte boot sector that prints a marker and halts (costs no CPU once booted)
 #   oci-disk/      disk.qcow2 as a containerDisk image (OCI layout, the disk under /disk),
-#                  reference converge.dev/test/guest-disk:latest
+#                  reference converge.dev/test/guest-disk:v1
 #   oci-kernel/    vmlinuz and initramfs.gz under /boot, for kernelBoot,
-#                  reference converge.dev/test/guest-kernel:latest
-#   oci-halt/      halt.img as a containerDisk, reference converge.dev/test/halt:latest
+#                  reference converge.dev/test/guest-kernel:v1
+#   oci-halt/      halt.img as a containerDisk, reference converge.dev/test/halt:v1
 # Usage: scripts/guest/build.sh [CACHE_DIR]   (default: $CONVERGE_GUEST_DIR or target/guest)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-${CONVERGE_GUEST_DIR:-$here/../../target/guest}}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
-stamp="$out/.built-v8"
+stamp="$out/.built-v9"
 [ -f "$stamp" ] && { echo "$out"; exit 0; }
 
 need=()
@@ -119,9 +119,9 @@ open(sys.argv[1], "wb").write((bytes(code) + bytes(510 - len(code)) + b"\x55\xaa
 PY
 
 # The same files as container images, in OCI image layout.
-python3 "$here/oci_layout.py" "$out/oci-disk" converge.dev/test/guest-disk:latest "$out/disk.qcow2:disk/disk.qcow2"
-python3 "$here/oci_layout.py" "$out/oci-kernel" converge.dev/test/guest-kernel:latest \
+python3 "$here/oci_layout.py" "$out/oci-disk" converge.dev/test/guest-disk:v1 "$out/disk.qcow2:disk/disk.qcow2"
+python3 "$here/oci_layout.py" "$out/oci-kernel" converge.dev/test/guest-kernel:v1 \
   "$out/vmlinuz:boot/vmlinuz" "$out/initramfs.gz:boot/initramfs.gz"
-python3 "$here/oci_layout.py" "$out/oci-halt" converge.dev/test/halt:latest "$out/halt.img:disk/halt.img"
+python3 "$here/oci_layout.py" "$out/oci-halt" converge.dev/test/halt:v1 "$out/halt.img:disk/halt.img"
 touch "$stamp"
 echo "$out"

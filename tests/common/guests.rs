@@ -7,8 +7,8 @@ use converge_engine::hypervisor::{DomainState, Hypervisor, Libvirt};
 use converge_engine::node::NodeConfig;
 use serde_json::json;
 
-pub const KERNEL_IMAGE: &str = "converge.dev/test/guest-kernel:latest";
-pub const HALT_IMAGE: &str = "converge.dev/test/halt:latest";
+pub const KERNEL_IMAGE: &str = "converge.dev/test/guest-kernel:v1";
+pub const HALT_IMAGE: &str = "converge.dev/test/halt:v1";
 pub const GUEST_MARKER: &str = "CONVERGE-GUEST-READY";
 pub const HALT_MARKER: &str = "CONVERGE-HALT-READY";
 

@@ -3,6 +3,7 @@
 
 mod core;
 mod spec;
+mod storage;
 mod vm;
 
 use crate::error::{ApiError, ApiResult, Cause};
@@ -64,6 +65,14 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
         core::validate_secret(obj, &mut causes);
     } else if std::ptr::eq(kind, &kinds::CONFIG_MAP) {
         core::validate_config_map(obj, &mut causes);
+    } else if std::ptr::eq(kind, &kinds::PERSISTENT_VOLUME_CLAIM) {
+        storage::admit_pvc(op, obj, ctx.old, &mut causes);
+    } else if std::ptr::eq(kind, &kinds::DATA_VOLUME) {
+        storage::admit_datavolume(op, obj, ctx.old, &mut causes);
+    } else if std::ptr::eq(kind, &kinds::STORAGE_CLASS) {
+        storage::admit_storage_class(op, obj, ctx.old, &mut causes);
+    } else if std::ptr::eq(kind, &kinds::DATA_SOURCE) {
+        storage::admit_data_source(obj, &mut causes);
     }
     validate_metadata(kind, obj, op, &mut causes);
     if causes.is_empty() {

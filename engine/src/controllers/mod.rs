@@ -1,6 +1,7 @@
 //! Controllers as kube-rs shapes them: pure reconcilers (`vm`, `vmi`, `replicaset`, `scheduler`)
 //! and a runtime that feeds them from the store through work queues and applies their plans.
 
+pub mod datavolumes;
 pub mod nodes;
 pub mod queue;
 pub mod replicaset;

@@ -123,6 +123,7 @@ async fn feed(store: Arc<Store>, queues: Arc<Queues>) {
     let vmi_key = kinds::VIRTUAL_MACHINE_INSTANCE.store_key();
     let rs_key = kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET.store_key();
     let node_key = kinds::NODE.store_key();
+    let dv_key = kinds::DATA_VOLUME.store_key();
     loop {
         tokio::select! {
             _ = resync.tick() => resync_all(&store, &queues).await,
@@ -131,6 +132,8 @@ async fn feed(store: Arc<Store>, queues: Arc<Queues>) {
                     let key = (ev.namespace.clone(), ev.name.clone());
                     if ev.kind_key == vm_key {
                         queues.vm.add(key);
+                    } else if ev.kind_key == dv_key {
+                        owner_keys(&ev.object, "VirtualMachine").into_iter().for_each(|k| queues.vm.add(k));
                     } else if ev.kind_key == vmi_key {
                         owner_keys(&ev.object, "VirtualMachine").into_iter().for_each(|k| queues.vm.add(k));
                         owner_keys(&ev.object, "VirtualMachineInstanceReplicaSet").into_iter().for_each(|k| queues.rs.add(k));
@@ -185,7 +188,29 @@ async fn sync_vm(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<Key>>) ->
     let Some(vm_obj) = store.get(&kinds::VIRTUAL_MACHINE, &ns, &name).await? else { return Ok(()) };
     let vmi_obj = store.get(&kinds::VIRTUAL_MACHINE_INSTANCE, &ns, &name).await?;
     let frozen = super::revisions::freeze(store, &vm_obj).await?;
-    let plan = vm::reconcile(&vm_obj, vmi_obj.as_ref(), now());
+    let volumes = super::datavolumes::ensure(store, &vm_obj).await?;
+    let mut plan = vm::reconcile(&vm_obj, vmi_obj.as_ref(), now());
+    if let Some(printable) = volumes.printable() {
+        // The VM waits for its DataVolumes: no VMI yet, and its status says why.
+        if vmi_obj.is_none() {
+            if plan.create_vmi.take().is_some() {
+                queue.add_after((ns.clone(), name.clone()), Duration::from_secs(2));
+            }
+            plan.status["printableStatus"] = printable.into();
+        }
+        if let super::datavolumes::VolumesState::Error(message) = &volumes {
+            let mut holder = serde_json::json!({"status": plan.status});
+            super::status::set_condition(
+                &mut holder,
+                "Failure",
+                true,
+                "DataVolumeError",
+                message,
+                &meta::now_rfc3339(),
+            );
+            plan.status = holder["status"].take();
+        }
+    }
     if let (Some(uid), Some(_)) = (&plan.delete_vmi, &vmi_obj) {
         delete_uid(store, &kinds::VIRTUAL_MACHINE_INSTANCE, &ns, &name, uid).await?;
         let message = format!("Stopped the virtual machine by deleting the virtual machine instance {uid}");

@@ -290,7 +290,18 @@ fn printable_status(
                 "Starting"
             }
         }
-        st::SCHEDULED => "Starting",
+        st::SCHEDULED => {
+            // The node holds a scheduled guest back for its images and volumes; say which.
+            let waiting = st::condition(v, "Synchronized").filter(|c| c["status"] == "False");
+            match waiting.and_then(|c| c.get("reason")).and_then(Value::as_str) {
+                Some("ErrImagePull") => "ErrImagePull",
+                Some("ImagePullBackOff") => "ImagePullBackOff",
+                Some("ErrImageNeverPull") => "ErrImageNeverPull",
+                Some("PVCNotBound") | Some("PVCNotFound") => "WaitingForVolumeBinding",
+                Some("DataVolumeNotReady") => "Provisioning",
+                _ => "Starting",
+            }
+        }
         st::RUNNING if condition_true(v, "Paused") => "Paused",
         st::RUNNING => "Running",
         st::SUCCEEDED | st::FAILED => "Stopped",

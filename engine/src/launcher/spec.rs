@@ -160,6 +160,21 @@ pub struct Volume {
     pub host_disk: Option<HostDiskSource>,
     pub cloud_init_no_cloud: Option<CloudInitSource>,
     pub cloud_init_config_drive: Option<CloudInitSource>,
+    pub persistent_volume_claim: Option<ClaimSource>,
+    pub data_volume: Option<DataVolumeSource>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ClaimSource {
+    pub claim_name: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DataVolumeSource {
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

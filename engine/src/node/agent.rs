@@ -227,6 +227,13 @@ async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> 
                     }
                 }
                 Err(StartError::Retry(e)) => return Err(e),
+                Err(StartError::Wait(reason, message, after)) => {
+                    // Still Scheduled: the guest starts once its images and volumes are there.
+                    st::set_condition(&mut next, "Synchronized", false, &reason, &message, &now);
+                    st::set_condition(&mut next, "Ready", false, &reason, &message, &now);
+                    write(s, &vmi, &next).await?;
+                    return Ok(Some(after));
+                }
                 Err(StartError::Fatal(reason, message)) => {
                     tracing::warn!(namespace = %ns, name = %name, %reason, %message, "VMI cannot start");
                     st::set_condition(&mut next, "Synchronized", false, &reason, &message, &now);
@@ -326,6 +333,8 @@ enum StartError {
     Retry(ApiError),
     /// The VMI cannot run as specified: it fails, with this reason and message.
     Fatal(String, String),
+    /// Not yet (an image to pull, a volume being filled): reason, message, when to look again.
+    Wait(String, String, Duration),
 }
 
 async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<(), StartError> {
@@ -338,10 +347,18 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<(), StartError> {
         let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o770));
     }
     let secrets = cloud_init_secrets(s, vmi).await.map_err(StartError::Retry)?;
-    let (vmi_c, dir_c, shared) = (vmi.clone(), dir.clone(), Arc::clone(s));
-    let prepared = blocking(move || disks::prepare(&vmi_c, &dir_c, &shared.images, shared.tool.as_ref(), &secrets))
+    if let Err((reason, message)) = super::volumes::ensure_images(s, vmi).await {
+        let after = super::volumes::pull_backoff(s, &uid);
+        return Err(StartError::Wait(reason, message, after));
+    }
+    let claims = super::volumes::attach_claims(s, vmi)
         .await
-        .map_err(StartError::Retry)?;
+        .map_err(|(reason, message)| StartError::Wait(reason, message, Duration::from_secs(2)))?;
+    let (vmi_c, dir_c, shared) = (vmi.clone(), dir.clone(), Arc::clone(s));
+    let prepared =
+        blocking(move || disks::prepare(&vmi_c, &dir_c, &shared.images, shared.tool.as_ref(), &secrets, &claims))
+            .await
+            .map_err(StartError::Retry)?;
     let prepared = match prepared {
         Ok(p) => p,
         Err(disks::DiskError::Image(e)) => return Err(StartError::Fatal("ErrImagePull".into(), e.to_string())),

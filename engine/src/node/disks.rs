@@ -93,6 +93,34 @@ pub fn detect_format(path: &Path) -> Result<String, DiskError> {
     Ok(if n == 4 && magic == *b"QFI\xfb" { "qcow2" } else { "raw" }.to_string())
 }
 
+/// A container disk must be qcow2 or raw, and self-contained.
+fn container_disk_format(volume: &str, path: &Path) -> Result<String, DiskError> {
+    let mut head = vec![0u8; 512];
+    let n = std::fs::File::open(path)?.read(&mut head)?;
+    head.truncate(n);
+    match crate::storage::volume::sniff_image_format(&head) {
+        None => Ok("raw".into()),
+        Some("qcow2") => {
+            let info = crate::storage::volume::VolumeTool::info(&crate::storage::volume::SystemVolumeTool, path)
+                .map_err(|e| volume_error(volume, e.to_string()))?;
+            if let Some(b) = info.backing_file {
+                return Err(volume_error(
+                    volume,
+                    format!("the container disk has a backing file ({b:?}); it must be self-contained"),
+                ));
+            }
+            Ok("qcow2".into())
+        }
+        Some(other) => Err(volume_error(
+            volume,
+            format!(
+                "the container disk {} is {other}; a containerDisk must hold a qcow2 or raw image under /disk",
+                path.display()
+            ),
+        )),
+    }
+}
+
 /// Secret data a VMI's cloud-init may reference: secret name → key → bytes.
 pub type SecretData = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
 
@@ -153,6 +181,9 @@ fn cloud_init_payload(
     Ok((user, network))
 }
 
+/// Claims a VMI's volumes use, resolved by the agent: claim name → file or block device.
+pub type ClaimPaths = BTreeMap<String, crate::storage::claims::ClaimVolume>;
+
 /// Prepares every volume of `vmi` under `vmi_dir`. Idempotent: a file already made is kept.
 pub fn prepare(
     vmi: &Value,
@@ -160,6 +191,7 @@ pub fn prepare(
     images: &ImageStore,
     tool: &dyn DiskTool,
     secrets: &SecretData,
+    claims: &ClaimPaths,
 ) -> Result<Prepared, DiskError> {
     let spec = VmiSpec::from_vmi(vmi).map_err(|e| volume_error("spec", e))?;
     let uid = crate::meta::uid(vmi);
@@ -175,9 +207,19 @@ pub fn prepare(
             block_device: false,
             readonly,
         };
-        let volume = if let Some(cd) = &vol.container_disk {
+        let claim = vol
+            .persistent_volume_claim
+            .as_ref()
+            .map(|c| (c.claim_name.as_str(), c.read_only))
+            .or_else(|| vol.data_volume.as_ref().map(|d| (d.name.as_str(), false)));
+        let volume = if let Some((claim, readonly)) = claim {
+            let attached = claims
+                .get(claim)
+                .ok_or_else(|| volume_error(&vol.name, format!("claim {claim:?} is not attached on this node")))?;
+            PreparedVolume { path: attached.file.clone(), format: "raw".into(), block_device: attached.block, readonly }
+        } else if let Some(cd) = &vol.container_disk {
             let base = images.disk(&cd.image, cd.path.as_deref())?;
-            let base_format = detect_format(&base)?;
+            let base_format = container_disk_format(&vol.name, &base)?;
             let overlay = file("qcow2");
             if !overlay.exists() {
                 tool.create_overlay(&base, &base_format, &overlay)?;
@@ -309,7 +351,7 @@ mod tests {
             {"name": "drive", "cloudInitConfigDrive": {"secretRef": {"name": "seed"}}},
         ]));
         let dir = root.path().join("vmi");
-        let prepared = prepare(&v, &dir, &images, &SystemDiskTool, &secrets).unwrap();
+        let prepared = prepare(&v, &dir, &images, &SystemDiskTool, &secrets, &ClaimPaths::new()).unwrap();
         let root_disk = &prepared.volumes["root"];
         assert_eq!(root_disk.format, "qcow2");
         let info = Command::new("qemu-img").arg("info").arg(&root_disk.path).output().unwrap();
@@ -326,7 +368,7 @@ mod tests {
 
         // Again: nothing is remade, the overlay keeps what the guest wrote.
         std::fs::write(dir.join("disks/scratch.qcow2"), b"QFI\xfbguest-data").unwrap();
-        prepare(&v, &dir, &images, &SystemDiskTool, &secrets).unwrap();
+        prepare(&v, &dir, &images, &SystemDiskTool, &secrets, &ClaimPaths::new()).unwrap();
         assert_eq!(std::fs::read(dir.join("disks/scratch.qcow2")).unwrap(), b"QFI\xfbguest-data");
     }
 
@@ -347,8 +389,15 @@ mod tests {
             (json!([{"name": "e", "emptyDisk": {}}]), "needs a capacity"),
         ];
         for (volumes, want) in cases {
-            let err =
-                prepare(&vmi(volumes.clone()), &root.path().join("v"), &images, &SystemDiskTool, &none).unwrap_err();
+            let err = prepare(
+                &vmi(volumes.clone()),
+                &root.path().join("v"),
+                &images,
+                &SystemDiskTool,
+                &none,
+                &ClaimPaths::new(),
+            )
+            .unwrap_err();
             assert!(err.to_string().contains(want), "{volumes}: {err}");
         }
     }

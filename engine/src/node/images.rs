@@ -103,6 +103,11 @@ impl ImageStore {
         }
     }
 
+    /// The manifest digest `reference` names here, if the image is in the store.
+    pub fn digest(&self, reference: &str) -> Option<String> {
+        self.refs().get(&normalize_reference(reference)).cloned().filter(|_| self.rootfs(reference).is_ok())
+    }
+
     /// A file inside an image.
     pub fn file(&self, reference: &str, path: &str) -> Result<PathBuf, ImageError> {
         let root = self.rootfs(reference)?;

@@ -6,6 +6,8 @@ pub mod disks;
 pub mod host;
 pub mod images;
 pub mod register;
+pub mod registry;
+mod volumes;
 
 mod agent;
 
@@ -45,6 +47,8 @@ pub struct NodeConfig {
     pub resync: Duration,
     /// Skip the KVM probe and use this (tests that run where the answer is known).
     pub accel_override: Option<Accel>,
+    /// Registries pulled from over plain HTTP (`host:port`).
+    pub insecure_registries: Vec<String>,
 }
 
 impl NodeConfig {
@@ -59,6 +63,7 @@ impl NodeConfig {
             heartbeat: Duration::from_secs(20),
             resync: Duration::from_secs(15),
             accel_override: None,
+            insecure_registries: vec![],
         }
     }
 }
@@ -88,6 +93,8 @@ pub(crate) struct Shared {
     /// VMI uid → when its graceful shutdown must end.
     pub shutdown_deadlines: Mutex<HashMap<String, Instant>>,
     pub queue: Arc<WorkQueue<Key>>,
+    /// VMI uid → consecutive image pull failures (ErrImagePull, then ImagePullBackOff).
+    pub pull_failures: Mutex<HashMap<String, u32>>,
 }
 
 pub struct NodeAgent {
@@ -241,6 +248,7 @@ pub async fn start(
         emulation_reason,
         qemu_owner: qemu_owner(),
         shutdown_deadlines: Mutex::new(HashMap::new()),
+        pull_failures: Mutex::new(HashMap::new()),
         queue: WorkQueue::new(),
         config: config.clone(),
     });

@@ -1,0 +1,115 @@
+//! What a guest's volumes need from storage: a claim's file or device once it is bound and
+//! filled, and which claims guests consume (for WaitForFirstConsumer and pvc-protection).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::ANN_POD_PHASE;
+use crate::error::ApiResult;
+use crate::kinds;
+use crate::meta;
+use crate::store::Store;
+
+/// A claim ready to attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimVolume {
+    /// The volume's `disk.img`.
+    pub file: PathBuf,
+    /// Block mode: attach through a loop device.
+    pub block: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimState {
+    Ready(ClaimVolume),
+    /// Not yet: (reason, message). The guest waits.
+    Waiting(String, String),
+}
+
+/// Claim names `vmi` uses: `persistentVolumeClaim.claimName` and `dataVolume.name`.
+pub fn claims_of(vmi: &Value) -> Vec<String> {
+    vmi.pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| {
+            v.pointer("/persistentVolumeClaim/claimName")
+                .or_else(|| v.pointer("/dataVolume/name"))
+                .and_then(Value::as_str)
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// `(namespace, claim)` pairs consumed by VMIs that are not finished.
+pub async fn consumed(store: &Store) -> ApiResult<BTreeSet<(String, String)>> {
+    let vmis = store.list_values(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await?;
+    Ok(vmis
+        .iter()
+        .filter(|v| !crate::controllers::status::is_final(crate::controllers::status::phase(v)))
+        .flat_map(|v| claims_of(v).into_iter().map(move |c| (meta::namespace(v).to_string(), c)))
+        .collect())
+}
+
+/// Whether `pvc` is ready for a guest, from it and its volume.
+pub fn state_of(pvc: Option<&Value>, pv: Option<&Value>, claim: &str) -> ClaimState {
+    let Some(pvc) = pvc else {
+        return ClaimState::Waiting("PVCNotFound".into(), format!("PersistentVolumeClaim {claim:?} not found"));
+    };
+    if pvc.pointer("/status/phase").and_then(Value::as_str) != Some("Bound") {
+        return ClaimState::Waiting("PVCNotBound".into(), format!("PersistentVolumeClaim {claim:?} is not bound yet"));
+    }
+    let filling = pvc
+        .pointer(&format!("/metadata/annotations/{}", ANN_POD_PHASE.replace('/', "~1")))
+        .and_then(Value::as_str)
+        .filter(|p| *p != "Succeeded");
+    if let Some(phase) = filling {
+        return ClaimState::Waiting(
+            "DataVolumeNotReady".into(),
+            format!("PersistentVolumeClaim {claim:?} is still being populated ({phase})"),
+        );
+    }
+    match pv.and_then(|pv| pv.pointer("/spec/hostPath/path")).and_then(Value::as_str) {
+        Some(path) => {
+            ClaimState::Ready(ClaimVolume { file: PathBuf::from(path), block: super::volume_mode(pvc) == "Block" })
+        }
+        None => ClaimState::Waiting(
+            "PVNotUsable".into(),
+            format!("the volume of claim {claim:?} is not one this node can attach"),
+        ),
+    }
+}
+
+/// Looks `claim` up in `namespace`.
+pub async fn resolve(store: &Store, namespace: &str, claim: &str) -> ApiResult<ClaimState> {
+    let pvc = store.get(&kinds::PERSISTENT_VOLUME_CLAIM, namespace, claim).await?;
+    let pv_name = pvc.as_ref().and_then(|p| p.pointer("/spec/volumeName")).and_then(Value::as_str);
+    let pv = match pv_name {
+        Some(n) => store.get(&kinds::PERSISTENT_VOLUME, "", n).await?,
+        None => None,
+    };
+    Ok(state_of(pvc.as_ref(), pv.as_ref(), claim))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_claim_is_ready_when_bound_and_filled() {
+        let pv = json!({"spec": {"hostPath": {"path": "/p/pvc-1/disk.img"}}});
+        let mut pvc = json!({"metadata": {"annotations": {ANN_POD_PHASE: "Running"}}, "spec": {"volumeMode": "Block"}, "status": {"phase": "Bound"}});
+        assert!(matches!(state_of(None, None, "c"), ClaimState::Waiting(r, _) if r == "PVCNotFound"));
+        assert!(matches!(state_of(Some(&pvc), Some(&pv), "c"), ClaimState::Waiting(r, _) if r == "DataVolumeNotReady"));
+        pvc["metadata"]["annotations"][ANN_POD_PHASE] = json!("Succeeded");
+        let ready = ClaimVolume { file: "/p/pvc-1/disk.img".into(), block: true };
+        assert_eq!(state_of(Some(&pvc), Some(&pv), "c"), ClaimState::Ready(ready));
+        pvc["status"]["phase"] = json!("Pending");
+        assert!(matches!(state_of(Some(&pvc), Some(&pv), "c"), ClaimState::Waiting(r, _) if r == "PVCNotBound"));
+        let vmi = json!({"spec": {"volumes": [{"name": "a", "dataVolume": {"name": "dv"}}, {"name": "b", "persistentVolumeClaim": {"claimName": "p"}}, {"name": "c", "emptyDisk": {}}]}});
+        assert_eq!(claims_of(&vmi), vec!["dv", "p"]);
+    }
+}

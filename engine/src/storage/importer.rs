@@ -1,0 +1,360 @@
+//! The importer: bytes from a source (HTTP, S3, an upload) become the raw `disk.img` of a volume.
+//!
+//! The stream is hashed and counted as it arrives (checksum and progress), decompressed when it is
+//! gzip or xz, and written sparse to a scratch file in the volume's own directory, so a full pool
+//! fails the import rather than some other disk. Then the scratch is checked (format, backing or
+//! data files, virtual size, damage) and becomes `disk.img`: renamed when it is raw, converted by
+//! `qemu-img` otherwise, and grown to the volume's size. `disk.img` is replaced only at the end,
+//! so an import cut short by a crash leaves nothing that looks finished.
+
+use std::io::SeekFrom;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use sha2::Digest;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, ReadBuf};
+
+use super::safety;
+use super::volume::{sniff_image_format, VolumeTool};
+use super::StorageError;
+
+/// A volume being filled.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The volume's directory in its pool.
+    pub dir: PathBuf,
+    pub capacity: u64,
+}
+
+impl Target {
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join("disk.img")
+    }
+    fn scratch(&self) -> PathBuf {
+        self.dir.join(".import.scratch")
+    }
+    fn staging(&self) -> PathBuf {
+        self.dir.join(".import.raw")
+    }
+    /// Where `contentType: archive` lands.
+    pub fn files(&self) -> PathBuf {
+        self.dir.join("fs")
+    }
+    /// Removes what an interrupted import left.
+    pub fn clean(&self) {
+        let _ = std::fs::remove_file(self.scratch());
+        let _ = std::fs::remove_file(self.staging());
+    }
+}
+
+/// `kubevirt` (a disk image) or `archive` (a tar of files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentType {
+    Kubevirt,
+    Archive,
+}
+
+/// Called with the fraction done, 0.0–1.0.
+pub type ProgressFn = Arc<dyn Fn(f64) + Send + Sync>;
+
+enum Hasher {
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+/// `sha256:HEX` or `sha512:HEX`, as CDI's `http.checksum`.
+pub struct Checksum {
+    hasher: Hasher,
+    want: String,
+    spec: String,
+}
+
+impl Checksum {
+    pub fn parse(spec: &str) -> Result<Self, StorageError> {
+        let (algo, hex) = spec
+            .split_once(':')
+            .ok_or_else(|| StorageError::refused(format!("checksum {spec:?} is not ALGORITHM:HEX")))?;
+        let hasher = match algo {
+            "sha256" => Hasher::Sha256(sha2::Sha256::new()),
+            "sha512" => Hasher::Sha512(sha2::Sha512::new()),
+            other => {
+                return Err(StorageError::refused(format!(
+                    "checksum algorithm {other:?} is not supported (sha256, sha512)"
+                )))
+            }
+        };
+        Ok(Checksum { hasher, want: hex.to_ascii_lowercase(), spec: spec.to_string() })
+    }
+    fn update(&mut self, data: &[u8]) {
+        match &mut self.hasher {
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Sha512(h) => h.update(data),
+        }
+    }
+    fn verify(self) -> Result<(), StorageError> {
+        let got = match self.hasher {
+            Hasher::Sha256(h) => hex::encode(h.finalize()),
+            Hasher::Sha512(h) => hex::encode(h.finalize()),
+        };
+        if got == self.want {
+            Ok(())
+        } else {
+            Err(StorageError::refused(format!("checksum mismatch: wanted {}, the data has {got}", self.spec)))
+        }
+    }
+}
+
+#[derive(Default)]
+struct Meter {
+    read: u64,
+    checksum: Option<Checksum>,
+    last_reported: f64,
+}
+
+/// Counts and hashes what passes through, reporting progress against `total`. The meter is
+/// shared because the reader ends up under a decoder that owns it.
+struct Metered<R> {
+    inner: R,
+    total: Option<u64>,
+    meter: Arc<std::sync::Mutex<Meter>>,
+    progress: ProgressFn,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Metered<R> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &res {
+            let fresh = &buf.filled()[before..];
+            let mut meter = self.meter.lock().unwrap_or_else(|p| p.into_inner());
+            meter.read += fresh.len() as u64;
+            if let Some(c) = meter.checksum.as_mut() {
+                c.update(fresh);
+            }
+            if let Some(total) = self.total.filter(|t| *t > 0) {
+                let done = (meter.read as f64 / total as f64).min(1.0);
+                if done - meter.last_reported >= 0.001 {
+                    meter.last_reported = done;
+                    drop(meter);
+                    (self.progress)(done);
+                }
+            }
+        }
+        res
+    }
+}
+
+const CHUNK: usize = 1 << 20;
+
+/// Imports `body` (of `total` bytes, when known) into `target`.
+#[allow(clippy::too_many_arguments)]
+pub async fn import_stream<R: AsyncRead + Unpin + Send + 'static>(
+    body: R,
+    total: Option<u64>,
+    checksum: Option<&str>,
+    content_type: ContentType,
+    target: &Target,
+    tool: Arc<dyn VolumeTool>,
+    progress: ProgressFn,
+) -> Result<(), StorageError> {
+    let checksum = checksum.filter(|c| !c.is_empty()).map(Checksum::parse).transpose()?;
+    target.clean();
+    let meter = Arc::new(std::sync::Mutex::new(Meter { checksum, ..Meter::default() }));
+    let metered = Metered { inner: body, total, meter: Arc::clone(&meter), progress: Arc::clone(&progress) };
+    let mut buffered = BufReader::with_capacity(256 << 10, metered);
+    let head = buffered.fill_buf().await?.to_vec();
+    let decoded: Pin<Box<dyn AsyncRead + Send>> = if head.starts_with(&[0x1f, 0x8b]) {
+        Box::pin(async_compression::tokio::bufread::GzipDecoder::new(buffered))
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Box::pin(async_compression::tokio::bufread::XzDecoder::new(buffered))
+    } else {
+        Box::pin(buffered)
+    };
+    // A decompression bomb stops here: no image may be much larger than the volume it fills.
+    let limit = target.capacity + target.capacity / 8 + (64 << 20);
+    match content_type {
+        ContentType::Kubevirt => write_sparse(decoded, &target.scratch(), limit).await?,
+        ContentType::Archive => {
+            let files = target.files();
+            let reader = tokio_util::io::SyncIoBridge::new(decoded);
+            tokio::task::spawn_blocking(move || extract_archive(reader, &files, limit))
+                .await
+                .map_err(|e| StorageError::Transient(e.to_string()))??;
+        }
+    }
+    let meter = std::mem::take(&mut *meter.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Some(total) = total {
+        if meter.read != total {
+            return Err(StorageError::Transient(format!("the transfer ended after {} of {total} bytes", meter.read)));
+        }
+    }
+    if let Some(c) = meter.checksum {
+        c.verify()?;
+    }
+    progress(1.0);
+    if content_type == ContentType::Archive {
+        return Ok(());
+    }
+    let (target_c, scratch) = (target.clone(), target.scratch());
+    tokio::task::spawn_blocking(move || finalize(&scratch, true, &target_c, tool.as_ref()))
+        .await
+        .map_err(|e| StorageError::Transient(e.to_string()))?
+}
+
+/// Writes the decoded stream to `path`, seeking over all-zero chunks so the file stays sparse.
+async fn write_sparse(mut reader: Pin<Box<dyn AsyncRead + Send>>, path: &Path, limit: u64) -> Result<(), StorageError> {
+    let mut file = tokio::fs::File::create(path).await?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut written: u64 = 0;
+    loop {
+        let mut filled = 0;
+        while filled < CHUNK {
+            let n = reader.read(&mut buf[filled..]).await.map_err(read_error)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        written += filled as u64;
+        if written > limit {
+            return Err(StorageError::refused(format!(
+                "the data is larger than the volume can hold (more than {limit} bytes after decompression)"
+            )));
+        }
+        if buf[..filled].iter().all(|b| *b == 0) {
+            file.seek(SeekFrom::Current(filled as i64)).await?;
+        } else {
+            file.write_all(&buf[..filled]).await?;
+        }
+        if filled < CHUNK {
+            break;
+        }
+    }
+    file.set_len(written).await?;
+    file.sync_all().await?;
+    Ok(())
+}
+
+/// Decompression errors mean the data is not what it claims to be; a dropped connection may
+/// heal on a retry.
+fn read_error(e: std::io::Error) -> StorageError {
+    match e.kind() {
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidInput => {
+            StorageError::refused(format!("the data is damaged or truncated: {e}"))
+        }
+        _ => StorageError::Transient(format!("reading the source: {e}")),
+    }
+}
+
+fn extract_archive(reader: impl std::io::Read, dir: &Path, limit: u64) -> Result<(), StorageError> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let mut archive = tar::Archive::new(reader);
+    let mut total = 0u64;
+    for entry in archive.entries().map_err(|e| StorageError::refused(format!("not a tar archive: {e}")))? {
+        let mut entry = entry.map_err(|e| StorageError::refused(format!("damaged tar archive: {e}")))?;
+        let path = entry.path().map_err(|e| StorageError::refused(format!("bad path in archive: {e}")))?.into_owned();
+        if safety::contained(&path).is_none() {
+            return Err(StorageError::refused(format!("archive entry {path:?} would land outside the volume")));
+        }
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir()) {
+            return Err(StorageError::refused(format!(
+                "archive entry {path:?} is a link or special file; only files and directories are imported"
+            )));
+        }
+        total += entry.size();
+        if total > limit {
+            return Err(StorageError::refused("the archive is larger than the volume"));
+        }
+        entry.unpack_in(dir).map_err(StorageError::Io)?;
+    }
+    Ok(())
+}
+
+/// Turns an image file into the volume's `disk.img`. `owned`: `src` is ours to consume (a
+/// scratch file), so a raw image is renamed instead of copied.
+pub fn finalize(src: &Path, owned: bool, target: &Target, tool: &dyn VolumeTool) -> Result<(), StorageError> {
+    let mut head = vec![0u8; 512];
+    let n = std::io::Read::read(&mut std::fs::File::open(src)?, &mut head)?;
+    head.truncate(n);
+    let staging = target.staging();
+    match sniff_image_format(&head) {
+        None => {
+            let size = std::fs::metadata(src)?.len();
+            if size == 0 || size % 512 != 0 {
+                return Err(StorageError::refused(format!(
+                    "not a disk image: {size} bytes of raw data is not a whole number of 512-byte sectors"
+                )));
+            }
+            if size > target.capacity {
+                return Err(StorageError::refused(format!(
+                    "the image's virtual size ({size} bytes) is larger than the volume ({} bytes)",
+                    target.capacity
+                )));
+            }
+            if owned {
+                std::fs::rename(src, &staging)?;
+            } else {
+                tool.copy(src, &staging)?;
+            }
+        }
+        Some(sniffed) => {
+            let info = tool.info(src)?;
+            if info.format != sniffed {
+                return Err(StorageError::refused(format!(
+                    "the data looks like {sniffed} but qemu-img reads it as {}",
+                    info.format
+                )));
+            }
+            safety::check_image(&info, target.capacity)?;
+            tool.check(src, &info.format)?;
+            tool.convert_to_raw(src, &info.format, &staging)?;
+            if owned {
+                let _ = std::fs::remove_file(src);
+            }
+        }
+    }
+    grow_and_install(&staging, target)
+}
+
+/// Grows `staging` to the volume's size and makes it the volume's `disk.img`.
+pub fn grow_and_install(staging: &Path, target: &Target) -> Result<(), StorageError> {
+    let file = std::fs::OpenOptions::new().write(true).open(staging)?;
+    if file.metadata()?.len() < target.capacity {
+        file.set_len(target.capacity)?;
+    }
+    file.sync_all()?;
+    std::fs::rename(staging, target.disk())?;
+    Ok(())
+}
+
+/// Clones `src` (another volume's disk) into `target`.
+pub fn clone_from(src: &Path, target: &Target, tool: &dyn VolumeTool) -> Result<(), StorageError> {
+    target.clean();
+    let size = std::fs::metadata(src)?.len();
+    if size > target.capacity {
+        return Err(StorageError::refused(format!(
+            "the source volume ({size} bytes) is larger than the target ({} bytes)",
+            target.capacity
+        )));
+    }
+    tool.copy(src, &target.staging())?;
+    grow_and_install(&target.staging(), target)
+}
+
+/// An empty volume.
+pub fn blank(target: &Target) -> Result<(), StorageError> {
+    target.clean();
+    std::fs::File::create(target.staging())?;
+    grow_and_install(&target.staging(), target)
+}
+
+#[cfg(test)]
+#[path = "importer_tests.rs"]
+mod tests;

@@ -1,0 +1,409 @@
+//! Runs the storage controllers: claims (provisioning, protection), volumes (reclaim),
+//! DataVolumes (claims and the jobs that fill them) and StorageProfiles, fed from the store like
+//! the VM controllers; plus the upload entry point the API's upload proxy calls.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+
+use super::datavolume::{self, JobView, Observed, Source, ANN_FAILURE};
+use super::importer::{self, ContentType, Target};
+use super::volume::{SystemVolumeTool, VolumeTool};
+use super::{claims, provisioner, StorageConfig, StorageError, ANN_CLONE_TO, ANN_POD_PHASE, ANN_RESTARTS};
+use crate::controllers::queue::WorkQueue;
+use crate::controllers::Key;
+use crate::error::{ApiError, ApiResult};
+use crate::events;
+use crate::kinds;
+use crate::meta;
+use crate::store::{DeleteOptions, Store, UpdateMode};
+
+const COMPONENT: &str = "cdi-controller";
+const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
+const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
+const RESYNC: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: u64 = 300;
+
+struct Job {
+    view: JobView,
+    handle: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    store: Arc<Store>,
+    config: StorageConfig,
+    tool: Arc<dyn VolumeTool>,
+    /// Jobs by DataVolume uid.
+    jobs: Mutex<HashMap<String, Job>>,
+    pvcs: Arc<WorkQueue<Key>>,
+    pvs: Arc<WorkQueue<Key>>,
+    dvs: Arc<WorkQueue<Key>>,
+}
+
+/// The running storage controllers; dropping stops them.
+pub struct StorageControllers {
+    tasks: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for StorageControllers {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(JoinHandle::abort);
+        if let Ok(mut jobs) = self.shared.jobs.lock() {
+            jobs.values_mut().filter_map(|j| j.handle.take()).for_each(|h| h.abort());
+        }
+    }
+}
+
+fn key_of(obj: &Value) -> Key {
+    (meta::namespace(obj).to_string(), meta::name(obj).to_string())
+}
+
+fn annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
+    obj.pointer(&format!("/metadata/annotations/{}", key.replace('/', "~1"))).and_then(Value::as_str)
+}
+
+/// Starts the storage controllers, making the default StorageClass if there is none.
+pub async fn spawn(store: Arc<Store>, config: StorageConfig) -> ApiResult<StorageControllers> {
+    if store.list_values(&kinds::STORAGE_CLASS, None).await?.is_empty() {
+        match store.create(&kinds::STORAGE_CLASS, provisioner::default_class(), false).await {
+            Ok(_) => {}
+            Err(e) if e.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let shared = Arc::new(Shared {
+        store,
+        config,
+        tool: Arc::new(SystemVolumeTool),
+        jobs: Mutex::new(HashMap::new()),
+        pvcs: WorkQueue::new(),
+        pvs: WorkQueue::new(),
+        dvs: WorkQueue::new(),
+    });
+    let mut tasks = vec![tokio::spawn(feed(Arc::clone(&shared)))];
+    for (queue, which) in [(&shared.pvcs, 0), (&shared.pvs, 1), (&shared.dvs, 2), (&shared.dvs, 2)] {
+        let (s, q) = (Arc::clone(&shared), Arc::clone(queue));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let key = q.next().await;
+                let result = match which {
+                    0 => sync_pvc(&s, &key).await,
+                    1 => sync_pv(&s, &key.1).await,
+                    _ => sync_dv(&s, &key).await,
+                };
+                if let Err(e) = result {
+                    if e.code != 409 {
+                        tracing::warn!(namespace = %key.0, name = %key.1, error = %e.message, "storage reconcile failed; retrying");
+                    }
+                    q.add_after(key.clone(), Duration::from_millis(if e.code == 409 { 50 } else { 1000 }));
+                }
+                q.done(&key);
+            }
+        }));
+    }
+    Ok(StorageControllers { tasks, shared })
+}
+
+async fn resync_all(s: &Shared) {
+    for (kind, queue) in
+        [(&kinds::PERSISTENT_VOLUME_CLAIM, &s.pvcs), (&kinds::PERSISTENT_VOLUME, &s.pvs), (&kinds::DATA_VOLUME, &s.dvs)]
+    {
+        if let Ok(items) = s.store.list_values(kind, None).await {
+            items.iter().for_each(|o| queue.add(key_of(o)));
+        }
+    }
+    sync_profiles(s).await;
+}
+
+async fn feed(s: Arc<Shared>) {
+    let mut rx = s.store.subscribe();
+    resync_all(&s).await;
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.tick().await;
+    let pvc_key = kinds::PERSISTENT_VOLUME_CLAIM.store_key();
+    let pv_key = kinds::PERSISTENT_VOLUME.store_key();
+    let dv_key = kinds::DATA_VOLUME.store_key();
+    let vmi_key = kinds::VIRTUAL_MACHINE_INSTANCE.store_key();
+    let sc_key = kinds::STORAGE_CLASS.store_key();
+    let ds_key = kinds::DATA_SOURCE.store_key();
+    loop {
+        tokio::select! {
+            _ = resync.tick() => resync_all(&s).await,
+            ev = rx.recv() => match ev {
+                Ok(ev) => {
+                    let key = (ev.namespace.clone(), ev.name.clone());
+                    if ev.kind_key == pvc_key {
+                        s.pvcs.add(key.clone());
+                        s.dvs.add(key);
+                        // Claims are watched by the PV that holds them and by clones waiting on them.
+                        if let Some(pv) = ev.object.pointer("/spec/volumeName").and_then(Value::as_str) {
+                            s.pvs.add((String::new(), pv.to_string()));
+                        }
+                        requeue_waiting_dvs(&s).await;
+                    } else if ev.kind_key == pv_key {
+                        s.pvs.add(key);
+                    } else if ev.kind_key == dv_key {
+                        s.dvs.add(key);
+                    } else if ev.kind_key == vmi_key {
+                        // A guest appearing binds WaitForFirstConsumer claims; one going frees protected ones.
+                        for claim in claims::claims_of(&ev.object) {
+                            s.pvcs.add((ev.namespace.clone(), claim));
+                        }
+                    } else if ev.kind_key == sc_key {
+                        sync_profiles(&s).await;
+                        if let Ok(items) = s.store.list_values(&kinds::PERSISTENT_VOLUME_CLAIM, None).await {
+                            items.iter().for_each(|o| s.pvcs.add(key_of(o)));
+                        }
+                    } else if ev.kind_key == ds_key {
+                        requeue_waiting_dvs(&s).await;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => resync_all(&s).await,
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+/// DataVolumes still waiting on a source: a claim or DataSource change may unblock them.
+async fn requeue_waiting_dvs(s: &Shared) {
+    if let Ok(dvs) = s.store.list_values(&kinds::DATA_VOLUME, None).await {
+        dvs.iter()
+            .filter(|d| d.pointer("/status/phase").and_then(Value::as_str) != Some("Succeeded"))
+            .for_each(|d| s.dvs.add(key_of(d)));
+    }
+}
+
+/// One StorageProfile per StorageClass, as CDI keeps them.
+async fn sync_profiles(s: &Shared) {
+    let Ok(classes) = s.store.list_values(&kinds::STORAGE_CLASS, None).await else { return };
+    for class in &classes {
+        let want = provisioner::profile_for(class);
+        match s.store.get(&kinds::STORAGE_PROFILE, "", meta::name(class)).await {
+            Ok(None) => {
+                let mut obj = want.clone();
+                obj.as_object_mut().map(|m| m.remove("status"));
+                if let Ok(created) = s.store.create(&kinds::STORAGE_PROFILE, obj, false).await {
+                    let _ = crate::controllers::runtime_write_status(
+                        &s.store,
+                        &kinds::STORAGE_PROFILE,
+                        &created,
+                        want["status"].clone(),
+                    )
+                    .await;
+                }
+            }
+            Ok(Some(existing)) => {
+                let _ = crate::controllers::runtime_write_status(
+                    &s.store,
+                    &kinds::STORAGE_PROFILE,
+                    &existing,
+                    want["status"].clone(),
+                )
+                .await;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+async fn classes(s: &Shared) -> ApiResult<Vec<Value>> {
+    s.store.list_values(&kinds::STORAGE_CLASS, None).await
+}
+
+/// Binds, provisions or releases one claim.
+async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
+    let Some(pvc) = s.store.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, name).await? else { return Ok(()) };
+    let consumed = claims::consumed(&s.store).await?.contains(&(ns.clone(), name.clone()));
+    if meta::is_deleting(&pvc) {
+        if !consumed && meta::finalizers(&pvc).iter().any(|f| f == PVC_PROTECTION) {
+            let mut next = pvc.clone();
+            let rest: Vec<String> = meta::finalizers(&pvc).into_iter().filter(|f| f != PVC_PROTECTION).collect();
+            meta::set_finalizers(&mut next, &rest);
+            s.store.update(&kinds::PERSISTENT_VOLUME_CLAIM, next, UpdateMode::Main, false).await?;
+        }
+        return Ok(());
+    }
+    if pvc.pointer("/spec/volumeName").and_then(Value::as_str).is_some_and(|v| !v.is_empty()) {
+        // Bound already (or bound before a crash, status not yet written).
+        let pv_name = pvc.pointer("/spec/volumeName").and_then(Value::as_str).unwrap_or_default();
+        if let Some(pv) = s.store.get(&kinds::PERSISTENT_VOLUME, "", pv_name).await? {
+            crate::controllers::runtime_write_status(
+                &s.store,
+                &kinds::PERSISTENT_VOLUME_CLAIM,
+                &pvc,
+                provisioner::bound_status(&pv),
+            )
+            .await?;
+        }
+        return Ok(());
+    }
+    let all = classes(s).await?;
+    let class = provisioner::class_for(pvc.pointer("/spec/storageClassName").and_then(Value::as_str), &all);
+    if let Err((reason, message)) = provisioner::binding_decision(&pvc, class, consumed) {
+        let kind = if reason == "WaitForFirstConsumer" || reason == "ExternalProvisioning" {
+            events::NORMAL
+        } else {
+            events::WARNING
+        };
+        events::record(
+            &s.store,
+            &kinds::PERSISTENT_VOLUME_CLAIM,
+            &pvc,
+            kind,
+            reason,
+            &message,
+            "persistentvolume-controller",
+        )
+        .await;
+        crate::controllers::runtime_write_status(
+            &s.store,
+            &kinds::PERSISTENT_VOLUME_CLAIM,
+            &pvc,
+            json!({"phase": "Pending"}),
+        )
+        .await?;
+        return Ok(());
+    }
+    let Some(class) = class else { return Ok(()) };
+    let (pv, dir, size) = match provisioner::volume_for(&pvc, class, &s.config) {
+        Ok(v) => v,
+        Err(message) => {
+            events::record(
+                &s.store,
+                &kinds::PERSISTENT_VOLUME_CLAIM,
+                &pvc,
+                events::WARNING,
+                "ProvisioningFailed",
+                &message,
+                PROVISIONER_COMPONENT,
+            )
+            .await;
+            return crate::controllers::runtime_write_status(
+                &s.store,
+                &kinds::PERSISTENT_VOLUME_CLAIM,
+                &pvc,
+                json!({"phase": "Pending"}),
+            )
+            .await;
+        }
+    };
+    if let Err(e) = make_volume_file(&dir, size) {
+        let message = format!("failed to provision volume in {}: {e}", dir.display());
+        events::record(
+            &s.store,
+            &kinds::PERSISTENT_VOLUME_CLAIM,
+            &pvc,
+            events::WARNING,
+            "ProvisioningFailed",
+            &message,
+            PROVISIONER_COMPONENT,
+        )
+        .await;
+        return Err(ApiError::internal(message));
+    }
+    let pv = match s.store.create(&kinds::PERSISTENT_VOLUME, pv.clone(), false).await {
+        Ok(created) => created,
+        Err(e) if e.code == 409 => s.store.get(&kinds::PERSISTENT_VOLUME, "", meta::name(&pv)).await?.ok_or(e)?,
+        Err(e) => return Err(e),
+    };
+    crate::controllers::runtime_write_status(&s.store, &kinds::PERSISTENT_VOLUME, &pv, json!({"phase": "Bound"}))
+        .await?;
+    let bound = s
+        .store
+        .update(&kinds::PERSISTENT_VOLUME_CLAIM, provisioner::bound_claim(&pvc, &pv), UpdateMode::Main, false)
+        .await?;
+    crate::controllers::runtime_write_status(
+        &s.store,
+        &kinds::PERSISTENT_VOLUME_CLAIM,
+        &bound,
+        provisioner::bound_status(&pv),
+    )
+    .await?;
+    let message = format!("Successfully provisioned volume {}", meta::name(&pv));
+    events::record(
+        &s.store,
+        &kinds::PERSISTENT_VOLUME_CLAIM,
+        &bound,
+        events::NORMAL,
+        "ProvisioningSucceeded",
+        &message,
+        PROVISIONER_COMPONENT,
+    )
+    .await;
+    Ok(())
+}
+
+const PROVISIONER_COMPONENT: &str = "converge.dev/local-pool";
+
+/// The volume's directory and its sparse `disk.img`, unless they exist.
+fn make_volume_file(dir: &Path, size: u64) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let disk = dir.join("disk.img");
+    if !disk.exists() {
+        let file = std::fs::File::create(&disk)?;
+        file.set_len(size)?;
+    }
+    Ok(())
+}
+
+/// Reclaims a volume whose claim is gone: Delete removes it and its files, Retain keeps both.
+async fn sync_pv(s: &Shared, name: &str) -> ApiResult<()> {
+    let Some(pv) = s.store.get(&kinds::PERSISTENT_VOLUME, "", name).await? else { return Ok(()) };
+    let claim_ns = pv.pointer("/spec/claimRef/namespace").and_then(Value::as_str).unwrap_or_default();
+    let claim_name = pv.pointer("/spec/claimRef/name").and_then(Value::as_str).unwrap_or_default();
+    let claim_uid = pv.pointer("/spec/claimRef/uid").and_then(Value::as_str).unwrap_or_default();
+    let claim = s.store.get(&kinds::PERSISTENT_VOLUME_CLAIM, claim_ns, claim_name).await?;
+    let released = claim.as_ref().is_none_or(|c| meta::uid(c) != claim_uid) || meta::is_deleting(&pv);
+    if !released {
+        return Ok(());
+    }
+    let policy = pv.pointer("/spec/persistentVolumeReclaimPolicy").and_then(Value::as_str).unwrap_or("Delete");
+    if policy == "Retain" && !meta::is_deleting(&pv) {
+        return crate::controllers::runtime_write_status(
+            &s.store,
+            &kinds::PERSISTENT_VOLUME,
+            &pv,
+            json!({"phase": "Released"}),
+        )
+        .await;
+    }
+    if policy == "Delete" || meta::is_deleting(&pv) {
+        if let Some(file) = pv.pointer("/spec/hostPath/path").and_then(Value::as_str).map(PathBuf::from) {
+            let _ = s.tool.detach_block(&file);
+            // Only the directory this provisioner made, named after the volume.
+            if let Some(dir) = file.parent().filter(|d| d.file_name().and_then(|n| n.to_str()) == Some(name)) {
+                if policy == "Delete" {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+        }
+        let mut next = pv.clone();
+        let rest: Vec<String> = meta::finalizers(&pv).into_iter().filter(|f| f != PV_PROTECTION).collect();
+        meta::set_finalizers(&mut next, &rest);
+        if rest.len() != meta::finalizers(&pv).len() {
+            s.store.update(&kinds::PERSISTENT_VOLUME, next, UpdateMode::Main, false).await?;
+        }
+        if !meta::is_deleting(&pv) {
+            let opts = DeleteOptions { precondition_uid: Some(meta::uid(&pv).to_string()), ..DeleteOptions::default() };
+            match s.store.delete(&kinds::PERSISTENT_VOLUME, "", name, &opts).await {
+                Ok(_) => {}
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+mod datavolumes;
+mod uploads;
+
+use datavolumes::sync_dv;
+pub use uploads::{UploadError, UploadSession};

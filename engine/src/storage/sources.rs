@@ -1,0 +1,128 @@
+//! Where DataVolume bytes come from: HTTP(S) with CDI's options and S3 (signed with `rusty-s3`),
+//! both as a stream plus its length. Every URL is checked by `safety::check_url` and the client
+//! connects to the addresses that were checked.
+
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use tokio::io::AsyncRead;
+
+use super::safety;
+use super::StorageError;
+
+/// An HTTP source as CDI describes it, with its Secret and ConfigMap already read.
+#[derive(Debug, Clone, Default)]
+pub struct HttpSource {
+    pub url: String,
+    /// `Name: value` lines (`extraHeaders`, `secretExtraHeaders`).
+    pub extra_headers: Vec<String>,
+    /// From `secretRef` (`accessKeyId`, `secretKey`): HTTP basic auth.
+    pub basic_auth: Option<(String, String)>,
+    /// PEM from `certConfigMap`.
+    pub ca_pem: Option<Vec<u8>>,
+    pub insecure_skip_verify: bool,
+}
+
+pub type Body = Box<dyn AsyncRead + Unpin + Send>;
+
+/// Opens `src`; returns the body and its length when the server says.
+pub async fn open_http(src: &HttpSource, allow_private: bool) -> Result<(Body, Option<u64>), StorageError> {
+    let url =
+        url::Url::parse(&src.url).map_err(|e| StorageError::refused(format!("invalid URL {:?}: {e}", src.url)))?;
+    let addrs = safety::check_url(&url, allow_private).await?;
+    let host = url.host_str().unwrap_or_default().to_string();
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(15))
+        .resolve_to_addrs(&host, &addrs)
+        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 10 {
+                return attempt.error("too many redirects");
+            }
+            // A redirect may not lead the importer to an address the URL check would refuse.
+            let to_private = match attempt.url().host() {
+                Some(url::Host::Ipv4(ip)) => safety::private_address(ip.into()),
+                Some(url::Host::Ipv6(ip)) => safety::private_address(ip.into()),
+                Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
+                None => true,
+            };
+            if to_private && !allow_private {
+                attempt.error("redirect to a loopback, link-local or metadata address refused")
+            } else {
+                attempt.follow()
+            }
+        }));
+    if let Some(pem) = &src.ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| StorageError::refused(format!("certConfigMap holds no usable PEM certificate: {e}")))?;
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    if src.insecure_skip_verify {
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    let client = builder.build().map_err(|e| StorageError::Transient(format!("HTTP client: {e}")))?;
+    let mut req = client.get(url.clone());
+    for line in &src.extra_headers {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| StorageError::refused(format!("extra header {line:?} is not \"Name: value\"")))?;
+        req = req.header(name.trim(), value.trim());
+    }
+    if let Some((user, pass)) = &src.basic_auth {
+        req = req.basic_auth(user, Some(pass));
+    }
+    let resp = req.send().await.map_err(|e| StorageError::Transient(format!("GET {url}: {e}")))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(StorageError::Transient(format!("GET {url}: the server answered {status}")));
+    }
+    let len = resp.content_length();
+    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    Ok((Box::new(tokio_util::io::StreamReader::new(stream)), len))
+}
+
+/// An S3 object by URL: `http(s)://ENDPOINT/BUCKET/KEY` (path style), or
+/// `s3://BUCKET/KEY` against AWS. Credentials from CDI's Secret keys.
+pub fn s3_signed_url(url: &str, creds: Option<(&str, &str)>) -> Result<String, StorageError> {
+    let bad = |why: &str| StorageError::refused(format!("S3 URL {url:?}: {why}"));
+    let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    let (endpoint, bucket, key) = match parsed.scheme() {
+        "s3" => {
+            let bucket = parsed.host_str().ok_or_else(|| bad("no bucket"))?.to_string();
+            let endpoint = url::Url::parse("https://s3.amazonaws.com").map_err(|e| bad(&e.to_string()))?;
+            (endpoint, bucket, parsed.path().trim_start_matches('/').to_string())
+        }
+        "http" | "https" => {
+            let path = parsed.path().trim_start_matches('/');
+            let (bucket, key) = path.split_once('/').ok_or_else(|| bad("expected /BUCKET/KEY"))?;
+            let mut endpoint = parsed.clone();
+            endpoint.set_path("/");
+            endpoint.set_query(None);
+            (endpoint, bucket.to_string(), key.to_string())
+        }
+        other => return Err(bad(&format!("scheme {other:?} is not s3, http or https"))),
+    };
+    if key.is_empty() {
+        return Err(bad("no object key"));
+    }
+    let bucket = rusty_s3::Bucket::new(endpoint, rusty_s3::UrlStyle::Path, bucket, "us-east-1")
+        .map_err(|e| bad(&e.to_string()))?;
+    let credentials = creds.map(|(k, s)| rusty_s3::Credentials::new(k, s));
+    use rusty_s3::S3Action;
+    Ok(bucket.get_object(credentials.as_ref(), &key).sign(Duration::from_secs(3600)).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_urls_name_endpoint_bucket_and_key() {
+        let signed = s3_signed_url("http://127.0.0.1:8333/images/disk.qcow2", Some(("AK", "SK"))).unwrap();
+        assert!(signed.starts_with("http://127.0.0.1:8333/images/disk.qcow2?"), "{signed}");
+        assert!(signed.contains("X-Amz-Credential=AK"), "{signed}");
+        assert!(s3_signed_url("http://h/only-bucket", None).is_err());
+        assert!(s3_signed_url("ftp://h/b/k", None).is_err());
+    }
+}
