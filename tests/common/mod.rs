@@ -237,3 +237,4 @@ pub fn vm_manifest(name: &str) -> Value {
 
 pub const VMS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
 pub mod guests;
+pub mod servers;

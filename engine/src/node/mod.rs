@@ -161,7 +161,7 @@ fn qemu_owner() -> Option<(u32, u32)> {
 }
 
 /// QEMU (another user) must reach files below `dir`: every ancestor gets the traverse bit.
-fn allow_traverse(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn allow_traverse(dir: &Path) -> std::io::Result<()> {
     for ancestor in dir.ancestors() {
         if let Ok(m) = std::fs::metadata(ancestor) {
             let mode = m.permissions().mode();

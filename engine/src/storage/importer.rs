@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use sha2::Digest;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader, ReadBuf};
 
 use super::safety;
 use super::volume::{sniff_image_format, VolumeTool};
@@ -204,40 +204,64 @@ pub async fn import_stream<R: AsyncRead + Unpin + Send + 'static>(
 }
 
 /// Writes the decoded stream to `path`, seeking over all-zero chunks so the file stays sparse.
+/// The writing happens on a blocking thread with plain `std::fs` calls, so every write error
+/// (a full disk above all) is seen where it happens, while the next chunk is being read.
 async fn write_sparse(mut reader: Pin<Box<dyn AsyncRead + Send>>, path: &Path, limit: u64) -> Result<(), StorageError> {
-    let mut file = tokio::fs::File::create(path).await?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut written: u64 = 0;
-    loop {
-        let mut filled = 0;
-        while filled < CHUNK {
-            let n = reader.read(&mut buf[filled..]).await.map_err(read_error)?;
-            if n == 0 {
-                break;
+    let file = std::fs::File::create(path)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let writer = tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+        use std::io::{Seek, Write};
+        let mut file = file;
+        let mut written: u64 = 0;
+        while let Some(chunk) = rx.blocking_recv() {
+            if chunk.iter().all(|b| *b == 0) {
+                file.seek(SeekFrom::Current(chunk.len() as i64))?;
+            } else {
+                file.write_all(&chunk)?;
             }
-            filled += n;
+            written += chunk.len() as u64;
         }
-        if filled == 0 {
-            break;
-        }
-        written += filled as u64;
-        if written > limit {
-            return Err(StorageError::refused(format!(
-                "the data is larger than the volume can hold (more than {limit} bytes after decompression)"
-            )));
-        }
-        if buf[..filled].iter().all(|b| *b == 0) {
-            file.seek(SeekFrom::Current(filled as i64)).await?;
-        } else {
-            file.write_all(&buf[..filled]).await?;
-        }
-        if filled < CHUNK {
-            break;
+        file.set_len(written)?;
+        file.sync_all()?;
+        Ok(())
+    });
+    let mut total: u64 = 0;
+    let read_result: Result<(), StorageError> = async {
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            let mut filled = 0;
+            while filled < CHUNK {
+                let n = reader.read(&mut buf[filled..]).await.map_err(read_error)?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                return Ok(());
+            }
+            total += filled as u64;
+            if total > limit {
+                return Err(StorageError::refused(format!(
+                    "the data is larger than the volume can hold (more than {limit} bytes after decompression)"
+                )));
+            }
+            buf.truncate(filled);
+            let last = filled < CHUNK;
+            if tx.send(buf).await.is_err() {
+                // The writer stopped: its error is the one to report.
+                return Ok(());
+            }
+            if last {
+                return Ok(());
+            }
         }
     }
-    file.set_len(written).await?;
-    file.sync_all().await?;
-    Ok(())
+    .await;
+    drop(tx);
+    let write_result = writer.await.map_err(|e| StorageError::Transient(e.to_string()))?;
+    write_result?;
+    read_result
 }
 
 /// Decompression errors mean the data is not what it claims to be; a dropped connection may

@@ -62,7 +62,7 @@ pub fn volume_for(pvc: &Value, class: &Value, config: &StorageConfig) -> Result<
         },
         "spec": {
             "accessModes": access_modes,
-            "capacity": {"storage": size.to_string()},
+            "capacity": {"storage": quantity(size)},
             "claimRef": {
                 "apiVersion": "v1",
                 "kind": "PersistentVolumeClaim",
@@ -80,6 +80,16 @@ pub fn volume_for(pvc: &Value, class: &Value, config: &StorageConfig) -> Result<
         },
     });
     Ok((pv, dir, size))
+}
+
+/// Bytes as the apiserver prints them: `16Mi`, `2Gi`, or plain bytes.
+pub fn quantity(bytes: u64) -> String {
+    for (suffix, unit) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+        if bytes >= unit && bytes % unit == 0 {
+            return format!("{}{suffix}", bytes / unit);
+        }
+    }
+    bytes.to_string()
 }
 
 /// The claim as bound to `pv`: `spec.volumeName`, the binder's annotations and a Bound status.
@@ -192,6 +202,9 @@ mod tests {
         let (pv, dir, size) = volume_for(&pvc("1000", None), &default_class(), &config).unwrap();
         assert_eq!(dir, PathBuf::from("/data/storage/local/pvc-u-1"));
         assert_eq!(size, 1024);
+        assert_eq!(pv["spec"]["capacity"]["storage"], "1Ki");
+        assert_eq!(quantity(3 << 30), "3Gi");
+        assert_eq!(quantity(1536), "1536");
         assert_eq!(pv["spec"]["hostPath"]["path"], "/data/storage/local/pvc-u-1/disk.img");
         assert_eq!(pv["spec"]["claimRef"]["uid"], "u-1");
         let bound = bound_claim(&pvc("1Gi", None), &pv);

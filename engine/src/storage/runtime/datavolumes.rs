@@ -122,31 +122,32 @@ pub(super) async fn annotate_claim(
 /// The claim a clone reads, once the source is allowed and ready: (reason, message) otherwise.
 async fn clone_source(s: &Shared, dv: &Value, source: &Source) -> ApiResult<Result<PathBuf, (String, String)>> {
     let ns = meta::namespace(dv);
-    let (src_ns, src_name) =
-        match source {
-            Source::Pvc { namespace, name } => (namespace.clone(), name.clone()),
-            Source::Ref { namespace, name } => {
-                let Some(ds) = s.store.get(&kinds::DATA_SOURCE, namespace, name).await? else {
-                    return Ok(Err(("DataSourceNotFound".into(), format!("DataSource {namespace}/{name} not found"))));
-                };
-                let pvc_name = ds.pointer("/spec/source/pvc/name").and_then(Value::as_str);
-                let pvc_ns = ds
-                    .pointer("/spec/source/pvc/namespace")
-                    .and_then(Value::as_str)
-                    .filter(|n| !n.is_empty())
-                    .unwrap_or(namespace);
-                match pvc_name {
-                    Some(n) => (pvc_ns.to_string(), n.to_string()),
-                    None => return Ok(Err((
+    let (src_ns, src_name) = match source {
+        Source::Pvc { namespace, name } => (namespace.clone(), name.clone()),
+        Source::Ref { namespace, name } => {
+            let Some(ds) = s.store.get(&kinds::DATA_SOURCE, namespace, name).await? else {
+                return Ok(Err(("DataSourceNotFound".into(), format!("DataSource {namespace}/{name} not found"))));
+            };
+            let pvc_name = ds.pointer("/spec/source/pvc/name").and_then(Value::as_str);
+            let pvc_ns = ds
+                .pointer("/spec/source/pvc/namespace")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .unwrap_or(namespace);
+            match pvc_name {
+                Some(n) => (pvc_ns.to_string(), n.to_string()),
+                None => {
+                    return Ok(Err((
                         "DataSourceNotReady".into(),
                         format!(
                             "DataSource {namespace}/{name} has no spec.source.pvc; Converge clones only from claims"
                         ),
-                    ))),
+                    )))
                 }
             }
-            _ => return Ok(Err(("NotAClone".into(), "not a clone".into()))),
-        };
+        }
+        _ => return Ok(Err(("NotAClone".into(), "not a clone".into()))),
+    };
     if src_ns != ns {
         let allowed = s
             .store

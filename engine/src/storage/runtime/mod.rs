@@ -345,6 +345,8 @@ const PROVISIONER_COMPONENT: &str = "converge.dev/local-pool";
 /// The volume's directory and its sparse `disk.img`, unless they exist.
 fn make_volume_file(dir: &Path, size: u64) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
+    // QEMU runs as another user and opens the disk through these directories.
+    crate::node::allow_traverse(dir)?;
     let disk = dir.join("disk.img");
     if !disk.exists() {
         let file = std::fs::File::create(&disk)?;

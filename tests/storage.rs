@@ -1,0 +1,367 @@
+//! Storage against real files, real tools and real servers (no guests): claims and volumes,
+//! DataVolume imports from HTTP, S3 and a registry, uploads, clones, and CDI's safety list.
+
+mod common;
+
+use common::servers;
+use common::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn sh(cmd: &str) {
+    assert!(Command::new("sh").arg("-c").arg(cmd).status().unwrap().success(), "{cmd}");
+}
+
+async fn storage_app(allow_private: bool) -> TestApp {
+    spawn_app_with(None, move |c| {
+        c.storage.allow_private_imports = allow_private;
+        c.storage.insecure_registries = vec![];
+    })
+    .await
+}
+
+fn dvs(ns: &str) -> String {
+    format!("/apis/cdi.kubevirt.io/v1beta1/namespaces/{ns}/datavolumes")
+}
+
+fn dv(name: &str, source: Value, size: &str) -> Value {
+    json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": name},
+        "spec": {"source": source, "storage": {"resources": {"requests": {"storage": size}}}}})
+}
+
+async fn wait_dv(app: &TestApp, ns: &str, name: &str, phases: &[&str]) -> Value {
+    let path = format!("{}/{name}", dvs(ns));
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let last = app.get(&path).await.1;
+        if phases.contains(&last["status"]["phase"].as_str().unwrap_or("")) {
+            return last;
+        }
+        assert!(std::time::Instant::now() < deadline, "DataVolume {name} never reached {phases:?}: {last}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The file behind a claim.
+async fn volume_file(app: &TestApp, ns: &str, claim: &str) -> PathBuf {
+    let pvc = app.get(&format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}")).await.1;
+    let pv = pvc["spec"]["volumeName"].as_str().expect("bound").to_string();
+    let pv = app.get(&format!("/api/v1/persistentvolumes/{pv}")).await.1;
+    PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().expect("hostPath"))
+}
+
+fn running_message(dv: &Value) -> String {
+    dv["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Running")
+        .map(|c| c["message"].to_string())
+        .unwrap_or_default()
+}
+
+/// Images every import test uses: 4 MiB of random data as raw, raw.gz, raw.xz and qcow2.
+fn images(dir: &Path) -> Vec<u8> {
+    let d = dir.display();
+    sh(&format!("head -c 2097152 /dev/urandom > {d}/img.raw && truncate -s 4M {d}/img.raw"));
+    sh(&format!("gzip -k -1 {d}/img.raw && xz -k -0 -T1 {d}/img.raw"));
+    sh(&format!("qemu-img convert -q -f raw -O qcow2 {d}/img.raw {d}/img.qcow2"));
+    std::fs::read(dir.join("img.raw")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claims_bind_to_volumes_in_the_pool_and_are_reclaimed() {
+    let app = storage_app(false).await;
+    // The default class exists, with its profile.
+    let sc = app.get("/apis/storage.k8s.io/v1/storageclasses/local").await;
+    assert_eq!(sc.0, 200, "{}", sc.1);
+    assert!(
+        wait_until(WAIT, || async {
+            app.get("/apis/cdi.kubevirt.io/v1beta1/storageprofiles/local").await.1["status"]["claimPropertySets"]
+                .is_array()
+        })
+        .await
+    );
+
+    let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "16Mi"}}}});
+    assert_eq!(app.post("/api/v1/namespaces/default/persistentvolumeclaims", &pvc).await.0, 201);
+    assert!(
+        wait_until(WAIT, || async {
+            app.get("/api/v1/namespaces/default/persistentvolumeclaims/data").await.1["status"]["phase"] == "Bound"
+        })
+        .await
+    );
+    let got = app.get("/api/v1/namespaces/default/persistentvolumeclaims/data").await.1;
+    assert_eq!(got["status"]["capacity"]["storage"], "16Mi");
+    assert_eq!(got["spec"]["volumeMode"], "Filesystem");
+    let file = volume_file(&app, "default", "data").await;
+    assert!(file.starts_with(app.dir.path()), "{}", file.display());
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 16 << 20);
+    let (ok, out, _) = app.kubectl(&["get", "pvc", "data", "-o", "jsonpath={.status.phase}"]).await;
+    assert!(ok && out == "Bound", "{out}");
+
+    // Bad claims are refused with their causes.
+    let mut bad = pvc.clone();
+    bad["metadata"]["name"] = json!("bad");
+    bad["spec"]["resources"]["requests"]["storage"] = json!("0");
+    bad["spec"]["accessModes"] = json!(["ReadWriteSometimes"]);
+    let (code, body) = app.post("/api/v1/namespaces/default/persistentvolumeclaims", &bad).await;
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(body["details"]["causes"].as_array().unwrap().len(), 2, "{body}");
+
+    // WaitForFirstConsumer: Pending until a guest names the claim.
+    let late = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "late"},
+        "provisioner": "converge.dev/local-pool", "volumeBindingMode": "WaitForFirstConsumer", "reclaimPolicy": "Retain"});
+    assert_eq!(app.post("/apis/storage.k8s.io/v1/storageclasses", &late).await.0, 201);
+    let mut lazy = pvc.clone();
+    lazy["metadata"]["name"] = json!("lazy");
+    lazy["spec"]["storageClassName"] = json!("late");
+    assert_eq!(app.post("/api/v1/namespaces/default/persistentvolumeclaims", &lazy).await.0, 201);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.get("/api/v1/namespaces/default/persistentvolumeclaims/lazy").await.1["status"]["phase"], "Pending");
+    let vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "metadata": {"name": "consumer"},
+        "spec": {"domain": {"resources": {"requests": {"memory": "64Mi"}}, "devices": {"disks": [{"name": "d", "disk": {}}]}},
+                 "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "lazy"}}]}});
+    assert_eq!(app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances", &vmi).await.0, 201);
+    assert!(
+        wait_until(WAIT, || async {
+            app.get("/api/v1/namespaces/default/persistentvolumeclaims/lazy").await.1["status"]["phase"] == "Bound"
+        })
+        .await
+    );
+    let lazy_file = volume_file(&app, "default", "lazy").await;
+
+    // Delete reclaims the volume and its file; Retain keeps both, Released.
+    assert_eq!(app.delete("/api/v1/namespaces/default/persistentvolumeclaims/data", None).await.0, 200);
+    assert!(wait_until(WAIT, || async { !file.exists() }).await, "the Delete policy removed {}", file.display());
+    app.delete("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances/consumer", None).await;
+    // The claim is protected while the VMI exists; the VMI has no node to finalize it here.
+    app.delete("/api/v1/namespaces/default/persistentvolumeclaims/lazy", None).await;
+    let vmi_path = "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances/consumer";
+    let vmi_now = app.get(vmi_path).await.1;
+    if vmi_now["metadata"]["finalizers"].is_array() {
+        let mut v = vmi_now.clone();
+        v["metadata"]["finalizers"] = json!([]);
+        app.put(vmi_path, &v).await;
+    }
+    assert!(
+        wait_until(WAIT, || async { app.get("/api/v1/namespaces/default/persistentvolumeclaims/lazy").await.0 == 404 })
+            .await
+    );
+    let released = wait_until(WAIT, || async {
+        let pvs = app.get("/api/v1/persistentvolumes").await.1;
+        pvs["items"].as_array().unwrap().iter().filter(|p| p["status"]["phase"] == "Released").count() == 1
+    })
+    .await;
+    assert!(released, "{}", app.get("/api/v1/persistentvolumes").await.1);
+    assert!(lazy_file.exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn datavolumes_import_from_http_and_s3_with_rising_progress() {
+    let app = storage_app(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let want = images(dir.path());
+    let web = servers::http(dir.path()).await;
+    let s3 = servers::s3().await;
+    servers::s3_put("images", "img.qcow2", std::fs::read(dir.path().join("img.qcow2")).unwrap()).await;
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds"},
+        "stringData": {"accessKeyId": servers::S3_ACCESS_KEY, "secretKey": servers::S3_SECRET_KEY}});
+    assert_eq!(app.post("/api/v1/namespaces/default/secrets", &secret).await.0, 201);
+    let sha = {
+        use sha2::Digest;
+        format!("sha256:{:x}", sha2::Sha256::digest(std::fs::read(dir.path().join("img.raw.gz")).unwrap()))
+    };
+    let cases = [
+        ("from-qcow2", json!({"http": {"url": format!("http://127.0.0.1:{}/img.qcow2", web.port)}})),
+        ("from-gz", json!({"http": {"url": format!("http://127.0.0.1:{}/img.raw.gz", web.port), "checksum": sha}})),
+        ("from-xz", json!({"http": {"url": format!("http://127.0.0.1:{}/img.raw.xz", web.port)}})),
+        (
+            "from-s3",
+            json!({"s3": {"url": format!("http://127.0.0.1:{}/images/img.qcow2", s3.port), "secretRef": "s3-creds"}}),
+        ),
+    ];
+    for (name, source) in &cases {
+        let (code, body) = app.post(&dvs("default"), &dv(name, source.clone(), "8Mi")).await;
+        assert_eq!(code, 201, "{body}");
+    }
+    for (name, _) in &cases {
+        // Progress is watched as it moves; it never goes back.
+        let mut seen: Vec<f64> = vec![];
+        let deadline = std::time::Instant::now() + WAIT;
+        let done = loop {
+            let dv = app.get(&format!("{}/{name}", dvs("default"))).await.1;
+            if let Some(p) = dv["status"]["progress"].as_str().and_then(|p| p.trim_end_matches('%').parse::<f64>().ok())
+            {
+                seen.push(p);
+            }
+            if dv["status"]["phase"] == "Succeeded" || dv["status"]["phase"] == "Failed" {
+                break true;
+            }
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let dv = app.get(&format!("{}/{name}", dvs("default"))).await.1;
+        assert!(done && dv["status"]["phase"] == "Succeeded", "{name}: {dv}");
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{name}: progress went back: {seen:?}");
+        assert_eq!(dv["status"]["progress"], "100.0%");
+        let ready =
+            dv["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+        assert_eq!(ready["status"], "True", "{name}");
+        let data = std::fs::read(volume_file(&app, "default", name).await).unwrap();
+        assert_eq!(data.len(), 8 << 20, "{name}: grown to the volume");
+        assert!(data[..want.len()] == want[..], "{name}: the guest sees the image's bytes");
+    }
+    let (ok, out, _) = app.kubectl(&["get", "dv"]).await;
+    assert!(ok && out.contains("from-s3"), "{out}");
+}
+
+/// CDI's lessons, one DataVolume each: refused with the reason, nothing written outside the pool.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_imports_fail_with_their_reason() {
+    let app = storage_app(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    sh(&format!("qemu-img create -q -f raw {d}/base.raw 1M && qemu-img create -q -f qcow2 -F raw -b /etc/shadow {d}/backed.qcow2 1M"));
+    sh(&format!("qemu-img create -q -f qcow2 -o data_file={d}/data.raw {d}/datafile.qcow2 1M"));
+    sh(&format!("qemu-img create -q -f qcow2 {d}/huge.qcow2 1G"));
+    sh(&format!("head -c 1048576 /dev/urandom > {d}/r.raw && qemu-img convert -q -O qcow2 -f raw {d}/r.raw {d}/full.qcow2 && head -c 300000 {d}/full.qcow2 > {d}/truncated.qcow2"));
+    sh(&format!("printf '<html>hello</html>' > {d}/page.html && head -c 3145728 /dev/urandom > {d}/big.raw"));
+    let web = servers::http(dir.path()).await;
+    // A pool on a 2 MiB tmpfs: the disk fills.
+    let tiny = tempfile::tempdir().unwrap();
+    sh(&format!("mount -t tmpfs -o size=2m tmpfs {}", tiny.path().display()));
+    let small = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "tiny"},
+        "provisioner": "converge.dev/local-pool", "parameters": {"path": tiny.path().display().to_string()}});
+    assert_eq!(app.post("/apis/storage.k8s.io/v1/storageclasses", &small).await.0, 201);
+    let url = |f: &str| format!("http://127.0.0.1:{}/{f}", web.port);
+    let cases = [
+        ("backed", json!({"http": {"url": url("backed.qcow2")}}), "backing file", None),
+        ("datafile", json!({"http": {"url": url("datafile.qcow2")}}), "external data file", None),
+        ("huge", json!({"http": {"url": url("huge.qcow2")}}), "larger than the volume", None),
+        ("truncated", json!({"http": {"url": url("truncated.qcow2")}}), "damaged or truncated", None),
+        ("page", json!({"http": {"url": url("page.html")}}), "not a disk image", None),
+        ("badsum", json!({"http": {"url": url("r.raw"), "checksum": "sha256:0000"}}), "checksum mismatch", None),
+        ("full", json!({"http": {"url": url("big.raw")}}), "No space left", Some("tiny")),
+    ];
+    for (name, source, _, class) in &cases {
+        let mut d = dv(name, source.clone(), "64Mi");
+        if let Some(c) = class {
+            d["spec"]["storage"]["storageClassName"] = json!(c);
+        }
+        assert_eq!(app.post(&dvs("default"), &d).await.0, 201);
+    }
+    for (name, _, want, _) in &cases {
+        let got = wait_dv(&app, "default", name, &["Failed", "Succeeded"]).await;
+        assert_eq!(got["status"]["phase"], "Failed", "{name}: {got}");
+        assert!(running_message(&got).contains(want), "{name}: {}", running_message(&got));
+    }
+    let _ = Command::new("umount").arg(tiny.path()).status();
+
+    // Loopback is refused unless the node allows it.
+    let strict = storage_app(false).await;
+    assert_eq!(strict.post(&dvs("default"), &dv("local", json!({"http": {"url": url("r.raw")}}), "8Mi")).await.0, 201);
+    let got = wait_dv(&strict, "default", "local", &["Failed"]).await;
+    assert!(running_message(&got).contains("loopback"), "{got}");
+    // Invalid DataVolumes never reach the store.
+    let (code, body) = strict.post(&dvs("default"), &dv("nosrc", json!({"gcs": {"url": "gs://x"}}), "1Mi")).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("not supported"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_and_clones_across_namespaces_when_allowed() {
+    let app = storage_app(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let want = images(dir.path());
+    let image = dir.path().join("img.qcow2");
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "golden"}});
+    assert_eq!(app.post("/api/v1/namespaces", &ns).await.0, 201);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args(["image-upload", "dv", "golden-disk", "--namespace", "golden", "--size", "8Mi", "--image-path"])
+        .arg(&image)
+        .env("KUBECONFIG", &app.kubeconfig)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "image-upload: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("completed successfully"));
+    let src = volume_file(&app, "golden", "golden-disk").await;
+    assert_eq!(&std::fs::read(&src).unwrap()[..want.len()], &want[..]);
+
+    // A second upload into the finished volume is refused.
+    let token_req = json!({"apiVersion": "upload.cdi.kubevirt.io/v1beta1", "kind": "UploadTokenRequest",
+        "metadata": {"name": "again"}, "spec": {"pvcName": "golden-disk"}});
+    let (code, body) =
+        app.post("/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/golden/uploadtokenrequests", &token_req).await;
+    assert_eq!(code, 201, "{body}");
+    let token = body["status"]["token"].as_str().unwrap().to_string();
+    let r = app.http.post(app.url("/v1beta1/upload")).bearer_auth(&token).body(vec![0u8; 512]).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let r =
+        app.http.post(app.url("/v1beta1/upload")).bearer_auth(&app.token).body(vec![0u8; 512]).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401, "an API token is no upload token");
+
+    // A DataSource in the golden namespace; a clone from another namespace is refused until the
+    // golden namespace allows it.
+    let ds = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataSource", "metadata": {"name": "debian"},
+        "spec": {"source": {"pvc": {"name": "golden-disk", "namespace": "golden"}}}});
+    assert_eq!(app.post("/apis/cdi.kubevirt.io/v1beta1/namespaces/golden/datasources", &ds).await.0, 201);
+    let by_ref = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": "root"},
+        "spec": {"sourceRef": {"kind": "DataSource", "name": "debian", "namespace": "golden"},
+                 "storage": {"resources": {"requests": {"storage": "16Mi"}}}}});
+    assert_eq!(app.post(&dvs("default"), &by_ref).await.0, 201);
+    let refused = wait_dv(&app, "default", "root", &["Failed"]).await;
+    assert!(running_message(&refused).contains("not allowed"), "{refused}");
+    let mut ns = app.get("/api/v1/namespaces/golden").await.1;
+    ns["metadata"]["annotations"] = json!({"converge.dev/clone-to": "default"});
+    assert_eq!(app.put("/api/v1/namespaces/golden", &ns).await.0, 200);
+    let cloned = wait_dv(&app, "default", "root", &["Succeeded"]).await;
+    assert_eq!(cloned["status"]["progress"], "100.0%");
+    let copy = volume_file(&app, "default", "root").await;
+    assert_eq!(std::fs::metadata(&copy).unwrap().len(), 16 << 20, "grown to the target's size");
+    // Writes to the clone don't reach the source.
+    std::fs::write(&copy, b"guest writes here").unwrap();
+    assert_eq!(&std::fs::read(&src).unwrap()[..want.len()], &want[..]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_sources_pull_with_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = images(dir.path());
+    let registry = servers::registry(Some(("alice", "wonderland"))).await;
+    let layout = servers::disk_layout(dir.path(), &dir.path().join("img.qcow2"), "disks/test:1");
+    servers::push(&layout, registry.port, "disks/test:1", Some(("alice", "wonderland")));
+    let host = format!("127.0.0.1:{}", registry.port);
+    let h = host.clone();
+    let app = spawn_app_with(None, move |c| {
+        c.storage.allow_private_imports = true;
+        c.storage.insecure_registries = vec![h];
+    })
+    .await;
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "reg"},
+        "stringData": {"accessKeyId": "alice", "secretKey": "wonderland"}});
+    assert_eq!(app.post("/api/v1/namespaces/default/secrets", &secret).await.0, 201);
+    let url = format!("docker://{host}/disks/test:1");
+    assert_eq!(
+        app.post(&dvs("default"), &dv("pulled", json!({"registry": {"url": url, "secretRef": "reg"}}), "8Mi")).await.0,
+        201
+    );
+    assert_eq!(app.post(&dvs("default"), &dv("anonymous", json!({"registry": {"url": url}}), "8Mi")).await.0, 201);
+    wait_dv(&app, "default", "pulled", &["Succeeded"]).await;
+    assert_eq!(&std::fs::read(volume_file(&app, "default", "pulled").await).unwrap()[..want.len()], &want[..]);
+    // Without credentials the registry says no, and the import keeps retrying with backoff.
+    let got = wait_until(WAIT, || async {
+        let d = app.get(&format!("{}/anonymous", dvs("default"))).await.1;
+        d["status"]["restartCount"].as_i64().unwrap_or(0) >= 1 && running_message(&d).contains("authorized")
+    })
+    .await;
+    assert!(got, "{}", app.get(&format!("{}/anonymous", dvs("default"))).await.1);
+}
