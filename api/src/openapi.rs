@@ -46,12 +46,32 @@ pub fn document() -> Value {
         schemas_needed.push(k.definition.to_string());
         schemas_needed.push(format!("{}List", k.definition));
     }
+    for (path, what) in [
+        ("/v1beta1/upload", "Upload a disk image (raw or qcow2, optionally gz/xz) into the claim an upload token names; answers once the image is in place."),
+        ("/v1beta1/upload-async", "As /v1beta1/upload, but answers as soon as the body is received; follow the DataVolume's phase."),
+    ] {
+        doc["paths"][path] = json!({"post": {
+            "tags": ["upload"],
+            "summary": what,
+            "operationId": if path.ends_with("async") { "uploadAsync" } else { "upload" },
+            "requestBody": {"required": true, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+            "responses": {
+                "200": {"description": "the image was received (and, for /upload, written)"},
+                "400": {"description": "the image was refused; the Status message says why"},
+                "401": {"description": "missing, expired or wrong upload token"},
+                "503": {"description": "the claim is not waiting for an upload (not bound yet, busy, or done)"},
+            },
+            "security": [{"UploadToken": []}],
+        }});
+    }
     let schemas = doc["components"]["schemas"].as_object_mut().map(std::mem::take).unwrap_or_default();
     let mut all: Map<String, Value> = schemas;
     all.extend(openapi_k8s::reachable_schemas(&schemas_needed));
     doc["components"]["schemas"] = Value::Object(all);
     doc["components"]["securitySchemes"] =
-        json!({"BearerToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}});
+        json!({"BearerToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+               "UploadToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                   "description": "status.token of an UploadTokenRequest (upload.cdi.kubevirt.io/v1beta1)"}});
     doc
 }
 

@@ -62,6 +62,12 @@ async fn handle(req: &HttpRequest, body: &[u8], state: &AppState) -> ApiResult<H
     let q = request::parse_query(&pairs)?;
     let principal = req.extensions().get::<Principal>().cloned().ok_or_else(ApiError::unauthorized)?;
     let verb = verb(req.method(), &path, &q);
+    if path.kind.create_only {
+        return Err(ApiError::method_not_allowed(format!(
+            "{} support only create; the request was {verb}",
+            path.kind.plural
+        )));
+    }
     auth::authorize(
         &principal,
         &Access {

@@ -16,6 +16,8 @@ pub struct ResourceKind {
     pub scale_subresource: bool,
     /// Definition name in the schema registry (`crate::schema`).
     pub definition: &'static str,
+    /// Only `create` is served (a virtual resource such as UploadTokenRequest): nothing is stored.
+    pub create_only: bool,
 }
 
 impl ResourceKind {
@@ -62,6 +64,7 @@ pub static VIRTUAL_MACHINE: ResourceKind = ResourceKind {
     status_subresource: true,
     scale_subresource: false,
     definition: "v1.VirtualMachine",
+    create_only: false,
 };
 
 pub static VIRTUAL_MACHINE_INSTANCE: ResourceKind = ResourceKind {
@@ -76,6 +79,7 @@ pub static VIRTUAL_MACHINE_INSTANCE: ResourceKind = ResourceKind {
     status_subresource: true,
     scale_subresource: false,
     definition: "v1.VirtualMachineInstance",
+    create_only: false,
 };
 
 pub static VIRTUAL_MACHINE_INSTANCE_REPLICA_SET: ResourceKind = ResourceKind {
@@ -90,6 +94,7 @@ pub static VIRTUAL_MACHINE_INSTANCE_REPLICA_SET: ResourceKind = ResourceKind {
     status_subresource: true,
     scale_subresource: true,
     definition: "v1.VirtualMachineInstanceReplicaSet",
+    create_only: false,
 };
 
 pub static VIRTUAL_MACHINE_INSTANCE_PRESET: ResourceKind = ResourceKind {
@@ -104,6 +109,7 @@ pub static VIRTUAL_MACHINE_INSTANCE_PRESET: ResourceKind = ResourceKind {
     status_subresource: false,
     scale_subresource: false,
     definition: "v1.VirtualMachineInstancePreset",
+    create_only: false,
 };
 
 pub static NAMESPACE: ResourceKind = ResourceKind {
@@ -118,6 +124,7 @@ pub static NAMESPACE: ResourceKind = ResourceKind {
     status_subresource: true,
     scale_subresource: false,
     definition: "io.k8s.api.core.v1.Namespace",
+    create_only: false,
 };
 
 pub static SECRET: ResourceKind = ResourceKind {
@@ -132,6 +139,7 @@ pub static SECRET: ResourceKind = ResourceKind {
     status_subresource: false,
     scale_subresource: false,
     definition: "io.k8s.api.core.v1.Secret",
+    create_only: false,
 };
 
 pub static CONFIG_MAP: ResourceKind = ResourceKind {
@@ -146,6 +154,7 @@ pub static CONFIG_MAP: ResourceKind = ResourceKind {
     status_subresource: false,
     scale_subresource: false,
     definition: "io.k8s.api.core.v1.ConfigMap",
+    create_only: false,
 };
 
 pub const INSTANCETYPE_GROUP: &str = "instancetype.kubevirt.io";
@@ -162,6 +171,7 @@ pub static INSTANCETYPE: ResourceKind = ResourceKind {
     status_subresource: false,
     scale_subresource: false,
     definition: "v1beta1.VirtualMachineInstancetype",
+    create_only: false,
 };
 
 pub static CLUSTER_INSTANCETYPE: ResourceKind = ResourceKind {
@@ -176,6 +186,7 @@ pub static CLUSTER_INSTANCETYPE: ResourceKind = ResourceKind {
     status_subresource: false,
     scale_subresource: false,
     definition: "v1beta1.VirtualMachineClusterInstancetype",
+    create_only: false,
 };
 
 pub static PREFERENCE: ResourceKind = ResourceKind {
@@ -190,6 +201,7 @@ pub static PREFERENCE: ResourceKind = ResourceKind {
     status_subresource: false,
     scale_subresource: false,
     definition: "v1beta1.VirtualMachinePreference",
+    create_only: false,
 };
 
 pub static CLUSTER_PREFERENCE: ResourceKind = ResourceKind {
@@ -204,6 +216,7 @@ pub static CLUSTER_PREFERENCE: ResourceKind = ResourceKind {
     status_subresource: false,
     scale_subresource: false,
     definition: "v1beta1.VirtualMachineClusterPreference",
+    create_only: false,
 };
 
 pub static CONTROLLER_REVISION: ResourceKind = ResourceKind {
@@ -218,6 +231,7 @@ pub static CONTROLLER_REVISION: ResourceKind = ResourceKind {
     status_subresource: false,
     scale_subresource: false,
     definition: "io.k8s.api.apps.v1.ControllerRevision",
+    create_only: false,
 };
 
 pub static NODE: ResourceKind = ResourceKind {
@@ -232,6 +246,7 @@ pub static NODE: ResourceKind = ResourceKind {
     status_subresource: true,
     scale_subresource: false,
     definition: "io.k8s.api.core.v1.Node",
+    create_only: false,
 };
 
 pub static EVENT: ResourceKind = ResourceKind {
@@ -246,6 +261,7 @@ pub static EVENT: ResourceKind = ResourceKind {
     status_subresource: false,
     scale_subresource: false,
     definition: "io.k8s.api.core.v1.Event",
+    create_only: false,
 };
 
 pub const STORAGE_GROUP: &str = "storage.k8s.io";
@@ -264,6 +280,7 @@ pub static PERSISTENT_VOLUME_CLAIM: ResourceKind = ResourceKind {
     status_subresource: true,
     scale_subresource: false,
     definition: "io.k8s.api.core.v1.PersistentVolumeClaim",
+    create_only: false,
 };
 
 pub static PERSISTENT_VOLUME: ResourceKind = ResourceKind {
@@ -278,6 +295,7 @@ pub static PERSISTENT_VOLUME: ResourceKind = ResourceKind {
     status_subresource: true,
     scale_subresource: false,
     definition: "io.k8s.api.core.v1.PersistentVolume",
+    create_only: false,
 };
 
 pub static STORAGE_CLASS: ResourceKind = ResourceKind {
@@ -292,6 +310,7 @@ pub static STORAGE_CLASS: ResourceKind = ResourceKind {
     status_subresource: false,
     scale_subresource: false,
     definition: "io.k8s.api.storage.v1.StorageClass",
+    create_only: false,
 };
 
 pub static DATA_VOLUME: ResourceKind = ResourceKind {
@@ -306,6 +325,7 @@ pub static DATA_VOLUME: ResourceKind = ResourceKind {
     status_subresource: true,
     scale_subresource: false,
     definition: "cdi.v1beta1.DataVolume",
+    create_only: false,
 };
 
 pub static DATA_SOURCE: ResourceKind = ResourceKind {
@@ -320,6 +340,7 @@ pub static DATA_SOURCE: ResourceKind = ResourceKind {
     status_subresource: true,
     scale_subresource: false,
     definition: "cdi.v1beta1.DataSource",
+    create_only: false,
 };
 
 pub static STORAGE_PROFILE: ResourceKind = ResourceKind {
@@ -334,6 +355,7 @@ pub static STORAGE_PROFILE: ResourceKind = ResourceKind {
     status_subresource: true,
     scale_subresource: false,
     definition: "cdi.v1beta1.StorageProfile",
+    create_only: false,
 };
 
 pub static UPLOAD_TOKEN_REQUEST: ResourceKind = ResourceKind {
@@ -348,6 +370,7 @@ pub static UPLOAD_TOKEN_REQUEST: ResourceKind = ResourceKind {
     status_subresource: false,
     scale_subresource: false,
     definition: "cdi.v1beta1.UploadTokenRequest",
+    create_only: true,
 };
 
 /// Every served kind, in discovery order.
