@@ -68,8 +68,7 @@ pub fn document() -> Value {
     let mut all: Map<String, Value> = schemas;
     all.extend(openapi_k8s::reachable_schemas(&schemas_needed));
     doc["components"]["schemas"] = Value::Object(all);
-    doc["components"]["securitySchemes"] =
-        json!({"BearerToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+    doc["components"]["securitySchemes"] = json!({"BearerToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                "UploadToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                    "description": "status.token of an UploadTokenRequest (upload.cdi.kubevirt.io/v1beta1)"}});
     doc

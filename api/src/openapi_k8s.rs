@@ -136,7 +136,15 @@ fn paths_for(k: &ResourceKind, v3: bool) -> Vec<(String, Value)> {
     let item_params = with(ns_params.clone(), vec![path_param("name")]);
     let mut out = vec![];
     if k.create_only {
-        let post = operation(k, "post", &format!("create{scope}{}", k.kind), with(ns_params, write_params()), Some((vec!["application/json"], obj.clone())), obj, v3);
+        let post = operation(
+            k,
+            "post",
+            &format!("create{scope}{}", k.kind),
+            with(ns_params, write_params()),
+            Some((vec!["application/json"], obj.clone())),
+            obj,
+            v3,
+        );
         return vec![(collection, json!({"post": post}))];
     }
     out.push((

@@ -42,12 +42,21 @@ pub fn node_config(dir: &Path, prefix: &str) -> NodeConfig {
 }
 
 pub async fn spawn_guest_app() -> GuestApp {
+    spawn_guest_app_with(|_| {}).await
+}
+
+/// A guest app with the server's configuration adjusted (node included) before it starts.
+pub async fn spawn_guest_app_with(tweak: impl FnOnce(&mut converge_api::ServerConfig)) -> GuestApp {
     let prefix = format!("t{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let p = prefix.clone();
     let dir = tempfile::tempdir().expect("tempdir");
     let node = node_config(dir.path(), &p);
     let database_url = format!("sqlite://{}?mode=rwc", dir.path().join("converge.db").display());
-    let app = start_in(dir, database_url, move |c| c.node = Some(node)).await;
+    let app = start_in(dir, database_url, move |c| {
+        c.node = Some(node);
+        tweak(c);
+    })
+    .await;
     let guests = guest_dir();
     let agent = app.server.as_ref().and_then(|s| s.node.clone()).expect("node agent runs");
     for image in ["oci-kernel", "oci-halt"] {
