@@ -365,3 +365,95 @@ async fn registry_sources_pull_with_credentials() {
     .await;
     assert!(got, "{}", app.get(&format!("{}/anonymous", dvs("default"))).await.1);
 }
+
+/// `converge serve` stops in the middle of an import: after the restart the import starts over
+/// cleanly and finishes; nothing half-written is left or taken for done.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_cut_by_a_restart_starts_over_and_finishes() {
+    let app = storage_app(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let want = images(dir.path());
+    let slow = servers::slow_http(&dir.path().join("img.raw"), Duration::from_millis(40)).await;
+    let source = json!({"http": {"url": format!("http://127.0.0.1:{}/img.raw", slow.port)}});
+    assert_eq!(app.post(&dvs("default"), &dv("slow", source, "8Mi")).await.0, 201);
+    let midway = wait_until(WAIT, || async {
+        let d = app.get(&format!("{}/slow", dvs("default"))).await.1;
+        let p =
+            d["status"]["progress"].as_str().and_then(|p| p.trim_end_matches('%').parse::<f64>().ok()).unwrap_or(0.0);
+        d["status"]["phase"] == "ImportInProgress" && p > 5.0
+    })
+    .await;
+    assert!(midway, "{}", app.get(&format!("{}/slow", dvs("default"))).await.1);
+    let app = app.restart().await;
+    let done = wait_dv(&app, "default", "slow", &["Succeeded", "Failed"]).await;
+    assert_eq!(done["status"]["phase"], "Succeeded", "{done}");
+    let file = volume_file(&app, "default", "slow").await;
+    assert_eq!(&std::fs::read(&file).unwrap()[..want.len()], &want[..]);
+    let leftovers: Vec<String> = std::fs::read_dir(file.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "disk.img")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// Foreman's plugin makes volumes by hand and claims them by name and selector (its recorded
+/// requests): they bind without provisioning, and Retain keeps the admin's directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn hand_made_volumes_bind_to_the_claims_that_name_them() {
+    let app = storage_app(false).await;
+    let data = tempfile::tempdir().unwrap();
+    let pv = json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "my-local-storage",
+        "labels": {"type": "local", "component": "test", "tier": "dev"}},
+        "spec": {"storageClassName": "manual", "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "hostPath": {"path": data.path().display().to_string(), "type": "Directory"}}});
+    let (code, created) = app.post("/api/v1/persistentvolumes", &pv).await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+    assert_eq!(created["metadata"]["finalizers"], json!(["kubernetes.io/pv-protection"]));
+    assert!(
+        wait_until(WAIT, || async {
+            app.get("/api/v1/persistentvolumes/my-local-storage").await.1["status"]["phase"] == "Available"
+        })
+        .await
+    );
+    let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "my-local-storage-pvc", "namespace": "default"},
+        "spec": {"storageClassName": "manual", "resources": {"requests": {"storage": "512Mi"}, "limits": {"storage": "1Gi"}},
+                 "selector": {"matchLabels": {"component": "test"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["dev"]}]},
+                 "accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem", "volumeName": "my-local-storage"}});
+    assert_eq!(app.post("/api/v1/namespaces/default/persistentvolumeclaims", &pvc).await.0, 201);
+    let path = "/api/v1/namespaces/default/persistentvolumeclaims/my-local-storage-pvc";
+    assert!(
+        wait_until(WAIT, || async { app.get(path).await.1["status"]["phase"] == "Bound" }).await,
+        "{}",
+        app.get(path).await.1
+    );
+    let claimed = app.get("/api/v1/persistentvolumes/my-local-storage").await.1;
+    assert_eq!(claimed["spec"]["claimRef"]["name"], "my-local-storage-pvc");
+    assert_eq!(claimed["status"]["phase"], "Bound");
+    // A claim naming a volume that isn't there waits and says so.
+    let mut orphan = pvc.clone();
+    orphan["metadata"]["name"] = json!("orphan");
+    orphan["spec"]["volumeName"] = json!("nowhere");
+    assert_eq!(app.post("/api/v1/namespaces/default/persistentvolumeclaims", &orphan).await.0, 201);
+    let said = wait_until(WAIT, || async {
+        let events = app.get("/api/v1/namespaces/default/events").await.1;
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"] == "FailedBinding" && e["message"].as_str().unwrap_or("").contains("nowhere"))
+    })
+    .await;
+    assert!(said);
+    std::fs::write(data.path().join("keep.txt"), b"admin data").unwrap();
+    assert_eq!(app.delete(path, None).await.0, 200);
+    assert!(
+        wait_until(WAIT, || async {
+            app.get("/api/v1/persistentvolumes/my-local-storage").await.1["status"]["phase"] == "Released"
+        })
+        .await
+    );
+    assert!(data.path().join("keep.txt").exists());
+}

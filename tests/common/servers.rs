@@ -152,3 +152,39 @@ pub async fn s3_put(bucket: &str, key: &str, body: Vec<u8>) {
     let r = http.put(url).body(body).send().await.expect("s3 put");
     assert!(r.status().is_success(), "s3 put: {}", r.status());
 }
+
+const SLOW_SERVER: &str = r#"
+import http.server, sys, time
+path, delay = sys.argv[2], float(sys.argv[3])
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        data = open(path, 'rb').read()
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        try:
+            for i in range(0, len(data), 65536):
+                self.wfile.write(data[i:i + 65536])
+                self.wfile.flush()
+                time.sleep(delay)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()
+"#;
+
+/// Serves one file at any path, 64 KiB every `delay`: an import that takes a while.
+pub async fn slow_http(file: &Path, delay: Duration) -> Server {
+    let port = free_port();
+    let child = Command::new("python3")
+        .args(["-c", SLOW_SERVER, &port.to_string()])
+        .arg(file)
+        .arg(delay.as_secs_f64().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    wait_listening(port).await;
+    Server { port, child, _dir: None }
+}

@@ -67,6 +67,8 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
         core::validate_config_map(obj, &mut causes);
     } else if std::ptr::eq(kind, &kinds::PERSISTENT_VOLUME_CLAIM) {
         storage::admit_pvc(op, obj, ctx.old, &mut causes);
+    } else if std::ptr::eq(kind, &kinds::PERSISTENT_VOLUME) {
+        storage::admit_pv(op, obj, &mut causes);
     } else if std::ptr::eq(kind, &kinds::DATA_VOLUME) {
         storage::admit_datavolume(op, obj, ctx.old, &mut causes);
     } else if std::ptr::eq(kind, &kinds::STORAGE_CLASS) {

@@ -146,3 +146,28 @@ pub fn admit_data_source(obj: &Value, causes: &mut Vec<Cause>) {
         causes.push(Cause::required("spec.source", "Required value: a DataSource needs spec.source.pvc"));
     }
 }
+
+/// A volume made by hand: the apiserver's defaults (Retain, Filesystem) and its protection.
+pub fn admit_pv(op: Operation, obj: &mut Value, causes: &mut Vec<Cause>) {
+    if obj.pointer("/spec/capacity/storage").is_none() {
+        causes.push(Cause::required("spec.capacity", "Required value"));
+    }
+    if obj.pointer("/spec/accessModes").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+        causes.push(Cause::required("spec.accessModes", "Required value"));
+    }
+    if op != Operation::Create {
+        return;
+    }
+    if obj.pointer("/spec/persistentVolumeReclaimPolicy").is_none() {
+        obj["spec"]["persistentVolumeReclaimPolicy"] = Value::String("Retain".into());
+    }
+    if obj.pointer("/spec/volumeMode").is_none() {
+        obj["spec"]["volumeMode"] = Value::String("Filesystem".into());
+    }
+    let mut finalizers = crate::meta::finalizers(obj);
+    if !finalizers.iter().any(|f| f == "kubernetes.io/pv-protection") {
+        finalizers.push("kubernetes.io/pv-protection".to_string());
+        crate::meta::set_finalizers(obj, &finalizers);
+    }
+    obj["status"] = serde_json::json!({"phase": "Pending"});
+}

@@ -90,7 +90,23 @@ pub async fn resolve(store: &Store, namespace: &str, claim: &str) -> ApiResult<C
         Some(n) => store.get(&kinds::PERSISTENT_VOLUME, "", n).await?,
         None => None,
     };
-    Ok(state_of(pvc.as_ref(), pv.as_ref(), claim))
+    let state = state_of(pvc.as_ref(), pv.as_ref(), claim);
+    // A directory volume an admin made starts without a disk: KubeVirt makes `disk.img` the size
+    // of the volume on first use, and so does this.
+    if let (ClaimState::Ready(v), Some(pv)) = (&state, &pv) {
+        if !v.block && !v.file.exists() && v.file.parent().is_some_and(|d| d.is_dir()) {
+            let size =
+                pv.pointer("/spec/capacity/storage").and_then(|q| crate::quantity::parse_value(q).ok()).unwrap_or(0.0);
+            let made = std::fs::File::create(&v.file).and_then(|f| f.set_len((size as u64).div_ceil(512) * 512));
+            if let Err(e) = made {
+                return Ok(ClaimState::Waiting(
+                    "FailedAttachVolume".into(),
+                    format!("creating {}: {e}", v.file.display()),
+                ));
+            }
+        }
+    }
+    Ok(state)
 }
 
 #[cfg(test)]
@@ -100,7 +116,7 @@ mod tests {
 
     #[test]
     fn a_claim_is_ready_when_bound_and_filled() {
-        let pv = json!({"spec": {"hostPath": {"path": "/p/pvc-1/disk.img"}}});
+        let pv = json!({"spec": {"hostPath": {"path": "/p/pvc-1/disk.img", "type": "File"}}});
         let mut pvc = json!({"metadata": {"annotations": {ANN_POD_PHASE: "Running"}}, "spec": {"volumeMode": "Block"}, "status": {"phase": "Bound"}});
         assert!(matches!(state_of(None, None, "c"), ClaimState::Waiting(r, _) if r == "PVCNotFound"));
         assert!(matches!(state_of(Some(&pvc), Some(&pv), "c"), ClaimState::Waiting(r, _) if r == "DataVolumeNotReady"));

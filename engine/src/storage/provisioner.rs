@@ -113,6 +113,81 @@ pub fn bound_status(pv: &Value) -> Value {
     })
 }
 
+fn access_modes(obj: &Value) -> Vec<&str> {
+    obj.pointer("/spec/accessModes").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect()
+}
+
+fn capacity_of(pv: &Value) -> Option<f64> {
+    pv.pointer("/spec/capacity/storage").and_then(|q| crate::quantity::parse_value(q).ok())
+}
+
+/// Whether a PersistentVolume someone made can hold `pvc`, as the binder matches them: free (or
+/// pre-bound to this claim), same class, enough capacity, the access modes and volume mode, and
+/// the claim's selector.
+pub fn static_match(pvc: &Value, pv: &Value) -> bool {
+    if meta::is_deleting(pv) {
+        return false;
+    }
+    let claim_ref = pv.pointer("/spec/claimRef");
+    let free = match claim_ref {
+        None | Some(Value::Null) => true,
+        Some(r) => {
+            r.get("name").and_then(Value::as_str) == Some(meta::name(pvc))
+                && r.get("namespace").and_then(Value::as_str) == Some(meta::namespace(pvc))
+                && r.get("uid").and_then(Value::as_str).is_none_or(|u| u == meta::uid(pvc))
+        }
+    };
+    let class = |o: &Value| o.pointer("/spec/storageClassName").and_then(Value::as_str).unwrap_or("").to_string();
+    let enough = match (requested_bytes(pvc), capacity_of(pv)) {
+        (Some(want), Some(have)) => have >= want as f64,
+        _ => false,
+    };
+    let modes_ok = {
+        let have = access_modes(pv);
+        access_modes(pvc).iter().all(|m| have.contains(m))
+    };
+    let selector_ok = match pvc.pointer("/spec/selector").filter(|s| s.is_object()) {
+        None => true,
+        Some(sel) => crate::selector::LabelSelector::from_object(sel).is_ok_and(|s| s.matches(&meta::labels(pv))),
+    };
+    free && class(pv) == class(pvc) && enough && modes_ok && volume_mode(pv) == volume_mode(pvc) && selector_ok
+}
+
+/// The volume a claim binds to without provisioning: the one it names, else the smallest match.
+pub fn pick_static<'a>(pvc: &Value, pvs: &'a [Value]) -> Option<&'a Value> {
+    match pvc.pointer("/spec/volumeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        Some(name) => pvs.iter().find(|pv| meta::name(pv) == name && static_match(pvc, pv)),
+        None => pvs
+            .iter()
+            .filter(|pv| static_match(pvc, pv))
+            .min_by(|a, b| capacity_of(a).unwrap_or(0.0).total_cmp(&capacity_of(b).unwrap_or(0.0))),
+    }
+}
+
+/// `pv` with its claim reference set to `pvc`.
+pub fn claimed_volume(pv: &Value, pvc: &Value) -> Value {
+    let mut next = pv.clone();
+    next["spec"]["claimRef"] = json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "namespace": meta::namespace(pvc),
+        "name": meta::name(pvc),
+        "uid": meta::uid(pvc),
+    });
+    next
+}
+
+/// The directory and disk file of a volume: our `File` volumes are `DIR/disk.img`; a directory
+/// volume (`hostPath` of type Directory, as admins make them) holds `disk.img`, as KubeVirt
+/// expects of filesystem claims.
+pub fn layout(pv: &Value) -> Option<(PathBuf, PathBuf)> {
+    let path = PathBuf::from(pv.pointer("/spec/hostPath/path").and_then(Value::as_str)?);
+    match pv.pointer("/spec/hostPath/type").and_then(Value::as_str) {
+        Some("File") | Some("FileOrCreate") | Some("BlockDevice") => Some((path.parent()?.to_path_buf(), path)),
+        _ => Some((path.clone(), path.join("disk.img"))),
+    }
+}
+
 /// The default StorageClass and its StorageProfile, made at first start when no class exists.
 pub fn default_class() -> Value {
     json!({
@@ -194,6 +269,29 @@ mod tests {
         let classes = [wffc.clone(), default_class()];
         assert_eq!(meta::name(class_for(None, &classes).unwrap()), "local");
         assert_eq!(meta::name(class_for(Some("late"), &classes).unwrap()), "late");
+    }
+
+    #[test]
+    fn static_volumes_bind_as_the_binder_matches_them() {
+        // Foreman's recorded PV and claim.
+        let pv = json!({"metadata": {"name": "my-local-storage", "labels": {"type": "local", "component": "test", "tier": "dev"}},
+            "spec": {"storageClassName": "manual", "capacity": {"storage": "3Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "hostPath": {"path": "/mnt/data/datax", "type": "Directory"}, "volumeMode": "Filesystem"}});
+        let mut claim = pvc("2Gi", Some("manual"));
+        claim["spec"]["volumeMode"] = json!("Filesystem");
+        claim["spec"]["selector"] = json!({"matchLabels": {"component": "test"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["dev"]}]});
+        claim["spec"]["volumeName"] = json!("my-local-storage");
+        let pvs = [pv.clone()];
+        assert_eq!(pick_static(&claim, &pvs).map(meta::name), Some("my-local-storage"));
+        let mut big = claim.clone();
+        big["spec"]["resources"]["requests"]["storage"] = json!("4Gi");
+        assert!(pick_static(&big, &pvs).is_none());
+        let mut other = claim.clone();
+        other["spec"]["selector"] = json!({"matchLabels": {"tier": "prod"}});
+        assert!(pick_static(&other, &pvs).is_none());
+        let taken = claimed_volume(&pv, &json!({"metadata": {"name": "x", "namespace": "ns", "uid": "u-9"}}));
+        assert!(pick_static(&claim, &[taken]).is_none());
+        assert_eq!(layout(&pv).unwrap().1, PathBuf::from("/mnt/data/datax/disk.img"));
     }
 
     #[test]

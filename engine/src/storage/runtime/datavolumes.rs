@@ -78,8 +78,7 @@ async fn target_of(s: &Shared, ns: &str, claim: &str) -> Result<Target, StorageE
     let pv_name = pvc.as_ref().and_then(|p| p.pointer("/spec/volumeName")).and_then(Value::as_str).unwrap_or_default();
     let pv = s.store.get(&kinds::PERSISTENT_VOLUME, "", pv_name).await.map_err(|e| transient(e.message))?;
     let pv = pv.ok_or_else(|| transient(format!("claim {claim:?} has no volume yet")))?;
-    let file = pv.pointer("/spec/hostPath/path").and_then(Value::as_str).map(PathBuf::from);
-    let dir = file.as_ref().and_then(|f| f.parent()).map(Path::to_path_buf);
+    let dir = provisioner::layout(&pv).map(|(dir, _)| dir);
     let capacity =
         pv.pointer("/spec/capacity/storage").and_then(|q| crate::quantity::parse_value(q).ok()).map(|v| v as u64);
     match (dir, capacity) {

@@ -230,23 +230,52 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
         }
         return Ok(());
     }
-    if pvc.pointer("/spec/volumeName").and_then(Value::as_str).is_some_and(|v| !v.is_empty()) {
-        // Bound already (or bound before a crash, status not yet written).
-        let pv_name = pvc.pointer("/spec/volumeName").and_then(Value::as_str).unwrap_or_default();
-        if let Some(pv) = s.store.get(&kinds::PERSISTENT_VOLUME, "", pv_name).await? {
-            crate::controllers::runtime_write_status(
-                &s.store,
-                &kinds::PERSISTENT_VOLUME_CLAIM,
-                &pvc,
-                provisioner::bound_status(&pv),
-            )
-            .await?;
+    let pvs = s.store.list_values(&kinds::PERSISTENT_VOLUME, None).await?;
+    // Bound already (or bound before a crash, status not yet written).
+    let mine = pvs.iter().find(|pv| pv.pointer("/spec/claimRef/uid").and_then(Value::as_str) == Some(meta::uid(&pvc)));
+    if let Some(pv) = mine {
+        if pvc.pointer("/spec/volumeName").and_then(Value::as_str) != Some(meta::name(pv)) {
+            s.store
+                .update(&kinds::PERSISTENT_VOLUME_CLAIM, provisioner::bound_claim(&pvc, pv), UpdateMode::Main, false)
+                .await?;
+            return Ok(());
         }
-        return Ok(());
+        return crate::controllers::runtime_write_status(
+            &s.store,
+            &kinds::PERSISTENT_VOLUME_CLAIM,
+            &pvc,
+            provisioner::bound_status(pv),
+        )
+        .await;
     }
-    let all = classes(s).await?;
-    let class = provisioner::class_for(pvc.pointer("/spec/storageClassName").and_then(Value::as_str), &all);
-    if let Err((reason, message)) = provisioner::binding_decision(&pvc, class, consumed) {
+    // A volume someone made that fits (or the one the claim names).
+    if let Some(pv) = provisioner::pick_static(&pvc, &pvs) {
+        let claimed = s
+            .store
+            .update(&kinds::PERSISTENT_VOLUME, provisioner::claimed_volume(pv, &pvc), UpdateMode::Main, false)
+            .await?;
+        crate::controllers::runtime_write_status(
+            &s.store,
+            &kinds::PERSISTENT_VOLUME,
+            &claimed,
+            json!({"phase": "Bound"}),
+        )
+        .await?;
+        let bound = s
+            .store
+            .update(&kinds::PERSISTENT_VOLUME_CLAIM, provisioner::bound_claim(&pvc, &claimed), UpdateMode::Main, false)
+            .await?;
+        return crate::controllers::runtime_write_status(
+            &s.store,
+            &kinds::PERSISTENT_VOLUME_CLAIM,
+            &bound,
+            provisioner::bound_status(&claimed),
+        )
+        .await;
+    }
+    let pvc_ref = &pvc;
+    let pending = |reason: &'static str, message: String| async move {
+        let pvc = pvc_ref;
         let kind = if reason == "WaitForFirstConsumer" || reason == "ExternalProvisioning" {
             events::NORMAL
         } else {
@@ -255,7 +284,7 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
         events::record(
             &s.store,
             &kinds::PERSISTENT_VOLUME_CLAIM,
-            &pvc,
+            pvc,
             kind,
             reason,
             &message,
@@ -265,34 +294,27 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
         crate::controllers::runtime_write_status(
             &s.store,
             &kinds::PERSISTENT_VOLUME_CLAIM,
-            &pvc,
+            pvc,
             json!({"phase": "Pending"}),
         )
-        .await?;
-        return Ok(());
+        .await
+    };
+    if let Some(wanted) = pvc.pointer("/spec/volumeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        let why = match pvs.iter().find(|pv| meta::name(pv) == wanted) {
+            None => format!("volume \"{wanted}\" not found"),
+            Some(_) => format!("volume \"{wanted}\" does not match the claim (class, capacity, access modes, volume mode, selector) or is bound to another claim"),
+        };
+        return pending("FailedBinding", why).await;
+    }
+    let all = classes(s).await?;
+    let class = provisioner::class_for(pvc.pointer("/spec/storageClassName").and_then(Value::as_str), &all);
+    if let Err((reason, message)) = provisioner::binding_decision(&pvc, class, consumed) {
+        return pending(reason, message).await;
     }
     let Some(class) = class else { return Ok(()) };
     let (pv, dir, size) = match provisioner::volume_for(&pvc, class, &s.config) {
         Ok(v) => v,
-        Err(message) => {
-            events::record(
-                &s.store,
-                &kinds::PERSISTENT_VOLUME_CLAIM,
-                &pvc,
-                events::WARNING,
-                "ProvisioningFailed",
-                &message,
-                PROVISIONER_COMPONENT,
-            )
-            .await;
-            return crate::controllers::runtime_write_status(
-                &s.store,
-                &kinds::PERSISTENT_VOLUME_CLAIM,
-                &pvc,
-                json!({"phase": "Pending"}),
-            )
-            .await;
-        }
+        Err(message) => return pending("ProvisioningFailed", message).await,
     };
     if let Err(e) = make_volume_file(&dir, size) {
         let message = format!("failed to provision volume in {}: {e}", dir.display());
@@ -340,6 +362,16 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
     Ok(())
 }
 
+async fn release_finalizer(s: &Shared, pv: &Value) -> ApiResult<()> {
+    let rest: Vec<String> = meta::finalizers(pv).into_iter().filter(|f| f != PV_PROTECTION).collect();
+    if rest.len() == meta::finalizers(pv).len() {
+        return Ok(());
+    }
+    let mut next = pv.clone();
+    meta::set_finalizers(&mut next, &rest);
+    s.store.update(&kinds::PERSISTENT_VOLUME, next, UpdateMode::Main, false).await.map(|_| ())
+}
+
 const PROVISIONER_COMPONENT: &str = "converge.dev/local-pool";
 
 /// The volume's directory and its sparse `disk.img`, unless they exist.
@@ -358,6 +390,19 @@ fn make_volume_file(dir: &Path, size: u64) -> std::io::Result<()> {
 /// Reclaims a volume whose claim is gone: Delete removes it and its files, Retain keeps both.
 async fn sync_pv(s: &Shared, name: &str) -> ApiResult<()> {
     let Some(pv) = s.store.get(&kinds::PERSISTENT_VOLUME, "", name).await? else { return Ok(()) };
+    // Unclaimed, or pre-bound by an admin to a claim that is not there yet.
+    if pv.pointer("/spec/claimRef/uid").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if meta::is_deleting(&pv) {
+            return release_finalizer(s, &pv).await;
+        }
+        return crate::controllers::runtime_write_status(
+            &s.store,
+            &kinds::PERSISTENT_VOLUME,
+            &pv,
+            json!({"phase": "Available"}),
+        )
+        .await;
+    }
     let claim_ns = pv.pointer("/spec/claimRef/namespace").and_then(Value::as_str).unwrap_or_default();
     let claim_name = pv.pointer("/spec/claimRef/name").and_then(Value::as_str).unwrap_or_default();
     let claim_uid = pv.pointer("/spec/claimRef/uid").and_then(Value::as_str).unwrap_or_default();
@@ -380,18 +425,14 @@ async fn sync_pv(s: &Shared, name: &str) -> ApiResult<()> {
         if let Some(file) = pv.pointer("/spec/hostPath/path").and_then(Value::as_str).map(PathBuf::from) {
             let _ = s.tool.detach_block(&file);
             // Only the directory this provisioner made, named after the volume.
-            if let Some(dir) = file.parent().filter(|d| d.file_name().and_then(|n| n.to_str()) == Some(name)) {
+            let ours = annotation(&pv, "pv.kubernetes.io/provisioned-by") == Some(super::PROVISIONER);
+            if let Some(dir) = file.parent().filter(|d| ours && d.file_name().and_then(|n| n.to_str()) == Some(name)) {
                 if policy == "Delete" {
                     let _ = std::fs::remove_dir_all(dir);
                 }
             }
         }
-        let mut next = pv.clone();
-        let rest: Vec<String> = meta::finalizers(&pv).into_iter().filter(|f| f != PV_PROTECTION).collect();
-        meta::set_finalizers(&mut next, &rest);
-        if rest.len() != meta::finalizers(&pv).len() {
-            s.store.update(&kinds::PERSISTENT_VOLUME, next, UpdateMode::Main, false).await?;
-        }
+        release_finalizer(s, &pv).await?;
         if !meta::is_deleting(&pv) {
             let opts = DeleteOptions { precondition_uid: Some(meta::uid(&pv).to_string()), ..DeleteOptions::default() };
             match s.store.delete(&kinds::PERSISTENT_VOLUME, "", name, &opts).await {
