@@ -156,3 +156,33 @@ async fn vms_boot_from_imported_uploaded_and_cloned_datavolumes() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_block_mode_volume_boots_through_a_loop_device() {
+    let g = spawn_guest_app_with(|c| c.storage.allow_private_imports = true).await;
+    let web = servers::http(&guest_dir()).await;
+    within(Duration::from_secs(240), async {
+        let templates = json!([{"metadata": {"name": "block-root"}, "spec": {
+            "source": {"http": {"url": format!("http://127.0.0.1:{}/disk.qcow2", web.port)}},
+            "storage": {"volumeMode": "Block", "resources": {"requests": {"storage": "256Mi"}}}}}]);
+        let vm = disk_vm("blocky", json!({"dataVolume": {"name": "block-root"}}), templates);
+        assert_eq!(g.app.post(VMS, &vm).await.0, 201);
+        boots(&g, "blocky").await;
+        let xml = g.libvirt.xml(&g.domain("blocky")).unwrap();
+        assert!(xml.contains("<disk type='block'") && xml.contains("/dev/loop"), "{xml}");
+        let pvc = g.app.get("/api/v1/namespaces/default/persistentvolumeclaims/block-root").await.1;
+        assert_eq!(pvc["spec"]["volumeMode"], "Block");
+        let pv = g.app.get(&format!("/api/v1/persistentvolumes/{}", pvc["spec"]["volumeName"].as_str().unwrap())).await.1;
+        let file = pv["spec"]["hostPath"]["path"].as_str().unwrap().to_string();
+        let attached = |f: &str| {
+            let out = std::process::Command::new("losetup").arg("-j").arg(f).output().unwrap();
+            !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+        };
+        assert!(attached(&file));
+        // The VM goes, and with it the loop device (and, by ownership, the volume).
+        assert_eq!(g.app.delete(&format!("{VMS}/blocky"), None).await.0, 200);
+        assert!(wait_until(SETTLE, || async { !attached(&file) }).await, "loop device still attached to {file}");
+        assert!(wait_until(SETTLE, || async { !std::path::Path::new(&file).exists() }).await, "the volume was reclaimed");
+    })
+    .await;
+}

@@ -153,6 +153,7 @@ async fn our_domain(s: &Arc<Shared>, name: &str) -> ApiResult<Option<(String, Do
 async fn tear_down(s: &Arc<Shared>, domain: &str, vmi_uid: &str) -> ApiResult<()> {
     let (hv, n) = (Arc::clone(&s.hv), domain.to_string());
     blocking(move || hv.destroy(&n).and_then(|_| hv.undefine(&n))).await?.map_err(hv_error)?;
+    super::volumes::detach_claims(s, vmi_uid).await;
     let _ = std::fs::remove_dir_all(vmi_dir(s, vmi_uid));
     if let Ok(mut d) = s.shutdown_deadlines.lock() {
         d.remove(vmi_uid);
@@ -209,6 +210,7 @@ async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> 
         if state.is_some() {
             tear_down(s, &domain, &uid).await?;
         } else {
+            super::volumes::detach_claims(s, &uid).await;
             let _ = std::fs::remove_dir_all(vmi_dir(s, &uid));
         }
         remove_finalizer(s, &vmi).await?;

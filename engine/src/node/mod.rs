@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     pub queue: Arc<WorkQueue<Key>>,
     /// VMI uid → consecutive image pull failures (ErrImagePull, then ImagePullBackOff).
     pub pull_failures: Mutex<HashMap<String, u32>>,
+    /// VMI uid → files of block-mode claims attached through loop devices for it.
+    pub loop_backed: Mutex<HashMap<String, Vec<PathBuf>>>,
 }
 
 pub struct NodeAgent {
@@ -249,6 +251,7 @@ pub async fn start(
         qemu_owner: qemu_owner(),
         shutdown_deadlines: Mutex::new(HashMap::new()),
         pull_failures: Mutex::new(HashMap::new()),
+        loop_backed: Mutex::new(HashMap::new()),
         queue: WorkQueue::new(),
         config: config.clone(),
     });

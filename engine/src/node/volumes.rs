@@ -25,6 +25,9 @@ pub async fn attach_claims(s: &Shared, vmi: &Value) -> Result<ClaimPaths, Wait> 
         match state {
             ClaimState::Ready(v) if v.block => {
                 let file = v.file.clone();
+                if let Ok(mut m) = s.loop_backed.lock() {
+                    m.entry(meta::uid(vmi).to_string()).or_default().push(file.clone());
+                }
                 let dev = tokio::task::spawn_blocking(move || SystemVolumeTool.attach_block(&file))
                     .await
                     .map_err(|e| ("FailedAttachVolume".to_string(), e.to_string()))?
@@ -38,6 +41,17 @@ pub async fn attach_claims(s: &Shared, vmi: &Value) -> Result<ClaimPaths, Wait> 
         }
     }
     Ok(out)
+}
+
+/// Detaches the loop devices attached for a VMI whose guest is gone.
+pub async fn detach_claims(s: &Shared, vmi_uid: &str) {
+    let files = s.loop_backed.lock().ok().and_then(|mut m| m.remove(vmi_uid)).unwrap_or_default();
+    for file in files {
+        let result = tokio::task::spawn_blocking(move || SystemVolumeTool.detach_block(&file)).await;
+        if let Ok(Err(e)) = result {
+            tracing::warn!(error = %e, "could not detach a loop device");
+        }
+    }
 }
 
 /// Kubernetes' default: `Always` for `:latest` or untagged references, else `IfNotPresent`.
