@@ -457,3 +457,23 @@ async fn hand_made_volumes_bind_to_the_claims_that_name_them() {
     );
     assert!(data.path().join("keep.txt").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_applies_datavolumes_and_prints_storage_like_a_cluster() {
+    let app = storage_app(false).await;
+    let manifest = "apiVersion: cdi.kubevirt.io/v1beta1\nkind: DataVolume\nmetadata:\n  name: scratch\nspec:\n  source:\n    blank: {}\n  storage:\n    resources:\n      requests:\n        storage: 64Mi\n";
+    let (ok, out, err) = app.kubectl_stdin(&["apply", "-f", "-"], Some(manifest)).await;
+    assert!(ok, "{out}{err}");
+    wait_dv(&app, "default", "scratch", &["Succeeded"]).await;
+    let (ok, out, err) = app.kubectl(&["get", "dv"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("PHASE") && out.contains("PROGRESS") && out.contains("Succeeded") && out.contains("100.0%"), "{out}");
+    let (_, out, _) = app.kubectl(&["get", "pvc"]).await;
+    assert!(out.contains("scratch") && out.contains("Bound") && out.contains("64Mi") && out.contains("RWO") && out.contains("local"), "{out}");
+    let (_, out, _) = app.kubectl(&["get", "sc"]).await;
+    assert!(out.contains("local (default)") && out.contains("converge.dev/local-pool") && out.contains("Immediate"), "{out}");
+    let (_, out, _) = app.kubectl(&["get", "pv"]).await;
+    assert!(out.contains("Delete") && out.contains("default/scratch"), "{out}");
+    let (ok, _, err) = app.kubectl(&["get", "uploadtokenrequests"]).await;
+    assert!(!ok && err.contains("not allowed") || err.contains("MethodNotAllowed") || err.contains("405"), "{err}");
+}

@@ -296,6 +296,7 @@ async fn create(
     place(path, &mut obj, None)?;
     let warnings = check_object(kind, &mut obj, q.field_validation)?;
     let presets = presets_for(state, kind, item_namespace(path)).await?;
+    admission::defaults_from_store(&state.store, kind, &mut obj).await?;
     let (instancetype, preference) = admission::lookup_instancetypes(&state.store, kind, &obj).await?;
     let ctx = admission::Context { old: None, presets: &presets, instancetype, preference };
     admission::admit(kind, Operation::Create, &mut obj, &ctx)?;

@@ -5,6 +5,9 @@ use converge_engine::kinds::{self, ResourceKind};
 use converge_engine::meta;
 use serde_json::{json, Value};
 
+#[path = "table_storage.rs"]
+mod storage;
+
 struct Column {
     name: &'static str,
     kind: &'static str,
@@ -101,7 +104,9 @@ fn count_keys(o: &Value, fields: &[&str]) -> Value {
 }
 
 fn columns(kind: &ResourceKind) -> Vec<Column> {
-    if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE) {
+    if let Some(columns) = storage::columns(kind) {
+        columns
+    } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE) {
         vec![
             NAME,
             AGE,
@@ -378,7 +383,8 @@ struct RowSpec {
 
 /// Parse a stored object for a Table row, only as far as the row needs.
 pub fn parse_row_source(kind: &ResourceKind, raw: &str, include: IncludeObject) -> serde_json::Result<Value> {
-    if kind.is_core() || include == IncludeObject::Object {
+    // The slim parse serves the big custom kinds; storage rows read fields outside status.
+    if kind.is_core() || include == IncludeObject::Object || storage::columns(kind).is_some() {
         return serde_json::from_str(raw);
     }
     let row: RowSource = serde_json::from_str(raw)?;

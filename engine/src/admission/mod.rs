@@ -163,6 +163,21 @@ fn validate_metadata(kind: &ResourceKind, obj: &Value, op: Operation, causes: &m
 #[cfg(test)]
 mod tests;
 
+/// Defaults that need the store, applied on create before admission: the DefaultStorageClass
+/// admission plugin's (a claim without `storageClassName` gets the default class; an explicit
+/// empty string means "no class" and stays).
+pub async fn defaults_from_store(store: &crate::store::Store, kind: &ResourceKind, obj: &mut Value) -> ApiResult<()> {
+    if std::ptr::eq(kind, &kinds::PERSISTENT_VOLUME_CLAIM) && obj.pointer("/spec/storageClassName").is_none() {
+        let classes = store.list_values(&kinds::STORAGE_CLASS, None).await?;
+        if let Some(class) = crate::storage::provisioner::class_for(None, &classes) {
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.insert("storageClassName".into(), Value::String(meta::name(class).to_string()));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Creates `obj` the way the API does after decoding: presets of its namespace, admission, then
 /// the store. Controllers create their children through this, never around admission.
 pub async fn create_admitted(
@@ -172,6 +187,7 @@ pub async fn create_admitted(
     dry_run: bool,
 ) -> ApiResult<Value> {
     let presets = presets_for(store, kind, meta::namespace(&obj)).await?;
+    defaults_from_store(store, kind, &mut obj).await?;
     let (instancetype, preference) = lookup_instancetypes(store, kind, &obj).await?;
     admit(kind, Operation::Create, &mut obj, &Context { old: None, presets: &presets, instancetype, preference })?;
     store.create(kind, obj, dry_run).await
