@@ -314,6 +314,14 @@ async fn uploads_and_clones_across_namespaces_when_allowed() {
     let ds = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataSource", "metadata": {"name": "debian"},
         "spec": {"source": {"pvc": {"name": "golden-disk", "namespace": "golden"}}}});
     assert_eq!(app.post("/apis/cdi.kubevirt.io/v1beta1/namespaces/golden/datasources", &ds).await.0, 201);
+    let ready = wait_until(WAIT, || async {
+        let ds = app.get("/apis/cdi.kubevirt.io/v1beta1/namespaces/golden/datasources/debian").await.1;
+        ds["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    })
+    .await;
+    assert!(ready, "{}", app.get("/apis/cdi.kubevirt.io/v1beta1/namespaces/golden/datasources/debian").await.1);
     let by_ref = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": "root"},
         "spec": {"sourceRef": {"kind": "DataSource", "name": "debian", "namespace": "golden"},
                  "storage": {"resources": {"requests": {"storage": "16Mi"}}}}});
@@ -467,11 +475,24 @@ async fn kubectl_applies_datavolumes_and_prints_storage_like_a_cluster() {
     wait_dv(&app, "default", "scratch", &["Succeeded"]).await;
     let (ok, out, err) = app.kubectl(&["get", "dv"]).await;
     assert!(ok, "{err}");
-    assert!(out.contains("PHASE") && out.contains("PROGRESS") && out.contains("Succeeded") && out.contains("100.0%"), "{out}");
+    assert!(
+        out.contains("PHASE") && out.contains("PROGRESS") && out.contains("Succeeded") && out.contains("100.0%"),
+        "{out}"
+    );
     let (_, out, _) = app.kubectl(&["get", "pvc"]).await;
-    assert!(out.contains("scratch") && out.contains("Bound") && out.contains("64Mi") && out.contains("RWO") && out.contains("local"), "{out}");
+    assert!(
+        out.contains("scratch")
+            && out.contains("Bound")
+            && out.contains("64Mi")
+            && out.contains("RWO")
+            && out.contains("local"),
+        "{out}"
+    );
     let (_, out, _) = app.kubectl(&["get", "sc"]).await;
-    assert!(out.contains("local (default)") && out.contains("converge.dev/local-pool") && out.contains("Immediate"), "{out}");
+    assert!(
+        out.contains("local (default)") && out.contains("converge.dev/local-pool") && out.contains("Immediate"),
+        "{out}"
+    );
     let (_, out, _) = app.kubectl(&["get", "pv"]).await;
     assert!(out.contains("Delete") && out.contains("default/scratch"), "{out}");
     let (ok, _, err) = app.kubectl(&["get", "uploadtokenrequests"]).await;

@@ -172,7 +172,8 @@ async fn a_block_mode_volume_boots_through_a_loop_device() {
         assert!(xml.contains("<disk type='block'") && xml.contains("/dev/loop"), "{xml}");
         let pvc = g.app.get("/api/v1/namespaces/default/persistentvolumeclaims/block-root").await.1;
         assert_eq!(pvc["spec"]["volumeMode"], "Block");
-        let pv = g.app.get(&format!("/api/v1/persistentvolumes/{}", pvc["spec"]["volumeName"].as_str().unwrap())).await.1;
+        let pv =
+            g.app.get(&format!("/api/v1/persistentvolumes/{}", pvc["spec"]["volumeName"].as_str().unwrap())).await.1;
         let file = pv["spec"]["hostPath"]["path"].as_str().unwrap().to_string();
         let attached = |f: &str| {
             let out = std::process::Command::new("losetup").arg("-j").arg(f).output().unwrap();
@@ -182,7 +183,10 @@ async fn a_block_mode_volume_boots_through_a_loop_device() {
         // The VM goes, and with it the loop device (and, by ownership, the volume).
         assert_eq!(g.app.delete(&format!("{VMS}/blocky"), None).await.0, 200);
         assert!(wait_until(SETTLE, || async { !attached(&file) }).await, "loop device still attached to {file}");
-        assert!(wait_until(SETTLE, || async { !std::path::Path::new(&file).exists() }).await, "the volume was reclaimed");
+        assert!(
+            wait_until(SETTLE, || async { !std::path::Path::new(&file).exists() }).await,
+            "the volume was reclaimed"
+        );
     })
     .await;
 }

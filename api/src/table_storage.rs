@@ -69,7 +69,9 @@ pub(super) fn columns(kind: &ResourceKind) -> Option<Vec<Column>> {
                 }
             }),
             col("StorageClass", "The storage class of the volume", 0, |o| text(o, "/spec/storageClassName")),
-            col("VolumeAttributesClass", "The volume attributes class", 0, |o| or_unset(text(o, "/spec/volumeAttributesClassName"))),
+            col("VolumeAttributesClass", "The volume attributes class", 0, |o| {
+                or_unset(text(o, "/spec/volumeAttributesClassName"))
+            }),
             col("Reason", "Why the volume is in its phase", 0, |o| text(o, "/status/reason")),
             AGE,
             col("VolumeMode", "Filesystem or Block", 1, |o| text(o, "/spec/volumeMode")),
@@ -90,7 +92,9 @@ pub(super) fn columns(kind: &ResourceKind) -> Option<Vec<Column>> {
             col("ReclaimPolicy", "What happens to volumes when their claim goes", 0, |o| {
                 o.get("reclaimPolicy").cloned().unwrap_or(json!("Delete"))
             }),
-            col("VolumeBindingMode", "When claims bind", 0, |o| o.get("volumeBindingMode").cloned().unwrap_or(json!("Immediate"))),
+            col("VolumeBindingMode", "When claims bind", 0, |o| {
+                o.get("volumeBindingMode").cloned().unwrap_or(json!("Immediate"))
+            }),
             col("AllowVolumeExpansion", "Whether claims may grow", 0, |o| {
                 json!(o.get("allowVolumeExpansion").and_then(Value::as_bool).unwrap_or(false).to_string())
             }),
@@ -103,7 +107,9 @@ pub(super) fn columns(kind: &ResourceKind) -> Option<Vec<Column>> {
             col("Progress", "DataVolume progress", 0, |o| text(o, "/status/progress")),
             Column {
                 kind: "integer",
-                ..col("Restarts", "DataVolume restarts", 0, |o| o.pointer("/status/restartCount").cloned().unwrap_or(json!(0)))
+                ..col("Restarts", "DataVolume restarts", 0, |o| {
+                    o.pointer("/status/restartCount").cloned().unwrap_or(json!(0))
+                })
             },
             AGE,
         ]

@@ -215,6 +215,10 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
             Err(why) => blocked = Some(why),
         }
     }
+    // A blocked clone looks again soon: a namespace may start allowing it, a source may appear.
+    if blocked.is_some() {
+        s.dvs.add_after((ns.clone(), name.clone()), Duration::from_secs(3));
+    }
     let seen = Observed { pvc: pvc.as_ref(), wait_for_consumer, job: job.clone(), blocked, restarts };
     let decision = datavolume::decide(&dv, &source, &seen, &now);
     if decision.create_claim {

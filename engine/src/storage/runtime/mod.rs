@@ -119,6 +119,37 @@ async fn resync_all(s: &Shared) {
         }
     }
     sync_profiles(s).await;
+    sync_data_sources(s).await;
+}
+
+/// DataSources read Ready once the claim they name is there and filled, as CDI's do.
+async fn sync_data_sources(s: &Shared) {
+    let Ok(sources) = s.store.list_values(&kinds::DATA_SOURCE, None).await else { return };
+    let now = meta::now_rfc3339();
+    for ds in &sources {
+        let ns = meta::namespace(ds);
+        let claim = ds.pointer("/spec/source/pvc/name").and_then(Value::as_str);
+        let claim_ns =
+            ds.pointer("/spec/source/pvc/namespace").and_then(Value::as_str).filter(|n| !n.is_empty()).unwrap_or(ns);
+        let (ready, reason, message) = match claim {
+            None => (false, "NoSource", "spec.source.pvc is not set".to_string()),
+            Some(c) => match claims::resolve(&s.store, claim_ns, c).await {
+                Ok(claims::ClaimState::Ready(_)) => (true, "Ready", String::new()),
+                Ok(claims::ClaimState::Waiting(reason, message)) => {
+                    (false, if reason == "PVCNotFound" { "NotFound" } else { "Pending" }, message)
+                }
+                Err(e) => (false, "Error", e.message),
+            },
+        };
+        let mut conditions = ds.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+        super::set_cdi_condition(&mut conditions, "Ready", ready, reason, &message, &now);
+        let status =
+            json!({"conditions": conditions, "source": ds.pointer("/spec/source").cloned().unwrap_or(json!({}))});
+        if ds.get("status").is_some_and(|old| super::same_ignoring_heartbeats(old, &status)) {
+            continue;
+        }
+        let _ = crate::controllers::runtime_write_status(&s.store, &kinds::DATA_SOURCE, ds, status).await;
+    }
 }
 
 async fn feed(s: Arc<Shared>) {
@@ -146,6 +177,7 @@ async fn feed(s: Arc<Shared>) {
                             s.pvs.add((String::new(), pv.to_string()));
                         }
                         requeue_waiting_dvs(&s).await;
+                        sync_data_sources(&s).await;
                     } else if ev.kind_key == pv_key {
                         s.pvs.add(key);
                     } else if ev.kind_key == dv_key {
@@ -162,6 +194,7 @@ async fn feed(s: Arc<Shared>) {
                         }
                     } else if ev.kind_key == ds_key {
                         requeue_waiting_dvs(&s).await;
+                        sync_data_sources(&s).await;
                     }
                 }
                 Err(RecvError::Lagged(_)) => resync_all(&s).await,
