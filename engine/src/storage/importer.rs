@@ -311,7 +311,7 @@ pub fn finalize(src: &Path, owned: bool, target: &Target, tool: &dyn VolumeTool)
     match sniff_image_format(&head) {
         None => {
             let size = std::fs::metadata(src)?.len();
-            if size == 0 || size % 512 != 0 {
+            if size == 0 || !size.is_multiple_of(512) {
                 return Err(StorageError::refused(format!(
                     "not a disk image: {size} bytes of raw data is not a whole number of 512-byte sectors"
                 )));

@@ -85,7 +85,7 @@ pub fn volume_for(pvc: &Value, class: &Value, config: &StorageConfig) -> Result<
 /// Bytes as the apiserver prints them: `16Mi`, `2Gi`, or plain bytes.
 pub fn quantity(bytes: u64) -> String {
     for (suffix, unit) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
-        if bytes >= unit && bytes % unit == 0 {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
             return format!("{}{suffix}", bytes / unit);
         }
     }
