@@ -161,6 +161,7 @@ pub async fn import_stream<R: AsyncRead + Unpin + Send + 'static>(
 ) -> Result<(), StorageError> {
     let checksum = checksum.filter(|c| !c.is_empty()).map(Checksum::parse).transpose()?;
     target.clean();
+    let started = std::time::Instant::now();
     let meter = Arc::new(std::sync::Mutex::new(Meter { checksum, ..Meter::default() }));
     let metered = Metered { inner: body, total, meter: Arc::clone(&meter), progress: Arc::clone(&progress) };
     let mut buffered = BufReader::with_capacity(256 << 10, metered);
@@ -197,10 +198,18 @@ pub async fn import_stream<R: AsyncRead + Unpin + Send + 'static>(
     if content_type == ContentType::Archive {
         return Ok(());
     }
+    let received = started.elapsed();
     let (target_c, scratch) = (target.clone(), target.scratch());
-    tokio::task::spawn_blocking(move || finalize(&scratch, true, &target_c, tool.as_ref()))
+    let result = tokio::task::spawn_blocking(move || finalize(&scratch, true, &target_c, tool.as_ref()))
         .await
-        .map_err(|e| StorageError::Transient(e.to_string()))?
+        .map_err(|e| StorageError::Transient(e.to_string()))?;
+    tracing::info!(
+        bytes = meter.read,
+        receive_secs = received.as_secs_f64(),
+        finalize_secs = (started.elapsed() - received).as_secs_f64(),
+        "import finished"
+    );
+    result
 }
 
 /// Writes the decoded stream to `path`, seeking over all-zero chunks so the file stays sparse.
@@ -221,8 +230,8 @@ async fn write_sparse(mut reader: Pin<Box<dyn AsyncRead + Send>>, path: &Path, l
             }
             written += chunk.len() as u64;
         }
+        // No fsync: the scratch is thrown away after the conversion, and a crash redoes it.
         file.set_len(written)?;
-        file.sync_all()?;
         Ok(())
     });
     let mut total: u64 = 0;
