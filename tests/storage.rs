@@ -265,8 +265,17 @@ async fn hostile_imports_fail_with_their_reason() {
     }
     let _ = Command::new("umount").arg(tiny.path()).status();
 
-    // Loopback is refused unless the node allows it.
-    let strict = storage_app(false).await;
+    // Loopback is refused unless the node allows it; claims over the node's cap never bind, and
+    // the DataVolume says why.
+    let strict = spawn_app_with(None, |c| c.storage.max_volume_bytes = Some(1 << 30)).await;
+    assert_eq!(strict.post(&dvs("default"), &dv("too-big", json!({"blank": {}}), "2Gi")).await.0, 201);
+    let said = wait_until(WAIT, || async {
+        let d = strict.get(&format!("{}/too-big", dvs("default"))).await.1;
+        let bound = d["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Bound").cloned();
+        bound.is_some_and(|c| c["message"].as_str().unwrap_or("").contains("cap"))
+    })
+    .await;
+    assert!(said, "{}", strict.get(&format!("{}/too-big", dvs("default"))).await.1);
     assert_eq!(strict.post(&dvs("default"), &dv("local", json!({"http": {"url": url("r.raw")}}), "8Mi")).await.0, 201);
     let got = wait_dv(&strict, "default", "local", &["Failed"]).await;
     assert!(running_message(&got).contains("loopback"), "{got}");

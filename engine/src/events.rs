@@ -79,3 +79,19 @@ async fn try_record(
     }
     Ok(())
 }
+
+/// The newest event about `obj` (its reason and message), for surfacing why something waits.
+pub async fn latest_for(store: &Store, obj: &Value) -> Option<(String, String)> {
+    let event_key = kinds::EVENT.store_key();
+    let owned = store.dependents(meta::uid(obj)).await.ok()?;
+    let mut newest: Option<(String, String, String)> = None;
+    for (_, ns, name) in owned.into_iter().filter(|(k, _, _)| *k == event_key) {
+        let Ok(Some(ev)) = store.get(&kinds::EVENT, &ns, &name).await else { continue };
+        let at = ev.get("lastTimestamp").and_then(Value::as_str).unwrap_or("").to_string();
+        let text = |k: &str| ev.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        if newest.as_ref().is_none_or(|(t, _, _)| at >= *t) {
+            newest = Some((at, text("reason"), text("message")));
+        }
+    }
+    newest.map(|(_, reason, message)| (reason, message))
+}

@@ -181,6 +181,8 @@ pub struct Observed<'a> {
     pub blocked: Option<(String, String)>,
     /// Times the job has been restarted after failures.
     pub restarts: i64,
+    /// Why the claim is not bound yet, from its newest event (shown on the Bound condition).
+    pub claim_waiting: Option<String>,
 }
 
 /// What to do next.
@@ -224,7 +226,11 @@ pub fn decide(dv: &Value, source: &Source, seen: &Observed, now: &str) -> Decisi
         Some(_) if !bound => {
             phase = if seen.wait_for_consumer { "WaitForFirstConsumer" } else { "Pending" };
             let reason = if seen.wait_for_consumer { "WaitForFirstConsumer" } else { "Pending" };
-            set_cdi_condition(&mut conditions, "Bound", false, reason, &format!("PVC {name} Pending"), now);
+            let message = match &seen.claim_waiting {
+                Some(why) => format!("PVC {name} Pending: {why}"),
+                None => format!("PVC {name} Pending"),
+            };
+            set_cdi_condition(&mut conditions, "Bound", false, reason, &message, now);
         }
         Some(_) => set_cdi_condition(&mut conditions, "Bound", true, "Bound", &format!("PVC {name} Bound"), now),
     }

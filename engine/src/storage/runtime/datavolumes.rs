@@ -219,7 +219,11 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
     if blocked.is_some() {
         s.dvs.add_after((ns.clone(), name.clone()), Duration::from_secs(3));
     }
-    let seen = Observed { pvc: pvc.as_ref(), wait_for_consumer, job: job.clone(), blocked, restarts };
+    let claim_waiting = match pvc.as_ref().filter(|_| !bound) {
+        Some(p) => events::latest_for(&s.store, p).await.map(|(_, message)| message),
+        None => None,
+    };
+    let seen = Observed { pvc: pvc.as_ref(), wait_for_consumer, job: job.clone(), blocked, restarts, claim_waiting };
     let decision = datavolume::decide(&dv, &source, &seen, &now);
     if decision.create_claim {
         match datavolume::claim_for(&dv, profile.as_ref()) {
