@@ -507,3 +507,78 @@ async fn kubectl_applies_datavolumes_and_prints_storage_like_a_cluster() {
     let (ok, _, err) = app.kubectl(&["get", "uploadtokenrequests"]).await;
     assert!(!ok && err.contains("not allowed") || err.contains("MethodNotAllowed") || err.contains("405"), "{err}");
 }
+
+/// CDI's HTTP options against a server that insists on them: a CA from a ConfigMap, basic auth
+/// from a Secret, and extra headers (plain and from a Secret).
+#[tokio::test(flavor = "multi_thread")]
+async fn http_imports_use_the_ca_credentials_and_headers_they_are_given() {
+    let app = storage_app(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let want = images(dir.path());
+    let (web, ca) = servers::guarded_https(dir.path(), "carol", "s3same", "X-Image-Token: opensesame").await;
+    let objects = [
+        ("/api/v1/namespaces/default/configmaps", json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-ca"}, "data": {"ca.pem": ca}})),
+        ("/api/v1/namespaces/default/secrets", json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-auth"}, "stringData": {"accessKeyId": "carol", "secretKey": "s3same"}})),
+        ("/api/v1/namespaces/default/secrets", json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-header"}, "stringData": {"token": "X-Image-Token: opensesame"}})),
+    ];
+    for (path, obj) in &objects {
+        assert_eq!(app.post(path, obj).await.0, 201);
+    }
+    let url = format!("https://127.0.0.1:{}/img.qcow2", web.port);
+    let full = json!({"http": {"url": url, "certConfigMap": "web-ca", "secretRef": "web-auth", "extraHeaders": ["X-Image-Token: opensesame"]}});
+    let secret_header = json!({"http": {"url": url, "certConfigMap": "web-ca", "secretRef": "web-auth", "secretExtraHeaders": ["web-header"]}});
+    let no_ca = json!({"http": {"url": url, "secretRef": "web-auth", "extraHeaders": ["X-Image-Token: opensesame"]}});
+    let no_auth = json!({"http": {"url": url, "certConfigMap": "web-ca", "extraHeaders": ["X-Image-Token: opensesame"]}});
+    for (name, source) in [("full", &full), ("secret-header", &secret_header), ("no-ca", &no_ca), ("no-auth", &no_auth)] {
+        assert_eq!(app.post(&dvs("default"), &dv(name, source.clone(), "8Mi")).await.0, 201);
+    }
+    for name in ["full", "secret-header"] {
+        wait_dv(&app, "default", name, &["Succeeded"]).await;
+        assert_eq!(&std::fs::read(volume_file(&app, "default", name).await).unwrap()[..want.len()], &want[..], "{name}");
+    }
+    // Without the CA or the credentials: retried, and the condition says what the server said.
+    for (name, want) in [("no-ca", "certificate"), ("no-auth", "401")] {
+        let said = wait_until(WAIT, || async {
+            let d = app.get(&format!("{}/{name}", dvs("default"))).await.1;
+            d["status"]["phase"] == "ImportInProgress" && running_message(&d).contains(want)
+        })
+        .await;
+        assert!(said, "{name}: {}", app.get(&format!("{}/{name}", dvs("default"))).await.1);
+    }
+}
+
+/// A VM waits for its DataVolumes and says which way: binding, provisioning, or an error.
+#[tokio::test(flavor = "multi_thread")]
+async fn vms_show_what_their_datavolumes_are_doing() {
+    let app = storage_app(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("page.html"), b"<html>not an image</html>").unwrap();
+    let web = servers::http(dir.path()).await;
+    let external = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "ebs"}, "provisioner": "ebs.csi.aws.com"});
+    assert_eq!(app.post("/apis/storage.k8s.io/v1/storageclasses", &external).await.0, 201);
+    let vm = |name: &str, template: Value| {
+        json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "metadata": {"name": name},
+            "spec": {"runStrategy": "Always", "dataVolumeTemplates": [template], "template": {"spec": {
+                "domain": {"resources": {"requests": {"memory": "64Mi"}}, "devices": {"disks": [{"name": "root", "disk": {}}]}},
+                "volumes": [{"name": "root", "dataVolume": {"name": format!("{name}-root")}}]}}}})
+    };
+    let broken = json!({"metadata": {"name": "broken-root"}, "spec": {"source": {"http": {"url": format!("http://127.0.0.1:{}/page.html", web.port)}},
+        "storage": {"resources": {"requests": {"storage": "8Mi"}}}}});
+    let unbound = json!({"metadata": {"name": "unbound-root"}, "spec": {"source": {"blank": {}},
+        "storage": {"storageClassName": "ebs", "resources": {"requests": {"storage": "8Mi"}}}}});
+    assert_eq!(app.post(VMS, &vm("broken", broken)).await.0, 201);
+    assert_eq!(app.post(VMS, &vm("unbound", unbound)).await.0, 201);
+    let printable = |name: &'static str| {
+        let app = &app;
+        async move { app.get(&format!("{VMS}/{name}")).await.1["status"]["printableStatus"].as_str().unwrap_or("").to_string() }
+    };
+    assert!(wait_until(WAIT, || async { printable("broken").await == "DataVolumeError" }).await, "{}", app.get(&format!("{VMS}/broken")).await.1);
+    assert!(wait_until(WAIT, || async { printable("unbound").await == "WaitingForVolumeBinding" }).await);
+    let failure = app.get(&format!("{VMS}/broken")).await.1["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Failure").cloned().unwrap();
+    assert!(failure["message"].as_str().unwrap().contains("not a disk image"), "{failure}");
+    // No VMI was made for either.
+    assert_eq!(app.get("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances").await.1["items"].as_array().unwrap().len(), 0);
+    let dv = app.get(&format!("{}/unbound-root", dvs("default"))).await.1;
+    let bound = dv["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Bound").cloned().unwrap();
+    assert!(bound["message"].as_str().unwrap().contains("ebs.csi.aws.com"), "{bound}");
+}

@@ -188,3 +188,59 @@ pub async fn slow_http(file: &Path, delay: Duration) -> Server {
     wait_listening(port).await;
     Server { port, child, _dir: None }
 }
+
+const GUARDED_SERVER: &str = r#"
+import base64, http.server, ssl, sys
+port, root, cert, key, user, password, header = sys.argv[1:8]
+want_auth = 'Basic ' + base64.b64encode(f'{user}:{password}'.encode()).decode()
+name, value = header.split(':', 1)
+class H(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *a, **k):
+        super().__init__(*a, directory=root, **k)
+    def do_GET(self):
+        if self.headers.get('Authorization') != want_auth:
+            self.send_error(401)
+            return
+        if self.headers.get(name.strip()) != value.strip():
+            self.send_error(403)
+            return
+        super().do_GET()
+    def log_message(self, *a):
+        pass
+server = http.server.ThreadingHTTPServer(('127.0.0.1', int(port)), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"#;
+
+/// HTTPS with a certificate of its own CA (returned as PEM), answering only requests with the
+/// basic-auth credentials and the extra `header` ("Name: value") given.
+pub async fn guarded_https(root: &Path, user: &str, password: &str, header: &str) -> (Server, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    // A CA and a server certificate it signs: rustls refuses a CA certificate as the server's.
+    let d = dir.path().display();
+    let script = format!(
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=converge-test-ca -keyout {d}/ca.key -out {d}/ca.pem && \
+         openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout {d}/key.pem -out {d}/req.csr && \
+         printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > {d}/ext && \
+         openssl x509 -req -in {d}/req.csr -CA {d}/ca.pem -CAkey {d}/ca.key -CAcreateserial -days 1 -extfile {d}/ext -out {d}/cert.pem"
+    );
+    let ok = Command::new("sh").arg("-c").arg(script).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("openssl");
+    assert!(ok.success());
+    let port = free_port();
+    let child = Command::new("python3")
+        .args(["-c", GUARDED_SERVER, &port.to_string()])
+        .arg(root)
+        .arg(&cert)
+        .arg(&key)
+        .args([user, password, header])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    wait_listening(port).await;
+    let pem = std::fs::read_to_string(dir.path().join("ca.pem")).expect("ca");
+    (Server { port, child, _dir: Some(dir) }, pem)
+}

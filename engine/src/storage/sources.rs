@@ -72,14 +72,29 @@ pub async fn open_http(src: &HttpSource, allow_private: bool) -> Result<(Body, O
     if let Some((user, pass)) = &src.basic_auth {
         req = req.basic_auth(user, Some(pass));
     }
-    let resp = req.send().await.map_err(|e| StorageError::Transient(format!("GET {url}: {e}")))?;
+    let resp = req.send().await.map_err(|e| StorageError::Transient(format!("GET {url}: {}", chain(&e))))?;
     let status = resp.status();
     if !status.is_success() {
         return Err(StorageError::Transient(format!("GET {url}: the server answered {status}")));
     }
     let len = resp.content_length();
-    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    let stream = resp.bytes_stream().map_err(|e| std::io::Error::other(chain(&e)));
     Ok((Box::new(tokio_util::io::StreamReader::new(stream)), len))
+}
+
+/// An error with its causes: reqwest's own message ("error sending request") hides the reason.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(cause) = cur {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cur = cause.source();
+    }
+    text
 }
 
 /// An S3 object by URL: `http(s)://ENDPOINT/BUCKET/KEY` (path style), or
