@@ -70,6 +70,22 @@ async fn container_disks_come_from_a_registry_and_share_the_node_cache() {
         };
         assert_eq!(backing("pulled-a"), backing("pulled-b"));
 
+        // By digest, as a user pins an image.
+        let out = std::process::Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--creds", "bob:builder", "--format", "{{.Digest}}"])
+            .arg(format!("docker://{host}/guests/disk:v1"))
+            .output()
+            .unwrap();
+        let digest = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(digest.starts_with("sha256:"), "{digest} {}", String::from_utf8_lossy(&out.stderr));
+        let pinned = json!({"containerDisk": {"image": format!("{host}/guests/disk@{digest}"), "imagePullSecret": "pull"}});
+        assert_eq!(g.app.post(VMS, &disk_vm("pinned", pinned, json!([]))).await.0, 201);
+        boots(&g, "pinned").await;
+        // Never: only what the node has.
+        let never = json!({"containerDisk": {"image": format!("{host}/guests/other:v1"), "imagePullPolicy": "Never"}});
+        assert_eq!(g.app.post(VMS, &disk_vm("never", never, json!([]))).await.0, 201);
+        assert!(g.wait_printable("never", "ErrImageNeverPull", SETTLE).await, "{}", g.vm("never").await);
+
         // A missing image: ErrImagePull, then ImagePullBackOff, on the VM.
         let missing = json!({"containerDisk": {"image": format!("{host}/guests/none:v1"), "imagePullSecret": "pull"}});
         assert_eq!(g.app.post(VMS, &disk_vm("missing", missing, json!([]))).await.0, 201);

@@ -153,7 +153,7 @@ async fn our_domain(s: &Arc<Shared>, name: &str) -> ApiResult<Option<(String, Do
 async fn tear_down(s: &Arc<Shared>, domain: &str, vmi_uid: &str) -> ApiResult<()> {
     let (hv, n) = (Arc::clone(&s.hv), domain.to_string());
     blocking(move || hv.destroy(&n).and_then(|_| hv.undefine(&n))).await?.map_err(hv_error)?;
-    super::volumes::detach_claims(s, vmi_uid).await;
+    super::volumes::release_vmi(s, vmi_uid).await;
     let _ = std::fs::remove_dir_all(vmi_dir(s, vmi_uid));
     if let Ok(mut d) = s.shutdown_deadlines.lock() {
         d.remove(vmi_uid);
@@ -210,7 +210,7 @@ async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> 
         if state.is_some() {
             tear_down(s, &domain, &uid).await?;
         } else {
-            super::volumes::detach_claims(s, &uid).await;
+            super::volumes::release_vmi(s, &uid).await;
             let _ = std::fs::remove_dir_all(vmi_dir(s, &uid));
         }
         remove_finalizer(s, &vmi).await?;
@@ -349,8 +349,7 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<(), StartError> {
         let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o770));
     }
     let secrets = cloud_init_secrets(s, vmi).await.map_err(StartError::Retry)?;
-    if let Err((reason, message)) = super::volumes::ensure_images(s, vmi).await {
-        let after = super::volumes::pull_backoff(s, &uid);
+    if let Err((reason, message, after)) = super::volumes::ensure_images(s, vmi).await {
         return Err(StartError::Wait(reason, message, after));
     }
     let claims = super::volumes::attach_claims(s, vmi)

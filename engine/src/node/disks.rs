@@ -372,6 +372,31 @@ mod tests {
         assert_eq!(std::fs::read(dir.join("disks/scratch.qcow2")).unwrap(), b"QFI\xfbguest-data");
     }
 
+    /// A container disk that is neither qcow2 nor raw is refused, naming what it is.
+    #[test]
+    fn container_disks_must_be_qcow2_or_raw() {
+        let root = tempfile::tempdir().unwrap();
+        let images = ImageStore::open(root.path().join("images")).unwrap();
+        let raw = root.path().join("d.raw");
+        std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+        let vmdk = root.path().join("disk.vmdk");
+        let ok = Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "vmdk"]).arg(&raw).arg(&vmdk).status().unwrap();
+        assert!(ok.success());
+        let layout = root.path().join("layout");
+        let status = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/guest/oci_layout.py"))
+            .arg(&layout)
+            .arg("example.org/vmdk:1")
+            .arg(format!("{}:disk/disk.vmdk", vmdk.display()))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        images.import(&layout, None).unwrap();
+        let v = vmi(json!([{"name": "root", "containerDisk": {"image": "example.org/vmdk:1"}}]));
+        let err = prepare(&v, &root.path().join("v"), &images, &SystemDiskTool, &SecretData::new(), &ClaimPaths::new()).unwrap_err();
+        assert!(err.to_string().contains("is vmdk; a containerDisk must hold a qcow2 or raw image"), "{err}");
+    }
+
     #[test]
     fn bad_volumes_are_named() {
         let root = tempfile::tempdir().unwrap();

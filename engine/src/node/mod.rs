@@ -94,7 +94,7 @@ pub(crate) struct Shared {
     pub shutdown_deadlines: Mutex<HashMap<String, Instant>>,
     pub queue: Arc<WorkQueue<Key>>,
     /// VMI uid → consecutive image pull failures (ErrImagePull, then ImagePullBackOff).
-    pub pull_failures: Mutex<HashMap<String, u32>>,
+    pub pull_failures: Mutex<HashMap<String, volumes::PullFailure>>,
     /// VMI uid → files of block-mode claims attached through loop devices for it.
     pub loop_backed: Mutex<HashMap<String, Vec<PathBuf>>>,
 }

@@ -2,6 +2,7 @@
 //! device) and its images present as `imagePullPolicy` asks, pulled from their registry if not.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -43,8 +44,11 @@ pub async fn attach_claims(s: &Shared, vmi: &Value) -> Result<ClaimPaths, Wait> 
     Ok(out)
 }
 
-/// Detaches the loop devices attached for a VMI whose guest is gone.
-pub async fn detach_claims(s: &Shared, vmi_uid: &str) {
+/// Forgets a VMI whose guest is gone: detaches its loop devices, drops its pull record.
+pub async fn release_vmi(s: &Shared, vmi_uid: &str) {
+    if let Ok(mut f) = s.pull_failures.lock() {
+        f.remove(vmi_uid);
+    }
     let files = s.loop_backed.lock().ok().and_then(|mut m| m.remove(vmi_uid)).unwrap_or_default();
     for file in files {
         let result = tokio::task::spawn_blocking(move || SystemVolumeTool.detach_block(&file)).await;
@@ -95,36 +99,56 @@ async fn credentials(s: &Shared, ns: &str, secret: Option<&str>, image: &str) ->
     Ok(registry::credentials_from_secret(&super::disks::secret_data(&obj), &registry))
 }
 
-/// Makes the VMI's images present; a failed pull says ErrImagePull the first time and
-/// ImagePullBackOff after, as the kubelet does.
-pub async fn ensure_images(s: &Arc<Shared>, vmi: &Value) -> Result<(), Wait> {
+/// How long a failed pull reads ErrImagePull before ImagePullBackOff, as the kubelet shows it.
+const ERR_IMAGE_PULL_SHOWN: Duration = Duration::from_secs(2);
+
+/// One VMI's failed pulls: how many in a row, when the last was, and what it said.
+pub struct PullFailure {
+    count: u32,
+    at: Instant,
+    message: String,
+}
+
+/// The kubelet's image pull back-off: 10 s doubling to 5 min.
+fn backoff(count: u32) -> Duration {
+    Duration::from_secs((5u64 << count.min(6)).min(300))
+}
+
+/// Makes the VMI's images present. A failed pull reads ErrImagePull, then ImagePullBackOff until
+/// the back-off has passed and it is tried again; the duration is when to look next.
+pub async fn ensure_images(s: &Arc<Shared>, vmi: &Value) -> Result<(), (String, String, Duration)> {
     let ns = meta::namespace(vmi);
     let uid = meta::uid(vmi).to_string();
+    let previous = s.pull_failures.lock().ok().and_then(|f| f.get(&uid).map(|p| (p.count, p.at.elapsed(), p.message.clone())));
+    if let Some((count, since, message)) = &previous {
+        let wait = backoff(*count);
+        if *since < ERR_IMAGE_PULL_SHOWN {
+            return Err(("ErrImagePull".into(), message.clone(), ERR_IMAGE_PULL_SHOWN - *since));
+        }
+        if *since < wait {
+            return Err(("ImagePullBackOff".into(), format!("Back-off pulling image: {message}"), wait - *since));
+        }
+    }
     for (image, policy, secret) in images_of(vmi) {
         let policy = pull_policy(&image, policy.as_deref());
         let local = s.images.digest(&image);
         let result = match (policy.as_str(), &local) {
             ("Never", Some(_)) | ("IfNotPresent", Some(_)) => Ok(()),
             ("Never", None) => {
-                return Err((
-                    "ErrImageNeverPull".into(),
-                    format!("Container image {image:?} is not present with pull policy of Never"),
-                ))
+                let message = format!("Container image {image:?} is not present with pull policy of Never");
+                return Err(("ErrImageNeverPull".into(), message, Duration::from_secs(10)));
             }
-            _ => {
-                let creds = credentials(s, ns, secret.as_deref(), &image).await?;
-                pull(s, &image, creds.as_ref(), local.as_deref()).await
-            }
+            _ => match credentials(s, ns, secret.as_deref(), &image).await {
+                Ok(creds) => pull(s, &image, creds.as_ref(), local.as_deref()).await,
+                Err((_, message)) => Err(message),
+            },
         };
         if let Err(message) = result {
-            let failures = {
-                let mut f = s.pull_failures.lock().map_err(|_| ("ErrImagePull".to_string(), message.clone()))?;
-                let n = f.entry(uid.clone()).or_insert(0);
-                *n += 1;
-                *n
-            };
-            let reason = if failures > 1 { "ImagePullBackOff" } else { "ErrImagePull" };
-            return Err((reason.into(), message));
+            let count = previous.as_ref().map_or(0, |p| p.0) + 1;
+            if let Ok(mut f) = s.pull_failures.lock() {
+                f.insert(uid.clone(), PullFailure { count, at: Instant::now(), message: message.clone() });
+            }
+            return Err(("ErrImagePull".into(), message, ERR_IMAGE_PULL_SHOWN));
         }
     }
     if let Ok(mut f) = s.pull_failures.lock() {
@@ -148,12 +172,6 @@ async fn pull(s: &Shared, image: &str, creds: Option<&Credentials>, local: Optio
         .await
         .map(|_| ())
         .map_err(|e| format!("failed to pull image {image:?}: {e}"))
-}
-
-/// Back-off before the next pull attempt, as the kubelet's: 10 s doubling to 5 min.
-pub fn pull_backoff(s: &Shared, vmi_uid: &str) -> std::time::Duration {
-    let n = s.pull_failures.lock().ok().and_then(|f| f.get(vmi_uid).copied()).unwrap_or(0);
-    std::time::Duration::from_secs((5u64 << n.min(6)).min(300))
 }
 
 #[cfg(test)]
