@@ -517,9 +517,18 @@ async fn http_imports_use_the_ca_credentials_and_headers_they_are_given() {
     let want = images(dir.path());
     let (web, ca) = servers::guarded_https(dir.path(), "carol", "s3same", "X-Image-Token: opensesame").await;
     let objects = [
-        ("/api/v1/namespaces/default/configmaps", json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-ca"}, "data": {"ca.pem": ca}})),
-        ("/api/v1/namespaces/default/secrets", json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-auth"}, "stringData": {"accessKeyId": "carol", "secretKey": "s3same"}})),
-        ("/api/v1/namespaces/default/secrets", json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-header"}, "stringData": {"token": "X-Image-Token: opensesame"}})),
+        (
+            "/api/v1/namespaces/default/configmaps",
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-ca"}, "data": {"ca.pem": ca}}),
+        ),
+        (
+            "/api/v1/namespaces/default/secrets",
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-auth"}, "stringData": {"accessKeyId": "carol", "secretKey": "s3same"}}),
+        ),
+        (
+            "/api/v1/namespaces/default/secrets",
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "web-header"}, "stringData": {"token": "X-Image-Token: opensesame"}}),
+        ),
     ];
     for (path, obj) in &objects {
         assert_eq!(app.post(path, obj).await.0, 201);
@@ -528,13 +537,19 @@ async fn http_imports_use_the_ca_credentials_and_headers_they_are_given() {
     let full = json!({"http": {"url": url, "certConfigMap": "web-ca", "secretRef": "web-auth", "extraHeaders": ["X-Image-Token: opensesame"]}});
     let secret_header = json!({"http": {"url": url, "certConfigMap": "web-ca", "secretRef": "web-auth", "secretExtraHeaders": ["web-header"]}});
     let no_ca = json!({"http": {"url": url, "secretRef": "web-auth", "extraHeaders": ["X-Image-Token: opensesame"]}});
-    let no_auth = json!({"http": {"url": url, "certConfigMap": "web-ca", "extraHeaders": ["X-Image-Token: opensesame"]}});
-    for (name, source) in [("full", &full), ("secret-header", &secret_header), ("no-ca", &no_ca), ("no-auth", &no_auth)] {
+    let no_auth =
+        json!({"http": {"url": url, "certConfigMap": "web-ca", "extraHeaders": ["X-Image-Token: opensesame"]}});
+    for (name, source) in [("full", &full), ("secret-header", &secret_header), ("no-ca", &no_ca), ("no-auth", &no_auth)]
+    {
         assert_eq!(app.post(&dvs("default"), &dv(name, source.clone(), "8Mi")).await.0, 201);
     }
     for name in ["full", "secret-header"] {
         wait_dv(&app, "default", name, &["Succeeded"]).await;
-        assert_eq!(&std::fs::read(volume_file(&app, "default", name).await).unwrap()[..want.len()], &want[..], "{name}");
+        assert_eq!(
+            &std::fs::read(volume_file(&app, "default", name).await).unwrap()[..want.len()],
+            &want[..],
+            "{name}"
+        );
     }
     // Without the CA or the credentials: retried, and the condition says what the server said.
     for (name, want) in [("no-ca", "certificate"), ("no-auth", "401")] {
@@ -570,14 +585,32 @@ async fn vms_show_what_their_datavolumes_are_doing() {
     assert_eq!(app.post(VMS, &vm("unbound", unbound)).await.0, 201);
     let printable = |name: &'static str| {
         let app = &app;
-        async move { app.get(&format!("{VMS}/{name}")).await.1["status"]["printableStatus"].as_str().unwrap_or("").to_string() }
+        async move {
+            app.get(&format!("{VMS}/{name}")).await.1["status"]["printableStatus"].as_str().unwrap_or("").to_string()
+        }
     };
-    assert!(wait_until(WAIT, || async { printable("broken").await == "DataVolumeError" }).await, "{}", app.get(&format!("{VMS}/broken")).await.1);
+    assert!(
+        wait_until(WAIT, || async { printable("broken").await == "DataVolumeError" }).await,
+        "{}",
+        app.get(&format!("{VMS}/broken")).await.1
+    );
     assert!(wait_until(WAIT, || async { printable("unbound").await == "WaitingForVolumeBinding" }).await);
-    let failure = app.get(&format!("{VMS}/broken")).await.1["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Failure").cloned().unwrap();
+    let failure = app.get(&format!("{VMS}/broken")).await.1["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failure")
+        .cloned()
+        .unwrap();
     assert!(failure["message"].as_str().unwrap().contains("not a disk image"), "{failure}");
     // No VMI was made for either.
-    assert_eq!(app.get("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances").await.1["items"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        app.get("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances").await.1["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
     let dv = app.get(&format!("{}/unbound-root", dvs("default"))).await.1;
     let bound = dv["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Bound").cloned().unwrap();
     assert!(bound["message"].as_str().unwrap().contains("ebs.csi.aws.com"), "{bound}");

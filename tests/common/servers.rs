@@ -227,7 +227,8 @@ pub async fn guarded_https(root: &Path, user: &str, password: &str, header: &str
          printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > {d}/ext && \
          openssl x509 -req -in {d}/req.csr -CA {d}/ca.pem -CAkey {d}/ca.key -CAcreateserial -days 1 -extfile {d}/ext -out {d}/cert.pem"
     );
-    let ok = Command::new("sh").arg("-c").arg(script).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("openssl");
+    let ok =
+        Command::new("sh").arg("-c").arg(script).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("openssl");
     assert!(ok.success());
     let port = free_port();
     let child = Command::new("python3")

@@ -380,7 +380,12 @@ mod tests {
         let raw = root.path().join("d.raw");
         std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
         let vmdk = root.path().join("disk.vmdk");
-        let ok = Command::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "vmdk"]).arg(&raw).arg(&vmdk).status().unwrap();
+        let ok = Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "vmdk"])
+            .arg(&raw)
+            .arg(&vmdk)
+            .status()
+            .unwrap();
         assert!(ok.success());
         let layout = root.path().join("layout");
         let status = Command::new("python3")
@@ -393,7 +398,8 @@ mod tests {
         assert!(status.success());
         images.import(&layout, None).unwrap();
         let v = vmi(json!([{"name": "root", "containerDisk": {"image": "example.org/vmdk:1"}}]));
-        let err = prepare(&v, &root.path().join("v"), &images, &SystemDiskTool, &SecretData::new(), &ClaimPaths::new()).unwrap_err();
+        let err = prepare(&v, &root.path().join("v"), &images, &SystemDiskTool, &SecretData::new(), &ClaimPaths::new())
+            .unwrap_err();
         assert!(err.to_string().contains("is vmdk; a containerDisk must hold a qcow2 or raw image"), "{err}");
     }
 

@@ -119,7 +119,8 @@ fn backoff(count: u32) -> Duration {
 pub async fn ensure_images(s: &Arc<Shared>, vmi: &Value) -> Result<(), (String, String, Duration)> {
     let ns = meta::namespace(vmi);
     let uid = meta::uid(vmi).to_string();
-    let previous = s.pull_failures.lock().ok().and_then(|f| f.get(&uid).map(|p| (p.count, p.at.elapsed(), p.message.clone())));
+    let previous =
+        s.pull_failures.lock().ok().and_then(|f| f.get(&uid).map(|p| (p.count, p.at.elapsed(), p.message.clone())));
     if let Some((count, since, message)) = &previous {
         let wait = backoff(*count);
         if *since < ERR_IMAGE_PULL_SHOWN {

@@ -313,9 +313,9 @@ fn extract_archive(reader: impl std::io::Read, dir: &Path, limit: u64) -> Result
 /// Turns an image file into the volume's `disk.img`. `owned`: `src` is ours to consume (a
 /// scratch file), so a raw image is renamed instead of copied.
 pub fn finalize(src: &Path, owned: bool, target: &Target, tool: &dyn VolumeTool) -> Result<(), StorageError> {
-    let mut head = vec![0u8; 512];
-    let n = std::io::Read::read(&mut std::fs::File::open(src)?, &mut head)?;
-    head.truncate(n);
+    // The first cluster: enough for the format's magic and a qcow2 header with its backing name.
+    let mut head = Vec::with_capacity(64 << 10);
+    std::io::Read::read_to_end(&mut std::io::Read::take(std::fs::File::open(src)?, 64 << 10), &mut head)?;
     let staging = target.staging();
     match sniff_image_format(&head) {
         None => {
@@ -338,6 +338,9 @@ pub fn finalize(src: &Path, owned: bool, target: &Target, tool: &dyn VolumeTool)
             }
         }
         Some(sniffed) => {
+            if let Some(why) = safety::qcow2_header_refusal(&head) {
+                return Err(StorageError::refused(why));
+            }
             let info = tool.info(src)?;
             if info.format != sniffed {
                 return Err(StorageError::refused(format!(

@@ -160,3 +160,63 @@ fn clones_and_blanks_fill_the_volume() {
     blank(&t).unwrap();
     assert!(std::fs::read(t.disk()).unwrap().iter().all(|b| *b == 0));
 }
+
+/// A recording `VolumeTool`: what finalize asks of qemu-img, in order, without running it.
+struct Recording {
+    calls: std::sync::Mutex<Vec<&'static str>>,
+    info: super::super::volume::ImageInfo,
+}
+
+impl VolumeTool for Recording {
+    fn info(&self, _: &Path) -> Result<super::super::volume::ImageInfo, StorageError> {
+        self.calls.lock().unwrap().push("info");
+        Ok(self.info.clone())
+    }
+    fn check(&self, _: &Path, _: &str) -> Result<(), StorageError> {
+        self.calls.lock().unwrap().push("check");
+        Ok(())
+    }
+    fn convert_to_raw(&self, _: &Path, _: &str, dst: &Path) -> Result<(), StorageError> {
+        self.calls.lock().unwrap().push("convert");
+        std::fs::write(dst, vec![1u8; 4096])?;
+        Ok(())
+    }
+    fn copy(&self, _: &Path, _: &Path) -> Result<(), StorageError> {
+        self.calls.lock().unwrap().push("copy");
+        Ok(())
+    }
+    fn attach_block(&self, _: &Path) -> Result<std::path::PathBuf, StorageError> {
+        unreachable!("finalize attaches nothing")
+    }
+    fn detach_block(&self, _: &Path) -> Result<(), StorageError> {
+        unreachable!("finalize detaches nothing")
+    }
+}
+
+/// finalize's order with a recording tool: checks before the conversion, none after a refusal,
+/// and the converted image grown to the volume.
+#[test]
+fn finalize_checks_before_it_converts() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("scratch");
+    let mut qcow2 = b"QFI\xfb\0\0\0\x03".to_vec();
+    qcow2.resize(4096, 0);
+    std::fs::write(&src, &qcow2).unwrap();
+    let info = |virtual_size| super::super::volume::ImageInfo {
+        format: "qcow2".into(),
+        virtual_size,
+        backing_file: None,
+        data_file: None,
+        extents: vec![],
+    };
+    let t = target(dir.path(), 1 << 20);
+    let too_big = Recording { calls: Default::default(), info: info(2 << 20) };
+    assert!(finalize(&src, false, &t, &too_big).unwrap_err().to_string().contains("larger than the volume"));
+    assert_eq!(*too_big.calls.lock().unwrap(), vec!["info"]);
+    assert!(!t.disk().exists());
+    let fits = Recording { calls: Default::default(), info: info(1 << 20) };
+    finalize(&src, true, &t, &fits).unwrap();
+    assert_eq!(*fits.calls.lock().unwrap(), vec!["info", "check", "convert"]);
+    assert_eq!(std::fs::metadata(t.disk()).unwrap().len(), 1 << 20);
+    assert!(!src.exists(), "an owned scratch file is removed");
+}

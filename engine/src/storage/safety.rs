@@ -80,6 +80,11 @@ pub fn check_image(info: &ImageInfo, capacity: u64) -> Result<(), StorageError> 
             "the image has an external data file ({data:?}); only self-contained images are imported"
         )));
     }
+    if let Some(other) = info.extents.iter().find(|e| !e.is_empty()) {
+        return Err(StorageError::refused(format!(
+            "the image refers to another file ({other:?}); only self-contained images are imported"
+        )));
+    }
     if info.virtual_size > capacity {
         return Err(StorageError::refused(format!(
             "the image's virtual size ({} bytes) is larger than the volume ({capacity} bytes)",
@@ -87,6 +92,29 @@ pub fn check_image(info: &ImageInfo, capacity: u64) -> Result<(), StorageError> 
         )));
     }
     Ok(())
+}
+
+/// Refusals readable from a qcow2 header alone, checked before any tool opens the image (opening
+/// one follows its backing file and data file): a backing file, or the external-data-file bit.
+pub fn qcow2_header_refusal(head: &[u8]) -> Option<String> {
+    let be64 = |at: usize| head.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+    let be32 = |at: usize| head.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+    if !head.starts_with(b"QFI\xfb") {
+        return None;
+    }
+    let (version, backing_offset, backing_size) = (be32(4)?, be64(8)?, be32(16)?);
+    if backing_offset != 0 && backing_size != 0 {
+        let name = head
+            .get(backing_offset as usize..backing_offset as usize + backing_size as usize)
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_else(|| "?".into());
+        return Some(format!("the image has a backing file ({name:?}); only self-contained images are imported"));
+    }
+    const EXTERNAL_DATA_FILE: u64 = 1 << 2;
+    if version >= 3 && be64(72).is_some_and(|f| f & EXTERNAL_DATA_FILE != 0) {
+        return Some("the image has an external data file; only self-contained images are imported".into());
+    }
+    None
 }
 
 /// A relative path from an archive, or `None` when it would land outside the directory it is
@@ -124,17 +152,42 @@ mod tests {
 
     #[test]
     fn images_that_reach_outside_or_overflow_are_refused() {
-        let ok = ImageInfo { format: "qcow2".into(), virtual_size: 100, backing_file: None, data_file: None };
+        let ok = ImageInfo {
+            format: "qcow2".into(),
+            virtual_size: 100,
+            backing_file: None,
+            data_file: None,
+            extents: vec![],
+        };
         assert!(check_image(&ok, 100).is_ok());
         let cases = [
             (ImageInfo { backing_file: Some("/etc/shadow".into()), ..ok.clone() }, "backing file"),
             (ImageInfo { data_file: Some("/dev/sda".into()), ..ok.clone() }, "external data file"),
             (ImageInfo { virtual_size: 101, ..ok.clone() }, "larger than the volume"),
             (ImageInfo { format: "luks".into(), ..ok.clone() }, "not supported"),
+            (ImageInfo { extents: vec!["/etc/shadow".into()], ..ok.clone() }, "refers to another file"),
         ];
         for (info, want) in cases {
             assert!(check_image(&info, 100).unwrap_err().to_string().contains(want), "{want}");
         }
+    }
+
+    /// Hostile headers are read without opening anything they name.
+    #[test]
+    fn qcow2_headers_tell_backing_and_data_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let sh = |c: &str| assert!(std::process::Command::new("sh").arg("-c").arg(c).status().unwrap().success());
+        sh(&format!("qemu-img create -q -f raw {d}/b.raw 1M && qemu-img create -q -f qcow2 -F raw -b {d}/b.raw {d}/backed.qcow2"));
+        sh(&format!("qemu-img create -q -f qcow2 -o data_file={d}/data.raw {d}/datafile.qcow2 1M"));
+        sh(&format!("qemu-img create -q -f qcow2 {d}/plain.qcow2 1M"));
+        let head = |n: &str| {
+            let all = std::fs::read(dir.path().join(n)).unwrap();
+            all[..all.len().min(64 << 10)].to_vec()
+        };
+        assert!(qcow2_header_refusal(&head("backed.qcow2")).unwrap().contains("b.raw"));
+        assert!(qcow2_header_refusal(&head("datafile.qcow2")).unwrap().contains("external data file"));
+        assert_eq!(qcow2_header_refusal(&head("plain.qcow2")), None);
     }
 
     #[test]

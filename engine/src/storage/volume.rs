@@ -15,11 +15,13 @@ pub struct ImageInfo {
     pub virtual_size: u64,
     pub backing_file: Option<String>,
     pub data_file: Option<String>,
+    /// Extent files other than the image itself (vmdk descriptors can name any file).
+    pub extents: Vec<String>,
 }
 
 impl ImageInfo {
-    /// From `qemu-img info --output json`.
-    pub fn from_json(v: &Value) -> Result<Self, StorageError> {
+    /// From `qemu-img info --output json` of the image at `path`.
+    pub fn from_json(v: &Value, path: &Path) -> Result<Self, StorageError> {
         let format = v.get("format").and_then(Value::as_str).unwrap_or_default().to_string();
         let virtual_size = v
             .get("virtual-size")
@@ -30,6 +32,15 @@ impl ImageInfo {
             virtual_size,
             backing_file: v.get("backing-filename").and_then(Value::as_str).map(str::to_string),
             data_file: v.pointer("/format-specific/data/data-file").and_then(Value::as_str).map(str::to_string),
+            extents: v
+                .pointer("/format-specific/data/extents")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.get("filename").and_then(Value::as_str))
+                .filter(|f| Path::new(f) != path)
+                .map(str::to_string)
+                .collect(),
         })
     }
 }
@@ -67,7 +78,7 @@ impl VolumeTool for SystemVolumeTool {
             .map_err(|e| StorageError::refused(format!("not a readable disk image: {e}")))?;
         let v: Value = serde_json::from_str(&out)
             .map_err(|e| StorageError::refused(format!("qemu-img info gave unreadable output: {e}")))?;
-        ImageInfo::from_json(&v)
+        ImageInfo::from_json(&v, path)
     }
     fn check(&self, path: &Path, format: &str) -> Result<(), StorageError> {
         if format != "qcow2" {
@@ -171,6 +182,7 @@ mod tests {
             let info = tool.info(&img).unwrap();
             assert_eq!(info.format, format);
             assert!(info.virtual_size >= 65536);
+            assert!(info.extents.is_empty(), "{format}: {:?}", info.extents);
             tool.check(&img, format).unwrap();
             let out = dir.path().join(format!("{format}.raw"));
             tool.convert_to_raw(&img, format, &out).unwrap();
