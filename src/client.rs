@@ -91,15 +91,18 @@ impl Client {
         self.send(self.http.post(format!("{}{path}", self.server)).json(body)).await
     }
 
-    /// GET a JSON object; `None` on 404.
-    pub async fn get_json(&self, path: &str) -> Result<Option<Value>> {
-        let resp = self
-            .http
+    async fn get(&self, path: &str) -> Result<reqwest::Response> {
+        self.http
             .get(format!("{}{path}", self.server))
             .bearer_auth(&self.token)
             .send()
             .await
-            .with_context(|| format!("talking to {}", self.server))?;
+            .with_context(|| format!("talking to {}", self.server))
+    }
+
+    /// GET a JSON object; `None` on 404.
+    pub async fn get_json(&self, path: &str) -> Result<Option<Value>> {
+        let resp = self.get(path).await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -130,13 +133,7 @@ impl Client {
     }
 
     pub async fn get_text(&self, path: &str) -> Result<String> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.server))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("talking to {}", self.server))?;
+        let resp = self.get(path).await?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if !status.is_success() {

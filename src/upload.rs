@@ -56,13 +56,7 @@ async fn wait_for_phase(api: &Client, args: &UploadArgs, wanted: &[&str]) -> Res
                 return Ok(dv);
             }
             if phase == "Failed" {
-                let why = dv
-                    .pointer("/status/conditions")
-                    .and_then(Value::as_array)
-                    .and_then(|c| c.iter().find(|c| c["type"] == "Running"))
-                    .and_then(|c| c.get("message"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
+                let why = converge_engine::storage::datavolume::running_message(&dv).unwrap_or("");
                 bail!("DataVolume {} failed: {why}", args.name);
             }
         }

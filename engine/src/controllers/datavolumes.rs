@@ -59,13 +59,7 @@ pub fn state_of(dv: &Value) -> VolumesState {
     match phase {
         "Succeeded" | "WaitForFirstConsumer" | "PendingPopulation" => VolumesState::Ready,
         "Failed" => {
-            let message = dv
-                .pointer("/status/conditions")
-                .and_then(Value::as_array)
-                .and_then(|c| c.iter().find(|c| c["type"] == "Running"))
-                .and_then(|c| c.get("message"))
-                .and_then(Value::as_str)
-                .unwrap_or("the DataVolume failed");
+            let message = crate::storage::datavolume::running_message(dv).unwrap_or("the DataVolume failed");
             VolumesState::Error(format!("DataVolume {} failed: {message}", meta::name(dv)))
         }
         "" | "Pending" => VolumesState::WaitingForVolumeBinding,

@@ -197,6 +197,15 @@ fn annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
     obj.pointer(&format!("/metadata/annotations/{}", key.replace('/', "~1"))).and_then(Value::as_str)
 }
 
+/// The message of a DataVolume's Running condition: why it is failing or retrying.
+pub fn running_message(dv: &Value) -> Option<&str> {
+    dv.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|c| c.iter().find(|c| c["type"] == "Running"))
+        .and_then(|c| c.get("message"))
+        .and_then(Value::as_str)
+}
+
 /// The failure message a job left on the claim.
 pub const ANN_FAILURE: &str = "converge.dev/import-failure";
 

@@ -256,13 +256,8 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
 
 async fn phase_event(s: &Shared, dv: &Value, phase: &str, status: &Value) {
     let name = meta::name(dv);
-    let running_message = status
-        .get("conditions")
-        .and_then(Value::as_array)
-        .and_then(|c| c.iter().find(|c| c["type"] == "Running"))
-        .and_then(|c| c.get("message"))
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let holder = json!({"status": status});
+    let running_message = datavolume::running_message(&holder).unwrap_or("");
     let (kind, reason, message) = match phase {
         "Succeeded" => (events::NORMAL, "ImportSucceeded", format!("Import Successful into PVC {name}")),
         "Failed" => (events::WARNING, "Error", running_message.to_string()),
