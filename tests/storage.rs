@@ -615,3 +615,19 @@ async fn vms_show_what_their_datavolumes_are_doing() {
     let bound = dv["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Bound").cloned().unwrap();
     assert!(bound["message"].as_str().unwrap().contains("ebs.csi.aws.com"), "{bound}");
 }
+
+/// contentType archive: a tar.gz of files lands as files in the volume, not as a disk.
+#[tokio::test(flavor = "multi_thread")]
+async fn archives_land_as_files() {
+    let app = storage_app(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    sh(&format!("mkdir -p {d}/src/etc && echo hello > {d}/src/etc/motd && tar -C {d}/src -czf {d}/files.tar.gz etc"));
+    let web = servers::http(dir.path()).await;
+    let mut archive = dv("files", json!({"http": {"url": format!("http://127.0.0.1:{}/files.tar.gz", web.port)}}), "8Mi");
+    archive["spec"]["contentType"] = json!("archive");
+    assert_eq!(app.post(&dvs("default"), &archive).await.0, 201);
+    wait_dv(&app, "default", "files", &["Succeeded"]).await;
+    let volume_dir = volume_file(&app, "default", "files").await.parent().unwrap().to_path_buf();
+    assert_eq!(std::fs::read_to_string(volume_dir.join("fs/etc/motd")).unwrap(), "hello\n");
+}
