@@ -624,7 +624,8 @@ async fn archives_land_as_files() {
     let d = dir.path().display();
     sh(&format!("mkdir -p {d}/src/etc && echo hello > {d}/src/etc/motd && tar -C {d}/src -czf {d}/files.tar.gz etc"));
     let web = servers::http(dir.path()).await;
-    let mut archive = dv("files", json!({"http": {"url": format!("http://127.0.0.1:{}/files.tar.gz", web.port)}}), "8Mi");
+    let mut archive =
+        dv("files", json!({"http": {"url": format!("http://127.0.0.1:{}/files.tar.gz", web.port)}}), "8Mi");
     archive["spec"]["contentType"] = json!("archive");
     assert_eq!(app.post(&dvs("default"), &archive).await.0, 201);
     wait_dv(&app, "default", "files", &["Succeeded"]).await;

@@ -206,3 +206,44 @@ async fn a_block_mode_volume_boots_through_a_loop_device() {
     })
     .await;
 }
+
+/// The other import paths a guest boots from: S3 (the qcow2) and HTTP (the same disk as raw.xz).
+#[tokio::test(flavor = "multi_thread")]
+async fn vms_boot_from_s3_and_xz_imports() {
+    let g = spawn_guest_app_with(|c| c.storage.allow_private_imports = true).await;
+    let web_dir = tempfile::tempdir().unwrap();
+    let disk = guest_dir().join("disk.qcow2");
+    let raw = web_dir.path().join("disk.raw");
+    let script = format!(
+        "qemu-img convert -q -f qcow2 -O raw {} {} && xz -0 -T1 {}",
+        disk.display(),
+        raw.display(),
+        raw.display()
+    );
+    assert!(std::process::Command::new("sh").arg("-c").arg(script).status().unwrap().success());
+    let web = servers::http(web_dir.path()).await;
+    let s3 = servers::s3().await;
+    servers::s3_put("golden", "disk.qcow2", std::fs::read(&disk).unwrap()).await;
+    within(Duration::from_secs(300), async {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"},
+            "stringData": {"accessKeyId": servers::S3_ACCESS_KEY, "secretKey": servers::S3_SECRET_KEY}});
+        assert_eq!(g.app.post("/api/v1/namespaces/default/secrets", &secret).await.0, 201);
+        let sources = [
+            (
+                "from-s3",
+                json!({"s3": {"url": format!("http://127.0.0.1:{}/golden/disk.qcow2", s3.port), "secretRef": "s3"}}),
+            ),
+            ("from-xz", json!({"http": {"url": format!("http://127.0.0.1:{}/disk.raw.xz", web.port)}})),
+        ];
+        for (name, source) in &sources {
+            let templates = json!([{"metadata": {"name": format!("{name}-root")}, "spec": {
+                "source": source, "storage": {"resources": {"requests": {"storage": "128Mi"}}}}}]);
+            let vm = disk_vm(name, json!({"dataVolume": {"name": format!("{name}-root")}}), templates);
+            assert_eq!(g.app.post(VMS, &vm).await.0, 201);
+        }
+        for (name, _) in &sources {
+            boots(&g, name).await;
+        }
+    })
+    .await;
+}
