@@ -337,9 +337,26 @@ async fn uploads_and_clones_across_namespaces_when_allowed() {
     assert_eq!(app.post(&dvs("default"), &by_ref).await.0, 201);
     let refused = wait_dv(&app, "default", "root", &["Failed"]).await;
     assert!(running_message(&refused).contains("not allowed"), "{refused}");
+    // A guest using the golden claim holds the clone back until it is gone.
+    let user = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "metadata": {"name": "user"},
+        "spec": {"domain": {"resources": {"requests": {"memory": "64Mi"}}, "devices": {"disks": [{"name": "d", "disk": {}}]}},
+                 "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "golden-disk"}}]}});
+    let vmi_path = "/apis/kubevirt.io/v1/namespaces/golden/virtualmachineinstances";
+    assert_eq!(app.post(vmi_path, &user).await.0, 201);
     let mut ns = app.get("/api/v1/namespaces/golden").await.1;
     ns["metadata"]["annotations"] = json!({"converge.dev/clone-to": "default"});
     assert_eq!(app.put("/api/v1/namespaces/golden", &ns).await.0, 200);
+    let waiting = wait_until(WAIT, || async {
+        let d = app.get(&format!("{}/root", dvs("default"))).await.1;
+        d["status"]["phase"] == "CloneScheduled" && running_message(&d).contains("in use")
+    })
+    .await;
+    assert!(waiting, "{}", app.get(&format!("{}/root", dvs("default"))).await.1);
+    // No node runs it here: the test plays the node and lets it go.
+    let mut v = app.get(&format!("{vmi_path}/user")).await.1;
+    v["metadata"]["finalizers"] = json!([]);
+    assert_eq!(app.put(&format!("{vmi_path}/user"), &v).await.0, 200);
+    assert_eq!(app.delete(&format!("{vmi_path}/user"), None).await.0, 200);
     let cloned = wait_dv(&app, "default", "root", &["Succeeded"]).await;
     assert_eq!(cloned["status"]["progress"], "100.0%");
     let copy = volume_file(&app, "default", "root").await;

@@ -165,6 +165,15 @@ async fn clone_source(s: &Shared, dv: &Value, source: &Source) -> ApiResult<Resu
             )));
         }
     }
+    // A guest writing the source would give a torn copy: the clone waits, as CDI's does.
+    if claims::consumed(&s.store).await?.contains(&(src_ns.clone(), src_name.clone())) {
+        return Ok(Err((
+            "CloneSourceInUse".into(),
+            format!(
+                "the source claim {src_ns}/{src_name} is in use by a running guest; the clone waits until it stops"
+            ),
+        )));
+    }
     Ok(match claims::resolve(&s.store, &src_ns, &src_name).await? {
         claims::ClaimState::Ready(v) if !v.block || v.file.exists() => Ok(v.file),
         claims::ClaimState::Ready(_) => {
