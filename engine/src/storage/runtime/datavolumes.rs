@@ -246,6 +246,11 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
             Err(message) => return write_failed(s, &dv, "InvalidStorage", &message, &now).await,
         }
     }
+    let source_kind = match &source {
+        Source::Upload => "Upload",
+        Source::Pvc { .. } | Source::Ref { .. } => "Clone",
+        _ => "Import",
+    };
     if decision.start_job && source != Source::Upload {
         start_job(s, &dv, source, clone_from);
     }
@@ -255,7 +260,7 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
         crate::controllers::runtime_write_status(&s.store, &kinds::DATA_VOLUME, &dv, decision.status.clone()).await?;
     }
     if old_phase != new_phase {
-        phase_event(s, &dv, &new_phase, &decision.status).await;
+        phase_event(s, &dv, &new_phase, &decision.status, &source_kind).await;
     }
     if job.as_ref().is_some_and(|j| j.running) || decision.start_job {
         s.dvs.add_after((ns.clone(), name.clone()), Duration::from_secs(1));
@@ -263,12 +268,14 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
     Ok(())
 }
 
-async fn phase_event(s: &Shared, dv: &Value, phase: &str, status: &Value) {
+async fn phase_event(s: &Shared, dv: &Value, phase: &str, status: &Value, source_kind: &str) {
     let name = meta::name(dv);
     let holder = json!({"status": status});
     let running_message = datavolume::running_message(&holder).unwrap_or("");
     let (kind, reason, message) = match phase {
-        "Succeeded" => (events::NORMAL, "ImportSucceeded", format!("Import Successful into PVC {name}")),
+        "Succeeded" => {
+            (events::NORMAL, succeeded_reason(source_kind), format!("{source_kind} Successful into PVC {name}"))
+        }
         "Failed" => (events::WARNING, "Error", running_message.to_string()),
         "ImportScheduled" => (events::NORMAL, "ImportScheduled", format!("Import into {name} scheduled")),
         "CloneScheduled" => (events::NORMAL, "CloneScheduled", format!("Cloning into {name} scheduled")),
@@ -279,6 +286,14 @@ async fn phase_event(s: &Shared, dv: &Value, phase: &str, status: &Value) {
         _ => return,
     };
     events::record(&s.store, &kinds::DATA_VOLUME, dv, kind, reason, &message, COMPONENT).await;
+}
+
+fn succeeded_reason(source_kind: &str) -> &'static str {
+    match source_kind {
+        "Upload" => "UploadSucceeded",
+        "Clone" => "CloneSucceeded",
+        _ => "ImportSucceeded",
+    }
 }
 
 async fn write_failed(s: &Shared, dv: &Value, reason: &str, message: &str, now: &str) -> ApiResult<()> {
