@@ -260,7 +260,7 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
         crate::controllers::runtime_write_status(&s.store, &kinds::DATA_VOLUME, &dv, decision.status.clone()).await?;
     }
     if old_phase != new_phase {
-        phase_event(s, &dv, &new_phase, &decision.status, &source_kind).await;
+        phase_event(s, &dv, &new_phase, &decision.status, source_kind).await;
     }
     if job.as_ref().is_some_and(|j| j.running) || decision.start_job {
         s.dvs.add_after((ns.clone(), name.clone()), Duration::from_secs(1));
