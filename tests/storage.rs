@@ -238,6 +238,14 @@ async fn hostile_imports_fail_with_their_reason() {
     // A pool on a 2 MiB tmpfs: the disk fills.
     let tiny = tempfile::tempdir().unwrap();
     sh(&format!("mount -t tmpfs -o size=2m tmpfs {}", tiny.path().display()));
+    // Unmounted however the test ends.
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(tiny.path().to_path_buf());
     let small = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "tiny"},
         "provisioner": "converge.dev/local-pool", "parameters": {"path": tiny.path().display().to_string()}});
     assert_eq!(app.post("/apis/storage.k8s.io/v1/storageclasses", &small).await.0, 201);
@@ -263,7 +271,6 @@ async fn hostile_imports_fail_with_their_reason() {
         assert_eq!(got["status"]["phase"], "Failed", "{name}: {got}");
         assert!(running_message(&got).contains(want), "{name}: {}", running_message(&got));
     }
-    let _ = Command::new("umount").arg(tiny.path()).status();
 
     // Loopback is refused unless the node allows it; claims over the node's cap never bind, and
     // the DataVolume says why.
