@@ -111,7 +111,13 @@ struct Meter {
     read: u64,
     checksum: Option<Checksum>,
     last_reported: f64,
+    /// The part of the whole progress the transfer stands for, once the data's format is known
+    /// (less than all of it when a conversion follows); nothing is reported before.
+    share: Option<f64>,
 }
+
+/// Of an import that ends with a conversion, the transfer is reported as this part of the whole.
+const TRANSFER_SHARE_WHEN_CONVERTING: f64 = 0.8;
 
 /// Counts and hashes what passes through, reporting progress against `total`. The meter is
 /// shared because the reader ends up under a decoder that owns it.
@@ -133,12 +139,12 @@ impl<R: AsyncRead + Unpin> AsyncRead for Metered<R> {
             if let Some(c) = meter.checksum.as_mut() {
                 c.update(fresh);
             }
-            if let Some(total) = self.total.filter(|t| *t > 0) {
+            if let (Some(total), Some(share)) = (self.total.filter(|t| *t > 0), meter.share) {
                 let done = (meter.read as f64 / total as f64).min(1.0);
                 if done - meter.last_reported >= 0.001 {
                     meter.last_reported = done;
                     drop(meter);
-                    (self.progress)(done);
+                    (self.progress)(done * share);
                 }
             }
         }
@@ -166,13 +172,20 @@ pub async fn import_stream<R: AsyncRead + Unpin + Send + 'static>(
     let metered = Metered { inner: body, total, meter: Arc::clone(&meter), progress: Arc::clone(&progress) };
     let mut buffered = BufReader::with_capacity(256 << 10, metered);
     let head = buffered.fill_buf().await?.to_vec();
-    let decoded: Pin<Box<dyn AsyncRead + Send>> = if head.starts_with(&[0x1f, 0x8b]) {
+    let decoder: Pin<Box<dyn AsyncRead + Send>> = if head.starts_with(&[0x1f, 0x8b]) {
         Box::pin(async_compression::tokio::bufread::GzipDecoder::new(buffered))
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
         Box::pin(async_compression::tokio::bufread::XzDecoder::new(buffered))
     } else {
         Box::pin(buffered)
     };
+    // The decoded data's first bytes tell whether a conversion will follow the transfer.
+    let mut decoded = BufReader::with_capacity(CHUNK, decoder);
+    let decoded_head = decoded.fill_buf().await.map_err(read_error)?;
+    let converting = content_type == ContentType::Kubevirt && sniff_image_format(decoded_head).is_some();
+    let share = if converting { TRANSFER_SHARE_WHEN_CONVERTING } else { 1.0 };
+    meter.lock().unwrap_or_else(|p| p.into_inner()).share = Some(share);
+    let decoded: Pin<Box<dyn AsyncRead + Send>> = Box::pin(decoded);
     // A decompression bomb stops here: no image may be much larger than the volume it fills.
     let limit = target.capacity + target.capacity / 8 + (64 << 20);
     match content_type {
@@ -194,15 +207,20 @@ pub async fn import_stream<R: AsyncRead + Unpin + Send + 'static>(
     if let Some(c) = meter.checksum {
         c.verify()?;
     }
-    progress(1.0);
+    progress(share);
     if content_type == ContentType::Archive {
         return Ok(());
     }
     let received = started.elapsed();
-    let (target_c, scratch) = (target.clone(), target.scratch());
-    let result = tokio::task::spawn_blocking(move || finalize(&scratch, true, &target_c, tool.as_ref()))
-        .await
-        .map_err(|e| StorageError::Transient(e.to_string()))?;
+    let (target_c, scratch, converted) = (target.clone(), target.scratch(), Arc::clone(&progress));
+    let result = tokio::task::spawn_blocking(move || {
+        finalize(&scratch, true, &target_c, tool.as_ref(), &|p| converted(share + (1.0 - share) * p))
+    })
+    .await
+    .map_err(|e| StorageError::Transient(e.to_string()))?;
+    if result.is_ok() {
+        progress(1.0);
+    }
     tracing::info!(
         bytes = meter.read,
         receive_secs = received.as_secs_f64(),
@@ -312,7 +330,13 @@ fn extract_archive(reader: impl std::io::Read, dir: &Path, limit: u64) -> Result
 
 /// Turns an image file into the volume's `disk.img`. `owned`: `src` is ours to consume (a
 /// scratch file), so a raw image is renamed instead of copied.
-pub fn finalize(src: &Path, owned: bool, target: &Target, tool: &dyn VolumeTool) -> Result<(), StorageError> {
+pub fn finalize(
+    src: &Path,
+    owned: bool,
+    target: &Target,
+    tool: &dyn VolumeTool,
+    progress: &dyn Fn(f64),
+) -> Result<(), StorageError> {
     // The first cluster: enough for the format's magic and a qcow2 header with its backing name.
     let mut head = Vec::with_capacity(64 << 10);
     std::io::Read::read_to_end(&mut std::io::Read::take(std::fs::File::open(src)?, 64 << 10), &mut head)?;
@@ -350,7 +374,7 @@ pub fn finalize(src: &Path, owned: bool, target: &Target, tool: &dyn VolumeTool)
             }
             safety::check_image(&info, target.capacity)?;
             tool.check(src, &info.format)?;
-            tool.convert_to_raw(src, &info.format, &staging)?;
+            tool.convert_to_raw(src, &info.format, &staging, progress)?;
             if owned {
                 let _ = std::fs::remove_file(src);
             }

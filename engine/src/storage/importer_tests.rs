@@ -176,8 +176,9 @@ impl VolumeTool for Recording {
         self.calls.lock().unwrap().push("check");
         Ok(())
     }
-    fn convert_to_raw(&self, _: &Path, _: &str, dst: &Path) -> Result<(), StorageError> {
+    fn convert_to_raw(&self, _: &Path, _: &str, dst: &Path, progress: &dyn Fn(f64)) -> Result<(), StorageError> {
         self.calls.lock().unwrap().push("convert");
+        progress(1.0);
         std::fs::write(dst, vec![1u8; 4096])?;
         Ok(())
     }
@@ -211,11 +212,11 @@ fn finalize_checks_before_it_converts() {
     };
     let t = target(dir.path(), 1 << 20);
     let too_big = Recording { calls: Default::default(), info: info(2 << 20) };
-    assert!(finalize(&src, false, &t, &too_big).unwrap_err().to_string().contains("larger than the volume"));
+    assert!(finalize(&src, false, &t, &too_big, &|_| {}).unwrap_err().to_string().contains("larger than the volume"));
     assert_eq!(*too_big.calls.lock().unwrap(), vec!["info"]);
     assert!(!t.disk().exists());
     let fits = Recording { calls: Default::default(), info: info(1 << 20) };
-    finalize(&src, true, &t, &fits).unwrap();
+    finalize(&src, true, &t, &fits, &|_| {}).unwrap();
     assert_eq!(*fits.calls.lock().unwrap(), vec!["info", "check", "convert"]);
     assert_eq!(std::fs::metadata(t.disk()).unwrap().len(), 1 << 20);
     assert!(!src.exists(), "an owned scratch file is removed");

@@ -49,8 +49,8 @@ pub trait VolumeTool: Send + Sync {
     fn info(&self, path: &Path) -> Result<ImageInfo, StorageError>;
     /// Consistency check of a qcow2 image (catches truncation).
     fn check(&self, path: &Path, format: &str) -> Result<(), StorageError>;
-    /// Writes `src` (in `format`) to `dst` as sparse raw.
-    fn convert_to_raw(&self, src: &Path, format: &str, dst: &Path) -> Result<(), StorageError>;
+    /// Writes `src` (in `format`) to `dst` as sparse raw, telling `progress` the fraction done.
+    fn convert_to_raw(&self, src: &Path, format: &str, dst: &Path, progress: &dyn Fn(f64)) -> Result<(), StorageError>;
     /// A copy of `src` at `dst`: a reflink where the filesystem offers it, else sparse.
     fn copy(&self, src: &Path, dst: &Path) -> Result<(), StorageError>;
     /// A loop device over `file` (the one already attached, if any).
@@ -65,6 +65,52 @@ fn run(tool: &'static str, cmd: &mut Command) -> Result<String, StorageError> {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        Err(StorageError::Tool { tool, message })
+    }
+}
+
+/// The last `(12.34/100%)` in qemu-img's `-p` output, as a fraction.
+pub fn parse_qemu_progress(text: &str) -> Option<f64> {
+    let start = text.rfind('(')?;
+    let rest = &text[start + 1..];
+    let (done, _) = rest.split_once("/100%")?;
+    done.trim().parse::<f64>().ok().map(|p| (p / 100.0).clamp(0.0, 1.0))
+}
+
+/// Runs qemu-img with `-p`, passing its progress on as it comes.
+fn run_with_progress(cmd: &mut Command, progress: &dyn Fn(f64)) -> Result<(), StorageError> {
+    use std::io::Read;
+    let tool = "qemu-img";
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| StorageError::Tool { tool, message: e.to_string() })?;
+    let mut stderr = child.stderr.take();
+    // stderr is drained on a thread so a chatty failure can't block the progress reads.
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.read_to_string(&mut text);
+        }
+        text
+    });
+    if let Some(mut out) = child.stdout.take() {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if let Some(p) = parse_qemu_progress(&String::from_utf8_lossy(&buf[..n])) {
+                progress(p);
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| StorageError::Tool { tool, message: e.to_string() })?;
+    let message = errors.join().unwrap_or_default().trim().to_string();
+    if status.success() {
+        Ok(())
+    } else {
         Err(StorageError::Tool { tool, message })
     }
 }
@@ -88,18 +134,18 @@ impl VolumeTool for SystemVolumeTool {
             .map(|_| ())
             .map_err(|e| StorageError::refused(format!("the qcow2 image is damaged or truncated: {e}")))
     }
-    fn convert_to_raw(&self, src: &Path, format: &str, dst: &Path) -> Result<(), StorageError> {
+    fn convert_to_raw(&self, src: &Path, format: &str, dst: &Path, progress: &dyn Fn(f64)) -> Result<(), StorageError> {
         // `-t none` (O_DIRECT), as CDI's importer: the image is on disk when qemu-img exits, and
         // it is faster here than buffered writes plus an fsync. Pools on filesystems that refuse
         // O_DIRECT (tmpfs) get buffered writes; the caller fsyncs.
         let convert = |cache: Option<&str>| {
             let mut cmd = Command::new("qemu-img");
-            cmd.args(["convert", "-q"]);
+            cmd.args(["convert", "-p"]);
             if let Some(c) = cache {
                 cmd.args(["-t", c]);
             }
             cmd.args(["-f", format, "-O", "raw"]).arg(src).arg(dst);
-            run("qemu-img", &mut cmd).map(|_| ())
+            run_with_progress(&mut cmd, progress)
         };
         match convert(Some("none")) {
             Err(StorageError::Tool { message, .. })
@@ -151,6 +197,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn qemu_progress_lines_parse() {
+        assert_eq!(parse_qemu_progress("    (0.00/100%)\r    (42.50/100%)\r"), Some(0.425));
+        assert_eq!(parse_qemu_progress("    (100.00/100%)\n"), Some(1.0));
+        assert_eq!(parse_qemu_progress("nothing"), None);
+    }
+
+    #[test]
     fn formats_are_told_by_their_magic() {
         assert_eq!(sniff_image_format(b"QFI\xfb\0\0\0\x03"), Some("qcow2"));
         assert_eq!(sniff_image_format(b"KDMV\x01"), Some("vmdk"));
@@ -185,7 +238,9 @@ mod tests {
             assert!(info.extents.is_empty(), "{format}: {:?}", info.extents);
             tool.check(&img, format).unwrap();
             let out = dir.path().join(format!("{format}.raw"));
-            tool.convert_to_raw(&img, format, &out).unwrap();
+            let seen = std::sync::Mutex::new(vec![]);
+            tool.convert_to_raw(&img, format, &out, &|p| seen.lock().unwrap().push(p)).unwrap();
+            assert_eq!(seen.lock().unwrap().last(), Some(&1.0), "{format}");
             assert_eq!(&std::fs::read(&out).unwrap()[..65536], &[7u8; 65536][..]);
         }
     }

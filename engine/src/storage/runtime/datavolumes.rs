@@ -460,10 +460,19 @@ async fn fill(s: &Arc<Shared>, dv: &Value, source: &Source, clone_from: Option<P
                 registry::pull(&images, &scratch, &reference, creds.as_ref(), &s.config.insecure_registries).await;
             let result = match pulled {
                 Ok(_) => {
-                    progress(1.0);
+                    // The pull reports no progress of its own: it counts as the first 80 %.
+                    progress(0.8);
                     let disk = images.disk(&reference, None).map_err(|e| StorageError::refused(e.to_string()))?;
                     let t = target.clone();
-                    blocking(move || importer::finalize(&disk, false, &t, tool.as_ref())).await
+                    let converted = Arc::clone(&progress);
+                    let out = blocking(move || {
+                        importer::finalize(&disk, false, &t, tool.as_ref(), &|p| converted(0.8 + 0.2 * p))
+                    })
+                    .await;
+                    if out.is_ok() {
+                        progress(1.0);
+                    }
+                    out
                 }
                 Err(registry::RegistryError::BadReference(r, why)) => {
                     Err(StorageError::refused(format!("invalid registry URL {r:?}: {why}")))
