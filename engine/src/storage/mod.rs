@@ -15,7 +15,7 @@ pub mod volume;
 
 mod runtime;
 
-pub use runtime::{spawn, StorageControllers, UploadError, UploadSession};
+pub use runtime::{spawn, spawn_with, StorageControllers, UploadError, UploadSession};
 
 use std::path::{Path, PathBuf};
 
@@ -46,6 +46,8 @@ pub struct StorageConfig {
     pub max_volume_bytes: Option<u64>,
     /// Registries spoken to over plain HTTP (`host:port`).
     pub insecure_registries: Vec<String>,
+    /// A failed job waits this × 2^restarts (at most 5 min) before it runs again.
+    pub retry_base: std::time::Duration,
 }
 
 impl StorageConfig {
@@ -55,6 +57,7 @@ impl StorageConfig {
             allow_private_imports: false,
             max_volume_bytes: None,
             insecure_registries: vec![],
+            retry_base: std::time::Duration::from_secs(1),
         }
     }
 

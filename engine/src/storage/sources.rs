@@ -25,6 +25,29 @@ pub struct HttpSource {
 
 pub type Body = Box<dyn AsyncRead + Unpin + Send>;
 
+/// The HTTP boundary: what the importer fetches from (S3 goes through it with a signed URL).
+pub trait Fetcher: Send + Sync {
+    /// The body of `src` and its length when the server says.
+    fn open<'a>(
+        &'a self,
+        src: &'a HttpSource,
+        allow_private: bool,
+    ) -> futures::future::BoxFuture<'a, Result<(Body, Option<u64>), StorageError>>;
+}
+
+/// The real one: reqwest, after `safety::check_url`.
+pub struct HttpFetcher;
+
+impl Fetcher for HttpFetcher {
+    fn open<'a>(
+        &'a self,
+        src: &'a HttpSource,
+        allow_private: bool,
+    ) -> futures::future::BoxFuture<'a, Result<(Body, Option<u64>), StorageError>> {
+        Box::pin(open_http(src, allow_private))
+    }
+}
+
 /// Opens `src`; returns the body and its length when the server says.
 pub async fn open_http(src: &HttpSource, allow_private: bool) -> Result<(Body, Option<u64>), StorageError> {
     let url =

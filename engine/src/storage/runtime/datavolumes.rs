@@ -391,7 +391,7 @@ pub(super) async fn finish_job(s: &Arc<Shared>, key: &Key, uid: &str, result: Re
             set_job(s, uid, JobView { running: false, progress, last_error: Some(e.to_string()) });
             s.dvs.add(key.clone());
             if retry {
-                let backoff = Duration::from_secs((1u64 << restarts.min(9)).min(MAX_BACKOFF));
+                let backoff = (s.config.retry_base * (1u32 << restarts.min(9))).min(Duration::from_secs(MAX_BACKOFF));
                 tokio::time::sleep(backoff).await;
             }
             Ok(())
@@ -435,7 +435,7 @@ async fn fill(s: &Arc<Shared>, dv: &Value, source: &Source, clone_from: Option<P
         Source::Http(body) => {
             let url = body.get("url").and_then(Value::as_str).unwrap_or_default().to_string();
             let src = http_source(s, ns, body, url).await?;
-            let (reader, len) = sources::open_http(&src, allow_private).await?;
+            let (reader, len) = s.fetcher.open(&src, allow_private).await?;
             let checksum = body.get("checksum").and_then(Value::as_str);
             importer::import_stream(reader, len, checksum, kind, &target, tool, progress).await
         }
@@ -445,7 +445,7 @@ async fn fill(s: &Arc<Shared>, dv: &Value, source: &Source, clone_from: Option<P
             let signed = sources::s3_signed_url(url, creds.as_ref().map(|(k, v)| (k.as_str(), v.as_str())))?;
             let mut src = http_source(s, ns, &json!({"certConfigMap": body.get("certConfigMap")}), signed).await?;
             src.basic_auth = None;
-            let (reader, len) = sources::open_http(&src, allow_private).await?;
+            let (reader, len) = s.fetcher.open(&src, allow_private).await?;
             importer::import_stream(reader, len, None, kind, &target, tool, progress).await
         }
         Source::Registry(body) => {

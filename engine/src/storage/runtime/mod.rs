@@ -38,6 +38,7 @@ struct Shared {
     store: Arc<Store>,
     config: StorageConfig,
     tool: Arc<dyn VolumeTool>,
+    fetcher: Arc<dyn super::sources::Fetcher>,
     /// Jobs by DataVolume uid.
     jobs: Mutex<HashMap<String, Job>>,
     pvcs: Arc<WorkQueue<Key>>,
@@ -70,6 +71,16 @@ fn annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
 
 /// Starts the storage controllers, making the default StorageClass if there is none.
 pub async fn spawn(store: Arc<Store>, config: StorageConfig) -> ApiResult<StorageControllers> {
+    spawn_with(store, config, Arc::new(SystemVolumeTool), Arc::new(super::sources::HttpFetcher)).await
+}
+
+/// `spawn` with the OS boundaries given (tests pass recording doubles).
+pub async fn spawn_with(
+    store: Arc<Store>,
+    config: StorageConfig,
+    tool: Arc<dyn VolumeTool>,
+    fetcher: Arc<dyn super::sources::Fetcher>,
+) -> ApiResult<StorageControllers> {
     if store.list_values(&kinds::STORAGE_CLASS, None).await?.is_empty() {
         match store.create(&kinds::STORAGE_CLASS, provisioner::default_class(), false).await {
             Ok(_) => {}
@@ -80,7 +91,8 @@ pub async fn spawn(store: Arc<Store>, config: StorageConfig) -> ApiResult<Storag
     let shared = Arc::new(Shared {
         store,
         config,
-        tool: Arc::new(SystemVolumeTool),
+        tool,
+        fetcher,
         jobs: Mutex::new(HashMap::new()),
         pvcs: WorkQueue::new(),
         pvs: WorkQueue::new(),
@@ -479,6 +491,8 @@ async fn sync_pv(s: &Shared, name: &str) -> ApiResult<()> {
 }
 
 mod datavolumes;
+#[cfg(test)]
+mod tests;
 mod uploads;
 
 use datavolumes::sync_dv;
