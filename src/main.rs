@@ -114,8 +114,8 @@ enum Command {
     #[command(name = "image-upload")]
     ImageUpload {
         /// `dv NAME` (or just NAME).
-        #[arg(num_args = 1..=2, required = true)]
-        names: Vec<String>,
+        #[command(flatten)]
+        target: Target,
         #[arg(long)]
         image_path: PathBuf,
         /// Size of the DataVolume to create (e.g. 2Gi).
@@ -135,12 +135,6 @@ enum Command {
         /// The file is a tar archive of files, not a disk image.
         #[arg(long)]
         archive: bool,
-        #[arg(long, short = 'n')]
-        namespace: Option<String>,
-        #[arg(long)]
-        kubeconfig: Option<PathBuf>,
-        #[arg(long, env = "CONVERGE_DATA_DIR")]
-        data_dir: Option<PathBuf>,
     },
     /// Print the CA certificate that signs the server's certificate.
     Ca {
@@ -290,7 +284,7 @@ fn main() -> Result<()> {
                 Ok(())
             }
             Command::ImageUpload {
-                names,
+                target,
                 image_path,
                 size,
                 storage_class,
@@ -298,19 +292,14 @@ fn main() -> Result<()> {
                 no_create,
                 wait_secs,
                 archive,
-                namespace,
-                kubeconfig,
-                data_dir,
             } => {
-                if names.len() == 2 && !matches!(names[0].as_str(), "dv" | "datavolume") {
+                if target.names.len() == 2 && !matches!(target.names[0].as_str(), "dv" | "datavolume") {
                     bail!("image-upload takes `dv NAME`; uploading into a bare PVC is not supported");
                 }
-                let path = verbs::kubeconfig_path(kubeconfig, data_dir);
-                let api = client::Client::from_kubeconfig(&path)?;
-                let namespace = namespace.or_else(|| api.namespace.clone()).unwrap_or_else(|| "default".into());
+                let (api, namespace) = target.client()?;
                 let args = upload::UploadArgs {
                     namespace,
-                    name: names.last().cloned().unwrap_or_default(),
+                    name: target.name().to_string(),
                     image_path,
                     size,
                     storage_class,

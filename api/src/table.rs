@@ -384,7 +384,7 @@ struct RowSpec {
 /// Parse a stored object for a Table row, only as far as the row needs.
 pub fn parse_row_source(kind: &ResourceKind, raw: &str, include: IncludeObject) -> serde_json::Result<Value> {
     // The slim parse serves the big custom kinds; storage rows read fields outside status.
-    if kind.is_core() || include == IncludeObject::Object || storage::columns(kind).is_some() {
+    if kind.is_core() || include == IncludeObject::Object || storage::prints(kind) {
         return serde_json::from_str(raw);
     }
     let row: RowSource = serde_json::from_str(raw)?;

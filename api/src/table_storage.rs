@@ -38,6 +38,13 @@ fn or_unset(v: Value) -> Value {
     }
 }
 
+/// The kinds printed here; their rows read fields outside `status`, so they are parsed whole.
+pub(super) fn prints(kind: &ResourceKind) -> bool {
+    [&kinds::PERSISTENT_VOLUME_CLAIM, &kinds::PERSISTENT_VOLUME, &kinds::STORAGE_CLASS, &kinds::DATA_VOLUME]
+        .iter()
+        .any(|k| std::ptr::eq(*k, kind))
+}
+
 pub(super) fn columns(kind: &ResourceKind) -> Option<Vec<Column>> {
     let columns = if std::ptr::eq(kind, &kinds::PERSISTENT_VOLUME_CLAIM) {
         vec![
@@ -80,10 +87,7 @@ pub(super) fn columns(kind: &ResourceKind) -> Option<Vec<Column>> {
         vec![
             Column {
                 cell: |o| {
-                    let default = o
-                        .pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
-                        .and_then(Value::as_str)
-                        == Some("true");
+                    let default = meta::annotation(o, "storageclass.kubernetes.io/is-default-class") == Some("true");
                     json!(if default { format!("{} (default)", meta::name(o)) } else { meta::name(o).to_string() })
                 },
                 ..NAME

@@ -50,6 +50,11 @@ pub fn string_map(obj: &Value, field: &str) -> Map<String, Value> {
     metadata(obj).and_then(|m| m.get(field)).and_then(Value::as_object).cloned().unwrap_or_default()
 }
 
+/// One annotation's value (`metadata.annotations[key]`).
+pub fn annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
+    metadata(obj).and_then(|m| m.get("annotations")).and_then(|a| a.get(key)).and_then(Value::as_str)
+}
+
 pub fn labels(obj: &Value) -> Map<String, Value> {
     string_map(obj, "labels")
 }

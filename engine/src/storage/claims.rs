@@ -61,10 +61,7 @@ pub fn state_of(pvc: Option<&Value>, pv: Option<&Value>, claim: &str) -> ClaimSt
     if pvc.pointer("/status/phase").and_then(Value::as_str) != Some("Bound") {
         return ClaimState::Waiting("PVCNotBound".into(), format!("PersistentVolumeClaim {claim:?} is not bound yet"));
     }
-    let filling = pvc
-        .pointer(&format!("/metadata/annotations/{}", ANN_POD_PHASE.replace('/', "~1")))
-        .and_then(Value::as_str)
-        .filter(|p| *p != "Succeeded");
+    let filling = meta::annotation(pvc, ANN_POD_PHASE).filter(|p| *p != "Succeeded");
     if let Some(phase) = filling {
         return ClaimState::Waiting(
             "DataVolumeNotReady".into(),

@@ -193,9 +193,7 @@ pub struct Decision {
     pub start_job: bool,
 }
 
-fn annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
-    obj.pointer(&format!("/metadata/annotations/{}", key.replace('/', "~1"))).and_then(Value::as_str)
-}
+use meta::annotation;
 
 /// The message of a DataVolume's Running condition: why it is failing or retrying.
 pub fn running_message(dv: &Value) -> Option<&str> {
@@ -257,7 +255,7 @@ pub fn decide(dv: &Value, source: &Source, seen: &Observed, now: &str) -> Decisi
     } else if let Some((reason, message)) = &seen.blocked {
         set_cdi_condition(&mut conditions, "Running", false, reason, message, now);
         let blocked_phase = if reason == "CloneUnauthorized" { "Failed" } else { scheduled };
-        return finish(dv, old, conditions, blocked_phase, progress, seen.restarts, create_claim, false, now);
+        return finish(dv, conditions, blocked_phase, progress, seen.restarts, create_claim, false, now);
     } else if let Some(job) = &seen.job {
         progress = format!("{:.2}%", (job.progress * 100.0).min(100.0));
         match (&job.last_error, job.running) {
@@ -278,13 +276,12 @@ pub fn decide(dv: &Value, source: &Source, seen: &Observed, now: &str) -> Decisi
         scheduled
     };
     set_cdi_condition(&mut conditions, "Running", running.0, running.1, &running.2, now);
-    finish(dv, old, conditions, phase, progress, seen.restarts, create_claim, start_job, now)
+    finish(dv, conditions, phase, progress, seen.restarts, create_claim, start_job, now)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn finish(
     dv: &Value,
-    old: Value,
     mut conditions: Vec<Value>,
     phase: &str,
     progress: String,
@@ -315,7 +312,6 @@ fn finish(
     if restarts > 0 {
         status["restartCount"] = json!(restarts);
     }
-    let _ = old;
     Decision { status, create_claim, start_job }
 }
 

@@ -230,11 +230,7 @@ pub fn profile_for(class: &Value) -> Value {
 pub fn class_for<'a>(claim_class: Option<&str>, classes: &'a [Value]) -> Option<&'a Value> {
     match claim_class.filter(|c| !c.is_empty()) {
         Some(name) => classes.iter().find(|c| meta::name(c) == name),
-        None => classes.iter().find(|c| {
-            c.pointer(&format!("/metadata/annotations/{}", super::DEFAULT_CLASS_ANNOTATION.replace('/', "~1")))
-                .and_then(Value::as_str)
-                == Some("true")
-        }),
+        None => classes.iter().find(|c| meta::annotation(c, super::DEFAULT_CLASS_ANNOTATION) == Some("true")),
     }
 }
 

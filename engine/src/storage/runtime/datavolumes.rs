@@ -6,10 +6,6 @@ use crate::node::images::ImageStore;
 use crate::node::registry;
 use crate::storage::sources::{self, HttpSource};
 
-fn secret_map(obj: &Value) -> std::collections::BTreeMap<String, Vec<u8>> {
-    crate::node::disks::secret_data(obj)
-}
-
 async fn secret(
     s: &Shared,
     ns: &str,
@@ -17,7 +13,7 @@ async fn secret(
 ) -> Result<std::collections::BTreeMap<String, Vec<u8>>, StorageError> {
     let Some(name) = name.filter(|n| !n.is_empty()) else { return Ok(Default::default()) };
     match s.store.get(&kinds::SECRET, ns, name).await {
-        Ok(Some(obj)) => Ok(secret_map(&obj)),
+        Ok(Some(obj)) => Ok(crate::node::disks::secret_data(&obj)),
         Ok(None) => Err(StorageError::Transient(format!("secret {name:?} not found in namespace {ns:?}"))),
         Err(e) => Err(StorageError::Transient(e.message)),
     }
@@ -72,7 +68,7 @@ async fn http_source(s: &Shared, ns: &str, body: &Value, url: String) -> Result<
 }
 
 /// The volume behind a claim, as an import target.
-async fn target_of(s: &Shared, ns: &str, claim: &str) -> Result<Target, StorageError> {
+pub(super) async fn target_of(s: &Shared, ns: &str, claim: &str) -> Result<Target, StorageError> {
     let transient = |m: String| StorageError::Transient(m);
     let pvc = s.store.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, claim).await.map_err(|e| transient(e.message))?;
     let pv_name = pvc.as_ref().and_then(|p| p.pointer("/spec/volumeName")).and_then(Value::as_str).unwrap_or_default();

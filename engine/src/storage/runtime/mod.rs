@@ -65,9 +65,7 @@ fn key_of(obj: &Value) -> Key {
     (meta::namespace(obj).to_string(), meta::name(obj).to_string())
 }
 
-fn annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
-    obj.pointer(&format!("/metadata/annotations/{}", key.replace('/', "~1"))).and_then(Value::as_str)
-}
+use meta::annotation;
 
 /// Starts the storage controllers, making the default StorageClass if there is none.
 pub async fn spawn(store: Arc<Store>, config: StorageConfig) -> ApiResult<StorageControllers> {

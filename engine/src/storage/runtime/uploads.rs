@@ -101,28 +101,7 @@ async fn receive(
     total: Option<u64>,
     content: ContentType,
 ) -> Result<(), StorageError> {
-    let target = {
-        let pvc = s
-            .store
-            .get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, claim)
-            .await
-            .map_err(|e| StorageError::Transient(e.message))?;
-        let pv_name =
-            pvc.as_ref().and_then(|p| p.pointer("/spec/volumeName")).and_then(Value::as_str).unwrap_or_default();
-        let pv = s
-            .store
-            .get(&kinds::PERSISTENT_VOLUME, "", pv_name)
-            .await
-            .map_err(|e| StorageError::Transient(e.message))?;
-        let pv = pv.ok_or_else(|| StorageError::Transient("the claim has no volume".into()))?;
-        let file = pv.pointer("/spec/hostPath/path").and_then(Value::as_str).map(PathBuf::from).unwrap_or_default();
-        let capacity =
-            pv.pointer("/spec/capacity/storage").and_then(|q| crate::quantity::parse_value(q).ok()).unwrap_or(0.0)
-                as u64;
-        let dir =
-            file.parent().map(Path::to_path_buf).ok_or_else(|| StorageError::refused("the volume has no directory"))?;
-        Target { dir, capacity }
-    };
+    let target = super::datavolumes::target_of(s, ns, claim).await?;
     super::datavolumes::annotate_claim(s, ns, claim, &[(ANN_POD_PHASE, Some("Running".into()))])
         .await
         .map_err(|e| StorageError::Transient(e.message))?;
