@@ -10,7 +10,8 @@ use std::time::Duration;
 pub struct ServeArgs {
     /// A TOML file with any of: data_dir, listen, database, tls_san, mac_range, log_format,
     /// no_node, node_name, allow_emulation, libvirt_uri, allow_private_imports, insecure_registry,
-    /// max_volume_size.
+    /// max_volume_size, pod_network, pod_cidr, service_cidr, service_node_port_range,
+    /// node_transit_cidr, node_netns, pod_egress.
     #[arg(long, env = "CONVERGE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where the database, certificates and kubeconfig live.
@@ -49,6 +50,29 @@ pub struct ServeArgs {
     /// The largest volume a claim may ask for (e.g. 500Gi).
     #[arg(long, env = "CONVERGE_MAX_VOLUME_SIZE")]
     pub max_volume_size: Option<String>,
+    /// Pod network: none = QEMU's user-mode network stands in for it (no root needed);
+    /// default: on when running as root.
+    #[arg(long, env = "CONVERGE_POD_NETWORK", value_parser = ["on", "none"])]
+    pub pod_network: Option<String>,
+    /// Pod addresses (default 10.244.0.0/16).
+    #[arg(long, env = "CONVERGE_POD_CIDR")]
+    pub pod_cidr: Option<String>,
+    /// Service cluster IPs (default 10.96.0.0/16).
+    #[arg(long, env = "CONVERGE_SERVICE_CIDR")]
+    pub service_cidr: Option<String>,
+    /// Node ports: LOW-HIGH (default 30000-32767).
+    #[arg(long, env = "CONVERGE_SERVICE_NODE_PORT_RANGE")]
+    pub service_node_port_range: Option<String>,
+    /// The /30 between the host and the node's network namespace (default 169.254.244.0/30).
+    #[arg(long, env = "CONVERGE_NODE_TRANSIT_CIDR")]
+    pub node_transit_cidr: Option<String>,
+    /// The network namespace the node's pod network lives in (default converge).
+    #[arg(long, env = "CONVERGE_NODE_NETNS")]
+    pub node_netns: Option<String>,
+    /// Route pods' traffic to the outside, masqueraded by the host (sets the host's
+    /// net.ipv4.ip_forward); default true.
+    #[arg(long, env = "CONVERGE_POD_EGRESS")]
+    pub pod_egress: Option<bool>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -69,6 +93,13 @@ struct FileConfig {
     #[serde(default)]
     insecure_registry: Vec<String>,
     max_volume_size: Option<String>,
+    pod_network: Option<String>,
+    pod_cidr: Option<String>,
+    service_cidr: Option<String>,
+    service_node_port_range: Option<String>,
+    node_transit_cidr: Option<String>,
+    node_netns: Option<String>,
+    pod_egress: Option<bool>,
 }
 
 pub struct Settings {
@@ -119,7 +150,30 @@ pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> 
         }
         node.allow_emulation = args.allow_emulation.or(file.allow_emulation).unwrap_or(true);
         node.insecure_registries = insecure;
+        let pod_network = args.pod_network.or(file.pod_network);
+        if pod_network.as_deref() == Some("on") || (pod_network.is_none() && is_root()) {
+            node.network = Some(network_config(
+                args.pod_cidr.or(file.pod_cidr),
+                args.node_transit_cidr.or(file.node_transit_cidr),
+                args.node_netns.or(file.node_netns),
+                args.pod_egress.or(file.pod_egress),
+                server.service_network.cidr,
+            )?);
+        }
         server.node = Some(node);
+    }
+    if let Some(cidr) = args.service_cidr.or(file.service_cidr) {
+        server.service_network.cidr = cidr_arg("--service-cidr", &cidr)?;
+        if let Some(net) = server.node.as_mut().and_then(|n| n.network.as_mut()) {
+            net.service_cidr = server.service_network.cidr;
+        }
+    }
+    if let Some(range) = args.service_node_port_range.or(file.service_node_port_range) {
+        let parsed = range.split_once('-').and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
+        match parsed {
+            Some((lo, hi)) if lo > 0 && lo <= hi => server.service_network.node_ports = (lo, hi),
+            _ => bail!("--service-node-port-range {range}: expected LOW-HIGH, e.g. 30000-32767"),
+        }
     }
     if let Some(uri) = args.libvirt_uri.or(file.libvirt_uri) {
         server.libvirt_uri = uri;
@@ -135,6 +189,34 @@ pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> 
     }
     let log_format = log_format.or(file.log_format).unwrap_or_else(|| "text".into());
     Ok(Settings { server, log_format })
+}
+
+fn cidr_arg(flag: &str, text: &str) -> Result<converge_engine::network::Cidr> {
+    converge_engine::network::Cidr::parse(text).map_err(|e| anyhow::anyhow!("{flag} {text}: {e}"))
+}
+
+fn network_config(
+    pod_cidr: Option<String>,
+    transit: Option<String>,
+    netns: Option<String>,
+    egress: Option<bool>,
+    service_cidr: converge_engine::network::Cidr,
+) -> Result<converge_engine::network::NetworkConfig> {
+    let mut net = converge_engine::network::NetworkConfig { service_cidr, ..Default::default() };
+    if let Some(c) = pod_cidr {
+        net.pod_cidr = cidr_arg("--pod-cidr", &c)?;
+    }
+    if let Some(c) = transit {
+        net.transit = cidr_arg("--node-transit-cidr", &c)?;
+        if net.transit.prefix() != 30 {
+            bail!("--node-transit-cidr {c}: must be a /30");
+        }
+    }
+    if let Some(n) = netns {
+        net.node_namespace = n;
+    }
+    net.egress = egress.unwrap_or(true);
+    Ok(net)
 }
 
 /// `90s`, `30m`, `24h`, `7d`.

@@ -104,6 +104,28 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1")]
         address: String,
     },
+    /// Expose a VM's or VMI's port as a Service (virtctl expose): `expose vm NAME --port 22
+    /// --name NAME-ssh --type NodePort`.
+    Expose {
+        /// `vm NAME` or `vmi NAME`.
+        #[command(flatten)]
+        target: Target,
+        /// The Service's name.
+        #[arg(long)]
+        name: String,
+        /// The port the Service answers on.
+        #[arg(long)]
+        port: u16,
+        /// The port on the guest (default: --port).
+        #[arg(long)]
+        target_port: Option<u16>,
+        /// ClusterIP or NodePort.
+        #[arg(long = "type", default_value = "ClusterIP")]
+        service_type: String,
+        /// TCP or UDP.
+        #[arg(long, default_value = "TCP")]
+        protocol: String,
+    },
     /// Print the libvirt domain XML of a running VMI.
     Domxml {
         #[command(flatten)]
@@ -261,6 +283,15 @@ fn main() -> Result<()> {
             Command::Vnc { target, port, address } => {
                 let (api, ns) = target.client()?;
                 verbs::vnc(std::sync::Arc::new(api), ns, target.name().to_string(), &address, port).await
+            }
+            Command::Expose { target, name, port, target_port, service_type, protocol } => {
+                let kind = match target.names.len() {
+                    2 => target.names[0].clone(),
+                    _ => "vm".to_string(),
+                };
+                let (api, ns) = target.client()?;
+                let spec = verbs::ExposeSpec { name, port, target_port, service_type, protocol };
+                verbs::expose(&api, &ns, &kind, target.name(), &spec).await
             }
             Command::Domxml { target } => {
                 let (api, ns) = target.client()?;

@@ -52,6 +52,45 @@ pub async fn start(api: &Client, ns: &str, name: &str, paused: bool, dry_run: bo
     Ok(())
 }
 
+pub struct ExposeSpec {
+    pub name: String,
+    pub port: u16,
+    pub target_port: Option<u16>,
+    pub service_type: String,
+    pub protocol: String,
+}
+
+/// virtctl expose: a Service selecting the VMI by the labels its VM's template (or the VMI)
+/// carries.
+pub async fn expose(api: &Client, ns: &str, kind: &str, name: &str, spec: &ExposeSpec) -> Result<()> {
+    let (path, labels_at) = match kind {
+        "vm" | "virtualmachine" => (format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}"), "/spec/template/metadata/labels"),
+        "vmi" | "virtualmachineinstance" => {
+            (format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}"), "/metadata/labels")
+        }
+        other => anyhow::bail!("cannot expose {other:?}: expose takes `vm NAME` or `vmi NAME`"),
+    };
+    let obj = api.get_json(&path).await?.ok_or_else(|| anyhow::anyhow!("{kind} {ns}/{name} not found"))?;
+    let selector = obj.pointer(labels_at).filter(|l| l.as_object().is_some_and(|m| !m.is_empty())).cloned();
+    let Some(selector) = selector else {
+        anyhow::bail!("cannot expose {kind} {name} without any label: add labels to select it by")
+    };
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": spec.name, "namespace": ns},
+        "spec": {"type": spec.service_type, "selector": selector, "ports": [{
+            "port": spec.port, "protocol": spec.protocol.to_uppercase(),
+            "targetPort": spec.target_port.unwrap_or(spec.port)}]},
+    });
+    let created = api.post_json(&format!("/api/v1/namespaces/{ns}/services"), &service).await?;
+    let node_port = created.pointer("/spec/ports/0/nodePort").and_then(Value::as_u64);
+    match node_port {
+        Some(p) => println!("Service {} successfully exposed for {kind} {name} (node port {p})", spec.name),
+        None => println!("Service {} successfully exposed for {kind} {name}", spec.name),
+    }
+    Ok(())
+}
+
 pub async fn stop(api: &Client, ns: &str, name: &str, grace: Option<i64>, force: bool, dry_run: bool) -> Result<()> {
     let mut body = json!({});
     if let Some(g) = grace.or(force.then_some(0)) {

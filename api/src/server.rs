@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub database_url: Option<String>,
     pub tls_sans: Vec<String>,
     pub mac_range: MacRange,
+    /// Where Services get cluster IPs and node ports.
+    pub service_network: converge_engine::network::ipam::ServiceNetwork,
     pub bookmark_interval: Duration,
     pub workers: usize,
     /// Run the controllers (VM, VMI, replica set); off only for tests of the API alone.
@@ -66,6 +68,7 @@ impl ServerConfig {
             database_url: None,
             tls_sans: vec![],
             mac_range: MacRange::default(),
+            service_network: Default::default(),
             bookmark_interval: Duration::from_secs(60),
             workers: 2,
             controllers: true,
@@ -159,6 +162,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", data_dir.join("converge.db").display()));
     let mut store_config = StoreConfig::new(url);
     store_config.mac_range = config.mac_range;
+    store_config.service_network = config.service_network;
     let store = Store::open(&store_config).await.map_err(ServeError::Store)?;
     let auth = Arc::new(Authenticator::new(&pki.signing_secret));
     auth.load_revoked(store.pool()).await.map_err(ServeError::Store)?;

@@ -374,6 +374,66 @@ pub static UPLOAD_TOKEN_REQUEST: ResourceKind = ResourceKind {
 };
 
 /// Every served kind, in discovery order.
+pub static SERVICE: ResourceKind = ResourceKind {
+    group: "",
+    version: "v1",
+    kind: "Service",
+    plural: "services",
+    singular: "service",
+    short_names: &["svc"],
+    namespaced: true,
+    categories: &["all"],
+    status_subresource: true,
+    scale_subresource: false,
+    definition: "io.k8s.api.core.v1.Service",
+    create_only: false,
+};
+
+pub static ENDPOINTS: ResourceKind = ResourceKind {
+    group: "",
+    version: "v1",
+    kind: "Endpoints",
+    plural: "endpoints",
+    singular: "endpoints",
+    short_names: &["ep"],
+    namespaced: true,
+    categories: &[],
+    status_subresource: false,
+    scale_subresource: false,
+    definition: "io.k8s.api.core.v1.Endpoints",
+    create_only: false,
+};
+
+pub static ENDPOINT_SLICE: ResourceKind = ResourceKind {
+    group: "discovery.k8s.io",
+    version: "v1",
+    kind: "EndpointSlice",
+    plural: "endpointslices",
+    singular: "endpointslice",
+    short_names: &[],
+    namespaced: true,
+    categories: &[],
+    status_subresource: false,
+    scale_subresource: false,
+    definition: "io.k8s.api.discovery.v1.EndpointSlice",
+    create_only: false,
+};
+
+pub static NETWORK_ATTACHMENT_DEFINITION: ResourceKind = ResourceKind {
+    group: "k8s.cni.cncf.io",
+    version: "v1",
+    kind: "NetworkAttachmentDefinition",
+    plural: "network-attachment-definitions",
+    singular: "network-attachment-definition",
+    short_names: &["net-attach-def"],
+    namespaced: true,
+    categories: &[],
+    status_subresource: false,
+    scale_subresource: false,
+    definition: "io.k8s.cni.cncf.v1.NetworkAttachmentDefinition",
+    create_only: false,
+};
+
 pub static ALL: &[&ResourceKind] = &[
     &NAMESPACE,
     &NODE,
@@ -396,6 +456,10 @@ pub static ALL: &[&ResourceKind] = &[
     &DATA_SOURCE,
     &STORAGE_PROFILE,
     &UPLOAD_TOKEN_REQUEST,
+    &SERVICE,
+    &ENDPOINTS,
+    &ENDPOINT_SLICE,
+    &NETWORK_ATTACHMENT_DEFINITION,
 ];
 
 /// The kind served at `group/version` under `plural`.
@@ -455,6 +519,8 @@ mod tests {
                 ("storage.k8s.io", "v1"),
                 ("cdi.kubevirt.io", "v1beta1"),
                 ("upload.cdi.kubevirt.io", "v1beta1"),
+                ("discovery.k8s.io", "v1"),
+                ("k8s.cni.cncf.io", "v1"),
             ]
         );
     }

@@ -12,6 +12,7 @@ pub mod kinds;
 pub mod launcher;
 pub mod macpool;
 pub mod meta;
+pub mod network;
 pub mod node;
 pub mod patch;
 pub mod quantity;

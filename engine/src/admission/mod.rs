@@ -73,6 +73,10 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
         storage::admit_datavolume(op, obj, ctx.old, &mut causes);
     } else if std::ptr::eq(kind, &kinds::STORAGE_CLASS) {
         storage::admit_storage_class(op, obj, ctx.old, &mut causes);
+    } else if std::ptr::eq(kind, &kinds::SERVICE) {
+        core::admit_service(obj, &mut causes);
+    } else if std::ptr::eq(kind, &kinds::NETWORK_ATTACHMENT_DEFINITION) {
+        core::validate_network_attachment(obj, &mut causes);
     } else if std::ptr::eq(kind, &kinds::DATA_SOURCE) {
         storage::admit_data_source(obj, &mut causes);
     }

@@ -2,6 +2,7 @@
 //! and a runtime that feeds them from the store through work queues and applies their plans.
 
 pub mod datavolumes;
+pub mod endpoints;
 pub mod nodes;
 pub mod queue;
 pub mod replicaset;

@@ -61,6 +61,7 @@ pub fn spawn(store: Arc<Store>) -> Controllers {
     let mut tasks = vec![
         tokio::spawn(feed(Arc::clone(&store), Arc::clone(&queues))),
         tokio::spawn(super::nodes::run(Arc::clone(&store))),
+        tokio::spawn(super::endpoints::run(Arc::clone(&store))),
     ];
     for _ in 0..WORKERS {
         let (s, q) = (Arc::clone(&store), Arc::clone(&queues.vm));

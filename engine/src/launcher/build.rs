@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::domain::*;
-use super::spec::{DiskSpec, VmiSpec};
+use super::spec::{DiskSpec, InterfaceSpec, VmiSpec};
+use crate::network::plan::{Attachment, Nic};
 use crate::meta;
 
 /// Whether guests run under KVM or QEMU's software emulation (TCG).
@@ -39,6 +40,9 @@ pub struct NodeContext {
     pub node_uid: String,
     /// Prepended to `{namespace}_{name}`; empty in production.
     pub domain_prefix: String,
+    /// The node's plan for each interface (taps); `None` when the node has no pod network and
+    /// pod interfaces are QEMU's user-mode network.
+    pub nics: Option<Vec<crate::network::plan::Nic>>,
 }
 
 /// OVMF's firmware code and variable templates: plain, and with Secure Boot (Microsoft keys).
@@ -99,6 +103,63 @@ pub enum BuildError {
 /// `{namespace}_{name}`, as KubeVirt names its domains (after the node's prefix, if any).
 pub fn domain_name(prefix: &str, namespace: &str, name: &str) -> String {
     format!("{prefix}{namespace}_{name}")
+}
+
+/// NIC models QEMU offers that KubeVirt accepts.
+const NIC_MODELS: &[&str] = &["virtio", "e1000", "e1000e", "igb", "ne2k_pci", "pcnet", "rtl8139"];
+
+fn interface(iface: &InterfaceSpec, spec: &VmiSpec, nics: Option<&[Nic]>) -> Result<Interface, BuildError> {
+    let fail = |m: &str| BuildError::Interface(iface.name.clone(), m.to_string());
+    let model = iface.model.clone().unwrap_or_else(|| "virtio".into());
+    if !NIC_MODELS.contains(&model.as_str()) {
+        return Err(fail(&format!("model {model:?} is not one of {}", NIC_MODELS.join(", "))));
+    }
+    if iface.sriov.is_some() {
+        return Err(fail("SR-IOV needs a virtual function of a physical NIC, and this node has no SR-IOV device"));
+    }
+    let address = iface.pci_address.as_deref().map(parse_pci_address).transpose().map_err(|m| fail(&m))?;
+    let (interface_type, target) = match nics {
+        Some(nics) => {
+            let nic = nics.iter().find(|n| n.name == iface.name).ok_or_else(|| fail("the node made no NIC for it"))?;
+            match nic.attachment {
+                Attachment::User => ("user", None),
+                // The node made the tap; QEMU only opens it.
+                _ => ("ethernet", Some(InterfaceTarget { dev: nic.tap.clone(), managed: "no".into() })),
+            }
+        }
+        None => {
+            if spec.networks.iter().find(|n| n.name == iface.name).is_some_and(|n| n.pod.is_none()) {
+                return Err(fail("secondary networks need the node's pod network, which is off on this node"));
+            }
+            // Without the node's pod network, QEMU's user-mode network stands in for it.
+            ("user", None)
+        }
+    };
+    Ok(Interface {
+        interface_type: interface_type.into(),
+        mac: iface.mac_address.clone().map(|address| Mac { address }),
+        target,
+        model: Model { model_type: model },
+        boot: iface.boot_order.map(|order| Boot { order }),
+        alias: Alias { name: format!("ua-{}", iface.name) },
+        address,
+    })
+}
+
+/// `0000:81:01.0` (domain:bus:slot.function) as libvirt's PCI address.
+fn parse_pci_address(text: &str) -> Result<PciAddress, String> {
+    let bad = || format!("pciAddress {text:?} is not DDDD:BB:SS.F");
+    let (head, function) = text.rsplit_once('.').ok_or_else(bad)?;
+    let parts: Vec<&str> = head.split(':').collect();
+    let [domain, bus, slot] = parts[..] else { return Err(bad()) };
+    let hex = |s: &str, max: u32| u32::from_str_radix(s, 16).ok().filter(|v| *v <= max).ok_or_else(bad);
+    Ok(PciAddress {
+        address_type: "pci".into(),
+        domain: format!("0x{:04x}", hex(domain, 0xffff)?),
+        bus: format!("0x{:02x}", hex(bus, 0xff)?),
+        slot: format!("0x{:02x}", hex(slot, 0x1f)?),
+        function: format!("0x{:x}", hex(function, 7)?),
+    })
 }
 
 pub fn serial_socket(vmi_dir: &Path) -> PathBuf {
@@ -284,24 +345,7 @@ fn build_devices(spec: &VmiSpec, ctx: &NodeContext, prepared: &Prepared) -> Resu
     }
 
     for iface in &spec.domain.devices.interfaces {
-        let network = spec.networks.iter().find(|n| n.name == iface.name);
-        if network.is_some_and(|n| n.pod.is_none()) {
-            return Err(BuildError::Interface(
-                iface.name.clone(),
-                "only the pod network is supported on this node yet".into(),
-            ));
-        }
-        if iface.sriov.is_some() {
-            return Err(BuildError::Interface(iface.name.clone(), "no SR-IOV device on this node".into()));
-        }
-        devices.interfaces.push(Interface {
-            // Until pod networking lands: QEMU's user-mode network stands in for the pod network.
-            interface_type: "user".into(),
-            mac: iface.mac_address.clone().map(|address| Mac { address }),
-            model: Model { model_type: iface.model.clone().unwrap_or_else(|| "virtio".into()) },
-            boot: iface.boot_order.map(|order| Boot { order }),
-            alias: Alias { name: format!("ua-{}", iface.name) },
-        });
+        devices.interfaces.push(interface(iface, spec, ctx.nics.as_deref())?);
     }
 
     if spec.domain.devices.autoattach_serial_console != Some(false) {

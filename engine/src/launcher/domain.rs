@@ -303,10 +303,36 @@ pub struct Interface {
     pub interface_type: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<Mac>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<InterfaceTarget>,
     pub model: Model,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot: Option<Boot>,
     pub alias: Alias,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<PciAddress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InterfaceTarget {
+    #[serde(rename = "@dev")]
+    pub dev: String,
+    #[serde(rename = "@managed")]
+    pub managed: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PciAddress {
+    #[serde(rename = "@type")]
+    pub address_type: String,
+    #[serde(rename = "@domain")]
+    pub domain: String,
+    #[serde(rename = "@bus")]
+    pub bus: String,
+    #[serde(rename = "@slot")]
+    pub slot: String,
+    #[serde(rename = "@function")]
+    pub function: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -141,6 +141,16 @@ pub struct InterfaceSpec {
     pub bridge: Option<Value>,
     pub sriov: Option<Value>,
     pub slirp: Option<Value>,
+    pub ports: Vec<PortSpec>,
+    pub pci_address: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PortSpec {
+    pub name: Option<String>,
+    pub protocol: Option<String>,
+    pub port: u16,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -148,7 +158,15 @@ pub struct InterfaceSpec {
 pub struct Network {
     pub name: String,
     pub pod: Option<Value>,
-    pub multus: Option<Value>,
+    pub multus: Option<MultusNetwork>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MultusNetwork {
+    /// `name` or `namespace/name` of a NetworkAttachmentDefinition.
+    pub network_name: String,
+    pub default: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

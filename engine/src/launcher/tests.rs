@@ -12,6 +12,7 @@ fn ctx(accel: Accel) -> NodeContext {
         ovmf: None,
         node_uid: "n1".into(),
         domain_prefix: String::new(),
+        nics: None,
     }
 }
 

@@ -20,6 +20,7 @@ use crate::kinds;
 use crate::launcher::build::{self, build_domain, Accel, NodeContext};
 use crate::launcher::spec::VmiSpec;
 use crate::meta;
+use crate::network::plan::PodPlan;
 use crate::store::UpdateMode;
 
 const WORKERS: usize = 8;
@@ -48,6 +49,9 @@ pub(super) fn spawn(shared: Arc<Shared>) -> Vec<JoinHandle<()>> {
     let mut tasks = vec![tokio::spawn(feed_store(Arc::clone(&shared))), tokio::spawn(feed_resync(Arc::clone(&shared)))];
     if let Some(events) = shared.hv.events() {
         tasks.push(tokio::spawn(feed_libvirt(Arc::clone(&shared), events)));
+    }
+    if shared.net.is_some() {
+        tasks.push(tokio::spawn(forward_services(Arc::clone(&shared))));
     }
     for _ in 0..WORKERS {
         let s = Arc::clone(&shared);
@@ -87,6 +91,36 @@ async fn feed_store(s: Arc<Shared>) {
             Ok(_) => {}
             Err(RecvError::Lagged(_)) => resync(&s).await,
             Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Keeps the node's Service rules in step with Services and their Endpoints (which follow the
+/// VMIs): changes are gathered for a moment, then the whole rule set is applied at once.
+async fn forward_services(s: Arc<Shared>) {
+    let Some(net) = s.net.clone() else { return };
+    let mut rx = s.store.subscribe();
+    let watched = [kinds::SERVICE.store_key(), kinds::ENDPOINTS.store_key()];
+    let mut dirty = true;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut resync = tokio::time::interval(s.config.resync);
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Ok(ev) => dirty |= watched.contains(&ev.kind_key),
+                Err(RecvError::Lagged(_)) => dirty = true,
+                Err(RecvError::Closed) => return,
+            },
+            _ = tick.tick() => {
+                if dirty {
+                    dirty = false;
+                    if let Err(e) = super::network::sync_services(&s, &net).await {
+                        tracing::warn!(error = %e, "service rules not applied; retrying");
+                        dirty = true;
+                    }
+                }
+            }
+            _ = resync.tick() => dirty = true,
         }
     }
 }
@@ -150,15 +184,24 @@ async fn our_domain(s: &Arc<Shared>, name: &str) -> ApiResult<Option<(String, Do
 }
 
 /// Destroys and undefines a domain and removes the VMI's directory.
-async fn tear_down(s: &Arc<Shared>, domain: &str, vmi_uid: &str) -> ApiResult<()> {
+async fn tear_down(s: &Arc<Shared>, domain: &str, vmi_uid: &str, owner: Option<(&str, &str)>) -> ApiResult<()> {
     let (hv, n) = (Arc::clone(&s.hv), domain.to_string());
     blocking(move || hv.destroy(&n).and_then(|_| hv.undefine(&n))).await?.map_err(hv_error)?;
-    super::volumes::release_vmi(s, vmi_uid).await;
+    release_vmi(s, vmi_uid, owner).await;
     let _ = std::fs::remove_dir_all(vmi_dir(s, vmi_uid));
     if let Ok(mut d) = s.shutdown_deadlines.lock() {
         d.remove(vmi_uid);
     }
     Ok(())
+}
+
+/// What a VMI held on this node besides its domain: loop devices, its pod network and address
+/// (`owner` is its namespace and name, when the address is still its own to give back).
+async fn release_vmi(s: &Shared, vmi_uid: &str, owner: Option<(&str, &str)>) {
+    super::volumes::release_vmi(s, vmi_uid).await;
+    if let Some(net) = &s.net {
+        super::network::release_pod(s, net, vmi_uid, owner).await;
+    }
 }
 
 async fn write(s: &Shared, vmi: &Value, next: &Value) -> ApiResult<()> {
@@ -194,7 +237,9 @@ async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> 
     // A domain whose VMI is gone, or was replaced by a new VMI of the same name, goes.
     if let Some((uid, _)) = &existing {
         if vmi.as_ref().is_none_or(|v| meta::uid(v) != uid) {
-            tear_down(s, &domain, uid).await?;
+            // A new VMI of the same name holds the name's address now: it is not ours to free.
+            let owner = vmi.is_none().then_some((ns.as_str(), name.as_str()));
+            tear_down(s, &domain, uid, owner).await?;
             return Ok(vmi.is_some().then_some(Duration::ZERO));
         }
     }
@@ -207,10 +252,11 @@ async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> 
         return shut_down_for_delete(s, &vmi, &domain, state, &now).await;
     }
     if is_final(phase(&vmi)) {
+        let owner = Some((ns.as_str(), name.as_str()));
         if state.is_some() {
-            tear_down(s, &domain, &uid).await?;
+            tear_down(s, &domain, &uid, owner).await?;
         } else {
-            super::volumes::release_vmi(s, &uid).await;
+            release_vmi(s, &uid, owner).await;
             let _ = std::fs::remove_dir_all(vmi_dir(s, &uid));
         }
         remove_finalizer(s, &vmi).await?;
@@ -221,8 +267,8 @@ async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> 
         // Not started yet — or defined but never started, when a crash came between the two.
         (st::PENDING | st::SCHEDULING | st::SCHEDULED, ds) if ds.is_none_or(|d| !d.is_active()) => {
             match start_domain(s, &vmi).await {
-                Ok(()) => {
-                    mark_running(s, &mut next, &now);
+                Ok(pod) => {
+                    mark_running(s, &mut next, &now, pod.as_ref());
                     if vmi.pointer("/spec/startStrategy").and_then(Value::as_str) == Some("Paused") {
                         st::set_condition(&mut next, "Paused", true, "PausedByUser", "VMI was started paused", &now);
                         st::set_condition(&mut next, "Ready", false, "PausedByUser", "VMI was started paused", &now);
@@ -245,8 +291,11 @@ async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> 
             }
         }
         // Started before a crash or restart of `converge serve`: adopt it.
-        (st::PENDING | st::SCHEDULING | st::SCHEDULED, Some(_)) => mark_running(s, &mut next, &now),
+        (st::PENDING | st::SCHEDULING | st::SCHEDULED, Some(_)) => mark_running(s, &mut next, &now, None),
         (_, Some(DomainState::Running)) => {
+            if let Some(net) = &s.net {
+                super::network::ensure_responder(s, net, &vmi).await;
+            }
             st::set_condition(&mut next, "Ready", true, "", "", &now);
             st::remove_condition(&mut next, "Paused");
         }
@@ -301,7 +350,7 @@ async fn record_transition(s: &Shared, before: &Value, after: &Value) {
     }
 }
 
-fn mark_running(s: &Shared, next: &mut Value, now: &str) {
+fn mark_running(s: &Shared, next: &mut Value, now: &str, pod: Option<&PodPlan>) {
     st::set_phase(next, st::RUNNING, now);
     st::set_condition(next, "Ready", true, "", "", now);
     st::set_condition(next, "LiveMigratable", false, "NotMigratable", "live migration is not available yet", now);
@@ -310,21 +359,10 @@ fn mark_running(s: &Shared, next: &mut Value, now: &str) {
         _ => st::remove_condition(next, "SoftwareEmulation"),
     }
     let spec = VmiSpec::from_vmi(next).unwrap_or_default();
-    let interfaces: Vec<Value> = spec
-        .domain
-        .devices
-        .interfaces
-        .iter()
-        .map(|i| {
-            let mut v = json!({"name": i.name, "infoSource": "domain"});
-            if let Some(mac) = &i.mac_address {
-                v["mac"] = json!(mac);
-            }
-            v
-        })
-        .collect();
+    let known = next.pointer("/status/interfaces").filter(|i| pod.is_none() && i.is_array()).cloned();
+    let interfaces = known.unwrap_or_else(|| json!(super::network::interface_status(&spec, pod)));
     let status = st::status_mut(next);
-    status.insert("interfaces".into(), json!(interfaces));
+    status.insert("interfaces".into(), interfaces);
     status.insert("guestOSInfo".into(), json!({}));
     status.insert("qosClass".into(), json!("Burstable"));
     status.insert("migrationMethod".into(), json!("BlockMigration"));
@@ -339,7 +377,7 @@ enum StartError {
     Wait(String, String, Duration),
 }
 
-async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<(), StartError> {
+async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<Option<PodPlan>, StartError> {
     let uid = meta::uid(vmi).to_string();
     let dir = vmi_dir(s, &uid);
     std::fs::create_dir_all(&dir).map_err(|e| StartError::Retry(ApiError::internal(e.to_string())))?;
@@ -365,7 +403,15 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<(), StartError> {
         Err(disks::DiskError::Image(e)) => return Err(StartError::Fatal("ErrImagePull".into(), e.to_string())),
         Err(e) => return Err(StartError::Fatal("FailedDiskPreparation".into(), e.to_string())),
     };
+    let pod = match &s.net {
+        Some(net) => Some(super::network::prepare_pod(s, net, vmi).await.map_err(|e| match e {
+            super::network::PodError::Retry(m) => StartError::Retry(ApiError::unavailable(m)),
+            super::network::PodError::Invalid(m) => StartError::Fatal("FailedNetworkSetup".into(), m),
+        })?),
+        None => None,
+    };
     let ctx = NodeContext {
+        nics: pod.as_ref().map(|p| p.nics.clone()),
         accel: s.accel,
         vmi_dir: dir,
         tb_cache_mib: s.config.tb_cache_mib,
@@ -379,7 +425,14 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<(), StartError> {
     let hv = Arc::clone(&s.hv);
     let paused = vmi.pointer("/spec/startStrategy").and_then(Value::as_str) == Some("Paused");
     match blocking(move || hv.define_and_start(&xml, paused)).await.map_err(StartError::Retry)? {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            if let (Some(net), Some(plan)) = (&s.net, &pod) {
+                if let Err(e) = super::network::finish_pod(net, plan, vmi).await {
+                    return Err(StartError::Fatal("FailedNetworkSetup".into(), e.to_string()));
+                }
+            }
+            Ok(pod)
+        }
         Err(HypervisorError::Libvirt(message)) if !message.contains("connect") => {
             Err(StartError::Fatal("FailedCreate".into(), message))
         }
@@ -448,7 +501,7 @@ async fn shut_down_for_delete(
             return Ok(Some(deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(2))));
         }
     }
-    tear_down(s, domain, &uid).await?;
+    tear_down(s, domain, &uid, Some((meta::namespace(vmi), meta::name(vmi)))).await?;
     let mut next = vmi.clone();
     if !is_final(phase(vmi)) {
         st::set_condition(&mut next, "Ready", false, "Deleted", "the VMI was deleted", now);

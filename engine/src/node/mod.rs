@@ -5,6 +5,7 @@
 pub mod disks;
 pub mod host;
 pub mod images;
+pub mod network;
 pub mod register;
 pub mod registry;
 mod volumes;
@@ -49,6 +50,8 @@ pub struct NodeConfig {
     pub accel_override: Option<Accel>,
     /// Registries pulled from over plain HTTP (`host:port`).
     pub insecure_registries: Vec<String>,
+    /// The pod network; without it, pod interfaces are QEMU's user-mode network.
+    pub network: Option<crate::network::NetworkConfig>,
 }
 
 impl NodeConfig {
@@ -64,6 +67,7 @@ impl NodeConfig {
             resync: Duration::from_secs(15),
             accel_override: None,
             insecure_registries: vec![],
+            network: None,
         }
     }
 }
@@ -76,6 +80,8 @@ pub enum NodeError {
     Register(String),
     #[error(transparent)]
     Images(#[from] images::ImageError),
+    #[error("setting up the pod network: {0}")]
+    Network(#[from] crate::network::NetworkError),
 }
 
 /// What the agent's workers share.
@@ -97,6 +103,7 @@ pub(crate) struct Shared {
     pub pull_failures: Mutex<HashMap<String, volumes::PullFailure>>,
     /// VMI uid → files of block-mode claims attached through loop devices for it.
     pub loop_backed: Mutex<HashMap<String, Vec<PathBuf>>>,
+    pub net: Option<Arc<network::NodeNetwork>>,
 }
 
 pub struct NodeAgent {
@@ -196,11 +203,14 @@ async fn register(store: &Store, config: &NodeConfig, accel: Accel, hv_version: 
             store.update(&kinds::NODE, existing, UpdateMode::Main, false).await.map_err(err)?
         }
         None => {
-            let node = json!({
+            let mut node = json!({
                 "apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": config.name, "labels": register::labels(&nf)},
                 "spec": {},
             });
+            if let Some(net) = &config.network {
+                node["spec"] = json!({"podCIDR": net.pod_cidr.to_string(), "podCIDRs": [net.pod_cidr.to_string()]});
+            }
             store.create(&kinds::NODE, node, false).await.map_err(err)?
         }
     };
@@ -239,6 +249,15 @@ pub async fn start(
             tracing::warn!(reason = %why, "KVM is unusable and emulation is not allowed: no VMI can run on this node");
         }
     }
+    let net = match &config.network {
+        Some(cfg) => {
+            let host: Arc<dyn crate::network::host::NetworkHost> = Arc::new(crate::network::host::SystemNetworkHost);
+            let net = Arc::new(network::NodeNetwork::new(cfg.clone(), host));
+            network::setup_node(&net).await?;
+            Some(net)
+        }
+        None => None,
+    };
     let node = register(&store, &config, accel, hv_version).await?;
     let shared = Arc::new(Shared {
         node_uid: meta::uid(&node).to_string(),
@@ -254,6 +273,7 @@ pub async fn start(
         loop_backed: Mutex::new(HashMap::new()),
         queue: WorkQueue::new(),
         config: config.clone(),
+        net,
     });
     let mut tasks = agent::spawn(Arc::clone(&shared));
     let agent_shared = Arc::clone(&shared);

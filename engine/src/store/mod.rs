@@ -17,6 +17,7 @@ pub mod watch;
 use crate::error::{ApiError, ApiResult};
 use crate::kinds::{self, ResourceKind};
 use crate::macpool::MacRange;
+use crate::network::ipam::{self, ServiceNetwork};
 use crate::meta;
 use crate::selector::{FieldSelector, LabelSelector};
 use serde_json::{json, Map, Value};
@@ -40,11 +41,18 @@ pub struct StoreConfig {
     /// Changes kept in the watch log; older resourceVersions answer 410 Expired.
     pub watch_log_retention: i64,
     pub mac_range: MacRange,
+    /// Where Services get cluster IPs and node ports.
+    pub service_network: ServiceNetwork,
 }
 
 impl StoreConfig {
     pub fn new(url: impl Into<String>) -> Self {
-        StoreConfig { url: url.into(), watch_log_retention: 100_000, mac_range: MacRange::default() }
+        StoreConfig {
+            url: url.into(),
+            watch_log_retention: 100_000,
+            mac_range: MacRange::default(),
+            service_network: ServiceNetwork::default(),
+        }
     }
 }
 
@@ -109,6 +117,7 @@ pub struct Store {
     events: broadcast::Sender<Arc<WatchEvent>>,
     retention: i64,
     mac_range: MacRange,
+    service_network: ServiceNetwork,
     committed: Arc<Notify>,
     hub: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -157,6 +166,7 @@ impl Store {
             events,
             retention: config.watch_log_retention,
             mac_range: config.mac_range,
+            service_network: config.service_network,
             committed,
             hub: std::sync::Mutex::new(Some(hub)),
         });
@@ -312,6 +322,7 @@ impl Store {
             *meta::at_mut(&mut obj, &["status"]) = json!({"phase": "Active"});
         }
         crate::macpool::sync(&mut tx, kind, &mut obj, None, &self.mac_range).await?;
+        ipam::sync_service(&mut tx, kind, &mut obj, None, &self.service_network).await?;
         let rv = sql::next_rv(&mut tx).await?;
         if !sql::put(&mut tx, kind, &mut obj, rv, None).await? {
             return Err(ApiError::already_exists(kind.group, kind.plural, meta::name(&obj)));
@@ -391,6 +402,7 @@ impl Store {
             }
         } else {
             crate::macpool::sync(&mut tx, kind, &mut merged, Some(&current), &self.mac_range).await?;
+            ipam::sync_service(&mut tx, kind, &mut merged, Some(&current), &self.service_network).await?;
             if !sql::put(&mut tx, kind, &mut merged, rv, Some(&current)).await? {
                 return Err(lost_race(kind, &name));
             }
@@ -541,6 +553,32 @@ impl Store {
     pub async fn namespace_contents(&self, namespace: &str) -> ApiResult<Vec<(String, String)>> {
         let mut conn = self.pool.acquire().await?;
         sql::namespace_contents(&mut conn, namespace).await
+    }
+
+    /// The pod address of a VMI (kept while the VMI exists): see [`ipam::lease_pod_address`].
+    pub async fn lease_pod_address(
+        &self,
+        cidr: &crate::network::Cidr,
+        reserved: &[std::net::Ipv4Addr],
+        vmi: &Value,
+    ) -> ApiResult<std::net::Ipv4Addr> {
+        let _writer = self.lock_writer().await;
+        let mut conn = self.pool.acquire().await?;
+        let key = kinds::VIRTUAL_MACHINE_INSTANCE.store_key();
+        ipam::lease_pod_address(&mut conn, cidr, reserved, (&key, meta::namespace(vmi), meta::name(vmi))).await
+    }
+
+    /// Gives back a VMI's pod address (its domain is gone).
+    pub async fn release_pod_address(&self, namespace: &str, name: &str) -> ApiResult<()> {
+        let mut conn = self.pool.acquire().await?;
+        let key = kinds::VIRTUAL_MACHINE_INSTANCE.store_key();
+        ipam::release_owner(&mut conn, Some(ipam::POD_POOL), (&key, namespace, name)).await
+    }
+
+    /// Every lease of an address pool: (address, kind key, namespace, name).
+    pub async fn address_leases(&self, pool: &str) -> ApiResult<Vec<(String, String, String, String)>> {
+        let mut conn = self.pool.acquire().await?;
+        ipam::all(&mut conn, pool).await
     }
 
     /// Every MAC lease: (mac, owner kind key, namespace, name).

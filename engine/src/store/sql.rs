@@ -276,6 +276,7 @@ pub async fn remove(
     }
     unindex_owners(conn, &key, &namespace, &name).await?;
     crate::macpool::release(conn, kind, obj).await?;
+    crate::network::ipam::release(conn, kind, obj).await?;
     meta::metadata_mut(obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
     let body = obj.to_string();
     log_event(conn, &key, &namespace, &name, WatchEventType::Deleted, None, &body, rv).await?;

@@ -1,0 +1,124 @@
+//! The endpoints controllers: every Service with a selector gets an Endpoints and an
+//! EndpointSlice of the same name listing the ready VMIs it selects (`network::services`
+//! decides; this loop writes).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::queue::WorkQueue;
+use super::Key;
+use crate::error::ApiResult;
+use crate::kinds::{self, ResourceKind};
+use crate::meta;
+use crate::network::services;
+use crate::store::{DeleteOptions, Store, UpdateMode};
+
+const RESYNC: Duration = Duration::from_secs(30);
+
+pub async fn run(store: Arc<Store>) {
+    let queue: Arc<WorkQueue<Key>> = WorkQueue::new();
+    let worker = tokio::spawn(work(Arc::clone(&store), Arc::clone(&queue)));
+    feed(&store, &queue).await;
+    worker.abort();
+}
+
+async fn enqueue_namespace(store: &Store, queue: &WorkQueue<Key>, namespace: Option<&str>) {
+    if let Ok(all) = store.list_values(&kinds::SERVICE, namespace).await {
+        for s in all {
+            queue.add((meta::namespace(&s).to_string(), meta::name(&s).to_string()));
+        }
+    }
+}
+
+async fn feed(store: &Store, queue: &WorkQueue<Key>) {
+    let mut rx = store.subscribe();
+    enqueue_namespace(store, queue, None).await;
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.tick().await;
+    let (svc, vmi) = (kinds::SERVICE.store_key(), kinds::VIRTUAL_MACHINE_INSTANCE.store_key());
+    loop {
+        tokio::select! {
+            _ = resync.tick() => enqueue_namespace(store, queue, None).await,
+            ev = rx.recv() => match ev {
+                Ok(ev) if ev.kind_key == svc => queue.add((ev.namespace.clone(), ev.name.clone())),
+                Ok(ev) if ev.kind_key == vmi => enqueue_namespace(store, queue, Some(&ev.namespace)).await,
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => enqueue_namespace(store, queue, None).await,
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+}
+
+async fn work(store: Arc<Store>, queue: Arc<WorkQueue<Key>>) {
+    loop {
+        let key = queue.next().await;
+        if let Err(e) = sync(&store, &key).await {
+            if e.code != 409 {
+                tracing::warn!(namespace = %key.0, name = %key.1, error = %e.message, "endpoints sync failed; retrying");
+            }
+            queue.add_after(key.clone(), Duration::from_millis(if e.code == 409 { 50 } else { 1000 }));
+        }
+        queue.done(&key);
+    }
+}
+
+#[tracing::instrument(skip(store), level = "debug")]
+async fn sync(store: &Store, (ns, name): &Key) -> ApiResult<()> {
+    let service = store.get(&kinds::SERVICE, ns, name).await?;
+    let Some(service) = service.filter(|s| s.pointer("/spec/selector").is_some_and(|v| v.is_object())) else {
+        // Gone, or selectorless (its endpoints are the user's to write): ours go.
+        for kind in [&kinds::ENDPOINTS, &kinds::ENDPOINT_SLICE] {
+            if let Some(existing) = store.get(kind, ns, name).await? {
+                if managed(&existing) {
+                    match store.delete(kind, ns, name, &DeleteOptions::default()).await {
+                        Err(e) if e.code != 404 => return Err(e),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        return Ok(());
+    };
+    let vmis = store.list_values(&kinds::VIRTUAL_MACHINE_INSTANCE, Some(ns)).await?;
+    let backends = services::backends(&service, &vmis);
+    let owner = json!([{"apiVersion": "v1", "kind": "Service", "name": name, "uid": meta::uid(&service),
+                        "controller": true, "blockOwnerDeletion": true}]);
+    let mut endpoints = services::endpoints(&service, &backends);
+    let mut slice = services::endpoint_slice(&service, &backends);
+    for obj in [&mut endpoints, &mut slice] {
+        meta::metadata_mut(obj).insert("annotations".into(), json!({MANAGED_BY: "converge.dev/endpoints"}));
+    }
+    meta::metadata_mut(&mut slice).insert("ownerReferences".into(), owner);
+    upsert(store, &kinds::ENDPOINTS, endpoints, &["subsets"]).await?;
+    upsert(store, &kinds::ENDPOINT_SLICE, slice, &["endpoints", "ports", "addressType"]).await
+}
+
+const MANAGED_BY: &str = "converge.dev/managed-by";
+
+fn managed(obj: &Value) -> bool {
+    meta::annotation(obj, MANAGED_BY).is_some()
+}
+
+/// Creates `want`, or rewrites the stored object's `fields` when they differ.
+async fn upsert(store: &Store, kind: &ResourceKind, want: Value, fields: &[&str]) -> ApiResult<()> {
+    match store.get(kind, meta::namespace(&want), meta::name(&want)).await? {
+        None => match store.create(kind, want, false).await {
+            Err(e) if e.reason == "AlreadyExists" => Err(crate::error::ApiError::conflict(kind.group, kind.plural, "", "created meanwhile")),
+            other => other.map(|_| ()),
+        },
+        Some(current) => {
+            if fields.iter().all(|f| current.get(*f) == want.get(*f)) {
+                return Ok(());
+            }
+            let mut next = current.clone();
+            for f in fields {
+                next[*f] = want.get(*f).cloned().unwrap_or(Value::Null);
+            }
+            store.update(kind, next, UpdateMode::Main, false).await.map(|_| ())
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! NetworkAttachmentDefinitions (`k8s.cni.cncf.io/v1`): `spec.config` is a CNI configuration as
+//! a JSON string. The node understands bridge-CNI configurations: a host Linux bridge, created
+//! when missing, and an optional VLAN the guest's port is an untagged member of.
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeNetwork {
+    pub bridge: String,
+    pub vlan: Option<u16>,
+}
+
+/// The bridge configuration in a NAD's `spec.config` (a single plugin or a `plugins` list).
+pub fn bridge_of(nad: &Value) -> Result<BridgeNetwork, String> {
+    let text = nad.pointer("/spec/config").and_then(Value::as_str).unwrap_or_default();
+    if text.trim().is_empty() {
+        return Err("spec.config is empty: the network has no CNI configuration".into());
+    }
+    let config: Value = serde_json::from_str(text).map_err(|e| format!("spec.config is not JSON: {e}"))?;
+    let plugin = match config.get("plugins").and_then(Value::as_array) {
+        Some(plugins) => plugins
+            .iter()
+            .find(|p| p.get("type").and_then(Value::as_str) == Some("bridge"))
+            .or_else(|| plugins.first())
+            .cloned()
+            .unwrap_or(Value::Null),
+        None => config,
+    };
+    let kind = plugin.get("type").and_then(Value::as_str).unwrap_or_default();
+    if kind != "bridge" {
+        return Err(format!("CNI type {kind:?} is not supported on this node (only \"bridge\")"));
+    }
+    let bridge = plugin.get("bridge").and_then(Value::as_str).unwrap_or("cni0").to_string();
+    if bridge.is_empty() || bridge.len() > 15 || !bridge.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(format!("bridge name {bridge:?} is not a valid link name (1-15 of [A-Za-z0-9._-])"));
+    }
+    let vlan = match plugin.get("vlan") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(0) => None,
+            Some(id @ 1..=4094) => Some(id as u16),
+            _ => return Err(format!("vlan {v} is not a VLAN id (1-4094)")),
+        },
+    };
+    Ok(BridgeNetwork { bridge, vlan })
+}
+
+/// Validation at admission: the config must be JSON naming a CNI type.
+pub fn validate_config(nad: &Value) -> Result<(), String> {
+    let Some(text) = nad.pointer("/spec/config").and_then(Value::as_str) else { return Ok(()) };
+    if text.trim().is_empty() {
+        return Ok(());
+    }
+    let config: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    if config.get("type").is_none() && config.get("plugins").is_none() {
+        return Err("a CNI configuration names a \"type\" or a \"plugins\" list".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn nad(config: &str) -> Value {
+        json!({"spec": {"config": config}})
+    }
+
+    #[test]
+    fn bridge_configs() {
+        let n = nad(r#"{"cniVersion":"0.3.1","type":"bridge","bridge":"br1","vlan":100}"#);
+        assert_eq!(bridge_of(&n), Ok(BridgeNetwork { bridge: "br1".into(), vlan: Some(100) }));
+        let n = nad(r#"{"cniVersion":"0.3.1","plugins":[{"type":"bridge","bridge":"br2"},{"type":"tuning"}]}"#);
+        assert_eq!(bridge_of(&n), Ok(BridgeNetwork { bridge: "br2".into(), vlan: None }));
+        assert!(bridge_of(&nad(r#"{"type":"ovs","bridge":"br1"}"#)).unwrap_err().contains("not supported"));
+        assert!(bridge_of(&nad(r#"{"type":"bridge","bridge":"br1","vlan":5000}"#)).is_err());
+        assert!(bridge_of(&nad(r#"{"type":"bridge","bridge":"a-name-far-too-long"}"#)).is_err());
+        assert!(bridge_of(&nad("{")).is_err());
+        assert!(validate_config(&nad("{")).is_err());
+        assert!(validate_config(&nad(r#"{"cniVersion":"0.3.1"}"#)).is_err());
+        assert!(validate_config(&nad(r#"{"type":"bridge"}"#)).is_ok());
+    }
+}

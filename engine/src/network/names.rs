@@ -1,0 +1,67 @@
+//! Kernel names: links have a 15-character limit, so names derive from a hash of the VMI's uid
+//! (or of the node namespace's name), never from user-chosen names.
+
+use sha2::{Digest, Sha256};
+
+fn short_hash(text: &str, len: usize) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))[..len].to_string()
+}
+
+/// The node bridge inside the node namespace (its own namespace, so one fixed name).
+pub const NODE_BRIDGE: &str = "cvbr0";
+/// The bridge inside a pod namespace between its veth (or gateway) and the guest's tap.
+pub const POD_BRIDGE: &str = "k6t-eth0";
+/// The pod side of the veth, as in a Kubernetes pod.
+pub const POD_LINK: &str = "eth0";
+
+/// Links between the host and the node namespace: (host side, node side).
+pub fn transit_links(node_namespace: &str) -> (String, String) {
+    let tag = short_hash(node_namespace, 6);
+    (format!("cv{tag}h"), format!("cv{tag}n"))
+}
+
+/// nftables table in the host namespace for this node namespace (node ports, egress NAT).
+pub fn host_table(node_namespace: &str) -> String {
+    format!("converge_{}", short_hash(node_namespace, 6))
+}
+
+/// A VMI's pod namespace; the node's tag first, so a node can find every pod it made.
+pub fn pod_namespace(node_namespace: &str, vmi_uid: &str) -> String {
+    format!("{}{}", pod_namespace_prefix(node_namespace), short_hash(vmi_uid, 12))
+}
+
+pub fn pod_namespace_prefix(node_namespace: &str) -> String {
+    format!("cvp{}-", short_hash(node_namespace, 6))
+}
+
+/// The node-namespace end of a pod's veth.
+pub fn pod_veth(vmi_uid: &str) -> String {
+    format!("vp{}", short_hash(vmi_uid, 12))
+}
+
+/// The tap of a VMI's `index`-th interface.
+pub fn tap(vmi_uid: &str, index: usize) -> String {
+    format!("tp{index:x}{}", short_hash(vmi_uid, 11))
+}
+
+/// Every link this VMI can have made in the host namespace (taps before they move).
+pub fn host_taps(vmi_uid: &str, count: usize) -> Vec<String> {
+    (0..count).map(|i| tap(vmi_uid, i)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_the_kernel_limit_and_are_stable() {
+        let uid = "3f0c6a5e-8d7c-4c43-9b53-0a1c2b3d4e5f";
+        for name in [pod_veth(uid), tap(uid, 0), tap(uid, 15), transit_links("converge").0, transit_links("x").1] {
+            assert!(name.len() <= 15, "{name} is too long");
+        }
+        assert_eq!(pod_veth(uid), pod_veth(uid));
+        assert_ne!(tap(uid, 0), tap(uid, 1));
+        assert_ne!(pod_namespace("n", uid), pod_namespace("n", "another"));
+        assert!(pod_namespace("n", uid).starts_with(&pod_namespace_prefix("n")));
+    }
+}

@@ -1,0 +1,240 @@
+//! Plans as commands: the node namespace, a pod's namespace, and their removal.
+
+use super::host::Step;
+use super::names::{self, NODE_BRIDGE, POD_BRIDGE, POD_LINK};
+use super::plan::{
+    Attachment, PodPlan, BRIDGE_SERVER, MASQUERADE_GATEWAY, MASQUERADE_GATEWAY6, MASQUERADE_GUEST, MASQUERADE_GUEST6,
+};
+use super::NetworkConfig;
+
+/// The node namespace from nothing: its bridge (the pods' gateway), the veth to the host, routes
+/// that send the pod and service ranges there from the host, and nothing that can fall through
+/// to the host's default route unless egress is on.
+pub fn node_create(cfg: &NetworkConfig) -> Vec<Step> {
+    let ns = cfg.node_namespace.as_str();
+    let node = Some(ns);
+    let (host_link, node_link) = names::transit_links(ns);
+    let mut steps = vec![
+        Step::ip(None, &format!("netns add {ns}")),
+        Step::ip(None, &format!("link add {host_link} type veth peer name {node_link} netns {ns}")),
+        Step::ip(None, &format!("addr add {}/30 dev {host_link}", cfg.host_transit())),
+        Step::ip(None, &format!("link set {host_link} up")),
+        Step::ip(node, "link set lo up"),
+        Step::ip(node, &format!("addr add {}/30 dev {node_link}", cfg.node_transit())),
+        Step::ip(node, &format!("link set {node_link} up")),
+        Step::ip(node, &format!("link add {NODE_BRIDGE} type bridge")),
+        Step::ip(node, &format!("addr add {}/{} dev {NODE_BRIDGE}", cfg.gateway(), cfg.pod_cidr.prefix())),
+        Step::ip(node, &format!("link set {NODE_BRIDGE} up")),
+    ];
+    steps.extend(node_refresh(cfg));
+    steps
+}
+
+/// What re-applying costs nothing and heals drift: routes, sysctls, base NAT rules.
+pub fn node_refresh(cfg: &NetworkConfig) -> Vec<Step> {
+    let ns = cfg.node_namespace.as_str();
+    let node = Some(ns);
+    let (host_link, _) = names::transit_links(ns);
+    let via = cfg.node_transit();
+    let mut steps = vec![
+        Step::ip(None, &format!("route replace {} via {via} dev {host_link}", cfg.pod_cidr)),
+        Step::ip(None, &format!("route replace {} via {via} dev {host_link}", cfg.service_cidr)),
+        // Node ports answer on 127.0.0.1 too: the host's loopback source must be routable into the
+        // node namespace (then masqueraded), as kube-proxy arranges.
+        Step::sysctl(None, &format!("net/ipv4/conf/{host_link}/route_localnet"), "1"),
+        Step::sysctl(node, "net/ipv4/ip_forward", "1"),
+        // A cluster IP with no rule is unreachable here instead of following a default route.
+        Step::ip(node, &format!("route replace unreachable {}", cfg.service_cidr)),
+    ];
+    if cfg.egress {
+        steps.push(Step::ip(node, &format!("route replace default via {}", cfg.host_transit())));
+        steps.push(Step::sysctl(None, "net/ipv4/ip_forward", "1"));
+    } else {
+        steps.push(Step::ip(node, "route replace unreachable default"));
+    }
+    steps
+}
+
+/// Removes the node namespace, its host link (with it) and the host's table.
+pub fn node_remove(cfg: &NetworkConfig) -> Vec<Step> {
+    let (host_link, _) = names::transit_links(&cfg.node_namespace);
+    vec![
+        Step::ip(None, &format!("netns del {}", cfg.node_namespace)).tolerated(),
+        Step::ip(None, &format!("link del {host_link}")).tolerated(),
+        Step::new(None, &["nft", "delete", "table", "ip", &names::host_table(&cfg.node_namespace)]).tolerated(),
+    ]
+}
+
+/// Before the domain starts: the pod namespace with its veth on the node bridge, the binding's
+/// bridge and rules, and every tap created in the host namespace (where libvirt opens it).
+pub fn pod_before_start(cfg: &NetworkConfig, plan: &PodPlan) -> Vec<Step> {
+    let mut steps = pod_remove(plan, &[]);
+    for nic in &plan.nics {
+        if nic.attachment != Attachment::User {
+            steps.push(Step::ip(None, &format!("tuntap add dev {} mode tap", nic.tap)));
+        }
+    }
+    if let (Some(nic), Some(ip)) = (plan.pod_nic(), plan.pod_ip) {
+        let (pod, node) = (Some(plan.netns.as_str()), Some(cfg.node_namespace.as_str()));
+        let ns = &plan.netns;
+        steps.extend([
+            Step::ip(None, &format!("netns add {ns}")),
+            Step::ip(node, &format!("link add {} type veth peer name {POD_LINK} netns {ns}", plan.veth)),
+            Step::ip(node, &format!("link set {} master {NODE_BRIDGE} up", plan.veth)),
+            Step::ip(pod, "link set lo up"),
+            Step::ip(pod, &format!("link add {POD_BRIDGE} type bridge")),
+        ]);
+        match &nic.attachment {
+            Attachment::PodBridge => steps.extend([
+                // The guest takes the pod's address: eth0 is only a port of the pod's bridge.
+                Step::ip(pod, &format!("link set {POD_LINK} master {POD_BRIDGE} up")),
+                Step::ip(pod, &format!("addr add {BRIDGE_SERVER}/32 dev {POD_BRIDGE}")),
+                Step::ip(pod, &format!("link set {POD_BRIDGE} up")),
+            ]),
+            Attachment::PodMasquerade { ports } => {
+                steps.extend([
+                    Step::ip(pod, &format!("addr add {ip}/{} dev {POD_LINK}", cfg.pod_cidr.prefix())),
+                    Step::ip(pod, &format!("link set {POD_LINK} up")),
+                    Step::ip(pod, &format!("route add default via {}", cfg.gateway())),
+                    Step::ip(pod, &format!("addr add {MASQUERADE_GATEWAY}/24 dev {POD_BRIDGE}")),
+                    Step::ip(pod, &format!("-6 addr add {MASQUERADE_GATEWAY6}/120 dev {POD_BRIDGE} nodad")),
+                    Step::ip(pod, &format!("link set {POD_BRIDGE} up")),
+                    Step::sysctl(pod, "net/ipv4/ip_forward", "1"),
+                    Step::sysctl(pod, "net/ipv6/conf/all/forwarding", "1"),
+                ]);
+                steps.push(Step::nft(pod, masquerade_rules(ports)));
+            }
+            _ => {}
+        }
+    }
+    for nic in &plan.nics {
+        if let Attachment::HostBridge(net) = &nic.attachment {
+            let b = &net.bridge;
+            // A bridge of the host's is used as it is; a missing one is made, as bridge-CNI does.
+            steps.push(Step::ip(None, &format!("link add {b} type bridge")).tolerated());
+            if net.vlan.is_some() {
+                steps.push(Step::ip(None, &format!("link set {b} type bridge vlan_filtering 1")));
+            }
+            steps.push(Step::ip(None, &format!("link set {b} up")));
+            steps.push(Step::ip(None, &format!("link set {} master {b} up", nic.tap)));
+            if let Some(vlan) = net.vlan {
+                steps.push(Step::bridge(None, &format!("vlan del dev {} vid 1", nic.tap)).tolerated());
+                steps.push(Step::bridge(None, &format!("vlan add dev {} vid {vlan} pvid untagged", nic.tap)));
+            }
+        }
+    }
+    steps
+}
+
+/// After QEMU holds its taps: the pod network's tap moves into the pod and joins its bridge.
+pub fn pod_after_start(plan: &PodPlan) -> Vec<Step> {
+    let pod = Some(plan.netns.as_str());
+    let mut steps = vec![];
+    if let Some(nic) = plan.pod_nic() {
+        steps.push(Step::ip(None, &format!("link set {} netns {}", nic.tap, plan.netns)));
+        steps.push(Step::ip(pod, &format!("link set {} master {POD_BRIDGE} up", nic.tap)));
+    }
+    steps
+}
+
+/// Everything a VMI's networking made: its namespace (veth and moved tap go with it) and the
+/// taps still in the host namespace (`leftover_taps`, as listed, or the plan's own).
+pub fn pod_remove(plan: &PodPlan, leftover_taps: &[String]) -> Vec<Step> {
+    let mut steps = vec![Step::ip(None, &format!("netns del {}", plan.netns)).tolerated()];
+    let mut taps: Vec<&String> = plan.nics.iter().map(|n| &n.tap).collect();
+    taps.extend(leftover_taps.iter().filter(|t| !taps.contains(t)).collect::<Vec<_>>());
+    for tap in taps {
+        steps.push(Step::ip(None, &format!("link del {tap}")).tolerated());
+    }
+    steps
+}
+
+/// nftables in a masquerade pod: the guest's traffic leaves as the pod's, and what reaches the
+/// pod on a forwarded port (every port when none is listed) goes to the guest.
+pub fn masquerade_rules(ports: &[(String, u16)]) -> String {
+    let forward = |family: &str, guest: &str| -> Vec<String> {
+        if ports.is_empty() {
+            return vec![format!("iifname \"{POD_LINK}\" dnat {family} to {guest}")];
+        }
+        ports
+            .iter()
+            .map(|(proto, port)| {
+                format!("iifname \"{POD_LINK}\" {} dport {port} dnat {family} to {guest}", proto.to_lowercase())
+            })
+            .collect()
+    };
+    let v4 = forward("ip", &MASQUERADE_GUEST.to_string());
+    let v6 = forward("ip6", MASQUERADE_GUEST6);
+    let mut s = String::from("table inet converge\ndelete table inet converge\ntable inet converge {\n");
+    s.push_str("  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n");
+    for rule in v4.iter().chain(v6.iter()) {
+        s.push_str(&format!("    {rule}\n"));
+    }
+    s.push_str("  }\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
+    s.push_str(&format!("    oifname \"{POD_LINK}\" ip saddr {MASQUERADE_GUEST} masquerade\n"));
+    s.push_str(&format!("    oifname \"{POD_LINK}\" ip6 saddr {MASQUERADE_GUEST6} masquerade\n"));
+    s.push_str("  }\n}\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::nad::BridgeNetwork;
+    use crate::network::plan::Nic;
+    use std::net::Ipv4Addr;
+
+    fn plan(attachment: Attachment) -> PodPlan {
+        PodPlan {
+            vmi_uid: "u".into(),
+            netns: "cvp-1".into(),
+            veth: "vp1".into(),
+            pod_ip: Some(Ipv4Addr::new(10, 244, 0, 5)),
+            nics: vec![Nic { name: "default".into(), mac: None, tap: "tp01".into(), attachment }],
+        }
+    }
+
+    fn lines(steps: &[Step]) -> Vec<String> {
+        steps.iter().map(Step::display).collect()
+    }
+
+    #[test]
+    fn node_namespace_routes_never_fall_through() {
+        let cfg = NetworkConfig { egress: false, ..NetworkConfig::default() };
+        let l = lines(&node_create(&cfg));
+        assert!(l.contains(&"ip netns exec converge ip route replace unreachable default".to_string()), "{l:#?}");
+        assert!(l.contains(&"ip netns exec converge ip route replace unreachable 10.96.0.0/16".to_string()));
+        assert!(!l.iter().any(|s| s.contains("default via")));
+        let with = lines(&node_refresh(&NetworkConfig::default()));
+        assert!(with.contains(&"ip netns exec converge ip route replace default via 169.254.244.1".to_string()));
+    }
+
+    #[test]
+    fn bridge_binding_moves_the_tap_into_the_pod() {
+        let p = plan(Attachment::PodBridge);
+        let before = lines(&pod_before_start(&NetworkConfig::default(), &p));
+        assert_eq!(before[0], "ip netns del cvp-1");
+        assert!(before.contains(&"ip tuntap add dev tp01 mode tap".to_string()));
+        assert!(before.contains(&"ip netns exec cvp-1 ip link set eth0 master k6t-eth0 up".to_string()));
+        assert!(!before.iter().any(|l| l.contains("10.244.0.5")), "the pod keeps no address: the guest has it");
+        let after = lines(&pod_after_start(&p));
+        assert_eq!(after, ["ip link set tp01 netns cvp-1", "ip netns exec cvp-1 ip link set tp01 master k6t-eth0 up"]);
+    }
+
+    #[test]
+    fn masquerade_forwards_listed_ports_only() {
+        let rules = masquerade_rules(&[("TCP".into(), 22)]);
+        assert!(rules.contains("iifname \"eth0\" tcp dport 22 dnat ip to 10.0.2.2"), "{rules}");
+        assert!(rules.contains("ip saddr 10.0.2.2 masquerade"));
+        assert!(masquerade_rules(&[]).contains("iifname \"eth0\" dnat ip to 10.0.2.2"));
+    }
+
+    #[test]
+    fn host_bridge_with_a_vlan() {
+        let mut p = plan(Attachment::HostBridge(BridgeNetwork { bridge: "br1".into(), vlan: Some(7) }));
+        p.pod_ip = None;
+        let l = lines(&pod_before_start(&NetworkConfig::default(), &p));
+        assert!(l.contains(&"bridge vlan add dev tp01 vid 7 pvid untagged".to_string()), "{l:#?}");
+        assert!(!l.iter().any(|s| s.contains("netns add")), "no pod namespace without the pod network");
+    }
+}

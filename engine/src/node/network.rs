@@ -1,0 +1,227 @@
+//! The node agent's networking: the node namespace at start, a VMI's pod before and after its
+//! domain starts, its DHCP responder, the Service rules, and removal of all of it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::Shared;
+use crate::kinds;
+use crate::launcher::spec::VmiSpec;
+use crate::meta;
+use crate::network::dhcp::{Lease, Responders};
+use crate::network::host::NetworkHost;
+use crate::network::nad::{self, BridgeNetwork};
+use crate::network::plan::{self, Attachment, PodPlan, BRIDGE_SERVER, MASQUERADE_GATEWAY, MASQUERADE_GUEST};
+use crate::network::{names, services, setup, NetworkConfig, NetworkError};
+
+/// What the agent keeps for networking.
+pub struct NodeNetwork {
+    pub config: NetworkConfig,
+    pub host: Arc<dyn NetworkHost>,
+    pub dhcp: Responders,
+    /// The last rules applied, so unchanged Services cost nothing.
+    applied_rules: std::sync::Mutex<Option<(String, String)>>,
+}
+
+impl NodeNetwork {
+    pub fn new(config: NetworkConfig, host: Arc<dyn NetworkHost>) -> NodeNetwork {
+        NodeNetwork { config, host, dhcp: Responders::default(), applied_rules: std::sync::Mutex::new(None) }
+    }
+}
+
+async fn run(host: &Arc<dyn NetworkHost>, steps: Vec<crate::network::host::Step>) -> Result<(), NetworkError> {
+    let host = Arc::clone(host);
+    tokio::task::spawn_blocking(move || host.run(&steps))
+        .await
+        .map_err(|e| NetworkError::Command { command: "network steps".into(), message: e.to_string() })?
+}
+
+/// Makes the node namespace (or heals the one a previous run left).
+pub async fn setup_node(net: &NodeNetwork) -> Result<(), NetworkError> {
+    let cfg = &net.config;
+    let (host_link, _) = names::transit_links(&cfg.node_namespace);
+    let present = net.host.namespaces().contains(&cfg.node_namespace) && net.host.links(None).contains(&host_link);
+    let steps = if present {
+        setup::node_refresh(cfg)
+    } else {
+        let mut s = setup::node_remove(cfg);
+        s.extend(setup::node_create(cfg));
+        s
+    };
+    run(&net.host, steps).await
+}
+
+/// Removes the node namespace and the host's rules (the node is shutting down for good).
+pub async fn remove_node(net: &NodeNetwork) -> Result<(), NetworkError> {
+    run(&net.host, setup::node_remove(&net.config)).await
+}
+
+/// The NADs a spec names, resolved in the VMI's namespace unless qualified.
+async fn resolve_nads(s: &Shared, vmi: &Value, spec: &VmiSpec) -> HashMap<String, Result<BridgeNetwork, String>> {
+    let mut out = HashMap::new();
+    for name in plan::multus_networks(spec) {
+        let (ns, short) = name.split_once('/').unwrap_or((meta::namespace(vmi), name.as_str()));
+        let found = match s.store.get(&kinds::NETWORK_ATTACHMENT_DEFINITION, ns, short).await {
+            Ok(Some(n)) => nad::bridge_of(&n),
+            Ok(None) => Err(format!("NetworkAttachmentDefinition {ns}/{short} not found")),
+            Err(e) => Err(e.message),
+        };
+        out.insert(name, found);
+    }
+    out
+}
+
+/// Why a pod could not be made: to retry (store, commands) or to fail the VMI (its spec).
+pub enum PodError {
+    Retry(String),
+    Invalid(String),
+}
+
+/// Plans the VMI's interfaces and builds everything up to the taps.
+pub(crate) async fn prepare_pod(s: &Shared, net: &NodeNetwork, vmi: &Value) -> Result<PodPlan, PodError> {
+    let spec = VmiSpec::from_vmi(vmi).map_err(PodError::Invalid)?;
+    let pod_ip = if plan::uses_pod_network(&spec) {
+        let reserved = [net.config.gateway()];
+        let ip = s.store.lease_pod_address(&net.config.pod_cidr, &reserved, vmi).await;
+        Some(ip.map_err(|e| PodError::Retry(e.message))?)
+    } else {
+        None
+    };
+    let nads = resolve_nads(s, vmi, &spec).await;
+    let lookup = |name: &str| nads.get(name).cloned().unwrap_or_else(|| Err(format!("{name}: not resolved")));
+    let plan = plan::plan(&net.config.node_namespace, meta::uid(vmi), &spec, pod_ip, &lookup).map_err(|e| match e {
+        NetworkError::Network(..) | NetworkError::Interface(..) => PodError::Invalid(e.to_string()),
+        other => PodError::Retry(other.to_string()),
+    })?;
+    run(&net.host, setup::pod_before_start(&net.config, &plan)).await.map_err(|e| PodError::Retry(e.to_string()))?;
+    Ok(plan)
+}
+
+/// Once QEMU holds the taps: moves the pod's into its namespace and starts its DHCP responder.
+pub async fn finish_pod(net: &NodeNetwork, plan: &PodPlan, vmi: &Value) -> Result<(), NetworkError> {
+    run(&net.host, setup::pod_after_start(plan)).await?;
+    start_responder(net, plan, vmi)
+}
+
+fn start_responder(net: &NodeNetwork, plan: &PodPlan, vmi: &Value) -> Result<(), NetworkError> {
+    let (Some(nic), Some(pod_ip)) = (plan.pod_nic(), plan.pod_ip) else { return Ok(()) };
+    let Some(mac) = nic.mac.as_deref().and_then(|m| crate::macpool::parse_mac(m).ok()) else {
+        return Err(NetworkError::Interface(nic.name.clone(), "has no MAC address to answer DHCP for".into()));
+    };
+    let bytes = mac.to_be_bytes();
+    let mac = [bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]];
+    let lease = match nic.attachment {
+        Attachment::PodMasquerade { .. } => Lease {
+            mac,
+            address: MASQUERADE_GUEST,
+            prefix: 24,
+            router: Some(MASQUERADE_GATEWAY),
+            server: MASQUERADE_GATEWAY,
+            hostname: meta::name(vmi).to_string(),
+        },
+        _ => Lease {
+            mac,
+            address: pod_ip,
+            prefix: net.config.pod_cidr.prefix(),
+            router: Some(net.config.gateway()),
+            server: BRIDGE_SERVER,
+            hostname: meta::name(vmi).to_string(),
+        },
+    };
+    net.dhcp.start(&plan.vmi_uid, &plan.netns, names::POD_BRIDGE, lease)
+}
+
+/// A running VMI whose responder is gone (the agent restarted): plan again and answer again.
+pub(crate) async fn ensure_responder(s: &Shared, net: &NodeNetwork, vmi: &Value) {
+    let uid = meta::uid(vmi);
+    if net.dhcp.running(uid) {
+        return;
+    }
+    let spec = VmiSpec::from_vmi(vmi).unwrap_or_default();
+    if !plan::uses_pod_network(&spec) || !net.host.namespaces().contains(&names::pod_namespace(&net.config.node_namespace, uid)) {
+        return;
+    }
+    let reserved = [net.config.gateway()];
+    let Ok(ip) = s.store.lease_pod_address(&net.config.pod_cidr, &reserved, vmi).await else { return };
+    let nads = resolve_nads(s, vmi, &spec).await;
+    let lookup = |name: &str| nads.get(name).cloned().unwrap_or_else(|| Err(format!("{name}: not resolved")));
+    if let Ok(plan) = plan::plan(&net.config.node_namespace, uid, &spec, Some(ip), &lookup) {
+        if let Err(e) = start_responder(net, &plan, vmi) {
+            tracing::warn!(error = %e, "DHCP responder not restarted");
+        }
+    }
+}
+
+/// Removes what a VMI's networking made: its namespace, its taps, its responder, its address.
+pub(crate) async fn release_pod(s: &Shared, net: &NodeNetwork, vmi_uid: &str, owner: Option<(&str, &str)>) {
+    net.dhcp.stop(vmi_uid);
+    let suffix = &names::tap(vmi_uid, 0)[3..];
+    let taps: Vec<String> =
+        net.host.links(None).into_iter().filter(|l| l.starts_with("tp") && l.ends_with(suffix)).collect();
+    let plan = PodPlan {
+        vmi_uid: vmi_uid.to_string(),
+        netns: names::pod_namespace(&net.config.node_namespace, vmi_uid),
+        veth: names::pod_veth(vmi_uid),
+        pod_ip: None,
+        nics: vec![],
+    };
+    if let Err(e) = run(&net.host, setup::pod_remove(&plan, &taps)).await {
+        tracing::warn!(error = %e, "pod network not fully removed");
+    }
+    if let Some((ns, name)) = owner {
+        if let Err(e) = s.store.release_pod_address(ns, name).await {
+            tracing::warn!(error = %e.message, "pod address not released");
+        }
+    }
+}
+
+/// VMI status.interfaces, as virt-handler reports them from the domain and the pod network.
+pub fn interface_status(spec: &VmiSpec, plan: Option<&PodPlan>) -> Vec<Value> {
+    spec.domain
+        .devices
+        .interfaces
+        .iter()
+        .map(|i| {
+            let mut v = json!({"name": i.name, "infoSource": "domain"});
+            if let Some(mac) = &i.mac_address {
+                v["mac"] = json!(mac);
+            }
+            let nic = plan.and_then(|p| p.nics.iter().find(|n| n.name == i.name));
+            if let (Some(nic), Some(ip)) = (nic, plan.and_then(|p| p.pod_ip)) {
+                if matches!(nic.attachment, Attachment::PodBridge | Attachment::PodMasquerade { .. }) {
+                    v["ipAddress"] = json!(ip.to_string());
+                    v["ipAddresses"] = json!([ip.to_string()]);
+                    v["podInterfaceName"] = json!(names::POD_LINK);
+                    v["infoSource"] = json!("domain, multus-status");
+                }
+            }
+            v
+        })
+        .collect()
+}
+
+/// Applies the Service rules for the Services and VMIs in the store, when they changed.
+pub(crate) async fn sync_services(s: &Shared, net: &NodeNetwork) -> Result<(), String> {
+    let svcs = s.store.list_values(&kinds::SERVICE, None).await.map_err(|e| e.message)?;
+    let vmis = s.store.list_values(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await.map_err(|e| e.message)?;
+    let mut forwards = vec![];
+    for svc in &svcs {
+        forwards.extend(services::forwards(svc, &services::backends(svc, &vmis)));
+    }
+    let rules = (services::node_rules(&forwards), services::host_rules(&net.config, &forwards));
+    if net.applied_rules.lock().map(|a| a.as_ref() == Some(&rules)).unwrap_or(false) {
+        return Ok(());
+    }
+    let ns = net.config.node_namespace.clone();
+    let steps = vec![
+        crate::network::host::Step::nft(Some(&ns), rules.0.clone()),
+        crate::network::host::Step::nft(None, rules.1.clone()),
+    ];
+    run(&net.host, steps).await.map_err(|e| e.to_string())?;
+    if let Ok(mut a) = net.applied_rules.lock() {
+        *a = Some(rules);
+    }
+    Ok(())
+}
