@@ -237,4 +237,5 @@ pub fn vm_manifest(name: &str) -> Value {
 
 pub const VMS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
 pub mod guests;
+pub mod netapp;
 pub mod servers;
