@@ -11,7 +11,7 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-const BOOT: Duration = Duration::from_secs(120);
+const BOOT: Duration = Duration::from_secs(90);
 const SETTLE: Duration = Duration::from_secs(30);
 
 fn pod_interfaces() -> (Value, Value) {
@@ -135,6 +135,125 @@ async fn pod_network_guests_reach_each_other_the_host_and_services() {
         })
         .await;
         assert!(rule_gone, "no backend, no rule: {}", n.nft_list(Some(&n.net.node_namespace), "ip converge"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn masquerade_guest_sits_behind_nat_with_forwarded_ports() {
+    let n = spawn_net_app(2).await;
+    let g = &n.g;
+    within(Duration::from_secs(300), async {
+        let ifaces = json!([{"name": "default", "masquerade": {}, "ports": [{"name": "http", "port": 8080}]}]);
+        let vm = net_vm("masq", json!({"app": "masq"}), ifaces, json!([{"name": "default", "pod": {}}]));
+        let (code, body) = g.app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachines", &vm).await;
+        assert_eq!(code, 201, "{body}");
+        let pod_ip = n.wait_pod_ip("masq").await;
+        assert!(n.net.pod_cidr.contains(pod_ip.parse().expect("IPv4")));
+        // The guest sits at 10.0.2.2 behind the pod; status reports the pod's address.
+        assert!(g.wait_marker("masq", "CONVERGE-GUEST-DHCP eth0 10.0.2.2", BOOT).await, "{}", g.serial_log("masq").await);
+
+        // Out: the guest reaches the host, and the host sees the pod's address, not 10.0.2.2.
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let listener = tokio::net::TcpListener::bind(format!("{}:0", n.host_address())).await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let seen_c = seen.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            if let Ok((mut s, peer)) = listener.accept().await {
+                *seen_c.lock().expect("lock") = Some(peer.ip().to_string());
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 8\r\n\r\nhost-ok\n").await;
+            }
+        });
+        let cmd = format!("wget -q -O - http://{}:{port}/ | sed s/ok/reached/", n.host_address());
+        assert!(n.sh("masq", &cmd, "host-reached", SETTLE).await, "{}", g.serial_log("masq").await);
+        assert_eq!(seen.lock().expect("lock").clone(), Some(pod_ip.clone()), "masqueraded as the pod");
+
+        // In: the forwarded port reaches the guest; a port not listed does not.
+        assert!(
+            n.sh("masq", "mkdir -p /www; echo masq-$((6*7)) > /www/index.html; httpd -p 8080 -h /www; httpd -p 9090 -h /www", "", SETTLE)
+                .await
+        );
+        let forwarded = format!("http://{pod_ip}:8080/");
+        assert!(
+            wait_until(SETTLE, || async { http_get(&forwarded).await.is_some_and(|b| b.contains("masq-42")) }).await,
+            "the forwarded port answers"
+        );
+        assert!(http_get(&format!("http://{pod_ip}:9090/")).await.is_none(), "port 9090 is not forwarded");
+
+        // The rules are there to read, in the pod's namespace.
+        let uid = g.vmi("masq").await["metadata"]["uid"].as_str().expect("uid").to_string();
+        let pod_ns = converge_engine::network::names::pod_namespace(&n.net.node_namespace, &uid);
+        let rules = n.nft_list(Some(&pod_ns), "inet converge");
+        assert!(rules.contains("tcp dport 8080 dnat ip to 10.0.2.2"), "{rules}");
+        assert!(rules.contains("ip saddr 10.0.2.2 masquerade"), "{rules}");
+    })
+    .await;
+}
+
+/// Deletes a host link the test made, however the test ends.
+struct LinkGuard(String);
+
+impl Drop for LinkGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.0]).output();
+    }
+}
+
+fn nad(name: &str, config: Value) -> Value {
+    json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+           "metadata": {"name": name, "namespace": "default"}, "spec": {"config": config.to_string()}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guests_on_two_vlans_of_one_bridge_are_apart() {
+    let n = spawn_net_app(3).await;
+    let g = &n.g;
+    let bridge = format!("cvtbr{}", std::process::id() % 100_000);
+    let _bridge = LinkGuard(bridge.clone());
+    within(Duration::from_secs(360), async {
+        for (name, vlan) in [("vlan10", 10), ("vlan20", 20)] {
+            let body = nad(name, json!({"cniVersion": "0.3.1", "type": "bridge", "bridge": bridge, "vlan": vlan}));
+            let (code, out) =
+                g.app.post("/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions", &body).await;
+            assert_eq!(code, 201, "{out}");
+        }
+        // Foreman lists them across namespaces.
+        let (code, list) = g.app.get("/apis/k8s.cni.cncf.io/v1/network-attachment-definitions").await;
+        assert_eq!((code, list["items"].as_array().map(Vec::len)), (200, Some(2)), "{list}");
+        let bad = nad("broken", json!("not a config"));
+        let (code, out) =
+            g.app.post("/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions", &bad).await;
+        assert_eq!(code, 422, "{out}");
+
+        for (name, vlan) in [("a", "vlan10"), ("b", "vlan10"), ("c", "vlan20")] {
+            let ifaces = json!([{"name": "default", "bridge": {}}, {"name": "lan", "bridge": {}}]);
+            let nets = json!([{"name": "default", "pod": {}}, {"name": "lan", "multus": {"networkName": vlan}}]);
+            let vm = net_vm(name, json!({"vm": name}), ifaces, nets);
+            let (code, body) = g.app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachines", &vm).await;
+            assert_eq!(code, 201, "{body}");
+        }
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            assert!(g.wait_marker(name, GUEST_MARKER, BOOT).await, "{} {}", g.serial_log(name).await, g.vmi(name).await);
+            let cmd = format!("ip link set eth1 up; ip addr add 192.168.77.{}/24 dev eth1 && echo LAN-UP-$((40+{i}))", i + 1);
+            assert!(n.sh(name, &cmd, &format!("LAN-UP-{}", 40 + i), SETTLE).await, "{}", g.serial_log(name).await);
+        }
+        // 802.1Q on the bridge where the kernel filters VLANs; else the node's isolation rules.
+        let vlans = std::process::Command::new("bridge").args(["vlan", "show"]).output().expect("bridge");
+        let vlans = String::from_utf8_lossy(&vlans.stdout).to_string();
+        let table = converge_engine::network::names::vlan_table(&n.net.node_namespace);
+        let rules = n.nft_list(None, &format!("bridge {table}"));
+        assert!(
+            (vlans.contains("10 PVID Egress Untagged") && vlans.contains("20 PVID Egress Untagged"))
+                || rules.matches(" drop").count() == 4,
+            "{vlans}{rules}"
+        );
+
+        let same = "ping -c 2 -W 2 192.168.77.1 >/dev/null && echo SAME-VLAN-$((1+1))";
+        assert!(n.sh("b", same, "SAME-VLAN-2", SETTLE).await, "{}", g.serial_log("b").await);
+        let apart = "ping -c 2 -W 2 192.168.77.1 >/dev/null || echo OTHER-VLAN-$((2+2))";
+        assert!(n.sh("c", apart, "OTHER-VLAN-4", SETTLE).await, "{}", g.serial_log("c").await);
+        assert!(!g.serial_log("c").await.contains("SAME-VLAN"), "c reached a across VLANs");
     })
     .await;
 }

@@ -16,6 +16,7 @@ pub mod nad;
 pub mod plan;
 pub mod services;
 pub mod setup;
+pub mod vlans;
 
 pub use cidr::Cidr;
 

@@ -25,6 +25,11 @@ pub fn host_table(node_namespace: &str) -> String {
     format!("converge_{}", short_hash(node_namespace, 6))
 }
 
+/// nftables bridge table in the host namespace keeping VLANs apart where the kernel can't.
+pub fn vlan_table(node_namespace: &str) -> String {
+    format!("converge_vlans_{}", short_hash(node_namespace, 6))
+}
+
 /// A VMI's pod namespace; the node's tag first, so a node can find every pod it made.
 pub fn pod_namespace(node_namespace: &str, vmi_uid: &str) -> String {
     format!("{}{}", pod_namespace_prefix(node_namespace), short_hash(vmi_uid, 12))

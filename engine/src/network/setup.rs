@@ -62,12 +62,14 @@ pub fn node_remove(cfg: &NetworkConfig) -> Vec<Step> {
         Step::ip(None, &format!("netns del {}", cfg.node_namespace)).tolerated(),
         Step::ip(None, &format!("link del {host_link}")).tolerated(),
         Step::new(None, &["nft", "delete", "table", "ip", &names::host_table(&cfg.node_namespace)]).tolerated(),
+        Step::new(None, &["nft", "delete", "table", "bridge", &names::vlan_table(&cfg.node_namespace)]).tolerated(),
     ]
 }
 
 /// Before the domain starts: the pod namespace with its veth on the node bridge, the binding's
 /// bridge and rules, and every tap created in the host namespace (where libvirt opens it).
-pub fn pod_before_start(cfg: &NetworkConfig, plan: &PodPlan) -> Vec<Step> {
+/// `kernel_vlans`: the bridge filters VLANs itself (else `vlans` isolates the ports).
+pub fn pod_before_start(cfg: &NetworkConfig, plan: &PodPlan, kernel_vlans: bool) -> Vec<Step> {
     let mut steps = pod_remove(plan, &[]);
     for nic in &plan.nics {
         if nic.attachment != Attachment::User {
@@ -112,12 +114,13 @@ pub fn pod_before_start(cfg: &NetworkConfig, plan: &PodPlan) -> Vec<Step> {
             let b = &net.bridge;
             // A bridge of the host's is used as it is; a missing one is made, as bridge-CNI does.
             steps.push(Step::ip(None, &format!("link add {b} type bridge")).tolerated());
-            if net.vlan.is_some() {
+            let vlan = net.vlan.filter(|_| kernel_vlans);
+            if vlan.is_some() {
                 steps.push(Step::ip(None, &format!("link set {b} type bridge vlan_filtering 1")));
             }
             steps.push(Step::ip(None, &format!("link set {b} up")));
             steps.push(Step::ip(None, &format!("link set {} master {b} up", nic.tap)));
-            if let Some(vlan) = net.vlan {
+            if let Some(vlan) = vlan {
                 steps.push(Step::bridge(None, &format!("vlan del dev {} vid 1", nic.tap)).tolerated());
                 steps.push(Step::bridge(None, &format!("vlan add dev {} vid {vlan} pvid untagged", nic.tap)));
             }
@@ -212,7 +215,7 @@ mod tests {
     #[test]
     fn bridge_binding_moves_the_tap_into_the_pod() {
         let p = plan(Attachment::PodBridge);
-        let before = lines(&pod_before_start(&NetworkConfig::default(), &p));
+        let before = lines(&pod_before_start(&NetworkConfig::default(), &p, true));
         assert_eq!(before[0], "ip netns del cvp-1");
         assert!(before.contains(&"ip tuntap add dev tp01 mode tap".to_string()));
         assert!(before.contains(&"ip netns exec cvp-1 ip link set eth0 master k6t-eth0 up".to_string()));
@@ -233,8 +236,10 @@ mod tests {
     fn host_bridge_with_a_vlan() {
         let mut p = plan(Attachment::HostBridge(BridgeNetwork { bridge: "br1".into(), vlan: Some(7) }));
         p.pod_ip = None;
-        let l = lines(&pod_before_start(&NetworkConfig::default(), &p));
+        let l = lines(&pod_before_start(&NetworkConfig::default(), &p, true));
         assert!(l.contains(&"bridge vlan add dev tp01 vid 7 pvid untagged".to_string()), "{l:#?}");
         assert!(!l.iter().any(|s| s.contains("netns add")), "no pod namespace without the pod network");
+        let isolated = lines(&pod_before_start(&NetworkConfig::default(), &p, false));
+        assert!(!isolated.iter().any(|s| s.contains("vlan")), "no 802.1Q where the kernel has none: {isolated:#?}");
     }
 }

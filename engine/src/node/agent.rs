@@ -294,7 +294,7 @@ async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> 
         (st::PENDING | st::SCHEDULING | st::SCHEDULED, Some(_)) => mark_running(s, &mut next, &now, None),
         (_, Some(DomainState::Running)) => {
             if let Some(net) = &s.net {
-                super::network::ensure_responder(s, net, &vmi).await;
+                super::network::adopt_running(s, net, &vmi).await;
             }
             st::set_condition(&mut next, "Ready", true, "", "", &now);
             st::remove_condition(&mut next, "Paused");

@@ -14,6 +14,7 @@ use crate::network::dhcp::{Lease, Responders};
 use crate::network::host::NetworkHost;
 use crate::network::nad::{self, BridgeNetwork};
 use crate::network::plan::{self, Attachment, PodPlan, BRIDGE_SERVER, MASQUERADE_GATEWAY, MASQUERADE_GUEST};
+use crate::network::vlans::{self, VlanPorts};
 use crate::network::{names, services, setup, NetworkConfig, NetworkError};
 
 /// What the agent keeps for networking.
@@ -23,11 +24,25 @@ pub struct NodeNetwork {
     pub dhcp: Responders,
     /// The last rules applied, so unchanged Services cost nothing.
     applied_rules: std::sync::Mutex<Option<(String, String)>>,
+    /// The bridges here filter VLANs (probed at start); else `vlan_ports` are kept apart by rules.
+    kernel_vlans: std::sync::atomic::AtomicBool,
+    vlan_ports: std::sync::Mutex<VlanPorts>,
 }
 
 impl NodeNetwork {
     pub fn new(config: NetworkConfig, host: Arc<dyn NetworkHost>) -> NodeNetwork {
-        NodeNetwork { config, host, dhcp: Responders::default(), applied_rules: std::sync::Mutex::new(None) }
+        NodeNetwork {
+            config,
+            host,
+            dhcp: Responders::default(),
+            applied_rules: std::sync::Mutex::new(None),
+            kernel_vlans: std::sync::atomic::AtomicBool::new(true),
+            vlan_ports: std::sync::Mutex::new(VlanPorts::new()),
+        }
+    }
+
+    fn kernel_vlans(&self) -> bool {
+        self.kernel_vlans.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -50,7 +65,48 @@ pub async fn setup_node(net: &NodeNetwork) -> Result<(), NetworkError> {
         s.extend(setup::node_create(cfg));
         s
     };
-    run(&net.host, steps).await
+    run(&net.host, steps).await?;
+    let kernel_vlans = run(&net.host, vlans::probe(&cfg.node_namespace)).await.is_ok();
+    if !kernel_vlans {
+        tracing::warn!("the kernel has no bridge VLAN filtering: VLANs are kept apart on this node by nftables rules, and frames leave untagged");
+        let _ = run(&net.host, vec![crate::network::host::Step::ip(Some(&cfg.node_namespace), "link del cvvlanprobe").tolerated()]).await;
+    }
+    net.kernel_vlans.store(kernel_vlans, std::sync::atomic::Ordering::Relaxed);
+    apply_vlan_rules(net).await
+}
+
+/// Records a plan's VLAN ports (or, with `None`, drops a VMI's) and applies the isolation rules,
+/// where the kernel can't filter VLANs itself.
+async fn update_vlan_ports(net: &NodeNetwork, add: Option<&PodPlan>, remove_suffix: Option<&str>) -> Result<(), NetworkError> {
+    if net.kernel_vlans() {
+        return Ok(());
+    }
+    let changed = {
+        let Ok(mut ports) = net.vlan_ports.lock() else { return Ok(()) };
+        let before = ports.clone();
+        if let Some(suffix) = remove_suffix {
+            ports.retain(|tap, _| !tap.ends_with(suffix));
+        }
+        for nic in add.map(|p| p.nics.as_slice()).unwrap_or_default() {
+            if let Attachment::HostBridge(BridgeNetwork { bridge, vlan: Some(vlan) }) = &nic.attachment {
+                ports.insert(nic.tap.clone(), (bridge.clone(), *vlan));
+            }
+        }
+        *ports != before
+    };
+    if changed {
+        apply_vlan_rules(net).await?;
+    }
+    Ok(())
+}
+
+async fn apply_vlan_rules(net: &NodeNetwork) -> Result<(), NetworkError> {
+    if net.kernel_vlans() {
+        return Ok(());
+    }
+    let ports = net.vlan_ports.lock().map(|p| p.clone()).unwrap_or_default();
+    let rules = vlans::isolation_rules(&names::vlan_table(&net.config.node_namespace), &ports);
+    run(&net.host, vec![crate::network::host::Step::nft(None, rules)]).await
 }
 
 /// Removes the node namespace and the host's rules (the node is shutting down for good).
@@ -95,7 +151,10 @@ pub(crate) async fn prepare_pod(s: &Shared, net: &NodeNetwork, vmi: &Value) -> R
         NetworkError::Network(..) | NetworkError::Interface(..) => PodError::Invalid(e.to_string()),
         other => PodError::Retry(other.to_string()),
     })?;
-    run(&net.host, setup::pod_before_start(&net.config, &plan)).await.map_err(|e| PodError::Retry(e.to_string()))?;
+    let steps = setup::pod_before_start(&net.config, &plan, net.kernel_vlans());
+    run(&net.host, steps).await.map_err(|e| PodError::Retry(e.to_string()))?;
+    // The VLAN rules are in place before the guest sends a frame.
+    update_vlan_ports(net, Some(&plan), None).await.map_err(|e| PodError::Retry(e.to_string()))?;
     Ok(plan)
 }
 
@@ -133,21 +192,37 @@ fn start_responder(net: &NodeNetwork, plan: &PodPlan, vmi: &Value) -> Result<(),
     net.dhcp.start(&plan.vmi_uid, &plan.netns, names::POD_BRIDGE, lease)
 }
 
-/// A running VMI whose responder is gone (the agent restarted): plan again and answer again.
-pub(crate) async fn ensure_responder(s: &Shared, net: &NodeNetwork, vmi: &Value) {
+/// A running VMI the agent knows nothing of (it restarted): plan again, answer DHCP again and
+/// keep its VLAN ports apart again.
+pub(crate) async fn adopt_running(s: &Shared, net: &NodeNetwork, vmi: &Value) {
     let uid = meta::uid(vmi);
-    if net.dhcp.running(uid) {
-        return;
-    }
     let spec = VmiSpec::from_vmi(vmi).unwrap_or_default();
-    if !plan::uses_pod_network(&spec) || !net.host.namespaces().contains(&names::pod_namespace(&net.config.node_namespace, uid)) {
+    let needs_dhcp = plan::uses_pod_network(&spec) && !net.dhcp.running(uid);
+    let suffix = &names::tap(uid, 0)[3..];
+    let known = net.vlan_ports.lock().map(|p| p.keys().any(|t| t.ends_with(suffix))).unwrap_or(true);
+    let needs_vlans = !net.kernel_vlans() && !known && !plan::multus_networks(&spec).is_empty();
+    if !needs_dhcp && !needs_vlans {
         return;
     }
-    let reserved = [net.config.gateway()];
-    let Ok(ip) = s.store.lease_pod_address(&net.config.pod_cidr, &reserved, vmi).await else { return };
+    let pod_ip = if plan::uses_pod_network(&spec) {
+        let reserved = [net.config.gateway()];
+        match s.store.lease_pod_address(&net.config.pod_cidr, &reserved, vmi).await {
+            Ok(ip) => Some(ip),
+            Err(_) => return,
+        }
+    } else {
+        None
+    };
     let nads = resolve_nads(s, vmi, &spec).await;
     let lookup = |name: &str| nads.get(name).cloned().unwrap_or_else(|| Err(format!("{name}: not resolved")));
-    if let Ok(plan) = plan::plan(&net.config.node_namespace, uid, &spec, Some(ip), &lookup) {
+    let Ok(plan) = plan::plan(&net.config.node_namespace, uid, &spec, pod_ip, &lookup) else { return };
+    if needs_vlans {
+        if let Err(e) = update_vlan_ports(net, Some(&plan), None).await {
+            tracing::warn!(error = %e, "VLAN rules not restored");
+        }
+    }
+    let pod_ns = names::pod_namespace(&net.config.node_namespace, uid);
+    if needs_dhcp && net.host.namespaces().contains(&pod_ns) {
         if let Err(e) = start_responder(net, &plan, vmi) {
             tracing::warn!(error = %e, "DHCP responder not restarted");
         }
@@ -169,6 +244,9 @@ pub(crate) async fn release_pod(s: &Shared, net: &NodeNetwork, vmi_uid: &str, ow
     };
     if let Err(e) = run(&net.host, setup::pod_remove(&plan, &taps)).await {
         tracing::warn!(error = %e, "pod network not fully removed");
+    }
+    if let Err(e) = update_vlan_ports(net, None, Some(suffix)).await {
+        tracing::warn!(error = %e, "VLAN rules not updated");
     }
     if let Some((ns, name)) = owner {
         if let Err(e) = s.store.release_pod_address(ns, name).await {
