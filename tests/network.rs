@@ -257,3 +257,98 @@ async fn guests_on_two_vlans_of_one_bridge_are_apart() {
     })
     .await;
 }
+
+/// Foreman's "build" provisioning: the guest boots from its NIC. A dnsmasq in the test's own
+/// namespace, on the NAD's bridge, answers DHCP and serves an iPXE script, kernel and initramfs
+/// over TFTP; the firmware's iPXE ROM (Debian's ipxe-qemu) fetches and boots them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_guest_pxe_boots_from_a_nad_bridge() {
+    let n = spawn_net_app(4).await;
+    let g = &n.g;
+    let id = std::process::id() % 100_000;
+    let bridge = format!("cvtpx{id}");
+    let (outer, netns) = (format!("cvtpv{id}"), format!("cvtpxe{id}"));
+    let _bridge = LinkGuard(bridge.clone());
+    let _outer = LinkGuard(outer.clone());
+    struct NetnsGuard(String);
+    impl Drop for NetnsGuard {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).output();
+        }
+    }
+    let _netns = NetnsGuard(netns.clone());
+    let ip = |args: &str| {
+        let out = std::process::Command::new("ip").args(args.split_whitespace()).output().expect("ip");
+        assert!(out.status.success(), "ip {args}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    ip(&format!("link add {bridge} type bridge"));
+    ip(&format!("link set {bridge} up"));
+    ip(&format!("netns add {netns}"));
+    ip(&format!("link add {outer} type veth peer name eth0 netns {netns}"));
+    ip(&format!("link set {outer} master {bridge} up"));
+    ip(&format!("-n {netns} addr add 192.168.88.1/24 dev eth0"));
+    ip(&format!("-n {netns} link set eth0 up"));
+    ip(&format!("-n {netns} link set lo up"));
+
+    let tftp = tempfile::tempdir().expect("tftp root");
+    let guests = guest_dir();
+    std::fs::copy(guests.join("vmlinuz"), tftp.path().join("vmlinuz")).expect("kernel");
+    std::fs::copy(guests.join("initramfs.gz"), tftp.path().join("initramfs.gz")).expect("initramfs");
+    std::fs::write(
+        tftp.path().join("boot.ipxe"),
+        "#!ipxe\nkernel vmlinuz console=ttyS0 quiet\ninitrd initramfs.gz\nboot\n",
+    )
+    .expect("script");
+    let root = tftp.path().display().to_string();
+    let _dnsmasq = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &netns, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0"])
+        .args(["--interface=eth0", "--bind-interfaces", "--dhcp-range=192.168.88.50,192.168.88.99,255.255.255.0,1h"])
+        .args(["--dhcp-boot=boot.ipxe", "--enable-tftp", "--user=root", "--log-dhcp"])
+        .arg(format!("--tftp-root={root}"))
+        .arg(format!("--dhcp-leasefile={root}/leases"))
+        .arg(format!("--pid-file={root}/dnsmasq.pid"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("dnsmasq");
+
+    within(Duration::from_secs(360), async {
+        let body = nad("provisioning", json!({"cniVersion": "0.3.1", "type": "bridge", "bridge": bridge}));
+        let (code, out) =
+            g.app.post("/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions", &body).await;
+        assert_eq!(code, 201, "{out}");
+        let vm = json!({
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+            "metadata": {"name": "build", "namespace": "default"},
+            "spec": {"runStrategy": "Always", "template": {"spec": {
+                "terminationGracePeriodSeconds": 0,
+                "domain": {
+                    "resources": {"requests": {"memory": "256Mi"}},
+                    "devices": {
+                        "disks": [{"name": "blank", "disk": {"bus": "virtio"}, "bootOrder": 2}],
+                        "interfaces": [{"name": "provisioning", "bridge": {}, "bootOrder": 1, "model": "virtio"}],
+                    },
+                },
+                "networks": [{"name": "provisioning", "multus": {"networkName": "provisioning", "default": true}}],
+                "volumes": [{"name": "blank", "emptyDisk": {"capacity": "64Mi"}}],
+            }}},
+        });
+        let (code, created) = g.app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachines", &vm).await;
+        assert_eq!(code, 201, "{created}");
+        let mac = created["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"][0]["macAddress"]
+            .as_str()
+            .expect("a MAC at create, before the VM runs")
+            .to_string();
+        assert!(
+            g.wait_marker("build", GUEST_MARKER, Duration::from_secs(240)).await,
+            "the guest booted from the network: {}",
+            g.serial_log("build").await
+        );
+        let leases = std::fs::read_to_string(tftp.path().join("leases")).unwrap_or_default();
+        assert!(leases.contains(&mac), "dnsmasq leased to the MAC admission gave ({mac}): {leases}");
+        let (ok, xml, err) = g.converge(&["domxml", "build"], None).await;
+        assert!(ok && xml.contains("<boot order='1'/>"), "{xml}{err}");
+    })
+    .await;
+}
