@@ -352,3 +352,76 @@ async fn a_guest_pxe_boots_from_a_nad_bridge() {
     })
     .await;
 }
+
+/// 100 VMIs made and deleted, ten at a time, with bridge, masquerade and VLAN NICs: nothing of
+/// theirs stays — no namespace, tap, node-side veth, rule, responder or lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn create_delete_cycles_leave_nothing_behind() {
+    let n = spawn_net_app(5).await;
+    let g = &n.g;
+    let bridge = format!("cvtcy{}", std::process::id() % 100_000);
+    let _bridge = LinkGuard(bridge.clone());
+    within(Duration::from_secs(900), async {
+        let body = nad("lan", json!({"cniVersion": "0.3.1", "type": "bridge", "bridge": bridge, "vlan": 30}));
+        let (code, out) =
+            g.app.post("/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions", &body).await;
+        assert_eq!(code, 201, "{out}");
+        let node_links_before = {
+            let mut l = n.node_links();
+            l.sort();
+            l
+        };
+        let vmis = "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances";
+        for round in 0..10 {
+            for i in 0..10 {
+                let mut spec = halt_vmi_spec();
+                let devices = &mut spec["domain"]["devices"];
+                devices.as_object_mut().expect("devices").remove("autoattachPodInterface");
+                let binding = if i % 2 == 0 { json!({"name": "default", "bridge": {}}) } else { json!({"name": "default", "masquerade": {}}) };
+                let mut ifaces = vec![binding];
+                let mut nets = vec![json!({"name": "default", "pod": {}})];
+                if i % 3 == 0 {
+                    ifaces.push(json!({"name": "lan", "bridge": {}}));
+                    nets.push(json!({"name": "lan", "multus": {"networkName": "lan"}}));
+                }
+                devices["interfaces"] = json!(ifaces);
+                spec["networks"] = json!(nets);
+                let vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+                                 "metadata": {"name": format!("c{i}"), "namespace": "default"}, "spec": spec});
+                let (code, body) = g.app.post(vmis, &vmi).await;
+                assert_eq!(code, 201, "round {round}: {body}");
+            }
+            for i in 0..10 {
+                let name = format!("c{i}");
+                assert!(g.wait_phase(&name, "Running", SETTLE).await, "round {round}: {}", g.vmi(&name).await);
+                assert!(n.pod_ip(&name).await.is_some(), "{}", g.vmi(&name).await);
+            }
+            for i in 0..10 {
+                let (code, body) = g.app.delete(&format!("{vmis}/c{i}"), None).await;
+                assert!(code == 200 || code == 202, "{body}");
+            }
+            for i in 0..10 {
+                let gone = wait_until(SETTLE, || async { g.app.get(&format!("{vmis}/c{i}")).await.0 == 404 }).await;
+                assert!(gone, "round {round}: c{i} was not removed: {}", g.vmi(&format!("c{i}")).await);
+            }
+        }
+        assert!(n.pod_namespaces().is_empty(), "pod namespaces left: {:?}", n.pod_namespaces());
+        let taps = converge_engine::network::names::tap_prefix(&n.net.node_namespace);
+        use converge_engine::network::host::NetworkHost;
+        let host_links = converge_engine::network::host::SystemNetworkHost.links(None);
+        let left: Vec<&String> = host_links.iter().filter(|l| l.starts_with(&taps)).collect();
+        assert!(left.is_empty(), "taps left: {left:?}");
+        let mut after = n.node_links();
+        after.sort();
+        assert_eq!(after, node_links_before, "no veth left on the node bridge");
+        let store = g.app.store();
+        assert!(store.address_leases("pods").await.expect("leases").is_empty(), "pod addresses all given back");
+        assert!(store.mac_leases().await.expect("leases").is_empty(), "MACs all given back");
+        assert_eq!(g.agent().dhcp_responders(), 0, "no DHCP responder left");
+        let table = converge_engine::network::names::vlan_table(&n.net.node_namespace);
+        let rules = n.nft_list(None, &format!("bridge {table}"));
+        assert!(!rules.contains("drop"), "no VLAN rule left: {rules}");
+        assert!(g.domains().is_empty(), "{:?}", g.domains());
+    })
+    .await;
+}

@@ -29,6 +29,13 @@ impl Drop for NetCleanup {
             .filter(|n| n.starts_with(&prefix))
             .map(|n| Step::ip(None, &format!("netns del {n}")).tolerated())
             .collect();
+        let taps = names::tap_prefix(&self.0.node_namespace);
+        steps.extend(
+            host.links(None)
+                .into_iter()
+                .filter(|l| l.starts_with(&taps))
+                .map(|l| Step::ip(None, &format!("link del {l}")).tolerated()),
+        );
         steps.extend(setup::node_remove(&self.0));
         let _ = host.run(&steps);
     }

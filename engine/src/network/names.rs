@@ -44,14 +44,20 @@ pub fn pod_veth(vmi_uid: &str) -> String {
     format!("vp{}", short_hash(vmi_uid, 12))
 }
 
-/// The tap of a VMI's `index`-th interface.
-pub fn tap(vmi_uid: &str, index: usize) -> String {
-    format!("tp{index:x}{}", short_hash(vmi_uid, 11))
+/// The tap of a VMI's `index`-th interface: the node's tag, the index, then the VMI's.
+pub fn tap(node_namespace: &str, vmi_uid: &str, index: usize) -> String {
+    format!("{}{:x}{}", tap_prefix(node_namespace), index % 16, short_hash(vmi_uid, 9))
 }
 
-/// Every link this VMI can have made in the host namespace (taps before they move).
-pub fn host_taps(vmi_uid: &str, count: usize) -> Vec<String> {
-    (0..count).map(|i| tap(vmi_uid, i)).collect()
+/// Every tap this node makes starts so.
+pub fn tap_prefix(node_namespace: &str) -> String {
+    format!("t{}", short_hash(node_namespace, 4))
+}
+
+/// True when `link` is one of this VMI's taps.
+pub fn is_tap_of(node_namespace: &str, vmi_uid: &str, link: &str) -> bool {
+    let prefix = tap_prefix(node_namespace);
+    link.len() == prefix.len() + 10 && link.starts_with(&prefix) && link.ends_with(&short_hash(vmi_uid, 9))
 }
 
 #[cfg(test)]
@@ -61,11 +67,14 @@ mod tests {
     #[test]
     fn names_fit_the_kernel_limit_and_are_stable() {
         let uid = "3f0c6a5e-8d7c-4c43-9b53-0a1c2b3d4e5f";
-        for name in [pod_veth(uid), tap(uid, 0), tap(uid, 15), transit_links("converge").0, transit_links("x").1] {
+        for name in [pod_veth(uid), tap("n", uid, 0), tap("n", uid, 15), transit_links("converge").0, transit_links("x").1] {
             assert!(name.len() <= 15, "{name} is too long");
         }
         assert_eq!(pod_veth(uid), pod_veth(uid));
-        assert_ne!(tap(uid, 0), tap(uid, 1));
+        assert_ne!(tap("n", uid, 0), tap("n", uid, 1));
+        assert!(is_tap_of("n", uid, &tap("n", uid, 3)));
+        assert!(!is_tap_of("n", "other", &tap("n", uid, 3)));
+        assert!(!is_tap_of("m", uid, &tap("n", uid, 3)));
         assert_ne!(pod_namespace("n", uid), pod_namespace("n", "another"));
         assert!(pod_namespace("n", uid).starts_with(&pod_namespace_prefix("n")));
     }

@@ -93,7 +93,7 @@ pub fn plan(
         if matches!(attachment, Attachment::PodBridge | Attachment::PodMasquerade { .. }) && pod_ip.is_none() {
             return Err(err("the pod network has no address for this VMI"));
         }
-        nics.push(Nic { name: iface.name.clone(), mac: iface.mac_address.clone(), tap: names::tap(vmi_uid, index), attachment });
+        nics.push(Nic { name: iface.name.clone(), mac: iface.mac_address.clone(), tap: names::tap(node_namespace, vmi_uid, index), attachment });
     }
     Ok(PodPlan {
         vmi_uid: vmi_uid.to_string(),

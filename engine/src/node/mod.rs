@@ -127,6 +127,10 @@ impl NodeAgent {
     pub fn vnc_socket(&self, vmi_uid: &str) -> PathBuf {
         crate::launcher::build::vnc_socket(&self.shared.config.state_dir.join("vmis").join(vmi_uid))
     }
+    /// DHCP responders running (one per VMI on the pod network).
+    pub fn dhcp_responders(&self) -> usize {
+        self.shared.net.as_ref().map_or(0, |n| n.dhcp.count())
+    }
     pub fn domain_name(&self, namespace: &str, name: &str) -> String {
         agent::domain_name_of(&self.shared.config.domain_prefix, namespace, name)
     }
@@ -275,6 +279,17 @@ pub async fn start(
         config: config.clone(),
         net,
     });
+    if let Some(net) = &shared.net {
+        let live: Vec<String> = store
+            .list_values(&kinds::VIRTUAL_MACHINE_INSTANCE, None)
+            .await
+            .map_err(|e| NodeError::Register(e.message))?
+            .iter()
+            .filter(|v| v.pointer("/status/nodeName").and_then(Value::as_str) == Some(config.name.as_str()))
+            .map(|v| meta::uid(v).to_string())
+            .collect();
+        network::sweep_orphans(net, &live).await;
+    }
     let mut tasks = agent::spawn(Arc::clone(&shared));
     let agent_shared = Arc::clone(&shared);
     let heartbeat_config = config.clone();

@@ -75,17 +75,46 @@ pub async fn setup_node(net: &NodeNetwork) -> Result<(), NetworkError> {
     apply_vlan_rules(net).await
 }
 
-/// Records a plan's VLAN ports (or, with `None`, drops a VMI's) and applies the isolation rules,
-/// where the kernel can't filter VLANs itself.
-async fn update_vlan_ports(net: &NodeNetwork, add: Option<&PodPlan>, remove_suffix: Option<&str>) -> Result<(), NetworkError> {
+/// Pod namespaces and taps of this node that belong to none of `live_uids` (left by a crash, or
+/// by VMIs deleted while the agent was down) go.
+pub(crate) async fn sweep_orphans(net: &NodeNetwork, live_uids: &[String]) {
+    let node_ns = &net.config.node_namespace;
+    let keep_ns: Vec<String> = live_uids.iter().map(|u| names::pod_namespace(node_ns, u)).collect();
+    let prefix = names::pod_namespace_prefix(node_ns);
+    let mut steps: Vec<crate::network::host::Step> = net
+        .host
+        .namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix) && !keep_ns.contains(n))
+        .map(|n| crate::network::host::Step::ip(None, &format!("netns del {n}")).tolerated())
+        .collect();
+    let tap_prefix = names::tap_prefix(node_ns);
+    steps.extend(
+        net.host
+            .links(None)
+            .into_iter()
+            .filter(|l| l.starts_with(&tap_prefix) && !live_uids.iter().any(|u| names::is_tap_of(node_ns, u, l)))
+            .map(|l| crate::network::host::Step::ip(None, &format!("link del {l}")).tolerated()),
+    );
+    if !steps.is_empty() {
+        tracing::info!(count = steps.len(), "removing pod namespaces and taps no VMI owns");
+        if let Err(e) = run(&net.host, steps).await {
+            tracing::warn!(error = %e, "orphaned pod networking not removed");
+        }
+    }
+}
+
+/// Records a plan's VLAN ports and drops those of `remove_uid`, then applies the isolation
+/// rules, where the kernel can't filter VLANs itself.
+async fn update_vlan_ports(net: &NodeNetwork, add: Option<&PodPlan>, remove_uid: Option<&str>) -> Result<(), NetworkError> {
     if net.kernel_vlans() {
         return Ok(());
     }
     let changed = {
         let Ok(mut ports) = net.vlan_ports.lock() else { return Ok(()) };
         let before = ports.clone();
-        if let Some(suffix) = remove_suffix {
-            ports.retain(|tap, _| !tap.ends_with(suffix));
+        if let Some(uid) = remove_uid {
+            ports.retain(|tap, _| !names::is_tap_of(&net.config.node_namespace, uid, tap));
         }
         for nic in add.map(|p| p.nics.as_slice()).unwrap_or_default() {
             if let Attachment::HostBridge(BridgeNetwork { bridge, vlan: Some(vlan) }) = &nic.attachment {
@@ -198,8 +227,8 @@ pub(crate) async fn adopt_running(s: &Shared, net: &NodeNetwork, vmi: &Value) {
     let uid = meta::uid(vmi);
     let spec = VmiSpec::from_vmi(vmi).unwrap_or_default();
     let needs_dhcp = plan::uses_pod_network(&spec) && !net.dhcp.running(uid);
-    let suffix = &names::tap(uid, 0)[3..];
-    let known = net.vlan_ports.lock().map(|p| p.keys().any(|t| t.ends_with(suffix))).unwrap_or(true);
+    let node_ns = &net.config.node_namespace;
+    let known = net.vlan_ports.lock().map(|p| p.keys().any(|t| names::is_tap_of(node_ns, uid, t))).unwrap_or(true);
     let needs_vlans = !net.kernel_vlans() && !known && !plan::multus_networks(&spec).is_empty();
     if !needs_dhcp && !needs_vlans {
         return;
@@ -232,9 +261,8 @@ pub(crate) async fn adopt_running(s: &Shared, net: &NodeNetwork, vmi: &Value) {
 /// Removes what a VMI's networking made: its namespace, its taps, its responder, its address.
 pub(crate) async fn release_pod(s: &Shared, net: &NodeNetwork, vmi_uid: &str, owner: Option<(&str, &str)>) {
     net.dhcp.stop(vmi_uid);
-    let suffix = &names::tap(vmi_uid, 0)[3..];
-    let taps: Vec<String> =
-        net.host.links(None).into_iter().filter(|l| l.starts_with("tp") && l.ends_with(suffix)).collect();
+    let node_ns = &net.config.node_namespace;
+    let taps: Vec<String> = net.host.links(None).into_iter().filter(|l| names::is_tap_of(node_ns, vmi_uid, l)).collect();
     let plan = PodPlan {
         vmi_uid: vmi_uid.to_string(),
         netns: names::pod_namespace(&net.config.node_namespace, vmi_uid),
@@ -245,7 +273,7 @@ pub(crate) async fn release_pod(s: &Shared, net: &NodeNetwork, vmi_uid: &str, ow
     if let Err(e) = run(&net.host, setup::pod_remove(&plan, &taps)).await {
         tracing::warn!(error = %e, "pod network not fully removed");
     }
-    if let Err(e) = update_vlan_ports(net, None, Some(suffix)).await {
+    if let Err(e) = update_vlan_ports(net, None, Some(vmi_uid)).await {
         tracing::warn!(error = %e, "VLAN rules not updated");
     }
     if let Some((ns, name)) = owner {
