@@ -411,9 +411,13 @@ async fn create_delete_cycles_leave_nothing_behind() {
         let host_links = converge_engine::network::host::SystemNetworkHost.links(None);
         let left: Vec<&String> = host_links.iter().filter(|l| l.starts_with(&taps)).collect();
         assert!(left.is_empty(), "taps left: {left:?}");
-        let mut after = n.node_links();
-        after.sort();
-        assert_eq!(after, node_links_before, "no veth left on the node bridge");
+        let veths_gone = wait_until(SETTLE, || async {
+            let mut after = n.node_links();
+            after.sort();
+            after == node_links_before
+        })
+        .await;
+        assert!(veths_gone, "veths left on the node bridge: {:?}", n.node_links());
         let store = g.app.store();
         assert!(store.address_leases("pods").await.expect("leases").is_empty(), "pod addresses all given back");
         assert!(store.mac_leases().await.expect("leases").is_empty(), "MACs all given back");

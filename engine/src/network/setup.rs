@@ -70,7 +70,7 @@ pub fn node_remove(cfg: &NetworkConfig) -> Vec<Step> {
 /// bridge and rules, and every tap created in the host namespace (where libvirt opens it).
 /// `kernel_vlans`: the bridge filters VLANs itself (else `vlans` isolates the ports).
 pub fn pod_before_start(cfg: &NetworkConfig, plan: &PodPlan, kernel_vlans: bool) -> Vec<Step> {
-    let mut steps = pod_remove(plan, &[]);
+    let mut steps = pod_remove(&cfg.node_namespace, plan, &[]);
     for nic in &plan.nics {
         if nic.attachment != Attachment::User {
             steps.push(Step::ip(None, &format!("tuntap add dev {} mode tap", nic.tap)));
@@ -140,10 +140,14 @@ pub fn pod_after_start(plan: &PodPlan) -> Vec<Step> {
     steps
 }
 
-/// Everything a VMI's networking made: its namespace (veth and moved tap go with it) and the
-/// taps still in the host namespace (`leftover_taps`, as listed, or the plan's own).
-pub fn pod_remove(plan: &PodPlan, leftover_taps: &[String]) -> Vec<Step> {
-    let mut steps = vec![Step::ip(None, &format!("netns del {}", plan.netns)).tolerated()];
+/// Everything a VMI's networking made: its veth (removed first: a namespace is dismantled by the
+/// kernel later, its links with it), its namespace, and the taps still in the host namespace
+/// (`leftover_taps`, as listed, or the plan's own).
+pub fn pod_remove(node_namespace: &str, plan: &PodPlan, leftover_taps: &[String]) -> Vec<Step> {
+    let mut steps = vec![
+        Step::ip(Some(node_namespace), &format!("link del {}", plan.veth)).tolerated(),
+        Step::ip(None, &format!("netns del {}", plan.netns)).tolerated(),
+    ];
     let mut taps: Vec<&String> = plan.nics.iter().map(|n| &n.tap).collect();
     taps.extend(leftover_taps.iter().filter(|t| !taps.contains(t)).collect::<Vec<_>>());
     for tap in taps {
@@ -216,7 +220,8 @@ mod tests {
     fn bridge_binding_moves_the_tap_into_the_pod() {
         let p = plan(Attachment::PodBridge);
         let before = lines(&pod_before_start(&NetworkConfig::default(), &p, true));
-        assert_eq!(before[0], "ip netns del cvp-1");
+        assert_eq!(before[0], "ip netns exec converge ip link del vp1");
+        assert_eq!(before[1], "ip netns del cvp-1");
         assert!(before.contains(&"ip tuntap add dev tp01 mode tap".to_string()));
         assert!(before.contains(&"ip netns exec cvp-1 ip link set eth0 master k6t-eth0 up".to_string()));
         assert!(!before.iter().any(|l| l.contains("10.244.0.5")), "the pod keeps no address: the guest has it");

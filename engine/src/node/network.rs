@@ -270,7 +270,7 @@ pub(crate) async fn release_pod(s: &Shared, net: &NodeNetwork, vmi_uid: &str, ow
         pod_ip: None,
         nics: vec![],
     };
-    if let Err(e) = run(&net.host, setup::pod_remove(&plan, &taps)).await {
+    if let Err(e) = run(&net.host, setup::pod_remove(node_ns, &plan, &taps)).await {
         tracing::warn!(error = %e, "pod network not fully removed");
     }
     if let Err(e) = update_vlan_ports(net, None, Some(vmi_uid)).await {
