@@ -27,6 +27,8 @@ pub struct NodeNetwork {
     /// The bridges here filter VLANs (probed at start); else `vlan_ports` are kept apart by rules.
     kernel_vlans: std::sync::atomic::AtomicBool,
     vlan_ports: std::sync::Mutex<VlanPorts>,
+    /// Held from reading `vlan_ports` to the rules being in the kernel: applies never reorder.
+    vlan_apply: tokio::sync::Mutex<()>,
 }
 
 impl NodeNetwork {
@@ -38,6 +40,7 @@ impl NodeNetwork {
             applied_rules: std::sync::Mutex::new(None),
             kernel_vlans: std::sync::atomic::AtomicBool::new(true),
             vlan_ports: std::sync::Mutex::new(VlanPorts::new()),
+            vlan_apply: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -133,6 +136,7 @@ async fn apply_vlan_rules(net: &NodeNetwork) -> Result<(), NetworkError> {
     if net.kernel_vlans() {
         return Ok(());
     }
+    let _applying = net.vlan_apply.lock().await;
     let ports = net.vlan_ports.lock().map(|p| p.clone()).unwrap_or_default();
     let rules = vlans::isolation_rules(&names::vlan_table(&net.config.node_namespace), &ports);
     run(&net.host, vec![crate::network::host::Step::nft(None, rules)]).await
