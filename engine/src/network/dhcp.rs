@@ -132,9 +132,8 @@ pub struct Responders {
 }
 
 impl Responders {
-    /// Starts (or restarts) the responder of a VMI.
-    pub fn start(&self, vmi_uid: &str, netns: &str, device: &str, lease: Lease) -> Result<(), NetworkError> {
-        let socket = socket_in(netns, device)?;
+    /// Starts (or restarts) the responder of a VMI on `socket` (from [`socket_in`]).
+    pub fn start(&self, vmi_uid: &str, socket: UdpSocket, lease: Lease) -> Result<(), NetworkError> {
         let socket = tokio::net::UdpSocket::from_std(socket).map_err(|e| NetworkError::Dhcp(e.to_string()))?;
         let task = tokio::spawn(serve(socket, lease));
         if let Ok(mut tasks) = self.tasks.lock() {

@@ -64,6 +64,8 @@ pub trait NetworkHost: Send + Sync {
     fn namespaces(&self) -> Vec<String>;
     /// Link names in a namespace or the host's.
     fn links(&self, netns: Option<&str>) -> Vec<String>;
+    /// A UDP socket on port 67 inside `netns`, bound to `device` there (a DHCP responder's).
+    fn dhcp_socket(&self, netns: &str, device: &str) -> Result<std::net::UdpSocket, NetworkError>;
 }
 
 /// The machine's own tools.
@@ -133,6 +135,10 @@ impl NetworkHost for SystemNetworkHost {
             .map(|n| n.split('@').next().unwrap_or(n).to_string())
             .collect()
     }
+
+    fn dhcp_socket(&self, netns: &str, device: &str) -> Result<std::net::UdpSocket, NetworkError> {
+        super::dhcp::socket_in(netns, device)
+    }
 }
 
 /// A test double: records every step, creates nothing.
@@ -159,5 +165,14 @@ impl NetworkHost for RecordingNetworkHost {
     }
     fn links(&self, _netns: Option<&str>) -> Vec<String> {
         vec![]
+    }
+    /// A loopback socket no DHCP client will ever reach.
+    fn dhcp_socket(&self, netns: &str, device: &str) -> Result<std::net::UdpSocket, NetworkError> {
+        if let Ok(mut s) = self.steps.lock() {
+            s.push(Step::new(Some(netns), &["dhcp-responder", device]));
+        }
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| NetworkError::Dhcp(e.to_string()))?;
+        socket.set_nonblocking(true).map_err(|e| NetworkError::Dhcp(e.to_string()))?;
+        Ok(socket)
     }
 }

@@ -232,6 +232,19 @@ pub async fn start(
     tool: Arc<dyn disks::DiskTool>,
     hv_version: &str,
 ) -> Result<NodeAgent, NodeError> {
+    let net_host: Arc<dyn crate::network::host::NetworkHost> = Arc::new(crate::network::host::SystemNetworkHost);
+    start_with(store, config, hv, tool, hv_version, net_host).await
+}
+
+/// [`start`], with the network's OS boundary given (a recording one in unit tests).
+pub async fn start_with(
+    store: Arc<Store>,
+    config: NodeConfig,
+    hv: Arc<dyn Hypervisor>,
+    tool: Arc<dyn disks::DiskTool>,
+    hv_version: &str,
+    net_host: Arc<dyn crate::network::host::NetworkHost>,
+) -> Result<NodeAgent, NodeError> {
     let state_err = |e: std::io::Error| NodeError::StateDir(config.state_dir.display().to_string(), e);
     std::fs::create_dir_all(config.state_dir.join("vmis")).map_err(state_err)?;
     allow_traverse(&config.state_dir.join("vmis")).map_err(state_err)?;
@@ -255,8 +268,7 @@ pub async fn start(
     }
     let net = match &config.network {
         Some(cfg) => {
-            let host: Arc<dyn crate::network::host::NetworkHost> = Arc::new(crate::network::host::SystemNetworkHost);
-            let net = Arc::new(network::NodeNetwork::new(cfg.clone(), host));
+            let net = Arc::new(network::NodeNetwork::new(cfg.clone(), net_host));
             network::setup_node(&net).await?;
             Some(net)
         }

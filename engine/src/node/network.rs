@@ -222,7 +222,8 @@ fn start_responder(net: &NodeNetwork, plan: &PodPlan, vmi: &Value) -> Result<(),
             hostname: meta::name(vmi).to_string(),
         },
     };
-    net.dhcp.start(&plan.vmi_uid, &plan.netns, names::POD_BRIDGE, lease)
+    let socket = net.host.dhcp_socket(&plan.netns, names::POD_BRIDGE)?;
+    net.dhcp.start(&plan.vmi_uid, socket, lease)
 }
 
 /// A running VMI the agent knows nothing of (it restarted): plan again, answer DHCP again and

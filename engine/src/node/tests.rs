@@ -167,3 +167,67 @@ where
     }
     false
 }
+
+/// The agent's networking against the recording network host and hypervisor: the pod is made
+/// before the domain starts, the tap moves in after, status carries the leased address, and a
+/// deleted VMI takes its namespace, taps and address with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_wires_pods_and_takes_them_down() {
+    use crate::network::host::RecordingNetworkHost;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    let store = Store::open(&StoreConfig::new(url)).await.unwrap();
+    let hv = Arc::new(FakeHypervisor::default());
+    let mut config = NodeConfig::new(dir.path().join("node"));
+    config.name = "node-1".into();
+    config.accel_override = Some(Accel::Tcg);
+    config.resync = Duration::from_millis(300);
+    config.network = Some(crate::network::NetworkConfig::default());
+    let net = Arc::new(RecordingNetworkHost::default());
+    let dyn_hv: Arc<dyn Hypervisor> = Arc::clone(&hv) as Arc<dyn Hypervisor>;
+    let net_host: Arc<dyn crate::network::host::NetworkHost> = Arc::clone(&net) as _;
+    let agent = super::start_with(Arc::clone(&store), config, dyn_hv, Arc::new(NoDisks), "9.0.0", net_host).await.unwrap();
+    let node = store.get(&kinds::NODE, "", "node-1").await.unwrap().unwrap();
+    assert_eq!(node["spec"]["podCIDR"], "10.244.0.0/16");
+    assert!(net.lines().iter().any(|l| l == "ip netns add converge"), "{:#?}", net.lines());
+
+    let vmi = json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": "p", "namespace": "default", "finalizers": [crate::controllers::VMI_FINALIZER]},
+        "spec": {"terminationGracePeriodSeconds": 0,
+                 "domain": {"resources": {"requests": {"memory": "64Mi"}},
+                            "devices": {"interfaces": [{"name": "default", "bridge": {}, "macAddress": "02:00:00:00:00:0a"}]}},
+                 "networks": [{"name": "default", "pod": {}}]},
+    });
+    let created = store.create(&kinds::VIRTUAL_MACHINE_INSTANCE, vmi, false).await.unwrap();
+    let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+    let mut with_status = created.clone();
+    with_status["status"] = json!({"phase": "Scheduled", "nodeName": "node-1"});
+    store.update(&kinds::VIRTUAL_MACHINE_INSTANCE, with_status, UpdateMode::Status, false).await.unwrap();
+    assert!(wait_phase(&store, "p", "Running").await);
+
+    let pod_ns = crate::network::names::pod_namespace("converge", &uid);
+    let tap = crate::network::names::tap("converge", &uid, 0);
+    let lines = net.lines();
+    let at = |needle: &str| lines.iter().position(|l| l == needle).unwrap_or_else(|| panic!("{needle}: {lines:#?}"));
+    assert!(at(&format!("ip tuntap add dev {tap} mode tap")) < at(&format!("ip link set {tap} netns {pod_ns}")));
+    assert!(at(&format!("ip netns exec {pod_ns} dhcp-responder k6t-eth0")) > at(&format!("ip link set {tap} netns {pod_ns}")));
+    let xml = hv.xml("default_p").unwrap();
+    assert!(xml.contains(&format!(r#"<target dev="{tap}" managed="no"/>"#)), "{xml}");
+    let vmi = store.get(&kinds::VIRTUAL_MACHINE_INSTANCE, "default", "p").await.unwrap().unwrap();
+    assert_eq!(vmi["status"]["interfaces"][0]["ipAddress"], "10.244.0.2", "{vmi}");
+    assert_eq!(vmi["status"]["interfaces"][0]["mac"], "02:00:00:00:00:0a");
+    assert_eq!(agent.dhcp_responders(), 1);
+    assert_eq!(store.address_leases("pods").await.unwrap().len(), 1);
+
+    store.delete(&kinds::VIRTUAL_MACHINE_INSTANCE, "default", "p", &crate::store::DeleteOptions::default()).await.unwrap();
+    let gone = until_async(|| {
+        let s = Arc::clone(&store);
+        async move { s.get(&kinds::VIRTUAL_MACHINE_INSTANCE, "default", "p").await.ok().flatten().is_none() }
+    })
+    .await;
+    assert!(gone);
+    assert!(net.lines().iter().filter(|l| **l == format!("ip netns del {pod_ns}")).count() >= 2, "removed at the end too");
+    assert!(store.address_leases("pods").await.unwrap().is_empty());
+    assert_eq!(agent.dhcp_responders(), 0);
+}
