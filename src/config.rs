@@ -143,6 +143,9 @@ pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> 
             converge_engine::quantity::parse(&max).map_err(|e| anyhow::anyhow!("--max-volume-size {max}: {e}"))?;
         server.storage.max_volume_bytes = Some(bytes as u64);
     }
+    if let Some(cidr) = args.service_cidr.or(file.service_cidr) {
+        server.service_network.cidr = cidr_arg("--service-cidr", &cidr)?;
+    }
     if !(args.no_node || file.no_node.unwrap_or(false)) {
         let mut node = converge_engine::node::NodeConfig::new(data_dir.join("node"));
         if let Some(name) = args.node_name.or(file.node_name) {
@@ -161,12 +164,6 @@ pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> 
             )?);
         }
         server.node = Some(node);
-    }
-    if let Some(cidr) = args.service_cidr.or(file.service_cidr) {
-        server.service_network.cidr = cidr_arg("--service-cidr", &cidr)?;
-        if let Some(net) = server.node.as_mut().and_then(|n| n.network.as_mut()) {
-            net.service_cidr = server.service_network.cidr;
-        }
     }
     if let Some(range) = args.service_node_port_range.or(file.service_node_port_range) {
         let parsed = range.split_once('-').and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
@@ -216,6 +213,15 @@ fn network_config(
         net.node_namespace = n;
     }
     net.egress = egress.unwrap_or(true);
+    for (a, b, what) in [
+        (net.pod_cidr, net.service_cidr, "--pod-cidr and --service-cidr"),
+        (net.pod_cidr, net.transit, "--pod-cidr and --node-transit-cidr"),
+        (net.service_cidr, net.transit, "--service-cidr and --node-transit-cidr"),
+    ] {
+        if a.overlaps(&b) {
+            bail!("{what} overlap ({a} and {b}): pods, services and the transit link need ranges of their own");
+        }
+    }
     Ok(net)
 }
 
@@ -239,6 +245,22 @@ pub fn parse_duration(text: &str) -> Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_ranges_must_not_overlap() {
+        let args = |pod: &str| ServeArgs {
+            pod_network: Some("on".into()),
+            pod_cidr: Some(pod.into()),
+            service_cidr: Some("10.96.0.0/16".into()),
+            data_dir: Some("/tmp/converge-config-test".into()),
+            ..ServeArgs::default()
+        };
+        let ok = resolve(args("10.244.0.0/16"), None).expect("distinct ranges");
+        let net = ok.server.node.and_then(|n| n.network).expect("pod network on");
+        assert_eq!(net.pod_cidr.to_string(), "10.244.0.0/16");
+        let err = resolve(args("10.96.0.0/12"), None).err().expect("overlap refused").to_string();
+        assert!(err.contains("overlap"), "{err}");
+    }
 
     #[test]
     fn durations() {

@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the API and run guests on this host (the node agent), from one process.
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
     /// Print the version.
     Version,
     /// Issue, list and revoke bearer tokens (talks to a running server as admin).
@@ -244,7 +244,7 @@ fn main() -> Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => {
-                let settings = config::resolve(args, cli.log_format)?;
+                let settings = config::resolve(*args, cli.log_format)?;
                 init_logging(Some(&settings.log_format))?;
                 serve(settings.server).await
             }

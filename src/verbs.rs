@@ -64,7 +64,9 @@ pub struct ExposeSpec {
 /// carries.
 pub async fn expose(api: &Client, ns: &str, kind: &str, name: &str, spec: &ExposeSpec) -> Result<()> {
     let (path, labels_at) = match kind {
-        "vm" | "virtualmachine" => (format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}"), "/spec/template/metadata/labels"),
+        "vm" | "virtualmachine" => {
+            (format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}"), "/spec/template/metadata/labels")
+        }
         "vmi" | "virtualmachineinstance" => {
             (format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{name}"), "/metadata/labels")
         }

@@ -69,15 +69,24 @@ async fn pod_network_guests_reach_each_other_the_host_and_services() {
         assert_eq!(vmi["status"]["interfaces"][0]["mac"], json!(mac));
         assert_eq!(vmi["status"]["interfaces"][0]["ipAddresses"], json!([web_ip]));
         assert!(
-            n.sh("web", "echo GUEST-MAC-$((1+1))-$(cat /sys/class/net/eth0/address)", &format!("GUEST-MAC-2-{mac}"), SETTLE)
-                .await,
+            n.sh(
+                "web",
+                "echo GUEST-MAC-$((1+1))-$(cat /sys/class/net/eth0/address)",
+                &format!("GUEST-MAC-2-{mac}"),
+                SETTLE
+            )
+            .await,
             "{}",
             g.serial_log("web").await
         );
 
         // Guest to guest, guest to host, host to guest.
-        assert!(n.sh("web", "mkdir -p /www; echo web-$((6*7)) > /www/index.html; httpd -p 8080 -h /www", "", SETTLE).await);
-        let cmd = format!("for i in 1 2 3 4 5; do ping -c 1 -W 3 {web_ip} >/dev/null && {{ echo PING-WEB-$((2+3)); break; }}; done");
+        assert!(
+            n.sh("web", "mkdir -p /www; echo web-$((6*7)) > /www/index.html; httpd -p 8080 -h /www", "", SETTLE).await
+        );
+        let cmd = format!(
+            "for i in 1 2 3 4 5; do ping -c 1 -W 3 {web_ip} >/dev/null && {{ echo PING-WEB-$((2+3)); break; }}; done"
+        );
         assert!(n.sh("client", &cmd, "PING-WEB-5", SETTLE).await, "{}", g.serial_log("client").await);
         let host_port = host_http(&n.host_address(), "from-the-host").await;
         let cmd = format!("wget -q -O - http://{}:{host_port}/; echo", n.host_address());
@@ -90,7 +99,22 @@ async fn pod_network_guests_reach_each_other_the_host_and_services() {
 
         // A NodePort Service, made as virtctl makes it.
         let (ok, out, err) = g
-            .converge(&["expose", "vm", "web", "--name", "web-http", "--port", "80", "--target-port", "8080", "--type", "NodePort"], None)
+            .converge(
+                &[
+                    "expose",
+                    "vm",
+                    "web",
+                    "--name",
+                    "web-http",
+                    "--port",
+                    "80",
+                    "--target-port",
+                    "8080",
+                    "--type",
+                    "NodePort",
+                ],
+                None,
+            )
             .await;
         assert!(ok, "{out}{err}");
         let (_, svc) = g.app.get("/api/v1/namespaces/default/services/web-http").await;
@@ -117,8 +141,12 @@ async fn pod_network_guests_reach_each_other_the_host_and_services() {
 
         // kubectl sees the Service and its endpoints.
         let (ok, out, err) = g.app.kubectl(&["get", "svc", "web-http"]).await;
-        assert!(ok && out.contains("web-http"), "{out}{err}");
-        let (ok, out, err) = g.app.kubectl(&["get", "endpoints", "web-http", "-o", "jsonpath={.subsets[0].addresses[0].ip}"]).await;
+        let ports = format!("80:{node_port}/TCP");
+        assert!(ok && out.contains("NodePort") && out.contains(&cluster_ip) && out.contains(&ports), "{out}{err}");
+        let (ok, out, err) = g.app.kubectl(&["get", "endpoints", "web-http"]).await;
+        assert!(ok && out.contains(&format!("{web_ip}:8080")), "{out}{err}");
+        let (ok, out, err) =
+            g.app.kubectl(&["get", "endpoints", "web-http", "-o", "jsonpath={.subsets[0].addresses[0].ip}"]).await;
         assert!(ok && out == web_ip, "{out}{err}");
 
         // A stopped backend leaves the Service; the cluster IP then answers nothing.
@@ -151,7 +179,11 @@ async fn masquerade_guest_sits_behind_nat_with_forwarded_ports() {
         let pod_ip = n.wait_pod_ip("masq").await;
         assert!(n.net.pod_cidr.contains(pod_ip.parse().expect("IPv4")));
         // The guest sits at 10.0.2.2 behind the pod; status reports the pod's address.
-        assert!(g.wait_marker("masq", "CONVERGE-GUEST-DHCP eth0 10.0.2.2", BOOT).await, "{}", g.serial_log("masq").await);
+        assert!(
+            g.wait_marker("masq", "CONVERGE-GUEST-DHCP eth0 10.0.2.2", BOOT).await,
+            "{}",
+            g.serial_log("masq").await
+        );
 
         // Out: the guest reaches the host, and the host sees the pod's address, not 10.0.2.2.
         let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
@@ -171,8 +203,13 @@ async fn masquerade_guest_sits_behind_nat_with_forwarded_ports() {
 
         // In: the forwarded port reaches the guest; a port not listed does not.
         assert!(
-            n.sh("masq", "mkdir -p /www; echo masq-$((6*7)) > /www/index.html; httpd -p 8080 -h /www; httpd -p 9090 -h /www", "", SETTLE)
-                .await
+            n.sh(
+                "masq",
+                "mkdir -p /www; echo masq-$((6*7)) > /www/index.html; httpd -p 8080 -h /www; httpd -p 9090 -h /www",
+                "",
+                SETTLE
+            )
+            .await
         );
         let forwarded = format!("http://{pod_ip}:8080/");
         assert!(
@@ -378,7 +415,11 @@ async fn create_delete_cycles_leave_nothing_behind() {
                 let mut spec = halt_vmi_spec();
                 let devices = &mut spec["domain"]["devices"];
                 devices.as_object_mut().expect("devices").remove("autoattachPodInterface");
-                let binding = if i % 2 == 0 { json!({"name": "default", "bridge": {}}) } else { json!({"name": "default", "masquerade": {}}) };
+                let binding = if i % 2 == 0 {
+                    json!({"name": "default", "bridge": {}})
+                } else {
+                    json!({"name": "default", "masquerade": {}})
+                };
                 let mut ifaces = vec![binding];
                 let mut nets = vec![json!({"name": "default", "pod": {}})];
                 if i % 3 == 0 {

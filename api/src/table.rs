@@ -5,6 +5,8 @@ use converge_engine::kinds::{self, ResourceKind};
 use converge_engine::meta;
 use serde_json::{json, Value};
 
+#[path = "table_network.rs"]
+mod network;
 #[path = "table_storage.rs"]
 mod storage;
 
@@ -104,7 +106,7 @@ fn count_keys(o: &Value, fields: &[&str]) -> Value {
 }
 
 fn columns(kind: &ResourceKind) -> Vec<Column> {
-    if let Some(columns) = storage::columns(kind) {
+    if let Some(columns) = storage::columns(kind).or_else(|| network::columns(kind)) {
         columns
     } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE) {
         vec![
@@ -384,7 +386,7 @@ struct RowSpec {
 /// Parse a stored object for a Table row, only as far as the row needs.
 pub fn parse_row_source(kind: &ResourceKind, raw: &str, include: IncludeObject) -> serde_json::Result<Value> {
     // The slim parse serves the big custom kinds; storage rows read fields outside status.
-    if kind.is_core() || include == IncludeObject::Object || storage::prints(kind) {
+    if kind.is_core() || include == IncludeObject::Object || storage::prints(kind) || network::prints(kind) {
         return serde_json::from_str(raw);
     }
     let row: RowSource = serde_json::from_str(raw)?;

@@ -77,7 +77,10 @@ pub fn admit_service(obj: &mut Value, causes: &mut Vec<Cause>) {
     }
     let kind = spec.get("type").and_then(Value::as_str).unwrap_or_default().to_string();
     if !["ClusterIP", "NodePort"].contains(&kind.as_str()) {
-        causes.push(Cause::not_supported("spec.type", format!("Unsupported value: \"{kind}\": supported values: \"ClusterIP\", \"NodePort\"")));
+        causes.push(Cause::not_supported(
+            "spec.type",
+            format!("Unsupported value: \"{kind}\": supported values: \"ClusterIP\", \"NodePort\""),
+        ));
     }
     if kind == "NodePort" && spec.get("externalTrafficPolicy").is_none_or(Value::is_null) {
         spec["externalTrafficPolicy"] = json!("Cluster");
@@ -103,7 +106,8 @@ pub fn admit_service(obj: &mut Value, causes: &mut Vec<Cause>) {
         }
         match port.get("port").and_then(Value::as_u64) {
             Some(1..=65535) => {}
-            _ => causes.push(Cause::invalid(format!("{field}.port"), "Invalid value: must be between 1 and 65535, inclusive")),
+            _ => causes
+                .push(Cause::invalid(format!("{field}.port"), "Invalid value: must be between 1 and 65535, inclusive")),
         }
         if port.get("targetPort").is_none_or(Value::is_null) {
             port["targetPort"] = port.get("port").cloned().unwrap_or(Value::Null);

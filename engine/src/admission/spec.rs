@@ -230,11 +230,62 @@ fn validate_networks(spec: &Value, devices: &Value, prefix: &str, causes: &mut V
                 "Invalid value: masquerade binding is only allowed on the pod network",
             ));
         }
+        if binding.as_deref() == Some("sriov") && net_kinds.get(name).and_then(Value::as_str) == Some("pod") {
+            causes.push(Cause::invalid(
+                format!("{ifield}[{i}].sriov"),
+                "Invalid value: SR-IOV interfaces must be connected to a multus network",
+            ));
+        }
+        validate_interface_options(iface, &format!("{ifield}[{i}]"), causes);
         if let Some(mac) = iface.get("macAddress").and_then(Value::as_str).filter(|m| !m.is_empty()) {
             if let Err(e) = crate::macpool::parse_mac(mac) {
                 causes.push(Cause::invalid(
                     format!("{ifield}[{i}].macAddress"),
                     format!("Invalid value: \"{mac}\": {e}"),
+                ));
+            }
+        }
+    }
+}
+
+/// NIC models QEMU offers that KubeVirt accepts.
+const NIC_MODELS: &[&str] = &["virtio", "e1000", "e1000e", "igb", "ne2k_pci", "pcnet", "rtl8139"];
+
+fn validate_interface_options(iface: &Value, field: &str, causes: &mut Vec<Cause>) {
+    if let Some(model) = iface.get("model").and_then(Value::as_str) {
+        if !NIC_MODELS.contains(&model) {
+            let list = NIC_MODELS.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", ");
+            causes.push(Cause::not_supported(
+                format!("{field}.model"),
+                format!("Unsupported value: \"{model}\": supported values: {list}"),
+            ));
+        }
+    }
+    if let Some(pci) = iface.get("pciAddress").and_then(Value::as_str) {
+        let ok = pci.rsplit_once('.').is_some_and(|(head, f)| {
+            let parts: Vec<&str> = head.split(':').collect();
+            parts.len() == 3
+                && parts.iter().zip([4, 2, 2]).all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
+                && f.len() == 1
+                && f.chars().all(|c| ('0'..='7').contains(&c))
+        });
+        if !ok {
+            causes.push(Cause::invalid(
+                format!("{field}.pciAddress"),
+                format!("Invalid value: \"{pci}\": must be a PCI address (DDDD:BB:SS.F)"),
+            ));
+        }
+    }
+    for (j, port) in iface.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let pfield = format!("{field}.ports[{j}]");
+        if !port.get("port").and_then(Value::as_u64).is_some_and(|p| (1..=65535).contains(&p)) {
+            causes.push(Cause::invalid(format!("{pfield}.port"), "Invalid value: must be between 1 and 65535"));
+        }
+        if let Some(proto) = port.get("protocol").and_then(Value::as_str) {
+            if !["TCP", "UDP"].contains(&proto.to_uppercase().as_str()) {
+                causes.push(Cause::not_supported(
+                    format!("{pfield}.protocol"),
+                    format!("Unsupported value: \"{proto}\": supported values: \"TCP\", \"UDP\""),
                 ));
             }
         }

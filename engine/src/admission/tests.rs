@@ -170,3 +170,26 @@ fn updates_keep_assigned_macs_by_interface_name() {
         "02:00:00:00:00:07"
     );
 }
+
+#[test]
+fn interface_options_are_checked() {
+    let spec = json!({"spec": {"template": {"spec": {
+        "domain": {"devices": {"interfaces": [
+            {"name": "default", "masquerade": {}, "model": "vmxnet9", "pciAddress": "0000:81:01",
+             "ports": [{"port": 0}, {"port": 22, "protocol": "SCTP"}]},
+            {"name": "vf", "sriov": {}, "model": "e1000e", "pciAddress": "0000:02:01.0"}
+        ]}},
+        "networks": [{"name": "default", "pod": {}}, {"name": "vf", "multus": {"networkName": "sriov-net"}}]
+    }}}});
+    let (_, errs) = admit_vm(vm(spec));
+    let base = "spec.template.spec.domain.devices.interfaces[0]";
+    for field in ["model", "pciAddress", "ports[0].port", "ports[1].protocol"] {
+        assert!(errs.contains(&format!("{base}.{field}")), "{field}: {errs:?}");
+    }
+    assert!(!errs.iter().any(|e| e.contains("interfaces[1]")), "{errs:?}");
+    let on_pod = json!({"spec": {"template": {"spec": {
+        "domain": {"devices": {"interfaces": [{"name": "default", "sriov": {}}]}},
+        "networks": [{"name": "default", "pod": {}}]
+    }}}});
+    assert!(admit_vm(vm(on_pod)).1.contains(&format!("{base}.sriov")));
+}

@@ -107,7 +107,9 @@ fn managed(obj: &Value) -> bool {
 async fn upsert(store: &Store, kind: &ResourceKind, want: Value, fields: &[&str]) -> ApiResult<()> {
     match store.get(kind, meta::namespace(&want), meta::name(&want)).await? {
         None => match store.create(kind, want, false).await {
-            Err(e) if e.reason == "AlreadyExists" => Err(crate::error::ApiError::conflict(kind.group, kind.plural, "", "created meanwhile")),
+            Err(e) if e.reason == "AlreadyExists" => {
+                Err(crate::error::ApiError::conflict(kind.group, kind.plural, "", "created meanwhile"))
+            }
             other => other.map(|_| ()),
         },
         Some(current) => {

@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use super::domain::*;
 use super::spec::{DiskSpec, InterfaceSpec, VmiSpec};
-use crate::network::plan::{Attachment, Nic};
 use crate::meta;
+use crate::network::plan::{Attachment, Nic};
 
 /// Whether guests run under KVM or QEMU's software emulation (TCG).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,8 @@ impl Cidr {
     pub fn parse(text: &str) -> Result<Cidr, String> {
         let (addr, prefix) = text.split_once('/').ok_or_else(|| format!("{text:?} is not ADDRESS/PREFIX"))?;
         let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 30).ok_or_else(|| format!("prefix in {text:?} must be 0-30"))?;
+        let prefix: u8 =
+            prefix.parse().ok().filter(|p| *p <= 30).ok_or_else(|| format!("prefix in {text:?} must be 0-30"))?;
         let base = u32::from(addr);
         let cidr = Cidr { base, prefix };
         if base & !cidr.mask() != 0 {

@@ -197,7 +197,8 @@ mod tests {
             offer.opts().get(OptionCode::SubnetMask),
             Some(&DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 0, 0)))
         );
-        let ack = decode(&respond(&request(MessageType::Request, lease().mac, Some(lease().address)), &lease()).unwrap());
+        let ack =
+            decode(&respond(&request(MessageType::Request, lease().mac, Some(lease().address)), &lease()).unwrap());
         assert_eq!(ack.opts().get(OptionCode::MessageType), Some(&DhcpOption::MessageType(MessageType::Ack)));
         let nak = decode(
             &respond(&request(MessageType::Request, lease().mac, Some(Ipv4Addr::new(1, 2, 3, 4))), &lease()).unwrap(),

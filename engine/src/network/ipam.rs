@@ -47,7 +47,11 @@ pub async fn claim(conn: &mut AnyConnection, pool: &str, address: &str, owner: O
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn holder(conn: &mut AnyConnection, pool: &str, address: &str) -> ApiResult<Option<(String, String, String)>> {
+pub async fn holder(
+    conn: &mut AnyConnection,
+    pool: &str,
+    address: &str,
+) -> ApiResult<Option<(String, String, String)>> {
     let row = sqlx::query("SELECT kind, namespace, name FROM address_leases WHERE pool = $1 AND address = $2")
         .bind(pool)
         .bind(address)
@@ -75,10 +79,11 @@ pub async fn held(conn: &mut AnyConnection, pool: &str, owner: Owner<'_>) -> Api
 
 /// Every lease of a pool: (address, kind key, namespace, name).
 pub async fn all(conn: &mut AnyConnection, pool: &str) -> ApiResult<Vec<(String, String, String, String)>> {
-    let rows = sqlx::query("SELECT address, kind, namespace, name FROM address_leases WHERE pool = $1 ORDER BY address")
-        .bind(pool)
-        .fetch_all(&mut *conn)
-        .await?;
+    let rows =
+        sqlx::query("SELECT address, kind, namespace, name FROM address_leases WHERE pool = $1 ORDER BY address")
+            .bind(pool)
+            .fetch_all(&mut *conn)
+            .await?;
     rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
 }
 
@@ -152,15 +157,20 @@ pub async fn sync_service(
         (Some(old), _) => old,
         (None, Some(none)) if none == "None" => none,
         (None, Some(text)) => {
-            let ip: Ipv4Addr = text
-                .parse()
-                .map_err(|_| invalid(obj, "spec.clusterIP", format!("Invalid value: \"{text}\": not an IPv4 address")))?;
+            let ip: Ipv4Addr = text.parse().map_err(|_| {
+                invalid(obj, "spec.clusterIP", format!("Invalid value: \"{text}\": not an IPv4 address"))
+            })?;
             if !net.cidr.contains(ip) {
-                let m = format!("Invalid value: \"{text}\": provided IP is not in the valid range. The range of valid IPs is {}", net.cidr);
+                let m = format!(
+                    "Invalid value: \"{text}\": provided IP is not in the valid range. The range of valid IPs is {}",
+                    net.cidr
+                );
                 return Err(invalid(obj, "spec.clusterIP", m));
             }
             if !claim(conn, SERVICE_POOL, &text, owner).await?
-                && holder(conn, SERVICE_POOL, &text).await?.is_some_and(|h| (h.0.as_str(), h.1.as_str(), h.2.as_str()) != owner)
+                && holder(conn, SERVICE_POOL, &text)
+                    .await?
+                    .is_some_and(|h| (h.0.as_str(), h.1.as_str(), h.2.as_str()) != owner)
             {
                 let m = format!("Invalid value: \"{text}\": provided IP is already allocated");
                 return Err(invalid(obj, "spec.clusterIP", m));
@@ -172,13 +182,16 @@ pub async fn sync_service(
     obj["spec"]["clusterIP"] = Value::String(ip.clone());
     obj["spec"]["clusterIPs"] = serde_json::json!([ip]);
 
-    let wants_node_ports = matches!(obj.pointer("/spec/type").and_then(Value::as_str), Some("NodePort" | "LoadBalancer"));
+    let wants_node_ports =
+        matches!(obj.pointer("/spec/type").and_then(Value::as_str), Some("NodePort" | "LoadBalancer"));
     let old_ports: Vec<(String, u64)> = previous
         .and_then(|p| p.pointer("/spec/ports"))
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|p| Some((p.get("name").and_then(Value::as_str).unwrap_or("").to_string(), p.get("nodePort")?.as_u64()?)))
+        .filter_map(|p| {
+            Some((p.get("name").and_then(Value::as_str).unwrap_or("").to_string(), p.get("nodePort")?.as_u64()?))
+        })
         .collect();
     let count = obj.pointer("/spec/ports").and_then(Value::as_array).map_or(0, Vec::len);
     let mut kept = vec![];
@@ -202,9 +215,15 @@ pub async fn sync_service(
                 }
                 let text = p.to_string();
                 if !claim(conn, NODE_PORT_POOL, &text, owner).await?
-                    && holder(conn, NODE_PORT_POOL, &text).await?.is_some_and(|h| (h.0.as_str(), h.1.as_str(), h.2.as_str()) != owner)
+                    && holder(conn, NODE_PORT_POOL, &text)
+                        .await?
+                        .is_some_and(|h| (h.0.as_str(), h.1.as_str(), h.2.as_str()) != owner)
                 {
-                    return Err(invalid(obj, &field, format!("Invalid value: {p}: provided port is already allocated")));
+                    return Err(invalid(
+                        obj,
+                        &field,
+                        format!("Invalid value: {p}: provided port is already allocated"),
+                    ));
                 }
                 p
             }

@@ -31,7 +31,8 @@ pub fn bridge_of(nad: &Value) -> Result<BridgeNetwork, String> {
         return Err(format!("CNI type {kind:?} is not supported on this node (only \"bridge\")"));
     }
     let bridge = plugin.get("bridge").and_then(Value::as_str).unwrap_or("cni0").to_string();
-    if bridge.is_empty() || bridge.len() > 15 || !bridge.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if bridge.is_empty() || bridge.len() > 15 || !bridge.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         return Err(format!("bridge name {bridge:?} is not a valid link name (1-15 of [A-Za-z0-9._-])"));
     }
     let vlan = match plugin.get("vlan") {

@@ -67,7 +67,9 @@ mod tests {
     #[test]
     fn names_fit_the_kernel_limit_and_are_stable() {
         let uid = "3f0c6a5e-8d7c-4c43-9b53-0a1c2b3d4e5f";
-        for name in [pod_veth(uid), tap("n", uid, 0), tap("n", uid, 15), transit_links("converge").0, transit_links("x").1] {
+        for name in
+            [pod_veth(uid), tap("n", uid, 0), tap("n", uid, 15), transit_links("converge").0, transit_links("x").1]
+        {
             assert!(name.len() <= 15, "{name} is too long");
         }
         assert_eq!(pod_veth(uid), pod_veth(uid));

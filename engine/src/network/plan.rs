@@ -75,7 +75,8 @@ pub fn plan(
         if iface.sriov.is_some() {
             return Err(err("SR-IOV needs a virtual function of a physical NIC, and this node has no SR-IOV device"));
         }
-        let network = spec.networks.iter().find(|n| n.name == iface.name).ok_or_else(|| err("no network of that name"))?;
+        let network =
+            spec.networks.iter().find(|n| n.name == iface.name).ok_or_else(|| err("no network of that name"))?;
         let attachment = if iface.slirp.is_some() {
             Attachment::User
         } else if network.pod.is_some() {
@@ -84,8 +85,8 @@ pub fn plan(
             if iface.masquerade.is_some() {
                 return Err(err("masquerade binding is only allowed on the pod network"));
             }
-            let bridge = nad(&multus.network_name)
-                .map_err(|m| NetworkError::Network(multus.network_name.clone(), m))?;
+            let bridge =
+                nad(&multus.network_name).map_err(|m| NetworkError::Network(multus.network_name.clone(), m))?;
             Attachment::HostBridge(bridge)
         } else {
             return Err(err("the network names no source (pod or multus)"));
@@ -93,7 +94,12 @@ pub fn plan(
         if matches!(attachment, Attachment::PodBridge | Attachment::PodMasquerade { .. }) && pod_ip.is_none() {
             return Err(err("the pod network has no address for this VMI"));
         }
-        nics.push(Nic { name: iface.name.clone(), mac: iface.mac_address.clone(), tap: names::tap(node_namespace, vmi_uid, index), attachment });
+        nics.push(Nic {
+            name: iface.name.clone(),
+            mac: iface.mac_address.clone(),
+            tap: names::tap(node_namespace, vmi_uid, index),
+            attachment,
+        });
     }
     Ok(PodPlan {
         vmi_uid: vmi_uid.to_string(),
@@ -166,7 +172,10 @@ mod tests {
             p.nics[0].attachment,
             Attachment::PodMasquerade { ports: vec![("TCP".into(), 22), ("UDP".into(), 53)] }
         );
-        assert_eq!(p.nics[1].attachment, Attachment::HostBridge(BridgeNetwork { bridge: "br1".into(), vlan: Some(100) }));
+        assert_eq!(
+            p.nics[1].attachment,
+            Attachment::HostBridge(BridgeNetwork { bridge: "br1".into(), vlan: Some(100) })
+        );
         assert_ne!(p.nics[0].tap, p.nics[1].tap);
         assert_eq!(p.nics[1].mac.as_deref(), Some("02:00:00:00:00:02"));
     }
@@ -193,7 +202,10 @@ mod tests {
             "domain": {"devices": {"interfaces": [{"name": "default", "masquerade": {}, "ports": [{"port": 1, "protocol": "SCTP"}]}]}},
             "networks": [{"name": "default", "pod": {}}]
         }));
-        assert!(plan("node", "u", &bad_port, Some(Ipv4Addr::LOCALHOST), &nads).unwrap_err().to_string().contains("SCTP"));
+        assert!(plan("node", "u", &bad_port, Some(Ipv4Addr::LOCALHOST), &nads)
+            .unwrap_err()
+            .to_string()
+            .contains("SCTP"));
     }
 
     #[test]

@@ -24,14 +24,19 @@ pub fn backends(service: &Value, vmis: &[Value]) -> Vec<Backend> {
         return vec![];
     };
     let selector = LabelSelector(
-        selector.iter().map(|(k, v)| Requirement::Equals(k.clone(), v.as_str().unwrap_or_default().to_string())).collect(),
+        selector
+            .iter()
+            .map(|(k, v)| Requirement::Equals(k.clone(), v.as_str().unwrap_or_default().to_string()))
+            .collect(),
     );
     let mut out: Vec<Backend> = vmis
         .iter()
         .filter(|v| meta::namespace(v) == meta::namespace(service) && !meta::is_deleting(v))
         .filter(|v| selector.matches(&meta::labels(v)))
         .filter(|v| v.pointer("/status/phase").and_then(Value::as_str) == Some("Running"))
-        .filter(|v| crate::controllers::status::condition(v, "Ready").and_then(|c| c.get("status")) == Some(&json!("True")))
+        .filter(|v| {
+            crate::controllers::status::condition(v, "Ready").and_then(|c| c.get("status")) == Some(&json!("True"))
+        })
         .filter_map(|v| {
             let ip = pod_ip(v)?;
             Some(Backend {
@@ -77,7 +82,8 @@ pub fn endpoints(service: &Value, backends: &[Backend]) -> Value {
     let ports: Vec<Value> = ports_of(service)
         .iter()
         .filter_map(|p| {
-            let mut out = json!({"port": target_port(p)?, "protocol": p.get("protocol").cloned().unwrap_or(json!("TCP"))});
+            let mut out =
+                json!({"port": target_port(p)?, "protocol": p.get("protocol").cloned().unwrap_or(json!("TCP"))});
             if let Some(name) = p.get("name").filter(|n| n.as_str().is_some_and(|n| !n.is_empty())) {
                 out["name"] = name.clone();
             }
@@ -180,7 +186,9 @@ pub fn node_rules(forwards: &[Forward]) -> String {
         ));
     }
     s.push_str("  }\n");
-    s.push_str("  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump services\n  }\n");
+    s.push_str(
+        "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump services\n  }\n",
+    );
     s.push_str("  chain output {\n    type nat hook output priority -100; policy accept;\n    jump services\n  }\n");
     s.push_str("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
     s.push_str("    ct status dnat masquerade\n  }\n}\n");

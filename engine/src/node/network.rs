@@ -72,7 +72,11 @@ pub async fn setup_node(net: &NodeNetwork) -> Result<(), NetworkError> {
     let kernel_vlans = run(&net.host, vlans::probe(&cfg.node_namespace)).await.is_ok();
     if !kernel_vlans {
         tracing::warn!("the kernel has no bridge VLAN filtering: VLANs are kept apart on this node by nftables rules, and frames leave untagged");
-        let _ = run(&net.host, vec![crate::network::host::Step::ip(Some(&cfg.node_namespace), "link del cvvlanprobe").tolerated()]).await;
+        let _ = run(
+            &net.host,
+            vec![crate::network::host::Step::ip(Some(&cfg.node_namespace), "link del cvvlanprobe").tolerated()],
+        )
+        .await;
     }
     net.kernel_vlans.store(kernel_vlans, std::sync::atomic::Ordering::Relaxed);
     apply_vlan_rules(net).await
@@ -109,7 +113,11 @@ pub(crate) async fn sweep_orphans(net: &NodeNetwork, live_uids: &[String]) {
 
 /// Records a plan's VLAN ports and drops those of `remove_uid`, then applies the isolation
 /// rules, where the kernel can't filter VLANs itself.
-async fn update_vlan_ports(net: &NodeNetwork, add: Option<&PodPlan>, remove_uid: Option<&str>) -> Result<(), NetworkError> {
+async fn update_vlan_ports(
+    net: &NodeNetwork,
+    add: Option<&PodPlan>,
+    remove_uid: Option<&str>,
+) -> Result<(), NetworkError> {
     if net.kernel_vlans() {
         return Ok(());
     }
@@ -267,7 +275,8 @@ pub(crate) async fn adopt_running(s: &Shared, net: &NodeNetwork, vmi: &Value) {
 pub(crate) async fn release_pod(s: &Shared, net: &NodeNetwork, vmi_uid: &str, owner: Option<(&str, &str)>) {
     net.dhcp.stop(vmi_uid);
     let node_ns = &net.config.node_namespace;
-    let taps: Vec<String> = net.host.links(None).into_iter().filter(|l| names::is_tap_of(node_ns, vmi_uid, l)).collect();
+    let taps: Vec<String> =
+        net.host.links(None).into_iter().filter(|l| names::is_tap_of(node_ns, vmi_uid, l)).collect();
     let plan = PodPlan {
         vmi_uid: vmi_uid.to_string(),
         netns: names::pod_namespace(&net.config.node_namespace, vmi_uid),

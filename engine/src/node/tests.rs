@@ -186,7 +186,8 @@ async fn the_agent_wires_pods_and_takes_them_down() {
     let net = Arc::new(RecordingNetworkHost::default());
     let dyn_hv: Arc<dyn Hypervisor> = Arc::clone(&hv) as Arc<dyn Hypervisor>;
     let net_host: Arc<dyn crate::network::host::NetworkHost> = Arc::clone(&net) as _;
-    let agent = super::start_with(Arc::clone(&store), config, dyn_hv, Arc::new(NoDisks), "9.0.0", net_host).await.unwrap();
+    let agent =
+        super::start_with(Arc::clone(&store), config, dyn_hv, Arc::new(NoDisks), "9.0.0", net_host).await.unwrap();
     let node = store.get(&kinds::NODE, "", "node-1").await.unwrap().unwrap();
     assert_eq!(node["spec"]["podCIDR"], "10.244.0.0/16");
     assert!(net.lines().iter().any(|l| l == "ip netns add converge"), "{:#?}", net.lines());
@@ -211,7 +212,10 @@ async fn the_agent_wires_pods_and_takes_them_down() {
     let lines = net.lines();
     let at = |needle: &str| lines.iter().position(|l| l == needle).unwrap_or_else(|| panic!("{needle}: {lines:#?}"));
     assert!(at(&format!("ip tuntap add dev {tap} mode tap")) < at(&format!("ip link set {tap} netns {pod_ns}")));
-    assert!(at(&format!("ip netns exec {pod_ns} dhcp-responder k6t-eth0")) > at(&format!("ip link set {tap} netns {pod_ns}")));
+    assert!(
+        at(&format!("ip netns exec {pod_ns} dhcp-responder k6t-eth0"))
+            > at(&format!("ip link set {tap} netns {pod_ns}"))
+    );
     let xml = hv.xml("default_p").unwrap();
     assert!(xml.contains(&format!(r#"<target dev="{tap}" managed="no"/>"#)), "{xml}");
     let vmi = store.get(&kinds::VIRTUAL_MACHINE_INSTANCE, "default", "p").await.unwrap().unwrap();
@@ -220,14 +224,20 @@ async fn the_agent_wires_pods_and_takes_them_down() {
     assert_eq!(agent.dhcp_responders(), 1);
     assert_eq!(store.address_leases("pods").await.unwrap().len(), 1);
 
-    store.delete(&kinds::VIRTUAL_MACHINE_INSTANCE, "default", "p", &crate::store::DeleteOptions::default()).await.unwrap();
+    store
+        .delete(&kinds::VIRTUAL_MACHINE_INSTANCE, "default", "p", &crate::store::DeleteOptions::default())
+        .await
+        .unwrap();
     let gone = until_async(|| {
         let s = Arc::clone(&store);
         async move { s.get(&kinds::VIRTUAL_MACHINE_INSTANCE, "default", "p").await.ok().flatten().is_none() }
     })
     .await;
     assert!(gone);
-    assert!(net.lines().iter().filter(|l| **l == format!("ip netns del {pod_ns}")).count() >= 2, "removed at the end too");
+    assert!(
+        net.lines().iter().filter(|l| **l == format!("ip netns del {pod_ns}")).count() >= 2,
+        "removed at the end too"
+    );
     assert!(store.address_leases("pods").await.unwrap().is_empty());
     assert_eq!(agent.dhcp_responders(), 0);
 }
