@@ -204,6 +204,10 @@ async fn register(store: &Store, config: &NodeConfig, accel: Accel, hv_version: 
                 map.remove(crate::controllers::scheduler::EMULATION_LABEL);
                 map.extend(new.clone());
             }
+            if let Some(net) = &config.network {
+                existing["spec"]["podCIDR"] = json!(net.pod_cidr.to_string());
+                existing["spec"]["podCIDRs"] = json!([net.pod_cidr.to_string()]);
+            }
             store.update(&kinds::NODE, existing, UpdateMode::Main, false).await.map_err(err)?
         }
         None => {
