@@ -471,3 +471,52 @@ async fn create_delete_cycles_leave_nothing_behind() {
     })
     .await;
 }
+
+/// `converge serve` restarts under a running guest: the guest keeps its address and pod, the
+/// node answers its DHCP again, and its Service still reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pod_network_survives_a_server_restart() {
+    let n = spawn_net_app(6).await;
+    within(Duration::from_secs(300), async {
+        let g = &n.g;
+        let (ifaces, nets) = pod_interfaces();
+        let vm = net_vm("keep", json!({"app": "keep"}), ifaces, nets);
+        let (code, body) = g.app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachines", &vm).await;
+        assert_eq!(code, 201, "{body}");
+        let ip = n.wait_pod_ip("keep").await;
+        let marker = format!("CONVERGE-GUEST-DHCP eth0 {ip}");
+        assert!(g.wait_marker("keep", &marker, BOOT).await, "{}", g.serial_log("keep").await);
+        assert!(
+            n.sh("keep", "mkdir -p /www; echo kept-$((6*7)) > /www/index.html; httpd -p 80 -h /www", "", SETTLE).await
+        );
+        let (ok, out, err) =
+            g.converge(&["expose", "vmi", "keep", "--name", "keep", "--port", "80", "--type", "NodePort"], None).await;
+        assert!(ok, "{out}{err}");
+        let (_, svc) = g.app.get("/api/v1/namespaces/default/services/keep").await;
+        let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().expect("node port");
+        let url = format!("http://127.0.0.1:{node_port}/");
+        assert!(wait_until(SETTLE, || async { http_get(&url).await.is_some_and(|b| b.contains("kept-42")) }).await);
+    })
+    .await;
+
+    let NetApp { g, net, services, _cleanup } = n;
+    let GuestApp { app, prefix, libvirt, cleanup } = g;
+    let app = app.restart().await;
+    let n = NetApp { g: GuestApp { app, prefix, libvirt, cleanup }, net, services, _cleanup };
+    within(Duration::from_secs(180), async {
+        let g = &n.g;
+        assert!(wait_until(SETTLE, || async { g.agent().dhcp_responders() == 1 }).await, "the responder is back");
+        let ip = n.pod_ip("keep").await.expect("same address");
+        let (_, svc) = g.app.get("/api/v1/namespaces/default/services/keep").await;
+        let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().expect("node port");
+        let url = format!("http://127.0.0.1:{node_port}/");
+        assert!(wait_until(SETTLE, || async { http_get(&url).await.is_some_and(|b| b.contains("kept-42")) }).await);
+        assert!(http_get(&format!("http://{ip}/")).await.is_some_and(|b| b.contains("kept-42")));
+        // The guest asks for its address again and gets the same one from the new responder.
+        let renew = "udhcpc -n -q -i eth0 -s /usr/share/udhcpc/default.script >/dev/null 2>&1; echo RENEWED-$((3*3))";
+        assert!(n.sh("keep", renew, "RENEWED-9", SETTLE).await);
+        let marker = format!("CONVERGE-GUEST-DHCP eth0 {ip}");
+        assert_eq!(g.serial_log("keep").await.matches(&marker).count(), 2, "{}", g.serial_log("keep").await);
+    })
+    .await;
+}

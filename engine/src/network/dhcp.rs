@@ -156,6 +156,15 @@ impl Responders {
     }
 }
 
+/// The responders go with the node agent that started them (their sockets with them).
+impl Drop for Responders {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.tasks.lock() {
+            tasks.values().for_each(JoinHandle::abort);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -265,6 +265,8 @@ mod tests {
         let host = host_rules(&NetworkConfig { egress: false, ..NetworkConfig::default() }, &f);
         assert!(host.contains("fib daddr type local tcp dport 30080 dnat to 10.96.0.10:80"), "{host}");
         assert!(!host.contains("oifname != "), "no egress rule without egress");
+        let egress = host_rules(&NetworkConfig::default(), &f);
+        assert!(egress.contains("ip saddr 10.244.0.0/16 oifname != "), "pods leave masqueraded: {egress}");
         let none = node_rules(&forwards(&service(), &[]));
         assert!(!none.contains("10.96.0.10"), "no backends, no rule: the cluster IP stays unreachable");
     }
