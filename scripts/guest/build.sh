@@ -16,7 +16,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-${CONVERGE_GUEST_DIR:-$here/../../target/guest}}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
-stamp="$out/.built-v9"
+stamp="$out/.built-v10"
 [ -f "$stamp" ] && { echo "$out"; exit 0; }
 
 need=()
@@ -66,8 +66,13 @@ cat > "$root/init" <<'INIT'
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_blk; do
-  for f in /lib/modules/$m.ko*; do [ -f "$f" ] && insmod "$f" 2>/dev/null; done
+# Which virtio module needs which moves between Debian kernels (6.1.0-56 moved symbols into
+# virtio_ring): a few passes load them all in whatever order they need.
+for _ in 1 2 3; do
+  for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_blk; do
+    grep -q "^$m " /proc/modules && continue
+    for f in /lib/modules/$m.ko*; do [ -f "$f" ] && insmod "$f" 2>/dev/null; done
+  done
 done
 hostname converge-guest
 echo "CONVERGE-GUEST-READY"

@@ -74,16 +74,22 @@ async fn scheduled_vmi(store: &Store, name: &str, grace: i64) {
     store.update(&kinds::VIRTUAL_MACHINE_INSTANCE, with_status, UpdateMode::Status, false).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_agent_follows_guests_through_their_lives() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+/// A store in `dir` and a node config for `node-1` under TCG with a fast resync.
+async fn store_and_config(dir: &Path) -> (Arc<Store>, NodeConfig) {
+    let url = format!("sqlite://{}?mode=rwc", dir.join("t.db").display());
     let store = Store::open(&StoreConfig::new(url)).await.unwrap();
-    let hv = Arc::new(FakeHypervisor::default());
-    let mut config = NodeConfig::new(dir.path().join("node"));
+    let mut config = NodeConfig::new(dir.join("node"));
     config.name = "node-1".into();
     config.accel_override = Some(Accel::Tcg);
     config.resync = Duration::from_millis(300);
+    (store, config)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_follows_guests_through_their_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, config) = store_and_config(dir.path()).await;
+    let hv = Arc::new(FakeHypervisor::default());
     let dyn_hv: Arc<dyn Hypervisor> = Arc::clone(&hv) as Arc<dyn Hypervisor>;
     let _agent = start(Arc::clone(&store), config, dyn_hv, Arc::new(NoDisks), "9.0.0").await.unwrap();
 
@@ -175,13 +181,8 @@ where
 async fn the_agent_wires_pods_and_takes_them_down() {
     use crate::network::host::RecordingNetworkHost;
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-    let store = Store::open(&StoreConfig::new(url)).await.unwrap();
+    let (store, mut config) = store_and_config(dir.path()).await;
     let hv = Arc::new(FakeHypervisor::default());
-    let mut config = NodeConfig::new(dir.path().join("node"));
-    config.name = "node-1".into();
-    config.accel_override = Some(Accel::Tcg);
-    config.resync = Duration::from_millis(300);
     config.network = Some(crate::network::NetworkConfig::default());
     let net = Arc::new(RecordingNetworkHost::default());
     let dyn_hv: Arc<dyn Hypervisor> = Arc::clone(&hv) as Arc<dyn Hypervisor>;
