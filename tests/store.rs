@@ -374,3 +374,69 @@ async fn concurrent_writers_in_two_processes_lose_nothing() {
         b.close().await;
     }
 }
+
+fn service(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_ips_node_ports_and_pod_addresses_are_leased_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (backend, url) in database_urls(dir.path()).await {
+        let store = open_store(&url).await;
+        let node_port = json!({"type": "NodePort", "ports": [{"name": "ssh", "port": 22}]});
+        let a = store.create(&kinds::SERVICE, service("a", node_port.clone()), false).await.expect("create a");
+        let ip = a["spec"]["clusterIP"].as_str().expect("a cluster IP").to_string();
+        let port = a["spec"]["ports"][0]["nodePort"].as_u64().expect("a node port");
+        assert!(ip.starts_with("10.96."), "{backend}: {ip}");
+        assert!((30000..=32767).contains(&port), "{backend}: {port}");
+
+        // Taken address or port: refused with the field named; nothing stored.
+        let clash = json!({"clusterIP": ip, "ports": [{"port": 80}]});
+        let e = store.create(&kinds::SERVICE, service("b", clash), false).await.expect_err("address taken");
+        assert_eq!((e.code, e.causes()[0].field.as_str()), (422, "spec.clusterIP"), "{backend}");
+        let clash = json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": port}]});
+        let e = store.create(&kinds::SERVICE, service("b", clash), false).await.expect_err("port taken");
+        assert_eq!((e.code, e.causes()[0].field.as_str()), (422, "spec.ports[0].nodePort"), "{backend}");
+        assert!(store.get(&kinds::SERVICE, "default", "b").await.expect("get").is_none());
+
+        // An update that omits them keeps them; one that changes the address is refused.
+        let mut again = a.clone();
+        again["spec"] = node_port.clone();
+        let kept = store.update(&kinds::SERVICE, again, UpdateMode::Main, false).await.expect("update");
+        assert_eq!(
+            (kept["spec"]["clusterIP"].as_str(), kept["spec"]["ports"][0]["nodePort"].as_u64()),
+            (Some(ip.as_str()), Some(port))
+        );
+        let mut moved = kept.clone();
+        moved["spec"]["clusterIP"] = json!("10.96.0.77");
+        let e = store.update(&kinds::SERVICE, moved, UpdateMode::Main, false).await.expect_err("immutable");
+        assert_eq!(e.code, 422, "{backend}");
+
+        // Deleting gives both back.
+        store.delete(&kinds::SERVICE, "default", "a", &DeleteOptions::default()).await.expect("delete");
+        let reuse = json!({"clusterIP": ip, "type": "NodePort", "ports": [{"port": 80, "nodePort": port}]});
+        store.create(&kinds::SERVICE, service("b", reuse), false).await.expect("free again");
+
+        // Pod addresses: one per VMI, the same one when asked again, free once the VMI is gone.
+        let cidr = converge_engine::network::Cidr::parse("10.244.0.0/16").expect("cidr");
+        let gateway = [cidr.nth(1)];
+        let mut addresses = vec![];
+        for name in ["p1", "p2"] {
+            let vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+                             "metadata": {"name": name, "namespace": "default"}, "spec": {}});
+            let vmi = store.create(&kinds::VIRTUAL_MACHINE_INSTANCE, vmi, false).await.expect("vmi");
+            let first = store.lease_pod_address(&cidr, &gateway, &vmi).await.expect("lease");
+            assert_eq!(store.lease_pod_address(&cidr, &gateway, &vmi).await.expect("again"), first, "{backend}");
+            addresses.push(first.to_string());
+        }
+        assert_eq!(addresses, ["10.244.0.2", "10.244.0.3"], "{backend}");
+        store
+            .delete(&kinds::VIRTUAL_MACHINE_INSTANCE, "default", "p1", &DeleteOptions::default())
+            .await
+            .expect("delete");
+        let held: Vec<String> = store.address_leases("pods").await.expect("leases").into_iter().map(|l| l.0).collect();
+        assert_eq!(held, ["10.244.0.3"], "{backend}");
+        store.close().await;
+    }
+}
