@@ -292,6 +292,24 @@ async fn guests_on_two_vlans_of_one_bridge_are_apart() {
         let apart = "ping -c 3 -W 3 192.168.77.1 >/dev/null || echo OTHER-VLAN-$((2+2))";
         assert!(n.sh("c", apart, "OTHER-VLAN-4", SETTLE).await, "{}", g.serial_log("c").await);
         assert!(!g.serial_log("c").await.contains("SAME-VLAN"), "c reached a across VLANs");
+
+        // SR-IOV: validated and planned as a hostdev, refused here (no such virtual function).
+        let body = nad("vf", json!({"cniVersion": "0.3.1", "type": "sriov", "deviceID": "0000:3b:02.1"}));
+        let (code, out) =
+            g.app.post("/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions", &body).await;
+        assert_eq!(code, 201, "{out}");
+        let mut spec = halt_vmi_spec();
+        spec["domain"]["devices"]["interfaces"] = json!([{"name": "vf", "sriov": {}}]);
+        spec["networks"] = json!([{"name": "vf", "multus": {"networkName": "vf", "default": true}}]);
+        let vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+                         "metadata": {"name": "sriov", "namespace": "default"}, "spec": spec});
+        let (code, out) = g.app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances", &vmi).await;
+        assert_eq!(code, 201, "{out}");
+        assert!(g.wait_phase("sriov", "Failed", SETTLE).await, "{}", g.vmi("sriov").await);
+        let v = g.vmi("sriov").await;
+        let cond = v["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == "Synchronized").cloned());
+        let message = cond.as_ref().and_then(|c| c["message"].as_str()).unwrap_or_default().to_string();
+        assert!(message.contains("0000:3b:02.1 is not an SR-IOV virtual function on this node"), "{v}");
     })
     .await;
 }

@@ -114,36 +114,50 @@ fn interface(iface: &InterfaceSpec, spec: &VmiSpec, nics: Option<&[Nic]>) -> Res
     if !NIC_MODELS.contains(&model.as_str()) {
         return Err(fail(&format!("model {model:?} is not one of {}", NIC_MODELS.join(", "))));
     }
-    if iface.sriov.is_some() {
-        return Err(fail("SR-IOV needs a virtual function of a physical NIC, and this node has no SR-IOV device"));
-    }
     let address = iface.pci_address.as_deref().map(parse_pci_address).transpose().map_err(|m| fail(&m))?;
-    let (interface_type, target) = match nics {
-        Some(nics) => {
-            let nic = nics.iter().find(|n| n.name == iface.name).ok_or_else(|| fail("the node made no NIC for it"))?;
-            match nic.attachment {
-                Attachment::User => ("user", None),
-                // The node made the tap; QEMU only opens it.
-                _ => ("ethernet", Some(InterfaceTarget { dev: nic.tap.clone(), managed: "no".into() })),
-            }
-        }
-        None => {
-            if spec.networks.iter().find(|n| n.name == iface.name).is_some_and(|n| n.pod.is_none()) {
-                return Err(fail("secondary networks need the node's pod network, which is off on this node"));
-            }
-            // Without the node's pod network, QEMU's user-mode network stands in for it.
-            ("user", None)
-        }
-    };
-    Ok(Interface {
-        interface_type: interface_type.into(),
+    let mut out = Interface {
+        interface_type: "user".into(),
+        managed: None,
         mac: iface.mac_address.clone().map(|address| Mac { address }),
-        target,
-        model: Model { model_type: model },
+        source: None,
+        vlan: None,
+        target: None,
+        model: Some(Model { model_type: model }),
         boot: iface.boot_order.map(|order| Boot { order }),
         alias: Alias { name: format!("ua-{}", iface.name) },
         address,
-    })
+    };
+    match nics {
+        Some(nics) => {
+            let nic = nics.iter().find(|n| n.name == iface.name).ok_or_else(|| fail("the node made no NIC for it"))?;
+            match &nic.attachment {
+                Attachment::User => {}
+                // The guest drives the virtual function itself: no model, no tap.
+                Attachment::Sriov(vf) => {
+                    out.interface_type = "hostdev".into();
+                    out.managed = Some("yes".into());
+                    out.model = None;
+                    out.source =
+                        Some(HostdevSource { address: parse_pci_address(&vf.device_id).map_err(|m| fail(&m))? });
+                    out.vlan = vf.vlan.map(|id| Vlan { tag: VlanTag { id } });
+                }
+                // The node made the tap; QEMU only opens it.
+                _ => {
+                    out.interface_type = "ethernet".into();
+                    out.target = Some(InterfaceTarget { dev: nic.tap.clone(), managed: "no".into() });
+                }
+            }
+        }
+        None => {
+            if iface.sriov.is_some()
+                || spec.networks.iter().find(|n| n.name == iface.name).is_some_and(|n| n.pod.is_none())
+            {
+                return Err(fail("secondary networks need the node's pod network, which is off on this node"));
+            }
+            // Without the node's pod network, QEMU's user-mode network stands in for it.
+        }
+    }
+    Ok(out)
 }
 
 /// `0000:81:01.0` (domain:bus:slot.function) as libvirt's PCI address.

@@ -301,16 +301,41 @@ pub struct Controller {
 pub struct Interface {
     #[serde(rename = "@type")]
     pub interface_type: String,
+    /// `yes` on a hostdev interface: libvirt binds the device to vfio-pci and back.
+    #[serde(rename = "@managed", skip_serializing_if = "Option::is_none")]
+    pub managed: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<Mac>,
+    /// The host PCI device of a hostdev interface.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<HostdevSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<Vlan>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<InterfaceTarget>,
-    pub model: Model,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<Model>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot: Option<Boot>,
     pub alias: Alias,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<PciAddress>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostdevSource {
+    pub address: PciAddress,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Vlan {
+    pub tag: VlanTag,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VlanTag {
+    #[serde(rename = "@id")]
+    pub id: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -198,3 +198,35 @@ fn device_names_roll_over_like_libvirt() {
 fn device_name_for_test(prefix: &str, i: usize) -> String {
     super::build::device_name(prefix, i)
 }
+
+#[test]
+fn nics_from_the_node_plan_become_taps_and_hostdevs() {
+    use crate::network::nad::SriovNetwork;
+    use crate::network::plan::{Attachment, Nic};
+    let mut v = vmi();
+    v["spec"]["domain"]["devices"]["interfaces"] = json!([
+        {"name": "default", "masquerade": {}, "macAddress": "02:00:00:00:00:01", "pciAddress": "0000:02:01.0"},
+        {"name": "vf", "sriov": {}, "macAddress": "02:00:00:00:00:02", "bootOrder": 3}
+    ]);
+    v["spec"]["networks"] = json!([{"name": "default", "pod": {}}, {"name": "vf", "multus": {"networkName": "sriov"}}]);
+    let mut c = ctx(Accel::Tcg);
+    let nic = |name: &str, tap: &str, attachment| Nic { name: name.into(), mac: None, tap: tap.into(), attachment };
+    let vf = SriovNetwork { device_id: "0000:03:02.1".into(), vlan: Some(7) };
+    c.nics = Some(vec![
+        nic("default", "t1234000aaaaaaaaa", Attachment::PodMasquerade { ports: vec![] }),
+        nic("vf", "t1234100aaaaaaaaa", Attachment::Sriov(vf)),
+    ]);
+    let xml = build_domain(&v, &c, &prepared()).unwrap().to_xml().unwrap();
+    let xml: String = xml.lines().map(str::trim).collect();
+    assert!(
+        xml.contains(r#"<interface type="ethernet"><mac address="02:00:00:00:00:01"/><target dev="t1234000aaaaaaaaa" managed="no"/><model type="virtio"/><alias name="ua-default"/><address type="pci" domain="0x0000" bus="0x02" slot="0x01" function="0x0"/></interface>"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<interface type="hostdev" managed="yes"><mac address="02:00:00:00:00:02"/><source><address type="pci" domain="0x0000" bus="0x03" slot="0x02" function="0x1"/></source><vlan><tag id="7"/></vlan><boot order="3"/><alias name="ua-vf"/></interface>"#),
+        "{xml}"
+    );
+    // Without the node's pod network, secondary networks are refused with the interface named.
+    let e = build_domain(&v, &ctx(Accel::Tcg), &prepared()).unwrap_err().to_string();
+    assert!(e.contains("\"vf\"") && e.contains("pod network"), "{e}");
+}

@@ -66,6 +66,8 @@ pub trait NetworkHost: Send + Sync {
     fn links(&self, netns: Option<&str>) -> Vec<String>;
     /// A UDP socket on port 67 inside `netns`, bound to `device` there (a DHCP responder's).
     fn dhcp_socket(&self, netns: &str, device: &str) -> Result<std::net::UdpSocket, NetworkError>;
+    /// True when the PCI device (`0000:03:02.1`) is here and is an SR-IOV virtual function.
+    fn is_sriov_vf(&self, pci_address: &str) -> bool;
 }
 
 /// The machine's own tools.
@@ -139,6 +141,10 @@ impl NetworkHost for SystemNetworkHost {
     fn dhcp_socket(&self, netns: &str, device: &str) -> Result<std::net::UdpSocket, NetworkError> {
         super::dhcp::socket_in(netns, device)
     }
+
+    fn is_sriov_vf(&self, pci_address: &str) -> bool {
+        std::path::Path::new("/sys/bus/pci/devices").join(pci_address).join("physfn").exists()
+    }
 }
 
 /// A test double: records every step, creates nothing.
@@ -174,5 +180,9 @@ impl NetworkHost for RecordingNetworkHost {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| NetworkError::Dhcp(e.to_string()))?;
         socket.set_nonblocking(true).map_err(|e| NetworkError::Dhcp(e.to_string()))?;
         Ok(socket)
+    }
+    /// The recording host has no PCI devices.
+    fn is_sriov_vf(&self, _pci_address: &str) -> bool {
+        false
     }
 }

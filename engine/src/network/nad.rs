@@ -10,39 +10,87 @@ pub struct BridgeNetwork {
     pub vlan: Option<u16>,
 }
 
-/// The bridge configuration in a NAD's `spec.config` (a single plugin or a `plugins` list).
-pub fn bridge_of(nad: &Value) -> Result<BridgeNetwork, String> {
+/// An SR-IOV virtual function, named as sriov-cni names it (`deviceID`, a PCI address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SriovNetwork {
+    pub device_id: String,
+    pub vlan: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NadNetwork {
+    Bridge(BridgeNetwork),
+    Sriov(SriovNetwork),
+}
+
+/// What a NAD's `spec.config` asks for: a bridge, or an SR-IOV virtual function.
+pub fn network_of(nad: &Value) -> Result<NadNetwork, String> {
+    let plugin = plugin_of(nad)?;
+    match plugin.get("type").and_then(Value::as_str) {
+        Some("sriov") => {
+            let id = plugin.get("deviceID").and_then(Value::as_str).unwrap_or_default();
+            let device_id = normalize_pci(id).ok_or_else(|| {
+                format!("deviceID {id:?} is not a PCI address (DDDD:BB:SS.F): name the virtual function")
+            })?;
+            Ok(NadNetwork::Sriov(SriovNetwork { device_id, vlan: vlan_of(&plugin)? }))
+        }
+        _ => bridge_of(nad).map(NadNetwork::Bridge),
+    }
+}
+
+/// `0000:03:02.1`, lower case, from `03:02.1` or `0000:03:02.1`.
+fn normalize_pci(text: &str) -> Option<String> {
+    let full = if text.matches(':').count() == 1 { format!("0000:{text}") } else { text.to_string() };
+    let (head, function) = full.rsplit_once('.')?;
+    let parts: Vec<&str> = head.split(':').collect();
+    let ok = parts.len() == 3
+        && parts.iter().zip([4, 2, 2]).all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
+        && function.len() == 1
+        && ('0'..='7').contains(&function.chars().next()?);
+    ok.then(|| full.to_lowercase())
+}
+
+fn plugin_of(nad: &Value) -> Result<Value, String> {
     let text = nad.pointer("/spec/config").and_then(Value::as_str).unwrap_or_default();
     if text.trim().is_empty() {
         return Err("spec.config is empty: the network has no CNI configuration".into());
     }
     let config: Value = serde_json::from_str(text).map_err(|e| format!("spec.config is not JSON: {e}"))?;
-    let plugin = match config.get("plugins").and_then(Value::as_array) {
+    Ok(match config.get("plugins").and_then(Value::as_array) {
         Some(plugins) => plugins
             .iter()
-            .find(|p| p.get("type").and_then(Value::as_str) == Some("bridge"))
+            .find(|p| matches!(p.get("type").and_then(Value::as_str), Some("bridge" | "sriov")))
             .or_else(|| plugins.first())
             .cloned()
             .unwrap_or(Value::Null),
         None => config,
-    };
+    })
+}
+
+fn vlan_of(plugin: &Value) -> Result<Option<u16>, String> {
+    match plugin.get("vlan") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(0) => Ok(None),
+            Some(id @ 1..=4094) => Ok(Some(id as u16)),
+            _ => Err(format!("vlan {v} is not a VLAN id (1-4094)")),
+        },
+    }
+}
+
+/// The bridge configuration in a NAD's `spec.config` (a single plugin or a `plugins` list).
+fn bridge_of(nad: &Value) -> Result<BridgeNetwork, String> {
+    let plugin = plugin_of(nad)?;
     let kind = plugin.get("type").and_then(Value::as_str).unwrap_or_default();
     if kind != "bridge" {
-        return Err(format!("CNI type {kind:?} is not supported on this node (only \"bridge\")"));
+        return Err(format!("CNI type {kind:?} is not supported on this node (only \"bridge\" and \"sriov\")"));
     }
     let bridge = plugin.get("bridge").and_then(Value::as_str).unwrap_or("cni0").to_string();
     if bridge.is_empty() || bridge.len() > 15 || !bridge.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
         return Err(format!("bridge name {bridge:?} is not a valid link name (1-15 of [A-Za-z0-9._-])"));
     }
-    let vlan = match plugin.get("vlan") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64() {
-            Some(0) => None,
-            Some(id @ 1..=4094) => Some(id as u16),
-            _ => return Err(format!("vlan {v} is not a VLAN id (1-4094)")),
-        },
-    };
+    let vlan = vlan_of(&plugin)?;
     Ok(BridgeNetwork { bridge, vlan })
 }
 
@@ -81,5 +129,11 @@ mod tests {
         assert!(validate_config(&nad("{")).is_err());
         assert!(validate_config(&nad(r#"{"cniVersion":"0.3.1"}"#)).is_err());
         assert!(validate_config(&nad(r#"{"type":"bridge"}"#)).is_ok());
+        assert_eq!(
+            network_of(&nad(r#"{"type":"sriov","deviceID":"03:02.1","vlan":5}"#)),
+            Ok(NadNetwork::Sriov(SriovNetwork { device_id: "0000:03:02.1".into(), vlan: Some(5) }))
+        );
+        assert!(network_of(&nad(r#"{"type":"sriov"}"#)).unwrap_err().contains("deviceID"));
+        assert!(matches!(network_of(&nad(r#"{"type":"bridge","bridge":"b"}"#)), Ok(NadNetwork::Bridge(_))));
     }
 }

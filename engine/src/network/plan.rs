@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::nad::BridgeNetwork;
+use super::nad::{BridgeNetwork, NadNetwork, SriovNetwork};
 use super::{names, NetworkError};
 use crate::launcher::spec::{InterfaceSpec, VmiSpec};
 
@@ -17,6 +17,8 @@ pub enum Attachment {
     PodMasquerade { ports: Vec<(String, u16)> },
     /// A host Linux bridge from a NetworkAttachmentDefinition.
     HostBridge(BridgeNetwork),
+    /// An SR-IOV virtual function passed to the guest (`sriov` binding on an SR-IOV network).
+    Sriov(SriovNetwork),
     /// QEMU's user-mode network (`slirp`), inside QEMU: no tap.
     User,
 }
@@ -67,14 +69,11 @@ pub fn plan(
     vmi_uid: &str,
     spec: &VmiSpec,
     pod_ip: Option<Ipv4Addr>,
-    nad: &dyn Fn(&str) -> Result<BridgeNetwork, String>,
+    nad: &dyn Fn(&str) -> Result<NadNetwork, String>,
 ) -> Result<PodPlan, NetworkError> {
     let mut nics = vec![];
     for (index, iface) in spec.domain.devices.interfaces.iter().enumerate() {
         let err = |m: &str| NetworkError::Interface(iface.name.clone(), m.to_string());
-        if iface.sriov.is_some() {
-            return Err(err("SR-IOV needs a virtual function of a physical NIC, and this node has no SR-IOV device"));
-        }
         let network =
             spec.networks.iter().find(|n| n.name == iface.name).ok_or_else(|| err("no network of that name"))?;
         let attachment = if iface.slirp.is_some() {
@@ -85,9 +84,15 @@ pub fn plan(
             if iface.masquerade.is_some() {
                 return Err(err("masquerade binding is only allowed on the pod network"));
             }
-            let bridge =
-                nad(&multus.network_name).map_err(|m| NetworkError::Network(multus.network_name.clone(), m))?;
-            Attachment::HostBridge(bridge)
+            let found = nad(&multus.network_name).map_err(|m| NetworkError::Network(multus.network_name.clone(), m))?;
+            match (found, iface.sriov.is_some()) {
+                (NadNetwork::Sriov(vf), true) => Attachment::Sriov(vf),
+                (NadNetwork::Bridge(bridge), false) => Attachment::HostBridge(bridge),
+                (NadNetwork::Sriov(_), false) => return Err(err("an SR-IOV network takes the sriov binding")),
+                (NadNetwork::Bridge(_), true) => {
+                    return Err(err("the sriov binding needs an SR-IOV network (CNI type sriov)"))
+                }
+            }
         } else {
             return Err(err("the network names no source (pod or multus)"));
         };
@@ -148,9 +153,12 @@ mod tests {
         VmiSpec::from_vmi(&json!({ "spec": v })).unwrap()
     }
 
-    fn nads(name: &str) -> Result<BridgeNetwork, String> {
+    fn nads(name: &str) -> Result<NadNetwork, String> {
         match name {
-            "vlan100" | "default/vlan100" => Ok(BridgeNetwork { bridge: "br1".into(), vlan: Some(100) }),
+            "vlan100" | "default/vlan100" => {
+                Ok(NadNetwork::Bridge(BridgeNetwork { bridge: "br1".into(), vlan: Some(100) }))
+            }
+            "vf" => Ok(NadNetwork::Sriov(SriovNetwork { device_id: "0000:03:02.1".into(), vlan: None })),
             _ => Err(format!("NetworkAttachmentDefinition {name:?} not found")),
         }
     }
@@ -192,7 +200,14 @@ mod tests {
             "domain": {"devices": {"interfaces": [{"name": "x", "sriov": {}}]}},
             "networks": [{"name": "x", "multus": {"networkName": "vlan100"}}]
         }));
-        assert!(plan("node", "u", &sriov, None, &nads).unwrap_err().to_string().contains("SR-IOV"));
+        assert!(plan("node", "u", &sriov, None, &nads).unwrap_err().to_string().contains("SR-IOV network"));
+        let vf = spec(json!({
+            "domain": {"devices": {"interfaces": [{"name": "x", "sriov": {}}]}},
+            "networks": [{"name": "x", "multus": {"networkName": "vf"}}]
+        }));
+        let p = plan("node", "u", &vf, None, &nads).unwrap();
+        let want = SriovNetwork { device_id: "0000:03:02.1".into(), vlan: None };
+        assert_eq!(p.nics[0].attachment, Attachment::Sriov(want));
         let no_ip = spec(json!({
             "domain": {"devices": {"interfaces": [{"name": "default", "bridge": {}}]}},
             "networks": [{"name": "default", "pod": {}}]

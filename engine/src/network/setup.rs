@@ -71,10 +71,8 @@ pub fn node_remove(cfg: &NetworkConfig) -> Vec<Step> {
 /// `kernel_vlans`: the bridge filters VLANs itself (else `vlans` isolates the ports).
 pub fn pod_before_start(cfg: &NetworkConfig, plan: &PodPlan, kernel_vlans: bool) -> Vec<Step> {
     let mut steps = pod_remove(&cfg.node_namespace, plan, &[]);
-    for nic in &plan.nics {
-        if nic.attachment != Attachment::User {
-            steps.push(Step::ip(None, &format!("tuntap add dev {} mode tap", nic.tap)));
-        }
+    for nic in plan.nics.iter().filter(|n| !matches!(n.attachment, Attachment::User | Attachment::Sriov(_))) {
+        steps.push(Step::ip(None, &format!("tuntap add dev {} mode tap", nic.tap)));
     }
     if let (Some(nic), Some(ip)) = (plan.pod_nic(), plan.pod_ip) {
         let (pod, node) = (Some(plan.netns.as_str()), Some(cfg.node_namespace.as_str()));

@@ -12,7 +12,7 @@ use crate::launcher::spec::VmiSpec;
 use crate::meta;
 use crate::network::dhcp::{Lease, Responders};
 use crate::network::host::NetworkHost;
-use crate::network::nad::{self, BridgeNetwork};
+use crate::network::nad::{self, BridgeNetwork, NadNetwork};
 use crate::network::plan::{self, Attachment, PodPlan, BRIDGE_SERVER, MASQUERADE_GATEWAY, MASQUERADE_GUEST};
 use crate::network::vlans::{self, VlanPorts};
 use crate::network::{names, services, setup, NetworkConfig, NetworkError};
@@ -156,12 +156,12 @@ pub async fn remove_node(net: &NodeNetwork) -> Result<(), NetworkError> {
 }
 
 /// The NADs a spec names, resolved in the VMI's namespace unless qualified.
-async fn resolve_nads(s: &Shared, vmi: &Value, spec: &VmiSpec) -> HashMap<String, Result<BridgeNetwork, String>> {
+async fn resolve_nads(s: &Shared, vmi: &Value, spec: &VmiSpec) -> HashMap<String, Result<NadNetwork, String>> {
     let mut out = HashMap::new();
     for name in plan::multus_networks(spec) {
         let (ns, short) = name.split_once('/').unwrap_or((meta::namespace(vmi), name.as_str()));
         let found = match s.store.get(&kinds::NETWORK_ATTACHMENT_DEFINITION, ns, short).await {
-            Ok(Some(n)) => nad::bridge_of(&n),
+            Ok(Some(n)) => nad::network_of(&n),
             Ok(None) => Err(format!("NetworkAttachmentDefinition {ns}/{short} not found")),
             Err(e) => Err(e.message),
         };
@@ -192,6 +192,17 @@ pub(crate) async fn prepare_pod(s: &Shared, net: &NodeNetwork, vmi: &Value) -> R
         NetworkError::Network(..) | NetworkError::Interface(..) => PodError::Invalid(e.to_string()),
         other => PodError::Retry(other.to_string()),
     })?;
+    for nic in &plan.nics {
+        if let Attachment::Sriov(vf) = &nic.attachment {
+            if !net.host.is_sriov_vf(&vf.device_id) {
+                let m = format!(
+                    "interface {:?}: {} is not an SR-IOV virtual function on this node",
+                    nic.name, vf.device_id
+                );
+                return Err(PodError::Invalid(m));
+            }
+        }
+    }
     let steps = setup::pod_before_start(&net.config, &plan, net.kernel_vlans());
     run(&net.host, steps).await.map_err(|e| PodError::Retry(e.to_string()))?;
     // The VLAN rules are in place before the guest sends a frame.
