@@ -150,11 +150,6 @@ async fn apply_vlan_rules(net: &NodeNetwork) -> Result<(), NetworkError> {
     run(&net.host, vec![crate::network::host::Step::nft(None, rules)]).await
 }
 
-/// Removes the node namespace and the host's rules (the node is shutting down for good).
-pub async fn remove_node(net: &NodeNetwork) -> Result<(), NetworkError> {
-    run(&net.host, setup::node_remove(&net.config)).await
-}
-
 /// The NADs a spec names, resolved in the VMI's namespace unless qualified.
 async fn resolve_nads(s: &Shared, vmi: &Value, spec: &VmiSpec) -> HashMap<String, Result<NadNetwork, String>> {
     let mut out = HashMap::new();
