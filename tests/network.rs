@@ -143,6 +143,8 @@ async fn pod_network_guests_reach_each_other_the_host_and_services() {
         let (ok, out, err) = g.app.kubectl(&["get", "svc", "web-http"]).await;
         let ports = format!("80:{node_port}/TCP");
         assert!(ok && out.contains("NodePort") && out.contains(&cluster_ip) && out.contains(&ports), "{out}{err}");
+        let (ok, out, err) = g.app.kubectl(&["get", "vmi", "web"]).await;
+        assert!(ok && out.contains(&web_ip), "kubectl get vmi shows the pod address: {out}{err}");
         let (ok, out, err) = g.app.kubectl(&["get", "endpoints", "web-http"]).await;
         assert!(ok && out.contains(&format!("{web_ip}:8080")), "{out}{err}");
         let (ok, out, err) =
