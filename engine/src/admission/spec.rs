@@ -248,13 +248,11 @@ fn validate_networks(spec: &Value, devices: &Value, prefix: &str, causes: &mut V
     }
 }
 
-/// NIC models QEMU offers that KubeVirt accepts.
-const NIC_MODELS: &[&str] = &["virtio", "e1000", "e1000e", "igb", "ne2k_pci", "pcnet", "rtl8139"];
-
 fn validate_interface_options(iface: &Value, field: &str, causes: &mut Vec<Cause>) {
     if let Some(model) = iface.get("model").and_then(Value::as_str) {
-        if !NIC_MODELS.contains(&model) {
-            let list = NIC_MODELS.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", ");
+        if !crate::launcher::spec::NIC_MODELS.contains(&model) {
+            let list =
+                crate::launcher::spec::NIC_MODELS.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", ");
             causes.push(Cause::not_supported(
                 format!("{field}.model"),
                 format!("Unsupported value: \"{model}\": supported values: {list}"),
@@ -262,13 +260,7 @@ fn validate_interface_options(iface: &Value, field: &str, causes: &mut Vec<Cause
         }
     }
     if let Some(pci) = iface.get("pciAddress").and_then(Value::as_str) {
-        let ok = pci.rsplit_once('.').is_some_and(|(head, f)| {
-            let parts: Vec<&str> = head.split(':').collect();
-            parts.len() == 3
-                && parts.iter().zip([4, 2, 2]).all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
-                && f.len() == 1
-                && f.chars().all(|c| ('0'..='7').contains(&c))
-        });
+        let ok = crate::network::pci::PciAddress::parse(pci).is_ok();
         if !ok {
             causes.push(Cause::invalid(
                 format!("{field}.pciAddress"),

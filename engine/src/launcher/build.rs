@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::domain::*;
-use super::spec::{DiskSpec, InterfaceSpec, VmiSpec};
+use super::spec::{DiskSpec, InterfaceSpec, VmiSpec, NIC_MODELS};
 use crate::meta;
 use crate::network::plan::{Attachment, Nic};
 
@@ -105,9 +105,6 @@ pub fn domain_name(prefix: &str, namespace: &str, name: &str) -> String {
     format!("{prefix}{namespace}_{name}")
 }
 
-/// NIC models QEMU offers that KubeVirt accepts.
-const NIC_MODELS: &[&str] = &["virtio", "e1000", "e1000e", "igb", "ne2k_pci", "pcnet", "rtl8139"];
-
 fn interface(iface: &InterfaceSpec, spec: &VmiSpec, nics: Option<&[Nic]>) -> Result<Interface, BuildError> {
     let fail = |m: &str| BuildError::Interface(iface.name.clone(), m.to_string());
     let model = iface.model.clone().unwrap_or_else(|| "virtio".into());
@@ -162,17 +159,13 @@ fn interface(iface: &InterfaceSpec, spec: &VmiSpec, nics: Option<&[Nic]>) -> Res
 
 /// `0000:81:01.0` (domain:bus:slot.function) as libvirt's PCI address.
 fn parse_pci_address(text: &str) -> Result<PciAddress, String> {
-    let bad = || format!("pciAddress {text:?} is not DDDD:BB:SS.F");
-    let (head, function) = text.rsplit_once('.').ok_or_else(bad)?;
-    let parts: Vec<&str> = head.split(':').collect();
-    let [domain, bus, slot] = parts[..] else { return Err(bad()) };
-    let hex = |s: &str, max: u32| u32::from_str_radix(s, 16).ok().filter(|v| *v <= max).ok_or_else(bad);
+    let a = crate::network::pci::PciAddress::parse(text).map_err(|m| format!("pciAddress {m}"))?;
     Ok(PciAddress {
         address_type: "pci".into(),
-        domain: format!("0x{:04x}", hex(domain, 0xffff)?),
-        bus: format!("0x{:02x}", hex(bus, 0xff)?),
-        slot: format!("0x{:02x}", hex(slot, 0x1f)?),
-        function: format!("0x{:x}", hex(function, 7)?),
+        domain: format!("0x{:04x}", a.domain),
+        bus: format!("0x{:02x}", a.bus),
+        slot: format!("0x{:02x}", a.slot),
+        function: format!("0x{:x}", a.function),
     })
 }
 

@@ -130,6 +130,9 @@ pub struct DiskTargetSpec {
     pub readonly: Option<bool>,
 }
 
+/// NIC models QEMU offers that KubeVirt accepts.
+pub const NIC_MODELS: &[&str] = &["virtio", "e1000", "e1000e", "igb", "ne2k_pci", "pcnet", "rtl8139"];
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct InterfaceSpec {

@@ -47,6 +47,15 @@ pub async fn claim(conn: &mut AnyConnection, pool: &str, address: &str, owner: O
     Ok(done.rows_affected() == 1)
 }
 
+/// Takes `address` for `owner`; true when it is now `owner`'s, or already was.
+async fn claim_or_held(conn: &mut AnyConnection, pool: &str, address: &str, owner: Owner<'_>) -> ApiResult<bool> {
+    if claim(conn, pool, address, owner).await? {
+        return Ok(true);
+    }
+    let held = holder(conn, pool, address).await?;
+    Ok(held.is_some_and(|h| (h.0.as_str(), h.1.as_str(), h.2.as_str()) == owner))
+}
+
 pub async fn holder(
     conn: &mut AnyConnection,
     pool: &str,
@@ -167,11 +176,7 @@ pub async fn sync_service(
                 );
                 return Err(invalid(obj, "spec.clusterIP", m));
             }
-            if !claim(conn, SERVICE_POOL, &text, owner).await?
-                && holder(conn, SERVICE_POOL, &text)
-                    .await?
-                    .is_some_and(|h| (h.0.as_str(), h.1.as_str(), h.2.as_str()) != owner)
-            {
+            if !claim_or_held(conn, SERVICE_POOL, &text, owner).await? {
                 let m = format!("Invalid value: \"{text}\": provided IP is already allocated");
                 return Err(invalid(obj, "spec.clusterIP", m));
             }
@@ -214,11 +219,7 @@ pub async fn sync_service(
                     return Err(invalid(obj, &field, m));
                 }
                 let text = p.to_string();
-                if !claim(conn, NODE_PORT_POOL, &text, owner).await?
-                    && holder(conn, NODE_PORT_POOL, &text)
-                        .await?
-                        .is_some_and(|h| (h.0.as_str(), h.1.as_str(), h.2.as_str()) != owner)
-                {
+                if !claim_or_held(conn, NODE_PORT_POOL, &text, owner).await? {
                     return Err(invalid(
                         obj,
                         &field,

@@ -13,6 +13,7 @@ pub mod host;
 pub mod ipam;
 pub mod nad;
 pub mod names;
+pub mod pci;
 pub mod plan;
 pub mod services;
 pub mod setup;

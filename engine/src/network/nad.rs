@@ -38,16 +38,10 @@ pub fn network_of(nad: &Value) -> Result<NadNetwork, String> {
     }
 }
 
-/// `0000:03:02.1`, lower case, from `03:02.1` or `0000:03:02.1`.
+/// `0000:03:02.1`, lower case, from `03:02.1` or `0000:03:02.1` (sriov-cni takes both).
 fn normalize_pci(text: &str) -> Option<String> {
     let full = if text.matches(':').count() == 1 { format!("0000:{text}") } else { text.to_string() };
-    let (head, function) = full.rsplit_once('.')?;
-    let parts: Vec<&str> = head.split(':').collect();
-    let ok = parts.len() == 3
-        && parts.iter().zip([4, 2, 2]).all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
-        && function.len() == 1
-        && ('0'..='7').contains(&function.chars().next()?);
-    ok.then(|| full.to_lowercase())
+    super::pci::PciAddress::parse(&full).ok().map(|a| a.to_string())
 }
 
 fn plugin_of(nad: &Value) -> Result<Value, String> {

@@ -171,22 +171,27 @@ pub enum PodError {
     Invalid(String),
 }
 
-/// Plans the VMI's interfaces and builds everything up to the taps.
-pub(crate) async fn prepare_pod(s: &Shared, net: &NodeNetwork, vmi: &Value) -> Result<PodPlan, PodError> {
-    let spec = VmiSpec::from_vmi(vmi).map_err(PodError::Invalid)?;
-    let pod_ip = if plan::uses_pod_network(&spec) {
+/// The VMI's plan: its pod address (the one it holds, else a new lease) and the networks it names.
+async fn plan_pod(s: &Shared, net: &NodeNetwork, vmi: &Value, spec: &VmiSpec) -> Result<PodPlan, PodError> {
+    let pod_ip = if plan::uses_pod_network(spec) {
         let reserved = [net.config.gateway()];
         let ip = s.store.lease_pod_address(&net.config.pod_cidr, &reserved, vmi).await;
         Some(ip.map_err(|e| PodError::Retry(e.message))?)
     } else {
         None
     };
-    let nads = resolve_nads(s, vmi, &spec).await;
+    let nads = resolve_nads(s, vmi, spec).await;
     let lookup = |name: &str| nads.get(name).cloned().unwrap_or_else(|| Err(format!("{name}: not resolved")));
-    let plan = plan::plan(&net.config.node_namespace, meta::uid(vmi), &spec, pod_ip, &lookup).map_err(|e| match e {
+    plan::plan(&net.config.node_namespace, meta::uid(vmi), spec, pod_ip, &lookup).map_err(|e| match e {
         NetworkError::Network(..) | NetworkError::Interface(..) => PodError::Invalid(e.to_string()),
         other => PodError::Retry(other.to_string()),
-    })?;
+    })
+}
+
+/// Plans the VMI's interfaces and builds everything up to the taps.
+pub(crate) async fn prepare_pod(s: &Shared, net: &NodeNetwork, vmi: &Value) -> Result<PodPlan, PodError> {
+    let spec = VmiSpec::from_vmi(vmi).map_err(PodError::Invalid)?;
+    let plan = plan_pod(s, net, vmi, &spec).await?;
     for nic in &plan.nics {
         if let Attachment::Sriov(vf) = &nic.attachment {
             if !net.host.is_sriov_vf(&vf.device_id) {
@@ -252,18 +257,7 @@ pub(crate) async fn adopt_running(s: &Shared, net: &NodeNetwork, vmi: &Value) {
     if !needs_dhcp && !needs_vlans {
         return;
     }
-    let pod_ip = if plan::uses_pod_network(&spec) {
-        let reserved = [net.config.gateway()];
-        match s.store.lease_pod_address(&net.config.pod_cidr, &reserved, vmi).await {
-            Ok(ip) => Some(ip),
-            Err(_) => return,
-        }
-    } else {
-        None
-    };
-    let nads = resolve_nads(s, vmi, &spec).await;
-    let lookup = |name: &str| nads.get(name).cloned().unwrap_or_else(|| Err(format!("{name}: not resolved")));
-    let Ok(plan) = plan::plan(&net.config.node_namespace, uid, &spec, pod_ip, &lookup) else { return };
+    let Ok(plan) = plan_pod(s, net, vmi, &spec).await else { return };
     if needs_vlans {
         if let Err(e) = update_vlan_ports(net, Some(&plan), None).await {
             tracing::warn!(error = %e, "VLAN rules not restored");
