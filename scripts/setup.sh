@@ -40,6 +40,8 @@ command -v bridge >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 [ -f /usr/lib/ipxe/qemu/efi-virtio.rom ] || need+=(ipxe-qemu)
 command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
+# Foreman: the Ruby client its KubeVirt plugin speaks through (fog-kubevirt itself is not packaged).
+ruby -e 'require "kubeclient"' >/dev/null 2>&1 || need+=(ruby-kubeclient)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   as_root apt-get update -qq

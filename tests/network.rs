@@ -7,6 +7,7 @@ mod common;
 
 use common::guests::*;
 use common::netapp::*;
+use common::pxe::{LinkGuard, PxeServer};
 use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -231,13 +232,6 @@ async fn masquerade_guest_sits_behind_nat_with_forwarded_ports() {
 }
 
 /// Deletes a host link the test made, however the test ends.
-struct LinkGuard(String);
-
-impl Drop for LinkGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["link", "del", &self.0]).output();
-    }
-}
 
 fn nad(name: &str, config: Value) -> Value {
     json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
@@ -323,53 +317,8 @@ async fn guests_on_two_vlans_of_one_bridge_are_apart() {
 async fn a_guest_pxe_boots_from_a_nad_bridge() {
     let n = spawn_net_app(4).await;
     let g = &n.g;
-    let id = std::process::id() % 100_000;
-    let bridge = format!("cvtpx{id}");
-    let (outer, netns) = (format!("cvtpv{id}"), format!("cvtpxe{id}"));
-    let _bridge = LinkGuard(bridge.clone());
-    let _outer = LinkGuard(outer.clone());
-    struct NetnsGuard(String);
-    impl Drop for NetnsGuard {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).output();
-        }
-    }
-    let _netns = NetnsGuard(netns.clone());
-    let ip = |args: &str| {
-        let out = std::process::Command::new("ip").args(args.split_whitespace()).output().expect("ip");
-        assert!(out.status.success(), "ip {args}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    ip(&format!("link add {bridge} type bridge"));
-    ip(&format!("link set {bridge} up"));
-    ip(&format!("netns add {netns}"));
-    ip(&format!("link add {outer} type veth peer name eth0 netns {netns}"));
-    ip(&format!("link set {outer} master {bridge} up"));
-    ip(&format!("-n {netns} addr add 192.168.88.1/24 dev eth0"));
-    ip(&format!("-n {netns} link set eth0 up"));
-    ip(&format!("-n {netns} link set lo up"));
-
-    let tftp = tempfile::tempdir().expect("tftp root");
-    let guests = guest_dir();
-    std::fs::copy(guests.join("vmlinuz"), tftp.path().join("vmlinuz")).expect("kernel");
-    std::fs::copy(guests.join("initramfs.gz"), tftp.path().join("initramfs.gz")).expect("initramfs");
-    std::fs::write(
-        tftp.path().join("boot.ipxe"),
-        "#!ipxe\nkernel vmlinuz console=ttyS0 quiet\ninitrd initramfs.gz\nboot\n",
-    )
-    .expect("script");
-    let root = tftp.path().display().to_string();
-    let _dnsmasq = tokio::process::Command::new("ip")
-        .args(["netns", "exec", &netns, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0"])
-        .args(["--interface=eth0", "--bind-interfaces", "--dhcp-range=192.168.88.50,192.168.88.99,255.255.255.0,1h"])
-        .args(["--dhcp-boot=boot.ipxe", "--enable-tftp", "--user=root", "--log-dhcp"])
-        .arg(format!("--tftp-root={root}"))
-        .arg(format!("--dhcp-leasefile={root}/leases"))
-        .arg(format!("--pid-file={root}/dnsmasq.pid"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("dnsmasq");
+    let pxe = PxeServer::start("px", 88);
+    let bridge = pxe.bridge.clone();
 
     within(Duration::from_secs(360), async {
         let body = nad("provisioning", json!({"cniVersion": "0.3.1", "type": "bridge", "bridge": bridge}));
@@ -403,7 +352,7 @@ async fn a_guest_pxe_boots_from_a_nad_bridge() {
             "the guest booted from the network: {}",
             g.serial_log("build").await
         );
-        let leases = std::fs::read_to_string(tftp.path().join("leases")).unwrap_or_default();
+        let leases = pxe.leases();
         assert!(leases.contains(&mac), "dnsmasq leased to the MAC admission gave ({mac}): {leases}");
         let (ok, xml, err) = g.converge(&["domxml", "build"], None).await;
         assert!(ok && xml.contains("<boot order='1'/>"), "{xml}{err}");

@@ -10,7 +10,7 @@ pub fn api_versions(server_address: &str) -> Value {
 }
 
 fn group_entry(group: &str) -> Value {
-    let versions: Vec<Value> = kinds::group_versions()
+    let versions: Vec<Value> = kinds::served_group_versions()
         .into_iter()
         .filter(|(g, _)| *g == group)
         .map(|(g, v)| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
@@ -63,11 +63,7 @@ fn resource_entries(k: &ResourceKind) -> Vec<Value> {
 }
 
 pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
-    let resources: Vec<Value> = kinds::ALL
-        .iter()
-        .filter(|k| k.group == group && k.version == version)
-        .flat_map(|k| resource_entries(k))
-        .collect();
+    let resources: Vec<Value> = kinds::served_at(group, version).into_iter().flat_map(resource_entries).collect();
     if resources.is_empty() {
         return None;
     }
@@ -95,5 +91,17 @@ mod tests {
         assert_eq!(vm["categories"], json!(["all"]));
         assert!(api_resource_list("nope.io", "v1").is_none());
         assert_eq!(api_group_list()["groups"][0]["name"], "kubevirt.io");
+    }
+
+    #[test]
+    fn kubevirt_io_lists_v1alpha3_after_the_preferred_v1() {
+        let group = api_group("kubevirt.io").unwrap_or_default();
+        assert_eq!(group["preferredVersion"]["groupVersion"], "kubevirt.io/v1");
+        let versions: Vec<&str> =
+            group["versions"].as_array().into_iter().flatten().filter_map(|v| v["version"].as_str()).collect();
+        assert_eq!(versions, ["v1", "v1alpha3"]);
+        let alias = api_resource_list("kubevirt.io", "v1alpha3").unwrap_or_default();
+        assert_eq!(alias["groupVersion"], "kubevirt.io/v1alpha3");
+        assert_eq!(alias["resources"], api_resource_list("kubevirt.io", "v1").unwrap_or_default()["resources"]);
     }
 }

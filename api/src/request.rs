@@ -1,7 +1,7 @@
 //! Pure parsing of resource requests: path and query string in, a typed request out. No socket,
 //! no store — so every route shape is unit-tested.
 
-use converge_engine::kinds::{self, ResourceKind};
+use converge_engine::kinds::{self, ResourceKind, VersionAlias};
 use converge_engine::selector::{FieldSelector, LabelSelector};
 use converge_engine::store::{ListOptions, Propagation};
 use converge_engine::ApiError;
@@ -16,6 +16,36 @@ pub struct ResourcePath {
     pub subresource: Option<Subresource>,
     /// The legacy `/watch/` path prefix.
     pub watch_prefix: bool,
+    /// Set when the path named an alias version (`kubevirt.io/v1alpha3`): objects go out under it.
+    pub alias: Option<&'static VersionAlias>,
+}
+
+impl ResourcePath {
+    /// The `apiVersion` objects carry on this path.
+    pub fn api_version(&self) -> String {
+        self.alias.map_or_else(|| self.kind.api_version(), VersionAlias::api_version)
+    }
+
+    /// Rewrite an outgoing object's `apiVersion` to the version the client addressed.
+    pub fn present(&self, obj: &mut serde_json::Value) {
+        if self.alias.is_some() && obj.get("apiVersion").is_some() {
+            obj["apiVersion"] = serde_json::Value::String(self.api_version());
+        }
+    }
+
+    /// `present` for an object kept as stored JSON text: untouched unless the path is an alias.
+    pub fn present_raw<'a>(&self, raw: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.alias.is_none() {
+            return std::borrow::Cow::Borrowed(raw);
+        }
+        match serde_json::from_str::<serde_json::Value>(raw) {
+            Ok(mut obj) => {
+                self.present(&mut obj);
+                std::borrow::Cow::Owned(obj.to_string())
+            }
+            Err(_) => std::borrow::Cow::Borrowed(raw),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +62,7 @@ pub fn parse_path(path: &str) -> Result<ResourcePath, ApiError> {
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return Err(ApiError::route_not_found()),
     };
+    let alias = kinds::alias_of(group, version);
     let (watch_prefix, rest) = match rest {
         ["watch", more @ ..] => (true, more),
         _ => (false, rest),
@@ -39,7 +70,7 @@ pub fn parse_path(path: &str) -> Result<ResourcePath, ApiError> {
     let find = |plural: &str| kinds::by_plural(group, version, plural).ok_or_else(ApiError::route_not_found);
     let namespaced = |plural: &str| kinds::by_plural(group, version, plural).filter(|k| k.namespaced);
     let path = match rest {
-        [plural] => ResourcePath { kind: find(plural)?, namespace: None, name: None, subresource: None, watch_prefix },
+        [plural] => ResourcePath { kind: find(plural)?, namespace: None, name: None, subresource: None, watch_prefix, alias },
         ["namespaces", ns, plural, tail @ ..] if namespaced(plural).is_some() => {
             let kind = find(plural)?;
             let (name, sub) = match tail {
@@ -54,6 +85,7 @@ pub fn parse_path(path: &str) -> Result<ResourcePath, ApiError> {
                 name,
                 subresource: subresource(kind, sub)?,
                 watch_prefix,
+                alias,
             }
         }
         [plural, name, tail @ ..] => {
@@ -72,6 +104,7 @@ pub fn parse_path(path: &str) -> Result<ResourcePath, ApiError> {
                 name: Some(name.to_string()),
                 subresource: subresource(kind, sub)?,
                 watch_prefix,
+                alias,
             }
         }
         _ => return Err(ApiError::route_not_found()),

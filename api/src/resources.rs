@@ -91,7 +91,8 @@ async fn handle(req: &HttpRequest, body: &[u8], state: &AppState) -> ApiResult<H
             Ok(json_response(200, &scale_of(&get(state, &path, name).await?), &[]))
         }
         ("GET", Some(name), _) => {
-            let obj = get(state, &path, name).await?;
+            let mut obj = get(state, &path, name).await?;
+            path.present(&mut obj);
             if as_table {
                 Ok(json_response(200, &table::table(path.kind, &[obj], json!({}), q.include_object), &[]))
             } else {
@@ -161,7 +162,7 @@ async fn list(state: &AppState, path: &ResourcePath, q: &Query, as_table: bool) 
     let mut body = String::with_capacity(page.items.iter().map(|i| i.len() + 1).sum::<usize>() + 256);
     body.push_str(&format!(
         "{{\"apiVersion\":\"{}\",\"kind\":\"{}\",\"metadata\":{},\"items\":[",
-        kind.api_version(),
+        path.api_version(),
         kind.list_kind(),
         list_meta
     ));
@@ -169,7 +170,7 @@ async fn list(state: &AppState, path: &ResourcePath, q: &Query, as_table: bool) 
         if i > 0 {
             body.push(',');
         }
-        body.push_str(item);
+        body.push_str(&path.present_raw(item));
     }
     body.push_str("]}");
     Ok(HttpResponse::Ok().content_type("application/json").body(body))
@@ -199,16 +200,18 @@ fn decode(kind: &ResourceKind, body: &[u8], content_type: &str) -> ApiResult<Val
     Ok(obj)
 }
 
-/// apiVersion/kind as the endpoint expects (filled when absent), and the shape by the schema.
-fn check_object(kind: &ResourceKind, obj: &mut Value, validation: FieldValidation) -> ApiResult<Warnings> {
-    let expected = kind.api_version();
+/// apiVersion/kind as the endpoint expects (filled when absent), and the shape by the schema. An
+/// object sent to an alias version leaves here in the version it stands for.
+fn check_object(path: &ResourcePath, obj: &mut Value, validation: FieldValidation) -> ApiResult<Warnings> {
+    let kind = path.kind;
+    let expected = path.api_version();
     match obj.get("apiVersion").and_then(Value::as_str) {
         Some(v) if v != expected => {
             return Err(ApiError::bad_request(format!(
                 "the API version in the data ({v}) does not match the expected API version ({expected})"
             )))
         }
-        _ => obj["apiVersion"] = json!(expected),
+        _ => obj["apiVersion"] = json!(kind.api_version()),
     }
     match obj.get("kind").and_then(Value::as_str) {
         Some(k) if k != kind.kind => {
@@ -294,13 +297,15 @@ async fn create(
     let kind = path.kind;
     let mut obj = decode(kind, body, content_type)?;
     place(path, &mut obj, None)?;
-    let warnings = check_object(kind, &mut obj, q.field_validation)?;
+    let mut warnings = check_object(path, &mut obj, q.field_validation)?;
+    warnings.extend(admission::warnings(kind, &obj));
     let presets = presets_for(state, kind, item_namespace(path)).await?;
     admission::defaults_from_store(&state.store, kind, &mut obj).await?;
     let (instancetype, preference) = admission::lookup_instancetypes(&state.store, kind, &obj).await?;
     let ctx = admission::Context { old: None, presets: &presets, instancetype, preference };
     admission::admit(kind, Operation::Create, &mut obj, &ctx)?;
-    let created = state.store.create(kind, obj, q.dry_run).await?;
+    let mut created = state.store.create(kind, obj, q.dry_run).await?;
+    path.present(&mut created);
     Ok(json_response(201, &created, &warnings))
 }
 
@@ -339,9 +344,11 @@ async fn replace(
     let kind = path.kind;
     let mut obj = decode(kind, body, content_type)?;
     place(path, &mut obj, Some(name))?;
-    let warnings = check_object(kind, &mut obj, q.field_validation)?;
+    let mut warnings = check_object(path, &mut obj, q.field_validation)?;
+    warnings.extend(admission::warnings(kind, &obj));
     let old = get(state, path, name).await?;
-    let updated = write_update(state, kind, obj, &old, q, mode).await?;
+    let mut updated = write_update(state, kind, obj, &old, q, mode).await?;
+    path.present(&mut updated);
     Ok(json_response(200, &updated, &warnings))
 }
 
@@ -381,7 +388,10 @@ async fn patch(
     loop {
         attempt += 1;
         let current = get(state, path, name).await?;
-        let mut patched = patch::apply(pt, &current, body).map_err(|e| patch_error(kind, name, e))?;
+        // A patch applies to the object as the addressed version shows it.
+        let mut shown = current.clone();
+        path.present(&mut shown);
+        let mut patched = patch::apply(pt, &shown, body).map_err(|e| patch_error(kind, name, e))?;
         let current_rv = meta::meta_str(&current, "resourceVersion").unwrap_or("").to_string();
         // A patch that names a resourceVersion asks for that exact version; otherwise the
         // version read is the precondition, and a lost race is retried.
@@ -397,9 +407,12 @@ async fn patch(
                 vec![Cause::invalid("metadata.name", "field is immutable")],
             ));
         }
-        let warnings = check_object(kind, &mut patched, q.field_validation)?;
+        let warnings = check_object(path, &mut patched, q.field_validation)?;
         match write_update(state, kind, patched, &current, q, mode).await {
-            Ok(updated) => return Ok(json_response(200, &updated, &warnings)),
+            Ok(mut updated) => {
+                path.present(&mut updated);
+                return Ok(json_response(200, &updated, &warnings));
+            }
             Err(e) if e.code == 409 && !client_rv && attempt < PATCH_RETRIES => continue,
             Err(e) => return Err(e),
         }
@@ -435,23 +448,28 @@ fn delete_options(q: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
     Ok(opts)
 }
 
-fn deleted_response(kind: &ResourceKind, obj: &Value) -> HttpResponse {
+fn deleted_response(path: &ResourcePath, mut obj: Value) -> HttpResponse {
+    let kind = path.kind;
     // Core kinds other than namespaces answer with a Success Status, as the apiserver does.
     if kind.is_core() && !std::ptr::eq(kind, &kinds::NAMESPACE) {
         let status = json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-            "details": {"name": meta::name(obj), "kind": kind.plural, "uid": meta::uid(obj)}
+            "details": {"name": meta::name(&obj), "kind": kind.plural, "uid": meta::uid(&obj)}
         });
         return json_response(200, &status, &[]);
     }
-    json_response(200, obj, &[])
+    path.present(&mut obj);
+    json_response(200, &obj, &[])
 }
 
 async fn delete(state: &AppState, path: &ResourcePath, name: &str, q: &Query, body: &[u8]) -> ApiResult<HttpResponse> {
     let opts = delete_options(q, body)?;
     match state.store.delete(path.kind, item_namespace(path), name, &opts).await? {
-        DeleteOutcome::Deleted(obj) => Ok(deleted_response(path.kind, &obj)),
-        DeleteOutcome::Pending(obj) => Ok(json_response(200, &obj, &[])),
+        DeleteOutcome::Deleted(obj) => Ok(deleted_response(path, obj)),
+        DeleteOutcome::Pending(mut obj) => {
+            path.present(&mut obj);
+            Ok(json_response(200, &obj, &[]))
+        }
     }
 }
 
@@ -467,12 +485,15 @@ async fn delete_collection(state: &AppState, path: &ResourcePath, q: &Query) -> 
     for raw in page.items {
         let obj: Value = serde_json::from_str(&raw).map_err(|e| ApiError::internal(e.to_string()))?;
         match state.store.delete(kind, meta::namespace(&obj), meta::name(&obj), &del).await {
-            Ok(DeleteOutcome::Deleted(o)) | Ok(DeleteOutcome::Pending(o)) => items.push(o),
+            Ok(DeleteOutcome::Deleted(mut o)) | Ok(DeleteOutcome::Pending(mut o)) => {
+                path.present(&mut o);
+                items.push(o)
+            }
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),
         }
     }
-    let list = json!({"apiVersion": kind.api_version(), "kind": kind.list_kind(), "metadata": {"resourceVersion": state.store.current_rv().await?.to_string()}, "items": items});
+    let list = json!({"apiVersion": path.api_version(), "kind": kind.list_kind(), "metadata": {"resourceVersion": state.store.current_rv().await?.to_string()}, "items": items});
     Ok(json_response(200, &list, &[]))
 }
 

@@ -39,7 +39,10 @@ pub async fn serve(state: &AppState, path: &ResourcePath, q: &Query, as_table: b
     let timeout = q.timeout_seconds.map(Duration::from_secs).unwrap_or(DEFAULT_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
     let include = q.include_object;
-    let stream = futures::stream::unfold(rx, move |mut rx| async move {
+    let path = std::sync::Arc::new(path.clone());
+    let stream = futures::stream::unfold(rx, move |mut rx| {
+        let path = path.clone();
+        async move {
         let item = tokio::select! {
             item = rx.recv() => item?,
             _ = tokio::time::sleep_until(deadline) => return None,
@@ -55,15 +58,16 @@ pub async fn serve(state: &AppState, path: &ResourcePath, q: &Query, as_table: b
                     );
                     line(t.as_str(), &t_obj.to_string())
                 } else {
-                    line(t.as_str(), &raw)
+                    line(t.as_str(), &path.present_raw(&raw))
                 }
             }
             WatchItem::Bookmark(rv) => {
-                let obj = json!({"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": {"resourceVersion": rv.to_string()}});
+                let obj = json!({"kind": kind.kind, "apiVersion": path.api_version(), "metadata": {"resourceVersion": rv.to_string()}});
                 line("BOOKMARK", &obj.to_string())
             }
         };
         Some((Ok::<Bytes, actix_web::Error>(bytes), rx))
+        }
     });
     Ok(HttpResponse::Ok().content_type("application/json").streaming(stream))
 }

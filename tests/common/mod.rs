@@ -236,6 +236,8 @@ pub fn vm_manifest(name: &str) -> Value {
 }
 
 pub const VMS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
+pub mod cassette;
 pub mod guests;
 pub mod netapp;
+pub mod pxe;
 pub mod servers;

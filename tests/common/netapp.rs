@@ -59,16 +59,28 @@ pub fn network_for(index: u8) -> (NetworkConfig, ServiceNetwork) {
 }
 
 pub async fn spawn_net_app(index: u8) -> NetApp {
-    let (net, services) = network_for(index);
+    spawn_net_app_with(index, |_| {}).await
+}
+
+/// `spawn_net_app` with the server's configuration adjusted first (`service_network` is set
+/// after `tweak` only when the tweak leaves it alone).
+pub async fn spawn_net_app_with(index: u8, tweak: impl FnOnce(&mut converge_api::ServerConfig)) -> NetApp {
+    let (net, mut services) = network_for(index);
     let cleanup = NetCleanup(net.clone());
     let (n, s) = (net.clone(), services);
+    let (tx, rx) = std::sync::mpsc::channel();
     let g = spawn_guest_app_with(move |c| {
         c.service_network = s;
         if let Some(node) = c.node.as_mut() {
             node.network = Some(n);
         }
+        tweak(c);
+        let _ = tx.send(c.service_network);
     })
     .await;
+    if let Ok(s) = rx.try_recv() {
+        services = s;
+    }
     NetApp { g, net, services, _cleanup: cleanup }
 }
 

@@ -75,8 +75,6 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
         storage::admit_storage_class(op, obj, ctx.old, &mut causes);
     } else if std::ptr::eq(kind, &kinds::SERVICE) {
         core::admit_service(obj, &mut causes);
-    } else if std::ptr::eq(kind, &kinds::NETWORK_ATTACHMENT_DEFINITION) {
-        core::validate_network_attachment(obj, &mut causes);
     } else if std::ptr::eq(kind, &kinds::DATA_SOURCE) {
         storage::admit_data_source(obj, &mut causes);
     }
@@ -86,6 +84,14 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
     } else {
         Err(ApiError::invalid(kind.group, kind.kind, meta::name(obj), causes))
     }
+}
+
+/// What is accepted but worth telling the client (sent back as `Warning` headers).
+pub fn warnings(kind: &ResourceKind, obj: &Value) -> Vec<String> {
+    if std::ptr::eq(kind, &kinds::NETWORK_ATTACHMENT_DEFINITION) {
+        return core::network_attachment_warnings(obj);
+    }
+    vec![]
 }
 
 /// An update that omits a MAC the pool assigned (kubectl's merge patches replace whole lists)

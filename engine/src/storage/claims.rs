@@ -94,7 +94,7 @@ pub async fn resolve(store: &Store, namespace: &str, claim: &str) -> ApiResult<C
         if !v.block && !v.file.exists() && v.file.parent().is_some_and(|d| d.is_dir()) {
             let size =
                 pv.pointer("/spec/capacity/storage").and_then(|q| crate::quantity::parse_value(q).ok()).unwrap_or(0.0);
-            let made = std::fs::File::create(&v.file).and_then(|f| f.set_len((size as u64).div_ceil(512) * 512));
+            let made = std::fs::File::create(&v.file).and_then(|f| f.set_len(super::aligned_down(size as u64)));
             if let Err(e) = made {
                 return Ok(ClaimState::Waiting(
                     "FailedAttachVolume".into(),

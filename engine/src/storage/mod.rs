@@ -21,6 +21,20 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+/// Disk images are whole MiB, as CDI aligns them: QEMU opens them with O_DIRECT, which needs
+/// sizes in whole blocks of the host filesystem (a claim of "20G" is not even 4 KiB-aligned).
+pub const DISK_ALIGNMENT: u64 = 1 << 20;
+
+/// `bytes` rounded up to whole `DISK_ALIGNMENT` units.
+pub fn aligned_up(bytes: u64) -> u64 {
+    bytes.div_ceil(DISK_ALIGNMENT) * DISK_ALIGNMENT
+}
+
+/// `bytes` rounded down to whole `DISK_ALIGNMENT` units: a disk that must fit in a volume.
+pub fn aligned_down(bytes: u64) -> u64 {
+    bytes / DISK_ALIGNMENT * DISK_ALIGNMENT
+}
+
 /// The provisioner name our StorageClasses carry.
 pub const PROVISIONER: &str = "converge.dev/local-pool";
 /// The StorageClass made at first start when none exists.

@@ -40,8 +40,7 @@ pub fn binding_decision(pvc: &Value, class: Option<&Value>, consumed: bool) -> R
 /// The PersistentVolume for `pvc` from `class`, and the volume's directory.
 pub fn volume_for(pvc: &Value, class: &Value, config: &StorageConfig) -> Result<(Value, PathBuf, u64), String> {
     let size = requested_bytes(pvc).ok_or("spec.resources.requests.storage is missing or not a positive quantity")?;
-    // Whole 512-byte sectors, as a disk needs.
-    let size = size.div_ceil(512) * 512;
+    let size = super::aligned_up(size);
     if let Some(max) = config.max_volume_bytes.filter(|m| size > *m) {
         return Err(format!("the claim asks for {size} bytes, more than this node's cap of {max} bytes"));
     }
@@ -295,8 +294,10 @@ mod tests {
         let mut config = StorageConfig::new(std::path::Path::new("/data"));
         let (pv, dir, size) = volume_for(&pvc("1000", None), &default_class(), &config).unwrap();
         assert_eq!(dir, PathBuf::from("/data/storage/local/pvc-u-1"));
-        assert_eq!(size, 1024);
-        assert_eq!(pv["spec"]["capacity"]["storage"], "1Ki");
+        assert_eq!(size, 1 << 20, "whole MiB");
+        assert_eq!(pv["spec"]["capacity"]["storage"], "1Mi");
+        let (_, _, size) = volume_for(&pvc("20G", None), &default_class(), &config).unwrap();
+        assert_eq!(size % 4096, 0, "O_DIRECT needs whole blocks: {size}");
         assert_eq!(quantity(3 << 30), "3Gi");
         assert_eq!(quantity(1536), "1536");
         assert_eq!(pv["spec"]["hostPath"]["path"], "/data/storage/local/pvc-u-1/disk.img");
