@@ -70,7 +70,9 @@ pub fn parse_path(path: &str) -> Result<ResourcePath, ApiError> {
     let find = |plural: &str| kinds::by_plural(group, version, plural).ok_or_else(ApiError::route_not_found);
     let namespaced = |plural: &str| kinds::by_plural(group, version, plural).filter(|k| k.namespaced);
     let path = match rest {
-        [plural] => ResourcePath { kind: find(plural)?, namespace: None, name: None, subresource: None, watch_prefix, alias },
+        [plural] => {
+            ResourcePath { kind: find(plural)?, namespace: None, name: None, subresource: None, watch_prefix, alias }
+        }
         ["namespaces", ns, plural, tail @ ..] if namespaced(plural).is_some() => {
             let kind = find(plural)?;
             let (name, sub) = match tail {

@@ -450,12 +450,16 @@ fn delete_options(q: &Query, body: &[u8]) -> ApiResult<DeleteOptions> {
 
 fn deleted_response(path: &ResourcePath, mut obj: Value) -> HttpResponse {
     let kind = path.kind;
-    // Core kinds other than namespaces answer with a Success Status, as the apiserver does.
-    if kind.is_core() && !std::ptr::eq(kind, &kinds::NAMESPACE) {
-        let status = json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-            "details": {"name": meta::name(&obj), "kind": kind.plural, "uid": meta::uid(&obj)}
-        });
+    // Stores with the apiserver's ReturnDeletedObject answer with the object; the rest (custom
+    // resources such as VirtualMachines among them, as fog-kubevirt's recordings show) with a
+    // Success Status.
+    if !std::ptr::eq(kind, &kinds::NAMESPACE) && !std::ptr::eq(kind, &kinds::STORAGE_CLASS) {
+        let mut details = json!({"name": meta::name(&obj), "kind": kind.plural, "uid": meta::uid(&obj)});
+        if !kind.group.is_empty() {
+            details["group"] = json!(kind.group);
+        }
+        let status =
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details});
         return json_response(200, &status, &[]);
     }
     path.present(&mut obj);

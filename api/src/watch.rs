@@ -43,30 +43,30 @@ pub async fn serve(state: &AppState, path: &ResourcePath, q: &Query, as_table: b
     let stream = futures::stream::unfold(rx, move |mut rx| {
         let path = path.clone();
         async move {
-        let item = tokio::select! {
-            item = rx.recv() => item?,
-            _ = tokio::time::sleep_until(deadline) => return None,
-        };
-        let bytes = match item {
-            WatchItem::Event(t, obj, raw) => {
-                if as_table {
-                    let t_obj = table::table(
-                        kind,
-                        std::slice::from_ref(&*obj),
-                        json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null)}),
-                        include,
-                    );
-                    line(t.as_str(), &t_obj.to_string())
-                } else {
-                    line(t.as_str(), &path.present_raw(&raw))
+            let item = tokio::select! {
+                item = rx.recv() => item?,
+                _ = tokio::time::sleep_until(deadline) => return None,
+            };
+            let bytes = match item {
+                WatchItem::Event(t, obj, raw) => {
+                    if as_table {
+                        let t_obj = table::table(
+                            kind,
+                            std::slice::from_ref(&*obj),
+                            json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null)}),
+                            include,
+                        );
+                        line(t.as_str(), &t_obj.to_string())
+                    } else {
+                        line(t.as_str(), &path.present_raw(&raw))
+                    }
                 }
-            }
-            WatchItem::Bookmark(rv) => {
-                let obj = json!({"kind": kind.kind, "apiVersion": path.api_version(), "metadata": {"resourceVersion": rv.to_string()}});
-                line("BOOKMARK", &obj.to_string())
-            }
-        };
-        Some((Ok::<Bytes, actix_web::Error>(bytes), rx))
+                WatchItem::Bookmark(rv) => {
+                    let obj = json!({"kind": kind.kind, "apiVersion": path.api_version(), "metadata": {"resourceVersion": rv.to_string()}});
+                    line("BOOKMARK", &obj.to_string())
+                }
+            };
+            Some((Ok::<Bytes, actix_web::Error>(bytes), rx))
         }
     });
     Ok(HttpResponse::Ok().content_type("application/json").streaming(stream))

@@ -479,7 +479,8 @@ impl VersionAlias {
     }
 }
 
-pub static VERSION_ALIASES: &[VersionAlias] = &[VersionAlias { group: KUBEVIRT_GROUP, alias: "v1alpha3", version: "v1" }];
+pub static VERSION_ALIASES: &[VersionAlias] =
+    &[VersionAlias { group: KUBEVIRT_GROUP, alias: "v1alpha3", version: "v1" }];
 
 /// The alias `group/version` names, if it is one.
 pub fn alias_of(group: &str, version: &str) -> Option<&'static VersionAlias> {

@@ -49,8 +49,11 @@ pub fn load(file: &Path) -> Vec<Interaction> {
         let req = &i["request"];
         let uri = req["uri"].as_str().unwrap_or_default();
         let body = req["body"]["string"].as_str().filter(|s| !s.is_empty()).map(str::to_string);
-        let content_type =
-            req["headers"]["Content-Type"].as_array().and_then(|a| a.first()).and_then(Value::as_str).map(str::to_string);
+        let content_type = req["headers"]["Content-Type"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let text = i["response"]["body"]["string"].as_str().unwrap_or_default();
         out.push(Interaction {
             method: req["method"].as_str().unwrap_or("get").to_uppercase(),
@@ -117,6 +120,17 @@ pub enum Quirk {
     /// The recording caught a VMI mid-deletion (200 with a deletionTimestamp); with
     /// terminationGracePeriodSeconds 0 Converge has already removed it (404).
     VmiAlreadyGone,
+    /// KubeVirt reads a secondary (Multus) interface's address from the guest agent; Converge's
+    /// test guests run no agent, so only the pod network's address (which Converge leases) is
+    /// checked.
+    NoGuestAgent,
+    /// A PUT lost a race with a controller's status write (409) and was sent again on the
+    /// object as re-read.
+    PutConflictRetried,
+    /// The recorded DELETE answered with the object, still held by KubeVirt's
+    /// `kubevirt.io/virtualMachineControllerFinalize`; Converge's VMs need no finalizer and go at
+    /// once (200, Status Success). fog-kubevirt reads neither.
+    DeletedAtOnce,
 }
 
 /// Server-written annotations of the recorded clusters (kubemacpool, virt-controller, the PV
@@ -171,7 +185,9 @@ pub fn contains(recorded: &Value, ours: &Value) -> bool {
 
 fn keep(v: &Value, keys: &[&str]) -> Value {
     match v {
-        Value::Object(m) => Value::Object(m.iter().filter(|(k, _)| keys.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter().filter(|(k, _)| keys.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect(),
+        ),
         other => other.clone(),
     }
 }
@@ -274,7 +290,8 @@ pub fn compare(recorded: &Value, ours: &Value, read: bool) -> Vec<String> {
             // where 2019's KubeVirt preferred v1alpha3, which it still lists.
             c.eq("/name");
             let wanted = &recorded["preferredVersion"]["groupVersion"];
-            let served: Vec<&Value> = ours["versions"].as_array().into_iter().flatten().map(|v| &v["groupVersion"]).collect();
+            let served: Vec<&Value> =
+                ours["versions"].as_array().into_iter().flatten().map(|v| &v["groupVersion"]).collect();
             if !served.contains(&wanted) {
                 c.problems.push(format!("group version {wanted} not served: {ours}"));
             }
@@ -287,11 +304,17 @@ pub fn compare(recorded: &Value, ours: &Value, read: bool) -> Vec<String> {
                     continue;
                 }
                 let found = ours["resources"].as_array().into_iter().flatten().find(|o| o["name"] == r["name"]);
-                let verbs: BTreeSet<&str> = found.and_then(|f| f["verbs"].as_array()).into_iter().flatten().filter_map(Value::as_str).collect();
-                let needed: BTreeSet<&str> = r["verbs"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                let verbs: BTreeSet<&str> =
+                    found.and_then(|f| f["verbs"].as_array()).into_iter().flatten().filter_map(Value::as_str).collect();
+                let needed: BTreeSet<&str> =
+                    r["verbs"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
                 match found {
-                    Some(f) if f["kind"] == r["kind"] && f["namespaced"] == r["namespaced"] && needed.is_subset(&verbs) => {}
-                    _ => c.problems.push(format!("resource {name}: recorded {r}, got {}", found.cloned().unwrap_or(Value::Null))),
+                    Some(f)
+                        if f["kind"] == r["kind"] && f["namespaced"] == r["namespaced"] && needed.is_subset(&verbs) => {
+                    }
+                    _ => c
+                        .problems
+                        .push(format!("resource {name}: recorded {r}, got {}", found.cloned().unwrap_or(Value::Null))),
                 }
             }
         }
@@ -307,7 +330,9 @@ pub fn compare(recorded: &Value, ours: &Value, read: bool) -> Vec<String> {
                 let mut item = item.clone();
                 item["kind"] = json!(k.trim_end_matches("List"));
                 match found {
-                    Some(o) => c.problems.extend(compare(&item, o, read).into_iter().map(|p| format!("item {name}: {p}"))),
+                    Some(o) => {
+                        c.problems.extend(compare(&item, o, read).into_iter().map(|p| format!("item {name}: {p}")))
+                    }
                     None => c.problems.push(format!("item {name} missing from the list")),
                 }
             }
@@ -346,14 +371,37 @@ fn object_fields(c: &mut Check, kind: &str, read: bool) {
             if read {
                 c.eq("/status/phase");
                 c.present("/status/nodeName");
-                for (i, iface) in c.rec.pointer("/status/interfaces").and_then(Value::as_array).cloned().unwrap_or_default().iter().enumerate() {
-                    let ours = c.ours.pointer("/status/interfaces").and_then(Value::as_array).and_then(|a| a.iter().find(|o| o["name"] == iface["name"])).cloned();
+                for (i, iface) in c
+                    .rec
+                    .pointer("/status/interfaces")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .enumerate()
+                {
+                    let ours = c
+                        .ours
+                        .pointer("/status/interfaces")
+                        .and_then(Value::as_array)
+                        .and_then(|a| a.iter().find(|o| o["name"] == iface["name"]))
+                        .cloned();
                     let Some(ours) = ours else {
                         c.problems.push(format!("/status/interfaces/{i}: recorded {iface}, got none by that name"));
                         continue;
                     };
-                    for field in ["ipAddress", "mac"] {
-                        if iface.get(field).is_some() && ours[field].as_str().is_none_or(str::is_empty) {
+                    // Addresses on secondary networks come from the guest agent in KubeVirt; the
+                    // test guests run none (Quirk::NoGuestAgent). Pod addresses Converge leases.
+                    let on_pod_network = c
+                        .rec
+                        .pointer("/spec/networks")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .any(|n| n["name"] == iface["name"] && n.get("pod").is_some());
+                    let fields: &[&str] = if on_pod_network { &["ipAddress", "mac"] } else { &["mac"] };
+                    for field in fields {
+                        if iface.get(*field).is_some() && ours[*field].as_str().is_none_or(str::is_empty) {
                             c.problems.push(format!("/status/interfaces/{i}/{field}: recorded a value, got none"));
                         }
                     }
@@ -369,7 +417,14 @@ fn object_fields(c: &mut Check, kind: &str, read: bool) {
             }
         }
         "PersistentVolume" => {
-            for f in ["capacity", "accessModes", "hostPath", "storageClassName", "persistentVolumeReclaimPolicy", "volumeMode"] {
+            for f in [
+                "capacity",
+                "accessModes",
+                "hostPath",
+                "storageClassName",
+                "persistentVolumeReclaimPolicy",
+                "volumeMode",
+            ] {
                 c.eq(&format!("/spec/{f}"));
             }
             if read {
@@ -400,7 +455,19 @@ fn object_fields(c: &mut Check, kind: &str, read: bool) {
 pub fn as_fixture(recorded: &Value) -> Value {
     let mut obj = strip_nulls(recorded.clone());
     if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        for k in ["uid", "resourceVersion", "creationTimestamp", "managedFields", "generation", "selfLink", "finalizers", "deletionTimestamp", "deletionGracePeriodSeconds", "ownerReferences", "generateName"] {
+        for k in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "managedFields",
+            "generation",
+            "selfLink",
+            "finalizers",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "ownerReferences",
+            "generateName",
+        ] {
             m.remove(k);
         }
         if let Some(a) = m.get_mut("annotations").and_then(Value::as_object_mut) {
@@ -415,7 +482,9 @@ pub fn as_fixture(recorded: &Value) -> Value {
 
 fn strip_nulls(v: Value) -> Value {
     match v {
-        Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect::<Map<_, _>>()),
+        Value::Object(m) => Value::Object(
+            m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect::<Map<_, _>>(),
+        ),
         Value::Array(a) => Value::Array(a.into_iter().map(strip_nulls).collect()),
         other => other,
     }
@@ -440,7 +509,9 @@ pub fn assumed_objects(interactions: &[Interaction]) -> Vec<(String, Value)> {
     let posted: BTreeSet<(String, String)> = interactions
         .iter()
         .filter(|i| i.method == "POST")
-        .filter_map(|i| i.body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()).map(|b| object_key(&i.path, &b)))
+        .filter_map(|i| {
+            i.body.as_deref().and_then(|b| serde_json::from_str::<Value>(b).ok()).map(|b| object_key(&i.path, &b))
+        })
         .collect();
     let mut seen_posts = BTreeSet::new();
     let mut out: Vec<(String, Value)> = vec![];

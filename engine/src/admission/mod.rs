@@ -72,6 +72,7 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
     } else if std::ptr::eq(kind, &kinds::DATA_VOLUME) {
         storage::admit_datavolume(op, obj, ctx.old, &mut causes);
     } else if std::ptr::eq(kind, &kinds::STORAGE_CLASS) {
+        storage::default_storage_class(obj);
         storage::admit_storage_class(op, obj, ctx.old, &mut causes);
     } else if std::ptr::eq(kind, &kinds::SERVICE) {
         core::admit_service(obj, &mut causes);

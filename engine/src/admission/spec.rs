@@ -30,9 +30,36 @@ const VOLUME_SOURCES: &[&str] = &[
     "memoryDump",
 ];
 
-/// Disk buses where unset, and the pod network when a VMI names no networks at all.
+/// A disk for each volume that has none (KubeVirt's `SetDefaultVolumeDisk`), disk buses where
+/// unset, the guest's memory from the request where unset, and the pod network when a VMI names
+/// no networks at all.
 pub fn mutate_vmi_spec(spec: &mut Value) {
+    let requested = meta::at(spec, &["domain", "resources", "requests", "memory"]).cloned();
+    if let (Some(memory), None) = (requested, meta::at(spec, &["domain", "memory", "guest"])) {
+        *meta::at_mut(spec, &["domain", "memory", "guest"]) = memory;
+    }
+    let volumes: Vec<String> = spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.get("name").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect();
     let devices = meta::at_mut(spec, &["domain", "devices"]);
+    let used: HashSet<String> = ["disks", "filesystems"]
+        .iter()
+        .flat_map(|list| devices.get(*list).and_then(Value::as_array).into_iter().flatten())
+        .filter_map(|d| d.get("name").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect();
+    let missing: Vec<Value> = volumes.iter().filter(|v| !used.contains(*v)).map(|v| json!({"name": v})).collect();
+    if !missing.is_empty() {
+        match devices.get_mut("disks").and_then(Value::as_array_mut) {
+            Some(disks) => disks.extend(missing),
+            None => devices["disks"] = Value::Array(missing),
+        }
+    }
     if let Some(disks) = devices.get_mut("disks").and_then(Value::as_array_mut) {
         for disk in disks {
             let Some(d) = disk.as_object_mut() else {
@@ -159,27 +186,12 @@ pub fn validate_vmi_spec(spec: &Value, prefix: &str, causes: &mut Vec<Cause>) {
             }
         }
     }
+    // A volume without a disk is accepted: the VMI gets a default disk for it, as in KubeVirt.
     for (i, volume) in volumes.into_iter().flatten().enumerate() {
-        let name = volume_names[i];
-        if !name.is_empty() && !disk_names.contains(&name) && !is_filesystem(devices, name) {
-            causes.push(Cause::invalid(
-                format!("{vfield}[{i}].name"),
-                format!("Invalid value: \"{name}\": volume {name} is not used by any disk"),
-            ));
-        }
         exactly_one(volume, VOLUME_SOURCES, &format!("{vfield}[{i}]"), "volume source", causes);
     }
     validate_networks(spec, devices, prefix, causes);
     validate_resources(spec, prefix, causes);
-}
-
-fn is_filesystem(devices: &Value, name: &str) -> bool {
-    devices
-        .get("filesystems")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .any(|f| f.get("name").and_then(Value::as_str) == Some(name))
 }
 
 fn validate_networks(spec: &Value, devices: &Value, prefix: &str, causes: &mut Vec<Cause>) {

@@ -112,6 +112,14 @@ pub fn admit_datavolume(op: Operation, obj: &Value, old: Option<&Value>, causes:
     }
 }
 
+/// The apiserver's StorageClass defaults (pkg/apis/storage/v1/defaults.go).
+pub fn default_storage_class(obj: &mut Value) {
+    if let Some(m) = obj.as_object_mut() {
+        m.entry("reclaimPolicy").or_insert_with(|| serde_json::json!("Delete"));
+        m.entry("volumeBindingMode").or_insert_with(|| serde_json::json!("Immediate"));
+    }
+}
+
 pub fn admit_storage_class(op: Operation, obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     match obj.get("volumeBindingMode").and_then(Value::as_str) {
         None | Some("Immediate") | Some("WaitForFirstConsumer") => {}

@@ -55,9 +55,13 @@ fn disk_without_volume_names_the_field() {
 }
 
 #[test]
-fn volume_without_disk_is_refused() {
+fn a_volume_without_a_disk_gets_a_default_disk_in_the_vmi() {
     let extra = json!({"spec": {"template": {"spec": {"volumes": [{"name": "root", "containerDisk": {"image": "a"}}, {"name": "spare", "emptyDisk": {"capacity": "1Gi"}}]}}}});
-    assert_eq!(admit_vm(vm(extra)).1, vec!["spec.template.spec.volumes[1].name"]);
+    let (vm, errs) = admit_vm(vm(extra));
+    assert!(errs.is_empty(), "{errs:?}");
+    let mut spec = vm["spec"]["template"]["spec"].clone();
+    super::spec::mutate_vmi_spec(&mut spec);
+    assert_eq!(spec["domain"]["devices"]["disks"][1], json!({"name": "spare", "disk": {"bus": "virtio"}}));
 }
 
 #[test]

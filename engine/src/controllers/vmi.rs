@@ -22,9 +22,13 @@ const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct VmiPlan {
     pub status: Option<Value>,
+    /// The node the VMI was placed on, for its `kubevirt.io/nodeName` label.
+    pub node_label: Option<String>,
     pub remove_finalizer: bool,
     pub requeue_after: Option<Duration>,
 }
+
+pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
 
 /// Pure: what to do with a VMI no node has taken yet.
 pub fn reconcile(vmi: &Value, nodes: &[NodeView], used: &BTreeMap<String, Request>, now: &str) -> VmiPlan {
@@ -43,6 +47,7 @@ pub fn reconcile(vmi: &Value, nodes: &[NodeView], used: &BTreeMap<String, Reques
     st::set_phase(&mut next, st::PENDING, now);
     match scheduler::schedule(vmi, nodes, used) {
         Ok(node) => {
+            plan.node_label = Some(node.clone());
             st::status_mut(&mut next).insert("nodeName".into(), Value::String(node));
             st::set_phase(&mut next, st::SCHEDULED, now);
             st::set_condition(&mut next, "PodScheduled", true, "", "", now);
@@ -107,6 +112,17 @@ pub(super) async fn sync(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<K
         meta::set_finalizers(&mut updated, &rest);
         store.update(&kinds::VIRTUAL_MACHINE_INSTANCE, updated, UpdateMode::Main, false).await?;
         return Ok(());
+    }
+    let mut vmi = vmi;
+    if let Some(node) = &plan.node_label {
+        // KubeVirt labels a placed VMI with its node (clients select by it).
+        let mut labelled = vmi.clone();
+        meta::metadata_mut(&mut labelled)
+            .entry("labels")
+            .or_insert_with(|| serde_json::json!({}))
+            .as_object_mut()
+            .map(|l| l.insert(NODE_NAME_LABEL.into(), Value::String(node.clone())));
+        vmi = store.update(&kinds::VIRTUAL_MACHINE_INSTANCE, labelled, UpdateMode::Main, false).await?;
     }
     if let Some(status) = plan.status {
         let unschedulable = status

@@ -8,6 +8,11 @@ use serde_json::{json, Value};
 use super::{requested_bytes, volume_mode, StorageConfig, PROVISIONER};
 use crate::meta;
 
+/// A class whose claims bind only once a guest uses them.
+pub fn waits_for_consumer(class: &Value) -> bool {
+    class.get("volumeBindingMode").and_then(Value::as_str) == Some("WaitForFirstConsumer")
+}
+
 /// Whether `pvc` should be provisioned now, or why not (reason, message).
 pub fn binding_decision(pvc: &Value, class: Option<&Value>, consumed: bool) -> Result<(), (&'static str, String)> {
     let class_name = pvc.pointer("/spec/storageClassName").and_then(Value::as_str).unwrap_or_default();
@@ -30,8 +35,7 @@ pub fn binding_decision(pvc: &Value, class: Option<&Value>, consumed: bool) -> R
             ),
         ));
     }
-    let wffc = class.get("volumeBindingMode").and_then(Value::as_str) == Some("WaitForFirstConsumer");
-    if wffc && !consumed {
+    if waits_for_consumer(class) && !consumed {
         return Err(("WaitForFirstConsumer", "waiting for first consumer to be created before binding".into()));
     }
     Ok(())

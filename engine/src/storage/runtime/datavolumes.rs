@@ -75,8 +75,10 @@ pub(super) async fn target_of(s: &Shared, ns: &str, claim: &str) -> Result<Targe
     let pv = s.store.get(&kinds::PERSISTENT_VOLUME, "", pv_name).await.map_err(|e| transient(e.message))?;
     let pv = pv.ok_or_else(|| transient(format!("claim {claim:?} has no volume yet")))?;
     let dir = provisioner::layout(&pv).map(|(dir, _)| dir);
-    let capacity =
-        pv.pointer("/spec/capacity/storage").and_then(|q| crate::quantity::parse_value(q).ok()).map(|v| crate::storage::aligned_down(v as u64));
+    let capacity = pv
+        .pointer("/spec/capacity/storage")
+        .and_then(|q| crate::quantity::parse_value(q).ok())
+        .map(|v| crate::storage::aligned_down(v as u64));
     match (dir, capacity) {
         (Some(dir), Some(capacity)) => Ok(Target { dir, capacity }),
         _ => Err(StorageError::refused(format!("the volume of claim {claim:?} is not one this node can fill"))),

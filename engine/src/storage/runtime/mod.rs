@@ -291,8 +291,13 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
         )
         .await;
     }
-    // A volume someone made that fits (or the one the claim names).
-    if let Some(pv) = provisioner::pick_static(&pvc, &pvs) {
+    // A volume someone made that fits (or the one the claim names). A claim that names none, in a
+    // WaitForFirstConsumer class, waits for its consumer before it takes one (delayed binding).
+    let all = classes(s).await?;
+    let class = provisioner::class_for(pvc.pointer("/spec/storageClassName").and_then(Value::as_str), &all);
+    let prebound = pvc.pointer("/spec/volumeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    let delayed = !prebound && !consumed && class.is_some_and(provisioner::waits_for_consumer);
+    if let Some(pv) = provisioner::pick_static(&pvc, &pvs).filter(|_| !delayed) {
         let claimed = s
             .store
             .update(&kinds::PERSISTENT_VOLUME, provisioner::claimed_volume(pv, &pvc), UpdateMode::Main, false)
@@ -349,8 +354,6 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
         };
         return pending("FailedBinding", why).await;
     }
-    let all = classes(s).await?;
-    let class = provisioner::class_for(pvc.pointer("/spec/storageClassName").and_then(Value::as_str), &all);
     if let Err((reason, message)) = provisioner::binding_decision(&pvc, class, consumed) {
         return pending(reason, message).await;
     }
