@@ -127,7 +127,16 @@ impl GuestApp {
 
     /// The guest's serial console log so far.
     pub async fn serial_log(&self, name: &str) -> String {
-        let vmi = self.vmi(name).await;
+        self.serial_log_in("default", name).await
+    }
+
+    /// `serial_log` of a VMI in `namespace`.
+    pub async fn serial_log_in(&self, namespace: &str, name: &str) -> String {
+        let vmi = self
+            .app
+            .get(&format!("/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachineinstances/{name}"))
+            .await
+            .1;
         let uid = vmi.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
         std::fs::read(self.agent().serial_log(&uid))
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -135,7 +144,11 @@ impl GuestApp {
     }
 
     pub async fn wait_marker(&self, name: &str, marker: &str, timeout: Duration) -> bool {
-        wait_until(timeout, || async { self.serial_log(name).await.contains(marker) }).await
+        self.wait_marker_in("default", name, marker, timeout).await
+    }
+
+    pub async fn wait_marker_in(&self, namespace: &str, name: &str, marker: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || async { self.serial_log_in(namespace, name).await.contains(marker) }).await
     }
 
     /// Runs the `converge` binary against this server.

@@ -1,0 +1,202 @@
+//! Foreman's two provisioning flows through a real Ruby client (Debian's ruby-kubeclient, driven
+//! as fog-kubevirt drives it: `tests/foreman/fog_flow.rb`) against `converge serve` with a real
+//! node: a network build that PXE-boots from a NAD bridge, and an image build that boots a disk
+//! cloned from a DataSource in another namespace. The connection form is filled as a user fills
+//! it: a hostname from the serving certificate, the port, a token from `converge token create`,
+//! the CA from `converge ca`, verification on. Foreman's VNC console is opened with its
+//! subprotocols.
+
+mod common;
+
+use common::guests::*;
+use common::netapp::*;
+use common::pxe::PxeServer;
+use common::servers;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const NS: &str = "foreman";
+const BOOT: Duration = Duration::from_secs(240);
+
+/// The connection form of Foreman's KubeVirt compute resource.
+struct Form {
+    env: Vec<(String, String)>,
+    _ca: tempfile::NamedTempFile,
+}
+
+async fn connection_form(g: &GuestApp) -> Form {
+    let data_dir = g.app.dir.path().display().to_string();
+    let (ok, ca, err) = g.converge(&["ca", "--data-dir", &data_dir], None).await;
+    assert!(ok, "converge ca: {err}");
+    let (ok, out, err) =
+        g.converge(&["token", "create", "--namespace", NS, "--role", "edit", "--subject", "foreman"], None).await;
+    assert!(ok, "converge token create: {err}");
+    let token: Value = serde_json::from_str(&out).expect("token record");
+    let token = token["token"].as_str().expect("the token, printed once").to_string();
+    let ca_file = tempfile::NamedTempFile::new().expect("ca file");
+    std::fs::write(ca_file.path(), ca).expect("ca");
+    let port = g.app.base_url.rsplit(':').next().expect("port").to_string();
+    let env = vec![
+        // `localhost` is one of the serving certificate's default names.
+        ("CONVERGE_HOST".to_string(), "localhost".to_string()),
+        ("CONVERGE_PORT".into(), port),
+        ("CONVERGE_TOKEN".into(), token),
+        ("CONVERGE_CA".into(), ca_file.path().display().to_string()),
+        ("FOREMAN_NAMESPACE".into(), NS.into()),
+    ];
+    Form { env, _ca: ca_file }
+}
+
+/// One phase of the Ruby flow; its JSON report.
+async fn fog(form: &Form, phase: &str, extra: &[(&str, &str)]) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/foreman/fog_flow.rb");
+    let out = tokio::process::Command::new("ruby")
+        .arg(script)
+        .arg(phase)
+        .envs(form.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(extra.iter().copied())
+        .output()
+        .await
+        .expect("ruby runs (ruby-kubeclient is installed by scripts/setup.sh)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "fog_flow.rb {phase}: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("a JSON report")
+}
+
+async fn namespace(g: &GuestApp, name: &str, annotations: Value) {
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "annotations": annotations}});
+    let (code, out) = g.app.post("/api/v1/namespaces", &ns).await;
+    assert_eq!(code, 201, "{out}");
+}
+
+/// Foreman's subprotocols: its token in the standard base64 alphabet without padding.
+async fn rfb_greeting(g: &GuestApp, form: &Form, vm: &str) -> String {
+    use base64::Engine;
+    let token = &form.env.iter().find(|(k, _)| k == "CONVERGE_TOKEN").expect("token").1;
+    let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(token);
+    let protocols = format!("plain.kubevirt.io, base64url.bearer.authorization.k8s.io.{encoded}");
+    let path = format!("/apis/subresources.kubevirt.io/v1alpha3/namespaces/{NS}/virtualmachineinstances/{vm}/vnc");
+    let (mut socket, chosen) = ws_with_protocols(&g.app, &path, &protocols).await.expect("the VNC websocket opens");
+    assert_eq!(chosen, "plain.kubevirt.io");
+    let frame = tokio::time::timeout(Duration::from_secs(30), socket.next()).await.expect("a frame in 30s");
+    let data = frame.expect("a frame").expect("a message").into_data();
+    String::from_utf8_lossy(&data).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn foreman_builds_a_host_by_network_boot() {
+    let n = spawn_net_app(21).await;
+    let g = &n.g;
+    let pxe = PxeServer::start("fm", 89);
+    within(Duration::from_secs(600), async {
+        namespace(g, NS, json!({})).await;
+        let config = json!({"cniVersion": "0.3.1", "type": "bridge", "bridge": pxe.bridge}).to_string();
+        let nad = json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": "provisioning"}, "spec": {"config": config}});
+        let (code, out) =
+            g.app.post(&format!("/apis/k8s.cni.cncf.io/v1/namespaces/{NS}/network-attachment-definitions"), &nad).await;
+        assert_eq!(code, 201, "{out}");
+        let form = connection_form(g).await;
+
+        // Test connection; the form's network and storage class lists.
+        let connect = fog(&form, "connect", &[]).await;
+        assert_eq!(connect["connected"], true, "{connect}");
+        assert!(connect["nads"].as_array().is_some_and(|a| a.contains(&json!("foreman/provisioning"))), "{connect}");
+        assert!(connect["storageclasses"].as_array().is_some_and(|a| a.contains(&json!("local"))), "{connect}");
+
+        let host = [("VM_NAME", "build.example.com"), ("NAD_NAME", "provisioning")];
+        let created = fog(&form, "build-create", &host).await;
+        let mac = created["created_macs"]["provisioning"].as_str().expect("a MAC at create").to_string();
+        assert_eq!(created["created_macs"], created["read_macs"], "{created}");
+        assert_eq!(created["apiVersion"], "kubevirt.io/v1alpha3", "served in the version the plugin pins");
+        let secret = g.app.get(&format!("/api/v1/namespaces/{NS}/secrets/build.example.com-userdata")).await.1;
+        assert_eq!(secret["metadata"]["ownerReferences"][0]["uid"], created["uid"], "{secret}");
+
+        let started = fog(&form, "start", &host).await;
+        assert_eq!(started["running"], true, "{started}");
+        let running = fog(&form, "wait-running", &host).await;
+        let pod_ip = running["ip"].as_str().expect("the pod address");
+        assert!(pod_ip.starts_with("10.121."), "{running}");
+        let vmi = format!("{NS}/build.example.com");
+        assert!(wait_until_marker(g, &vmi).await, "the guest booted from the network: {}", serial_of(g, &vmi).await);
+        assert!(pxe.leases().contains(&mac), "dnsmasq leased to the MAC Foreman read ({mac}): {}", pxe.leases());
+        let greeting = rfb_greeting(g, &form, "build.example.com").await;
+        assert!(greeting.starts_with("RFB 003.008"), "{greeting:?}");
+
+        let stopped = fog(&form, "stop", &host).await;
+        assert_eq!(stopped["running"], false, "{stopped}");
+        let gone = common::wait_until(Duration::from_secs(60), || async {
+            g.app
+                .get(&format!("/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachineinstances/build.example.com"))
+                .await
+                .0
+                == 404
+        })
+        .await;
+        assert!(gone, "stopped");
+        let deleted = fog(&form, "delete-build", &host).await;
+        assert_eq!(deleted["deleted"], true, "{deleted}");
+        for path in [
+            format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/build.example.com-claim-1"),
+            format!("/api/v1/namespaces/{NS}/secrets/build.example.com-userdata"),
+        ] {
+            let gone = common::wait_until(Duration::from_secs(60), || async { g.app.get(&path).await.0 == 404 }).await;
+            assert!(gone, "{path} goes with the host");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn foreman_builds_a_host_from_an_image() {
+    let n = spawn_net_app_with(22, |c| c.storage.allow_private_imports = true).await;
+    let g = &n.g;
+    let web_dir = tempfile::tempdir().expect("web dir");
+    std::fs::copy(guest_dir().join("disk.qcow2"), web_dir.path().join("disk.qcow2")).expect("disk");
+    let web = servers::http(web_dir.path()).await;
+    within(Duration::from_secs(600), async {
+        namespace(g, NS, json!({})).await;
+        // The golden image, in a namespace of its own, published as a DataSource.
+        namespace(g, "os-images", json!({"converge.dev/clone-to": "*"})).await;
+        let golden = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": "busybox-golden"},
+            "spec": {"source": {"http": {"url": format!("http://127.0.0.1:{}/disk.qcow2", web.port)}},
+                "storage": {"resources": {"requests": {"storage": "256Mi"}}}}});
+        let (code, out) = g.app.post("/apis/cdi.kubevirt.io/v1beta1/namespaces/os-images/datavolumes", &golden).await;
+        assert_eq!(code, 201, "{out}");
+        let ds = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataSource", "metadata": {"name": "busybox"},
+            "spec": {"source": {"pvc": {"name": "busybox-golden", "namespace": "os-images"}}}});
+        let (code, out) = g.app.post("/apis/cdi.kubevirt.io/v1beta1/namespaces/os-images/datasources", &ds).await;
+        assert_eq!(code, 201, "{out}");
+        let form = connection_form(g).await;
+        assert_eq!(fog(&form, "connect", &[]).await["connected"], true);
+
+        let host = [("VM_NAME", "image.example.com"), ("DATASOURCE", "busybox"), ("DATASOURCE_NAMESPACE", "os-images")];
+        let created = fog(&form, "image-create", &host).await;
+        assert!(created["created_macs"]["default"].is_string(), "{created}");
+        fog(&form, "start", &host).await;
+        let running = fog(&form, "wait-running", &[host[0], ("WAIT_SECONDS", "300")]).await;
+        assert!(running["ip"].as_str().is_some_and(|ip| ip.starts_with("10.122.")), "{running}");
+        let vmi = format!("{NS}/image.example.com");
+        assert!(wait_until_marker(g, &vmi).await, "the cloned disk booted: {}", serial_of(g, &vmi).await);
+        let dv = g.app.get(&format!("/apis/cdi.kubevirt.io/v1beta1/namespaces/{NS}/datavolumes/image.example.com-root")).await.1;
+        assert_eq!(dv["status"]["phase"], "Succeeded", "{dv}");
+        let deleted = fog(&form, "delete-image", &host[..1]).await;
+        assert_eq!(deleted["deleted"], true, "{deleted}");
+        let path = format!("/apis/cdi.kubevirt.io/v1beta1/namespaces/{NS}/datavolumes/image.example.com-root");
+        let gone = common::wait_until(Duration::from_secs(60), || async { g.app.get(&path).await.0 == 404 }).await;
+        assert!(gone, "the root DataVolume goes with the VM");
+    })
+    .await;
+}
+
+/// The guest's console shows the marker its init prints once booted.
+async fn wait_until_marker(g: &GuestApp, vmi: &str) -> bool {
+    let (ns, name) = vmi.split_once('/').expect("ns/name");
+    g.wait_marker_in(ns, name, GUEST_MARKER, BOOT).await
+}
+
+async fn serial_of(g: &GuestApp, vmi: &str) -> String {
+    let (ns, name) = vmi.split_once('/').expect("ns/name");
+    g.serial_log_in(ns, name).await
+}
