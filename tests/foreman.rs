@@ -252,13 +252,9 @@ async fn assume(n: &NetApp, interactions: &[Interaction], fit: &Fit, volumes: &P
                         send(app, "GET", &format!("/api/v1/namespaces/{}/events", fit.namespace), None, None).await.1;
                     let messages: Vec<&Value> =
                         events["items"].as_array().into_iter().flatten().map(|e| &e["message"]).collect();
-                    assert!(
-                        running,
-                        "{vmi} running: {}\n{}\n{:?}",
-                        last.lock().expect("last"),
-                        send(app, "GET", &path, None, None).await.1["status"],
-                        messages
-                    );
+                    let vm_status = send(app, "GET", &path, None, None).await.1["status"].clone();
+                    let last = last.lock().expect("last").clone();
+                    assert!(running, "{vmi} running: {last}\n{vm_status}\n{messages:?}");
                 }
             }
             _ => {}

@@ -231,8 +231,6 @@ async fn masquerade_guest_sits_behind_nat_with_forwarded_ports() {
     .await;
 }
 
-/// Deletes a host link the test made, however the test ends.
-
 fn nad(name: &str, config: Value) -> Value {
     json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
            "metadata": {"name": name, "namespace": "default"}, "spec": {"config": config.to_string()}})
