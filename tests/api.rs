@@ -288,3 +288,61 @@ async fn deletes_honour_preconditions_and_restarts_keep_everything() {
     let (_, index) = app.get("/openapi/v3").await;
     assert!(index["paths"]["apis/kubevirt.io/v1"]["serverRelativeURL"].is_string());
 }
+
+/// `kubevirt.io/v1alpha3` is the same objects as v1 under another name (Foreman's plugin pins it):
+/// discovery lists both with v1 preferred; reads, lists, watches (legacy `/watch/` path
+/// included), writes and patches answer in the version asked; a PUT of the whole object as read
+/// (status included) changes the spec and leaves the status alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubevirt_v1alpha3_serves_the_same_objects_as_v1() {
+    let app = spawn_api_only().await;
+    const OLD: &str = "/apis/kubevirt.io/v1alpha3/namespaces/default/virtualmachines";
+    let (_, group) = app.get("/apis/kubevirt.io").await;
+    assert_eq!(group["preferredVersion"]["groupVersion"], "kubevirt.io/v1");
+    assert_eq!(group["versions"][1]["groupVersion"], "kubevirt.io/v1alpha3");
+    let mut vm = vm_manifest("old");
+    vm["apiVersion"] = json!("kubevirt.io/v1alpha3");
+    let (s, created) = app.post(OLD, &vm).await;
+    assert_eq!((s, created["apiVersion"].as_str()), (201, Some("kubevirt.io/v1alpha3")), "{created}");
+    let (_, as_v1) = app.get(&format!("{VMS}/old")).await;
+    assert_eq!(as_v1["apiVersion"], "kubevirt.io/v1");
+    assert_eq!(as_v1["metadata"]["uid"], created["metadata"]["uid"]);
+    // The body names the version of the path it is sent to.
+    let (s, _) = app
+        .post(VMS, &json!({"apiVersion": "kubevirt.io/v1alpha3", "kind": "VirtualMachine", "metadata": {"name": "x"}}))
+        .await;
+    assert_eq!(s, 400);
+
+    let (_, list) = app.get(OLD).await;
+    assert_eq!(
+        (list["apiVersion"].as_str(), list["items"][0]["apiVersion"].as_str()),
+        (Some("kubevirt.io/v1alpha3"), Some("kubevirt.io/v1alpha3"))
+    );
+    let watch = format!(
+        "/apis/kubevirt.io/v1alpha3/watch/namespaces/default/virtualmachines?timeoutSeconds=1&resourceVersion=0"
+    );
+    let resp = app.http.get(app.url(&watch)).bearer_auth(&app.token).send().await.expect("watch");
+    let text = resp.text().await.unwrap_or_default();
+    let event: Value = serde_json::from_str(text.lines().next().unwrap_or_default()).unwrap_or_default();
+    assert_eq!(
+        (event["type"].as_str(), event["object"]["apiVersion"].as_str()),
+        (Some("ADDED"), Some("kubevirt.io/v1alpha3")),
+        "{text}"
+    );
+
+    // Foreman's start: the object as read, status included, with spec.running changed.
+    let (_, mut read) = app.get(&format!("{OLD}/old")).await;
+    read["spec"]["runStrategy"] = json!("Always");
+    read["status"] = json!({"printableStatus": "Running", "created": true, "ready": true});
+    let (s, put) = app.put(&format!("{OLD}/old"), &read).await;
+    assert_eq!(
+        (s, put["apiVersion"].as_str(), put["spec"]["runStrategy"].as_str()),
+        (200, Some("kubevirt.io/v1alpha3"), Some("Always")),
+        "{put}"
+    );
+    assert!(put["status"].get("created").is_none(), "status is the status subresource's: {put}");
+    let (s, patched) = app.patch(&format!("{OLD}/old"), "application/json-patch+json", &json!([{"op": "test", "path": "/apiVersion", "value": "kubevirt.io/v1alpha3"}, {"op": "replace", "path": "/spec/runStrategy", "value": "Halted"}])).await;
+    assert_eq!((s, patched["spec"]["runStrategy"].as_str()), (200, Some("Halted")), "{patched}");
+    let (s, gone) = app.delete(&format!("{OLD}/old"), None).await;
+    assert_eq!((s, gone["kind"].as_str()), (200, Some("Status")), "{gone}");
+}

@@ -104,6 +104,8 @@ async fn foreman_builds_a_host_by_network_boot() {
         assert_eq!(connect["connected"], true, "{connect}");
         assert!(connect["nads"].as_array().is_some_and(|a| a.contains(&json!("foreman/provisioning"))), "{connect}");
         assert!(connect["storageclasses"].as_array().is_some_and(|a| a.contains(&json!("local"))), "{connect}");
+        let node = &connect["nodes"][0];
+        assert!(node["addresses"]["Hostname"].is_string() && node["kubelet"].is_string(), "{connect}");
 
         let host = [("VM_NAME", "build.example.com"), ("NAD_NAME", "provisioning")];
         let created = fog(&form, "build-create", &host).await;
@@ -174,7 +176,12 @@ async fn foreman_builds_a_host_from_an_image() {
         let host = [("VM_NAME", "image.example.com"), ("DATASOURCE", "busybox"), ("DATASOURCE_NAMESPACE", "os-images")];
         let created = fog(&form, "image-create", &host).await;
         assert!(created["created_macs"]["default"].is_string(), "{created}");
-        fog(&form, "start", &host).await;
+        // A VM made elsewhere says runStrategy, not running: fog-kubevirt starts it by runStrategy.
+        let vm_path = format!("/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachines/image.example.com");
+        let (code, out) = g.app.patch(&vm_path, "application/merge-patch+json", &json!({"spec": {"running": null, "runStrategy": "Halted"}})).await;
+        assert_eq!(code, 200, "{out}");
+        let started = fog(&form, "start", &host).await;
+        assert_eq!((started["running"].is_null(), started["runStrategy"].as_str()), (true, Some("Always")), "{started}");
         let running = fog(&form, "wait-running", &[host[0], ("WAIT_SECONDS", "300")]).await;
         assert!(running["ip"].as_str().is_some_and(|ip| ip.starts_with("10.122.")), "{running}");
         let vmi = format!("{NS}/image.example.com");

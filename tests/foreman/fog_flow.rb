@@ -184,9 +184,14 @@ f = fog
 case phase
 when 'connect'
   ok = f.valid? && f.virt_supported?
+  nodes = f.kube_client.get_nodes.map do |n|
+    addresses = n.status.addresses.map { |a| [a.type, a.address] }.to_h
+    { name: n.metadata.name, addresses: addresses, kubelet: n.status.nodeInfo.kubeletVersion }
+  end
   report(connected: ok ? true : false,
          nads: f.networkattachmentdefs.map { |n| "#{n.metadata.namespace}/#{n.metadata.name}" },
-         storageclasses: f.storageclasses.map { |s| s.metadata.name })
+         storageclasses: f.storageclasses.map { |s| s.metadata.name },
+         nodes: nodes)
 when 'build-create'
   # Foreman's network-based build: PVC disks, a NIC that boots first on a NAD bridge, the pod
   # network beside it, cloud-init from a Secret.
