@@ -318,10 +318,9 @@ async fn kubevirt_v1alpha3_serves_the_same_objects_as_v1() {
         (list["apiVersion"].as_str(), list["items"][0]["apiVersion"].as_str()),
         (Some("kubevirt.io/v1alpha3"), Some("kubevirt.io/v1alpha3"))
     );
-    let watch = format!(
-        "/apis/kubevirt.io/v1alpha3/watch/namespaces/default/virtualmachines?timeoutSeconds=1&resourceVersion=0"
-    );
-    let resp = app.http.get(app.url(&watch)).bearer_auth(&app.token).send().await.expect("watch");
+    let watch =
+        "/apis/kubevirt.io/v1alpha3/watch/namespaces/default/virtualmachines?timeoutSeconds=1&resourceVersion=0";
+    let resp = app.http.get(app.url(watch)).bearer_auth(&app.token).send().await.expect("watch");
     let text = resp.text().await.unwrap_or_default();
     let event: Value = serde_json::from_str(text.lines().next().unwrap_or_default()).unwrap_or_default();
     assert_eq!(
