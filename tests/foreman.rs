@@ -3,7 +3,8 @@
 //! pod network and guests (the recordings show running VMs with pod addresses); the Ruby
 //! client's flows are in `foreman_ruby.rs`.
 //!
-//! What the replay does to fit a recording made on another cluster, each for a reason:
+//! The cassettes are `tests/foreman/cassettes/` (see its README). What the replay does to fit a
+//! recording made on another cluster, each for a reason:
 //! - `default` becomes a namespace per cassette, so names are unique on the one server; claims'
 //!   `volumeName` gets a per-cassette suffix (PersistentVolumes are cluster-wide).
 //! - Objects a recording reads without creating are created first from the recorded object
@@ -17,14 +18,16 @@
 //! - `vm_create_multi` merges two recording runs: a run-A leftover that run B POSTs anew is
 //!   deleted before the POST.
 //! - `vm_create_single_userdata` was edited by hand upstream: its POST sends
-//!   `cloudInitNoCloud.userdata.secretRef` (not KubeVirt: dropped with a warning, as KubeVirt's
-//!   apiserver prunes unknown fields) and its later GETs show `cloudInitNoCloud.secretRef`. The
-//!   replay sends what the GETs show, so the object fog-kubevirt reads back is the recorded one.
+//!   `cloudInitNoCloud.userdata.secretRef` (not KubeVirt) and its answers lack the cloud-init
+//!   disk and (the POST's) volume that fog-kubevirt sent. The replay sends the `secretRef` form its
+//!   GETs show, and expects the disks and volumes that were sent.
 //! - A read's answer is compared once the controllers have acted: a GET is repeated (up to a
 //!   limit) while it differs, as the recorded cluster's controllers had already run.
 //! - A VMI the recording caught mid-deletion (200, deletionTimestamp set) may already be gone;
 //!   a VM the recording shows held by KubeVirt's finalizer is deleted at once here (`Quirk`).
 //! - A PUT that loses a race with a status write (409) is re-read and sent again.
+//! - A secondary (Multus) interface's address came from KubeVirt's guest agent; the test guests
+//!   run none, so only pod-network addresses (which Converge leases) are checked.
 //! - Discovery: the recorded group's preferred version must be served; lists of resources are
 //!   checked for the kinds fog-kubevirt uses.
 

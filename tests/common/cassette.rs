@@ -21,13 +21,13 @@ pub struct Interaction {
 }
 
 pub fn cassette_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/reference/fog-kubevirt-cassettes"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/foreman/cassettes"))
 }
 
 /// Every cassette, by file stem, in a stable order.
 pub fn all_cassettes() -> Vec<(String, PathBuf)> {
     let mut out = vec![];
-    for dir in std::fs::read_dir(cassette_dir()).expect("cassette dir").flatten() {
+    for dir in std::fs::read_dir(cassette_dir()).expect("cassette dir").flatten().filter(|d| d.path().is_dir()) {
         for file in std::fs::read_dir(dir.path()).expect("cassette subdir").flatten() {
             let path = file.path();
             if path.extension().is_some_and(|e| e == "yml") {
