@@ -51,6 +51,7 @@ async fn connection_form(g: &GuestApp) -> Form {
 /// One phase of the Ruby flow; its JSON report.
 async fn fog(form: &Form, phase: &str, extra: &[(&str, &str)]) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/foreman/fog_flow.rb");
+    let started = std::time::Instant::now();
     let out = tokio::process::Command::new("ruby")
         .arg(script)
         .arg(phase)
@@ -61,6 +62,8 @@ async fn fog(form: &Form, phase: &str, extra: &[(&str, &str)]) -> Value {
         .expect("ruby runs (ruby-kubeclient is installed by scripts/setup.sh)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "fog_flow.rb {phase}: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    // Figures for the record (what a Foreman user waits), not assertions.
+    eprintln!("fog_flow.rb {phase}: {} ms", started.elapsed().as_millis());
     serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("a JSON report")
 }
 

@@ -10,7 +10,7 @@ pub fn api_versions(server_address: &str) -> Value {
 }
 
 fn group_entry(group: &str) -> Value {
-    let versions: Vec<Value> = kinds::served_group_versions()
+    let versions: Vec<Value> = converge_bridge::foreman::served_group_versions()
         .into_iter()
         .filter(|(g, _)| *g == group)
         .map(|(g, v)| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
@@ -63,7 +63,8 @@ fn resource_entries(k: &ResourceKind) -> Vec<Value> {
 }
 
 pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
-    let resources: Vec<Value> = kinds::served_at(group, version).into_iter().flat_map(resource_entries).collect();
+    let resources: Vec<Value> =
+        converge_bridge::foreman::kinds_at(group, version).into_iter().flat_map(resource_entries).collect();
     if resources.is_empty() {
         return None;
     }

@@ -1,7 +1,8 @@
 //! Pure parsing of resource requests: path and query string in, a typed request out. No socket,
 //! no store — so every route shape is unit-tested.
 
-use converge_engine::kinds::{self, ResourceKind, VersionAlias};
+use converge_bridge::foreman::{self, VersionAlias};
+use converge_engine::kinds::{self, ResourceKind};
 use converge_engine::selector::{FieldSelector, LabelSelector};
 use converge_engine::store::{ListOptions, Propagation};
 use converge_engine::ApiError;
@@ -28,8 +29,8 @@ impl ResourcePath {
 
     /// Rewrite an outgoing object's `apiVersion` to the version the client addressed.
     pub fn present(&self, obj: &mut serde_json::Value) {
-        if self.alias.is_some() && obj.get("apiVersion").is_some() {
-            obj["apiVersion"] = serde_json::Value::String(self.api_version());
+        if let Some(alias) = self.alias {
+            alias.present(obj);
         }
     }
 
@@ -62,13 +63,13 @@ pub fn parse_path(path: &str) -> Result<ResourcePath, ApiError> {
         ["apis", group, version, rest @ ..] => (*group, *version, rest),
         _ => return Err(ApiError::route_not_found()),
     };
-    let alias = kinds::alias_of(group, version);
+    let alias = foreman::alias_of(group, version);
     let (watch_prefix, rest) = match rest {
         ["watch", more @ ..] => (true, more),
         _ => (false, rest),
     };
-    let find = |plural: &str| kinds::by_plural(group, version, plural).ok_or_else(ApiError::route_not_found);
-    let namespaced = |plural: &str| kinds::by_plural(group, version, plural).filter(|k| k.namespaced);
+    let find = |plural: &str| foreman::kind_at(group, version, plural).ok_or_else(ApiError::route_not_found);
+    let namespaced = |plural: &str| foreman::kind_at(group, version, plural).filter(|k| k.namespaced);
     let path = match rest {
         [plural] => {
             ResourcePath { kind: find(plural)?, namespace: None, name: None, subresource: None, watch_prefix, alias }

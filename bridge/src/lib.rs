@@ -1,6 +1,9 @@
-//! What Foreman and provisioning pipelines need beyond KubeVirt: the `kubevirt.io/v1alpha3`
-//! alias, the core resources Foreman's plugin reads, and the `/bridge/v1` provisioning API.
+//! What Foreman and provisioning pipelines need beyond the `kubevirt.io/v1` API: the
+//! `kubevirt.io/v1alpha3` alias Foreman's plugin pins (`foreman`), and later the `/bridge/v1`
+//! provisioning API.
 //!
-//! Empty for now: the MAC-at-create behaviour Foreman relies on already lives in admission
-//! (`converge_engine::macpool`). The rest arrives with the Foreman issue; it writes through the
-//! same store and admission as `converge-api`, never around them.
+//! The MAC-at-create behaviour Foreman relies on lives in admission (`converge_engine::macpool`);
+//! the core resources its plugin reads are served by `converge-api` like every kind. Everything
+//! here writes through the same store and admission as `converge-api`, never around them.
+
+pub mod foreman;

@@ -462,41 +462,13 @@ pub static ALL: &[&ResourceKind] = &[
     &NETWORK_ATTACHMENT_DEFINITION,
 ];
 
-/// An older version still served as another name for the current one: the same stored objects,
-/// with only the top-level `apiVersion` rewritten, as a CRD's `None` conversion does. KubeVirt
-/// serves `kubevirt.io/v1alpha3` this way, and Foreman's plugin still asks for it.
-#[derive(Debug, PartialEq, Eq)]
-pub struct VersionAlias {
-    pub group: &'static str,
-    pub alias: &'static str,
-    pub version: &'static str,
-}
-
-impl VersionAlias {
-    /// `kubevirt.io/v1alpha3`.
-    pub fn api_version(&self) -> String {
-        format!("{}/{}", self.group, self.alias)
-    }
-}
-
-pub static VERSION_ALIASES: &[VersionAlias] =
-    &[VersionAlias { group: KUBEVIRT_GROUP, alias: "v1alpha3", version: "v1" }];
-
-/// The alias `group/version` names, if it is one.
-pub fn alias_of(group: &str, version: &str) -> Option<&'static VersionAlias> {
-    VERSION_ALIASES.iter().find(|a| a.group == group && a.alias == version)
-}
-
-/// The kind served at `group/version` under `plural`; an alias version resolves to the kind of the
-/// version it stands for.
+/// The kind served at `group/version` under `plural`.
 pub fn by_plural(group: &str, version: &str, plural: &str) -> Option<&'static ResourceKind> {
-    let version = alias_of(group, version).map_or(version, |a| a.version);
     ALL.iter().copied().find(|k| k.group == group && k.version == version && k.plural == plural)
 }
 
-/// Every kind served at `group/version`, aliases included.
+/// Every kind served at `group/version`.
 pub fn served_at(group: &str, version: &str) -> Vec<&'static ResourceKind> {
-    let version = alias_of(group, version).map_or(version, |a| a.version);
     ALL.iter().copied().filter(|k| k.group == group && k.version == version).collect()
 }
 
@@ -516,17 +488,6 @@ pub fn group_versions() -> Vec<(&'static str, &'static str)> {
     out
 }
 
-/// What discovery lists: every group/version, each alias right after the version it stands for,
-/// so the current version comes first and is the preferred one.
-pub fn served_group_versions() -> Vec<(&'static str, &'static str)> {
-    let mut out = vec![];
-    for (g, v) in group_versions() {
-        out.push((g, v));
-        out.extend(VERSION_ALIASES.iter().filter(|a| a.group == g && a.version == v).map(|a| (a.group, a.alias)));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -537,17 +498,6 @@ mod tests {
             let same = ALL.iter().filter(|b| b.group == a.group && b.version == a.version && b.plural == a.plural);
             assert_eq!(same.count(), 1, "{}", a.plural);
         }
-    }
-
-    #[test]
-    fn an_alias_version_resolves_to_the_same_kind() {
-        let alias = by_plural(KUBEVIRT_GROUP, "v1alpha3", "virtualmachines");
-        assert!(alias.is_some_and(|k| std::ptr::eq(k, &VIRTUAL_MACHINE)));
-        assert_eq!(served_at(KUBEVIRT_GROUP, "v1alpha3").len(), served_at(KUBEVIRT_GROUP, "v1").len());
-        assert!(by_plural(CDI_GROUP, "v1alpha3", "datavolumes").is_none());
-        let kubevirt: Vec<&str> =
-            served_group_versions().into_iter().filter(|(g, _)| *g == KUBEVIRT_GROUP).map(|(_, v)| v).collect();
-        assert_eq!(kubevirt, ["v1", "v1alpha3"]);
     }
 
     #[test]
