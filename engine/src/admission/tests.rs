@@ -197,3 +197,22 @@ fn interface_options_are_checked() {
     }}}});
     assert!(admit_vm(vm(on_pod)).1.contains(&format!("{base}.sriov")));
 }
+
+/// What fog-kubevirt's recordings showed a KubeVirt cluster doing, beyond the VM itself.
+#[test]
+fn cluster_defaults_foreman_relies_on() {
+    let mut spec = json!({"domain": {"resources": {"requests": {"memory": "1Gi"}}}, "volumes": []});
+    spec::mutate_vmi_spec(&mut spec);
+    assert_eq!(spec["domain"]["memory"]["guest"], "1Gi");
+
+    let mut sc = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "s"}, "provisioner": "x"});
+    assert!(fields(admit(&kinds::STORAGE_CLASS, Operation::Create, &mut sc, &Context::default())).is_empty());
+    assert_eq!((sc["reclaimPolicy"].as_str(), sc["volumeBindingMode"].as_str()), (Some("Delete"), Some("Immediate")));
+
+    // Stored as Multus's CRD stores it; the client is told.
+    let mut nad = json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": "ovs-red", "namespace": "default"}, "spec": {"config": "{ cni_version: \"0.3.1\", type: \"ovs\" }"}});
+    assert!(fields(admit(&kinds::NETWORK_ATTACHMENT_DEFINITION, Operation::Create, &mut nad, &Context::default()))
+        .is_empty());
+    assert!(warnings(&kinds::NETWORK_ATTACHMENT_DEFINITION, &nad)[0].contains("not JSON"));
+}

@@ -117,11 +117,7 @@ pub(super) async fn sync(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<K
     if let Some(node) = &plan.node_label {
         // KubeVirt labels a placed VMI with its node (clients select by it).
         let mut labelled = vmi.clone();
-        meta::metadata_mut(&mut labelled)
-            .entry("labels")
-            .or_insert_with(|| serde_json::json!({}))
-            .as_object_mut()
-            .map(|l| l.insert(NODE_NAME_LABEL.into(), Value::String(node.clone())));
+        *meta::at_mut(&mut labelled, &["metadata", "labels", NODE_NAME_LABEL]) = Value::String(node.clone());
         vmi = store.update(&kinds::VIRTUAL_MACHINE_INSTANCE, labelled, UpdateMode::Main, false).await?;
     }
     if let Some(status) = plan.status {
@@ -149,4 +145,22 @@ pub(super) async fn sync(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<K
         queue.add_after((ns, name), after);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_placed_vmi_is_labelled_with_its_node() {
+        let node = json!({"metadata": {"name": "n1", "labels": {scheduler::EMULATION_LABEL: "true"}},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                "allocatable": {"cpu": "4", "memory": "8Gi"}}});
+        let vmi = json!({"metadata": {"name": "a", "namespace": "ns"},
+            "spec": {"domain": {"resources": {"requests": {"memory": "64Mi"}}}}});
+        let plan = reconcile(&vmi, &[NodeView::from_node(&node)], &BTreeMap::new(), "t");
+        assert_eq!(plan.node_label.as_deref(), Some("n1"), "{:?}", plan.status);
+        assert_eq!(plan.status.as_ref().map(|s| s["nodeName"].clone()), Some(json!("n1")));
+    }
 }
