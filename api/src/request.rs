@@ -34,18 +34,21 @@ impl ResourcePath {
         }
     }
 
-    /// `present` for an object kept as stored JSON text: untouched unless the path is an alias.
+    /// `present` for an object kept as stored JSON text.
     pub fn present_raw<'a>(&self, raw: &'a str) -> std::borrow::Cow<'a, str> {
-        if self.alias.is_none() {
-            return std::borrow::Cow::Borrowed(raw);
+        present_raw(self.alias, raw)
+    }
+}
+
+/// Stored JSON text shown in `alias`: untouched (not even parsed) when there is none.
+pub fn present_raw<'a>(alias: Option<&VersionAlias>, raw: &'a str) -> std::borrow::Cow<'a, str> {
+    let Some(alias) = alias else { return std::borrow::Cow::Borrowed(raw) };
+    match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(mut obj) => {
+            alias.present(&mut obj);
+            std::borrow::Cow::Owned(obj.to_string())
         }
-        match serde_json::from_str::<serde_json::Value>(raw) {
-            Ok(mut obj) => {
-                self.present(&mut obj);
-                std::borrow::Cow::Owned(obj.to_string())
-            }
-            Err(_) => std::borrow::Cow::Borrowed(raw),
-        }
+        Err(_) => std::borrow::Cow::Borrowed(raw),
     }
 }
 

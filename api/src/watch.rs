@@ -39,35 +39,32 @@ pub async fn serve(state: &AppState, path: &ResourcePath, q: &Query, as_table: b
     let timeout = q.timeout_seconds.map(Duration::from_secs).unwrap_or(DEFAULT_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
     let include = q.include_object;
-    let path = std::sync::Arc::new(path.clone());
-    let stream = futures::stream::unfold(rx, move |mut rx| {
-        let path = path.clone();
-        async move {
-            let item = tokio::select! {
-                item = rx.recv() => item?,
-                _ = tokio::time::sleep_until(deadline) => return None,
-            };
-            let bytes = match item {
-                WatchItem::Event(t, obj, raw) => {
-                    if as_table {
-                        let t_obj = table::table(
-                            kind,
-                            std::slice::from_ref(&*obj),
-                            json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null)}),
-                            include,
-                        );
-                        line(t.as_str(), &t_obj.to_string())
-                    } else {
-                        line(t.as_str(), &path.present_raw(&raw))
-                    }
+    let alias = path.alias;
+    let stream = futures::stream::unfold(rx, move |mut rx| async move {
+        let item = tokio::select! {
+            item = rx.recv() => item?,
+            _ = tokio::time::sleep_until(deadline) => return None,
+        };
+        let bytes = match item {
+            WatchItem::Event(t, obj, raw) => {
+                if as_table {
+                    let t_obj = table::table(
+                        kind,
+                        std::slice::from_ref(&*obj),
+                        json!({"resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null)}),
+                        include,
+                    );
+                    line(t.as_str(), &t_obj.to_string())
+                } else {
+                    line(t.as_str(), &crate::request::present_raw(alias, &raw))
                 }
-                WatchItem::Bookmark(rv) => {
-                    let obj = json!({"kind": kind.kind, "apiVersion": path.api_version(), "metadata": {"resourceVersion": rv.to_string()}});
-                    line("BOOKMARK", &obj.to_string())
-                }
-            };
-            Some((Ok::<Bytes, actix_web::Error>(bytes), rx))
-        }
+            }
+            WatchItem::Bookmark(rv) => {
+                let obj = json!({"kind": kind.kind, "apiVersion": alias.map_or_else(|| kind.api_version(), |a| a.api_version()), "metadata": {"resourceVersion": rv.to_string()}});
+                line("BOOKMARK", &obj.to_string())
+            }
+        };
+        Some((Ok::<Bytes, actix_web::Error>(bytes), rx))
     });
     Ok(HttpResponse::Ok().content_type("application/json").streaming(stream))
 }
