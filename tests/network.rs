@@ -129,8 +129,14 @@ async fn pod_network_guests_reach_each_other_the_host_and_services() {
         })
         .await;
         assert!(endpoints_ready, "Endpoints list the web guest");
+        // The slice is written right after the Endpoints, in its own write.
+        let slice_ready = wait_until(SETTLE, || async {
+            let (_, slices) = g.app.get("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices").await;
+            slices.pointer("/items/0/endpoints/0/addresses/0") == Some(&json!(web_ip))
+        })
+        .await;
         let (_, slices) = g.app.get("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices").await;
-        assert_eq!(slices["items"][0]["endpoints"][0]["addresses"][0], json!(web_ip), "{slices}");
+        assert!(slice_ready, "the EndpointSlice lists the web guest: {slices}");
 
         let via_node_port = format!("http://127.0.0.1:{node_port}/");
         assert!(
