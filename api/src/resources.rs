@@ -388,9 +388,15 @@ async fn patch(
     loop {
         attempt += 1;
         let current = get(state, path, name).await?;
-        // A patch applies to the object as the addressed version shows it.
-        let mut shown = current.clone();
-        path.present(&mut shown);
+        // A patch applies to the object as the addressed version shows it (a copy only for an alias).
+        let shown = match path.alias {
+            Some(alias) => {
+                let mut shown = current.clone();
+                alias.present(&mut shown);
+                std::borrow::Cow::Owned(shown)
+            }
+            None => std::borrow::Cow::Borrowed(&current),
+        };
         let mut patched = patch::apply(pt, &shown, body).map_err(|e| patch_error(kind, name, e))?;
         let current_rv = meta::meta_str(&current, "resourceVersion").unwrap_or("").to_string();
         // A patch that names a resourceVersion asks for that exact version; otherwise the
