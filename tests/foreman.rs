@@ -110,17 +110,12 @@ async fn cluster_objects(app: &TestApp, fits: &[Fit], bridge: &str) {
             "provisioner": "converge.dev/local-pool", "volumeBindingMode": binding});
         create(app, "/apis/storage.k8s.io/v1/storageclasses", &sc).await;
     }
-    let config = json!({"cniVersion": "0.3.1", "type": "bridge", "bridge": bridge}).to_string();
+    let config = json!({"cniVersion": "0.3.1", "type": "bridge", "bridge": bridge});
     for f in fits {
         for name in ["blue", "ovs-foreman"] {
-            let nad = json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
-                "metadata": {"name": name}, "spec": {"config": config}});
-            create(
-                app,
-                &format!("/apis/k8s.cni.cncf.io/v1/namespaces/{}/network-attachment-definitions", f.namespace),
-                &nad,
-            )
-            .await;
+            let collection =
+                format!("/apis/k8s.cni.cncf.io/v1/namespaces/{}/network-attachment-definitions", f.namespace);
+            create(app, &collection, &nad(name, &config)).await;
         }
         let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "default-id-rsa-pub"},
             "stringData": {"key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm3Nf0P8JcI0FUGAsDNQpz3lRwVhUrZ9vP3y9zXKGJc replay"}});

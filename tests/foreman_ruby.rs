@@ -94,9 +94,7 @@ async fn foreman_builds_a_host_by_network_boot() {
     let pxe = PxeServer::start("fm", 89);
     within(Duration::from_secs(600), async {
         namespace(g, NS, json!({})).await;
-        let config = json!({"cniVersion": "0.3.1", "type": "bridge", "bridge": pxe.bridge}).to_string();
-        let nad = json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
-            "metadata": {"name": "provisioning"}, "spec": {"config": config}});
+        let nad = nad("provisioning", &json!({"cniVersion": "0.3.1", "type": "bridge", "bridge": pxe.bridge}));
         let (code, out) =
             g.app.post(&format!("/apis/k8s.cni.cncf.io/v1/namespaces/{NS}/network-attachment-definitions"), &nad).await;
         assert_eq!(code, 201, "{out}");
@@ -123,8 +121,11 @@ async fn foreman_builds_a_host_by_network_boot() {
         let running = fog(&form, "wait-running", &host).await;
         let pod_ip = running["ip"].as_str().expect("the pod address");
         assert!(pod_ip.starts_with("10.121."), "{running}");
-        let vmi = format!("{NS}/build.example.com");
-        assert!(wait_until_marker(g, &vmi).await, "the guest booted from the network: {}", serial_of(g, &vmi).await);
+        assert!(
+            g.wait_marker_in(NS, "build.example.com", GUEST_MARKER, BOOT).await,
+            "the guest booted from the network: {}",
+            g.serial_log_in(NS, "build.example.com").await
+        );
         assert!(pxe.leases().contains(&mac), "dnsmasq leased to the MAC Foreman read ({mac}): {}", pxe.leases());
         let greeting = rfb_greeting(g, &form, "build.example.com").await;
         assert!(greeting.starts_with("RFB 003.008"), "{greeting:?}");
@@ -187,8 +188,11 @@ async fn foreman_builds_a_host_from_an_image() {
         assert_eq!((started["running"].is_null(), started["runStrategy"].as_str()), (true, Some("Always")), "{started}");
         let running = fog(&form, "wait-running", &[host[0], ("WAIT_SECONDS", "300")]).await;
         assert!(running["ip"].as_str().is_some_and(|ip| ip.starts_with("10.122.")), "{running}");
-        let vmi = format!("{NS}/image.example.com");
-        assert!(wait_until_marker(g, &vmi).await, "the cloned disk booted: {}", serial_of(g, &vmi).await);
+        assert!(
+            g.wait_marker_in(NS, "image.example.com", GUEST_MARKER, BOOT).await,
+            "the cloned disk booted: {}",
+            g.serial_log_in(NS, "image.example.com").await
+        );
         let dv = g.app.get(&format!("/apis/cdi.kubevirt.io/v1beta1/namespaces/{NS}/datavolumes/image.example.com-root")).await.1;
         assert_eq!(dv["status"]["phase"], "Succeeded", "{dv}");
         let deleted = fog(&form, "delete-image", &host[..1]).await;
@@ -198,15 +202,4 @@ async fn foreman_builds_a_host_from_an_image() {
         assert!(gone, "the root DataVolume goes with the VM");
     })
     .await;
-}
-
-/// The guest's console shows the marker its init prints once booted.
-async fn wait_until_marker(g: &GuestApp, vmi: &str) -> bool {
-    let (ns, name) = vmi.split_once('/').expect("ns/name");
-    g.wait_marker_in(ns, name, GUEST_MARKER, BOOT).await
-}
-
-async fn serial_of(g: &GuestApp, vmi: &str) -> String {
-    let (ns, name) = vmi.split_once('/').expect("ns/name");
-    g.serial_log_in(ns, name).await
 }

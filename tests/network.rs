@@ -237,11 +237,6 @@ async fn masquerade_guest_sits_behind_nat_with_forwarded_ports() {
     .await;
 }
 
-fn nad(name: &str, config: Value) -> Value {
-    json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
-           "metadata": {"name": name, "namespace": "default"}, "spec": {"config": config.to_string()}})
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn guests_on_two_vlans_of_one_bridge_are_apart() {
     let n = spawn_net_app(3).await;
@@ -250,7 +245,7 @@ async fn guests_on_two_vlans_of_one_bridge_are_apart() {
     let _bridge = LinkGuard(bridge.clone());
     within(Duration::from_secs(360), async {
         for (name, vlan) in [("vlan10", 10), ("vlan20", 20)] {
-            let body = nad(name, json!({"cniVersion": "0.3.1", "type": "bridge", "bridge": bridge, "vlan": vlan}));
+            let body = nad(name, &json!({"cniVersion": "0.3.1", "type": "bridge", "bridge": bridge, "vlan": vlan}));
             let (code, out) =
                 g.app.post("/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions", &body).await;
             assert_eq!(code, 201, "{out}");
@@ -259,7 +254,7 @@ async fn guests_on_two_vlans_of_one_bridge_are_apart() {
         let (code, list) = g.app.get("/apis/k8s.cni.cncf.io/v1/network-attachment-definitions").await;
         assert_eq!((code, list["items"].as_array().map(Vec::len)), (200, Some(2)), "{list}");
         // Stored as Multus's CRD stores it (Foreman's recorded clusters did), with a warning.
-        let bad = nad("broken", json!("not a config"));
+        let bad = nad("broken", &json!("not a config"));
         let (code, out, headers) = g
             .app
             .request(
@@ -304,7 +299,7 @@ async fn guests_on_two_vlans_of_one_bridge_are_apart() {
         assert!(!g.serial_log("c").await.contains("SAME-VLAN"), "c reached a across VLANs");
 
         // SR-IOV: validated and planned as a hostdev, refused here (no such virtual function).
-        let body = nad("vf", json!({"cniVersion": "0.3.1", "type": "sriov", "deviceID": "0000:3b:02.1"}));
+        let body = nad("vf", &json!({"cniVersion": "0.3.1", "type": "sriov", "deviceID": "0000:3b:02.1"}));
         let (code, out) =
             g.app.post("/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions", &body).await;
         assert_eq!(code, 201, "{out}");
@@ -335,7 +330,7 @@ async fn a_guest_pxe_boots_from_a_nad_bridge() {
     let bridge = pxe.bridge.clone();
 
     within(Duration::from_secs(360), async {
-        let body = nad("provisioning", json!({"cniVersion": "0.3.1", "type": "bridge", "bridge": bridge}));
+        let body = nad("provisioning", &json!({"cniVersion": "0.3.1", "type": "bridge", "bridge": bridge}));
         let (code, out) =
             g.app.post("/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions", &body).await;
         assert_eq!(code, 201, "{out}");
@@ -383,7 +378,7 @@ async fn create_delete_cycles_leave_nothing_behind() {
     let bridge = format!("cvtcy{}", std::process::id() % 100_000);
     let _bridge = LinkGuard(bridge.clone());
     within(Duration::from_secs(900), async {
-        let body = nad("lan", json!({"cniVersion": "0.3.1", "type": "bridge", "bridge": bridge, "vlan": 30}));
+        let body = nad("lan", &json!({"cniVersion": "0.3.1", "type": "bridge", "bridge": bridge, "vlan": 30}));
         let (code, out) =
             g.app.post("/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions", &body).await;
         assert_eq!(code, 201, "{out}");

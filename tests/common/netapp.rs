@@ -153,3 +153,10 @@ pub fn net_vm(name: &str, labels: Value, interfaces: Value, networks: Value) -> 
         "spec": {"runStrategy": "Always", "template": {"metadata": {"labels": labels}, "spec": spec}},
     })
 }
+
+/// A NetworkAttachmentDefinition whose `spec.config` is `config` as JSON text; the path it is
+/// posted to gives its namespace.
+pub fn nad(name: &str, config: &Value) -> Value {
+    serde_json::json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": name}, "spec": {"config": config.to_string()}})
+}
