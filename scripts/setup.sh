@@ -28,6 +28,8 @@ command -v cpio >/dev/null 2>&1 || need+=(cpio)
 # tests import from (an OCI registry pushed to with skopeo, with htpasswd auth).
 command -v xz >/dev/null 2>&1 || need+=(xz-utils)
 command -v losetup >/dev/null 2>&1 || need+=(util-linux)
+# The fault suite fills a small loop-mounted ext4 during an import.
+command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)

@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// This host's Node name (default: the host name).
     #[arg(long, env = "CONVERGE_NODE_NAME")]
     pub node_name: Option<String>,
+    /// Prefix of this node's libvirt domain names, for several nodes (or test runs) on one libvirt.
+    #[arg(long, env = "CONVERGE_DOMAIN_PREFIX")]
+    pub domain_prefix: Option<String>,
     /// Run guests under software emulation (TCG) when KVM is unusable (default true).
     #[arg(long, env = "CONVERGE_ALLOW_EMULATION")]
     pub allow_emulation: Option<bool>,
@@ -87,6 +90,7 @@ struct FileConfig {
     log_format: Option<String>,
     no_node: Option<bool>,
     node_name: Option<String>,
+    domain_prefix: Option<String>,
     allow_emulation: Option<bool>,
     libvirt_uri: Option<String>,
     allow_private_imports: Option<bool>,
@@ -150,6 +154,9 @@ pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> 
         let mut node = converge_engine::node::NodeConfig::new(data_dir.join("node"));
         if let Some(name) = args.node_name.or(file.node_name) {
             node.name = name;
+        }
+        if let Some(prefix) = args.domain_prefix.or(file.domain_prefix) {
+            node.domain_prefix = prefix;
         }
         node.allow_emulation = args.allow_emulation.or(file.allow_emulation).unwrap_or(true);
         node.insecure_registries = insecure;

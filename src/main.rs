@@ -375,6 +375,10 @@ fn main() -> Result<()> {
 }
 
 async fn serve(config: converge_api::ServerConfig) -> Result<()> {
+    let unknown = converge_engine::failpoint::unknown();
+    if !unknown.is_empty() {
+        tracing::warn!(?unknown, known = ?converge_engine::failpoint::POINTS, "{} names unknown fail points", converge_engine::failpoint::ENV);
+    }
     let server = converge_api::start(config).await?;
     println!("converge serving at {}; kubeconfig: {}", server.base_url, server.kubeconfig.display());
     tokio::select! {

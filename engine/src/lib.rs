@@ -5,6 +5,7 @@ pub mod admission;
 pub mod controllers;
 pub mod error;
 pub mod events;
+pub mod failpoint;
 pub mod gc;
 pub mod hypervisor;
 pub mod instancetype;

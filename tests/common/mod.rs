@@ -239,5 +239,6 @@ pub const VMS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
 pub mod cassette;
 pub mod guests;
 pub mod netapp;
+pub mod process;
 pub mod pxe;
 pub mod servers;

@@ -214,6 +214,7 @@ async fn sync_vm(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<Key>>) ->
     }
     if let (Some(uid), Some(_)) = (&plan.delete_vmi, &vmi_obj) {
         delete_uid(store, &kinds::VIRTUAL_MACHINE_INSTANCE, &ns, &name, uid).await?;
+        crate::failpoint::hit(crate::failpoint::VM_AFTER_VMI_DELETE);
         let message = format!("Stopped the virtual machine by deleting the virtual machine instance {uid}");
         events::record(
             store,
@@ -240,6 +241,7 @@ async fn sync_vm(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<Key>>) ->
         frozen.shape(&mut new_vmi["spec"]);
         match crate::admission::create_admitted(store, &kinds::VIRTUAL_MACHINE_INSTANCE, new_vmi, false).await {
             Ok(created) => {
+                crate::failpoint::hit(crate::failpoint::VM_AFTER_VMI_CREATE);
                 let message = format!(
                     "Started the virtual machine by creating the new virtual machine instance {}",
                     meta::name(&created)

@@ -119,6 +119,7 @@ pub(super) async fn sync(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<K
         let mut labelled = vmi.clone();
         *meta::at_mut(&mut labelled, &["metadata", "labels", NODE_NAME_LABEL]) = Value::String(node.clone());
         vmi = store.update(&kinds::VIRTUAL_MACHINE_INSTANCE, labelled, UpdateMode::Main, false).await?;
+        crate::failpoint::hit(crate::failpoint::VMI_AFTER_NODE_LABEL);
     }
     if let Some(status) = plan.status {
         let unschedulable = status

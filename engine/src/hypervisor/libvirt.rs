@@ -142,6 +142,7 @@ impl Hypervisor for Libvirt {
     fn define_and_start(&self, xml: &str, paused: bool) -> HvResult<()> {
         self.with_conn(|conn| {
             let dom = conn.define_domain_xml(xml).map_err(err)?;
+            crate::failpoint::hit(crate::failpoint::NODE_AFTER_DEFINE);
             let flags = if paused { sys::VIR_DOMAIN_START_PAUSED } else { 0 };
             dom.create_with_flags(flags).map(|_| ()).map_err(err)
         })

@@ -187,6 +187,7 @@ async fn our_domain(s: &Arc<Shared>, name: &str) -> ApiResult<Option<(String, Do
 async fn tear_down(s: &Arc<Shared>, domain: &str, vmi_uid: &str, owner: Option<(&str, &str)>) -> ApiResult<()> {
     let (hv, n) = (Arc::clone(&s.hv), domain.to_string());
     blocking(move || hv.destroy(&n).and_then(|_| hv.undefine(&n))).await?.map_err(hv_error)?;
+    crate::failpoint::hit(crate::failpoint::NODE_AFTER_TEARDOWN);
     release_vmi(s, vmi_uid, owner).await;
     let _ = std::fs::remove_dir_all(vmi_dir(s, vmi_uid));
     if let Ok(mut d) = s.shutdown_deadlines.lock() {
@@ -268,6 +269,7 @@ async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> 
         (st::PENDING | st::SCHEDULING | st::SCHEDULED, ds) if ds.is_none_or(|d| !d.is_active()) => {
             match start_domain(s, &vmi).await {
                 Ok(pod) => {
+                    crate::failpoint::hit(crate::failpoint::NODE_AFTER_START);
                     mark_running(s, &mut next, &now, pod.as_ref());
                     if vmi.pointer("/spec/startStrategy").and_then(Value::as_str) == Some("Paused") {
                         st::set_condition(&mut next, "Paused", true, "PausedByUser", "VMI was started paused", &now);
@@ -399,7 +401,10 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<Option<PodPlan>, S
             .await
             .map_err(StartError::Retry)?;
     let prepared = match prepared {
-        Ok(p) => p,
+        Ok(p) => {
+            crate::failpoint::hit(crate::failpoint::NODE_AFTER_DISK_PREPARE);
+            p
+        }
         Err(disks::DiskError::Image(e)) => return Err(StartError::Fatal("ErrImagePull".into(), e.to_string())),
         Err(e) => return Err(StartError::Fatal("FailedDiskPreparation".into(), e.to_string())),
     };

@@ -154,9 +154,27 @@ impl<R: AsyncRead + Unpin> AsyncRead for Metered<R> {
 
 const CHUNK: usize = 1 << 20;
 
-/// Imports `body` (of `total` bytes, when known) into `target`.
-#[allow(clippy::too_many_arguments)]
+/// Imports `body` (of `total` bytes, when known) into `target`. A failed import removes what it
+/// wrote, so a full disk is not left full by the import that filled it (the fault suite's
+/// finding: the scratch file of a failed import held the pool's last free space).
 pub async fn import_stream<R: AsyncRead + Unpin + Send + 'static>(
+    body: R,
+    total: Option<u64>,
+    checksum: Option<&str>,
+    content_type: ContentType,
+    target: &Target,
+    tool: Arc<dyn VolumeTool>,
+    progress: ProgressFn,
+) -> Result<(), StorageError> {
+    let result = receive_and_finalize(body, total, checksum, content_type, target, tool, progress).await;
+    if result.is_err() {
+        target.clean();
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive_and_finalize<R: AsyncRead + Unpin + Send + 'static>(
     body: R,
     total: Option<u64>,
     checksum: Option<&str>,
