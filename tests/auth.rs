@@ -239,41 +239,115 @@ async fn the_token_cli_creates_and_revokes() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), app.server.as_ref().expect("running").ca_pem);
 }
 
-/// Every GET route our own OpenAPI document lists, with its parameters filled in.
-fn documented_get_routes() -> Vec<String> {
+/// Every operation our own OpenAPI document lists, with its parameters filled in, and the
+/// protected routes it does not list: subresources, watches, the v1alpha3 alias, documents.
+fn every_protected_operation() -> Vec<(Method, String)> {
     let doc = converge_api::openapi::document();
     let mut out = vec![];
     for (path, item) in doc["paths"].as_object().into_iter().flatten() {
-        if item.get("get").is_none() {
+        if converge_api::server::PUBLIC_PATHS.contains(&path.as_str()) || path.starts_with("/v1beta1/upload") {
             continue;
         }
-        out.push(path.replace("{namespace}", "default").replace("{name}", "probe").replace("{id}", "probe"));
+        for method in item.as_object().into_iter().flat_map(|m| m.keys()) {
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+            out.push((
+                method,
+                path.replace("{namespace}", "default").replace("{name}", "probe").replace("{id}", "probe"),
+            ));
+        }
+    }
+    let sub = "/apis/subresources.kubevirt.io/v1/namespaces/default";
+    for action in ["start", "stop", "restart"] {
+        out.push((Method::PUT, format!("{sub}/virtualmachines/probe/{action}")));
+    }
+    for action in ["pause", "unpause"] {
+        out.push((Method::PUT, format!("{sub}/virtualmachineinstances/probe/{action}")));
+    }
+    for socket in ["console", "vnc"] {
+        out.push((Method::GET, format!("{sub}/virtualmachineinstances/probe/{socket}")));
+    }
+    for path in [
+        "/apis/subresources.kubevirt.io/v1",
+        "/apis/kubevirt.io/v1/namespaces/default/virtualmachines?watch=true",
+        "/apis/kubevirt.io/v1/watch/namespaces/default/virtualmachines",
+        "/apis/kubevirt.io/v1alpha3/namespaces/default/virtualmachines/probe",
+        "/openapi/v2",
+        "/openapi/v3",
+        "/openapi.json",
+    ] {
+        out.push((Method::GET, path.to_string()));
     }
     out
 }
 
+/// Does a token for namespace `elsewhere` (role edit) get to do this? Only reads of what is
+/// not inside another namespace.
+fn allowed_to_other_namespace(method: &Method, path: &str) -> bool {
+    *method == Method::GET
+        && !path.contains("/namespaces/default/")
+        && !path.starts_with("/converge")
+        && !path.contains("watch")
+}
+
+/// The auth matrix: every protected operation, each bad token, in the header and in
+/// the websocket subprotocol — refused, before any body is looked at.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_documented_route_refuses_bad_tokens() {
+async fn every_protected_operation_refuses_every_bad_token() {
     let app = spawn_app().await;
     let server = app.server.as_ref().expect("running");
     let expired = server.auth.sign(&Authenticator::claims("old", Role::Admin, vec![], -5)).expect("sign");
     let foreign = Authenticator::new(b"some other signing key, not ours!")
         .sign(&Authenticator::claims("x", Role::Admin, vec![], 3600))
         .expect("sign");
-    let routes = documented_get_routes();
-    assert!(routes.len() > 20, "{routes:?}");
-    let public = converge_api::server::PUBLIC_PATHS;
-    for path in &routes {
-        if public.contains(&path.as_str()) {
-            assert_eq!(call(&app, Method::GET, path, &None, None, Carrier::Header).await, 200, "{path} is public");
-            continue;
-        }
+    let (s, issued) =
+        app.post("/converge/v1/tokens", &json!({"role": "admin", "subject": "to-revoke", "ttlSeconds": 3600})).await;
+    assert_eq!(s, 201, "{issued}");
+    let revoked = issued["token"].as_str().expect("token").to_string();
+    let (s, _) = app.delete(&format!("/converge/v1/tokens/{}", issued["id"].as_str().unwrap_or_default()), None).await;
+    assert_eq!(s, 200);
+    let (_, scoped) = app
+        .post("/converge/v1/tokens", &json!({"role": "edit", "namespaces": ["elsewhere"], "ttlSeconds": 3600}))
+        .await;
+    let scoped = scoped["token"].as_str().expect("token").to_string();
+    let none = alg_none("x");
+    let bad: [(&str, Option<&str>); 5] = [
+        ("no token", None),
+        ("expired", Some(&expired)),
+        ("alg none", Some(&none)),
+        ("wrong key", Some(&foreign)),
+        ("revoked", Some(&revoked)),
+    ];
+    let operations = every_protected_operation();
+    assert!(operations.len() > 150, "{}", operations.len());
+    let mut checked = 0;
+    for (method, path) in &operations {
+        let body = (*method != Method::GET && *method != Method::DELETE).then(|| json!({}));
         for carrier in [Carrier::Header, Carrier::WebsocketUrl] {
-            for token in [None, Some(expired.as_str()), Some(foreign.as_str()), Some(alg_none("x").as_str())] {
-                assert_eq!(call(&app, Method::GET, path, &None, token, carrier).await, 401, "{carrier:?} {path}");
+            for (what, token) in bad {
+                let status = call(&app, method.clone(), path, &body, token, carrier).await;
+                assert_eq!(status, 401, "{carrier:?} {what}: {method} {path}");
+                checked += 1;
             }
-            let admin = call(&app, Method::GET, path, &None, Some(&app.token), carrier).await;
-            assert!(admin == 200 || admin == 404, "{carrier:?} admin {path}: {admin}");
+            let status = call(&app, method.clone(), path, &body, Some(&scoped), carrier).await;
+            if !allowed_to_other_namespace(method, path) {
+                assert_eq!(status, 403, "{carrier:?} another namespace's token: {method} {path}");
+            }
+            checked += 1;
         }
     }
+    // A real websocket handshake, with each bad token in the subprotocol, is refused too.
+    let b64 = |t: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(t);
+    for socket in ["console", "vnc"] {
+        let path =
+            format!("/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/probe/{socket}");
+        for (what, token) in
+            bad.iter().skip(1).map(|(w, t)| (*w, t.unwrap_or_default())).chain([("another namespace", scoped.as_str())])
+        {
+            let protocols = format!("plain.kubevirt.io, base64url.bearer.authorization.k8s.io.{}", b64(token));
+            let refused = common::guests::ws_with_protocols(&app, &path, &protocols).await;
+            let error = refused.err().unwrap_or_default();
+            assert!(error.contains("401") || error.contains("403"), "websocket {socket} with {what}: {error}");
+        }
+    }
+    println!("{} operations, {checked} refusals checked", operations.len());
 }

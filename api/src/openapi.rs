@@ -25,7 +25,7 @@ use utoipa::OpenApi;
         crate::tokens::list,
         crate::tokens::revoke
     ),
-    components(schemas(crate::tokens::TokenRequest, crate::tokens::TokenRecord, crate::auth::Role)),
+    components(schemas(crate::tokens::TokenRequest, crate::tokens::TokenRecord, crate::tokens::TokenList, crate::auth::Role)),
     tags((name = "tokens", description = "Bearer tokens"), (name = "discovery", description = "What the server serves"))
 )]
 pub struct HandlerDoc;
@@ -44,6 +44,8 @@ pub fn document() -> Value {
             doc["paths"][path] = item;
         }
         schemas_needed.push(k.definition.to_string());
+        schemas_needed.push(openapi_k8s::STATUS_DEFINITION.to_string());
+        schemas_needed.push("k8s.io.apimachinery.pkg.apis.meta.v1.ListMeta".to_string());
         schemas_needed.push(format!("{}List", k.definition));
     }
     for (path, what) in [
@@ -68,6 +70,23 @@ pub fn document() -> Value {
     let mut all: Map<String, Value> = schemas;
     all.extend(openapi_k8s::reachable_schemas(&schemas_needed));
     doc["components"]["schemas"] = Value::Object(all);
+    doc["components"]["responses"] = openapi_k8s::error_responses(true);
+    // Every operation that takes a bearer token may refuse it; every refusal is a Status.
+    for item in doc["paths"].as_object_mut().into_iter().flat_map(|p| p.values_mut()) {
+        for op in item.as_object_mut().into_iter().flat_map(|o| o.values_mut()) {
+            let bearer = op["security"].as_array().is_some_and(|s| s.iter().any(|s| s.get("BearerToken").is_some()));
+            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { continue };
+            if bearer {
+                responses.entry("401").or_insert(json!({"$ref": "#/components/responses/Status401"}));
+            }
+            for (code, r) in responses.iter_mut() {
+                let is_error = code.starts_with('4') || code.starts_with('5');
+                if is_error && r.get("$ref").is_none() && r.get("content").is_none() {
+                    r["content"] = json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", openapi_k8s::STATUS_DEFINITION)}}});
+                }
+            }
+        }
+    }
     doc["components"]["securitySchemes"] = json!({"BearerToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                "UploadToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                    "description": "status.token of an UploadTokenRequest (upload.cdi.kubevirt.io/v1beta1)"}});

@@ -56,13 +56,96 @@ fn schema_ref(name: &str, v3: bool) -> Value {
     }
 }
 
-fn list_definition(k: &ResourceKind) -> String {
+/// The list's published definition, or (for kinds whose publisher has none, such as CDI's) the
+/// shape every Kubernetes list has.
+fn list_schema(k: &ResourceKind, v3: bool) -> Value {
     let name = format!("{}List", k.definition);
     if schema::definitions().contains_key(&name) {
-        name
-    } else {
-        k.definition.to_string()
+        return schema_ref(&name, v3);
     }
+    json!({
+        "type": "object",
+        "description": format!("A list of {}.", k.kind),
+        "required": ["items"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": schema_ref("k8s.io.apimachinery.pkg.apis.meta.v1.ListMeta", v3),
+            "items": {"type": "array", "items": schema_ref(k.definition, v3)},
+        },
+    })
+}
+
+/// The `Status` every refusal answers with.
+pub const STATUS_DEFINITION: &str = "k8s.io.apimachinery.pkg.apis.meta.v1.Status";
+
+/// Errors any operation may answer with, each a `Status` (a 5xx is a bug, so none is listed).
+const ERROR_CODES: &[(&str, &str)] = &[
+    ("400", "Bad request: the body or a parameter cannot be used; the Status says which"),
+    ("401", "No valid bearer token"),
+    ("403", "The token's role or namespaces do not allow this"),
+    ("404", "No such object or namespace"),
+    ("405", "The method is not served here"),
+    ("406", "No representation matches the Accept header"),
+    ("409", "Conflict: already exists, or the resourceVersion or uid precondition is stale"),
+    ("410", "Gone: the continue token or resourceVersion is too old"),
+    ("413", "The body is too large"),
+    ("415", "The Content-Type is not accepted here"),
+    ("422", "Invalid: the object breaks a rule; the Status lists each field"),
+];
+
+/// Success codes by Kubernetes action, as the apiserver documents them.
+fn success_codes(action: &str) -> &'static [&'static str] {
+    match action {
+        "post" => &["200", "201", "202"],
+        "put" | "patch" => &["200", "201"],
+        "delete" => &["200", "202"],
+        _ => &["200"],
+    }
+}
+
+fn responses(action: &str, response: &Value, v3: bool) -> Value {
+    let status = schema_ref(STATUS_DEFINITION, v3);
+    // A delete that completes at once answers with a Status; one held by finalizers, the object.
+    let ok = if action == "delete" { json!({"anyOf": [response, status]}) } else { response.clone() };
+    let body = |schema: &Value| {
+        if v3 {
+            json!({"content": {"application/json": {"schema": schema}}})
+        } else {
+            json!({"schema": schema})
+        }
+    };
+    let mut out = Map::new();
+    for code in success_codes(action) {
+        let mut r = body(&ok);
+        r["description"] = json!(if *code == "201" {
+            "Created"
+        } else if *code == "202" {
+            "Accepted"
+        } else {
+            "OK"
+        });
+        out.insert(code.to_string(), r);
+    }
+    for (code, _) in ERROR_CODES {
+        let at = if v3 { "#/components/responses" } else { "#/responses" };
+        out.insert(code.to_string(), json!({"$ref": format!("{at}/Status{code}")}));
+    }
+    Value::Object(out)
+}
+
+/// The shared error responses the operations refer to (`components.responses` in OpenAPI 3,
+/// top-level `responses` in Swagger 2).
+pub fn error_responses(v3: bool) -> Value {
+    let status = schema_ref(STATUS_DEFINITION, v3);
+    let mut out = Map::new();
+    for (code, description) in ERROR_CODES {
+        let mut r =
+            if v3 { json!({"content": {"application/json": {"schema": status}}}) } else { json!({"schema": status}) };
+        r["description"] = json!(description);
+        out.insert(format!("Status{code}"), r);
+    }
+    Value::Object(out)
 }
 
 fn operation(
@@ -82,15 +165,14 @@ fn operation(
         "x-kubernetes-group-version-kind": gvk(k)[0].clone(),
     });
     if v3 {
-        op["responses"] = json!({"200": {"description": "OK", "content": {"application/json": {"schema": response}}}, "401": {"description": "Unauthorized"}});
+        op["responses"] = responses(action, &response, true);
         if let Some((types, schema)) = body {
             let content: Map<String, Value> =
                 types.iter().map(|t| (t.to_string(), json!({"schema": schema.clone()}))).collect();
             op["requestBody"] = json!({"required": true, "content": content});
         }
     } else {
-        op["responses"] =
-            json!({"200": {"description": "OK", "schema": response}, "401": {"description": "Unauthorized"}});
+        op["responses"] = responses(action, &response, false);
         if let Some((types, schema)) = body {
             op["consumes"] = json!(types);
             let mut p = op["parameters"].as_array().cloned().unwrap_or_default();
@@ -122,7 +204,7 @@ fn paths_for(k: &ResourceKind, v3: bool) -> Vec<(String, Value)> {
     let item = format!("{item_base}/{{name}}");
     let scope = if k.namespaced { "Namespaced" } else { "" };
     let obj = schema_ref(k.definition, v3);
-    let list = schema_ref(&list_definition(k), v3);
+    let list = list_schema(k, v3);
     let patch_types: Vec<&str> = if k.is_core() {
         vec!["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json"]
     } else {
@@ -226,7 +308,7 @@ pub fn v3_document(group: &str, version: &str) -> Option<&'static (String, Strin
                     "openapi": "3.0.0",
                     "info": {"title": title, "version": v},
                     "paths": paths,
-                    "components": {"schemas": schemas, "securitySchemes": {"BearerToken": {"type": "apiKey", "name": "authorization", "in": "header"}}},
+                    "components": {"schemas": schemas, "responses": error_responses(true), "securitySchemes": {"BearerToken": {"type": "apiKey", "name": "authorization", "in": "header"}}},
                 });
                 let text = doc.to_string();
                 let hash = fnv_hex(&text);
@@ -264,6 +346,7 @@ pub fn v2_document() -> &'static str {
             "info": {"title": "Converge", "version": env!("CARGO_PKG_VERSION")},
             "paths": paths,
             "definitions": definitions_with_gvk(),
+            "responses": error_responses(false),
             "securityDefinitions": {"BearerToken": {"type": "apiKey", "name": "authorization", "in": "header"}},
             "security": [{"BearerToken": []}],
         })

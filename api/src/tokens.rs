@@ -23,6 +23,12 @@ pub struct TokenRequest {
     pub ttl_seconds: i64,
 }
 
+/// The answer to a list: every token issued, oldest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TokenList {
+    pub items: Vec<TokenRecord>,
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenRecord {
@@ -92,7 +98,7 @@ pub async fn create(req: HttpRequest, body: web::Bytes, state: web::Data<AppStat
 
 /// List tokens (never their secrets).
 #[utoipa::path(get, path = "/converge/v1/tokens", tag = "tokens",
-    responses((status = 200, description = "Every token issued", body = [TokenRecord]), (status = 403, description = "Not an admin")),
+    responses((status = 200, description = "Every token issued", body = TokenList), (status = 403, description = "Not an admin")),
     security(("BearerToken" = [])))]
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     respond(async {
@@ -114,7 +120,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
                 token: None,
             });
         }
-        Ok(json_response(200, &json!({"items": out}), &[]))
+        Ok(json_response(200, &serde_json::to_value(TokenList { items: out }).unwrap_or_default(), &[]))
     }
     .await)
 }

@@ -5,7 +5,7 @@
 //!   P2  RSS of the converge process per running VM (QEMU excluded) at 0, 10 and 50 VMs;
 //!   P3  one VM, API create → marker on its serial console, vs `virsh create` → same marker;
 //!   and kill -9 of QEMU → VMI Failed, as seen by a watch.
-//! Usage: cargo build --release && cargo run --release -p converge-bench --bin guest-bench
+//! Usage: bench/run (everything), or cargo build --release && cargo run --release -p converge-bench --bin guest-bench
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,11 +18,15 @@ use clap::Parser;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+#[path = "report.rs"]
+mod report;
+use report::{Figure, Goal, Report};
+
 #[derive(Parser)]
 struct Args {
-    /// VMIs in the P1 ramp.
-    #[arg(long, default_value_t = 100)]
-    count: usize,
+    /// VMI counts of the P1 ramps (P2 samples RSS during them at 10 and 50 running).
+    #[arg(long, value_delimiter = ',', default_value = "10,50,100")]
+    counts: Vec<usize>,
     /// Milliseconds between creates.
     #[arg(long, default_value_t = 100)]
     interval_ms: u64,
@@ -35,6 +39,9 @@ struct Args {
     /// P3 repetitions (median reported).
     #[arg(long, default_value_t = 3)]
     boots: usize,
+    /// Write the figures here (bench/report.py reads them).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 struct Api {
@@ -86,14 +93,7 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn pct(v: &[f64], p: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    s[((s.len() as f64 - 1.0) * p).round() as usize]
-}
+use report::quantile as pct;
 
 /// Phase transitions seen by one watch: name → (phase → when).
 type Seen = Arc<Mutex<HashMap<String, HashMap<String, Instant>>>>;
@@ -176,6 +176,163 @@ fn seen_at(seen: &Seen, name: &str, phase: &str) -> Option<Instant> {
     seen.lock().ok()?.get(name)?.get(phase).copied()
 }
 
+/// What the benchmark works on: the server, its data, the watch's view, a scratch dir.
+struct Bench {
+    api: Arc<Api>,
+    ns: String,
+    data: PathBuf,
+    node_dir: PathBuf,
+    work: PathBuf,
+    seen: Seen,
+    qemu: Option<(u32, u32)>,
+    pid: u32,
+}
+
+fn has_marker(log: &Path) -> bool {
+    std::fs::read(log).map(|b| b.windows(20).any(|w| w == b"CONVERGE-GUEST-READY")).unwrap_or(false)
+}
+
+/// P3: one guest to its serial marker, Converge then virsh, alternating; seconds each.
+async fn boot_to_marker(b: &Bench, boots: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let (mut converge, mut virsh_times) = (vec![], vec![]);
+    for round in 0..boots {
+        let name = format!("boot-{round}");
+        let t0 = Instant::now();
+        let (code, body) = b.api.send(reqwest::Method::POST, &vmis(&b.ns), Some(&kernel_vmi(&name))).await?;
+        anyhow::ensure!(code == 201, "create: {body}");
+        let uid = body["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        let log = b.node_dir.join(&uid).join("serial0.log");
+        anyhow::ensure!(wait_for(Duration::from_secs(120), || has_marker(&log)).await, "P3: no marker from {name}");
+        converge.push(t0.elapsed().as_secs_f64());
+        let xml = virsh(&["dumpxml", &format!("{}_{name}", b.ns)])?;
+        b.api.send(reqwest::Method::DELETE, &format!("{}/{name}", vmis(&b.ns)), None).await?;
+        let dir = b.work.join(format!("virsh-{name}"));
+        prepare_dir(&dir, b.qemu)?;
+        let file = b.work.join(format!("{name}.xml"));
+        let domain = format!("{}-virsh-{name}", b.ns);
+        std::fs::write(&file, baseline_xml(&xml, &b.node_dir.join(&uid).display().to_string(), &dir, &domain))?;
+        let t0 = Instant::now();
+        virsh(&["create", &file.display().to_string()])?;
+        let log = dir.join("serial0.log");
+        anyhow::ensure!(wait_for(Duration::from_secs(120), || has_marker(&log)).await, "P3 baseline: no marker");
+        virsh_times.push(t0.elapsed().as_secs_f64());
+        let _ = virsh(&["destroy", &domain]);
+    }
+    Ok((converge, virsh_times))
+}
+
+struct Ramp {
+    converge: Vec<f64>,
+    virsh: Vec<f64>,
+    /// (VMs running, converge RSS KiB) sampled on the way up.
+    rss: Vec<(usize, u64)>,
+    /// kill -9 of QEMU → VMI Failed seen by the watch, seconds.
+    kills: Vec<f64>,
+}
+
+/// P1 (and P2 on the way): `count` VMIs created `interval` apart, each timed to Running as the
+/// watch sees it; then the same domain XMLs through `virsh create` on the same schedule.
+async fn ramp(b: &Bench, tag: &str, count: usize, interval: Duration, kills: usize) -> Result<Ramp> {
+    let name_of = |j: usize| format!("{tag}-{j:03}");
+    let running = |upto: usize| (0..upto).filter(|j| seen_at(&b.seen, &name_of(*j), "Running").is_some()).count();
+    let mut created_at = vec![];
+    let mut rss = vec![];
+    let start = Instant::now();
+    for i in 0..count {
+        tokio::time::sleep_until((start + interval * i as u32).into()).await;
+        let (api, path, name) = (Arc::clone(&b.api), vmis(&b.ns), name_of(i));
+        created_at.push(Instant::now());
+        tokio::spawn(async move { api.send(reqwest::Method::POST, &path, Some(&halt_vmi(&name))).await });
+        for mark in [10, 50] {
+            if running(i + 1) >= mark && !rss.iter().any(|(n, _)| *n == mark) {
+                rss.push((mark, rss_kib(b.pid)));
+            }
+        }
+    }
+    let all_up = wait_for(Duration::from_secs(300), || running(count) == count).await;
+    anyhow::ensure!(all_up, "P1: not every VMI of {tag} reached Running");
+    for mark in [10, 50] {
+        if mark <= count && !rss.iter().any(|(n, _)| *n == mark) {
+            rss.push((mark, rss_kib(b.pid)));
+        }
+    }
+    rss.push((count, rss_kib(b.pid)));
+    let converge: Vec<f64> = (0..count)
+        .filter_map(|j| Some(seen_at(&b.seen, &name_of(j), "Running")?.duration_since(created_at[j]).as_secs_f64()))
+        .collect();
+
+    let mut kill_times = vec![];
+    for j in 0..kills.min(count) {
+        let pid_file = format!("/run/libvirt/qemu/{}_{}.pid", b.ns, name_of(j));
+        let qpid = std::fs::read_to_string(&pid_file)?.trim().to_string();
+        let t0 = Instant::now();
+        std::process::Command::new("kill").args(["-9", &qpid]).status()?;
+        let name = name_of(j);
+        if wait_for(Duration::from_secs(30), || seen_at(&b.seen, &name, "Failed").is_some()).await {
+            kill_times.push(
+                seen_at(&b.seen, &name, "Failed").map(|t| t.duration_since(t0).as_secs_f64()).unwrap_or(f64::NAN),
+            );
+        }
+    }
+
+    // The same domain XMLs through virsh, on the same schedule.
+    let base = std::fs::read_dir(b.data.join("node/images"))?
+        .flatten()
+        .map(|e| e.path().join("rootfs/disk/halt.img"))
+        .find(|p| p.exists())
+        .context("halt image")?;
+    let mut files = vec![];
+    for j in 0..count {
+        let name = name_of(j);
+        let Ok(xml) = virsh(&["dumpxml", &format!("{}_{name}", b.ns)]) else { continue };
+        let (_, body) = b.api.send(reqwest::Method::GET, &format!("{}/{name}", vmis(&b.ns)), None).await?;
+        let uid = body["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        let dir = b.work.join(format!("virsh-{name}"));
+        prepare_dir(&dir, b.qemu)?;
+        std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&base)
+            .arg(dir.join("disks/boot.qcow2"))
+            .status()?;
+        let file = b.work.join(format!("{name}.xml"));
+        let domain = format!("{}-virsh-{name}", b.ns);
+        std::fs::write(&file, baseline_xml(&xml, &b.node_dir.join(&uid).display().to_string(), &dir, &domain))?;
+        files.push((domain, file));
+    }
+    for j in 0..count {
+        b.api.send(reqwest::Method::DELETE, &format!("{}/{}", vmis(&b.ns), name_of(j)), None).await?;
+    }
+    let prefix = format!("{}_{tag}-", b.ns);
+    wait_for(Duration::from_secs(120), || virsh(&["list", "--name"]).map(|l| !l.contains(&prefix)).unwrap_or(false))
+        .await;
+    let start = Instant::now();
+    let mut handles = vec![];
+    for (i, (_, file)) in files.iter().enumerate() {
+        tokio::time::sleep_until((start + interval * i as u32).into()).await;
+        let file = file.clone();
+        handles.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let st = tokio::process::Command::new("virsh")
+                .args(["-c", "qemu:///system", "create"])
+                .arg(&file)
+                .stdout(Stdio::null())
+                .status()
+                .await;
+            st.ok().filter(|s| s.success()).map(|_| t.elapsed().as_secs_f64())
+        }));
+    }
+    let mut virsh_times = vec![];
+    for h in handles {
+        if let Ok(Some(t)) = h.await {
+            virsh_times.push(t);
+        }
+    }
+    for (domain, _) in &files {
+        let _ = virsh(&["destroy", domain]);
+    }
+    Ok(Ramp { converge, virsh: virsh_times, rss, kills: kill_times })
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -197,6 +354,7 @@ async fn main() -> Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut serve = tokio::process::Command::new(&converge)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--node-name", "bench-node"])
+        .args(["--pod-network", "none"])
         .arg("--data-dir")
         .arg(&data)
         .env("RUST_LOG", "warn")
@@ -220,188 +378,88 @@ async fn main() -> Result<()> {
     });
     let ns = format!("bench-{}", std::process::id());
     api.send(reqwest::Method::POST, "/api/v1/namespaces", Some(&json!({"metadata": {"name": ns}}))).await?;
-    let node_dir = data.join("node").join("vmis");
     let qemu = qemu_owner();
     anyhow::ensure!(qemu.is_some(), "no libvirt-qemu user: install libvirt-daemon-system");
     let seen: Seen = Arc::default();
     tokio::spawn(watch(Arc::clone(&api), ns.clone(), Arc::clone(&seen)));
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = Bench {
+        api,
+        node_dir: data.join("node").join("vmis"),
+        data,
+        work: work.path().to_path_buf(),
+        seen,
+        qemu,
+        pid,
+        ns: ns.clone(),
+    };
     let idle_rss = rss_kib(pid);
+    let mut report = Report::default();
+    report
+        .notes
+        .push("guests under TCG (KVM unusable here); halt guests for P1/P2, the busybox kernel guest for P3".into());
 
-    // P3: one guest to its serial marker, Converge then virsh, alternating.
-    let (mut p3_converge, mut p3_virsh) = (vec![], vec![]);
-    for round in 0..args.boots {
-        let name = format!("boot-{round}");
-        let t0 = Instant::now();
-        let (code, body) = api.send(reqwest::Method::POST, &vmis(&ns), Some(&kernel_vmi(&name))).await?;
-        anyhow::ensure!(code == 201, "create: {body}");
-        let uid = body["metadata"]["uid"].as_str().unwrap_or("").to_string();
-        let log = node_dir.join(&uid).join("serial0.log");
-        let ok = wait_for(Duration::from_secs(120), || {
-            std::fs::read(&log).map(|b| b.windows(20).any(|w| w == b"CONVERGE-GUEST-READY")).unwrap_or(false)
-        })
-        .await;
-        anyhow::ensure!(ok, "P3: no marker from {name}");
-        p3_converge.push(t0.elapsed().as_secs_f64());
-        let xml = virsh(&["dumpxml", &format!("{ns}_{name}")])?;
-        api.send(reqwest::Method::DELETE, &format!("{}/{name}", vmis(&ns)), None).await?;
-        let dir = work.path().join(format!("virsh-{name}"));
-        prepare_dir(&dir, qemu)?;
-        let file = work.path().join(format!("{name}.xml"));
-        std::fs::write(
-            &file,
-            baseline_xml(&xml, &node_dir.join(&uid).display().to_string(), &dir, &format!("{ns}-virsh-{name}")),
-        )?;
-        let t0 = Instant::now();
-        virsh(&["create", &file.display().to_string()])?;
-        let log = dir.join("serial0.log");
-        let ok = wait_for(Duration::from_secs(120), || {
-            std::fs::read(&log).map(|b| b.windows(20).any(|w| w == b"CONVERGE-GUEST-READY")).unwrap_or(false)
-        })
-        .await;
-        anyhow::ensure!(ok, "P3 baseline: no marker");
-        p3_virsh.push(t0.elapsed().as_secs_f64());
-        let _ = virsh(&["destroy", &format!("{ns}-virsh-{name}")]);
-    }
+    let (p3, p3_virsh) = boot_to_marker(&b, args.boots).await?;
+    report.push(
+        Figure::new("P3", format!("create → serial marker, median of {}", args.boots), "s", pct(&p3, 0.5))
+            .against("virsh create → marker", pct(&p3_virsh, 0.5))
+            .goal(Goal::RatioAtMost(1.15)),
+    );
+    report.series("P3.converge", json!(p3));
+    report.series("P3.virsh", json!(p3_virsh));
 
-    // P1: the ramp, with RSS samples at 10 and 50 running.
-    let count = args.count;
     let interval = Duration::from_millis(args.interval_ms);
-    let mut created_at = vec![];
-    let mut rss_at: Vec<(usize, u64)> = vec![(0, idle_rss)];
-    let start = Instant::now();
-    for i in 0..count {
-        let due = start + interval * i as u32;
-        tokio::time::sleep_until(due.into()).await;
-        let name = format!("ramp-{i:03}");
-        let t = Instant::now();
-        let api2 = Arc::clone(&api);
-        let path = vmis(&ns);
-        tokio::spawn(async move { api2.send(reqwest::Method::POST, &path, Some(&halt_vmi(&name))).await });
-        created_at.push(t);
-        for mark in [10, 50] {
-            let running = (0..=i).filter(|j| seen_at(&seen, &format!("ramp-{j:03}"), "Running").is_some()).count();
-            if running >= mark && !rss_at.iter().any(|(n, _)| *n == mark) {
-                rss_at.push((mark, rss_kib(pid)));
+    let mut rss_points: Vec<(usize, u64)> = vec![(0, idle_rss)];
+    let mut kills = vec![];
+    for (i, &count) in args.counts.iter().enumerate() {
+        let r = ramp(&b, &format!("r{count}"), count, interval, if i == 0 { 5 } else { 0 }).await?;
+        for (q, label) in [(0.5, "p50"), (0.95, "p95"), (1.0, "max")] {
+            report.push(
+                Figure::new(
+                    format!("P1.{count}.{label}"),
+                    format!("create → Running, {count} VMIs {} ms apart, {label}", args.interval_ms),
+                    "s",
+                    pct(&r.converge, q),
+                )
+                .against("virsh create, same XMLs and schedule", pct(&r.virsh, q))
+                .goal(Goal::RatioAtMost(1.2)),
+            );
+        }
+        report.series(&format!("P1.{count}.converge"), json!(r.converge));
+        report.series(&format!("P1.{count}.virsh"), json!(r.virsh));
+        for (n, kib) in r.rss {
+            if !rss_points.iter().any(|(m, _)| *m == n) {
+                rss_points.push((n, kib));
             }
         }
+        kills.extend(r.kills);
     }
-    let all_up = wait_for(Duration::from_secs(300), || {
-        (0..count).all(|j| seen_at(&seen, &format!("ramp-{j:03}"), "Running").is_some())
-    })
-    .await;
-    anyhow::ensure!(all_up, "P1: not every VMI reached Running");
-    for mark in [10, 50] {
-        if mark <= count && !rss_at.iter().any(|(n, _)| *n == mark) {
-            rss_at.push((mark, rss_kib(pid)));
+    rss_points.sort();
+    for (n, kib) in &rss_points {
+        let mib = *kib as f64 / 1024.0;
+        if *n == 0 {
+            report.push(Figure::new("P2.0", "converge RSS, no VMs running", "MiB", mib));
+            continue;
         }
-    }
-    rss_at.push((count, rss_kib(pid)));
-    let p1: Vec<f64> = (0..count)
-        .filter_map(|j| {
-            Some(seen_at(&seen, &format!("ramp-{j:03}"), "Running")?.duration_since(created_at[j]).as_secs_f64())
-        })
-        .collect();
-
-    // kill -9 → Failed.
-    let mut kill = vec![];
-    for j in 0..5.min(count) {
-        let name = format!("ramp-{j:03}");
-        let pid_file = format!("/run/libvirt/qemu/{ns}_{name}.pid");
-        let qpid = std::fs::read_to_string(&pid_file)?.trim().to_string();
-        let t0 = Instant::now();
-        std::process::Command::new("kill").args(["-9", &qpid]).status()?;
-        if wait_for(Duration::from_secs(30), || seen_at(&seen, &name, "Failed").is_some()).await {
-            kill.push(seen_at(&seen, &name, "Failed").map(|t| t.duration_since(t0).as_secs_f64()).unwrap_or(f64::NAN));
-        }
-    }
-
-    // The same domain XMLs through virsh, on the same schedule.
-    let mut files = vec![];
-    for j in 0..count {
-        let name = format!("ramp-{j:03}");
-        let Ok(xml) = virsh(&["dumpxml", &format!("{ns}_{name}")]) else { continue };
-        let (_, body) = api.send(reqwest::Method::GET, &format!("{}/{name}", vmis(&ns)), None).await?;
-        let uid = body["metadata"]["uid"].as_str().unwrap_or("").to_string();
-        let dir = work.path().join(format!("virsh-{name}"));
-        prepare_dir(&dir, qemu)?;
-        let overlay = dir.join("disks/boot.qcow2");
-        let base = std::fs::read_dir(data.join("node/images"))?
-            .flatten()
-            .map(|e| e.path().join("rootfs/disk/halt.img"))
-            .find(|p| p.exists())
-            .context("halt image")?;
-        std::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&base)
-            .arg(&overlay)
-            .status()?;
-        let file = work.path().join(format!("{name}.xml"));
-        std::fs::write(
-            &file,
-            baseline_xml(&xml, &node_dir.join(&uid).display().to_string(), &dir, &format!("{ns}-virsh-{name}")),
-        )?;
-        files.push((format!("{ns}-virsh-{name}"), file));
-    }
-    api.send(reqwest::Method::DELETE, &format!("/api/v1/namespaces/{ns}"), None).await?;
-    wait_for(Duration::from_secs(120), || {
-        virsh(&["list", "--name"]).map(|l| !l.contains(&format!("{ns}_"))).unwrap_or(false)
-    })
-    .await;
-    let start = Instant::now();
-    let mut handles = vec![];
-    for (i, (_, file)) in files.iter().enumerate() {
-        tokio::time::sleep_until((start + interval * i as u32).into()).await;
-        let file = file.clone();
-        handles.push(tokio::spawn(async move {
-            let t = Instant::now();
-            let st = tokio::process::Command::new("virsh")
-                .args(["-c", "qemu:///system", "create"])
-                .arg(&file)
-                .stdout(Stdio::null())
-                .status()
-                .await;
-            st.ok().filter(|s| s.success()).map(|_| t.elapsed().as_secs_f64())
-        }));
-    }
-    let mut p1_virsh = vec![];
-    for h in handles {
-        if let Ok(Some(t)) = h.await {
-            p1_virsh.push(t);
-        }
-    }
-    for (name, _) in &files {
-        let _ = virsh(&["destroy", name]);
-    }
-    let _ = serve.kill().await;
-
-    println!("guest benchmarks on qemu:///system (TCG where KVM is unusable):");
-    println!(
-        "P1 create→Running, {count} VMIs {} ms apart: p50 {:.3}s p95 {:.3}s max {:.3}s | virsh create same XMLs: p50 {:.3}s p95 {:.3}s max {:.3}s | ratio p50 {:.2}x p95 {:.2}x (goal ≤ 1.2x)",
-        args.interval_ms,
-        pct(&p1, 0.5), pct(&p1, 0.95), pct(&p1, 1.0),
-        pct(&p1_virsh, 0.5), pct(&p1_virsh, 0.95), pct(&p1_virsh, 1.0),
-        pct(&p1, 0.5) / pct(&p1_virsh, 0.5), pct(&p1, 0.95) / pct(&p1_virsh, 0.95),
-    );
-    for (n, kib) in &rss_at {
-        let per = if *n == 0 { 0.0 } else { (*kib as f64 - idle_rss as f64) / *n as f64 / 1024.0 };
-        println!(
-            "P2 converge RSS at {n:>3} running VMs: {:.1} MiB ({per:.2} MiB per VM over idle; goal ≤ 2 MiB)",
-            *kib as f64 / 1024.0
+        let per = (*kib as f64 - idle_rss as f64) / *n as f64 / 1024.0;
+        report.push(
+            Figure::new(
+                format!("P2.{n}"),
+                format!("converge RSS per running VM over idle, {n} VMs ({mib:.1} MiB in all)"),
+                "MiB",
+                per,
+            )
+            .goal(Goal::AtMost(2.0)),
         );
     }
-    println!(
-        "P3 create→serial marker (median of {}): converge {:.2}s | virsh create {:.2}s | ratio {:.2}x (goal ≤ 1.15x)",
-        args.boots,
-        pct(&p3_converge, 0.5),
-        pct(&p3_virsh, 0.5),
-        pct(&p3_converge, 0.5) / pct(&p3_virsh, 0.5)
-    );
-    println!(
-        "kill -9 of QEMU → VMI Failed (watch): p50 {:.3}s max {:.3}s over {} kills",
-        pct(&kill, 0.5),
-        pct(&kill, 1.0),
-        kill.len()
-    );
-    Ok(())
+    report.series("P2.rss_kib", json!(rss_points));
+    report.push(Figure::new(
+        "kill.qemu",
+        format!("kill -9 of QEMU → VMI Failed (watch), max of {}", kills.len()),
+        "s",
+        pct(&kills, 1.0),
+    ));
+    b.api.send(reqwest::Method::DELETE, &format!("/api/v1/namespaces/{ns}"), None).await?;
+    let _ = serve.kill().await;
+    report.finish("guest-bench", args.json.as_deref())
 }

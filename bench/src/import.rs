@@ -10,6 +10,10 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde_json::{json, Value};
 
+#[path = "report.rs"]
+mod report;
+use report::{Figure, Goal, Report};
+
 #[derive(Parser)]
 struct Args {
     /// Size of the random data in the image, GiB (the qcow2 file is about this big).
@@ -21,6 +25,9 @@ struct Args {
     /// Where the image, the pool and the baseline's files live (the same disk for both).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// Write the figures here (bench/report.py reads them).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 fn sh(cmd: &str) -> Result<()> {
@@ -146,14 +153,23 @@ async fn main() -> Result<()> {
             theirs[round]
         );
     }
+    let (ours_all, theirs_all) = (ours.clone(), theirs.clone());
     let (o, t) = (median(ours), median(theirs));
     let gib = size as f64 / (1u64 << 30) as f64;
-    println!("P4 import of a {gib:.2} GiB qcow2 over HTTP (loopback) into a raw volume, median of {}:", args.rounds);
-    println!("  DataVolume (create → Succeeded): {o:.2} s, {:.0} MiB/s", size as f64 / (1 << 20) as f64 / o);
-    println!("  curl -o tmp && qemu-img convert:  {t:.2} s, {:.0} MiB/s", size as f64 / (1 << 20) as f64 / t);
-    println!("  throughput ratio (baseline time / ours): {:.2}× (goal ≥ 0.9×)", t / o);
-    println!("  (ours is on disk when Succeeded — qemu-img convert -t none, fsync; the baseline leaves its output in the page cache)");
+    let mib = size as f64 / (1 << 20) as f64;
+    let mut report = Report::default();
+    report.notes.push(format!(
+        "P4: a {gib:.2} GiB qcow2 over HTTP (loopback) into a raw volume, median of {}; ours is on disk when \
+         Succeeded (qemu-img convert -t none, fsync), the baseline leaves its output in the page cache",
+        args.rounds
+    ));
+    report.push(
+        Figure::new("P4", "DataVolume import throughput (create → Succeeded)", "MiB/s", mib / o)
+            .against("curl -o tmp && qemu-img convert", mib / t)
+            .goal(Goal::RatioAtLeast(0.9)),
+    );
+    report.series("P4.seconds", json!({"converge": ours_all, "baseline": theirs_all}));
     let _ = web.kill();
     server.stop().await;
-    Ok(())
+    report.finish("import-bench", args.json.as_deref())
 }

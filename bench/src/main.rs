@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "report.rs"]
+mod report;
+use report::{Figure, Goal, Report};
+
 #[derive(Parser)]
 struct Args {
     /// postgres://… to measure PostgreSQL; default SQLite in a temp dir.
@@ -28,6 +32,9 @@ struct Args {
     /// Open watches for the fan-out measurement.
     #[arg(long, default_value_t = 100)]
     watchers: usize,
+    /// Write the figures here (bench/report.py reads them).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 const VMS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
@@ -134,7 +141,6 @@ async fn main() -> Result<()> {
         .build()?;
     let client = Arc::new(Client { http, base: server.base_url.clone(), token: server.admin_token.clone() });
     let c = args.concurrency;
-    println!("converge api-bench: {} on {} cores, concurrency {c}, HTTPS + bearer + keep-alive, load client in the same process", if args.database.is_some() { "PostgreSQL" } else { "SQLite" }, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
 
     let warm = Arc::clone(&client);
     rate(c, 1, move |_| {
@@ -208,6 +214,7 @@ async fn main() -> Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut fanout_ms = vec![];
+    let mut patch_ms = vec![];
     for round in 0..10 {
         let t = Instant::now();
         let patch = json!({"metadata": {"labels": {"round": round.to_string()}}});
@@ -220,6 +227,7 @@ async fn main() -> Result<()> {
             .send()
             .await?;
         anyhow::ensure!(r.status().is_success(), "patch {}", r.status());
+        patch_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         let mut got = 0;
         let mut last = t;
         while got < args.watchers {
@@ -230,36 +238,67 @@ async fn main() -> Result<()> {
         fanout_ms.push(last.duration_since(t).as_secs_f64() * 1000.0);
     }
 
-    let row = |what: &str, value: String, goal: &str, note: String| {
-        println!("{what:<34} {value:>12}   goal {goal:<10} {note}")
-    };
-    println!();
-    row("baseline GET /healthz", format!("{healthz:.0}/s"), "-", String::new());
-    row("GET one VM", format!("{gets:.0}/s"), ">= 5000/s", format!("{:.2} x baseline", gets / healthz));
-    row(
-        "create VM (admission + MAC pool)",
-        format!("{creates:.0}/s"),
-        ">= 500/s",
-        format!("{:.2} x baseline; sustained to {}: {fill:.0}/s", creates / healthz, args.list_size),
+    // Baselines of the last two: the same 10,000 objects read from the store in-process (no
+    // HTTP, no encoding of the answer), and the PATCH's own round trip.
+    let mut store_ms = vec![];
+    for _ in 0..5 {
+        let t = Instant::now();
+        let items = server
+            .store
+            .list_values(&converge_engine::kinds::VIRTUAL_MACHINE, Some("default"))
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        anyhow::ensure!(items.len() == args.list_size.max(2000));
+        store_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut report = Report::default();
+    report.notes.push(format!(
+        "{} on {} cores, concurrency {c}, HTTPS + bearer + keep-alive, load client in the same process",
+        if args.database.is_some() { "PostgreSQL" } else { "SQLite" },
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    ));
+    report.push(
+        Figure::new("P5.get", "GET one VM", "req/s", gets).against("GET /healthz", healthz).goal(Goal::AtLeast(5000.0)),
     );
-    row(
-        &format!("LIST {} VMs (JSON)", args.list_size),
-        format!("{:.0} ms", median(list_ms.clone())),
-        "<= 200 ms",
-        format!("median of 5, min {:.0} ms", list_ms.iter().cloned().fold(f64::MAX, f64::min)),
+    report.push(
+        Figure::new("P5.create", "create VM (admission, MAC pool, store)", "req/s", creates)
+            .against("GET /healthz", healthz)
+            .goal(Goal::AtLeast(500.0)),
     );
-    row(
-        &format!("LIST {} VMs (Table)", args.list_size),
-        format!("{:.0} ms", median(table_ms)),
-        "-",
-        "what `kubectl get` asks for".into(),
+    report.push(Figure::new(
+        "P5.create.sustained",
+        format!("create VM, sustained to {} stored", args.list_size),
+        "req/s",
+        fill,
+    ));
+    report.push(
+        Figure::new(
+            "P5.list",
+            format!("LIST {} VMs (JSON), median of 5", args.list_size),
+            "ms",
+            median(list_ms.clone()),
+        )
+        .against("the same list read from the store in-process", median(store_ms))
+        .goal(Goal::AtMost(200.0)),
     );
-    row(
-        &format!("change -> {} watches", args.watchers),
-        format!("{:.1} ms", median(fanout_ms.clone())),
-        "<= 50 ms",
-        format!("median of 10, max {:.1} ms", fanout_ms.iter().cloned().fold(0.0, f64::max)),
+    report.push(Figure::new(
+        "P5.list.table",
+        format!("LIST {} VMs as a Table (kubectl get)", args.list_size),
+        "ms",
+        median(table_ms),
+    ));
+    report.push(
+        Figure::new(
+            "P5.watch",
+            format!("one change → all {} watches, median of 10", args.watchers),
+            "ms",
+            median(fanout_ms.clone()),
+        )
+        .against("the PATCH's own round trip", median(patch_ms))
+        .goal(Goal::AtMost(50.0)),
     );
+    report.series("P5.list_ms", json!(list_ms));
+    report.series("P5.watch_ms", json!(fanout_ms));
     server.stop().await;
-    Ok(())
+    report.finish("api-bench", args.json.as_deref())
 }
