@@ -309,6 +309,10 @@ async fn every_protected_operation_refuses_every_bad_token() {
         .post("/converge/v1/tokens", &json!({"role": "edit", "namespaces": ["elsewhere"], "ttlSeconds": 3600}))
         .await;
     let scoped = scoped["token"].as_str().expect("token").to_string();
+    for ttl in [json!(0), json!(i64::MAX), json!(-1)] {
+        let (s, body) = app.post("/converge/v1/tokens", &json!({"role": "view", "ttlSeconds": ttl})).await;
+        assert_eq!(s, 400, "ttlSeconds {ttl}: {body}");
+    }
     let none = alg_none("x");
     let bad: [(&str, Option<&str>); 5] = [
         ("no token", None),

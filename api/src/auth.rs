@@ -95,7 +95,7 @@ impl Authenticator {
             role,
             namespaces,
             iat: now,
-            exp: now + ttl_seconds,
+            exp: now.saturating_add(ttl_seconds),
         }
     }
 

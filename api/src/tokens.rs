@@ -20,8 +20,12 @@ pub struct TokenRequest {
     #[serde(default)]
     pub namespaces: Vec<String>,
     /// Lifetime in seconds.
+    #[schema(minimum = 1, maximum = 3153600000_f64)]
     pub ttl_seconds: i64,
 }
+
+/// The longest lifetime a token may ask for: 100 years.
+pub const MAX_TTL_SECONDS: i64 = 100 * 365 * 24 * 3600;
 
 /// The answer to a list: every token issued, oldest first.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -69,8 +73,9 @@ pub async fn create(req: HttpRequest, body: web::Bytes, state: web::Data<AppStat
             let who = admin(&req)?;
             let r: TokenRequest =
                 serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("token request: {e}")))?;
-            if r.ttl_seconds <= 0 {
-                return Err(ApiError::bad_request("ttlSeconds must be positive"));
+            // The fuzz run's finding: a huge ttlSeconds overflowed the expiry and killed the worker.
+            if !(1..=MAX_TTL_SECONDS).contains(&r.ttl_seconds) {
+                return Err(ApiError::bad_request(format!("ttlSeconds must be between 1 and {MAX_TTL_SECONDS} (100 years)")));
             }
             for ns in &r.namespaces {
                 if !converge_engine::meta::dns1123_label_errors(ns).is_empty() {
