@@ -75,7 +75,9 @@ pub async fn create(req: HttpRequest, body: web::Bytes, state: web::Data<AppStat
                 serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("token request: {e}")))?;
             // The fuzz run's finding: a huge ttlSeconds overflowed the expiry and killed the worker.
             if !(1..=MAX_TTL_SECONDS).contains(&r.ttl_seconds) {
-                return Err(ApiError::bad_request(format!("ttlSeconds must be between 1 and {MAX_TTL_SECONDS} (100 years)")));
+                return Err(ApiError::bad_request(format!(
+                    "ttlSeconds must be between 1 and {MAX_TTL_SECONDS} (100 years)"
+                )));
             }
             for ns in &r.namespaces {
                 if !converge_engine::meta::dns1123_label_errors(ns).is_empty() {
