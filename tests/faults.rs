@@ -298,6 +298,12 @@ fn watch_for_phase(app: &TestApp, path: &str, uid: &str, phase: &str) -> tokio::
     })
 }
 
+/// Each VMI's uid and the pid of the QEMU running it.
+async fn guests_and_their_qemu(p: &ServeProcess) -> BTreeMap<String, (String, Option<u32>)> {
+    let vmis = list(&p.app, VMIS_DEFAULT).await;
+    vmis.iter().map(|v| (name_of(v), (uid_of(v), qemu_pid(&p.domain("default", &name_of(v)))))).collect()
+}
+
 /// libvirtd restarts (an upgrade, a crash): QEMU processes carry on, Converge reconnects, its
 /// guests are neither failed nor restarted, and new work goes through the new daemon.
 #[tokio::test(flavor = "multi_thread")]
@@ -309,11 +315,7 @@ async fn a_libvirtd_restart_leaves_running_guests_running() {
             assert_eq!(p.app.post(VMS_DEFAULT, &halt_vm(name, "Always")).await.0, 201);
         }
         converged(&p, CONVERGE).await;
-        let before: BTreeMap<String, (String, Option<u32>)> = list(&p.app, VMIS_DEFAULT)
-            .await
-            .iter()
-            .map(|v| (name_of(v), (uid_of(v), qemu_pid(&p.domain("default", &name_of(v))))))
-            .collect();
+        let before = guests_and_their_qemu(&p).await;
         assert!(sh("pkill -x libvirtd"), "libvirtd was running");
         assert!(wait_until(Duration::from_secs(30), || async { !sh("pgrep -x libvirtd >/dev/null") }).await);
         // While it is down the API still answers, from the store.
@@ -321,11 +323,7 @@ async fn a_libvirtd_restart_leaves_running_guests_running() {
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/libvirt.sh");
         assert!(sh(&script.display().to_string()), "libvirtd started again");
         converged(&p, CONVERGE).await;
-        let after: BTreeMap<String, (String, Option<u32>)> = list(&p.app, VMIS_DEFAULT)
-            .await
-            .iter()
-            .map(|v| (name_of(v), (uid_of(v), qemu_pid(&p.domain("default", &name_of(v))))))
-            .collect();
+        let after = guests_and_their_qemu(&p).await;
         assert_eq!(before, after, "the same VMIs in the same QEMU processes");
         // New work reaches the new daemon: a start and a stop.
         assert_eq!(p.app.post(VMS_DEFAULT, &halt_vm("d", "Always")).await.0, 201);

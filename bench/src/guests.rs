@@ -197,6 +197,7 @@ async fn boot_to_marker(b: &Bench, boots: usize) -> Result<(Vec<f64>, Vec<f64>)>
     let (mut converge, mut virsh_times) = (vec![], vec![]);
     for round in 0..boots {
         let name = format!("boot-{round}");
+        quiesce(&b.ns).await;
         let t0 = Instant::now();
         let (code, body) = b.api.send(reqwest::Method::POST, &vmis(&b.ns), Some(&kernel_vmi(&name))).await?;
         anyhow::ensure!(code == 201, "create: {body}");
@@ -211,6 +212,7 @@ async fn boot_to_marker(b: &Bench, boots: usize) -> Result<(Vec<f64>, Vec<f64>)>
         let file = b.work.join(format!("{name}.xml"));
         let domain = format!("{}-virsh-{name}", b.ns);
         std::fs::write(&file, baseline_xml(&xml, &b.node_dir.join(&uid).display().to_string(), &dir, &domain))?;
+        quiesce(&b.ns).await;
         let t0 = Instant::now();
         virsh(&["create", &file.display().to_string()])?;
         let log = dir.join("serial0.log");
@@ -219,6 +221,13 @@ async fn boot_to_marker(b: &Bench, boots: usize) -> Result<(Vec<f64>, Vec<f64>)>
         let _ = virsh(&["destroy", &domain]);
     }
     Ok((converge, virsh_times))
+}
+
+/// Waits until no guest of this run is left and the machine has had a moment to settle: under
+/// TCG a guest being torn down or booting takes CPU from whatever is measured next.
+async fn quiesce(ns: &str) {
+    wait_for(Duration::from_secs(120), || virsh(&["list", "--name"]).map(|l| !l.contains(ns)).unwrap_or(false)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
 }
 
 struct Ramp {
@@ -234,6 +243,7 @@ struct Ramp {
 /// watch sees it; then the same domain XMLs through `virsh create` on the same schedule.
 async fn ramp(b: &Bench, tag: &str, count: usize, interval: Duration, kills: usize) -> Result<Ramp> {
     let name_of = |j: usize| format!("{tag}-{j:03}");
+    quiesce(&b.ns).await;
     let running = |upto: usize| (0..upto).filter(|j| seen_at(&b.seen, &name_of(*j), "Running").is_some()).count();
     let mut created_at = vec![];
     let mut rss = vec![];
@@ -302,9 +312,7 @@ async fn ramp(b: &Bench, tag: &str, count: usize, interval: Duration, kills: usi
     for j in 0..count {
         b.api.send(reqwest::Method::DELETE, &format!("{}/{}", vmis(&b.ns), name_of(j)), None).await?;
     }
-    let prefix = format!("{}_{tag}-", b.ns);
-    wait_for(Duration::from_secs(120), || virsh(&["list", "--name"]).map(|l| !l.contains(&prefix)).unwrap_or(false))
-        .await;
+    quiesce(&b.ns).await;
     let start = Instant::now();
     let mut handles = vec![];
     for (i, (_, file)) in files.iter().enumerate() {

@@ -141,10 +141,18 @@ fn metadata_attr(xml: &str, attr: &[u8]) -> Option<String> {
 impl Hypervisor for Libvirt {
     fn define_and_start(&self, xml: &str, paused: bool) -> HvResult<()> {
         self.with_conn(|conn| {
+            let t0 = std::time::Instant::now();
             let dom = conn.define_domain_xml(xml).map_err(err)?;
+            let defined = t0.elapsed();
             crate::failpoint::hit(crate::failpoint::NODE_AFTER_DEFINE);
             let flags = if paused { sys::VIR_DOMAIN_START_PAUSED } else { 0 };
-            dom.create_with_flags(flags).map(|_| ()).map_err(err)
+            let started = dom.create_with_flags(flags).map(|_| ()).map_err(err);
+            tracing::debug!(
+                define_ms = defined.as_millis() as u64,
+                start_ms = (t0.elapsed() - defined).as_millis() as u64,
+                "libvirt define and start"
+            );
+            started
         })
     }
 

@@ -396,6 +396,7 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<Option<PodPlan>, S
         .await
         .map_err(|(reason, message)| StartError::Wait(reason, message, Duration::from_secs(2)))?;
     let (vmi_c, dir_c, shared) = (vmi.clone(), dir.clone(), Arc::clone(s));
+    let started = Instant::now();
     let prepared =
         blocking(move || disks::prepare(&vmi_c, &dir_c, &shared.images, shared.tool.as_ref(), &secrets, &claims))
             .await
@@ -429,7 +430,15 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<Option<PodPlan>, S
         .map_err(|e| StartError::Fatal("FailedCreate".into(), e.to_string()))?;
     let hv = Arc::clone(&s.hv);
     let paused = vmi.pointer("/spec/startStrategy").and_then(Value::as_str) == Some("Paused");
-    match blocking(move || hv.define_and_start(&xml, paused)).await.map_err(StartError::Retry)? {
+    let prepared_in = started.elapsed();
+    let outcome = blocking(move || hv.define_and_start(&xml, paused)).await.map_err(StartError::Retry)?;
+    tracing::debug!(
+        vmi = %meta::name(vmi),
+        prepare_ms = prepared_in.as_millis() as u64,
+        define_and_start_ms = (started.elapsed() - prepared_in).as_millis() as u64,
+        "domain start"
+    );
+    match outcome {
         Ok(()) => {
             if let (Some(net), Some(plan)) = (&s.net, &pod) {
                 if let Err(e) = super::network::finish_pod(net, plan, vmi).await {

@@ -154,27 +154,25 @@ impl<R: AsyncRead + Unpin> AsyncRead for Metered<R> {
 
 const CHUNK: usize = 1 << 20;
 
-/// Imports `body` (of `total` bytes, when known) into `target`. A failed import removes what it
-/// wrote, so a full disk is not left full by the import that filled it (the fault suite's
-/// finding: the scratch file of a failed import held the pool's last free space).
-pub async fn import_stream<R: AsyncRead + Unpin + Send + 'static>(
-    body: R,
-    total: Option<u64>,
-    checksum: Option<&str>,
-    content_type: ContentType,
-    target: &Target,
-    tool: Arc<dyn VolumeTool>,
-    progress: ProgressFn,
-) -> Result<(), StorageError> {
-    let result = receive_and_finalize(body, total, checksum, content_type, target, tool, progress).await;
-    if result.is_err() {
-        target.clean();
-    }
-    result
+/// Removes an import's scratch and staging files unless the import finished: on an error, and
+/// when the import is cancelled (its future dropped). The fault suite's finding: the scratch
+/// file of a failed import held the pool's last free space.
+struct CleanUnlessDone<'a> {
+    target: &'a Target,
+    done: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn receive_and_finalize<R: AsyncRead + Unpin + Send + 'static>(
+impl Drop for CleanUnlessDone<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.target.clean();
+        }
+    }
+}
+
+/// Imports `body` (of `total` bytes, when known) into `target`; a failed import leaves nothing
+/// of itself behind.
+pub async fn import_stream<R: AsyncRead + Unpin + Send + 'static>(
     body: R,
     total: Option<u64>,
     checksum: Option<&str>,
@@ -185,6 +183,7 @@ async fn receive_and_finalize<R: AsyncRead + Unpin + Send + 'static>(
 ) -> Result<(), StorageError> {
     let checksum = checksum.filter(|c| !c.is_empty()).map(Checksum::parse).transpose()?;
     target.clean();
+    let mut guard = CleanUnlessDone { target, done: false };
     let started = std::time::Instant::now();
     let meter = Arc::new(std::sync::Mutex::new(Meter { checksum, ..Meter::default() }));
     let metered = Metered { inner: body, total, meter: Arc::clone(&meter), progress: Arc::clone(&progress) };
@@ -227,6 +226,7 @@ async fn receive_and_finalize<R: AsyncRead + Unpin + Send + 'static>(
     }
     progress(share);
     if content_type == ContentType::Archive {
+        guard.done = true;
         return Ok(());
     }
     let received = started.elapsed();
@@ -237,6 +237,7 @@ async fn receive_and_finalize<R: AsyncRead + Unpin + Send + 'static>(
     .await
     .map_err(|e| StorageError::Transient(e.to_string()))?;
     if result.is_ok() {
+        guard.done = true;
         progress(1.0);
     }
     tracing::info!(
