@@ -69,7 +69,7 @@ for f in figures:
     met = {True: "yes", False: "**no**", None: "–"}[f["met"]]
     rows.append(f"| {f['id']} | {f['what']} | {num(f['value'], f['unit'])} | {base_text} | {ratio} | {f['goal'] or '–'} | {met} |")
 header = (f"Measured {machine['date']} at {machine['commit']} on {machine['cpus']} cores ({machine['cpu']}), "
-          f"{machine["memory_gib"]} GiB, hypervisor {machine["libvirt"] or "?"}; `bench/run` made it.")
+          f"{machine['memory_gib']} GiB, hypervisor {machine['libvirt'] or '?'}; `bench/run` made it.")
 notes = "\n".join(f"- {n}" for n in latest["notes"])
 table = f"{header}\n\n" + "\n".join(rows) + (f"\n\n{notes}" if notes else "") + "\n"
 open(os.path.join(results, "latest.md"), "w").write(table)
