@@ -38,11 +38,6 @@ fn sh(cmd: &str) -> Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// Each side starts from the same state: nothing dirty left by the other (it would be written
 /// back during the next run), and a cold page cache where the machine lets us (root).
 fn settle() {
@@ -153,8 +148,7 @@ async fn main() -> Result<()> {
             theirs[round]
         );
     }
-    let (ours_all, theirs_all) = (ours.clone(), theirs.clone());
-    let (o, t) = (median(ours), median(theirs));
+    let (o, t) = (report::quantile(&ours, 0.5), report::quantile(&theirs, 0.5));
     let gib = size as f64 / (1u64 << 30) as f64;
     let mib = size as f64 / (1 << 20) as f64;
     let mut report = Report::default();
@@ -168,7 +162,7 @@ async fn main() -> Result<()> {
             .against("curl -o tmp && qemu-img convert", mib / t)
             .goal(Goal::RatioAtLeast(0.9)),
     );
-    report.series("P4.seconds", json!({"converge": ours_all, "baseline": theirs_all}));
+    report.series("P4.seconds", json!({"converge": ours, "baseline": theirs}));
     let _ = web.kill();
     server.stop().await;
     report.finish("import-bench", args.json.as_deref())

@@ -120,11 +120,6 @@ async fn create_many(client: &Arc<Client>, prefix: &str, count: usize, concurren
     Ok(count as f64 / started.elapsed().as_secs_f64())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -276,25 +271,25 @@ async fn main() -> Result<()> {
             "P5.list",
             format!("LIST {} VMs (JSON), median of 5", args.list_size),
             "ms",
-            median(list_ms.clone()),
+            report::quantile(&list_ms, 0.5),
         )
-        .against("the same list read from the store in-process", median(store_ms))
+        .against("the same list read from the store in-process", report::quantile(&store_ms, 0.5))
         .goal(Goal::AtMost(200.0)),
     );
     report.push(Figure::new(
         "P5.list.table",
         format!("LIST {} VMs as a Table (kubectl get)", args.list_size),
         "ms",
-        median(table_ms),
+        report::quantile(&table_ms, 0.5),
     ));
     report.push(
         Figure::new(
             "P5.watch",
             format!("one change → all {} watches, median of 10", args.watchers),
             "ms",
-            median(fanout_ms.clone()),
+            report::quantile(&fanout_ms, 0.5),
         )
-        .against("the PATCH's own round trip", median(patch_ms))
+        .against("the PATCH's own round trip", report::quantile(&patch_ms, 0.5))
         .goal(Goal::AtMost(50.0)),
     );
     report.series("P5.list_ms", json!(list_ms));
