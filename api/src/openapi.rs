@@ -33,7 +33,8 @@ pub struct HandlerDoc;
 /// The whole document, as served and committed.
 pub fn document() -> Value {
     let mut doc = serde_json::to_value(HandlerDoc::openapi()).unwrap_or_default();
-    let mut schemas_needed = vec![];
+    let mut schemas_needed =
+        vec![openapi_k8s::STATUS_DEFINITION.to_string(), "k8s.io.apimachinery.pkg.apis.meta.v1.ListMeta".to_string()];
     for k in kinds::ALL {
         for (path, mut item) in openapi_k8s::paths_for_document(k) {
             if let Some(ops) = item.as_object_mut() {
@@ -44,8 +45,6 @@ pub fn document() -> Value {
             doc["paths"][path] = item;
         }
         schemas_needed.push(k.definition.to_string());
-        schemas_needed.push(openapi_k8s::STATUS_DEFINITION.to_string());
-        schemas_needed.push("k8s.io.apimachinery.pkg.apis.meta.v1.ListMeta".to_string());
         schemas_needed.push(format!("{}List", k.definition));
     }
     for (path, what) in [

@@ -430,15 +430,9 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<Option<PodPlan>, S
         .map_err(|e| StartError::Fatal("FailedCreate".into(), e.to_string()))?;
     let hv = Arc::clone(&s.hv);
     let paused = vmi.pointer("/spec/startStrategy").and_then(Value::as_str) == Some("Paused");
-    let prepared_in = started.elapsed();
-    let outcome = blocking(move || hv.define_and_start(&xml, paused)).await.map_err(StartError::Retry)?;
-    tracing::debug!(
-        vmi = %meta::name(vmi),
-        prepare_ms = prepared_in.as_millis() as u64,
-        define_and_start_ms = (started.elapsed() - prepared_in).as_millis() as u64,
-        "domain start"
-    );
-    match outcome {
+    // The libvirt driver logs define and start times; this is what comes before them.
+    tracing::debug!(vmi = %meta::name(vmi), prepare_ms = started.elapsed().as_millis() as u64, "domain prepared");
+    match blocking(move || hv.define_and_start(&xml, paused)).await.map_err(StartError::Retry)? {
         Ok(()) => {
             if let (Some(net), Some(plan)) = (&s.net, &pod) {
                 if let Err(e) = super::network::finish_pod(net, plan, vmi).await {
