@@ -28,6 +28,11 @@ pub const POINTS: &[&str] = &[
     // Node agent: a VMI's domain is destroyed and undefined; its directory, addresses and
     // finalizer are not released yet.
     NODE_AFTER_TEARDOWN,
+    // Bridge: an object of a host request is made, its step not yet marked done.
+    BRIDGE_AFTER_OBJECT,
+    // Bridge: a step of a host request failed and the record says RollingBack; nothing is
+    // removed yet.
+    BRIDGE_BEFORE_ROLLBACK,
 ];
 
 pub const VM_AFTER_VMI_CREATE: &str = "vm-after-vmi-create";
@@ -37,6 +42,8 @@ pub const NODE_AFTER_DISK_PREPARE: &str = "node-after-disk-prepare";
 pub const NODE_AFTER_DEFINE: &str = "node-after-define";
 pub const NODE_AFTER_START: &str = "node-after-start";
 pub const NODE_AFTER_TEARDOWN: &str = "node-after-teardown";
+pub const BRIDGE_AFTER_OBJECT: &str = "bridge-after-object";
+pub const BRIDGE_BEFORE_ROLLBACK: &str = "bridge-before-rollback";
 
 fn armed() -> &'static [String] {
     static ARMED: OnceLock<Vec<String>> = OnceLock::new();
