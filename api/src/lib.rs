@@ -1,7 +1,9 @@
 //! Converge's HTTP face: the Kubernetes-compatible API (discovery, CRUD, list/watch, patch,
-//! status, scale), bearer-token auth over TLS, and the OpenAPI documents.
+//! status, scale), the `/bridge/v1` provisioning API, bearer-token auth over TLS, and the
+//! OpenAPI documents.
 
 pub mod auth;
+pub mod bridge;
 mod console;
 pub mod discovery;
 pub mod openapi;

@@ -23,10 +23,25 @@ use utoipa::OpenApi;
         crate::server::api_groups,
         crate::tokens::create,
         crate::tokens::list,
-        crate::tokens::revoke
+        crate::tokens::revoke,
+        crate::bridge::create,
+        crate::bridge::list,
+        crate::bridge::get,
+        crate::bridge::delete,
+        crate::bridge::start,
+        crate::bridge::stop,
+        crate::bridge::restart,
+        crate::bridge::flavors,
+        crate::bridge::images,
+        crate::bridge::networks,
+        crate::bridge::storage_classes
     ),
-    components(schemas(crate::tokens::TokenRequest, crate::tokens::TokenRecord, crate::tokens::TokenList, crate::auth::Role)),
-    tags((name = "tokens", description = "Bearer tokens"), (name = "discovery", description = "What the server serves"))
+    components(schemas(crate::tokens::TokenRequest, crate::tokens::TokenRecord, crate::tokens::TokenList, crate::auth::Role,
+        crate::bridge::HostList, converge_bridge::provision::error::ErrorBody, converge_bridge::provision::BridgeError)),
+    tags((name = "tokens", description = "Bearer tokens"), (name = "discovery", description = "What the server serves"),
+        (name = "bridge", description = "Provisioning for pipelines: a whole host (VM, disks, cloud-init) in one idempotent call, \
+            its progress, power and deletion; and the flavors, images, networks and storage classes a request names. \
+            Errors are {\"error\": {code, message, field, step}} with stable codes."))
 )]
 pub struct HandlerDoc;
 

@@ -4,7 +4,7 @@
 use crate::auth::{self, Authenticator, Principal, Role};
 use crate::response::{json_response, status_response};
 use crate::state::AppState;
-use crate::{discovery, openapi, openapi_k8s, pki, resources, subresources, tokens, upload};
+use crate::{bridge, discovery, openapi, openapi_k8s, pki, resources, subresources, tokens, upload};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Next};
@@ -93,6 +93,7 @@ pub struct RunningServer {
     handle: ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     collector: tokio::task::JoinHandle<()>,
+    bridge_recovery: tokio::task::JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -100,6 +101,7 @@ impl RunningServer {
     pub async fn wait(self) -> std::io::Result<()> {
         let result = self.server.await.unwrap_or(Ok(()));
         self.collector.abort();
+        self.bridge_recovery.abort();
         drop(self.controllers);
         drop(self.storage);
         drop(self.node);
@@ -111,6 +113,7 @@ impl RunningServer {
         self.handle.stop(true).await;
         let _ = self.server.await;
         self.collector.abort();
+        self.bridge_recovery.abort();
         drop(self.controllers);
         drop(self.storage);
         drop(self.node);
@@ -196,7 +199,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         )),
         false => None,
     };
+    let provisioner = converge_bridge::provision::Provisioner::new(Arc::clone(&store), &base_url);
     let state = web::Data::new(AppState {
+        bridge: Arc::clone(&provisioner),
         storage: storage.clone(),
         upload_auth: Arc::new(upload::authenticator(&pki.signing_secret)),
         store: Arc::clone(&store),
@@ -246,6 +251,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             .route("/v1alpha1/upload-async", web::post().to(upload::upload))
             .route("/apis/subresources.kubevirt.io/{version}", web::get().to(subresources::group_version))
             .route("/apis/subresources.kubevirt.io/{version}/{tail:.*}", web::to(subresources::handle))
+            .configure(bridge::configure)
             .default_service(web::to(resources::dispatch))
     })
     .workers(config.workers.max(1))
@@ -258,6 +264,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     let server = tokio::spawn(server);
     let collector = tokio::spawn(converge_engine::gc::run(Arc::clone(&store)));
     let controllers = config.controllers.then(|| converge_engine::controllers::spawn(Arc::clone(&store)));
+    // Host requests a crash cut off are resumed at once, deletions settled as they finish.
+    let bridge_recovery =
+        tokio::spawn(converge_bridge::provision::executor::run_recovery(provisioner, Duration::from_secs(1)));
 
     let kubeconfig = data_dir.join("kubeconfig");
     pki::write_private(&kubeconfig, &pki::kubeconfig(&base_url, &pki.ca_pem, &token))?;
@@ -276,6 +285,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         handle,
         server,
         collector,
+        bridge_recovery,
     })
 }
 
@@ -303,7 +313,12 @@ async fn authenticate(
             }
             Err(e) => {
                 tracing::debug!(%method, %path, "unauthorized");
-                return Ok(req.into_response(status_response(&e)).map_into_right_body());
+                let resp = if path.starts_with(bridge::PREFIX) {
+                    bridge::error_response(&e.into())
+                } else {
+                    status_response(&e)
+                };
+                return Ok(req.into_response(resp).map_into_right_body());
             }
         }
     }

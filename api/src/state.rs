@@ -18,4 +18,6 @@ pub struct AppState {
     pub storage: Option<Arc<converge_engine::storage::StorageControllers>>,
     /// Signs and checks upload tokens (a key of their own).
     pub upload_auth: Arc<Authenticator>,
+    /// Carries out `/bridge/v1` host requests.
+    pub bridge: Arc<converge_bridge::provision::Provisioner>,
 }

@@ -64,7 +64,7 @@ fn respond(r: ApiResult<HttpResponse>) -> HttpResponse {
 }
 
 /// Issue a token.
-#[utoipa::path(post, path = "/converge/v1/tokens", tag = "tokens", request_body = TokenRequest,
+#[utoipa::path(post, path = "/converge/v1/tokens", operation_id = "createToken", tag = "tokens", request_body = TokenRequest,
     responses((status = 201, description = "The token, shown once", body = TokenRecord), (status = 400, description = "Bad request"), (status = 403, description = "Not an admin")),
     security(("BearerToken" = [])))]
 pub async fn create(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
@@ -104,7 +104,7 @@ pub async fn create(req: HttpRequest, body: web::Bytes, state: web::Data<AppStat
 }
 
 /// List tokens (never their secrets).
-#[utoipa::path(get, path = "/converge/v1/tokens", tag = "tokens",
+#[utoipa::path(get, path = "/converge/v1/tokens", operation_id = "listTokens", tag = "tokens",
     responses((status = 200, description = "Every token issued", body = TokenList), (status = 403, description = "Not an admin")),
     security(("BearerToken" = [])))]
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
@@ -133,7 +133,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
 }
 
 /// Revoke a token: every request bearing it is refused from now on.
-#[utoipa::path(delete, path = "/converge/v1/tokens/{id}", tag = "tokens",
+#[utoipa::path(delete, path = "/converge/v1/tokens/{id}", operation_id = "revokeToken", tag = "tokens",
     params(("id" = String, Path, description = "Token id (the JWT's jti)")),
     responses((status = 200, description = "Revoked"), (status = 404, description = "No such token"), (status = 403, description = "Not an admin")),
     security(("BearerToken" = [])))]

@@ -169,7 +169,8 @@ pub fn decode(body: &[u8]) -> Result<HostRequest, BridgeError> {
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let field = (path != "." && !path.is_empty()).then_some(path);
+        // serde_path_to_error says `.` for the top level and `?` where it could not tell.
+        let field = (path != "." && path != "?" && !path.is_empty()).then_some(path);
         BridgeError {
             code: ErrorCode::InvalidRequest,
             message: format!("the request is not a host request: {inner}"),
