@@ -431,3 +431,91 @@ async fn an_import_that_fills_the_disk_fails_with_the_reason_and_harms_nothing_e
     })
     .await;
 }
+
+/// A host request for the bridge's crash tests: a Secret, two blank disks and a VM.
+fn bridge_host(name: &str, second_class: &str) -> Value {
+    json!({"name": name, "memory": "64Mi", "start": false, "nics": [],
+        "sshKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOv7 me@laptop"],
+        "disks": [{"name": "root", "size": "16Mi", "source": {"blank": {}}},
+                  {"name": "data", "size": "16Mi", "storageClass": second_class, "source": {"blank": {}}}]})
+}
+
+async fn post_host(app: &TestApp, body: &Value, key: &str) -> Result<(u16, Value), String> {
+    let resp = app
+        .http
+        .post(app.url("/bridge/v1/hosts"))
+        .bearer_auth(&app.token)
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.json().await.unwrap_or_default()))
+}
+
+/// The objects of host `name` there are now, by kind and name.
+async fn host_objects(app: &TestApp, name: &str) -> Vec<String> {
+    let mut out = vec![];
+    for (kind, path) in [
+        ("Secret", "/api/v1/namespaces/default/secrets"),
+        ("DataVolume", "/apis/cdi.kubevirt.io/v1beta1/namespaces/default/datavolumes"),
+        ("VirtualMachine", VMS_DEFAULT),
+    ] {
+        for o in list(app, &format!("{path}?labelSelector=bridge.converge.dev/host={name}")).await {
+            out.push(format!("{kind} {}", name_of(&o)));
+        }
+    }
+    out
+}
+
+/// kill -9 just after a host request made its first object: the next server finishes the
+/// request, and the client's retry with the same key gets the one host.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_in_the_middle_of_a_host_request_is_resumed_into_one_whole_host() {
+    within(Duration::from_secs(300), async {
+        let _shared = LIBVIRTD.read().await;
+        let mut p = ServeProcess::start(failpoint::BRIDGE_AFTER_OBJECT, &[]).await;
+        let cut = post_host(&p.app, &bridge_host("resumed", "local"), "crash-1").await;
+        assert!(cut.is_err(), "the request died with the server: {cut:?}");
+        assert!(p.wait_crash(CONVERGE).await, "{}", tail(&p.logs()));
+        p.spawn("").await;
+        let path = "/bridge/v1/hosts/default/resumed";
+        let created = wait_until(CONVERGE, || async { p.app.get(path).await.1["state"] == "Created" }).await;
+        let view = p.app.get(path).await.1;
+        assert!(created, "{view}\n{}", tail(&p.logs()));
+        let states: Vec<&str> = view["steps"].as_array().expect("steps").iter().map(|s| s["state"].as_str().unwrap_or("")).collect();
+        assert_eq!(states, ["Done", "Done", "Done", "Done"]);
+        let (code, again) = post_host(&p.app, &bridge_host("resumed", "local"), "crash-1").await.expect("retry");
+        assert_eq!((code, &again["id"]), (201, &view["id"]), "{again}");
+        assert_eq!(
+            host_objects(&p.app, "resumed").await,
+            ["Secret resumed-cloudinit", "DataVolume resumed-data", "DataVolume resumed-root", "VirtualMachine resumed"]
+        );
+    })
+    .await;
+}
+
+/// kill -9 after a step failed and before anything was removed: the next server finishes the
+/// rollback, and the retry gets the failure, naming the step.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_before_a_rollback_is_rolled_back_by_the_next_server() {
+    within(Duration::from_secs(300), async {
+        let _shared = LIBVIRTD.read().await;
+        let mut p = ServeProcess::start(failpoint::BRIDGE_BEFORE_ROLLBACK, &[]).await;
+        let cut = post_host(&p.app, &bridge_host("undone", "no-such-class"), "crash-2").await;
+        assert!(cut.is_err(), "the request died with the server: {cut:?}");
+        assert!(p.wait_crash(CONVERGE).await, "{}", tail(&p.logs()));
+        p.spawn("").await;
+        let path = "/bridge/v1/hosts/default/undone";
+        let failed = wait_until(CONVERGE, || async { p.app.get(path).await.1["state"] == "Failed" }).await;
+        let view = p.app.get(path).await.1;
+        assert!(failed, "{view}\n{}", tail(&p.logs()));
+        let (code, again) = post_host(&p.app, &bridge_host("undone", "no-such-class"), "crash-2").await.expect("retry");
+        assert_eq!((code, again["error"]["step"].as_str()), (422, Some("disk/data")), "{again}");
+        let gone = wait_until(CONVERGE, || async { host_objects(&p.app, "undone").await.is_empty() }).await;
+        assert!(gone, "{:?}", host_objects(&p.app, "undone").await);
+    })
+    .await;
+}
+
