@@ -44,6 +44,11 @@ pub struct HostRequest {
     #[serde(default = "yes")]
     #[schema(default = true)]
     pub start: bool,
+    /// Seconds a stopping guest gets to shut down (ACPI) before it is powered off; KubeVirt's
+    /// 180 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 3600)]
+    pub grace_period_seconds: Option<u32>,
 }
 
 fn default_namespace() -> String {
@@ -318,6 +323,9 @@ pub fn validate(r: &HostRequest) -> Result<(), BridgeError> {
             check_mac(&format!("nics[{i}].macAddress"), mac)?;
         }
     }
+    if r.grace_period_seconds.is_some_and(|g| g > 3600) {
+        return Err(invalid("gracePeriodSeconds", "between 0 and 3600 seconds"));
+    }
     if r.user_data.as_ref().is_some_and(|u| u.len() > MAX_USER_DATA) {
         return Err(invalid("userData", format!("at most {MAX_USER_DATA} bytes")));
     }
@@ -449,6 +457,9 @@ pub fn plan(host_id: &str, r: &HostRequest) -> Plan {
     }
     spec["template"] = json!({"metadata": {"labels": {HOST_LABEL: r.name}},
         "spec": {"domain": domain, "networks": networks, "volumes": volumes}});
+    if let Some(grace) = r.grace_period_seconds {
+        spec["template"]["spec"]["terminationGracePeriodSeconds"] = json!(grace);
+    }
     steps.push(PlannedStep {
         name: "vm".into(),
         kind: "VirtualMachine",

@@ -95,6 +95,7 @@ fn bad_requests_name_their_field() {
         (json!({"name": "w", "memory": "1Gi", "nics": [{"network": "Bad Net"}]}), "nics[0].network"),
         (json!({"name": "w", "memory": "1Gi", "nics": [{"macAddress": "02:00"}]}), "nics[0].macAddress"),
         (json!({"name": "w", "memory": "1Gi", "sshKeys": ["nope"]}), "sshKeys[0]"),
+        (json!({"name": "w", "memory": "1Gi", "gracePeriodSeconds": 7200}), "gracePeriodSeconds"),
     ];
     for (body, field) in cases {
         let e = error_of(body.clone());
