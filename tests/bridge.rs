@@ -137,7 +137,10 @@ async fn the_same_idempotency_key_makes_one_host() {
     assert_eq!(headers.get("idempotent-replayed").and_then(|v| v.to_str().ok()), Some("true"));
     // The same key with another body is refused; without a key, the name is taken.
     let (s, e, _) = post_keyed(&app, &host("other"), Some("build-42")).await;
-    assert_eq!((s, e["error"]["code"].as_str(), e["error"]["field"].as_str()), (422, Some("IdempotencyKeyReused"), Some("Idempotency-Key")));
+    assert_eq!(
+        (s, e["error"]["code"].as_str(), e["error"]["field"].as_str()),
+        (422, Some("IdempotencyKeyReused"), Some("Idempotency-Key"))
+    );
     let (s, e, _) = post_keyed(&app, &body, None).await;
     assert_eq!((s, e["error"]["code"].as_str()), (409, Some("HostExists")), "{e}");
 
@@ -152,7 +155,10 @@ async fn the_same_idempotency_key_makes_one_host() {
     }
     let list = app.get("/bridge/v1/hosts?namePrefix=raced").await.1;
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
-    let vms = app.get("/apis/kubevirt.io/v1/namespaces/default/virtualmachines?labelSelector=bridge.converge.dev/host=raced").await.1;
+    let vms = app
+        .get("/apis/kubevirt.io/v1/namespaces/default/virtualmachines?labelSelector=bridge.converge.dev/host=raced")
+        .await
+        .1;
     assert_eq!(vms["items"].as_array().map(Vec::len), Some(1));
 }
 
@@ -172,7 +178,8 @@ async fn a_failing_step_rolls_back_what_the_request_made_and_names_the_step() {
     assert!(e["error"]["message"].as_str().unwrap_or_default().contains("no-such-class"));
     let view = app.get("/bridge/v1/hosts/default/half").await.1;
     assert_eq!(view["state"], "Failed");
-    let states: Vec<&str> = view["steps"].as_array().expect("steps").iter().map(|s| s["state"].as_str().unwrap_or("")).collect();
+    let states: Vec<&str> =
+        view["steps"].as_array().expect("steps").iter().map(|s| s["state"].as_str().unwrap_or("")).collect();
     assert_eq!(states, ["RolledBack", "RolledBack", "Failed", "Skipped"]);
     assert_eq!(view["error"]["step"], "disk/data");
     let left = wait_until(SETTLE, || async { leftovers(&app, "half", &["root", "data"]).await.is_empty() }).await;
@@ -187,7 +194,10 @@ async fn a_failing_step_rolls_back_what_the_request_made_and_names_the_step() {
     let mut body = host("nonet");
     body["nics"] = json!([{"network": "pod"}, {"network": "lab/missing"}]);
     let (s, e, _) = post_keyed(&app, &body, None).await;
-    assert_eq!((s, e["error"]["code"].as_str(), e["error"]["step"].as_str()), (422, Some("NetworkNotFound"), Some("vm")));
+    assert_eq!(
+        (s, e["error"]["code"].as_str(), e["error"]["step"].as_str()),
+        (422, Some("NetworkNotFound"), Some("vm"))
+    );
     assert_eq!(e["error"]["field"], "nics[1].network");
     assert!(wait_until(SETTLE, || async { leftovers(&app, "nonet", &["root"]).await.is_empty() }).await);
 
@@ -195,7 +205,10 @@ async fn a_failing_step_rolls_back_what_the_request_made_and_names_the_step() {
     let mine = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "taken-cloudinit"}, "stringData": {"k": "v"}});
     assert_eq!(app.post("/api/v1/namespaces/default/secrets", &mine).await.0, 201);
     let (s, e, _) = post_keyed(&app, &host("taken"), None).await;
-    assert_eq!((s, e["error"]["code"].as_str(), e["error"]["step"].as_str()), (409, Some("ObjectExists"), Some("secret")));
+    assert_eq!(
+        (s, e["error"]["code"].as_str(), e["error"]["step"].as_str()),
+        (409, Some("ObjectExists"), Some("secret"))
+    );
     assert_eq!(app.get("/api/v1/namespaces/default/secrets/taken-cloudinit").await.0, 200);
     assert_eq!(app.get("/apis/cdi.kubevirt.io/v1beta1/namespaces/default/datavolumes/taken-root").await.0, 404);
 }
@@ -223,7 +236,12 @@ async fn errors_have_one_shape_with_a_code_a_message_and_the_field() {
     let (s, b, _) = app.request(reqwest::Method::POST, HOSTS, "application/json", Some("{".into())).await;
     assert_eq!(s, 400);
     shape(s, &b, "InvalidRequest", None);
-    let (s, b) = app.post(HOSTS, &json!({"name": "x", "memory": "1Gi", "disks": [{"size": "1Gi", "source": {"blank": {}}, "sise": 1}]})).await;
+    let (s, b) = app
+        .post(
+            HOSTS,
+            &json!({"name": "x", "memory": "1Gi", "disks": [{"size": "1Gi", "source": {"blank": {}}, "sise": 1}]}),
+        )
+        .await;
     assert_eq!(s, 400);
     shape(s, &b, "InvalidRequest", Some("disks[0].sise"));
     let (s, b) = app.post(HOSTS, &json!({"name": "x", "memory": "1Gi", "cpu": 100})).await;
@@ -240,7 +258,8 @@ async fn errors_have_one_shape_with_a_code_a_message_and_the_field() {
     shape(s, &b, "InvalidRequest", Some("limit"));
 
     // Another namespace's token: refused, in the same shape.
-    let (_, issued) = app.post("/converge/v1/tokens", &json!({"role": "edit", "namespaces": ["team-a"], "ttlSeconds": 600})).await;
+    let (_, issued) =
+        app.post("/converge/v1/tokens", &json!({"role": "edit", "namespaces": ["team-a"], "ttlSeconds": 600})).await;
     let token = issued["token"].as_str().expect("token");
     let refused = app.http.post(app.url(HOSTS)).bearer_auth(token).json(&host("theirs")).send().await.expect("request");
     assert_eq!(refused.status().as_u16(), 403);
@@ -261,7 +280,9 @@ async fn hosts_list_with_filters_and_pages_and_the_listings_name_what_there_is()
     loop {
         let (s, page) = app.get(&format!("{HOSTS}?limit=2&namePrefix=a-&continue={next}")).await;
         assert_eq!(s, 200, "{page}");
-        names.extend(page["items"].as_array().expect("items").iter().map(|h| h["name"].as_str().unwrap_or("").to_string()));
+        names.extend(
+            page["items"].as_array().expect("items").iter().map(|h| h["name"].as_str().unwrap_or("").to_string()),
+        );
         match page["continue"].as_str() {
             Some(c) => next = c.to_string(),
             None => break,
@@ -275,10 +296,16 @@ async fn hosts_list_with_filters_and_pages_and_the_listings_name_what_there_is()
 
     let flavor = json!({"apiVersion": "instancetype.kubevirt.io/v1beta1", "kind": "VirtualMachineClusterInstancetype",
         "metadata": {"name": "small"}, "spec": {"cpu": {"guest": 1}, "memory": {"guest": "64Mi"}}});
-    assert_eq!(app.post("/apis/instancetype.kubevirt.io/v1beta1/virtualmachineclusterinstancetypes", &flavor).await.0, 201);
+    assert_eq!(
+        app.post("/apis/instancetype.kubevirt.io/v1beta1/virtualmachineclusterinstancetypes", &flavor).await.0,
+        201
+    );
     let nad = json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition", "metadata": {"name": "lab"},
         "spec": {"config": "{\"cniVersion\": \"0.3.1\", \"type\": \"bridge\", \"bridge\": \"br-lab\"}"}});
-    assert_eq!(app.post("/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions", &nad).await.0, 201);
+    assert_eq!(
+        app.post("/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions", &nad).await.0,
+        201
+    );
     let ds = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataSource", "metadata": {"name": "debian"},
         "spec": {"source": {"pvc": {"name": "golden", "namespace": "default"}}}});
     assert_eq!(app.post("/apis/cdi.kubevirt.io/v1beta1/namespaces/default/datasources", &ds).await.0, 201);
@@ -289,7 +316,10 @@ async fn hosts_list_with_filters_and_pages_and_the_listings_name_what_there_is()
     assert_eq!(images["items"][0]["name"], "debian");
     assert_eq!(images["items"][0]["source"], "default/golden");
     let classes = app.get("/bridge/v1/storageclasses").await.1;
-    assert!(classes["items"].as_array().expect("items").iter().any(|c| c["name"] == "local" && c["default"] == true), "{classes}");
+    assert!(
+        classes["items"].as_array().expect("items").iter().any(|c| c["name"] == "local" && c["default"] == true),
+        "{classes}"
+    );
 
     // What the listings name, a request takes: the flavor, the network.
     let (s, b) = app

@@ -484,13 +484,19 @@ async fn a_crash_in_the_middle_of_a_host_request_is_resumed_into_one_whole_host(
         let created = wait_until(CONVERGE, || async { p.app.get(path).await.1["state"] == "Created" }).await;
         let view = p.app.get(path).await.1;
         assert!(created, "{view}\n{}", tail(&p.logs()));
-        let states: Vec<&str> = view["steps"].as_array().expect("steps").iter().map(|s| s["state"].as_str().unwrap_or("")).collect();
+        let states: Vec<&str> =
+            view["steps"].as_array().expect("steps").iter().map(|s| s["state"].as_str().unwrap_or("")).collect();
         assert_eq!(states, ["Done", "Done", "Done", "Done"]);
         let (code, again) = post_host(&p.app, &bridge_host("resumed", "local"), "crash-1").await.expect("retry");
         assert_eq!((code, &again["id"]), (201, &view["id"]), "{again}");
         assert_eq!(
             host_objects(&p.app, "resumed").await,
-            ["Secret resumed-cloudinit", "DataVolume resumed-data", "DataVolume resumed-root", "VirtualMachine resumed"]
+            [
+                "Secret resumed-cloudinit",
+                "DataVolume resumed-data",
+                "DataVolume resumed-root",
+                "VirtualMachine resumed"
+            ]
         );
     })
     .await;
@@ -518,4 +524,3 @@ async fn a_crash_before_a_rollback_is_rolled_back_by_the_next_server() {
     })
     .await;
 }
-

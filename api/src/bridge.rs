@@ -127,7 +127,11 @@ pub async fn create(req: HttpRequest, payload: web::Payload, state: web::Data<Ap
             let request = prov::request::decode(&body)?;
             let key = match req.headers().get("idempotency-key") {
                 Some(v) => Some(v.to_str().map_err(|_| {
-                    BridgeError::field(ErrorCode::InvalidRequest, "Idempotency-Key", "the Idempotency-Key header is not text")
+                    BridgeError::field(
+                        ErrorCode::InvalidRequest,
+                        "Idempotency-Key",
+                        "the Idempotency-Key header is not text",
+                    )
                 })?),
                 None => None,
             };
@@ -177,7 +181,10 @@ fn list_filter(q: ListQuery, who: &Principal) -> Result<ListFilter, BridgeError>
     let mut states = vec![];
     for s in q.state.as_deref().unwrap_or_default().split(',').filter(|s| !s.is_empty()) {
         states.push(HostState::parse(s).ok_or_else(|| {
-            bad("state", format!("{s:?} is not a host state (Creating, RollingBack, Created, Failed, Deleting, Deleted)"))
+            bad(
+                "state",
+                format!("{s:?} is not a host state (Creating, RollingBack, Created, Failed, Deleting, Deleted)"),
+            )
         })?);
     }
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
@@ -186,7 +193,11 @@ fn list_filter(q: ListQuery, who: &Principal) -> Result<ListFilter, BridgeError>
     }
     let after = match q.continue_token.as_deref() {
         None | Some("") => 0,
-        Some(t) => t.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| bad("continue", "not a continue token from this API".into()))?,
+        Some(t) => t
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| bad("continue", "not a continue token from this API".into()))?,
     };
     if let Some(prefix) = &q.name_prefix {
         if prefix.len() > 63 || prefix.chars().any(|c| c.is_control()) {
@@ -405,7 +416,9 @@ pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let resource = |path: &str| web::resource(path.to_string()).default_service(web::to(method_not_allowed));
     cfg.service(resource("/bridge/v1/hosts").route(web::post().to(create)).route(web::get().to(list)))
-        .service(resource("/bridge/v1/hosts/{namespace}/{name}").route(web::get().to(get)).route(web::delete().to(delete)))
+        .service(
+            resource("/bridge/v1/hosts/{namespace}/{name}").route(web::get().to(get)).route(web::delete().to(delete)),
+        )
         .service(resource("/bridge/v1/hosts/{namespace}/{name}/start").route(web::post().to(start)))
         .service(resource("/bridge/v1/hosts/{namespace}/{name}/stop").route(web::post().to(stop)))
         .service(resource("/bridge/v1/hosts/{namespace}/{name}/restart").route(web::post().to(restart)))
@@ -439,7 +452,9 @@ mod tests {
         assert_eq!(f.states, vec![HostState::Created, HostState::Failed]);
         assert_eq!((f.limit, f.after, f.name_prefix.as_deref()), (2, 7, Some("web")));
         assert_eq!(f.allowed_namespaces, Some(vec!["a".to_string()]));
-        for (q, field) in [("state=Sleeping", "state"), ("limit=0", "limit"), ("limit=501", "limit"), ("continue=x", "continue")] {
+        for (q, field) in
+            [("state=Sleeping", "state"), ("limit=0", "limit"), ("limit=501", "limit"), ("continue=x", "continue")]
+        {
             let e = list_filter(query(q), &who(&[])).expect_err(q);
             assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidRequest, Some(field)));
         }

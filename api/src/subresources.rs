@@ -307,7 +307,13 @@ pub async fn domain_xml(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
     result.unwrap_or_else(|e| status_response(&e))
 }
 
-pub(crate) async fn vm_request(state: &AppState, ns: &str, name: &str, op: VmOp, body: &Value) -> ApiResult<HttpResponse> {
+pub(crate) async fn vm_request(
+    state: &AppState,
+    ns: &str,
+    name: &str,
+    op: VmOp,
+    body: &Value,
+) -> ApiResult<HttpResponse> {
     let vm = state
         .store
         .get(&kinds::VIRTUAL_MACHINE, ns, name)

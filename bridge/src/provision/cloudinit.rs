@@ -119,7 +119,9 @@ mod tests {
         let keys = vec![KEY.to_string()];
         let out = user_data(Some("#!/bin/sh\necho converge-bridge-0"), &keys).unwrap_or_default();
         assert!(out.starts_with("Content-Type: multipart/mixed; boundary=\"converge-bridge-1\""), "{out}");
-        assert!(out.contains("Content-Type: text/x-shellscript; charset=\"utf-8\"\n\n#!/bin/sh\necho converge-bridge-0\n"));
+        assert!(
+            out.contains("Content-Type: text/x-shellscript; charset=\"utf-8\"\n\n#!/bin/sh\necho converge-bridge-0\n")
+        );
         assert!(out.contains("Content-Type: text/cloud-config"));
         assert!(out.ends_with("--converge-bridge-1--\n"));
     }

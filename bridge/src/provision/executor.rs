@@ -207,7 +207,9 @@ impl Provisioner {
             let state = rec.steps.get(i).map(|s| s.state).unwrap_or(StepState::Pending);
             match state {
                 StepState::Done => continue,
-                StepState::Pending => record::step(self.pool(), &rec.id, i, StepState::Pending, StepState::Running, "").await?,
+                StepState::Pending => {
+                    record::step(self.pool(), &rec.id, i, StepState::Pending, StepState::Running, "").await?
+                }
                 StepState::Running => {}
                 _ => return Err(BridgeError::internal(format!("step {} of a Creating host is {state:?}", step.name))),
             }
@@ -268,7 +270,10 @@ impl Provisioner {
         match rec.state {
             HostState::Created => {
                 if !record::transition(self.pool(), &rec.id, HostState::Created, HostState::Deleting).await? {
-                    return Err(BridgeError::new(ErrorCode::RequestInProgress, "the host changed meanwhile; try again"));
+                    return Err(BridgeError::new(
+                        ErrorCode::RequestInProgress,
+                        "the host changed meanwhile; try again",
+                    ));
                 }
             }
             HostState::Deleting => {}
@@ -307,9 +312,9 @@ impl Provisioner {
             };
             for kind in derived {
                 if let Some(obj) = self.store.get(kind, &rec.namespace, &s.object_name).await? {
-                    let ours = obj["metadata"]["ownerReferences"]
-                        .as_array()
-                        .is_some_and(|refs| refs.iter().any(|r| r["kind"] == s.kind.as_str() && r["name"] == s.object_name.as_str()));
+                    let ours = obj["metadata"]["ownerReferences"].as_array().is_some_and(|refs| {
+                        refs.iter().any(|r| r["kind"] == s.kind.as_str() && r["name"] == s.object_name.as_str())
+                    });
                     if ours {
                         left.push(format!("{} {}", kind.kind, s.object_name));
                     }

@@ -175,9 +175,13 @@ mod tests {
         assert_eq!(i[0].source.as_deref(), Some("images/golden"));
         assert!(i[0].ready);
         assert_eq!(i[1].kind, "registry");
-        let nad = json!({"metadata": {"name": "vlan10", "namespace": "lab"}, "spec": {"config": "{\"type\": \"bridge\"}"}});
+        let nad =
+            json!({"metadata": {"name": "vlan10", "namespace": "lab"}, "spec": {"config": "{\"type\": \"bridge\"}"}});
         let n = networks(&[nad]);
-        assert_eq!((n[0].name.as_str(), n[1].name.as_str(), n[1].network_type.as_str()), ("pod", "lab/vlan10", "bridge"));
+        assert_eq!(
+            (n[0].name.as_str(), n[1].name.as_str(), n[1].network_type.as_str()),
+            ("pod", "lab/vlan10", "bridge")
+        );
         let sc = json!({"metadata": {"name": "local", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
             "provisioner": "converge.dev/local-pool"});
         let s = storage_classes(&[sc]);

@@ -99,10 +99,7 @@ pub async fn create_host(
             return Err(BridgeError::field(
                 ErrorCode::HostExists,
                 "name",
-                format!(
-                    "there is a host {}/{} already; GET it, or DELETE it first",
-                    request.namespace, request.name
-                ),
+                format!("there is a host {}/{} already; GET it, or DELETE it first", request.namespace, request.name),
             ))
         }
     }

@@ -229,14 +229,16 @@ pub async fn transition(pool: &AnyPool, id: &str, from: HostState, to: HostState
     }
     let now = now_ms();
     let deleted_at = if to == HostState::Deleted { now } else { 0 };
-    let done = sqlx::query("UPDATE bridge_hosts SET state = $1, updated_at = $2, deleted_at = $3 WHERE id = $4 AND state = $5")
-        .bind(to.as_str())
-        .bind(now)
-        .bind(deleted_at)
-        .bind(id)
-        .bind(from.as_str())
-        .execute(pool)
-        .await?;
+    let done = sqlx::query(
+        "UPDATE bridge_hosts SET state = $1, updated_at = $2, deleted_at = $3 WHERE id = $4 AND state = $5",
+    )
+    .bind(to.as_str())
+    .bind(now)
+    .bind(deleted_at)
+    .bind(id)
+    .bind(from.as_str())
+    .execute(pool)
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 

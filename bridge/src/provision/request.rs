@@ -137,8 +137,14 @@ const MAX_USER_DATA: usize = 64 * 1024;
 pub enum Precheck {
     /// `None`: the default class must exist.
     StorageClass(Option<String>),
-    DataSource { namespace: String, name: String },
-    Pvc { namespace: String, name: String },
+    DataSource {
+        namespace: String,
+        name: String,
+    },
+    Pvc {
+        namespace: String,
+        name: String,
+    },
     /// NetworkAttachmentDefinitions as (namespace, name, request field).
     Networks(Vec<(String, String, String)>),
     Flavor(String),
@@ -254,7 +260,13 @@ pub fn validate(r: &HostRequest) -> Result<(), BridgeError> {
             }
             match memory {
                 Some(m) => check_quantity("memory", m, 16.0 * 1024.0 * 1024.0)?,
-                None => return Err(BridgeError::field(ErrorCode::FieldInvalid, "memory", "required unless a flavor is given")),
+                None => {
+                    return Err(BridgeError::field(
+                        ErrorCode::FieldInvalid,
+                        "memory",
+                        "required unless a flavor is given",
+                    ))
+                }
             }
         }
     }
@@ -281,7 +293,10 @@ pub fn validate(r: &HostRequest) -> Result<(), BridgeError> {
         }
         match &d.source {
             DiskSource::Url(u) => {
-                if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 || u.contains(char::is_whitespace) {
+                if !(u.starts_with("http://") || u.starts_with("https://"))
+                    || u.len() < 10
+                    || u.contains(char::is_whitespace)
+                {
                     return Err(invalid(field("source.url"), format!("{u:?} is not an http(s) URL")));
                 }
             }
@@ -294,7 +309,10 @@ pub fn validate(r: &HostRequest) -> Result<(), BridgeError> {
             DiskSource::DataSource(o) | DiskSource::Pvc(o) => {
                 let which = if matches!(d.source, DiskSource::Pvc(_)) { "pvc" } else { "dataSource" };
                 if !meta::dns1123_subdomain_errors(&o.name).is_empty() {
-                    return Err(invalid(field(&format!("source.{which}.name")), format!("{:?} is not an object name", o.name)));
+                    return Err(invalid(
+                        field(&format!("source.{which}.name")),
+                        format!("{:?} is not an object name", o.name),
+                    ));
                 }
                 if let Some(ns) = &o.namespace {
                     check_label(&field(&format!("source.{which}.namespace")), ns)?;
@@ -315,7 +333,10 @@ pub fn validate(r: &HostRequest) -> Result<(), BridgeError> {
             if !meta::dns1123_label_errors(&ns).is_empty() || !meta::dns1123_subdomain_errors(&name).is_empty() {
                 return Err(invalid(
                     format!("nics[{i}].network"),
-                    format!("{:?} is neither \"pod\" nor a NetworkAttachmentDefinition (name or namespace/name)", n.network),
+                    format!(
+                        "{:?} is neither \"pod\" nor a NetworkAttachmentDefinition (name or namespace/name)",
+                        n.network
+                    ),
                 ));
             }
         }
@@ -400,14 +421,21 @@ pub fn plan(host_id: &str, r: &HostRequest) -> Plan {
         // A clone's volume is made in the host's class as any other.
         let mut prechecks = vec![Precheck::StorageClass(d.storage_class.clone())];
         prechecks.extend(precheck);
-        steps.push(PlannedStep { name: format!("disk/{disk}"), kind: "DataVolume", object: dv, field: format!("disks[{i}]"), prechecks });
+        steps.push(PlannedStep {
+            name: format!("disk/{disk}"),
+            kind: "DataVolume",
+            object: dv,
+            field: format!("disks[{i}]"),
+            prechecks,
+        });
         boot += 1;
         disks.push(json!({"name": disk, "disk": {"bus": "virtio"}, "bootOrder": boot}));
         volumes.push(json!({"name": disk, "dataVolume": {"name": name}}));
     }
     if steps.first().is_some_and(|s| s.name == "secret") {
         disks.push(json!({"name": CLOUD_INIT_DISK, "disk": {"bus": "virtio"}}));
-        volumes.push(json!({"name": CLOUD_INIT_DISK, "cloudInitNoCloud": {"secretRef": {"name": secret_name(&r.name)}}}));
+        volumes
+            .push(json!({"name": CLOUD_INIT_DISK, "cloudInitNoCloud": {"secretRef": {"name": secret_name(&r.name)}}}));
     }
     let mut interfaces = vec![];
     let mut networks = vec![];

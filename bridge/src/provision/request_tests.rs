@@ -22,7 +22,8 @@ fn error_of(body: Value) -> BridgeError {
 fn a_request_plans_secret_disks_then_the_vm() {
     let mut body = base();
     body["sshKeys"] = json!(["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOv7 me"]);
-    body["nics"] = json!([{"network": "pod"}, {"network": "lab/vlan10", "pxe": true, "macAddress": "02:AA:00:00:00:01"}]);
+    body["nics"] =
+        json!([{"network": "pod"}, {"network": "lab/vlan10", "pxe": true, "macAddress": "02:AA:00:00:00:01"}]);
     let r = request(body);
     assert_eq!(validate(&r), Ok(()));
     let p = plan("id-1", &r);
@@ -47,7 +48,10 @@ fn a_request_plans_secret_disks_then_the_vm() {
     assert_eq!(spec["volumes"][2]["cloudInitNoCloud"]["secretRef"]["name"], "web-cloudinit");
     assert_eq!(spec["networks"][1]["multus"]["networkName"], "lab/vlan10");
     assert_eq!(spec["domain"]["cpu"]["cores"], 1);
-    assert_eq!(p.steps[3].prechecks, vec![Precheck::Networks(vec![("lab".into(), "vlan10".into(), "nics[1].network".into())])]);
+    assert_eq!(
+        p.steps[3].prechecks,
+        vec![Precheck::Networks(vec![("lab".into(), "vlan10".into(), "nics[1].network".into())])]
+    );
 }
 
 #[test]
@@ -59,7 +63,10 @@ fn defaults_one_pod_nic_and_no_secret() {
     assert_eq!(spec["runStrategy"], "Halted");
     assert_eq!(spec["template"]["spec"]["networks"], json!([{"name": "nic0", "pod": {}}]));
     let none = request(json!({"name": "a", "memory": "1Gi", "nics": []}));
-    assert_eq!(plan("x", &none).steps[0].object["spec"]["template"]["spec"]["domain"]["devices"]["autoattachPodInterface"], false);
+    assert_eq!(
+        plan("x", &none).steps[0].object["spec"]["template"]["spec"]["domain"]["devices"]["autoattachPodInterface"],
+        false
+    );
 }
 
 #[test]
@@ -70,7 +77,10 @@ fn clones_and_flavors_are_checked_where_they_are_made() {
         {"size": "1Gi", "source": {"registry": "127.0.0.1:5000/disk:v1"}}]}));
     assert_eq!(validate(&r), Ok(()));
     let p = plan("x", &r);
-    assert_eq!(p.steps[0].object["spec"]["sourceRef"], json!({"kind": "DataSource", "name": "debian", "namespace": "images"}));
+    assert_eq!(
+        p.steps[0].object["spec"]["sourceRef"],
+        json!({"kind": "DataSource", "name": "debian", "namespace": "images"})
+    );
     assert_eq!(p.steps[0].prechecks[1], Precheck::DataSource { namespace: "images".into(), name: "debian".into() });
     assert_eq!(p.steps[1].object["spec"]["source"]["pvc"], json!({"name": "golden", "namespace": "default"}));
     assert_eq!(p.steps[2].object["spec"]["source"]["registry"]["url"], "docker://127.0.0.1:5000/disk:v1");
@@ -88,9 +98,15 @@ fn bad_requests_name_their_field() {
         (json!({"name": "w"}), "memory"),
         (json!({"name": "w", "memory": "1Gi", "flavor": "small"}), "flavor"),
         (json!({"name": "w", "memory": "1Gi", "cpu": 0}), "cpu"),
-        (json!({"name": "w", "memory": "1Gi", "disks": [{"size": "1Gi", "source": {"url": "ftp://x/y"}}]}), "disks[0].source.url"),
+        (
+            json!({"name": "w", "memory": "1Gi", "disks": [{"size": "1Gi", "source": {"url": "ftp://x/y"}}]}),
+            "disks[0].source.url",
+        ),
         (json!({"name": "w", "memory": "1Gi", "disks": [{"size": "1", "source": {"blank": {}}}]}), "disks[0].size"),
-        (json!({"name": "w", "memory": "1Gi", "disks": [{"name": "cloudinit", "size": "1Gi", "source": {"blank": {}}}]}), "disks[0].name"),
+        (
+            json!({"name": "w", "memory": "1Gi", "disks": [{"name": "cloudinit", "size": "1Gi", "source": {"blank": {}}}]}),
+            "disks[0].name",
+        ),
         (json!({"name": "w", "memory": "1Gi", "nics": [{"network": "pod"}, {}]}), "nics"),
         (json!({"name": "w", "memory": "1Gi", "nics": [{"network": "Bad Net"}]}), "nics[0].network"),
         (json!({"name": "w", "memory": "1Gi", "nics": [{"macAddress": "02:00"}]}), "nics[0].macAddress"),

@@ -49,7 +49,11 @@ impl HostState {
         use HostState::*;
         matches!(
             (self, next),
-            (Creating, Created) | (Creating, RollingBack) | (RollingBack, Failed) | (Created, Deleting) | (Deleting, Deleted)
+            (Creating, Created)
+                | (Creating, RollingBack)
+                | (RollingBack, Failed)
+                | (Created, Deleting)
+                | (Deleting, Deleted)
         )
     }
 
@@ -72,8 +76,14 @@ pub enum StepState {
     Skipped,
 }
 
-pub const STEP_STATES: [StepState; 6] =
-    [StepState::Pending, StepState::Running, StepState::Done, StepState::Failed, StepState::RolledBack, StepState::Skipped];
+pub const STEP_STATES: [StepState; 6] = [
+    StepState::Pending,
+    StepState::Running,
+    StepState::Done,
+    StepState::Failed,
+    StepState::RolledBack,
+    StepState::Skipped,
+];
 
 impl StepState {
     pub fn as_str(self) -> &'static str {
@@ -114,8 +124,13 @@ mod tests {
     #[test]
     fn every_host_transition_is_decided_by_the_table() {
         use HostState::*;
-        let allowed =
-            [(Creating, Created), (Creating, RollingBack), (RollingBack, Failed), (Created, Deleting), (Deleting, Deleted)];
+        let allowed = [
+            (Creating, Created),
+            (Creating, RollingBack),
+            (RollingBack, Failed),
+            (Created, Deleting),
+            (Deleting, Deleted),
+        ];
         for from in HOST_STATES {
             for to in HOST_STATES {
                 assert_eq!(from.may_become(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");

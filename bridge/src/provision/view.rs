@@ -99,7 +99,13 @@ fn text(v: &Value, path: &str) -> Option<String> {
 }
 
 /// Pure: the view from a record and its live objects.
-pub fn render(rec: &HostRecord, vm: Option<&Value>, vmi: Option<&Value>, volumes: &[Option<Value>], base_url: &str) -> HostView {
+pub fn render(
+    rec: &HostRecord,
+    vm: Option<&Value>,
+    vmi: Option<&Value>,
+    volumes: &[Option<Value>],
+    base_url: &str,
+) -> HostView {
     let r = &rec.request;
     let steps = rec
         .steps
@@ -130,8 +136,10 @@ pub fn render(rec: &HostRecord, vm: Option<&Value>, vmi: Option<&Value>, volumes
         })
         .collect();
     let empty = vec![];
-    let vm_ifaces = vm.and_then(|v| v.pointer("/spec/template/spec/domain/devices/interfaces")).and_then(Value::as_array);
-    let vm_networks = vm.and_then(|v| v.pointer("/spec/template/spec/networks")).and_then(Value::as_array).unwrap_or(&empty);
+    let vm_ifaces =
+        vm.and_then(|v| v.pointer("/spec/template/spec/domain/devices/interfaces")).and_then(Value::as_array);
+    let vm_networks =
+        vm.and_then(|v| v.pointer("/spec/template/spec/networks")).and_then(Value::as_array).unwrap_or(&empty);
     let vmi_ifaces = vmi.and_then(|v| v.pointer("/status/interfaces")).and_then(Value::as_array).unwrap_or(&empty);
     let nics = vm_ifaces
         .unwrap_or(&empty)
@@ -204,11 +212,15 @@ pub async fn host_view(p: &Provisioner, rec: &HostRecord) -> Result<Value, Bridg
     // The objects of the name are shown only while they are the host's own.
     let ours = |o: Option<Value>| {
         o.filter(|v| {
-            converge_engine::meta::labels(v).get(request::HOST_ID_LABEL).and_then(Value::as_str) == Some(rec.id.as_str())
+            converge_engine::meta::labels(v).get(request::HOST_ID_LABEL).and_then(Value::as_str)
+                == Some(rec.id.as_str())
         })
     };
     let vm = ours(vm);
-    let vmi = vmi.filter(|i| vm.as_ref().is_some_and(|v| converge_engine::meta::owner_uids(i).iter().any(|u| u == converge_engine::meta::uid(v))));
+    let vmi = vmi.filter(|i| {
+        vm.as_ref()
+            .is_some_and(|v| converge_engine::meta::owner_uids(i).iter().any(|u| u == converge_engine::meta::uid(v)))
+    });
     let volumes: Vec<Option<Value>> = volumes.into_iter().map(ours).collect();
     let mut view = render(rec, vm.as_ref(), vmi.as_ref(), &volumes, &p.base_url);
     if rec.state == HostState::Deleting {
