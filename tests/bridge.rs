@@ -63,7 +63,7 @@ async fn a_host_is_made_in_one_call_and_deleted_with_nothing_left() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (backend, url) in database_urls(dir.path()).await {
         let app = spawn_app_with(Some(url), |_| {}).await;
-        let (s, view, headers) = post_keyed(&app, &host("web"), None).await;
+        let (s, view, headers) = post_keyed(&app, &host("web"), Some("first")).await;
         assert_eq!(s, 201, "{backend}: {view}");
         assert_eq!(headers.get("location").and_then(|v| v.to_str().ok()), Some("/bridge/v1/hosts/default/web"));
         assert_eq!(view["state"], "Created");
@@ -79,6 +79,10 @@ async fn a_host_is_made_in_one_call_and_deleted_with_nothing_left() {
         let mac = view["nics"][0]["macAddress"].as_str().unwrap_or_default().to_string();
         assert_eq!(mac.len(), 17, "{backend}: {view}");
         let id = view["id"].as_str().expect("id").to_string();
+        let (s, e, _) = post_keyed(&app, &host("web"), None).await;
+        assert_eq!((s, e["error"]["code"].as_str()), (409, Some("HostExists")), "{backend}: {e}");
+        let (s, replayed, _) = post_keyed(&app, &host("web"), Some("first")).await;
+        assert_eq!((s, &replayed["id"]), (201, &view["id"]), "{backend}");
 
         // The objects, each labelled with the record; the VM boots from the disk, cloud-init beside it.
         let vm = app.get("/apis/kubevirt.io/v1/namespaces/default/virtualmachines/web").await.1;

@@ -170,7 +170,8 @@ pub struct ListQuery {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HostList {
-    pub items: Vec<HostView>,
+    #[schema(value_type = Vec<HostView>)]
+    pub items: Vec<Value>,
     /// Pass as `continue` for the next page; absent on the last.
     #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
     pub continue_token: Option<String>,
@@ -233,7 +234,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
             for rec in &records {
                 items.push(view::host_view(&state.bridge, rec).await?);
             }
-            Ok(json(200, &serde_json::json!({"items": items, "continue": continue_token})))
+            Ok(json(200, &HostList { items, continue_token }))
         }
         .await,
     )
