@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod bridge;
 #[path = "report.rs"]
 mod report;
 use report::{Figure, Goal, Report};
@@ -32,6 +33,9 @@ struct Args {
     /// Open watches for the fan-out measurement.
     #[arg(long, default_value_t = 100)]
     watchers: usize,
+    /// Hosts made through /bridge/v1 (and, for the baseline, through the Kubernetes API).
+    #[arg(long, default_value_t = 200)]
+    hosts: usize,
     /// Write the figures here (bench/report.py reads them).
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -246,6 +250,7 @@ async fn main() -> Result<()> {
         anyhow::ensure!(items.len() == args.list_size.max(2000));
         store_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    let (bridge_hosts, k8s_hosts) = bridge::hosts_per_second(&client, args.hosts, c).await?;
     let mut report = Report::default();
     report.notes.push(format!(
         "{} on {} cores, concurrency {c}, HTTPS + bearer + keep-alive, load client in the same process",
@@ -291,6 +296,15 @@ async fn main() -> Result<()> {
         )
         .against("the PATCH's own round trip", report::quantile(&patch_ms, 0.5))
         .goal(Goal::AtMost(50.0)),
+    );
+    report.push(
+        Figure::new(
+            "P5.bridge",
+            "POST /bridge/v1/hosts (record + Secret + DataVolume + VM, the view)",
+            "hosts/s",
+            bridge_hosts,
+        )
+        .against("the same three objects POSTed through the Kubernetes API", k8s_hosts),
     );
     report.series("P5.list_ms", json!(list_ms));
     report.series("P5.watch_ms", json!(fanout_ms));

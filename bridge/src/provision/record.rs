@@ -24,7 +24,8 @@ pub struct HostRecord {
     pub error: Option<BridgeError>,
     pub created_by: String,
     pub owner: String,
-    /// Milliseconds since the epoch.
+    /// Milliseconds since the epoch; `updated_at` is the last change of `state` (steps keep
+    /// their own times).
     pub created_at: i64,
     pub updated_at: i64,
     pub deleted_at: i64,
@@ -269,7 +270,6 @@ pub async fn step(
         .bind(from.as_str())
         .execute(pool)
         .await?;
-    sqlx::query("UPDATE bridge_hosts SET updated_at = $1 WHERE id = $2").bind(now).bind(id).execute(pool).await?;
     Ok(())
 }
 
