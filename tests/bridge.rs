@@ -332,3 +332,74 @@ async fn hosts_list_with_filters_and_pages_and_the_listings_name_what_there_is()
     assert_eq!(s, 201, "{b}");
     assert_eq!(b["nics"][0]["network"], "default/lab");
 }
+
+/// A crash can cut a request off between any two writes; wherever the record was left, the
+/// next server's recovery makes it whole or rolls it back. Here: a step marked Failed, the
+/// record still Creating (the write after was lost), and a step that made its object but was
+/// never marked Done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_finishes_records_left_between_any_two_writes() {
+    use converge_bridge::provision::{executor::Provisioner, record, request, HostState, StepState};
+    let app = spawn_app().await;
+    let store = app.store();
+    let pool = store.pool();
+    let left_behind = Provisioner::new(store.clone(), &app.base_url);
+    let write = |name: &'static str, key: &'static str| {
+        let p = left_behind.clone();
+        async move {
+            let r = request::decode(host(name).to_string().as_bytes()).expect("request");
+            let id = uuid::Uuid::new_v4().to_string();
+            let plan = request::plan(&id, &r);
+            let new = record::NewHost {
+                id: &id,
+                request: &r,
+                idempotency_key: key,
+                request_hash: &record::request_hash(&r),
+                created_by: "test",
+                owner: &p.owner,
+                steps: &plan.steps,
+            };
+            assert!(record::insert(p.store.pool(), &new).await.expect("insert").is_ok());
+            (id, plan)
+        }
+    };
+    // 1: the Secret made, its step Running; the disk step Failed; the record still Creating.
+    let (failed_id, plan) = write("cut-fail", "k1").await;
+    converge_engine::admission::create_admitted(
+        &store,
+        &converge_engine::kinds::SECRET,
+        plan.steps[0].object.clone(),
+        false,
+    )
+    .await
+    .expect("secret");
+    record::step(pool, &failed_id, 0, StepState::Pending, StepState::Running, "").await.expect("step");
+    record::step(pool, &failed_id, 1, StepState::Pending, StepState::Running, "").await.expect("step");
+    record::step(pool, &failed_id, 1, StepState::Running, StepState::Failed, "no space").await.expect("step");
+    // 2: the Secret and the disk made, the disk's step never marked Done.
+    let (resumed_id, plan) = write("cut-made", "k2").await;
+    for (i, kind) in [(0, &converge_engine::kinds::SECRET), (1, &converge_engine::kinds::DATA_VOLUME)] {
+        converge_engine::admission::create_admitted(&store, kind, plan.steps[i].object.clone(), false)
+            .await
+            .expect("object");
+        record::step(pool, &resumed_id, i, StepState::Pending, StepState::Running, "").await.expect("step");
+    }
+    record::step(pool, &resumed_id, 0, StepState::Running, StepState::Done, "").await.expect("step");
+
+    // The serving process's own recovery loop takes both over (another owner, nobody on them).
+    let settled = wait_until(SETTLE, || async {
+        let a = record::by_id(pool, &failed_id).await.expect("read").expect("record");
+        let b = record::by_id(pool, &resumed_id).await.expect("read").expect("record");
+        a.state == HostState::Failed && b.state == HostState::Created
+    })
+    .await;
+    assert!(settled, "{:?}", record::by_id(pool, &failed_id).await);
+    let failed = app.get("/bridge/v1/hosts/default/cut-fail").await.1;
+    assert_eq!(failed["error"]["step"], "disk/root", "{failed}");
+    assert!(wait_until(SETTLE, || async { leftovers(&app, "cut-fail", &["root"]).await.is_empty() }).await);
+    let resumed = app.get("/bridge/v1/hosts/default/cut-made").await.1;
+    let states: Vec<&str> =
+        resumed["steps"].as_array().expect("steps").iter().map(|s| s["state"].as_str().unwrap_or("")).collect();
+    assert_eq!(states, ["Done", "Done", "Done"], "{resumed}");
+    assert_eq!(app.get("/apis/kubevirt.io/v1/namespaces/default/virtualmachines/cut-made").await.0, 200);
+}

@@ -211,7 +211,17 @@ impl Provisioner {
                     record::step(self.pool(), &rec.id, i, StepState::Pending, StepState::Running, "").await?
                 }
                 StepState::Running => {}
-                _ => return Err(BridgeError::internal(format!("step {} of a Creating host is {state:?}", step.name))),
+                // Failed, and cut off before the record said RollingBack: roll back now.
+                StepState::Failed => {
+                    let error = rec.error.clone().unwrap_or_else(|| {
+                        let message = rec.steps.get(i).map(|s| s.error.clone()).unwrap_or_default();
+                        BridgeError::internal(message).at_step(&step.name)
+                    });
+                    return self.fail(&rec.id, error).await;
+                }
+                StepState::RolledBack | StepState::Skipped => {
+                    return Err(BridgeError::internal(format!("step {} of a Creating host is {state:?}", step.name)))
+                }
             }
             match self.ensure(&rec.id, step).await {
                 Ok(()) => {
@@ -221,12 +231,10 @@ impl Provisioner {
                 Err(e) => {
                     let e = e.at_step(&step.name);
                     tracing::info!(step = %step.name, error = %e.message, "a step failed: rolling back");
-                    record::step(self.pool(), &rec.id, i, StepState::Running, StepState::Failed, &e.message).await?;
+                    // The error first: a step is never Failed without the answer it gives.
                     record::set_error(self.pool(), &rec.id, &e).await?;
-                    record::transition(self.pool(), &rec.id, HostState::Creating, HostState::RollingBack).await?;
-                    failpoint::hit(failpoint::BRIDGE_BEFORE_ROLLBACK);
-                    let current = self.reload(&rec.id).await?;
-                    return self.roll_back(&current).await;
+                    record::step(self.pool(), &rec.id, i, StepState::Running, StepState::Failed, &e.message).await?;
+                    return self.fail(&rec.id, e).await;
                 }
             }
         }
@@ -235,6 +243,15 @@ impl Provisioner {
         let answer = Answer { code: 201, body: view.to_string(), replayed: false };
         record::set_response(self.pool(), &rec.id, answer.code, &answer.body).await?;
         Ok(answer)
+    }
+
+    /// Records why a Creating record failed, and rolls it back.
+    async fn fail(&self, id: &str, error: BridgeError) -> Result<Answer, BridgeError> {
+        record::set_error(self.pool(), id, &error).await?;
+        record::transition(self.pool(), id, HostState::Creating, HostState::RollingBack).await?;
+        failpoint::hit(failpoint::BRIDGE_BEFORE_ROLLBACK);
+        let current = self.reload(id).await?;
+        self.roll_back(&current).await
     }
 
     pub async fn reload(&self, id: &str) -> Result<HostRecord, BridgeError> {
