@@ -213,6 +213,7 @@ async fn a_failing_step_rolls_back_what_the_request_made_and_names_the_step() {
         (s, e["error"]["code"].as_str(), e["error"]["step"].as_str()),
         (409, Some("ObjectExists"), Some("secret"))
     );
+    assert_eq!(e["error"]["field"], "name", "another host name is the way out");
     assert_eq!(app.get("/api/v1/namespaces/default/secrets/taken-cloudinit").await.0, 200);
     assert_eq!(app.get("/apis/cdi.kubevirt.io/v1beta1/namespaces/default/datavolumes/taken-root").await.0, 404);
 }

@@ -255,7 +255,7 @@ async fn host_record(
     let who = principal(req)?;
     let (ns, name) = path_of(req);
     authorize(&who, Some(&ns), write, verb)?;
-    record::by_name(state.store.pool(), &ns, &name).await?.ok_or_else(|| record::not_found(&ns, &name))
+    record::by_name(state.store.pool(), &ns, &name).await?.ok_or_else(|| BridgeError::not_found(&ns, &name))
 }
 
 /// A host's progress: its steps, volumes, MACs and addresses, printableStatus and consoles.
@@ -303,7 +303,7 @@ async fn power(req: HttpRequest, state: web::Data<AppState>, op: crate::subresou
             }
             crate::subresources::vm_request(&state, &rec.namespace, &rec.name, op, &Value::Object(Default::default()))
                 .await
-                .map_err(|e| BridgeError::from(e).with_field(None))?;
+                .map_err(BridgeError::from)?;
             Ok(json(202, &view::host_view(&state.bridge, &rec).await?))
         }
         .await,

@@ -171,7 +171,7 @@ impl Provisioner {
                     step.object_name()
                 ),
             )
-            .with_field(Some(object_field.unwrap_or_else(|| "name".into()))));
+            .with_field(Some("name".into())));
         }
         self.precheck(step).await?;
         match converge_engine::admission::create_admitted(&self.store, kind, step.object.clone(), false).await {
@@ -180,7 +180,7 @@ impl Provisioner {
                 ErrorCode::ObjectExists,
                 format!("a {} {namespace}/{} was made by someone else meanwhile", step.kind, step.object_name()),
             )
-            .with_field(object_field)),
+            .with_field(Some("name".into()))),
             Err(e) => Err(BridgeError::from(e).with_field(object_field)),
         }
     }
@@ -300,7 +300,7 @@ impl Provisioner {
                     format!("the host is {}; delete it once that is over", rec.state.as_str()),
                 ))
             }
-            HostState::Failed | HostState::Deleted => return Err(record::not_found(&rec.namespace, &rec.name)),
+            HostState::Failed | HostState::Deleted => return Err(BridgeError::not_found(&rec.namespace, &rec.name)),
         }
         self.remove_all(rec).await
     }
@@ -313,7 +313,7 @@ impl Provisioner {
     }
 
     /// Whether anything a host made is still there: its objects, its VMI, its volumes' claims.
-    async fn leftovers(&self, rec: &HostRecord) -> Result<Vec<String>, BridgeError> {
+    pub async fn leftovers(&self, rec: &HostRecord) -> Result<Vec<String>, BridgeError> {
         let mut left = vec![];
         for s in &rec.steps {
             let Some(kind) = kind_of(&s.kind) else { continue };
@@ -368,11 +368,6 @@ impl Provisioner {
             }
         }
         Ok(())
-    }
-
-    /// What is left of a Deleting host, for the view.
-    pub async fn remaining(&self, rec: &HostRecord) -> Result<Vec<String>, BridgeError> {
-        self.leftovers(rec).await
     }
 }
 

@@ -3,7 +3,7 @@
 //! Every state change is a conditional update from the state it leaves, so two actors never
 //! both move a record.
 
-use super::error::{BridgeError, ErrorCode};
+use super::error::BridgeError;
 use super::request::{HostRequest, PlannedStep};
 use super::state::{HostState, StepState};
 use sqlx::any::AnyRow;
@@ -376,9 +376,4 @@ pub fn request_hash(request: &HostRequest) -> String {
     let text = serde_json::to_string(request).unwrap_or_default();
     let digest = sha2::Sha256::digest(text.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A record that is not readable as a host of the caller's: the same error as a missing one.
-pub fn not_found(namespace: &str, name: &str) -> BridgeError {
-    BridgeError::new(ErrorCode::NotFound, format!("there is no host {namespace}/{name}"))
 }

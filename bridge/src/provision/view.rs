@@ -224,7 +224,7 @@ pub async fn host_view(p: &Provisioner, rec: &HostRecord) -> Result<Value, Bridg
     let volumes: Vec<Option<Value>> = volumes.into_iter().map(ours).collect();
     let mut view = render(rec, vm.as_ref(), vmi.as_ref(), &volumes, &p.base_url);
     if rec.state == HostState::Deleting {
-        view.remaining = p.remaining(rec).await?;
+        view.remaining = p.leftovers(rec).await?;
     }
     serde_json::to_value(view).map_err(|e| BridgeError::internal(e.to_string()))
 }
