@@ -340,7 +340,7 @@ async fn hosts_list_with_filters_and_pages_and_the_listings_name_what_there_is()
 /// never marked Done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_finishes_records_left_between_any_two_writes() {
-    use converge_bridge::provision::{executor::Provisioner, record, request, HostState, StepState};
+    use converge_bridge::provision::{executor, executor::Provisioner, record, request, HostState, StepState};
     let app = spawn_app().await;
     let store = app.store();
     let pool = store.pool();
@@ -387,7 +387,27 @@ async fn recovery_finishes_records_left_between_any_two_writes() {
     }
     record::step(pool, &resumed_id, 0, StepState::Running, StepState::Done, "").await.expect("step");
 
-    // The serving process's own recovery loop takes both over (another owner, nobody on them).
+    // 3: a request of another server that is alive: left alone until that server goes quiet.
+    let other = Provisioner::new(store.clone(), &app.base_url);
+    let (busy_id, _) = {
+        let r = request::decode(host("cut-busy").to_string().as_bytes()).expect("request");
+        let id = uuid::Uuid::new_v4().to_string();
+        let plan = request::plan(&id, &r);
+        let new = record::NewHost {
+            id: &id,
+            request: &r,
+            idempotency_key: "k3",
+            request_hash: &record::request_hash(&r),
+            created_by: "test",
+            owner: &other.owner,
+            steps: &plan.steps,
+        };
+        assert!(record::insert(pool, &new).await.expect("insert").is_ok());
+        (id, plan)
+    };
+    record::heartbeat(pool, &other.owner).await.expect("heartbeat");
+
+    // The serving process's own recovery loop takes the first two over (their owner never beat).
     let settled = wait_until(SETTLE, || async {
         let a = record::by_id(pool, &failed_id).await.expect("read").expect("record");
         let b = record::by_id(pool, &resumed_id).await.expect("read").expect("record");
@@ -403,4 +423,19 @@ async fn recovery_finishes_records_left_between_any_two_writes() {
         resumed["steps"].as_array().expect("steps").iter().map(|s| s["state"].as_str().unwrap_or("")).collect();
     assert_eq!(states, ["Done", "Done", "Done"], "{resumed}");
     assert_eq!(app.get("/apis/kubevirt.io/v1/namespaces/default/virtualmachines/cut-made").await.0, 200);
+    let busy = record::by_id(pool, &busy_id).await.expect("read").expect("record");
+    assert_eq!(busy.state, HostState::Creating, "a live server's request is its own");
+    // Its server falls silent (its last beat is older than the lease): the request is taken over.
+    let stale = record::now_ms() - executor::OWNER_LEASE.as_millis() as i64 - 1000;
+    sqlx::query("UPDATE bridge_servers SET heartbeat_at = $1 WHERE owner = $2")
+        .bind(stale)
+        .bind(other.owner.clone())
+        .execute(pool)
+        .await
+        .expect("age the heartbeat");
+    let taken = wait_until(SETTLE, || async {
+        record::by_id(pool, &busy_id).await.ok().flatten().is_some_and(|r| r.state == HostState::Created)
+    })
+    .await;
+    assert!(taken, "{:?}", record::by_id(pool, &busy_id).await);
 }

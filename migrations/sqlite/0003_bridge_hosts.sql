@@ -38,3 +38,10 @@ CREATE TABLE bridge_host_steps (
     error TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (host_id, position)
 );
+
+-- Each serving process's last sign of life: an unfinished record is taken over from its owner
+-- only once the owner has gone quiet.
+CREATE TABLE bridge_servers (
+    owner TEXT PRIMARY KEY,
+    heartbeat_at BIGINT NOT NULL
+);

@@ -341,11 +341,14 @@ impl Provisioner {
         Ok(left)
     }
 
-    /// One pass over records no request of this process is on: creates and rollbacks whose
-    /// request died (with its server, or on a store error) are resumed; deletions are carried on
-    /// and marked Deleted once nothing is left. One server per store: another live server's
-    /// requests would be taken over too.
+    /// One pass over records no request is on: creates and rollbacks whose request died (on a
+    /// store error here, or with a server that has gone quiet for `OWNER_LEASE`) are resumed;
+    /// deletions are carried on and marked Deleted once nothing is left. Servers sharing a
+    /// PostgreSQL store leave each other's live requests alone.
     pub async fn recover(self: &Arc<Self>) -> Result<(), BridgeError> {
+        record::heartbeat(self.pool(), &self.owner).await?;
+        let now = record::now_ms();
+        record::forget_servers(self.pool(), now - FORGET_SERVER.as_millis() as i64).await?;
         for rec in record::unfinished(self.pool()).await? {
             if rec.state == HostState::Deleting {
                 if self.leftovers(&rec).await?.is_empty() {
@@ -354,6 +357,13 @@ impl Provisioner {
                     self.remove_all(&rec).await?;
                 }
                 continue;
+            }
+            if rec.owner != self.owner {
+                // Another server's request is its own while that server lives.
+                let alive = record::last_heartbeat(self.pool(), &rec.owner).await?;
+                if alive.is_some_and(|at| now - at < OWNER_LEASE.as_millis() as i64) {
+                    continue;
+                }
             }
             let Some(_guard) = self.take(&rec.id) else { continue };
             if rec.owner != self.owner && !record::claim(self.pool(), &rec.id, &rec.owner, &self.owner).await? {
@@ -370,6 +380,11 @@ impl Provisioner {
         Ok(())
     }
 }
+
+/// A server that has not beaten for this long is gone: its unfinished requests are taken over.
+pub const OWNER_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Servers silent this long are forgotten.
+const FORGET_SERVER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Runs `recover` every `period` until the task is dropped.
 pub async fn run_recovery(provisioner: Arc<Provisioner>, period: std::time::Duration) {

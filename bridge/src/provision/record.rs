@@ -301,6 +301,37 @@ pub async fn claim(pool: &AnyPool, id: &str, from_owner: &str, to_owner: &str) -
     Ok(done.rows_affected() == 1)
 }
 
+/// This server is alive now.
+pub async fn heartbeat(pool: &AnyPool, owner: &str) -> Result<(), BridgeError> {
+    sqlx::query(
+        "INSERT INTO bridge_servers (owner, heartbeat_at) VALUES ($1, $2) \
+         ON CONFLICT (owner) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+    )
+    .bind(owner)
+    .bind(now_ms())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// When `owner` last said it was alive; `None` if it never did (or was forgotten).
+pub async fn last_heartbeat(pool: &AnyPool, owner: &str) -> Result<Option<i64>, BridgeError> {
+    let row = sqlx::query("SELECT heartbeat_at FROM bridge_servers WHERE owner = $1")
+        .bind(owner)
+        .fetch_optional(pool)
+        .await?;
+    Ok(match row {
+        Some(r) => Some(r.try_get(0)?),
+        None => None,
+    })
+}
+
+/// Forgets servers silent since before `before` (ms).
+pub async fn forget_servers(pool: &AnyPool, before: i64) -> Result<(), BridgeError> {
+    sqlx::query("DELETE FROM bridge_servers WHERE heartbeat_at < $1").bind(before).execute(pool).await?;
+    Ok(())
+}
+
 /// Records someone has to act on (creating, rolling back, deleting), oldest first.
 pub async fn unfinished(pool: &AnyPool) -> Result<Vec<HostRecord>, BridgeError> {
     let sql = format!(
