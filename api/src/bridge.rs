@@ -135,11 +135,12 @@ pub async fn create(req: HttpRequest, payload: web::Payload, state: web::Data<Ap
                 })?),
                 None => None,
             };
-            let answer = prov::create_host(&state.bridge, &body, key, &who.subject).await?;
+            let location = format!("/bridge/v1/hosts/{}/{}", request.namespace, request.name);
+            let answer = prov::create_host(&state.bridge, request, key, &who.subject).await?;
             let mut resp = HttpResponse::build(StatusCode::from_u16(answer.code).unwrap_or(StatusCode::OK));
             resp.content_type("application/json");
             if answer.code == 201 {
-                resp.insert_header(("Location", format!("/bridge/v1/hosts/{}/{}", request.namespace, request.name)));
+                resp.insert_header(("Location", location));
             }
             if answer.replayed {
                 resp.insert_header(("Idempotent-Replayed", "true"));

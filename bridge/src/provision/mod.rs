@@ -57,14 +57,13 @@ fn replay(existing: &record::HostRecord, hash: &str) -> Result<Answer, BridgeErr
     }
 }
 
-/// `POST /bridge/v1/hosts`, after authentication and authorization.
+/// `POST /bridge/v1/hosts`, after authentication, authorization and `request::decode`.
 pub async fn create_host(
     p: &Arc<Provisioner>,
-    body: &[u8],
+    request: HostRequest,
     key: Option<&str>,
     subject: &str,
 ) -> Result<Answer, BridgeError> {
-    let request = request::decode(body)?;
     request::validate(&request)?;
     let key = scoped_key(subject, key)?;
     let hash = record::request_hash(&request);
