@@ -118,6 +118,17 @@ impl Authenticator {
         }
     }
 
+    /// Follows revocations in the store, so servers sharing one database refuse a token within
+    /// `every` of its revocation by any of them.
+    pub async fn follow_revocations(self: std::sync::Arc<Self>, pool: sqlx::AnyPool, every: std::time::Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = self.load_revoked(&pool).await {
+                tracing::warn!(error = %e.message, "reading token revocations");
+            }
+        }
+    }
+
     /// Load revocations recorded in the store.
     pub async fn load_revoked(&self, pool: &sqlx::AnyPool) -> ApiResult<()> {
         let rows = sqlx::query("SELECT id FROM tokens WHERE revoked = 1").fetch_all(pool).await?;
@@ -199,6 +210,22 @@ pub struct Access<'a> {
     pub resource: &'a str,
     pub group: &'a str,
     pub verb: &'a str,
+    /// The request writes the object's `/status`, which the node and controllers own.
+    pub status: bool,
+}
+
+/// What a role may do, as Kubernetes' default ClusterRoles grant it: `view` reads everything
+/// but Secrets; `edit` also writes namespaced objects (Secrets included) but neither
+/// cluster-scoped kinds (PersistentVolumes, StorageClasses, Nodes, cluster instancetypes,
+/// Namespaces) nor any `/status`; `admin` does all of it. Returns the least role that may.
+pub fn role_needed(a: &Access) -> Role {
+    if a.write && (a.cluster_scoped || a.status) {
+        Role::Admin
+    } else if a.write || (a.group.is_empty() && a.resource == "secrets") {
+        Role::Edit
+    } else {
+        Role::View
+    }
 }
 
 pub fn authorize(p: &Principal, a: &Access) -> ApiResult<()> {
@@ -213,7 +240,7 @@ pub fn authorize(p: &Principal, a: &Access) -> ApiResult<()> {
             p.subject, a.verb, a.resource, a.group
         ))
     };
-    if a.write && p.role < Role::Edit {
+    if p.role < role_needed(a) {
         return Err(forbidden());
     }
     if p.namespaces.is_empty() {
@@ -290,6 +317,7 @@ mod tests {
             resource: "r",
             group: "g",
             verb: "v",
+            status: false,
         }
     }
 
@@ -303,5 +331,20 @@ mod tests {
         assert!(authorize(&who(Role::Edit, &["a"]), &access(true, None, true, false)).is_err());
         assert!(authorize(&who(Role::Edit, &["a"]), &access(false, None, false, false)).is_err());
         assert!(authorize(&who(Role::Edit, &["a"]), &access(false, None, false, true)).is_ok());
+    }
+
+    #[test]
+    fn roles_follow_kubernetes_defaults() {
+        let secrets = Access { resource: "secrets", group: "", ..access(false, Some("a"), false, false) };
+        assert!(authorize(&who(Role::View, &[]), &secrets).is_err(), "view reads no Secrets");
+        assert!(authorize(&who(Role::Edit, &["a"]), &secrets).is_ok());
+        let cluster_write = access(true, None, true, false);
+        assert!(authorize(&who(Role::Edit, &[]), &cluster_write).is_err(), "edit writes no cluster-scoped kind");
+        assert!(authorize(&who(Role::Admin, &[]), &cluster_write).is_ok());
+        let status = Access { status: true, ..access(true, Some("a"), false, false) };
+        assert!(authorize(&who(Role::Edit, &[]), &status).is_err(), "edit writes no /status");
+        assert!(authorize(&who(Role::Admin, &["a"]), &status).is_ok());
+        let read_status = Access { status: true, ..access(false, Some("a"), false, false) };
+        assert!(authorize(&who(Role::View, &["a"]), &read_status).is_ok());
     }
 }

@@ -86,6 +86,7 @@ fn authorize(p: &Principal, namespace: Option<&str>, write: bool, verb: &str) ->
         resource: "virtualmachines",
         group: kinds::KUBEVIRT_GROUP,
         verb,
+        status: false,
     };
     auth::authorize(p, &access).map_err(BridgeError::from)
 }

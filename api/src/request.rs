@@ -173,6 +173,11 @@ fn truthy(v: &str) -> bool {
     matches!(v, "true" | "1" | "True")
 }
 
+/// The longest a watch or a request waits, whatever `timeoutSeconds` asks.
+pub const MAX_TIMEOUT_SECONDS: u64 = 24 * 3600;
+/// The most items one page may ask for.
+pub const MAX_LIMIT: i64 = 100_000;
+
 pub fn parse_query(pairs: &[(String, String)]) -> Result<Query, ApiError> {
     let mut q = Query::default();
     for (k, v) in pairs {
@@ -182,12 +187,15 @@ pub fn parse_query(pairs: &[(String, String)]) -> Result<Query, ApiError> {
             "fieldSelector" => q.field_selector = v.clone(),
             "limit" => {
                 let n: i64 = v.parse().map_err(|_| ApiError::bad_request(format!("limit: Invalid value: \"{v}\": must be an integer")))?;
-                q.limit = (n > 0).then_some(n as usize);
+                // Bounded before the store adds to it; no page is larger anyway.
+                q.limit = (n > 0).then_some(n.min(MAX_LIMIT) as usize);
             }
             "continue" => q.continue_token = Some(v.clone()).filter(|s| !s.is_empty()),
             "resourceVersion" => q.resource_version = Some(v.clone()).filter(|s| !s.is_empty()),
             "timeoutSeconds" => {
-                q.timeout_seconds = Some(v.parse().map_err(|_| ApiError::bad_request(format!("timeoutSeconds: Invalid value: \"{v}\"")))?)
+                let n: u64 = v.parse().map_err(|_| ApiError::bad_request(format!("timeoutSeconds: Invalid value: \"{v}\"")))?;
+                // A deadline past the clock's range panicked the worker; no watch outlives a day.
+                q.timeout_seconds = Some(n.min(MAX_TIMEOUT_SECONDS));
             }
             "allowWatchBookmarks" => q.allow_bookmarks = truthy(v),
             "dryRun" => {
@@ -328,6 +336,15 @@ mod tests {
         assert!(parse_query(&pairs(&[("limit", "x")])).is_err());
         assert!(parse_query(&pairs(&[("fieldValidation", "Loud")])).is_err());
         assert!(parse_query(&pairs(&[("propagationPolicy", "Now")])).is_err());
+    }
+
+    #[test]
+    fn integers_are_bounded_before_use() {
+        let q = parse_query(&pairs(&[("timeoutSeconds", "18446744073709551615"), ("limit", "9223372036854775807")]))
+            .unwrap_or_default();
+        assert_eq!(q.timeout_seconds, Some(MAX_TIMEOUT_SECONDS));
+        assert_eq!(q.limit, Some(MAX_LIMIT as usize));
+        assert!(parse_query(&pairs(&[("timeoutSeconds", "18446744073709551616")])).is_err());
     }
 
     #[test]

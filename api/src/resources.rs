@@ -79,6 +79,7 @@ async fn handle(req: &HttpRequest, body: &[u8], state: &AppState) -> ApiResult<H
             resource: path.kind.plural,
             group: path.kind.group,
             verb,
+            status: path.subresource == Some(Subresource::Status),
         },
     )?;
     let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -99,7 +100,7 @@ async fn handle(req: &HttpRequest, body: &[u8], state: &AppState) -> ApiResult<H
                 Ok(json_response(200, &obj, &[]))
             }
         }
-        ("POST", None, None) => create(state, &path, &q, body, content_type).await,
+        ("POST", None, None) => create(state, &path, &q, body, content_type, &principal).await,
         ("PUT", Some(name), Some(Subresource::Scale)) => {
             scale_update(state, &path, name, &q, ScaleChange::Replace(body)).await
         }
@@ -293,16 +294,26 @@ async fn create(
     q: &Query,
     body: &[u8],
     content_type: &str,
+    principal: &Principal,
 ) -> ApiResult<HttpResponse> {
     let kind = path.kind;
     let mut obj = decode(kind, body, content_type)?;
+    // Status is what the node and controllers report; a tenant's claim to a phase, an address
+    // or a bound volume is dropped, as the apiserver resets status on create. Admins keep
+    // theirs (restores and recordings replay whole objects).
+    if kind.status_subresource && principal.role != auth::Role::Admin {
+        if let Some(m) = obj.as_object_mut() {
+            m.remove("status");
+        }
+    }
     place(path, &mut obj, None)?;
     let mut warnings = check_object(path, &mut obj, q.field_validation)?;
     warnings.extend(admission::warnings(kind, &obj));
     let presets = presets_for(state, kind, item_namespace(path)).await?;
     admission::defaults_from_store(&state.store, kind, &mut obj).await?;
     let (instancetype, preference) = admission::lookup_instancetypes(&state.store, kind, &obj).await?;
-    let ctx = admission::Context { old: None, presets: &presets, instancetype, preference };
+    let host = Some(state.store.host_access());
+    let ctx = admission::Context { old: None, presets: &presets, instancetype, preference, host };
     admission::admit(kind, Operation::Create, &mut obj, &ctx)?;
     let mut created = state.store.create(kind, obj, q.dry_run).await?;
     path.present(&mut created);
@@ -325,7 +336,8 @@ async fn write_update(
             probe["status"] = status.clone();
         }
         let (instancetype, preference) = admission::lookup_instancetypes(&state.store, kind, &probe).await?;
-        let ctx = admission::Context { old: Some(old), presets: &[], instancetype, preference };
+        let host = Some(state.store.host_access());
+        let ctx = admission::Context { old: Some(old), presets: &[], instancetype, preference, host };
         admission::admit(kind, Operation::Update, &mut obj, &ctx)?;
     }
     state.store.update(kind, obj, mode, q.dry_run).await
@@ -367,6 +379,7 @@ fn patch_error(kind: &ResourceKind, name: &str, e: PatchError) -> ApiError {
     match e {
         PatchError::Malformed(m) => ApiError::bad_request(m),
         PatchError::Failed(m) => ApiError::invalid(kind.group, kind.kind, name, vec![Cause::invalid("", m)]),
+        PatchError::TooLarge(m) => ApiError::too_large_because(m),
     }
 }
 

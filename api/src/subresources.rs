@@ -106,8 +106,9 @@ pub fn vm_change(op: VmOp, vm: &Value, vmi: Option<&Value>, body: &Value) -> Api
     let strategy = run_strategy(vm);
     let live = running_vmi(vmi);
     let grace = body.get("gracePeriod").or_else(|| body.get("gracePeriodSeconds")).and_then(Value::as_i64);
-    if grace.is_some_and(|g| g < 0) {
-        return Err(ApiError::bad_request("gracePeriod must not be negative"));
+    let max = converge_engine::admission::MAX_GRACE_PERIOD_SECONDS;
+    if grace.is_some_and(|g| !(0..=max).contains(&g)) {
+        return Err(ApiError::bad_request(format!("gracePeriod must be between 0 and {max}")));
     }
     let mut change = VmChange { vmi_grace: grace.filter(|_| live.is_some()), ..VmChange::default() };
     let paused = body.get("paused").and_then(Value::as_bool) == Some(true);
@@ -248,6 +249,7 @@ async fn dispatch(req: &HttpRequest, payload: web::Payload, state: &AppState) ->
                 resource,
                 group: GROUP,
                 verb,
+                status: false,
             },
         )?;
     }
@@ -290,6 +292,7 @@ pub async fn domain_xml(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
                 resource: "virtualmachineinstances",
                 group: "kubevirt.io",
                 verb: "get",
+                status: false,
             },
         )?;
         let vmi = state

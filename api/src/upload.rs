@@ -70,6 +70,7 @@ pub async fn token_request(
                 resource: "uploadtokenrequests",
                 group: kinds::UPLOAD_GROUP,
                 verb: "create",
+                status: false,
             },
         )?;
         let (mut obj, pvc) = parse_token_request(&namespace, &body)?;

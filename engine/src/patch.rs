@@ -29,6 +29,65 @@ pub enum PatchError {
     Malformed(String),
     #[error("the patch could not be applied: {0}")]
     Failed(String),
+    /// Too many operations, or a result past the size an object may have (413).
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+/// The apiserver's limit on a JSON patch's operations.
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+/// The largest object a patch may produce: the request body limit, as the apiserver bounds it.
+pub const MAX_PATCHED_SIZE: usize = 3 * 1024 * 1024;
+
+/// Bytes `v` serializes to, counted without keeping them.
+fn json_size(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
+fn too_large(size: usize) -> PatchError {
+    PatchError::TooLarge(format!(
+        "Request entity too large: the patched object would exceed {MAX_PATCHED_SIZE} bytes (at least {size})"
+    ))
+}
+
+/// A JSON patch applied one operation at a time, refused as soon as what it adds could take
+/// the object past `MAX_PATCHED_SIZE`: a few `copy` operations of a growing subtree double
+/// the object each, and the first cut would only be seen after gigabytes were allocated.
+fn apply_json_patch(out: &mut Value, ops: &[json_patch::PatchOperation]) -> Result<(), PatchError> {
+    use json_patch::PatchOperation as Op;
+    if ops.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(PatchError::TooLarge(format!(
+            "The allowed count of operations in the request is {MAX_JSON_PATCH_OPERATIONS}, but found {}",
+            ops.len()
+        )));
+    }
+    // An upper bound: what each op adds is counted, what it removes is not.
+    let mut size = json_size(out);
+    for op in ops {
+        size = size.saturating_add(match op {
+            Op::Add(a) => json_size(&a.value),
+            Op::Replace(r) => json_size(&r.value),
+            Op::Copy(c) => out.pointer(&c.from.to_string()).map_or(0, json_size),
+            Op::Remove(_) | Op::Move(_) | Op::Test(_) => 0,
+        });
+        if size > MAX_PATCHED_SIZE {
+            return Err(too_large(size));
+        }
+        json_patch::patch(out, std::slice::from_ref(op)).map_err(|e| PatchError::Failed(e.to_string()))?;
+    }
+    Ok(())
 }
 
 pub fn apply(kind: PatchType, doc: &Value, body: &[u8]) -> Result<Value, PatchError> {
@@ -44,7 +103,7 @@ pub fn apply(kind: PatchType, doc: &Value, body: &[u8]) -> Result<Value, PatchEr
         PatchType::Json => {
             let ops: json_patch::Patch =
                 serde_json::from_value(patch).map_err(|e| PatchError::Malformed(e.to_string()))?;
-            json_patch::patch(&mut out, &ops).map_err(|e| PatchError::Failed(e.to_string()))?;
+            apply_json_patch(&mut out, &ops)?;
         }
         PatchType::Strategic => {
             if !patch.is_object() {
@@ -53,6 +112,10 @@ pub fn apply(kind: PatchType, doc: &Value, body: &[u8]) -> Result<Value, PatchEr
             strategic_merge(&mut out, &patch, "");
         }
         PatchType::Apply => return Err(PatchError::Failed("server-side apply is not supported".into())),
+    }
+    let size = json_size(&out);
+    if size > MAX_PATCHED_SIZE {
+        return Err(too_large(size));
     }
     Ok(out)
 }
@@ -172,6 +235,23 @@ fn merge_keyed_list(existing: &mut Vec<Value>, items: &[Value], key: &str, path:
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn json_patches_that_grow_without_bound_are_refused_early() {
+        // 28 copies of a doubling subtree: 2^28 times the seed, had it been applied.
+        let mut ops = vec![json!({"op": "add", "path": "/data/a", "value": "x".repeat(64)})];
+        for i in 0..28 {
+            ops.push(json!({"op": "copy", "from": "/data", "path": format!("/data/c{i}")}));
+        }
+        let doc = json!({"data": {}});
+        let err = run(PatchType::Json, doc.clone(), json!(ops));
+        assert!(matches!(err, Err(PatchError::TooLarge(_))), "{err:?}");
+        let many: Vec<Value> =
+            (0..=MAX_JSON_PATCH_OPERATIONS).map(|_| json!({"op": "test", "path": "/data", "value": {}})).collect();
+        assert!(matches!(run(PatchType::Json, doc.clone(), json!(many)), Err(PatchError::TooLarge(_))));
+        let small = run(PatchType::Json, doc, json!(ops[..4]));
+        assert!(small.is_ok_and(|v| v["data"].as_object().is_some_and(|m| m.len() == 4)));
+    }
 
     fn run(kind: PatchType, doc: Value, patch: Value) -> Result<Value, PatchError> {
         apply(kind, &doc, patch.to_string().as_bytes())
