@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub libvirt_uri: String,
     /// Pools, import limits and registries for the storage controllers (run with the others).
     pub storage: StorageConfig,
+    /// What of the host guests may reach (hostDisk, NAD bridges, SR-IOV functions).
+    pub host_access: converge_engine::host_access::HostAccess,
 }
 
 impl ServerConfig {
@@ -74,6 +76,7 @@ impl ServerConfig {
             controllers: true,
             node: None,
             libvirt_uri: "qemu:///system".into(),
+            host_access: Default::default(),
         }
     }
 }
@@ -94,6 +97,7 @@ pub struct RunningServer {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     collector: tokio::task::JoinHandle<()>,
     bridge_recovery: tokio::task::JoinHandle<()>,
+    revocations: tokio::task::JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -102,6 +106,7 @@ impl RunningServer {
         let result = self.server.await.unwrap_or(Ok(()));
         self.collector.abort();
         self.bridge_recovery.abort();
+        self.revocations.abort();
         drop(self.controllers);
         drop(self.storage);
         drop(self.node);
@@ -114,6 +119,7 @@ impl RunningServer {
         let _ = self.server.await;
         self.collector.abort();
         self.bridge_recovery.abort();
+        self.revocations.abort();
         drop(self.controllers);
         drop(self.storage);
         drop(self.node);
@@ -158,6 +164,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     let data_dir = &config.data_dir;
     std::fs::create_dir_all(data_dir)
         .map_err(|e| ServeError::DataDir { path: data_dir.display().to_string(), source: e })?;
+    close_data_dir(data_dir).map_err(|e| ServeError::DataDir { path: data_dir.display().to_string(), source: e })?;
     let pki = pki::ensure(data_dir, &pki::default_sans(&config.tls_sans))?;
     let url = config
         .database_url
@@ -166,7 +173,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     let mut store_config = StoreConfig::new(url);
     store_config.mac_range = config.mac_range;
     store_config.service_network = config.service_network;
+    store_config.host_access = config.host_access.clone();
     let store = Store::open(&store_config).await.map_err(ServeError::Store)?;
+    close_database_files(data_dir);
     let auth = Arc::new(Authenticator::new(&pki.signing_secret));
     auth.load_revoked(store.pool()).await.map_err(ServeError::Store)?;
     let token = admin_token(&config, &auth, &store).await?;
@@ -214,6 +223,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         App::new()
             .app_data(state.clone())
             .wrap(from_fn(authenticate))
+            .wrap(from_fn(catch_panics))
             .route("/healthz", web::get().to(healthz))
             .route("/livez", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
@@ -268,6 +278,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     let bridge_recovery =
         tokio::spawn(converge_bridge::provision::executor::run_recovery(provisioner, Duration::from_secs(1)));
 
+    let revocations =
+        tokio::spawn(Arc::clone(&auth).follow_revocations(store.pool().clone(), Duration::from_millis(500)));
     let kubeconfig = data_dir.join("kubeconfig");
     pki::write_private(&kubeconfig, &pki::kubeconfig(&base_url, &pki.ca_pem, &token))?;
     tracing::info!(%base_url, kubeconfig = %kubeconfig.display(), "converge is serving");
@@ -286,7 +298,34 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         server,
         collector,
         bridge_recovery,
+        revocations,
     })
+}
+
+/// The data dir holds the database (every Secret), the signing key and the volumes: closed to
+/// everyone but root and, for traversal only, QEMU's group (guests' disks and sockets are
+/// below it). 0710, or 0700 where QEMU runs as this user.
+fn close_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let running_as_root = converge_engine::node::running_as_root();
+    match converge_engine::node::qemu_owner().filter(|_| running_as_root) {
+        Some((_, gid)) => {
+            std::os::unix::fs::chown(dir, None, Some(gid))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
+        }
+        None => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)),
+    }
+}
+
+/// SQLite makes its files with the umask's mode (0644 as a rule): they hold every Secret.
+fn close_database_files(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for name in ["converge.db", "converge.db-wal", "converge.db-shm", "converge.db-journal"] {
+        let path = dir.join(name);
+        if path.exists() {
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
+    }
 }
 
 /// Routes anyone may call: health and version, as on a Kubernetes apiserver; and the docs shell,
@@ -325,6 +364,32 @@ async fn authenticate(
     let resp = next.call(req).await?;
     tracing::debug!(%method, %path, status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     Ok(resp.map_into_left_body())
+}
+
+/// A handler that panics answers a logged 500 `Status`; without this, actix drops the
+/// connection with no answer at all and the client cannot tell a bug from a network fault.
+async fn catch_panics(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    use futures::FutureExt;
+    // Only strings: a clone of the request would stop the router from matching it.
+    let (method, path) = (req.method().to_string(), req.path().to_string());
+    match std::panic::AssertUnwindSafe(next.call(req)).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            tracing::error!(%method, %path, panic = %what, "handler panicked");
+            let e = ApiError::internal("the server hit a bug handling this request; it is logged");
+            let resp =
+                if path.starts_with(bridge::PREFIX) { bridge::error_response(&e.into()) } else { status_response(&e) };
+            Err(actix_web::error::InternalError::from_response(what, resp).into())
+        }
+    }
 }
 
 /// Liveness.
@@ -423,4 +488,36 @@ async fn own_openapi() -> HttpResponse {
 
 async fn docs(_req: HttpRequest) -> HttpResponse {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(openapi::DOCS_PAGE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn bug() -> HttpResponse {
+        panic!("an index out of range, say")
+    }
+
+    #[actix_web::test]
+    async fn a_panicking_handler_answers_a_500_status() {
+        let app = actix_web::test::init_service(
+            App::new()
+                .wrap(from_fn(catch_panics))
+                .route("/boom", web::get().to(bug))
+                .route("/ok", web::get().to(healthz)),
+        )
+        .await;
+        let req = actix_web::test::TestRequest::get().uri("/boom").to_request();
+        // The server turns the middleware's error into its response; the test harness hands it over.
+        let err = actix_web::test::try_call_service(&app, req).await.err().expect("the panic becomes an error");
+        let resp = err.error_response();
+        assert_eq!(resp.status().as_u16(), 500);
+        let bytes = actix_web::body::to_bytes(resp.into_body()).await.unwrap_or_default();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        assert_eq!(body["kind"], "Status");
+        assert_eq!(body["reason"], "InternalError");
+        let again =
+            actix_web::test::call_service(&app, actix_web::test::TestRequest::get().uri("/ok").to_request()).await;
+        assert_eq!(again.status().as_u16(), 200, "the worker lives on");
+    }
 }
