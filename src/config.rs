@@ -11,7 +11,7 @@ pub struct ServeArgs {
     /// A TOML file with any of: data_dir, listen, database, tls_san, mac_range, log_format,
     /// no_node, node_name, allow_emulation, libvirt_uri, allow_private_imports, insecure_registry,
     /// max_volume_size, pod_network, pod_cidr, service_cidr, service_node_port_range,
-    /// node_transit_cidr, node_netns, pod_egress.
+    /// node_transit_cidr, node_netns, pod_egress, host_disk_dir, nad_bridge, sriov_device.
     #[arg(long, env = "CONVERGE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where the database, certificates and kubeconfig live.
@@ -76,6 +76,16 @@ pub struct ServeArgs {
     /// net.ipv4.ip_forward); default true.
     #[arg(long, env = "CONVERGE_POD_EGRESS")]
     pub pod_egress: Option<bool>,
+    /// Directories hostDisk volumes may lie under (repeatable); none: hostDisk is refused.
+    #[arg(long = "host-disk-dir", env = "CONVERGE_HOST_DISK_DIRS", value_delimiter = ',')]
+    pub host_disk_dir: Vec<PathBuf>,
+    /// Host bridges NetworkAttachmentDefinitions may name (repeatable; `PREFIX*` for a prefix);
+    /// none: NADs of type bridge are refused.
+    #[arg(long = "nad-bridge", env = "CONVERGE_NAD_BRIDGES", value_delimiter = ',')]
+    pub nad_bridge: Vec<String>,
+    /// SR-IOV functions (PCI addresses, DDDD:BB:SS.F) NADs may name (repeatable).
+    #[arg(long = "sriov-device", env = "CONVERGE_SRIOV_DEVICES", value_delimiter = ',')]
+    pub sriov_device: Vec<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -104,6 +114,12 @@ struct FileConfig {
     node_transit_cidr: Option<String>,
     node_netns: Option<String>,
     pod_egress: Option<bool>,
+    #[serde(default)]
+    host_disk_dir: Vec<PathBuf>,
+    #[serde(default)]
+    nad_bridge: Vec<String>,
+    #[serde(default)]
+    sriov_device: Vec<String>,
 }
 
 pub struct Settings {
@@ -142,6 +158,24 @@ pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> 
     let insecure = if args.insecure_registry.is_empty() { file.insecure_registry } else { args.insecure_registry };
     server.storage.insecure_registries = insecure.clone();
     server.storage.allow_private_imports = args.allow_private_imports.or(file.allow_private_imports).unwrap_or(false);
+    let either = |a: Vec<String>, f: Vec<String>| if a.is_empty() { f } else { a };
+    let host_disk_dirs = if args.host_disk_dir.is_empty() { file.host_disk_dir } else { args.host_disk_dir };
+    for dir in &host_disk_dirs {
+        if !dir.is_absolute() || dir.parent().is_none() {
+            bail!("--host-disk-dir {}: an absolute directory other than /", dir.display());
+        }
+    }
+    let sriov_devices = either(args.sriov_device, file.sriov_device);
+    for d in &sriov_devices {
+        if converge_engine::network::pci::PciAddress::parse(d).is_err() {
+            bail!("--sriov-device {d}: a PCI address, DDDD:BB:SS.F");
+        }
+    }
+    server.host_access = converge_engine::host_access::HostAccess {
+        host_disk_dirs,
+        nad_bridges: either(args.nad_bridge, file.nad_bridge),
+        sriov_devices: sriov_devices.iter().map(|d| d.to_lowercase()).collect(),
+    };
     if let Some(max) = args.max_volume_size.or(file.max_volume_size) {
         let bytes =
             converge_engine::quantity::parse(&max).map_err(|e| anyhow::anyhow!("--max-volume-size {max}: {e}"))?;

@@ -347,6 +347,8 @@ async fn every_fog_kubevirt_cassette_replays_against_converge() {
     // The recorded Service asks for node port 30000: the range is Kubernetes' own start.
     let n = spawn_net_app_with(20, move |c| {
         c.service_network.node_ports = (30000, 30099);
+        // A recorded VM names a hostDisk there (it never starts): an admin allows the directory.
+        c.host_access.host_disk_dirs = vec!["/mnt/data".into()];
         if let Some(node) = c.node.as_mut() {
             node.insecure_registries = vec![h];
         }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod failpoint;
 pub mod gc;
+pub mod host_access;
 pub mod hypervisor;
 pub mod instancetype;
 pub mod kinds;

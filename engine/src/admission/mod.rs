@@ -11,7 +11,7 @@ use crate::kinds::{self, ResourceKind};
 use crate::meta;
 use serde_json::Value;
 
-pub use spec::apply_presets;
+pub use spec::{apply_presets, MAX_GRACE_PERIOD_SECONDS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
@@ -30,6 +30,8 @@ pub struct Context<'a> {
     /// the message for a missing one); `None` when the VM names none.
     pub instancetype: Option<Result<Value, String>>,
     pub preference: Option<Result<Value, String>>,
+    /// What of the host the admin allows; `None` allows nothing (hostDisk refused).
+    pub host: Option<&'a crate::host_access::HostAccess>,
 }
 
 /// Default and validate `obj` for `op`. On failure, a 422 with one cause per problem.
@@ -43,6 +45,8 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
     if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE) {
         vm::mutate_vm(op, obj, ctx.old);
         vm::validate_vm(obj, ctx, &mut causes);
+        let template = meta::at(obj, &["spec", "template", "spec"]).unwrap_or(&Value::Null);
+        spec::validate_host_access(template, "spec.template.spec", ctx.host, &mut causes);
     } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE) {
         if op == Operation::Create {
             let spec = meta::at_mut(obj, &["spec"]);
@@ -57,7 +61,9 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
                 meta::set_finalizers(obj, &finalizers);
             }
         }
-        spec::validate_vmi_spec(meta::at(obj, &["spec"]).unwrap_or(&Value::Null), "spec", &mut causes);
+        let spec = meta::at(obj, &["spec"]).unwrap_or(&Value::Null);
+        spec::validate_vmi_spec(spec, "spec", &mut causes);
+        spec::validate_host_access(spec, "spec", ctx.host, &mut causes);
     } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET) {
         vm::validate_replica_set(obj, &mut causes);
     } else if std::ptr::eq(kind, &kinds::SECRET) {
@@ -78,6 +84,8 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
         core::admit_service(obj, &mut causes);
     } else if std::ptr::eq(kind, &kinds::DATA_SOURCE) {
         storage::admit_data_source(obj, &mut causes);
+    } else if std::ptr::eq(kind, &kinds::NETWORK_ATTACHMENT_DEFINITION) {
+        validate_nad_host_access(obj, ctx.host, &mut causes);
     }
     validate_metadata(kind, obj, op, &mut causes);
     if causes.is_empty() {
@@ -88,6 +96,17 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
 }
 
 /// What is accepted but worth telling the client (sent back as `Warning` headers).
+/// A NAD whose configuration the node understands must name only what the admin allows; one it
+/// cannot read is stored with a warning, as Multus' CRD stores it.
+fn validate_nad_host_access(obj: &Value, host: Option<&crate::host_access::HostAccess>, causes: &mut Vec<Cause>) {
+    let deny = crate::host_access::HostAccess::default();
+    if let Ok(network) = crate::network::nad::network_of(obj) {
+        if let Err(why) = crate::network::nad::allowed_by(&network, host.unwrap_or(&deny)) {
+            causes.push(Cause::forbidden("spec.config", format!("Forbidden: {why}")));
+        }
+    }
+}
+
 pub fn warnings(kind: &ResourceKind, obj: &Value) -> Vec<String> {
     if std::ptr::eq(kind, &kinds::NETWORK_ATTACHMENT_DEFINITION) {
         return core::network_attachment_warnings(obj);
@@ -135,6 +154,17 @@ fn validate_metadata(kind: &ResourceKind, obj: &Value, op: Operation, causes: &m
     let generate = meta::meta_str(obj, "generateName").unwrap_or("");
     if name.is_empty() && (op != Operation::Create || generate.is_empty()) {
         causes.push(Cause::required("metadata.name", "name or generateName is required"));
+    } else if name.is_empty() {
+        // The store appends five characters of [a-z0-9]: the name it will make must be valid.
+        let sample = format!("{generate}x2x2x");
+        let errs = if std::ptr::eq(kind, &kinds::NAMESPACE) {
+            meta::dns1123_label_errors(&sample)
+        } else {
+            meta::dns1123_subdomain_errors(&sample)
+        };
+        for e in errs {
+            causes.push(Cause::invalid("metadata.generateName", format!("Invalid value: \"{generate}\": {e}")));
+        }
     } else if !name.is_empty() {
         let errs = if std::ptr::eq(kind, &kinds::NAMESPACE) {
             meta::dns1123_label_errors(name)
@@ -200,7 +230,8 @@ pub async fn create_admitted(
     let presets = presets_for(store, kind, meta::namespace(&obj)).await?;
     defaults_from_store(store, kind, &mut obj).await?;
     let (instancetype, preference) = lookup_instancetypes(store, kind, &obj).await?;
-    admit(kind, Operation::Create, &mut obj, &Context { old: None, presets: &presets, instancetype, preference })?;
+    let ctx = Context { old: None, presets: &presets, instancetype, preference, host: Some(store.host_access()) };
+    admit(kind, Operation::Create, &mut obj, &ctx)?;
     store.create(kind, obj, dry_run).await
 }
 

@@ -194,6 +194,37 @@ pub fn validate_vmi_spec(spec: &Value, prefix: &str, causes: &mut Vec<Cause>) {
     validate_resources(spec, prefix, causes);
 }
 
+/// hostDisk volumes only under the directories the admin allowed, and a grace period the node
+/// can count down (an i64::MAX overflowed the deadline).
+pub fn validate_host_access(
+    spec: &Value,
+    prefix: &str,
+    host: Option<&crate::host_access::HostAccess>,
+    causes: &mut Vec<Cause>,
+) {
+    let deny = crate::host_access::HostAccess::default();
+    let host = host.unwrap_or(&deny);
+    for (i, volume) in spec.get("volumes").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let Some(disk) = volume.get("hostDisk") else { continue };
+        let field = format!("{prefix}.volumes[{i}].hostDisk.path");
+        let path = disk.get("path").and_then(Value::as_str).unwrap_or_default();
+        if let Err(why) = host.host_disk_allowed(path) {
+            causes.push(Cause::forbidden(field, format!("Forbidden: \"{path}\": {why}")));
+        }
+    }
+    if let Some(grace) = spec.get("terminationGracePeriodSeconds").filter(|g| !g.is_null()) {
+        if !grace.as_i64().is_some_and(|g| (0..=MAX_GRACE_PERIOD_SECONDS).contains(&g)) {
+            causes.push(Cause::invalid(
+                format!("{prefix}.terminationGracePeriodSeconds"),
+                format!("Invalid value: {grace}: must be between 0 and {MAX_GRACE_PERIOD_SECONDS}"),
+            ));
+        }
+    }
+}
+
+/// The longest a guest is given to shut down: a day (KubeVirt's default is 180 s).
+pub const MAX_GRACE_PERIOD_SECONDS: i64 = 24 * 3600;
+
 fn validate_networks(spec: &Value, devices: &Value, prefix: &str, causes: &mut Vec<Cause>) {
     let interfaces = devices.get("interfaces").and_then(Value::as_array);
     let networks = spec.get("networks").and_then(Value::as_array);

@@ -38,6 +38,21 @@ pub fn network_of(nad: &Value) -> Result<NadNetwork, String> {
     }
 }
 
+/// Whether the admin lets guests onto what `network` names: a host bridge from `--nad-bridge`,
+/// an SR-IOV function from `--sriov-device`. A tenant's NAD could otherwise plug a guest into
+/// any bridge of the host (and turn on VLAN filtering there) or take any PCI device.
+pub fn allowed_by(network: &NadNetwork, host: &crate::host_access::HostAccess) -> Result<(), String> {
+    match network {
+        NadNetwork::Bridge(b) if !host.bridge_allowed(&b.bridge) => {
+            Err(format!("bridge {:?} is not one the admin allowed for NADs (converge serve --nad-bridge)", b.bridge))
+        }
+        NadNetwork::Sriov(v) if !host.sriov_allowed(&v.device_id) => {
+            Err(format!("SR-IOV function {} is not one the admin allowed (converge serve --sriov-device)", v.device_id))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `0000:03:02.1`, lower case, from `03:02.1` or `0000:03:02.1` (sriov-cni takes both).
 fn normalize_pci(text: &str) -> Option<String> {
     let full = if text.matches(':').count() == 1 { format!("0000:{text}") } else { text.to_string() };

@@ -397,10 +397,12 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<Option<PodPlan>, S
         .map_err(|(reason, message)| StartError::Wait(reason, message, Duration::from_secs(2)))?;
     let (vmi_c, dir_c, shared) = (vmi.clone(), dir.clone(), Arc::clone(s));
     let started = Instant::now();
-    let prepared =
-        blocking(move || disks::prepare(&vmi_c, &dir_c, &shared.images, shared.tool.as_ref(), &secrets, &claims))
-            .await
-            .map_err(StartError::Retry)?;
+    let prepared = blocking(move || {
+        let host = shared.store.host_access();
+        disks::prepare(&vmi_c, &dir_c, &shared.images, shared.tool.as_ref(), &secrets, &claims, host)
+    })
+    .await
+    .map_err(StartError::Retry)?;
     let prepared = match prepared {
         Ok(p) => {
             crate::failpoint::hit(crate::failpoint::NODE_AFTER_DISK_PREPARE);
@@ -478,7 +480,9 @@ async fn shut_down_for_delete(
     if let Some(ds) = state.filter(|d| d.is_active()) {
         let grace =
             VmiSpec::from_vmi(vmi).ok().and_then(|sp| sp.termination_grace_period_seconds).map(|g| g.max(0) as u64);
-        let grace = Duration::from_secs(grace.unwrap_or(DEFAULT_GRACE_SECS));
+        // Bounded before the deadline is computed: an overflow there panicked with the lock held.
+        let max = crate::admission::MAX_GRACE_PERIOD_SECONDS as u64;
+        let grace = Duration::from_secs(grace.unwrap_or(DEFAULT_GRACE_SECS).min(max));
         let mut first_request = false;
         let deadline = {
             let mut d = s.shutdown_deadlines.lock().map_err(|_| ApiError::internal("deadline lock poisoned"))?;

@@ -192,6 +192,7 @@ pub fn prepare(
     tool: &dyn DiskTool,
     secrets: &SecretData,
     claims: &ClaimPaths,
+    host_access: &crate::host_access::HostAccess,
 ) -> Result<Prepared, DiskError> {
     let spec = VmiSpec::from_vmi(vmi).map_err(|e| volume_error("spec", e))?;
     let uid = crate::meta::uid(vmi);
@@ -243,7 +244,10 @@ pub fn prepare(
                     format!("hostDisk path {:?} must be absolute, without '..', outside /proc and /sys", host.path),
                 ));
             }
-            let path = PathBuf::from(&host.path);
+            // Admission checked the text; here the real file system, symlinks resolved.
+            let path = host_access
+                .host_disk_on_host(&host.path)
+                .map_err(|why| volume_error(&vol.name, format!("hostDisk path {:?} {why}", host.path)))?;
             match host.disk_type.as_str() {
                 "Disk" if !path.is_file() => {
                     return Err(volume_error(&vol.name, format!("hostDisk {:?} does not exist (type Disk)", host.path)))
@@ -351,7 +355,8 @@ mod tests {
             {"name": "drive", "cloudInitConfigDrive": {"secretRef": {"name": "seed"}}},
         ]));
         let dir = root.path().join("vmi");
-        let prepared = prepare(&v, &dir, &images, &SystemDiskTool, &secrets, &ClaimPaths::new()).unwrap();
+        let prepared =
+            prepare(&v, &dir, &images, &SystemDiskTool, &secrets, &ClaimPaths::new(), &allow(&root)).unwrap();
         let root_disk = &prepared.volumes["root"];
         assert_eq!(root_disk.format, "qcow2");
         let info = Command::new("qemu-img").arg("info").arg(&root_disk.path).output().unwrap();
@@ -368,7 +373,7 @@ mod tests {
 
         // Again: nothing is remade, the overlay keeps what the guest wrote.
         std::fs::write(dir.join("disks/scratch.qcow2"), b"QFI\xfbguest-data").unwrap();
-        prepare(&v, &dir, &images, &SystemDiskTool, &secrets, &ClaimPaths::new()).unwrap();
+        prepare(&v, &dir, &images, &SystemDiskTool, &secrets, &ClaimPaths::new(), &allow(&root)).unwrap();
         assert_eq!(std::fs::read(dir.join("disks/scratch.qcow2")).unwrap(), b"QFI\xfbguest-data");
     }
 
@@ -398,9 +403,21 @@ mod tests {
         assert!(status.success());
         images.import(&layout, None).unwrap();
         let v = vmi(json!([{"name": "root", "containerDisk": {"image": "example.org/vmdk:1"}}]));
-        let err = prepare(&v, &root.path().join("v"), &images, &SystemDiskTool, &SecretData::new(), &ClaimPaths::new())
-            .unwrap_err();
+        let err = prepare(
+            &v,
+            &root.path().join("v"),
+            &images,
+            &SystemDiskTool,
+            &SecretData::new(),
+            &ClaimPaths::new(),
+            &allow(&root),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("is vmdk; a containerDisk must hold a qcow2 or raw image"), "{err}");
+    }
+
+    fn allow(root: &tempfile::TempDir) -> crate::host_access::HostAccess {
+        crate::host_access::HostAccess { host_disk_dirs: vec![root.path().to_path_buf()], ..Default::default() }
     }
 
     #[test]
@@ -408,16 +425,21 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let images = ImageStore::open(root.path().join("images")).unwrap();
         let none = SecretData::new();
+        let missing = root.path().join("x.img").display().to_string();
         let cases = [
             (json!([{"name": "r", "containerDisk": {"image": "missing:1"}}]), "not in this node's image store"),
             (json!([{"name": "h", "hostDisk": {"path": "relative/x.img", "type": "Disk"}}]), "must be absolute"),
-            (json!([{"name": "h", "hostDisk": {"path": "/nonexistent/x.img", "type": "Disk"}}]), "does not exist"),
+            (json!([{"name": "h", "hostDisk": {"path": missing, "type": "Disk"}}]), "does not exist"),
             (
                 json!([{"name": "h", "hostDisk": {"path": "/tmp/../etc/x", "type": "DiskOrCreate", "capacity": "1Mi"}}]),
                 "must be absolute, without '..'",
             ),
             (json!([{"name": "c", "cloudInitNoCloud": {"secretRef": {"name": "nope"}}}]), "secret \"nope\" not found"),
             (json!([{"name": "e", "emptyDisk": {}}]), "needs a capacity"),
+            (
+                json!([{"name": "h", "hostDisk": {"path": "/etc/shadow", "type": "Disk"}}]),
+                "must lie under one of the directories the admin allowed",
+            ),
         ];
         for (volumes, want) in cases {
             let err = prepare(
@@ -427,6 +449,7 @@ mod tests {
                 &SystemDiskTool,
                 &none,
                 &ClaimPaths::new(),
+                &allow(&root),
             )
             .unwrap_err();
             assert!(err.to_string().contains(want), "{volumes}: {err}");

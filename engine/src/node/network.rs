@@ -156,7 +156,14 @@ async fn resolve_nads(s: &Shared, vmi: &Value, spec: &VmiSpec) -> HashMap<String
     for name in plan::multus_networks(spec) {
         let (ns, short) = name.split_once('/').unwrap_or((meta::namespace(vmi), name.as_str()));
         let found = match s.store.get(&kinds::NETWORK_ATTACHMENT_DEFINITION, ns, short).await {
-            Ok(Some(n)) => nad::network_of(&n),
+            Ok(Some(n)) if !crate::host_access::nad_usable_from(&n, ns, meta::namespace(vmi)) => Err(format!(
+                "NetworkAttachmentDefinition {ns}/{short} is not shared with namespace {:?} (annotation {})",
+                meta::namespace(vmi),
+                crate::host_access::NAD_SHARED_WITH
+            )),
+            Ok(Some(n)) => {
+                nad::network_of(&n).and_then(|net| nad::allowed_by(&net, s.store.host_access()).map(|()| net))
+            }
             Ok(None) => Err(format!("NetworkAttachmentDefinition {ns}/{short} not found")),
             Err(e) => Err(e.message),
         };

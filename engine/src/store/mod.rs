@@ -43,6 +43,8 @@ pub struct StoreConfig {
     pub mac_range: MacRange,
     /// Where Services get cluster IPs and node ports.
     pub service_network: ServiceNetwork,
+    /// What of the host guests may reach; admission and the node read it from the store.
+    pub host_access: crate::host_access::HostAccess,
 }
 
 impl StoreConfig {
@@ -52,6 +54,7 @@ impl StoreConfig {
             watch_log_retention: 100_000,
             mac_range: MacRange::default(),
             service_network: ServiceNetwork::default(),
+            host_access: Default::default(),
         }
     }
 }
@@ -118,6 +121,7 @@ pub struct Store {
     retention: i64,
     mac_range: MacRange,
     service_network: ServiceNetwork,
+    host_access: crate::host_access::HostAccess,
     committed: Arc<Notify>,
     hub: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -167,6 +171,7 @@ impl Store {
             retention: config.watch_log_retention,
             mac_range: config.mac_range,
             service_network: config.service_network,
+            host_access: config.host_access.clone(),
             committed,
             hub: std::sync::Mutex::new(Some(hub)),
         });
@@ -176,6 +181,11 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// What of the host the admin lets guests reach.
+    pub fn host_access(&self) -> &crate::host_access::HostAccess {
+        &self.host_access
     }
 
     pub fn pool(&self) -> &AnyPool {
