@@ -3,6 +3,7 @@
 //! node ports to them. Pure: objects in, objects and rule text out.
 
 use serde_json::{json, Value};
+use std::net::Ipv4Addr;
 
 use super::{names, NetworkConfig};
 use crate::meta;
@@ -11,7 +12,8 @@ use crate::selector::{LabelSelector, Requirement};
 /// A ready backend: the VMI's pod address.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backend {
-    pub ip: String,
+    /// Parsed: status is read back from the store, and this goes into nft rule text.
+    pub ip: Ipv4Addr,
     pub name: String,
     pub namespace: String,
     pub uid: String,
@@ -53,15 +55,38 @@ pub fn backends(service: &Value, vmis: &[Value]) -> Vec<Backend> {
 }
 
 /// The VMI's pod network address, as the node reported it (the interface with a
-/// `podInterfaceName`).
-pub fn pod_ip(vmi: &Value) -> Option<String> {
+/// `podInterfaceName`); anything that is not an IPv4 address is no address at all.
+pub fn pod_ip(vmi: &Value) -> Option<Ipv4Addr> {
     vmi.pointer("/status/interfaces")
         .and_then(Value::as_array)?
         .iter()
         .find(|i| i.get("podInterfaceName").is_some())
         .and_then(|i| i.get("ipAddress"))
         .and_then(Value::as_str)
-        .map(str::to_string)
+        .and_then(|s| s.parse().ok())
+}
+
+/// A Service port's protocol, as nft spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn parse(text: &str) -> Option<Protocol> {
+        match text {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+    pub fn as_nft(&self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
 }
 
 /// A port of the Service resolved to a number on the backends.
@@ -139,29 +164,30 @@ pub fn endpoint_slice(service: &Value, backends: &[Backend]) -> Value {
 /// One forwarding: a Service port with its backends.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Forward {
-    pub cluster_ip: String,
-    pub protocol: String,
+    pub cluster_ip: Ipv4Addr,
+    pub protocol: Protocol,
     pub port: u16,
     pub node_port: Option<u16>,
     pub target_port: u16,
-    pub backends: Vec<String>,
+    pub backends: Vec<Ipv4Addr>,
 }
 
 /// Every forwarding of a Service (none without a cluster IP, as for headless Services).
 pub fn forwards(service: &Value, backends: &[Backend]) -> Vec<Forward> {
-    let Some(cluster_ip) = service.pointer("/spec/clusterIP").and_then(Value::as_str).filter(|ip| *ip != "None") else {
+    let Some(cluster_ip) = service.pointer("/spec/clusterIP").and_then(Value::as_str).and_then(|ip| ip.parse().ok())
+    else {
         return vec![];
     };
     ports_of(service)
         .iter()
         .filter_map(|p| {
             Some(Forward {
-                cluster_ip: cluster_ip.to_string(),
-                protocol: p.get("protocol").and_then(Value::as_str).unwrap_or("TCP").to_lowercase(),
+                cluster_ip,
+                protocol: Protocol::parse(p.get("protocol").and_then(Value::as_str).unwrap_or("TCP"))?,
                 port: p.get("port").and_then(Value::as_u64).and_then(|n| u16::try_from(n).ok())?,
                 node_port: p.get("nodePort").and_then(Value::as_u64).and_then(|n| u16::try_from(n).ok()),
                 target_port: target_port(p)?,
-                backends: backends.iter().map(|b| b.ip.clone()).collect(),
+                backends: backends.iter().map(|b| b.ip).collect(),
             })
         })
         .collect()
@@ -175,14 +201,17 @@ pub fn node_rules(forwards: &[Forward]) -> String {
     s.push_str("  chain services {\n");
     for f in forwards.iter().filter(|f| !f.backends.is_empty()) {
         let target = if f.backends.len() == 1 {
-            f.backends[0].clone()
+            f.backends[0].to_string()
         } else {
             let map: Vec<String> = f.backends.iter().enumerate().map(|(i, ip)| format!("{i} : {ip}")).collect();
             format!("numgen random mod {} map {{ {} }}", f.backends.len(), map.join(", "))
         };
         s.push_str(&format!(
             "    ip daddr {} {} dport {} dnat to {target}:{}\n",
-            f.cluster_ip, f.protocol, f.port, f.target_port
+            f.cluster_ip,
+            f.protocol.as_nft(),
+            f.port,
+            f.target_port
         ));
     }
     s.push_str("  }\n");
@@ -205,7 +234,9 @@ pub fn host_rules(cfg: &NetworkConfig, forwards: &[Forward]) -> String {
         if let Some(node_port) = f.node_port {
             s.push_str(&format!(
                 "    fib daddr type local {} dport {node_port} dnat to {}:{}\n",
-                f.protocol, f.cluster_ip, f.port
+                f.protocol.as_nft(),
+                f.cluster_ip,
+                f.port
             ));
         }
     }
@@ -243,7 +274,7 @@ mod tests {
     fn ready_selected_vmis_back_the_service() {
         let vmis = [vmi("a", "10.244.0.6", true), vmi("b", "10.244.0.5", true), vmi("c", "10.244.0.7", false)];
         let b = backends(&service(), &vmis);
-        assert_eq!(b.iter().map(|b| b.ip.as_str()).collect::<Vec<_>>(), ["10.244.0.5", "10.244.0.6"]);
+        assert_eq!(b.iter().map(|b| b.ip.to_string()).collect::<Vec<_>>(), ["10.244.0.5", "10.244.0.6"]);
         let ep = endpoints(&service(), &b);
         assert_eq!(ep["subsets"][0]["ports"][0], json!({"name": "http", "port": 8080, "protocol": "TCP"}));
         assert_eq!(ep["subsets"][0]["addresses"][1]["targetRef"]["name"], "a");
@@ -268,6 +299,14 @@ mod tests {
         let egress = host_rules(&NetworkConfig::default(), &f);
         assert!(egress.contains("ip saddr 10.244.0.0/16 oifname != "), "pods leave masqueraded: {egress}");
         let none = node_rules(&forwards(&service(), &[]));
+        // A status a tenant wrote, with nft syntax in it, is no address: no rule comes of it.
+        let injected = "10.244.0.9 }\n  chain x { type filter hook forward priority -400; policy drop; }\n";
+        let hostile = backends(&service(), &[vmi("h", injected, true)]);
+        assert!(hostile.is_empty());
+        let mut odd = service();
+        odd["spec"]["ports"][0]["protocol"] = json!("tcp dport 1 drop;");
+        odd["spec"]["clusterIP"] = json!("10.96.0.10; flush ruleset");
+        assert!(forwards(&odd, &b).is_empty());
         assert!(!none.contains("10.96.0.10"), "no backends, no rule: the cluster IP stays unreachable");
     }
 }

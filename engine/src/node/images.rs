@@ -22,8 +22,10 @@ pub enum ImageError {
     NotOci(String, String),
     #[error("image {image:?} has no file {path:?}")]
     NoSuchFile { image: String, path: String },
-    #[error("image {0:?} holds no disk under /disk")]
+    #[error("image {0:?} holds no disk under /disk (a regular file, not a link)")]
     NoDisk(String),
+    #[error("image {image:?}: {path:?} is a link that leads out of the image or to no regular file")]
+    Outside { image: String, path: String },
     #[error("image store I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -54,6 +56,35 @@ pub fn normalize_reference(reference: &str) -> String {
         (false, false) => format!("docker.io/library/{name}"),
     };
     format!("{name}{tag}")
+}
+
+/// One layer into `rootfs`: device nodes and fifos are left out, and setuid, setgid and sticky
+/// bits dropped (`preserve_permissions` off keeps `mode & 0o777`); entries whose path leaves
+/// the root are refused by `unpack_in`. Symlinks are kept as written, and never followed when
+/// a file is looked up (`resolved_inside`).
+fn unpack_layer(reader: impl Read, rootfs: &Path) -> Result<(), ImageError> {
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(false);
+    archive.set_preserve_ownerships(false);
+    archive.set_unpack_xattrs(false);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+            continue;
+        }
+        entry.set_preserve_permissions(false);
+        entry.unpack_in(rootfs)?;
+    }
+    Ok(())
+}
+
+/// `full`, if following its symlinks lands on a regular file still inside `root`: an image's
+/// `/disk/disk.img -> /var/lib/converge/converge.db` must not hand the host's files to a guest.
+fn resolved_inside(root: &Path, full: &Path) -> Option<PathBuf> {
+    let root = root.canonicalize().ok()?;
+    let real = full.canonicalize().ok()?;
+    (real.starts_with(&root) && real.is_file()).then_some(real)
 }
 
 /// A path inside an image, refused if it climbs out of the root.
@@ -113,11 +144,10 @@ impl ImageStore {
         let root = self.rootfs(reference)?;
         let no_file = || ImageError::NoSuchFile { image: reference.to_string(), path: path.to_string() };
         let full = inside(&root, path).ok_or_else(no_file)?;
-        if full.is_file() {
-            Ok(full)
-        } else {
-            Err(no_file())
+        if full.symlink_metadata().is_ok() && resolved_inside(&root, &full).is_none() {
+            return Err(ImageError::Outside { image: reference.to_string(), path: path.to_string() });
         }
+        resolved_inside(&root, &full).ok_or_else(no_file)
     }
 
     /// A containerDisk's disk: `path` if given, else the one file under `/disk`, as KubeVirt finds it.
@@ -125,12 +155,16 @@ impl ImageStore {
         if let Some(p) = path.filter(|p| !p.is_empty()) {
             return self.file(reference, p);
         }
-        let dir = self.rootfs(reference)?.join("disk");
+        let root = self.rootfs(reference)?;
+        let dir = root.join("disk");
+        if dir.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(ImageError::Outside { image: reference.to_string(), path: "/disk".into() });
+        }
         let mut files: Vec<PathBuf> = fs::read_dir(&dir)
             .map_err(|_| ImageError::NoDisk(reference.to_string()))?
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.is_file())
+            .filter(|p| p.symlink_metadata().is_ok_and(|m| m.is_file()))
             .collect();
         files.sort();
         files.into_iter().next().ok_or_else(|| ImageError::NoDisk(reference.to_string()))
@@ -199,9 +233,7 @@ impl ImageStore {
             } else {
                 Box::new(file)
             };
-            let mut archive = tar::Archive::new(reader);
-            archive.set_preserve_permissions(true);
-            archive.unpack(&rootfs)?;
+            unpack_layer(reader, &rootfs)?;
         }
         // QEMU runs as another user and reads disks and kernels from here.
         use std::os::unix::fs::PermissionsExt;
@@ -226,6 +258,41 @@ mod tests {
         assert_eq!(normalize_reference("quay.io/k/x:v1"), "quay.io/k/x:v1");
         assert_eq!(normalize_reference("localhost:5000/x"), "localhost:5000/x:latest");
         assert_eq!(normalize_reference("r.io/x@sha256:ab"), "r.io/x@sha256:ab");
+    }
+
+    /// An image whose layer holds a setuid file, a device node, a link to the host and a
+    /// disk that is a link: unpacked without the bits and the node, the links never followed.
+    #[test]
+    fn hostile_layers_stay_inside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("host-secret");
+        fs::write(&secret, b"signing key").expect("secret");
+        let mut layer = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, kind: tar::EntryType, mode: u32, link: Option<&Path>, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_size(data.len() as u64);
+            if let Some(l) = link {
+                h.set_link_name(l).expect("link name");
+            }
+            h.set_cksum();
+            layer.append_data(&mut h, path, data).expect("append");
+        };
+        add("bin/su", tar::EntryType::Regular, 0o4755, None, b"#!/bin/sh\n");
+        add("dev/sda", tar::EntryType::Block, 0o660, None, b"");
+        add("disk/disk.img", tar::EntryType::Symlink, 0o777, Some(&secret), b"");
+        add("boot/vmlinuz", tar::EntryType::Symlink, 0o777, Some(&secret), b"");
+        let bytes = layer.into_inner().expect("tar");
+        let rootfs = dir.path().join("rootfs");
+        fs::create_dir_all(&rootfs).expect("rootfs");
+        unpack_layer(&bytes[..], &rootfs).expect("unpacks");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(rootfs.join("bin/su")).expect("su").permissions().mode();
+        assert_eq!(mode & 0o7000, 0, "no setuid bit: {mode:o}");
+        assert!(rootfs.join("dev/sda").symlink_metadata().is_err(), "no device node");
+        assert!(resolved_inside(&rootfs, &rootfs.join("boot/vmlinuz")).is_none());
+        assert!(resolved_inside(&rootfs, &rootfs.join("bin/su")).is_some());
     }
 
     #[test]

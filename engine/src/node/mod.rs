@@ -162,9 +162,14 @@ impl Drop for NodeAgent {
     }
 }
 
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// uid and gid QEMU runs as under `qemu:///system` (Debian: libvirt-qemu), so its sockets and
 /// disks can live in directories Converge makes.
-fn qemu_owner() -> Option<(u32, u32)> {
+pub fn qemu_owner() -> Option<(u32, u32)> {
     let name = std::ffi::CString::new("libvirt-qemu").ok()?;
     // SAFETY: getpwnam returns a pointer into static storage or null; read at once.
     unsafe {
@@ -173,14 +178,29 @@ fn qemu_owner() -> Option<(u32, u32)> {
     }
 }
 
-/// QEMU (another user) must reach files below `dir`: every ancestor gets the traverse bit.
+/// QEMU (another user) must reach files below `dir`. An ancestor closed to others is opened to
+/// QEMU's group alone (its group becomes QEMU's where it was root's, plus the group traverse
+/// bit), never to the world: the data dir holds the database and the signing key.
 pub(crate) fn allow_traverse(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let qemu_gid = qemu_owner().map(|(_, gid)| gid);
     for ancestor in dir.ancestors() {
-        if let Ok(m) = std::fs::metadata(ancestor) {
-            let mode = m.permissions().mode();
-            if mode & 0o001 == 0 {
-                std::fs::set_permissions(ancestor, std::fs::Permissions::from_mode(mode | 0o001))?;
+        let Ok(m) = std::fs::metadata(ancestor) else { continue };
+        let mode = m.permissions().mode();
+        if mode & 0o001 != 0 {
+            continue;
+        }
+        match qemu_gid {
+            Some(gid) if m.gid() == gid || m.gid() == 0 => {
+                if m.gid() != gid {
+                    std::os::unix::fs::chown(ancestor, None, Some(gid))?;
+                }
+                if mode & 0o010 == 0 {
+                    std::fs::set_permissions(ancestor, std::fs::Permissions::from_mode(mode | 0o010))?;
+                }
             }
+            // QEMU runs as this user (qemu:///session) or the group is someone else's: leave it.
+            _ => {}
         }
     }
     Ok(())

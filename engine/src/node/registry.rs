@@ -23,6 +23,34 @@ pub enum RegistryError {
     Store(#[from] ImageError),
     #[error("image store I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("registry {0}: {1}")]
+    Refused(String, String),
+}
+
+/// A registry a tenant names must not be on a loopback, link-local or metadata address, unless
+/// the admin listed it (`--insecure-registry`): the node pulls as root on the host's network.
+/// Checked before each pull; blob redirects that oci-client follows itself are not seen here.
+pub async fn check_registry_address(registry: &str, insecure: &[String]) -> Result<(), RegistryError> {
+    if insecure.iter().any(|r| r == registry) {
+        return Ok(());
+    }
+    // `host`, `host:port` or `[v6]:port`, as a URL authority reads them.
+    let authority = url::Url::parse(&format!("https://{registry}/"))
+        .map_err(|e| RegistryError::BadReference(registry.to_string(), e.to_string()))?;
+    let host = authority.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = authority.port().unwrap_or(443);
+    let addrs = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| RegistryError::Pull(registry.to_string(), format!("cannot resolve {host}: {e}")))?;
+    for a in addrs {
+        if crate::storage::safety::private_address(a.ip()) {
+            return Err(RegistryError::Refused(
+                registry.to_string(),
+                format!("resolves to {}, a loopback, link-local or metadata address (an admin may list it with --insecure-registry)", a.ip()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Credentials for one registry.
@@ -86,6 +114,7 @@ pub async fn remote_digest(
     insecure: &[String],
 ) -> Result<String, RegistryError> {
     let r = parse(reference)?;
+    check_registry_address(r.resolve_registry(), insecure).await?;
     client(insecure)
         .fetch_manifest_digest(&r, &auth(creds))
         .await
@@ -101,6 +130,7 @@ pub async fn pull(
     insecure: &[String],
 ) -> Result<String, RegistryError> {
     let r = parse(reference)?;
+    check_registry_address(r.resolve_registry(), insecure).await?;
     let c = client(insecure);
     let pull_err =
         |e: oci_client::errors::OciDistributionError| RegistryError::Pull(reference.to_string(), e.to_string());

@@ -68,6 +68,11 @@ pub fn state_of(pvc: Option<&Value>, pv: Option<&Value>, claim: &str) -> ClaimSt
             format!("PersistentVolumeClaim {claim:?} is still being populated ({phase})"),
         );
     }
+    // The claim's volumeName and phase are the tenant's to write; the volume's claimRef is not.
+    let pv = pv.filter(|pv| super::provisioner::bound_to(pv, pvc));
+    if pv.is_none() {
+        return ClaimState::Waiting("PVCNotBound".into(), format!("PersistentVolumeClaim {claim:?} is not bound yet"));
+    }
     match pv.and_then(|pv| pv.pointer("/spec/hostPath/path")).and_then(Value::as_str) {
         Some(path) => {
             ClaimState::Ready(ClaimVolume { file: PathBuf::from(path), block: super::volume_mode(pvc) == "Block" })
@@ -113,13 +118,18 @@ mod tests {
 
     #[test]
     fn a_claim_is_ready_when_bound_and_filled() {
-        let pv = json!({"spec": {"hostPath": {"path": "/p/pvc-1/disk.img", "type": "File"}}});
-        let mut pvc = json!({"metadata": {"annotations": {ANN_POD_PHASE: "Running"}}, "spec": {"volumeMode": "Block"}, "status": {"phase": "Bound"}});
+        let pv = json!({"spec": {"hostPath": {"path": "/p/pvc-1/disk.img", "type": "File"},
+                                  "claimRef": {"namespace": "ns", "name": "c", "uid": "u-1"}}});
+        let mut pvc = json!({"metadata": {"name": "c", "namespace": "ns", "uid": "u-1", "annotations": {ANN_POD_PHASE: "Running"}}, "spec": {"volumeMode": "Block"}, "status": {"phase": "Bound"}});
         assert!(matches!(state_of(None, None, "c"), ClaimState::Waiting(r, _) if r == "PVCNotFound"));
         assert!(matches!(state_of(Some(&pvc), Some(&pv), "c"), ClaimState::Waiting(r, _) if r == "DataVolumeNotReady"));
         pvc["metadata"]["annotations"][ANN_POD_PHASE] = json!("Succeeded");
         let ready = ClaimVolume { file: "/p/pvc-1/disk.img".into(), block: true };
         assert_eq!(state_of(Some(&pvc), Some(&pv), "c"), ClaimState::Ready(ready));
+        // Another claim that names the volume and says it is Bound gets nothing.
+        let mut thief = pvc.clone();
+        thief["metadata"]["uid"] = json!("u-2");
+        assert!(matches!(state_of(Some(&thief), Some(&pv), "c"), ClaimState::Waiting(r, _) if r == "PVCNotBound"));
         pvc["status"]["phase"] = json!("Pending");
         assert!(matches!(state_of(Some(&pvc), Some(&pv), "c"), ClaimState::Waiting(r, _) if r == "PVCNotBound"));
         let vmi = json!({"spec": {"volumes": [{"name": "a", "dataVolume": {"name": "dv"}}, {"name": "b", "persistentVolumeClaim": {"claimName": "p"}}, {"name": "c", "emptyDisk": {}}]}});

@@ -409,6 +409,9 @@ pub fn grow_and_install(staging: &Path, target: &Target) -> Result<(), StorageEr
         file.set_len(target.capacity)?;
     }
     file.sync_all()?;
+    // A tenant's data: root's alone, until libvirt hands it to QEMU's user for a guest.
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     std::fs::rename(staging, target.disk())?;
     Ok(())
 }

@@ -128,7 +128,10 @@ fn capacity_of(pv: &Value) -> Option<f64> {
 /// pre-bound to this claim), same class, enough capacity, the access modes and volume mode, and
 /// the claim's selector.
 pub fn static_match(pvc: &Value, pv: &Value) -> bool {
-    if meta::is_deleting(pv) {
+    // A volume released by its claim keeps that claim's data: it never binds again unless an
+    // admin clears it (as Kubernetes' binder treats Released volumes).
+    let phase = pv.pointer("/status/phase").and_then(Value::as_str);
+    if meta::is_deleting(pv) || matches!(phase, Some("Released" | "Failed")) {
         return false;
     }
     let claim_ref = pv.pointer("/spec/claimRef");
@@ -154,6 +157,17 @@ pub fn static_match(pvc: &Value, pv: &Value) -> bool {
         Some(sel) => crate::selector::LabelSelector::from_object(sel).is_ok_and(|s| s.matches(&meta::labels(pv))),
     };
     free && class(pv) == class(pvc) && enough && modes_ok && volume_mode(pv) == volume_mode(pvc) && selector_ok
+}
+
+/// Whether `pv` is bound to `pvc` itself: its claimRef names this claim by uid. A claim's own
+/// `spec.volumeName` and status say nothing a tenant could not have written; the volume's
+/// claimRef is written by the binder alone (PersistentVolumes are the admin's).
+pub fn bound_to(pv: &Value, pvc: &Value) -> bool {
+    let r = |f: &str| pv.pointer(&format!("/spec/claimRef/{f}")).and_then(Value::as_str);
+    !meta::uid(pvc).is_empty()
+        && r("uid") == Some(meta::uid(pvc))
+        && r("name") == Some(meta::name(pvc))
+        && r("namespace") == Some(meta::namespace(pvc))
 }
 
 /// The volume a claim binds to without provisioning: the one it names, else the smallest match.

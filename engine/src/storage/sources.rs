@@ -48,6 +48,64 @@ impl Fetcher for HttpFetcher {
     }
 }
 
+/// Resolves every host the client connects to — a redirect's included — and refuses private
+/// addresses there, at connect time: a redirect to a *name* that resolves to a metadata or
+/// loopback address is refused as a URL naming it would be.
+struct CheckedResolver;
+
+impl reqwest::dns::Resolve for CheckedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some(bad) = addrs.iter().find(|a| safety::private_address(a.ip())) {
+                let message = format!("{host} resolves to {}, a loopback, link-local or metadata address", bad.ip());
+                return Err(message.into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Headers an import may not set: hop-by-hop ones (they belong to the connection, and
+/// `Host` steers virtual hosts past the URL check) and the ones cloud metadata services take
+/// as proof a request is not forwarded (`Metadata-Flavor`, `X-aws-ec2-metadata-token`…).
+const REFUSED_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "metadata",
+    "metadata-flavor",
+    "x-google-metadata-request",
+    "x-aws-ec2-metadata-token",
+    "x-aws-ec2-metadata-token-ttl-seconds",
+    "x-identity-header",
+];
+
+/// One `Name: value` line of `extraHeaders`, checked.
+pub fn extra_header(line: &str) -> Result<(reqwest::header::HeaderName, reqwest::header::HeaderValue), StorageError> {
+    let (name, value) = line
+        .split_once(':')
+        .ok_or_else(|| StorageError::refused(format!("extra header {line:?} is not \"Name: value\"")))?;
+    let name = reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| StorageError::refused(format!("extra header {line:?}: not a header name")))?;
+    if REFUSED_HEADERS.contains(&name.as_str()) {
+        return Err(StorageError::refused(format!("extra header {:?} may not be set by an import", name.as_str())));
+    }
+    let value = reqwest::header::HeaderValue::from_str(value.trim()).map_err(|_| {
+        StorageError::refused(format!("extra header {:?}: the value is not a header value", name.as_str()))
+    })?;
+    Ok((name, value))
+}
+
 /// Opens `src`; returns the body and its length when the server says.
 pub async fn open_http(src: &HttpSource, allow_private: bool) -> Result<(Body, Option<u64>), StorageError> {
     let url =
@@ -57,6 +115,7 @@ pub async fn open_http(src: &HttpSource, allow_private: bool) -> Result<(Body, O
     let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(15))
         .resolve_to_addrs(&host, &addrs)
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= 10 {
                 return attempt.error("too many redirects");
@@ -84,13 +143,14 @@ pub async fn open_http(src: &HttpSource, allow_private: bool) -> Result<(Body, O
     if src.insecure_skip_verify {
         builder = builder.danger_accept_invalid_certs(true);
     }
+    if !allow_private {
+        builder = builder.dns_resolver(std::sync::Arc::new(CheckedResolver));
+    }
     let client = builder.build().map_err(|e| StorageError::Transient(format!("HTTP client: {e}")))?;
     let mut req = client.get(url.clone());
     for line in &src.extra_headers {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| StorageError::refused(format!("extra header {line:?} is not \"Name: value\"")))?;
-        req = req.header(name.trim(), value.trim());
+        let (name, value) = extra_header(line)?;
+        req = req.header(name, value);
     }
     if let Some((user, pass)) = &src.basic_auth {
         req = req.basic_auth(user, Some(pass));
@@ -154,6 +214,17 @@ pub fn s3_signed_url(url: &str, creds: Option<(&str, &str)>) -> Result<String, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_headers_cannot_steer_or_impersonate() {
+        assert!(extra_header("X-Token: abc").is_ok());
+        for bad in
+            ["Host: 169.254.169.254", "Metadata-Flavor: Google", "transfer-encoding: chunked", "no colon", "A B: c"]
+        {
+            assert!(extra_header(bad).is_err(), "{bad}");
+        }
+        assert!(extra_header("X-A: line\r\nInjected: 1").is_err());
+    }
 
     #[test]
     fn s3_urls_name_endpoint_bucket_and_key() {

@@ -64,7 +64,11 @@ fn run(tool: &'static str, cmd: &mut Command) -> Result<String, StorageError> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let mut message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        // coreutils' `timeout` exits 124 (137 once it had to kill); prlimit's CPU cap is SIGXCPU.
+        if matches!(out.status.code(), Some(124 | 137)) || out.status.code().is_none() {
+            message = format!("stopped at its time or resource limit {message}").trim().to_string();
+        }
         Err(StorageError::Tool { tool, message })
     }
 }
@@ -115,12 +119,36 @@ fn run_with_progress(cmd: &mut Command, progress: &dyn Fn(f64)) -> Result<(), St
     }
 }
 
+/// `qemu-img` on an image a tenant supplied, bounded: coreutils' `timeout` for the wall clock and,
+/// for `info`, util-linux's `prlimit` for address space and CPU time (1 GiB, 30 s: what Nova
+/// and CDI up to 1.65 use), so a crafted header can neither hang an import nor eat the host.
+fn qemu_img_limited(wall_seconds: u64, rlimits: bool) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--kill-after=5", &wall_seconds.to_string()]);
+    if rlimits {
+        cmd.args([
+            "prlimit",
+            &format!("--as={QEMU_IMG_INFO_ADDRESS_SPACE}"),
+            &format!("--cpu={QEMU_IMG_INFO_CPU_SECONDS}"),
+        ]);
+    }
+    cmd.arg("qemu-img");
+    cmd
+}
+
+pub const QEMU_IMG_INFO_ADDRESS_SPACE: u64 = 1 << 30;
+pub const QEMU_IMG_INFO_CPU_SECONDS: u64 = 30;
+/// `qemu-img check` reads the metadata of the whole image.
+const QEMU_IMG_CHECK_SECONDS: u64 = 600;
+/// A conversion writes the whole volume; the longest a tenant's image may keep a core busy.
+const QEMU_IMG_CONVERT_SECONDS: u64 = 4 * 3600;
+
 /// Debian's `qemu-img`, coreutils `cp` and util-linux `losetup`.
 pub struct SystemVolumeTool;
 
 impl VolumeTool for SystemVolumeTool {
     fn info(&self, path: &Path) -> Result<ImageInfo, StorageError> {
-        let out = run("qemu-img", Command::new("qemu-img").args(["info", "--output", "json"]).arg(path))
+        let out = run("qemu-img", qemu_img_limited(60, true).args(["info", "--output", "json"]).arg(path))
             .map_err(|e| StorageError::refused(format!("not a readable disk image: {e}")))?;
         let v: Value = serde_json::from_str(&out)
             .map_err(|e| StorageError::refused(format!("qemu-img info gave unreadable output: {e}")))?;
@@ -130,7 +158,7 @@ impl VolumeTool for SystemVolumeTool {
         if format != "qcow2" {
             return Ok(());
         }
-        run("qemu-img", Command::new("qemu-img").args(["check", "-q", "-f", format]).arg(path))
+        run("qemu-img", qemu_img_limited(QEMU_IMG_CHECK_SECONDS, false).args(["check", "-q", "-f", format]).arg(path))
             .map(|_| ())
             .map_err(|e| StorageError::refused(format!("the qcow2 image is damaged or truncated: {e}")))
     }
@@ -139,7 +167,7 @@ impl VolumeTool for SystemVolumeTool {
         // it is faster here than buffered writes plus an fsync. Pools on filesystems that refuse
         // O_DIRECT (tmpfs) get buffered writes; the caller fsyncs.
         let convert = |cache: Option<&str>| {
-            let mut cmd = Command::new("qemu-img");
+            let mut cmd = qemu_img_limited(QEMU_IMG_CONVERT_SECONDS, false);
             cmd.args(["convert", "-p"]);
             if let Some(c) = cache {
                 cmd.args(["-t", c]);

@@ -73,7 +73,9 @@ pub(super) async fn target_of(s: &Shared, ns: &str, claim: &str) -> Result<Targe
     let pvc = s.store.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, claim).await.map_err(|e| transient(e.message))?;
     let pv_name = pvc.as_ref().and_then(|p| p.pointer("/spec/volumeName")).and_then(Value::as_str).unwrap_or_default();
     let pv = s.store.get(&kinds::PERSISTENT_VOLUME, "", pv_name).await.map_err(|e| transient(e.message))?;
-    let pv = pv.ok_or_else(|| transient(format!("claim {claim:?} has no volume yet")))?;
+    let pv = pv
+        .filter(|pv| pvc.as_ref().is_some_and(|c| provisioner::bound_to(pv, c)))
+        .ok_or_else(|| transient(format!("claim {claim:?} has no volume yet")))?;
     let dir = provisioner::layout(&pv).map(|(dir, _)| dir);
     let capacity = pv
         .pointer("/spec/capacity/storage")

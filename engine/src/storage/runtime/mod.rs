@@ -427,7 +427,9 @@ fn make_volume_file(dir: &Path, size: u64) -> std::io::Result<()> {
     crate::node::allow_traverse(dir)?;
     let disk = dir.join("disk.img");
     if !disk.exists() {
-        let file = std::fs::File::create(&disk)?;
+        // 0600: a tenant's data; libvirt hands it to QEMU's user while a guest runs.
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&disk)?;
         file.set_len(size)?;
     }
     Ok(())
