@@ -50,7 +50,7 @@ pub fn backends(service: &Value, vmis: &[Value]) -> Vec<Backend> {
             })
         })
         .collect();
-    out.sort_by(|a, b| a.ip.cmp(&b.ip));
+    out.sort_by_key(|b| b.ip);
     out
 }
 
