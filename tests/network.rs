@@ -233,6 +233,14 @@ async fn masquerade_guest_sits_behind_nat_with_forwarded_ports() {
         let rules = n.nft_list(Some(&pod_ns), "inet converge");
         assert!(rules.contains("tcp dport 8080 dnat ip to 10.0.2.2"), "{rules}");
         assert!(rules.contains("ip saddr 10.0.2.2 masquerade"), "{rules}");
+        // The guest's traffic went through the guard, which lets only its own MAC and address in.
+        let mac = g.vmi("masq").await["spec"]["domain"]["devices"]["interfaces"][0]["macAddress"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase();
+        let guard = n.nft_list(Some(&pod_ns), "bridge converge_guard");
+        assert!(!mac.is_empty() && guard.contains(&format!("ether saddr != {mac} drop")), "{mac}: {guard}");
+        assert!(guard.lines().any(|l| l.contains("ip saddr != {") && l.contains("10.0.2.2")), "{guard}");
     })
     .await;
 }

@@ -453,3 +453,22 @@ async fn the_data_dir_is_closed_to_other_users() {
         }
     }
 }
+
+/// Attack: a CPU topology whose product overflows the node's arithmetic (65536³ vCPUs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_topologies_are_bounded() {
+    let app = spawn_api_only().await;
+    namespaces(&app).await;
+    let t = Tenant { app: &app, token: token(&app, "edit", &[TEAM]).await };
+    let mut vm = vm_manifest("wide");
+    vm["metadata"]["namespace"] = json!(TEAM);
+    vm["spec"]["template"]["spec"]["domain"]["cpu"] = json!({"sockets": 65536, "cores": 65536, "threads": 65536});
+    let (s, body) = t.post(&vms(TEAM), &vm).await;
+    assert_eq!(s, 422, "{body}");
+    assert!(causes(&body).contains("spec.template.spec.domain.cpu.sockets"), "{body}");
+    vm["spec"]["template"]["spec"]["domain"]["cpu"] = json!({"sockets": 16, "cores": 16, "threads": 2});
+    let (s, body) = t.post(&vms(TEAM), &vm).await;
+    assert_eq!(s, 422, "512 vCPUs: {body}");
+    vm["spec"]["template"]["spec"]["domain"]["cpu"] = json!({"sockets": 1, "cores": 2, "threads": 1});
+    assert_eq!(t.post(&vms(TEAM), &vm).await.0, 201);
+}

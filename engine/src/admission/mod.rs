@@ -11,7 +11,7 @@ use crate::kinds::{self, ResourceKind};
 use crate::meta;
 use serde_json::Value;
 
-pub use spec::{apply_presets, MAX_GRACE_PERIOD_SECONDS};
+pub use spec::{apply_presets, MAX_GRACE_PERIOD_SECONDS, MAX_VCPUS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
@@ -46,7 +46,7 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
         vm::mutate_vm(op, obj, ctx.old);
         vm::validate_vm(obj, ctx, &mut causes);
         let template = meta::at(obj, &["spec", "template", "spec"]).unwrap_or(&Value::Null);
-        spec::validate_host_access(template, "spec.template.spec", ctx.host, &mut causes);
+        spec::validate_host_and_bounds(template, "spec.template.spec", ctx.host, &mut causes);
     } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE) {
         if op == Operation::Create {
             let spec = meta::at_mut(obj, &["spec"]);
@@ -63,7 +63,7 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
         }
         let spec = meta::at(obj, &["spec"]).unwrap_or(&Value::Null);
         spec::validate_vmi_spec(spec, "spec", &mut causes);
-        spec::validate_host_access(spec, "spec", ctx.host, &mut causes);
+        spec::validate_host_and_bounds(spec, "spec", ctx.host, &mut causes);
     } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET) {
         vm::validate_replica_set(obj, &mut causes);
     } else if std::ptr::eq(kind, &kinds::SECRET) {

@@ -194,9 +194,10 @@ pub fn validate_vmi_spec(spec: &Value, prefix: &str, causes: &mut Vec<Cause>) {
     validate_resources(spec, prefix, causes);
 }
 
-/// hostDisk volumes only under the directories the admin allowed, and a grace period the node
-/// can count down (an i64::MAX overflowed the deadline).
-pub fn validate_host_access(
+/// hostDisk volumes only under the directories the admin allowed; integers the node does
+/// arithmetic with, bounded: a grace period it can count down (an i64::MAX overflowed the
+/// deadline) and a vCPU count whose product fits.
+pub fn validate_host_and_bounds(
     spec: &Value,
     prefix: &str,
     host: Option<&crate::host_access::HostAccess>,
@@ -212,6 +213,26 @@ pub fn validate_host_access(
             causes.push(Cause::forbidden(field, format!("Forbidden: \"{path}\": {why}")));
         }
     }
+    let cpu = meta::at(spec, &["domain", "cpu"]);
+    let mut vcpus: u64 = 1;
+    for part in ["sockets", "cores", "threads"] {
+        match cpu.and_then(|c| c.get(part)).filter(|v| !v.is_null()) {
+            None => {}
+            Some(v) => match v.as_u64().filter(|n| (1..=u64::from(MAX_VCPUS)).contains(n)) {
+                Some(n) => vcpus = vcpus.saturating_mul(n),
+                None => causes.push(Cause::invalid(
+                    format!("{prefix}.domain.cpu.{part}"),
+                    format!("Invalid value: {v}: must be between 1 and {MAX_VCPUS}"),
+                )),
+            },
+        }
+    }
+    if vcpus > u64::from(MAX_VCPUS) {
+        causes.push(Cause::invalid(
+            format!("{prefix}.domain.cpu"),
+            format!("Invalid value: sockets × cores × threads is {vcpus}: at most {MAX_VCPUS}"),
+        ));
+    }
     if let Some(grace) = spec.get("terminationGracePeriodSeconds").filter(|g| !g.is_null()) {
         if !grace.as_i64().is_some_and(|g| (0..=MAX_GRACE_PERIOD_SECONDS).contains(&g)) {
             causes.push(Cause::invalid(
@@ -221,6 +242,9 @@ pub fn validate_host_access(
         }
     }
 }
+
+/// The most vCPUs a guest may have (QEMU's q35 limit, 288, rounded down to a power of two).
+pub const MAX_VCPUS: u32 = 256;
 
 /// The longest a guest is given to shut down: a day (KubeVirt's default is 180 s).
 pub const MAX_GRACE_PERIOD_SECONDS: i64 = 24 * 3600;

@@ -187,6 +187,12 @@ pub fn build_domain(vmi: &Value, ctx: &NodeContext, prepared: &Prepared) -> Resu
     let spec = VmiSpec::from_vmi(vmi).map_err(BuildError::Spec)?;
     let memory_kib = spec.guest_memory_bytes().ok_or(BuildError::NoMemory)? / 1024;
     let (sockets, cores, threads) = spec.vcpus();
+    // Admission bounds each; a stored object that predates it must not overflow here.
+    let vcpus = sockets
+        .checked_mul(cores)
+        .and_then(|n| n.checked_mul(threads))
+        .filter(|n| *n <= crate::admission::MAX_VCPUS)
+        .ok_or_else(|| BuildError::Spec(format!("{sockets}×{cores}×{threads} vCPUs is more than a guest may have")))?;
     let firmware = spec.domain.firmware.clone().unwrap_or_default();
     let uuid = firmware.uuid.clone().unwrap_or_else(|| meta::uid(vmi).to_string());
     let machine = spec.domain.machine.as_ref().and_then(|m| m.machine_type.clone()).unwrap_or_else(|| "q35".into());
@@ -262,7 +268,7 @@ pub fn build_domain(vmi: &Value, ctx: &NodeContext, prepared: &Prepared) -> Resu
         },
         memory: Sized::kib(memory_kib),
         current_memory: Sized::kib(memory_kib),
-        vcpu: Text::new(sockets * cores * threads),
+        vcpu: Text::new(vcpus),
         os,
         features: Features {
             acpi: Some(Empty {}),

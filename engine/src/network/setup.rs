@@ -127,15 +127,44 @@ pub fn pod_before_start(cfg: &NetworkConfig, plan: &PodPlan, kernel_vlans: bool)
     steps
 }
 
-/// After QEMU holds its taps: the pod network's tap moves into the pod and joins its bridge.
+/// After QEMU holds its taps: the pod network's tap moves into the pod, the guard goes up, and
+/// the tap joins the pod's bridge.
 pub fn pod_after_start(plan: &PodPlan) -> Vec<Step> {
     let pod = Some(plan.netns.as_str());
     let mut steps = vec![];
-    if let Some(nic) = plan.pod_nic() {
+    if let (Some(nic), Some(pod_ip)) = (plan.pod_nic(), plan.pod_ip) {
         steps.push(Step::ip(None, &format!("link set {} netns {}", nic.tap, plan.netns)));
+        let guest_ip = match nic.attachment {
+            Attachment::PodMasquerade { .. } => MASQUERADE_GUEST,
+            _ => pod_ip,
+        };
+        steps.push(Step::nft(pod, guard_rules(&nic.tap, nic.mac.as_deref(), guest_ip)));
         steps.push(Step::ip(pod, &format!("link set {} master {POD_BRIDGE} up", nic.tap)));
     }
     steps
+}
+
+/// The pod bridge takes from the guest only frames from its own MAC and packets from its own
+/// address (0.0.0.0 and link-local while it asks DHCP and probes): a guest cannot pass itself
+/// off as another pod on the node's network. A MAC that does not parse guards with no MAC at
+/// all — every frame is dropped.
+pub fn guard_rules(tap: &str, mac: Option<&str>, guest_ip: std::net::Ipv4Addr) -> String {
+    let mac = mac.map(|m| crate::macpool::parse_mac(m).map(crate::macpool::format_mac));
+    let mut s = String::from("table bridge converge_guard\ndelete table bridge converge_guard\n");
+    s.push_str("table bridge converge_guard {\n  chain from_guest {\n");
+    s.push_str("    type filter hook prerouting priority -300; policy accept;\n");
+    match mac {
+        Some(Ok(mac)) => s.push_str(&format!("    iifname \"{tap}\" ether saddr != {mac} drop\n")),
+        Some(Err(_)) => s.push_str(&format!("    iifname \"{tap}\" drop\n")),
+        None => {}
+    }
+    s.push_str(&format!("    iifname \"{tap}\" ip saddr != {{ {guest_ip}, 0.0.0.0 }} drop\n"));
+    s.push_str(&format!("    iifname \"{tap}\" arp saddr ip != {{ {guest_ip}, 0.0.0.0 }} drop\n"));
+    let v6: &[&str] =
+        if guest_ip == MASQUERADE_GUEST { &[MASQUERADE_GUEST6, "fe80::/10", "::"] } else { &["fe80::/10", "::"] };
+    s.push_str(&format!("    iifname \"{tap}\" ip6 saddr != {{ {} }} drop\n", v6.join(", ")));
+    s.push_str("  }\n}\n");
+    s
 }
 
 /// Everything a VMI's networking made: its veth (removed first: a namespace is dismantled by the
@@ -224,7 +253,31 @@ mod tests {
         assert!(before.contains(&"ip netns exec cvp-1 ip link set eth0 master k6t-eth0 up".to_string()));
         assert!(!before.iter().any(|l| l.contains("10.244.0.5")), "the pod keeps no address: the guest has it");
         let after = lines(&pod_after_start(&p));
-        assert_eq!(after, ["ip link set tp01 netns cvp-1", "ip netns exec cvp-1 ip link set tp01 master k6t-eth0 up"]);
+        assert_eq!(after[0], "ip link set tp01 netns cvp-1");
+        assert_eq!(after[1], "ip netns exec cvp-1 nft -f -", "the guard is up before the tap joins");
+        assert_eq!(after[2], "ip netns exec cvp-1 ip link set tp01 master k6t-eth0 up");
+    }
+
+    #[test]
+    fn guests_cannot_spoof_their_source() {
+        let rules = guard_rules("tp01", Some("02:00:00:AB:cd:01"), Ipv4Addr::new(10, 244, 0, 5));
+        assert!(rules.contains("iifname \"tp01\" ether saddr != 02:00:00:ab:cd:01 drop"), "{rules}");
+        assert!(rules.contains("ip saddr != { 10.244.0.5, 0.0.0.0 } drop"), "{rules}");
+        assert!(rules.contains("arp saddr ip != { 10.244.0.5, 0.0.0.0 } drop"), "{rules}");
+        let masq = guard_rules("tp01", None, MASQUERADE_GUEST);
+        assert!(masq.contains("ip6 saddr != { fd10:0:2::2, fe80::/10, :: } drop"), "{masq}");
+        assert!(!masq.contains("ether saddr"), "no MAC known, no MAC rule");
+        let bad = guard_rules("tp01", Some("02:00:00:00:00:01 drop; flush ruleset"), MASQUERADE_GUEST);
+        assert!(bad.contains("iifname \"tp01\" drop") && !bad.contains("flush"), "{bad}");
+        // The kernel takes the ruleset (root only: where it can be checked).
+        let check =
+            std::process::Command::new("nft").args(["-c", "-f", "-"]).stdin(std::process::Stdio::piped()).spawn();
+        if let (Ok(mut child), true) = (check, crate::node::running_as_root()) {
+            use std::io::Write;
+            let text = rules.replace("delete table bridge converge_guard\n", "");
+            let _ = child.stdin.take().map(|mut i| i.write_all(text.as_bytes()));
+            assert!(child.wait().is_ok_and(|s| s.success()), "nft -c accepts:\n{text}");
+        }
     }
 
     #[test]

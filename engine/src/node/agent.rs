@@ -484,11 +484,13 @@ async fn shut_down_for_delete(
         let max = crate::admission::MAX_GRACE_PERIOD_SECONDS as u64;
         let grace = Duration::from_secs(grace.unwrap_or(DEFAULT_GRACE_SECS).min(max));
         let mut first_request = false;
+        // Computed before the lock is taken: nothing that can fail runs while it is held.
+        let if_first = Instant::now().checked_add(grace).unwrap_or_else(Instant::now);
         let deadline = {
             let mut d = s.shutdown_deadlines.lock().map_err(|_| ApiError::internal("deadline lock poisoned"))?;
             *d.entry(uid.clone()).or_insert_with(|| {
                 first_request = true;
-                Instant::now() + grace
+                if_first
             })
         };
         if first_request {
