@@ -52,10 +52,11 @@ pub struct SystemDiskTool;
 
 impl DiskTool for SystemDiskTool {
     fn create_overlay(&self, base: &Path, base_format: &str, overlay: &Path) -> Result<(), DiskError> {
+        // qemu-img opens the base (a pulled image, a tenant's) to size the overlay: bounded.
         run(
             "qemu-img",
-            Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2", "-F", base_format, "-b"])
+            Command::new("timeout")
+                .args(["--kill-after=5", "60", "qemu-img", "create", "-q", "-f", "qcow2", "-F", base_format, "-b"])
                 .arg(base)
                 .arg(overlay),
         )
