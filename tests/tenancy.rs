@@ -472,3 +472,66 @@ async fn cpu_topologies_are_bounded() {
     vm["spec"]["template"]["spec"]["domain"]["cpu"] = json!({"sockets": 1, "cores": 2, "threads": 1});
     assert_eq!(t.post(&vms(TEAM), &vm).await.0, 201);
 }
+
+/// Attack (real node, registry and libvirt): a containerDisk whose `/disk/disk.img` is a link
+/// to the server's database, and a kernel-boot image whose kernel is a link to the signing key —
+/// pulled by a tenant, read by the node as root. The node refuses both with the reason; no
+/// domain is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn images_cannot_link_to_the_hosts_files() {
+    use common::guests::*;
+    let registry = common::servers::registry(None).await;
+    let host = format!("127.0.0.1:{}", registry.port);
+    let h = host.clone();
+    let g = spawn_guest_app_with(move |c| {
+        if let Some(node) = c.node.as_mut() {
+            node.insecure_registries = vec![h];
+        }
+    })
+    .await;
+    namespaces(&g.app).await;
+    within(Duration::from_secs(300), async {
+        let work = tempfile::tempdir().expect("tempdir");
+        let link = |name: &str, target: &std::path::Path| {
+            let l = work.path().join(name);
+            std::os::unix::fs::symlink(target, &l).expect("symlink");
+            l
+        };
+        let db = link("disk.img", &g.app.dir.path().join("converge.db"));
+        let key = link("vmlinuz", &g.app.dir.path().join("signing.key"));
+        for (tag, pair) in [("disk", format!("{}:disk/disk.img", db.display())), ("kernel", format!("{}:boot/vmlinuz", key.display()))] {
+            let layout = work.path().join(tag);
+            let ok = std::process::Command::new("python3")
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/guest/oci_layout.py"))
+                .arg(&layout)
+                .arg(format!("evil/{tag}:v1"))
+                .arg(&pair)
+                .status()
+                .expect("python3");
+            assert!(ok.success());
+            common::servers::push(&layout, registry.port, &format!("evil/{tag}:v1"), None);
+        }
+        let t = Tenant { app: &g.app, token: token(&g.app, "edit", &[TEAM]).await };
+        let resources = json!({"requests": {"memory": "64Mi"}});
+        let disk_vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "metadata": {"name": "disk"},
+            "spec": {"domain": {"devices": {}, "resources": resources},
+                     "volumes": [{"name": "root", "containerDisk": {"image": format!("{host}/evil/disk:v1")}}]}});
+        let kernel_vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "metadata": {"name": "kernel"},
+            "spec": {"domain": {"devices": {}, "resources": resources, "firmware": {"kernelBoot": {
+                "container": {"image": format!("{host}/evil/kernel:v1"), "kernelPath": "/boot/vmlinuz"}}}}}});
+        for (vmi, why) in [(disk_vmi, "no disk under /disk"), (kernel_vmi, "leads out of the image")] {
+            let name = vmi["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let (s, body) = t.post(&vmis(TEAM), &vmi).await;
+            assert_eq!(s, 201, "{body}");
+            let path = format!("{}/{name}", vmis(TEAM));
+            let refused = wait_until(Duration::from_secs(120), || async {
+                g.app.get(&path).await.1.to_string().contains(why)
+            })
+            .await;
+            assert!(refused, "{name}: {}", g.app.get(&path).await.1);
+            let domain = format!("{}{TEAM}_{name}", g.prefix);
+            assert!(!g.domains().contains(&domain), "no domain for {name}");
+        }
+    })
+    .await;
+}
