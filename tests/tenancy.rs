@@ -535,3 +535,34 @@ async fn images_cannot_link_to_the_hosts_files() {
     })
     .await;
 }
+
+/// Attack: have the importer pull "an image" from the host's own loopback or the cloud's
+/// metadata address (a registry source), or fetch one over HTTP from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_never_reach_the_hosts_own_addresses() {
+    let app = spawn_app().await;
+    namespaces(&app).await;
+    let t = Tenant { app: &app, token: token(&app, "edit", &[TEAM]).await };
+    let path = format!("/apis/cdi.kubevirt.io/v1beta1/namespaces/{TEAM}/datavolumes");
+    let storage = json!({"resources": {"requests": {"storage": "1Mi"}}});
+    let sources = [
+        ("reg-loop", json!({"registry": {"url": "docker://127.0.0.1:1/x:v1"}})),
+        ("reg-meta", json!({"registry": {"url": "docker://169.254.169.254/latest:v1"}})),
+        ("reg-name", json!({"registry": {"url": "docker://localhost:1/x:v1"}})),
+        ("http-name", json!({"http": {"url": "http://localhost:1/disk.img"}})),
+    ];
+    for (name, source) in &sources {
+        let dv = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": name},
+                        "spec": {"source": source, "storage": storage}});
+        let (s, body) = t.post(&path, &dv).await;
+        assert_eq!(s, 201, "{body}");
+    }
+    for (name, _) in &sources {
+        let url = format!("{path}/{name}");
+        let refused = wait_until(Duration::from_secs(30), || async {
+            app.get(&url).await.1.to_string().contains("loopback, link-local or metadata address")
+        })
+        .await;
+        assert!(refused, "{name}: {}", app.get(&url).await.1);
+    }
+}

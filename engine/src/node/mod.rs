@@ -3,6 +3,7 @@
 //! policy; it only follows the objects in the store (see `agent.rs`).
 
 pub mod disks;
+pub mod distribution;
 pub mod host;
 pub mod images;
 pub mod network;

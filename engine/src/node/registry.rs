@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use base64::Engine;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::Reference;
 use serde_json::{json, Value};
 
 use super::images::{ImageError, ImageStore};
@@ -27,34 +25,8 @@ pub enum RegistryError {
     Refused(String, String),
 }
 
-/// A registry a tenant names must not be on a loopback, link-local or metadata address, unless
-/// the admin listed it (`--insecure-registry`): the node pulls as root on the host's network.
-/// Checked before each pull; blob redirects that oci-client follows itself are not seen here.
-pub async fn check_registry_address(registry: &str, insecure: &[String]) -> Result<(), RegistryError> {
-    if insecure.iter().any(|r| r == registry) {
-        return Ok(());
-    }
-    // `host`, `host:port` or `[v6]:port`, as a URL authority reads them.
-    let authority = url::Url::parse(&format!("https://{registry}/"))
-        .map_err(|e| RegistryError::BadReference(registry.to_string(), e.to_string()))?;
-    let host = authority.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
-    let port = authority.port().unwrap_or(443);
-    let addrs = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| RegistryError::Pull(registry.to_string(), format!("cannot resolve {host}: {e}")))?;
-    for a in addrs {
-        if crate::storage::safety::private_address(a.ip()) {
-            return Err(RegistryError::Refused(
-                registry.to_string(),
-                format!("resolves to {}, a loopback, link-local or metadata address (an admin may list it with --insecure-registry)", a.ip()),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Credentials for one registry.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
@@ -96,15 +68,21 @@ pub fn credentials_from_secret(data: &BTreeMap<String, Vec<u8>>, registry: &str)
     Some(Credentials { username: u, password: p })
 }
 
-fn client(insecure: &[String]) -> Client {
-    Client::new(ClientConfig { protocol: ClientProtocol::HttpsExcept(insecure.to_vec()), ..ClientConfig::default() })
+/// A distribution client for `reference`'s repository; a registry the admin listed is spoken
+/// to over plain HTTP and may be on a private address.
+fn client_for(
+    r: &Reference,
+    creds: Option<&Credentials>,
+    insecure: &[String],
+) -> Result<super::distribution::Client, RegistryError> {
+    let registry = r.resolve_registry();
+    let listed = insecure.iter().any(|i| i == registry);
+    super::distribution::Client::new(registry, r.repository(), creds, listed)
 }
 
-fn auth(creds: Option<&Credentials>) -> RegistryAuth {
-    match creds {
-        Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-        None => RegistryAuth::Anonymous,
-    }
+/// What a reference names in its repository: its digest if pinned, else its tag.
+fn tag_or_digest(r: &Reference) -> String {
+    r.digest().map(str::to_string).unwrap_or_else(|| r.tag().unwrap_or("latest").to_string())
 }
 
 /// The digest the registry has for `reference` now.
@@ -114,11 +92,7 @@ pub async fn remote_digest(
     insecure: &[String],
 ) -> Result<String, RegistryError> {
     let r = parse(reference)?;
-    check_registry_address(r.resolve_registry(), insecure).await?;
-    client(insecure)
-        .fetch_manifest_digest(&r, &auth(creds))
-        .await
-        .map_err(|e| RegistryError::Pull(reference.to_string(), e.to_string()))
+    client_for(&r, creds, insecure)?.digest(&tag_or_digest(&r)).await
 }
 
 /// Pulls `reference` into `store` under that name; returns the manifest digest.
@@ -130,36 +104,31 @@ pub async fn pull(
     insecure: &[String],
 ) -> Result<String, RegistryError> {
     let r = parse(reference)?;
-    check_registry_address(r.resolve_registry(), insecure).await?;
-    let c = client(insecure);
-    let pull_err =
-        |e: oci_client::errors::OciDistributionError| RegistryError::Pull(reference.to_string(), e.to_string());
-    let (manifest, digest) = c.pull_image_manifest(&r, &auth(creds)).await.map_err(pull_err)?;
+    let mut c = client_for(&r, creds, insecure)?;
+    let manifest = c.image_manifest(&tag_or_digest(&r)).await?;
     std::fs::create_dir_all(scratch)?;
     let layout = tempfile::tempdir_in(scratch)?;
     let blobs = layout.path().join("blobs/sha256");
     std::fs::create_dir_all(&blobs)?;
-    for layer in &manifest.layers {
-        let hex =
-            layer.digest.strip_prefix("sha256:").filter(|h| h.chars().all(|c| c.is_ascii_hexdigit())).ok_or_else(
-                || RegistryError::Pull(reference.to_string(), format!("unsupported layer digest {}", layer.digest)),
-            )?;
-        let file = tokio::fs::File::create(blobs.join(hex)).await?;
-        c.pull_blob(&r, layer, file).await.map_err(pull_err)?;
+    for layer in manifest.json.get("layers").and_then(Value::as_array).into_iter().flatten() {
+        let digest = layer.get("digest").and_then(Value::as_str).unwrap_or_default();
+        let hex = digest.strip_prefix("sha256:").filter(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()));
+        let hex = hex.ok_or_else(|| {
+            RegistryError::Pull(reference.to_string(), format!("unsupported layer digest {digest:?}"))
+        })?;
+        c.blob_to_file(digest, &blobs.join(hex)).await?;
     }
-    let manifest_bytes =
-        serde_json::to_vec(&manifest).map_err(|e| RegistryError::Pull(reference.to_string(), e.to_string()))?;
-    let manifest_hex = digest.strip_prefix("sha256:").unwrap_or(&digest);
-    std::fs::write(blobs.join(manifest_hex), &manifest_bytes)?;
+    let manifest_hex = manifest.digest.strip_prefix("sha256:").unwrap_or(&manifest.digest);
+    std::fs::write(blobs.join(manifest_hex), &manifest.bytes)?;
     std::fs::write(layout.path().join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let index = json!({"schemaVersion": 2, "manifests": [{
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": digest,
-        "size": manifest_bytes.len(),
+        "digest": manifest.digest,
+        "size": manifest.bytes.len(),
     }]});
     std::fs::write(layout.path().join("index.json"), index.to_string())?;
     store.import(layout.path(), Some(reference))?;
-    Ok(digest)
+    Ok(manifest.digest)
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ impl Fetcher for HttpFetcher {
 /// Resolves every host the client connects to — a redirect's included — and refuses private
 /// addresses there, at connect time: a redirect to a *name* that resolves to a metadata or
 /// loopback address is refused as a URL naming it would be.
-struct CheckedResolver;
+pub(crate) struct CheckedResolver;
 
 impl reqwest::dns::Resolve for CheckedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
@@ -106,6 +106,27 @@ pub fn extra_header(line: &str) -> Result<(reqwest::header::HeaderName, reqwest:
     Ok((name, value))
 }
 
+/// At most ten redirects, none to a literal loopback, link-local or metadata address unless
+/// `allow_private` (names are the resolver's to check, at connect time).
+pub(crate) fn checked_redirects(allow_private: bool) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() >= 10 {
+            return attempt.error("too many redirects");
+        }
+        let to_private = match attempt.url().host() {
+            Some(url::Host::Ipv4(ip)) => safety::private_address(ip.into()),
+            Some(url::Host::Ipv6(ip)) => safety::private_address(ip.into()),
+            Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
+            None => true,
+        };
+        if to_private && !allow_private {
+            attempt.error("redirect to a loopback, link-local or metadata address refused")
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 /// Opens `src`; returns the body and its length when the server says.
 pub async fn open_http(src: &HttpSource, allow_private: bool) -> Result<(Body, Option<u64>), StorageError> {
     let url =
@@ -116,23 +137,7 @@ pub async fn open_http(src: &HttpSource, allow_private: bool) -> Result<(Body, O
         .connect_timeout(Duration::from_secs(15))
         .resolve_to_addrs(&host, &addrs)
         .no_proxy()
-        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= 10 {
-                return attempt.error("too many redirects");
-            }
-            // A redirect may not lead the importer to an address the URL check would refuse.
-            let to_private = match attempt.url().host() {
-                Some(url::Host::Ipv4(ip)) => safety::private_address(ip.into()),
-                Some(url::Host::Ipv6(ip)) => safety::private_address(ip.into()),
-                Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
-                None => true,
-            };
-            if to_private && !allow_private {
-                attempt.error("redirect to a loopback, link-local or metadata address refused")
-            } else {
-                attempt.follow()
-            }
-        }));
+        .redirect(checked_redirects(allow_private));
     if let Some(pem) = &src.ca_pem {
         let certs = reqwest::Certificate::from_pem_bundle(pem)
             .map_err(|e| StorageError::refused(format!("certConfigMap holds no usable PEM certificate: {e}")))?;
@@ -166,7 +171,7 @@ pub async fn open_http(src: &HttpSource, allow_private: bool) -> Result<(Body, O
 }
 
 /// An error with its causes: reqwest's own message ("error sending request") hides the reason.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cur = e.source();
     while let Some(cause) = cur {
