@@ -25,8 +25,8 @@ pub enum RegistryError {
     Refused(String, String),
 }
 
-/// Credentials for one registry.
-#[derive(Clone, Default, Debug)]
+/// Credentials for one registry (no Debug: a password must not reach a log line).
+#[derive(Clone, Default)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
