@@ -37,13 +37,7 @@ async fn container_disks_come_from_a_registry_and_share_the_node_cache() {
     let registry = servers::registry(Some(("bob", "builder"))).await;
     servers::push(&guest_dir().join("oci-disk"), registry.port, "guests/disk:v1", Some(("bob", "builder")));
     let host = format!("127.0.0.1:{}", registry.port);
-    let h = host.clone();
-    let g = spawn_guest_app_with(move |c| {
-        if let Some(node) = c.node.as_mut() {
-            node.insecure_registries = vec![h];
-        }
-    })
-    .await;
+    let g = spawn_guest_app_pulling_from(&host).await;
     within(Duration::from_secs(300), async {
         use base64::Engine;
         let auth = base64::engine::general_purpose::STANDARD.encode("bob:builder");

@@ -482,13 +482,7 @@ async fn images_cannot_link_to_the_hosts_files() {
     use common::guests::*;
     let registry = common::servers::registry(None).await;
     let host = format!("127.0.0.1:{}", registry.port);
-    let h = host.clone();
-    let g = spawn_guest_app_with(move |c| {
-        if let Some(node) = c.node.as_mut() {
-            node.insecure_registries = vec![h];
-        }
-    })
-    .await;
+    let g = spawn_guest_app_pulling_from(&host).await;
     namespaces(&g.app).await;
     within(Duration::from_secs(300), async {
         let work = tempfile::tempdir().expect("tempdir");

@@ -45,6 +45,18 @@ pub async fn spawn_guest_app() -> GuestApp {
     spawn_guest_app_with(|_| {}).await
 }
 
+/// A guest app whose node pulls from `registry` (`HOST:PORT`, plain HTTP on loopback) as an
+/// admin listed it.
+pub async fn spawn_guest_app_pulling_from(registry: &str) -> GuestApp {
+    let listed = registry.to_string();
+    spawn_guest_app_with(move |c| {
+        if let Some(node) = c.node.as_mut() {
+            node.insecure_registries = vec![listed];
+        }
+    })
+    .await
+}
+
 /// A guest app with the server's configuration adjusted (node included) before it starts.
 pub async fn spawn_guest_app_with(tweak: impl FnOnce(&mut converge_api::ServerConfig)) -> GuestApp {
     let prefix = format!("t{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
