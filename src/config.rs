@@ -155,26 +155,24 @@ pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> 
     };
     let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir);
     let mut server = converge_api::ServerConfig::new(data_dir.clone());
-    let insecure = if args.insecure_registry.is_empty() { file.insecure_registry } else { args.insecure_registry };
+    let insecure = flag_or_file(args.insecure_registry, file.insecure_registry);
     server.storage.insecure_registries = insecure.clone();
     server.storage.allow_private_imports = args.allow_private_imports.or(file.allow_private_imports).unwrap_or(false);
-    let either = |a: Vec<String>, f: Vec<String>| if a.is_empty() { f } else { a };
-    let host_disk_dirs = if args.host_disk_dir.is_empty() { file.host_disk_dir } else { args.host_disk_dir };
+    let host_disk_dirs = flag_or_file(args.host_disk_dir, file.host_disk_dir);
     for dir in &host_disk_dirs {
         if !dir.is_absolute() || dir.parent().is_none() {
             bail!("--host-disk-dir {}: an absolute directory other than /", dir.display());
         }
     }
-    let sriov_devices = either(args.sriov_device, file.sriov_device);
-    for d in &sriov_devices {
-        if converge_engine::network::pci::PciAddress::parse(d).is_err() {
-            bail!("--sriov-device {d}: a PCI address, DDDD:BB:SS.F");
-        }
-    }
+    let sriov_devices = flag_or_file(args.sriov_device, file.sriov_device)
+        .iter()
+        .map(|d| converge_engine::network::pci::PciAddress::parse(d).map(|a| a.to_string()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--sriov-device: {e}"))?;
     server.host_access = converge_engine::host_access::HostAccess {
         host_disk_dirs,
-        nad_bridges: either(args.nad_bridge, file.nad_bridge),
-        sriov_devices: sriov_devices.iter().map(|d| d.to_lowercase()).collect(),
+        nad_bridges: flag_or_file(args.nad_bridge, file.nad_bridge),
+        sriov_devices,
     };
     if let Some(max) = args.max_volume_size.or(file.max_volume_size) {
         let bytes =
@@ -227,6 +225,15 @@ pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> 
     }
     let log_format = log_format.or(file.log_format).unwrap_or_else(|| "text".into());
     Ok(Settings { server, log_format })
+}
+
+/// A repeatable flag given on the command line (or in the environment) replaces the file's list.
+fn flag_or_file<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
+    if flag.is_empty() {
+        file
+    } else {
+        flag
+    }
 }
 
 fn cidr_arg(flag: &str, text: &str) -> Result<converge_engine::network::Cidr> {

@@ -11,9 +11,14 @@ pub struct HostAccess {
     pub host_disk_dirs: Vec<PathBuf>,
     /// Host bridges NADs may name (`--nad-bridge`); an entry ending in `*` is a prefix.
     pub nad_bridges: Vec<String>,
-    /// PCI addresses of the SR-IOV functions NADs may name (`--sriov-device`).
+    /// PCI addresses of the SR-IOV functions NADs may name (`--sriov-device`), canonical
+    /// (`PciAddress`'s lower-case form, as `nad::network_of` gives them).
     pub sriov_devices: Vec<String>,
 }
+
+/// What a server allows when nobody said: nothing.
+pub static NONE: HostAccess =
+    HostAccess { host_disk_dirs: Vec::new(), nad_bridges: Vec::new(), sriov_devices: Vec::new() };
 
 /// What a NAD of another namespace must carry to be used from `namespace`: a comma-separated
 /// list of namespaces, or `*` (Multus' namespaceIsolation lets only `default` through).
@@ -76,7 +81,7 @@ impl HostAccess {
     }
 
     pub fn sriov_allowed(&self, pci: &str) -> bool {
-        self.sriov_devices.iter().any(|d| d.eq_ignore_ascii_case(pci))
+        self.sriov_devices.iter().any(|d| d == pci)
     }
 }
 

@@ -99,9 +99,8 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
 /// A NAD whose configuration the node understands must name only what the admin allows; one it
 /// cannot read is stored with a warning, as Multus' CRD stores it.
 fn validate_nad_host_access(obj: &Value, host: Option<&crate::host_access::HostAccess>, causes: &mut Vec<Cause>) {
-    let deny = crate::host_access::HostAccess::default();
     if let Ok(network) = crate::network::nad::network_of(obj) {
-        if let Err(why) = crate::network::nad::allowed_by(&network, host.unwrap_or(&deny)) {
+        if let Err(why) = crate::network::nad::allowed_by(&network, host.unwrap_or(&crate::host_access::NONE)) {
             causes.push(Cause::forbidden("spec.config", format!("Forbidden: {why}")));
         }
     }

@@ -203,8 +203,7 @@ pub fn validate_host_and_bounds(
     host: Option<&crate::host_access::HostAccess>,
     causes: &mut Vec<Cause>,
 ) {
-    let deny = crate::host_access::HostAccess::default();
-    let host = host.unwrap_or(&deny);
+    let host = host.unwrap_or(&crate::host_access::NONE);
     for (i, volume) in spec.get("volumes").and_then(Value::as_array).into_iter().flatten().enumerate() {
         let Some(disk) = volume.get("hostDisk") else { continue };
         let field = format!("{prefix}.volumes[{i}].hostDisk.path");

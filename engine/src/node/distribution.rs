@@ -84,14 +84,12 @@ impl Client {
         let authority = url::Url::parse(&format!("https://{registry}/"))
             .map_err(|e| RegistryError::BadReference(registry.to_string(), e.to_string()))?;
         // A literal address is never resolved, so the resolver cannot see it: checked here.
-        if let Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)) = authority.host() {
-            let host = authority.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
-            let private = host.parse().is_ok_and(crate::storage::safety::private_address);
-            if private && !listed {
-                return Err(refused(format!(
-                    "{host} is a loopback, link-local or metadata address (an admin may list it with --insecure-registry)"
-                )));
-            }
+        let literal = matches!(authority.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)));
+        if literal && !listed && crate::storage::safety::private_host(authority.host()) {
+            let host = authority.host_str().unwrap_or_default();
+            return Err(refused(format!(
+                "{host} is a loopback, link-local or metadata address (an admin may list it with --insecure-registry)"
+            )));
         }
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(15))

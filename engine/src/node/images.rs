@@ -144,10 +144,14 @@ impl ImageStore {
         let root = self.rootfs(reference)?;
         let no_file = || ImageError::NoSuchFile { image: reference.to_string(), path: path.to_string() };
         let full = inside(&root, path).ok_or_else(no_file)?;
-        if full.symlink_metadata().is_ok() && resolved_inside(&root, &full).is_none() {
-            return Err(ImageError::Outside { image: reference.to_string(), path: path.to_string() });
+        match resolved_inside(&root, &full) {
+            Some(real) => Ok(real),
+            // Something is there, but it leads out of the image or to no regular file.
+            None if full.symlink_metadata().is_ok() => {
+                Err(ImageError::Outside { image: reference.to_string(), path: path.to_string() })
+            }
+            None => Err(no_file()),
         }
-        resolved_inside(&root, &full).ok_or_else(no_file)
     }
 
     /// A containerDisk's disk: `path` if given, else the one file under `/disk`, as KubeVirt finds it.

@@ -28,6 +28,17 @@ pub fn private_address(ip: IpAddr) -> bool {
     }
 }
 
+/// Whether a URL's host is private by its text alone: a literal loopback, link-local or
+/// metadata address, `localhost`, or no host. A name is the resolver's to check.
+pub fn private_host(host: Option<url::Host<&str>>) -> bool {
+    match host {
+        Some(url::Host::Ipv4(ip)) => private_address(ip.into()),
+        Some(url::Host::Ipv6(ip)) => private_address(ip.into()),
+        Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
+        None => true,
+    }
+}
+
 /// Resolves `url`'s host and refuses it when any address is private (and not allowed). Returns
 /// the addresses, so the caller connects to what was checked rather than resolving again.
 pub async fn check_url(url: &url::Url, allow_private: bool) -> Result<Vec<std::net::SocketAddr>, StorageError> {

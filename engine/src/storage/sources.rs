@@ -113,13 +113,7 @@ pub(crate) fn checked_redirects(allow_private: bool) -> reqwest::redirect::Polic
         if attempt.previous().len() >= 10 {
             return attempt.error("too many redirects");
         }
-        let to_private = match attempt.url().host() {
-            Some(url::Host::Ipv4(ip)) => safety::private_address(ip.into()),
-            Some(url::Host::Ipv6(ip)) => safety::private_address(ip.into()),
-            Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
-            None => true,
-        };
-        if to_private && !allow_private {
+        if safety::private_host(attempt.url().host()) && !allow_private {
             attempt.error("redirect to a loopback, link-local or metadata address refused")
         } else {
             attempt.follow()
