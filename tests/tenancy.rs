@@ -190,6 +190,28 @@ async fn tenants_never_write_status() {
     assert_eq!(s, 403);
 }
 
+/// Attack: the same with a namespaced *admin* token (`--namespace team-a --role admin`): a VMI
+/// claiming another pod's address would make its Service send traffic there. Only an admin
+/// confined to no namespace writes status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespaced_admin_is_a_tenant_for_status() {
+    let app = spawn_api_only().await;
+    namespaces(&app).await;
+    let t = Tenant { app: &app, token: token(&app, "admin", &[TEAM]).await };
+    let stolen = json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+        "interfaces": [{"name": "default", "ipAddress": "10.244.0.2", "podInterfaceName": "eth0"}]});
+    let vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "metadata": {"name": "v"},
+        "spec": {"domain": {"devices": {}, "resources": {"requests": {"memory": "64Mi"}}}}, "status": stolen.clone()});
+    let (s, created) = t.post(&vmis(TEAM), &vmi).await;
+    assert_eq!(s, 201, "{created}");
+    assert!(created.get("status").is_none_or(|st| st.get("interfaces").is_none()), "dropped at create: {created}");
+    let path = format!("{}/v/status", vmis(TEAM));
+    let (s, body) = t.patch(&path, "application/merge-patch+json", &json!({"status": stolen})).await;
+    assert_eq!(s, 403, "{body}");
+    let (s, _) = t.post("/converge/v1/tokens", &json!({"role": "admin", "ttlSeconds": 60})).await;
+    assert_eq!(s, 403, "nor does it mint tokens");
+}
+
 /// Attack: a claim of team-a names team-b's volume and claims to be Bound, to attach, clone or
 /// overwrite (through the upload proxy) another tenant's disk. The binder binds only a volume
 /// whose claimRef is empty or names this claim; attach, import and clone check the claimRef.

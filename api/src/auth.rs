@@ -62,6 +62,14 @@ pub struct Principal {
     pub namespaces: Vec<String>,
 }
 
+impl Principal {
+    /// An admin confined to no namespace: the only caller trusted with what the server itself
+    /// writes (status, tokens). A namespaced admin is a tenant.
+    pub fn is_cluster_admin(&self) -> bool {
+        self.role == Role::Admin && self.namespaces.is_empty()
+    }
+}
+
 const ISSUER: &str = "converge";
 const WEBSOCKET_BEARER_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
 
@@ -217,7 +225,8 @@ pub struct Access<'a> {
 /// What a role may do, as Kubernetes' default ClusterRoles grant it: `view` reads everything
 /// but Secrets; `edit` also writes namespaced objects (Secrets included) but neither
 /// cluster-scoped kinds (PersistentVolumes, StorageClasses, Nodes, cluster instancetypes,
-/// Namespaces) nor any `/status`; `admin` does all of it. Returns the least role that may.
+/// Namespaces) nor any `/status`; `admin` does all of it (`/status` only when confined to no
+/// namespace, see `authorize`). Returns the least role that may.
 pub fn role_needed(a: &Access) -> Role {
     if a.write && (a.cluster_scoped || a.status) {
         Role::Admin
@@ -241,6 +250,11 @@ pub fn authorize(p: &Principal, a: &Access) -> ApiResult<()> {
         ))
     };
     if p.role < role_needed(a) {
+        return Err(forbidden());
+    }
+    // Status carries what the node acts on (a VMI's address becomes a Service backend): a
+    // namespaced admin writing it could point another namespace's traffic at itself.
+    if a.write && a.status && !p.is_cluster_admin() {
         return Err(forbidden());
     }
     if p.namespaces.is_empty() {
@@ -343,7 +357,8 @@ mod tests {
         assert!(authorize(&who(Role::Admin, &[]), &cluster_write).is_ok());
         let status = Access { status: true, ..access(true, Some("a"), false, false) };
         assert!(authorize(&who(Role::Edit, &[]), &status).is_err(), "edit writes no /status");
-        assert!(authorize(&who(Role::Admin, &["a"]), &status).is_ok());
+        assert!(authorize(&who(Role::Admin, &[]), &status).is_ok());
+        assert!(authorize(&who(Role::Admin, &["a"]), &status).is_err(), "a namespaced admin is a tenant");
         let read_status = Access { status: true, ..access(false, Some("a"), false, false) };
         assert!(authorize(&who(Role::View, &["a"]), &read_status).is_ok());
     }

@@ -300,8 +300,8 @@ async fn create(
     let mut obj = decode(kind, body, content_type)?;
     // Status is what the node and controllers report; a tenant's claim to a phase, an address
     // or a bound volume is dropped, as the apiserver resets status on create. Admins keep
-    // theirs (restores and recordings replay whole objects).
-    if kind.status_subresource && principal.role != auth::Role::Admin {
+    // theirs (restores and recordings replay whole objects); a namespaced admin is a tenant.
+    if kind.status_subresource && !principal.is_cluster_admin() {
         if let Some(m) = obj.as_object_mut() {
             m.remove("status");
         }

@@ -50,7 +50,7 @@ pub struct TokenRecord {
 
 fn admin(req: &HttpRequest) -> ApiResult<Principal> {
     let p = req.extensions().get::<Principal>().cloned().ok_or_else(ApiError::unauthorized)?;
-    if p.role != Role::Admin || !p.namespaces.is_empty() {
+    if !p.is_cluster_admin() {
         return Err(ApiError::forbidden(format!(
             "tokens are managed by cluster admins; User \"{}\" is not one",
             p.subject
