@@ -63,7 +63,7 @@ impl FakeHypervisor {
 }
 
 impl Hypervisor for FakeHypervisor {
-    fn define_and_start(&self, xml: &str, paused: bool) -> HvResult<()> {
+    fn define_and_start(&self, xml: &str, paused: bool) -> HvResult<super::StartTimes> {
         let name = name_of(xml);
         let uid = super::libvirt::vmi_uid_from_xml(xml);
         let state = if paused { DomainState::Paused } else { DomainState::Running };
@@ -72,7 +72,7 @@ impl Hypervisor for FakeHypervisor {
             Ok(())
         })?;
         let _ = self.tx.send(name);
-        Ok(())
+        Ok(super::StartTimes::default())
     }
     fn list(&self) -> HvResult<Vec<DomainSummary>> {
         let inner = self.inner.lock().map_err(|_| HypervisorError::Libvirt("poisoned".into()))?;
@@ -89,6 +89,10 @@ impl Hypervisor for FakeHypervisor {
     }
     fn state(&self, name: &str) -> HvResult<Option<DomainState>> {
         Ok(self.inner.lock().ok().and_then(|i| i.domains.get(name).map(|d| d.1)))
+    }
+    fn state_by_uuid(&self, uuid: &str, name: &str) -> HvResult<Option<DomainState>> {
+        let inner = self.inner.lock().map_err(|_| HypervisorError::Libvirt("poisoned".into()))?;
+        Ok(inner.domains.get(name).filter(|d| d.2.contains(&format!("<uuid>{uuid}</uuid>"))).map(|d| d.1))
     }
     fn shutdown(&self, name: &str) -> HvResult<()> {
         self.transition("shutdown", name, DomainState::ShutOffByGuest)

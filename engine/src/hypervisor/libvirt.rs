@@ -1,5 +1,6 @@
 //! The real hypervisor: libvirt's QEMU driver through the `virt` crate.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -9,14 +10,21 @@ use virt::enumutil::Enum;
 use virt::error::ErrorNumber;
 use virt::sys;
 
-use super::{lifecycle, DomainState, DomainSummary, HvResult, Hypervisor, HypervisorError};
+use super::{lifecycle, DomainState, DomainSummary, HvResult, Hypervisor, HypervisorError, StartTimes};
 
 /// Empty name on the event channel: "the connection was re-opened, look at everything".
 pub const RESYNC_ALL: &str = "";
 
+/// Connections the calls are spread over. libvirtd works at most `max_client_requests` (5)
+/// calls of one connection at a time and queues the rest: with one connection, the node's
+/// workers and its event-driven lookups waited behind each other's domain starts.
+const CONNECTIONS: usize = 4;
+
 pub struct Libvirt {
     uri: String,
-    conn: Mutex<Option<Connect>>,
+    /// The first also carries the lifecycle events.
+    conns: Vec<Mutex<Option<Connect>>>,
+    next: AtomicUsize,
     events_tx: UnboundedSender<String>,
     events_rx: Mutex<Option<UnboundedReceiver<String>>>,
 }
@@ -35,8 +43,16 @@ impl Libvirt {
         virt::error::clear_error_callback();
         lifecycle::start_event_loop().map_err(HypervisorError::Libvirt)?;
         let (events_tx, events_rx) = unbounded_channel();
-        let hv = Libvirt { uri: uri.into(), conn: Mutex::new(None), events_tx, events_rx: Mutex::new(Some(events_rx)) };
-        hv.with_conn(|_| Ok(()))?;
+        let hv = Libvirt {
+            uri: uri.into(),
+            conns: (0..CONNECTIONS).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+            events_tx,
+            events_rx: Mutex::new(Some(events_rx)),
+        };
+        for slot in 0..CONNECTIONS {
+            hv.live(slot)?;
+        }
         Ok(hv)
     }
 
@@ -46,32 +62,45 @@ impl Libvirt {
         format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
     }
 
-    fn connect(&self) -> HvResult<Connect> {
+    fn connect(&self, events: bool) -> HvResult<Connect> {
         let conn = Connect::open(Some(&self.uri)).map_err(err)?;
         // Keepalives make a restarted libvirtd show up as a dead connection within seconds.
         let _ = conn.set_keep_alive(5, 3);
-        lifecycle::register(&conn, self.events_tx.clone()).map_err(HypervisorError::Libvirt)?;
-        let _ = self.events_tx.send(RESYNC_ALL.into());
+        if events {
+            lifecycle::register(&conn, self.events_tx.clone()).map_err(HypervisorError::Libvirt)?;
+            let _ = self.events_tx.send(RESYNC_ALL.into());
+        }
         Ok(conn)
     }
 
-    /// Runs `f` on a live connection, reconnecting if libvirtd went away. The lock covers only
-    /// picking the connection: libvirt connections are thread-safe, and calls from many workers
-    /// run side by side on one (a lock held across calls serialized every start).
+    /// The connection of `slot`, reopened if libvirtd went away. The lock covers only picking
+    /// the connection: libvirt connections are thread-safe, and calls from many workers run
+    /// side by side on one (a lock held across calls serialized every start).
+    fn live(&self, slot: usize) -> HvResult<Connect> {
+        let lock = self.conns.get(slot).ok_or_else(|| HypervisorError::Libvirt("no such connection".into()))?;
+        let mut guard = lock.lock().map_err(|_| HypervisorError::Libvirt("connection lock poisoned".into()))?;
+        if guard.as_ref().is_some_and(|c| !c.is_alive().unwrap_or(false)) {
+            // Dropping the dead connection closes it.
+            guard.take();
+        }
+        if guard.is_none() {
+            *guard = Some(self.connect(slot == 0)?);
+        }
+        guard.as_ref().cloned().ok_or_else(|| HypervisorError::Libvirt("not connected".into()))
+    }
+
+    /// Runs `f` on the next connection in turn. The events' connection is checked on every
+    /// call, so that it comes back with libvirtd even while calls go to the others.
     fn with_conn<T>(&self, f: impl Fn(&Connect) -> HvResult<T>) -> HvResult<T> {
-        let conn = {
-            let mut guard =
-                self.conn.lock().map_err(|_| HypervisorError::Libvirt("connection lock poisoned".into()))?;
-            if guard.as_ref().is_some_and(|c| !c.is_alive().unwrap_or(false)) {
-                // Dropping the dead connection closes it.
-                guard.take();
-            }
-            if guard.is_none() {
-                *guard = Some(self.connect()?);
-            }
-            guard.as_ref().cloned().ok_or_else(|| HypervisorError::Libvirt("not connected".into()))?
-        };
-        f(&conn)
+        f(&self.live(0)?)
+    }
+
+    /// Long calls (domain starts) go round the other connections, so that a quick query never
+    /// waits behind them in libvirtd's per-connection queue.
+    fn with_start_conn<T>(&self, f: impl Fn(&Connect) -> HvResult<T>) -> HvResult<T> {
+        let _ = self.live(0)?;
+        let slot = 1 + self.next.fetch_add(1, Ordering::Relaxed) % (self.conns.len() - 1);
+        f(&self.live(slot)?)
     }
 
     fn with_domain<T>(&self, name: &str, f: impl Fn(&virt::domain::Domain) -> HvResult<T>) -> HvResult<T> {
@@ -139,20 +168,15 @@ fn metadata_attr(xml: &str, attr: &[u8]) -> Option<String> {
 }
 
 impl Hypervisor for Libvirt {
-    fn define_and_start(&self, xml: &str, paused: bool) -> HvResult<()> {
-        self.with_conn(|conn| {
+    fn define_and_start(&self, xml: &str, paused: bool) -> HvResult<StartTimes> {
+        self.with_start_conn(|conn| {
             let t0 = std::time::Instant::now();
             let dom = conn.define_domain_xml(xml).map_err(err)?;
-            let defined = t0.elapsed();
+            let define = t0.elapsed();
             crate::failpoint::hit(crate::failpoint::NODE_AFTER_DEFINE);
             let flags = if paused { sys::VIR_DOMAIN_START_PAUSED } else { 0 };
-            let started = dom.create_with_flags(flags).map(|_| ()).map_err(err);
-            tracing::debug!(
-                define_ms = defined.as_millis() as u64,
-                start_ms = (t0.elapsed() - defined).as_millis() as u64,
-                "libvirt define and start"
-            );
-            started
+            dom.create_with_flags(flags).map_err(err)?;
+            Ok(StartTimes { define, start: t0.elapsed() - define })
         })
     }
 
@@ -180,6 +204,19 @@ impl Hypervisor for Libvirt {
             Err(HypervisorError::NoDomain(_)) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    fn state_by_uuid(&self, uuid: &str, name: &str) -> HvResult<Option<DomainState>> {
+        self.with_conn(|conn| match conn.lookup_domain_by_uuid_string(uuid) {
+            Ok(dom) if dom.name().map_err(err)? == name => read_state(&dom).map(Some),
+            Ok(_) => Ok(None),
+            Err(e) if is_no_domain(&e) => Ok(None),
+            Err(e) => Err(err(e)),
+        })
+        .or_else(|e| match e {
+            HypervisorError::NoDomain(_) => Ok(None),
+            e => Err(e),
+        })
     }
 
     fn shutdown(&self, name: &str) -> HvResult<()> {

@@ -51,13 +51,23 @@ pub enum HypervisorError {
 
 pub type HvResult<T> = Result<T, HypervisorError>;
 
+/// How long libvirt took to define a domain and to start it (the launch report shows both).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StartTimes {
+    pub define: std::time::Duration,
+    pub start: std::time::Duration,
+}
+
 /// Calls block (libvirt is synchronous): the node agent makes them from blocking threads.
 pub trait Hypervisor: Send + Sync + 'static {
     /// Defines the domain (replacing a stopped definition of the same name) and starts it,
     /// with its vCPUs stopped when `paused` (KubeVirt's `startStrategy: Paused`).
-    fn define_and_start(&self, xml: &str, paused: bool) -> HvResult<()>;
+    fn define_and_start(&self, xml: &str, paused: bool) -> HvResult<StartTimes>;
     fn list(&self) -> HvResult<Vec<DomainSummary>>;
     fn state(&self, name: &str) -> HvResult<Option<DomainState>>;
+    /// The state of the domain with this UUID, if it still has this name (`None` otherwise):
+    /// a domain this node started, looked up without reading its XML again.
+    fn state_by_uuid(&self, uuid: &str, name: &str) -> HvResult<Option<DomainState>>;
     /// Asks the guest to power off (ACPI).
     fn shutdown(&self, name: &str) -> HvResult<()>;
     /// Pulls the plug. A domain already off is fine.

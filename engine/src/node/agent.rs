@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
+use super::launch_timing::LaunchTimer;
 use super::{disks, Shared};
 use crate::controllers::status::{self as st, is_final, node_name, phase};
 use crate::controllers::{Key, VMI_FINALIZER};
@@ -128,6 +129,10 @@ async fn forward_services(s: Arc<Shared>) {
 async fn feed_libvirt(s: Arc<Shared>, mut events: tokio::sync::mpsc::UnboundedReceiver<String>) {
     while let Some(domain) = events.recv().await {
         if domain == RESYNC_ALL {
+            // A new connection: libvirtd may have restarted, and what it runs is read afresh.
+            if let Ok(mut started) = s.started_domains.lock() {
+                started.clear();
+            }
             resync(&s).await;
         } else if let Some(key) = key_of_domain(&s.config.domain_prefix, &domain) {
             s.queue.add(key);
@@ -164,8 +169,23 @@ fn vmi_dir(s: &Shared, uid: &str) -> PathBuf {
     s.config.state_dir.join("vmis").join(uid)
 }
 
+fn forget_domain(s: &Shared, name: &str) {
+    if let Ok(mut started) = s.started_domains.lock() {
+        started.remove(name);
+    }
+}
+
 /// The domain of this name, if this node made it: (VMI uid, state).
 async fn our_domain(s: &Arc<Shared>, name: &str) -> ApiResult<Option<(String, DomainState)>> {
+    let known = s.started_domains.lock().ok().and_then(|m| m.get(name).cloned());
+    if let Some((vmi_uid, uuid)) = known {
+        let (hv, n) = (Arc::clone(&s.hv), name.to_string());
+        match blocking(move || hv.state_by_uuid(&uuid, &n)).await?.map_err(hv_error)? {
+            Some(state) => return Ok(Some((vmi_uid, state))),
+            // Gone or replaced: what is there now is read in full below.
+            None => forget_domain(s, name),
+        }
+    }
     let (hv, n) = (Arc::clone(&s.hv), name.to_string());
     let xml = match blocking(move || hv.xml(&n)).await? {
         Ok(xml) => xml,
@@ -187,6 +207,7 @@ async fn our_domain(s: &Arc<Shared>, name: &str) -> ApiResult<Option<(String, Do
 async fn tear_down(s: &Arc<Shared>, domain: &str, vmi_uid: &str, owner: Option<(&str, &str)>) -> ApiResult<()> {
     let (hv, n) = (Arc::clone(&s.hv), domain.to_string());
     blocking(move || hv.destroy(&n).and_then(|_| hv.undefine(&n))).await?.map_err(hv_error)?;
+    forget_domain(s, domain);
     crate::failpoint::hit(crate::failpoint::NODE_AFTER_TEARDOWN);
     release_vmi(s, vmi_uid, owner).await;
     let _ = std::fs::remove_dir_all(vmi_dir(s, vmi_uid));
@@ -230,6 +251,7 @@ async fn remove_finalizer(s: &Shared, vmi: &Value) -> ApiResult<()> {
 
 /// One pass over one key; `Some(delay)` asks to be looked at again.
 async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> {
+    let mut timer = LaunchTimer::start();
     let domain = domain_name_of(&s.config.domain_prefix, ns, name);
     let vmi = s.store.get(&kinds::VIRTUAL_MACHINE_INSTANCE, ns, name).await?;
     let vmi = vmi.filter(|v| node_name(v) == Some(s.config.name.as_str()));
@@ -264,11 +286,14 @@ async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> 
         return Ok(None);
     }
     let mut next = vmi.clone();
+    let mut launched = false;
     match (phase(&vmi), state) {
         // Not started yet — or defined but never started, when a crash came between the two.
         (st::PENDING | st::SCHEDULING | st::SCHEDULED, ds) if ds.is_none_or(|d| !d.is_active()) => {
-            match start_domain(s, &vmi).await {
+            timer.lookup = timer.lap();
+            match start_domain(s, &vmi, &mut timer).await {
                 Ok(pod) => {
+                    launched = true;
                     crate::failpoint::hit(crate::failpoint::NODE_AFTER_START);
                     mark_running(s, &mut next, &now, pod.as_ref());
                     if vmi.pointer("/spec/startStrategy").and_then(Value::as_str) == Some("Paused") {
@@ -325,6 +350,10 @@ async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> 
         }
     }
     write(s, &vmi, &next).await?;
+    if launched {
+        timer.status = timer.lap().saturating_sub(timer.libvirt.define + timer.libvirt.start);
+        timer.report(ns, name);
+    }
     record_transition(s, &vmi, &next).await;
     Ok(is_final(phase(&next)).then_some(Duration::ZERO))
 }
@@ -379,7 +408,7 @@ enum StartError {
     Wait(String, String, Duration),
 }
 
-async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<Option<PodPlan>, StartError> {
+async fn start_domain(s: &Arc<Shared>, vmi: &Value, timer: &mut LaunchTimer) -> Result<Option<PodPlan>, StartError> {
     let uid = meta::uid(vmi).to_string();
     let dir = vmi_dir(s, &uid);
     std::fs::create_dir_all(&dir).map_err(|e| StartError::Retry(ApiError::internal(e.to_string())))?;
@@ -396,7 +425,7 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<Option<PodPlan>, S
         .await
         .map_err(|(reason, message)| StartError::Wait(reason, message, Duration::from_secs(2)))?;
     let (vmi_c, dir_c, shared) = (vmi.clone(), dir.clone(), Arc::clone(s));
-    let started = Instant::now();
+    timer.inputs = timer.lap();
     let prepared = blocking(move || {
         let host = shared.store.host_access();
         disks::prepare(&vmi_c, &dir_c, &shared.images, shared.tool.as_ref(), &secrets, &claims, host)
@@ -411,6 +440,7 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<Option<PodPlan>, S
         Err(disks::DiskError::Image(e)) => return Err(StartError::Fatal("ErrImagePull".into(), e.to_string())),
         Err(e) => return Err(StartError::Fatal("FailedDiskPreparation".into(), e.to_string())),
     };
+    timer.disks = timer.lap();
     let pod = match &s.net {
         Some(net) => Some(super::network::prepare_pod(s, net, vmi).await.map_err(|e| match e {
             super::network::PodError::Retry(m) => StartError::Retry(ApiError::unavailable(m)),
@@ -418,6 +448,7 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<Option<PodPlan>, S
         })?),
         None => None,
     };
+    timer.network = timer.lap();
     let ctx = NodeContext {
         nics: pod.as_ref().map(|p| p.nics.clone()),
         accel: s.accel,
@@ -427,15 +458,18 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value) -> Result<Option<PodPlan>, S
         node_uid: s.node_uid.clone(),
         domain_prefix: s.config.domain_prefix.clone(),
     };
-    let xml = build_domain(vmi, &ctx, &prepared)
-        .and_then(|d| d.to_xml().map_err(|e| build::BuildError::Spec(e.to_string())))
+    let (xml, domain_name, domain_uuid) = build_domain(vmi, &ctx, &prepared)
+        .and_then(|d| Ok((d.to_xml().map_err(|e| build::BuildError::Spec(e.to_string()))?, d.name, d.uuid)))
         .map_err(|e| StartError::Fatal("FailedCreate".into(), e.to_string()))?;
     let hv = Arc::clone(&s.hv);
     let paused = vmi.pointer("/spec/startStrategy").and_then(Value::as_str) == Some("Paused");
-    // The libvirt driver logs define and start times; this is what comes before them.
-    tracing::debug!(vmi = %meta::name(vmi), prepare_ms = started.elapsed().as_millis() as u64, "domain prepared");
+    timer.build = timer.lap();
     match blocking(move || hv.define_and_start(&xml, paused)).await.map_err(StartError::Retry)? {
-        Ok(()) => {
+        Ok(times) => {
+            timer.libvirt = times;
+            if let Ok(mut started) = s.started_domains.lock() {
+                started.insert(domain_name, (uid, domain_uuid));
+            }
             if let (Some(net), Some(plan)) = (&s.net, &pod) {
                 if let Err(e) = super::network::finish_pod(net, plan, vmi).await {
                     return Err(StartError::Fatal("FailedNetworkSetup".into(), e.to_string()));

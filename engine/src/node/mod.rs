@@ -12,6 +12,7 @@ pub mod registry;
 mod volumes;
 
 mod agent;
+mod launch_timing;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -105,6 +106,9 @@ pub(crate) struct Shared {
     /// VMI uid → files of block-mode claims attached through loop devices for it.
     pub loop_backed: Mutex<HashMap<String, Vec<PathBuf>>>,
     pub net: Option<Arc<network::NodeNetwork>>,
+    /// Domain name → (VMI uid, domain UUID) of each domain this agent started: a sync finds it
+    /// by UUID without reading its XML (which libvirtd answers slowly while it starts others).
+    pub started_domains: Mutex<HashMap<String, (String, String)>>,
 }
 
 pub struct NodeAgent {
@@ -312,6 +316,7 @@ pub async fn start_with(
         shutdown_deadlines: Mutex::new(HashMap::new()),
         pull_failures: Mutex::new(HashMap::new()),
         loop_backed: Mutex::new(HashMap::new()),
+        started_domains: Mutex::new(HashMap::new()),
         queue: WorkQueue::new(),
         config: config.clone(),
         net,

@@ -160,6 +160,24 @@ async fn the_agent_follows_guests_through_their_lives() {
     assert_eq!(hv.state("default_other").unwrap(), Some(DomainState::Running));
 }
 
+/// A started domain is found again by its UUID, without its XML; a domain of the same name
+/// put there by someone else (another UUID, another node) is not taken for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_domain_replaced_under_its_name_is_not_mistaken_for_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, config) = store_and_config(dir.path()).await;
+    let hv = Arc::new(FakeHypervisor::default());
+    let dyn_hv: Arc<dyn Hypervisor> = Arc::clone(&hv) as Arc<dyn Hypervisor>;
+    let _agent = start(Arc::clone(&store), config, dyn_hv, Arc::new(NoDisks), "9.0.0").await.unwrap();
+    scheduled_vmi(&store, "r", 0).await;
+    assert!(wait_phase(&store, "r", "Running").await);
+
+    let foreign = r#"<domain><name>default_r</name><uuid>00000000-0000-0000-0000-000000000001</uuid><metadata><converge:vmi xmlns:converge="x" namespace="default" name="r" uid="u" node="someone-else"/></metadata></domain>"#;
+    hv.define_and_start(foreign, false).unwrap();
+    assert!(wait_phase(&store, "r", "Failed").await, "our domain is gone: the VMI fails");
+    assert_eq!(hv.state("default_r").unwrap(), Some(DomainState::Running), "the other domain is left alone");
+}
+
 async fn until_async<F, Fut>(mut f: F) -> bool
 where
     F: FnMut() -> Fut,
