@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod bridge;
+mod cold;
 #[path = "report.rs"]
 mod report;
 use report::{Figure, Goal, Report};
@@ -28,11 +29,17 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     seconds: u64,
     /// VMs in the big list.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 100_000)]
     list_size: usize,
     /// Open watches for the fan-out measurement.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 1000)]
     watchers: usize,
+    /// The converge binary whose cold start is timed (skipped when absent).
+    #[arg(long, default_value = "target/release/converge")]
+    converge: std::path::PathBuf,
+    /// Objects in the store for the second cold start.
+    #[arg(long, default_value_t = 10_000)]
+    cold_objects: usize,
     /// Hosts made through /bridge/v1 (and, for the baseline, through the Kubernetes API).
     #[arg(long, default_value_t = 200)]
     hosts: usize,
@@ -237,40 +244,54 @@ async fn main() -> Result<()> {
         fanout_ms.push(last.duration_since(t).as_secs_f64() * 1000.0);
     }
 
-    // Baselines of the last two: the same 10,000 objects read from the store in-process (no
-    // HTTP, no encoding of the answer), and the PATCH's own round trip.
+    // The LIST's baseline: the same rows by the fastest in-process path, one scan with the
+    // stored text spliced into a list (what the API does, without HTTP, TLS and auth).
     let mut store_ms = vec![];
     for _ in 0..5 {
         let t = Instant::now();
-        let items = server
+        let opts = converge_engine::store::ListOptions::default();
+        let page = server
             .store
-            .list_values(&converge_engine::kinds::VIRTUAL_MACHINE, Some("default"))
+            .list(&converge_engine::kinds::VIRTUAL_MACHINE, Some("default"), &opts)
             .await
             .map_err(|e| anyhow::anyhow!(e.message))?;
-        anyhow::ensure!(items.len() == args.list_size.max(2000));
+        let mut body = String::with_capacity(page.items.iter().map(|i| i.len() + 1).sum::<usize>() + 128);
+        body.push_str(r#"{"apiVersion":"kubevirt.io/v1","kind":"VirtualMachineList","metadata":{"resourceVersion":""#);
+        body.push_str(&page.resource_version.to_string());
+        body.push_str(r#""},"items":["#);
+        for (k, item) in page.items.iter().enumerate() {
+            if k > 0 {
+                body.push(',');
+            }
+            body.push_str(item);
+        }
+        body.push_str("]}");
+        anyhow::ensure!(page.items.len() == args.list_size.max(2000) && !body.is_empty());
         store_ms.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let (bridge_hosts, k8s_hosts) = bridge::hosts_per_second(&client, args.hosts, c).await?;
+    let cold = cold::starts(&args.converge, args.cold_objects).await?;
     let mut report = Report::default();
     report.notes.push(format!(
         "{} on {} cores, concurrency {c}, HTTPS + bearer + keep-alive, load client in the same process",
         if args.database.is_some() { "PostgreSQL" } else { "SQLite" },
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     ));
-    report.push(
-        Figure::new("P5.get", "GET one VM", "req/s", gets).against("GET /healthz", healthz).goal(Goal::AtLeast(5000.0)),
-    );
-    report.push(
-        Figure::new("P5.create", "create VM (admission, MAC pool, store)", "req/s", creates)
-            .against("GET /healthz", healthz)
-            .goal(Goal::AtLeast(500.0)),
-    );
-    report.push(Figure::new(
-        "P5.create.sustained",
-        format!("create VM, sustained to {} stored", args.list_size),
-        "req/s",
-        fill,
+    report.notes.push(format!(
+        "P5: GET /healthz through the same client, TLS and keep-alive (no auth, no store) answers {healthz:.0} req/s: \
+         the ceiling of this client and server on these cores, not a baseline for the rows below"
     ));
+    let ceiling = "the absolute goal is the measure; GET /healthz (see notes) bounds what any handler can do here";
+    report.push(Figure::new("P5.get", "GET one VM", "req/s", gets).no_baseline(ceiling).goal(Goal::AtLeast(15_000.0)));
+    report.push(
+        Figure::new("P5.create", "create VM (admission, MAC pool, store), first 2000", "req/s", creates)
+            .no_baseline(ceiling)
+            .goal(Goal::AtLeast(1500.0)),
+    );
+    report.push(
+        Figure::new("P5.create.sustained", format!("create VM, sustained to {} stored", args.list_size), "req/s", fill)
+            .no_baseline(ceiling),
+    );
     report.push(
         Figure::new(
             "P5.list",
@@ -278,15 +299,18 @@ async fn main() -> Result<()> {
             "ms",
             report::quantile(&list_ms, 0.5),
         )
-        .against("the same list read from the store in-process", report::quantile(&store_ms, 0.5))
-        .goal(Goal::AtMost(200.0)),
+        .against("the same rows in-process: one scan, stored text spliced, no HTTP", report::quantile(&store_ms, 0.5))
+        .goal(Goal::AtMost(1000.0)),
     );
-    report.push(Figure::new(
-        "P5.list.table",
-        format!("LIST {} VMs as a Table (kubectl get)", args.list_size),
-        "ms",
-        report::quantile(&table_ms, 0.5),
-    ));
+    report.push(
+        Figure::new(
+            "P5.list.table",
+            format!("LIST {} VMs as a Table (kubectl get)", args.list_size),
+            "ms",
+            report::quantile(&table_ms, 0.5),
+        )
+        .against("the same rows as JSON (P5.list)", report::quantile(&list_ms, 0.5)),
+    );
     report.push(
         Figure::new(
             "P5.watch",
@@ -306,7 +330,14 @@ async fn main() -> Result<()> {
         )
         .against("the same three objects POSTed through the Kubernetes API", k8s_hosts),
     );
+    for (label, ms) in &cold {
+        report.push(
+            Figure::new(format!("P5.cold.{label}"), format!("converge serve start → /readyz 200, {label}"), "ms", *ms)
+                .no_baseline("nothing else serves this API here to start beside it"),
+        );
+    }
     report.series("P5.list_ms", json!(list_ms));
+    report.series("P5.cold_ms", json!(cold));
     report.series("P5.watch_ms", json!(fanout_ms));
     server.stop().await;
     report.finish("api-bench", args.json.as_deref())

@@ -28,16 +28,23 @@ pub struct Figure {
     pub unit: &'static str,
     pub value: f64,
     pub baseline: Option<(String, f64)>,
+    /// Why a figure stands without a baseline (every figure has one or the other).
+    pub no_baseline: Option<String>,
     pub goal: Goal,
 }
 
 impl Figure {
     pub fn new(id: impl Into<String>, what: impl Into<String>, unit: &'static str, value: f64) -> Figure {
-        Figure { id: id.into(), what: what.into(), unit, value, baseline: None, goal: Goal::None }
+        Figure { id: id.into(), what: what.into(), unit, value, baseline: None, no_baseline: None, goal: Goal::None }
     }
 
     pub fn against(mut self, baseline_what: impl Into<String>, baseline: f64) -> Figure {
         self.baseline = Some((baseline_what.into(), baseline));
+        self
+    }
+
+    pub fn no_baseline(mut self, why: impl Into<String>) -> Figure {
+        self.no_baseline = Some(why.into());
         self
     }
 
@@ -65,6 +72,7 @@ impl Figure {
             "unit": self.unit,
             "value": finite(self.value),
             "baseline": self.baseline.as_ref().map(|(what, v)| json!({"what": what, "value": finite(*v)})),
+            "no_baseline": self.no_baseline,
             "ratio": ratio,
             "goal": goal_text,
             "met": met,
@@ -99,6 +107,9 @@ impl Report {
 
     /// Writes the report to `path` (when given) and prints its figures.
     pub fn finish(&self, bench: &str, path: Option<&Path>) -> anyhow::Result<()> {
+        if let Some(f) = self.figures.iter().find(|f| f.baseline.is_none() && f.no_baseline.is_none()) {
+            anyhow::bail!("figure {} has neither a baseline nor a reason for none", f.id);
+        }
         for f in &self.figures {
             let base = f.baseline.as_ref().map(|(w, b)| format!(" | {w}: {b:.4}")).unwrap_or_default();
             let ratio = f.ratio().map(|r| format!(" | {r:.2}×")).unwrap_or_default();
@@ -107,6 +118,8 @@ impl Report {
         if let Some(path) = path {
             let doc = json!({
                 "bench": bench,
+                // bench/run gives every part of one run the same id; report.py refuses to mix runs.
+                "run": std::env::var("BENCH_RUN").ok(),
                 "figures": self.figures.iter().map(Figure::to_json).collect::<Vec<_>>(),
                 "series": self.series,
                 "notes": self.notes,

@@ -1,0 +1,170 @@
+//! The P1 baselines: the same domain XMLs Converge made, started on the same schedule by the
+//! best direct uses of libvirt we know, each with the same disk preparation (a `qemu-img create`
+//! of the qcow2 overlay) inside its timer:
+//!   (a) a process and a connection per VM: `qemu-img create && virsh create`, as a script would;
+//!   (b) one process with a bounded pool of workers, either sharing one connection or each with
+//!       its own, starting transient domains (`virDomainCreateXML`, one call).
+//! Every sample must succeed: a failed launch fails the run rather than leaving the sample out.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use virt::connect::Connect;
+
+const URI: &str = "qemu:///system";
+
+/// One guest of a baseline: its name, XML file (and text), and the overlay to make on its base.
+#[derive(Clone)]
+pub struct Launch {
+    pub domain: String,
+    pub xml_file: PathBuf,
+    pub xml: String,
+    pub base: PathBuf,
+    pub overlay: PathBuf,
+}
+
+/// How the pool of workers reaches libvirt.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Connections {
+    Shared,
+    PerWorker,
+}
+
+/// How a worker starts a domain: transient (`virDomainCreateXML`, one call, as `virsh create`)
+/// or persistent (`virDomainDefineXML` then `virDomainCreate`, as Converge does).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Start {
+    Transient,
+    DefineAndStart,
+}
+
+fn overlay_command(l: &Launch) -> std::process::Command {
+    let mut cmd = std::process::Command::new("qemu-img");
+    // The same flags as Converge's overlay (engine/src/node/disks.rs), without its `timeout` guard.
+    cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&l.base).arg(&l.overlay);
+    cmd.stdout(Stdio::null());
+    cmd
+}
+
+/// (a): each guest is its own `qemu-img create` and `virsh create` process pair, released every
+/// `interval`; seconds from release to `virsh create` returning.
+pub async fn per_process(launches: &[Launch], interval: Duration) -> Result<Vec<f64>> {
+    let start = Instant::now();
+    let mut handles = vec![];
+    for (i, l) in launches.iter().enumerate() {
+        tokio::time::sleep_until((start + interval * i as u32).into()).await;
+        let l = l.clone();
+        handles.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let st = tokio::process::Command::from(overlay_command(&l)).status().await?;
+            anyhow::ensure!(st.success(), "qemu-img create for {}", l.domain);
+            let out = tokio::process::Command::new("virsh")
+                .args(["-c", URI, "create"])
+                .arg(&l.xml_file)
+                .stdout(Stdio::null())
+                .output()
+                .await?;
+            anyhow::ensure!(
+                out.status.success(),
+                "virsh create {}: {}",
+                l.domain,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            Ok(t.elapsed().as_secs_f64())
+        }));
+    }
+    let mut times = vec![];
+    for h in handles {
+        times.push(h.await.context("baseline task")??);
+    }
+    Ok(times)
+}
+
+fn open() -> Result<Connect> {
+    Connect::open(Some(URI)).map_err(|e| anyhow::anyhow!("libvirt: {e}"))
+}
+
+/// (b): `workers` threads in this process take guests released every `interval` from one queue;
+/// seconds from release to `virDomainCreateXML` returning (time waiting for a worker counts, as
+/// it does for Converge's workers).
+pub fn pool(
+    launches: &[Launch],
+    interval: Duration,
+    workers: usize,
+    conns: Connections,
+    how: Start,
+) -> Result<Vec<f64>> {
+    let shared = if conns == Connections::Shared { Some(open()?) } else { None };
+    let (tx, rx) = mpsc::channel::<(usize, Launch, Instant)>();
+    let rx = Arc::new(Mutex::new(rx));
+    let results = Arc::new(Mutex::new(vec![None::<Result<f64, String>>; launches.len()]));
+    let mut threads = vec![];
+    for _ in 0..workers {
+        let rx = Arc::clone(&rx);
+        let results = Arc::clone(&results);
+        let conn = match &shared {
+            Some(c) => c.clone(),
+            None => open()?,
+        };
+        threads.push(std::thread::spawn(move || loop {
+            let job = rx.lock().ok().and_then(|r| r.recv().ok());
+            let Some((i, l, released)) = job else { break };
+            let outcome = (|| -> Result<f64, String> {
+                let st = overlay_command(&l).status().map_err(|e| e.to_string())?;
+                if !st.success() {
+                    return Err(format!("qemu-img create for {}", l.domain));
+                }
+                match how {
+                    Start::Transient => {
+                        conn.create_domain_xml(&l.xml, 0).map_err(|e| format!("create {}: {e}", l.domain))?;
+                    }
+                    Start::DefineAndStart => {
+                        let dom = conn.define_domain_xml(&l.xml).map_err(|e| format!("define {}: {e}", l.domain))?;
+                        dom.create().map_err(|e| format!("start {}: {e}", l.domain))?;
+                    }
+                }
+                Ok(released.elapsed().as_secs_f64())
+            })();
+            if let Ok(mut r) = results.lock() {
+                r[i] = Some(outcome);
+            }
+        }));
+    }
+    let start = Instant::now();
+    for (i, l) in launches.iter().enumerate() {
+        let at = start + interval * i as u32;
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        tx.send((i, l.clone(), Instant::now())).context("pool gone")?;
+    }
+    drop(tx);
+    for t in threads {
+        let _ = t.join();
+    }
+    drop(shared);
+    let results = results.lock().map_err(|_| anyhow::anyhow!("results lock"))?.clone();
+    let mut times = vec![];
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Some(Ok(t)) => times.push(t),
+            Some(Err(e)) => bail!("baseline launch {i}: {e}"),
+            None => bail!("baseline launch {i} never ran"),
+        }
+    }
+    Ok(times)
+}
+
+/// Destroys (and undefines, if persistent) every domain of `launches` over one connection;
+/// a domain already gone is fine.
+pub fn destroy_all(launches: &[Launch]) -> Result<()> {
+    let conn = open()?;
+    for l in launches {
+        if let Ok(dom) = conn.lookup_domain_by_name(&l.domain) {
+            let _ = dom.destroy();
+            let _ = dom.undefine();
+        }
+    }
+    Ok(())
+}
