@@ -40,7 +40,8 @@ def sh(cmd):
         return ""
 
 
-dirty = sh("git status --porcelain --untracked-files=no -- . ':!bench/results' ':!README.md'")
+# Only code counts: docs edited while a run goes on do not change what it measured.
+dirty = sh("git status --porcelain --untracked-files=no -- . ':!bench/results' ':!*.md'")
 machine = {
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     "run": next(iter(run_ids), None),

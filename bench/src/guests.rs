@@ -1,8 +1,10 @@
 //! Guest benchmarks against a `converge serve` process (release build) on this machine's
 //! libvirt, each beside a baseline measured in the same run:
-//!   P1  create → Running for N VMIs created 100 ms apart, vs `virsh create` of the same domain
-//!       XMLs on the same schedule (guests are a boot sector that halts: no CPU once up);
-//!   P2  RSS of the converge process per running VM (QEMU excluded) at 0, 10 and 50 VMs;
+//!   P1  create → Running for N VMIs created 100 ms apart, vs the same domain XMLs on the same
+//!       schedule launched directly through libvirt in four ways (launch.rs), measured against
+//!       the fastest by median; each start's phases from the server's `converge::launch` log
+//!       (guests are a boot sector that halts: no CPU once up);
+//!   P2  RSS growth of converge + the libvirt daemons per running VM (QEMU beside it);
 //!   P3  one VM, API create → marker on its serial console, vs `virsh create` → same marker;
 //!   and kill -9 of QEMU → VMI Failed, as seen by a watch.
 //! Usage: bench/run (everything), or cargo build --release && cargo run --release -p converge-bench --bin guest-bench
@@ -505,6 +507,9 @@ const POOL_DEFINE: &str = "8 workers, one connection, define + start";
 async fn main() -> Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let args = Args::parse();
+    // libvirt prints every failed call to stderr by default; a teardown of transient domains
+    // (gone once destroyed, so their undefine fails) filled the log with them.
+    virt::error::clear_error_callback();
     let converge = std::fs::canonicalize(&args.converge).context("build it first: cargo build --release")?;
     let guests = std::fs::canonicalize(&args.guests).context("build the guests: scripts/guest/build.sh")?;
     let work = tempfile::Builder::new().prefix("converge-bench").tempdir_in("/var/tmp")?;
