@@ -328,6 +328,8 @@ fn memory(b: &Bench, running: &[String]) -> Memory {
 /// watch sees it; then the same domain XMLs through each baseline on the same schedule.
 async fn ramp(b: &Bench, tag: &str, count: usize, interval: Duration, kills: usize) -> Result<Ramp> {
     let name_of = |j: usize| format!("{tag}-{j:03}");
+    // One guest is always left alive: its XML stands in for those whose QEMU was killed.
+    let kills = kills.min(count.saturating_sub(1));
     quiesce(&b.ns).await?;
     let running = |upto: usize| (0..upto).filter(|j| seen_at(&b.seen, &name_of(*j), "Running").is_some()).count();
     let running_names = |upto: usize| -> Vec<String> {
@@ -355,7 +357,11 @@ async fn ramp(b: &Bench, tag: &str, count: usize, interval: Duration, kills: usi
     }
     let all_up = wait_for(Duration::from_secs(300), || running(count) == count).await;
     anyhow::ensure!(all_up, "P1: not every VMI of {tag} reached Running");
-    let mut cpu = vec![("converge", cpu_seconds(b.pid) - cpu_at_start.0, daemons_cpu() - cpu_at_start.1)];
+    println!(
+        "{tag}: converge: own CPU {:.2} s, libvirt daemons CPU {:.2} s",
+        cpu_seconds(b.pid) - cpu_at_start.0,
+        daemons_cpu() - cpu_at_start.1
+    );
     for mark in [10, 50] {
         if mark <= count && !mem.iter().any(|(n, _)| *n == mark) {
             mem.push((mark, memory(b, &running_names(mark))));
@@ -436,41 +442,14 @@ async fn ramp(b: &Bench, tag: &str, count: usize, interval: Duration, kills: usi
     // Converge's guests are gone before anything else is measured.
     quiesce(&b.ns).await?;
     let mut baselines = vec![];
-    type Run = fn(&[launch::Launch], Duration) -> futures::future::BoxFuture<'static, Result<Vec<f64>>>;
-    let runs: [(&str, Run); 4] = [
-        (PER_PROCESS, |l, i| {
-            let l = l.to_vec();
-            Box::pin(async move { launch::per_process(&l, i).await })
-        }),
-        (POOL_SHARED, |l, i| {
-            let l = l.to_vec();
-            Box::pin(async move {
-                tokio::task::spawn_blocking(move || {
-                    launch::pool(&l, i, POOL_WORKERS, launch::Connections::Shared, launch::Start::Transient)
-                })
-                .await?
-            })
-        }),
-        (POOL_OWN, |l, i| {
-            let l = l.to_vec();
-            Box::pin(async move {
-                tokio::task::spawn_blocking(move || {
-                    launch::pool(&l, i, POOL_WORKERS, launch::Connections::PerWorker, launch::Start::Transient)
-                })
-                .await?
-            })
-        }),
-        (POOL_DEFINE, |l, i| {
-            let l = l.to_vec();
-            Box::pin(async move {
-                tokio::task::spawn_blocking(move || {
-                    launch::pool(&l, i, POOL_WORKERS, launch::Connections::Shared, launch::Start::DefineAndStart)
-                })
-                .await?
-            })
-        }),
+    // Each way: a process per VM, or the in-process pool with its connections and start call.
+    let ways = [
+        (PER_PROCESS, None),
+        (POOL_SHARED, Some((launch::Connections::Shared, launch::Start::Transient))),
+        (POOL_OWN, Some((launch::Connections::PerWorker, launch::Start::Transient))),
+        (POOL_DEFINE, Some((launch::Connections::Shared, launch::Start::DefineAndStart))),
     ];
-    for (label, run) in runs.into_iter().filter(|_| !b.no_baselines) {
+    for (label, pool) in ways.into_iter().filter(|_| !b.no_baselines) {
         for l in &launches {
             let dir = l.overlay.parent().and_then(Path::parent).context("baseline dir")?;
             let _ = std::fs::remove_dir_all(dir);
@@ -478,14 +457,17 @@ async fn ramp(b: &Bench, tag: &str, count: usize, interval: Duration, kills: usi
         }
         quiesce(&b.ns).await?;
         let daemons_before = daemons_cpu();
-        let outcome = run(&launches, interval).await;
-        cpu.push((label, f64::NAN, daemons_cpu() - daemons_before));
+        let outcome = match pool {
+            None => launch::per_process(&launches, interval).await,
+            Some((conns, how)) => {
+                let l = launches.clone();
+                tokio::task::spawn_blocking(move || launch::pool(&l, interval, POOL_WORKERS, conns, how)).await?
+            }
+        };
+        println!("{tag}: {label}: libvirt daemons CPU {:.2} s", daemons_cpu() - daemons_before);
         let all = launches.clone();
         tokio::task::spawn_blocking(move || launch::destroy_all(&all)).await??;
         baselines.push((label, outcome.with_context(|| format!("P1 baseline {label}, {count} guests"))?));
-    }
-    for (who, own, daemons) in cpu {
-        println!("{tag}: {who}: own CPU {own:.2} s, libvirt daemons {daemons:.2} s");
     }
     Ok(Ramp { converge, phases, baselines, memory: mem, kills: kill_times })
 }

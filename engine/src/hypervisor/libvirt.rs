@@ -19,6 +19,8 @@ pub const RESYNC_ALL: &str = "";
 /// calls of one connection at a time and queues the rest: with one connection, the node's
 /// workers and its event-driven lookups waited behind each other's domain starts.
 const CONNECTIONS: usize = 4;
+// One for events and quick calls, at least one for starts (`with_start_conn` divides by the rest).
+const _: () = assert!(CONNECTIONS >= 2);
 
 pub struct Libvirt {
     uri: String,
