@@ -91,6 +91,16 @@ async fn handle(req: &HttpRequest, body: &[u8], state: &AppState) -> ApiResult<H
         ("GET", Some(name), Some(Subresource::Scale)) => {
             Ok(json_response(200, &scale_of(&get(state, &path, name).await?), &[]))
         }
+        ("GET", Some(name), _) if !as_table => {
+            let kind = path.kind;
+            let raw = state
+                .store
+                .get_raw(kind, item_namespace(&path), name)
+                .await?
+                .ok_or_else(|| ApiError::not_found(kind.group, kind.plural, name))?;
+            // Served as stored: a GET is never parsed and re-serialized.
+            Ok(HttpResponse::Ok().content_type("application/json").body(path.present_raw(&raw).into_owned()))
+        }
         ("GET", Some(name), _) => {
             let mut obj = get(state, &path, name).await?;
             path.present(&mut obj);

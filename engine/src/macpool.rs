@@ -7,8 +7,8 @@
 use crate::error::{ApiError, ApiResult, Cause};
 use crate::kinds::{self, ResourceKind};
 use crate::meta;
+use crate::store::db::{self, Db};
 use serde_json::Value;
-use sqlx::{AnyConnection, Row};
 
 /// An inclusive range of MACs, as 48-bit integers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +93,7 @@ fn macs_at(obj: Option<&Value>, path: &[&str]) -> Vec<u64> {
 /// that `obj` no longer has. A stored object's MACs are exactly its leases, so what it held is
 /// read from it, not from the lease table.
 pub async fn sync(
-    conn: &mut AnyConnection,
+    conn: &mut impl Db,
     kind: &ResourceKind,
     obj: &mut Value,
     previous: Option<&Value>,
@@ -139,15 +139,15 @@ pub async fn sync(
     }
     if owner.3 {
         for mac in held.iter().filter(|m| !wanted.contains(m)) {
-            sqlx::query("DELETE FROM mac_leases WHERE mac = $1").bind(*mac as i64).execute(&mut *conn).await?;
+            db::query("DELETE FROM mac_leases WHERE mac = $1").bind(*mac as i64).execute(&mut *conn).await?;
         }
     }
     Ok(())
 }
 
 /// Lease `mac` to `owner` if nobody holds it; false when it is taken (by anyone).
-async fn claim(conn: &mut AnyConnection, mac: u64, owner: &(String, String, String, bool)) -> ApiResult<bool> {
-    let done = sqlx::query(
+async fn claim(conn: &mut impl Db, mac: u64, owner: &(String, String, String, bool)) -> ApiResult<bool> {
+    let done = db::query(
         "INSERT INTO mac_leases (mac, kind, namespace, name) VALUES ($1, $2, $3, $4) ON CONFLICT (mac) DO NOTHING",
     )
     .bind(mac as i64)
@@ -156,7 +156,7 @@ async fn claim(conn: &mut AnyConnection, mac: u64, owner: &(String, String, Stri
     .bind(&owner.2)
     .execute(&mut *conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done == 1)
 }
 
 fn invalid(kind: &ResourceKind, name: &str, field: &str, message: impl Into<String>) -> ApiError {
@@ -164,7 +164,7 @@ fn invalid(kind: &ResourceKind, name: &str, field: &str, message: impl Into<Stri
 }
 
 /// Release what an object held when it is gone (a VMI under a VM releases nothing).
-pub async fn release(conn: &mut AnyConnection, kind: &ResourceKind, obj: &Value) -> ApiResult<()> {
+pub async fn release(conn: &mut impl Db, kind: &ResourceKind, obj: &Value) -> ApiResult<()> {
     if interfaces_path(kind).is_none() {
         return Ok(());
     }
@@ -175,8 +175,8 @@ pub async fn release(conn: &mut AnyConnection, kind: &ResourceKind, obj: &Value)
     Ok(())
 }
 
-async fn release_owner(conn: &mut AnyConnection, kind: &str, ns: &str, name: &str) -> ApiResult<()> {
-    sqlx::query("DELETE FROM mac_leases WHERE kind = $1 AND namespace = $2 AND name = $3")
+async fn release_owner(conn: &mut impl Db, kind: &str, ns: &str, name: &str) -> ApiResult<()> {
+    db::query("DELETE FROM mac_leases WHERE kind = $1 AND namespace = $2 AND name = $3")
         .bind(kind)
         .bind(ns)
         .bind(name)
@@ -185,8 +185,8 @@ async fn release_owner(conn: &mut AnyConnection, kind: &str, ns: &str, name: &st
     Ok(())
 }
 
-async fn holder_of(conn: &mut AnyConnection, mac: u64) -> ApiResult<Option<(String, String, String)>> {
-    let row = sqlx::query("SELECT kind, namespace, name FROM mac_leases WHERE mac = $1")
+async fn holder_of(conn: &mut impl Db, mac: u64) -> ApiResult<Option<(String, String, String)>> {
+    let row = db::query("SELECT kind, namespace, name FROM mac_leases WHERE mac = $1")
         .bind(mac as i64)
         .fetch_optional(&mut *conn)
         .await?;
@@ -197,17 +197,13 @@ async fn holder_of(conn: &mut AnyConnection, mac: u64) -> ApiResult<Option<(Stri
 }
 
 /// The next free MAC from the cursor (wrapping round the range), leased to `owner`.
-async fn allocate(
-    conn: &mut AnyConnection,
-    range: &MacRange,
-    owner: &(String, String, String, bool),
-) -> ApiResult<u64> {
+async fn allocate(conn: &mut impl Db, range: &MacRange, owner: &(String, String, String, bool)) -> ApiResult<u64> {
     let size = range.end - range.start + 1;
     for _ in 0..size.min(1 << 16) {
-        let row = sqlx::query("UPDATE meta SET value = value + 1 WHERE key = 'mac_cursor' RETURNING value")
+        let row = db::query("UPDATE meta SET value = value + 1 WHERE key = 'mac_cursor' RETURNING value")
             .fetch_one(&mut *conn)
             .await?;
-        let mac = range.start + (row.try_get::<i64, _>(0)? as u64 - 1) % size;
+        let mac = range.start + (row.try_get::<i64>(0)? as u64 - 1) % size;
         if claim(conn, mac, owner).await? {
             return Ok(mac);
         }
@@ -216,10 +212,10 @@ async fn allocate(
 }
 
 /// Every lease: (mac, kind key, namespace, name).
-pub async fn all_leases(conn: &mut AnyConnection) -> ApiResult<Vec<(u64, String, String, String)>> {
+pub async fn all_leases(conn: &mut impl Db) -> ApiResult<Vec<(u64, String, String, String)>> {
     let rows =
-        sqlx::query("SELECT mac, kind, namespace, name FROM mac_leases ORDER BY mac").fetch_all(&mut *conn).await?;
-    rows.iter().map(|r| Ok((r.try_get::<i64, _>(0)? as u64, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
+        db::query("SELECT mac, kind, namespace, name FROM mac_leases ORDER BY mac").fetch_all(&mut *conn).await?;
+    rows.iter().map(|r| Ok((r.try_get::<i64>(0)? as u64, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 
 use std::net::Ipv4Addr;
 
+use crate::store::db::{self, Db};
 use serde_json::Value;
-use sqlx::{AnyConnection, Row};
 
 use super::Cidr;
 use crate::error::{ApiError, ApiResult, Cause};
@@ -32,8 +32,8 @@ impl Default for ServiceNetwork {
 pub type Owner<'a> = (&'a str, &'a str, &'a str);
 
 /// Takes `address` in `pool` for `owner`; false when someone holds it (the owner included).
-pub async fn claim(conn: &mut AnyConnection, pool: &str, address: &str, owner: Owner<'_>) -> ApiResult<bool> {
-    let done = sqlx::query(
+pub async fn claim(conn: &mut impl Db, pool: &str, address: &str, owner: Owner<'_>) -> ApiResult<bool> {
+    let done = db::query(
         "INSERT INTO address_leases (pool, address, kind, namespace, name) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (pool, address) DO NOTHING",
     )
@@ -44,11 +44,11 @@ pub async fn claim(conn: &mut AnyConnection, pool: &str, address: &str, owner: O
     .bind(owner.2)
     .execute(&mut *conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done == 1)
 }
 
 /// Takes `address` for `owner`; true when it is now `owner`'s, or already was.
-async fn claim_or_held(conn: &mut AnyConnection, pool: &str, address: &str, owner: Owner<'_>) -> ApiResult<bool> {
+async fn claim_or_held(conn: &mut impl Db, pool: &str, address: &str, owner: Owner<'_>) -> ApiResult<bool> {
     if claim(conn, pool, address, owner).await? {
         return Ok(true);
     }
@@ -56,12 +56,8 @@ async fn claim_or_held(conn: &mut AnyConnection, pool: &str, address: &str, owne
     Ok(held.is_some_and(|h| (h.0.as_str(), h.1.as_str(), h.2.as_str()) == owner))
 }
 
-pub async fn holder(
-    conn: &mut AnyConnection,
-    pool: &str,
-    address: &str,
-) -> ApiResult<Option<(String, String, String)>> {
-    let row = sqlx::query("SELECT kind, namespace, name FROM address_leases WHERE pool = $1 AND address = $2")
+pub async fn holder(conn: &mut impl Db, pool: &str, address: &str) -> ApiResult<Option<(String, String, String)>> {
+    let row = db::query("SELECT kind, namespace, name FROM address_leases WHERE pool = $1 AND address = $2")
         .bind(pool)
         .bind(address)
         .fetch_optional(&mut *conn)
@@ -73,51 +69,47 @@ pub async fn holder(
 }
 
 /// Addresses `owner` holds in `pool`.
-pub async fn held(conn: &mut AnyConnection, pool: &str, owner: Owner<'_>) -> ApiResult<Vec<String>> {
-    let rows = sqlx::query(
-        "SELECT address FROM address_leases WHERE pool = $1 AND kind = $2 AND namespace = $3 AND name = $4",
-    )
-    .bind(pool)
-    .bind(owner.0)
-    .bind(owner.1)
-    .bind(owner.2)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
+pub async fn held(conn: &mut impl Db, pool: &str, owner: Owner<'_>) -> ApiResult<Vec<String>> {
+    let rows =
+        db::query("SELECT address FROM address_leases WHERE pool = $1 AND kind = $2 AND namespace = $3 AND name = $4")
+            .bind(pool)
+            .bind(owner.0)
+            .bind(owner.1)
+            .bind(owner.2)
+            .fetch_all(&mut *conn)
+            .await?;
+    rows.iter().map(|r| r.try_get::<String>(0)).collect()
 }
 
 /// Every lease of a pool: (address, kind key, namespace, name).
-pub async fn all(conn: &mut AnyConnection, pool: &str) -> ApiResult<Vec<(String, String, String, String)>> {
-    let rows =
-        sqlx::query("SELECT address, kind, namespace, name FROM address_leases WHERE pool = $1 ORDER BY address")
-            .bind(pool)
-            .fetch_all(&mut *conn)
-            .await?;
+pub async fn all(conn: &mut impl Db, pool: &str) -> ApiResult<Vec<(String, String, String, String)>> {
+    let rows = db::query("SELECT address, kind, namespace, name FROM address_leases WHERE pool = $1 ORDER BY address")
+        .bind(pool)
+        .fetch_all(&mut *conn)
+        .await?;
     rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
 }
 
 /// Drops every lease of an object (it is being removed from the store).
-pub async fn release(conn: &mut AnyConnection, kind: &ResourceKind, obj: &Value) -> ApiResult<()> {
+pub async fn release(conn: &mut impl Db, kind: &ResourceKind, obj: &Value) -> ApiResult<()> {
     release_owner(conn, None, (&kind.store_key(), meta::namespace(obj), meta::name(obj))).await
 }
 
-pub async fn release_owner(conn: &mut AnyConnection, pool: Option<&str>, owner: Owner<'_>) -> ApiResult<()> {
-    sqlx::query(
-        "DELETE FROM address_leases WHERE kind = $1 AND namespace = $2 AND name = $3 AND ($4 = '' OR pool = $4)",
-    )
-    .bind(owner.0)
-    .bind(owner.1)
-    .bind(owner.2)
-    .bind(pool.unwrap_or(""))
-    .execute(&mut *conn)
-    .await?;
+pub async fn release_owner(conn: &mut impl Db, pool: Option<&str>, owner: Owner<'_>) -> ApiResult<()> {
+    db::query("DELETE FROM address_leases WHERE kind = $1 AND namespace = $2 AND name = $3 AND ($4 = '' OR pool = $4)")
+        .bind(owner.0)
+        .bind(owner.1)
+        .bind(owner.2)
+        .bind(pool.unwrap_or(""))
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
 /// The pod address of `owner`: the one it holds, else the lowest free one (the network address,
 /// the gateway, `reserved` and the broadcast address are never handed out).
 pub async fn lease_pod_address(
-    conn: &mut AnyConnection,
+    conn: &mut impl Db,
     cidr: &Cidr,
     reserved: &[Ipv4Addr],
     owner: Owner<'_>,
@@ -145,7 +137,7 @@ fn invalid(obj: &Value, field: &str, message: String) -> ApiError {
 /// A Service's cluster IP and node ports: given ones are claimed (or refused when taken or out of
 /// range), missing ones allocated; an update keeps what the stored version had.
 pub async fn sync_service(
-    conn: &mut AnyConnection,
+    conn: &mut impl Db,
     kind: &ResourceKind,
     obj: &mut Value,
     previous: Option<&Value>,
@@ -235,7 +227,7 @@ pub async fn sync_service(
     }
     for old in held(conn, NODE_PORT_POOL, owner).await? {
         if !kept.contains(&old) {
-            sqlx::query("DELETE FROM address_leases WHERE pool = $1 AND address = $2")
+            db::query("DELETE FROM address_leases WHERE pool = $1 AND address = $2")
                 .bind(NODE_PORT_POOL)
                 .bind(&old)
                 .execute(&mut *conn)
@@ -245,7 +237,7 @@ pub async fn sync_service(
     Ok(())
 }
 
-async fn allocate_ip(conn: &mut AnyConnection, net: &ServiceNetwork, owner: Owner<'_>) -> ApiResult<String> {
+async fn allocate_ip(conn: &mut impl Db, net: &ServiceNetwork, owner: Owner<'_>) -> ApiResult<String> {
     let size = net.cidr.size();
     // Random probing, as the apiserver's allocator does; the first addresses stay for fixed use.
     let start = rand::random::<u64>() % size.max(1);
@@ -262,7 +254,7 @@ async fn allocate_ip(conn: &mut AnyConnection, net: &ServiceNetwork, owner: Owne
     Err(ApiError::unavailable(format!("no free cluster IP left in {}", net.cidr)))
 }
 
-async fn allocate_node_port(conn: &mut AnyConnection, net: &ServiceNetwork, owner: Owner<'_>) -> ApiResult<u64> {
+async fn allocate_node_port(conn: &mut impl Db, net: &ServiceNetwork, owner: Owner<'_>) -> ApiResult<u64> {
     let (lo, hi) = (u64::from(net.node_ports.0), u64::from(net.node_ports.1));
     let span = hi - lo + 1;
     let start = rand::random::<u64>() % span;

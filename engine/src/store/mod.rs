@@ -11,8 +11,11 @@
 //! processes' — and fans each change out to watchers. So a watch resumed from any retained
 //! resourceVersion, on any process, sees every change once.
 
+pub(crate) mod db;
 mod sql;
+mod sqlite_read;
 pub mod watch;
+mod write_tx;
 
 use crate::error::{ApiError, ApiResult};
 use crate::kinds::{self, ResourceKind};
@@ -116,7 +119,10 @@ pub const NAMESPACE_FINALIZER: &str = "kubernetes";
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    writer: Mutex<()>,
+    /// SQLite point reads and scans off sqlx's connection threads (None on PostgreSQL and for an
+    /// in-memory database, which a second connection cannot see).
+    reader: Option<Arc<sqlite_read::SqliteReader>>,
+    writer: write_tx::Writer,
     events: broadcast::Sender<Arc<WatchEvent>>,
     retention: i64,
     mac_range: MacRange,
@@ -124,6 +130,17 @@ pub struct Store {
     host_access: crate::host_access::HostAccess,
     committed: Arc<Notify>,
     hub: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The file behind a SQLite pool; None for an in-memory database.
+async fn sqlite_file(pool: &AnyPool) -> ApiResult<Option<std::path::PathBuf>> {
+    use sqlx::Row;
+    let rows = sqlx::query("SELECT file FROM pragma_database_list WHERE name = 'main'").fetch_all(pool).await?;
+    let file = match rows.first() {
+        Some(row) => row.try_get::<String, _>(0)?,
+        None => String::new(),
+    };
+    Ok(if file.is_empty() { None } else { Some(file.into()) })
 }
 
 /// How often the hub looks for changes other processes committed.
@@ -156,17 +173,29 @@ impl Store {
             Backend::Postgres => sqlx::migrate!("../migrations/postgres"),
         };
         migrator.run(&pool).await.map_err(|e| ApiError::unavailable(format!("database migration failed: {e}")))?;
+        let file = match backend {
+            Backend::Sqlite => sqlite_file(&pool).await?,
+            Backend::Postgres => None,
+        };
+        let (reader, writer) = match (&file, backend) {
+            (Some(file), _) => {
+                (Some(Arc::new(sqlite_read::SqliteReader::open(file)?)), write_tx::Writer::sqlite(file)?)
+            }
+            (None, Backend::Sqlite) => (None, write_tx::Writer::Pool { serial: Some(Mutex::new(())) }),
+            (None, Backend::Postgres) => (None, write_tx::Writer::Pool { serial: None }),
+        };
         let (events, _) = broadcast::channel(8192);
         let start = {
             let mut conn = pool.acquire().await?;
             sql::meta_value(&mut conn, "rv").await?
         };
         let committed = Arc::new(Notify::new());
-        let hub = tokio::spawn(run_hub(pool.clone(), events.clone(), Arc::clone(&committed), start));
+        let hub = tokio::spawn(run_hub(pool.clone(), reader.clone(), events.clone(), Arc::clone(&committed), start));
         let store = Arc::new(Store {
             pool,
             backend,
-            writer: Mutex::new(()),
+            reader,
+            writer,
             events,
             retention: config.watch_log_retention,
             mac_range: config.mac_range,
@@ -217,8 +246,19 @@ impl Store {
     }
 
     pub async fn get(&self, kind: &ResourceKind, namespace: &str, name: &str) -> ApiResult<Option<Value>> {
+        if let Some(reader) = &self.reader {
+            return reader.get(&kind.store_key(), namespace, name)?.map(|raw| sql::parse_body(&raw)).transpose();
+        }
         let mut conn = self.pool.acquire().await?;
         sql::load(&mut conn, &kind.store_key(), namespace, name).await
+    }
+
+    /// One object as stored JSON text, for answers that need not parse it.
+    pub async fn get_raw(&self, kind: &ResourceKind, namespace: &str, name: &str) -> ApiResult<Option<String>> {
+        match &self.reader {
+            Some(reader) => reader.get(&kind.store_key(), namespace, name),
+            None => Ok(self.get(kind, namespace, name).await?.map(|obj| obj.to_string())),
+        }
     }
 
     /// Every object of `kind` (in `namespace`, or everywhere), parsed.
@@ -249,35 +289,54 @@ impl Store {
 
     /// One page of objects of `kind`, in `namespace` or across all of them.
     pub async fn list(&self, kind: &ResourceKind, namespace: Option<&str>, opts: &ListOptions) -> ApiResult<ListPage> {
-        let mut tx = self.pool.begin().await?;
-        if self.backend == Backend::Postgres {
-            // One snapshot for the items and the list's resourceVersion.
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
-        }
         let token = match &opts.continue_token {
             Some(t) if !t.is_empty() => Some(ContinueToken::decode(t)?),
             _ => None,
         };
-        let current = sql::meta_value(&mut tx, "rv").await?;
-        if let Some(t) = &token {
-            let compacted = sql::meta_value(&mut tx, "compacted_rv").await?;
-            if t.rv < compacted {
-                return Err(ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."));
-            }
-        }
-        let list_rv = token.as_ref().map(|t| t.rv).unwrap_or(current);
+        let token_rv = token.as_ref().map(|t| t.rv);
         let after = token.map(|t| (t.namespace, t.name));
-        let page = sql::scan(&mut tx, &kind.store_key(), namespace, after, opts).await?;
-        tx.commit().await?;
+        let (current, compacted, page) = match &self.reader {
+            Some(reader) => {
+                let (reader, key, namespace, opts) =
+                    (Arc::clone(reader), kind.store_key(), namespace.map(str::to_string), opts.clone());
+                tokio::task::spawn_blocking(move || reader.list(&key, namespace.as_deref(), after, &opts))
+                    .await
+                    .map_err(|e| ApiError::internal(format!("storage: list task failed: {e}")))??
+            }
+            None => self.list_through_pool(kind, namespace, after, opts).await?,
+        };
+        if token_rv.is_some_and(|rv| rv < compacted) {
+            return Err(ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."));
+        }
+        let list_rv = token_rv.unwrap_or(current);
         let continue_token =
             page.last_key.map(|(ns, name)| ContinueToken { rv: list_rv, namespace: ns, name }.encode());
         Ok(ListPage { items: page.items, resource_version: list_rv, continue_token, remaining: page.remaining })
     }
 
+    /// `(current rv, compacted rv, page)` from one snapshot through sqlx.
+    async fn list_through_pool(
+        &self,
+        kind: &ResourceKind,
+        namespace: Option<&str>,
+        after: Option<(String, String)>,
+        opts: &ListOptions,
+    ) -> ApiResult<(i64, i64, sql::ScanResult)> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            // One snapshot for the items and the list's resourceVersion.
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
+        }
+        let current = sql::meta_value(&mut tx, "rv").await?;
+        let compacted = sql::meta_value(&mut tx, "compacted_rv").await?;
+        let page = sql::scan(&mut tx, &kind.store_key(), namespace, after, opts).await?;
+        tx.commit().await?;
+        Ok((current, compacted, page))
+    }
+
     /// Store a new object, filling uid, creationTimestamp, generation and resourceVersion.
     #[tracing::instrument(skip(self, obj), fields(kind = kind.kind))]
     pub async fn create(&self, kind: &ResourceKind, mut obj: Value, dry_run: bool) -> ApiResult<Value> {
-        let _writer = self.lock_writer().await;
         let mut tx = self.begin_write().await?;
         let key = kind.store_key();
         let namespace = meta::namespace(&obj).to_string();
@@ -352,7 +411,6 @@ impl Store {
     }
 
     async fn update_once(&self, kind: &ResourceKind, new: Value, mode: UpdateMode, dry_run: bool) -> ApiResult<Value> {
-        let _writer = self.lock_writer().await;
         let mut tx = self.begin_write().await?;
         let key = kind.store_key();
         let (namespace, name) = (meta::namespace(&new).to_string(), meta::name(&new).to_string());
@@ -441,7 +499,6 @@ impl Store {
         name: &str,
         opts: &DeleteOptions,
     ) -> ApiResult<DeleteOutcome> {
-        let _writer = self.lock_writer().await;
         let mut tx = self.begin_write().await?;
         let key = kind.store_key();
         let current = sql::load(&mut tx, &key, namespace, name)
@@ -510,25 +567,11 @@ impl Store {
     /// SQLite has one writer at a time anyway: taking turns here saves its busy-waiting. On
     /// PostgreSQL, writers run concurrently; the counter row orders their commits and
     /// conditional writes (`sql::put`, `sql::remove`) catch lost races.
-    async fn lock_writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match self.backend {
-            Backend::Sqlite => Some(self.writer.lock().await),
-            Backend::Postgres => None,
-        }
+    async fn begin_write(&self) -> ApiResult<write_tx::WriteTx<'_>> {
+        self.writer.begin(&self.pool, self.backend == Backend::Sqlite).await
     }
 
-    /// A write transaction. SQLite's takes the write lock up front (`BEGIN IMMEDIATE`): a
-    /// deferred one that read first fails with SQLITE_BUSY when another process wrote meanwhile.
-    async fn begin_write(&self) -> ApiResult<sqlx::Transaction<'static, sqlx::Any>> {
-        let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
-        };
-        Ok(tx)
-    }
-
-    /// Commit (or roll back a dry run), then wake the hub, which tells watchers.
-    async fn finish(&self, mut tx: sqlx::Transaction<'_, sqlx::Any>, dry_run: bool, rv: i64) -> ApiResult<()> {
+    async fn finish(&self, mut tx: write_tx::WriteTx<'_>, dry_run: bool, rv: i64) -> ApiResult<()> {
         if dry_run {
             tx.rollback().await?;
             return Ok(());
@@ -572,17 +615,20 @@ impl Store {
         reserved: &[std::net::Ipv4Addr],
         vmi: &Value,
     ) -> ApiResult<std::net::Ipv4Addr> {
-        let _writer = self.lock_writer().await;
-        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.begin_write().await?;
         let key = kinds::VIRTUAL_MACHINE_INSTANCE.store_key();
-        ipam::lease_pod_address(&mut conn, cidr, reserved, (&key, meta::namespace(vmi), meta::name(vmi))).await
+        let address =
+            ipam::lease_pod_address(&mut tx, cidr, reserved, (&key, meta::namespace(vmi), meta::name(vmi))).await?;
+        tx.commit().await?;
+        Ok(address)
     }
 
     /// Gives back a VMI's pod address (its domain is gone).
     pub async fn release_pod_address(&self, namespace: &str, name: &str) -> ApiResult<()> {
-        let mut conn = self.pool.acquire().await?;
+        let mut tx = self.begin_write().await?;
         let key = kinds::VIRTUAL_MACHINE_INSTANCE.store_key();
-        ipam::release_owner(&mut conn, Some(ipam::POD_POOL), (&key, namespace, name)).await
+        ipam::release_owner(&mut tx, Some(ipam::POD_POOL), (&key, namespace, name)).await?;
+        tx.commit().await
     }
 
     /// Every lease of an address pool: (address, kind key, namespace, name).
@@ -599,18 +645,37 @@ impl Store {
 }
 
 /// Tail the change log in resourceVersion order and broadcast each change once.
-async fn run_hub(pool: AnyPool, events: broadcast::Sender<Arc<WatchEvent>>, committed: Arc<Notify>, mut last: i64) {
+async fn run_hub(
+    pool: AnyPool,
+    reader: Option<Arc<sqlite_read::SqliteReader>>,
+    events: broadcast::Sender<Arc<WatchEvent>>,
+    committed: Arc<Notify>,
+    mut last: i64,
+) {
     loop {
         tokio::select! {
             _ = committed.notified() => {}
             _ = tokio::time::sleep(FOREIGN_POLL) => {}
         }
         loop {
-            let batch = async {
-                let mut conn = pool.acquire().await?;
-                sql::events_after(&mut conn, last, HUB_BATCH).await
-            }
-            .await;
+            let batch = match &reader {
+                Some(reader) => {
+                    async {
+                        let mut conn = reader.take()?;
+                        let batch = sql::events_after(&mut conn, last, HUB_BATCH).await;
+                        reader.give_back(conn);
+                        batch
+                    }
+                    .await
+                }
+                None => {
+                    async {
+                        let mut conn = pool.acquire().await?;
+                        sql::events_after(&mut conn, last, HUB_BATCH).await
+                    }
+                    .await
+                }
+            };
             let batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
