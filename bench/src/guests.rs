@@ -1,7 +1,7 @@
 //! Guest benchmarks against a `converge serve` process (release build) on this machine's
 //! libvirt, each beside a baseline measured in the same run:
 //!   P1  create → Running for N VMIs created 100 ms apart, vs the same domain XMLs on the same
-//!       schedule launched directly through libvirt in four ways (launch.rs), measured against
+//!       schedule launched directly through libvirt in five ways (launch.rs), measured against
 //!       the fastest by median; each start's phases from the server's `converge::launch` log
 //!       (guests are a boot sector that halts: no CPU once up);
 //!   P2  RSS growth of converge + the libvirt daemons per running VM (QEMU beside it);
@@ -442,12 +442,15 @@ async fn ramp(b: &Bench, tag: &str, count: usize, interval: Duration, kills: usi
     // Converge's guests are gone before anything else is measured.
     quiesce(&b.ns).await?;
     let mut baselines = vec![];
-    // Each way: a process per VM, or the in-process pool with its connections and start call.
+    // Each way: a process per VM, or the in-process pool with its workers, connections and start
+    // call. Four workers is the node's own limit on starts in flight (START_SLOTS), eight its
+    // worker count.
     let ways = [
         (PER_PROCESS, None),
-        (POOL_SHARED, Some((launch::Connections::Shared, launch::Start::Transient))),
-        (POOL_OWN, Some((launch::Connections::PerWorker, launch::Start::Transient))),
-        (POOL_DEFINE, Some((launch::Connections::Shared, launch::Start::DefineAndStart))),
+        (POOL_SHARED, Some((POOL_WORKERS, launch::Connections::Shared, launch::Start::Transient))),
+        (POOL_OWN, Some((POOL_WORKERS, launch::Connections::PerWorker, launch::Start::Transient))),
+        (POOL_DEFINE, Some((POOL_WORKERS, launch::Connections::Shared, launch::Start::DefineAndStart))),
+        (POOL_FOUR, Some((4, launch::Connections::Shared, launch::Start::Transient))),
     ];
     for (label, pool) in ways.into_iter().filter(|_| !b.no_baselines) {
         for l in &launches {
@@ -459,9 +462,9 @@ async fn ramp(b: &Bench, tag: &str, count: usize, interval: Duration, kills: usi
         let daemons_before = daemons_cpu();
         let outcome = match pool {
             None => launch::per_process(&launches, interval).await,
-            Some((conns, how)) => {
+            Some((workers, conns, how)) => {
                 let l = launches.clone();
-                tokio::task::spawn_blocking(move || launch::pool(&l, interval, POOL_WORKERS, conns, how)).await?
+                tokio::task::spawn_blocking(move || launch::pool(&l, interval, workers, conns, how)).await?
             }
         };
         println!("{tag}: {label}: libvirt daemons CPU {:.2} s", daemons_cpu() - daemons_before);
@@ -484,6 +487,7 @@ const PER_PROCESS: &str = "qemu-img + virsh create per VM";
 const POOL_SHARED: &str = "8 workers, one connection";
 const POOL_OWN: &str = "8 workers, a connection each";
 const POOL_DEFINE: &str = "8 workers, one connection, define + start";
+const POOL_FOUR: &str = "4 workers, one connection";
 
 #[tokio::main]
 async fn main() -> Result<()> {

@@ -109,6 +109,8 @@ pub(crate) struct Shared {
     /// Domain name → (VMI uid, domain UUID) of each domain this agent started: a sync finds it
     /// by UUID without reading its XML (which libvirtd answers slowly while it starts others).
     pub started_domains: Mutex<HashMap<String, (String, String)>>,
+    /// Domain starts in flight at once (see `agent::START_SLOTS`).
+    pub start_slots: tokio::sync::Semaphore,
 }
 
 pub struct NodeAgent {
@@ -317,6 +319,7 @@ pub async fn start_with(
         pull_failures: Mutex::new(HashMap::new()),
         loop_backed: Mutex::new(HashMap::new()),
         started_domains: Mutex::new(HashMap::new()),
+        start_slots: tokio::sync::Semaphore::new(agent::START_SLOTS),
         queue: WorkQueue::new(),
         config: config.clone(),
         net,
