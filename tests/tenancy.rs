@@ -495,6 +495,42 @@ async fn cpu_topologies_are_bounded() {
     assert_eq!(t.post(&vms(TEAM), &vm).await.0, 201);
 }
 
+/// Attack: a firmware UUID that is not a UUID — markup for the domain XML the node writes, or
+/// another domain's UUID in a spelling libvirt would take for it. Refused at admission, on the
+/// VM and on a bare VMI; a real UUID is kept as given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firmware_uuids_are_uuids() {
+    let app = spawn_api_only().await;
+    namespaces(&app).await;
+    let t = Tenant { app: &app, token: token(&app, "edit", &[TEAM]).await };
+    for (i, bad) in
+        ["</uuid><devices><disk/></devices><uuid>", "../../etc", "1234", "{5f1e2d3c-0000-4000-8000-0000000000zz}"]
+            .into_iter()
+            .enumerate()
+    {
+        let mut vm = vm_manifest(&format!("uuid-{i}"));
+        vm["metadata"]["namespace"] = json!(TEAM);
+        vm["spec"]["template"]["spec"]["domain"]["firmware"] = json!({"uuid": bad});
+        let (s, body) = t.post(&vms(TEAM), &vm).await;
+        assert_eq!(s, 422, "{bad}: {body}");
+        assert!(causes(&body).contains("spec.template.spec.domain.firmware.uuid"), "{body}");
+        let vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+            "metadata": {"name": format!("uuid-{i}")},
+            "spec": {"domain": {"devices": {}, "firmware": {"uuid": bad}, "resources": {"requests": {"memory": "64Mi"}}}}});
+        let (s, body) = t.post(&vmis(TEAM), &vmi).await;
+        assert_eq!(s, 422, "{bad}: {body}");
+        assert!(causes(&body).contains("spec.domain.firmware.uuid"), "{body}");
+    }
+    let mut vm = vm_manifest("uuid-ok");
+    vm["metadata"]["namespace"] = json!(TEAM);
+    let uuid = "5f1e2d3c-0000-4000-8000-00000000000a";
+    vm["spec"]["template"]["spec"]["domain"]["firmware"] = json!({"uuid": uuid});
+    let (s, body) = t.post(&vms(TEAM), &vm).await;
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(body["spec"]["template"]["spec"]["domain"]["firmware"]["uuid"], uuid, "{body}");
+    still_ready(&app).await;
+}
+
 /// Attack (real node, registry and libvirt): a containerDisk whose `/disk/disk.img` is a link
 /// to the server's database, and a kernel-boot image whose kernel is a link to the signing key —
 /// pulled by a tenant, read by the node as root. The node refuses both with the reason; no

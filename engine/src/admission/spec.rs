@@ -139,6 +139,15 @@ fn check_quantity(v: &Value, field: &str, causes: &mut Vec<Cause>) -> Option<f64
 
 /// Validate a VMI spec at `prefix` (`spec` or `spec.template.spec`).
 pub fn validate_vmi_spec(spec: &Value, prefix: &str, causes: &mut Vec<Cause>) {
+    // The node names the libvirt domain by it: a UUID, or nothing.
+    if let Some(uuid) = meta::at(spec, &["domain", "firmware", "uuid"]).and_then(Value::as_str) {
+        if !uuid.is_empty() && uuid::Uuid::parse_str(uuid).is_err() {
+            causes.push(Cause::invalid(
+                format!("{prefix}.domain.firmware.uuid"),
+                format!("Invalid value: \"{uuid}\": must be a UUID"),
+            ));
+        }
+    }
     let devices = meta::at(spec, &["domain", "devices"]).unwrap_or(&Value::Null);
     let disks = devices.get("disks").and_then(Value::as_array);
     let volumes = spec.get("volumes").and_then(Value::as_array);

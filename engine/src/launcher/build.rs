@@ -194,7 +194,15 @@ pub fn build_domain(vmi: &Value, ctx: &NodeContext, prepared: &Prepared) -> Resu
         .filter(|n| *n <= crate::admission::MAX_VCPUS)
         .ok_or_else(|| BuildError::Spec(format!("{sockets}×{cores}×{threads} vCPUs is more than a guest may have")))?;
     let firmware = spec.domain.firmware.clone().unwrap_or_default();
-    let uuid = firmware.uuid.clone().unwrap_or_else(|| meta::uid(vmi).to_string());
+    // Parsed, not passed through: admission checks it, and an object stored before that did must
+    // not put another string into the domain XML (or collide with a domain by a spelling variant).
+    let uuid = match firmware.uuid.as_deref().filter(|u| !u.is_empty()) {
+        Some(text) => uuid::Uuid::parse_str(text)
+            .map_err(|e| BuildError::Spec(format!("spec.domain.firmware.uuid {text:?} is not a UUID: {e}")))?
+            .hyphenated()
+            .to_string(),
+        None => meta::uid(vmi).to_string(),
+    };
     let machine = spec.domain.machine.as_ref().and_then(|m| m.machine_type.clone()).unwrap_or_else(|| "q35".into());
 
     let efi = firmware.bootloader.as_ref().and_then(|b| b.efi.clone());

@@ -168,6 +168,16 @@ fn missing_pieces_are_named() {
 }
 
 #[test]
+fn a_stored_firmware_uuid_is_parsed_before_it_names_a_domain() {
+    let mut v = vmi();
+    v["spec"]["domain"]["firmware"]["uuid"] = json!("</uuid><devices/><uuid>");
+    assert!(matches!(build_domain(&v, &ctx(Accel::Tcg), &prepared()), Err(BuildError::Spec(..))));
+    v["spec"]["domain"]["firmware"]["uuid"] = json!("{5D307CA9-B3EF-428C-8861-06E72D69F223}");
+    let domain = build_domain(&v, &ctx(Accel::Tcg), &prepared()).expect("a braced, upper-case UUID is a UUID");
+    assert_eq!(domain.uuid, "5d307ca9-b3ef-428c-8861-06e72d69f223");
+}
+
+#[test]
 fn efi_uses_ovmf_with_secure_boot_by_default() {
     let mut c = ctx(Accel::Tcg);
     c.ovmf = Some(Ovmf {
