@@ -11,9 +11,11 @@
 //! processes' — and fans each change out to watchers. So a watch resumed from any retained
 //! resourceVersion, on any process, sees every change once.
 
+mod continue_token;
 pub(crate) mod db;
 mod sql;
 mod sqlite_read;
+mod update_rules;
 pub mod watch;
 mod write_tx;
 
@@ -23,12 +25,15 @@ use crate::macpool::MacRange;
 use crate::meta;
 use crate::network::ipam::{self, ServiceNetwork};
 use crate::selector::{FieldSelector, LabelSelector};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, Mutex, Notify};
+
+use continue_token::ContinueToken;
+use update_rules::{merge_for_update, spec_of};
 
 pub use watch::{WatchEvent, WatchEventType, WatchFilter, WatchItem};
 
@@ -740,58 +745,6 @@ pub fn blocking_finalizers(kind: &ResourceKind, obj: &Value) -> Vec<String> {
     all
 }
 
-/// Everything but metadata and status: what `generation` counts changes of.
-fn spec_of(obj: &Value) -> Map<String, Value> {
-    let mut m = obj.as_object().cloned().unwrap_or_default();
-    m.remove("metadata");
-    m.remove("status");
-    m
-}
-
-const SYSTEM_METADATA: &[&str] = &[
-    "uid",
-    "creationTimestamp",
-    "deletionTimestamp",
-    "deletionGracePeriodSeconds",
-    "generation",
-    "resourceVersion",
-    "namespace",
-    "name",
-    "selfLink",
-];
-
-fn merge_for_update(kind: &ResourceKind, current: &Value, new: Value, mode: UpdateMode) -> Value {
-    match mode {
-        UpdateMode::Status => {
-            let mut merged = current.clone();
-            if let (Some(m), Some(status)) = (merged.as_object_mut(), new.get("status")) {
-                m.insert("status".into(), status.clone());
-            }
-            merged
-        }
-        UpdateMode::Main => {
-            let mut merged = new;
-            let current_meta = meta::metadata(current).cloned().unwrap_or_default();
-            let m = meta::metadata_mut(&mut merged);
-            for field in SYSTEM_METADATA {
-                match current_meta.get(*field) {
-                    Some(v) => m.insert(field.to_string(), v.clone()),
-                    None => m.remove(*field),
-                };
-            }
-            if let Some(obj) = merged.as_object_mut() {
-                if kind.status_subresource {
-                    match current.get("status") {
-                        Some(s) => obj.insert("status".into(), s.clone()),
-                        None => obj.remove("status"),
-                    };
-                }
-            }
-            merged
-        }
-    }
-}
-
 fn qualified(kind: &ResourceKind) -> String {
     if kind.group.is_empty() {
         kind.plural.to_string()
@@ -805,58 +758,4 @@ fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
     (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
-}
-
-/// `continue` tokens: the list's resourceVersion and the last key served.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ContinueToken {
-    rv: i64,
-    namespace: String,
-    name: String,
-}
-
-impl ContinueToken {
-    fn encode(&self) -> String {
-        use base64::Engine;
-        let body = json!({"v": "meta.k8s.io/v1", "rv": self.rv, "ns": self.namespace, "start": self.name});
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body.to_string())
-    }
-    fn decode(token: &str) -> ApiResult<Self> {
-        use base64::Engine;
-        let bad = || ApiError::bad_request(format!("continue key is not valid: {token}"));
-        let bytes =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|_| bad())?;
-        let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-        Ok(ContinueToken {
-            rv: v.get("rv").and_then(Value::as_i64).ok_or_else(bad)?,
-            namespace: v.get("ns").and_then(Value::as_str).ok_or_else(bad)?.to_string(),
-            name: v.get("start").and_then(Value::as_str).ok_or_else(bad)?.to_string(),
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn continue_tokens_round_trip_and_refuse_garbage() {
-        let t = ContinueToken { rv: 42, namespace: "default".into(), name: "vm-9".into() };
-        assert_eq!(ContinueToken::decode(&t.encode()).ok(), Some(t));
-        assert!(ContinueToken::decode("%%%").is_err());
-        assert!(ContinueToken::decode("e30").is_err());
-    }
-
-    #[test]
-    fn main_updates_keep_status_and_system_metadata() {
-        let current = json!({"metadata": {"name": "a", "uid": "u", "generation": 3, "resourceVersion": "9", "labels": {"x": "1"}}, "spec": {"a": 1}, "status": {"s": 1}});
-        let new = json!({"metadata": {"name": "a", "uid": "other", "labels": {"y": "2"}}, "spec": {"a": 2}, "status": {"s": 2}});
-        let merged = merge_for_update(&kinds::VIRTUAL_MACHINE, &current, new.clone(), UpdateMode::Main);
-        assert_eq!(merged["status"], json!({"s": 1}));
-        assert_eq!(merged["metadata"]["uid"], "u");
-        assert_eq!(merged["metadata"]["labels"], json!({"y": "2"}));
-        let status = merge_for_update(&kinds::VIRTUAL_MACHINE, &current, new, UpdateMode::Status);
-        assert_eq!(status["spec"], json!({"a": 1}));
-        assert_eq!(status["status"], json!({"s": 2}));
-    }
 }
