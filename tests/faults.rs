@@ -175,25 +175,14 @@ async fn kill_9_during_1000_concurrent_creates_on_postgres() {
 async fn crash_at_and_resume(point: &'static str, stop_after_start: bool) {
     let _shared = LIBVIRTD.read().await;
     let mut p = ServeProcess::start(point, &[]).await;
-    let (code, body) = p.app.post(VMS_DEFAULT, &halt_vm("guest", "Always")).await;
-    assert_eq!(code, 201, "{body}");
+    answered_or_crashed(&p, reqwest::Method::POST, VMS_DEFAULT, "application/json", &halt_vm("guest", "Always"), 201)
+        .await;
     if stop_after_start {
         let running = wait_until(CONVERGE, || async { divergence(&p).await.is_empty() }).await;
         assert!(running, "the VM runs before it is stopped:\n{}", tail(&p.logs()));
-        // The controller acts on the commit, and the process may die at the point before this
-        // answer is sent: no answer is fine, a wrong one is not.
-        let answer = p
-            .app
-            .http
-            .patch(p.app.url(&format!("{VMS_DEFAULT}/guest")))
-            .bearer_auth(&p.app.token)
-            .header("content-type", "application/merge-patch+json")
-            .body(json!({"spec": {"runStrategy": "Halted"}}).to_string())
-            .send()
-            .await;
-        if let Ok(resp) = answer {
-            assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text().await);
-        }
+        let stop = json!({"spec": {"runStrategy": "Halted"}});
+        let path = format!("{VMS_DEFAULT}/guest");
+        answered_or_crashed(&p, reqwest::Method::PATCH, &path, "application/merge-patch+json", &stop, 200).await;
     }
     assert!(p.wait_crash(CONVERGE).await, "the process died at {point}:\n{}", tail(&p.logs()));
     assert!(p.logs().contains(&format!("failpoint {point} reached")), "{}", tail(&p.logs()));
@@ -210,6 +199,30 @@ async fn crash_at_and_resume(point: &'static str, stop_after_start: bool) {
         );
         let leftovers = std::fs::read_dir(p.app.dir.path().join("node/vmis")).map(|d| d.count()).unwrap_or(0);
         assert_eq!(leftovers, 0, "the VMI's directory was released");
+    }
+}
+
+/// A write whose commit the controllers act on at once: the process may die at the armed point
+/// before this answer is sent. No answer is fine (the crash is checked next); a wrong one is not.
+async fn answered_or_crashed(
+    p: &ServeProcess,
+    method: reqwest::Method,
+    path: &str,
+    content_type: &str,
+    body: &Value,
+    want: u16,
+) {
+    let answer = p
+        .app
+        .http
+        .request(method, p.app.url(path))
+        .bearer_auth(&p.app.token)
+        .header("content-type", content_type)
+        .body(body.to_string())
+        .send()
+        .await;
+    if let Ok(resp) = answer {
+        assert_eq!(resp.status().as_u16(), want, "{:?}", resp.text().await);
     }
 }
 
