@@ -468,6 +468,7 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value, timer: &mut LaunchTimer) -> 
     let paused = vmi.pointer("/spec/startStrategy").and_then(Value::as_str) == Some("Paused");
     timer.build = timer.lap();
     let slot = s.start_slots.acquire().await.map_err(|e| StartError::Retry(ApiError::internal(e.to_string())))?;
+    timer.slot = timer.lap();
     let started = blocking(move || hv.define_and_start(&xml, paused)).await.map_err(StartError::Retry)?;
     drop(slot);
     match started {

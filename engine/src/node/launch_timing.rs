@@ -19,6 +19,8 @@ pub struct LaunchTimer {
     pub network: Duration,
     /// The domain XML.
     pub build: Duration,
+    /// Waiting for one of the node's start slots (`START_SLOTS`).
+    pub slot: Duration,
     /// libvirt's define and start, as the driver timed them.
     pub libvirt: StartTimes,
     /// After libvirt's start: the pod network's last step and the Running status stored.
@@ -49,6 +51,7 @@ impl LaunchTimer {
             disks_ms = ms(self.disks),
             network_ms = ms(self.network),
             build_ms = ms(self.build),
+            slot_ms = ms(self.slot),
             define_ms = ms(self.libvirt.define),
             start_ms = ms(self.libvirt.start),
             status_ms = ms(self.status),
