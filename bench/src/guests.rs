@@ -593,20 +593,19 @@ async fn main() -> Result<()> {
             .map(|(l, t)| (*l, t.clone()))
             .unwrap_or(("none (--no-baselines)", vec![]));
         for (q, label) in [(0.5, "p50"), (0.95, "p95"), (1.0, "max")] {
-            report.push(
-                Figure::new(
-                    format!("P1.{count}.{label}"),
-                    format!(
-                        "create → Running, {count} VMIs {} ms apart, {label} of {}",
-                        args.interval_ms,
-                        r.converge.len()
-                    ),
-                    "s",
-                    pct(&r.converge, q),
-                )
-                .against(format!("{best}, same XMLs, overlay and schedule"), pct(&best_times, q))
-                .goal(Goal::RatioAtMost(1.1)),
-            );
+            let figure = Figure::new(
+                format!("P1.{count}.{label}"),
+                format!(
+                    "create → Running, {count} VMIs {} ms apart, {label} of {}",
+                    args.interval_ms,
+                    r.converge.len()
+                ),
+                "s",
+                pct(&r.converge, q),
+            )
+            .against(format!("{best}, same XMLs, overlay and schedule"), pct(&best_times, q));
+            // The goal is on p50 and p95 (issue 18); the max, one sample, is shown for the reader.
+            report.push(if label == "max" { figure } else { figure.goal(Goal::RatioAtMost(1.1)) });
         }
         for (label, times) in &r.baselines {
             let row = |q| format!("{:.3}", pct(times, q));
