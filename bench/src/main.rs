@@ -195,16 +195,21 @@ async fn main() -> Result<()> {
     // Fan-out: one change, measured until every open watch has it.
     let mut watches = vec![];
     for _ in 0..args.watchers {
-        let resp = client
-            .http
-            .get(format!(
-                "{}{VMS}?watch=true&resourceVersion={}&fieldSelector=metadata.name%3Dc-00000",
-                client.base,
-                server.store.current_rv().await.map_err(|e| anyhow::anyhow!(e.message))?
-            ))
-            .bearer_auth(&client.token)
-            .send()
-            .await?;
+        let url = format!(
+            "{}{VMS}?watch=true&resourceVersion={}&fieldSelector=metadata.name%3Dc-00000",
+            client.base,
+            server.store.current_rv().await.map_err(|e| anyhow::anyhow!(e.message))?
+        );
+        // A pooled connection the server's keep-alive closes just as it is reused fails the
+        // send with "peer closed connection" (seen once on a slow machine): open it again.
+        let mut attempt = 0;
+        let resp = loop {
+            attempt += 1;
+            match client.http.get(&url).bearer_auth(&client.token).send().await {
+                Err(e) if attempt < 3 && (e.is_request() || e.is_connect()) => continue,
+                other => break other?,
+            }
+        };
         watches.push(resp);
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
