@@ -3,7 +3,8 @@
 //!   P1  create → Running for N VMIs created 100 ms apart, vs the same domain XMLs on the same
 //!       schedule launched directly through libvirt in five ways (launch.rs), measured against
 //!       the fastest by median; each start's phases from the server's `converge::launch` log
-//!       (guests are a boot sector that halts: no CPU once up);
+//!       (guests are a boot sector that halts: no CPU once up); each round's own ratio and the
+//!       CPU time the host stole during it, for the reader to judge the noise;
 //!   P2  RSS growth of converge + the libvirt daemons per running VM (QEMU beside it);
 //!   P3  one VM, API create → marker on its serial console, vs `virsh create` → same marker;
 //!   and kill -9 of QEMU → VMI Failed, as seen by a watch.
@@ -21,6 +22,8 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 mod launch;
+mod rounds;
+use rounds::{Baselines, RoundRatio};
 #[path = "report.rs"]
 mod report;
 use report::{Figure, Goal, Report};
@@ -30,9 +33,10 @@ struct Args {
     /// VMI counts of the P1 ramps (P2 samples RSS during them at 10 and 50 running).
     #[arg(long, value_delimiter = ',', default_value = "10,50,100")]
     counts: Vec<usize>,
-    /// Ramps at each count (paired with --counts; missing ones are 1): samples are pooled, so a
-    /// small count still gives a p95 worth reading.
-    #[arg(long, value_delimiter = ',', default_value = "5,1,1")]
+    /// Rounds at each count (paired with --counts; missing ones are 1): samples are pooled, so a
+    /// small count still gives a p95 worth reading; rounds alternate whether Converge or the
+    /// baselines go first, and each round's own ratio is reported beside the pooled one.
+    #[arg(long, value_delimiter = ',', default_value = "5,3,2")]
     rounds: Vec<usize>,
     /// Only Converge's side of P1 (to try a change quickly; no ratios).
     #[arg(long)]
@@ -258,10 +262,15 @@ async fn boot_to_marker(b: &Bench, boots: usize) -> Result<(Vec<f64>, Vec<f64>)>
 /// Waits until no guest of this run is left and the machine has had a moment to settle: under
 /// TCG a guest being torn down or booting takes CPU from whatever is measured next.
 async fn quiesce(ns: &str) -> Result<()> {
-    let gone = wait_for(Duration::from_secs(120), || {
-        virsh(&["list", "--all", "--name"]).map(|l| !l.contains(ns)).unwrap_or(false)
-    })
-    .await;
+    // Polled gently: a `virsh list` every few milliseconds kept libvirtd busy with the teardown.
+    let end = Instant::now() + Duration::from_secs(120);
+    let mut gone = false;
+    while !gone && Instant::now() < end {
+        gone = virsh(&["list", "--all", "--name"]).map(|l| !l.contains(ns)).unwrap_or(false);
+        if !gone {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
     anyhow::ensure!(gone, "domains of {ns} still defined after 120 s");
     tokio::time::sleep(Duration::from_secs(3)).await;
     Ok(())
@@ -279,8 +288,8 @@ struct Ramp {
     converge: Vec<f64>,
     /// Per VMI, ms: create → Scheduled as the watch saw it, then NODE_PHASES, then the rest.
     phases: Vec<Vec<f64>>,
-    /// Each baseline's label and its samples.
-    baselines: Vec<(&'static str, Vec<f64>)>,
+    /// The same guests for the baselines: Converge's domain XMLs, renamed.
+    launches: Vec<launch::Launch>,
     /// (VMs running, memory) sampled on the way up.
     memory: Vec<(usize, Memory)>,
     /// kill -9 of QEMU → VMI Failed seen by the watch, seconds.
@@ -308,6 +317,22 @@ fn cpu_seconds(pid: u32) -> f64 {
     let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
     let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
     ticks as f64 / 100.0
+}
+
+/// CPU time the hypervisor gave to other guests while this machine wanted it (all CPUs, the
+/// `steal` column of /proc/stat), seconds: noise that neither side of a comparison controls.
+fn steal_seconds() -> f64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks = text.lines().next().and_then(|l| l.split_whitespace().nth(8)).and_then(|v| v.parse::<f64>().ok());
+    // In USER_HZ, 100 on Linux, as in /proc/PID/stat (cpu_seconds).
+    ticks.unwrap_or(0.0) / 100.0
+}
+
+/// A progress line, with the seconds since the benchmark began (where a long run spends its time).
+fn say(line: &str) {
+    static BEGAN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let began = BEGAN.get_or_init(Instant::now);
+    println!("[{:>5.0} s] {line}", began.elapsed().as_secs_f64());
 }
 
 fn daemons_cpu() -> f64 {
@@ -338,7 +363,7 @@ async fn ramp(b: &Bench, tag: &str, count: usize, interval: Duration, kills: usi
     let mut created_at = vec![];
     let mut mem = vec![];
     let mut posts = vec![];
-    let cpu_at_start = (cpu_seconds(b.pid), daemons_cpu());
+    let cpu_at_start = (cpu_seconds(b.pid), daemons_cpu(), steal_seconds());
     let start = Instant::now();
     for i in 0..count {
         tokio::time::sleep_until((start + interval * i as u32).into()).await;
@@ -357,11 +382,12 @@ async fn ramp(b: &Bench, tag: &str, count: usize, interval: Duration, kills: usi
     }
     let all_up = wait_for(Duration::from_secs(300), || running(count) == count).await;
     anyhow::ensure!(all_up, "P1: not every VMI of {tag} reached Running");
-    println!(
-        "{tag}: converge: own CPU {:.2} s, libvirt daemons CPU {:.2} s",
+    let steal = steal_seconds() - cpu_at_start.2;
+    say(&format!(
+        "{tag}: converge: own CPU {:.2} s, libvirt daemons CPU {:.2} s, steal {steal:.2} s",
         cpu_seconds(b.pid) - cpu_at_start.0,
         daemons_cpu() - cpu_at_start.1
-    );
+    ));
     for mark in [10, 50] {
         if mark <= count && !mem.iter().any(|(n, _)| *n == mark) {
             mem.push((mark, memory(b, &running_names(mark))));
@@ -441,6 +467,11 @@ async fn ramp(b: &Bench, tag: &str, count: usize, interval: Duration, kills: usi
     }
     // Converge's guests are gone before anything else is measured.
     quiesce(&b.ns).await?;
+    Ok(Ramp { converge, phases, memory: mem, kills: kill_times, launches })
+}
+
+/// The same launches by each direct way (launch.rs): each way's label and its samples.
+async fn baselines(b: &Bench, tag: &str, launches: &[launch::Launch], interval: Duration) -> Result<Baselines> {
     let mut baselines = vec![];
     // Each way: a process per VM, or the in-process pool with its workers, connections and start
     // call. Four workers is the node's own limit on starts in flight (START_SLOTS), eight its
@@ -452,27 +483,31 @@ async fn ramp(b: &Bench, tag: &str, count: usize, interval: Duration, kills: usi
         (POOL_DEFINE, Some((POOL_WORKERS, launch::Connections::Shared, launch::Start::DefineAndStart))),
         (POOL_FOUR, Some((4, launch::Connections::Shared, launch::Start::Transient))),
     ];
-    for (label, pool) in ways.into_iter().filter(|_| !b.no_baselines) {
-        for l in &launches {
+    for (label, pool) in ways {
+        for l in launches {
             let dir = l.overlay.parent().and_then(Path::parent).context("baseline dir")?;
             let _ = std::fs::remove_dir_all(dir);
             prepare_dir(dir, b.qemu)?;
         }
         quiesce(&b.ns).await?;
-        let daemons_before = daemons_cpu();
+        let (daemons_before, steal_before) = (daemons_cpu(), steal_seconds());
         let outcome = match pool {
-            None => launch::per_process(&launches, interval).await,
+            None => launch::per_process(launches, interval).await,
             Some((workers, conns, how)) => {
-                let l = launches.clone();
+                let l = launches.to_vec();
                 tokio::task::spawn_blocking(move || launch::pool(&l, interval, workers, conns, how)).await?
             }
         };
-        println!("{tag}: {label}: libvirt daemons CPU {:.2} s", daemons_cpu() - daemons_before);
-        let all = launches.clone();
+        say(&format!(
+            "{tag}: {label}: libvirt daemons CPU {:.2} s, steal {:.2} s",
+            daemons_cpu() - daemons_before,
+            steal_seconds() - steal_before
+        ));
+        let all = launches.to_vec();
         tokio::task::spawn_blocking(move || launch::destroy_all(&all)).await??;
-        baselines.push((label, outcome.with_context(|| format!("P1 baseline {label}, {count} guests"))?));
+        baselines.push((label, outcome.with_context(|| format!("P1 baseline {label}, {} guests", launches.len()))?));
     }
-    Ok(Ramp { converge, phases, baselines, memory: mem, kills: kill_times })
+    Ok(baselines)
 }
 
 const POOL_WORKERS: usize = 8;
@@ -576,18 +611,57 @@ async fn main() -> Result<()> {
     let mut kills = vec![];
     for (i, &count) in args.counts.iter().enumerate() {
         let rounds = args.rounds.get(i).copied().unwrap_or(1).max(1);
-        let mut r = ramp(&b, &format!("r{count}a"), count, interval, if i == 0 { 5 } else { 0 }).await?;
-        for round in 1..rounds {
-            let more = ramp(&b, &format!("r{count}{}", (b'a' + round as u8) as char), count, interval, 0).await?;
-            r.converge.extend(more.converge);
-            r.phases.extend(more.phases);
-            for ((_, all), (_, times)) in r.baselines.iter_mut().zip(more.baselines) {
-                all.extend(times);
+        // Rounds alternate which side goes first (the baselines reuse the previous round's XMLs
+        // when they lead), so that neither always runs on the heels of the other's teardown.
+        let mut r: Option<Ramp> = None;
+        let mut all_baselines: Baselines = vec![];
+        let mut per_round = vec![];
+        for round in 0..rounds {
+            let tag = format!("r{count}{}", (b'a' + round as u8) as char);
+            let kills = if i == 0 && round == 0 { 5 } else { 0 };
+            let steal_before = steal_seconds();
+            let lead = r.as_ref().filter(|_| round % 2 == 1 && !b.no_baselines).map(|r| r.launches.clone());
+            let (more, these) = match lead {
+                Some(launches) => {
+                    let these = baselines(&b, &tag, &launches, interval).await?;
+                    (ramp(&b, &tag, count, interval, kills).await?, these)
+                }
+                None => {
+                    let more = ramp(&b, &tag, count, interval, kills).await?;
+                    let these =
+                        if b.no_baselines { vec![] } else { baselines(&b, &tag, &more.launches, interval).await? };
+                    (more, these)
+                }
+            };
+            let steal = steal_seconds() - steal_before;
+            per_round.push(RoundRatio::of(&tag, &more.converge, &these, round % 2 == 1 && !b.no_baselines, steal));
+            if all_baselines.is_empty() {
+                all_baselines = these;
+            } else {
+                for ((_, all), (_, times)) in all_baselines.iter_mut().zip(these) {
+                    all.extend(times);
+                }
             }
+            r = Some(match r {
+                None => more,
+                Some(mut r) => {
+                    r.converge.extend(more.converge);
+                    r.phases.extend(more.phases);
+                    r.memory.extend(more.memory);
+                    r.kills.extend(more.kills);
+                    r.launches = more.launches;
+                    r
+                }
+            });
         }
+        let Some(mut r) = r else { continue };
+        let rounds_note: Vec<String> = per_round.iter().map(RoundRatio::describe).collect();
+        report.notes.push(format!(
+            "P1 at {count}, round by round (Converge against that round's fastest baseline; steal is CPU time the host took): {}",
+            rounds_note.join("; ")
+        ));
         // The strongest baseline at this scale: the one with the lowest median.
-        let (best, best_times) = r
-            .baselines
+        let (best, best_times) = all_baselines
             .iter()
             .min_by(|x, y| pct(&x.1, 0.5).total_cmp(&pct(&y.1, 0.5)))
             .map(|(l, t)| (*l, t.clone()))
@@ -607,7 +681,7 @@ async fn main() -> Result<()> {
             // The goal is on p50 and p95 (issue 18); the max, one sample, is shown for the reader.
             report.push(if label == "max" { figure } else { figure.goal(Goal::RatioAtMost(1.1)) });
         }
-        for (label, times) in &r.baselines {
+        for (label, times) in &all_baselines {
             let row = |q| format!("{:.3}", pct(times, q));
             report.notes.push(format!(
                 "P1 baseline at {count}: {label}: p50 {} s, p95 {} s, max {} s{}",
@@ -625,11 +699,11 @@ async fn main() -> Result<()> {
             .map(|(k, n)| format!("{n} {:.1}", pct(&r.phases.iter().map(|row| row[k]).collect::<Vec<_>>(), 0.5)))
             .collect();
         report.notes.push(format!("P1 phases at {count}, median ms: {}", medians.join(", ")));
-        for (label, times) in &r.baselines {
+        for (label, times) in &all_baselines {
             report.series(&format!("P1.{count}.baseline.{label}"), json!(times));
         }
         report.series(&format!("P1.{count}.best"), json!(best));
-        for (n, m) in r.memory {
+        for (n, m) in std::mem::take(&mut r.memory) {
             if !mem_points.iter().any(|(k, _)| *k == n) {
                 mem_points.push((n, m));
             }
