@@ -12,7 +12,13 @@ fi
 # virtlogd refuses to start twice (its pid file), so starting it unconditionally is safe.
 as_root virtlogd -d 2>/dev/null || true
 if ! virsh -c qemu:///system version >/dev/null 2>&1; then
-  as_root libvirtd -d 2>/dev/null || true
+  if command -v python3 >/dev/null 2>&1; then
+    # Under its own subreaper: an init that reaps orphans late (a container's, a sandbox's: ~2 s
+    # here) holds up libvirt's every destroy and every QEMU exit until it does (subreaper.py).
+    as_root setsid python3 "$(dirname "$0")/subreaper.py" libvirtd </dev/null >/dev/null 2>&1 &
+  else
+    as_root libvirtd -d 2>/dev/null || true
+  fi
 fi
 for _ in $(seq 150); do
   virsh -c qemu:///system version >/dev/null 2>&1 && exit 0
