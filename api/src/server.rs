@@ -265,6 +265,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             .default_service(web::to(resources::dispatch))
     })
     .workers(config.workers.max(1))
+    // kube-apiserver's idle timeout, which Go's transport (kubectl, client-go) matches: a server
+    // that drops idle connections first (actix's default is 5 s) races clients reusing them, and
+    // a POST sent on one as it closes fails with "connection closed before message completed".
+    .keep_alive(Duration::from_secs(90))
     .disable_signals()
     .shutdown_timeout(5)
     .listen_rustls_0_23(listener, tls)

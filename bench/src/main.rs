@@ -144,6 +144,9 @@ async fn main() -> Result<()> {
         .use_rustls_tls()
         .add_root_certificate(reqwest::Certificate::from_pem(server.ca_pem.as_bytes())?)
         .pool_max_idle_per_host(args.concurrency * 2)
+        // Well inside the server's keep-alive (90 s), so that the client, not the server, drops
+        // an idle connection and none is closed under a request.
+        .pool_idle_timeout(Duration::from_secs(30))
         .build()?;
     let client = Arc::new(Client { http, base: server.base_url.clone(), token: server.admin_token.clone() });
     let c = args.concurrency;
