@@ -151,6 +151,30 @@ impl Store {
         Ok(out)
     }
 
+    /// The log's events of `key` after `last`. Many watches fall behind at once under a burst
+    /// of writes and all come here together, so a read that fails (the pool's connections all
+    /// taken) is tried again before the watch gives up and ends, leaving its client to re-watch.
+    async fn catch_up(&self, key: &str, last: i64) -> Option<Vec<WatchEvent>> {
+        let mut pause = Duration::from_millis(50);
+        for attempt in 1..=6 {
+            let read = async {
+                let mut conn = self.pool.acquire().await?;
+                sql::events_since(&mut conn, key, last).await
+            }
+            .await;
+            match read {
+                Ok(events) => return Some(events),
+                Err(e) if attempt < 6 => {
+                    tracing::debug!(error = %e, attempt, "a watch could not catch up from the log; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => tracing::warn!(error = %e, "a watch could not catch up from the log; it ends"),
+            }
+        }
+        None
+    }
+
     async fn follow(
         &self,
         key: String,
@@ -182,12 +206,7 @@ impl Store {
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Fell behind the broadcast: catch up from the log, then listen again.
                         rx = self.subscribe();
-                        let caught_up = async {
-                            let mut conn = self.pool.acquire().await?;
-                            sql::events_since(&mut conn, &key, last).await
-                        }
-                        .await;
-                        let Ok(events) = caught_up else { return };
+                        let Some(events) = self.catch_up(&key, last).await else { return };
                         for ev in events {
                             last = last.max(ev.rv);
                             if let Some(t) = filter.translate(&ev) {
