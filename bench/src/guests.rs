@@ -134,13 +134,17 @@ async fn watch(api: Arc<Api>, ns: String, seen: Seen) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+async fn wait_for(limit: Duration, f: impl FnMut() -> bool) -> bool {
+    wait_every(limit, Duration::from_millis(5), f).await
+}
+
+async fn wait_every(limit: Duration, every: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
     while Instant::now() < end {
         if f() {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(every).await;
     }
     false
 }
@@ -263,14 +267,10 @@ async fn boot_to_marker(b: &Bench, boots: usize) -> Result<(Vec<f64>, Vec<f64>)>
 /// TCG a guest being torn down or booting takes CPU from whatever is measured next.
 async fn quiesce(ns: &str) -> Result<()> {
     // Polled gently: a `virsh list` every few milliseconds kept libvirtd busy with the teardown.
-    let end = Instant::now() + Duration::from_secs(120);
-    let mut gone = false;
-    while !gone && Instant::now() < end {
-        gone = virsh(&["list", "--all", "--name"]).map(|l| !l.contains(ns)).unwrap_or(false);
-        if !gone {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
+    let gone = wait_every(Duration::from_secs(120), Duration::from_millis(250), || {
+        virsh(&["list", "--all", "--name"]).map(|l| !l.contains(ns)).unwrap_or(false)
+    })
+    .await;
     anyhow::ensure!(gone, "domains of {ns} still defined after 120 s");
     tokio::time::sleep(Duration::from_secs(3)).await;
     Ok(())
@@ -620,7 +620,8 @@ async fn main() -> Result<()> {
             let tag = format!("r{count}{}", (b'a' + round as u8) as char);
             let kills = if i == 0 && round == 0 { 5 } else { 0 };
             let steal_before = steal_seconds();
-            let lead = r.as_ref().filter(|_| round % 2 == 1 && !b.no_baselines).map(|r| r.launches.clone());
+            let baselines_first = round % 2 == 1 && !b.no_baselines;
+            let lead = r.as_ref().filter(|_| baselines_first).map(|r| r.launches.clone());
             let (more, these) = match lead {
                 Some(launches) => {
                     let these = baselines(&b, &tag, &launches, interval).await?;
@@ -634,7 +635,7 @@ async fn main() -> Result<()> {
                 }
             };
             let steal = steal_seconds() - steal_before;
-            per_round.push(RoundRatio::of(&tag, &more.converge, &these, round % 2 == 1 && !b.no_baselines, steal));
+            per_round.push(RoundRatio::of(&tag, &more.converge, &these, baselines_first, steal));
             if all_baselines.is_empty() {
                 all_baselines = these;
             } else {
@@ -661,11 +662,8 @@ async fn main() -> Result<()> {
             rounds_note.join("; ")
         ));
         // The strongest baseline at this scale: the one with the lowest median.
-        let (best, best_times) = all_baselines
-            .iter()
-            .min_by(|x, y| pct(&x.1, 0.5).total_cmp(&pct(&y.1, 0.5)))
-            .map(|(l, t)| (*l, t.clone()))
-            .unwrap_or(("none (--no-baselines)", vec![]));
+        let (best, best_times) =
+            rounds::fastest(&all_baselines).map(|(l, t)| (*l, t.clone())).unwrap_or(("none (--no-baselines)", vec![]));
         for (q, label) in [(0.5, "p50"), (0.95, "p95"), (1.0, "max")] {
             let figure = Figure::new(
                 format!("P1.{count}.{label}"),

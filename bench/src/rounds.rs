@@ -5,6 +5,11 @@ use crate::report::quantile as pct;
 /// Each baseline's label and its samples, in the order they ran.
 pub type Baselines = Vec<(&'static str, Vec<f64>)>;
 
+/// The strongest baseline: the one with the lowest median.
+pub fn fastest(baselines: &Baselines) -> Option<&(&'static str, Vec<f64>)> {
+    baselines.iter().min_by(|x, y| pct(&x.1, 0.5).total_cmp(&pct(&y.1, 0.5)))
+}
+
 /// One round of P1 at one scale: Converge's p50 and p95 against the fastest baseline of the same
 /// round, which ran right before or after it; the spread of these ratios is the run's noise.
 pub struct RoundRatio {
@@ -17,10 +22,7 @@ pub struct RoundRatio {
 
 impl RoundRatio {
     pub fn of(tag: &str, converge: &[f64], these: &Baselines, converge_last: bool, steal: f64) -> Self {
-        let best = these
-            .iter()
-            .min_by(|x, y| pct(&x.1, 0.5).total_cmp(&pct(&y.1, 0.5)))
-            .map(|(label, t)| (*label, pct(t, 0.5), pct(t, 0.95)));
+        let best = fastest(these).map(|(label, t)| (*label, pct(t, 0.5), pct(t, 0.95)));
         RoundRatio {
             tag: tag.to_string(),
             converge: (pct(converge, 0.5), pct(converge, 0.95)),
