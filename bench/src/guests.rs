@@ -41,6 +41,10 @@ struct Args {
     /// Only Converge's side of P1 (to try a change quickly; no ratios).
     #[arg(long)]
     no_baselines: bool,
+    /// Only the baselines whose label contains one of these (to try a change quickly; the
+    /// report's "fastest baseline" is then the fastest of these).
+    #[arg(long, value_delimiter = ',')]
+    ways: Vec<String>,
     /// Milliseconds between creates.
     #[arg(long, default_value_t = 100)]
     interval_ms: u64,
@@ -207,6 +211,7 @@ struct Bench {
     /// The server's JSON log, where each start's phases are (`converge::launch`).
     log: PathBuf,
     no_baselines: bool,
+    ways: Vec<String>,
 }
 
 /// The node agent's phases, in the order they run (fields of its `converge::launch` events).
@@ -294,6 +299,8 @@ struct Ramp {
     memory: Vec<(usize, Memory)>,
     /// kill -9 of QEMU → VMI Failed seen by the watch, seconds.
     kills: Vec<f64>,
+    /// The share of the ramp's CPU time the host stole (steal / busy), creates to all Running.
+    stolen: f64,
 }
 
 /// The libvirt daemons that serve every guest (monolithic libvirtd or the modular ones).
@@ -326,6 +333,32 @@ fn steal_seconds() -> f64 {
     let ticks = text.lines().next().and_then(|l| l.split_whitespace().nth(8)).and_then(|v| v.parse::<f64>().ok());
     // In USER_HZ, 100 on Linux, as in /proc/PID/stat (cpu_seconds).
     ticks.unwrap_or(0.0) / 100.0
+}
+
+/// CPU seconds of the whole host so far, all CPUs: (busy, idle): where a round's CPU went, and
+/// whether it left some unused (a launch path that leaves cores idle has room to start more).
+fn host_cpu() -> (f64, f64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = text
+        .lines()
+        .next()
+        .map(|l| l.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_default();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0.0) / 100.0;
+    // user nice system idle iowait irq softirq steal: idle and iowait are unused time.
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6);
+    (busy, at(3) + at(4))
+}
+
+/// "host busy B s, idle I s" since `before` (a `host_cpu()` reading).
+fn host_cpu_since(before: (f64, f64)) -> String {
+    let (busy, idle) = host_cpu();
+    format!("host busy {:.1} s, idle {:.1} s", busy - before.0, idle - before.1)
+}
+
+/// Steal since `steal_before` as a share of the host's busy time since `host_before`.
+fn stolen_share(steal_before: f64, host_before: (f64, f64)) -> f64 {
+    (steal_seconds() - steal_before) / (host_cpu().0 - host_before.0).max(0.01)
 }
 
 /// A progress line, with the seconds since the benchmark began (where a long run spends its time).
@@ -364,6 +397,7 @@ async fn ramp(b: &Bench, tag: &str, count: usize, interval: Duration, kills: usi
     let mut mem = vec![];
     let mut posts = vec![];
     let cpu_at_start = (cpu_seconds(b.pid), daemons_cpu(), steal_seconds());
+    let host_at_start = host_cpu();
     let start = Instant::now();
     for i in 0..count {
         tokio::time::sleep_until((start + interval * i as u32).into()).await;
@@ -383,10 +417,12 @@ async fn ramp(b: &Bench, tag: &str, count: usize, interval: Duration, kills: usi
     let all_up = wait_for(Duration::from_secs(300), || running(count) == count).await;
     anyhow::ensure!(all_up, "P1: not every VMI of {tag} reached Running");
     let steal = steal_seconds() - cpu_at_start.2;
+    let stolen = stolen_share(cpu_at_start.2, host_at_start);
     say(&format!(
-        "{tag}: converge: own CPU {:.2} s, libvirt daemons CPU {:.2} s, steal {steal:.2} s",
+        "{tag}: converge: own CPU {:.2} s, libvirt daemons CPU {:.2} s, steal {steal:.2} s, {}",
         cpu_seconds(b.pid) - cpu_at_start.0,
-        daemons_cpu() - cpu_at_start.1
+        daemons_cpu() - cpu_at_start.1,
+        host_cpu_since(host_at_start)
     ));
     for mark in [10, 50] {
         if mark <= count && !mem.iter().any(|(n, _)| *n == mark) {
@@ -467,12 +503,14 @@ async fn ramp(b: &Bench, tag: &str, count: usize, interval: Duration, kills: usi
     }
     // Converge's guests are gone before anything else is measured.
     quiesce(&b.ns).await?;
-    Ok(Ramp { converge, phases, memory: mem, kills: kill_times, launches })
+    Ok(Ramp { converge, phases, memory: mem, kills: kill_times, launches, stolen })
 }
 
 /// The same launches by each direct way (launch.rs): each way's label and its samples.
-async fn baselines(b: &Bench, tag: &str, launches: &[launch::Launch], interval: Duration) -> Result<Baselines> {
+/// Also the largest share of a baseline's CPU time the host stole (see `Ramp::stolen`).
+async fn baselines(b: &Bench, tag: &str, launches: &[launch::Launch], interval: Duration) -> Result<(Baselines, f64)> {
     let mut baselines = vec![];
+    let mut stolen: f64 = 0.0;
     // Each way: a process per VM, or the in-process pool with its workers, connections and start
     // call. Four workers is the node's own limit on starts in flight (START_SLOTS), eight its
     // worker count.
@@ -483,14 +521,15 @@ async fn baselines(b: &Bench, tag: &str, launches: &[launch::Launch], interval: 
         (POOL_DEFINE, Some((POOL_WORKERS, launch::Connections::Shared, launch::Start::DefineAndStart))),
         (POOL_FOUR, Some((4, launch::Connections::Shared, launch::Start::Transient))),
     ];
-    for (label, pool) in ways {
+    let chosen = |label: &str| b.ways.is_empty() || b.ways.iter().any(|w| label.contains(w.as_str()));
+    for (label, pool) in ways.into_iter().filter(|(label, _)| chosen(label)) {
         for l in launches {
             let dir = l.overlay.parent().and_then(Path::parent).context("baseline dir")?;
             let _ = std::fs::remove_dir_all(dir);
             prepare_dir(dir, b.qemu)?;
         }
         quiesce(&b.ns).await?;
-        let (daemons_before, steal_before) = (daemons_cpu(), steal_seconds());
+        let (daemons_before, steal_before, host_before) = (daemons_cpu(), steal_seconds(), host_cpu());
         let outcome = match pool {
             None => launch::per_process(launches, interval).await,
             Some((workers, conns, how)) => {
@@ -498,19 +537,31 @@ async fn baselines(b: &Bench, tag: &str, launches: &[launch::Launch], interval: 
                 tokio::task::spawn_blocking(move || launch::pool(&l, interval, workers, conns, how)).await?
             }
         };
+        let calls = match &outcome {
+            Ok(t) => format!(", start call median {:.2} s", pct(&t.calls, 0.5)),
+            Err(_) => String::new(),
+        };
+        stolen = stolen.max(stolen_share(steal_before, host_before));
         say(&format!(
-            "{tag}: {label}: libvirt daemons CPU {:.2} s, steal {:.2} s",
+            "{tag}: {label}: libvirt daemons CPU {:.2} s, steal {:.2} s, {}{calls}",
             daemons_cpu() - daemons_before,
-            steal_seconds() - steal_before
+            steal_seconds() - steal_before,
+            host_cpu_since(host_before)
         ));
         let all = launches.to_vec();
         tokio::task::spawn_blocking(move || launch::destroy_all(&all)).await??;
-        baselines.push((label, outcome.with_context(|| format!("P1 baseline {label}, {} guests", launches.len()))?));
+        let times = outcome.with_context(|| format!("P1 baseline {label}, {} guests", launches.len()))?;
+        baselines.push((label, times.latency));
     }
-    Ok(baselines)
+    Ok((baselines, stolen))
 }
 
 const POOL_WORKERS: usize = 8;
+/// Steal (CPU time the host gave elsewhere) above this share of the busy CPU time of any part of
+/// a round (Converge's ramp or one baseline) leaves the round out of P1's samples; at most
+/// EXTRA_ROUNDS such rounds per scale are run again.
+const MAX_STEAL: f64 = 0.05;
+const EXTRA_ROUNDS: usize = 2;
 
 fn phase_names() -> Vec<String> {
     let mut names = vec!["API → Scheduled".to_string()];
@@ -582,6 +633,7 @@ async fn main() -> Result<()> {
     let b = Bench {
         log: log_path,
         no_baselines: args.no_baselines,
+        ways: args.ways.clone(),
         api,
         node_dir: data.join("node").join("vmis"),
         data,
@@ -616,31 +668,55 @@ async fn main() -> Result<()> {
         let mut r: Option<Ramp> = None;
         let mut all_baselines: Baselines = vec![];
         let mut per_round = vec![];
-        for round in 0..rounds {
-            let tag = format!("r{count}{}", (b'a' + round as u8) as char);
-            let kills = if i == 0 && round == 0 { 5 } else { 0 };
+        let mut discarded = vec![];
+        let mut launches: Option<Vec<launch::Launch>> = None;
+        let (mut round, mut attempt) = (0, 0);
+        while round < rounds {
+            let tag = format!("r{count}{}", (b'a' + attempt as u8) as char);
+            let kills = if i == 0 && attempt == 0 { 5 } else { 0 };
+            attempt += 1;
             let steal_before = steal_seconds();
             let baselines_first = round % 2 == 1 && !b.no_baselines;
-            let lead = r.as_ref().filter(|_| baselines_first).map(|r| r.launches.clone());
-            let (more, these) = match lead {
+            let lead = launches.clone().filter(|_| baselines_first);
+            let (mut more, (these, baselines_stolen)) = match lead {
                 Some(launches) => {
                     let these = baselines(&b, &tag, &launches, interval).await?;
                     (ramp(&b, &tag, count, interval, kills).await?, these)
                 }
                 None => {
                     let more = ramp(&b, &tag, count, interval, kills).await?;
-                    let these =
-                        if b.no_baselines { vec![] } else { baselines(&b, &tag, &more.launches, interval).await? };
+                    let these = if b.no_baselines {
+                        (vec![], 0.0)
+                    } else {
+                        baselines(&b, &tag, &more.launches, interval).await?
+                    };
                     (more, these)
                 }
             };
             let steal = steal_seconds() - steal_before;
-            per_round.push(RoundRatio::of(&tag, &more.converge, &these, baselines_first, steal));
-            if all_baselines.is_empty() {
-                all_baselines = these;
+            let stolen = more.stolen.max(baselines_stolen);
+            let ratio = RoundRatio::of(&tag, &more.converge, &these, baselines_first, steal);
+            launches = Some(more.launches.clone());
+            // A round where the host stole much of one side's CPU compares whichever side it
+            // hit hardest: its latencies are left out and the round is run again (twice at most
+            // per scale). Memory and kill times don't depend on the CPU's speed: they are kept.
+            if stolen > MAX_STEAL && discarded.len() < EXTRA_ROUNDS {
+                say(&format!(
+                    "{tag}: the host stole {:.0}% of one part's CPU time: round left out, run again",
+                    stolen * 100.0
+                ));
+                discarded.push(format!("{} ({:.0}% of one part's CPU time)", ratio.describe(), stolen * 100.0));
+                more.converge.clear();
+                more.phases.clear();
             } else {
-                for ((_, all), (_, times)) in all_baselines.iter_mut().zip(these) {
-                    all.extend(times);
+                round += 1;
+                per_round.push(ratio);
+                if all_baselines.is_empty() {
+                    all_baselines = these;
+                } else {
+                    for ((_, all), (_, times)) in all_baselines.iter_mut().zip(these) {
+                        all.extend(times);
+                    }
                 }
             }
             r = Some(match r {
@@ -654,6 +730,13 @@ async fn main() -> Result<()> {
                     r
                 }
             });
+        }
+        if !discarded.is_empty() {
+            report.notes.push(format!(
+                "P1 at {count}: rounds left out because the host stole more than {:.0}% of one part's CPU time, and run again: {}",
+                MAX_STEAL * 100.0,
+                discarded.join("; ")
+            ));
         }
         let Some(mut r) = r else { continue };
         let rounds_note: Vec<String> = per_round.iter().map(RoundRatio::describe).collect();

@@ -27,6 +27,13 @@ pub struct Launch {
     pub overlay: PathBuf,
 }
 
+/// A baseline's samples: release → started (what is compared), and each start call's own
+/// duration (`virsh create`, or the libvirt call(s)), to set beside the node agent's `start` phase.
+pub struct Times {
+    pub latency: Vec<f64>,
+    pub calls: Vec<f64>,
+}
+
 /// How the pool of workers reaches libvirt.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Connections {
@@ -52,7 +59,7 @@ fn overlay_command(l: &Launch) -> std::process::Command {
 
 /// (a): each guest is its own `qemu-img create` and `virsh create` process pair, released every
 /// `interval`; seconds from release to `virsh create` returning.
-pub async fn per_process(launches: &[Launch], interval: Duration) -> Result<Vec<f64>> {
+pub async fn per_process(launches: &[Launch], interval: Duration) -> Result<Times> {
     let start = Instant::now();
     let mut handles = vec![];
     for (i, l) in launches.iter().enumerate() {
@@ -62,6 +69,7 @@ pub async fn per_process(launches: &[Launch], interval: Duration) -> Result<Vec<
             let t = Instant::now();
             let st = tokio::process::Command::from(overlay_command(&l)).status().await?;
             anyhow::ensure!(st.success(), "qemu-img create for {}", l.domain);
+            let call = Instant::now();
             let out = tokio::process::Command::new("virsh")
                 .args(["-c", URI, "create"])
                 .arg(&l.xml_file)
@@ -74,12 +82,14 @@ pub async fn per_process(launches: &[Launch], interval: Duration) -> Result<Vec<
                 l.domain,
                 String::from_utf8_lossy(&out.stderr).trim()
             );
-            Ok(t.elapsed().as_secs_f64())
+            Ok((t.elapsed().as_secs_f64(), call.elapsed().as_secs_f64()))
         }));
     }
-    let mut times = vec![];
+    let mut times = Times { latency: vec![], calls: vec![] };
     for h in handles {
-        times.push(h.await.context("baseline task")??);
+        let (latency, call) = h.await.context("baseline task")??;
+        times.latency.push(latency);
+        times.calls.push(call);
     }
     Ok(times)
 }
@@ -91,17 +101,11 @@ fn open() -> Result<Connect> {
 /// (b): `workers` threads in this process take guests released every `interval` from one queue;
 /// seconds from release to `virDomainCreateXML` returning (time waiting for a worker counts, as
 /// it does for Converge's workers).
-pub fn pool(
-    launches: &[Launch],
-    interval: Duration,
-    workers: usize,
-    conns: Connections,
-    how: Start,
-) -> Result<Vec<f64>> {
+pub fn pool(launches: &[Launch], interval: Duration, workers: usize, conns: Connections, how: Start) -> Result<Times> {
     let shared = if conns == Connections::Shared { Some(open()?) } else { None };
     let (tx, rx) = mpsc::channel::<(usize, Launch, Instant)>();
     let rx = Arc::new(Mutex::new(rx));
-    let results = Arc::new(Mutex::new(vec![None::<Result<f64, String>>; launches.len()]));
+    let results = Arc::new(Mutex::new(vec![None::<Result<(f64, f64), String>>; launches.len()]));
     let mut threads = vec![];
     for _ in 0..workers {
         let rx = Arc::clone(&rx);
@@ -113,11 +117,12 @@ pub fn pool(
         threads.push(std::thread::spawn(move || loop {
             let job = rx.lock().ok().and_then(|r| r.recv().ok());
             let Some((i, l, released)) = job else { break };
-            let outcome = (|| -> Result<f64, String> {
+            let outcome = (|| -> Result<(f64, f64), String> {
                 let st = overlay_command(&l).status().map_err(|e| e.to_string())?;
                 if !st.success() {
                     return Err(format!("qemu-img create for {}", l.domain));
                 }
+                let call = Instant::now();
                 match how {
                     Start::Transient => {
                         conn.create_domain_xml(&l.xml, 0).map_err(|e| format!("create {}: {e}", l.domain))?;
@@ -127,7 +132,7 @@ pub fn pool(
                         dom.create().map_err(|e| format!("start {}: {e}", l.domain))?;
                     }
                 }
-                Ok(released.elapsed().as_secs_f64())
+                Ok((released.elapsed().as_secs_f64(), call.elapsed().as_secs_f64()))
             })();
             if let Ok(mut r) = results.lock() {
                 r[i] = Some(outcome);
@@ -146,10 +151,13 @@ pub fn pool(
     }
     drop(shared);
     let results = results.lock().map_err(|_| anyhow::anyhow!("results lock"))?.clone();
-    let mut times = vec![];
+    let mut times = Times { latency: vec![], calls: vec![] };
     for (i, r) in results.into_iter().enumerate() {
         match r {
-            Some(Ok(t)) => times.push(t),
+            Some(Ok((latency, call))) => {
+                times.latency.push(latency);
+                times.calls.push(call);
+            }
             Some(Err(e)) => bail!("baseline launch {i}: {e}"),
             None => bail!("baseline launch {i} never ran"),
         }
