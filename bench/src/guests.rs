@@ -116,26 +116,46 @@ use report::quantile as pct;
 /// Phase transitions seen by one watch: name → (phase → when).
 type Seen = Arc<Mutex<HashMap<String, HashMap<String, Instant>>>>;
 
+/// Follows the namespace's VMIs for the whole run, recording when each was first seen in each
+/// phase. The server ends a watch after 30 minutes (`timeoutSeconds`' default, as
+/// kube-apiserver's): like any client, this one watches again from the last resourceVersion it
+/// saw — a full run with rounds run again outlasts one watch.
 async fn watch(api: Arc<Api>, ns: String, seen: Seen) -> Result<()> {
-    let resp = api.http.get(format!("{}{}?watch=true", api.base, vmis(&ns))).bearer_auth(&api.token).send().await?;
-    let mut stream = resp.bytes_stream();
-    let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        buf.extend_from_slice(&chunk?);
-        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=i).collect();
-            let Ok(ev) = serde_json::from_slice::<Value>(&line) else { continue };
-            let name = ev.pointer("/object/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
-            let phase = ev.pointer("/object/status/phase").and_then(Value::as_str).unwrap_or("").to_string();
-            let uid = ev.pointer("/object/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
-            if let Ok(mut s) = seen.lock() {
-                let entry = s.entry(name).or_default();
-                entry.entry(phase).or_insert_with(Instant::now);
-                entry.entry(format!("uid:{uid}")).or_insert_with(Instant::now);
+    let mut last_rv = String::new();
+    loop {
+        let mut url = format!("{}{}?watch=true", api.base, vmis(&ns));
+        if !last_rv.is_empty() {
+            url.push_str(&format!("&resourceVersion={last_rv}"));
+        }
+        // A dropped connection is watched again too (the server may be on its way down at the
+        // end of the run: nothing is waiting for events then).
+        let Ok(resp) = api.http.get(url).bearer_auth(&api.token).send().await else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        anyhow::ensure!(resp.status().is_success(), "watch of {ns}: {}", resp.status());
+        let mut stream = resp.bytes_stream();
+        let mut buf = Vec::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            buf.extend_from_slice(&chunk);
+            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                let Ok(ev) = serde_json::from_slice::<Value>(&line) else { continue };
+                anyhow::ensure!(ev["type"] != "ERROR", "watch of {ns} ended: {}", ev["object"]);
+                if let Some(rv) = ev.pointer("/object/metadata/resourceVersion").and_then(Value::as_str) {
+                    last_rv = rv.to_string();
+                }
+                let name = ev.pointer("/object/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+                let phase = ev.pointer("/object/status/phase").and_then(Value::as_str).unwrap_or("").to_string();
+                let uid = ev.pointer("/object/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
+                if let Ok(mut s) = seen.lock() {
+                    let entry = s.entry(name).or_default();
+                    entry.entry(phase).or_insert_with(Instant::now);
+                    entry.entry(format!("uid:{uid}")).or_insert_with(Instant::now);
+                }
             }
         }
     }
-    Ok(())
 }
 
 async fn wait_for(limit: Duration, f: impl FnMut() -> bool) -> bool {
@@ -582,6 +602,21 @@ async fn main() -> Result<()> {
     // libvirt prints every failed call to stderr by default; a teardown of transient domains
     // (gone once destroyed, so their undefine fails) filled the log with them.
     virt::error::clear_error_callback();
+    let outcome = run(args).await;
+    if outcome.is_err() {
+        // A failed run leaves no guest behind: 100 running QEMUs slowed whatever ran next.
+        // Converge's domains are `{ns}_{name}`, the baselines' `{ns}-virsh-{name}`.
+        let ns = format!("bench-{}", std::process::id());
+        for prefix in [format!("{ns}_"), format!("{ns}-virsh-")] {
+            if let Err(e) = launch::destroy_prefixed(&prefix) {
+                say(&format!("guests {prefix}* not torn down: {e:#}"));
+            }
+        }
+    }
+    outcome
+}
+
+async fn run(args: Args) -> Result<()> {
     let converge = std::fs::canonicalize(&args.converge).context("build it first: cargo build --release")?;
     let guests = std::fs::canonicalize(&args.guests).context("build the guests: scripts/guest/build.sh")?;
     let work = tempfile::Builder::new().prefix("converge-bench").tempdir_in("/var/tmp")?;
@@ -628,7 +663,12 @@ async fn main() -> Result<()> {
     let qemu = qemu_owner();
     anyhow::ensure!(qemu.is_some(), "no libvirt-qemu user: install libvirt-daemon-system");
     let seen: Seen = Arc::default();
-    tokio::spawn(watch(Arc::clone(&api), ns.clone(), Arc::clone(&seen)));
+    let (watch_api, watch_ns, watch_seen) = (Arc::clone(&api), ns.clone(), Arc::clone(&seen));
+    tokio::spawn(async move {
+        if let Err(e) = watch(watch_api, watch_ns, watch_seen).await {
+            say(&format!("P1's watch of the VMIs ended: {e:#}"));
+        }
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let b = Bench {
         log: log_path,

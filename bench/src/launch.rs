@@ -192,3 +192,16 @@ pub fn destroy_all(launches: &[Launch]) -> Result<()> {
         Ok(())
     })
 }
+
+/// Destroys (and undefines) every domain whose name starts with `prefix`: what a failed run left.
+pub fn destroy_prefixed(prefix: &str) -> Result<()> {
+    let conn = open()?;
+    let domains = conn.list_all_domains(0).map_err(|e| anyhow::anyhow!("libvirt: {e}"))?;
+    for dom in domains {
+        if dom.name().is_ok_and(|n| n.starts_with(prefix)) {
+            let _ = dom.destroy();
+            let _ = dom.undefine();
+        }
+    }
+    Ok(())
+}
