@@ -13,15 +13,18 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use futures::StreamExt;
 use serde_json::{json, Value};
 
+mod host;
 mod launch;
+mod vmi_watch;
+use host::{cpu_seconds, daemon_pids, daemons_cpu, host_cpu, host_cpu_since, rss_kib, steal_seconds, stolen_share};
+use vmi_watch::{seen_at, watch, Seen};
 mod rounds;
 use rounds::{Baselines, RoundRatio};
 #[path = "report.rs"]
@@ -102,61 +105,7 @@ fn kernel_vmi(name: &str) -> Value {
                "devices": {"autoattachGraphicsDevice": false, "autoattachPodInterface": false}}}})
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 use report::quantile as pct;
-
-/// Phase transitions seen by one watch: name → (phase → when).
-type Seen = Arc<Mutex<HashMap<String, HashMap<String, Instant>>>>;
-
-/// Follows the namespace's VMIs for the whole run, recording when each was first seen in each
-/// phase. The server ends a watch after 30 minutes (`timeoutSeconds`' default, as
-/// kube-apiserver's): like any client, this one watches again from the last resourceVersion it
-/// saw — a full run with rounds run again outlasts one watch.
-async fn watch(api: Arc<Api>, ns: String, seen: Seen) -> Result<()> {
-    let mut last_rv = String::new();
-    loop {
-        let mut url = format!("{}{}?watch=true", api.base, vmis(&ns));
-        if !last_rv.is_empty() {
-            url.push_str(&format!("&resourceVersion={last_rv}"));
-        }
-        // A dropped connection is watched again too (the server may be on its way down at the
-        // end of the run: nothing is waiting for events then).
-        let Ok(resp) = api.http.get(url).bearer_auth(&api.token).send().await else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        };
-        anyhow::ensure!(resp.status().is_success(), "watch of {ns}: {}", resp.status());
-        let mut stream = resp.bytes_stream();
-        let mut buf = Vec::new();
-        while let Some(Ok(chunk)) = stream.next().await {
-            buf.extend_from_slice(&chunk);
-            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=i).collect();
-                let Ok(ev) = serde_json::from_slice::<Value>(&line) else { continue };
-                anyhow::ensure!(ev["type"] != "ERROR", "watch of {ns} ended: {}", ev["object"]);
-                if let Some(rv) = ev.pointer("/object/metadata/resourceVersion").and_then(Value::as_str) {
-                    last_rv = rv.to_string();
-                }
-                let name = ev.pointer("/object/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
-                let phase = ev.pointer("/object/status/phase").and_then(Value::as_str).unwrap_or("").to_string();
-                let uid = ev.pointer("/object/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
-                if let Ok(mut s) = seen.lock() {
-                    let entry = s.entry(name).or_default();
-                    entry.entry(phase).or_insert_with(Instant::now);
-                    entry.entry(format!("uid:{uid}")).or_insert_with(Instant::now);
-                }
-            }
-        }
-    }
-}
 
 async fn wait_for(limit: Duration, f: impl FnMut() -> bool) -> bool {
     wait_every(limit, Duration::from_millis(5), f).await
@@ -212,10 +161,6 @@ fn qemu_owner() -> Option<(u32, u32)> {
     let out = std::process::Command::new("id").args(["-g", "libvirt-qemu"]).output().ok()?;
     let gid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
     Some((uid, gid))
-}
-
-fn seen_at(seen: &Seen, name: &str, phase: &str) -> Option<Instant> {
-    seen.lock().ok()?.get(name)?.get(phase).copied()
 }
 
 /// What the benchmark works on: the server, its data, the watch's view, a scratch dir.
@@ -323,73 +268,11 @@ struct Ramp {
     stolen: f64,
 }
 
-/// The libvirt daemons that serve every guest (monolithic libvirtd or the modular ones).
-fn daemon_pids() -> Vec<u32> {
-    let mut pids = vec![];
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if matches!(comm.trim(), "libvirtd" | "virtlogd" | "virtqemud" | "virtlockd") {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    ticks as f64 / 100.0
-}
-
-/// CPU time the hypervisor gave to other guests while this machine wanted it (all CPUs, the
-/// `steal` column of /proc/stat), seconds: noise that neither side of a comparison controls.
-fn steal_seconds() -> f64 {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks = text.lines().next().and_then(|l| l.split_whitespace().nth(8)).and_then(|v| v.parse::<f64>().ok());
-    // In USER_HZ, 100 on Linux, as in /proc/PID/stat (cpu_seconds).
-    ticks.unwrap_or(0.0) / 100.0
-}
-
-/// CPU seconds of the whole host so far, all CPUs: (busy, idle): where a round's CPU went, and
-/// whether it left some unused (a launch path that leaves cores idle has room to start more).
-fn host_cpu() -> (f64, f64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let f: Vec<f64> = text
-        .lines()
-        .next()
-        .map(|l| l.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect())
-        .unwrap_or_default();
-    let at = |i: usize| f.get(i).copied().unwrap_or(0.0) / 100.0;
-    // user nice system idle iowait irq softirq steal: idle and iowait are unused time.
-    let busy = at(0) + at(1) + at(2) + at(5) + at(6);
-    (busy, at(3) + at(4))
-}
-
-/// "host busy B s, idle I s" since `before` (a `host_cpu()` reading).
-fn host_cpu_since(before: (f64, f64)) -> String {
-    let (busy, idle) = host_cpu();
-    format!("host busy {:.1} s, idle {:.1} s", busy - before.0, idle - before.1)
-}
-
-/// Steal since `steal_before` as a share of the host's busy time since `host_before`.
-fn stolen_share(steal_before: f64, host_before: (f64, f64)) -> f64 {
-    (steal_seconds() - steal_before) / (host_cpu().0 - host_before.0).max(0.01)
-}
-
 /// A progress line, with the seconds since the benchmark began (where a long run spends its time).
 fn say(line: &str) {
     static BEGAN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let began = BEGAN.get_or_init(Instant::now);
     println!("[{:>5.0} s] {line}", began.elapsed().as_secs_f64());
-}
-
-fn daemons_cpu() -> f64 {
-    daemon_pids().into_iter().map(cpu_seconds).sum()
 }
 
 fn memory(b: &Bench, running: &[String]) -> Memory {
