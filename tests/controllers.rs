@@ -43,6 +43,33 @@ async fn without_nodes_a_started_vm_is_unschedulable() {
 }
 
 #[tokio::test]
+async fn a_paused_start_of_a_halted_vm_makes_one_paused_vmi() {
+    let app = spawn_app().await;
+    let mut vm = vm_manifest("sleepy");
+    vm["spec"]["runStrategy"] = json!("Halted");
+    assert_eq!(app.post(VMS, &vm).await.0, 201);
+    assert!(wait_until(WAIT, || async { vm_status(&app, "sleepy").await["printableStatus"] == "Stopped" }).await);
+    let start = "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachines/sleepy/start";
+    let (code, body) = app.put(start, &json!({"paused": true})).await;
+    assert_eq!(code, 202, "{body}");
+    let vmi_path = "/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances/sleepy";
+    assert!(wait_until(WAIT, || async { app.get(vmi_path).await.0 == 200 }).await);
+    let vmi = app.get(vmi_path).await.1;
+    assert_eq!(vmi["spec"]["startStrategy"], "Paused");
+    // The VM settles on Always with its request done, and keeps that VMI: a Halted VM seen with
+    // the request done and the strategy not yet turned deleted it (and Always made an unpaused one).
+    let settled = wait_until(WAIT, || async {
+        let vm = app.get(&format!("{VMS}/sleepy")).await.1;
+        vm["spec"]["runStrategy"] == "Always" && vm["status"].get("stateChangeRequests").is_none()
+    })
+    .await;
+    assert!(settled, "{}", app.get(&format!("{VMS}/sleepy")).await.1);
+    let again = app.get(vmi_path).await.1;
+    assert_eq!(again["metadata"]["uid"], vmi["metadata"]["uid"], "{again}");
+    assert!(again["metadata"].get("deletionTimestamp").is_none(), "{again}");
+}
+
+#[tokio::test]
 async fn instancetypes_and_preferences_shape_vms_and_refuse_conflicts() {
     let app = spawn_app().await;
     let it = json!({"apiVersion": "instancetype.kubevirt.io/v1beta1", "kind": "VirtualMachineClusterInstancetype",

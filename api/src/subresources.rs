@@ -119,12 +119,12 @@ pub fn vm_change(op: VmOp, vm: &Value, vmi: Option<&Value>, body: &Value) -> Api
     match op {
         VmOp::Start => match strategy {
             RUN_ALWAYS => return Err(conflict(vm, "Always does not support manual start requests")),
-            RUN_HALTED => {
-                change.set_strategy = Some(RUN_ALWAYS);
-                if paused {
-                    change.add_requests.push(start_request);
-                }
-            }
+            // A paused start is only a request: the VM controller turns the strategy to Always
+            // itself before it acts on it, as virt-controller does. Two writes from here (request,
+            // then strategy) let the controller see the request done and the strategy still Halted
+            // in between, and delete the paused VMI it had just made.
+            RUN_HALTED if paused => change.add_requests.push(start_request),
+            RUN_HALTED => change.set_strategy = Some(RUN_ALWAYS),
             RUN_MANUAL | RUN_RERUN_ON_FAILURE | RUN_ONCE => {
                 if live.is_some() {
                     return Err(conflict(vm, "VM is already running"));
@@ -443,6 +443,7 @@ mod tests {
         assert_eq!(vm_change(VmOp::Start, &halted, None, &json!({})).unwrap().set_strategy, Some("Always"));
         let paused = vm_change(VmOp::Start, &halted, None, &json!({"paused": true})).unwrap();
         assert_eq!(paused.add_requests, vec![json!({"action": "Start", "data": {"startPaused": "true"}})]);
+        assert_eq!(paused.set_strategy, None, "the VM controller sets it, in order with the request");
         let always = vm(json!({"running": true}));
         assert_eq!(vm_change(VmOp::Start, &always, None, &json!({})).unwrap_err().code, 409);
         let manual = vm(json!({"runStrategy": "Manual"}));

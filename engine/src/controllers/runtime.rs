@@ -191,6 +191,16 @@ async fn sync_vm(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<Key>>) ->
     let frozen = super::revisions::freeze(store, &vm_obj).await?;
     let volumes = super::datavolumes::ensure(store, &vm_obj).await?;
     let mut plan = vm::reconcile(&vm_obj, vmi_obj.as_ref(), now());
+    if plan.run_always {
+        // The update wakes this VM again, and the next pass acts on the request.
+        let mut turned = vm_obj.clone();
+        match turned.pointer("/spec/running").filter(|r| !r.is_null()) {
+            Some(_) => turned["spec"]["running"] = true.into(),
+            None => turned["spec"]["runStrategy"] = vm::RUN_ALWAYS.into(),
+        }
+        store.update(&kinds::VIRTUAL_MACHINE, turned, UpdateMode::Main, false).await?;
+        return Ok(());
+    }
     if let Some(printable) = volumes.printable() {
         // The VM waits for its DataVolumes: no VMI yet, and its status says why.
         if vmi_obj.is_none() {

@@ -29,6 +29,9 @@ pub struct VmPlan {
     /// The VM's whole new status.
     pub status: Value,
     pub requeue_after: Option<Duration>,
+    /// Set the VM's run strategy to Always (or `running: true`) and do nothing else this pass:
+    /// a paused start of a Halted VM, whose request is acted on once the strategy holds it up.
+    pub run_always: bool,
 }
 
 pub fn run_strategy(vm: &Value) -> &str {
@@ -83,6 +86,10 @@ pub fn reconcile(vm: &Value, vmi: Option<&Value>, now: DateTime<Utc>) -> VmPlan 
             plan.delete_vmi = Some(meta::uid(v).to_string());
         }
         requests.clear();
+    } else if strategy == RUN_HALTED && is_start(requests.first()) && vmi.is_none() {
+        // virt-api's paused start of a Halted VM: the strategy turns first, so that the VMI made
+        // for the request is never one that Halted says to delete.
+        plan.run_always = true;
     } else if !requests.is_empty() {
         // Requests run in order; one that is done is dropped and the next one looked at.
         while let Some(request) = requests.first().cloned() {
@@ -238,6 +245,10 @@ pub fn reconcile(vm: &Value, vmi: Option<&Value>, now: DateTime<Utc>) -> VmPlan 
     plan
 }
 
+fn is_start(request: Option<&Value>) -> bool {
+    request.and_then(|r| r.get("action")).and_then(Value::as_str) == Some("Start")
+}
+
 fn record_failure(status: &mut Value, vmi: &Value, now: DateTime<Utc>) {
     let uid = meta::uid(vmi);
     if status.pointer("/startFailure/lastFailedVMIUID").and_then(Value::as_str) == Some(uid) {
@@ -391,6 +402,22 @@ mod tests {
         let requests = json!({"stateChangeRequests": [{"action": "Start", "data": {"startPaused": "true"}}]});
         let plan = reconcile(&vm(json!({"runStrategy": "Always"}), requests), None, now());
         assert_eq!(plan.create_vmi.unwrap()["spec"]["startStrategy"], "Paused");
+    }
+
+    #[test]
+    fn a_paused_start_of_a_halted_vm_turns_the_strategy_first() {
+        let requests = json!({"stateChangeRequests": [{"action": "Start", "data": {"startPaused": "true"}}]});
+        let plan = reconcile(&vm(json!({"runStrategy": "Halted"}), requests.clone()), None, now());
+        assert!(plan.run_always);
+        assert!(plan.create_vmi.is_none(), "not before the strategy is Always");
+        assert_eq!(plan.status["stateChangeRequests"], requests["stateChangeRequests"]);
+        assert_eq!(plan.status["printableStatus"], "Starting");
+        let plan = reconcile(&vm(json!({"runStrategy": "Always"}), requests), None, now());
+        assert!(!plan.run_always);
+        assert_eq!(plan.create_vmi.unwrap()["spec"]["startStrategy"], "Paused");
+        // Once the request is done, Always keeps the VMI the request made.
+        let done = reconcile(&vm(json!({"runStrategy": "Always"}), json!({})), Some(&vmi("Running", "i1")), now());
+        assert!(done.delete_vmi.is_none() && !done.run_always);
     }
 
     #[test]
