@@ -188,11 +188,10 @@ fn now() -> chrono::DateTime<chrono::Utc> {
 async fn sync_vm(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<Key>>) -> ApiResult<()> {
     let Some(vm_obj) = store.get(&kinds::VIRTUAL_MACHINE, &ns, &name).await? else { return Ok(()) };
     let vmi_obj = store.get(&kinds::VIRTUAL_MACHINE_INSTANCE, &ns, &name).await?;
-    let frozen = super::revisions::freeze(store, &vm_obj).await?;
-    let volumes = super::datavolumes::ensure(store, &vm_obj).await?;
     let mut plan = vm::reconcile(&vm_obj, vmi_obj.as_ref(), now());
     if plan.run_always {
-        // The update wakes this VM again, and the next pass acts on the request.
+        // The update wakes this VM again, and the next pass acts on the request (revisions and
+        // DataVolumes included: nothing else is done on this one).
         let mut turned = vm_obj.clone();
         match turned.pointer("/spec/running").filter(|r| !r.is_null()) {
             Some(_) => turned["spec"]["running"] = true.into(),
@@ -201,6 +200,8 @@ async fn sync_vm(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<Key>>) ->
         store.update(&kinds::VIRTUAL_MACHINE, turned, UpdateMode::Main, false).await?;
         return Ok(());
     }
+    let frozen = super::revisions::freeze(store, &vm_obj).await?;
+    let volumes = super::datavolumes::ensure(store, &vm_obj).await?;
     if let Some(printable) = volumes.printable() {
         // The VM waits for its DataVolumes: no VMI yet, and its status says why.
         if vmi_obj.is_none() {
