@@ -41,9 +41,16 @@ async fn compressed_and_qcow2_images_land_as_raw() {
         let got = std::fs::read(t.disk()).unwrap();
         assert_eq!(got.len(), 8 << 20, "{name}");
         assert_eq!(&got[..4 << 20], &want[..], "{name}");
-        let seen = seen.lock().unwrap();
+        let seen = seen.lock().unwrap().clone();
         assert!(seen.windows(2).all(|w| w[0] <= w[1]) && *seen.last().unwrap() == 1.0, "{name}: {seen:?}");
         assert!(!t.dir.join(".import.scratch").exists() && !t.dir.join(".import.raw").exists());
+        // A consumed scratch is unlinked off the import's path, soon after.
+        let discarded = t.dir.join(".import.discarded");
+        let gone_by = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while discarded.exists() && std::time::Instant::now() < gone_by {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(!discarded.exists(), "{name}: the discarded scratch is still there");
     }
 }
 
