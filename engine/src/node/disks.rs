@@ -32,7 +32,14 @@ fn volume_error(volume: &str, message: impl Into<String>) -> DiskError {
 
 /// The file-making side of disk preparation: `qemu-img` and an ISO 9660 writer.
 pub trait DiskTool: Send + Sync {
-    fn create_overlay(&self, base: &Path, base_format: &str, overlay: &Path) -> Result<(), DiskError>;
+    /// A qcow2 overlay at `overlay` over `base` (`base_format`, `virtual_size` bytes).
+    fn create_overlay(
+        &self,
+        base: &Path,
+        base_format: &str,
+        virtual_size: u64,
+        overlay: &Path,
+    ) -> Result<(), DiskError>;
     fn create_image(&self, path: &Path, format: &str, size_bytes: u64) -> Result<(), DiskError>;
     /// An ISO 9660 image with volume label `label` holding `files` (relative path → content).
     fn create_iso(&self, path: &Path, label: &str, files: &BTreeMap<String, Vec<u8>>) -> Result<(), DiskError>;
@@ -51,7 +58,19 @@ fn run(tool: &str, cmd: &mut Command) -> Result<(), DiskError> {
 pub struct SystemDiskTool;
 
 impl DiskTool for SystemDiskTool {
-    fn create_overlay(&self, base: &Path, base_format: &str, overlay: &Path) -> Result<(), DiskError> {
+    fn create_overlay(
+        &self,
+        base: &Path,
+        base_format: &str,
+        virtual_size: u64,
+        overlay: &Path,
+    ) -> Result<(), DiskError> {
+        match super::qcow2::write_overlay(overlay, base, base_format, virtual_size) {
+            Ok(()) => return Ok(()),
+            Err(super::qcow2::OverlayError::Io(e)) => return Err(DiskError::Io(e)),
+            // A shape the writer leaves alone: qemu-img makes it.
+            Err(_) => {}
+        }
         // qemu-img opens the base (a pulled image, a tenant's) to size the overlay: bounded.
         run(
             "qemu-img",
@@ -95,12 +114,14 @@ pub fn detect_format(path: &Path) -> Result<String, DiskError> {
 }
 
 /// A container disk must be qcow2 or raw, and self-contained.
-fn container_disk_format(volume: &str, path: &Path) -> Result<String, DiskError> {
+/// The container disk's format and virtual size.
+fn container_disk_format(volume: &str, path: &Path) -> Result<(String, u64), DiskError> {
     let mut head = vec![0u8; 512];
-    let n = std::fs::File::open(path)?.read(&mut head)?;
+    let mut file = std::fs::File::open(path)?;
+    let n = file.read(&mut head)?;
     head.truncate(n);
     match crate::storage::volume::sniff_image_format(&head) {
-        None => Ok("raw".into()),
+        None => Ok(("raw".into(), file.metadata()?.len())),
         Some("qcow2") => {
             let info = crate::storage::volume::VolumeTool::info(&crate::storage::volume::SystemVolumeTool, path)
                 .map_err(|e| volume_error(volume, e.to_string()))?;
@@ -110,7 +131,7 @@ fn container_disk_format(volume: &str, path: &Path) -> Result<String, DiskError>
                     format!("the container disk has a backing file ({b:?}); it must be self-contained"),
                 ));
             }
-            Ok("qcow2".into())
+            Ok(("qcow2".into(), info.virtual_size))
         }
         Some(other) => Err(volume_error(
             volume,
@@ -221,10 +242,10 @@ pub fn prepare(
             PreparedVolume { path: attached.file.clone(), format: "raw".into(), block_device: attached.block, readonly }
         } else if let Some(cd) = &vol.container_disk {
             let base = images.disk(&cd.image, cd.path.as_deref())?;
-            let base_format = container_disk_format(&vol.name, &base)?;
+            let (base_format, virtual_size) = container_disk_format(&vol.name, &base)?;
             let overlay = file("qcow2");
             if !overlay.exists() {
-                tool.create_overlay(&base, &base_format, &overlay)?;
+                tool.create_overlay(&base, &base_format, virtual_size, &overlay)?;
             }
             ready(overlay, "qcow2", false)
         } else if let Some(empty) = &vol.empty_disk {

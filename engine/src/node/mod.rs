@@ -7,6 +7,7 @@ pub mod distribution;
 pub mod host;
 pub mod images;
 pub mod network;
+pub mod qcow2;
 pub mod register;
 pub mod registry;
 mod volumes;

@@ -20,7 +20,7 @@ use crate::store::{Store, StoreConfig, UpdateMode};
 struct NoDisks;
 
 impl DiskTool for NoDisks {
-    fn create_overlay(&self, _: &Path, _: &str, overlay: &Path) -> Result<(), DiskError> {
+    fn create_overlay(&self, _: &Path, _: &str, _: u64, overlay: &Path) -> Result<(), DiskError> {
         std::fs::write(overlay, b"QFI\xfb").map_err(DiskError::Io)
     }
     fn create_image(&self, path: &Path, _: &str, _: u64) -> Result<(), DiskError> {
