@@ -42,10 +42,13 @@ pub fn daemon_pids() -> Vec<u32> {
 /// CPU seconds (user + system) a process has used so far.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    // Fields after the command's closing parenthesis, the state (a letter) first: utime and
+    // stime are the 12th and 13th. (Skipping what doesn't parse shifted them onto stime and
+    // the reaped children's utime: the CPU of Converge's qemu-img runs was read as its own.)
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(11) + field(12);
     ticks as f64 / 100.0
 }
 
