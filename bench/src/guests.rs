@@ -748,6 +748,9 @@ async fn run(args: Args) -> Result<()> {
         );
     }
     report.notes.push(
+        "P1 overlays: Converge's node and the pooled baselines write each guest's qcow2 overlay in process (converge_engine::node::qcow2: the bytes qemu-img create writes, without its process); the per-process baseline runs qemu-img create, as a script would".into(),
+    );
+    report.notes.push(
         "P2 anchor: KubeVirt's overhead estimate is 220 MiB fixed (virt-launcher 100 + monitor 25 + virtlogd 25 + virtqemud 40 + QEMU 30) plus 8 MiB IOThread, 8 MiB per vCPU, 32 MiB video and RAM/512: about 268 MiB for a 1-vCPU guest; users measure 300–370 MiB per launcher pod (kubevirt#10793). QEMU's own RSS is shown beside ours, not counted in it".into(),
     );
     report.series(

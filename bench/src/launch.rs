@@ -1,9 +1,10 @@
 //! The P1 baselines: the same domain XMLs Converge made, started on the same schedule by the
-//! best direct uses of libvirt we know, each with the same disk preparation (a `qemu-img create`
-//! of the qcow2 overlay) inside its timer:
+//! best direct uses of libvirt we know, each with the qcow2 overlay made inside its timer:
 //!   (a) a process and a connection per VM: `qemu-img create && virsh create`, as a script would;
 //!   (b) one process with a bounded pool of workers, either sharing one connection or each with
-//!       its own, starting transient domains (`virDomainCreateXML`, one call).
+//!       its own, starting transient domains (`virDomainCreateXML`, one call), each worker
+//!       writing the overlay as Converge's node does (`converge_engine::node::qcow2`, in
+//!       process: the same bytes as `qemu-img create`, without its process).
 //! Every sample must succeed: a failed launch fails the run rather than leaving the sample out.
 
 use std::path::PathBuf;
@@ -51,10 +52,17 @@ pub enum Start {
 
 fn overlay_command(l: &Launch) -> std::process::Command {
     let mut cmd = std::process::Command::new("qemu-img");
-    // The same flags as Converge's overlay (engine/src/node/disks.rs), without its `timeout` guard.
+    // The overlay Converge's node writes (engine/src/node/qcow2.rs), as a script makes it.
     cmd.args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(&l.base).arg(&l.overlay);
     cmd.stdout(Stdio::null());
     cmd
+}
+
+/// The overlay as Converge's node writes it (the base is a raw image).
+fn write_overlay(l: &Launch) -> Result<(), String> {
+    let size = std::fs::metadata(&l.base).map_err(|e| format!("{}: {e}", l.base.display()))?.len();
+    converge_engine::node::qcow2::write_overlay(&l.overlay, &l.base, "raw", size)
+        .map_err(|e| format!("overlay for {}: {e}", l.domain))
 }
 
 /// (a): each guest is its own `qemu-img create` and `virsh create` process pair, released every
@@ -118,10 +126,7 @@ pub fn pool(launches: &[Launch], interval: Duration, workers: usize, conns: Conn
             let job = rx.lock().ok().and_then(|r| r.recv().ok());
             let Some((i, l, released)) = job else { break };
             let outcome = (|| -> Result<(f64, f64), String> {
-                let st = overlay_command(&l).status().map_err(|e| e.to_string())?;
-                if !st.success() {
-                    return Err(format!("qemu-img create for {}", l.domain));
-                }
+                write_overlay(&l)?;
                 let call = Instant::now();
                 match how {
                     Start::Transient => {
