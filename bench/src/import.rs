@@ -22,8 +22,9 @@ struct Args {
     /// Size of the random data in the image, GiB (the qcow2 file is about this big).
     #[arg(long, default_value_t = 1.25)]
     gib: f64,
-    /// Rounds of each (alternating); the median is reported.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds of each after the warm-up (which side goes first rotates, so a multiple of 3
+    /// puts each first equally often); the median is reported.
+    #[arg(long, default_value_t = 6)]
     rounds: usize,
     /// Where the image, the pool and the baseline's files live (the same disk for both).
     #[arg(long)]
@@ -42,10 +43,36 @@ fn sh(cmd: &str) -> Result<()> {
 }
 
 /// Each side starts from the same state: nothing dirty left by the other (it would be written
-/// back during the next run), and a cold page cache where the machine lets us (root).
-fn settle() {
+/// back during the next run), a cold page cache where the machine lets us (root), and a disk
+/// at rest. The last matters where the file system discards freed blocks (`-o discard`, as
+/// here): deleting the last side's 2.7 GiB kept the disk busy into the next side's import, and
+/// whoever went first in a round paid for it (Converge's first import: 2.3–3.2 s, later 1.2).
+fn settle(dir: &std::path::Path) {
     let _ = Command::new("sync").status();
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    let Some(stat) = block_stat_path(dir) else { return };
+    let counters = || std::fs::read_to_string(&stat).unwrap_or_default();
+    let limit = Instant::now() + Duration::from_secs(15);
+    let mut last = counters();
+    let mut quiet_since = Instant::now();
+    while Instant::now() < limit && quiet_since.elapsed() < Duration::from_millis(500) {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = counters();
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+}
+
+/// The I/O counters of the block device holding `dir` (the whole disk's, for a partition).
+fn block_stat_path(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    // The kernel's device number encoding (major in bits 8–19 and above 32, minor in the rest).
+    let (major, minor) = ((dev >> 8) & 0xfff | (dev >> 32) & !0xfff, (dev & 0xff) | (dev >> 12) & !0xff);
+    let path = std::path::PathBuf::from(format!("/sys/dev/block/{major}:{minor}/stat"));
+    path.exists().then_some(path)
 }
 
 /// One DataVolume import, create → Succeeded, in seconds.
@@ -77,10 +104,22 @@ async fn import(
     Ok(started.elapsed().as_secs_f64())
 }
 
+/// Deletes the round's DataVolume and waits until its claim is gone too (the volume's file is
+/// removed with it), so the deletion isn't left running into the next side's import.
 async fn delete(http: &reqwest::Client, base: &str, token: &str, round: usize) -> Result<()> {
     let dvs = format!("{base}/apis/cdi.kubevirt.io/v1beta1/namespaces/default/datavolumes");
+    let pvcs = format!("{base}/api/v1/namespaces/default/persistentvolumeclaims");
     http.delete(format!("{dvs}/p4-{round}")).bearer_auth(token).send().await?;
-    Ok(())
+    let limit = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < limit {
+        let dv = http.get(format!("{dvs}/p4-{round}")).bearer_auth(token).send().await?.status();
+        let pvc = http.get(format!("{pvcs}/p4-{round}")).bearer_auth(token).send().await?.status();
+        if dv == reqwest::StatusCode::NOT_FOUND && pvc == reqwest::StatusCode::NOT_FOUND {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("DataVolume p4-{round} or its claim still there 60 s after the delete")
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -133,11 +172,13 @@ async fn main() -> Result<()> {
     // Seconds per side and round: (the operation, the `sync` after it).
     let sides = ["converge", "same flags", "defaults"];
     let mut times: Vec<Vec<(f64, f64)>> = vec![vec![]; sides.len()];
-    for round in 0..args.rounds {
+    // Round 0 is a warm-up, untimed: whichever side went first paid for the writeback and
+    // discards of building the image (Converge's first import took 3.2 s, its later ones 1.2).
+    for round in 0..=args.rounds {
         // Rotate which side goes first, so none always inherits another's aftermath.
         for k in 0..sides.len() {
             let side = (k + round) % sides.len();
-            settle();
+            settle(work.path());
             let started = Instant::now();
             match side {
                 0 => {
@@ -154,19 +195,25 @@ async fn main() -> Result<()> {
             let op = started.elapsed().as_secs_f64();
             let synced = Instant::now();
             sh("sync")?;
-            times[side].push((op, synced.elapsed().as_secs_f64()));
+            if round > 0 {
+                times[side].push((op, synced.elapsed().as_secs_f64()));
+            }
             if side == 0 {
                 delete(&http, &base, &token, round).await?;
             } else {
                 sh(&format!("rm -f {w}/download.qcow2 {w}/baseline.raw"))?;
             }
         }
+        if round == 0 {
+            println!("warm-up round done (untimed)");
+            continue;
+        }
         let line: Vec<String> = sides
             .iter()
             .zip(&times)
-            .map(|(name, t)| format!("{name} {:.2} s (+ sync {:.2} s)", t[round].0, t[round].1))
+            .map(|(name, t)| format!("{name} {:.2} s (+ sync {:.2} s)", t[round - 1].0, t[round - 1].1))
             .collect();
-        println!("round {}: {}", round + 1, line.join(", "));
+        println!("round {round}: {}", line.join(", "));
     }
     let median = |side: usize, durable: bool| {
         let v: Vec<f64> = times[side].iter().map(|(op, sync)| if durable { op + sync } else { *op }).collect();
@@ -176,7 +223,7 @@ async fn main() -> Result<()> {
     let mib = size as f64 / (1 << 20) as f64;
     let mut report = Report::default();
     report.notes.push(format!(
-        "P4: a {gib:.2} GiB qcow2 over HTTP (loopback) into a raw volume, median of {}; Converge's importer \
+        "P4: a {gib:.2} GiB qcow2 over HTTP (loopback) into a raw volume, median of {} after an untimed warm-up round; Converge's importer \
          writes with qemu-img convert -t none and fsyncs before Succeeded; the fair baseline gives qemu-img the same \
          -t none, the defaults baseline leaves its output in the page cache; the durable rows add a sync right after",
         args.rounds
