@@ -208,6 +208,29 @@ mod tests {
         assert_eq!(info["virtual-size"], 3145728);
     }
 
+    /// Attack: a tenant's container disk whose qcow2 header claims an empty or a huge disk.
+    /// Neither panics nor fails the start: the writer leaves them to qemu-img, whose overlays
+    /// are whole.
+    #[test]
+    fn odd_sized_bases_go_to_qemu_img() {
+        use crate::node::disks::{DiskTool, SystemDiskTool};
+        if !has_qemu_img() {
+            eprintln!("skipped: no qemu-img");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for (i, size) in [0u64, 8 << 40].into_iter().enumerate() {
+            let base = dir.path().join(format!("base{i}.qcow2"));
+            sh(&format!("qemu-img create -q -f qcow2 {} {size}", base.display()));
+            let overlay = dir.path().join(format!("o{i}.qcow2"));
+            SystemDiskTool.create_overlay(&base, "qcow2", size, &overlay).unwrap();
+            sh(&format!("qemu-img check -q {}", overlay.display()));
+            let info = sh(&format!("qemu-img info --output json {}", overlay.display()));
+            let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+            assert_eq!(info["virtual-size"], size);
+        }
+    }
+
     #[test]
     fn shapes_it_does_not_write_are_refused() {
         assert!(matches!(header("/b", "vmdk", 1 << 20), Err(OverlayError::Format(_))));
