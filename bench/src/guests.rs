@@ -430,6 +430,32 @@ async fn baselines(
     Ok((baselines, stolen))
 }
 
+/// One round at one scale: Converge's ramp and the baselines (every chosen way, or `only`).
+/// The baselines go first when given `lead`, the previous ramp's domain XMLs; otherwise they
+/// follow the ramp with its own.
+async fn one_round(
+    b: &Bench,
+    tag: &str,
+    count: usize,
+    interval: Duration,
+    kills: usize,
+    lead: Option<&[launch::Launch]>,
+    only: Option<&str>,
+) -> Result<(Ramp, (Baselines, f64))> {
+    Ok(match lead {
+        Some(launches) => {
+            let these = baselines(b, tag, launches, interval, only).await?;
+            (ramp(b, tag, count, interval, kills).await?, these)
+        }
+        None => {
+            let more = ramp(b, tag, count, interval, kills).await?;
+            let these =
+                if b.no_baselines { (vec![], 0.0) } else { baselines(b, tag, &more.launches, interval, only).await? };
+            (more, these)
+        }
+    })
+}
+
 /// Converge against one baseline way in fresh rounds (the samples of both, and each round's
 /// ratio). The fastest of five ways' medians, picked and reported from the same rounds, is
 /// biased low — the least of several noisy estimates (at 50 VMIs four ways an idle test finds
@@ -448,18 +474,12 @@ async fn confirm(
         let tag = format!("c{count}{}", (b'a' + k as u8) as char);
         let steal_before = steal_seconds();
         let baselines_first = k % 2 == 1;
-        let (ramp, these) = if baselines_first {
-            let these = baselines(b, &tag, &launches, interval, Some(way)).await?.0;
-            (ramp(b, &tag, count, interval, 0).await?, these)
-        } else {
-            let more = ramp(b, &tag, count, interval, 0).await?;
-            let these = baselines(b, &tag, &more.launches, interval, Some(way)).await?.0;
-            (more, these)
-        };
-        ratios.push(RoundRatio::of(&tag, &ramp.converge, &these, baselines_first, steal_seconds() - steal_before));
-        converge.extend(ramp.converge);
+        let lead = Some(launches.as_slice()).filter(|_| baselines_first);
+        let (more, (these, _)) = one_round(b, &tag, count, interval, 0, lead, Some(way)).await?;
+        ratios.push(RoundRatio::of(&tag, &more.converge, &these, baselines_first, steal_seconds() - steal_before));
+        converge.extend(more.converge);
         baseline.extend(these.into_iter().flat_map(|(_, t)| t));
-        launches = ramp.launches;
+        launches = more.launches;
     }
     Ok((converge, baseline, ratios))
 }
@@ -605,22 +625,8 @@ async fn run(args: Args) -> Result<()> {
             attempt += 1;
             let steal_before = steal_seconds();
             let baselines_first = round % 2 == 1 && !b.no_baselines;
-            let lead = launches.clone().filter(|_| baselines_first);
-            let (mut more, (these, baselines_stolen)) = match lead {
-                Some(launches) => {
-                    let these = baselines(&b, &tag, &launches, interval, None).await?;
-                    (ramp(&b, &tag, count, interval, kills).await?, these)
-                }
-                None => {
-                    let more = ramp(&b, &tag, count, interval, kills).await?;
-                    let these = if b.no_baselines {
-                        (vec![], 0.0)
-                    } else {
-                        baselines(&b, &tag, &more.launches, interval, None).await?
-                    };
-                    (more, these)
-                }
-            };
+            let lead = launches.as_deref().filter(|_| baselines_first);
+            let (mut more, (these, baselines_stolen)) = one_round(&b, &tag, count, interval, kills, lead, None).await?;
             let steal = steal_seconds() - steal_before;
             let stolen = more.stolen.max(baselines_stolen);
             let ratio = RoundRatio::of(&tag, &more.converge, &these, baselines_first, steal);

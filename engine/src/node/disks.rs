@@ -113,8 +113,7 @@ pub fn detect_format(path: &Path) -> Result<String, DiskError> {
     Ok(if n == 4 && magic == *b"QFI\xfb" { "qcow2" } else { "raw" }.to_string())
 }
 
-/// A container disk must be qcow2 or raw, and self-contained.
-/// The container disk's format and virtual size.
+/// The container disk's format and virtual size: it must be qcow2 or raw, and self-contained.
 fn container_disk_format(volume: &str, path: &Path) -> Result<(String, u64), DiskError> {
     let mut head = vec![0u8; 512];
     let mut file = std::fs::File::open(path)?;

@@ -48,6 +48,8 @@ pub enum OverlayError {
     NameTooLong(usize),
     #[error("an empty base needs no overlay of this shape")]
     Empty,
+    #[error("the backing file's path is not UTF-8")]
+    NameNotUtf8,
     #[error("backing format {0:?} is neither raw nor qcow2")]
     Format(String),
     #[error("writing the overlay: {0}")]
@@ -121,7 +123,7 @@ fn header(backing: &str, backing_format: &str, virtual_size: u64) -> Result<(Vec
 /// Writes the overlay at `path` (through a temporary name, so a crash never leaves half an
 /// overlay where the next start would take it for whole).
 pub fn write_overlay(path: &Path, backing: &Path, backing_format: &str, virtual_size: u64) -> Result<(), OverlayError> {
-    let name = backing.to_str().ok_or_else(|| OverlayError::Format("a backing path that is not UTF-8".into()))?;
+    let name = backing.to_str().ok_or(OverlayError::NameNotUtf8)?;
     let (first, l1_entries) = header(name, backing_format, virtual_size)?;
     let partial = path.with_extension("partial");
     let file = std::fs::File::create(&partial)?;
