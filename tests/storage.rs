@@ -234,6 +234,15 @@ async fn hostile_imports_fail_with_their_reason() {
     sh(&format!("qemu-img create -q -f qcow2 {d}/huge.qcow2 1G"));
     sh(&format!("head -c 1048576 /dev/urandom > {d}/r.raw && qemu-img convert -q -O qcow2 -f raw {d}/r.raw {d}/full.qcow2 && head -c 300000 {d}/full.qcow2 > {d}/truncated.qcow2"));
     sh(&format!("printf '<html>hello</html>' > {d}/page.html && head -c 3145728 /dev/urandom > {d}/big.raw"));
+    sh(&format!("qemu-img convert -q -f raw -O qcow2 {d}/big.raw {d}/big.qcow2"));
+    // qcow2 is decoded while it arrives: an L2 entry mapping a cluster a TiB past the image's
+    // end must not become a raw volume, whatever the decoder makes of it.
+    let mut ahead = std::fs::read(dir.path().join("full.qcow2")).unwrap();
+    let be64 = |b: &[u8], at: usize| u64::from_be_bytes(b[at..at + 8].try_into().unwrap());
+    let l1 = be64(&ahead, 40) as usize;
+    let l2 = (be64(&ahead, l1) & 0x00ff_ffff_ffff_fe00) as usize;
+    ahead[l2..l2 + 8].copy_from_slice(&((1u64 << 63) | (1 << 40)).to_be_bytes());
+    std::fs::write(dir.path().join("ahead.qcow2"), ahead).unwrap();
     let web = servers::http(dir.path()).await;
     // A pool on a 2 MiB tmpfs: the disk fills.
     let tiny = tempfile::tempdir().unwrap();
@@ -258,6 +267,8 @@ async fn hostile_imports_fail_with_their_reason() {
         ("page", json!({"http": {"url": url("page.html")}}), "not a disk image", None),
         ("badsum", json!({"http": {"url": url("r.raw"), "checksum": "sha256:0000"}}), "checksum mismatch", None),
         ("full", json!({"http": {"url": url("big.raw")}}), "No space left", Some("tiny")),
+        ("full-qcow2", json!({"http": {"url": url("big.qcow2")}}), "No space left", Some("tiny")),
+        ("ahead", json!({"http": {"url": url("ahead.qcow2")}}), "damaged or truncated", None),
     ];
     for (name, source, _, class) in &cases {
         let mut d = dv(name, source.clone(), "64Mi");

@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use sha2::Digest;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader, ReadBuf};
 
+use super::qcow2_stream::Qcow2Stream;
 use super::safety;
 use super::volume::{sniff_image_format, VolumeTool};
 use super::StorageError;
@@ -217,14 +218,18 @@ pub async fn import_stream<R: AsyncRead + Unpin + Send + 'static>(
     // The decoded data's first bytes tell whether a conversion will follow the transfer.
     let mut decoded = BufReader::with_capacity(CHUNK, decoder);
     let decoded_head = decoded.fill_buf().await.map_err(read_error)?;
-    let converting = content_type == ContentType::Kubevirt && sniff_image_format(decoded_head).is_some();
+    let sniffed = sniff_image_format(decoded_head);
+    let converting = content_type == ContentType::Kubevirt && sniffed.is_some();
     let share = if converting { TRANSFER_SHARE_WHEN_CONVERTING } else { 1.0 };
     meter.lock().unwrap_or_else(|p| p.into_inner()).share = Some(share);
     let decoded: Pin<Box<dyn AsyncRead + Send>> = Box::pin(decoded);
     // A decompression bomb stops here: no image may be much larger than the volume it fills.
     let limit = target.capacity + target.capacity / 8 + (64 << 20);
+    // A qcow2 image is decoded as it arrives; what the decoder can't place, qemu-img converts.
+    let decode_into = (converting && sniffed == Some("qcow2")).then(|| (target.staging(), target.capacity));
+    let mut streamed = false;
     match content_type {
-        ContentType::Kubevirt => write_sparse(decoded, &target.scratch(), limit).await?,
+        ContentType::Kubevirt => streamed = write_sparse(decoded, &target.scratch(), limit, decode_into).await?,
         ContentType::Archive => {
             let files = target.files();
             let reader = tokio_util::io::SyncIoBridge::new(decoded);
@@ -250,7 +255,7 @@ pub async fn import_stream<R: AsyncRead + Unpin + Send + 'static>(
     let received = started.elapsed();
     let (target_c, scratch, converted) = (target.clone(), target.scratch(), Arc::clone(&progress));
     let result = tokio::task::spawn_blocking(move || {
-        finalize(&scratch, true, &target_c, tool.as_ref(), &|p| converted(share + (1.0 - share) * p))
+        finalize(&scratch, true, streamed, &target_c, tool.as_ref(), &|p| converted(share + (1.0 - share) * p))
     })
     .await
     .map_err(|e| StorageError::Transient(e.to_string()))?;
@@ -267,21 +272,41 @@ pub async fn import_stream<R: AsyncRead + Unpin + Send + 'static>(
     result
 }
 
-/// Writes the decoded stream to `path`, seeking over all-zero chunks so the file stays sparse.
+/// Writes the decoded stream to `path`, seeking over all-zero chunks so the file stays sparse,
+/// and, given `decode_into` (a raw file and the volume's capacity), decodes it as qcow2 into
+/// that file as it passes; true when that decoding placed the whole image.
 /// The writing happens on a blocking thread with plain `std::fs` calls, so every write error
 /// (a full disk above all) is seen where it happens, while the next chunk is being read. The
 /// chunk buffers go back and forth between the two: allocating and zeroing a fresh MiB per
 /// chunk cost more CPU than the copies (P4's profile).
-async fn write_sparse(mut reader: Pin<Box<dyn AsyncRead + Send>>, path: &Path, limit: u64) -> Result<(), StorageError> {
+async fn write_sparse(
+    mut reader: Pin<Box<dyn AsyncRead + Send>>,
+    path: &Path,
+    limit: u64,
+    decode_into: Option<(PathBuf, u64)>,
+) -> Result<bool, StorageError> {
     const IN_FLIGHT: usize = 4;
     let file = std::fs::File::create(path)?;
+    let decoder = match decode_into {
+        Some((raw, capacity)) => match Qcow2Stream::create(&raw, path, capacity) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::debug!(error = %e, "qcow2 decoded after the transfer instead of during it");
+                None
+            }
+        },
+        None => None,
+    };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<u8>, usize)>(IN_FLIGHT);
     let (give_back, mut returned) = tokio::sync::mpsc::channel::<Vec<u8>>(IN_FLIGHT + 2);
-    let writer = tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+    let writer = tokio::task::spawn_blocking(move || -> Result<bool, StorageError> {
         use std::io::{Seek, Write};
-        let mut file = file;
+        let (mut file, mut decoder) = (file, decoder);
         let mut written: u64 = 0;
+        // Time spent writing and decoding rather than waiting for data, for the debug log.
+        let mut busy = std::time::Duration::ZERO;
         while let Some((chunk, filled)) = rx.blocking_recv() {
+            let began = std::time::Instant::now();
             let data = &chunk[..filled];
             if data.iter().all(|b| *b == 0) {
                 file.seek(SeekFrom::Current(filled as i64))?;
@@ -289,12 +314,25 @@ async fn write_sparse(mut reader: Pin<Box<dyn AsyncRead + Send>>, path: &Path, l
                 file.write_all(data)?;
             }
             written += filled as u64;
+            // After the scratch has the bytes: the decoder reads back from it what lies behind.
+            if let Some(d) = decoder.as_mut() {
+                d.feed(data);
+            }
+            busy += began.elapsed();
             // The reader may have finished; a buffer it won't take back is simply dropped.
             let _ = give_back.try_send(chunk);
         }
         // No fsync: the scratch is thrown away after the conversion, and a crash redoes it.
         file.set_len(written)?;
-        Ok(())
+        tracing::debug!(written, busy_secs = busy.as_secs_f64(), "scratch written");
+        Ok(match decoder.map(Qcow2Stream::finish) {
+            Some(Ok(_)) => true,
+            Some(Err(why)) => {
+                tracing::debug!(why = %why, "qcow2 decoded after the transfer instead of during it");
+                false
+            }
+            None => false,
+        })
     });
     let mut total: u64 = 0;
     let read_result: Result<(), StorageError> = async {
@@ -330,8 +368,8 @@ async fn write_sparse(mut reader: Pin<Box<dyn AsyncRead + Send>>, path: &Path, l
     .await;
     drop(tx);
     let write_result = writer.await.map_err(|e| StorageError::Transient(e.to_string()))?;
-    write_result?;
-    read_result
+    let decoded = write_result?;
+    read_result.map(|()| decoded)
 }
 
 /// Decompression errors mean the data is not what it claims to be; a dropped connection may
@@ -372,10 +410,12 @@ fn extract_archive(reader: impl std::io::Read, dir: &Path, limit: u64) -> Result
 }
 
 /// Turns an image file into the volume's `disk.img`. `owned`: `src` is ours to consume (a
-/// scratch file), so a raw image is renamed instead of copied.
+/// scratch file), so a raw image is renamed instead of copied. `streamed`: a qcow2 `src` was
+/// already decoded into the staging file while it arrived; it is still checked as a whole.
 pub fn finalize(
     src: &Path,
     owned: bool,
+    streamed: bool,
     target: &Target,
     tool: &dyn VolumeTool,
     progress: &dyn Fn(f64),
@@ -420,7 +460,13 @@ pub fn finalize(
             let inspected = began.elapsed();
             tool.check(src, &info.format)?;
             let checked = began.elapsed();
-            tool.convert_to_raw(src, &info.format, &staging, progress)?;
+            let decoded = streamed
+                && info.format == "qcow2"
+                && std::fs::metadata(&staging).is_ok_and(|m| m.len() == info.virtual_size);
+            if !decoded {
+                let _ = std::fs::remove_file(&staging);
+                tool.convert_to_raw(src, &info.format, &staging, progress)?;
+            }
             let converted = began.elapsed();
             if owned {
                 target.discard(src);
@@ -430,6 +476,7 @@ pub fn finalize(
                 info_secs = inspected.as_secs_f64(),
                 check_secs = (checked - inspected).as_secs_f64(),
                 convert_secs = (converted - checked).as_secs_f64(),
+                decoded_during_transfer = decoded,
                 install_secs = (began.elapsed() - converted).as_secs_f64(),
                 "image converted"
             );

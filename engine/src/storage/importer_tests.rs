@@ -219,11 +219,14 @@ fn finalize_checks_before_it_converts() {
     };
     let t = target(dir.path(), 1 << 20);
     let too_big = Recording { calls: Default::default(), info: info(2 << 20) };
-    assert!(finalize(&src, false, &t, &too_big, &|_| {}).unwrap_err().to_string().contains("larger than the volume"));
+    assert!(finalize(&src, false, false, &t, &too_big, &|_| {})
+        .unwrap_err()
+        .to_string()
+        .contains("larger than the volume"));
     assert_eq!(*too_big.calls.lock().unwrap(), vec!["info"]);
     assert!(!t.disk().exists());
     let fits = Recording { calls: Default::default(), info: info(1 << 20) };
-    finalize(&src, true, &t, &fits, &|_| {}).unwrap();
+    finalize(&src, true, false, &t, &fits, &|_| {}).unwrap();
     assert_eq!(*fits.calls.lock().unwrap(), vec!["info", "check", "convert"]);
     assert_eq!(std::fs::metadata(t.disk()).unwrap().len(), 1 << 20);
     assert!(!src.exists(), "an owned scratch file is removed");

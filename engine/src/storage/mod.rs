@@ -9,6 +9,7 @@ pub mod claims;
 pub mod datavolume;
 pub mod importer;
 pub mod provisioner;
+mod qcow2_stream;
 pub mod safety;
 pub mod sources;
 pub mod volume;

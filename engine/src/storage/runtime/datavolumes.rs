@@ -466,7 +466,7 @@ async fn fill(s: &Arc<Shared>, dv: &Value, source: &Source, clone_from: Option<P
                     let t = target.clone();
                     let converted = Arc::clone(&progress);
                     let out = blocking(move || {
-                        importer::finalize(&disk, false, &t, tool.as_ref(), &|p| converted(0.8 + 0.2 * p))
+                        importer::finalize(&disk, false, false, &t, tool.as_ref(), &|p| converted(0.8 + 0.2 * p))
                     })
                     .await;
                     if out.is_ok() {
