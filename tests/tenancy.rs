@@ -618,3 +618,74 @@ async fn imports_never_reach_the_hosts_own_addresses() {
         assert!(refused, "{name}: {}", app.get(&url).await.1);
     }
 }
+
+/// Attack: an upload whose qcow2 tables lie, aimed at the importer's decoder (which places
+/// clusters as the image arrives): a cluster mapped a TiB past the image's end, a compressed
+/// cluster that inflates to garbage, an L1 table far larger than QEMU allows. Each is refused
+/// with a reason (qemu-img's look at the whole image has the last word), no volume is filled,
+/// and the server stays ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_with_lying_qcow2_tables_are_refused() {
+    let app = spawn_app().await;
+    namespaces(&app).await;
+    let t = Tenant { app: &app, token: token(&app, "edit", &[TEAM]).await };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let made = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c 1M /dev/urandom > {d}/r.raw && qemu-img convert -q -f raw -O qcow2 {d}/r.raw {d}/p.qcow2"
+        ))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let plain = std::fs::read(dir.path().join("p.qcow2")).unwrap();
+    let be64 = |b: &[u8], at: usize| u64::from_be_bytes(b[at..at + 8].try_into().unwrap());
+    let l1 = be64(&plain, 40) as usize;
+    let l2 = (be64(&plain, l1) & 0x00ff_ffff_ffff_fe00) as usize;
+    let patched = |at: usize, bytes: &[u8]| {
+        let mut image = plain.clone();
+        image[at..at + bytes.len()].copy_from_slice(bytes);
+        image
+    };
+    let cases = [
+        ("ahead", patched(l2, &((1u64 << 63) | (1 << 40)).to_be_bytes()), "damaged or truncated"),
+        ("garbage-deflate", patched(l2, &((1u64 << 62) | (1 << 54) | 0x50000).to_be_bytes()), "upload failed"),
+        ("huge-l1", patched(36, &(16u32 << 20).to_be_bytes()), "not a readable disk image"),
+    ];
+    for (name, image, want) in cases {
+        let dv = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": name},
+            "spec": {"source": {"upload": {}}, "storage": {"resources": {"requests": {"storage": "8Mi"}}}}});
+        let (s, body) = t.post(&format!("/apis/cdi.kubevirt.io/v1beta1/namespaces/{TEAM}/datavolumes"), &dv).await;
+        assert_eq!(s, 201, "{body}");
+        let request = json!({"apiVersion": "upload.cdi.kubevirt.io/v1beta1", "kind": "UploadTokenRequest",
+            "metadata": {"name": name}, "spec": {"pvcName": name}});
+        // The DataVolume's claim appears and binds in a moment: until then the token request
+        // answers 404 and the proxy 503.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let tokens = format!("/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/{TEAM}/uploadtokenrequests");
+        let (s, body) = loop {
+            let (s, body) = t.post(&tokens, &request).await;
+            if s != 404 || std::time::Instant::now() > deadline {
+                break (s, body);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(s, 201, "{body}");
+        let upload_token = body["status"]["token"].as_str().expect("token").to_string();
+        let answer = loop {
+            let r = app.http.post(app.url("/v1beta1/upload")).bearer_auth(&upload_token).body(image.clone()).send();
+            let r = r.await.expect("the proxy answers");
+            let answer = (r.status().as_u16(), r.text().await.unwrap_or_default());
+            if answer.0 != 503 || std::time::Instant::now() > deadline {
+                break answer;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(answer.0, 400, "{name}: {}", answer.1);
+        assert!(answer.1.contains(want), "{name}: {}", answer.1);
+        let dv = app.get(&format!("/apis/cdi.kubevirt.io/v1beta1/namespaces/{TEAM}/datavolumes/{name}")).await.1;
+        assert_ne!(dv["status"]["phase"], "Succeeded", "{name}: {dv}");
+    }
+    still_ready(&app).await;
+}

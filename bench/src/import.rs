@@ -4,7 +4,7 @@
 //! qemu-img (`-t none`: O_DIRECT, the fair baseline) and once with qemu-img's defaults (the
 //! output left in the page cache). Each is also timed to durable: a `sync` right after it.
 //! Same file, same HTTP server, same disk.
-//! Usage: cargo run --release -p converge-bench --bin import-bench [-- --gib 1.25 --rounds 2]
+//! Usage: cargo run --release -p converge-bench --bin import-bench [-- --gib 1.25 --rounds 3]
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,8 +22,8 @@ struct Args {
     /// Size of the random data in the image, GiB (the qcow2 file is about this big).
     #[arg(long, default_value_t = 1.25)]
     gib: f64,
-    /// Rounds of each after the warm-up (which side goes first rotates, so a multiple of 3
-    /// puts each first equally often); the median is reported.
+    /// Runs of each side after the warm-up, rounded up to a multiple of 3 (the order's cycle
+    /// has three of each); the median is reported.
     #[arg(long, default_value_t = 6)]
     rounds: usize,
     /// Where the image, the pool and the baseline's files live (the same disk for both).
@@ -75,15 +75,10 @@ fn block_stat_path(dir: &std::path::Path) -> Option<std::path::PathBuf> {
     path.exists().then_some(path)
 }
 
-/// The order of the sides (0 Converge, 1 same flags, 2 defaults) in a round: alternating
-/// 0 1 2 and 0 2 1, whose consecutive pairs — across rounds too — are every ordered pair
-/// once in two rounds. The warm-up (round 0) ends as the even rounds do.
-fn round_order(round: usize) -> [usize; 3] {
-    if round % 2 == 1 {
-        [0, 1, 2]
-    } else {
-        [0, 2, 1]
-    }
+/// The sides (0 Converge, 1 same flags, 2 defaults) in an order where each of the nine
+/// ordered pairs of consecutive runs occurs once, the wrap from the end to the start included.
+fn de_bruijn_order() -> [usize; 9] {
+    [0, 0, 1, 1, 2, 2, 0, 2, 1]
 }
 
 /// One DataVolume import, create → Succeeded, in seconds.
@@ -92,10 +87,10 @@ async fn import(
     base: &str,
     token: &str,
     url: &str,
-    round: usize,
+    run: usize,
     virtual_mib: u64,
 ) -> Result<f64> {
-    let name = format!("p4-{round}");
+    let name = format!("p4-{run}");
     let dvs = format!("{base}/apis/cdi.kubevirt.io/v1beta1/namespaces/default/datavolumes");
     let dv = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": name},
         "spec": {"source": {"http": {"url": url}}, "storage": {"resources": {"requests": {"storage": format!("{}Mi", virtual_mib + 64)}}}}});
@@ -115,22 +110,22 @@ async fn import(
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// Deletes the round's DataVolume and waits until its claim is gone too (the volume's file is
+/// Deletes the run's DataVolume and waits until its claim is gone too (the volume's file is
 /// removed with it), so the deletion isn't left running into the next side's import.
-async fn delete(http: &reqwest::Client, base: &str, token: &str, round: usize) -> Result<()> {
+async fn delete(http: &reqwest::Client, base: &str, token: &str, run: usize) -> Result<()> {
     let dvs = format!("{base}/apis/cdi.kubevirt.io/v1beta1/namespaces/default/datavolumes");
     let pvcs = format!("{base}/api/v1/namespaces/default/persistentvolumeclaims");
-    http.delete(format!("{dvs}/p4-{round}")).bearer_auth(token).send().await?;
+    http.delete(format!("{dvs}/p4-{run}")).bearer_auth(token).send().await?;
     let limit = Instant::now() + Duration::from_secs(60);
     while Instant::now() < limit {
-        let dv = http.get(format!("{dvs}/p4-{round}")).bearer_auth(token).send().await?.status();
-        let pvc = http.get(format!("{pvcs}/p4-{round}")).bearer_auth(token).send().await?.status();
+        let dv = http.get(format!("{dvs}/p4-{run}")).bearer_auth(token).send().await?.status();
+        let pvc = http.get(format!("{pvcs}/p4-{run}")).bearer_auth(token).send().await?.status();
         if dv == reqwest::StatusCode::NOT_FOUND && pvc == reqwest::StatusCode::NOT_FOUND {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("DataVolume p4-{round} or its claim still there 60 s after the delete")
+    bail!("DataVolume p4-{run} or its claim still there 60 s after the delete")
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -147,16 +142,25 @@ async fn main() -> Result<()> {
     let w = work.path().display().to_string();
     let mib = (args.gib * 1024.0) as u64;
     println!("converge import-bench (P4): building a qcow2 with {mib} MiB of random data in {w}");
+    // The source stands for a remote server's file: served from memory (/dev/shm), so that
+    // reading it shares neither the disk being measured nor the page cache `settle` drops.
+    // Read from this disk, after each drop of the caches, it was 1.25 GiB of reads beside
+    // the import's writes.
+    let served = match std::path::Path::new("/dev/shm").is_dir() {
+        true => tempfile::tempdir_in("/dev/shm")?,
+        false => tempfile::tempdir_in(work.path())?,
+    };
+    let s = served.path().display().to_string();
     sh(&format!("head -c {}M /dev/urandom > {w}/src.raw && truncate -s {}M {w}/src.raw", mib, mib + 256))?;
-    sh(&format!("qemu-img convert -q -f raw -O qcow2 {w}/src.raw {w}/image.qcow2 && rm {w}/src.raw"))?;
-    let image = work.path().join("image.qcow2");
+    sh(&format!("qemu-img convert -q -f raw -O qcow2 {w}/src.raw {s}/image.qcow2 && rm {w}/src.raw"))?;
+    let image = served.path().join("image.qcow2");
     let size = std::fs::metadata(&image)?.len();
     let virtual_mib = mib + 256;
     println!("image: {:.2} GiB qcow2 file, {virtual_mib} MiB virtual", size as f64 / (1u64 << 30) as f64);
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut web = Command::new("python3")
-        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory", &w])
+        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory", &s])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -180,52 +184,47 @@ async fn main() -> Result<()> {
     let base = server.base_url.clone();
     let token = server.admin_token.clone();
 
-    // Seconds per side and round: (the operation, the `sync` after it).
+    // Seconds per side and run: (the operation, the `sync` after it).
     let sides = ["converge", "same flags", "defaults"];
     let mut times: Vec<Vec<(f64, f64)>> = vec![vec![]; sides.len()];
-    // Round 0 is a warm-up, untimed: whichever side went first paid for the writeback and
-    // discards of building the image (Converge's first import took 3.2 s, its later ones 1.2).
-    for round in 0..=args.rounds {
-        // Each side follows each of the others equally often: on this disk, whatever follows
-        // the same-flags baseline writes slower (its receive 1.6 → 3.2 s), and a rotation let
-        // that fall on Converge in a third of the rounds and on that baseline never.
-        for side in round_order(round) {
-            settle(work.path());
-            let started = Instant::now();
-            match side {
-                0 => {
-                    import(&http, &base, &token, &url, round, virtual_mib).await?;
-                }
-                _ => {
-                    // As a user would: download to a temp file, then convert.
-                    let flags = if side == 1 { "-t none " } else { "" };
-                    sh(&format!(
-                        "curl -sf -o {w}/download.qcow2 {url} && qemu-img convert -q {flags}-f qcow2 -O raw {w}/download.qcow2 {w}/baseline.raw"
-                    ))?;
-                }
+    // On this disk a run is slower after some runs than after others: whatever follows the
+    // same-flags baseline writes slower (Converge's receive 1.6 → 3.0–3.7 s), while that
+    // baseline was never measured after itself. So the runs follow a de Bruijn order in which
+    // every side follows every side, itself included, equally often. The untimed warm-up (one
+    // run of each) pays for building the image and ends as the order's cycle does.
+    let warm_up = [0, 2, 1];
+    let cycle = de_bruijn_order();
+    let timed = cycle.iter().copied().cycle().take(cycle.len() * args.rounds.div_ceil(3));
+    for (run, side) in warm_up.into_iter().chain(timed).enumerate() {
+        let counted = run >= warm_up.len();
+        settle(work.path());
+        let started = Instant::now();
+        match side {
+            0 => {
+                import(&http, &base, &token, &url, run, virtual_mib).await?;
             }
-            let op = started.elapsed().as_secs_f64();
-            let synced = Instant::now();
-            sh("sync")?;
-            if round > 0 {
-                times[side].push((op, synced.elapsed().as_secs_f64()));
-            }
-            if side == 0 {
-                delete(&http, &base, &token, round).await?;
-            } else {
-                sh(&format!("rm -f {w}/download.qcow2 {w}/baseline.raw"))?;
+            _ => {
+                // As a user would: download to a temp file, then convert.
+                let flags = if side == 1 { "-t none " } else { "" };
+                sh(&format!(
+                    "curl -sf -o {w}/download.qcow2 {url} && qemu-img convert -q {flags}-f qcow2 -O raw {w}/download.qcow2 {w}/baseline.raw"
+                ))?;
             }
         }
-        if round == 0 {
-            println!("warm-up round done (untimed)");
-            continue;
+        let op = started.elapsed().as_secs_f64();
+        let synced = Instant::now();
+        sh("sync")?;
+        let sync = synced.elapsed().as_secs_f64();
+        if counted {
+            times[side].push((op, sync));
         }
-        let line: Vec<String> = sides
-            .iter()
-            .zip(&times)
-            .map(|(name, t)| format!("{name} {:.2} s (+ sync {:.2} s)", t[round - 1].0, t[round - 1].1))
-            .collect();
-        println!("round {round}: {}", line.join(", "));
+        if side == 0 {
+            delete(&http, &base, &token, run).await?;
+        } else {
+            sh(&format!("rm -f {w}/download.qcow2 {w}/baseline.raw"))?;
+        }
+        let label = if counted { format!("run {}", run - warm_up.len() + 1) } else { "warm-up".into() };
+        println!("{label}: {} {op:.2} s (+ sync {sync:.2} s)", sides[side]);
     }
     let median = |side: usize, durable: bool| {
         let v: Vec<f64> = times[side].iter().map(|(op, sync)| if durable { op + sync } else { *op }).collect();
@@ -235,12 +234,12 @@ async fn main() -> Result<()> {
     let mib = size as f64 / (1 << 20) as f64;
     let mut report = Report::default();
     report.notes.push(format!(
-        "P4: a {gib:.2} GiB qcow2 over HTTP (loopback) into a raw volume, median of {} after an untimed warm-up round, each side \
-         following each other side equally often; Converge's importer decodes the qcow2 into the raw volume while it arrives \
+        "P4: a {gib:.2} GiB qcow2 over HTTP (loopback) into a raw volume, median of {} runs of each after an untimed warm-up, in an \
+         order where each side follows each side, itself included, equally often; Converge's importer decodes the qcow2 into the raw volume while it arrives \
          (qemu-img still checks the whole image) and fsyncs before Succeeded; the fair baseline downloads, then converts with \
          qemu-img convert -t none, the flag Converge uses where it converts after the transfer; the defaults baseline leaves \
          its output in the page cache; the durable rows add a sync right after",
-        args.rounds
+        times[0].len()
     ));
     let baseline = "curl -o tmp && qemu-img convert";
     report.push(

@@ -7,7 +7,6 @@
 //! `qemu-img` otherwise, and grown to the volume's size. `disk.img` is replaced only at the end,
 //! so an import cut short by a crash leaves nothing that looks finished.
 
-use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -272,9 +271,10 @@ pub async fn import_stream<R: AsyncRead + Unpin + Send + 'static>(
     result
 }
 
-/// Writes the decoded stream to `path`, seeking over all-zero chunks so the file stays sparse,
-/// and, given `decode_into` (a raw file and the volume's capacity), decodes it as qcow2 into
-/// that file as it passes; true when that decoding placed the whole image.
+/// Writes the decoded stream to `path`, leaving all-zero chunks as holes so the file stays
+/// sparse, and, given `decode_into` (a raw file and the volume's capacity), decodes it as qcow2
+/// into that file as it passes (the clusters it places are left out of `path`, and put back if
+/// it stands aside); true when that decoding placed the whole image.
 /// The writing happens on a blocking thread with plain `std::fs` calls, so every write error
 /// (a full disk above all) is seen where it happens, while the next chunk is being read. The
 /// chunk buffers go back and forth between the two: allocating and zeroing a fresh MiB per
@@ -300,24 +300,27 @@ async fn write_sparse(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<u8>, usize)>(IN_FLIGHT);
     let (give_back, mut returned) = tokio::sync::mpsc::channel::<Vec<u8>>(IN_FLIGHT + 2);
     let writer = tokio::task::spawn_blocking(move || -> Result<bool, StorageError> {
-        use std::io::{Seek, Write};
-        let (mut file, mut decoder) = (file, decoder);
+        use std::os::unix::fs::FileExt;
+        let (file, mut decoder) = (file, decoder);
         let mut written: u64 = 0;
         // Time spent writing and decoding rather than waiting for data, for the debug log.
         let mut busy = std::time::Duration::ZERO;
         while let Some((chunk, filled)) = rx.blocking_recv() {
             let began = std::time::Instant::now();
             let data = &chunk[..filled];
-            if data.iter().all(|b| *b == 0) {
-                file.seek(SeekFrom::Current(filled as i64))?;
-            } else {
-                file.write_all(data)?;
+            // What the decoder placed needs no copy in the scratch (it is restored there if
+            // the decoder stands aside later).
+            let placed = decoder.as_mut().map(|d| d.feed(data)).unwrap_or_default();
+            if !data.iter().all(|b| *b == 0) {
+                let mut at = 0;
+                for range in placed.iter().chain(std::iter::once(&(filled..filled))) {
+                    if range.start > at {
+                        file.write_all_at(&data[at..range.start], written + at as u64)?;
+                    }
+                    at = range.end;
+                }
             }
             written += filled as u64;
-            // After the scratch has the bytes: the decoder reads back from it what lies behind.
-            if let Some(d) = decoder.as_mut() {
-                d.feed(data);
-            }
             busy += began.elapsed();
             // The reader may have finished; a buffer it won't take back is simply dropped.
             let _ = give_back.try_send(chunk);
@@ -325,7 +328,7 @@ async fn write_sparse(
         // No fsync: the scratch is thrown away after the conversion, and a crash redoes it.
         file.set_len(written)?;
         tracing::debug!(written, busy_secs = busy.as_secs_f64(), "scratch written");
-        Ok(match decoder.map(Qcow2Stream::finish) {
+        Ok(match decoder.map(Qcow2Stream::finish).transpose()? {
             Some(Ok(_)) => true,
             Some(Err(why)) => {
                 tracing::debug!(why = %why, "qcow2 decoded after the transfer instead of during it");

@@ -1,5 +1,4 @@
 use super::*;
-use std::io::Write;
 use std::process::Command;
 
 fn sh(cmd: &str) {
@@ -17,15 +16,33 @@ fn decode(image: &Path, chunk: usize, capacity: u64) -> Result<Vec<u8>, String> 
 fn decode_counting(image: &Path, chunk: usize, capacity: u64) -> Result<(Vec<u8>, u64), String> {
     let dir = tempfile::tempdir().unwrap();
     let (scratch, staging) = (dir.path().join("scratch"), dir.path().join("raw"));
-    let mut file = File::create(&scratch).unwrap();
+    let file = File::create(&scratch).unwrap();
     let mut decoder = Qcow2Stream::create(&staging, &scratch, capacity).unwrap();
-    for piece in std::fs::read(image).unwrap().chunks(chunk) {
-        file.write_all(piece).unwrap();
-        decoder.feed(piece);
+    let original = std::fs::read(image).unwrap();
+    let mut at = 0;
+    for piece in original.chunks(chunk) {
+        // As the importer does: what the decoder placed is left out of the scratch.
+        let placed = decoder.feed(piece);
+        let mut from = 0;
+        for range in placed.iter().chain(std::iter::once(&(piece.len()..piece.len()))) {
+            file.write_all_at(&piece[from..range.start], at + from as u64).unwrap();
+            from = range.end;
+        }
+        at += piece.len() as u64;
     }
+    file.set_len(at).unwrap();
     let behind = decoder.behind;
-    let raw = decoder.finish()?;
-    Ok((std::fs::read(raw).unwrap(), behind))
+    match decoder.finish().unwrap() {
+        Ok(raw) => {
+            // qemu-img judges the scratch, holes and all.
+            sh(&format!("qemu-img check -q -f qcow2 {}", scratch.display()));
+            Ok((std::fs::read(raw).unwrap(), behind))
+        }
+        Err(why) => {
+            assert!(std::fs::read(&scratch).unwrap() == original, "standing aside ({why}) left the scratch whole");
+            Err(why)
+        }
+    }
 }
 
 /// What `qemu-img convert -O raw` makes of `image`.
@@ -214,4 +231,25 @@ fn entries_waiting_for_their_bytes_are_bounded() {
     std::fs::write(&path, image).unwrap();
     let err = decode(&path, 1 << 20, 1 << 43).unwrap_err();
     assert!(err.contains("more than") && err.contains("mapped ahead"), "{err}");
+}
+
+/// The decoder stands aside late, after placing (and leaving out of the scratch) a first L2
+/// table's clusters: the scratch is whole again for qemu-img, checked by `decode`.
+#[test]
+fn standing_aside_late_puts_the_scratch_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two-tables.qcow2");
+    let p = path.display();
+    sh(&format!("qemu-img create -q -f qcow2 {p} 1G"));
+    sh(&format!("qemu-io -f qcow2 -c 'write -P 0x5a 0 4M' -c 'write -P 0xa5 600M 2M' {p}"));
+    let mut image = std::fs::read(&path).unwrap();
+    let l1 = u64::from_be_bytes(image[40..48].try_into().unwrap()) as usize;
+    let second = (u64::from_be_bytes(image[l1 + 8..l1 + 16].try_into().unwrap()) & OFFSET_MASK) as usize;
+    let first_data = u64::from_be_bytes(image[second..second + 8].try_into().unwrap());
+    image[second..second + 8].copy_from_slice(&(first_data | (1 << 57)).to_be_bytes());
+    std::fs::write(&path, &image).unwrap();
+    for chunk in [1 << 20, 65536, 12345] {
+        let err = decode(&path, chunk, 1 << 30).unwrap_err();
+        assert!(err.contains("reserved bits"), "{err}");
+    }
 }
