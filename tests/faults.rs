@@ -191,6 +191,12 @@ async fn crash_at_and_resume(point: &'static str, stop_after_start: bool) {
     let vm = p.app.get(&format!("{VMS_DEFAULT}/guest")).await.1;
     let want = if stop_after_start { "Stopped" } else { "Running" };
     assert_eq!(vm["status"]["printableStatus"], want, "{vm}");
+    if !stop_after_start {
+        // Started as a transient domain: persistent once the next server has looked (a crash
+        // before the persist leaves that to its resync).
+        let persistent = wait_until(CONVERGE, || async { p.domains().iter().all(|d| d.persistent) }).await;
+        assert!(persistent, "the guest's domain is persistent:\n{}", tail(&p.logs()));
+    }
     if stop_after_start {
         assert!(
             p.domains().is_empty(),
@@ -239,8 +245,8 @@ fail_point_tests! {
     crash_after_the_vmi_is_created: failpoint::VM_AFTER_VMI_CREATE, false;
     crash_after_the_vmi_is_deleted_to_stop: failpoint::VM_AFTER_VMI_DELETE, true;
     crash_after_the_node_label_before_the_status: failpoint::VMI_AFTER_NODE_LABEL, false;
-    crash_after_disk_preparation_before_define: failpoint::NODE_AFTER_DISK_PREPARE, false;
-    crash_after_define_before_start: failpoint::NODE_AFTER_DEFINE, false;
+    crash_after_disk_preparation_before_start: failpoint::NODE_AFTER_DISK_PREPARE, false;
+    crash_after_start_before_persist: failpoint::NODE_BEFORE_PERSIST, false;
     crash_after_start_before_the_status_write: failpoint::NODE_AFTER_START, false;
     crash_after_teardown_before_release: failpoint::NODE_AFTER_TEARDOWN, true;
 }

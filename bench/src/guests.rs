@@ -177,7 +177,7 @@ struct Bench {
 }
 
 /// The node agent's phases, in the order they run (fields of its `converge::launch` events).
-const NODE_PHASES: [&str; 9] = ["lookup", "inputs", "disks", "network", "build", "slot", "define", "start", "status"];
+const NODE_PHASES: [&str; 8] = ["lookup", "inputs", "disks", "network", "build", "slot", "start", "status"];
 
 /// Each started VMI of this run whose name starts with `prefix`: its node phases, ms.
 fn launch_phases(b: &Bench, prefix: &str) -> HashMap<String, Vec<f64>> {

@@ -19,10 +19,10 @@ pub const POINTS: &[&str] = &[
     VM_AFTER_VMI_DELETE,
     // Scheduler: the VMI is labelled with its node, its status does not name the node yet.
     VMI_AFTER_NODE_LABEL,
-    // Node agent: disks are prepared, no domain defined yet.
+    // Node agent: disks are prepared, no domain started yet.
     NODE_AFTER_DISK_PREPARE,
-    // Node agent: the domain is defined in libvirt, not started.
-    NODE_AFTER_DEFINE,
+    // Node agent: the domain runs as a transient one, not yet made persistent.
+    NODE_BEFORE_PERSIST,
     // Node agent: the domain runs, the VMI's status still says Scheduled.
     NODE_AFTER_START,
     // Node agent: a VMI's domain is destroyed and undefined; its directory, addresses and
@@ -39,7 +39,7 @@ pub const VM_AFTER_VMI_CREATE: &str = "vm-after-vmi-create";
 pub const VM_AFTER_VMI_DELETE: &str = "vm-after-vmi-delete";
 pub const VMI_AFTER_NODE_LABEL: &str = "vmi-after-node-label";
 pub const NODE_AFTER_DISK_PREPARE: &str = "node-after-disk-prepare";
-pub const NODE_AFTER_DEFINE: &str = "node-after-define";
+pub const NODE_BEFORE_PERSIST: &str = "node-before-persist";
 pub const NODE_AFTER_START: &str = "node-after-start";
 pub const NODE_AFTER_TEARDOWN: &str = "node-after-teardown";
 pub const BRIDGE_AFTER_OBJECT: &str = "bridge-after-object";
@@ -77,7 +77,10 @@ mod tests {
 
     #[test]
     fn the_variable_is_a_comma_separated_list() {
-        assert_eq!(parse(" node-after-define, ,vm-after-vmi-create"), vec!["node-after-define", "vm-after-vmi-create"]);
+        assert_eq!(
+            parse(" node-before-persist, ,vm-after-vmi-create"),
+            vec!["node-before-persist", "vm-after-vmi-create"]
+        );
         assert!(parse("").is_empty());
     }
 

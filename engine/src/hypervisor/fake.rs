@@ -11,6 +11,8 @@ use super::{DomainState, DomainSummary, HvResult, Hypervisor, HypervisorError};
 #[derive(Default)]
 struct Inner {
     domains: BTreeMap<String, (Option<String>, DomainState, String)>,
+    /// Domains made persistent (`persist`); a transient one is gone once it stops.
+    persistent: std::collections::BTreeSet<String>,
     calls: Vec<String>,
 }
 
@@ -53,6 +55,9 @@ impl FakeHypervisor {
         let result = self.record(format!("{verb} {name}"), |i| match i.domains.get_mut(name) {
             Some(d) => {
                 d.1 = to;
+                if !to.is_active() && !i.persistent.contains(name) {
+                    i.domains.remove(name);
+                }
                 Ok(())
             }
             None => Err(HypervisorError::NoDomain(name.into())),
@@ -63,16 +68,24 @@ impl FakeHypervisor {
 }
 
 impl Hypervisor for FakeHypervisor {
-    fn define_and_start(&self, xml: &str, paused: bool) -> HvResult<super::StartTimes> {
+    fn start(&self, xml: &str, paused: bool) -> HvResult<std::time::Duration> {
         let name = name_of(xml);
         let uid = super::libvirt::vmi_uid_from_xml(xml);
         let state = if paused { DomainState::Paused } else { DomainState::Running };
         self.record(format!("start {name}"), |i| {
+            i.persistent.remove(&name);
             i.domains.insert(name.clone(), (uid, state, xml.to_string()));
             Ok(())
         })?;
         let _ = self.tx.send(name);
-        Ok(super::StartTimes::default())
+        Ok(std::time::Duration::ZERO)
+    }
+    fn persist(&self, xml: &str) -> HvResult<()> {
+        let name = name_of(xml);
+        self.record(format!("persist {name}"), |i| {
+            i.persistent.insert(name);
+            Ok(())
+        })
     }
     fn list(&self) -> HvResult<Vec<DomainSummary>> {
         let inner = self.inner.lock().map_err(|_| HypervisorError::Libvirt("poisoned".into()))?;
@@ -84,6 +97,7 @@ impl Hypervisor for FakeHypervisor {
                 vmi_uid: uid.clone(),
                 node_uid: super::libvirt::node_uid_from_xml(xml),
                 state: *state,
+                persistent: inner.persistent.contains(name),
             })
             .collect())
     }
@@ -105,6 +119,7 @@ impl Hypervisor for FakeHypervisor {
     }
     fn undefine(&self, name: &str) -> HvResult<()> {
         self.record(format!("undefine {name}"), |i| {
+            i.persistent.remove(name);
             i.domains.remove(name);
             Ok(())
         })

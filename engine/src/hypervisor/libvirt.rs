@@ -10,7 +10,7 @@ use virt::enumutil::Enum;
 use virt::error::ErrorNumber;
 use virt::sys;
 
-use super::{lifecycle, DomainState, DomainSummary, HvResult, Hypervisor, HypervisorError, StartTimes};
+use super::{lifecycle, DomainState, DomainSummary, HvResult, Hypervisor, HypervisorError};
 
 /// Empty name on the event channel: "the connection was re-opened, look at everything".
 pub const RESYNC_ALL: &str = "";
@@ -170,16 +170,17 @@ fn metadata_attr(xml: &str, attr: &[u8]) -> Option<String> {
 }
 
 impl Hypervisor for Libvirt {
-    fn define_and_start(&self, xml: &str, paused: bool) -> HvResult<StartTimes> {
+    fn start(&self, xml: &str, paused: bool) -> HvResult<std::time::Duration> {
         self.with_start_conn(|conn| {
             let t0 = std::time::Instant::now();
-            let dom = conn.define_domain_xml(xml).map_err(err)?;
-            let define = t0.elapsed();
-            crate::failpoint::hit(crate::failpoint::NODE_AFTER_DEFINE);
             let flags = if paused { sys::VIR_DOMAIN_START_PAUSED } else { 0 };
-            dom.create_with_flags(flags).map_err(err)?;
-            Ok(StartTimes { define, start: t0.elapsed() - define })
+            conn.create_domain_xml(xml, flags).map_err(err)?;
+            Ok(t0.elapsed())
         })
+    }
+
+    fn persist(&self, xml: &str) -> HvResult<()> {
+        self.with_start_conn(|conn| conn.define_domain_xml(xml).map(|_| ()).map_err(err))
     }
 
     fn list(&self) -> HvResult<Vec<DomainSummary>> {
@@ -194,6 +195,7 @@ impl Hypervisor for Libvirt {
                     vmi_uid: vmi_uid_from_xml(&xml),
                     node_uid: node_uid_from_xml(&xml),
                     state,
+                    persistent: dom.is_persistent().unwrap_or(true),
                 });
             }
             Ok(out)

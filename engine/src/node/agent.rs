@@ -161,10 +161,26 @@ async fn resync(s: &Arc<Shared>) {
     let hv = Arc::clone(&s.hv);
     if let Ok(Ok(domains)) = blocking(move || hv.list()).await {
         for d in domains.iter().filter(|d| d.node_uid.as_deref() == Some(s.node_uid.as_str())) {
+            // Only domains named as the agent names them: a copy of one of ours under another
+            // name (the bench's baselines run such copies) is someone else's to manage.
             if let Some(key) = key_of_domain(&s.config.domain_prefix, &d.name) {
+                if !d.persistent && d.state.is_active() {
+                    persist_running(s, &d.name).await;
+                }
                 s.queue.add(key);
             }
         }
+    }
+}
+
+/// A domain of ours still transient — its start's `persist` failed, or the process died before
+/// it — is made persistent from its own XML.
+async fn persist_running(s: &Arc<Shared>, name: &str) {
+    let (hv, n) = (Arc::clone(&s.hv), name.to_string());
+    match blocking(move || hv.xml(&n).and_then(|xml| hv.persist(&xml))).await {
+        Ok(Ok(())) => tracing::info!(domain = %name, "a transient domain of this node made persistent"),
+        Ok(Err(e)) => tracing::warn!(domain = %name, error = %e, "a transient domain not made persistent"),
+        Err(e) => tracing::warn!(domain = %name, error = %e.message, "a transient domain not made persistent"),
     }
 }
 
@@ -354,7 +370,7 @@ async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> 
     }
     write(s, &vmi, &next).await?;
     if launched {
-        timer.status = timer.lap().saturating_sub(timer.libvirt.define + timer.libvirt.start);
+        timer.status = timer.lap().saturating_sub(timer.start);
         timer.report(ns, name);
     }
     record_transition(s, &vmi, &next).await;
@@ -469,11 +485,13 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value, timer: &mut LaunchTimer) -> 
     timer.build = timer.lap();
     let slot = s.start_slots.acquire().await.map_err(|e| StartError::Retry(ApiError::internal(e.to_string())))?;
     timer.slot = timer.lap();
-    let started = blocking(move || hv.define_and_start(&xml, paused)).await.map_err(StartError::Retry)?;
+    let start_xml = xml.clone();
+    let started = blocking(move || hv.start(&start_xml, paused)).await.map_err(StartError::Retry)?;
     drop(slot);
     match started {
-        Ok(times) => {
-            timer.libvirt = times;
+        Ok(took) => {
+            timer.start = took;
+            persist_soon(s, xml);
             if let Ok(mut started) = s.started_domains.lock() {
                 started.insert(domain_name, (uid, domain_uuid));
             }
@@ -489,6 +507,18 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value, timer: &mut LaunchTimer) -> 
         }
         Err(e) => Err(StartError::Retry(hv_error(e))),
     }
+}
+
+/// Makes a just-started domain persistent, off the way to Running (see `Hypervisor::persist`).
+/// Should this fail, or the process die first, the resync makes it persistent later.
+fn persist_soon(s: &Arc<Shared>, xml: String) {
+    let hv = Arc::clone(&s.hv);
+    tokio::task::spawn_blocking(move || {
+        crate::failpoint::hit(crate::failpoint::NODE_BEFORE_PERSIST);
+        if let Err(e) = hv.persist(&xml) {
+            tracing::warn!(error = %e, "a started domain was not made persistent; the resync retries");
+        }
+    });
 }
 
 async fn cloud_init_secrets(s: &Shared, vmi: &Value) -> ApiResult<disks::SecretData> {

@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use crate::hypervisor::StartTimes;
-
 /// Phases of one start, in the order the node agent runs them.
 #[derive(Debug, Default)]
 pub struct LaunchTimer {
@@ -21,8 +19,8 @@ pub struct LaunchTimer {
     pub build: Duration,
     /// Waiting for one of the node's start slots (`START_SLOTS`).
     pub slot: Duration,
-    /// libvirt's define and start, as the driver timed them.
-    pub libvirt: StartTimes,
+    /// libvirt's start of the (transient) domain, as the driver timed it.
+    pub start: Duration,
     /// After libvirt's start: the pod network's last step and the Running status stored.
     pub status: Duration,
 }
@@ -52,8 +50,7 @@ impl LaunchTimer {
             network_ms = ms(self.network),
             build_ms = ms(self.build),
             slot_ms = ms(self.slot),
-            define_ms = ms(self.libvirt.define),
-            start_ms = ms(self.libvirt.start),
+            start_ms = ms(self.start),
             status_ms = ms(self.status),
             "guest started"
         );

@@ -102,6 +102,8 @@ async fn the_agent_follows_guests_through_their_lives() {
     scheduled_vmi(&store, "a", 30).await;
     assert!(wait_phase(&store, "a", "Running").await);
     assert!(hv.calls().contains(&"start default_a".to_string()));
+    // Started transient, made persistent right after (off the way to Running).
+    assert!(until(|| hv.calls().contains(&"persist default_a".to_string())).await, "{:?}", hv.calls());
     let vmi = store.get(&kinds::VIRTUAL_MACHINE_INSTANCE, "default", "a").await.unwrap().unwrap();
     let conditions = vmi["status"]["conditions"].as_array().unwrap();
     assert!(conditions.iter().any(|c| c["type"] == "SoftwareEmulation" && c["status"] == "True"));
@@ -151,11 +153,11 @@ async fn the_agent_follows_guests_through_their_lives() {
     let orphan = format!(
         r#"<domain><name>default_ghost</name><metadata><converge:vmi xmlns:converge="x" namespace="default" name="ghost" uid="dead" node="{node_uid}"/></metadata></domain>"#
     );
-    hv.define_and_start(&orphan, false).unwrap();
+    hv.start(&orphan, false).unwrap();
     assert!(until(|| hv.state("default_ghost").ok().flatten().is_none()).await, "orphan removed");
     // …but a domain another node made is not touched.
     let foreign = r#"<domain><name>default_other</name><metadata><converge:vmi xmlns:converge="x" namespace="default" name="other" uid="u" node="someone-else"/></metadata></domain>"#;
-    hv.define_and_start(foreign, false).unwrap();
+    hv.start(foreign, false).unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(hv.state("default_other").unwrap(), Some(DomainState::Running));
 }
@@ -173,7 +175,7 @@ async fn a_domain_replaced_under_its_name_is_not_mistaken_for_ours() {
     assert!(wait_phase(&store, "r", "Running").await);
 
     let foreign = r#"<domain><name>default_r</name><uuid>00000000-0000-0000-0000-000000000001</uuid><metadata><converge:vmi xmlns:converge="x" namespace="default" name="r" uid="u" node="someone-else"/></metadata></domain>"#;
-    hv.define_and_start(foreign, false).unwrap();
+    hv.start(foreign, false).unwrap();
     assert!(wait_phase(&store, "r", "Failed").await, "our domain is gone: the VMI fails");
     assert_eq!(hv.state("default_r").unwrap(), Some(DomainState::Running), "the other domain is left alone");
 }
