@@ -24,6 +24,7 @@ mod host;
 mod launch;
 mod vmi_watch;
 use host::{cpu_seconds, daemon_pids, daemons_cpu, host_cpu, host_cpu_since, rss_kib, steal_seconds, stolen_share};
+use launch::{baseline_xml, prepare_dir, qemu_owner};
 use vmi_watch::{seen_at, watch, Seen};
 mod boot;
 mod rounds;
@@ -125,39 +126,6 @@ fn virsh(args: &[&str]) -> Result<String> {
         bail!("virsh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A copy of a Converge domain XML that runs on its own: new name, no uuid, its own directory
-/// (overlay, sockets, log) under `dir`.
-fn baseline_xml(xml: &str, converge_dir: &str, dir: &Path, name: &str) -> String {
-    let mut out = String::new();
-    for line in xml.lines() {
-        let t = line.trim();
-        if t.starts_with("<uuid>") || t.starts_with("<name>") {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out = out.replacen("<domain type='qemu'", &format!("<domain type='qemu'><name>{name}</name>"), 1);
-    out = out.replacen("<domain type=\"qemu\"", &format!("<domain type=\"qemu\"><name>{name}</name>"), 1);
-    out.replace(converge_dir, &dir.display().to_string())
-}
-
-fn prepare_dir(dir: &Path, qemu: Option<(u32, u32)>) -> Result<()> {
-    std::fs::create_dir_all(dir.join("disks"))?;
-    if let Some((u, g)) = qemu {
-        std::os::unix::fs::chown(dir, Some(u), Some(g))?;
-    }
-    Ok(())
-}
-
-fn qemu_owner() -> Option<(u32, u32)> {
-    let out = std::process::Command::new("id").args(["-u", "libvirt-qemu"]).output().ok()?;
-    let uid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
-    let out = std::process::Command::new("id").args(["-g", "libvirt-qemu"]).output().ok()?;
-    let gid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
-    Some((uid, gid))
 }
 
 /// What the benchmark works on: the server, its data, the watch's view, a scratch dir.

@@ -7,7 +7,7 @@
 //!       process: the same bytes as `qemu-img create`, without its process).
 //! Every sample must succeed: a failed launch fails the run rather than leaving the sample out.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -209,4 +209,37 @@ pub fn destroy_prefixed(prefix: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A copy of a Converge domain XML that runs on its own: new name, no uuid, its own directory
+/// (overlay, sockets, log) under `dir`.
+pub fn baseline_xml(xml: &str, converge_dir: &str, dir: &Path, name: &str) -> String {
+    let mut out = String::new();
+    for line in xml.lines() {
+        let t = line.trim();
+        if t.starts_with("<uuid>") || t.starts_with("<name>") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out = out.replacen("<domain type='qemu'", &format!("<domain type='qemu'><name>{name}</name>"), 1);
+    out = out.replacen("<domain type=\"qemu\"", &format!("<domain type=\"qemu\"><name>{name}</name>"), 1);
+    out.replace(converge_dir, &dir.display().to_string())
+}
+
+pub fn prepare_dir(dir: &Path, qemu: Option<(u32, u32)>) -> Result<()> {
+    std::fs::create_dir_all(dir.join("disks"))?;
+    if let Some((u, g)) = qemu {
+        std::os::unix::fs::chown(dir, Some(u), Some(g))?;
+    }
+    Ok(())
+}
+
+pub fn qemu_owner() -> Option<(u32, u32)> {
+    let out = std::process::Command::new("id").args(["-u", "libvirt-qemu"]).output().ok()?;
+    let uid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    let out = std::process::Command::new("id").args(["-g", "libvirt-qemu"]).output().ok()?;
+    let gid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    Some((uid, gid))
 }

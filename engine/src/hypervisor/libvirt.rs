@@ -186,16 +186,24 @@ impl Hypervisor for Libvirt {
     fn list(&self) -> HvResult<Vec<DomainSummary>> {
         self.with_conn(|conn| {
             let mut out = Vec::new();
-            for dom in conn.list_all_domains(0).map_err(err)? {
+            let all = conn.list_all_domains(0).map_err(err)?;
+            // One call for all the transient ones, rather than one per domain on every resync.
+            let transient: std::collections::HashSet<String> = conn
+                .list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_TRANSIENT)
+                .map_err(err)?
+                .iter()
+                .filter_map(|d| d.name().ok())
+                .collect();
+            for dom in all {
                 let Ok(name) = dom.name() else { continue };
                 let Ok(state) = read_state(&dom) else { continue };
                 let xml = dom.xml_desc(0).unwrap_or_default();
                 out.push(DomainSummary {
+                    persistent: !transient.contains(&name),
                     name,
                     vmi_uid: vmi_uid_from_xml(&xml),
                     node_uid: node_uid_from_xml(&xml),
                     state,
-                    persistent: dom.is_persistent().unwrap_or(true),
                 });
             }
             Ok(out)

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use sha2::Digest;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader, ReadBuf};
 
-use super::qcow2_stream::Qcow2Stream;
+use super::qcow2_stream::{write_unplaced, Qcow2Stream};
 use super::safety;
 use super::volume::{sniff_image_format, VolumeTool};
 use super::StorageError;
@@ -300,7 +300,6 @@ async fn write_sparse(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<u8>, usize)>(IN_FLIGHT);
     let (give_back, mut returned) = tokio::sync::mpsc::channel::<Vec<u8>>(IN_FLIGHT + 2);
     let writer = tokio::task::spawn_blocking(move || -> Result<bool, StorageError> {
-        use std::os::unix::fs::FileExt;
         let (file, mut decoder) = (file, decoder);
         let mut written: u64 = 0;
         // Time spent writing and decoding rather than waiting for data, for the debug log.
@@ -312,13 +311,7 @@ async fn write_sparse(
             // the decoder stands aside later).
             let placed = decoder.as_mut().map(|d| d.feed(data)).unwrap_or_default();
             if !data.iter().all(|b| *b == 0) {
-                let mut at = 0;
-                for range in placed.iter().chain(std::iter::once(&(filled..filled))) {
-                    if range.start > at {
-                        file.write_all_at(&data[at..range.start], written + at as u64)?;
-                    }
-                    at = range.end;
-                }
+                write_unplaced(&file, written, data, &placed)?;
             }
             written += filled as u64;
             busy += began.elapsed();

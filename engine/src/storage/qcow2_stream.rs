@@ -504,6 +504,19 @@ fn is_zero(block: &[u8]) -> bool {
     head.iter().all(|b| *b == 0) && rest.iter().fold(0u8, |acc, b| acc | b) == 0
 }
 
+/// Writes `chunk` (the stream's bytes at `offset`) to the scratch, all but the `placed` ranges
+/// `Qcow2Stream::feed` returned for it.
+pub fn write_unplaced(scratch: &File, offset: u64, chunk: &[u8], placed: &[Range<usize>]) -> std::io::Result<()> {
+    let mut at = 0;
+    for range in placed.iter().chain(std::iter::once(&(chunk.len()..chunk.len()))) {
+        if range.start > at {
+            scratch.write_all_at(&chunk[at..range.start], offset + at as u64)?;
+        }
+        at = range.end;
+    }
+    Ok(())
+}
+
 /// Copies `len` bytes at `from_at` of `from` to `to_at` of `to`.
 fn copy_range(from: &File, from_at: u64, to: &File, to_at: u64, len: u64) -> std::io::Result<()> {
     let mut done = 0;

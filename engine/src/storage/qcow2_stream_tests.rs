@@ -23,11 +23,7 @@ fn decode_counting(image: &Path, chunk: usize, capacity: u64) -> Result<(Vec<u8>
     for piece in original.chunks(chunk) {
         // As the importer does: what the decoder placed is left out of the scratch.
         let placed = decoder.feed(piece);
-        let mut from = 0;
-        for range in placed.iter().chain(std::iter::once(&(piece.len()..piece.len()))) {
-            file.write_all_at(&piece[from..range.start], at + from as u64).unwrap();
-            from = range.end;
-        }
+        write_unplaced(&file, at, piece, &placed).unwrap();
         at += piece.len() as u64;
     }
     file.set_len(at).unwrap();
