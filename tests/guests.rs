@@ -407,3 +407,33 @@ async fn start_paused_then_unpause() {
     })
     .await;
 }
+
+/// A transient domain is gone from libvirt the moment it stops; the hypervisor still answers
+/// how it stopped (from the stop event) until the domain is undefined — what a VMI started
+/// but not yet made persistent is judged by.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transient_domain_stop_is_read_from_its_event() {
+    let g = spawn_guest_app().await;
+    within(Duration::from_secs(60), async {
+        let name = format!("{}default_transient", g.prefix);
+        let uuid = "2b7f0c6e-1d4a-4e59-9c39-1f4f1f0a7e11";
+        let xml = format!(
+            "<domain type='qemu'><name>{name}</name><uuid>{uuid}</uuid><memory unit='MiB'>32</memory>\
+             <os><type arch='x86_64' machine='pc'>hvm</type></os><devices/></domain>"
+        );
+        g.libvirt.start(&xml, false).expect("a transient domain starts");
+        assert_eq!(g.libvirt.state_by_uuid(uuid, &name).unwrap(), Some(DomainState::Running));
+        assert!(g.libvirt.list().unwrap().iter().any(|d| d.name == name && !d.persistent));
+        g.libvirt.destroy(&name).unwrap();
+        assert_eq!(g.libvirt.state(&name).unwrap(), None, "transient: gone once off");
+        let told = wait_until(SETTLE, || async {
+            g.libvirt.state_by_uuid(uuid, &name).ok().flatten() == Some(DomainState::Destroyed)
+        })
+        .await;
+        assert!(told, "the stop event's reason is kept");
+        assert_eq!(g.libvirt.state_by_uuid(uuid, "someone_else").unwrap(), None);
+        g.libvirt.undefine(&name).unwrap();
+        assert_eq!(g.libvirt.state_by_uuid(uuid, &name).unwrap(), None, "forgotten once undefined");
+    })
+    .await;
+}

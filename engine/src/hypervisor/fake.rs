@@ -13,6 +13,8 @@ struct Inner {
     domains: BTreeMap<String, (Option<String>, DomainState, String)>,
     /// Domains made persistent (`persist`); a transient one is gone once it stops.
     persistent: std::collections::BTreeSet<String>,
+    /// Transient domains gone at their stop: (name, XML, how they stopped), until undefined.
+    stopped: Vec<(String, String, DomainState)>,
     calls: Vec<String>,
 }
 
@@ -56,7 +58,9 @@ impl FakeHypervisor {
             Some(d) => {
                 d.1 = to;
                 if !to.is_active() && !i.persistent.contains(name) {
-                    i.domains.remove(name);
+                    if let Some((_, _, xml)) = i.domains.remove(name) {
+                        i.stopped.push((name.to_string(), xml, to));
+                    }
                 }
                 Ok(())
             }
@@ -106,7 +110,9 @@ impl Hypervisor for FakeHypervisor {
     }
     fn state_by_uuid(&self, uuid: &str, name: &str) -> HvResult<Option<DomainState>> {
         let inner = self.inner.lock().map_err(|_| HypervisorError::Libvirt("poisoned".into()))?;
-        Ok(inner.domains.get(name).filter(|d| d.2.contains(&format!("<uuid>{uuid}</uuid>"))).map(|d| d.1))
+        let this = format!("<uuid>{uuid}</uuid>");
+        let stopped = inner.stopped.iter().rev().find(|(n, xml, _)| n == name && xml.contains(&this)).map(|s| s.2);
+        Ok(inner.domains.get(name).filter(|d| d.2.contains(&this)).map(|d| d.1).or(stopped))
     }
     fn shutdown(&self, name: &str) -> HvResult<()> {
         self.transition("shutdown", name, DomainState::ShutOffByGuest)
@@ -121,6 +127,7 @@ impl Hypervisor for FakeHypervisor {
         self.record(format!("undefine {name}"), |i| {
             i.persistent.remove(name);
             i.domains.remove(name);
+            i.stopped.retain(|(n, _, _)| n != name);
             Ok(())
         })
     }

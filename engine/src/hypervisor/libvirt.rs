@@ -1,7 +1,7 @@
 //! The real hypervisor: libvirt's QEMU driver through the `virt` crate.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use virt::connect::Connect;
@@ -29,6 +29,8 @@ pub struct Libvirt {
     next: AtomicUsize,
     events_tx: UnboundedSender<String>,
     events_rx: Mutex<Option<UnboundedReceiver<String>>>,
+    /// Why domains stopped, from their events: a transient one leaves nothing else behind.
+    stops: Arc<lifecycle::Stops>,
 }
 
 fn err(e: virt::error::Error) -> HypervisorError {
@@ -51,6 +53,7 @@ impl Libvirt {
             next: AtomicUsize::new(0),
             events_tx,
             events_rx: Mutex::new(Some(events_rx)),
+            stops: Arc::default(),
         };
         for slot in 0..CONNECTIONS {
             hv.live(slot)?;
@@ -69,7 +72,8 @@ impl Libvirt {
         // Keepalives make a restarted libvirtd show up as a dead connection within seconds.
         let _ = conn.set_keep_alive(5, 3);
         if events {
-            lifecycle::register(&conn, self.events_tx.clone()).map_err(HypervisorError::Libvirt)?;
+            lifecycle::register(&conn, self.events_tx.clone(), Arc::clone(&self.stops))
+                .map_err(HypervisorError::Libvirt)?;
             let _ = self.events_tx.send(RESYNC_ALL.into());
         }
         Ok(conn)
@@ -222,11 +226,11 @@ impl Hypervisor for Libvirt {
         self.with_conn(|conn| match conn.lookup_domain_by_uuid_string(uuid) {
             Ok(dom) if dom.name().map_err(err)? == name => read_state(&dom).map(Some),
             Ok(_) => Ok(None),
-            Err(e) if is_no_domain(&e) => Ok(None),
+            Err(e) if is_no_domain(&e) => Ok(self.stops.of(uuid, name)),
             Err(e) => Err(err(e)),
         })
         .or_else(|e| match e {
-            HypervisorError::NoDomain(_) => Ok(None),
+            HypervisorError::NoDomain(_) => Ok(self.stops.of(uuid, name)),
             e => Err(e),
         })
     }
@@ -248,6 +252,7 @@ impl Hypervisor for Libvirt {
     }
 
     fn undefine(&self, name: &str) -> HvResult<()> {
+        self.stops.forget(name);
         match self.with_domain(name, |dom| dom.undefine_flags(sys::VIR_DOMAIN_UNDEFINE_NVRAM).map_err(err)) {
             Err(HypervisorError::NoDomain(_)) => Ok(()),
             other => other,

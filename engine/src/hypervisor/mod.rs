@@ -59,14 +59,15 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// stopped when `paused` (KubeVirt's `startStrategy: Paused`); returns how long libvirt
     /// took. Defining first and then starting cost 6–16 % more at 50–100 starts in P1.
     fn start(&self, xml: &str, paused: bool) -> HvResult<std::time::Duration>;
-    /// Makes a running domain persistent (`virDomainDefineXML` of its XML), so that once it
-    /// stops, its state and the reason stay readable until Converge undefines it. Called
-    /// right after `start`, off the way to Running.
+    /// Makes a running domain persistent (`virDomainDefineXML` of its XML), so that its
+    /// definition outlives QEMU and a restart of Converge. The node calls it once no start is
+    /// in flight (see `node::persist`): a define costs libvirtd CPU the starts need.
     fn persist(&self, xml: &str) -> HvResult<()>;
     fn list(&self) -> HvResult<Vec<DomainSummary>>;
     fn state(&self, name: &str) -> HvResult<Option<DomainState>>;
     /// The state of the domain with this UUID, if it still has this name (`None` otherwise):
-    /// a domain this node started, looked up without reading its XML again.
+    /// a domain this node started, looked up without reading its XML again. A transient domain
+    /// that stopped (gone from libvirt at once) reads as its stop event said, until `undefine`.
     fn state_by_uuid(&self, uuid: &str, name: &str) -> HvResult<Option<DomainState>>;
     /// Asks the guest to power off (ACPI).
     fn shutdown(&self, name: &str) -> HvResult<()>;

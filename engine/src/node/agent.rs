@@ -50,7 +50,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 pub(super) fn spawn(shared: Arc<Shared>) -> Vec<JoinHandle<()>> {
-    let mut tasks = vec![tokio::spawn(feed_store(Arc::clone(&shared))), tokio::spawn(feed_resync(Arc::clone(&shared)))];
+    let mut tasks = vec![
+        tokio::spawn(feed_store(Arc::clone(&shared))),
+        tokio::spawn(feed_resync(Arc::clone(&shared))),
+        tokio::spawn(super::persist::run(Arc::clone(&shared))),
+    ];
     if let Some(events) = shared.hv.events() {
         tasks.push(tokio::spawn(feed_libvirt(Arc::clone(&shared), events)));
     }
@@ -165,22 +169,11 @@ async fn resync(s: &Arc<Shared>) {
             // name (the bench's baselines run such copies) is someone else's to manage.
             if let Some(key) = key_of_domain(&s.config.domain_prefix, &d.name) {
                 if !d.persistent && d.state.is_active() {
-                    persist_running(s, &d.name).await;
+                    s.pending_persist.found(&d.name);
                 }
                 s.queue.add(key);
             }
         }
-    }
-}
-
-/// A domain of ours still transient — its start's `persist` failed, or the process died before
-/// it — is made persistent from its own XML.
-async fn persist_running(s: &Arc<Shared>, name: &str) {
-    let (hv, n) = (Arc::clone(&s.hv), name.to_string());
-    match blocking(move || hv.xml(&n).and_then(|xml| hv.persist(&xml))).await {
-        Ok(Ok(())) => tracing::info!(domain = %name, "a transient domain of this node made persistent"),
-        Ok(Err(e)) => tracing::warn!(domain = %name, error = %e, "a transient domain not made persistent"),
-        Err(e) => tracing::warn!(domain = %name, error = %e.message, "a transient domain not made persistent"),
     }
 }
 
@@ -491,7 +484,7 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value, timer: &mut LaunchTimer) -> 
     match started {
         Ok(took) => {
             timer.start = took;
-            persist_soon(s, xml);
+            s.pending_persist.started(&domain_name, &domain_uuid, xml);
             if let Ok(mut started) = s.started_domains.lock() {
                 started.insert(domain_name, (uid, domain_uuid));
             }
@@ -507,18 +500,6 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value, timer: &mut LaunchTimer) -> 
         }
         Err(e) => Err(StartError::Retry(hv_error(e))),
     }
-}
-
-/// Makes a just-started domain persistent, off the way to Running (see `Hypervisor::persist`).
-/// Should this fail, or the process die first, the resync makes it persistent later.
-fn persist_soon(s: &Arc<Shared>, xml: String) {
-    let hv = Arc::clone(&s.hv);
-    tokio::task::spawn_blocking(move || {
-        crate::failpoint::hit(crate::failpoint::NODE_BEFORE_PERSIST);
-        if let Err(e) = hv.persist(&xml) {
-            tracing::warn!(error = %e, "a started domain was not made persistent; the resync retries");
-        }
-    });
 }
 
 async fn cloud_init_secrets(s: &Shared, vmi: &Value) -> ApiResult<disks::SecretData> {

@@ -14,6 +14,7 @@ mod volumes;
 
 mod agent;
 mod launch_timing;
+mod persist;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -112,6 +113,8 @@ pub(crate) struct Shared {
     pub started_domains: Mutex<HashMap<String, (String, String)>>,
     /// Domain starts in flight at once (see `agent::START_SLOTS`).
     pub start_slots: tokio::sync::Semaphore,
+    /// Started domains to define once no start is in flight (see `persist`).
+    pub pending_persist: persist::PendingPersist,
 }
 
 pub struct NodeAgent {
@@ -321,6 +324,7 @@ pub async fn start_with(
         loop_backed: Mutex::new(HashMap::new()),
         started_domains: Mutex::new(HashMap::new()),
         start_slots: tokio::sync::Semaphore::new(agent::START_SLOTS),
+        pending_persist: persist::PendingPersist::default(),
         queue: WorkQueue::new(),
         config: config.clone(),
         net,

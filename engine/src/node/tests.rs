@@ -262,3 +262,35 @@ async fn the_agent_wires_pods_and_takes_them_down() {
     assert!(store.address_leases("pods").await.unwrap().is_empty());
     assert_eq!(agent.dhcp_responders(), 0);
 }
+
+/// A started domain is defined only once no start is in flight; a transient domain whose guest
+/// powers off meanwhile is gone from libvirt, yet its VMI ends Succeeded (the stop event's
+/// reason), and it is not defined again.
+#[tokio::test(flavor = "multi_thread")]
+async fn domains_are_defined_when_no_start_is_in_flight_and_a_transient_stop_reads_right() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, config) = store_and_config(dir.path()).await;
+    let hv = Arc::new(FakeHypervisor::default());
+    let dyn_hv: Arc<dyn Hypervisor> = Arc::clone(&hv) as Arc<dyn Hypervisor>;
+    let agent = start(Arc::clone(&store), config, dyn_hv, Arc::new(NoDisks), "9.0.0").await.unwrap();
+    // A start in flight, as far as the defines can tell.
+    let in_flight = agent.shared.start_slots.acquire().await.unwrap();
+
+    scheduled_vmi(&store, "q", 0).await;
+    scheduled_vmi(&store, "off", 0).await;
+    assert!(wait_phase(&store, "q", "Running").await);
+    assert!(wait_phase(&store, "off", "Running").await);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!hv.calls().iter().any(|c| c.starts_with("persist")), "{:?}", hv.calls());
+    assert_eq!(agent.shared.pending_persist.len(), 2, "a resync adds nothing twice");
+
+    hv.shutdown("default_off").unwrap();
+    assert_eq!(hv.state("default_off").unwrap(), None, "a transient domain is gone once off");
+    assert!(wait_phase(&store, "off", "Succeeded").await, "the guest's own power-off, not a vanished domain");
+
+    drop(in_flight);
+    assert!(until(|| hv.calls().contains(&"persist default_q".to_string())).await, "{:?}", hv.calls());
+    assert!(until(|| agent.shared.pending_persist.len() == 0).await);
+    assert!(!hv.calls().contains(&"persist default_off".to_string()), "{:?}", hv.calls());
+    assert!(hv.list().unwrap().iter().all(|d| d.persistent));
+}
