@@ -43,7 +43,8 @@ pub enum Connections {
 }
 
 /// How a worker starts a domain: transient (`virDomainCreateXML`, one call, as `virsh create`)
-/// or persistent (`virDomainDefineXML` then `virDomainCreate`, as Converge does).
+/// or persistent (`virDomainDefineXML` then `virDomainCreate`, as Converge did before it
+/// started transient domains and defined them after).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Start {
     Transient,
