@@ -196,8 +196,7 @@ async fn crash_at_and_resume(point: &'static str, stop_after_start: bool) {
         // before the persist leaves that to its resync).
         let persistent = wait_until(CONVERGE, || async { p.domains().iter().all(|d| d.persistent) }).await;
         assert!(persistent, "the guest's domain is persistent:\n{}", tail(&p.logs()));
-    }
-    if stop_after_start {
+    } else {
         assert!(
             p.domains().is_empty(),
             "no domain is left: {:?}",

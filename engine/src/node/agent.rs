@@ -478,8 +478,7 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value, timer: &mut LaunchTimer) -> 
     timer.build = timer.lap();
     let slot = s.start_slots.acquire().await.map_err(|e| StartError::Retry(ApiError::internal(e.to_string())))?;
     timer.slot = timer.lap();
-    let start_xml = xml.clone();
-    let started = blocking(move || hv.start(&start_xml, paused)).await.map_err(StartError::Retry)?;
+    let (started, xml) = blocking(move || (hv.start(&xml, paused), xml)).await.map_err(StartError::Retry)?;
     drop(slot);
     match started {
         Ok(took) => {

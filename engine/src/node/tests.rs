@@ -85,13 +85,19 @@ async fn store_and_config(dir: &Path) -> (Arc<Store>, NodeConfig) {
     (store, config)
 }
 
+/// The agent for `node-1` on the recording hypervisor, its store in `dir`.
+async fn agent_on_fake(dir: &Path) -> (Arc<Store>, Arc<FakeHypervisor>, super::NodeAgent) {
+    let (store, config) = store_and_config(dir).await;
+    let hv = Arc::new(FakeHypervisor::default());
+    let dyn_hv: Arc<dyn Hypervisor> = Arc::clone(&hv) as Arc<dyn Hypervisor>;
+    let agent = start(Arc::clone(&store), config, dyn_hv, Arc::new(NoDisks), "9.0.0").await.unwrap();
+    (store, hv, agent)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_follows_guests_through_their_lives() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, config) = store_and_config(dir.path()).await;
-    let hv = Arc::new(FakeHypervisor::default());
-    let dyn_hv: Arc<dyn Hypervisor> = Arc::clone(&hv) as Arc<dyn Hypervisor>;
-    let _agent = start(Arc::clone(&store), config, dyn_hv, Arc::new(NoDisks), "9.0.0").await.unwrap();
+    let (store, hv, _agent) = agent_on_fake(dir.path()).await;
 
     let node = store.get(&kinds::NODE, "", "node-1").await.unwrap().expect("node registered");
     assert_eq!(node["metadata"]["labels"]["converge.dev/software-emulation"], "true");
@@ -167,10 +173,7 @@ async fn the_agent_follows_guests_through_their_lives() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_domain_replaced_under_its_name_is_not_mistaken_for_ours() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, config) = store_and_config(dir.path()).await;
-    let hv = Arc::new(FakeHypervisor::default());
-    let dyn_hv: Arc<dyn Hypervisor> = Arc::clone(&hv) as Arc<dyn Hypervisor>;
-    let _agent = start(Arc::clone(&store), config, dyn_hv, Arc::new(NoDisks), "9.0.0").await.unwrap();
+    let (store, hv, _agent) = agent_on_fake(dir.path()).await;
     scheduled_vmi(&store, "r", 0).await;
     assert!(wait_phase(&store, "r", "Running").await);
 
@@ -269,10 +272,7 @@ async fn the_agent_wires_pods_and_takes_them_down() {
 #[tokio::test(flavor = "multi_thread")]
 async fn domains_are_defined_when_no_start_is_in_flight_and_a_transient_stop_reads_right() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, config) = store_and_config(dir.path()).await;
-    let hv = Arc::new(FakeHypervisor::default());
-    let dyn_hv: Arc<dyn Hypervisor> = Arc::clone(&hv) as Arc<dyn Hypervisor>;
-    let agent = start(Arc::clone(&store), config, dyn_hv, Arc::new(NoDisks), "9.0.0").await.unwrap();
+    let (store, hv, agent) = agent_on_fake(dir.path()).await;
     // A start in flight, as far as the defines can tell.
     let in_flight = agent.shared.start_slots.acquire().await.unwrap();
 
