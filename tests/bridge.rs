@@ -349,6 +349,9 @@ async fn recovery_finishes_records_left_between_any_two_writes() {
     let store = app.store();
     let pool = store.pool();
     let left_behind = Provisioner::new(store.clone(), &app.base_url);
+    // Alive while the cut records are staged: on a slow host the serving process's recovery
+    // otherwise took a record over between two of the writes below and finished it.
+    record::heartbeat(pool, &left_behind.owner).await.expect("heartbeat");
     let write = |name: &'static str, key: &'static str| {
         let p = left_behind.clone();
         async move {
@@ -410,8 +413,18 @@ async fn recovery_finishes_records_left_between_any_two_writes() {
         (id, plan)
     };
     record::heartbeat(pool, &other.owner).await.expect("heartbeat");
+    let age = |owner: String| async move {
+        let stale = record::now_ms() - executor::OWNER_LEASE.as_millis() as i64 - 1000;
+        sqlx::query("UPDATE bridge_servers SET heartbeat_at = $1 WHERE owner = $2")
+            .bind(stale)
+            .bind(owner)
+            .execute(pool)
+            .await
+            .expect("age the heartbeat");
+    };
+    age(left_behind.owner.clone()).await;
 
-    // The serving process's own recovery loop takes the first two over (their owner never beat).
+    // The serving process's own recovery loop takes the first two over (their owner fell silent).
     let settled = wait_until(SETTLE, || async {
         let a = record::by_id(pool, &failed_id).await.expect("read").expect("record");
         let b = record::by_id(pool, &resumed_id).await.expect("read").expect("record");
@@ -430,13 +443,7 @@ async fn recovery_finishes_records_left_between_any_two_writes() {
     let busy = record::by_id(pool, &busy_id).await.expect("read").expect("record");
     assert_eq!(busy.state, HostState::Creating, "a live server's request is its own");
     // Its server falls silent (its last beat is older than the lease): the request is taken over.
-    let stale = record::now_ms() - executor::OWNER_LEASE.as_millis() as i64 - 1000;
-    sqlx::query("UPDATE bridge_servers SET heartbeat_at = $1 WHERE owner = $2")
-        .bind(stale)
-        .bind(other.owner.clone())
-        .execute(pool)
-        .await
-        .expect("age the heartbeat");
+    age(other.owner.clone()).await;
     let taken = wait_until(SETTLE, || async {
         record::by_id(pool, &busy_id).await.ok().flatten().is_some_and(|r| r.state == HostState::Created)
     })
