@@ -258,7 +258,7 @@ async fn a_claim_cannot_take_another_tenants_volume() {
     let pv_after = app.get(&format!("/api/v1/persistentvolumes/{pv_name}")).await.1;
     assert_eq!(pv_after["spec"]["claimRef"], pv_before["spec"]["claimRef"], "the volume still belongs to team-b");
     // Its upload token is for its own claim, which gets no volume to write.
-    let state = converge_engine::storage::claims::resolve(&store, TEAM, "mine").await.expect("resolve");
+    let state = converge_engine::storage::claims::resolve(store.as_ref(), TEAM, "mine").await.expect("resolve");
     assert!(matches!(state, converge_engine::storage::claims::ClaimState::Waiting(..)), "{state:?}");
     // Nor may the tenant make volumes, or pre-bind one by writing it.
     let pv = json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "root"},

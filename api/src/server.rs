@@ -51,6 +51,9 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Run the controllers (VM, VMI, replica set); off only for tests of the API alone.
     pub controllers: bool,
+    /// Of the controllers, run the VM, VMI, replica-set, node-lifecycle and endpoints ones here
+    /// (off when `converge controllers` runs them against this API).
+    pub vm_controllers: bool,
     /// Run a node agent in this process (VMIs become libvirt domains here); `None`: API only.
     pub node: Option<NodeConfig>,
     pub libvirt_uri: String,
@@ -74,6 +77,7 @@ impl ServerConfig {
             bookmark_interval: Duration::from_secs(60),
             workers: 2,
             controllers: true,
+            vm_controllers: true,
             node: None,
             libvirt_uri: "qemu:///system".into(),
             host_access: Default::default(),
@@ -144,18 +148,12 @@ async fn admin_token(config: &ServerConfig, auth: &Authenticator, store: &Store)
     Ok(token)
 }
 
-/// Connects to libvirt and starts the node agent on this host.
+/// Starts the node agent on this host, on the server's own store.
 async fn start_node(store: &Arc<Store>, config: NodeConfig, uri: &str) -> Result<NodeAgent, ServeError> {
-    use converge_engine::hypervisor::Libvirt;
-    let uri_owned = uri.to_string();
-    let libvirt = tokio::task::spawn_blocking(move || Libvirt::open(&uri_owned))
-        .await
-        .map_err(|e| ServeError::Node(e.to_string()))?
-        .map_err(|e| ServeError::Node(format!("{e} (is libvirtd running? `libvirtd -d` as root)")))?;
-    let version = libvirt.version();
-    let hv: Arc<dyn converge_engine::hypervisor::Hypervisor> = Arc::new(libvirt);
-    let tool = Arc::new(converge_engine::node::disks::SystemDiskTool);
-    converge_engine::node::start(Arc::clone(store), config, hv, tool, &version)
+    // The node inside `serve` is the server's host: one admin, one set of host-access flags.
+    let mut config = config;
+    config.host_access = store.host_access().clone();
+    converge_engine::node::start_on_libvirt(store.clone(), config, uri)
         .await
         .map_err(|e| ServeError::Node(e.to_string()))
 }
@@ -202,9 +200,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
 
     let storage = match config.controllers {
         true => Some(Arc::new(
-            converge_engine::storage::spawn(Arc::clone(&store), config.storage.clone())
-                .await
-                .map_err(ServeError::Store)?,
+            converge_engine::storage::spawn(store.clone(), config.storage.clone()).await.map_err(ServeError::Store)?,
         )),
         false => None,
     };
@@ -277,7 +273,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     let handle = server.handle();
     let server = tokio::spawn(server);
     let collector = tokio::spawn(converge_engine::gc::run(Arc::clone(&store)));
-    let controllers = config.controllers.then(|| converge_engine::controllers::spawn(Arc::clone(&store)));
+    let controllers =
+        (config.controllers && config.vm_controllers).then(|| converge_engine::controllers::spawn(store.clone()));
     // Host requests a crash cut off are resumed at once, deletions settled as they finish.
     let bridge_recovery =
         tokio::spawn(converge_bridge::provision::executor::run_recovery(provisioner, Duration::from_secs(1)));

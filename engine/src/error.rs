@@ -142,6 +142,44 @@ impl ApiError {
         Self::new(503, "ServiceUnavailable", message)
     }
 
+    /// An error another API server answered (a Kubernetes `Status`), kept as it came: its code,
+    /// its reason where it is one of the apiserver's, and its message.
+    pub fn from_status(code: u16, reason: &str, message: impl Into<String>) -> Self {
+        const REASONS: &[&str] = &[
+            "AlreadyExists",
+            "BadRequest",
+            "Conflict",
+            "Expired",
+            "Forbidden",
+            "Gone",
+            "InternalError",
+            "Invalid",
+            "MethodNotAllowed",
+            "NotAcceptable",
+            "NotFound",
+            "RequestEntityTooLarge",
+            "ServerTimeout",
+            "ServiceUnavailable",
+            "Timeout",
+            "TooManyRequests",
+            "Unauthorized",
+            "UnsupportedMediaType",
+        ];
+        let reason = REASONS.iter().find(|r| **r == reason).copied().unwrap_or(match code {
+            400 => "BadRequest",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "NotFound",
+            409 => "Conflict",
+            410 => "Expired",
+            422 => "Invalid",
+            429 => "TooManyRequests",
+            503 => "ServiceUnavailable",
+            _ => "InternalError",
+        });
+        Self::new(if code == 0 { 500 } else { code }, reason, message)
+    }
+
     /// The `Status` object as served.
     pub fn to_status(&self) -> Value {
         let mut status = json!({

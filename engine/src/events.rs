@@ -5,31 +5,32 @@
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::cluster::Cluster;
 use crate::kinds::{self, ResourceKind};
 use crate::meta;
-use crate::store::{Store, UpdateMode};
+use crate::store::UpdateMode;
 
 pub const NORMAL: &str = "Normal";
 pub const WARNING: &str = "Warning";
 
 /// Records an event; failures are logged, never fatal to the caller's work.
 pub async fn record(
-    store: &Store,
-    kind: &ResourceKind,
+    cluster: &dyn Cluster,
+    kind: &'static ResourceKind,
     obj: &Value,
     event_type: &str,
     reason: &str,
     message: &str,
     component: &str,
 ) {
-    if let Err(e) = try_record(store, kind, obj, event_type, reason, message, component).await {
+    if let Err(e) = try_record(cluster, kind, obj, event_type, reason, message, component).await {
         tracing::debug!(error = %e.message, reason, "could not record an event");
     }
 }
 
 async fn try_record(
-    store: &Store,
-    kind: &ResourceKind,
+    cluster: &dyn Cluster,
+    kind: &'static ResourceKind,
     obj: &Value,
     event_type: &str,
     reason: &str,
@@ -41,11 +42,11 @@ async fn try_record(
     let name = format!("{}.{}", meta::name(obj), hex::encode(&digest[..8]));
     let now = meta::now_rfc3339();
     for _ in 0..5 {
-        if let Some(mut existing) = store.get(&kinds::EVENT, ns, &name).await? {
+        if let Some(mut existing) = cluster.get(&kinds::EVENT, ns, &name).await? {
             let count = existing.get("count").and_then(Value::as_i64).unwrap_or(1) + 1;
             existing["count"] = json!(count);
             existing["lastTimestamp"] = json!(now);
-            match store.update(&kinds::EVENT, existing, UpdateMode::Main, false).await {
+            match cluster.update(&kinds::EVENT, existing, UpdateMode::Main).await {
                 Err(e) if e.code == 409 => continue,
                 other => return other.map(|_| ()),
             }
@@ -72,7 +73,7 @@ async fn try_record(
             "lastTimestamp": now,
             "count": 1,
         });
-        match store.create(&kinds::EVENT, event, false).await {
+        match cluster.create(&kinds::EVENT, event).await {
             Err(e) if e.code == 409 => continue,
             other => return other.map(|_| ()),
         }
@@ -81,17 +82,13 @@ async fn try_record(
 }
 
 /// The newest event about `obj` (its reason and message), for surfacing why something waits.
-pub async fn latest_for(store: &Store, obj: &Value) -> Option<(String, String)> {
-    let event_key = kinds::EVENT.store_key();
-    let owned = store.dependents(meta::uid(obj)).await.ok()?;
-    let mut newest: Option<(String, String, String)> = None;
-    for (_, ns, name) in owned.into_iter().filter(|(k, _, _)| *k == event_key) {
-        let Ok(Some(ev)) = store.get(&kinds::EVENT, &ns, &name).await else { continue };
-        let at = ev.get("lastTimestamp").and_then(Value::as_str).unwrap_or("").to_string();
-        let text = |k: &str| ev.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-        if newest.as_ref().is_none_or(|(t, _, _)| at >= *t) {
-            newest = Some((at, text("reason"), text("message")));
-        }
-    }
-    newest.map(|(_, reason, message)| (reason, message))
+pub async fn latest_for(cluster: &dyn Cluster, obj: &Value) -> Option<(String, String)> {
+    let events = cluster.list(&kinds::EVENT, Some(meta::namespace(obj))).await.ok()?;
+    let about = |ev: &&Value| ev.pointer("/involvedObject/uid").and_then(Value::as_str) == Some(meta::uid(obj));
+    let text = |ev: &Value, k: &str| ev.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    events
+        .iter()
+        .filter(about)
+        .max_by_key(|ev| text(ev, "lastTimestamp"))
+        .map(|ev| (text(ev, "reason"), text(ev, "message")))
 }

@@ -4,10 +4,10 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::cluster::Cluster;
 use crate::error::{ApiResult, Cause};
 use crate::kinds::{self, ResourceKind};
 use crate::meta;
-use crate::store::Store;
 
 /// The kind a matcher names; KubeVirt's default is the cluster-wide one.
 pub fn instancetype_kind(matcher: &Value) -> &'static ResourceKind {
@@ -49,19 +49,19 @@ pub fn named(vm: &Value) -> Vec<Named<'_>> {
 }
 
 /// The ControllerRevision the VM's status points at, if it still freezes the object named.
-pub async fn frozen_revision(store: &Store, vm: &Value, named: &Named<'_>) -> ApiResult<Option<Value>> {
+pub async fn frozen_revision(cluster: &dyn Cluster, vm: &Value, named: &Named<'_>) -> ApiResult<Option<Value>> {
     let pointer = format!("/status/{}/controllerRevisionRef/name", named.status_field);
     let Some(rev) = vm.pointer(&pointer).and_then(Value::as_str) else { return Ok(None) };
-    Ok(store
+    Ok(cluster
         .get(&kinds::CONTROLLER_REVISION, meta::namespace(vm), rev)
         .await?
         .filter(|r| r.pointer("/data/metadata/name").and_then(Value::as_str) == Some(named.name.as_str())))
 }
 
 /// The instancetype or preference as it is now.
-pub async fn current(store: &Store, vm: &Value, named: &Named<'_>) -> ApiResult<Option<Value>> {
+pub async fn current(cluster: &dyn Cluster, vm: &Value, named: &Named<'_>) -> ApiResult<Option<Value>> {
     let ns = if named.kind.namespaced { meta::namespace(vm) } else { "" };
-    store.get(named.kind, ns, &named.name).await
+    cluster.get(named.kind, ns, &named.name).await
 }
 
 /// `virtualmachineclusterinstancetypes.instancetype.kubevirt.io "x" not found`

@@ -2,6 +2,7 @@
 //! node agent. No HTTP here.
 
 pub mod admission;
+pub mod cluster;
 pub mod controllers;
 pub mod error;
 pub mod events;
@@ -22,5 +23,6 @@ pub mod schema;
 pub mod selector;
 pub mod storage;
 pub mod store;
+pub mod worker;
 
 pub use error::{ApiError, ApiResult, Cause};

@@ -2,10 +2,10 @@
 
 use serde_json::{json, Value};
 
+use crate::cluster::Cluster;
 use crate::error::ApiResult;
 use crate::kinds;
 use crate::meta;
-use crate::store::Store;
 
 /// What a VM's DataVolumes allow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +79,7 @@ pub fn combine(states: impl IntoIterator<Item = VolumesState>) -> VolumesState {
 }
 
 /// Creates the VM's missing DataVolumes and tells what they allow.
-pub async fn ensure(store: &Store, vm: &Value) -> ApiResult<VolumesState> {
+pub async fn ensure(cluster: &dyn Cluster, vm: &Value) -> ApiResult<VolumesState> {
     let templates = vm.pointer("/spec/dataVolumeTemplates").and_then(Value::as_array).cloned().unwrap_or_default();
     let mut states = vec![];
     for template in &templates {
@@ -87,12 +87,12 @@ pub async fn ensure(store: &Store, vm: &Value) -> ApiResult<VolumesState> {
         if name.is_empty() {
             continue;
         }
-        let dv = match store.get(&kinds::DATA_VOLUME, meta::namespace(vm), name).await? {
+        let dv = match cluster.get(&kinds::DATA_VOLUME, meta::namespace(vm), name).await? {
             Some(dv) => dv,
             None if meta::is_deleting(vm) => continue,
             None => {
                 let new = datavolume_from_template(vm, template);
-                match crate::admission::create_admitted(store, &kinds::DATA_VOLUME, new, false).await {
+                match cluster.create(&kinds::DATA_VOLUME, new).await {
                     Ok(created) => created,
                     Err(e) if e.code == 409 => continue,
                     Err(e) => {

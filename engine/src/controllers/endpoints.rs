@@ -8,73 +8,67 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::queue::WorkQueue;
+use tokio::task::JoinHandle;
+
 use super::Key;
+use crate::cluster::Cluster;
 use crate::error::ApiResult;
 use crate::kinds::{self, ResourceKind};
 use crate::meta;
 use crate::network::services;
-use crate::store::{DeleteOptions, Store, UpdateMode};
+use crate::store::{DeleteOptions, UpdateMode};
+use crate::worker::{self, Action, WorkQueue};
 
 const RESYNC: Duration = Duration::from_secs(30);
 
-pub async fn run(store: Arc<Store>) {
+/// Starts the endpoints controller: a feed and one worker.
+pub fn spawn(cluster: Arc<dyn Cluster>) -> Vec<JoinHandle<()>> {
     let queue: Arc<WorkQueue<Key>> = WorkQueue::new();
-    let worker = tokio::spawn(work(Arc::clone(&store), Arc::clone(&queue)));
-    feed(&store, &queue).await;
-    worker.abort();
+    let c = Arc::clone(&cluster);
+    let mut tasks = worker::spawn("endpoints", &queue, 1, move |key| {
+        let c = Arc::clone(&c);
+        async move { sync(c.as_ref(), &key).await.map(|()| Action::AwaitChange) }
+    });
+    tasks.push(tokio::spawn(async move { feed(cluster.as_ref(), &queue).await }));
+    tasks
 }
 
-async fn enqueue_namespace(store: &Store, queue: &WorkQueue<Key>, namespace: Option<&str>) {
-    if let Ok(all) = store.list_values(&kinds::SERVICE, namespace).await {
+async fn enqueue_namespace(cluster: &dyn Cluster, queue: &WorkQueue<Key>, namespace: Option<&str>) {
+    if let Ok(all) = cluster.list(&kinds::SERVICE, namespace).await {
         for s in all {
             queue.add((meta::namespace(&s).to_string(), meta::name(&s).to_string()));
         }
     }
 }
 
-async fn feed(store: &Store, queue: &WorkQueue<Key>) {
-    let mut rx = store.subscribe();
-    enqueue_namespace(store, queue, None).await;
+async fn feed(cluster: &dyn Cluster, queue: &WorkQueue<Key>) {
+    let mut rx = cluster.watch(&[&kinds::SERVICE, &kinds::VIRTUAL_MACHINE_INSTANCE]);
+    enqueue_namespace(cluster, queue, None).await;
     let mut resync = tokio::time::interval(RESYNC);
     resync.tick().await;
     let (svc, vmi) = (kinds::SERVICE.store_key(), kinds::VIRTUAL_MACHINE_INSTANCE.store_key());
     loop {
         tokio::select! {
-            _ = resync.tick() => enqueue_namespace(store, queue, None).await,
+            _ = resync.tick() => enqueue_namespace(cluster, queue, None).await,
             ev = rx.recv() => match ev {
                 Ok(ev) if ev.kind_key == svc => queue.add((ev.namespace.clone(), ev.name.clone())),
-                Ok(ev) if ev.kind_key == vmi => enqueue_namespace(store, queue, Some(&ev.namespace)).await,
+                Ok(ev) if ev.kind_key == vmi => enqueue_namespace(cluster, queue, Some(&ev.namespace)).await,
                 Ok(_) => {}
-                Err(RecvError::Lagged(_)) => enqueue_namespace(store, queue, None).await,
+                Err(RecvError::Lagged(_)) => enqueue_namespace(cluster, queue, None).await,
                 Err(RecvError::Closed) => return,
             }
         }
     }
 }
 
-async fn work(store: Arc<Store>, queue: Arc<WorkQueue<Key>>) {
-    loop {
-        let key = queue.next().await;
-        if let Err(e) = sync(&store, &key).await {
-            if e.code != 409 {
-                tracing::warn!(namespace = %key.0, name = %key.1, error = %e.message, "endpoints sync failed; retrying");
-            }
-            queue.add_after(key.clone(), Duration::from_millis(if e.code == 409 { 50 } else { 1000 }));
-        }
-        queue.done(&key);
-    }
-}
-
-#[tracing::instrument(skip(store), level = "debug")]
-async fn sync(store: &Store, (ns, name): &Key) -> ApiResult<()> {
-    let service = store.get(&kinds::SERVICE, ns, name).await?;
+async fn sync(cluster: &dyn Cluster, (ns, name): &Key) -> ApiResult<()> {
+    let service = cluster.get(&kinds::SERVICE, ns, name).await?;
     let Some(service) = service.filter(|s| s.pointer("/spec/selector").is_some_and(|v| v.is_object())) else {
         // Gone, or selectorless (its endpoints are the user's to write): ours go.
         for kind in [&kinds::ENDPOINTS, &kinds::ENDPOINT_SLICE] {
-            if let Some(existing) = store.get(kind, ns, name).await? {
+            if let Some(existing) = cluster.get(kind, ns, name).await? {
                 if managed(&existing) {
-                    match store.delete(kind, ns, name, &DeleteOptions::default()).await {
+                    match cluster.delete(kind, ns, name, DeleteOptions::default()).await {
                         Err(e) if e.code != 404 => return Err(e),
                         _ => {}
                     }
@@ -83,7 +77,7 @@ async fn sync(store: &Store, (ns, name): &Key) -> ApiResult<()> {
         }
         return Ok(());
     };
-    let vmis = store.list_values(&kinds::VIRTUAL_MACHINE_INSTANCE, Some(ns)).await?;
+    let vmis = cluster.list(&kinds::VIRTUAL_MACHINE_INSTANCE, Some(ns)).await?;
     let backends = services::backends(&service, &vmis);
     let owner = json!([{"apiVersion": "v1", "kind": "Service", "name": name, "uid": meta::uid(&service),
                         "controller": true, "blockOwnerDeletion": true}]);
@@ -93,8 +87,8 @@ async fn sync(store: &Store, (ns, name): &Key) -> ApiResult<()> {
         meta::metadata_mut(obj).insert("annotations".into(), json!({MANAGED_BY: "converge.dev/endpoints"}));
     }
     meta::metadata_mut(&mut slice).insert("ownerReferences".into(), owner);
-    upsert(store, &kinds::ENDPOINTS, endpoints, &["subsets"]).await?;
-    upsert(store, &kinds::ENDPOINT_SLICE, slice, &["endpoints", "ports", "addressType"]).await
+    upsert(cluster, &kinds::ENDPOINTS, endpoints, &["subsets"]).await?;
+    upsert(cluster, &kinds::ENDPOINT_SLICE, slice, &["endpoints", "ports", "addressType"]).await
 }
 
 const MANAGED_BY: &str = "converge.dev/managed-by";
@@ -104,9 +98,9 @@ fn managed(obj: &Value) -> bool {
 }
 
 /// Creates `want`, or rewrites the stored object's `fields` when they differ.
-async fn upsert(store: &Store, kind: &ResourceKind, want: Value, fields: &[&str]) -> ApiResult<()> {
-    match store.get(kind, meta::namespace(&want), meta::name(&want)).await? {
-        None => match store.create(kind, want, false).await {
+async fn upsert(cluster: &dyn Cluster, kind: &'static ResourceKind, want: Value, fields: &[&str]) -> ApiResult<()> {
+    match cluster.get(kind, meta::namespace(&want), meta::name(&want)).await? {
+        None => match cluster.create(kind, want).await {
             Err(e) if e.reason == "AlreadyExists" => {
                 Err(crate::error::ApiError::conflict(kind.group, kind.plural, "", "created meanwhile"))
             }
@@ -120,7 +114,7 @@ async fn upsert(store: &Store, kind: &ResourceKind, want: Value, fields: &[&str]
             for f in fields {
                 next[*f] = want.get(*f).cloned().unwrap_or(Value::Null);
             }
-            store.update(kind, next, UpdateMode::Main, false).await.map(|_| ())
+            cluster.update(kind, next, UpdateMode::Main).await.map(|_| ())
         }
     }
 }

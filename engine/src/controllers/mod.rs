@@ -4,7 +4,6 @@
 pub mod datavolumes;
 pub mod endpoints;
 pub mod nodes;
-pub mod queue;
 pub mod replicaset;
 pub mod revisions;
 pub mod scheduler;
@@ -13,14 +12,16 @@ pub mod vm;
 pub mod vmi;
 
 mod runtime;
+mod vm_sync;
 
-pub use runtime::{spawn, write_status as runtime_write_status, Controllers};
+pub use crate::worker::Key;
+pub use runtime::{spawn, Controllers};
+
+/// The name KubeVirt's controllers record events under.
+pub(crate) const COMPONENT: &str = "virtualmachine-controller";
 
 /// The finalizer every VMI is born with; removed once its domain is gone (or it never had one).
 pub const VMI_FINALIZER: &str = "kubevirt.io/virtualMachineControllerFinalize";
-
-/// `(namespace, name)`.
-pub type Key = (String, String);
 
 /// A VMI from an owner's `spec.template`, owned (as controller) by that owner: what the VM and
 /// replica-set controllers create.

@@ -9,9 +9,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::status::{self as st, is_final, node_name, phase};
+use crate::cluster::Cluster;
 use crate::kinds;
 use crate::meta;
-use crate::store::Store;
 
 /// How long a heartbeat may be missing before the node is unknown (the node agent beats every
 /// 20 s by default).
@@ -58,11 +58,11 @@ pub fn fail_on_lost_node(vmi: &Value, node: &str, now: &str) -> Option<Value> {
     st::set_phase(&mut next, st::FAILED, now).then(|| next["status"].take())
 }
 
-pub(super) async fn run(store: Arc<Store>) {
+pub(super) async fn run(cluster: Arc<dyn Cluster>) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
     loop {
         tick.tick().await;
-        if let Err(e) = check(&store, Utc::now()).await {
+        if let Err(e) = check(cluster.as_ref(), Utc::now()).await {
             if e.code != 409 {
                 tracing::warn!(error = %e.message, "node lifecycle check failed");
             }
@@ -70,21 +70,21 @@ pub(super) async fn run(store: Arc<Store>) {
     }
 }
 
-async fn check(store: &Store, now: DateTime<Utc>) -> crate::ApiResult<()> {
+async fn check(cluster: &dyn Cluster, now: DateTime<Utc>) -> crate::ApiResult<()> {
     let stamp = meta::now_rfc3339();
-    for node in store.list_values(&kinds::NODE, None).await? {
+    for node in cluster.list(&kinds::NODE, None).await? {
         if let Some(status) = overdue(&node, now, GRACE) {
             tracing::warn!(node = meta::name(&node), "node stopped posting its status; its VMIs fail");
-            super::runtime::write_status(store, &kinds::NODE, &node, status).await?;
+            crate::cluster::write_status(cluster, &kinds::NODE, &node, status).await?;
         }
         let unknown = st::condition(&node, "Ready").is_some_and(|c| c["status"] == "Unknown")
             || overdue(&node, now, GRACE).is_some();
         if !unknown {
             continue;
         }
-        for vmi in store.list_values(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await? {
+        for vmi in cluster.list(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await? {
             if let Some(status) = fail_on_lost_node(&vmi, meta::name(&node), &stamp) {
-                super::runtime::write_status(store, &kinds::VIRTUAL_MACHINE_INSTANCE, &vmi, status).await?;
+                crate::cluster::write_status(cluster, &kinds::VIRTUAL_MACHINE_INSTANCE, &vmi, status).await?;
             }
         }
     }

@@ -1,19 +1,17 @@
 //! VirtualMachineInstanceReplicaSet: keep `spec.replicas` live VMIs matching the selector,
 //! replacing finished ones, and report replicas / readyReplicas.
 
-use std::sync::Arc;
-
 use rand::Rng;
 use serde_json::{json, Value};
 
-use super::queue::WorkQueue;
 use super::status::{condition_true, is_final, phase};
 use super::Key;
+use crate::cluster::Cluster;
 use crate::error::ApiResult;
 use crate::kinds;
 use crate::meta;
 use crate::selector::LabelSelector;
-use crate::store::Store;
+use crate::worker::Action;
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RsPlan {
@@ -80,21 +78,24 @@ pub fn vmi_for(rs: &Value) -> Value {
     super::owned_vmi_from_template(rs, "VirtualMachineInstanceReplicaSet", &format!("{}{}", meta::name(rs), suffix))
 }
 
-pub(super) async fn sync(store: &Store, (ns, name): Key, _queue: &Arc<WorkQueue<Key>>) -> ApiResult<()> {
-    let Some(rs) = store.get(&kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET, &ns, &name).await? else { return Ok(()) };
-    let vmis = store.list_values(&kinds::VIRTUAL_MACHINE_INSTANCE, Some(&ns)).await?;
+pub(super) async fn sync(cluster: &dyn Cluster, (ns, name): Key) -> ApiResult<Action> {
+    let Some(rs) = cluster.get(&kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET, &ns, &name).await? else {
+        return Ok(Action::AwaitChange);
+    };
+    let vmis = cluster.list(&kinds::VIRTUAL_MACHINE_INSTANCE, Some(&ns)).await?;
     let plan = reconcile(&rs, &vmis);
     for (vmi_name, uid) in &plan.delete {
-        super::runtime::delete_uid(store, &kinds::VIRTUAL_MACHINE_INSTANCE, &ns, vmi_name, uid).await?;
+        crate::cluster::delete_uid(cluster, &kinds::VIRTUAL_MACHINE_INSTANCE, &ns, vmi_name, uid).await?;
     }
     for _ in 0..plan.create {
-        match crate::admission::create_admitted(store, &kinds::VIRTUAL_MACHINE_INSTANCE, vmi_for(&rs), false).await {
+        match cluster.create(&kinds::VIRTUAL_MACHINE_INSTANCE, vmi_for(&rs)).await {
             Ok(_) => {}
             Err(e) if e.code == 409 => {} // a name collision: the next pass makes it up
             Err(e) => return Err(e),
         }
     }
-    super::runtime::write_status(store, &kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET, &rs, plan.status).await
+    crate::cluster::write_status(cluster, &kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET, &rs, plan.status).await?;
+    Ok(Action::AwaitChange)
 }
 
 #[cfg(test)]

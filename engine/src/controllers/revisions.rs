@@ -4,11 +4,11 @@
 
 use serde_json::{json, Value};
 
+use crate::cluster::Cluster;
 use crate::error::ApiResult;
 use crate::instancetype;
 use crate::kinds;
 use crate::meta;
-use crate::store::Store;
 
 #[derive(Debug, Default)]
 pub struct Frozen {
@@ -39,25 +39,25 @@ impl Frozen {
 }
 
 /// Finds (or makes) the revisions of what `vm` names.
-pub async fn freeze(store: &Store, vm: &Value) -> ApiResult<Frozen> {
+pub async fn freeze(cluster: &dyn Cluster, vm: &Value) -> ApiResult<Frozen> {
     let mut frozen = Frozen::default();
     if meta::is_deleting(vm) {
         return Ok(frozen);
     }
     for named in instancetype::named(vm) {
-        let mut revision = instancetype::frozen_revision(store, vm, &named).await?;
+        let mut revision = instancetype::frozen_revision(cluster, vm, &named).await?;
         if revision.is_none() {
-            let Some(obj) = instancetype::current(store, vm, &named).await? else {
+            let Some(obj) = instancetype::current(cluster, vm, &named).await? else {
                 let why = format!("{} {}", named.field, instancetype::not_found(&named));
                 frozen.refs.push((named.status_field, json!({"kind": named.kind.kind, "name": named.name}), Err(why)));
                 continue;
             };
             let rev = instancetype::revision_for(vm, &obj);
             let rev_name = meta::name(&rev).to_string();
-            revision = match store.create(&kinds::CONTROLLER_REVISION, rev, false).await {
+            revision = match cluster.create(&kinds::CONTROLLER_REVISION, rev).await {
                 Ok(created) => Some(created),
                 Err(e) if e.code == 409 => {
-                    store.get(&kinds::CONTROLLER_REVISION, meta::namespace(vm), &rev_name).await?
+                    cluster.get(&kinds::CONTROLLER_REVISION, meta::namespace(vm), &rev_name).await?
                 }
                 Err(e) => return Err(e),
             };

@@ -2,19 +2,19 @@
 //! scheduling onto a node, and releasing VMIs that are deleted before any node took them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::queue::WorkQueue;
 use super::scheduler::{self, NodeView, Request};
 use super::status::{self as st, is_final, node_name, phase};
 use super::{Key, VMI_FINALIZER};
+use crate::cluster::Cluster;
 use crate::error::ApiResult;
 use crate::kinds;
 use crate::meta;
-use crate::store::{Store, UpdateMode};
+use crate::store::UpdateMode;
+use crate::worker::Action;
 
 /// How often an unschedulable VMI is tried again (node changes also wake it).
 const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(10);
@@ -91,18 +91,19 @@ fn placement_lock() -> &'static tokio::sync::Mutex<()> {
     LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
 }
 
-pub(super) async fn sync(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<Key>>) -> ApiResult<()> {
+pub(super) async fn sync(cluster: &dyn Cluster, (ns, name): Key) -> ApiResult<Action> {
     let _placing = placement_lock().lock().await;
-    let Some(vmi) = store.get(&kinds::VIRTUAL_MACHINE_INSTANCE, &ns, &name).await? else { return Ok(()) };
+    let Some(vmi) = cluster.get(&kinds::VIRTUAL_MACHINE_INSTANCE, &ns, &name).await? else {
+        return Ok(Action::AwaitChange);
+    };
     if node_name(&vmi).is_some() {
-        return Ok(());
+        return Ok(Action::AwaitChange);
     }
     let (nodes, used) = if meta::is_deleting(&vmi) || is_final(phase(&vmi)) {
         (vec![], BTreeMap::new())
     } else {
-        let nodes: Vec<NodeView> =
-            store.list_values(&kinds::NODE, None).await?.iter().map(NodeView::from_node).collect();
-        let vmis = store.list_values(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await?;
+        let nodes: Vec<NodeView> = cluster.list(&kinds::NODE, None).await?.iter().map(NodeView::from_node).collect();
+        let vmis = cluster.list(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await?;
         (nodes, node_usage(&vmis))
     };
     let plan = reconcile(&vmi, &nodes, &used, &meta::now_rfc3339());
@@ -110,15 +111,15 @@ pub(super) async fn sync(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<K
         let mut updated = vmi.clone();
         let rest: Vec<String> = meta::finalizers(&vmi).into_iter().filter(|f| f != VMI_FINALIZER).collect();
         meta::set_finalizers(&mut updated, &rest);
-        store.update(&kinds::VIRTUAL_MACHINE_INSTANCE, updated, UpdateMode::Main, false).await?;
-        return Ok(());
+        cluster.update(&kinds::VIRTUAL_MACHINE_INSTANCE, updated, UpdateMode::Main).await?;
+        return Ok(Action::AwaitChange);
     }
     let mut vmi = vmi;
     if let Some(node) = &plan.node_label {
         // KubeVirt labels a placed VMI with its node (clients select by it).
         let mut labelled = vmi.clone();
         *meta::at_mut(&mut labelled, &["metadata", "labels", NODE_NAME_LABEL]) = Value::String(node.clone());
-        vmi = store.update(&kinds::VIRTUAL_MACHINE_INSTANCE, labelled, UpdateMode::Main, false).await?;
+        vmi = cluster.update(&kinds::VIRTUAL_MACHINE_INSTANCE, labelled, UpdateMode::Main).await?;
         crate::failpoint::hit(crate::failpoint::VMI_AFTER_NODE_LABEL);
     }
     if let Some(status) = plan.status {
@@ -127,11 +128,11 @@ pub(super) async fn sync(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<K
             .and_then(Value::as_array)
             .and_then(|c| c.iter().find(|c| c["type"] == "PodScheduled" && c["status"] == "False"))
             .and_then(|c| c.get("message").and_then(Value::as_str).map(str::to_string));
-        super::runtime::write_status(store, &kinds::VIRTUAL_MACHINE_INSTANCE, &vmi, status).await?;
+        crate::cluster::write_status(cluster, &kinds::VIRTUAL_MACHINE_INSTANCE, &vmi, status).await?;
         if let Some(message) = unschedulable {
-            let c = super::runtime::COMPONENT;
+            let c = super::COMPONENT;
             crate::events::record(
-                store,
+                cluster,
                 &kinds::VIRTUAL_MACHINE_INSTANCE,
                 &vmi,
                 crate::events::WARNING,
@@ -142,10 +143,7 @@ pub(super) async fn sync(store: &Store, (ns, name): Key, queue: &Arc<WorkQueue<K
             .await;
         }
     }
-    if let Some(after) = plan.requeue_after {
-        queue.add_after((ns, name), after);
-    }
-    Ok(())
+    Ok(plan.requeue_after.into())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod nad;
 pub mod names;
 pub mod pci;
 pub mod plan;
+pub mod pod_addresses;
 pub mod services;
 pub mod setup;
 pub mod vlans;
@@ -74,4 +75,6 @@ pub enum NetworkError {
     Exhausted(String),
     #[error("DHCP responder: {0}")]
     Dhcp(String),
+    #[error(transparent)]
+    PodAddresses(#[from] pod_addresses::PodAddressError),
 }

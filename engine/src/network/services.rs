@@ -154,7 +154,7 @@ pub fn endpoint_slice(service: &Value, backends: &[Backend]) -> Value {
         "kind": "EndpointSlice",
         "metadata": {"name": meta::name(service), "namespace": meta::namespace(service),
                      "labels": {"kubernetes.io/service-name": meta::name(service),
-                                "endpointslice.kubernetes.io/managed-by": "converge.dev/endpoints"}},
+                                "endpointslice.kubernetes.io/managed-by": "endpoints.converge.dev"}},
         "addressType": "IPv4",
         "endpoints": endpoints,
         "ports": ports,

@@ -23,6 +23,7 @@ use crate::launcher::spec::VmiSpec;
 use crate::meta;
 use crate::network::plan::PodPlan;
 use crate::store::UpdateMode;
+use crate::worker::{self, Action};
 
 const WORKERS: usize = 8;
 /// Domain starts at once. Under TCG on two cores a start is CPU-bound; more in flight only share
@@ -61,33 +62,16 @@ pub(super) fn spawn(shared: Arc<Shared>) -> Vec<JoinHandle<()>> {
     if shared.net.is_some() {
         tasks.push(tokio::spawn(forward_services(Arc::clone(&shared))));
     }
-    for _ in 0..WORKERS {
-        let s = Arc::clone(&shared);
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let key = s.queue.next().await;
-                let span = tracing::debug_span!("node_sync", namespace = %key.0, name = %key.1);
-                let result = tracing::Instrument::instrument(sync(&s, &key), span).await;
-                match result {
-                    Ok(Some(after)) => s.queue.add_after(key.clone(), after),
-                    Ok(None) => {}
-                    Err(e) => {
-                        if e.code != 409 {
-                            tracing::warn!(namespace = %key.0, name = %key.1, error = %e.message, "node sync failed; retrying");
-                        }
-                        let delay = if e.code == 409 { Duration::from_millis(50) } else { Duration::from_secs(1) };
-                        s.queue.add_after(key.clone(), delay);
-                    }
-                }
-                s.queue.done(&key);
-            }
-        }));
-    }
+    let s = Arc::clone(&shared);
+    tasks.extend(worker::spawn("node", &shared.queue, WORKERS, move |key| {
+        let s = Arc::clone(&s);
+        async move { sync(&s, &key).await.map(Action::from) }
+    }));
     tasks
 }
 
 async fn feed_store(s: Arc<Shared>) {
-    let mut rx = s.store.subscribe();
+    let mut rx = s.cluster.watch(&[&kinds::VIRTUAL_MACHINE_INSTANCE]);
     let vmi_key = kinds::VIRTUAL_MACHINE_INSTANCE.store_key();
     loop {
         match rx.recv().await {
@@ -107,7 +91,7 @@ async fn feed_store(s: Arc<Shared>) {
 /// VMIs): changes are gathered for a moment, then the whole rule set is applied at once.
 async fn forward_services(s: Arc<Shared>) {
     let Some(net) = s.net.clone() else { return };
-    let mut rx = s.store.subscribe();
+    let mut rx = s.cluster.watch(&[&kinds::SERVICE, &kinds::ENDPOINTS, &kinds::VIRTUAL_MACHINE_INSTANCE]);
     let watched = [kinds::SERVICE.store_key(), kinds::ENDPOINTS.store_key()];
     let mut dirty = true;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -157,7 +141,7 @@ async fn feed_resync(s: Arc<Shared>) {
 
 /// Queues every VMI on this node and every domain this node made (orphans included).
 async fn resync(s: &Arc<Shared>) {
-    if let Ok(vmis) = s.store.list_values(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await {
+    if let Ok(vmis) = s.cluster.list(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await {
         for v in vmis.iter().filter(|v| node_name(v) == Some(s.config.name.as_str())) {
             s.queue.add((meta::namespace(v).to_string(), meta::name(v).to_string()));
         }
@@ -234,15 +218,14 @@ async fn tear_down(s: &Arc<Shared>, domain: &str, vmi_uid: &str, owner: Option<(
 async fn release_vmi(s: &Shared, vmi_uid: &str, owner: Option<(&str, &str)>) {
     super::volumes::release_vmi(s, vmi_uid).await;
     if let Some(net) = &s.net {
-        super::network::release_pod(s, net, vmi_uid, owner).await;
+        super::network::release_pod(net, vmi_uid, owner).await;
     }
 }
 
 async fn write(s: &Shared, vmi: &Value, next: &Value) -> ApiResult<()> {
     match next.get("status") {
         Some(status) if vmi.get("status") != Some(status) => {
-            crate::controllers::runtime_write_status(&s.store, &kinds::VIRTUAL_MACHINE_INSTANCE, vmi, status.clone())
-                .await
+            crate::cluster::write_status(&*s.cluster, &kinds::VIRTUAL_MACHINE_INSTANCE, vmi, status.clone()).await
         }
         _ => Ok(()),
     }
@@ -255,7 +238,7 @@ async fn remove_finalizer(s: &Shared, vmi: &Value) -> ApiResult<()> {
     }
     let mut updated = vmi.clone();
     meta::set_finalizers(&mut updated, &rest);
-    match s.store.update(&kinds::VIRTUAL_MACHINE_INSTANCE, updated, UpdateMode::Main, false).await {
+    match s.cluster.update(&kinds::VIRTUAL_MACHINE_INSTANCE, updated, UpdateMode::Main).await {
         Err(e) if e.code == 404 => Ok(()),
         other => other.map(|_| ()),
     }
@@ -265,7 +248,7 @@ async fn remove_finalizer(s: &Shared, vmi: &Value) -> ApiResult<()> {
 async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> {
     let mut timer = LaunchTimer::start();
     let domain = domain_name_of(&s.config.domain_prefix, ns, name);
-    let vmi = s.store.get(&kinds::VIRTUAL_MACHINE_INSTANCE, ns, name).await?;
+    let vmi = s.cluster.get(&kinds::VIRTUAL_MACHINE_INSTANCE, ns, name).await?;
     let vmi = vmi.filter(|v| node_name(v) == Some(s.config.name.as_str()));
     let existing = our_domain(s, &domain).await?;
 
@@ -389,7 +372,7 @@ async fn record_transition(s: &Shared, before: &Value, after: &Value) {
     };
     if let Some((kind, reason, message)) = event {
         let component = "virt-handler";
-        record(&s.store, &kinds::VIRTUAL_MACHINE_INSTANCE, after, kind, reason, &message, component).await;
+        record(&*s.cluster, &kinds::VIRTUAL_MACHINE_INSTANCE, after, kind, reason, &message, component).await;
     }
 }
 
@@ -412,7 +395,7 @@ fn mark_running(s: &Shared, next: &mut Value, now: &str, pod: Option<&PodPlan>) 
 }
 
 enum StartError {
-    /// Try again (libvirt unreachable, store conflict).
+    /// Try again (libvirt unreachable, cluster conflict).
     Retry(ApiError),
     /// The VMI cannot run as specified: it fails, with this reason and message.
     Fatal(String, String),
@@ -439,7 +422,7 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value, timer: &mut LaunchTimer) -> 
     let (vmi_c, dir_c, shared) = (vmi.clone(), dir.clone(), Arc::clone(s));
     timer.inputs = timer.lap();
     let prepared = blocking(move || {
-        let host = shared.store.host_access();
+        let host = &shared.config.host_access;
         disks::prepare(&vmi_c, &dir_c, &shared.images, shared.tool.as_ref(), &secrets, &claims, host)
     })
     .await
@@ -511,7 +494,7 @@ async fn cloud_init_secrets(s: &Shared, vmi: &Value) -> ApiResult<disks::SecretD
     }
     let mut out = disks::SecretData::new();
     for name in names {
-        if let Some(secret) = s.store.get(&kinds::SECRET, meta::namespace(vmi), &name).await? {
+        if let Some(secret) = s.cluster.get(&kinds::SECRET, meta::namespace(vmi), &name).await? {
             out.insert(name, disks::secret_data(&secret));
         }
     }
@@ -547,7 +530,7 @@ async fn shut_down_for_delete(
         if first_request {
             let message = "Signaled Graceful Shutdown";
             crate::events::record(
-                &s.store,
+                &*s.cluster,
                 &kinds::VIRTUAL_MACHINE_INSTANCE,
                 vmi,
                 crate::events::NORMAL,

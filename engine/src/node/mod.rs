@@ -1,6 +1,6 @@
 //! The node agent: registers this host as a Node, and makes the VMIs scheduled to it real under
 //! libvirt — disks, domain, lifecycle — reporting back through VMI status. It never decides
-//! policy; it only follows the objects in the store (see `agent.rs`).
+//! policy; it only follows the objects in the cluster (see `agent.rs`).
 
 pub mod disks;
 pub mod distribution;
@@ -25,16 +25,18 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
-use crate::controllers::queue::WorkQueue;
+use crate::cluster::Cluster;
 use crate::controllers::Key;
 use crate::hypervisor::Hypervisor;
 use crate::kinds;
 use crate::launcher::build::Accel;
 use crate::launcher::probe::{probe_kvm, KvmProbe};
 use crate::meta;
-use crate::store::{Store, UpdateMode};
+use crate::store::UpdateMode;
+use crate::worker::WorkQueue;
 
 pub use agent::domain_name_of;
+pub use volumes::secret_names;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -56,6 +58,9 @@ pub struct NodeConfig {
     pub insecure_registries: Vec<String>,
     /// The pod network; without it, pod interfaces are QEMU's user-mode network.
     pub network: Option<crate::network::NetworkConfig>,
+    /// What of this host guests may reach (hostDisk directories, NAD bridges, SR-IOV functions):
+    /// the node checks again what admission let through. Nothing unless the admin says.
+    pub host_access: crate::host_access::HostAccess,
 }
 
 impl NodeConfig {
@@ -72,6 +77,7 @@ impl NodeConfig {
             accel_override: None,
             insecure_registries: vec![],
             network: None,
+            host_access: crate::host_access::HostAccess::default(),
         }
     }
 }
@@ -82,6 +88,8 @@ pub enum NodeError {
     StateDir(String, std::io::Error),
     #[error("registering the Node: {0}")]
     Register(String),
+    #[error("connecting to libvirt: {0}")]
+    Libvirt(String),
     #[error(transparent)]
     Images(#[from] images::ImageError),
     #[error("setting up the pod network: {0}")]
@@ -90,7 +98,7 @@ pub enum NodeError {
 
 /// What the agent's workers share.
 pub(crate) struct Shared {
-    pub store: Arc<Store>,
+    pub cluster: Arc<dyn Cluster>,
     pub hv: Arc<dyn Hypervisor>,
     pub tool: Arc<dyn disks::DiskTool>,
     pub images: images::ImageStore,
@@ -137,6 +145,10 @@ impl NodeAgent {
     }
     pub fn vnc_socket(&self, vmi_uid: &str) -> PathBuf {
         crate::launcher::build::vnc_socket(&self.shared.config.state_dir.join("vmis").join(vmi_uid))
+    }
+    /// The pod addresses this node leased: (address, `namespace/name` of the VMI).
+    pub fn pod_addresses(&self) -> Vec<(std::net::Ipv4Addr, String)> {
+        self.shared.net.as_ref().map_or_else(Vec::new, |n| n.addresses.leases())
     }
     /// DHCP responders running (one per VMI on the pod network).
     pub fn dhcp_responders(&self) -> usize {
@@ -217,7 +229,12 @@ pub(crate) fn allow_traverse(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn register(store: &Store, config: &NodeConfig, accel: Accel, hv_version: &str) -> Result<Value, NodeError> {
+async fn register(
+    cluster: &dyn Cluster,
+    config: &NodeConfig,
+    accel: Accel,
+    hv_version: &str,
+) -> Result<Value, NodeError> {
     let facts = host::gather();
     let nf = register::NodeFacts {
         name: &config.name,
@@ -228,7 +245,7 @@ async fn register(store: &Store, config: &NodeConfig, accel: Accel, hv_version: 
     };
     let now = meta::now_rfc3339();
     let err = |e: crate::ApiError| NodeError::Register(e.message);
-    let node = match store.get(&kinds::NODE, "", &config.name).await.map_err(err)? {
+    let node = match cluster.get(&kinds::NODE, "", &config.name).await.map_err(err)? {
         Some(mut existing) => {
             let labels = meta::at_mut(&mut existing, &["metadata", "labels"]);
             if let (Some(map), Some(new)) = (labels.as_object_mut(), register::labels(&nf).as_object()) {
@@ -239,7 +256,7 @@ async fn register(store: &Store, config: &NodeConfig, accel: Accel, hv_version: 
                 existing["spec"]["podCIDR"] = json!(net.pod_cidr.to_string());
                 existing["spec"]["podCIDRs"] = json!([net.pod_cidr.to_string()]);
             }
-            store.update(&kinds::NODE, existing, UpdateMode::Main, false).await.map_err(err)?
+            cluster.update(&kinds::NODE, existing, UpdateMode::Main).await.map_err(err)?
         }
         None => {
             let mut node = json!({
@@ -250,30 +267,47 @@ async fn register(store: &Store, config: &NodeConfig, accel: Accel, hv_version: 
             if let Some(net) = &config.network {
                 node["spec"] = json!({"podCIDR": net.pod_cidr.to_string(), "podCIDRs": [net.pod_cidr.to_string()]});
             }
-            store.create(&kinds::NODE, node, false).await.map_err(err)?
+            cluster.create(&kinds::NODE, node).await.map_err(err)?
         }
     };
     let status = register::merge_heartbeat(node.get("status"), register::status(&nf, &now));
     let mut with_status = node.clone();
     with_status["status"] = status;
-    store.update(&kinds::NODE, with_status, UpdateMode::Status, false).await.map_err(err)
+    cluster.update(&kinds::NODE, with_status, UpdateMode::Status).await.map_err(err)
+}
+
+/// Connects to libvirt at `uri` and starts the agent on it.
+pub async fn start_on_libvirt(
+    cluster: Arc<dyn Cluster>,
+    config: NodeConfig,
+    uri: &str,
+) -> Result<NodeAgent, NodeError> {
+    use crate::hypervisor::Libvirt;
+    let owned = uri.to_string();
+    let libvirt = tokio::task::spawn_blocking(move || Libvirt::open(&owned))
+        .await
+        .map_err(|e| NodeError::Libvirt(e.to_string()))?
+        .map_err(|e| NodeError::Libvirt(format!("{e} (is libvirtd running? `libvirtd -d` as root)")))?;
+    let version = libvirt.version();
+    let hv: Arc<dyn Hypervisor> = Arc::new(libvirt);
+    start(cluster, config, hv, Arc::new(disks::SystemDiskTool), &version).await
 }
 
 /// Probes KVM, registers the Node and starts reconciling the VMIs scheduled to it.
 pub async fn start(
-    store: Arc<Store>,
+    cluster: Arc<dyn Cluster>,
     config: NodeConfig,
     hv: Arc<dyn Hypervisor>,
     tool: Arc<dyn disks::DiskTool>,
     hv_version: &str,
 ) -> Result<NodeAgent, NodeError> {
     let net_host: Arc<dyn crate::network::host::NetworkHost> = Arc::new(crate::network::host::SystemNetworkHost);
-    start_with(store, config, hv, tool, hv_version, net_host).await
+    start_with(cluster, config, hv, tool, hv_version, net_host).await
 }
 
 /// [`start`], with the network's OS boundary given (a recording one in unit tests).
 pub async fn start_with(
-    store: Arc<Store>,
+    cluster: Arc<dyn Cluster>,
     config: NodeConfig,
     hv: Arc<dyn Hypervisor>,
     tool: Arc<dyn disks::DiskTool>,
@@ -303,16 +337,18 @@ pub async fn start_with(
     }
     let net = match &config.network {
         Some(cfg) => {
-            let net = Arc::new(network::NodeNetwork::new(cfg.clone(), net_host));
+            let addresses = crate::network::pod_addresses::PodAddresses::open(config.state_dir.join("pod-addresses"))
+                .map_err(crate::network::NetworkError::from)?;
+            let net = Arc::new(network::NodeNetwork::new(cfg.clone(), net_host, addresses));
             network::setup_node(&net).await?;
             Some(net)
         }
         None => None,
     };
-    let node = register(&store, &config, accel, hv_version).await?;
+    let node = register(cluster.as_ref(), &config, accel, hv_version).await?;
     let shared = Arc::new(Shared {
         node_uid: meta::uid(&node).to_string(),
-        store: Arc::clone(&store),
+        cluster: Arc::clone(&cluster),
         hv,
         tool,
         images,
@@ -330,13 +366,12 @@ pub async fn start_with(
         net,
     });
     if let Some(net) = &shared.net {
-        let live: Vec<String> = store
-            .list_values(&kinds::VIRTUAL_MACHINE_INSTANCE, None)
+        let live: Vec<Value> = cluster
+            .list(&kinds::VIRTUAL_MACHINE_INSTANCE, None)
             .await
             .map_err(|e| NodeError::Register(e.message))?
-            .iter()
+            .into_iter()
             .filter(|v| v.pointer("/status/nodeName").and_then(Value::as_str) == Some(config.name.as_str()))
-            .map(|v| meta::uid(v).to_string())
             .collect();
         network::sweep_orphans(net, &live).await;
     }
@@ -349,7 +384,7 @@ pub async fn start_with(
         tick.tick().await;
         loop {
             tick.tick().await;
-            if let Err(e) = register(&store, &heartbeat_config, accel, &hv_version).await {
+            if let Err(e) = register(cluster.as_ref(), &heartbeat_config, accel, &hv_version).await {
                 tracing::warn!(error = %e, "node heartbeat failed");
             }
         }

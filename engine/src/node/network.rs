@@ -14,6 +14,7 @@ use crate::network::dhcp::{Lease, Responders};
 use crate::network::host::NetworkHost;
 use crate::network::nad::{self, BridgeNetwork, NadNetwork};
 use crate::network::plan::{self, Attachment, PodPlan, BRIDGE_SERVER, MASQUERADE_GATEWAY, MASQUERADE_GUEST};
+use crate::network::pod_addresses::{owner_of, PodAddresses};
 use crate::network::vlans::{self, VlanPorts};
 use crate::network::{names, services, setup, NetworkConfig, NetworkError};
 
@@ -22,6 +23,8 @@ pub struct NodeNetwork {
     pub config: NetworkConfig,
     pub host: Arc<dyn NetworkHost>,
     pub dhcp: Responders,
+    /// Pod addresses this node gave, from its pod CIDR.
+    pub addresses: PodAddresses,
     /// The last rules applied, so unchanged Services cost nothing.
     applied_rules: std::sync::Mutex<Option<(String, String)>>,
     /// The bridges here filter VLANs (probed at start); else `vlan_ports` are kept apart by rules.
@@ -32,11 +35,12 @@ pub struct NodeNetwork {
 }
 
 impl NodeNetwork {
-    pub fn new(config: NetworkConfig, host: Arc<dyn NetworkHost>) -> NodeNetwork {
+    pub fn new(config: NetworkConfig, host: Arc<dyn NetworkHost>, addresses: PodAddresses) -> NodeNetwork {
         NodeNetwork {
             config,
             host,
             dhcp: Responders::default(),
+            addresses,
             applied_rules: std::sync::Mutex::new(None),
             kernel_vlans: std::sync::atomic::AtomicBool::new(true),
             vlan_ports: std::sync::Mutex::new(VlanPorts::new()),
@@ -82,9 +86,25 @@ pub async fn setup_node(net: &NodeNetwork) -> Result<(), NetworkError> {
     apply_vlan_rules(net).await
 }
 
-/// Pod namespaces and taps of this node that belong to none of `live_uids` (left by a crash, or
-/// by VMIs deleted while the agent was down) go.
-pub(crate) async fn sweep_orphans(net: &NodeNetwork, live_uids: &[String]) {
+/// Removes pod namespaces, taps and address leases no live VMI on this node owns, and records the
+/// pod addresses live VMIs report (a lease lost with the state directory is taken back).
+pub(crate) async fn sweep_orphans(net: &NodeNetwork, live: &[Value]) {
+    let live_uids: Vec<String> = live.iter().map(|v| meta::uid(v).to_string()).collect();
+    let owners: Vec<String> = live.iter().map(|v| owner_of(meta::namespace(v), meta::name(v))).collect();
+    if let Err(e) = net.addresses.retain(|owner| owners.iter().any(|o| o == owner)) {
+        tracing::warn!(error = %e, "pod address leases not swept");
+    }
+    for (vmi, owner) in live.iter().zip(&owners) {
+        let reported = vmi.pointer("/status/interfaces").and_then(Value::as_array).into_iter().flatten();
+        let addresses = reported.filter_map(|i| i.get("ipAddress").and_then(Value::as_str)?.parse().ok());
+        for address in addresses.filter(|a| net.config.pod_cidr.contains(*a)) {
+            match net.addresses.adopt(address, owner) {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(%address, owner, "a running guest's pod address is leased to another"),
+                Err(e) => tracing::warn!(error = %e, "pod address not recorded"),
+            }
+        }
+    }
     let node_ns = &net.config.node_namespace;
     let keep_ns: Vec<String> = live_uids.iter().map(|u| names::pod_namespace(node_ns, u)).collect();
     let prefix = names::pod_namespace_prefix(node_ns);
@@ -155,14 +175,14 @@ async fn resolve_nads(s: &Shared, vmi: &Value, spec: &VmiSpec) -> HashMap<String
     let mut out = HashMap::new();
     for name in plan::multus_networks(spec) {
         let (ns, short) = name.split_once('/').unwrap_or((meta::namespace(vmi), name.as_str()));
-        let found = match s.store.get(&kinds::NETWORK_ATTACHMENT_DEFINITION, ns, short).await {
+        let found = match s.cluster.get(&kinds::NETWORK_ATTACHMENT_DEFINITION, ns, short).await {
             Ok(Some(n)) if !crate::host_access::nad_usable_from(&n, ns, meta::namespace(vmi)) => Err(format!(
                 "NetworkAttachmentDefinition {ns}/{short} is not shared with namespace {:?} (annotation {})",
                 meta::namespace(vmi),
                 crate::host_access::NAD_SHARED_WITH
             )),
             Ok(Some(n)) => {
-                nad::network_of(&n).and_then(|net| nad::allowed_by(&net, s.store.host_access()).map(|()| net))
+                nad::network_of(&n).and_then(|net| nad::allowed_by(&net, &s.config.host_access).map(|()| net))
             }
             Ok(None) => Err(format!("NetworkAttachmentDefinition {ns}/{short} not found")),
             Err(e) => Err(e.message),
@@ -172,7 +192,7 @@ async fn resolve_nads(s: &Shared, vmi: &Value, spec: &VmiSpec) -> HashMap<String
     out
 }
 
-/// Why a pod could not be made: to retry (store, commands) or to fail the VMI (its spec).
+/// Why a pod could not be made: to retry (cluster, commands) or to fail the VMI (its spec).
 pub enum PodError {
     Retry(String),
     Invalid(String),
@@ -182,8 +202,9 @@ pub enum PodError {
 async fn plan_pod(s: &Shared, net: &NodeNetwork, vmi: &Value, spec: &VmiSpec) -> Result<PodPlan, PodError> {
     let pod_ip = if plan::uses_pod_network(spec) {
         let reserved = [net.config.gateway()];
-        let ip = s.store.lease_pod_address(&net.config.pod_cidr, &reserved, vmi).await;
-        Some(ip.map_err(|e| PodError::Retry(e.message))?)
+        let owner = owner_of(meta::namespace(vmi), meta::name(vmi));
+        let ip = net.addresses.lease(&net.config.pod_cidr, &reserved, &owner);
+        Some(ip.map_err(|e| PodError::Retry(e.to_string()))?)
     } else {
         None
     };
@@ -279,7 +300,7 @@ pub(crate) async fn adopt_running(s: &Shared, net: &NodeNetwork, vmi: &Value) {
 }
 
 /// Removes what a VMI's networking made: its namespace, its taps, its responder, its address.
-pub(crate) async fn release_pod(s: &Shared, net: &NodeNetwork, vmi_uid: &str, owner: Option<(&str, &str)>) {
+pub(crate) async fn release_pod(net: &NodeNetwork, vmi_uid: &str, owner: Option<(&str, &str)>) {
     net.dhcp.stop(vmi_uid);
     let node_ns = &net.config.node_namespace;
     let taps: Vec<String> =
@@ -298,8 +319,8 @@ pub(crate) async fn release_pod(s: &Shared, net: &NodeNetwork, vmi_uid: &str, ow
         tracing::warn!(error = %e, "VLAN rules not updated");
     }
     if let Some((ns, name)) = owner {
-        if let Err(e) = s.store.release_pod_address(ns, name).await {
-            tracing::warn!(error = %e.message, "pod address not released");
+        if let Err(e) = net.addresses.release(&owner_of(ns, name)) {
+            tracing::warn!(error = %e, "pod address not released");
         }
     }
 }
@@ -329,10 +350,10 @@ pub fn interface_status(spec: &VmiSpec, plan: Option<&PodPlan>) -> Vec<Value> {
         .collect()
 }
 
-/// Applies the Service rules for the Services and VMIs in the store, when they changed.
+/// Applies the Service rules for the Services and VMIs in the cluster, when they changed.
 pub(crate) async fn sync_services(s: &Shared, net: &NodeNetwork) -> Result<(), String> {
-    let svcs = s.store.list_values(&kinds::SERVICE, None).await.map_err(|e| e.message)?;
-    let vmis = s.store.list_values(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await.map_err(|e| e.message)?;
+    let svcs = s.cluster.list(&kinds::SERVICE, None).await.map_err(|e| e.message)?;
+    let vmis = s.cluster.list(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await.map_err(|e| e.message)?;
     let mut forwards = vec![];
     for svc in &svcs {
         forwards.extend(services::forwards(svc, &services::backends(svc, &vmis)));

@@ -90,7 +90,7 @@ async fn agent_on_fake(dir: &Path) -> (Arc<Store>, Arc<FakeHypervisor>, super::N
     let (store, config) = store_and_config(dir).await;
     let hv = Arc::new(FakeHypervisor::default());
     let dyn_hv: Arc<dyn Hypervisor> = Arc::clone(&hv) as Arc<dyn Hypervisor>;
-    let agent = start(Arc::clone(&store), config, dyn_hv, Arc::new(NoDisks), "9.0.0").await.unwrap();
+    let agent = start(store.clone(), config, dyn_hv, Arc::new(NoDisks), "9.0.0").await.unwrap();
     (store, hv, agent)
 }
 
@@ -210,8 +210,7 @@ async fn the_agent_wires_pods_and_takes_them_down() {
     let net = Arc::new(RecordingNetworkHost::default());
     let dyn_hv: Arc<dyn Hypervisor> = Arc::clone(&hv) as Arc<dyn Hypervisor>;
     let net_host: Arc<dyn crate::network::host::NetworkHost> = Arc::clone(&net) as _;
-    let agent =
-        super::start_with(Arc::clone(&store), config, dyn_hv, Arc::new(NoDisks), "9.0.0", net_host).await.unwrap();
+    let agent = super::start_with(store.clone(), config, dyn_hv, Arc::new(NoDisks), "9.0.0", net_host).await.unwrap();
     let node = store.get(&kinds::NODE, "", "node-1").await.unwrap().unwrap();
     assert_eq!(node["spec"]["podCIDR"], "10.244.0.0/16");
     assert!(net.lines().iter().any(|l| l == "ip netns add converge"), "{:#?}", net.lines());
@@ -246,7 +245,7 @@ async fn the_agent_wires_pods_and_takes_them_down() {
     assert_eq!(vmi["status"]["interfaces"][0]["ipAddress"], "10.244.0.2", "{vmi}");
     assert_eq!(vmi["status"]["interfaces"][0]["mac"], "02:00:00:00:00:0a");
     assert_eq!(agent.dhcp_responders(), 1);
-    assert_eq!(store.address_leases("pods").await.unwrap().len(), 1);
+    assert_eq!(agent.pod_addresses(), vec![("10.244.0.2".parse().unwrap(), "default/p".to_string())]);
 
     store
         .delete(&kinds::VIRTUAL_MACHINE_INSTANCE, "default", "p", &crate::store::DeleteOptions::default())
@@ -262,7 +261,7 @@ async fn the_agent_wires_pods_and_takes_them_down() {
         net.lines().iter().filter(|l| **l == format!("ip netns del {pod_ns}")).count() >= 2,
         "removed at the end too"
     );
-    assert!(store.address_leases("pods").await.unwrap().is_empty());
+    assert!(agent.pod_addresses().is_empty());
     assert_eq!(agent.dhcp_responders(), 0);
 }
 

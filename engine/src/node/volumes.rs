@@ -22,7 +22,8 @@ pub async fn attach_claims(s: &Shared, vmi: &Value) -> Result<ClaimPaths, Wait> 
     let ns = meta::namespace(vmi);
     let mut out = ClaimPaths::new();
     for claim in claims::claims_of(vmi) {
-        let state = claims::resolve(&s.store, ns, &claim).await.map_err(|e| ("StoreError".to_string(), e.message))?;
+        let state =
+            claims::resolve(&*s.cluster, ns, &claim).await.map_err(|e| ("StoreError".to_string(), e.message))?;
         match state {
             ClaimState::Ready(v) if v.block => {
                 let file = v.file.clone();
@@ -72,6 +73,19 @@ pub fn pull_policy(reference: &str, explicit: Option<&str>) -> String {
 }
 
 /// `(image, pullPolicy, pull secret)` of every container image a VMI boots from.
+/// Every Secret a VMI names (image pull secrets, cloud-init user and network data): what its
+/// node may read of the VMI's namespace.
+pub fn secret_names(vmi: &Value) -> std::collections::BTreeSet<String> {
+    let mut names: std::collections::BTreeSet<String> = images_of(vmi).into_iter().filter_map(|(_, _, s)| s).collect();
+    let spec = crate::launcher::spec::VmiSpec::from_vmi(vmi).unwrap_or_default();
+    for v in &spec.volumes {
+        for src in [&v.cloud_init_no_cloud, &v.cloud_init_config_drive].into_iter().flatten() {
+            names.extend(src.secret_ref.iter().chain(src.network_data_secret_ref.iter()).map(|r| r.name.clone()));
+        }
+    }
+    names
+}
+
 fn images_of(vmi: &Value) -> Vec<(String, Option<String>, Option<String>)> {
     let mut out = vec![];
     for v in vmi.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
@@ -93,7 +107,7 @@ fn images_of(vmi: &Value) -> Vec<(String, Option<String>, Option<String>)> {
 
 async fn credentials(s: &Shared, ns: &str, secret: Option<&str>, image: &str) -> Result<Option<Credentials>, Wait> {
     let Some(name) = secret else { return Ok(None) };
-    let obj = s.store.get(&kinds::SECRET, ns, name).await.map_err(|e| ("StoreError".to_string(), e.message))?;
+    let obj = s.cluster.get(&kinds::SECRET, ns, name).await.map_err(|e| ("StoreError".to_string(), e.message))?;
     let obj = obj.ok_or_else(|| ("ErrImagePull".to_string(), format!("image pull secret {name:?} not found")))?;
     let registry = registry::registry_of(image).map_err(|e| ("InvalidImageName".to_string(), e.to_string()))?;
     Ok(registry::credentials_from_secret(&super::disks::secret_data(&obj), &registry))

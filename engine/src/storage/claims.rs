@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use super::ANN_POD_PHASE;
+use crate::cluster::Cluster;
 use crate::error::ApiResult;
 use crate::kinds;
 use crate::meta;
-use crate::store::Store;
 
 /// A claim ready to attach.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +44,8 @@ pub fn claims_of(vmi: &Value) -> Vec<String> {
 }
 
 /// `(namespace, claim)` pairs consumed by VMIs that are not finished.
-pub async fn consumed(store: &Store) -> ApiResult<BTreeSet<(String, String)>> {
-    let vmis = store.list_values(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await?;
+pub async fn consumed(cluster: &dyn Cluster) -> ApiResult<BTreeSet<(String, String)>> {
+    let vmis = cluster.list(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await?;
     Ok(vmis
         .iter()
         .filter(|v| !crate::controllers::status::is_final(crate::controllers::status::phase(v)))
@@ -85,11 +85,11 @@ pub fn state_of(pvc: Option<&Value>, pv: Option<&Value>, claim: &str) -> ClaimSt
 }
 
 /// Looks `claim` up in `namespace`.
-pub async fn resolve(store: &Store, namespace: &str, claim: &str) -> ApiResult<ClaimState> {
-    let pvc = store.get(&kinds::PERSISTENT_VOLUME_CLAIM, namespace, claim).await?;
+pub async fn resolve(cluster: &dyn Cluster, namespace: &str, claim: &str) -> ApiResult<ClaimState> {
+    let pvc = cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, namespace, claim).await?;
     let pv_name = pvc.as_ref().and_then(|p| p.pointer("/spec/volumeName")).and_then(Value::as_str);
     let pv = match pv_name {
-        Some(n) => store.get(&kinds::PERSISTENT_VOLUME, "", n).await?,
+        Some(n) => cluster.get(&kinds::PERSISTENT_VOLUME, "", n).await?,
         None => None,
     };
     let state = state_of(pvc.as_ref(), pv.as_ref(), claim);

@@ -12,7 +12,7 @@ async fn secret(
     name: Option<&str>,
 ) -> Result<std::collections::BTreeMap<String, Vec<u8>>, StorageError> {
     let Some(name) = name.filter(|n| !n.is_empty()) else { return Ok(Default::default()) };
-    match s.store.get(&kinds::SECRET, ns, name).await {
+    match s.cluster.get(&kinds::SECRET, ns, name).await {
         Ok(Some(obj)) => Ok(crate::node::disks::secret_data(&obj)),
         Ok(None) => Err(StorageError::Transient(format!("secret {name:?} not found in namespace {ns:?}"))),
         Err(e) => Err(StorageError::Transient(e.message)),
@@ -44,7 +44,8 @@ async fn http_source(s: &Shared, ns: &str, body: &Value, url: String) -> Result<
     }
     let ca_pem = match body.get("certConfigMap").and_then(Value::as_str).filter(|n| !n.is_empty()) {
         Some(cm) => {
-            let obj = s.store.get(&kinds::CONFIG_MAP, ns, cm).await.map_err(|e| StorageError::Transient(e.message))?;
+            let obj =
+                s.cluster.get(&kinds::CONFIG_MAP, ns, cm).await.map_err(|e| StorageError::Transient(e.message))?;
             let obj =
                 obj.ok_or_else(|| StorageError::Transient(format!("configmap {cm:?} not found in namespace {ns:?}")))?;
             let pem: String = obj
@@ -70,9 +71,9 @@ async fn http_source(s: &Shared, ns: &str, body: &Value, url: String) -> Result<
 /// The volume behind a claim, as an import target.
 pub(super) async fn target_of(s: &Shared, ns: &str, claim: &str) -> Result<Target, StorageError> {
     let transient = |m: String| StorageError::Transient(m);
-    let pvc = s.store.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, claim).await.map_err(|e| transient(e.message))?;
+    let pvc = s.cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, claim).await.map_err(|e| transient(e.message))?;
     let pv_name = pvc.as_ref().and_then(|p| p.pointer("/spec/volumeName")).and_then(Value::as_str).unwrap_or_default();
-    let pv = s.store.get(&kinds::PERSISTENT_VOLUME, "", pv_name).await.map_err(|e| transient(e.message))?;
+    let pv = s.cluster.get(&kinds::PERSISTENT_VOLUME, "", pv_name).await.map_err(|e| transient(e.message))?;
     let pv = pv
         .filter(|pv| pvc.as_ref().is_some_and(|c| provisioner::bound_to(pv, c)))
         .ok_or_else(|| transient(format!("claim {claim:?} has no volume yet")))?;
@@ -95,7 +96,7 @@ pub(super) async fn annotate_claim(
     changes: &[(&str, Option<String>)],
 ) -> ApiResult<()> {
     for _ in 0..10 {
-        let Some(pvc) = s.store.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, name).await? else { return Ok(()) };
+        let Some(pvc) = s.cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, name).await? else { return Ok(()) };
         let mut next = pvc.clone();
         let annotations = meta::metadata_mut(&mut next).entry("annotations").or_insert_with(|| json!({}));
         if let Some(a) = annotations.as_object_mut() {
@@ -109,7 +110,7 @@ pub(super) async fn annotate_claim(
         if next == pvc {
             return Ok(());
         }
-        match s.store.update(&kinds::PERSISTENT_VOLUME_CLAIM, next, UpdateMode::Main, false).await {
+        match s.cluster.update(&kinds::PERSISTENT_VOLUME_CLAIM, next, UpdateMode::Main).await {
             Ok(_) => return Ok(()),
             Err(e) if e.code == 409 => continue,
             Err(e) => return Err(e),
@@ -124,7 +125,7 @@ async fn clone_source(s: &Shared, dv: &Value, source: &Source) -> ApiResult<Resu
     let (src_ns, src_name) = match source {
         Source::Pvc { namespace, name } => (namespace.clone(), name.clone()),
         Source::Ref { namespace, name } => {
-            let Some(ds) = s.store.get(&kinds::DATA_SOURCE, namespace, name).await? else {
+            let Some(ds) = s.cluster.get(&kinds::DATA_SOURCE, namespace, name).await? else {
                 return Ok(Err(("DataSourceNotFound".into(), format!("DataSource {namespace}/{name} not found"))));
             };
             let pvc_name = ds.pointer("/spec/source/pvc/name").and_then(Value::as_str);
@@ -149,7 +150,7 @@ async fn clone_source(s: &Shared, dv: &Value, source: &Source) -> ApiResult<Resu
     };
     if src_ns != ns {
         let allowed = s
-            .store
+            .cluster
             .get(&kinds::NAMESPACE, "", &src_ns)
             .await?
             .as_ref()
@@ -166,7 +167,7 @@ async fn clone_source(s: &Shared, dv: &Value, source: &Source) -> ApiResult<Resu
         }
     }
     // A guest writing the source would give a torn copy: the clone waits, as CDI's does.
-    if claims::consumed(&s.store).await?.contains(&(src_ns.clone(), src_name.clone())) {
+    if claims::consumed(&*s.cluster).await?.contains(&(src_ns.clone(), src_name.clone())) {
         return Ok(Err((
             "CloneSourceInUse".into(),
             format!(
@@ -174,7 +175,7 @@ async fn clone_source(s: &Shared, dv: &Value, source: &Source) -> ApiResult<Resu
             ),
         )));
     }
-    Ok(match claims::resolve(&s.store, &src_ns, &src_name).await? {
+    Ok(match claims::resolve(&*s.cluster, &src_ns, &src_name).await? {
         claims::ClaimState::Ready(v) if !v.block || v.file.exists() => Ok(v.file),
         claims::ClaimState::Ready(_) => {
             Err(("CloneSourceNotReady".into(), "the source volume's file is missing".into()))
@@ -184,7 +185,7 @@ async fn clone_source(s: &Shared, dv: &Value, source: &Source) -> ApiResult<Resu
 }
 
 pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<()> {
-    let dv = s.store.get(&kinds::DATA_VOLUME, ns, name).await?;
+    let dv = s.cluster.get(&kinds::DATA_VOLUME, ns, name).await?;
     let Some(dv) = dv.filter(|d| !meta::is_deleting(d)) else {
         cancel_jobs(s).await;
         return Ok(());
@@ -202,10 +203,10 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
         .and_then(Value::as_str);
     let class = provisioner::class_for(class_name, &all);
     let profile = match class {
-        Some(c) => s.store.get(&kinds::STORAGE_PROFILE, "", meta::name(c)).await?,
+        Some(c) => s.cluster.get(&kinds::STORAGE_PROFILE, "", meta::name(c)).await?,
         None => None,
     };
-    let pvc = s.store.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, name).await?;
+    let pvc = s.cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, name).await?;
     if let Some(p) = pvc.as_ref().filter(|p| !meta::owner_uids(p).contains(&uid)) {
         let message =
             format!("PersistentVolumeClaim {:?} already exists and is not owned by this DataVolume", meta::name(p));
@@ -229,20 +230,18 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
         s.dvs.add_after((ns.clone(), name.clone()), Duration::from_secs(3));
     }
     let claim_waiting = match pvc.as_ref().filter(|_| !bound) {
-        Some(p) => events::latest_for(&s.store, p).await.map(|(_, message)| message),
+        Some(p) => events::latest_for(&*s.cluster, p).await.map(|(_, message)| message),
         None => None,
     };
     let seen = Observed { pvc: pvc.as_ref(), wait_for_consumer, job: job.clone(), blocked, restarts, claim_waiting };
     let decision = datavolume::decide(&dv, &source, &seen, &now);
     if decision.create_claim {
         match datavolume::claim_for(&dv, profile.as_ref()) {
-            Ok(claim) => {
-                match crate::admission::create_admitted(&s.store, &kinds::PERSISTENT_VOLUME_CLAIM, claim, false).await {
-                    Ok(_) => {}
-                    Err(e) if e.code == 409 => {}
-                    Err(e) => return write_failed(s, &dv, "ClaimNotCreated", &e.message, &now).await,
-                }
-            }
+            Ok(claim) => match s.cluster.create(&kinds::PERSISTENT_VOLUME_CLAIM, claim).await {
+                Ok(_) => {}
+                Err(e) if e.code == 409 => {}
+                Err(e) => return write_failed(s, &dv, "ClaimNotCreated", &e.message, &now).await,
+            },
             Err(message) => return write_failed(s, &dv, "InvalidStorage", &message, &now).await,
         }
     }
@@ -257,7 +256,7 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
     let old_phase = dv.pointer("/status/phase").and_then(Value::as_str).unwrap_or("").to_string();
     let new_phase = decision.status["phase"].as_str().unwrap_or("").to_string();
     if !dv.get("status").is_some_and(|old| super::super::same_ignoring_heartbeats(old, &decision.status)) {
-        crate::controllers::runtime_write_status(&s.store, &kinds::DATA_VOLUME, &dv, decision.status.clone()).await?;
+        crate::cluster::write_status(&*s.cluster, &kinds::DATA_VOLUME, &dv, decision.status.clone()).await?;
     }
     if old_phase != new_phase {
         phase_event(s, &dv, &new_phase, &decision.status, source_kind).await;
@@ -285,7 +284,7 @@ async fn phase_event(s: &Shared, dv: &Value, phase: &str, status: &Value, source
         }
         _ => return,
     };
-    events::record(&s.store, &kinds::DATA_VOLUME, dv, kind, reason, &message, COMPONENT).await;
+    events::record(&*s.cluster, &kinds::DATA_VOLUME, dv, kind, reason, &message, COMPONENT).await;
 }
 
 fn succeeded_reason(source_kind: &str) -> &'static str {
@@ -305,14 +304,14 @@ async fn write_failed(s: &Shared, dv: &Value, reason: &str, message: &str, now: 
         return Ok(());
     }
     if dv.pointer("/status/phase").and_then(Value::as_str) != Some("Failed") {
-        events::record(&s.store, &kinds::DATA_VOLUME, dv, events::WARNING, reason, message, COMPONENT).await;
+        events::record(&*s.cluster, &kinds::DATA_VOLUME, dv, events::WARNING, reason, message, COMPONENT).await;
     }
-    crate::controllers::runtime_write_status(&s.store, &kinds::DATA_VOLUME, dv, status).await
+    crate::cluster::write_status(&*s.cluster, &kinds::DATA_VOLUME, dv, status).await
 }
 
 /// Stops jobs whose DataVolume is gone or being deleted.
 async fn cancel_jobs(s: &Shared) {
-    let Ok(dvs) = s.store.list_values(&kinds::DATA_VOLUME, None).await else { return };
+    let Ok(dvs) = s.cluster.list(&kinds::DATA_VOLUME, None).await else { return };
     let live: std::collections::HashSet<String> =
         dvs.iter().filter(|d| !meta::is_deleting(d)).map(|d| meta::uid(d).to_string()).collect();
     if let Ok(mut jobs) = s.jobs.lock() {
@@ -382,7 +381,7 @@ pub(super) async fn finish_job(s: &Arc<Shared>, key: &Key, uid: &str, result: Re
         }
         Err(e) => {
             tracing::info!(namespace = %ns, name = %name, error = %e, "volume population will be retried");
-            let restarts = match s.store.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, name).await {
+            let restarts = match s.cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, name).await {
                 Ok(Some(p)) => annotation(&p, ANN_RESTARTS).and_then(|r| r.parse::<u32>().ok()).unwrap_or(0) + 1,
                 _ => 1,
             };

@@ -1,5 +1,5 @@
 //! Runs the storage controllers: claims (provisioning, protection), volumes (reclaim),
-//! DataVolumes (claims and the jobs that fill them) and StorageProfiles, fed from the store like
+//! DataVolumes (claims and the jobs that fill them) and StorageProfiles, fed from the cluster like
 //! the VM controllers; plus the upload entry point the API's upload proxy calls.
 
 use std::collections::HashMap;
@@ -15,13 +15,15 @@ use super::datavolume::{self, JobView, Observed, Source, ANN_FAILURE};
 use super::importer::{self, ContentType, Target};
 use super::volume::{SystemVolumeTool, VolumeTool};
 use super::{claims, provisioner, StorageConfig, StorageError, ANN_CLONE_TO, ANN_POD_PHASE, ANN_RESTARTS};
-use crate::controllers::queue::WorkQueue;
+use crate::cluster::Cluster;
 use crate::controllers::Key;
 use crate::error::{ApiError, ApiResult};
 use crate::events;
 use crate::kinds;
 use crate::meta;
-use crate::store::{DeleteOptions, Store, UpdateMode};
+use crate::store::{DeleteOptions, UpdateMode};
+use crate::worker::WorkQueue;
+use crate::worker::{self, Action};
 
 const COMPONENT: &str = "cdi-controller";
 const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
@@ -35,7 +37,7 @@ struct Job {
 }
 
 struct Shared {
-    store: Arc<Store>,
+    cluster: Arc<dyn Cluster>,
     config: StorageConfig,
     tool: Arc<dyn VolumeTool>,
     fetcher: Arc<dyn super::sources::Fetcher>,
@@ -68,26 +70,26 @@ fn key_of(obj: &Value) -> Key {
 use meta::annotation;
 
 /// Starts the storage controllers, making the default StorageClass if there is none.
-pub async fn spawn(store: Arc<Store>, config: StorageConfig) -> ApiResult<StorageControllers> {
-    spawn_with(store, config, Arc::new(SystemVolumeTool), Arc::new(super::sources::HttpFetcher)).await
+pub async fn spawn(cluster: Arc<dyn Cluster>, config: StorageConfig) -> ApiResult<StorageControllers> {
+    spawn_with(cluster, config, Arc::new(SystemVolumeTool), Arc::new(super::sources::HttpFetcher)).await
 }
 
 /// `spawn` with the OS boundaries given (tests pass recording doubles).
 pub async fn spawn_with(
-    store: Arc<Store>,
+    cluster: Arc<dyn Cluster>,
     config: StorageConfig,
     tool: Arc<dyn VolumeTool>,
     fetcher: Arc<dyn super::sources::Fetcher>,
 ) -> ApiResult<StorageControllers> {
-    if store.list_values(&kinds::STORAGE_CLASS, None).await?.is_empty() {
-        match store.create(&kinds::STORAGE_CLASS, provisioner::default_class(), false).await {
+    if cluster.list(&kinds::STORAGE_CLASS, None).await?.is_empty() {
+        match cluster.create(&kinds::STORAGE_CLASS, provisioner::default_class()).await {
             Ok(_) => {}
             Err(e) if e.code == 409 => {}
             Err(e) => return Err(e),
         }
     }
     let shared = Arc::new(Shared {
-        store,
+        cluster,
         config,
         tool,
         fetcher,
@@ -97,26 +99,21 @@ pub async fn spawn_with(
         dvs: WorkQueue::new(),
     });
     let mut tasks = vec![tokio::spawn(feed(Arc::clone(&shared)))];
-    for (queue, which) in [(&shared.pvcs, 0), (&shared.pvs, 1), (&shared.dvs, 2), (&shared.dvs, 2)] {
-        let (s, q) = (Arc::clone(&shared), Arc::clone(queue));
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let key = q.next().await;
-                let result = match which {
-                    0 => sync_pvc(&s, &key).await,
-                    1 => sync_pv(&s, &key.1).await,
-                    _ => sync_dv(&s, &key).await,
-                };
-                if let Err(e) = result {
-                    if e.code != 409 {
-                        tracing::warn!(namespace = %key.0, name = %key.1, error = %e.message, "storage reconcile failed; retrying");
-                    }
-                    q.add_after(key.clone(), Duration::from_millis(if e.code == 409 { 50 } else { 1000 }));
-                }
-                q.done(&key);
-            }
-        }));
-    }
+    let sh = Arc::clone(&shared);
+    tasks.extend(worker::spawn("persistentvolumeclaim", &shared.pvcs, 1, move |key| {
+        let s = Arc::clone(&sh);
+        async move { sync_pvc(&s, &key).await.map(|()| Action::AwaitChange) }
+    }));
+    let sh = Arc::clone(&shared);
+    tasks.extend(worker::spawn("persistentvolume", &shared.pvs, 1, move |key| {
+        let s = Arc::clone(&sh);
+        async move { sync_pv(&s, &key.1).await.map(|()| Action::AwaitChange) }
+    }));
+    let sh = Arc::clone(&shared);
+    tasks.extend(worker::spawn("datavolume", &shared.dvs, 2, move |key| {
+        let s = Arc::clone(&sh);
+        async move { sync_dv(&s, &key).await.map(|()| Action::AwaitChange) }
+    }));
     Ok(StorageControllers { tasks, shared })
 }
 
@@ -124,7 +121,7 @@ async fn resync_all(s: &Shared) {
     for (kind, queue) in
         [(&kinds::PERSISTENT_VOLUME_CLAIM, &s.pvcs), (&kinds::PERSISTENT_VOLUME, &s.pvs), (&kinds::DATA_VOLUME, &s.dvs)]
     {
-        if let Ok(items) = s.store.list_values(kind, None).await {
+        if let Ok(items) = s.cluster.list(kind, None).await {
             items.iter().for_each(|o| queue.add(key_of(o)));
         }
     }
@@ -134,7 +131,7 @@ async fn resync_all(s: &Shared) {
 
 /// DataSources read Ready once the claim they name is there and filled, as CDI's do.
 async fn sync_data_sources(s: &Shared) {
-    let Ok(sources) = s.store.list_values(&kinds::DATA_SOURCE, None).await else { return };
+    let Ok(sources) = s.cluster.list(&kinds::DATA_SOURCE, None).await else { return };
     let now = meta::now_rfc3339();
     for ds in &sources {
         let ns = meta::namespace(ds);
@@ -143,7 +140,7 @@ async fn sync_data_sources(s: &Shared) {
             ds.pointer("/spec/source/pvc/namespace").and_then(Value::as_str).filter(|n| !n.is_empty()).unwrap_or(ns);
         let (ready, reason, message) = match claim {
             None => (false, "NoSource", "spec.source.pvc is not set".to_string()),
-            Some(c) => match claims::resolve(&s.store, claim_ns, c).await {
+            Some(c) => match claims::resolve(&*s.cluster, claim_ns, c).await {
                 Ok(claims::ClaimState::Ready(_)) => (true, "Ready", String::new()),
                 Ok(claims::ClaimState::Waiting(reason, message)) => {
                     (false, if reason == "PVCNotFound" { "NotFound" } else { "Pending" }, message)
@@ -158,12 +155,22 @@ async fn sync_data_sources(s: &Shared) {
         if ds.get("status").is_some_and(|old| super::same_ignoring_heartbeats(old, &status)) {
             continue;
         }
-        let _ = crate::controllers::runtime_write_status(&s.store, &kinds::DATA_SOURCE, ds, status).await;
+        let _ = crate::cluster::write_status(&*s.cluster, &kinds::DATA_SOURCE, ds, status).await;
     }
 }
 
+/// What wakes the storage controllers.
+const WATCHED: [&kinds::ResourceKind; 6] = [
+    &kinds::PERSISTENT_VOLUME_CLAIM,
+    &kinds::PERSISTENT_VOLUME,
+    &kinds::DATA_VOLUME,
+    &kinds::VIRTUAL_MACHINE_INSTANCE,
+    &kinds::STORAGE_CLASS,
+    &kinds::DATA_SOURCE,
+];
+
 async fn feed(s: Arc<Shared>) {
-    let mut rx = s.store.subscribe();
+    let mut rx = s.cluster.watch(&WATCHED);
     resync_all(&s).await;
     let mut resync = tokio::time::interval(RESYNC);
     resync.tick().await;
@@ -199,7 +206,7 @@ async fn feed(s: Arc<Shared>) {
                         }
                     } else if ev.kind_key == sc_key {
                         sync_profiles(&s).await;
-                        if let Ok(items) = s.store.list_values(&kinds::PERSISTENT_VOLUME_CLAIM, None).await {
+                        if let Ok(items) = s.cluster.list(&kinds::PERSISTENT_VOLUME_CLAIM, None).await {
                             items.iter().for_each(|o| s.pvcs.add(key_of(o)));
                         }
                     } else if ev.kind_key == ds_key {
@@ -216,7 +223,7 @@ async fn feed(s: Arc<Shared>) {
 
 /// DataVolumes still waiting on a source: a claim or DataSource change may unblock them.
 async fn requeue_waiting_dvs(s: &Shared) {
-    if let Ok(dvs) = s.store.list_values(&kinds::DATA_VOLUME, None).await {
+    if let Ok(dvs) = s.cluster.list(&kinds::DATA_VOLUME, None).await {
         dvs.iter()
             .filter(|d| d.pointer("/status/phase").and_then(Value::as_str) != Some("Succeeded"))
             .for_each(|d| s.dvs.add(key_of(d)));
@@ -225,16 +232,16 @@ async fn requeue_waiting_dvs(s: &Shared) {
 
 /// One StorageProfile per StorageClass, as CDI keeps them.
 async fn sync_profiles(s: &Shared) {
-    let Ok(classes) = s.store.list_values(&kinds::STORAGE_CLASS, None).await else { return };
+    let Ok(classes) = s.cluster.list(&kinds::STORAGE_CLASS, None).await else { return };
     for class in &classes {
         let want = provisioner::profile_for(class);
-        match s.store.get(&kinds::STORAGE_PROFILE, "", meta::name(class)).await {
+        match s.cluster.get(&kinds::STORAGE_PROFILE, "", meta::name(class)).await {
             Ok(None) => {
                 let mut obj = want.clone();
                 obj.as_object_mut().map(|m| m.remove("status"));
-                if let Ok(created) = s.store.create(&kinds::STORAGE_PROFILE, obj, false).await {
-                    let _ = crate::controllers::runtime_write_status(
-                        &s.store,
+                if let Ok(created) = s.cluster.create(&kinds::STORAGE_PROFILE, obj).await {
+                    let _ = crate::cluster::write_status(
+                        &*s.cluster,
                         &kinds::STORAGE_PROFILE,
                         &created,
                         want["status"].clone(),
@@ -243,8 +250,8 @@ async fn sync_profiles(s: &Shared) {
                 }
             }
             Ok(Some(existing)) => {
-                let _ = crate::controllers::runtime_write_status(
-                    &s.store,
+                let _ = crate::cluster::write_status(
+                    &*s.cluster,
                     &kinds::STORAGE_PROFILE,
                     &existing,
                     want["status"].clone(),
@@ -257,34 +264,34 @@ async fn sync_profiles(s: &Shared) {
 }
 
 async fn classes(s: &Shared) -> ApiResult<Vec<Value>> {
-    s.store.list_values(&kinds::STORAGE_CLASS, None).await
+    s.cluster.list(&kinds::STORAGE_CLASS, None).await
 }
 
 /// Binds, provisions or releases one claim.
 async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
-    let Some(pvc) = s.store.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, name).await? else { return Ok(()) };
-    let consumed = claims::consumed(&s.store).await?.contains(&(ns.clone(), name.clone()));
+    let Some(pvc) = s.cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, name).await? else { return Ok(()) };
+    let consumed = claims::consumed(&*s.cluster).await?.contains(&(ns.clone(), name.clone()));
     if meta::is_deleting(&pvc) {
         if !consumed && meta::finalizers(&pvc).iter().any(|f| f == PVC_PROTECTION) {
             let mut next = pvc.clone();
             let rest: Vec<String> = meta::finalizers(&pvc).into_iter().filter(|f| f != PVC_PROTECTION).collect();
             meta::set_finalizers(&mut next, &rest);
-            s.store.update(&kinds::PERSISTENT_VOLUME_CLAIM, next, UpdateMode::Main, false).await?;
+            s.cluster.update(&kinds::PERSISTENT_VOLUME_CLAIM, next, UpdateMode::Main).await?;
         }
         return Ok(());
     }
-    let pvs = s.store.list_values(&kinds::PERSISTENT_VOLUME, None).await?;
+    let pvs = s.cluster.list(&kinds::PERSISTENT_VOLUME, None).await?;
     // Bound already (or bound before a crash, status not yet written).
     let mine = pvs.iter().find(|pv| pv.pointer("/spec/claimRef/uid").and_then(Value::as_str) == Some(meta::uid(&pvc)));
     if let Some(pv) = mine {
         if pvc.pointer("/spec/volumeName").and_then(Value::as_str) != Some(meta::name(pv)) {
-            s.store
-                .update(&kinds::PERSISTENT_VOLUME_CLAIM, provisioner::bound_claim(&pvc, pv), UpdateMode::Main, false)
+            s.cluster
+                .update(&kinds::PERSISTENT_VOLUME_CLAIM, provisioner::bound_claim(&pvc, pv), UpdateMode::Main)
                 .await?;
             return Ok(());
         }
-        return crate::controllers::runtime_write_status(
-            &s.store,
+        return crate::cluster::write_status(
+            &*s.cluster,
             &kinds::PERSISTENT_VOLUME_CLAIM,
             &pvc,
             provisioner::bound_status(pv),
@@ -299,22 +306,17 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
     let delayed = !prebound && !consumed && class.is_some_and(provisioner::waits_for_consumer);
     if let Some(pv) = provisioner::pick_static(&pvc, &pvs).filter(|_| !delayed) {
         let claimed = s
-            .store
-            .update(&kinds::PERSISTENT_VOLUME, provisioner::claimed_volume(pv, &pvc), UpdateMode::Main, false)
+            .cluster
+            .update(&kinds::PERSISTENT_VOLUME, provisioner::claimed_volume(pv, &pvc), UpdateMode::Main)
             .await?;
-        crate::controllers::runtime_write_status(
-            &s.store,
-            &kinds::PERSISTENT_VOLUME,
-            &claimed,
-            json!({"phase": "Bound"}),
-        )
-        .await?;
+        crate::cluster::write_status(&*s.cluster, &kinds::PERSISTENT_VOLUME, &claimed, json!({"phase": "Bound"}))
+            .await?;
         let bound = s
-            .store
-            .update(&kinds::PERSISTENT_VOLUME_CLAIM, provisioner::bound_claim(&pvc, &claimed), UpdateMode::Main, false)
+            .cluster
+            .update(&kinds::PERSISTENT_VOLUME_CLAIM, provisioner::bound_claim(&pvc, &claimed), UpdateMode::Main)
             .await?;
-        return crate::controllers::runtime_write_status(
-            &s.store,
+        return crate::cluster::write_status(
+            &*s.cluster,
             &kinds::PERSISTENT_VOLUME_CLAIM,
             &bound,
             provisioner::bound_status(&claimed),
@@ -330,7 +332,7 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
             events::WARNING
         };
         events::record(
-            &s.store,
+            &*s.cluster,
             &kinds::PERSISTENT_VOLUME_CLAIM,
             pvc,
             kind,
@@ -339,13 +341,8 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
             "persistentvolume-controller",
         )
         .await;
-        crate::controllers::runtime_write_status(
-            &s.store,
-            &kinds::PERSISTENT_VOLUME_CLAIM,
-            pvc,
-            json!({"phase": "Pending"}),
-        )
-        .await
+        crate::cluster::write_status(&*s.cluster, &kinds::PERSISTENT_VOLUME_CLAIM, pvc, json!({"phase": "Pending"}))
+            .await
     };
     if let Some(wanted) = pvc.pointer("/spec/volumeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
         let why = match pvs.iter().find(|pv| meta::name(pv) == wanted) {
@@ -365,7 +362,7 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
     if let Err(e) = make_volume_file(&dir, size) {
         let message = format!("failed to provision volume in {}: {e}", dir.display());
         events::record(
-            &s.store,
+            &*s.cluster,
             &kinds::PERSISTENT_VOLUME_CLAIM,
             &pvc,
             events::WARNING,
@@ -376,27 +373,21 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
         .await;
         return Err(ApiError::internal(message));
     }
-    let pv = match s.store.create(&kinds::PERSISTENT_VOLUME, pv.clone(), false).await {
+    let pv = match s.cluster.create(&kinds::PERSISTENT_VOLUME, pv.clone()).await {
         Ok(created) => created,
-        Err(e) if e.code == 409 => s.store.get(&kinds::PERSISTENT_VOLUME, "", meta::name(&pv)).await?.ok_or(e)?,
+        Err(e) if e.code == 409 => s.cluster.get(&kinds::PERSISTENT_VOLUME, "", meta::name(&pv)).await?.ok_or(e)?,
         Err(e) => return Err(e),
     };
-    crate::controllers::runtime_write_status(&s.store, &kinds::PERSISTENT_VOLUME, &pv, json!({"phase": "Bound"}))
-        .await?;
+    crate::cluster::write_status(&*s.cluster, &kinds::PERSISTENT_VOLUME, &pv, json!({"phase": "Bound"})).await?;
     let bound = s
-        .store
-        .update(&kinds::PERSISTENT_VOLUME_CLAIM, provisioner::bound_claim(&pvc, &pv), UpdateMode::Main, false)
+        .cluster
+        .update(&kinds::PERSISTENT_VOLUME_CLAIM, provisioner::bound_claim(&pvc, &pv), UpdateMode::Main)
         .await?;
-    crate::controllers::runtime_write_status(
-        &s.store,
-        &kinds::PERSISTENT_VOLUME_CLAIM,
-        &bound,
-        provisioner::bound_status(&pv),
-    )
-    .await?;
+    crate::cluster::write_status(&*s.cluster, &kinds::PERSISTENT_VOLUME_CLAIM, &bound, provisioner::bound_status(&pv))
+        .await?;
     let message = format!("Successfully provisioned volume {}", meta::name(&pv));
     events::record(
-        &s.store,
+        &*s.cluster,
         &kinds::PERSISTENT_VOLUME_CLAIM,
         &bound,
         events::NORMAL,
@@ -415,7 +406,7 @@ async fn release_finalizer(s: &Shared, pv: &Value) -> ApiResult<()> {
     }
     let mut next = pv.clone();
     meta::set_finalizers(&mut next, &rest);
-    s.store.update(&kinds::PERSISTENT_VOLUME, next, UpdateMode::Main, false).await.map(|_| ())
+    s.cluster.update(&kinds::PERSISTENT_VOLUME, next, UpdateMode::Main).await.map(|_| ())
 }
 
 const PROVISIONER_COMPONENT: &str = "converge.dev/local-pool";
@@ -437,14 +428,14 @@ fn make_volume_file(dir: &Path, size: u64) -> std::io::Result<()> {
 
 /// Reclaims a volume whose claim is gone: Delete removes it and its files, Retain keeps both.
 async fn sync_pv(s: &Shared, name: &str) -> ApiResult<()> {
-    let Some(pv) = s.store.get(&kinds::PERSISTENT_VOLUME, "", name).await? else { return Ok(()) };
+    let Some(pv) = s.cluster.get(&kinds::PERSISTENT_VOLUME, "", name).await? else { return Ok(()) };
     // Unclaimed, or pre-bound by an admin to a claim that is not there yet.
     if pv.pointer("/spec/claimRef/uid").and_then(Value::as_str).is_none_or(str::is_empty) {
         if meta::is_deleting(&pv) {
             return release_finalizer(s, &pv).await;
         }
-        return crate::controllers::runtime_write_status(
-            &s.store,
+        return crate::cluster::write_status(
+            &*s.cluster,
             &kinds::PERSISTENT_VOLUME,
             &pv,
             json!({"phase": "Available"}),
@@ -454,20 +445,15 @@ async fn sync_pv(s: &Shared, name: &str) -> ApiResult<()> {
     let claim_ns = pv.pointer("/spec/claimRef/namespace").and_then(Value::as_str).unwrap_or_default();
     let claim_name = pv.pointer("/spec/claimRef/name").and_then(Value::as_str).unwrap_or_default();
     let claim_uid = pv.pointer("/spec/claimRef/uid").and_then(Value::as_str).unwrap_or_default();
-    let claim = s.store.get(&kinds::PERSISTENT_VOLUME_CLAIM, claim_ns, claim_name).await?;
+    let claim = s.cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, claim_ns, claim_name).await?;
     let released = claim.as_ref().is_none_or(|c| meta::uid(c) != claim_uid) || meta::is_deleting(&pv);
     if !released {
         return Ok(());
     }
     let policy = pv.pointer("/spec/persistentVolumeReclaimPolicy").and_then(Value::as_str).unwrap_or("Delete");
     if policy == "Retain" && !meta::is_deleting(&pv) {
-        return crate::controllers::runtime_write_status(
-            &s.store,
-            &kinds::PERSISTENT_VOLUME,
-            &pv,
-            json!({"phase": "Released"}),
-        )
-        .await;
+        return crate::cluster::write_status(&*s.cluster, &kinds::PERSISTENT_VOLUME, &pv, json!({"phase": "Released"}))
+            .await;
     }
     if policy == "Delete" || meta::is_deleting(&pv) {
         if let Some(file) = pv.pointer("/spec/hostPath/path").and_then(Value::as_str).map(PathBuf::from) {
@@ -483,7 +469,7 @@ async fn sync_pv(s: &Shared, name: &str) -> ApiResult<()> {
         release_finalizer(s, &pv).await?;
         if !meta::is_deleting(&pv) {
             let opts = DeleteOptions { precondition_uid: Some(meta::uid(&pv).to_string()), ..DeleteOptions::default() };
-            match s.store.delete(&kinds::PERSISTENT_VOLUME, "", name, &opts).await {
+            match s.cluster.delete(&kinds::PERSISTENT_VOLUME, "", name, opts).await {
                 Ok(_) => {}
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),

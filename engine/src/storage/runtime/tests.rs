@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::storage::sources::{Body, Fetcher, HttpSource};
-use crate::store::StoreConfig;
+use crate::store::{Store, StoreConfig};
 
 /// Fails the first `failures` opens (transiently), then serves `image`; records every URL asked.
 struct RecordingFetcher {
@@ -49,7 +49,7 @@ async fn transient_failures_are_retried_and_counted() {
     // Long enough for the poll below to see the error between tries.
     config.retry_base = Duration::from_millis(250);
     let _controllers =
-        spawn_with(Arc::clone(&store), config, Arc::new(SystemVolumeTool), Arc::clone(&fetcher) as Arc<dyn Fetcher>)
+        spawn_with(store.clone(), config, Arc::new(SystemVolumeTool), Arc::clone(&fetcher) as Arc<dyn Fetcher>)
             .await
             .unwrap();
     let dv = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",

@@ -34,7 +34,7 @@ impl StorageControllers {
     ) -> Result<UploadSession, UploadError> {
         let s = &self.shared;
         let pvc = s
-            .store
+            .cluster
             .get(&kinds::PERSISTENT_VOLUME_CLAIM, namespace, claim)
             .await
             .map_err(|e| UploadError::Store(e.message))?

@@ -1,0 +1,387 @@
+//! [`Cluster`] over the Kubernetes API with kube-rs: what `converge node` and `converge
+//! controllers` run on when the API is another process — Converge's own `serve` or a
+//! kube-apiserver. Objects travel as `DynamicObject`s and are handed on as JSON, as the store
+//! keeps them.
+//!
+//! Watching a kind starts one kube-rs `watcher` for it (list, then watch from the list's
+//! resourceVersion, relisting with backoff when the watch ends or expires) feeding an informer
+//! cache of that kind; `list` of a watched kind is answered from the cache once the first list
+//! has arrived. A relist is diffed against the cache, so subscribers see what changed while the
+//! watch was down — deletions included — and nothing for objects that did not change.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use futures::StreamExt;
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams, Preconditions, PropagationPolicy};
+use kube::core::ApiResource;
+use kube::runtime::{watcher, WatchStreamExt};
+use serde_json::Value;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use super::{Cluster, ClusterFuture};
+use crate::error::{ApiError, ApiResult};
+use crate::kinds::ResourceKind;
+use crate::meta;
+use crate::store::{DeleteOptions, Propagation, UpdateMode, WatchEvent, WatchEventType};
+
+/// Events buffered per subscriber before it lags (and lists again).
+const EVENT_BUFFER: usize = 8192;
+
+type ObjectKey = (String, String);
+
+/// One watched kind: its objects as last seen, and whether the first list has arrived.
+struct KindCache {
+    objects: RwLock<HashMap<ObjectKey, Arc<Value>>>,
+    synced: watch::Sender<bool>,
+}
+
+impl KindCache {
+    /// Keeps `obj` unless the cache holds a newer version of it; answers the version replaced
+    /// (or `None` when it was new, or when `obj` was older and dropped: then `Err`).
+    fn apply(&self, obj: Value) -> Result<Option<Arc<Value>>, ()> {
+        let mut objects = self.objects.write().map_err(|_| ())?;
+        let key = key_of(&obj);
+        if let Some(held) = objects.get(&key) {
+            if older(&obj, held) {
+                return Err(());
+            }
+        }
+        Ok(objects.insert(key, Arc::new(obj)))
+    }
+}
+
+/// Whether `a` is an older version of the object than `b`. resourceVersions are opaque to
+/// clients, but both Converge's and etcd's are increasing integers; anything else counts as new.
+fn older(a: &Value, b: &Value) -> bool {
+    match (meta::resource_version(a), meta::resource_version(b)) {
+        (Some(a), Some(b)) => a < b,
+        _ => false,
+    }
+}
+
+pub struct KubeCluster {
+    client: kube::Client,
+    events: broadcast::Sender<Arc<WatchEvent>>,
+    caches: Mutex<HashMap<String, Arc<KindCache>>>,
+    watchers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for KubeCluster {
+    fn drop(&mut self) {
+        if let Ok(tasks) = self.watchers.lock() {
+            tasks.iter().for_each(JoinHandle::abort);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("reading kubeconfig {0}: {1}")]
+    Kubeconfig(String, String),
+    #[error("the kubeconfig does not make a client: {0}")]
+    Client(String),
+}
+
+impl KubeCluster {
+    pub fn new(client: kube::Client) -> Arc<KubeCluster> {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Arc::new(KubeCluster { client, events, caches: Mutex::default(), watchers: Mutex::default() })
+    }
+
+    /// A client from a kubeconfig file (its current context).
+    pub async fn from_kubeconfig(path: &std::path::Path) -> Result<Arc<KubeCluster>, ConnectError> {
+        let shown = path.display().to_string();
+        let kubeconfig = kube::config::Kubeconfig::read_from(path)
+            .map_err(|e| ConnectError::Kubeconfig(shown.clone(), e.to_string()))?;
+        let options = kube::config::KubeConfigOptions::default();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .map_err(|e| ConnectError::Kubeconfig(shown, e.to_string()))?;
+        let client = kube::Client::try_from(config).map_err(|e| ConnectError::Client(e.to_string()))?;
+        Ok(KubeCluster::new(client))
+    }
+
+    /// A client from inside a pod (service account token and CA).
+    pub fn in_cluster() -> Result<Arc<KubeCluster>, ConnectError> {
+        let config =
+            kube::Config::incluster().map_err(|e| ConnectError::Kubeconfig("in-cluster".into(), e.to_string()))?;
+        let client = kube::Client::try_from(config).map_err(|e| ConnectError::Client(e.to_string()))?;
+        Ok(KubeCluster::new(client))
+    }
+
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    fn api(&self, kind: &ResourceKind, namespace: Option<&str>) -> Api<DynamicObject> {
+        let resource = api_resource(kind);
+        match namespace.filter(|_| kind.namespaced) {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+            None => Api::all_with(self.client.clone(), &resource),
+        }
+    }
+
+    fn cache(&self, kind: &ResourceKind) -> Option<Arc<KindCache>> {
+        self.caches.lock().ok()?.get(&kind.store_key()).cloned()
+    }
+
+    /// Puts what a write answered into the kind's cache (unless the watch brought something
+    /// newer already), so this process reads its own writes: a controller listing right after
+    /// it created or placed something counts it, as client-go's expectations and the
+    /// scheduler's assumed pods make sure.
+    fn remember(&self, kind: &ResourceKind, obj: &Value) {
+        if let Some(cache) = self.cache(kind) {
+            // An answer older than what the watch brought is dropped.
+            let _ = cache.apply(obj.clone());
+        }
+    }
+
+    fn forget(&self, kind: &ResourceKind, namespace: &str, name: &str) {
+        if let Some(cache) = self.cache(kind) {
+            if let Ok(mut objects) = cache.objects.write() {
+                objects.remove(&(namespace.to_string(), name.to_string()));
+            }
+        }
+    }
+
+    /// Starts the watcher of `kind` unless it runs already.
+    fn ensure_watched(&self, kind: &'static ResourceKind) {
+        let Ok(mut caches) = self.caches.lock() else { return };
+        let key = kind.store_key();
+        if caches.contains_key(&key) {
+            return;
+        }
+        let cache = Arc::new(KindCache { objects: RwLock::default(), synced: watch::Sender::new(false) });
+        caches.insert(key, Arc::clone(&cache));
+        let task = tokio::spawn(follow(self.api(kind, None), kind, cache, self.events.clone()));
+        if let Ok(mut watchers) = self.watchers.lock() {
+            watchers.push(task);
+        }
+    }
+}
+
+pub fn api_resource(kind: &ResourceKind) -> ApiResource {
+    ApiResource {
+        group: kind.group.to_string(),
+        version: kind.version.to_string(),
+        api_version: kind.api_version(),
+        kind: kind.kind.to_string(),
+        plural: kind.plural.to_string(),
+    }
+}
+
+/// The Kubernetes `Status` of a failed call as the engine's error (same code, reason and
+/// message); a call that never got an answer is 503.
+pub fn api_error(e: kube::Error) -> ApiError {
+    match e {
+        kube::Error::Api(status) => ApiError::from_status(status.code, &status.reason, status.message),
+        other => ApiError::unavailable(format!("the API could not be reached: {other}")),
+    }
+}
+
+fn to_value(obj: DynamicObject) -> ApiResult<Value> {
+    serde_json::to_value(obj).map_err(|e| ApiError::internal(format!("an object from the API: {e}")))
+}
+
+fn to_dynamic(obj: Value) -> ApiResult<DynamicObject> {
+    serde_json::from_value(obj).map_err(|e| ApiError::bad_request(format!("not a Kubernetes object: {e}")))
+}
+
+fn version_of(obj: &Value) -> Option<&Value> {
+    obj.pointer("/metadata/resourceVersion")
+}
+
+fn key_of(obj: &Value) -> ObjectKey {
+    (meta::namespace(obj).to_string(), meta::name(obj).to_string())
+}
+
+fn event(kind: &ResourceKind, event_type: WatchEventType, object: Arc<Value>) -> Arc<WatchEvent> {
+    Arc::new(WatchEvent {
+        rv: meta::resource_version(&object).unwrap_or(0),
+        kind_key: kind.store_key(),
+        namespace: meta::namespace(&object).to_string(),
+        name: meta::name(&object).to_string(),
+        event_type,
+        object,
+        raw: Arc::from(""),
+        prev_labels: None,
+    })
+}
+
+/// Runs one kind's watcher for as long as the client lives: applies each change to the cache,
+/// then tells subscribers (so one that lists after an event finds it there).
+async fn follow(
+    api: Api<DynamicObject>,
+    kind: &'static ResourceKind,
+    cache: Arc<KindCache>,
+    events: broadcast::Sender<Arc<WatchEvent>>,
+) {
+    let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut relisted: Option<HashMap<ObjectKey, Arc<Value>>> = None;
+    while let Some(item) = stream.next().await {
+        let ev = match item {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!(kind = kind.plural, error = %e, "watch failed; listing again after a backoff");
+                continue;
+            }
+        };
+        let send = |t, obj: Arc<Value>| {
+            let _ = events.send(event(kind, t, obj));
+        };
+        match ev {
+            watcher::Event::Init => relisted = Some(HashMap::new()),
+            watcher::Event::InitApply(obj) => {
+                if let (Some(buffer), Ok(obj)) = (relisted.as_mut(), to_value(obj)) {
+                    buffer.insert(key_of(&obj), Arc::new(obj));
+                }
+            }
+            watcher::Event::InitDone => {
+                let fresh = relisted.take().unwrap_or_default();
+                let old = match cache.objects.write() {
+                    Ok(mut objects) => std::mem::replace(&mut *objects, fresh.clone()),
+                    Err(_) => return,
+                };
+                for (key, obj) in &fresh {
+                    match old.get(key) {
+                        None => send(WatchEventType::Added, Arc::clone(obj)),
+                        Some(before) if version_of(before) != version_of(obj) => {
+                            send(WatchEventType::Modified, Arc::clone(obj))
+                        }
+                        Some(_) => {}
+                    }
+                }
+                for (key, obj) in old {
+                    if !fresh.contains_key(&key) {
+                        send(WatchEventType::Deleted, obj);
+                    }
+                }
+                cache.synced.send_replace(true);
+            }
+            watcher::Event::Apply(obj) => {
+                let Ok(obj) = to_value(obj) else { continue };
+                let obj = Arc::new(obj);
+                // A version this process wrote is often in the cache before its event: it is
+                // still told, as the store tells its own writers.
+                let kind_of_event = match cache.apply(Value::clone(&obj)) {
+                    Ok(Some(_)) => WatchEventType::Modified,
+                    Ok(None) => WatchEventType::Added,
+                    Err(()) => continue,
+                };
+                send(kind_of_event, obj);
+            }
+            watcher::Event::Delete(obj) => {
+                let Ok(obj) = to_value(obj) else { continue };
+                if let Ok(mut objects) = cache.objects.write() {
+                    objects.remove(&key_of(&obj));
+                }
+                send(WatchEventType::Deleted, Arc::new(obj));
+            }
+        }
+    }
+}
+
+fn propagation(p: Propagation) -> PropagationPolicy {
+    match p {
+        Propagation::Background => PropagationPolicy::Background,
+        Propagation::Foreground => PropagationPolicy::Foreground,
+        Propagation::Orphan => PropagationPolicy::Orphan,
+    }
+}
+
+impl Cluster for KubeCluster {
+    fn get<'a>(
+        &'a self,
+        kind: &'static ResourceKind,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> ClusterFuture<'a, Option<Value>> {
+        Box::pin(async move {
+            match self.api(kind, Some(namespace)).get_opt(name).await.map_err(api_error)? {
+                Some(obj) => Ok(Some(to_value(obj)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn list<'a>(&'a self, kind: &'static ResourceKind, namespace: Option<&'a str>) -> ClusterFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            if let Some(cache) = self.cache(kind) {
+                let mut synced = cache.synced.subscribe();
+                if synced.wait_for(|s| *s).await.is_ok() {
+                    let objects = cache.objects.read().map_err(|_| ApiError::internal("informer cache poisoned"))?;
+                    return Ok(objects
+                        .values()
+                        .filter(|o| namespace.is_none_or(|ns| meta::namespace(o) == ns))
+                        .map(|o| Value::clone(o))
+                        .collect());
+                }
+            }
+            let list = self.api(kind, namespace).list(&Default::default()).await.map_err(api_error)?;
+            list.items.into_iter().map(to_value).collect()
+        })
+    }
+
+    fn create(&self, kind: &'static ResourceKind, obj: Value) -> ClusterFuture<'_, Value> {
+        Box::pin(async move {
+            let namespace = meta::namespace(&obj).to_string();
+            let obj = to_dynamic(obj)?;
+            let api = self.api(kind, Some(&namespace));
+            let created = to_value(api.create(&PostParams::default(), &obj).await.map_err(api_error)?)?;
+            self.remember(kind, &created);
+            Ok(created)
+        })
+    }
+
+    fn update(&self, kind: &'static ResourceKind, obj: Value, mode: UpdateMode) -> ClusterFuture<'_, Value> {
+        Box::pin(async move {
+            let (namespace, name) = key_of(&obj);
+            let obj = to_dynamic(obj)?;
+            let api = self.api(kind, Some(&namespace));
+            let pp = PostParams::default();
+            let updated = match mode {
+                UpdateMode::Main => api.replace(&name, &pp, &obj).await,
+                UpdateMode::Status => api.replace_status(&name, &pp, &obj).await,
+            };
+            let updated = to_value(updated.map_err(api_error)?)?;
+            self.remember(kind, &updated);
+            Ok(updated)
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        kind: &'static ResourceKind,
+        namespace: &'a str,
+        name: &'a str,
+        opts: DeleteOptions,
+    ) -> ClusterFuture<'a, ()> {
+        Box::pin(async move {
+            let preconditions = (opts.precondition_uid.is_some() || opts.precondition_rv.is_some())
+                .then_some(Preconditions { uid: opts.precondition_uid, resource_version: opts.precondition_rv });
+            let dp = DeleteParams {
+                dry_run: opts.dry_run,
+                propagation_policy: opts.propagation.map(propagation),
+                preconditions,
+                ..DeleteParams::default()
+            };
+            let answer = self.api(kind, Some(namespace)).delete(name, &dp).await.map_err(api_error)?;
+            if !opts.dry_run {
+                match answer.left() {
+                    // Held by finalizers: it stays, marked.
+                    Some(marked) => self.remember(kind, &to_value(marked)?),
+                    None => self.forget(kind, namespace, name),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn watch(&self, kinds: &[&'static ResourceKind]) -> broadcast::Receiver<Arc<WatchEvent>> {
+        let rx = self.events.subscribe();
+        kinds.iter().for_each(|k| self.ensure_watched(k));
+        rx
+    }
+}
