@@ -13,6 +13,9 @@ use std::sync::RwLock;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// A node agent's token: its own Node, the status of the VMIs placed on it, and what it
+    /// reads to run them (`node_auth`); outside the ladder of the other three.
+    Node,
     View,
     Edit,
     Admin,
@@ -25,7 +28,8 @@ impl std::str::FromStr for Role {
             "view" => Ok(Role::View),
             "edit" => Ok(Role::Edit),
             "admin" => Ok(Role::Admin),
-            other => Err(format!("unknown role \"{other}\": one of view, edit, admin")),
+            "node" => Ok(Role::Node),
+            other => Err(format!("unknown role \"{other}\": one of view, edit, admin, node")),
         }
     }
 }
@@ -36,6 +40,7 @@ impl Role {
             Role::View => "view",
             Role::Edit => "edit",
             Role::Admin => "admin",
+            Role::Node => "node",
         }
     }
 }
@@ -49,6 +54,9 @@ pub struct Claims {
     /// Empty: every namespace.
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// The Node a `node` token speaks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub iat: i64,
     pub exp: i64,
 }
@@ -60,6 +68,8 @@ pub struct Principal {
     pub subject: String,
     pub role: Role,
     pub namespaces: Vec<String>,
+    /// The Node this principal is the agent of (a `node` token).
+    pub node: Option<String>,
 }
 
 impl Principal {
@@ -71,6 +81,7 @@ impl Principal {
 }
 
 const ISSUER: &str = "converge";
+pub const NODE_SUBJECT_PREFIX: &str = "system:node:";
 const WEBSOCKET_BEARER_PREFIX: &str = "base64url.bearer.authorization.k8s.io.";
 
 pub struct Authenticator {
@@ -102,6 +113,7 @@ impl Authenticator {
             jti: uuid::Uuid::new_v4().to_string(),
             role,
             namespaces,
+            node: None,
             iat: now,
             exp: now.saturating_add(ttl_seconds),
         }
@@ -117,7 +129,11 @@ impl Authenticator {
         if self.revoked.read().map(|r| r.contains(&c.jti)).unwrap_or(true) {
             return Err(ApiError::unauthorized());
         }
-        Ok(Principal { token_id: c.jti, subject: c.sub, role: c.role, namespaces: c.namespaces })
+        // A node token names its node; any other names none.
+        if (c.role == Role::Node) != c.node.is_some() {
+            return Err(ApiError::unauthorized());
+        }
+        Ok(Principal { token_id: c.jti, subject: c.sub, role: c.role, namespaces: c.namespaces, node: c.node })
     }
 
     pub fn mark_revoked(&self, id: &str) {
@@ -155,7 +171,18 @@ impl Authenticator {
         namespaces: Vec<String>,
         ttl_seconds: i64,
     ) -> ApiResult<(Claims, String)> {
-        let claims = Self::claims(subject, role, namespaces, ttl_seconds);
+        self.issue_claims(pool, Self::claims(subject, role, namespaces, ttl_seconds)).await
+    }
+
+    /// Issue and record a token for node `node` (subject `system:node:<node>`, as Kubernetes
+    /// names node identities).
+    pub async fn issue_node(&self, pool: &sqlx::AnyPool, node: &str, ttl_seconds: i64) -> ApiResult<(Claims, String)> {
+        let mut claims = Self::claims(&format!("{NODE_SUBJECT_PREFIX}{node}"), Role::Node, vec![], ttl_seconds);
+        claims.node = Some(node.to_string());
+        self.issue_claims(pool, claims).await
+    }
+
+    async fn issue_claims(&self, pool: &sqlx::AnyPool, claims: Claims) -> ApiResult<(Claims, String)> {
         let token = self.sign(&claims)?;
         sqlx::query("INSERT INTO tokens (id, subject, role, namespaces, created_at, expires_at, revoked) VALUES ($1, $2, $3, $4, $5, $6, 0)")
             .bind(&claims.jti)
@@ -237,18 +264,27 @@ pub fn role_needed(a: &Access) -> Role {
     }
 }
 
-pub fn authorize(p: &Principal, a: &Access) -> ApiResult<()> {
-    let forbidden = || {
-        let resource = if a.group.is_empty() { a.resource.to_string() } else { format!("{}.{}", a.resource, a.group) };
-        let scope = match a.namespace {
-            Some(ns) => format!(" in the namespace \"{ns}\""),
-            None => " at the cluster scope".to_string(),
-        };
-        ApiError::forbidden(format!(
-            "{resource} is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\"{scope}",
-            p.subject, a.verb, a.resource, a.group
-        ))
+/// The apiserver's words for a refused request.
+pub fn forbidden(p: &Principal, a: &Access) -> ApiError {
+    let resource = if a.group.is_empty() { a.resource.to_string() } else { format!("{}.{}", a.resource, a.group) };
+    let scope = match a.namespace {
+        Some(ns) => format!(" in the namespace \"{ns}\""),
+        None => " at the cluster scope".to_string(),
     };
+    ApiError::forbidden(format!(
+        "{resource} is forbidden: User \"{}\" cannot {} resource \"{}\" in API group \"{}\"{scope}",
+        p.subject, a.verb, a.resource, a.group
+    ))
+}
+
+pub fn authorize(p: &Principal, a: &Access) -> ApiResult<()> {
+    if let Some(node) = &p.node {
+        return crate::node_auth::authorize(p, node, a);
+    }
+    if p.role == Role::Node {
+        return Err(forbidden(p, a));
+    }
+    let forbidden = || forbidden(p, a);
     if p.role < role_needed(a) {
         return Err(forbidden());
     }
@@ -319,6 +355,7 @@ mod tests {
             subject: "s".into(),
             role,
             namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+            node: None,
         }
     }
 

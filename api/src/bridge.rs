@@ -442,6 +442,7 @@ mod tests {
             subject: "s".into(),
             role: auth::Role::Edit,
             namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+            node: None,
         }
     }
 

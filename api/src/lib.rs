@@ -6,6 +6,7 @@ pub mod auth;
 pub mod bridge;
 mod console;
 pub mod discovery;
+mod node_auth;
 pub mod openapi;
 pub mod openapi_k8s;
 pub mod pki;

@@ -82,6 +82,9 @@ async fn handle(req: &HttpRequest, body: &[u8], state: &AppState) -> ApiResult<H
             status: path.subresource == Some(Subresource::Status),
         },
     )?;
+    if let (true, Some(name)) = (std::ptr::eq(path.kind, &kinds::SECRET), &path.name) {
+        crate::node_auth::may_read_secret(&state.store, &principal, item_namespace(&path), name).await?;
+    }
     let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
     let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let as_table = request::wants_table(accept);
@@ -112,14 +115,14 @@ async fn handle(req: &HttpRequest, body: &[u8], state: &AppState) -> ApiResult<H
         }
         ("POST", None, None) => create(state, &path, &q, body, content_type, &principal).await,
         ("PUT", Some(name), Some(Subresource::Scale)) => {
-            scale_update(state, &path, name, &q, ScaleChange::Replace(body)).await
+            scale_update(state, &path, name, &q, ScaleChange::Replace(body), &principal).await
         }
-        ("PUT", Some(name), sub) => replace(state, &path, name, &q, body, content_type, mode(sub)).await,
+        ("PUT", Some(name), sub) => replace(state, &path, name, &q, body, content_type, mode(sub), &principal).await,
         ("PATCH", Some(name), Some(Subresource::Scale)) => {
             let pt = patch_type(path.kind, content_type)?;
-            scale_update(state, &path, name, &q, ScaleChange::Patch(pt, body)).await
+            scale_update(state, &path, name, &q, ScaleChange::Patch(pt, body), &principal).await
         }
-        ("PATCH", Some(name), sub) => patch(state, &path, name, &q, body, content_type, mode(sub)).await,
+        ("PATCH", Some(name), sub) => patch(state, &path, name, &q, body, content_type, mode(sub), &principal).await,
         ("DELETE", Some(name), None) => delete(state, &path, name, &q, body).await,
         ("DELETE", None, None) => delete_collection(state, &path, &q).await,
         (method, _, _) => Err(ApiError::method_not_allowed(format!(
@@ -317,6 +320,7 @@ async fn create(
         }
     }
     place(path, &mut obj, None)?;
+    crate::node_auth::admit_write(principal, kind, None, &obj, UpdateMode::Main)?;
     let mut warnings = check_object(path, &mut obj, q.field_validation)?;
     warnings.extend(admission::warnings(kind, &obj));
     let presets = presets_for(state, kind, item_namespace(path)).await?;
@@ -338,7 +342,9 @@ async fn write_update(
     old: &Value,
     q: &Query,
     mode: UpdateMode,
+    principal: &Principal,
 ) -> ApiResult<Value> {
+    crate::node_auth::admit_write(principal, kind, Some(old), &obj, mode)?;
     if mode == UpdateMode::Main {
         // The frozen revision lives in the stored status; an update's body may not carry it.
         let mut probe = obj.clone();
@@ -362,6 +368,7 @@ async fn replace(
     body: &[u8],
     content_type: &str,
     mode: UpdateMode,
+    principal: &Principal,
 ) -> ApiResult<HttpResponse> {
     let kind = path.kind;
     let mut obj = decode(kind, body, content_type)?;
@@ -369,7 +376,7 @@ async fn replace(
     let mut warnings = check_object(path, &mut obj, q.field_validation)?;
     warnings.extend(admission::warnings(kind, &obj));
     let old = get(state, path, name).await?;
-    let mut updated = write_update(state, kind, obj, &old, q, mode).await?;
+    let mut updated = write_update(state, kind, obj, &old, q, mode, principal).await?;
     path.present(&mut updated);
     Ok(json_response(200, &updated, &warnings))
 }
@@ -404,6 +411,7 @@ async fn patch(
     body: &[u8],
     content_type: &str,
     mode: UpdateMode,
+    principal: &Principal,
 ) -> ApiResult<HttpResponse> {
     let kind = path.kind;
     let pt = patch_type(kind, content_type)?;
@@ -437,7 +445,7 @@ async fn patch(
             ));
         }
         let warnings = check_object(path, &mut patched, q.field_validation)?;
-        match write_update(state, kind, patched, &current, q, mode).await {
+        match write_update(state, kind, patched, &current, q, mode, principal).await {
             Ok(mut updated) => {
                 path.present(&mut updated);
                 return Ok(json_response(200, &updated, &warnings));
@@ -575,6 +583,7 @@ async fn scale_update(
     name: &str,
     q: &Query,
     change: ScaleChange<'_>,
+    principal: &Principal,
 ) -> ApiResult<HttpResponse> {
     let kind = path.kind;
     let current = get(state, path, name).await?;
@@ -605,6 +614,6 @@ async fn scale_update(
     if let Some(rv) = meta::meta_str(&scale, "resourceVersion").filter(|s| !s.is_empty()) {
         meta::metadata_mut(&mut updated).insert("resourceVersion".into(), json!(rv));
     }
-    let stored = write_update(state, kind, updated, &current, q, UpdateMode::Main).await?;
+    let stored = write_update(state, kind, updated, &current, q, UpdateMode::Main, principal).await?;
     Ok(json_response(200, &scale_of(&stored), &[]))
 }

@@ -19,6 +19,10 @@ pub struct TokenRequest {
     /// Namespaces the token may act in; empty for all.
     #[serde(default)]
     pub namespaces: Vec<String>,
+    /// The Node a `node` token speaks for (required with that role, refused with the others):
+    /// it may write that Node and the status of the VMIs placed on it, and read what they need.
+    #[serde(default)]
+    pub node: Option<String>,
     /// Lifetime in seconds.
     #[schema(minimum = 1, maximum = 3153600000_f64)]
     pub ttl_seconds: i64,
@@ -40,6 +44,9 @@ pub struct TokenRecord {
     pub subject: String,
     pub role: String,
     pub namespaces: Vec<String>,
+    /// The Node of a `node` token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub created_at: i64,
     pub expires_at: i64,
     pub revoked: bool,
@@ -84,14 +91,31 @@ pub async fn create(req: HttpRequest, body: web::Bytes, state: web::Data<AppStat
                     return Err(ApiError::bad_request(format!("namespace \"{ns}\" is not a valid namespace name")));
                 }
             }
-            let subject = r.subject.unwrap_or_else(|| format!("token-issued-by-{}", who.subject));
-            let (claims, token) =
-                state.auth.issue(state.store.pool(), &subject, r.role, r.namespaces, r.ttl_seconds).await?;
+            let (claims, token) = match (r.role, &r.node) {
+                (Role::Node, Some(node)) => {
+                    if !converge_engine::meta::dns1123_subdomain_errors(node).is_empty() {
+                        return Err(ApiError::bad_request(format!("node \"{node}\" is not a valid Node name")));
+                    }
+                    if !r.namespaces.is_empty() || r.subject.is_some() {
+                        return Err(ApiError::bad_request(
+                            "a node token names its node alone: no namespaces, and its subject is system:node:<node>",
+                        ));
+                    }
+                    state.auth.issue_node(state.store.pool(), node, r.ttl_seconds).await?
+                }
+                (Role::Node, None) => return Err(ApiError::bad_request("role node needs the node it speaks for")),
+                (_, Some(_)) => return Err(ApiError::bad_request("only a token of role node names a node")),
+                (role, None) => {
+                    let subject = r.subject.unwrap_or_else(|| format!("token-issued-by-{}", who.subject));
+                    state.auth.issue(state.store.pool(), &subject, role, r.namespaces, r.ttl_seconds).await?
+                }
+            };
             let record = TokenRecord {
                 id: claims.jti,
                 subject: claims.sub,
                 role: claims.role.as_str().into(),
                 namespaces: claims.namespaces,
+                node: claims.node,
                 created_at: claims.iat,
                 expires_at: claims.exp,
                 revoked: false,
@@ -116,10 +140,16 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
         let mut out = vec![];
         for r in rows {
             let namespaces: String = r.try_get(3)?;
+            let (subject, role): (String, String) = (r.try_get(1)?, r.try_get(2)?);
+            // A node token's subject is the server's own naming of it.
+            let node = (role == Role::Node.as_str())
+                .then(|| subject.strip_prefix(crate::auth::NODE_SUBJECT_PREFIX).map(str::to_string))
+                .flatten();
             out.push(TokenRecord {
                 id: r.try_get(0)?,
-                subject: r.try_get(1)?,
-                role: r.try_get(2)?,
+                subject,
+                role,
+                node,
                 namespaces: namespaces.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
                 created_at: r.try_get(4)?,
                 expires_at: r.try_get(5)?,
