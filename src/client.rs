@@ -14,6 +14,15 @@ pub struct Client {
     pub namespace: Option<String>,
 }
 
+/// A token to issue (`/converge/v1/tokens`).
+pub struct TokenRequest<'a> {
+    pub role: &'a str,
+    pub node: Option<&'a str>,
+    pub namespaces: &'a [String],
+    pub ttl_seconds: i64,
+    pub subject: Option<&'a str>,
+}
+
 /// What a kubeconfig's current context points at, read as kubectl reads it.
 #[derive(Debug, Default, PartialEq)]
 pub struct KubeconfigTarget {
@@ -153,14 +162,12 @@ impl Client {
         Ok(body)
     }
 
-    pub async fn create_token(
-        &self,
-        role: &str,
-        namespaces: &[String],
-        ttl_seconds: i64,
-        subject: Option<&str>,
-    ) -> Result<Value> {
-        let body = json!({"role": role, "namespaces": namespaces, "ttlSeconds": ttl_seconds, "subject": subject});
+    pub async fn create_token(&self, r: &TokenRequest<'_>) -> Result<Value> {
+        let mut body =
+            json!({"role": r.role, "namespaces": r.namespaces, "ttlSeconds": r.ttl_seconds, "subject": r.subject});
+        if let Some(node) = r.node {
+            body["node"] = json!(node);
+        }
         self.send(self.http.post(format!("{}/converge/v1/tokens", self.server)).json(&body)).await
     }
 

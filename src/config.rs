@@ -9,7 +9,7 @@ use std::time::Duration;
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
     /// A TOML file with any of: data_dir, listen, database, tls_san, mac_range, log_format,
-    /// no_node, node_name, allow_emulation, libvirt_uri, allow_private_imports, insecure_registry,
+    /// no_node, no_controllers, node_name, allow_emulation, libvirt_uri, allow_private_imports, insecure_registry,
     /// max_volume_size, pod_network, pod_cidr, service_cidr, service_node_port_range,
     /// node_transit_cidr, node_netns, pod_egress, host_disk_dir, nad_bridge, sriov_device.
     #[arg(long, env = "CONVERGE_CONFIG")]
@@ -32,6 +32,29 @@ pub struct ServeArgs {
     /// Serve the API only: run no guests on this host.
     #[arg(long, env = "CONVERGE_NO_NODE")]
     pub no_node: bool,
+    /// Run no VM, VMI, replica-set, node-lifecycle or endpoints controllers here (`converge
+    /// controllers` runs them elsewhere). The storage controllers and the collector stay.
+    #[arg(long, env = "CONVERGE_NO_CONTROLLERS")]
+    pub no_controllers: bool,
+    /// Let DataVolume imports fetch from loopback, link-local and metadata addresses.
+    #[arg(long, env = "CONVERGE_ALLOW_PRIVATE_IMPORTS")]
+    pub allow_private_imports: Option<bool>,
+    /// The largest volume a claim may ask for (e.g. 500Gi).
+    #[arg(long, env = "CONVERGE_MAX_VOLUME_SIZE")]
+    pub max_volume_size: Option<String>,
+    /// Service cluster IPs (default 10.96.0.0/16).
+    #[arg(long, env = "CONVERGE_SERVICE_CIDR")]
+    pub service_cidr: Option<String>,
+    /// Node ports: LOW-HIGH (default 30000-32767).
+    #[arg(long, env = "CONVERGE_SERVICE_NODE_PORT_RANGE")]
+    pub service_node_port_range: Option<String>,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// What the node agent is told, in `serve` and in `converge node` alike.
+#[derive(Args, Debug, Default, Clone)]
+pub struct NodeArgs {
     /// This host's Node name (default: the host name).
     #[arg(long, env = "CONVERGE_NODE_NAME")]
     pub node_name: Option<String>,
@@ -44,15 +67,6 @@ pub struct ServeArgs {
     /// libvirt connection URI (default qemu:///system).
     #[arg(long, env = "CONVERGE_LIBVIRT_URI")]
     pub libvirt_uri: Option<String>,
-    /// Let DataVolume imports fetch from loopback, link-local and metadata addresses.
-    #[arg(long, env = "CONVERGE_ALLOW_PRIVATE_IMPORTS")]
-    pub allow_private_imports: Option<bool>,
-    /// Registries (HOST:PORT) spoken to over plain HTTP (repeatable).
-    #[arg(long = "insecure-registry", env = "CONVERGE_INSECURE_REGISTRIES", value_delimiter = ',')]
-    pub insecure_registry: Vec<String>,
-    /// The largest volume a claim may ask for (e.g. 500Gi).
-    #[arg(long, env = "CONVERGE_MAX_VOLUME_SIZE")]
-    pub max_volume_size: Option<String>,
     /// Pod network: none = QEMU's user-mode network stands in for it (no root needed);
     /// default: on when running as root.
     #[arg(long, env = "CONVERGE_POD_NETWORK", value_parser = ["on", "none"])]
@@ -60,12 +74,6 @@ pub struct ServeArgs {
     /// Pod addresses (default 10.244.0.0/16).
     #[arg(long, env = "CONVERGE_POD_CIDR")]
     pub pod_cidr: Option<String>,
-    /// Service cluster IPs (default 10.96.0.0/16).
-    #[arg(long, env = "CONVERGE_SERVICE_CIDR")]
-    pub service_cidr: Option<String>,
-    /// Node ports: LOW-HIGH (default 30000-32767).
-    #[arg(long, env = "CONVERGE_SERVICE_NODE_PORT_RANGE")]
-    pub service_node_port_range: Option<String>,
     /// The /30 between the host and the node's network namespace (default 169.254.244.0/30).
     #[arg(long, env = "CONVERGE_NODE_TRANSIT_CIDR")]
     pub node_transit_cidr: Option<String>,
@@ -86,6 +94,9 @@ pub struct ServeArgs {
     /// SR-IOV functions (PCI addresses, DDDD:BB:SS.F) NADs may name (repeatable).
     #[arg(long = "sriov-device", env = "CONVERGE_SRIOV_DEVICES", value_delimiter = ',')]
     pub sriov_device: Vec<String>,
+    /// Registries (HOST:PORT) spoken to over plain HTTP (repeatable).
+    #[arg(long = "insecure-registry", env = "CONVERGE_INSECURE_REGISTRIES", value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -99,6 +110,7 @@ struct FileConfig {
     mac_range: Option<String>,
     log_format: Option<String>,
     no_node: Option<bool>,
+    no_controllers: Option<bool>,
     node_name: Option<String>,
     domain_prefix: Option<String>,
     allow_emulation: Option<bool>,
@@ -145,86 +157,122 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> {
-    let file: FileConfig = match &args.config {
+fn read_file(path: Option<&PathBuf>) -> Result<FileConfig> {
+    match path {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
         }
-        None => FileConfig::default(),
-    };
-    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(default_data_dir);
-    let mut server = converge_api::ServerConfig::new(data_dir.clone());
-    let insecure = flag_or_file(args.insecure_registry, file.insecure_registry);
-    server.storage.insecure_registries = insecure.clone();
-    server.storage.allow_private_imports = args.allow_private_imports.or(file.allow_private_imports).unwrap_or(false);
-    let host_disk_dirs = flag_or_file(args.host_disk_dir, file.host_disk_dir);
-    for dir in &host_disk_dirs {
-        if !dir.is_absolute() || dir.parent().is_none() {
-            bail!("--host-disk-dir {}: an absolute directory other than /", dir.display());
-        }
+        None => Ok(FileConfig::default()),
     }
-    let sriov_devices = flag_or_file(args.sriov_device, file.sriov_device)
-        .iter()
-        .map(|d| converge_engine::network::pci::PciAddress::parse(d).map(|a| a.to_string()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("--sriov-device: {e}"))?;
-    server.host_access = converge_engine::host_access::HostAccess {
-        host_disk_dirs,
-        nad_bridges: flag_or_file(args.nad_bridge, file.nad_bridge),
-        sriov_devices,
-    };
-    if let Some(max) = args.max_volume_size.or(file.max_volume_size) {
+}
+
+pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> {
+    let file = read_file(args.config.as_ref())?;
+    let data_dir = args.data_dir.clone().or(file.data_dir.clone()).unwrap_or_else(default_data_dir);
+    let mut server = converge_api::ServerConfig::new(data_dir.clone());
+    if let Some(cidr) = args.service_cidr.clone().or(file.service_cidr.clone()) {
+        server.service_network.cidr = cidr_arg("--service-cidr", &cidr)?;
+    }
+    let node = resolve_node(args.node, &file, &data_dir, server.service_network.cidr)?;
+    server.storage.insecure_registries = node.config.insecure_registries.clone();
+    server.storage.allow_private_imports = args.allow_private_imports.or(file.allow_private_imports).unwrap_or(false);
+    server.host_access = node.config.host_access.clone();
+    if let Some(max) = args.max_volume_size.or(file.max_volume_size.clone()) {
         let bytes =
             converge_engine::quantity::parse(&max).map_err(|e| anyhow::anyhow!("--max-volume-size {max}: {e}"))?;
         server.storage.max_volume_bytes = Some(bytes as u64);
     }
-    if let Some(cidr) = args.service_cidr.or(file.service_cidr) {
-        server.service_network.cidr = cidr_arg("--service-cidr", &cidr)?;
-    }
+    server.libvirt_uri = node.libvirt_uri;
+    server.vm_controllers = !(args.no_controllers || file.no_controllers.unwrap_or(false));
     if !(args.no_node || file.no_node.unwrap_or(false)) {
-        let mut node = converge_engine::node::NodeConfig::new(data_dir.join("node"));
-        if let Some(name) = args.node_name.or(file.node_name) {
-            node.name = name;
-        }
-        if let Some(prefix) = args.domain_prefix.or(file.domain_prefix) {
-            node.domain_prefix = prefix;
-        }
-        node.allow_emulation = args.allow_emulation.or(file.allow_emulation).unwrap_or(true);
-        node.insecure_registries = insecure;
-        let pod_network = args.pod_network.or(file.pod_network);
-        if pod_network.as_deref() == Some("on") || (pod_network.is_none() && is_root()) {
-            node.network = Some(network_config(
-                args.pod_cidr.or(file.pod_cidr),
-                args.node_transit_cidr.or(file.node_transit_cidr),
-                args.node_netns.or(file.node_netns),
-                args.pod_egress.or(file.pod_egress),
-                server.service_network.cidr,
-            )?);
-        }
-        server.node = Some(node);
+        server.node = Some(node.config);
     }
-    if let Some(range) = args.service_node_port_range.or(file.service_node_port_range) {
+    if let Some(range) = args.service_node_port_range.or(file.service_node_port_range.clone()) {
         let parsed = range.split_once('-').and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
         match parsed {
             Some((lo, hi)) if lo > 0 && lo <= hi => server.service_network.node_ports = (lo, hi),
             _ => bail!("--service-node-port-range {range}: expected LOW-HIGH, e.g. 30000-32767"),
         }
     }
-    if let Some(uri) = args.libvirt_uri.or(file.libvirt_uri) {
-        server.libvirt_uri = uri;
-    }
-    if let Some(listen) = args.listen.or(file.listen) {
+    if let Some(listen) = args.listen.or(file.listen.clone()) {
         server.listen = listen;
     }
-    server.database_url = args.database.or(file.database);
-    server.tls_sans = if args.tls_san.is_empty() { file.tls_san } else { args.tls_san };
-    if let Some(range) = args.mac_range.or(file.mac_range) {
+    server.database_url = args.database.or(file.database.clone());
+    server.tls_sans = if args.tls_san.is_empty() { file.tls_san.clone() } else { args.tls_san };
+    if let Some(range) = args.mac_range.or(file.mac_range.clone()) {
         server.mac_range = converge_engine::macpool::MacRange::parse(&range)
             .map_err(|e| anyhow::anyhow!("--mac-range {range}: {e}"))?;
     }
     let log_format = log_format.or(file.log_format).unwrap_or_else(|| "text".into());
     Ok(Settings { server, log_format })
+}
+
+/// `converge node`'s settings: its flags over the file's node keys.
+pub fn resolve_node_command(
+    config: Option<&PathBuf>,
+    data_dir: Option<PathBuf>,
+    service_cidr: Option<String>,
+    args: NodeArgs,
+) -> Result<NodeSettings> {
+    let file = read_file(config)?;
+    let data_dir = data_dir.or(file.data_dir.clone()).unwrap_or_else(default_data_dir);
+    let service_cidr = match service_cidr.or(file.service_cidr.clone()) {
+        Some(cidr) => cidr_arg("--service-cidr", &cidr)?,
+        None => converge_engine::network::ipam::ServiceNetwork::default().cidr,
+    };
+    resolve_node(args, &file, &data_dir, service_cidr)
+}
+
+/// The node agent's settings, as `serve` and `converge node` read them.
+pub struct NodeSettings {
+    pub config: converge_engine::node::NodeConfig,
+    pub libvirt_uri: String,
+}
+
+fn resolve_node(
+    args: NodeArgs,
+    file: &FileConfig,
+    data_dir: &std::path::Path,
+    service_cidr: converge_engine::network::Cidr,
+) -> Result<NodeSettings> {
+    let host_disk_dirs = flag_or_file(args.host_disk_dir, file.host_disk_dir.clone());
+    for dir in &host_disk_dirs {
+        if !dir.is_absolute() || dir.parent().is_none() {
+            bail!("--host-disk-dir {}: an absolute directory other than /", dir.display());
+        }
+    }
+    let sriov_devices = flag_or_file(args.sriov_device, file.sriov_device.clone())
+        .iter()
+        .map(|d| converge_engine::network::pci::PciAddress::parse(d).map(|a| a.to_string()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--sriov-device: {e}"))?;
+    let mut node = converge_engine::node::NodeConfig::new(data_dir.join("node"));
+    node.host_access = converge_engine::host_access::HostAccess {
+        host_disk_dirs,
+        nad_bridges: flag_or_file(args.nad_bridge, file.nad_bridge.clone()),
+        sriov_devices,
+    };
+    if let Some(name) = args.node_name.or(file.node_name.clone()) {
+        node.name = name;
+    }
+    if let Some(prefix) = args.domain_prefix.or(file.domain_prefix.clone()) {
+        node.domain_prefix = prefix;
+    }
+    node.allow_emulation = args.allow_emulation.or(file.allow_emulation).unwrap_or(true);
+    node.insecure_registries = flag_or_file(args.insecure_registry, file.insecure_registry.clone());
+    let pod_network = args.pod_network.or(file.pod_network.clone());
+    if pod_network.as_deref() == Some("on") || (pod_network.is_none() && is_root()) {
+        node.network = Some(network_config(
+            args.pod_cidr.or(file.pod_cidr.clone()),
+            args.node_transit_cidr.or(file.node_transit_cidr.clone()),
+            args.node_netns.or(file.node_netns.clone()),
+            args.pod_egress.or(file.pod_egress),
+            service_cidr,
+        )?);
+    }
+    let libvirt_uri = args.libvirt_uri.or(file.libvirt_uri.clone()).unwrap_or_else(|| "qemu:///system".into());
+    Ok(NodeSettings { config: node, libvirt_uri })
 }
 
 /// A repeatable flag given on the command line (or in the environment) replaces the file's list.
@@ -297,8 +345,7 @@ mod tests {
     #[test]
     fn network_ranges_must_not_overlap() {
         let args = |pod: &str| ServeArgs {
-            pod_network: Some("on".into()),
-            pod_cidr: Some(pod.into()),
+            node: NodeArgs { pod_network: Some("on".into()), pod_cidr: Some(pod.into()), ..NodeArgs::default() },
             service_cidr: Some("10.96.0.0/16".into()),
             data_dir: Some("/tmp/converge-config-test".into()),
             ..ServeArgs::default()

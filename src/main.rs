@@ -1,6 +1,7 @@
 //! The `converge` binary: `converge serve` and the client verbs.
 
 mod client;
+mod cluster_cmd;
 mod config;
 mod upload;
 mod verbs;
@@ -23,6 +24,12 @@ struct Cli {
 enum Command {
     /// Serve the API and run guests on this host (the node agent), from one process.
     Serve(Box<config::ServeArgs>),
+    /// Run this host as a node of an API in another process: the node agent alone (KVM probe,
+    /// Node heartbeat, libvirt domains, disks, pod network).
+    Node(Box<cluster_cmd::NodeCommandArgs>),
+    /// Run the VM, VMI, replica-set, node-lifecycle and endpoints controllers against an API in
+    /// another process.
+    Controllers(cluster_cmd::ControllersArgs),
     /// Print the version.
     Version,
     /// Issue, list and revoke bearer tokens (talks to a running server as admin).
@@ -172,9 +179,16 @@ enum TokenCommand {
         /// Confine the token to this namespace (repeatable); none: every namespace.
         #[arg(long = "namespace", short = 'n')]
         namespaces: Vec<String>,
-        /// view, edit or admin.
+        /// view, edit, admin, or node (with --node).
         #[arg(long, default_value = "edit")]
         role: String,
+        /// The Node a `node` token speaks for.
+        #[arg(long)]
+        node: Option<String>,
+        /// Also write a kubeconfig with this token (and the server and CA of the one used), for
+        /// `converge node --kubeconfig` on the joining machine.
+        #[arg(long)]
+        write_kubeconfig: Option<PathBuf>,
         /// Lifetime: 90s, 30m, 24h, 7d.
         #[arg(long, default_value = "24h")]
         ttl: String,
@@ -247,6 +261,14 @@ fn main() -> Result<()> {
                 let settings = config::resolve(*args, cli.log_format)?;
                 init_logging(Some(&settings.log_format))?;
                 serve(settings.server).await
+            }
+            Command::Node(args) => {
+                init_logging(cli.log_format.as_deref())?;
+                cluster_cmd::node(*args).await
+            }
+            Command::Controllers(args) => {
+                init_logging(cli.log_format.as_deref())?;
+                cluster_cmd::controllers(args).await
             }
             Command::Version => {
                 println!("converge {}", env!("CARGO_PKG_VERSION"));
@@ -356,10 +378,23 @@ fn main() -> Result<()> {
                     .unwrap_or_else(|| data_dir.unwrap_or_else(config::default_data_dir).join("kubeconfig"));
                 let api = client::Client::from_kubeconfig(&path)?;
                 match command {
-                    TokenCommand::Create { namespaces, role, ttl, subject } => {
+                    TokenCommand::Create { namespaces, role, node, write_kubeconfig, ttl, subject } => {
                         let ttl = config::parse_duration(&ttl)?;
-                        let record =
-                            api.create_token(&role, &namespaces, ttl.as_secs() as i64, subject.as_deref()).await?;
+                        let request = client::TokenRequest {
+                            role: &role,
+                            node: node.as_deref(),
+                            namespaces: &namespaces,
+                            ttl_seconds: ttl.as_secs() as i64,
+                            subject: subject.as_deref(),
+                        };
+                        let record = api.create_token(&request).await?;
+                        if let Some(path) = write_kubeconfig {
+                            let token = record["token"].as_str().context("the server answered no token")?;
+                            let ca = String::from_utf8_lossy(api.ca_pem.as_deref().unwrap_or_default()).into_owned();
+                            let kubeconfig = converge_api::pki::kubeconfig(&api.server, &ca, token);
+                            write_private(&path, &kubeconfig)?;
+                            eprintln!("kubeconfig written to {}", path.display());
+                        }
                         println!("{}", serde_json::to_string_pretty(&record)?);
                     }
                     TokenCommand::Revoke { id } => {
@@ -381,19 +416,32 @@ async fn serve(config: converge_api::ServerConfig) -> Result<()> {
     }
     let server = converge_api::start(config).await?;
     println!("converge serving at {}; kubeconfig: {}", server.base_url, server.kubeconfig.display());
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => {
-            r.context("waiting for a signal")?;
-            tracing::info!("stopping");
-            server.stop().await;
-        }
-        r = terminate() => {
-            r?;
-            tracing::info!("stopping");
-            server.stop().await;
-        }
-    }
+    until_stopped().await?;
+    tracing::info!("stopping");
+    server.stop().await;
     Ok(())
+}
+
+/// Writes a file only its owner may read (it holds a token).
+fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Returns at SIGINT or SIGTERM.
+async fn until_stopped() -> Result<()> {
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("waiting for a signal"),
+        r = terminate() => r,
+    }
 }
 
 async fn terminate() -> Result<()> {

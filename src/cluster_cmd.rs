@@ -1,0 +1,67 @@
+//! `converge node` and `converge controllers`: the node agent alone, or the controllers alone,
+//! joined to an API in another process (Converge's `serve`, or any Kubernetes API) through a
+//! kubeconfig.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use converge_engine::cluster::kube::KubeCluster;
+
+use crate::config::{self, NodeArgs};
+
+#[derive(Args, Debug)]
+pub struct NodeCommandArgs {
+    /// The API to join: a kubeconfig whose user is this node's token
+    /// (`converge token create --role node --node NAME`).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: PathBuf,
+    /// A TOML file with the node's settings (the node's keys of `serve`'s file).
+    #[arg(long, env = "CONVERGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where this node keeps its state: guests' sockets and disks, images, pod address leases.
+    #[arg(long, env = "CONVERGE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The cluster's Service range, routed into the node's pod network (default 10.96.0.0/16).
+    #[arg(long, env = "CONVERGE_SERVICE_CIDR")]
+    pub service_cidr: Option<String>,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ControllersArgs {
+    /// The API to run against: a kubeconfig of an admin (or the controllers' own) token.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: PathBuf,
+}
+
+async fn connect(kubeconfig: &std::path::Path) -> Result<Arc<KubeCluster>> {
+    KubeCluster::from_kubeconfig(kubeconfig)
+        .await
+        .with_context(|| format!("joining the API of {}", kubeconfig.display()))
+}
+
+pub async fn node(args: NodeCommandArgs) -> Result<()> {
+    let settings = config::resolve_node_command(args.config.as_ref(), args.data_dir, args.service_cidr, args.node)?;
+    let cluster = connect(&args.kubeconfig).await?;
+    let agent = converge_engine::node::start_on_libvirt(cluster, settings.config, &settings.libvirt_uri)
+        .await
+        .context("starting the node agent")?;
+    println!("converge node {} joined the API of {}", agent.node_name, args.kubeconfig.display());
+    crate::until_stopped().await?;
+    tracing::info!("stopping");
+    drop(agent);
+    Ok(())
+}
+
+pub async fn controllers(args: ControllersArgs) -> Result<()> {
+    let cluster = connect(&args.kubeconfig).await?;
+    let controllers = converge_engine::controllers::spawn(cluster);
+    println!("converge controllers running against the API of {}", args.kubeconfig.display());
+    crate::until_stopped().await?;
+    tracing::info!("stopping");
+    drop(controllers);
+    Ok(())
+}
