@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::tenant::Tenant;
 use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -13,37 +14,6 @@ use std::time::Duration;
 
 const TEAM: &str = "team-a";
 const VICTIM: &str = "team-b";
-
-/// A client holding one token.
-struct Tenant<'a> {
-    app: &'a TestApp,
-    token: String,
-}
-
-impl Tenant<'_> {
-    async fn call(&self, method: Method, path: &str, content_type: &str, body: Option<String>) -> (u16, Value) {
-        let mut req = self.app.http.request(method, self.app.url(path)).bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.header("content-type", content_type).body(b);
-        }
-        let resp = req.send().await.expect("the server answers (a dropped connection is a failure)");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.call(Method::GET, path, "", None).await
-    }
-    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.call(Method::POST, path, "application/json", Some(body.to_string())).await
-    }
-    async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.call(Method::PUT, path, "application/json", Some(body.to_string())).await
-    }
-    async fn patch(&self, path: &str, content_type: &str, body: &Value) -> (u16, Value) {
-        self.call(Method::PATCH, path, content_type, Some(body.to_string())).await
-    }
-}
 
 async fn token(app: &TestApp, role: &str, namespaces: &[&str]) -> String {
     let (s, body) =

@@ -242,3 +242,4 @@ pub mod netapp;
 pub mod process;
 pub mod pxe;
 pub mod servers;
+pub mod tenant;

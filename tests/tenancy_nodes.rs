@@ -1,0 +1,181 @@
+//! The hostile-tenant suite, node tokens: a node agent's token (`converge token create --role
+//! node --node n1`) is what a compromised host holds. Each attack asserts the refusal and that
+//! nothing changed: such a host reaches neither another node's guests nor any spec, Secret or
+//! admin API beyond what the guests placed on it need.
+
+mod common;
+
+use common::tenant::Tenant;
+use common::*;
+use serde_json::{json, Value};
+
+const NS: &str = "default";
+
+async fn node_token(app: &TestApp, node: &str) -> String {
+    let (s, body) = app.post("/converge/v1/tokens", &json!({"role": "node", "node": node, "ttlSeconds": 600})).await;
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(body["subject"], format!("system:node:{node}"), "{body}");
+    body["token"].as_str().expect("token").to_string()
+}
+
+fn vmi_path(name: &str) -> String {
+    format!("/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachineinstances/{name}")
+}
+
+/// A VMI placed (by the admin, standing in for the scheduler) on `node`, naming `secret` for its
+/// cloud-init.
+async fn placed_vmi(app: &TestApp, name: &str, node: &str, secret: &str) -> Value {
+    let vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": name, "finalizers": ["kubevirt.io/virtualMachineControllerFinalize"]},
+        "spec": {"domain": {"devices": {"disks": [{"name": "ci", "disk": {}}]},
+                            "resources": {"requests": {"memory": "64Mi"}}},
+                 "volumes": [{"name": "ci", "cloudInitNoCloud": {"secretRef": {"name": secret}}}]}});
+    let (s, created) = app.post(&format!("/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachineinstances"), &vmi).await;
+    assert_eq!(s, 201, "{created}");
+    let mut with_status = created.clone();
+    with_status["status"] = json!({"phase": "Scheduled", "nodeName": node});
+    let (s, body) = app.put(&format!("{}/status", vmi_path(name)), &with_status).await;
+    assert_eq!(s, 200, "{body}");
+    body
+}
+
+async fn secret(app: &TestApp, name: &str) {
+    let (s, body) = app
+        .post(
+            &format!("/api/v1/namespaces/{NS}/secrets"),
+            &json!({"metadata": {"name": name}, "stringData": {"userdata": "#cloud-config\n"}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_token_reaches_only_its_own_node_and_guests() {
+    let app = spawn_api_only().await;
+    for s in ["mine", "theirs", "unrelated"] {
+        secret(&app, s).await;
+    }
+    let mine = placed_vmi(&app, "mine", "n1", "mine").await;
+    let theirs = placed_vmi(&app, "theirs", "n2", "theirs").await;
+    let (s, body) = app.post("/api/v1/nodes", &json!({"metadata": {"name": "n2"}})).await;
+    assert_eq!(s, 201, "{body}");
+    let n1 = Tenant { app: &app, token: node_token(&app, "n1").await };
+
+    // What running its guests needs works.
+    let (s, body) = n1.post("/api/v1/nodes", &json!({"metadata": {"name": "n1"}})).await;
+    assert_eq!(s, 201, "its own Node: {body}");
+    let (s, body) = n1
+        .patch("/api/v1/nodes/n1/status", "application/merge-patch+json", &json!({"status": {"phase": "Running"}}))
+        .await;
+    assert_eq!(s, 200, "its own Node's status: {body}");
+    let mut running = mine.clone();
+    running["status"]["phase"] = json!("Running");
+    let (s, body) = n1.put(&format!("{}/status", vmi_path("mine")), &running).await;
+    assert_eq!(s, 200, "the status of its own VMI: {body}");
+    let (s, body) = n1.get(&format!("/api/v1/namespaces/{NS}/secrets/mine")).await;
+    assert_eq!(s, 200, "a Secret its VMI names: {body}");
+    let (s, _) = n1.get(&format!("/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachineinstances?watch=false")).await;
+    assert_eq!(s, 200, "it lists VMIs (it follows those placed on it)");
+
+    // Attacks: each refused, each with nothing changed.
+    let mut stolen = theirs.clone();
+    stolen["status"]["phase"] = json!("Failed");
+    let (s, body) = n1.put(&format!("{}/status", vmi_path("theirs")), &stolen).await;
+    assert_eq!(s, 403, "another node's VMI: {body}");
+    let (s, body) = n1
+        .patch(
+            &format!("{}/status", vmi_path("theirs")),
+            "application/merge-patch+json",
+            &json!({"status": {"phase": "Failed"}}),
+        )
+        .await;
+    assert_eq!(s, 403, "another node's VMI, patched: {body}");
+    let mut handed_over = running.clone();
+    handed_over["status"]["nodeName"] = json!("n2");
+    let (s, body) = n1.put(&format!("{}/status", vmi_path("mine")), &handed_over).await;
+    assert_eq!(s, 403, "handing its VMI to another node: {body}");
+    let (s, body) = n1
+        .patch(
+            &vmi_path("mine"),
+            "application/merge-patch+json",
+            &json!({"spec": {"domain": {"memory": {"guest": "8Gi"}}}}),
+        )
+        .await;
+    assert_eq!(s, 403, "a spec: {body}");
+    let (s, body) = n1
+        .patch(&vmi_path("mine"), "application/merge-patch+json", &json!({"metadata": {"labels": {"owned": "by-n1"}}}))
+        .await;
+    assert_eq!(s, 403, "labels: {body}");
+    let (s, body) = n1.post(&format!("/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachineinstances"), &json!({
+        "metadata": {"name": "new"}, "spec": {"domain": {"devices": {}, "resources": {"requests": {"memory": "64Mi"}}}}})).await;
+    assert_eq!(s, 403, "creating a VMI: {body}");
+    let (s, body) = n1.delete(&vmi_path("theirs")).await;
+    assert_eq!(s, 403, "deleting a VMI: {body}");
+    let (s, body) =
+        n1.patch("/api/v1/nodes/n2/status", "application/merge-patch+json", &json!({"status": {"phase": "x"}})).await;
+    assert_eq!(s, 403, "another Node's status: {body}");
+    let (s, body) =
+        n1.patch("/api/v1/nodes/n2", "application/merge-patch+json", &json!({"spec": {"unschedulable": true}})).await;
+    assert_eq!(s, 403, "cordoning another Node: {body}");
+    let (s, body) = n1.post("/api/v1/nodes", &json!({"metadata": {"name": "n3"}})).await;
+    assert_eq!(s, 403, "registering another Node: {body}");
+    for name in ["theirs", "unrelated"] {
+        let (s, body) = n1.get(&format!("/api/v1/namespaces/{NS}/secrets/{name}")).await;
+        assert_eq!(s, 403, "Secret {name}: {body}");
+    }
+    let (s, body) = n1.get(&format!("/api/v1/namespaces/{NS}/secrets")).await;
+    assert_eq!(s, 403, "listing Secrets: {body}");
+    for path in [
+        format!("/apis/kubevirt.io/v1/namespaces/{NS}/virtualmachines"),
+        "/api/v1/configmaps".to_string(),
+        "/converge/v1/tokens".to_string(),
+        format!("/apis/subresources.kubevirt.io/v1/namespaces/{NS}/virtualmachineinstances/mine/console"),
+    ] {
+        let (s, body) = n1.get(&path).await;
+        assert_eq!(s, 403, "{path}: {body}");
+    }
+    let (s, body) = n1.post("/bridge/v1/hosts", &json!({"name": "x"})).await;
+    assert!(s == 403, "the provisioning API: {s} {body}");
+
+    // Nothing changed.
+    let (_, after) = app.get(&vmi_path("theirs")).await;
+    assert_eq!(after["status"], theirs["status"]);
+    let (_, after) = app.get(&vmi_path("mine")).await;
+    assert_eq!(after["spec"], mine["spec"]);
+    assert_eq!(after["status"]["nodeName"], "n1");
+    assert!(after["metadata"].get("labels").is_none_or(|l| l.get("owned").is_none()), "{after}");
+    let (_, n2) = app.get("/api/v1/nodes/n2").await;
+    assert!(n2["spec"].get("unschedulable").is_none(), "{n2}");
+    assert_eq!(app.get("/api/v1/nodes/n3").await.0, 404);
+
+    // Dropping the finalizer of its own VMI (its domain gone) is the one metadata write it makes.
+    let (_, current) = app.get(&vmi_path("mine")).await;
+    let mut released = current.clone();
+    released["metadata"]["finalizers"] = json!([]);
+    let (s, body) = n1.put(&vmi_path("mine"), &released).await;
+    assert_eq!(s, 200, "its own VMI's finalizer: {body}");
+    let (s, _) = app.get("/readyz").await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_tokens_are_issued_only_as_node_tokens() {
+    let app = spawn_api_only().await;
+    for (body, why) in [
+        (json!({"role": "node", "ttlSeconds": 60}), "no node"),
+        (json!({"role": "edit", "node": "n1", "ttlSeconds": 60}), "a node on another role"),
+        (json!({"role": "node", "node": "n1", "namespaces": ["default"], "ttlSeconds": 60}), "namespaces"),
+        (json!({"role": "node", "node": "N_1!", "ttlSeconds": 60}), "a name that is no Node name"),
+        (json!({"role": "node", "node": "n1", "subject": "admin", "ttlSeconds": 60}), "a chosen subject"),
+    ] {
+        let (s, answer) = app.post("/converge/v1/tokens", &body).await;
+        assert_eq!(s, 400, "{why}: {answer}");
+    }
+    let n1 = Tenant { app: &app, token: node_token(&app, "n1").await };
+    let (s, body) = n1.post("/converge/v1/tokens", &json!({"role": "node", "node": "n2", "ttlSeconds": 60})).await;
+    assert_eq!(s, 403, "a node issues no tokens: {body}");
+    let (_, list) = app.get("/converge/v1/tokens").await;
+    let listed =
+        list["items"].as_array().into_iter().flatten().find(|t| t["role"] == "node").cloned().unwrap_or_default();
+    assert_eq!(listed["node"], "n1", "{list}");
+}
