@@ -8,7 +8,6 @@ mod common;
 
 use common::tenant::Tenant;
 use common::*;
-use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
 
