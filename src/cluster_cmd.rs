@@ -35,6 +35,16 @@ pub struct ControllersArgs {
     /// The API to run against: a kubeconfig of an admin (or the controllers' own) token.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: PathBuf,
+    /// Give Nodes their pod ranges here (as kube-controller-manager's flag of that name). Off by
+    /// default: against `converge serve`, the server gives them, and one allocator must.
+    #[arg(long)]
+    pub allocate_node_cidrs: bool,
+    /// The cluster's pod range, sliced for the nodes (with --allocate-node-cidrs).
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
+    /// Each node's slice of it.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
 }
 
 async fn connect(kubeconfig: &std::path::Path) -> Result<Arc<KubeCluster>> {
@@ -57,8 +67,19 @@ pub async fn node(args: NodeCommandArgs) -> Result<()> {
 }
 
 pub async fn controllers(args: ControllersArgs) -> Result<()> {
+    let ranges = match args.allocate_node_cidrs {
+        true => {
+            let cluster = converge_engine::network::Cidr::parse(&args.cluster_cidr)
+                .map_err(|e| anyhow::anyhow!("--cluster-cidr {}: {e}", args.cluster_cidr))?;
+            if args.node_cidr_mask_size < cluster.prefix() || args.node_cidr_mask_size > 30 {
+                anyhow::bail!("--node-cidr-mask-size: between the cluster range's prefix and 30");
+            }
+            Some(converge_engine::controllers::nodeipam::PodRanges { cluster, node_prefix: args.node_cidr_mask_size })
+        }
+        false => None,
+    };
     let cluster = connect(&args.kubeconfig).await?;
-    let controllers = converge_engine::controllers::spawn(cluster);
+    let controllers = converge_engine::controllers::spawn(cluster, ranges);
     println!("converge controllers running against the API of {}", args.kubeconfig.display());
     crate::until_stopped().await?;
     tracing::info!("stopping");

@@ -10,7 +10,7 @@ use std::time::Duration;
 pub struct ServeArgs {
     /// A TOML file with any of: data_dir, listen, database, tls_san, mac_range, log_format,
     /// no_node, no_controllers, node_name, allow_emulation, libvirt_uri, allow_private_imports, insecure_registry,
-    /// max_volume_size, pod_network, pod_cidr, service_cidr, service_node_port_range,
+    /// max_volume_size, pod_network, pod_cidr, node_cidr_mask_size, service_cidr, service_node_port_range,
     /// node_transit_cidr, node_netns, pod_egress, host_disk_dir, nad_bridge, sriov_device.
     #[arg(long, env = "CONVERGE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// Service cluster IPs (default 10.96.0.0/16).
     #[arg(long, env = "CONVERGE_SERVICE_CIDR")]
     pub service_cidr: Option<String>,
+    /// The prefix length of each node's slice of the pod range (default 24: 254 pods a node).
+    #[arg(long, env = "CONVERGE_NODE_CIDR_MASK_SIZE")]
+    pub node_cidr_mask_size: Option<u8>,
     /// Node ports: LOW-HIGH (default 30000-32767).
     #[arg(long, env = "CONVERGE_SERVICE_NODE_PORT_RANGE")]
     pub service_node_port_range: Option<String>,
@@ -71,7 +74,8 @@ pub struct NodeArgs {
     /// default: on when running as root.
     #[arg(long, env = "CONVERGE_POD_NETWORK", value_parser = ["on", "none"])]
     pub pod_network: Option<String>,
-    /// Pod addresses (default 10.244.0.0/16).
+    /// The cluster's pod addresses (default 10.244.0.0/16); each node's share is its Node's
+    /// spec.podCIDR, given by the server.
     #[arg(long, env = "CONVERGE_POD_CIDR")]
     pub pod_cidr: Option<String>,
     /// The /30 between the host and the node's network namespace (default 169.254.244.0/30).
@@ -123,6 +127,7 @@ struct FileConfig {
     pod_cidr: Option<String>,
     service_cidr: Option<String>,
     service_node_port_range: Option<String>,
+    node_cidr_mask_size: Option<u8>,
     node_transit_cidr: Option<String>,
     node_netns: Option<String>,
     pod_egress: Option<bool>,
@@ -173,6 +178,18 @@ pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> 
     let mut server = converge_api::ServerConfig::new(data_dir.clone());
     if let Some(cidr) = args.service_cidr.clone().or(file.service_cidr.clone()) {
         server.service_network.cidr = cidr_arg("--service-cidr", &cidr)?;
+    }
+    if let Some(cidr) = args.node.pod_cidr.clone().or(file.pod_cidr.clone()) {
+        server.pod_ranges.cluster = cidr_arg("--pod-cidr", &cidr)?;
+    }
+    if let Some(mask) = args.node_cidr_mask_size.or(file.node_cidr_mask_size) {
+        if mask < server.pod_ranges.cluster.prefix() || mask > 30 {
+            bail!(
+                "--node-cidr-mask-size {mask}: between the pod range's prefix ({}) and 30",
+                server.pod_ranges.cluster.prefix()
+            );
+        }
+        server.pod_ranges.node_prefix = mask;
     }
     let node = resolve_node(args.node, &file, &data_dir, server.service_network.cidr)?;
     server.storage.insecure_registries = node.config.insecure_registries.clone();
@@ -297,7 +314,7 @@ fn network_config(
 ) -> Result<converge_engine::network::NetworkConfig> {
     let mut net = converge_engine::network::NetworkConfig { service_cidr, ..Default::default() };
     if let Some(c) = pod_cidr {
-        net.pod_cidr = cidr_arg("--pod-cidr", &c)?;
+        net.cluster_cidr = cidr_arg("--pod-cidr", &c)?;
     }
     if let Some(c) = transit {
         net.transit = cidr_arg("--node-transit-cidr", &c)?;
@@ -310,8 +327,8 @@ fn network_config(
     }
     net.egress = egress.unwrap_or(true);
     for (a, b, what) in [
-        (net.pod_cidr, net.service_cidr, "--pod-cidr and --service-cidr"),
-        (net.pod_cidr, net.transit, "--pod-cidr and --node-transit-cidr"),
+        (net.cluster_cidr, net.service_cidr, "--pod-cidr and --service-cidr"),
+        (net.cluster_cidr, net.transit, "--pod-cidr and --node-transit-cidr"),
         (net.service_cidr, net.transit, "--service-cidr and --node-transit-cidr"),
     ] {
         if a.overlaps(&b) {
@@ -351,8 +368,9 @@ mod tests {
             ..ServeArgs::default()
         };
         let ok = resolve(args("10.244.0.0/16"), None).expect("distinct ranges");
+        assert_eq!(ok.server.pod_ranges.cluster.to_string(), "10.244.0.0/16");
         let net = ok.server.node.and_then(|n| n.network).expect("pod network on");
-        assert_eq!(net.pod_cidr.to_string(), "10.244.0.0/16");
+        assert_eq!(net.cluster_cidr.to_string(), "10.244.0.0/16");
         let err = resolve(args("10.96.0.0/12"), None).err().expect("overlap refused").to_string();
         assert!(err.contains("overlap"), "{err}");
     }

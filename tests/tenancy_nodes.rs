@@ -119,6 +119,10 @@ async fn a_node_token_reaches_only_its_own_node_and_guests() {
     assert_eq!(s, 403, "cordoning another Node: {body}");
     let (s, body) = n1.post("/api/v1/nodes", &json!({"metadata": {"name": "n3"}})).await;
     assert_eq!(s, 403, "registering another Node: {body}");
+    let (s, body) = n1
+        .patch("/api/v1/nodes/n1", "application/merge-patch+json", &json!({"spec": {"podCIDR": "10.244.0.0/16"}}))
+        .await;
+    assert_eq!(s, 403, "taking a pod range (every pod address of the cluster): {body}");
     for name in ["theirs", "unrelated"] {
         let (s, body) = n1.get(&format!("/api/v1/namespaces/{NS}/secrets/{name}")).await;
         assert_eq!(s, 403, "Secret {name}: {body}");
@@ -147,6 +151,8 @@ async fn a_node_token_reaches_only_its_own_node_and_guests() {
     let (_, n2) = app.get("/api/v1/nodes/n2").await;
     assert!(n2["spec"].get("unschedulable").is_none(), "{n2}");
     assert_eq!(app.get("/api/v1/nodes/n3").await.0, 404);
+    let (_, own) = app.get("/api/v1/nodes/n1").await;
+    assert!(own["spec"].get("podCIDR").is_none(), "{own}");
 
     // Dropping the finalizer of its own VMI (its domain gone) is the one metadata write it makes.
     let (_, current) = app.get(&vmi_path("mine")).await;

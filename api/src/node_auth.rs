@@ -82,7 +82,19 @@ pub fn admit_write(
     }
     if std::ptr::eq(kind, &kinds::NODE) {
         let own = meta::name(new) == node && old.is_none_or(|o| meta::name(o) == node);
-        return if own { Ok(()) } else { Err(refused(p, node, "a node writes only its own Node")) };
+        if !own {
+            return Err(refused(p, node, "a node writes only its own Node"));
+        }
+        // Its pod range is the cluster's to give, and cordons and taints the admin's to set.
+        return match old {
+            None if new.pointer("/spec/podCIDR").is_some() || new.pointer("/spec/podCIDRs").is_some() => {
+                Err(refused(p, node, "a node does not choose its pod range"))
+            }
+            Some(old) if mode == UpdateMode::Main && old.get("spec") != new.get("spec") => {
+                Err(refused(p, node, "a node does not change its Node's spec"))
+            }
+            _ => Ok(()),
+        };
     }
     if !std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE) {
         return Err(refused(p, node, "not a kind nodes write"));
@@ -212,6 +224,11 @@ mod tests {
         assert!(admit_write(&p, &kinds::NODE, None, &node("n1"), UpdateMode::Main).is_ok());
         assert!(admit_write(&p, &kinds::NODE, Some(&node("n2")), &node("n2"), UpdateMode::Status).is_err());
         assert!(admit_write(&p, &kinds::NODE, None, &node("n2"), UpdateMode::Main).is_err());
+        let ranged = json!({"metadata": {"name": "n1"}, "spec": {"podCIDR": "10.244.9.0/24"}});
+        assert!(admit_write(&p, &kinds::NODE, None, &ranged, UpdateMode::Main).is_err(), "choosing a pod range");
+        assert!(admit_write(&p, &kinds::NODE, Some(&node("n1")), &ranged, UpdateMode::Main).is_err(), "or taking one");
+        let relabelled = json!({"metadata": {"name": "n1", "labels": {"a": "b"}}});
+        assert!(admit_write(&p, &kinds::NODE, Some(&node("n1")), &relabelled, UpdateMode::Main).is_ok(), "labels");
         assert!(admit_write(&p, &kinds::SERVICE, None, &node("x"), UpdateMode::Main).is_err());
     }
 }

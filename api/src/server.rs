@@ -9,6 +9,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpMessage, HttpRequest, HttpResponse, HttpServer};
+use converge_engine::controllers::nodeipam::PodRanges;
 use converge_engine::controllers::Controllers;
 use converge_engine::macpool::MacRange;
 use converge_engine::node::{NodeAgent, NodeConfig};
@@ -61,6 +62,8 @@ pub struct ServerConfig {
     pub storage: StorageConfig,
     /// What of the host guests may reach (hostDisk, NAD bridges, SR-IOV functions).
     pub host_access: converge_engine::host_access::HostAccess,
+    /// The cluster's pod range and each node's slice of it: this server gives Nodes theirs.
+    pub pod_ranges: PodRanges,
 }
 
 impl ServerConfig {
@@ -81,6 +84,7 @@ impl ServerConfig {
             node: None,
             libvirt_uri: "qemu:///system".into(),
             host_access: Default::default(),
+            pod_ranges: PodRanges::default(),
         }
     }
 }
@@ -100,6 +104,7 @@ pub struct RunningServer {
     handle: ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     collector: tokio::task::JoinHandle<()>,
+    node_ranges: Option<tokio::task::JoinHandle<()>>,
     bridge_recovery: tokio::task::JoinHandle<()>,
     revocations: tokio::task::JoinHandle<()>,
 }
@@ -109,6 +114,7 @@ impl RunningServer {
     pub async fn wait(self) -> std::io::Result<()> {
         let result = self.server.await.unwrap_or(Ok(()));
         self.collector.abort();
+        self.node_ranges.iter().for_each(tokio::task::JoinHandle::abort);
         self.bridge_recovery.abort();
         self.revocations.abort();
         drop(self.controllers);
@@ -122,6 +128,7 @@ impl RunningServer {
         self.handle.stop(true).await;
         let _ = self.server.await;
         self.collector.abort();
+        self.node_ranges.iter().for_each(tokio::task::JoinHandle::abort);
         self.bridge_recovery.abort();
         self.revocations.abort();
         drop(self.controllers);
@@ -177,6 +184,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     let auth = Arc::new(Authenticator::new(&pki.signing_secret));
     auth.load_revoked(store.pool()).await.map_err(ServeError::Store)?;
     let token = admin_token(&config, &auth, &store).await?;
+    // Nodes wait for their pod range before they set up their pod network: the allocator runs
+    // first, and here whatever else runs (the API server owns the cluster's ranges, as one
+    // allocator must: two could give two nodes the same slice).
+    let node_ranges = config
+        .controllers
+        .then(|| tokio::spawn(converge_engine::controllers::nodeipam::run(store.clone(), config.pod_ranges)));
     let node = match &config.node {
         Some(node_config) => Some(Arc::new(start_node(&store, node_config.clone(), &config.libvirt_uri).await?)),
         None => None,
@@ -274,7 +287,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     let server = tokio::spawn(server);
     let collector = tokio::spawn(converge_engine::gc::run(Arc::clone(&store)));
     let controllers =
-        (config.controllers && config.vm_controllers).then(|| converge_engine::controllers::spawn(store.clone()));
+        (config.controllers && config.vm_controllers).then(|| converge_engine::controllers::spawn(store.clone(), None));
     // Host requests a crash cut off are resumed at once, deletions settled as they finish.
     let bridge_recovery =
         tokio::spawn(converge_bridge::provision::executor::run_recovery(provisioner, Duration::from_secs(1)));
@@ -298,6 +311,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         handle,
         server,
         collector,
+        node_ranges,
         bridge_recovery,
         revocations,
     })

@@ -51,8 +51,10 @@ fn ip_batch(netns: Option<&str>, lines: &str) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    let pods = Cidr::parse("10.250.0.0/16").map_err(anyhow::Error::msg)?;
     let cfg = NetworkConfig {
-        pod_cidr: Cidr::parse("10.250.0.0/16").map_err(anyhow::Error::msg)?,
+        cluster_cidr: pods,
+        pod_cidr: pods,
         service_cidr: Cidr::parse("10.251.0.0/16").map_err(anyhow::Error::msg)?,
         transit: Cidr::parse("169.254.250.0/30").map_err(anyhow::Error::msg)?,
         node_namespace: format!("cvbench{}", std::process::id() % 10_000),

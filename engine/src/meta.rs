@@ -34,6 +34,10 @@ pub fn name(obj: &Value) -> &str {
     meta_str(obj, "name").unwrap_or("")
 }
 
+pub fn creation_timestamp(obj: &Value) -> &str {
+    meta_str(obj, "creationTimestamp").unwrap_or("")
+}
+
 pub fn namespace(obj: &Value) -> &str {
     meta_str(obj, "namespace").unwrap_or("")
 }

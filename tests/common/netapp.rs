@@ -41,13 +41,16 @@ impl Drop for NetCleanup {
     }
 }
 
-/// Test `index` (1-99) gets 10.(100+i).0.0/16 for pods, 10.(200+i).0.0/16 for services,
+/// Test `index` (1-99) gets 10.(100+i).0.0/16 for pods (a /24 per node), 10.(200+i).0.0/16 for services,
 /// 169.254.(100+i).0/30 for transit and 31000+100·i… for node ports. Egress stays off: nothing a
 /// test does may leave the machine.
 pub fn network_for(index: u8) -> (NetworkConfig, ServiceNetwork) {
     let cidr = |s: String| Cidr::parse(&s).expect("cidr");
+    let cluster_cidr = cidr(format!("10.{}.0.0/16", 100 + u16::from(index)));
     let net = NetworkConfig {
-        pod_cidr: cidr(format!("10.{}.0.0/16", 100 + u16::from(index))),
+        cluster_cidr,
+        // The slice the server gives its one node: the first.
+        pod_cidr: cidr(format!("10.{}.0.0/24", 100 + u16::from(index))),
         service_cidr: cidr(format!("10.{}.0.0/16", 150 + u16::from(index))),
         transit: cidr(format!("169.254.{}.0/30", 100 + u16::from(index))),
         node_namespace: format!("cvt{}-{index}", std::process::id() % 100_000),
@@ -71,6 +74,7 @@ pub async fn spawn_net_app_with(index: u8, tweak: impl FnOnce(&mut converge_api:
     let (tx, rx) = std::sync::mpsc::channel();
     let g = spawn_guest_app_with(move |c| {
         c.service_network = s;
+        c.pod_ranges.cluster = n.cluster_cidr;
         // The bridges network tests make are all named cv…; the admin allows those alone.
         c.host_access.nad_bridges = vec!["cv*".into()];
         if let Some(node) = c.node.as_mut() {

@@ -3,6 +3,7 @@
 
 pub mod datavolumes;
 pub mod endpoints;
+pub mod nodeipam;
 pub mod nodes;
 pub mod replicaset;
 pub mod revisions;

@@ -51,13 +51,16 @@ fn owner_keys(obj: &Value, owner_kind: &str) -> Vec<Key> {
         .collect()
 }
 
-/// Starts every controller on `cluster`.
-pub fn spawn(cluster: Arc<dyn Cluster>) -> Controllers {
+/// Starts every controller on `cluster`; with `pod_ranges`, Nodes are given their pod ranges.
+pub fn spawn(cluster: Arc<dyn Cluster>, pod_ranges: Option<super::nodeipam::PodRanges>) -> Controllers {
     let queues = Arc::new(Queues { vm: WorkQueue::new(), vmi: WorkQueue::new(), rs: WorkQueue::new() });
     let mut tasks = vec![
         tokio::spawn(feed(Arc::clone(&cluster), Arc::clone(&queues))),
         tokio::spawn(super::nodes::run(Arc::clone(&cluster))),
     ];
+    if let Some(ranges) = pod_ranges {
+        tasks.push(tokio::spawn(super::nodeipam::run(Arc::clone(&cluster), ranges)));
+    }
     tasks.extend(super::endpoints::spawn(Arc::clone(&cluster)));
     let c = Arc::clone(&cluster);
     tasks.extend(worker::spawn("virtualmachine", &queues.vm, WORKERS, move |key| {

@@ -52,6 +52,18 @@ impl Cidr {
     pub fn overlaps(&self, other: &Cidr) -> bool {
         self.contains(other.nth(0)) || other.contains(self.nth(0))
     }
+    /// Whether `other` lies wholly inside this prefix.
+    pub fn covers(&self, other: &Cidr) -> bool {
+        other.prefix >= self.prefix && self.contains(other.nth(0))
+    }
+    /// The `n`-th prefix of length `prefix` inside this one (`None` past the end, or when
+    /// `prefix` is shorter than this one's or longer than 30).
+    pub fn subnet(&self, prefix: u8, n: u64) -> Option<Cidr> {
+        if prefix < self.prefix || prefix > 30 || n >= 1u64 << (prefix - self.prefix) {
+            return None;
+        }
+        Some(Cidr { base: self.base + ((n as u32) << (32 - prefix)), prefix })
+    }
 }
 
 impl fmt::Display for Cidr {
@@ -78,5 +90,11 @@ mod tests {
         assert!(Cidr::parse("10.244.0.0/31").is_err());
         assert!(c.overlaps(&Cidr::parse("10.244.3.0/24").unwrap()));
         assert!(!c.overlaps(&Cidr::parse("10.96.0.0/12").unwrap()));
+        assert_eq!(c.subnet(24, 3).map(|s| s.to_string()), Some("10.244.3.0/24".into()));
+        assert_eq!(c.subnet(24, 255).map(|s| s.to_string()), Some("10.244.255.0/24".into()));
+        assert_eq!(c.subnet(24, 256), None);
+        assert_eq!(c.subnet(8, 0), None);
+        assert!(c.covers(&Cidr::parse("10.244.3.0/24").unwrap()));
+        assert!(!Cidr::parse("10.244.3.0/24").unwrap().covers(&c));
     }
 }

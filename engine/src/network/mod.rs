@@ -25,7 +25,10 @@ pub use cidr::Cidr;
 /// What the node's networking is built from.
 #[derive(Debug, Clone)]
 pub struct NetworkConfig {
-    /// Pod addresses; the first address is the node bridge's (every pod's gateway).
+    /// The cluster's pod addresses: every node's pod range is a slice of it (`--pod-cidr`).
+    pub cluster_cidr: Cidr,
+    /// This node's pod addresses (its Node's `spec.podCIDR`, given by the controllers); the
+    /// first address is the node bridge's (every pod's gateway).
     pub pod_cidr: Cidr,
     /// Service cluster IPs: routed into the node namespace, unreachable there unless a rule matches.
     pub service_cidr: Cidr,
@@ -41,7 +44,8 @@ pub struct NetworkConfig {
 impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig {
-            pod_cidr: Cidr::parse("10.244.0.0/16").unwrap_or(Cidr::ZERO),
+            cluster_cidr: Cidr::parse("10.244.0.0/16").unwrap_or(Cidr::ZERO),
+            pod_cidr: Cidr::parse("10.244.0.0/24").unwrap_or(Cidr::ZERO),
             service_cidr: Cidr::parse("10.96.0.0/16").unwrap_or(Cidr::ZERO),
             transit: Cidr::parse("169.254.244.0/30").unwrap_or(Cidr::ZERO),
             node_namespace: "converge".into(),

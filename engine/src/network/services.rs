@@ -193,10 +193,12 @@ pub fn forwards(service: &Value, backends: &[Backend]) -> Vec<Forward> {
         .collect()
 }
 
-/// The node namespace's table: each cluster IP port spread over its backends; traffic that was
-/// redirected leaves masqueraded, so a backend answering a neighbour on its own bridge answers
-/// through the node (hairpin).
-pub fn node_rules(forwards: &[Forward]) -> String {
+/// The node namespace's table: each cluster IP port spread over its backends. Redirected traffic
+/// to a backend on this node's bridge leaves masqueraded, so a backend answering a neighbour on
+/// its own bridge answers through the node (hairpin); to a backend on another node it keeps a pod
+/// source (routable back here), and traffic that came from outside the pods (a node port) takes
+/// the pods' gateway address as its source, which routes back to this node from any other.
+pub fn node_rules(cfg: &NetworkConfig, forwards: &[Forward]) -> String {
     let mut s = String::from("table ip converge\ndelete table ip converge\ntable ip converge {\n");
     s.push_str("  chain services {\n");
     for f in forwards.iter().filter(|f| !f.backends.is_empty()) {
@@ -220,7 +222,14 @@ pub fn node_rules(forwards: &[Forward]) -> String {
     );
     s.push_str("  chain output {\n    type nat hook output priority -100; policy accept;\n    jump services\n  }\n");
     s.push_str("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
-    s.push_str("    ct status dnat masquerade\n  }\n}\n");
+    s.push_str(&format!("    oifname \"{}\" ct status dnat masquerade\n", names::NODE_BRIDGE));
+    s.push_str(&format!(
+        "    ip saddr != {} oifname != \"{}\" ct status dnat snat to {}\n",
+        cfg.cluster_cidr,
+        names::NODE_BRIDGE,
+        cfg.gateway()
+    ));
+    s.push_str("  }\n}\n");
     s
 }
 
@@ -246,7 +255,11 @@ pub fn host_rules(cfg: &NetworkConfig, forwards: &[Forward]) -> String {
     s.push_str("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
     s.push_str(&format!("    oifname \"{host_link}\" ct status dnat masquerade\n"));
     if cfg.egress {
-        s.push_str(&format!("    ip saddr {} oifname != \"{host_link}\" masquerade\n", cfg.pod_cidr));
+        // Pods leave masqueraded, except towards other nodes' pods (routed, sources kept).
+        s.push_str(&format!(
+            "    ip saddr {} ip daddr != {} oifname != \"{host_link}\" masquerade\n",
+            cfg.pod_cidr, cfg.cluster_cidr
+        ));
     }
     s.push_str("  }\n}\n");
     s
@@ -288,7 +301,7 @@ mod tests {
     fn rules_spread_over_backends_and_map_node_ports() {
         let b = backends(&service(), &[vmi("a", "10.244.0.6", true), vmi("b", "10.244.0.5", true)]);
         let f = forwards(&service(), &b);
-        let node = node_rules(&f);
+        let node = node_rules(&NetworkConfig::default(), &f);
         assert!(
             node.contains("ip daddr 10.96.0.10 tcp dport 80 dnat to numgen random mod 2 map { 0 : 10.244.0.5, 1 : 10.244.0.6 }:8080"),
             "{node}"
@@ -297,8 +310,16 @@ mod tests {
         assert!(host.contains("fib daddr type local tcp dport 30080 dnat to 10.96.0.10:80"), "{host}");
         assert!(!host.contains("oifname != "), "no egress rule without egress");
         let egress = host_rules(&NetworkConfig::default(), &f);
-        assert!(egress.contains("ip saddr 10.244.0.0/16 oifname != "), "pods leave masqueraded: {egress}");
-        let none = node_rules(&forwards(&service(), &[]));
+        assert!(
+            egress.contains("ip saddr 10.244.0.0/24 ip daddr != 10.244.0.0/16 oifname != "),
+            "pods leave masqueraded, but not towards other nodes' pods: {egress}"
+        );
+        assert!(node.contains("oifname \"cvbr0\" ct status dnat masquerade"), "hairpin: {node}");
+        assert!(
+            node.contains("ip saddr != 10.244.0.0/16 oifname != \"cvbr0\" ct status dnat snat to 10.244.0.1"),
+            "{node}"
+        );
+        let none = node_rules(&NetworkConfig::default(), &forwards(&service(), &[]));
         // A status a tenant wrote, with nft syntax in it, is no address: no rule comes of it.
         let injected = "10.244.0.9 }\n  chain x { type filter hook forward priority -400; policy drop; }\n";
         let hostile = backends(&service(), &[vmi("h", injected, true)]);

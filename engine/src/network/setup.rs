@@ -45,10 +45,14 @@ pub fn node_refresh(cfg: &NetworkConfig) -> Vec<Step> {
         Step::sysctl(node, "net/ipv4/ip_forward", "1"),
         // A cluster IP with no rule is unreachable here instead of following a default route.
         Step::ip(node, &format!("route replace unreachable {}", cfg.service_cidr)),
+        // Other nodes' pods are reached through the host, which routes each node's range to it
+        // (its own namespace on this host, or its machine, as flannel's host-gw does); so the
+        // host forwards, as every Kubernetes node must.
+        Step::ip(node, &format!("route replace {} via {}", cfg.cluster_cidr, cfg.host_transit())),
+        Step::sysctl(None, "net/ipv4/ip_forward", "1"),
     ];
     if cfg.egress {
         steps.push(Step::ip(node, &format!("route replace default via {}", cfg.host_transit())));
-        steps.push(Step::sysctl(None, "net/ipv4/ip_forward", "1"));
     } else {
         steps.push(Step::ip(node, "route replace unreachable default"));
     }

@@ -61,6 +61,7 @@ pub(super) fn spawn(shared: Arc<Shared>) -> Vec<JoinHandle<()>> {
     }
     if shared.net.is_some() {
         tasks.push(tokio::spawn(forward_services(Arc::clone(&shared))));
+        tasks.push(tokio::spawn(super::routes::run(Arc::clone(&shared))));
     }
     let s = Arc::clone(&shared);
     tasks.extend(worker::spawn("node", &shared.queue, WORKERS, move |key| {

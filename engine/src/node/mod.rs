@@ -15,6 +15,7 @@ mod volumes;
 mod agent;
 mod launch_timing;
 mod persist;
+mod routes;
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -229,12 +230,30 @@ pub(crate) fn allow_traverse(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Registers (or refreshes) the Node and posts its status; a write that lost a race with another
+/// writer of the Node (the pod range allocator, an admin's cordon) is redone on the new version.
 async fn register(
     cluster: &dyn Cluster,
     config: &NodeConfig,
     accel: Accel,
     hv_version: &str,
 ) -> Result<Value, NodeError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match register_once(cluster, config, accel, hv_version).await {
+            Err(e) if e.code == 409 && attempt < 5 => continue,
+            other => return other.map_err(|e| NodeError::Register(e.message)),
+        }
+    }
+}
+
+async fn register_once(
+    cluster: &dyn Cluster,
+    config: &NodeConfig,
+    accel: Accel,
+    hv_version: &str,
+) -> crate::ApiResult<Value> {
     let facts = host::gather();
     let nf = register::NodeFacts {
         name: &config.name,
@@ -244,36 +263,62 @@ async fn register(
         hypervisor_version: hv_version,
     };
     let now = meta::now_rfc3339();
-    let err = |e: crate::ApiError| NodeError::Register(e.message);
-    let node = match cluster.get(&kinds::NODE, "", &config.name).await.map_err(err)? {
+    let node = match cluster.get(&kinds::NODE, "", &config.name).await? {
         Some(mut existing) => {
             let labels = meta::at_mut(&mut existing, &["metadata", "labels"]);
             if let (Some(map), Some(new)) = (labels.as_object_mut(), register::labels(&nf).as_object()) {
                 map.remove(crate::controllers::scheduler::EMULATION_LABEL);
                 map.extend(new.clone());
             }
-            if let Some(net) = &config.network {
-                existing["spec"]["podCIDR"] = json!(net.pod_cidr.to_string());
-                existing["spec"]["podCIDRs"] = json!([net.pod_cidr.to_string()]);
-            }
-            cluster.update(&kinds::NODE, existing, UpdateMode::Main).await.map_err(err)?
+            cluster.update(&kinds::NODE, existing, UpdateMode::Main).await?
         }
         None => {
-            let mut node = json!({
+            let node = json!({
                 "apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": config.name, "labels": register::labels(&nf)},
                 "spec": {},
             });
-            if let Some(net) = &config.network {
-                node["spec"] = json!({"podCIDR": net.pod_cidr.to_string(), "podCIDRs": [net.pod_cidr.to_string()]});
-            }
-            cluster.create(&kinds::NODE, node).await.map_err(err)?
+            cluster.create(&kinds::NODE, node).await?
         }
     };
     let status = register::merge_heartbeat(node.get("status"), register::status(&nf, &now));
     let mut with_status = node.clone();
     with_status["status"] = status;
-    cluster.update(&kinds::NODE, with_status, UpdateMode::Status).await.map_err(err)
+    cluster.update(&kinds::NODE, with_status, UpdateMode::Status).await
+}
+
+/// How often a node waiting for its pod range looks again, and says so in its log.
+const POD_RANGE_POLL: Duration = Duration::from_millis(250);
+const POD_RANGE_NAG: Duration = Duration::from_secs(10);
+
+/// Waits until the controllers give this Node its pod range (`spec.podCIDR`), inside the
+/// cluster's; answers it with the Node as it then reads.
+async fn await_pod_range(
+    cluster: &dyn Cluster,
+    name: &str,
+    cluster_cidr: crate::network::Cidr,
+) -> Result<(crate::network::Cidr, Value), NodeError> {
+    let started = Instant::now();
+    let mut nagged = Duration::ZERO;
+    loop {
+        let node = cluster.get(&kinds::NODE, "", name).await.map_err(|e| NodeError::Register(e.message))?;
+        let range = node.as_ref().and_then(|n| n.pointer("/spec/podCIDR")).and_then(Value::as_str);
+        if let (Some(node), Some(text)) = (&node, range) {
+            let cidr = crate::network::Cidr::parse(text)
+                .map_err(|e| NodeError::Register(format!("the Node's spec.podCIDR {text:?}: {e}")))?;
+            if !cluster_cidr.covers(&cidr) {
+                return Err(NodeError::Register(format!(
+                    "the Node's spec.podCIDR {cidr} is outside the cluster's pod range {cluster_cidr} (--pod-cidr)"
+                )));
+            }
+            return Ok((cidr, node.clone()));
+        }
+        if started.elapsed() >= nagged + POD_RANGE_NAG {
+            nagged = started.elapsed();
+            tracing::warn!(node = name, "waiting for the controllers to give this node its pod range (spec.podCIDR)");
+        }
+        tokio::time::sleep(POD_RANGE_POLL).await;
+    }
 }
 
 /// Connects to libvirt at `uri` and starts the agent on it.
@@ -335,17 +380,20 @@ pub async fn start_with(
             tracing::warn!(reason = %why, "KVM is unusable and emulation is not allowed: no VMI can run on this node");
         }
     }
+    let mut node = register(cluster.as_ref(), &config, accel, hv_version).await?;
     let net = match &config.network {
         Some(cfg) => {
+            let (pod_cidr, registered) = await_pod_range(cluster.as_ref(), &config.name, cfg.cluster_cidr).await?;
+            node = registered;
+            let cfg = crate::network::NetworkConfig { pod_cidr, ..cfg.clone() };
             let addresses = crate::network::pod_addresses::PodAddresses::open(config.state_dir.join("pod-addresses"))
                 .map_err(crate::network::NetworkError::from)?;
-            let net = Arc::new(network::NodeNetwork::new(cfg.clone(), net_host, addresses));
+            let net = Arc::new(network::NodeNetwork::new(cfg, net_host, addresses));
             network::setup_node(&net).await?;
             Some(net)
         }
         None => None,
     };
-    let node = register(cluster.as_ref(), &config, accel, hv_version).await?;
     let shared = Arc::new(Shared {
         node_uid: meta::uid(&node).to_string(),
         cluster: Arc::clone(&cluster),

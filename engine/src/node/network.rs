@@ -53,6 +53,13 @@ impl NodeNetwork {
     }
 }
 
+pub(super) async fn run_steps(
+    host: &Arc<dyn NetworkHost>,
+    steps: Vec<crate::network::host::Step>,
+) -> Result<(), NetworkError> {
+    run(host, steps).await
+}
+
 async fn run(host: &Arc<dyn NetworkHost>, steps: Vec<crate::network::host::Step>) -> Result<(), NetworkError> {
     let host = Arc::clone(host);
     tokio::task::spawn_blocking(move || host.run(&steps))
@@ -358,7 +365,7 @@ pub(crate) async fn sync_services(s: &Shared, net: &NodeNetwork) -> Result<(), S
     for svc in &svcs {
         forwards.extend(services::forwards(svc, &services::backends(svc, &vmis)));
     }
-    let rules = (services::node_rules(&forwards), services::host_rules(&net.config, &forwards));
+    let rules = (services::node_rules(&net.config, &forwards), services::host_rules(&net.config, &forwards));
     if net.applied_rules.lock().map(|a| a.as_ref() == Some(&rules)).unwrap_or(false) {
         return Ok(());
     }

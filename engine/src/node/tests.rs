@@ -210,9 +210,28 @@ async fn the_agent_wires_pods_and_takes_them_down() {
     let net = Arc::new(RecordingNetworkHost::default());
     let dyn_hv: Arc<dyn Hypervisor> = Arc::clone(&hv) as Arc<dyn Hypervisor>;
     let net_host: Arc<dyn crate::network::host::NetworkHost> = Arc::clone(&net) as _;
+    // The node waits for its pod range, which the server's allocator gives (not running here).
+    let give_range = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            loop {
+                if let Ok(Some(mut node)) = store.get(&kinds::NODE, "", "node-1").await {
+                    node["spec"]["podCIDR"] = json!("10.244.0.0/24");
+                    if store.update(&kinds::NODE, node, UpdateMode::Main, false).await.is_ok() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
     let agent = super::start_with(store.clone(), config, dyn_hv, Arc::new(NoDisks), "9.0.0", net_host).await.unwrap();
-    let node = store.get(&kinds::NODE, "", "node-1").await.unwrap().unwrap();
-    assert_eq!(node["spec"]["podCIDR"], "10.244.0.0/16");
+    give_range.await.unwrap();
+    assert!(
+        net.lines().iter().any(|l| l == "ip netns exec converge ip addr add 10.244.0.1/24 dev cvbr0"),
+        "the bridge takes the node's range: {:#?}",
+        net.lines()
+    );
     assert!(net.lines().iter().any(|l| l == "ip netns add converge"), "{:#?}", net.lines());
 
     let vmi = json!({
