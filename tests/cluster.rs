@@ -32,6 +32,11 @@ impl NodeProcess {
     /// Issues node `name` a token through the CLI (which writes its kubeconfig), imports the
     /// test images into a data dir of its own, and starts the agent.
     async fn join(app: &TestApp, name: &str, prefix: &str) -> NodeProcess {
+        Self::join_with(app, name, prefix, &["--pod-network", "none"]).await
+    }
+
+    /// `join` with these network flags.
+    async fn join_with(app: &TestApp, name: &str, prefix: &str, network: &[&str]) -> NodeProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         for image in ["oci-kernel", "oci-halt"] {
             let st = converge()
@@ -57,14 +62,9 @@ impl NodeProcess {
         assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
         let record: Value = serde_json::from_slice(&out.stdout).expect("the token record");
         assert_eq!((record["role"].as_str(), record["node"].as_str()), (Some("node"), Some(name)), "{record}");
-        let args = vec![
-            "--node-name".to_string(),
-            name.to_string(),
-            "--domain-prefix".to_string(),
-            format!("{prefix}{name}-"),
-            "--pod-network".to_string(),
-            "none".to_string(),
-        ];
+        let mut args = vec!["--node-name".to_string(), name.to_string(), "--domain-prefix".to_string()];
+        args.push(format!("{prefix}{name}-"));
+        args.extend(network.iter().map(|a| a.to_string()));
         let mut node = NodeProcess { name: name.to_string(), dir, kubeconfig, args, child: None, starts: 0 };
         node.start();
         node
@@ -105,9 +105,36 @@ impl NodeProcess {
         std::fs::read_to_string(self.dir.path().join("node/vmis").join(uid).join("serial0.log")).unwrap_or_default()
     }
 
+    /// Types `line` at the guest's serial console, through its socket in this node's state
+    /// directory (the same machine's file system; the API's console proxy to nodes is not built).
+    async fn type_line(&self, vmi: &Value, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        let uid = vmi["metadata"]["uid"].as_str().unwrap_or_default();
+        let socket = self.dir.path().join("node/vmis").join(uid).join("serial0.sock");
+        let mut stream = tokio::net::UnixStream::connect(&socket).await.expect("the guest's serial socket");
+        stream.write_all(format!("{line}\n").as_bytes()).await.expect("typed");
+        stream.flush().await.expect("flushed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(self.log()).unwrap_or_default()
     }
+}
+
+/// A VM on the pod network (bridge binding) pinned to `node`.
+fn pod_vm(name: &str, node: &str) -> Value {
+    let mut vm = kernel_vm(name, "Always");
+    let spec = &mut vm["spec"]["template"]["spec"];
+    spec["domain"]["devices"]["interfaces"] = json!([{"name": "default", "bridge": {}}]);
+    spec["networks"] = json!([{"name": "default", "pod": {}}]);
+    spec["nodeSelector"] = json!({"kubernetes.io/hostname": node});
+    vm["spec"]["template"]["metadata"]["labels"]["app"] = json!(name);
+    vm
+}
+
+fn pod_ip(vmi: &Value) -> Option<String> {
+    converge_engine::network::services::pod_ip(vmi).map(|ip| ip.to_string())
 }
 
 async fn node_ready(app: &TestApp, name: &str) -> bool {
@@ -208,6 +235,217 @@ async fn guests_spread_over_two_nodes() {
             on("node-a"),
             on("node-b")
         );
+    })
+    .await;
+    for n in &mut nodes {
+        n.kill().await;
+    }
+}
+
+/// Two nodes with pod networks of their own on one machine (each its namespace, transit link and
+/// slice of the pod range): a guest on node-b reaches a guest on node-a by its pod address and
+/// through a Service, and the host reaches both.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_on_two_nodes_reach_each_other_and_services() {
+    let prefix = format!("c{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let _cleanup = Cleanup(prefix.clone());
+    // Ranges of this test's own, nothing routed off the machine (no egress).
+    let tag = std::process::id() % 40;
+    let (pods, services) = (format!("10.{}.0.0/16", 160 + tag), format!("10.{}.0.0/16", 210 + tag));
+    let pod_cidr = converge_engine::network::Cidr::parse(&pods).expect("pods");
+    let service_cidr = converge_engine::network::Cidr::parse(&services).expect("services");
+    let app = spawn_app_with(None, |c| {
+        c.node = None;
+        c.pod_ranges.cluster = pod_cidr;
+        c.service_network.cidr = service_cidr;
+    })
+    .await;
+    let netns: Vec<String> = (0..2).map(|i| format!("cvc{}{}", std::process::id() % 100_000, i)).collect();
+    let mut nodes = vec![];
+    for (i, name) in ["node-a", "node-b"].into_iter().enumerate() {
+        let transit = format!("169.254.{}.{}/30", 160 + tag, 4 * i);
+        let network = [
+            "--pod-network",
+            "on",
+            "--pod-cidr",
+            &pods,
+            "--service-cidr",
+            &services,
+            "--node-netns",
+            &netns[i],
+            "--node-transit-cidr",
+            &transit,
+            "--pod-egress",
+            "false",
+        ];
+        nodes.push(NodeProcess::join_with(&app, name, &prefix, &network).await);
+    }
+    within(LIMIT, async {
+        for n in &nodes {
+            assert!(wait_until(SETTLE, || node_ready(&app, &n.name)).await, "{} joins:\n{}", n.name, n.log_text());
+        }
+        let (_, a) = app.get("/api/v1/nodes/node-a").await;
+        let (_, b) = app.get("/api/v1/nodes/node-b").await;
+        let (range_a, range_b) = (a["spec"]["podCIDR"].clone(), b["spec"]["podCIDR"].clone());
+        assert!(range_a.is_string() && range_b.is_string() && range_a != range_b, "a slice each: {range_a} {range_b}");
+
+        for (name, node) in [("web", "node-a"), ("client", "node-b")] {
+            let (code, body) = app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachines", &pod_vm(name, node)).await;
+            assert_eq!(code, 201, "{body}");
+        }
+        let both_up = wait_until(SETTLE, || async {
+            let (web, client) = (vmi(&app, "web").await, vmi(&app, "client").await);
+            pod_ip(&web).is_some() && pod_ip(&client).is_some()
+                && nodes[0].serial_log(&web).contains(GUEST_MARKER) && nodes[1].serial_log(&client).contains(GUEST_MARKER)
+        })
+        .await;
+        let (web, client) = (vmi(&app, "web").await, vmi(&app, "client").await);
+        assert!(both_up, "{web}\n{client}\n{}\n{}", nodes[0].log_text(), nodes[1].log_text());
+        assert_eq!((web["status"]["nodeName"].as_str(), client["status"]["nodeName"].as_str()), (Some("node-a"), Some("node-b")));
+        let (web_ip, client_ip) = (pod_ip(&web).unwrap_or_default(), pod_ip(&client).unwrap_or_default());
+        let within_range = |ip: &str, range: &Value| {
+            converge_engine::network::Cidr::parse(range.as_str().unwrap_or_default())
+                .is_ok_and(|r| r.contains(ip.parse().expect("IPv4")))
+        };
+        assert!(within_range(&web_ip, &range_a) && within_range(&client_ip, &range_b), "{web_ip} {client_ip}");
+
+        nodes[0].type_line(&web, "mkdir -p /www; echo web-$((6*7)) > /www/index.html; echo svc-$((6*7)) > /www/s.html; httpd -p 8080 -h /www").await;
+        let direct = format!("http://{web_ip}:8080/");
+        let host_reaches = wait_until(SETTLE, || async {
+            reqwest::get(&direct).await.ok().map(|r| r.status().is_success()).unwrap_or(false)
+        })
+        .await;
+        assert!(host_reaches, "the host reaches node-a's guest: {}", nodes[0].serial_log(&web));
+
+        let fetched = wait_until(SETTLE, || async {
+            nodes[1].type_line(&client, &format!("wget -qO- http://{web_ip}:8080/")).await;
+            nodes[1].serial_log(&client).contains("web-42")
+        })
+        .await;
+        assert!(fetched, "node-b's guest reaches node-a's by pod address: {}", nodes[1].serial_log(&client));
+
+        let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}});
+        let (code, svc) = app.post("/api/v1/namespaces/default/services", &service).await;
+        assert_eq!(code, 201, "{svc}");
+        let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap_or_default().to_string();
+        let through_service = wait_until(SETTLE, || async {
+            nodes[1].type_line(&client, &format!("wget -qO- http://{cluster_ip}/s.html")).await;
+            nodes[1].serial_log(&client).contains("svc-42")
+        })
+        .await;
+        let rules = std::process::Command::new("ip")
+            .args(["netns", "exec", &netns[1], "nft", "list", "table", "ip", "converge"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        assert!(through_service, "node-b's guest reaches node-a's through the Service {cluster_ip}: {}\n{rules}",
+            nodes[1].serial_log(&client));
+    })
+    .await;
+    for n in &mut nodes {
+        n.kill().await;
+    }
+    // What the agents made on the host goes with them (namespaces, links, routes).
+    for ns in &netns {
+        let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
+        let (host_link, _) = converge_engine::network::names::transit_links(ns);
+        let _ = std::process::Command::new("ip").args(["link", "del", &host_link]).status();
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "ip", &converge_engine::network::names::host_table(ns)])
+            .status();
+    }
+}
+
+fn domains_with(prefix: &str) -> Vec<String> {
+    use converge_engine::hypervisor::Hypervisor;
+    let libvirt = converge_engine::hypervisor::Libvirt::open("qemu:///system").expect("libvirt");
+    let domains = libvirt.list().unwrap_or_default().into_iter();
+    domains.filter(|d| d.name.starts_with(prefix) && d.state.is_active()).map(|d| d.name).collect()
+}
+
+/// A node agent killed (`kill -9`): its Node turns Ready=Unknown, its VMI fails
+/// (NodeUnresponsive) and the VM starts again on the other node. Its QEMU kept running meanwhile
+/// (nothing can stop it without the agent, on KubeVirt neither): the agent, back, removes it. A
+/// cordoned node takes no new guest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_node_loses_its_guests_to_the_other_and_cleans_up_when_back() {
+    let prefix = format!("c{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let _cleanup = Cleanup(prefix.clone());
+    let app = api_without_a_node().await;
+    let mut nodes =
+        vec![NodeProcess::join(&app, "node-a", &prefix).await, NodeProcess::join(&app, "node-b", &prefix).await];
+    within(Duration::from_secs(360), async {
+        for n in &nodes {
+            assert!(wait_until(SETTLE, || node_ready(&app, &n.name)).await, "{} joins:\n{}", n.name, n.log_text());
+        }
+        let (code, body) =
+            app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachines", &halt_vm("keep", "Always")).await;
+        assert_eq!(code, 201, "{body}");
+        assert!(wait_until(SETTLE, || async { vmi(&app, "keep").await["status"]["phase"] == "Running" }).await);
+        let first = vmi(&app, "keep").await;
+        let lost = first["status"]["nodeName"].as_str().unwrap_or_default().to_string();
+        let (gone, other) = if lost == "node-a" { (0, 1) } else { (1, 0) };
+        nodes[gone].kill().await;
+
+        // The node lifecycle's grace is 60 s of silence, checked every 10 s.
+        let moved = wait_until(Duration::from_secs(150), || async {
+            let now = vmi(&app, "keep").await;
+            now["metadata"]["uid"] != first["metadata"]["uid"]
+                && now["status"]["phase"] == "Running"
+                && now["status"]["nodeName"] == nodes[other].name.as_str()
+        })
+        .await;
+        let (_, node) = app.get(&format!("/api/v1/nodes/{lost}")).await;
+        assert!(moved, "the VM runs again on the other node: {}\n{node}", vmi(&app, "keep").await);
+        let ready =
+            node["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready")).cloned();
+        assert_eq!(ready.as_ref().map(|r| r["status"].clone()), Some(json!("Unknown")), "{node}");
+        let stale = format!("{prefix}{lost}-");
+        assert_eq!(
+            domains_with(&stale).len(),
+            1,
+            "the lost node's guest still runs: nothing stops it without its agent"
+        );
+
+        nodes[gone].start();
+        let cleaned =
+            wait_until(SETTLE, || async { domains_with(&stale).is_empty() && node_ready(&app, &lost).await }).await;
+        assert!(
+            cleaned,
+            "back, the agent removes the stale domain: {:?}\n{}",
+            domains_with(&stale),
+            nodes[gone].log_text()
+        );
+        assert_eq!(vmi(&app, "keep").await["status"]["nodeName"], nodes[other].name.as_str(), "the moved guest stays");
+
+        // Cordoned (kubectl cordon sets spec.unschedulable): no new guest lands there.
+        let (code, body) = app
+            .patch(
+                &format!("/api/v1/nodes/{lost}"),
+                "application/strategic-merge-patch+json",
+                &json!({"spec": {"unschedulable": true}}),
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+        for i in 0..3 {
+            let (code, body) = app
+                .post("/apis/kubevirt.io/v1/namespaces/default/virtualmachines", &halt_vm(&format!("new{i}"), "Always"))
+                .await;
+            assert_eq!(code, 201, "{body}");
+        }
+        let placed = wait_until(SETTLE, || async {
+            let mut all = true;
+            for i in 0..3 {
+                all &= vmi(&app, &format!("new{i}")).await["status"]["phase"] == "Running";
+            }
+            all
+        })
+        .await;
+        assert!(placed);
+        for i in 0..3 {
+            assert_eq!(vmi(&app, &format!("new{i}")).await["status"]["nodeName"], nodes[other].name.as_str());
+        }
     })
     .await;
     for n in &mut nodes {
