@@ -70,6 +70,17 @@ pub fn reconcile(vmi: &Value, nodes: &[NodeView], used: &BTreeMap<String, Reques
     plan
 }
 
+/// Pure: whether a placed VMI is one whose finalizer the controller may drop if its node is lost
+/// (not Ready, or gone): deleted, finished, still held. Its domain may still run there — nothing
+/// reaches it without the agent — and the agent, back, removes it as an orphan; the VM meanwhile
+/// starts its next VMI elsewhere instead of waiting for a node that may never return.
+pub fn released_by_lost_node(vmi: &Value) -> bool {
+    node_name(vmi).is_some()
+        && meta::is_deleting(vmi)
+        && is_final(phase(vmi))
+        && meta::finalizers(vmi).iter().any(|f| f == VMI_FINALIZER)
+}
+
 /// What each node has promised to the VMIs placed on it and not finished.
 pub fn node_usage(vmis: &[Value]) -> BTreeMap<String, Request> {
     let mut used: BTreeMap<String, Request> = BTreeMap::new();
@@ -96,7 +107,18 @@ pub(super) async fn sync(cluster: &dyn Cluster, (ns, name): Key) -> ApiResult<Ac
     let Some(vmi) = cluster.get(&kinds::VIRTUAL_MACHINE_INSTANCE, &ns, &name).await? else {
         return Ok(Action::AwaitChange);
     };
-    if node_name(&vmi).is_some() {
+    if let Some(node) = node_name(&vmi) {
+        // Its node's agent drops the finalizer once the domain is gone; a lost node's cannot.
+        let node = match released_by_lost_node(&vmi) {
+            true => cluster.get(&kinds::NODE, "", node).await?,
+            false => return Ok(Action::AwaitChange),
+        };
+        if node.as_ref().is_none_or(|n| !st::condition_true(n, "Ready")) {
+            let mut updated = vmi.clone();
+            let rest: Vec<String> = meta::finalizers(&vmi).into_iter().filter(|f| f != VMI_FINALIZER).collect();
+            meta::set_finalizers(&mut updated, &rest);
+            cluster.update(&kinds::VIRTUAL_MACHINE_INSTANCE, updated, UpdateMode::Main).await?;
+        }
         return Ok(Action::AwaitChange);
     }
     let (nodes, used) = if meta::is_deleting(&vmi) || is_final(phase(&vmi)) {
@@ -150,6 +172,24 @@ pub(super) async fn sync(cluster: &dyn Cluster, (ns, name): Key) -> ApiResult<Ac
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_a_deleted_finished_vmi_is_released_from_a_lost_node() {
+        let vmi = |deleting: bool, phase: &str| {
+            let mut v = json!({"metadata": {"name": "a", "finalizers": [VMI_FINALIZER]},
+                               "status": {"nodeName": "n1", "phase": phase}});
+            if deleting {
+                v["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+            }
+            v
+        };
+        assert!(released_by_lost_node(&vmi(true, "Failed")));
+        assert!(!released_by_lost_node(&vmi(true, "Running")), "a running guest waits for its node");
+        assert!(!released_by_lost_node(&vmi(false, "Failed")), "not deleted");
+        let mut unplaced = vmi(true, "Failed");
+        unplaced["status"]["nodeName"] = Value::Null;
+        assert!(!released_by_lost_node(&unplaced), "the unplaced case is reconcile's");
+    }
 
     #[test]
     fn a_placed_vmi_is_labelled_with_its_node() {

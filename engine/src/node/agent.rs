@@ -395,6 +395,11 @@ fn mark_running(s: &Shared, next: &mut Value, now: &str, pod: Option<&PodPlan>) 
     status.insert("migrationMethod".into(), json!("BlockMigration"));
 }
 
+/// libvirt's words when a domain of that UUID exists under another name (`virDomainObjListAdd`).
+fn uuid_in_use(message: &str) -> bool {
+    message.contains("is already defined with uuid") || message.contains("already exists with uuid")
+}
+
 enum StartError {
     /// Try again (libvirt unreachable, cluster conflict).
     Retry(ApiError),
@@ -477,6 +482,12 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value, timer: &mut LaunchTimer) -> 
                 }
             }
             Ok(pod)
+        }
+        // The VM's firmware UUID is the domain's, and one libvirtd holds one domain of a UUID:
+        // another node's agent on this machine still runs the VM's last guest (its agent was
+        // lost; back, it removes it). The guest starts once the UUID is free.
+        Err(HypervisorError::Libvirt(message)) if uuid_in_use(&message) => {
+            Err(StartError::Wait("DomainUUIDInUse".into(), message, Duration::from_secs(3)))
         }
         Err(HypervisorError::Libvirt(message)) if !message.contains("connect") => {
             Err(StartError::Fatal("FailedCreate".into(), message))
