@@ -1,5 +1,6 @@
-//! kube-rs, the client our controllers may later run on, against the server: discovery, dynamic
-//! CRUD on VirtualMachines, the runtime watcher, and a typed core kind.
+//! kube-rs, the client `converge node` and `converge controllers` run on, against the server:
+//! discovery, dynamic CRUD on VirtualMachines, the runtime watcher, a typed core kind, and the
+//! engine's own seam over it (`KubeCluster`).
 
 mod common;
 
@@ -86,4 +87,65 @@ async fn kube_rs_discovers_crud_and_watches() {
         .await
         .expect("strategic merge patch on a core kind");
     assert_eq!(strategic.data.map(|d| d.len()), Some(2));
+}
+
+/// The engine's seam over kube-rs (`KubeCluster`, what `converge node` and `converge controllers`
+/// run on) against the server: a list waits for the watch's first list and then reads the cache,
+/// a write is read back at once, changes arrive as events, and the server's refusals come back
+/// with their code and reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_seam_over_kube_rs() {
+    use converge_engine::cluster::kube::KubeCluster;
+    use converge_engine::cluster::Cluster;
+    use converge_engine::kinds;
+    use converge_engine::store::{DeleteOptions, UpdateMode, WatchEventType};
+    let app = spawn_api_only().await;
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cluster = KubeCluster::from_kubeconfig(&app.kubeconfig).await.expect("connects");
+    let c: &dyn Cluster = cluster.as_ref();
+    let mut rx = c.watch(&[&kinds::CONFIG_MAP]);
+    let names = |items: Vec<serde_json::Value>| -> Vec<String> {
+        items.iter().map(|o| o["metadata"]["name"].as_str().unwrap_or("").to_string()).collect()
+    };
+    assert!(!names(c.list(&kinds::CONFIG_MAP, Some("default")).await.expect("list")).contains(&"a".to_string()));
+
+    let map = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "default"},
+                     "data": {"k": "1"}});
+    let created = c.create(&kinds::CONFIG_MAP, map).await.expect("create");
+    assert!(
+        names(c.list(&kinds::CONFIG_MAP, Some("default")).await.expect("list")).contains(&"a".to_string()),
+        "read at once"
+    );
+    assert!(names(c.list(&kinds::CONFIG_MAP, Some("other")).await.expect("list")).is_empty(), "by namespace");
+    let added = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match rx.recv().await {
+                Ok(ev) if ev.name == "a" => return ev.event_type,
+                Ok(_) => continue,
+                Err(e) => panic!("watch: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the ADDED event arrives");
+    assert!(matches!(added, WatchEventType::Added | WatchEventType::Modified));
+
+    let mut changed = created.clone();
+    changed["data"]["k"] = json!("2");
+    let updated = c.update(&kinds::CONFIG_MAP, changed.clone(), UpdateMode::Main).await.expect("update");
+    assert_eq!(updated["data"]["k"], "2");
+    let listed = c.list(&kinds::CONFIG_MAP, Some("default")).await.expect("list");
+    assert_eq!(listed.iter().find(|o| o["metadata"]["name"] == "a").map(|o| o["data"]["k"].clone()), Some(json!("2")));
+    let stale = c.update(&kinds::CONFIG_MAP, changed, UpdateMode::Main).await.expect_err("a stale resourceVersion");
+    assert_eq!((stale.code, stale.reason), (409, "Conflict"), "{}", stale.message);
+    assert!(c.get(&kinds::CONFIG_MAP, "default", "nothing").await.expect("get").is_none(), "404 is None");
+    let bad =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Not_A_Name", "namespace": "default"}});
+    let refused = c.create(&kinds::CONFIG_MAP, bad).await.expect_err("an invalid name");
+    assert_eq!((refused.code, refused.reason), (422, "Invalid"), "{}", refused.message);
+
+    c.delete(&kinds::CONFIG_MAP, "default", "a", DeleteOptions::default()).await.expect("delete");
+    assert!(!names(c.list(&kinds::CONFIG_MAP, Some("default")).await.expect("list")).contains(&"a".to_string()));
+    let gone = c.delete(&kinds::CONFIG_MAP, "default", "a", DeleteOptions::default()).await.expect_err("gone");
+    assert_eq!(gone.code, 404);
 }

@@ -28,6 +28,8 @@ use crate::store::{DeleteOptions, Propagation, UpdateMode, WatchEvent, WatchEven
 
 /// Events buffered per subscriber before it lags (and lists again).
 const EVENT_BUFFER: usize = 8192;
+/// How long a list waits for its kind's first watch list before asking the server itself.
+const CACHE_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 type ObjectKey = (String, String);
 
@@ -101,18 +103,6 @@ impl KubeCluster {
             .map_err(|e| ConnectError::Kubeconfig(shown, e.to_string()))?;
         let client = kube::Client::try_from(config).map_err(|e| ConnectError::Client(e.to_string()))?;
         Ok(KubeCluster::new(client))
-    }
-
-    /// A client from inside a pod (service account token and CA).
-    pub fn in_cluster() -> Result<Arc<KubeCluster>, ConnectError> {
-        let config =
-            kube::Config::incluster().map_err(|e| ConnectError::Kubeconfig("in-cluster".into(), e.to_string()))?;
-        let client = kube::Client::try_from(config).map_err(|e| ConnectError::Client(e.to_string()))?;
-        Ok(KubeCluster::new(client))
-    }
-
-    pub fn client(&self) -> &kube::Client {
-        &self.client
     }
 
     fn api(&self, kind: &ResourceKind, namespace: Option<&str>) -> Api<DynamicObject> {
@@ -309,8 +299,11 @@ impl Cluster for KubeCluster {
     fn list<'a>(&'a self, kind: &'static ResourceKind, namespace: Option<&'a str>) -> ClusterFuture<'a, Vec<Value>> {
         Box::pin(async move {
             if let Some(cache) = self.cache(kind) {
+                // A watch that cannot list (refused, unreachable) must not hang its readers: past
+                // a bound they ask the server, and get its answer or its error.
                 let mut synced = cache.synced.subscribe();
-                if synced.wait_for(|s| *s).await.is_ok() {
+                let ready = tokio::time::timeout(CACHE_SYNC_WAIT, synced.wait_for(|s| *s)).await;
+                if matches!(ready, Ok(Ok(_))) {
                     let objects = cache.objects.read().map_err(|_| ApiError::internal("informer cache poisoned"))?;
                     return Ok(objects
                         .values()
@@ -341,9 +334,11 @@ impl Cluster for KubeCluster {
             let obj = to_dynamic(obj)?;
             let api = self.api(kind, Some(&namespace));
             let pp = PostParams::default();
+            // A kind without a status subresource (KubeVirt's VMI CRD has none) takes its status
+            // in the object itself.
             let updated = match mode {
-                UpdateMode::Main => api.replace(&name, &pp, &obj).await,
-                UpdateMode::Status => api.replace_status(&name, &pp, &obj).await,
+                UpdateMode::Status if kind.status_subresource => api.replace_status(&name, &pp, &obj).await,
+                _ => api.replace(&name, &pp, &obj).await,
             };
             let updated = to_value(updated.map_err(api_error)?)?;
             self.remember(kind, &updated);

@@ -1,5 +1,6 @@
 //! Controllers as kube-rs shapes them: pure reconcilers (`vm`, `vmi`, `replicaset`, `scheduler`)
-//! and a runtime that feeds them from the store through work queues and applies their plans.
+//! and a runtime that feeds them from the cluster (`crate::cluster`) through work queues
+//! (`crate::worker`) and applies their plans.
 
 pub mod datavolumes;
 pub mod endpoints;
