@@ -380,3 +380,44 @@ impl Cluster for KubeCluster {
         rx
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn version(rv: &str, data: &str) -> Value {
+        json!({"metadata": {"name": "a", "namespace": "ns", "resourceVersion": rv}, "data": data})
+    }
+
+    #[test]
+    fn the_cache_keeps_the_newest_version_whichever_arrives_first() {
+        let cache = KindCache { objects: RwLock::default(), synced: watch::Sender::new(false) };
+        assert!(matches!(cache.apply(version("5", "write answer")), Ok(None)), "new");
+        // The watch's event of an older version, arriving after this process's write: dropped.
+        assert!(cache.apply(version("4", "older event")).is_err());
+        assert!(matches!(cache.apply(version("5", "its own event")), Ok(Some(_))), "the same version again");
+        assert!(matches!(cache.apply(version("6", "newer")), Ok(Some(_))));
+        let held = cache.objects.read().map(|o| o.get(&("ns".to_string(), "a".to_string())).cloned());
+        assert_eq!(held.ok().flatten().map(|o| o["data"].clone()), Some(json!("newer")));
+        // resourceVersions that are not integers are opaque: the last one wins.
+        assert!(!older(&version("abc", ""), &version("7", "")));
+    }
+
+    #[test]
+    fn kinds_map_to_their_api_resources_and_refusals_keep_their_code() {
+        let r = api_resource(&crate::kinds::VIRTUAL_MACHINE_INSTANCE);
+        assert_eq!(
+            (r.group.as_str(), r.version.as_str(), r.api_version.as_str()),
+            ("kubevirt.io", "v1", "kubevirt.io/v1")
+        );
+        assert_eq!((r.kind.as_str(), r.plural.as_str()), ("VirtualMachineInstance", "virtualmachineinstances"));
+        let core = api_resource(&crate::kinds::NODE);
+        assert_eq!((core.group.as_str(), core.api_version.as_str()), ("", "v1"));
+        let status = kube::core::Status::failure("nope", "Forbidden").with_code(403);
+        let e = api_error(kube::Error::Api(Box::new(status)));
+        assert_eq!((e.code, e.reason, e.message.as_str()), (403, "Forbidden", "nope"));
+        let odd = kube::core::Status::failure("teapot", "SomethingNew").with_code(418);
+        assert_eq!(api_error(kube::Error::Api(Box::new(odd))).reason, "InternalError");
+    }
+}
