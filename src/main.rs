@@ -189,6 +189,10 @@ enum TokenCommand {
         /// `converge node --kubeconfig` on the joining machine.
         #[arg(long)]
         write_kubeconfig: Option<PathBuf>,
+        /// The server URL the written kubeconfig names (default: the one used here, often
+        /// https://127.0.0.1:6443, which another machine cannot reach).
+        #[arg(long, requires = "write_kubeconfig")]
+        server: Option<String>,
         /// Lifetime: 90s, 30m, 24h, 7d.
         #[arg(long, default_value = "24h")]
         ttl: String,
@@ -378,7 +382,7 @@ fn main() -> Result<()> {
                     .unwrap_or_else(|| data_dir.unwrap_or_else(config::default_data_dir).join("kubeconfig"));
                 let api = client::Client::from_kubeconfig(&path)?;
                 match command {
-                    TokenCommand::Create { namespaces, role, node, write_kubeconfig, ttl, subject } => {
+                    TokenCommand::Create { namespaces, role, node, write_kubeconfig, server, ttl, subject } => {
                         let ttl = config::parse_duration(&ttl)?;
                         let request = client::TokenRequest {
                             role: &role,
@@ -391,7 +395,11 @@ fn main() -> Result<()> {
                         if let Some(path) = write_kubeconfig {
                             let token = record["token"].as_str().context("the server answered no token")?;
                             let ca = String::from_utf8_lossy(api.ca_pem.as_deref().unwrap_or_default()).into_owned();
-                            let kubeconfig = converge_api::pki::kubeconfig(&api.server, &ca, token);
+                            let server = server.as_deref().unwrap_or(&api.server);
+                            if !server.starts_with("https://") {
+                                bail!("--server {server}: an https:// URL");
+                            }
+                            let kubeconfig = converge_api::pki::kubeconfig(server, &ca, token);
                             write_private(&path, &kubeconfig)?;
                             eprintln!("kubeconfig written to {}", path.display());
                         }

@@ -54,6 +54,7 @@ impl NodeProcess {
         let out = converge()
             .args(["token", "create", "--role", "node", "--node", name, "--ttl", "1h", "--write-kubeconfig"])
             .arg(&kubeconfig)
+            .args(["--server", &app.base_url])
             .arg("--kubeconfig")
             .arg(&app.kubeconfig)
             .output()
