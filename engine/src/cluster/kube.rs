@@ -36,8 +36,15 @@ type ObjectKey = (String, String);
 /// One watched kind: its objects as last seen, and whether the first list has arrived.
 struct KindCache {
     objects: RwLock<HashMap<ObjectKey, Arc<Value>>>,
+    /// The resourceVersion each object was deleted at, since the last list: a write's answer
+    /// that arrives after its object's DELETED event must not bring it back.
+    deleted: std::sync::Mutex<HashMap<ObjectKey, i64>>,
     synced: watch::Sender<bool>,
 }
+
+/// Tombstones kept at most (then forgotten all at once: a phantom is then possible again until
+/// the next relist, as it was without them).
+const TOMBSTONES: usize = 10_000;
 
 impl KindCache {
     /// Keeps `obj` unless the cache holds a newer version of it; answers the version replaced
@@ -50,7 +57,34 @@ impl KindCache {
                 return Err(());
             }
         }
+        if let Ok(mut deleted) = self.deleted.lock() {
+            match (deleted.get(&key), meta::resource_version(&obj)) {
+                (Some(gone_at), Some(rv)) if rv <= *gone_at => return Err(()),
+                (Some(_), _) => {
+                    deleted.remove(&key); // made again since
+                }
+                (None, _) => {}
+            }
+        }
         Ok(objects.insert(key, Arc::new(obj)))
+    }
+
+    /// Drops `obj` (deleted at its resourceVersion) and remembers when.
+    fn remove(&self, obj: &Value) {
+        let key = key_of(obj);
+        if let Ok(mut objects) = self.objects.write() {
+            objects.remove(&key);
+        }
+        if let (Ok(mut deleted), Some(rv)) = (self.deleted.lock(), meta::resource_version(obj)) {
+            if deleted.len() >= TOMBSTONES {
+                deleted.clear();
+            }
+            deleted.insert(key, rv);
+        }
+    }
+
+    fn new() -> KindCache {
+        KindCache { objects: RwLock::default(), deleted: Default::default(), synced: watch::Sender::new(false) }
     }
 }
 
@@ -143,7 +177,7 @@ impl KubeCluster {
         if caches.contains_key(&key) {
             return;
         }
-        let cache = Arc::new(KindCache { objects: RwLock::default(), synced: watch::Sender::new(false) });
+        let cache = Arc::new(KindCache::new());
         caches.insert(key, Arc::clone(&cache));
         let task = tokio::spawn(follow(self.api(kind, None), kind, cache, self.events.clone()));
         if let Ok(mut watchers) = self.watchers.lock() {
@@ -234,6 +268,10 @@ async fn follow(
                     Ok(mut objects) => std::mem::replace(&mut *objects, fresh.clone()),
                     Err(_) => return,
                 };
+                // A list is the whole truth as of now: older tombstones say nothing more.
+                if let Ok(mut deleted) = cache.deleted.lock() {
+                    deleted.clear();
+                }
                 for (key, obj) in &fresh {
                     match old.get(key) {
                         None => send(WatchEventType::Added, Arc::clone(obj)),
@@ -264,9 +302,7 @@ async fn follow(
             }
             watcher::Event::Delete(obj) => {
                 let Ok(obj) = to_value(obj) else { continue };
-                if let Ok(mut objects) = cache.objects.write() {
-                    objects.remove(&key_of(&obj));
-                }
+                cache.remove(&obj);
                 send(WatchEventType::Deleted, Arc::new(obj));
             }
         }
@@ -392,7 +428,7 @@ mod tests {
 
     #[test]
     fn the_cache_keeps_the_newest_version_whichever_arrives_first() {
-        let cache = KindCache { objects: RwLock::default(), synced: watch::Sender::new(false) };
+        let cache = KindCache::new();
         assert!(matches!(cache.apply(version("5", "write answer")), Ok(None)), "new");
         // The watch's event of an older version, arriving after this process's write: dropped.
         assert!(cache.apply(version("4", "older event")).is_err());
@@ -402,6 +438,13 @@ mod tests {
         assert_eq!(held.ok().flatten().map(|o| o["data"].clone()), Some(json!("newer")));
         // resourceVersions that are not integers are opaque: the last one wins.
         assert!(!older(&version("abc", ""), &version("7", "")));
+        // Deleted at 8: a write's answer of version 7 arriving late does not bring it back; the
+        // object made again (a newer version) does come back.
+        cache.remove(&version("8", "deleted"));
+        assert!(cache.apply(version("7", "late answer")).is_err());
+        let none = cache.objects.read().map(|o| o.is_empty()).unwrap_or(false);
+        assert!(none, "no phantom");
+        assert!(matches!(cache.apply(version("9", "made again")), Ok(None)));
     }
 
     #[test]
