@@ -262,6 +262,15 @@ async fn pods_on_two_nodes_reach_each_other_and_services() {
     })
     .await;
     let netns: Vec<String> = (0..2).map(|i| format!("cvc{}{}", std::process::id() % 100_000, i)).collect();
+    // What the agents make on the host (node and pod namespaces, taps, links, tables) goes when
+    // the test ends, however it ends: `kill -9` leaves it all.
+    let _network_cleanup: Vec<common::netapp::NetCleanup> = netns
+        .iter()
+        .map(|ns| {
+            let net = converge_engine::network::NetworkConfig { node_namespace: ns.clone(), ..Default::default() };
+            common::netapp::NetCleanup(net)
+        })
+        .collect();
     let mut nodes = vec![];
     for (i, name) in ["node-a", "node-b"].into_iter().enumerate() {
         let transit = format!("169.254.{}.{}/30", 160 + tag, 4 * i);
@@ -346,15 +355,6 @@ async fn pods_on_two_nodes_reach_each_other_and_services() {
     .await;
     for n in &mut nodes {
         n.kill().await;
-    }
-    // What the agents made on the host goes with them (namespaces, links, routes).
-    for ns in &netns {
-        let _ = std::process::Command::new("ip").args(["netns", "del", ns]).status();
-        let (host_link, _) = converge_engine::network::names::transit_links(ns);
-        let _ = std::process::Command::new("ip").args(["link", "del", &host_link]).status();
-        let _ = std::process::Command::new("nft")
-            .args(["delete", "table", "ip", &converge_engine::network::names::host_table(ns)])
-            .status();
     }
 }
 
