@@ -40,7 +40,7 @@ fn listed(list: &[(&str, &str)], a: &Access) -> bool {
 }
 
 /// The request-level rule for a node's principal.
-pub fn authorize(p: &Principal, _node: &str, a: &Access) -> ApiResult<()> {
+pub fn authorize(p: &Principal, a: &Access) -> ApiResult<()> {
     let allowed = match a.verb {
         "get" | "list" | "watch" => {
             // A Secret only by name, and only one a VMI on this node names (`may_read_secret`).

@@ -95,6 +95,26 @@ impl Cluster for Store {
     }
 }
 
+/// Waits for a change to an object of `kind` on `rx`, or for `tick`, whichever comes first (a
+/// lagging receiver counts as a change); `false` once the stream has ended.
+pub async fn changed_or_tick(
+    rx: &mut broadcast::Receiver<Arc<WatchEvent>>,
+    kind: &ResourceKind,
+    tick: &mut tokio::time::Interval,
+) -> bool {
+    let key = kind.store_key();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => return true,
+            ev = rx.recv() => match ev {
+                Ok(ev) if ev.kind_key != key => continue,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                Err(broadcast::error::RecvError::Closed) => return false,
+            },
+        }
+    }
+}
+
 /// Writes `status` if it differs from what is stored.
 pub async fn write_status(
     cluster: &dyn Cluster,

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::cluster::Cluster;
 use crate::kinds;
@@ -61,15 +60,7 @@ pub fn allocate(nodes: &[Value], ranges: PodRanges) -> Vec<(String, Cidr)> {
 pub async fn run(cluster: Arc<dyn Cluster>, ranges: PodRanges) {
     let mut rx = cluster.watch(&[&kinds::NODE]);
     let mut tick = tokio::time::interval(Duration::from_secs(30));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            ev = rx.recv() => match ev {
-                Ok(ev) if ev.kind_key != kinds::NODE.store_key() => continue,
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return,
-            },
-        }
+    while crate::cluster::changed_or_tick(&mut rx, &kinds::NODE, &mut tick).await {
         if let Err(e) = assign(cluster.as_ref(), ranges).await {
             if e.code != 409 {
                 tracing::warn!(error = %e.message, "node pod ranges not assigned; retrying");

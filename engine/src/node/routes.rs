@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::broadcast::error::RecvError;
 
 use super::Shared;
 use crate::kinds;
@@ -69,15 +68,7 @@ pub(super) async fn run(s: Arc<Shared>) {
     }
     let mut applied = BTreeSet::new();
     let mut resync = tokio::time::interval(s.config.resync.max(Duration::from_secs(1)));
-    loop {
-        tokio::select! {
-            _ = resync.tick() => {}
-            ev = rx.recv() => match ev {
-                Ok(ev) if ev.kind_key != kinds::NODE.store_key() => continue,
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return,
-            },
-        }
+    while crate::cluster::changed_or_tick(&mut rx, &kinds::NODE, &mut resync).await {
         let Ok(nodes) = s.cluster.list(&kinds::NODE, None).await else { continue };
         let want = wanted(&s.config.name, my_ip, net.config.cluster_cidr, &nodes);
         let steps = changes(&applied, &want);
