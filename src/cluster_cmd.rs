@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use converge_api::nodes::certificate::ServingCertificate;
+use converge_api::nodes::server::ServingKey;
 use converge_engine::cluster::kube::KubeCluster;
 
 use crate::config::{self, NodeArgs};
@@ -26,6 +28,10 @@ pub struct NodeCommandArgs {
     /// The cluster's Service range, routed into the node's pod network (default 10.96.0.0/16).
     #[arg(long, env = "CONVERGE_SERVICE_CIDR")]
     pub service_cidr: Option<String>,
+    /// Where the agent serves the API server (consoles, VNC, pause) with the certificate the API
+    /// signs for it; published in the Node's `daemonEndpoints`. Port 0 picks a free one.
+    #[arg(long, env = "CONVERGE_NODE_LISTEN", default_value = "0.0.0.0:10250")]
+    pub listen: String,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -54,16 +60,40 @@ async fn connect(kubeconfig: &std::path::Path) -> Result<Arc<KubeCluster>> {
 }
 
 pub async fn node(args: NodeCommandArgs) -> Result<()> {
-    let settings = config::resolve_node_command(args.config.as_ref(), args.data_dir, args.service_cidr, args.node)?;
+    let mut settings = config::resolve_node_command(args.config.as_ref(), args.data_dir, args.service_cidr, args.node)?;
+    let listener = std::net::TcpListener::bind(&args.listen).with_context(|| format!("--listen {}", args.listen))?;
+    let api = crate::client::Client::from_kubeconfig(&args.kubeconfig)?;
+    let key = ServingKey::generate()?;
+    let signed = serving_certificate(&api, &settings.config.name, &key).await?;
+    settings.config.serving_port = listener.local_addr()?.port();
     let cluster = connect(&args.kubeconfig).await?;
     let agent = converge_engine::node::start_on_libvirt(cluster, settings.config, &settings.libvirt_uri)
         .await
         .context("starting the node agent")?;
-    println!("converge node {} joined the API of {}", agent.node_name, args.kubeconfig.display());
+    let agent = Arc::new(agent);
+    let server = converge_api::nodes::server::start(Arc::clone(&agent), listener, key, &signed)
+        .context("serving the API server")?;
+    println!(
+        "converge node {} joined the API of {}, serving it on {}",
+        agent.node_name,
+        args.kubeconfig.display(),
+        server.addr
+    );
     crate::until_stopped().await?;
     tracing::info!("stopping");
+    drop(server);
     drop(agent);
     Ok(())
+}
+
+/// The API server signs this node's serving certificate for `key` (the node token says which
+/// node it may be).
+async fn serving_certificate(api: &crate::client::Client, node: &str, key: &ServingKey) -> Result<ServingCertificate> {
+    let answer = api
+        .post_json(&format!("/converge/v1/nodes/{node}/servingcertificate"), &serde_json::to_value(key.request())?)
+        .await
+        .context("asking the API server for this node's serving certificate")?;
+    serde_json::from_value(answer).context("the API server's serving certificate")
 }
 
 pub async fn controllers(args: ControllersArgs) -> Result<()> {

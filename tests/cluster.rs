@@ -4,12 +4,13 @@
 
 mod common;
 
-use common::guests::{guest_dir, halt_vm, kernel_vm, within, Cleanup, GUEST_MARKER};
+use common::guests::{guest_dir, halt_vm, kernel_vm, within, ws_with_protocols, Cleanup, TestSocket, GUEST_MARKER};
 use common::*;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
 
 const LIMIT: Duration = Duration::from_secs(240);
 const SETTLE: Duration = Duration::from_secs(90);
@@ -65,6 +66,7 @@ impl NodeProcess {
         assert_eq!((record["role"].as_str(), record["node"].as_str()), (Some("node"), Some(name)), "{record}");
         let mut args = vec!["--node-name".to_string(), name.to_string(), "--domain-prefix".to_string()];
         args.push(format!("{prefix}{name}-"));
+        args.extend(["--listen".to_string(), "0.0.0.0:0".to_string()]);
         args.extend(network.iter().map(|a| a.to_string()));
         let mut node = NodeProcess { name: name.to_string(), dir, kubeconfig, args, child: None, starts: 0 };
         node.start();
@@ -106,21 +108,44 @@ impl NodeProcess {
         std::fs::read_to_string(self.dir.path().join("node/vmis").join(uid).join("serial0.log")).unwrap_or_default()
     }
 
-    /// Types `line` at the guest's serial console, through its socket in this node's state
-    /// directory (the same machine's file system; the API's console proxy to nodes is not built).
-    async fn type_line(&self, vmi: &Value, line: &str) {
-        use tokio::io::AsyncWriteExt;
-        let uid = vmi["metadata"]["uid"].as_str().unwrap_or_default();
-        let socket = self.dir.path().join("node/vmis").join(uid).join("serial0.sock");
-        let mut stream = tokio::net::UnixStream::connect(&socket).await.expect("the guest's serial socket");
-        stream.write_all(format!("{line}\n").as_bytes()).await.expect("typed");
-        stream.flush().await.expect("flushed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
     fn log_text(&self) -> String {
         std::fs::read_to_string(self.log()).unwrap_or_default()
     }
+}
+
+/// A websocket to the VMI `name`'s console or VNC through the API, which relays it to the agent
+/// of the VMI's node; the token travels as Foreman's console sends it.
+async fn api_socket(app: &TestApp, name: &str, what: &str) -> TestSocket {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&app.token);
+    let path = format!("/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/{name}/{what}");
+    let protocols = format!("plain.kubevirt.io, base64url.bearer.authorization.k8s.io.{b64}");
+    ws_with_protocols(app, &path, &protocols).await.expect("a websocket through the API").0
+}
+
+/// Types `line` at the guest's serial console through the API.
+async fn type_line(app: &TestApp, name: &str, line: &str) {
+    use futures::SinkExt;
+    let mut console = api_socket(app, name, "console").await;
+    console.send(Message::Binary(format!("{line}\n").into_bytes().into())).await.expect("typed");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = console.close(None).await;
+}
+
+/// What the console says until `marker` shows (or `limit` passes).
+async fn read_until(socket: &mut TestSocket, marker: &str, limit: Duration) -> String {
+    use futures::StreamExt;
+    let mut seen = String::new();
+    let _ = tokio::time::timeout(limit, async {
+        while let Some(Ok(frame)) = socket.next().await {
+            seen.push_str(&String::from_utf8_lossy(&frame.into_data()));
+            if seen.contains(marker) {
+                return;
+            }
+        }
+    })
+    .await;
+    seen
 }
 
 /// A VM on the pod network (bridge binding) pinned to `node`.
@@ -166,8 +191,9 @@ async fn a_node_joins_over_the_api_and_runs_a_guest_from_start_to_stop() {
         let (_, registered) = app.get("/api/v1/nodes/node-a").await;
         assert_eq!(registered["metadata"]["labels"]["kubevirt.io/schedulable"], "true", "{registered}");
 
-        let (code, body) =
-            app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachines", &kernel_vm("far", "Always")).await;
+        let mut far = kernel_vm("far", "Always");
+        far["spec"]["template"]["spec"]["domain"]["devices"]["autoattachGraphicsDevice"] = json!(true);
+        let (code, body) = app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachines", &far).await;
         assert_eq!(code, 201, "{body}");
         let running = wait_until(SETTLE, || async { vmi(&app, "far").await["status"]["phase"] == "Running" }).await;
         let placed = vmi(&app, "far").await;
@@ -178,6 +204,7 @@ async fn a_node_joins_over_the_api_and_runs_a_guest_from_start_to_stop() {
         assert!(booted, "the guest boots on the node's libvirt: {}", node.serial_log(&placed));
         let (_, vm) = app.get("/apis/kubevirt.io/v1/namespaces/default/virtualmachines/far").await;
         assert_eq!(vm["status"]["printableStatus"], "Running", "{vm}");
+        the_api_reaches_the_guest_through_its_node(&app, &node).await;
 
         let (code, body) = app
             .patch(
@@ -200,6 +227,52 @@ async fn a_node_joins_over_the_api_and_runs_a_guest_from_start_to_stop() {
     })
     .await;
     node.kill().await;
+}
+
+/// Console, VNC, pause and the domain's XML of the guest `far` on `node`, all through the API
+/// (relayed to the node's agent over mutual TLS); the agent's endpoint takes no other client.
+async fn the_api_reaches_the_guest_through_its_node(app: &TestApp, node: &NodeProcess) {
+    use futures::{SinkExt, StreamExt};
+    let mut console = api_socket(app, "far", "console").await;
+    console.send(Message::Binary(b"echo console-$((6*7))\n".to_vec().into())).await.expect("typed");
+    let said = read_until(&mut console, "console-42", Duration::from_secs(30)).await;
+    assert!(said.contains("console-42"), "the guest's shell answers through the API: {said:?}\n{}", node.log_text());
+    let mut vnc = api_socket(app, "far", "vnc").await;
+    let banner = tokio::time::timeout(Duration::from_secs(10), vnc.next()).await.ok().flatten();
+    let banner = banner.and_then(Result::ok).map(|f| f.into_data()).unwrap_or_default();
+    assert!(banner.starts_with(b"RFB "), "the guest's VNC server: {:?}", String::from_utf8_lossy(&banner));
+
+    let vmi_path = "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/far";
+    let paused_is = |want: bool| async move {
+        let v = vmi(app, "far").await;
+        let paused = v["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Paused" && c["status"] == "True"));
+        paused == want
+    };
+    let (code, body) = app.put(&format!("{vmi_path}/pause"), &json!({})).await;
+    assert_eq!(code, 202, "pause: {body}");
+    assert!(wait_until(SETTLE, || paused_is(true)).await, "paused on the node: {}", vmi(app, "far").await);
+    let (code, body) = app.put(&format!("{vmi_path}/unpause"), &json!({})).await;
+    assert_eq!(code, 202, "unpause: {body}");
+    assert!(wait_until(SETTLE, || paused_is(false)).await, "running again: {}", vmi(app, "far").await);
+    let (code, xml) = app.get("/converge/v1/namespaces/default/virtualmachineinstances/far/domain").await;
+    let xml = xml.as_str().unwrap_or_default().to_string();
+    assert!(code == 200 && xml.contains("<domain"), "the domain's XML from the node: {code} {xml}");
+
+    // The agent's own endpoint: the cluster CA's server certificate, and no way in without the
+    // API server's client certificate.
+    let (_, registered) = app.get("/api/v1/nodes/node-a").await;
+    let port = registered["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64().unwrap_or(0);
+    assert!(port > 0, "the node publishes where it serves: {registered}");
+    let ca = reqwest::Certificate::from_pem(app.server.as_ref().expect("running").ca_pem.as_bytes()).expect("CA");
+    let stranger = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .resolve("node-a", std::net::SocketAddr::from(([127, 0, 0, 1], port as u16)))
+        .build()
+        .expect("client");
+    let answer = stranger.get(format!("https://node-a:{port}/healthz")).send().await;
+    assert!(answer.is_err(), "a client without the API's certificate is refused: {answer:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -319,7 +392,7 @@ async fn pods_on_two_nodes_reach_each_other_and_services() {
         };
         assert!(within_range(&web_ip, &range_a) && within_range(&client_ip, &range_b), "{web_ip} {client_ip}");
 
-        nodes[0].type_line(&web, "mkdir -p /www; echo web-$((6*7)) > /www/index.html; echo svc-$((6*7)) > /www/s.html; httpd -p 8080 -h /www").await;
+        type_line(&app, "web", "mkdir -p /www; echo web-$((6*7)) > /www/index.html; echo svc-$((6*7)) > /www/s.html; httpd -p 8080 -h /www").await;
         let direct = format!("http://{web_ip}:8080/");
         let host_reaches = wait_until(SETTLE, || async {
             reqwest::get(&direct).await.ok().map(|r| r.status().is_success()).unwrap_or(false)
@@ -328,7 +401,7 @@ async fn pods_on_two_nodes_reach_each_other_and_services() {
         assert!(host_reaches, "the host reaches node-a's guest: {}", nodes[0].serial_log(&web));
 
         let fetched = wait_until(SETTLE, || async {
-            nodes[1].type_line(&client, &format!("wget -qO- http://{web_ip}:8080/")).await;
+            type_line(&app, "client", &format!("wget -qO- http://{web_ip}:8080/")).await;
             nodes[1].serial_log(&client).contains("web-42")
         })
         .await;
@@ -340,7 +413,7 @@ async fn pods_on_two_nodes_reach_each_other_and_services() {
         assert_eq!(code, 201, "{svc}");
         let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap_or_default().to_string();
         let through_service = wait_until(SETTLE, || async {
-            nodes[1].type_line(&client, &format!("wget -qO- http://{cluster_ip}/s.html")).await;
+            type_line(&app, "client", &format!("wget -qO- http://{cluster_ip}/s.html")).await;
             nodes[1].serial_log(&client).contains("svc-42")
         })
         .await;

@@ -185,3 +185,54 @@ async fn node_tokens_are_issued_only_as_node_tokens() {
         list["items"].as_array().into_iter().flatten().find(|t| t["role"] == "node").cloned().unwrap_or_default();
     assert_eq!(listed["node"], "n1", "{list}");
 }
+
+/// The serving certificate a node's agent shows the API server names that node alone, and only
+/// the node itself (or a cluster admin) gets one: a tenant or another node that could would
+/// answer the server's console connections in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_certificate_names_only_the_node_that_asked() {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName, UnixTime};
+    let app = spawn_api_only().await;
+    let key = converge_api::nodes::server::ServingKey::generate().expect("key");
+    let request = serde_json::to_value(key.request()).expect("request");
+    let path = |node: &str| format!("/converge/v1/nodes/{node}/servingcertificate");
+    let n1 = Tenant { app: &app, token: node_token(&app, "n1").await };
+    let (s, signed) = n1.post(&path("n1"), &request).await;
+    assert_eq!(s, 201, "{signed}");
+
+    let ca_pem = app.server.as_ref().expect("running").ca_pem.clone();
+    assert_eq!(signed["ca"], ca_pem.as_str());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA")).expect("root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(std::sync::Arc::new(roots), provider)
+        .build()
+        .expect("verifier");
+    let cert =
+        CertificateDer::from_pem_slice(signed["certificate"].as_str().unwrap_or_default().as_bytes()).expect("PEM");
+    let verify = |name: &str| {
+        let name = ServerName::try_from(name.to_string()).expect("name");
+        verifier.verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
+    };
+    assert!(verify("n1").is_ok(), "it serves as n1");
+    assert!(verify("n2").is_err(), "and as no other node");
+    assert!(verify("localhost").is_err() && verify("127.0.0.1").is_err(), "nor as the API server");
+
+    let (s, issued) =
+        app.post("/converge/v1/tokens", &json!({"role": "edit", "ttlSeconds": 600, "namespaces": [NS]})).await;
+    assert_eq!(s, 201, "{issued}");
+    let tenant = Tenant { app: &app, token: issued["token"].as_str().expect("token").to_string() };
+    for (who, caller, node) in [("another node", &n1, "n2"), ("a tenant", &tenant, "n1")] {
+        let (s, body) = caller.post(&path(node), &request).await;
+        assert_eq!(s, 403, "{who}: {body}");
+    }
+    let (s, body) = app.post(&path("n2"), &request).await;
+    assert_eq!(s, 201, "a cluster admin may: {body}");
+    let (s, body) = n1.post(&path("n1"), &json!({"publicKey": "AAAA"})).await;
+    assert_eq!(s, 400, "not a P-256 point: {body}");
+    let (s, body) = app.post(&path("N_1"), &request).await;
+    assert_eq!(s, 400, "no Node name: {body}");
+}

@@ -1,33 +1,25 @@
 //! Serial console and VNC as websockets (`plain.kubevirt.io`, binary frames), bridged to the unix
-//! sockets QEMU serves for the VMI. One serial client at a time: a new console takes over from
-//! the old one, as virt-handler does.
+//! sockets QEMU serves for the VMI — here when this server runs the VMI's node, else relayed to
+//! the websocket that node's agent serves (`nodes::server`). One serial client at a time: a new
+//! console takes over from the old one, as virt-handler does.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use converge_engine::controllers::status::{node_name, phase, RUNNING};
+use converge_engine::controllers::status::{phase, RUNNING};
 use converge_engine::kinds;
 use converge_engine::meta;
 use converge_engine::node::NodeAgent;
 use converge_engine::{ApiError, ApiResult};
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
+use crate::nodes::link::{self, NodeSocket, NodeTarget};
 use crate::state::AppState;
 use crate::subresources::VmiOp;
 
 pub const PLAIN_PROTOCOL: &str = "plain.kubevirt.io";
-
-/// The in-process node agent, if it is the one running `vmi`.
-pub fn node_for<'a>(state: &'a AppState, vmi: &Value) -> ApiResult<&'a Arc<NodeAgent>> {
-    let wanted = node_name(vmi).unwrap_or("");
-    match &state.node {
-        Some(node) if node.node_name == wanted => Ok(node),
-        _ => Err(ApiError::unavailable(format!("the node agent of node {wanted:?} is not reachable from this server"))),
-    }
-}
 
 /// The console connection currently holding each VMI's serial port.
 fn holders() -> &'static Mutex<HashMap<String, oneshot::Sender<()>>> {
@@ -54,9 +46,40 @@ pub async fn open(
             if phase(&vmi).is_empty() { "Pending" } else { phase(&vmi) }
         )));
     }
-    let node = node_for(state, &vmi)?;
     let uid = meta::uid(&vmi).to_string();
     let serial = op == VmiOp::Console;
+    match link::locate(state, &vmi).await? {
+        NodeTarget::Local(node) => attach(req, payload, &node, &uid, serial, &format!("{ns}/{name}")).await,
+        NodeTarget::Remote(remote) => {
+            let what = if serial { "console" } else { "vnc" };
+            let path = format!("/v1/namespaces/{ns}/virtualmachineinstances/{name}/{what}?uid={uid}");
+            let upstream = state.node_link.websocket(&remote, &path).await?;
+            let (response, session, stream) = handshake(req, payload)?;
+            actix_web::rt::spawn(relay(session, stream, upstream));
+            Ok(response)
+        }
+    }
+}
+
+fn handshake(
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<(HttpResponse, actix_ws::Session, actix_ws::MessageStream)> {
+    actix_ws::handle_with_protocols(req, payload, &[PLAIN_PROTOCOL])
+        .map_err(|e| ApiError::bad_request(format!("websocket handshake: {e}")))
+}
+
+/// Bridges a websocket to the serial port (`serial`) or VNC server of the guest `uid` this
+/// agent runs: the server's own node, or — in `converge node` — a request the server relayed.
+pub async fn attach(
+    req: &HttpRequest,
+    payload: web::Payload,
+    node: &NodeAgent,
+    uid: &str,
+    serial: bool,
+    shown: &str,
+) -> ApiResult<HttpResponse> {
+    let uid = uid.to_string();
     let (take_over, taken) = oneshot::channel::<()>();
     if serial {
         // Close the previous console first: QEMU serves one client on the serial socket.
@@ -68,12 +91,11 @@ pub async fn open(
     let path = if serial { node.serial_socket(&uid) } else { node.vnc_socket(&uid) };
     let socket = tokio::net::UnixStream::connect(&path).await.map_err(|e| {
         ApiError::unavailable(format!(
-            "cannot reach the {} of {ns}/{name}: {e}",
+            "cannot reach the {} of {shown}: {e}",
             if serial { "console" } else { "VNC server" }
         ))
     })?;
-    let (response, session, stream) = actix_ws::handle_with_protocols(req, payload, &[PLAIN_PROTOCOL])
-        .map_err(|e| ApiError::bad_request(format!("websocket handshake: {e}")))?;
+    let (response, session, stream) = handshake(req, payload)?;
     // Only the serial port is exclusive; a VNC bridge is never taken over.
     let taken = if serial {
         if let Ok(mut h) = holders().lock() {
@@ -151,5 +173,59 @@ async fn bridge(
             },
         }
     }
+    let _ = session.close(None).await;
+}
+
+/// Relays a client's websocket to the one the VMI's node agent serves: frames as they come,
+/// either side's close ends both.
+async fn relay(mut session: actix_ws::Session, mut stream: actix_ws::MessageStream, upstream: NodeSocket) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Upstream;
+    let (mut to_node, mut from_node) = upstream.split();
+    loop {
+        tokio::select! {
+            msg = from_node.next() => match msg {
+                Some(Ok(Upstream::Binary(bytes))) => {
+                    if session.binary(bytes).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Upstream::Text(text))) => {
+                    if session.text(text.as_str().to_string()).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Upstream::Close(frame))) => {
+                    let reason = frame.map(|f| actix_ws::CloseReason {
+                        code: u16::from(f.code).into(),
+                        description: Some(f.reason.as_str().to_string()),
+                    });
+                    let _ = session.close(reason).await;
+                    let _ = to_node.close().await;
+                    return;
+                }
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => break,
+            },
+            msg = stream.recv() => match msg {
+                Some(Ok(actix_ws::Message::Binary(bytes))) => {
+                    if to_node.send(Upstream::Binary(bytes)).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(actix_ws::Message::Text(text))) => {
+                    if to_node.send(Upstream::Text(text.to_string().into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(actix_ws::Message::Ping(p))) => {
+                    let _ = session.pong(&p).await;
+                }
+                Some(Ok(actix_ws::Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = to_node.close().await;
     let _ = session.close(None).await;
 }

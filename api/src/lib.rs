@@ -7,6 +7,7 @@ pub mod bridge;
 mod console;
 pub mod discovery;
 mod node_auth;
+pub mod nodes;
 pub mod openapi;
 pub mod openapi_k8s;
 pub mod pki;

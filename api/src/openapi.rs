@@ -24,6 +24,7 @@ use utoipa::OpenApi;
         crate::tokens::create,
         crate::tokens::list,
         crate::tokens::revoke,
+        crate::nodes::certificate::sign,
         crate::bridge::create,
         crate::bridge::list,
         crate::bridge::get,
@@ -37,8 +38,9 @@ use utoipa::OpenApi;
         crate::bridge::storage_classes
     ),
     components(schemas(crate::tokens::TokenRequest, crate::tokens::TokenRecord, crate::tokens::TokenList, crate::auth::Role,
+        crate::nodes::certificate::ServingCertificateRequest, crate::nodes::certificate::ServingCertificate,
         crate::bridge::HostList, converge_bridge::provision::error::ErrorBody, converge_bridge::provision::BridgeError)),
-    tags((name = "tokens", description = "Bearer tokens"), (name = "discovery", description = "What the server serves"),
+    tags((name = "tokens", description = "Bearer tokens"), (name = "nodes", description = "Node agents joining the cluster"), (name = "discovery", description = "What the server serves"),
         (name = "bridge", description = "Provisioning for pipelines: a whole host (VM, disks, cloud-init) in one idempotent call, \
             its progress, power and deletion; and the flavors, images, networks and storage classes a request names. \
             Errors are {\"error\": {code, message, field, step}} with stable codes."))

@@ -4,6 +4,7 @@
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 use std::path::Path;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -38,6 +39,8 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
 
 pub struct Pki {
     pub ca_pem: String,
+    /// The CA itself: signs nodes' serving certificates and the server's client certificate.
+    pub authority: Arc<Authority>,
     pub serving_cert_pem: String,
     pub serving_key_der: Vec<u8>,
     pub serving_cert_der: Vec<u8>,
@@ -100,12 +103,89 @@ pub fn ensure(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
         }
     };
     Ok(Pki {
+        authority: Arc::new(Authority { ca_pem: ca_pem.clone(), cert: ca_cert, key: ca_key }),
         ca_pem,
         serving_cert_pem: serving.pem(),
         serving_cert_der: serving.der().to_vec(),
         serving_key_der: serving_key.serialize_der(),
         signing_secret,
     })
+}
+
+/// The cluster CA with its key, held by the API server alone.
+pub struct Authority {
+    pub ca_pem: String,
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+/// A certificate and its key, as rustls takes them.
+pub struct Identity {
+    pub cert_der: Vec<u8>,
+    pub key_der: Vec<u8>,
+}
+
+impl Authority {
+    /// The server's certificate as a client of node agents: the only client-auth certificate
+    /// this CA signs, so a node's serving certificate cannot stand in for it.
+    pub fn api_client_identity(&self) -> Result<Identity, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, API_CLIENT_NAME);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2099, 12, 31);
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok(Identity { cert_der: cert.der().to_vec(), key_der: key.serialize_der() })
+    }
+
+    /// A serving certificate for node `node`'s agent, for a P-256 key the node keeps: its one
+    /// name is the Node's name, which the server checks when it connects, so a node can answer
+    /// only for itself. Valid for a year from now; a node asks again at every start.
+    pub fn node_serving_certificate(&self, node: &str, public_key: &[u8]) -> Result<String, PkiError> {
+        let key = P256PublicKey::parse(public_key)?;
+        let mut params = CertificateParams::new(vec![node.to_string()])?;
+        params.distinguished_name.push(DnType::CommonName, format!("system:node:{node}"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let today = chrono::Utc::now().date_naive();
+        let (y, m, d) = ymd(today);
+        params.not_before = rcgen::date_time_ymd(y, m, d);
+        let (y, m, d) = ymd(today + chrono::Days::new(365));
+        params.not_after = rcgen::date_time_ymd(y, m, d);
+        Ok(params.signed_by(&key, &self.cert, &self.key)?.pem())
+    }
+}
+
+fn ymd(date: chrono::NaiveDate) -> (i32, u8, u8) {
+    use chrono::Datelike;
+    // Months and days are 1..=12 and 1..=31: they fit in a u8.
+    (date.year(), date.month() as u8, date.day() as u8)
+}
+
+/// The subject of the server's client certificate.
+pub const API_CLIENT_NAME: &str = "converge-apiserver";
+
+/// An uncompressed P-256 point (what `KeyPair::public_key_raw` gives for rcgen's default key).
+struct P256PublicKey(Vec<u8>);
+
+impl P256PublicKey {
+    fn parse(raw: &[u8]) -> Result<P256PublicKey, PkiError> {
+        if raw.len() != 65 || raw[0] != 0x04 {
+            return Err(PkiError::Invalid(
+                "the public key must be an uncompressed P-256 point (65 bytes, 0x04 first)".into(),
+            ));
+        }
+        Ok(P256PublicKey(raw.to_vec()))
+    }
+}
+
+impl rcgen::PublicKeyData for P256PublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    fn algorithm(&self) -> &rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
 }
 
 fn encode_hex(bytes: &[u8]) -> String {

@@ -227,6 +227,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         server_address: format!("{host}:{}", addr.port()),
         bookmark_interval: config.bookmark_interval,
         node: node.clone(),
+        node_link: Arc::new(crate::nodes::link::NodeLink::new(&pki.authority)?),
+        authority: Arc::clone(&pki.authority),
     });
     let server = HttpServer::new(move || {
         App::new()
@@ -254,6 +256,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
                     .route(web::get().to(tokens::list)),
             )
             .route("/converge/v1/tokens/{id}", web::delete().to(tokens::revoke))
+            .route("/converge/v1/nodes/{name}/servingcertificate", web::post().to(crate::nodes::certificate::sign))
             .route(
                 "/converge/v1/namespaces/{namespace}/virtualmachineinstances/{name}/domain",
                 web::get().to(subresources::domain_xml),

@@ -20,4 +20,8 @@ pub struct AppState {
     pub upload_auth: Arc<Authenticator>,
     /// Carries out `/bridge/v1` host requests.
     pub bridge: Arc<converge_bridge::provision::Provisioner>,
+    /// The cluster CA: signs node agents' serving certificates.
+    pub authority: Arc<crate::pki::Authority>,
+    /// Calls to node agents in other processes (consoles, VNC, pause).
+    pub node_link: Arc<crate::nodes::link::NodeLink>,
 }

@@ -15,8 +15,10 @@ use converge_engine::{ApiError, ApiResult};
 use serde_json::{json, Value};
 
 use crate::auth::{self, Access, Principal};
+use crate::nodes::link::{self, NodeTarget};
 use crate::response::{json_response, status_response};
 use crate::state::AppState;
+use converge_engine::node::NodeAgent;
 
 pub const GROUP: &str = "subresources.kubevirt.io";
 pub const VERSIONS: &[&str] = &["v1", "v1alpha3"];
@@ -35,6 +37,33 @@ pub enum VmiOp {
     SoftReboot,
     Console,
     Vnc,
+}
+
+impl VmiOp {
+    /// The last segment of the operation's path.
+    pub fn path(self) -> &'static str {
+        match self {
+            VmiOp::Pause => "pause",
+            VmiOp::Unpause => "unpause",
+            VmiOp::SoftReboot => "softreboot",
+            VmiOp::Console => "console",
+            VmiOp::Vnc => "vnc",
+        }
+    }
+
+    pub fn from_path(segment: &str) -> Option<VmiOp> {
+        [VmiOp::Pause, VmiOp::Unpause, VmiOp::SoftReboot, VmiOp::Console, VmiOp::Vnc]
+            .into_iter()
+            .find(|op| op.path() == segment)
+    }
+
+    /// What the operation is asked with: the streams by GET, the rest by PUT.
+    pub fn method(self) -> &'static str {
+        match self {
+            VmiOp::Console | VmiOp::Vnc => "GET",
+            _ => "PUT",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,14 +95,8 @@ pub fn parse(method: &str, tail: &str) -> ApiResult<SubRequest> {
             Ok(SubRequest::Vm { namespace: ns.to_string(), name: name.to_string(), op })
         }
         ["namespaces", ns, "virtualmachineinstances", name, action] => {
-            let (op, want) = match *action {
-                "pause" => (VmiOp::Pause, "PUT"),
-                "unpause" => (VmiOp::Unpause, "PUT"),
-                "softreboot" => (VmiOp::SoftReboot, "PUT"),
-                "console" => (VmiOp::Console, "GET"),
-                "vnc" => (VmiOp::Vnc, "GET"),
-                _ => return Err(not_found()),
-            };
+            let op = VmiOp::from_path(action).ok_or_else(not_found)?;
+            let want = op.method();
             if method != want {
                 return Err(wrong_method(want));
             }
@@ -300,10 +323,15 @@ pub async fn domain_xml(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
             .get(&kinds::VIRTUAL_MACHINE_INSTANCE, &ns, &name)
             .await?
             .ok_or_else(|| ApiError::not_found("kubevirt.io", "virtualmachineinstances", &name))?;
-        let node = crate::console::node_for(&state, &vmi)?;
-        let xml = node.with_domain(&ns, &name, |hv, d| hv.xml(d)).await.map_err(|e| {
-            ApiError::not_found("kubevirt.io", "virtualmachineinstances", &format!("{name} (domain: {e})"))
-        })?;
+        let xml = match link::locate(&state, &vmi).await? {
+            NodeTarget::Local(node) => node.with_domain(&ns, &name, |hv, d| hv.xml(d)).await.map_err(|e| {
+                ApiError::not_found("kubevirt.io", "virtualmachineinstances", &format!("{name} (domain: {e})"))
+            })?,
+            NodeTarget::Remote(remote) => {
+                let path = format!("/v1/namespaces/{ns}/virtualmachineinstances/{name}/domain?uid={}", meta::uid(&vmi));
+                state.node_link.call(&remote, reqwest::Method::GET, &path).await?
+            }
+        };
         Ok(HttpResponse::Ok().content_type("application/xml").body(xml))
     }
     .await;
@@ -401,14 +429,26 @@ async fn vmi_request(state: &AppState, ns: &str, name: &str, op: VmiOp, body: &V
     if is_dry_run(body) {
         return Ok(accepted());
     }
-    let node = crate::console::node_for(state, &vmi)?;
+    match link::locate(state, &vmi).await? {
+        NodeTarget::Local(node) => domain_op(&node, ns, name, op).await?,
+        NodeTarget::Remote(remote) => {
+            let path =
+                format!("/v1/namespaces/{ns}/virtualmachineinstances/{name}/{}?uid={}", op.path(), meta::uid(&vmi));
+            state.node_link.call(&remote, reqwest::Method::PUT, &path).await?;
+        }
+    }
+    Ok(accepted())
+}
+
+/// Pause, unpause or soft-reboot the domain of `ns/name` on this process's node agent.
+pub async fn domain_op(node: &NodeAgent, ns: &str, name: &str, op: VmiOp) -> ApiResult<()> {
     let result = match op {
         VmiOp::Pause => node.with_domain(ns, name, |hv, d| hv.pause(d)).await,
         VmiOp::Unpause => node.with_domain(ns, name, |hv, d| hv.unpause(d)).await,
-        _ => node.with_domain(ns, name, |hv, d| hv.soft_reboot(d)).await,
+        VmiOp::SoftReboot => node.with_domain(ns, name, |hv, d| hv.soft_reboot(d)).await,
+        _ => return Err(ApiError::bad_request(format!("{} is not an operation on the domain", op.path()))),
     };
-    result.map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(accepted())
+    result.map_err(|e| ApiError::internal(e.to_string()))
 }
 
 #[cfg(test)]

@@ -62,6 +62,9 @@ pub struct NodeConfig {
     /// What of this host guests may reach (hostDisk directories, NAD bridges, SR-IOV functions):
     /// the node checks again what admission let through. Nothing unless the admin says.
     pub host_access: crate::host_access::HostAccess,
+    /// The port this node's agent serves the API server on (consoles, VNC, pause), published in
+    /// the Node's `daemonEndpoints.kubeletEndpoint.Port`; 0 when the API runs the agent itself.
+    pub serving_port: u16,
 }
 
 impl NodeConfig {
@@ -79,6 +82,7 @@ impl NodeConfig {
             insecure_registries: vec![],
             network: None,
             host_access: crate::host_access::HostAccess::default(),
+            serving_port: 0,
         }
     }
 }
@@ -261,6 +265,7 @@ async fn register_once(
         accel,
         emulation_allowed: config.allow_emulation,
         hypervisor_version: hv_version,
+        serving_port: config.serving_port,
     };
     let now = meta::now_rfc3339();
     let node = match cluster.get(&kinds::NODE, "", &config.name).await? {

@@ -18,6 +18,7 @@ pub struct NodeFacts<'a> {
     /// the emulation label: the scheduler answers "Insufficient devices.kubevirt.io/kvm".
     pub emulation_allowed: bool,
     pub hypervisor_version: &'a str,
+    pub serving_port: u16,
 }
 
 pub fn labels(f: &NodeFacts) -> Value {
@@ -75,7 +76,7 @@ pub fn status(f: &NodeFacts, now: &str) -> Value {
             "osImage": f.host.os_image,
             "systemUUID": f.host.machine_id,
         },
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": f.serving_port}},
     })
 }
 
