@@ -28,6 +28,12 @@ pub struct NodeCommandArgs {
     /// The cluster's Service range, routed into the node's pod network (default 10.96.0.0/16).
     #[arg(long, env = "CONVERGE_SERVICE_CIDR")]
     pub service_cidr: Option<String>,
+    /// Let imports into this node's volumes fetch from loopback, link-local and private addresses.
+    #[arg(long, env = "CONVERGE_ALLOW_PRIVATE_IMPORTS")]
+    pub allow_private_imports: Option<bool>,
+    /// The largest volume a claim on this node may ask for (a quantity: 100Gi).
+    #[arg(long, env = "CONVERGE_MAX_VOLUME_SIZE")]
+    pub max_volume_size: Option<String>,
     /// Where the agent serves the API server (consoles, VNC, pause) with the certificate the API
     /// signs for it; published in the Node's `daemonEndpoints`. Port 0 picks a free one.
     #[arg(long, env = "CONVERGE_NODE_LISTEN", default_value = "0.0.0.0:10250")]
@@ -60,17 +66,27 @@ async fn connect(kubeconfig: &std::path::Path) -> Result<Arc<KubeCluster>> {
 }
 
 pub async fn node(args: NodeCommandArgs) -> Result<()> {
-    let mut settings = config::resolve_node_command(args.config.as_ref(), args.data_dir, args.service_cidr, args.node)?;
+    let input = config::NodeCommandInput {
+        config: args.config,
+        data_dir: args.data_dir,
+        service_cidr: args.service_cidr,
+        allow_private_imports: args.allow_private_imports,
+        max_volume_size: args.max_volume_size,
+    };
+    let mut settings = config::resolve_node_command(input, args.node)?;
     let listener = std::net::TcpListener::bind(&args.listen).with_context(|| format!("--listen {}", args.listen))?;
     let api = crate::client::Client::from_kubeconfig(&args.kubeconfig)?;
     let key = ServingKey::generate()?;
     let signed = serving_certificate(&api, &settings.config.name, &key).await?;
     settings.config.serving_port = listener.local_addr()?.port();
     let cluster = connect(&args.kubeconfig).await?;
-    let agent = converge_engine::node::start_on_libvirt(cluster, settings.config, &settings.libvirt_uri)
+    let agent = converge_engine::node::start_on_libvirt(cluster.clone(), settings.config, &settings.libvirt_uri)
         .await
         .context("starting the node agent")?;
     let agent = Arc::new(agent);
+    let storage = converge_engine::storage::spawn(cluster, settings.storage)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the node's storage: {}", e.message))?;
     let server = converge_api::nodes::server::start(Arc::clone(&agent), listener, key, &signed)
         .context("serving the API server")?;
     println!(
@@ -82,6 +98,7 @@ pub async fn node(args: NodeCommandArgs) -> Result<()> {
     crate::until_stopped().await?;
     tracing::info!("stopping");
     drop(server);
+    drop(storage);
     drop(agent);
     Ok(())
 }

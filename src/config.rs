@@ -195,10 +195,8 @@ pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> 
     server.storage.insecure_registries = node.config.insecure_registries.clone();
     server.storage.allow_private_imports = args.allow_private_imports.or(file.allow_private_imports).unwrap_or(false);
     server.host_access = node.config.host_access.clone();
-    if let Some(max) = args.max_volume_size.or(file.max_volume_size.clone()) {
-        let bytes =
-            converge_engine::quantity::parse(&max).map_err(|e| anyhow::anyhow!("--max-volume-size {max}: {e}"))?;
-        server.storage.max_volume_bytes = Some(bytes as u64);
+    if let Some(max) = max_volume_bytes(args.max_volume_size.or(file.max_volume_size.clone()))? {
+        server.storage.max_volume_bytes = Some(max);
     }
     server.libvirt_uri = node.libvirt_uri;
     server.vm_controllers = !(args.no_controllers || file.no_controllers.unwrap_or(false));
@@ -226,25 +224,50 @@ pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> 
 }
 
 /// `converge node`'s settings: its flags over the file's node keys.
-pub fn resolve_node_command(
-    config: Option<&PathBuf>,
-    data_dir: Option<PathBuf>,
-    service_cidr: Option<String>,
-    args: NodeArgs,
-) -> Result<NodeSettings> {
-    let file = read_file(config)?;
-    let data_dir = data_dir.or(file.data_dir.clone()).unwrap_or_else(default_data_dir);
-    let service_cidr = match service_cidr.or(file.service_cidr.clone()) {
+/// What `converge node` reads beyond the node's own flags.
+pub struct NodeCommandInput {
+    pub config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub service_cidr: Option<String>,
+    pub allow_private_imports: Option<bool>,
+    pub max_volume_size: Option<String>,
+}
+
+pub fn resolve_node_command(input: NodeCommandInput, args: NodeArgs) -> Result<NodeSettings> {
+    let file = read_file(input.config.as_ref())?;
+    let data_dir = input.data_dir.or(file.data_dir.clone()).unwrap_or_else(default_data_dir);
+    let service_cidr = match input.service_cidr.or(file.service_cidr.clone()) {
         Some(cidr) => cidr_arg("--service-cidr", &cidr)?,
         None => converge_engine::network::ipam::ServiceNetwork::default().cidr,
     };
-    resolve_node(args, &file, &data_dir, service_cidr)
+    let mut settings = resolve_node(args, &file, &data_dir, service_cidr)?;
+    // The node keeps the volumes that live on it: its own pool, imports and clones into it.
+    let storage = &mut settings.storage;
+    storage.role = converge_engine::storage::placement::StorageRole::Node;
+    storage.node = Some(settings.config.name.clone());
+    storage.insecure_registries = settings.config.insecure_registries.clone();
+    storage.allow_private_imports = input.allow_private_imports.or(file.allow_private_imports).unwrap_or(false);
+    storage.max_volume_bytes = max_volume_bytes(input.max_volume_size.or(file.max_volume_size.clone()))?;
+    Ok(settings)
+}
+
+fn max_volume_bytes(flag: Option<String>) -> Result<Option<u64>> {
+    match flag {
+        Some(max) => {
+            let bytes =
+                converge_engine::quantity::parse(&max).map_err(|e| anyhow::anyhow!("--max-volume-size {max}: {e}"))?;
+            Ok(Some(bytes as u64))
+        }
+        None => Ok(None),
+    }
 }
 
 /// The node agent's settings, as `serve` and `converge node` read them.
 pub struct NodeSettings {
     pub config: converge_engine::node::NodeConfig,
     pub libvirt_uri: String,
+    /// The storage of a node alone (`converge node`); `serve` has its own.
+    pub storage: converge_engine::storage::StorageConfig,
 }
 
 fn resolve_node(
@@ -289,7 +312,8 @@ fn resolve_node(
         )?);
     }
     let libvirt_uri = args.libvirt_uri.or(file.libvirt_uri.clone()).unwrap_or_else(|| "qemu:///system".into());
-    Ok(NodeSettings { config: node, libvirt_uri })
+    let storage = converge_engine::storage::StorageConfig::new(data_dir);
+    Ok(NodeSettings { config: node, libvirt_uri, storage })
 }
 
 /// A repeatable flag given on the command line (or in the environment) replaces the file's list.

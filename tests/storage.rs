@@ -75,7 +75,9 @@ fn images(dir: &Path) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn claims_bind_to_volumes_in_the_pool_and_are_reclaimed() {
-    let app = storage_app(false).await;
+    // The server keeps the volumes of node "pool" (as `serve` does its own node's): a Node with no
+    // agent stands for it, so guests are placed there and never run.
+    let app = spawn_app_with(None, |c| c.storage.node = Some("pool".into())).await;
     // The default class exists, with its profile.
     let sc = app.get("/apis/storage.k8s.io/v1/storageclasses/local").await;
     assert_eq!(sc.0, 200, "{}", sc.1);
@@ -124,6 +126,13 @@ async fn claims_bind_to_volumes_in_the_pool_and_are_reclaimed() {
     assert_eq!(app.post("/api/v1/namespaces/default/persistentvolumeclaims", &lazy).await.0, 201);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(app.get("/api/v1/namespaces/default/persistentvolumeclaims/lazy").await.1["status"]["phase"], "Pending");
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "pool",
+        "labels": {"kubernetes.io/hostname": "pool", "converge.dev/software-emulation": "true"}}});
+    assert_eq!(app.post("/api/v1/nodes", &node).await.0, 201);
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let status = json!({"status": {"allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110", "devices.kubevirt.io/kvm": "0"},
+        "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": now, "lastTransitionTime": now}]}});
+    assert_eq!(app.patch("/api/v1/nodes/pool/status", "application/merge-patch+json", &status).await.0, 200);
     let vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "metadata": {"name": "consumer"},
         "spec": {"domain": {"resources": {"requests": {"memory": "64Mi"}}, "devices": {"disks": [{"name": "d", "disk": {}}]}},
                  "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "lazy"}}]}});
@@ -135,6 +144,16 @@ async fn claims_bind_to_volumes_in_the_pool_and_are_reclaimed() {
         .await
     );
     let lazy_file = volume_file(&app, "default", "lazy").await;
+    // Made on the node its first guest was placed on, and pinned there.
+    let lazy = app.get("/api/v1/namespaces/default/persistentvolumeclaims/lazy").await.1;
+    assert_eq!(lazy["metadata"]["annotations"]["volume.kubernetes.io/selected-node"], "pool", "{lazy}");
+    let pv =
+        app.get(&format!("/api/v1/persistentvolumes/{}", lazy["spec"]["volumeName"].as_str().unwrap_or("?"))).await.1;
+    assert_eq!(
+        pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"],
+        json!(["pool"]),
+        "{pv}"
+    );
 
     // Delete reclaims the volume and its file; Retain keeps both, Released.
     assert_eq!(app.delete("/api/v1/namespaces/default/persistentvolumeclaims/data", None).await.0, 200);

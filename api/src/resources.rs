@@ -82,8 +82,11 @@ async fn handle(req: &HttpRequest, body: &[u8], state: &AppState) -> ApiResult<H
             status: path.subresource == Some(Subresource::Status),
         },
     )?;
-    if let (true, Some(name)) = (std::ptr::eq(path.kind, &kinds::SECRET), &path.name) {
-        crate::node_auth::may_read_secret(&state.store, &principal, item_namespace(&path), name).await?;
+    if let (&Method::GET, Some(name)) = (req.method(), &path.name) {
+        crate::node_auth::may_read_named(&state.store, &principal, path.kind, item_namespace(&path), name).await?;
+    }
+    if let (&Method::DELETE, Some(name)) = (req.method(), &path.name) {
+        crate::node_auth::may_delete(&state.store, &principal, path.kind, name).await?;
     }
     let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
     let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json");
@@ -345,6 +348,7 @@ async fn write_update(
     principal: &Principal,
 ) -> ApiResult<Value> {
     crate::node_auth::admit_write(principal, kind, Some(old), &obj, mode)?;
+    crate::node_auth::admit_related(&state.store, principal, kind, &obj).await?;
     if mode == UpdateMode::Main {
         // The frozen revision lives in the stored status; an update's body may not carry it.
         let mut probe = obj.clone();

@@ -211,9 +211,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             rustls::pki_types::PrivateKeyDer::Pkcs8(pki.serving_key_der.clone().into()),
         )?;
 
+    // The server keeps the volumes of its pool and of its own node.
+    let mut storage_config = config.storage.clone();
+    storage_config.node = storage_config.node.or_else(|| config.node.as_ref().map(|n| n.name.clone()));
     let storage = match config.controllers {
         true => Some(Arc::new(
-            converge_engine::storage::spawn(store.clone(), config.storage.clone()).await.map_err(ServeError::Store)?,
+            converge_engine::storage::spawn(store.clone(), storage_config).await.map_err(ServeError::Store)?,
         )),
         false => None,
     };

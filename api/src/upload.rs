@@ -101,7 +101,7 @@ pub async fn token_request(
 fn upload_error(e: UploadError) -> ApiError {
     match e {
         UploadError::NotFound(m) => ApiError::not_found_message(m),
-        UploadError::NotReady(m) => ApiError::unavailable(m),
+        UploadError::NotReady(m) | UploadError::Elsewhere(m) => ApiError::unavailable(m),
         UploadError::Store(m) => ApiError::internal(m),
     }
 }

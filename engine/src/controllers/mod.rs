@@ -12,6 +12,7 @@ pub mod scheduler;
 pub mod status;
 pub mod vm;
 pub mod vmi;
+pub mod volume_binding;
 
 mod runtime;
 mod vm_sync;

@@ -114,8 +114,27 @@ fn affinity_matches(labels: &Map<String, Value>, affinity: Option<&Value>) -> bo
     })
 }
 
+/// Whether `labels` satisfy node selector terms (any term; within one, every expression).
+fn terms_match(labels: &Map<String, Value>, terms: &Value) -> bool {
+    terms.as_array().is_some_and(|terms| {
+        terms.iter().any(|term| {
+            term.get("matchExpressions")
+                .and_then(Value::as_array)
+                .map(|exprs| exprs.iter().all(|e| expression_matches(labels, e)))
+                .unwrap_or(true)
+        })
+    })
+}
+
 /// The node for `vmi`, or the message KubeVirt users know from an unschedulable launcher pod.
-pub fn schedule(vmi: &Value, nodes: &[NodeView], used: &BTreeMap<String, Request>) -> Result<String, String> {
+/// `volumes` holds the node selector terms of the VMI's volumes (`volume_binding`): a node must
+/// meet them all.
+pub fn schedule(
+    vmi: &Value,
+    nodes: &[NodeView],
+    used: &BTreeMap<String, Request>,
+    volumes: &[Value],
+) -> Result<String, String> {
     let spec = VmiSpec::from_vmi(vmi).unwrap_or_default();
     let want = request_of(vmi);
     let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
@@ -130,6 +149,8 @@ pub fn schedule(vmi: &Value, nodes: &[NodeView], used: &BTreeMap<String, Request
             || !affinity_matches(&node.labels, spec.affinity.as_ref())
         {
             Some("node(s) didn't match Pod's node affinity/selector")
+        } else if !volumes.iter().all(|terms| terms_match(&node.labels, terms)) {
+            Some("node(s) had volume node affinity conflict")
         } else if node.taints.iter().any(|t| {
             matches!(t.get("effect").and_then(Value::as_str), Some("NoSchedule" | "NoExecute"))
                 && !tolerates(&spec.tolerations, t)
@@ -189,47 +210,66 @@ mod tests {
     #[test]
     fn fits_and_spreads_by_free_memory() {
         let used = BTreeMap::from([("a".to_string(), Request { cpu_milli: 0, memory_bytes: 512 << 20 })]);
-        assert_eq!(schedule(&vmi(json!({})), &[node("a"), node("b")], &used), Ok("b".into()));
+        assert_eq!(schedule(&vmi(json!({})), &[node("a"), node("b")], &used, &[]), Ok("b".into()));
     }
 
     #[test]
     fn memory_cpu_and_kvm_are_resources() {
         let used = BTreeMap::from([("a".to_string(), Request { cpu_milli: 0, memory_bytes: 900 << 20 })]);
         assert_eq!(
-            schedule(&vmi(json!({})), &[node("a")], &used),
+            schedule(&vmi(json!({})), &[node("a")], &used, &[]),
             Err("0/1 nodes are available: 1 Insufficient memory.".into())
         );
         let no_kvm = NodeView { kvm_devices: 0, ..node("a") };
         assert_eq!(
-            schedule(&vmi(json!({})), std::slice::from_ref(&no_kvm), &BTreeMap::new()),
+            schedule(&vmi(json!({})), std::slice::from_ref(&no_kvm), &BTreeMap::new(), &[]),
             Err("0/1 nodes are available: 1 Insufficient devices.kubevirt.io/kvm.".into())
         );
         let emulating = NodeView { emulation_allowed: true, ..no_kvm };
-        assert_eq!(schedule(&vmi(json!({})), &[emulating], &BTreeMap::new()), Ok("a".into()));
+        assert_eq!(schedule(&vmi(json!({})), &[emulating], &BTreeMap::new(), &[]), Ok("a".into()));
         let mut big = vmi(json!({}));
         big["spec"]["domain"]["resources"]["requests"]["cpu"] = json!("3");
-        assert!(schedule(&big, &[node("a")], &BTreeMap::new()).unwrap_err().contains("Insufficient cpu"));
+        assert!(schedule(&big, &[node("a")], &BTreeMap::new(), &[]).unwrap_err().contains("Insufficient cpu"));
     }
 
     #[test]
     fn selectors_affinity_and_taints() {
         let sel = vmi(json!({"nodeSelector": {"kubernetes.io/hostname": "b"}}));
-        assert_eq!(schedule(&sel, &[node("a"), node("b")], &BTreeMap::new()), Ok("b".into()));
+        assert_eq!(schedule(&sel, &[node("a"), node("b")], &BTreeMap::new(), &[]), Ok("b".into()));
         let aff = vmi(json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["a"]}]}]}}}}));
-        assert_eq!(schedule(&aff, &[node("a"), node("b")], &BTreeMap::new()), Ok("b".into()));
+        assert_eq!(schedule(&aff, &[node("a"), node("b")], &BTreeMap::new(), &[]), Ok("b".into()));
         let tainted =
             NodeView { taints: vec![json!({"key": "dedicated", "value": "db", "effect": "NoSchedule"})], ..node("a") };
-        assert!(schedule(&vmi(json!({})), std::slice::from_ref(&tainted), &BTreeMap::new())
+        assert!(schedule(&vmi(json!({})), std::slice::from_ref(&tainted), &BTreeMap::new(), &[])
             .unwrap_err()
             .contains("untolerated taint"));
         let tolerant = vmi(
             json!({"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}]}),
         );
-        assert_eq!(schedule(&tolerant, std::slice::from_ref(&tainted), &BTreeMap::new()), Ok("a".into()));
+        assert_eq!(schedule(&tolerant, std::slice::from_ref(&tainted), &BTreeMap::new(), &[]), Ok("a".into()));
         let exists = vmi(json!({"tolerations": [{"operator": "Exists"}]}));
-        assert_eq!(schedule(&exists, &[tainted], &BTreeMap::new()), Ok("a".into()));
+        assert_eq!(schedule(&exists, &[tainted], &BTreeMap::new(), &[]), Ok("a".into()));
         let cordoned = NodeView { unschedulable: true, ..node("a") };
-        assert!(schedule(&vmi(json!({})), &[cordoned], &BTreeMap::new()).unwrap_err().contains("unschedulable"));
+        assert!(schedule(&vmi(json!({})), &[cordoned], &BTreeMap::new(), &[]).unwrap_err().contains("unschedulable"));
+    }
+
+    #[test]
+    fn a_guest_goes_where_its_volumes_are() {
+        let pinned_to_b = crate::storage::placement::node_affinity("b")["required"]["nodeSelectorTerms"].clone();
+        let nodes = [node("a"), node("b")];
+        assert_eq!(
+            schedule(&vmi(json!({})), &nodes, &BTreeMap::new(), std::slice::from_ref(&pinned_to_b)),
+            Ok("b".into())
+        );
+        let elsewhere = vmi(json!({"nodeSelector": {"kubernetes.io/hostname": "a"}}));
+        assert_eq!(
+            schedule(&elsewhere, &nodes, &BTreeMap::new(), std::slice::from_ref(&pinned_to_b)),
+            Err("0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had volume node affinity conflict.".into())
+        );
+        let pinned_to_a = crate::storage::placement::node_affinity("a")["required"]["nodeSelectorTerms"].clone();
+        assert!(schedule(&vmi(json!({})), &nodes, &BTreeMap::new(), &[pinned_to_a, pinned_to_b])
+            .unwrap_err()
+            .contains("2 node(s) had volume node affinity conflict"));
     }
 }

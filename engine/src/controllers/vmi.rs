@@ -8,11 +8,13 @@ use serde_json::Value;
 
 use super::scheduler::{self, NodeView, Request};
 use super::status::{self as st, is_final, node_name, phase};
+use super::volume_binding::{self, ClaimView};
 use super::{Key, VMI_FINALIZER};
 use crate::cluster::Cluster;
 use crate::error::ApiResult;
 use crate::kinds;
 use crate::meta;
+use crate::storage::placement::SELECTED_NODE;
 use crate::store::UpdateMode;
 use crate::worker::Action;
 
@@ -31,7 +33,13 @@ pub struct VmiPlan {
 pub const NODE_NAME_LABEL: &str = "kubevirt.io/nodeName";
 
 /// Pure: what to do with a VMI no node has taken yet.
-pub fn reconcile(vmi: &Value, nodes: &[NodeView], used: &BTreeMap<String, Request>, now: &str) -> VmiPlan {
+pub fn reconcile(
+    vmi: &Value,
+    nodes: &[NodeView],
+    used: &BTreeMap<String, Request>,
+    volumes: &[Value],
+    now: &str,
+) -> VmiPlan {
     let mut plan = VmiPlan::default();
     if node_name(vmi).is_some() {
         return plan;
@@ -45,7 +53,7 @@ pub fn reconcile(vmi: &Value, nodes: &[NodeView], used: &BTreeMap<String, Reques
     }
     let mut next = vmi.clone();
     st::set_phase(&mut next, st::PENDING, now);
-    match scheduler::schedule(vmi, nodes, used) {
+    match scheduler::schedule(vmi, nodes, used, volumes) {
         Ok(node) => {
             plan.node_label = Some(node.clone());
             st::status_mut(&mut next).insert("nodeName".into(), Value::String(node));
@@ -121,20 +129,42 @@ pub(super) async fn sync(cluster: &dyn Cluster, (ns, name): Key) -> ApiResult<Ac
         }
         return Ok(Action::AwaitChange);
     }
-    let (nodes, used) = if meta::is_deleting(&vmi) || is_final(phase(&vmi)) {
-        (vec![], BTreeMap::new())
-    } else {
+    let placing = !meta::is_deleting(&vmi) && !is_final(phase(&vmi));
+    let (nodes, used) = if placing {
         let nodes: Vec<NodeView> = cluster.list(&kinds::NODE, None).await?.iter().map(NodeView::from_node).collect();
         let vmis = cluster.list(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await?;
         (nodes, node_usage(&vmis))
+    } else {
+        (vec![], BTreeMap::new())
     };
-    let plan = reconcile(&vmi, &nodes, &used, &meta::now_rfc3339());
+    let claims = match placing {
+        true => claims_with_volumes(cluster, &vmi).await?,
+        false => vec![],
+    };
+    let classes = match claims.is_empty() {
+        true => vec![],
+        false => cluster.list(&kinds::STORAGE_CLASS, None).await?,
+    };
+    let views: Vec<ClaimView> =
+        claims.iter().map(|(pvc, pv)| ClaimView { pvc: pvc.as_ref(), pv: pv.as_ref() }).collect();
+    let volumes = volume_binding::binding(&views, &classes);
+    let plan = reconcile(&vmi, &nodes, &used, &volumes.terms, &meta::now_rfc3339());
     if plan.remove_finalizer {
         let mut updated = vmi.clone();
         let rest: Vec<String> = meta::finalizers(&vmi).into_iter().filter(|f| f != VMI_FINALIZER).collect();
         meta::set_finalizers(&mut updated, &rest);
         cluster.update(&kinds::VIRTUAL_MACHINE_INSTANCE, updated, UpdateMode::Main).await?;
         return Ok(Action::AwaitChange);
+    }
+    if let Some(node) = &plan.node_label {
+        // Claims waiting for their first consumer learn its node before the node sees the guest.
+        for i in &volumes.to_select {
+            if let Some((Some(pvc), _)) = claims.get(*i) {
+                let mut selected = pvc.clone();
+                *meta::at_mut(&mut selected, &["metadata", "annotations", SELECTED_NODE]) = Value::String(node.clone());
+                cluster.update(&kinds::PERSISTENT_VOLUME_CLAIM, selected, UpdateMode::Main).await?;
+            }
+        }
     }
     let mut vmi = vmi;
     if let Some(node) = &plan.node_label {
@@ -168,6 +198,21 @@ pub(super) async fn sync(cluster: &dyn Cluster, (ns, name): Key) -> ApiResult<Ac
     Ok(plan.requeue_after.into())
 }
 
+/// Each claim `vmi` uses, with the volume it names.
+async fn claims_with_volumes(cluster: &dyn Cluster, vmi: &Value) -> ApiResult<Vec<(Option<Value>, Option<Value>)>> {
+    let mut out = vec![];
+    for claim in crate::storage::claims::claims_of(vmi) {
+        let pvc = cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, meta::namespace(vmi), &claim).await?;
+        let volume = pvc.as_ref().and_then(|p| p.pointer("/spec/volumeName")).and_then(Value::as_str);
+        let pv = match volume.filter(|v| !v.is_empty()) {
+            Some(name) => cluster.get(&kinds::PERSISTENT_VOLUME, "", name).await?,
+            None => None,
+        };
+        out.push((pvc, pv));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,7 +243,7 @@ mod tests {
                 "allocatable": {"cpu": "4", "memory": "8Gi"}}});
         let vmi = json!({"metadata": {"name": "a", "namespace": "ns"},
             "spec": {"domain": {"resources": {"requests": {"memory": "64Mi"}}}}});
-        let plan = reconcile(&vmi, &[NodeView::from_node(&node)], &BTreeMap::new(), "t");
+        let plan = reconcile(&vmi, &[NodeView::from_node(&node)], &BTreeMap::new(), &[], "t");
         assert_eq!(plan.node_label.as_deref(), Some("n1"), "{:?}", plan.status);
         assert_eq!(plan.status.as_ref().map(|s| s["nodeName"].clone()), Some(json!("n1")));
     }

@@ -25,6 +25,14 @@ pub async fn attach_claims(s: &Shared, vmi: &Value) -> Result<ClaimPaths, Wait> 
         let state =
             claims::resolve(&*s.cluster, ns, &claim).await.map_err(|e| ("StoreError".to_string(), e.message))?;
         match state {
+            // The scheduler places a guest where its volumes are; one placed before its volume
+            // was made elsewhere must not start on a path that is not there.
+            ClaimState::Ready(v) if v.node.as_deref().is_some_and(|n| n != s.config.name) => {
+                return Err((
+                    "VolumeNodeAffinityConflict".into(),
+                    format!("the volume of claim {claim:?} lives on node {:?}", v.node.unwrap_or_default()),
+                ))
+            }
             ClaimState::Ready(v) if v.block => {
                 let file = v.file.clone();
                 if let Ok(mut m) = s.loop_backed.lock() {
@@ -34,7 +42,7 @@ pub async fn attach_claims(s: &Shared, vmi: &Value) -> Result<ClaimPaths, Wait> 
                     .await
                     .map_err(|e| ("FailedAttachVolume".to_string(), e.to_string()))?
                     .map_err(|e| ("FailedAttachVolume".to_string(), format!("claim {claim:?}: {e}")))?;
-                out.insert(claim, ClaimVolume { file: dev, block: true });
+                out.insert(claim, ClaimVolume { file: dev, block: true, node: v.node.clone() });
             }
             ClaimState::Ready(v) => {
                 out.insert(claim, v);

@@ -1,7 +1,7 @@
 //! What a guest's volumes need from storage: a claim's file or device once it is bound and
 //! filled, and which claims guests consume (for WaitForFirstConsumer and pvc-protection).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde_json::Value;
@@ -19,6 +19,8 @@ pub struct ClaimVolume {
     pub file: PathBuf,
     /// Block mode: attach through a loop device.
     pub block: bool,
+    /// The node the volume lives on (`placement::pv_node`); `None`: the server's pool.
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,12 +47,23 @@ pub fn claims_of(vmi: &Value) -> Vec<String> {
 
 /// `(namespace, claim)` pairs consumed by VMIs that are not finished.
 pub async fn consumed(cluster: &dyn Cluster) -> ApiResult<BTreeSet<(String, String)>> {
+    Ok(consumers(cluster).await?.into_keys().collect())
+}
+
+/// `(namespace, claim)` consumed by VMIs that are not finished, with the node of a placed one.
+pub async fn consumers(cluster: &dyn Cluster) -> ApiResult<BTreeMap<(String, String), Option<String>>> {
     let vmis = cluster.list(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await?;
-    Ok(vmis
-        .iter()
-        .filter(|v| !crate::controllers::status::is_final(crate::controllers::status::phase(v)))
-        .flat_map(|v| claims_of(v).into_iter().map(move |c| (meta::namespace(v).to_string(), c)))
-        .collect())
+    let mut out: BTreeMap<(String, String), Option<String>> = BTreeMap::new();
+    for v in vmis.iter().filter(|v| !crate::controllers::status::is_final(crate::controllers::status::phase(v))) {
+        let node = crate::controllers::status::node_name(v).map(str::to_string);
+        for c in claims_of(v) {
+            let entry = out.entry((meta::namespace(v).to_string(), c)).or_default();
+            if entry.is_none() {
+                entry.clone_from(&node);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Whether `pvc` is ready for a guest, from it and its volume.
@@ -74,9 +87,11 @@ pub fn state_of(pvc: Option<&Value>, pv: Option<&Value>, claim: &str) -> ClaimSt
         return ClaimState::Waiting("PVCNotBound".into(), format!("PersistentVolumeClaim {claim:?} is not bound yet"));
     }
     match pv.and_then(|pv| pv.pointer("/spec/hostPath/path")).and_then(Value::as_str) {
-        Some(path) => {
-            ClaimState::Ready(ClaimVolume { file: PathBuf::from(path), block: super::volume_mode(pvc) == "Block" })
-        }
+        Some(path) => ClaimState::Ready(ClaimVolume {
+            file: PathBuf::from(path),
+            block: super::volume_mode(pvc) == "Block",
+            node: pv.and_then(super::placement::pv_node).map(str::to_string),
+        }),
         None => ClaimState::Waiting(
             "PVNotUsable".into(),
             format!("the volume of claim {claim:?} is not one this node can attach"),
@@ -124,7 +139,7 @@ mod tests {
         assert!(matches!(state_of(None, None, "c"), ClaimState::Waiting(r, _) if r == "PVCNotFound"));
         assert!(matches!(state_of(Some(&pvc), Some(&pv), "c"), ClaimState::Waiting(r, _) if r == "DataVolumeNotReady"));
         pvc["metadata"]["annotations"][ANN_POD_PHASE] = json!("Succeeded");
-        let ready = ClaimVolume { file: "/p/pvc-1/disk.img".into(), block: true };
+        let ready = ClaimVolume { file: "/p/pvc-1/disk.img".into(), block: true, node: None };
         assert_eq!(state_of(Some(&pvc), Some(&pv), "c"), ClaimState::Ready(ready));
         // Another claim that names the volume and says it is Bound gets nothing.
         let mut thief = pvc.clone();

@@ -8,6 +8,7 @@
 pub mod claims;
 pub mod datavolume;
 pub mod importer;
+pub mod placement;
 pub mod provisioner;
 mod qcow2_stream;
 pub mod safety;
@@ -63,6 +64,11 @@ pub struct StorageConfig {
     pub insecure_registries: Vec<String>,
     /// A failed job waits this × 2^restarts (at most 5 min) before it runs again.
     pub retry_base: std::time::Duration,
+    /// The server's part or a node's (see `placement`).
+    pub role: placement::StorageRole,
+    /// The node whose volumes this process keeps: the server's own node, if it runs one; a
+    /// joined node's name.
+    pub node: Option<String>,
 }
 
 impl StorageConfig {
@@ -73,6 +79,27 @@ impl StorageConfig {
             max_volume_bytes: None,
             insecure_registries: vec![],
             retry_base: std::time::Duration::from_secs(1),
+            role: placement::StorageRole::Server,
+            node: None,
+        }
+    }
+
+    /// Whether this process keeps the volumes that live on `node` (`None`: no node, the
+    /// server's pool).
+    pub fn keeps(&self, node: Option<&str>) -> bool {
+        match (self.role, node) {
+            (placement::StorageRole::Server, None) => true,
+            (_, Some(n)) => self.node.as_deref() == Some(n),
+            (placement::StorageRole::Node, None) => false,
+        }
+    }
+
+    /// Whether this process keeps `pv`.
+    pub fn keeps_volume(&self, pv: &Value) -> bool {
+        match placement::pv_node(pv) {
+            Some(node) => self.keeps(Some(node)),
+            // Pinned in a way no process here names: nobody's. Unpinned: the server's.
+            None => !placement::has_affinity(pv) && self.keeps(None),
         }
     }
 

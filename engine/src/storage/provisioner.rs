@@ -42,7 +42,13 @@ pub fn binding_decision(pvc: &Value, class: Option<&Value>, consumed: bool) -> R
 }
 
 /// The PersistentVolume for `pvc` from `class`, and the volume's directory.
-pub fn volume_for(pvc: &Value, class: &Value, config: &StorageConfig) -> Result<(Value, PathBuf, u64), String> {
+/// The volume for `pvc` in `class`'s pool, pinned to `node` if it lives on one.
+pub fn volume_for(
+    pvc: &Value,
+    class: &Value,
+    config: &StorageConfig,
+    node: Option<&str>,
+) -> Result<(Value, PathBuf, u64), String> {
     let size = requested_bytes(pvc).ok_or("spec.resources.requests.storage is missing or not a positive quantity")?;
     let size = super::aligned_up(size);
     if let Some(max) = config.max_volume_bytes.filter(|m| size > *m) {
@@ -82,6 +88,10 @@ pub fn volume_for(pvc: &Value, class: &Value, config: &StorageConfig) -> Result<
             },
         },
     });
+    let mut pv = pv;
+    if let Some(node) = node {
+        pv["spec"]["nodeAffinity"] = super::placement::node_affinity(node);
+    }
     Ok((pv, dir, size))
 }
 
@@ -171,13 +181,37 @@ pub fn bound_to(pv: &Value, pvc: &Value) -> bool {
 }
 
 /// The volume a claim binds to without provisioning: the one it names, else the smallest match.
-pub fn pick_static<'a>(pvc: &Value, pvs: &'a [Value]) -> Option<&'a Value> {
+/// A free volume for `pvc`: the one it names, or the smallest that fits — on the node the claim
+/// selected, when it selected one.
+pub fn pick_static<'a>(pvc: &Value, pvs: &'a [Value], selected: Option<&str>) -> Option<&'a Value> {
+    let on_selected = |pv: &Value| match (selected, super::placement::has_affinity(pv)) {
+        (Some(node), true) => super::placement::pv_node(pv) == Some(node),
+        _ => true,
+    };
     match pvc.pointer("/spec/volumeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
         Some(name) => pvs.iter().find(|pv| meta::name(pv) == name && static_match(pvc, pv)),
         None => pvs
             .iter()
-            .filter(|pv| static_match(pvc, pv))
+            .filter(|pv| static_match(pvc, pv) && on_selected(pv))
             .min_by(|a, b| capacity_of(a).unwrap_or(0.0).total_cmp(&capacity_of(b).unwrap_or(0.0))),
+    }
+}
+
+/// Whether the server binds `pvc` to `pv`, which names it in its claimRef. A volume this
+/// provisioner made on a node binds only if the claim selected that node (or it is the server's
+/// own): a node's agent, which may make volumes, cannot take a claim over by naming it.
+pub fn may_bind(pvc: &Value, pv: &Value, selected: Option<&str>, server_node: Option<&str>) -> Result<(), String> {
+    let ours = meta::annotation(pv, "pv.kubernetes.io/provisioned-by") == Some(PROVISIONER);
+    match super::placement::pv_node(pv) {
+        Some(node) if ours && Some(node) != selected && Some(node) != server_node => Err(format!(
+            "volume {:?} was made on node {node:?}, which claim {:?} did not select",
+            meta::name(pv),
+            meta::name(pvc)
+        )),
+        None if ours && super::placement::has_affinity(pv) => {
+            Err(format!("volume {:?} is pinned to no single node", meta::name(pv)))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -206,6 +240,9 @@ pub fn layout(pv: &Value) -> Option<(PathBuf, PathBuf)> {
 }
 
 /// The default StorageClass and its StorageProfile, made at first start when no class exists.
+/// The class made at first start: volumes made at once, in the server's pool (a cluster of
+/// several machines wants a `WaitForFirstConsumer` class, whose volumes live on their guests'
+/// nodes).
 pub fn default_class() -> Value {
     json!({
         "apiVersion": "storage.k8s.io/v1",
@@ -295,26 +332,26 @@ mod tests {
         claim["spec"]["selector"] = json!({"matchLabels": {"component": "test"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["dev"]}]});
         claim["spec"]["volumeName"] = json!("my-local-storage");
         let pvs = [pv.clone()];
-        assert_eq!(pick_static(&claim, &pvs).map(meta::name), Some("my-local-storage"));
+        assert_eq!(pick_static(&claim, &pvs, None).map(meta::name), Some("my-local-storage"));
         let mut big = claim.clone();
         big["spec"]["resources"]["requests"]["storage"] = json!("4Gi");
-        assert!(pick_static(&big, &pvs).is_none());
+        assert!(pick_static(&big, &pvs, None).is_none());
         let mut other = claim.clone();
         other["spec"]["selector"] = json!({"matchLabels": {"tier": "prod"}});
-        assert!(pick_static(&other, &pvs).is_none());
+        assert!(pick_static(&other, &pvs, None).is_none());
         let taken = claimed_volume(&pv, &json!({"metadata": {"name": "x", "namespace": "ns", "uid": "u-9"}}));
-        assert!(pick_static(&claim, &[taken]).is_none());
+        assert!(pick_static(&claim, &[taken], None).is_none());
         assert_eq!(layout(&pv).unwrap().1, PathBuf::from("/mnt/data/datax/disk.img"));
     }
 
     #[test]
     fn volumes_live_in_the_pool_and_respect_the_cap() {
         let mut config = StorageConfig::new(std::path::Path::new("/data"));
-        let (pv, dir, size) = volume_for(&pvc("1000", None), &default_class(), &config).unwrap();
+        let (pv, dir, size) = volume_for(&pvc("1000", None), &default_class(), &config, None).unwrap();
         assert_eq!(dir, PathBuf::from("/data/storage/local/pvc-u-1"));
         assert_eq!(size, 1 << 20, "whole MiB");
         assert_eq!(pv["spec"]["capacity"]["storage"], "1Mi");
-        let (_, _, size) = volume_for(&pvc("20G", None), &default_class(), &config).unwrap();
+        let (_, _, size) = volume_for(&pvc("20G", None), &default_class(), &config, None).unwrap();
         assert_eq!(size % 4096, 0, "O_DIRECT needs whole blocks: {size}");
         assert_eq!(quantity(3 << 30), "3Gi");
         assert_eq!(quantity(1536), "1536");
@@ -323,9 +360,9 @@ mod tests {
         let bound = bound_claim(&pvc("1Gi", None), &pv);
         assert_eq!(bound["spec"]["volumeName"], "pvc-u-1");
         config.max_volume_bytes = Some(1 << 20);
-        assert!(volume_for(&pvc("2Mi", None), &default_class(), &config).unwrap_err().contains("cap"));
+        assert!(volume_for(&pvc("2Mi", None), &default_class(), &config, None).unwrap_err().contains("cap"));
         let mut hostile = pvc("1Mi", None);
         hostile["metadata"]["uid"] = json!("../../etc");
-        assert!(volume_for(&hostile, &default_class(), &config).is_err());
+        assert!(volume_for(&hostile, &default_class(), &config, None).is_err());
     }
 }

@@ -176,6 +176,13 @@ async fn clone_source(s: &Shared, dv: &Value, source: &Source) -> ApiResult<Resu
         )));
     }
     Ok(match claims::resolve(&*s.cluster, &src_ns, &src_name).await? {
+        claims::ClaimState::Ready(v) if !s.config.keeps(v.node.as_deref()) => Err((
+            "CloneSourceOnAnotherNode".into(),
+            format!(
+                "the source claim {src_ns}/{src_name} lives {}; clones between nodes are not made yet",
+                v.node.map_or("in the server's pool".to_string(), |n| format!("on node {n:?}"))
+            ),
+        )),
         claims::ClaimState::Ready(v) if !v.block || v.file.exists() => Ok(v.file),
         claims::ClaimState::Ready(_) => {
             Err(("CloneSourceNotReady".into(), "the source volume's file is missing".into()))
@@ -190,6 +197,9 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
         cancel_jobs(s).await;
         return Ok(());
     };
+    if !drives_here(s, &dv).await? {
+        return Ok(());
+    }
     let uid = meta::uid(&dv).to_string();
     let now = meta::now_rfc3339();
     let source = match datavolume::source_of(&dv) {
@@ -265,6 +275,22 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
         s.dvs.add_after((ns.clone(), name.clone()), Duration::from_secs(1));
     }
     Ok(())
+}
+
+/// Whether this process drives the DataVolume: the process that keeps its claim's volume once
+/// the claim is bound (it fills it, and only it knows how far it got), the server before.
+async fn drives_here(s: &Shared, dv: &Value) -> ApiResult<bool> {
+    let pvc = s.cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, meta::namespace(dv), meta::name(dv)).await?;
+    let volume = pvc.as_ref().and_then(|p| p.pointer("/spec/volumeName")).and_then(Value::as_str);
+    let bound = pvc.as_ref().and_then(|p| p.pointer("/status/phase")).and_then(Value::as_str) == Some("Bound");
+    let pv = match volume.filter(|v| bound && !v.is_empty()) {
+        Some(name) => s.cluster.get(&kinds::PERSISTENT_VOLUME, "", name).await?,
+        None => None,
+    };
+    Ok(match pv {
+        Some(pv) => s.config.keeps_volume(&pv),
+        None => s.config.role == StorageRole::Server,
+    })
 }
 
 async fn phase_event(s: &Shared, dv: &Value, phase: &str, status: &Value, source_kind: &str) {

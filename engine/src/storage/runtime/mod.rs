@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::datavolume::{self, JobView, Observed, Source, ANN_FAILURE};
 use super::importer::{self, ContentType, Target};
+use super::placement::{self, StorageRole};
 use super::volume::{SystemVolumeTool, VolumeTool};
 use super::{claims, provisioner, StorageConfig, StorageError, ANN_CLONE_TO, ANN_POD_PHASE, ANN_RESTARTS};
 use crate::cluster::Cluster;
@@ -81,7 +82,8 @@ pub async fn spawn_with(
     tool: Arc<dyn VolumeTool>,
     fetcher: Arc<dyn super::sources::Fetcher>,
 ) -> ApiResult<StorageControllers> {
-    if cluster.list(&kinds::STORAGE_CLASS, None).await?.is_empty() {
+    let first_start = config.role == StorageRole::Server && cluster.list(&kinds::STORAGE_CLASS, None).await?.is_empty();
+    if first_start {
         match cluster.create(&kinds::STORAGE_CLASS, provisioner::default_class()).await {
             Ok(_) => {}
             Err(e) if e.code == 409 => {}
@@ -125,8 +127,10 @@ async fn resync_all(s: &Shared) {
             items.iter().for_each(|o| queue.add(key_of(o)));
         }
     }
-    sync_profiles(s).await;
-    sync_data_sources(s).await;
+    if s.config.role == StorageRole::Server {
+        sync_profiles(s).await;
+        sync_data_sources(s).await;
+    }
 }
 
 /// DataSources read Ready once the claim they name is there and filled, as CDI's do.
@@ -194,9 +198,17 @@ async fn feed(s: Arc<Shared>) {
                             s.pvs.add((String::new(), pv.to_string()));
                         }
                         requeue_waiting_dvs(&s).await;
-                        sync_data_sources(&s).await;
+                        if s.config.role == StorageRole::Server {
+                            sync_data_sources(&s).await;
+                        }
                     } else if ev.kind_key == pv_key {
                         s.pvs.add(key);
+                        // A volume a node made names the claim the server binds to it.
+                        let claim = |f: &str| ev.object.pointer(&format!("/spec/claimRef/{f}")).and_then(Value::as_str);
+                        if let (Some(ns), Some(name)) = (claim("namespace"), claim("name")) {
+                            s.pvcs.add((ns.to_string(), name.to_string()));
+                            s.dvs.add((ns.to_string(), name.to_string()));
+                        }
                     } else if ev.kind_key == dv_key {
                         s.dvs.add(key);
                     } else if ev.kind_key == vmi_key {
@@ -205,11 +217,13 @@ async fn feed(s: Arc<Shared>) {
                             s.pvcs.add((ev.namespace.clone(), claim));
                         }
                     } else if ev.kind_key == sc_key {
-                        sync_profiles(&s).await;
+                        if s.config.role == StorageRole::Server {
+                            sync_profiles(&s).await;
+                        }
                         if let Ok(items) = s.cluster.list(&kinds::PERSISTENT_VOLUME_CLAIM, None).await {
                             items.iter().for_each(|o| s.pvcs.add(key_of(o)));
                         }
-                    } else if ev.kind_key == ds_key {
+                    } else if ev.kind_key == ds_key && s.config.role == StorageRole::Server {
                         requeue_waiting_dvs(&s).await;
                         sync_data_sources(&s).await;
                     }
@@ -267,10 +281,14 @@ async fn classes(s: &Shared) -> ApiResult<Vec<Value>> {
     s.cluster.list(&kinds::STORAGE_CLASS, None).await
 }
 
-/// Binds, provisions or releases one claim.
+/// Binds, provisions or releases one claim (on a node: makes the volumes that live there).
 async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
     let Some(pvc) = s.cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, name).await? else { return Ok(()) };
-    let consumed = claims::consumed(&*s.cluster).await?.contains(&(ns.clone(), name.clone()));
+    if s.config.role == StorageRole::Node {
+        return provision_here(s, &pvc).await;
+    }
+    let consumers = claims::consumers(&*s.cluster).await?;
+    let consumed = consumers.contains_key(&(ns.clone(), name.clone()));
     if meta::is_deleting(&pvc) {
         if !consumed && meta::finalizers(&pvc).iter().any(|f| f == PVC_PROTECTION) {
             let mut next = pvc.clone();
@@ -280,49 +298,10 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
         }
         return Ok(());
     }
-    let pvs = s.cluster.list(&kinds::PERSISTENT_VOLUME, None).await?;
-    // Bound already (or bound before a crash, status not yet written).
-    let mine = pvs.iter().find(|pv| pv.pointer("/spec/claimRef/uid").and_then(Value::as_str) == Some(meta::uid(&pvc)));
-    if let Some(pv) = mine {
-        if pvc.pointer("/spec/volumeName").and_then(Value::as_str) != Some(meta::name(pv)) {
-            s.cluster
-                .update(&kinds::PERSISTENT_VOLUME_CLAIM, provisioner::bound_claim(&pvc, pv), UpdateMode::Main)
-                .await?;
-            return Ok(());
-        }
-        return crate::cluster::write_status(
-            &*s.cluster,
-            &kinds::PERSISTENT_VOLUME_CLAIM,
-            &pvc,
-            provisioner::bound_status(pv),
-        )
-        .await;
-    }
-    // A volume someone made that fits (or the one the claim names). A claim that names none, in a
-    // WaitForFirstConsumer class, waits for its consumer before it takes one (delayed binding).
-    let all = classes(s).await?;
-    let class = provisioner::class_for(pvc.pointer("/spec/storageClassName").and_then(Value::as_str), &all);
-    let prebound = pvc.pointer("/spec/volumeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-    let delayed = !prebound && !consumed && class.is_some_and(provisioner::waits_for_consumer);
-    if let Some(pv) = provisioner::pick_static(&pvc, &pvs).filter(|_| !delayed) {
-        let claimed = s
-            .cluster
-            .update(&kinds::PERSISTENT_VOLUME, provisioner::claimed_volume(pv, &pvc), UpdateMode::Main)
-            .await?;
-        crate::cluster::write_status(&*s.cluster, &kinds::PERSISTENT_VOLUME, &claimed, json!({"phase": "Bound"}))
-            .await?;
-        let bound = s
-            .cluster
-            .update(&kinds::PERSISTENT_VOLUME_CLAIM, provisioner::bound_claim(&pvc, &claimed), UpdateMode::Main)
-            .await?;
-        return crate::cluster::write_status(
-            &*s.cluster,
-            &kinds::PERSISTENT_VOLUME_CLAIM,
-            &bound,
-            provisioner::bound_status(&claimed),
-        )
-        .await;
-    }
+    // The node of the claim's first guest: the scheduler's choice, else where a guest of it runs.
+    let selected = placement::selected_node(&pvc)
+        .map(str::to_string)
+        .or_else(|| consumers.get(&(ns.clone(), name.clone())).cloned().flatten());
     let pvc_ref = &pvc;
     let pending = |reason: &'static str, message: String| async move {
         let pvc = pvc_ref;
@@ -344,6 +323,55 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
         crate::cluster::write_status(&*s.cluster, &kinds::PERSISTENT_VOLUME_CLAIM, pvc, json!({"phase": "Pending"}))
             .await
     };
+    let pvs = s.cluster.list(&kinds::PERSISTENT_VOLUME, None).await?;
+    // Bound already (or bound before a crash, status not yet written), or made for it by a node.
+    let mine = pvs.iter().find(|pv| pv.pointer("/spec/claimRef/uid").and_then(Value::as_str) == Some(meta::uid(&pvc)));
+    if let Some(pv) = mine {
+        if let Err(why) = provisioner::may_bind(&pvc, pv, selected.as_deref(), s.config.node.as_deref()) {
+            return pending("FailedBinding", why).await;
+        }
+        if pv.pointer("/status/phase").and_then(Value::as_str) != Some("Bound") {
+            crate::cluster::write_status(&*s.cluster, &kinds::PERSISTENT_VOLUME, pv, json!({"phase": "Bound"})).await?;
+        }
+        if pvc.pointer("/spec/volumeName").and_then(Value::as_str) != Some(meta::name(pv)) {
+            s.cluster
+                .update(&kinds::PERSISTENT_VOLUME_CLAIM, provisioner::bound_claim(&pvc, pv), UpdateMode::Main)
+                .await?;
+            return Ok(());
+        }
+        return crate::cluster::write_status(
+            &*s.cluster,
+            &kinds::PERSISTENT_VOLUME_CLAIM,
+            &pvc,
+            provisioner::bound_status(pv),
+        )
+        .await;
+    }
+    // A volume someone made that fits (or the one the claim names). A claim that names none, in a
+    // WaitForFirstConsumer class, waits for its consumer before it takes one (delayed binding).
+    let all = classes(s).await?;
+    let class = provisioner::class_for(pvc.pointer("/spec/storageClassName").and_then(Value::as_str), &all);
+    let prebound = pvc.pointer("/spec/volumeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    let delayed = !prebound && selected.is_none() && class.is_some_and(provisioner::waits_for_consumer);
+    if let Some(pv) = provisioner::pick_static(&pvc, &pvs, selected.as_deref()).filter(|_| !delayed) {
+        let claimed = s
+            .cluster
+            .update(&kinds::PERSISTENT_VOLUME, provisioner::claimed_volume(pv, &pvc), UpdateMode::Main)
+            .await?;
+        crate::cluster::write_status(&*s.cluster, &kinds::PERSISTENT_VOLUME, &claimed, json!({"phase": "Bound"}))
+            .await?;
+        let bound = s
+            .cluster
+            .update(&kinds::PERSISTENT_VOLUME_CLAIM, provisioner::bound_claim(&pvc, &claimed), UpdateMode::Main)
+            .await?;
+        return crate::cluster::write_status(
+            &*s.cluster,
+            &kinds::PERSISTENT_VOLUME_CLAIM,
+            &bound,
+            provisioner::bound_status(&claimed),
+        )
+        .await;
+    }
     if let Some(wanted) = pvc.pointer("/spec/volumeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
         let why = match pvs.iter().find(|pv| meta::name(pv) == wanted) {
             None => format!("volume \"{wanted}\" not found"),
@@ -351,20 +379,91 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
         };
         return pending("FailedBinding", why).await;
     }
-    if let Err((reason, message)) = provisioner::binding_decision(&pvc, class, consumed) {
+    if let Err((reason, message)) = provisioner::binding_decision(&pvc, class, selected.is_some()) {
         return pending(reason, message).await;
     }
     let Some(class) = class else { return Ok(()) };
-    let (pv, dir, size) = match provisioner::volume_for(&pvc, class, &s.config) {
+    // Where the volume lives: its first guest's node, or (made at once) the server's own node.
+    let node = match provisioner::waits_for_consumer(class) {
+        true => selected,
+        false => s.config.node.clone(),
+    };
+    if !s.config.keeps(node.as_deref()) {
+        let waiting =
+            format!("waiting for the agent of node {:?} to create the volume", node.as_deref().unwrap_or_default());
+        if pvc.pointer("/status/phase").and_then(Value::as_str) == Some("Pending") {
+            return Ok(());
+        }
+        return pending("ExternalProvisioning", waiting).await;
+    }
+    let Some(pv) = make_volume(s, &pvc, class, node.as_deref()).await? else {
+        return crate::cluster::write_status(
+            &*s.cluster,
+            &kinds::PERSISTENT_VOLUME_CLAIM,
+            &pvc,
+            json!({"phase": "Pending"}),
+        )
+        .await;
+    };
+    crate::cluster::write_status(&*s.cluster, &kinds::PERSISTENT_VOLUME, &pv, json!({"phase": "Bound"})).await?;
+    let bound = s
+        .cluster
+        .update(&kinds::PERSISTENT_VOLUME_CLAIM, provisioner::bound_claim(&pvc, &pv), UpdateMode::Main)
+        .await?;
+    crate::cluster::write_status(&*s.cluster, &kinds::PERSISTENT_VOLUME_CLAIM, &bound, provisioner::bound_status(&pv))
+        .await
+}
+
+/// On a node: makes the volume of a claim in a WaitForFirstConsumer class of this provisioner
+/// whose first guest was placed here. The server binds the claim to it.
+async fn provision_here(s: &Shared, pvc: &Value) -> ApiResult<()> {
+    let here = s.config.node.as_deref();
+    if meta::is_deleting(pvc)
+        || pvc.pointer("/spec/volumeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty())
+        || placement::selected_node(pvc).is_none_or(|n| Some(n) != here)
+    {
+        return Ok(());
+    }
+    let all = classes(s).await?;
+    let Some(class) = provisioner::class_for(pvc.pointer("/spec/storageClassName").and_then(Value::as_str), &all)
+    else {
+        return Ok(());
+    };
+    if !provisioner::waits_for_consumer(class) || provisioner::binding_decision(pvc, Some(class), true).is_err() {
+        return Ok(());
+    }
+    let made = s.cluster.list(&kinds::PERSISTENT_VOLUME, None).await?;
+    if made.iter().any(|pv| pv.pointer("/spec/claimRef/uid").and_then(Value::as_str) == Some(meta::uid(pvc))) {
+        return Ok(());
+    }
+    make_volume(s, pvc, class, here).await.map(|_| ())
+}
+
+/// Makes the claim's volume in `class`'s pool here, and its PersistentVolume (claimed by it,
+/// pinned to `node`). `None` when the claim cannot have one (the claim is told why).
+async fn make_volume(s: &Shared, pvc: &Value, class: &Value, node: Option<&str>) -> ApiResult<Option<Value>> {
+    let (pv, dir, size) = match provisioner::volume_for(pvc, class, &s.config, node) {
         Ok(v) => v,
-        Err(message) => return pending("ProvisioningFailed", message).await,
+        Err(message) => {
+            events::record(
+                &*s.cluster,
+                &kinds::PERSISTENT_VOLUME_CLAIM,
+                pvc,
+                events::WARNING,
+                "ProvisioningFailed",
+                &message,
+                PROVISIONER_COMPONENT,
+            )
+            .await;
+            return Ok(None);
+        }
     };
     if let Err(e) = make_volume_file(&dir, size) {
         let message = format!("failed to provision volume in {}: {e}", dir.display());
         events::record(
             &*s.cluster,
             &kinds::PERSISTENT_VOLUME_CLAIM,
-            &pvc,
+            pvc,
             events::WARNING,
             "ProvisioningFailed",
             &message,
@@ -378,25 +477,18 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
         Err(e) if e.code == 409 => s.cluster.get(&kinds::PERSISTENT_VOLUME, "", meta::name(&pv)).await?.ok_or(e)?,
         Err(e) => return Err(e),
     };
-    crate::cluster::write_status(&*s.cluster, &kinds::PERSISTENT_VOLUME, &pv, json!({"phase": "Bound"})).await?;
-    let bound = s
-        .cluster
-        .update(&kinds::PERSISTENT_VOLUME_CLAIM, provisioner::bound_claim(&pvc, &pv), UpdateMode::Main)
-        .await?;
-    crate::cluster::write_status(&*s.cluster, &kinds::PERSISTENT_VOLUME_CLAIM, &bound, provisioner::bound_status(&pv))
-        .await?;
     let message = format!("Successfully provisioned volume {}", meta::name(&pv));
     events::record(
         &*s.cluster,
         &kinds::PERSISTENT_VOLUME_CLAIM,
-        &bound,
+        pvc,
         events::NORMAL,
         "ProvisioningSucceeded",
         &message,
         PROVISIONER_COMPONENT,
     )
     .await;
-    Ok(())
+    Ok(Some(pv))
 }
 
 async fn release_finalizer(s: &Shared, pv: &Value) -> ApiResult<()> {
@@ -429,8 +521,18 @@ fn make_volume_file(dir: &Path, size: u64) -> std::io::Result<()> {
 /// Reclaims a volume whose claim is gone: Delete removes it and its files, Retain keeps both.
 async fn sync_pv(s: &Shared, name: &str) -> ApiResult<()> {
     let Some(pv) = s.cluster.get(&kinds::PERSISTENT_VOLUME, "", name).await? else { return Ok(()) };
+    // The server keeps every volume's phase; the files, and the object once they are gone, are
+    // for the process where the volume lives.
+    let keeps = s.config.keeps_volume(&pv);
+    let server = s.config.role == StorageRole::Server;
+    if !server && !keeps {
+        return Ok(());
+    }
     // Unclaimed, or pre-bound by an admin to a claim that is not there yet.
     if pv.pointer("/spec/claimRef/uid").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if !server {
+            return Ok(());
+        }
         if meta::is_deleting(&pv) {
             return release_finalizer(s, &pv).await;
         }
@@ -452,8 +554,14 @@ async fn sync_pv(s: &Shared, name: &str) -> ApiResult<()> {
     }
     let policy = pv.pointer("/spec/persistentVolumeReclaimPolicy").and_then(Value::as_str).unwrap_or("Delete");
     if policy == "Retain" && !meta::is_deleting(&pv) {
+        if !server {
+            return Ok(());
+        }
         return crate::cluster::write_status(&*s.cluster, &kinds::PERSISTENT_VOLUME, &pv, json!({"phase": "Released"}))
             .await;
+    }
+    if !keeps {
+        return Ok(());
     }
     if policy == "Delete" || meta::is_deleting(&pv) {
         if let Some(file) = pv.pointer("/spec/hostPath/path").and_then(Value::as_str).map(PathBuf::from) {

@@ -15,6 +15,9 @@ pub enum UploadError {
     NotReady(String),
     #[error("{0}")]
     Store(String),
+    /// The claim's volume lives on another node, whose agent would have to take the upload.
+    #[error("{0}")]
+    Elsewhere(String),
 }
 
 /// An upload being received: send the body's chunks, then await `done`.
@@ -46,6 +49,15 @@ impl StorageControllers {
         }
         if pvc.pointer("/status/phase").and_then(Value::as_str) != Some("Bound") {
             return Err(UploadError::NotReady(format!("claim {claim:?} is not bound yet")));
+        }
+        let volume = pvc.pointer("/spec/volumeName").and_then(Value::as_str).unwrap_or_default();
+        let pv =
+            s.cluster.get(&kinds::PERSISTENT_VOLUME, "", volume).await.map_err(|e| UploadError::Store(e.message))?;
+        if let Some(pv) = pv.filter(|pv| !s.config.keeps_volume(pv)) {
+            return Err(UploadError::Elsewhere(format!(
+                "the volume of claim {claim:?} lives on node {:?}; uploads are not relayed to other nodes yet",
+                super::super::placement::pv_node(&pv).unwrap_or_default()
+            )));
         }
         match annotation(&pvc, ANN_POD_PHASE) {
             Some("Succeeded") => {

@@ -15,6 +15,9 @@ use serde_json::Value;
 
 use crate::auth::{forbidden, Access, Principal};
 
+mod volumes;
+pub use volumes::{admit_related, may_delete};
+
 /// (group, resource) a node reads (get, list, watch).
 const READS: &[(&str, &str)] = &[
     ("kubevirt.io", "virtualmachineinstances"),
@@ -27,13 +30,25 @@ const READS: &[(&str, &str)] = &[
     ("cdi.kubevirt.io", "datavolumes"),
     ("k8s.cni.cncf.io", "network-attachment-definitions"),
     ("", "events"),
+    // What filling its volumes takes (`volumes`).
+    ("storage.k8s.io", "storageclasses"),
+    ("cdi.kubevirt.io", "storageprofiles"),
+    ("cdi.kubevirt.io", "datasources"),
+    ("", "namespaces"),
 ];
 
 /// (group, resource) a node creates.
-const CREATES: &[(&str, &str)] = &[("", "nodes"), ("", "events")];
+const CREATES: &[(&str, &str)] = &[("", "nodes"), ("", "events"), ("", "persistentvolumes")];
 /// (group, resource) a node updates and patches (never deletes). Which objects is
 /// `admit_write`'s to say.
-const UPDATES: &[(&str, &str)] = &[("", "nodes"), ("kubevirt.io", "virtualmachineinstances"), ("", "events")];
+const UPDATES: &[(&str, &str)] = &[
+    ("", "nodes"),
+    ("kubevirt.io", "virtualmachineinstances"),
+    ("", "events"),
+    ("", "persistentvolumes"),
+    ("", "persistentvolumeclaims"),
+    ("cdi.kubevirt.io", "datavolumes"),
+];
 
 fn listed(list: &[(&str, &str)], a: &Access) -> bool {
     list.iter().any(|(g, r)| *g == a.group && *r == a.resource)
@@ -43,11 +58,15 @@ fn listed(list: &[(&str, &str)], a: &Access) -> bool {
 pub fn authorize(p: &Principal, a: &Access) -> ApiResult<()> {
     let allowed = match a.verb {
         "get" | "list" | "watch" => {
-            // A Secret only by name, and only one a VMI on this node names (`may_read_secret`).
-            listed(READS, a) || (a.group.is_empty() && a.resource == "secrets" && a.verb == "get")
+            // A Secret or ConfigMap only by name, and only one its guests or imports name
+            // (`may_read_named`).
+            listed(READS, a)
+                || (a.group.is_empty() && matches!(a.resource, "secrets" | "configmaps") && a.verb == "get")
         }
         "create" => listed(CREATES, a) && !a.status,
         "update" | "patch" => listed(UPDATES, a),
+        // Its own volumes, once their files are gone (`may_delete`).
+        "delete" => a.group.is_empty() && a.resource == "persistentvolumes",
         _ => false,
     };
     if allowed {
@@ -96,6 +115,9 @@ pub fn admit_write(
             _ => Ok(()),
         };
     }
+    if let Some(rule) = volumes::admit(p, node, kind, old, new, mode) {
+        return rule;
+    }
     if !std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE) {
         return Err(refused(p, node, "not a kind nodes write"));
     }
@@ -133,20 +155,32 @@ fn only_finalizers_dropped(old: &Value, new: &Value) -> bool {
     comparable(old) == comparable(new)
 }
 
-/// A node reads a Secret only when a VMI placed on it names it (image pull, cloud-init).
-pub async fn may_read_secret(store: &Store, p: &Principal, namespace: &str, name: &str) -> ApiResult<()> {
+/// A node reads a Secret only when a VMI placed on it names it (image pull, cloud-init) or an
+/// import into a volume on it does (credentials); a ConfigMap only when such an import names it
+/// (a CA).
+pub async fn may_read_named(
+    store: &Store,
+    p: &Principal,
+    kind: &ResourceKind,
+    namespace: &str,
+    name: &str,
+) -> ApiResult<()> {
     let Some(node) = p.node.as_deref() else { return Ok(()) };
-    let vmis = store.list_values(&kinds::VIRTUAL_MACHINE_INSTANCE, Some(namespace)).await?;
-    let named =
-        vmis.iter().filter(|v| node_of(v) == Some(node)).any(|v| converge_engine::node::secret_names(v).contains(name));
-    if named {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(format!(
-            "secrets \"{name}\" is forbidden: User \"{}\" cannot get resource \"secrets\" in the namespace \"{namespace}\": no relationship found between node '{node}' and this object",
-            p.subject
-        )))
+    let secret = std::ptr::eq(kind, &kinds::SECRET);
+    if !secret && !std::ptr::eq(kind, &kinds::CONFIG_MAP) {
+        return Ok(());
     }
+    let by_guest = secret && {
+        let vmis = store.list_values(&kinds::VIRTUAL_MACHINE_INSTANCE, Some(namespace)).await?;
+        vmis.iter().filter(|v| node_of(v) == Some(node)).any(|v| converge_engine::node::secret_names(v).contains(name))
+    };
+    if by_guest || volumes::named_by_import(store, node, namespace, name, secret).await? {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(format!(
+        "{} \"{name}\" is forbidden: User \"{}\" cannot get resource \"{}\" in the namespace \"{namespace}\": no relationship found between node '{node}' and this object",
+        kind.plural, p.subject, kind.plural
+    )))
 }
 
 #[cfg(test)]
@@ -155,7 +189,7 @@ mod tests {
     use crate::auth::Role;
     use serde_json::json;
 
-    fn node_principal(node: &str) -> Principal {
+    pub(super) fn node_principal(node: &str) -> Principal {
         Principal {
             token_id: "t".into(),
             subject: format!("system:node:{node}"),
@@ -187,6 +221,8 @@ mod tests {
         assert!(ok("patch", "", "nodes", true).is_ok());
         assert!(ok("create", "", "events", false).is_ok());
         assert!(ok("get", "", "secrets", false).is_ok(), "by name, then the object rule");
+        assert!(ok("get", "", "configmaps", false).is_ok(), "by name, then the object rule");
+        assert!(ok("delete", "", "persistentvolumes", false).is_ok(), "its own, by the object rule");
         for (verb, group, resource) in [
             ("list", "", "secrets"),
             ("watch", "", "secrets"),
@@ -194,9 +230,10 @@ mod tests {
             ("delete", "kubevirt.io", "virtualmachineinstances"),
             ("get", "kubevirt.io", "virtualmachines"),
             ("update", "kubevirt.io", "virtualmachines"),
-            ("create", "", "persistentvolumes"),
+            ("create", "", "persistentvolumeclaims"),
+            ("delete", "", "persistentvolumeclaims"),
+            ("list", "", "configmaps"),
             ("delete", "", "nodes"),
-            ("get", "", "configmaps"),
             ("create", "", "namespaces"),
         ] {
             assert!(ok(verb, group, resource, false).is_err(), "{verb} {resource}");
