@@ -535,3 +535,107 @@ async fn a_killed_node_loses_its_guests_to_the_other_and_cleans_up_when_back() {
         n.kill().await;
     }
 }
+
+/// A claim in a WaitForFirstConsumer class is made on the node its first guest is placed on, by
+/// that node's agent, in its data dir, and filled there (the import runs on that node); its
+/// volume is pinned to the node, and the guest's next start goes back there — or waits, with the
+/// scheduler's words, while that node is cordoned.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claims_volume_lives_on_its_guests_node() {
+    let prefix = format!("c{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let _cleanup = Cleanup(prefix.clone());
+    let app = api_without_a_node().await;
+    let images = tempfile::tempdir().expect("tempdir");
+    let image: Vec<u8> = (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(images.path().join("data.raw"), &image).expect("image");
+    let http = common::servers::http(images.path()).await;
+    let imports = ["--pod-network", "none", "--allow-private-imports", "true"];
+    let mut nodes = vec![
+        NodeProcess::join_with(&app, "node-a", &prefix, &imports).await,
+        NodeProcess::join_with(&app, "node-b", &prefix, &imports).await,
+    ];
+    within(LIMIT, async {
+        for n in &nodes {
+            assert!(wait_until(SETTLE, || node_ready(&app, &n.name)).await, "{} joins:\n{}", n.name, n.log_text());
+        }
+        let class = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "node-local"},
+            "provisioner": "converge.dev/local-pool", "volumeBindingMode": "WaitForFirstConsumer", "reclaimPolicy": "Delete"});
+        assert_eq!(app.post("/apis/storage.k8s.io/v1/storageclasses", &class).await.0, 201);
+        let mut vm = kernel_vm("keeper", "Always");
+        vm["spec"]["dataVolumeTemplates"] = json!([{"metadata": {"name": "keeper-data"}, "spec": {
+            "source": {"http": {"url": format!("http://127.0.0.1:{}/data.raw", http.port)}},
+            "storage": {"storageClassName": "node-local", "resources": {"requests": {"storage": "4Mi"}}}}}]);
+        let spec = &mut vm["spec"]["template"]["spec"];
+        spec["domain"]["devices"]["disks"] = json!([{"name": "data", "disk": {"bus": "virtio"}}]);
+        spec["volumes"] = json!([{"name": "data", "dataVolume": {"name": "keeper-data"}}]);
+        spec["nodeSelector"] = json!({"kubernetes.io/hostname": "node-b"});
+        let (code, body) = app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachines", &vm).await;
+        assert_eq!(code, 201, "{body}");
+        let running = wait_until(SETTLE, || async { vmi(&app, "keeper").await["status"]["phase"] == "Running" }).await;
+        let dv = app.get("/apis/cdi.kubevirt.io/v1beta1/namespaces/default/datavolumes/keeper-data").await.1;
+        let (_, claim) = app.get("/api/v1/namespaces/default/persistentvolumeclaims/keeper-data").await;
+        let (_, events) = app.get("/api/v1/namespaces/default/events").await;
+        assert!(
+            running,
+            "{}\n{dv}\n{claim}\n{events}\n{}\n{}",
+            vmi(&app, "keeper").await,
+            nodes[1].log_text(),
+            nodes[0].log_text()
+        );
+        assert_eq!(dv["status"]["phase"], "Succeeded", "imported on node-b: {dv}");
+
+        let (_, claim) = app.get("/api/v1/namespaces/default/persistentvolumeclaims/keeper-data").await;
+        assert_eq!(claim["metadata"]["annotations"]["volume.kubernetes.io/selected-node"], "node-b", "{claim}");
+        let pv_name = claim["spec"]["volumeName"].as_str().unwrap_or_default().to_string();
+        let (_, pv) = app.get(&format!("/api/v1/persistentvolumes/{pv_name}")).await;
+        let pinned = &pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0];
+        assert_eq!((pinned["key"].as_str(), &pinned["values"]), (Some("kubernetes.io/hostname"), &json!(["node-b"])));
+        let file = PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().unwrap_or_default());
+        assert!(file.starts_with(nodes[1].dir.path()), "in node-b's data dir: {}", file.display());
+        let stored = std::fs::read(&file).expect("the volume's file");
+        assert_eq!(&stored[..image.len()], &image[..], "the image, imported by node-b");
+
+        // Stopped, the pin lifted, node-b cordoned: the guest waits rather than starting away from
+        // its disk; uncordoned, it runs on node-b again.
+        let vm_path = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/keeper";
+        let halt = json!({"spec": {"runStrategy": "Halted", "template": {"spec": {"nodeSelector": null}}}});
+        assert_eq!(app.patch(vm_path, "application/merge-patch+json", &halt).await.0, 200);
+        let gone = wait_until(SETTLE, || async {
+            app.get("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances/keeper").await.0 == 404
+        })
+        .await;
+        assert!(gone, "stopped");
+        let cordon = |on: bool| json!({"spec": {"unschedulable": on}});
+        assert_eq!(app.patch("/api/v1/nodes/node-b", "application/merge-patch+json", &cordon(true)).await.0, 200);
+        let start = json!({"spec": {"runStrategy": "Always"}});
+        assert_eq!(app.patch(vm_path, "application/merge-patch+json", &start).await.0, 200);
+        let conflict = wait_until(SETTLE, || async {
+            let v = vmi(&app, "keeper").await;
+            v["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["type"] == "PodScheduled"
+                        && c["message"].as_str().is_some_and(|m| m.contains("1 node(s) had volume node affinity conflict"))
+                })
+            })
+        })
+        .await;
+        assert!(conflict, "waits for its volume's node: {}", vmi(&app, "keeper").await);
+        assert_eq!(app.patch("/api/v1/nodes/node-b", "application/merge-patch+json", &cordon(false)).await.0, 200);
+        let back = wait_until(SETTLE, || async { vmi(&app, "keeper").await["status"]["phase"] == "Running" }).await;
+        let placed = vmi(&app, "keeper").await;
+        assert!(back, "{placed}");
+        assert_eq!(placed["status"]["nodeName"], "node-b", "{placed}");
+
+        // Deleted, the claim's volume goes with it, from node-b's disk.
+        assert_eq!(app.delete(vm_path, None).await.0, 200);
+        let reclaimed = wait_until(SETTLE, || async {
+            !file.exists() && app.get(&format!("/api/v1/persistentvolumes/{pv_name}")).await.0 == 404
+        })
+        .await;
+        assert!(reclaimed, "node-b removed the volume and its file:\n{}", nodes[1].log_text());
+    })
+    .await;
+    for n in &mut nodes {
+        n.kill().await;
+    }
+}

@@ -236,3 +236,86 @@ async fn a_serving_certificate_names_only_the_node_that_asked() {
     let (s, body) = app.post(&path("N_1"), &request).await;
     assert_eq!(s, 400, "no Node name: {body}");
 }
+
+/// A node makes, fills and reclaims only the volumes that live on it: a volume pinned elsewhere,
+/// one not of Converge's provisioner, the claims and DataVolumes of another node, a Secret or
+/// ConfigMap only another node's import names — each refused; and a volume it makes for a claim
+/// that selected another node is never bound to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reaches_only_the_volumes_that_live_on_it() {
+    let app = spawn_app().await;
+    let class = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "wffc"},
+        "provisioner": "converge.dev/local-pool", "volumeBindingMode": "WaitForFirstConsumer"});
+    assert_eq!(app.post("/apis/storage.k8s.io/v1/storageclasses", &class).await.0, 201);
+    secret(&app, "their-creds").await;
+    let claim = |name: &str, node: &str| {
+        json!({"metadata": {"name": name, "annotations": {"volume.kubernetes.io/selected-node": node}},
+               "spec": {"storageClassName": "wffc", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}}})
+    };
+    let claims = format!("/api/v1/namespaces/{NS}/persistentvolumeclaims");
+    let (_, theirs) = app.post(&claims, &claim("theirs", "n2")).await;
+    let (_, mine) = app.post(&claims, &claim("mine", "n1")).await;
+    let dv = json!({"metadata": {"name": "theirs"}, "spec": {"source": {"http": {"url": "http://192.0.2.1/x.img", "secretRef": "their-creds"}},
+        "storage": {"storageClassName": "wffc", "resources": {"requests": {"storage": "1Mi"}}}}});
+    let (s, their_dv) = app.post(&format!("/apis/cdi.kubevirt.io/v1beta1/namespaces/{NS}/datavolumes"), &dv).await;
+    assert_eq!(s, 201, "{their_dv}");
+    let n1 = Tenant { app: &app, token: node_token(&app, "n1").await };
+
+    let pv = |name: &str, node: &str, claim: &Value| {
+        json!({"metadata": {"name": name, "annotations": {"pv.kubernetes.io/provisioned-by": "converge.dev/local-pool"}},
+            "spec": {"capacity": {"storage": "1Mi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "wffc",
+                "hostPath": {"path": format!("/var/tmp/{name}/disk.img"), "type": "File"},
+                "nodeAffinity": converge_engine::storage::placement::node_affinity(node),
+                "claimRef": {"namespace": NS, "name": claim["metadata"]["name"], "uid": claim["metadata"]["uid"]}}})
+    };
+    let (s, body) = n1.post("/api/v1/persistentvolumes", &pv("elsewhere", "n2", &mine)).await;
+    assert_eq!(s, 403, "a volume pinned to another node: {body}");
+    let mut foreign = pv("foreign", "n1", &mine);
+    foreign["metadata"]["annotations"] = json!({});
+    let (s, body) = n1.post("/api/v1/persistentvolumes", &foreign).await;
+    assert_eq!(s, 403, "a volume not of Converge's provisioner: {body}");
+    // Allowed in shape, but it names a claim that selected n2: the server never binds it.
+    let (s, body) = n1.post("/api/v1/persistentvolumes", &pv("hijack", "n1", &theirs)).await;
+    assert_eq!(s, 201, "{body}");
+    let refused = wait_until(std::time::Duration::from_secs(10), || async {
+        let (_, events) = app.get(&format!("/api/v1/namespaces/{NS}/events")).await;
+        events["items"].as_array().is_some_and(|items| {
+            items.iter().any(|e| e["reason"] == "FailedBinding" && e["involvedObject"]["name"] == "theirs")
+        })
+    })
+    .await;
+    assert!(refused, "the server says why it does not bind");
+    let (_, after) = app.get(&format!("{claims}/theirs")).await;
+    assert!(after["spec"].get("volumeName").is_none_or(Value::is_null), "not bound to the node's volume: {after}");
+    // Nor does it stand in the way of the node the claim selected.
+    let n2 = Tenant { app: &app, token: node_token(&app, "n2").await };
+    let (s, body) = n2.post("/api/v1/persistentvolumes", &pv("rightful", "n2", &theirs)).await;
+    assert_eq!(s, 201, "{body}");
+    let bound = wait_until(std::time::Duration::from_secs(10), || async {
+        app.get(&format!("{claims}/theirs")).await.1["spec"]["volumeName"] == "rightful"
+    })
+    .await;
+    assert!(bound, "bound to its own node's volume: {}", app.get(&format!("{claims}/theirs")).await.1);
+
+    let progress = json!({"metadata": {"annotations": {"cdi.kubevirt.io/storage.pod.phase": "Succeeded"}}});
+    let (s, body) = n1.patch(&format!("{claims}/theirs"), "application/merge-patch+json", &progress).await;
+    assert_eq!(s, 403, "another node's claim: {body}");
+    let (s, body) = n1.patch(&format!("{claims}/mine"), "application/merge-patch+json", &progress).await;
+    assert_eq!(s, 200, "the import annotations of its own: {body}");
+    let grow = json!({"spec": {"resources": {"requests": {"storage": "1Ti"}}}});
+    let (s, body) = n1.patch(&format!("{claims}/mine"), "application/merge-patch+json", &grow).await;
+    assert_eq!(s, 403, "a claim's spec: {body}");
+    let done = json!({"status": {"phase": "Succeeded"}});
+    let dv_status = format!("/apis/cdi.kubevirt.io/v1beta1/namespaces/{NS}/datavolumes/theirs/status");
+    let (s, body) = n1.patch(&dv_status, "application/merge-patch+json", &done).await;
+    assert_eq!(s, 403, "another node's DataVolume: {body}");
+    let (s, body) = n1.get(&format!("/api/v1/namespaces/{NS}/secrets/their-creds")).await;
+    assert_eq!(s, 403, "another node's import credentials: {body}");
+    let (s, body) = n1.get(&format!("/api/v1/namespaces/{NS}/configmaps/anything")).await;
+    assert_eq!(s, 403, "a ConfigMap no import of its names: {body}");
+    let (s, body) = app.post("/api/v1/persistentvolumes", &pv("admins", "n2", &mine)).await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = n1.delete("/api/v1/persistentvolumes/admins").await;
+    assert_eq!(s, 403, "deleting another node's volume: {body}");
+    assert_eq!(app.get("/api/v1/persistentvolumes/admins").await.0, 200);
+}

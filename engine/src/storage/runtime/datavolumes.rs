@@ -77,6 +77,10 @@ pub(super) async fn target_of(s: &Shared, ns: &str, claim: &str) -> Result<Targe
     let pv = pv
         .filter(|pv| pvc.as_ref().is_some_and(|c| provisioner::bound_to(pv, c)))
         .ok_or_else(|| transient(format!("claim {claim:?} has no volume yet")))?;
+    // Never another place's files: on one machine its path may even be there.
+    if !s.config.keeps_volume(&pv) {
+        return Err(transient(format!("the volume of claim {claim:?} does not live here")));
+    }
     let dir = provisioner::layout(&pv).map(|(dir, _)| dir);
     let capacity = pv
         .pointer("/spec/capacity/storage")
@@ -197,7 +201,10 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
         cancel_jobs(s).await;
         return Ok(());
     };
-    if !drives_here(s, &dv).await? {
+    // One read of the claim for the whole sync: who drives the DataVolume and what it does must
+    // agree (a claim bound between two reads would start a job here for another node's volume).
+    let pvc = s.cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, name).await?;
+    if !drives_here(s, pvc.as_ref()).await? {
         return Ok(());
     }
     let uid = meta::uid(&dv).to_string();
@@ -216,7 +223,6 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
         Some(c) => s.cluster.get(&kinds::STORAGE_PROFILE, "", meta::name(c)).await?,
         None => None,
     };
-    let pvc = s.cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, name).await?;
     if let Some(p) = pvc.as_ref().filter(|p| !meta::owner_uids(p).contains(&uid)) {
         let message =
             format!("PersistentVolumeClaim {:?} already exists and is not owned by this DataVolume", meta::name(p));
@@ -279,10 +285,9 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
 
 /// Whether this process drives the DataVolume: the process that keeps its claim's volume once
 /// the claim is bound (it fills it, and only it knows how far it got), the server before.
-async fn drives_here(s: &Shared, dv: &Value) -> ApiResult<bool> {
-    let pvc = s.cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, meta::namespace(dv), meta::name(dv)).await?;
-    let volume = pvc.as_ref().and_then(|p| p.pointer("/spec/volumeName")).and_then(Value::as_str);
-    let bound = pvc.as_ref().and_then(|p| p.pointer("/status/phase")).and_then(Value::as_str) == Some("Bound");
+async fn drives_here(s: &Shared, pvc: Option<&Value>) -> ApiResult<bool> {
+    let volume = pvc.and_then(|p| p.pointer("/spec/volumeName")).and_then(Value::as_str);
+    let bound = pvc.and_then(|p| p.pointer("/status/phase")).and_then(Value::as_str) == Some("Bound");
     let pv = match volume.filter(|v| bound && !v.is_empty()) {
         Some(name) => s.cluster.get(&kinds::PERSISTENT_VOLUME, "", name).await?,
         None => None,

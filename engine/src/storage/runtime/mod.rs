@@ -325,11 +325,20 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
     };
     let pvs = s.cluster.list(&kinds::PERSISTENT_VOLUME, None).await?;
     // Bound already (or bound before a crash, status not yet written), or made for it by a node.
-    let mine = pvs.iter().find(|pv| pv.pointer("/spec/claimRef/uid").and_then(Value::as_str) == Some(meta::uid(&pvc)));
-    if let Some(pv) = mine {
-        if let Err(why) = provisioner::may_bind(&pvc, pv, selected.as_deref(), s.config.node.as_deref()) {
-            return pending("FailedBinding", why).await;
+    // Only a volume it may bind counts: another node naming the claim does not block its own.
+    let naming: Vec<&Value> = pvs
+        .iter()
+        .filter(|pv| pv.pointer("/spec/claimRef/uid").and_then(Value::as_str) == Some(meta::uid(&pvc)))
+        .collect();
+    let may_bind = |pv: &&Value| provisioner::may_bind(&pvc, pv, selected.as_deref(), s.config.node.as_deref());
+    let mine = naming.iter().copied().find(|pv| may_bind(pv).is_ok());
+    if let (None, Some(Err(why))) = (mine, naming.first().map(may_bind)) {
+        if pvc.pointer("/status/phase").and_then(Value::as_str) != Some("Pending") || !events_said(s, &pvc, &why).await
+        {
+            pending("FailedBinding", why).await?;
         }
+    }
+    if let Some(pv) = mine {
         if pv.pointer("/status/phase").and_then(Value::as_str) != Some("Bound") {
             crate::cluster::write_status(&*s.cluster, &kinds::PERSISTENT_VOLUME, pv, json!({"phase": "Bound"})).await?;
         }
@@ -353,6 +362,16 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
     let class = provisioner::class_for(pvc.pointer("/spec/storageClassName").and_then(Value::as_str), &all);
     let prebound = pvc.pointer("/spec/volumeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
     let delayed = !prebound && selected.is_none() && class.is_some_and(provisioner::waits_for_consumer);
+    // A guest placed before its claim existed (or whose placement lost the race to mark it): the
+    // claim learns its node here, and that node's agent makes the volume.
+    if let (None, Some(node), true) =
+        (placement::selected_node(&pvc), &selected, !prebound && class.is_some_and(provisioner::waits_for_consumer))
+    {
+        let mut marked = pvc.clone();
+        *meta::at_mut(&mut marked, &["metadata", "annotations", placement::SELECTED_NODE]) = json!(node);
+        s.cluster.update(&kinds::PERSISTENT_VOLUME_CLAIM, marked, UpdateMode::Main).await?;
+        return Ok(());
+    }
     if let Some(pv) = provisioner::pick_static(&pvc, &pvs, selected.as_deref()).filter(|_| !delayed) {
         let claimed = s
             .cluster
@@ -414,6 +433,12 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
         .await
 }
 
+/// Whether the claim's latest event already says `message` (a refusal repeated at every sync
+/// would flood its events).
+async fn events_said(s: &Shared, pvc: &Value, message: &str) -> bool {
+    events::latest_for(&*s.cluster, pvc).await.is_some_and(|(_, said)| said == message)
+}
+
 /// On a node: makes the volume of a claim in a WaitForFirstConsumer class of this provisioner
 /// whose first guest was placed here. The server binds the claim to it.
 async fn provision_here(s: &Shared, pvc: &Value) -> ApiResult<()> {
@@ -433,7 +458,11 @@ async fn provision_here(s: &Shared, pvc: &Value) -> ApiResult<()> {
         return Ok(());
     }
     let made = s.cluster.list(&kinds::PERSISTENT_VOLUME, None).await?;
-    if made.iter().any(|pv| pv.pointer("/spec/claimRef/uid").and_then(Value::as_str) == Some(meta::uid(pvc))) {
+    let claimed_here = |pv: &Value| {
+        pv.pointer("/spec/claimRef/uid").and_then(Value::as_str) == Some(meta::uid(pvc))
+            && placement::pv_node(pv) == here
+    };
+    if made.iter().any(claimed_here) {
         return Ok(());
     }
     make_volume(s, pvc, class, here).await.map(|_| ())
