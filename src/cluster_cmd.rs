@@ -87,8 +87,10 @@ pub async fn node(args: NodeCommandArgs) -> Result<()> {
     let storage = converge_engine::storage::spawn(cluster, settings.storage)
         .await
         .map_err(|e| anyhow::anyhow!("starting the node's storage: {}", e.message))?;
-    let server = converge_api::nodes::server::start(Arc::clone(&agent), listener, key, &signed)
-        .context("serving the API server")?;
+    let storage = Arc::new(storage);
+    let server =
+        converge_api::nodes::server::start(Arc::clone(&agent), Some(Arc::clone(&storage)), listener, key, &signed)
+            .context("serving the API server")?;
     println!(
         "converge node {} joined the API of {}, serving it on {}",
         agent.node_name,

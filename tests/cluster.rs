@@ -537,7 +537,8 @@ async fn a_killed_node_loses_its_guests_to_the_other_and_cleans_up_when_back() {
 }
 
 /// A claim in a WaitForFirstConsumer class is made on the node its first guest is placed on, by
-/// that node's agent, in its data dir, and filled there (the import runs on that node); its
+/// that node's agent, in its data dir, and filled there (an import runs on that node, an upload
+/// is relayed to it by the API); its
 /// volume is pinned to the node, and the guest's next start goes back there — or waits, with the
 /// scheduler's words, while that node is cordoned.
 #[tokio::test(flavor = "multi_thread")]
@@ -625,6 +626,36 @@ async fn a_claims_volume_lives_on_its_guests_node() {
         let placed = vmi(&app, "keeper").await;
         assert!(back, "{placed}");
         assert_eq!(placed["status"]["nodeName"], "node-b", "{placed}");
+
+        // An upload into a volume on node-a: the API relays the body to node-a's agent.
+        let mut uploaded = kernel_vm("uploaded", "Always");
+        uploaded["spec"]["dataVolumeTemplates"] = json!([{"metadata": {"name": "uploaded-data"}, "spec": {
+            "source": {"upload": {}},
+            "storage": {"storageClassName": "node-local", "resources": {"requests": {"storage": "4Mi"}}}}}]);
+        let spec = &mut uploaded["spec"]["template"]["spec"];
+        spec["domain"]["devices"]["disks"] = json!([{"name": "data", "disk": {"bus": "virtio"}}]);
+        spec["volumes"] = json!([{"name": "data", "dataVolume": {"name": "uploaded-data"}}]);
+        spec["nodeSelector"] = json!({"kubernetes.io/hostname": "node-a"});
+        assert_eq!(app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachines", &uploaded).await.0, 201);
+        let dv_path = "/apis/cdi.kubevirt.io/v1beta1/namespaces/default/datavolumes/uploaded-data";
+        let ready = wait_until(SETTLE, || async { app.get(dv_path).await.1["status"]["phase"] == "UploadReady" }).await;
+        assert!(ready, "the upload waits on node-a: {}\n{}", app.get(dv_path).await.1, nodes[0].log_text());
+        let token_req = json!({"apiVersion": "upload.cdi.kubevirt.io/v1beta1", "kind": "UploadTokenRequest",
+            "metadata": {"name": "up"}, "spec": {"pvcName": "uploaded-data"}});
+        let (code, body) =
+            app.post("/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/default/uploadtokenrequests", &token_req).await;
+        assert_eq!(code, 201, "{body}");
+        let token = body["status"]["token"].as_str().unwrap_or_default().to_string();
+        let sent = app.http.post(app.url("/v1beta1/upload")).bearer_auth(&token).body(image.clone()).send().await;
+        let sent = sent.expect("the upload");
+        assert_eq!(sent.status().as_u16(), 200, "{:?}", sent.text().await);
+        let up = wait_until(SETTLE, || async { vmi(&app, "uploaded").await["status"]["phase"] == "Running" }).await;
+        assert!(up, "{}\n{}", vmi(&app, "uploaded").await, app.get(dv_path).await.1);
+        let (_, claim) = app.get("/api/v1/namespaces/default/persistentvolumeclaims/uploaded-data").await;
+        let (_, pv) = app.get(&format!("/api/v1/persistentvolumes/{}", claim["spec"]["volumeName"].as_str().unwrap_or("?"))).await;
+        let on_a = PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().unwrap_or_default());
+        assert!(on_a.starts_with(nodes[0].dir.path()), "in node-a's data dir: {}", on_a.display());
+        assert_eq!(&std::fs::read(&on_a).expect("the volume")[..image.len()], &image[..], "the uploaded image");
 
         // Deleted, the claim's volume goes with it, from node-b's disk.
         assert_eq!(app.delete(vm_path, None).await.0, 200);

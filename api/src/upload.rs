@@ -12,7 +12,8 @@ use crate::response::{json_response, status_response};
 use crate::state::AppState;
 use converge_engine::error::{ApiError, Cause};
 use converge_engine::kinds;
-use converge_engine::storage::UploadError;
+use converge_engine::storage::{UploadError, UploadSession};
+use converge_engine::ApiResult;
 
 const TOKEN_TTL_SECONDS: i64 = 300;
 
@@ -98,17 +99,18 @@ pub async fn token_request(
     }
 }
 
-fn upload_error(e: UploadError) -> ApiError {
+pub(crate) fn upload_error(e: UploadError) -> ApiError {
     match e {
         UploadError::NotFound(m) => ApiError::not_found_message(m),
-        UploadError::NotReady(m) | UploadError::Elsewhere(m) => ApiError::unavailable(m),
+        UploadError::NotReady(m) => ApiError::unavailable(m),
+        e @ UploadError::Elsewhere { .. } => ApiError::unavailable(e.to_string()),
         UploadError::Store(m) => ApiError::internal(m),
     }
 }
 
 /// The proxy: streams the body into the claim the token names. `/upload` answers when the image
 /// is in place; `/upload-async` once the body is received.
-pub async fn upload(req: HttpRequest, mut payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+pub async fn upload(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
     let is_async = req.path().ends_with("-async");
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let result = async {
@@ -118,21 +120,13 @@ pub async fn upload(req: HttpRequest, mut payload: web::Payload, state: web::Dat
         let storage =
             state.storage.as_ref().ok_or_else(|| ApiError::unavailable("storage controllers are not running"))?;
         let total = header("content-length").and_then(|l| l.parse::<u64>().ok()).filter(|l| *l > 0);
-        let session = storage.begin_upload(namespace, claim, total).await.map_err(upload_error)?;
-        while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
-            if session.chunks.send(chunk).await.is_err() {
-                break; // The import has already ended (with an error): it is reported below.
+        match storage.begin_upload(namespace, claim, total).await {
+            Ok(session) => feed(session, payload, is_async).await,
+            // The volume lives on a joined node: its agent takes the body.
+            Err(UploadError::Elsewhere { node: Some(node) }) => {
+                relay(&state, &node, namespace, claim, total, is_async, payload).await
             }
-        }
-        drop(session.chunks);
-        if is_async {
-            return Ok(());
-        }
-        match session.done.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(ApiError::bad_request(format!("upload failed: {message}"))),
-            Err(_) => Err(ApiError::internal("the upload ended without a result")),
+            Err(e) => Err(upload_error(e)),
         }
     }
     .await;
@@ -140,6 +134,56 @@ pub async fn upload(req: HttpRequest, mut payload: web::Payload, state: web::Dat
         Ok(()) => HttpResponse::Ok().finish(),
         Err(e) => status_response(&e),
     }
+}
+
+/// Streams `payload` into an upload; with `is_async`, answers once the body is in, else once the
+/// image is in place.
+pub async fn feed(session: UploadSession, mut payload: web::Payload, is_async: bool) -> ApiResult<()> {
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
+        if session.chunks.send(chunk).await.is_err() {
+            break; // The import has already ended (with an error): it is reported below.
+        }
+    }
+    drop(session.chunks);
+    if is_async {
+        return Ok(());
+    }
+    match session.done.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => Err(ApiError::bad_request(format!("upload failed: {message}"))),
+        Err(_) => Err(ApiError::internal("the upload ended without a result")),
+    }
+}
+
+/// Relays an upload to the agent of `node`, where the claim's volume lives.
+async fn relay(
+    state: &AppState,
+    node: &str,
+    namespace: &str,
+    claim: &str,
+    total: Option<u64>,
+    is_async: bool,
+    mut payload: web::Payload,
+) -> ApiResult<()> {
+    let found = state.store.get(&kinds::NODE, "", node).await?;
+    let found = found.ok_or_else(|| ApiError::unavailable(format!("node {node:?} of the claim's volume is gone")))?;
+    let remote = crate::nodes::link::RemoteNode::from_node(&found).map_err(ApiError::unavailable)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
+    // The body is read here (actix's payload stays on this thread) and sent on as it comes.
+    let pump = async move {
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
+            if tx.send(chunk).await.is_err() {
+                break;
+            }
+        }
+    };
+    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let size = total.map(|t| format!("&size={t}")).unwrap_or_default();
+    let path = format!("/v1/uploads/{namespace}/{claim}?async={is_async}{size}");
+    let ((), sent) = tokio::join!(pump, state.node_link.upload(&remote, &path, body));
+    sent
 }
 
 #[cfg(test)]

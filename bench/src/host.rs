@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each bench binary uses its own part of this module
 //! What the host did during a part of the benchmark: CPU time of a process, of the libvirt
 //! daemons and of the whole machine (busy, idle, stolen by the hypervisor), and memory.
 

@@ -127,6 +127,25 @@ impl NodeLink {
         }
     }
 
+    /// An upload's body to the node's agent, streamed; no limit on the whole (an image takes as
+    /// long as it takes), only on connecting.
+    pub async fn upload(&self, node: &RemoteNode, path: &str, body: reqwest::Body) -> ApiResult<()> {
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls((*self.tls).clone())
+            .resolve(&node.name, node.addr)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(|e| ApiError::internal(format!("node client: {e}")))?;
+        let url = format!("https://{}:{}{path}", node.name, node.addr.port());
+        let response = client.put(url).body(body).send().await.map_err(|e| Self::unreachable(node, e))?;
+        let code = response.status().as_u16();
+        let text = response.text().await.map_err(|e| Self::unreachable(node, e))?;
+        match code {
+            200..=299 => Ok(()),
+            _ => Err(answered_error(code, &text)),
+        }
+    }
+
     /// A `plain.kubevirt.io` websocket to the node's agent.
     pub async fn websocket(&self, node: &RemoteNode, path: &str) -> ApiResult<NodeSocket> {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(node.addr))

@@ -1,6 +1,6 @@
 //! What a node agent in its own process (`converge node`) serves the API server, as virt-handler
 //! serves virt-api: the guests' console and VNC websockets, pause / unpause / softreboot, and a
-//! domain's XML. Only a client certificate from the cluster CA made for client use gets in — the
+//! domain's XML, and uploads into the volumes that live here. Only a client certificate from the cluster CA made for client use gets in — the
 //! API server's (`pki::Authority::api_client_identity`); a node's serving certificate is for
 //! serving alone, so one node cannot call another.
 
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use base64::Engine;
 use converge_engine::node::NodeAgent;
+use converge_engine::storage::StorageControllers;
 use converge_engine::{ApiError, ApiResult};
 use rcgen::KeyPair;
 use tokio::task::JoinHandle;
@@ -80,9 +81,14 @@ fn tls_config(key: ServingKey, signed: &ServingCertificate) -> Result<rustls::Se
         .map_err(|e| tls(&e))
 }
 
-/// Serves `agent` on `listener` with the certificate the API server signed for `key`.
+/// The node's storage, which takes uploads into the volumes that live here.
+struct NodeStorage(Option<Arc<StorageControllers>>);
+
+/// Serves `agent` (and `storage`'s uploads) on `listener` with the certificate the API server
+/// signed for `key`.
 pub fn start(
     agent: Arc<NodeAgent>,
+    storage: Option<Arc<StorageControllers>>,
     listener: std::net::TcpListener,
     key: ServingKey,
     signed: &ServingCertificate,
@@ -90,9 +96,12 @@ pub fn start(
     let tls = tls_config(key, signed)?;
     let addr = listener.local_addr()?;
     let agent = web::Data::from(agent);
+    let storage = web::Data::new(NodeStorage(storage));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(agent.clone())
+            .app_data(storage.clone())
+            .route("/v1/uploads/{namespace}/{claim}", web::put().to(upload))
             .route("/healthz", web::get().to(|| async { HttpResponse::Ok().body("ok") }))
             // `domain` is not an operation of the subresource group: it is `converge domxml`'s.
             .route("/v1/namespaces/{namespace}/virtualmachineinstances/{name}/domain", web::get().to(domain_xml))
@@ -184,6 +193,53 @@ async fn domain_xml(req: HttpRequest, agent: web::Data<NodeAgent>) -> HttpRespon
     result.unwrap_or_else(|e| status_response(&e))
 }
 
+/// An upload the API server relays: into which claim, of what size, answered when.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UploadTarget {
+    pub namespace: String,
+    pub claim: String,
+    pub size: Option<u64>,
+    pub is_async: bool,
+}
+
+pub fn parse_upload(namespace: &str, claim: &str, query: &str) -> ApiResult<UploadTarget> {
+    if !converge_engine::meta::dns1123_label_errors(namespace).is_empty()
+        || !converge_engine::meta::dns1123_subdomain_errors(claim).is_empty()
+    {
+        return Err(ApiError::bad_request(format!("{namespace}/{claim} is not a valid claim name")));
+    }
+    let mut target = UploadTarget { namespace: namespace.into(), claim: claim.into(), size: None, is_async: false };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("async", v)) => target.is_async = v == "true",
+            Some(("size", v)) => {
+                let size =
+                    v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("size {v:?} is not a byte count")))?;
+                target.size = (size > 0).then_some(size);
+            }
+            _ => return Err(ApiError::bad_request(format!("unknown parameter {pair:?}"))),
+        }
+    }
+    Ok(target)
+}
+
+async fn upload(req: HttpRequest, payload: web::Payload, storage: web::Data<NodeStorage>) -> HttpResponse {
+    let info = req.match_info();
+    let parsed = parse_upload(info.get("namespace").unwrap_or(""), info.get("claim").unwrap_or(""), req.query_string());
+    let result: ApiResult<()> = async {
+        let t = parsed?;
+        let storage = storage.0.as_ref().ok_or_else(|| ApiError::unavailable("this node runs no storage"))?;
+        let session =
+            storage.begin_upload(&t.namespace, &t.claim, t.size).await.map_err(crate::upload::upload_error)?;
+        crate::upload::feed(session, payload, t.is_async).await
+    }
+    .await;
+    match result {
+        Ok(()) => HttpResponse::Ok().finish(),
+        Err(e) => status_response(&e),
+    }
+}
+
 /// The agent runs the guest `t.uid` (its state directory is there).
 async fn runs(agent: &NodeAgent, t: &Target) -> ApiResult<()> {
     match tokio::fs::metadata(agent.serial_socket(&t.uid)).await {
@@ -209,5 +265,19 @@ mod tests {
         assert_eq!(parse("GET", "team", "vm1", "console", "").unwrap_err().code, 400);
         assert_eq!(parse("GET", "Team", "vm1", "console", &format!("uid={UID}")).unwrap_err().code, 400);
         assert_eq!(parse("GET", "team", "a..b", "console", &format!("uid={UID}")).unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn uploads_parse_to_checked_targets() {
+        let t = parse_upload("team", "disk", "async=true&size=1024").expect("upload");
+        assert_eq!(
+            t,
+            UploadTarget { namespace: "team".into(), claim: "disk".into(), size: Some(1024), is_async: true }
+        );
+        assert_eq!(parse_upload("team", "disk", "").expect("plain").size, None);
+        assert_eq!(parse_upload("team", "disk", "size=-1").unwrap_err().code, 400);
+        assert_eq!(parse_upload("team", "disk", "size=99999999999999999999999").unwrap_err().code, 400);
+        assert_eq!(parse_upload("team", "../x", "").unwrap_err().code, 400);
+        assert_eq!(parse_upload("team", "disk", "path=/etc").unwrap_err().code, 400);
     }
 }

@@ -15,9 +15,10 @@ pub enum UploadError {
     NotReady(String),
     #[error("{0}")]
     Store(String),
-    /// The claim's volume lives on another node, whose agent would have to take the upload.
-    #[error("{0}")]
-    Elsewhere(String),
+    /// The claim's volume lives on another node (`node`; `None`: the server's pool), which takes
+    /// the upload.
+    #[error("the volume of the claim lives on {}", node.as_deref().map_or("the server".to_string(), |n| format!("node {n:?}")))]
+    Elsewhere { node: Option<String> },
 }
 
 /// An upload being received: send the body's chunks, then await `done`.
@@ -54,10 +55,7 @@ impl StorageControllers {
         let pv =
             s.cluster.get(&kinds::PERSISTENT_VOLUME, "", volume).await.map_err(|e| UploadError::Store(e.message))?;
         if let Some(pv) = pv.filter(|pv| !s.config.keeps_volume(pv)) {
-            return Err(UploadError::Elsewhere(format!(
-                "the volume of claim {claim:?} lives on node {:?}; uploads are not relayed to other nodes yet",
-                super::super::placement::pv_node(&pv).unwrap_or_default()
-            )));
+            return Err(UploadError::Elsewhere { node: super::super::placement::pv_node(&pv).map(str::to_string) });
         }
         match annotation(&pvc, ANN_POD_PHASE) {
             Some("Succeeded") => {
