@@ -286,7 +286,7 @@ async fn guests_spread_over_two_nodes() {
         for n in &nodes {
             assert!(wait_until(SETTLE, || node_ready(&app, &n.name)).await, "{} joins:\n{}", n.name, n.log_text());
         }
-        for i in 0..4 {
+        for i in 0..6 {
             let (code, body) = app
                 .post("/apis/kubevirt.io/v1/namespaces/default/virtualmachines", &halt_vm(&format!("h{i}"), "Always"))
                 .await;
@@ -295,7 +295,7 @@ async fn guests_spread_over_two_nodes() {
         let all_running = wait_until(SETTLE, || async {
             let (_, list) = app.get("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances").await;
             let items = list["items"].as_array().cloned().unwrap_or_default();
-            items.len() == 4 && items.iter().all(|v| v["status"]["phase"] == "Running")
+            items.len() == 6 && items.iter().all(|v| v["status"]["phase"] == "Running")
         })
         .await;
         let (_, list) = app.get("/apis/kubevirt.io/v1/namespaces/default/virtualmachineinstances").await;
