@@ -471,34 +471,28 @@ async fn provision_here(s: &Shared, pvc: &Value) -> ApiResult<()> {
 /// Makes the claim's volume in `class`'s pool here, and its PersistentVolume (claimed by it,
 /// pinned to `node`). `None` when the claim cannot have one (the claim is told why).
 async fn make_volume(s: &Shared, pvc: &Value, class: &Value, node: Option<&str>) -> ApiResult<Option<Value>> {
+    let tell = |kind: &'static str, reason: &'static str, message: String| async move {
+        events::record(
+            &*s.cluster,
+            &kinds::PERSISTENT_VOLUME_CLAIM,
+            pvc,
+            kind,
+            reason,
+            &message,
+            PROVISIONER_COMPONENT,
+        )
+        .await;
+    };
     let (pv, dir, size) = match provisioner::volume_for(pvc, class, &s.config, node) {
         Ok(v) => v,
         Err(message) => {
-            events::record(
-                &*s.cluster,
-                &kinds::PERSISTENT_VOLUME_CLAIM,
-                pvc,
-                events::WARNING,
-                "ProvisioningFailed",
-                &message,
-                PROVISIONER_COMPONENT,
-            )
-            .await;
+            tell(events::WARNING, "ProvisioningFailed", message).await;
             return Ok(None);
         }
     };
     if let Err(e) = make_volume_file(&dir, size) {
         let message = format!("failed to provision volume in {}: {e}", dir.display());
-        events::record(
-            &*s.cluster,
-            &kinds::PERSISTENT_VOLUME_CLAIM,
-            pvc,
-            events::WARNING,
-            "ProvisioningFailed",
-            &message,
-            PROVISIONER_COMPONENT,
-        )
-        .await;
+        tell(events::WARNING, "ProvisioningFailed", message.clone()).await;
         return Err(ApiError::internal(message));
     }
     let pv = match s.cluster.create(&kinds::PERSISTENT_VOLUME, pv.clone()).await {
@@ -506,17 +500,7 @@ async fn make_volume(s: &Shared, pvc: &Value, class: &Value, node: Option<&str>)
         Err(e) if e.code == 409 => s.cluster.get(&kinds::PERSISTENT_VOLUME, "", meta::name(&pv)).await?.ok_or(e)?,
         Err(e) => return Err(e),
     };
-    let message = format!("Successfully provisioned volume {}", meta::name(&pv));
-    events::record(
-        &*s.cluster,
-        &kinds::PERSISTENT_VOLUME_CLAIM,
-        pvc,
-        events::NORMAL,
-        "ProvisioningSucceeded",
-        &message,
-        PROVISIONER_COMPONENT,
-    )
-    .await;
+    tell(events::NORMAL, "ProvisioningSucceeded", format!("Successfully provisioned volume {}", meta::name(&pv))).await;
     Ok(Some(pv))
 }
 
