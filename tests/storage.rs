@@ -229,7 +229,7 @@ async fn datavolumes_import_from_http_and_s3_with_rising_progress() {
         };
         let dv = app.get(&format!("{}/{name}", dvs("default"))).await.1;
         assert!(done && dv["status"]["phase"] == "Succeeded", "{name}: {dv}");
-        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{name}: progress went back: {seen:?}");
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{name}: progress went back: {seen:?}\n{dv}");
         assert_eq!(dv["status"]["progress"], "100.0%");
         let ready =
             dv["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();

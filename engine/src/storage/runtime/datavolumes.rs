@@ -201,13 +201,17 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
         cancel_jobs(s).await;
         return Ok(());
     };
+    let uid = meta::uid(&dv).to_string();
+    // The job before the claim: a job ends by marking the claim, then leaving the table, so a job
+    // gone here has its mark on the claim read next — read the other way round, a job finishing
+    // in between looked never started and was run again.
+    let job = s.jobs.lock().ok().and_then(|j| j.get(&uid).map(|j| j.view.clone()));
     // One read of the claim for the whole sync: who drives the DataVolume and what it does must
     // agree (a claim bound between two reads would start a job here for another node's volume).
     let pvc = s.cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, name).await?;
     if !drives_here(s, pvc.as_ref()).await? {
         return Ok(());
     }
-    let uid = meta::uid(&dv).to_string();
     let now = meta::now_rfc3339();
     let source = match datavolume::source_of(&dv) {
         Ok(src) => src,
@@ -230,7 +234,6 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
     }
     let wait_for_consumer =
         class.and_then(|c| c.get("volumeBindingMode")).and_then(Value::as_str) == Some("WaitForFirstConsumer");
-    let job = s.jobs.lock().ok().and_then(|j| j.get(&uid).map(|j| j.view.clone()));
     let restarts = pvc.as_ref().and_then(|p| annotation(p, ANN_RESTARTS)).and_then(|r| r.parse().ok()).unwrap_or(0);
     let bound = pvc.as_ref().and_then(|p| p.pointer("/status/phase")).and_then(Value::as_str) == Some("Bound");
     let mut clone_from = None;
