@@ -165,11 +165,22 @@ fn ymd(date: chrono::NaiveDate) -> (i32, u8, u8) {
 /// The subject of the server's client certificate.
 pub const API_CLIENT_NAME: &str = "converge-apiserver";
 
+/// The CA certificates of `pem`, as rustls trusts them.
+pub fn roots(pem: &str) -> Result<rustls::RootCertStore, PkiError> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|e| PkiError::Invalid(format!("the CA: {e}")))?;
+        roots.add(cert).map_err(|e| PkiError::Invalid(format!("the CA: {e}")))?;
+    }
+    Ok(roots)
+}
+
 /// An uncompressed P-256 point (what `KeyPair::public_key_raw` gives for rcgen's default key).
-struct P256PublicKey(Vec<u8>);
+pub struct P256PublicKey(Vec<u8>);
 
 impl P256PublicKey {
-    fn parse(raw: &[u8]) -> Result<P256PublicKey, PkiError> {
+    pub fn parse(raw: &[u8]) -> Result<P256PublicKey, PkiError> {
         if raw.len() != 65 || raw[0] != 0x04 {
             return Err(PkiError::Invalid(
                 "the public key must be an uncompressed P-256 point (65 bytes, 0x04 first)".into(),

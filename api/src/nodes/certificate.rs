@@ -50,9 +50,7 @@ pub fn parse(node: &str, body: &[u8]) -> ApiResult<Vec<u8>> {
     let key = base64::engine::general_purpose::STANDARD
         .decode(r.public_key.trim())
         .map_err(|e| ApiError::bad_request(format!("publicKey is not base64: {e}")))?;
-    if key.len() != 65 || key[0] != 0x04 {
-        return Err(ApiError::bad_request("publicKey must be an uncompressed P-256 point (65 bytes, 0x04 first)"));
-    }
+    crate::pki::P256PublicKey::parse(&key).map_err(|e| ApiError::bad_request(format!("publicKey: {e}")))?;
     Ok(key)
 }
 

@@ -84,13 +84,8 @@ pub struct NodeLink {
 
 impl NodeLink {
     pub fn new(authority: &Authority) -> Result<NodeLink, PkiError> {
-        use rustls::pki_types::pem::PemObject;
         let identity = authority.api_client_identity()?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(authority.ca_pem.as_bytes()) {
-            let cert = cert.map_err(|e| PkiError::Invalid(format!("the CA: {e}")))?;
-            roots.add(cert).map_err(|e| PkiError::Invalid(format!("the CA: {e}")))?;
-        }
+        let roots = crate::pki::roots(&authority.ca_pem)?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

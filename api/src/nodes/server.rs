@@ -62,10 +62,7 @@ impl Drop for NodeServer {
 fn tls_config(key: ServingKey, signed: &ServingCertificate) -> Result<rustls::ServerConfig, NodeServerError> {
     use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     let tls = |e: &dyn std::fmt::Display| NodeServerError::Tls(e.to_string());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(signed.ca.as_bytes()) {
-        roots.add(cert.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
-    }
+    let roots = crate::pki::roots(&signed.ca).map_err(|e| tls(&e))?;
     let chain = CertificateDer::pem_slice_iter(signed.certificate.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| tls(&e))?;

@@ -310,16 +310,7 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
         } else {
             events::WARNING
         };
-        events::record(
-            &*s.cluster,
-            &kinds::PERSISTENT_VOLUME_CLAIM,
-            pvc,
-            kind,
-            reason,
-            &message,
-            "persistentvolume-controller",
-        )
-        .await;
+        claim_event(s, pvc, kind, reason, &message, "persistentvolume-controller").await;
         crate::cluster::write_status(&*s.cluster, &kinds::PERSISTENT_VOLUME_CLAIM, pvc, json!({"phase": "Pending"}))
             .await
     };
@@ -431,6 +422,11 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
         .await?;
     crate::cluster::write_status(&*s.cluster, &kinds::PERSISTENT_VOLUME_CLAIM, &bound, provisioner::bound_status(&pv))
         .await
+}
+
+/// An event about a claim, from `component`.
+async fn claim_event(s: &Shared, pvc: &Value, kind: &str, reason: &str, message: &str, component: &str) {
+    events::record(&*s.cluster, &kinds::PERSISTENT_VOLUME_CLAIM, pvc, kind, reason, message, component).await;
 }
 
 /// Whether the claim's latest event already says `message` (a refusal repeated at every sync
