@@ -32,6 +32,16 @@ enum Command {
     Controllers(cluster_cmd::ControllersArgs),
     /// Print the version.
     Version,
+    /// Print what a Kubernetes cluster needs to serve Converge's kinds (YAML for `kubectl apply
+    /// -f -`): the namespace, CRDs and RBAC roles.
+    Manifests {
+        /// The namespace of Converge's own objects.
+        #[arg(long, default_value = "converge-system")]
+        namespace: String,
+        /// Leave out the NetworkAttachmentDefinition CRD (where Multus installed its own).
+        #[arg(long)]
+        no_network_attachment_definitions: bool,
+    },
     /// Issue, list and revoke bearer tokens (talks to a running server as admin).
     Token {
         #[command(subcommand)]
@@ -273,6 +283,14 @@ fn main() -> Result<()> {
             Command::Controllers(args) => {
                 init_logging(cli.log_format.as_deref())?;
                 cluster_cmd::controllers(args).await
+            }
+            Command::Manifests { namespace, no_network_attachment_definitions } => {
+                let options = converge_api::manifests::Options {
+                    namespace,
+                    network_attachment_definitions: !no_network_attachment_definitions,
+                };
+                print!("{}", converge_api::manifests::to_yaml(&converge_api::manifests::manifests(&options))?);
+                Ok(())
             }
             Command::Version => {
                 println!("converge {}", env!("CARGO_PKG_VERSION"));

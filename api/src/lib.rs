@@ -6,6 +6,7 @@ pub mod auth;
 pub mod bridge;
 mod console;
 pub mod discovery;
+pub mod manifests;
 mod node_auth;
 pub mod nodes;
 pub mod openapi;

@@ -16,7 +16,73 @@ struct Column {
     format: &'static str,
     priority: i64,
     description: &'static str,
-    cell: fn(&Value) -> Value,
+    cell: Cell,
+}
+
+/// What a column shows. The kinds served as CRDs on a real cluster use only the forms a CRD's
+/// `additionalPrinterColumns` can say as a JSONPath, so `kubectl get` reads alike in both modes.
+#[derive(Clone, Copy)]
+pub(crate) enum Cell {
+    Name,
+    Age,
+    /// A JSON pointer.
+    Field(&'static str),
+    /// `status` of the condition of this type.
+    Condition(&'static str),
+    Computed(fn(&Value) -> Value),
+}
+
+impl Cell {
+    fn value(&self, o: &Value) -> Value {
+        match self {
+            Cell::Name => json!(meta::name(o)),
+            Cell::Age => age(o),
+            Cell::Field(pointer) => text(o, pointer),
+            Cell::Condition(kind) => condition_status(o, kind),
+            Cell::Computed(f) => f(o),
+        }
+    }
+
+    /// The column as a JSONPath of `additionalPrinterColumns`; `None` for Name (a CRD's first
+    /// column always) and for computed cells.
+    fn json_path(&self) -> Option<String> {
+        match self {
+            Cell::Name | Cell::Computed(_) => None,
+            Cell::Age => Some(".metadata.creationTimestamp".into()),
+            Cell::Field(pointer) => Some(pointer.split('/').skip(1).fold(String::new(), |mut path, part| {
+                if part.bytes().all(|b| b.is_ascii_digit()) {
+                    path.push_str(&format!("[{part}]"));
+                } else {
+                    path.push('.');
+                    path.push_str(part);
+                }
+                path
+            })),
+            Cell::Condition(kind) => Some(format!(".status.conditions[?(@.type=='{kind}')].status")),
+        }
+    }
+}
+
+/// A CRD's `additionalPrinterColumns` for `kind`: the columns `kubectl get` shows from the
+/// embedded API, Name left out (a CRD always shows it first). `None` when a column has no JSONPath.
+pub fn printer_columns(kind: &ResourceKind) -> Option<Vec<Value>> {
+    let mut out = vec![];
+    for c in columns(kind) {
+        if matches!(c.cell, Cell::Name) {
+            continue;
+        }
+        let path = c.cell.json_path()?;
+        let kind = if matches!(c.cell, Cell::Age) { "date" } else { c.kind };
+        let mut column = json!({"name": c.name, "type": kind, "jsonPath": path});
+        if c.priority != 0 {
+            column["priority"] = json!(c.priority);
+        }
+        if !c.format.is_empty() && c.format != "name" {
+            column["format"] = json!(c.format);
+        }
+        out.push(column);
+    }
+    Some(out)
 }
 
 fn condition_status(obj: &Value, condition: &str) -> Value {
@@ -90,7 +156,7 @@ const NAME: Column = Column {
     format: "name",
     priority: 0,
     description: "Name must be unique within a namespace.",
-    cell: |o| json!(meta::name(o)),
+    cell: Cell::Name,
 };
 const AGE: Column = Column {
     name: "Age",
@@ -98,7 +164,7 @@ const AGE: Column = Column {
     format: "",
     priority: 0,
     description: "CreationTimestamp is a timestamp representing the server time when this object was created.",
-    cell: age,
+    cell: Cell::Age,
 };
 
 fn count_keys(o: &Value, fields: &[&str]) -> Value {
@@ -118,7 +184,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "Human Readable Status",
-                cell: |o| text(o, "/status/printableStatus"),
+                cell: Cell::Field("/status/printableStatus"),
             },
             Column {
                 name: "Ready",
@@ -126,7 +192,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "Ready",
-                cell: |o| condition_status(o, "Ready"),
+                cell: Cell::Condition("Ready"),
             },
         ]
     } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE) {
@@ -139,7 +205,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "Phase",
-                cell: |o| text(o, "/status/phase"),
+                cell: Cell::Field("/status/phase"),
             },
             Column {
                 name: "IP",
@@ -147,7 +213,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "IP",
-                cell: |o| text(o, "/status/interfaces/0/ipAddress"),
+                cell: Cell::Field("/status/interfaces/0/ipAddress"),
             },
             Column {
                 name: "NodeName",
@@ -155,7 +221,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "NodeName",
-                cell: |o| text(o, "/status/nodeName"),
+                cell: Cell::Field("/status/nodeName"),
             },
             Column {
                 name: "Ready",
@@ -163,7 +229,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "Ready",
-                cell: |o| condition_status(o, "Ready"),
+                cell: Cell::Condition("Ready"),
             },
             Column {
                 name: "Live-Migratable",
@@ -171,7 +237,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 1,
                 description: "Live-Migratable",
-                cell: |o| condition_status(o, "LiveMigratable"),
+                cell: Cell::Condition("LiveMigratable"),
             },
             Column {
                 name: "Paused",
@@ -179,7 +245,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 1,
                 description: "Paused",
-                cell: |o| condition_status(o, "Paused"),
+                cell: Cell::Condition("Paused"),
             },
         ]
     } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET) {
@@ -191,7 +257,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "Number of desired VirtualMachineInstances",
-                cell: |o| text(o, "/spec/replicas"),
+                cell: Cell::Field("/spec/replicas"),
             },
             Column {
                 name: "Current",
@@ -199,7 +265,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "Number of managed and not final or deleted VirtualMachineInstances",
-                cell: |o| text(o, "/status/replicas"),
+                cell: Cell::Field("/status/replicas"),
             },
             Column {
                 name: "Ready",
@@ -207,7 +273,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "Number of managed VirtualMachineInstances which are ready to receive traffic",
-                cell: |o| text(o, "/status/readyReplicas"),
+                cell: Cell::Field("/status/readyReplicas"),
             },
             AGE,
         ]
@@ -220,7 +286,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "The status of the namespace",
-                cell: |o| text(o, "/status/phase"),
+                cell: Cell::Field("/status/phase"),
             },
             AGE,
         ]
@@ -233,14 +299,14 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "Ready, NotReady, plus SchedulingDisabled when cordoned",
-                cell: |o| {
+                cell: Cell::Computed(|o| {
                     let ready = condition_status(o, "Ready") == Value::String("True".into());
                     let mut s = if ready { "Ready" } else { "NotReady" }.to_string();
                     if o.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
                         s.push_str(",SchedulingDisabled");
                     }
                     Value::String(s)
-                },
+                }),
             },
             Column {
                 name: "Roles",
@@ -248,7 +314,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "The roles of the node",
-                cell: |_| Value::String("<none>".into()),
+                cell: Cell::Computed(|_| Value::String("<none>".into())),
             },
             AGE,
             Column {
@@ -257,7 +323,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "The node agent's version",
-                cell: |o| text(o, "/status/nodeInfo/kubeletVersion"),
+                cell: Cell::Field("/status/nodeInfo/kubeletVersion"),
             },
         ]
     } else if std::ptr::eq(kind, &kinds::SECRET) {
@@ -269,7 +335,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "The type of the secret",
-                cell: |o| text(o, "/type"),
+                cell: Cell::Field("/type"),
             },
             Column {
                 name: "Data",
@@ -277,7 +343,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "The number of entries in the secret",
-                cell: |o| count_keys(o, &["data"]),
+                cell: Cell::Computed(|o| count_keys(o, &["data"])),
             },
             AGE,
         ]
@@ -290,7 +356,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "The number of entries",
-                cell: |o| count_keys(o, &["data", "binaryData"]),
+                cell: Cell::Computed(|o| count_keys(o, &["data", "binaryData"])),
             },
             AGE,
         ]
@@ -302,7 +368,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "Time since the event was last seen",
-                cell: |o| {
+                cell: Cell::Computed(|o| {
                     let t = o
                         .get("lastTimestamp")
                         .or_else(|| o.get("eventTime"))
@@ -310,7 +376,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
                     t.map(|t| json!(human_duration(chrono::Utc::now().signed_duration_since(t).num_seconds())))
                         .unwrap_or_else(|| age(o))
-                },
+                }),
             },
             Column {
                 name: "Type",
@@ -318,7 +384,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "Type of this event",
-                cell: |o| text(o, "/type"),
+                cell: Cell::Field("/type"),
             },
             Column {
                 name: "Reason",
@@ -326,7 +392,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "Reason for the transition",
-                cell: |o| text(o, "/reason"),
+                cell: Cell::Field("/reason"),
             },
             Column {
                 name: "Object",
@@ -334,11 +400,11 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "The object this event is about",
-                cell: |o| {
+                cell: Cell::Computed(|o| {
                     let kind = o.pointer("/involvedObject/kind").and_then(Value::as_str).unwrap_or("").to_lowercase();
                     let name = o.pointer("/involvedObject/name").and_then(Value::as_str).unwrap_or("");
                     json!(format!("{kind}/{name}"))
-                },
+                }),
             },
             Column {
                 name: "Message",
@@ -346,7 +412,7 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 format: "",
                 priority: 0,
                 description: "A human-readable description",
-                cell: |o| text(o, "/message"),
+                cell: Cell::Field("/message"),
             },
         ]
     } else {
@@ -411,7 +477,7 @@ pub fn table(kind: &ResourceKind, objects: &[Value], list_meta: Value, include: 
     let rows: Vec<Value> = objects
         .iter()
         .map(|o| {
-            let cells: Vec<Value> = cols.iter().map(|c| (c.cell)(o)).collect();
+            let cells: Vec<Value> = cols.iter().map(|c| c.cell.value(o)).collect();
             json!({"cells": cells, "object": row_object(o, include)})
         })
         .collect();

@@ -1,12 +1,12 @@
 //! Printer columns of the network kinds, as the apiserver prints Services, Endpoints and
 //! EndpointSlices.
 
-use super::{Column, AGE, NAME};
+use super::{Cell, Column, AGE, NAME};
 use converge_engine::kinds::{self, ResourceKind};
 use serde_json::{json, Value};
 
 const fn col(name: &'static str, description: &'static str, priority: i64, cell: fn(&Value) -> Value) -> Column {
-    Column { name, kind: "string", format: "", priority, description, cell }
+    Column { name, kind: "string", format: "", priority, description, cell: Cell::Computed(cell) }
 }
 
 fn items<'a>(o: &'a Value, pointer: &str) -> impl Iterator<Item = &'a Value> {

@@ -1,13 +1,18 @@
 //! Printer columns of the storage kinds: the apiserver's for claims, volumes and classes, and
 //! CDI's for DataVolumes.
 
-use super::{text, Column, AGE, NAME};
+use super::{text, Cell, Column, AGE, NAME};
 use converge_engine::kinds::{self, ResourceKind};
 use converge_engine::meta;
 use serde_json::{json, Value};
 
 const fn col(name: &'static str, description: &'static str, priority: i64, cell: fn(&Value) -> Value) -> Column {
-    Column { name, kind: "string", format: "", priority, description, cell }
+    Column { name, kind: "string", format: "", priority, description, cell: Cell::Computed(cell) }
+}
+
+/// A column CDI's CRD prints too (a JSONPath there).
+const fn field(name: &'static str, description: &'static str, pointer: &'static str) -> Column {
+    Column { name, kind: "string", format: "", priority: 0, description, cell: Cell::Field(pointer) }
 }
 
 /// `RWO,ROX`, as kubectl abbreviates access modes.
@@ -86,10 +91,10 @@ pub(super) fn columns(kind: &ResourceKind) -> Option<Vec<Column>> {
     } else if std::ptr::eq(kind, &kinds::STORAGE_CLASS) {
         vec![
             Column {
-                cell: |o| {
+                cell: Cell::Computed(|o| {
                     let default = meta::annotation(o, "storageclass.kubernetes.io/is-default-class") == Some("true");
                     json!(if default { format!("{} (default)", meta::name(o)) } else { meta::name(o).to_string() })
-                },
+                }),
                 ..NAME
             },
             col("Provisioner", "The provisioner of the class", 0, |o| text(o, "/provisioner")),
@@ -107,14 +112,9 @@ pub(super) fn columns(kind: &ResourceKind) -> Option<Vec<Column>> {
     } else if std::ptr::eq(kind, &kinds::DATA_VOLUME) {
         vec![
             NAME,
-            col("Phase", "The phase the DataVolume is in", 0, |o| text(o, "/status/phase")),
-            col("Progress", "DataVolume progress", 0, |o| text(o, "/status/progress")),
-            Column {
-                kind: "integer",
-                ..col("Restarts", "DataVolume restarts", 0, |o| {
-                    o.pointer("/status/restartCount").cloned().unwrap_or(json!(0))
-                })
-            },
+            field("Phase", "The phase the DataVolume is in", "/status/phase"),
+            field("Progress", "DataVolume progress", "/status/progress"),
+            Column { kind: "integer", ..field("Restarts", "DataVolume restarts", "/status/restartCount") },
             AGE,
         ]
     } else {

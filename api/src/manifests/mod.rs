@@ -1,0 +1,77 @@
+//! `converge manifests`: what a Kubernetes cluster needs to serve Converge's kinds, generated
+//! from the kind table, the schemas and the printer columns the embedded API serves.
+
+mod crd;
+mod rbac;
+
+pub use crd::{custom_kinds, custom_resource_definition, root_schema};
+use serde_json::{json, Value};
+
+/// What `converge manifests` prints.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where Converge's own objects go.
+    pub namespace: String,
+    /// Include the `k8s.cni.cncf.io` NetworkAttachmentDefinition CRD (leave it out where Multus
+    /// already installed it).
+    pub network_attachment_definitions: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { namespace: "converge-system".into(), network_attachment_definitions: true }
+    }
+}
+
+/// The label every object of the install carries, so it can be found (and deleted) together.
+fn part_of() -> Value {
+    json!({"app.kubernetes.io/part-of": "converge"})
+}
+
+/// Every object, in the order `kubectl apply` should make them: the namespace, the CRDs, then
+/// RBAC.
+pub fn manifests(options: &Options) -> Vec<Value> {
+    let mut out = vec![json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": options.namespace, "labels": part_of()},
+    })];
+    out.extend(custom_kinds(options.network_attachment_definitions).into_iter().map(custom_resource_definition));
+    out.extend(rbac::cluster_roles());
+    out
+}
+
+/// A YAML stream of `objects`, as `kubectl apply -f -` reads it.
+pub fn to_yaml(objects: &[Value]) -> Result<String, serde_yaml::Error> {
+    let mut out = String::new();
+    for object in objects {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(object)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stream_reads_back_as_the_objects() {
+        let objects = manifests(&Options::default());
+        let text = to_yaml(&objects).unwrap_or_default();
+        let back: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+            .filter_map(|doc| serde::Deserialize::deserialize(doc).ok())
+            .collect();
+        assert_eq!(back, objects);
+        assert_eq!(objects[0]["kind"], "Namespace");
+        assert!(objects.iter().all(|o| o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "converge"));
+    }
+
+    #[test]
+    fn multus_clusters_can_keep_their_own_definition() {
+        let without = manifests(&Options { network_attachment_definitions: false, ..Options::default() });
+        assert!(!without.iter().any(|o| o["spec"]["group"] == "k8s.cni.cncf.io"));
+        let with = manifests(&Options::default());
+        assert!(with.iter().any(|o| o["metadata"]["name"] == "network-attachment-definitions.k8s.cni.cncf.io"));
+    }
+}

@@ -1,0 +1,87 @@
+//! RBAC: `converge:view`, `converge:edit` and `converge:admin`, aggregated into Kubernetes'
+//! own view, edit and admin roles as KubeVirt's `kubevirt.io:view/edit/admin` are, so binding a
+//! user to `edit` in a namespace lets them run VMs there.
+
+use super::{crd::custom_kinds, part_of};
+use converge_engine::kinds::ResourceKind;
+use serde_json::{json, Value};
+
+const READ: &[&str] = &["get", "list", "watch"];
+const WRITE: &[&str] = &["get", "list", "watch", "create", "update", "patch", "delete"];
+const ADMIN: &[&str] = &["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"];
+
+/// The kinds of KubeVirt's and CDI's groups (not Multus's NetworkAttachmentDefinitions).
+fn user_kinds() -> Vec<&'static ResourceKind> {
+    custom_kinds(false)
+}
+
+/// One rule per group over `kinds`, in table order.
+fn rules(kinds: &[&'static ResourceKind], verbs: &[&str]) -> Vec<Value> {
+    let mut groups: Vec<&str> = vec![];
+    for k in kinds {
+        if !groups.contains(&k.group) {
+            groups.push(k.group);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|g| {
+            let resources: Vec<&str> = kinds.iter().filter(|k| k.group == g).map(|k| k.plural).collect();
+            json!({"apiGroups": [g], "resources": resources, "verbs": verbs})
+        })
+        .collect()
+}
+
+fn cluster_role(name: &str, aggregate_to: &str, rules: Vec<Value>) -> Value {
+    let mut labels = part_of();
+    labels[format!("rbac.authorization.k8s.io/aggregate-to-{aggregate_to}")] = json!("true");
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name, "labels": labels},
+        "rules": rules,
+    })
+}
+
+/// The user-facing roles. Cluster-scoped kinds (cluster instancetypes and preferences, storage
+/// profiles) stay read-only below `admin`: a namespace's editor chooses among them.
+pub fn cluster_roles() -> Vec<Value> {
+    let all = user_kinds();
+    let namespaced: Vec<_> = all.iter().copied().filter(|k| k.namespaced).collect();
+    let cluster: Vec<_> = all.iter().copied().filter(|k| !k.namespaced).collect();
+    let mut edit = rules(&namespaced, WRITE);
+    edit.extend(rules(&cluster, READ));
+    let mut admin = rules(&namespaced, ADMIN);
+    admin.extend(rules(&cluster, READ));
+    vec![
+        cluster_role("converge:view", "view", rules(&all, READ)),
+        cluster_role("converge:edit", "edit", edit),
+        cluster_role("converge:admin", "admin", admin),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use converge_engine::kinds;
+
+    #[test]
+    fn editors_write_namespaced_kinds_and_read_cluster_ones() {
+        let roles = cluster_roles();
+        let edit = &roles[1];
+        assert_eq!(edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"], "true");
+        let rule_for = |plural: &str| {
+            edit["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["resources"].as_array().is_some_and(|rs| rs.contains(&json!(plural))))
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert!(rule_for("virtualmachines")["verbs"].as_array().is_some_and(|v| v.contains(&json!("create"))));
+        assert_eq!(rule_for("virtualmachineclusterinstancetypes")["verbs"], json!(READ));
+        assert_eq!(rule_for("datavolumes")["apiGroups"], json!([kinds::CDI_GROUP]));
+        assert!(rule_for("network-attachment-definitions").is_null());
+    }
+}
