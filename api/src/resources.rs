@@ -301,7 +301,7 @@ fn place(path: &ResourcePath, obj: &mut Value, url_name: Option<&str>) -> ApiRes
 }
 
 async fn presets_for(state: &AppState, kind: &ResourceKind, namespace: &str) -> ApiResult<Vec<Value>> {
-    admission::presets_for(&state.store, kind, namespace).await
+    admission::presets_for(&*state.store, kind, namespace).await
 }
 
 async fn create(
@@ -328,7 +328,7 @@ async fn create(
     warnings.extend(admission::warnings(kind, &obj));
     let presets = presets_for(state, kind, item_namespace(path)).await?;
     admission::defaults_from_store(&state.store, kind, &mut obj).await?;
-    let (instancetype, preference) = admission::lookup_instancetypes(&state.store, kind, &obj).await?;
+    let (instancetype, preference) = admission::lookup_instancetypes(&*state.store, kind, &obj).await?;
     let host = Some(state.store.host_access());
     let ctx = admission::Context { old: None, presets: &presets, instancetype, preference, host };
     admission::admit(kind, Operation::Create, &mut obj, &ctx)?;
@@ -355,7 +355,7 @@ async fn write_update(
         if let Some(status) = old.get("status") {
             probe["status"] = status.clone();
         }
-        let (instancetype, preference) = admission::lookup_instancetypes(&state.store, kind, &probe).await?;
+        let (instancetype, preference) = admission::lookup_instancetypes(&*state.store, kind, &probe).await?;
         let host = Some(state.store.host_access());
         let ctx = admission::Context { old: Some(old), presets: &[], instancetype, preference, host };
         admission::admit(kind, Operation::Update, &mut obj, &ctx)?;

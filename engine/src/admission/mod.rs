@@ -34,6 +34,21 @@ pub struct Context<'a> {
     pub host: Option<&'a crate::host_access::HostAccess>,
 }
 
+/// The custom kinds admission has rules of its own for (beyond names and labels, which every
+/// apiserver checks): what a cluster's admission webhooks are registered for.
+pub fn admits(kind: &ResourceKind) -> bool {
+    [
+        &kinds::VIRTUAL_MACHINE,
+        &kinds::VIRTUAL_MACHINE_INSTANCE,
+        &kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET,
+        &kinds::DATA_VOLUME,
+        &kinds::DATA_SOURCE,
+        &kinds::NETWORK_ATTACHMENT_DEFINITION,
+    ]
+    .iter()
+    .any(|k| std::ptr::eq(*k, kind))
+}
+
 /// Default and validate `obj` for `op`. On failure, a 422 with one cause per problem.
 pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context) -> ApiResult<()> {
     let mut causes = vec![];
@@ -238,7 +253,7 @@ type Lookup = Option<Result<Value, String>>;
 
 /// A VM's instancetype and preference: the revision it froze, else the current object.
 pub async fn lookup_instancetypes(
-    store: &crate::store::Store,
+    cluster: &dyn crate::cluster::Cluster,
     kind: &ResourceKind,
     vm: &Value,
 ) -> ApiResult<(Lookup, Lookup)> {
@@ -248,9 +263,9 @@ pub async fn lookup_instancetypes(
     let mut out = [None, None];
     for named in crate::instancetype::named(vm) {
         let slot = usize::from(named.field == "preference");
-        out[slot] = Some(match crate::instancetype::frozen_revision(store, vm, &named).await? {
+        out[slot] = Some(match crate::instancetype::frozen_revision(cluster, vm, &named).await? {
             Some(revision) => Ok(revision["data"].clone()),
-            None => match crate::instancetype::current(store, vm, &named).await? {
+            None => match crate::instancetype::current(cluster, vm, &named).await? {
                 Some(obj) => Ok(obj),
                 None => Err(format!("Failure to find {}: {}", named.field, crate::instancetype::not_found(&named))),
             },
@@ -261,9 +276,13 @@ pub async fn lookup_instancetypes(
 }
 
 /// The VirtualMachineInstancePresets a new VMI in `namespace` is matched against.
-pub async fn presets_for(store: &crate::store::Store, kind: &ResourceKind, namespace: &str) -> ApiResult<Vec<Value>> {
+pub async fn presets_for(
+    cluster: &dyn crate::cluster::Cluster,
+    kind: &ResourceKind,
+    namespace: &str,
+) -> ApiResult<Vec<Value>> {
     if !std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE) {
         return Ok(vec![]);
     }
-    store.list_values(&kinds::VIRTUAL_MACHINE_INSTANCE_PRESET, Some(namespace)).await
+    cluster.list(&kinds::VIRTUAL_MACHINE_INSTANCE_PRESET, Some(namespace)).await
 }

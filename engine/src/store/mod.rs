@@ -395,7 +395,7 @@ impl Store {
             *meta::at_mut(&mut obj, &["spec", "finalizers"]) = json!([NAMESPACE_FINALIZER]);
             *meta::at_mut(&mut obj, &["status"]) = json!({"phase": "Active"});
         }
-        crate::macpool::sync(&mut tx, kind, &mut obj, None, &self.mac_range).await?;
+        crate::macpool::sync(&mut crate::macpool::SqlLeases(&mut tx), kind, &mut obj, None, &self.mac_range).await?;
         ipam::sync_service(&mut tx, kind, &mut obj, None, &self.service_network).await?;
         let rv = sql::next_rv(&mut tx).await?;
         if !sql::put(&mut tx, kind, &mut obj, rv, None).await? {
@@ -474,7 +474,14 @@ impl Store {
                 return Err(lost_race(kind, &name));
             }
         } else {
-            crate::macpool::sync(&mut tx, kind, &mut merged, Some(&current), &self.mac_range).await?;
+            crate::macpool::sync(
+                &mut crate::macpool::SqlLeases(&mut tx),
+                kind,
+                &mut merged,
+                Some(&current),
+                &self.mac_range,
+            )
+            .await?;
             ipam::sync_service(&mut tx, kind, &mut merged, Some(&current), &self.service_network).await?;
             if !sql::put(&mut tx, kind, &mut merged, rv, Some(&current)).await? {
                 return Err(lost_race(kind, &name));

@@ -1,14 +1,38 @@
-//! The MAC pool: interfaces without a `macAddress` get one at admission, persisted in the same
-//! transaction as the object, released when the object is gone, never leased twice.
+//! The MAC pool: interfaces without a `macAddress` get one at admission, never leased twice.
+//! Where the leases live is a [`Leases`]: the store's table, written in the same transaction as
+//! the object and released when it is gone (`sql`), or — on a Kubernetes cluster, where the
+//! admission webhook assigns MACs — memory fed by a watch of the VMs and VMIs (`memory`), as
+//! KubeMacPool keeps them.
 //!
 //! A VMI controlled by a VirtualMachine shares its VM's lease: the VM holds the MAC through
 //! restarts, as KubeMacPool does.
 
+mod memory;
+mod sql;
+
+pub use memory::MemoryPool;
+pub use sql::{all_leases, release, SqlLeases};
+
 use crate::error::{ApiError, ApiResult, Cause};
 use crate::kinds::{self, ResourceKind};
 use crate::meta;
-use crate::store::db::{self, Db};
 use serde_json::Value;
+use std::future::Future;
+
+/// Who holds a MAC: (kind's store key, namespace, name).
+pub type Holder = (String, String, String);
+
+/// Where leases are kept.
+pub trait Leases {
+    /// Lease `mac` to `holder` if nobody holds it; false when it is taken (by anyone).
+    fn claim(&mut self, mac: u64, holder: &Holder) -> impl Future<Output = ApiResult<bool>> + Send;
+    /// Who holds `mac`.
+    fn holder_of(&mut self, mac: u64) -> impl Future<Output = ApiResult<Option<Holder>>> + Send;
+    /// `mac` is no longer wanted by the object being admitted.
+    fn release(&mut self, mac: u64) -> impl Future<Output = ApiResult<()>> + Send;
+    /// The allocation cursor's next value (1, 2, …).
+    fn next_cursor(&mut self) -> impl Future<Output = ApiResult<u64>> + Send;
+}
 
 /// An inclusive range of MACs, as 48-bit integers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +87,9 @@ fn interfaces_path(kind: &ResourceKind) -> Option<&'static [&'static str]> {
     }
 }
 
-/// The lease holder: the object itself, or the VM controlling a VMI.
-fn lease_owner(kind: &ResourceKind, obj: &Value) -> (String, String, String, bool) {
+/// The lease holder: the object itself, or the VM controlling a VMI (false: the VMI does not
+/// hold the lease itself).
+fn lease_owner(kind: &ResourceKind, obj: &Value) -> (Holder, bool) {
     let ns = meta::namespace(obj).to_string();
     if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE) {
         let refs = meta::metadata(obj).and_then(|m| m.get("ownerReferences")).and_then(Value::as_array);
@@ -73,10 +98,10 @@ fn lease_owner(kind: &ResourceKind, obj: &Value) -> (String, String, String, boo
                 && r.get("controller").and_then(Value::as_bool) == Some(true)
         }) {
             let name = vm.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-            return (kinds::VIRTUAL_MACHINE.store_key(), ns, name, false);
+            return ((kinds::VIRTUAL_MACHINE.store_key(), ns, name), false);
         }
     }
-    (kind.store_key(), ns, meta::name(obj).to_string(), true)
+    ((kind.store_key(), ns, meta::name(obj).to_string()), true)
 }
 
 fn macs_at(obj: Option<&Value>, path: &[&str]) -> Vec<u64> {
@@ -93,14 +118,14 @@ fn macs_at(obj: Option<&Value>, path: &[&str]) -> Vec<u64> {
 /// that `obj` no longer has. A stored object's MACs are exactly its leases, so what it held is
 /// read from it, not from the lease table.
 pub async fn sync(
-    conn: &mut impl Db,
+    leases: &mut impl Leases,
     kind: &ResourceKind,
     obj: &mut Value,
     previous: Option<&Value>,
     range: &MacRange,
 ) -> ApiResult<()> {
     let Some(path) = interfaces_path(kind) else { return Ok(()) };
-    let owner = lease_owner(kind, obj);
+    let (owner, owns) = lease_owner(kind, obj);
     let field_base = path.join(".");
     let name = meta::name(obj).to_string();
     let held = macs_at(previous, path);
@@ -113,9 +138,9 @@ pub async fn sync(
         let mac = match given {
             Some(text) => {
                 let mac = parse_mac(&text).map_err(|m| invalid(kind, &name, &field, m))?;
-                if !held.contains(&mac) && !wanted.contains(&mac) && !claim(conn, mac, &owner).await? {
-                    match holder_of(conn, mac).await? {
-                        Some(h) if h == (owner.0.clone(), owner.1.clone(), owner.2.clone()) => {}
+                if !held.contains(&mac) && !wanted.contains(&mac) && !leases.claim(mac, &owner).await? {
+                    match leases.holder_of(mac).await? {
+                        Some(h) if h == owner => {}
                         Some(h) => {
                             let msg = format!("MAC address {} is already in use by {}/{}", format_mac(mac), h.1, h.2);
                             return Err(invalid(kind, &name, &field, msg));
@@ -126,7 +151,7 @@ pub async fn sync(
                 mac
             }
             None => {
-                let mac = allocate(conn, range, &owner).await?;
+                let mac = allocate(leases, range, &owner).await?;
                 iface["macAddress"] = Value::String(format_mac(mac));
                 mac
             }
@@ -137,85 +162,28 @@ pub async fn sync(
         }
         wanted.push(mac);
     }
-    if owner.3 {
+    if owns {
         for mac in held.iter().filter(|m| !wanted.contains(m)) {
-            db::query("DELETE FROM mac_leases WHERE mac = $1").bind(*mac as i64).execute(&mut *conn).await?;
+            leases.release(*mac).await?;
         }
     }
     Ok(())
-}
-
-/// Lease `mac` to `owner` if nobody holds it; false when it is taken (by anyone).
-async fn claim(conn: &mut impl Db, mac: u64, owner: &(String, String, String, bool)) -> ApiResult<bool> {
-    let done = db::query(
-        "INSERT INTO mac_leases (mac, kind, namespace, name) VALUES ($1, $2, $3, $4) ON CONFLICT (mac) DO NOTHING",
-    )
-    .bind(mac as i64)
-    .bind(&owner.0)
-    .bind(&owner.1)
-    .bind(&owner.2)
-    .execute(&mut *conn)
-    .await?;
-    Ok(done == 1)
 }
 
 fn invalid(kind: &ResourceKind, name: &str, field: &str, message: impl Into<String>) -> ApiError {
     ApiError::invalid(kind.group, kind.kind, name, vec![Cause::invalid(field, message)])
 }
 
-/// Release what an object held when it is gone (a VMI under a VM releases nothing).
-pub async fn release(conn: &mut impl Db, kind: &ResourceKind, obj: &Value) -> ApiResult<()> {
-    if interfaces_path(kind).is_none() {
-        return Ok(());
-    }
-    let (owner_kind, ns, name, owns) = lease_owner(kind, obj);
-    if owns {
-        release_owner(conn, &owner_kind, &ns, &name).await?;
-    }
-    Ok(())
-}
-
-async fn release_owner(conn: &mut impl Db, kind: &str, ns: &str, name: &str) -> ApiResult<()> {
-    db::query("DELETE FROM mac_leases WHERE kind = $1 AND namespace = $2 AND name = $3")
-        .bind(kind)
-        .bind(ns)
-        .bind(name)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-async fn holder_of(conn: &mut impl Db, mac: u64) -> ApiResult<Option<(String, String, String)>> {
-    let row = db::query("SELECT kind, namespace, name FROM mac_leases WHERE mac = $1")
-        .bind(mac as i64)
-        .fetch_optional(&mut *conn)
-        .await?;
-    match row {
-        Some(r) => Ok(Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))),
-        None => Ok(None),
-    }
-}
-
 /// The next free MAC from the cursor (wrapping round the range), leased to `owner`.
-async fn allocate(conn: &mut impl Db, range: &MacRange, owner: &(String, String, String, bool)) -> ApiResult<u64> {
+async fn allocate(leases: &mut impl Leases, range: &MacRange, owner: &Holder) -> ApiResult<u64> {
     let size = range.end - range.start + 1;
     for _ in 0..size.min(1 << 16) {
-        let row = db::query("UPDATE meta SET value = value + 1 WHERE key = 'mac_cursor' RETURNING value")
-            .fetch_one(&mut *conn)
-            .await?;
-        let mac = range.start + (row.try_get::<i64>(0)? as u64 - 1) % size;
-        if claim(conn, mac, owner).await? {
+        let mac = range.start + (leases.next_cursor().await? - 1) % size;
+        if leases.claim(mac, owner).await? {
             return Ok(mac);
         }
     }
     Err(ApiError::unavailable("the MAC pool is exhausted"))
-}
-
-/// Every lease: (mac, kind key, namespace, name).
-pub async fn all_leases(conn: &mut impl Db) -> ApiResult<Vec<(u64, String, String, String)>> {
-    let rows =
-        db::query("SELECT mac, kind, namespace, name FROM mac_leases ORDER BY mac").fetch_all(&mut *conn).await?;
-    rows.iter().map(|r| Ok((r.try_get::<i64>(0)? as u64, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
 }
 
 #[cfg(test)]
