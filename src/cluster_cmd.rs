@@ -9,7 +9,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use converge_api::nodes::certificate::ServingCertificate;
 use converge_api::nodes::server::ServingKey;
+use converge_api::webhooks::{StatusWriters, WebhookServer, WebhookSettings};
 use converge_engine::cluster::kube::KubeCluster;
+use converge_engine::controllers::ApiKind;
+use converge_engine::host_access::HostAccess;
+use converge_engine::macpool::MacRange;
 
 use crate::config::{self, NodeArgs};
 
@@ -57,6 +61,25 @@ pub struct ControllersArgs {
     /// Each node's slice of it.
     #[arg(long, default_value_t = 24)]
     pub node_cidr_mask_size: u8,
+    /// The API is a real kube-apiserver with Converge's CRDs (`converge manifests`): serve the
+    /// admission webhooks, and leave Nodes' lifecycle and Services' endpoints to
+    /// kube-controller-manager.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// Where the admission webhooks listen (with --kubernetes).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub webhook_listen: String,
+    /// Converge's namespace on the cluster: the webhooks' CA Secret lives there, and its
+    /// service accounts may write VMIs' status.
+    #[arg(long, default_value = "converge-system")]
+    pub namespace: String,
+    /// More names for the webhooks' serving certificate (the host of `converge manifests
+    /// --webhook-url`, when these controllers run outside the cluster).
+    #[arg(long = "tls-san")]
+    pub tls_sans: Vec<String>,
+    /// The MAC pool the webhooks assign from (START-END).
+    #[arg(long)]
+    pub mac_range: Option<String>,
 }
 
 async fn connect(kubeconfig: &std::path::Path) -> Result<Arc<KubeCluster>> {
@@ -128,10 +151,41 @@ pub async fn controllers(args: ControllersArgs) -> Result<()> {
         false => None,
     };
     let cluster = connect(&args.kubeconfig).await?;
-    let controllers = converge_engine::controllers::spawn(cluster, ranges);
-    println!("converge controllers running against the API of {}", args.kubeconfig.display());
+    let webhooks = match args.kubernetes {
+        true => Some(serve_webhooks(&args, Arc::clone(&cluster)).await?),
+        false => None,
+    };
+    let api = if args.kubernetes { ApiKind::Kubernetes } else { ApiKind::Converge };
+    let controllers = converge_engine::controllers::spawn(cluster, ranges, api);
+    match &webhooks {
+        Some(w) => println!(
+            "converge controllers running against the Kubernetes API of {}, webhooks on {}",
+            args.kubeconfig.display(),
+            w.addr
+        ),
+        None => println!("converge controllers running against the API of {}", args.kubeconfig.display()),
+    }
     crate::until_stopped().await?;
     tracing::info!("stopping");
     drop(controllers);
+    drop(webhooks);
     Ok(())
+}
+
+async fn serve_webhooks(args: &ControllersArgs, cluster: Arc<KubeCluster>) -> Result<WebhookServer> {
+    let listener = std::net::TcpListener::bind(&args.webhook_listen)
+        .with_context(|| format!("--webhook-listen {}", args.webhook_listen))?;
+    let mac_range = match &args.mac_range {
+        Some(text) => MacRange::parse(text).map_err(|e| anyhow::anyhow!("--mac-range {text}: {e}"))?,
+        None => MacRange::default(),
+    };
+    let settings = WebhookSettings {
+        namespace: args.namespace.clone(),
+        listener,
+        tls_sans: args.tls_sans.clone(),
+        mac_range,
+        status_writers: StatusWriters::of_namespace(&args.namespace),
+        host: HostAccess::default(),
+    };
+    converge_api::webhooks::start(cluster, settings).await.context("serving the admission webhooks")
 }

@@ -41,6 +41,10 @@ enum Command {
         /// Leave out the NetworkAttachmentDefinition CRD (where Multus installed its own).
         #[arg(long)]
         no_network_attachment_definitions: bool,
+        /// Register the admission webhooks at this address (`https://HOST:PORT` of `converge
+        /// controllers --kubernetes` running outside the cluster; give it HOST as --tls-san).
+        #[arg(long)]
+        webhook_url: Option<String>,
     },
     /// Issue, list and revoke bearer tokens (talks to a running server as admin).
     Token {
@@ -284,10 +288,11 @@ fn main() -> Result<()> {
                 init_logging(cli.log_format.as_deref())?;
                 cluster_cmd::controllers(args).await
             }
-            Command::Manifests { namespace, no_network_attachment_definitions } => {
+            Command::Manifests { namespace, no_network_attachment_definitions, webhook_url } => {
                 let options = converge_api::manifests::Options {
                     namespace,
                     network_attachment_definitions: !no_network_attachment_definitions,
+                    webhook_url,
                 };
                 print!("{}", converge_api::manifests::to_yaml(&converge_api::manifests::manifests(&options))?);
                 Ok(())

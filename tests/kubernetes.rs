@@ -9,9 +9,13 @@ use common::wait_until;
 use serde_json::Value;
 use std::time::Duration;
 
-async fn manifests() -> String {
+/// The tests install and uninstall Converge on the one cluster: one at a time.
+static INSTALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn manifests(args: &[&str]) -> String {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
         .arg("manifests")
+        .args(args)
         .output()
         .await
         .expect("converge manifests runs");
@@ -66,7 +70,8 @@ fn json_of(text: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_install_serve_the_kinds_and_uninstall() {
     let Some(c) = cluster() else { return };
-    let text = manifests().await;
+    let _one_at_a_time = INSTALL.lock().await;
+    let text = manifests(&[]).await;
     let applied = ok(c, &["apply", "-f", "-"], Some(&text)).await;
     assert!(
         applied.contains("customresourcedefinition.apiextensions.k8s.io/virtualmachines.kubevirt.io created"),
@@ -175,6 +180,153 @@ async fn manifests_install_serve_the_kinds_and_uninstall() {
     })
     .await;
     assert!(gone, "kubevirt.io/v1 is still served");
+}
+
+/// `converge controllers --kubernetes` outside the cluster, its webhooks registered by URL.
+struct Controllers {
+    _child: tokio::process::Child,
+}
+
+async fn start_controllers(c: &RealCluster, port: u16) -> Controllers {
+    let log = std::fs::File::create(c.dir.join(format!("controllers-{port}.log"))).expect("log");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args(["controllers", "--kubernetes", "--tls-san", "127.0.0.1"])
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args(["--webhook-listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("converge controllers starts");
+    Controllers { _child: child }
+}
+
+/// The admission webhooks on a real apiserver: defaults and MACs filled at create, invalid
+/// objects refused with field causes, a MAC never given twice and free again once its VM is
+/// gone, a tenant's write to a VMI's status turned back; the VM controller keeps the VM's
+/// status through the status subresource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_fill_validate_and_lease_macs() {
+    let Some(c) = cluster() else { return };
+    let _one_at_a_time = INSTALL.lock().await;
+    let port = common::servers::free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let text = manifests(&["--webhook-url", &url]).await;
+    ok(c, &["apply", "-f", "-"], Some(&text)).await;
+    ok(
+        c,
+        &["wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=converge", "--timeout=60s"],
+        None,
+    )
+    .await;
+    let _controllers = start_controllers(c, port).await;
+    ok(c, &["create", "namespace", "k-hooks"], None).await;
+
+    // Until the controllers have written their CA into the configurations, creates fail closed.
+    let with_nic = vm_yaml("k-hooks", "nic1", "").replace(
+        "        devices:\n",
+        "        devices:\n          interfaces:\n          - name: default\n            masquerade: {}\n",
+    ) + "      networks:\n      - name: default\n        pod: {}\n";
+    let created = wait_until(Duration::from_secs(60), || async {
+        let (done, _, _) = c.kubectl(&["apply", "-f", "-"], Some(&with_nic)).await;
+        done
+    })
+    .await;
+    assert!(created, "the webhooks never answered{}", c.logs());
+    let vm = json_of(&ok(c, &["get", "vm", "nic1", "-n", "k-hooks", "-o", "json"], None).await);
+    let mac = vm
+        .pointer("/spec/template/spec/domain/devices/interfaces/0/macAddress")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    assert!(mac.starts_with("02:"), "no MAC at create: {vm}");
+    assert_eq!(vm.pointer("/spec/template/spec/domain/machine/type"), Some(&Value::from("q35")), "defaults: {vm}");
+
+    // The same MAC for another VM: refused while nic1 holds it, taken once nic1 is gone.
+    let taker = vm_yaml("k-hooks", "nic2", "").replace(
+        "        devices:\n",
+        &format!("        devices:\n          interfaces:\n          - name: default\n            masquerade: {{}}\n            macAddress: \"{mac}\"\n"),
+    ) + "      networks:\n      - name: default\n        pod: {}\n";
+    let (taken, _, err) = c.kubectl(&["apply", "-f", "-"], Some(&taker)).await;
+    assert!(!taken && err.contains("is already in use by k-hooks/nic1"), "{err}");
+    ok(c, &["delete", "vm", "nic1", "-n", "k-hooks"], None).await;
+    let freed =
+        wait_until(Duration::from_secs(30), || async { c.kubectl(&["apply", "-f", "-"], Some(&taker)).await.0 }).await;
+    assert!(freed, "nic1's MAC never came free");
+
+    // Refused with the field, as the embedded API refuses it.
+    let unmatched = vm_yaml("k-hooks", "bad", "")
+        .replace("      - name: root\n        containerDisk", "      - name: other\n        containerDisk");
+    let (refused, _, err) = c.kubectl(&["apply", "-f", "-"], Some(&unmatched)).await;
+    assert!(!refused, "an unmatched disk was taken");
+    assert!(
+        err.contains("spec.template.spec.domain.devices.disks[0].name")
+            && err.contains("does not have a matching volume"),
+        "{err}"
+    );
+
+    // The VM controller runs against the apiserver: the halted VM reads Stopped.
+    let stopped = wait_until(Duration::from_secs(30), || async {
+        let (_, out, _) =
+            c.kubectl(&["get", "vm", "nic2", "-n", "k-hooks", "-o", "jsonpath={.status.printableStatus}"], None).await;
+        out == "Stopped"
+    })
+    .await;
+    assert!(stopped, "the VM controller never wrote the VM's status");
+
+    // A tenant's word about a VMI's phase is turned back.
+    ok(c, &["create", "serviceaccount", "mallory", "-n", "k-hooks"], None).await;
+    ok(
+        c,
+        &[
+            "create",
+            "rolebinding",
+            "mallory-edit",
+            "--clusterrole=edit",
+            "--serviceaccount=k-hooks:mallory",
+            "-n",
+            "k-hooks",
+        ],
+        None,
+    )
+    .await;
+    let token = ok(c, &["create", "token", "mallory", "-n", "k-hooks"], None).await;
+    let mallory = c.kubeconfig_for("mallory", token.trim());
+    let made = wait_until(Duration::from_secs(30), || async {
+        c.kubectl_with(&mallory, &["apply", "-f", "-"], Some(&LONELY_VMI.replace("k-basic", "k-hooks"))).await.0
+    })
+    .await;
+    assert!(made, "mallory could not make a VMI");
+    let vmi = json_of(&ok(c, &["get", "vmi", "lonely", "-n", "k-hooks", "-o", "json"], None).await);
+    assert!(
+        vmi["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.contains(&Value::from("kubevirt.io/virtualMachineControllerFinalize"))),
+        "{vmi}"
+    );
+    let (_, _, err) = c
+        .kubectl_with(
+            &mallory,
+            &[
+                "patch",
+                "vmi",
+                "lonely",
+                "-n",
+                "k-hooks",
+                "--type=merge",
+                "-p",
+                r#"{"status":{"phase":"Running","nodeName":"host"}}"#,
+            ],
+            None,
+        )
+        .await;
+    let after = json_of(&ok(c, &["get", "vmi", "lonely", "-n", "k-hooks", "-o", "json"], None).await);
+    assert_ne!(after.pointer("/status/nodeName"), Some(&Value::from("host")), "{err}{after}");
+
+    ok(c, &["delete", "namespace", "k-hooks", "--wait=false"], None).await;
+    ok(c, &["delete", "-f", "-", "--timeout=120s"], Some(&text)).await;
 }
 
 const CLUSTER_INSTANCETYPE: &str = "apiVersion: instancetype.kubevirt.io/v1beta1

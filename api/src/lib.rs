@@ -23,5 +23,6 @@ pub mod table;
 mod tokens;
 pub mod upload;
 mod watch;
+pub mod webhooks;
 
 pub use server::{start, RunningServer, ServeError, ServerConfig};

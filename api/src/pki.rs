@@ -58,6 +58,15 @@ fn ca_params() -> Result<CertificateParams, PkiError> {
     Ok(params)
 }
 
+fn serving_params(sans: &[String]) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(sans.to_vec())?;
+    params.distinguished_name.push(DnType::CommonName, "converge");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2099, 12, 31);
+    Ok(params)
+}
+
 /// Load the CA and signing key from `dir`, creating them on first start, and issue a fresh
 /// serving certificate for `sans` (so a changed `--tls-san` takes effect on restart).
 pub fn ensure(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
@@ -83,11 +92,7 @@ pub fn ensure(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
         }
     };
     let serving_key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(sans.to_vec())?;
-    params.distinguished_name.push(DnType::CommonName, "converge");
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2099, 12, 31);
+    let params = serving_params(sans)?;
     let serving = params.signed_by(&serving_key, &ca_cert, &ca_key)?;
     let secret_path = dir.join("signing.key");
     let signing_secret = match read(&secret_path)? {
@@ -109,6 +114,33 @@ pub fn ensure(dir: &Path, sans: &[String]) -> Result<Pki, PkiError> {
         serving_cert_der: serving.der().to_vec(),
         serving_key_der: serving_key.serialize_der(),
         signing_secret,
+    })
+}
+
+/// A CA kept elsewhere (a Secret, on a Kubernetes cluster) and a serving certificate it signs
+/// for `sans`, issued afresh each time as `ensure` does.
+pub struct KeptAuthority {
+    pub ca_key_pem: String,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Signs a serving certificate for `sans` with the CA of `ca_key_pem` (made now when `None`).
+pub fn serving_from_kept_ca(ca_key_pem: Option<&str>, sans: &[String]) -> Result<KeptAuthority, PkiError> {
+    let ca_key = match ca_key_pem {
+        Some(pem) => KeyPair::from_pem(pem)?,
+        None => KeyPair::generate()?,
+    };
+    let ca_cert = ca_params()?.self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let params = serving_params(sans)?;
+    let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
+    Ok(KeptAuthority {
+        ca_key_pem: ca_key.serialize_pem(),
+        ca_pem: ca_cert.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
     })
 }
 

@@ -292,8 +292,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     let handle = server.handle();
     let server = tokio::spawn(server);
     let collector = tokio::spawn(converge_engine::gc::run(Arc::clone(&store)));
-    let controllers =
-        (config.controllers && config.vm_controllers).then(|| converge_engine::controllers::spawn(store.clone(), None));
+    let controllers = (config.controllers && config.vm_controllers).then(|| {
+        converge_engine::controllers::spawn(store.clone(), None, converge_engine::controllers::ApiKind::Converge)
+    });
     // Host requests a crash cut off are resumed at once, deletions settled as they finish.
     let bridge_recovery =
         tokio::spawn(converge_bridge::provision::executor::run_recovery(provisioner, Duration::from_secs(1)));

@@ -3,6 +3,7 @@
 
 mod crd;
 mod rbac;
+mod webhooks;
 
 pub use crd::{custom_kinds, custom_resource_definition, root_schema};
 use serde_json::{json, Value};
@@ -15,11 +16,15 @@ pub struct Options {
     /// Include the `k8s.cni.cncf.io` NetworkAttachmentDefinition CRD (leave it out where Multus
     /// already installed it).
     pub network_attachment_definitions: bool,
+    /// Where the apiserver calls the admission webhooks (`https://HOST:PORT`) when `converge
+    /// controllers --kubernetes` runs outside the cluster. Without it no webhook configuration
+    /// is printed: the in-cluster Deployment and its Service are not built yet.
+    pub webhook_url: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { namespace: "converge-system".into(), network_attachment_definitions: true }
+        Options { namespace: "converge-system".into(), network_attachment_definitions: true, webhook_url: None }
     }
 }
 
@@ -28,8 +33,8 @@ fn part_of() -> Value {
     json!({"app.kubernetes.io/part-of": "converge"})
 }
 
-/// Every object, in the order `kubectl apply` should make them: the namespace, the CRDs, then
-/// RBAC.
+/// Every object, in the order `kubectl apply` should make them: the namespace, the CRDs, RBAC,
+/// then the webhook configurations.
 pub fn manifests(options: &Options) -> Vec<Value> {
     let mut out = vec![json!({
         "apiVersion": "v1",
@@ -38,6 +43,9 @@ pub fn manifests(options: &Options) -> Vec<Value> {
     })];
     out.extend(custom_kinds(options.network_attachment_definitions).into_iter().map(custom_resource_definition));
     out.extend(rbac::cluster_roles());
+    if let Some(url) = &options.webhook_url {
+        out.extend(webhooks::configurations(url, options.network_attachment_definitions));
+    }
     out
 }
 

@@ -139,6 +139,21 @@ impl KubeCluster {
         Ok(KubeCluster::new(client))
     }
 
+    /// GET of an object outside the kind table (a webhook configuration), as JSON.
+    pub async fn raw_get(&self, path: &str) -> ApiResult<Value> {
+        let request = http::Request::get(path).body(vec![]).map_err(|e| ApiError::internal(e.to_string()))?;
+        self.client.request::<Value>(request).await.map_err(api_error)
+    }
+
+    /// PUT of an object outside the kind table.
+    pub async fn raw_put(&self, path: &str, body: &Value) -> ApiResult<Value> {
+        let request = http::Request::put(path)
+            .header("Content-Type", "application/json")
+            .body(serde_json::to_vec(body).map_err(|e| ApiError::internal(e.to_string()))?)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        self.client.request::<Value>(request).await.map_err(api_error)
+    }
+
     fn api(&self, kind: &ResourceKind, namespace: Option<&str>) -> Api<DynamicObject> {
         let resource = api_resource(kind);
         match namespace.filter(|_| kind.namespaced) {

@@ -18,7 +18,7 @@ mod runtime;
 mod vm_sync;
 
 pub use crate::worker::Key;
-pub use runtime::{spawn, Controllers};
+pub use runtime::{spawn, ApiKind, Controllers};
 
 /// The name KubeVirt's controllers record events under.
 pub(crate) const COMPONENT: &str = "virtualmachine-controller";

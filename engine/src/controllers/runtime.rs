@@ -52,16 +52,25 @@ fn owner_keys(obj: &Value, owner_kind: &str) -> Vec<Key> {
 }
 
 /// Starts every controller on `cluster`; with `pod_ranges`, Nodes are given their pod ranges.
-pub fn spawn(cluster: Arc<dyn Cluster>, pod_ranges: Option<super::nodeipam::PodRanges>) -> Controllers {
+/// Which API the controllers run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKind {
+    /// Converge's own: the node lifecycle and the Services' endpoints are ours to keep.
+    Converge,
+    /// A real kube-apiserver: kube-controller-manager keeps Nodes' lifecycle and Endpoints.
+    Kubernetes,
+}
+
+pub fn spawn(cluster: Arc<dyn Cluster>, pod_ranges: Option<super::nodeipam::PodRanges>, api: ApiKind) -> Controllers {
     let queues = Arc::new(Queues { vm: WorkQueue::new(), vmi: WorkQueue::new(), rs: WorkQueue::new() });
-    let mut tasks = vec![
-        tokio::spawn(feed(Arc::clone(&cluster), Arc::clone(&queues))),
-        tokio::spawn(super::nodes::run(Arc::clone(&cluster))),
-    ];
+    let mut tasks = vec![tokio::spawn(feed(Arc::clone(&cluster), Arc::clone(&queues)))];
+    if api == ApiKind::Converge {
+        tasks.push(tokio::spawn(super::nodes::run(Arc::clone(&cluster))));
+        tasks.extend(super::endpoints::spawn(Arc::clone(&cluster)));
+    }
     if let Some(ranges) = pod_ranges {
         tasks.push(tokio::spawn(super::nodeipam::run(Arc::clone(&cluster), ranges)));
     }
-    tasks.extend(super::endpoints::spawn(Arc::clone(&cluster)));
     let c = Arc::clone(&cluster);
     tasks.extend(worker::spawn("virtualmachine", &queues.vm, WORKERS, move |key| {
         let c = Arc::clone(&c);

@@ -1,0 +1,84 @@
+//! The admission webhook configurations: every custom kind admission has rules for, on create
+//! and update, answered by `converge controllers --kubernetes`.
+
+use super::{crd::custom_kinds, part_of};
+use crate::webhooks::{tls::NAME, MUTATE_PATH, VALIDATE_PATH};
+use converge_engine::admission;
+use serde_json::{json, Value};
+
+fn rules(network_attachment_definitions: bool) -> Vec<Value> {
+    let kinds: Vec<_> =
+        custom_kinds(network_attachment_definitions).into_iter().filter(|k| admission::admits(k)).collect();
+    let mut groups: Vec<(&str, &str)> = vec![];
+    for k in &kinds {
+        if !groups.contains(&(k.group, k.version)) {
+            groups.push((k.group, k.version));
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(group, version)| {
+            let resources: Vec<&str> =
+                kinds.iter().filter(|k| k.group == group && k.version == version).map(|k| k.plural).collect();
+            json!({
+                "apiGroups": [group], "apiVersions": [version], "operations": ["CREATE", "UPDATE"],
+                "resources": resources, "scope": "*",
+            })
+        })
+        .collect()
+}
+
+fn webhook(name: &str, path: &str, url: &str, network_attachment_definitions: bool) -> Value {
+    json!({
+        "name": name,
+        "admissionReviewVersions": ["v1"],
+        "clientConfig": {"url": format!("{}{path}", url.trim_end_matches('/'))},
+        "rules": rules(network_attachment_definitions),
+        // Requests for kubevirt.io/v1alpha3 come converted to v1.
+        "matchPolicy": "Equivalent",
+        "failurePolicy": "Fail",
+        // MACs are leased on a create, but not on a dry run.
+        "sideEffects": "NoneOnDryRun",
+        "timeoutSeconds": 10,
+    })
+}
+
+/// Both configurations, calling the webhooks at `url` (`https://HOST:PORT`). Their `caBundle`
+/// is written by the controllers, which keep the CA.
+pub fn configurations(url: &str, network_attachment_definitions: bool) -> Vec<Value> {
+    let meta = json!({"name": NAME, "labels": part_of()});
+    vec![
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": meta,
+            "webhooks": [webhook("mutate.converge.kubevirt.io", MUTATE_PATH, url, network_attachment_definitions)],
+        }),
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": meta,
+            "webhooks": [webhook("validate.converge.kubevirt.io", VALIDATE_PATH, url, network_attachment_definitions)],
+        }),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rules_name_the_kinds_admission_has_rules_for() {
+        let config = &configurations("https://127.0.0.1:8443/", true)[0];
+        let hook = &config["webhooks"][0];
+        assert_eq!(hook["clientConfig"]["url"], "https://127.0.0.1:8443/mutate");
+        assert_eq!(
+            hook["rules"][0]["resources"],
+            json!(["virtualmachines", "virtualmachineinstances", "virtualmachineinstancereplicasets"])
+        );
+        assert_eq!(hook["rules"][1]["apiGroups"], json!(["cdi.kubevirt.io"]));
+        assert_eq!(hook["rules"][1]["resources"], json!(["datavolumes", "datasources"]));
+        assert_eq!(hook["rules"].as_array().map(Vec::len), Some(3));
+        assert_eq!(configurations("https://x", false)[1]["webhooks"][0]["rules"].as_array().map(Vec::len), Some(2));
+    }
+}
