@@ -11,6 +11,7 @@ use converge_api::nodes::certificate::ServingCertificate;
 use converge_api::nodes::server::ServingKey;
 use converge_api::webhooks::{StatusWriters, WebhookServer, WebhookSettings};
 use converge_engine::cluster::kube::KubeCluster;
+use converge_engine::controllers::launcher_pod::PodSettings;
 use converge_engine::controllers::ApiKind;
 use converge_engine::host_access::HostAccess;
 use converge_engine::macpool::MacRange;
@@ -42,6 +43,12 @@ pub struct NodeCommandArgs {
     /// signs for it; published in the Node's `daemonEndpoints`. Port 0 picks a free one.
     #[arg(long, env = "CONVERGE_NODE_LISTEN", default_value = "0.0.0.0:10250")]
     pub listen: String,
+    /// The API is a real kube-apiserver with Converge's CRDs: use the Node its kubelet
+    /// registered (--node-name) and add only labels and devices to it; guests are the VMIs whose
+    /// launcher pods kube-scheduler bound here. Consoles, uploads and node-local volumes are not
+    /// served in this mode yet.
+    #[arg(long)]
+    pub kubernetes: bool,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -80,6 +87,14 @@ pub struct ControllersArgs {
     /// The MAC pool the webhooks assign from (START-END).
     #[arg(long)]
     pub mac_range: Option<String>,
+    /// The image of the launcher pods' one container (with --kubernetes): a placeholder that
+    /// holds the guest's resources while `converge node` runs the guest.
+    #[arg(long, default_value = converge_engine::controllers::launcher_pod::DEFAULT_IMAGE)]
+    pub launcher_image: String,
+    /// Guests run under software emulation on this cluster's nodes (KubeVirt's `useEmulation`):
+    /// launcher pods do not ask for the KVM device.
+    #[arg(long)]
+    pub use_emulation: bool,
 }
 
 async fn connect(kubeconfig: &std::path::Path) -> Result<Arc<KubeCluster>> {
@@ -97,6 +112,9 @@ pub async fn node(args: NodeCommandArgs) -> Result<()> {
         max_volume_size: args.max_volume_size,
     };
     let mut settings = config::resolve_node_command(input, args.node)?;
+    if args.kubernetes {
+        return kubernetes_node(&args.kubeconfig, settings).await;
+    }
     let listener = std::net::TcpListener::bind(&args.listen).with_context(|| format!("--listen {}", args.listen))?;
     let api = crate::client::Client::from_kubeconfig(&args.kubeconfig)?;
     let key = ServingKey::generate()?;
@@ -128,6 +146,21 @@ pub async fn node(args: NodeCommandArgs) -> Result<()> {
     Ok(())
 }
 
+/// `converge node --kubernetes`: the agent on a kubelet's Node.
+async fn kubernetes_node(kubeconfig: &std::path::Path, mut settings: config::NodeSettings) -> Result<()> {
+    settings.config.kubelet_owns_node = true;
+    let cluster = connect(kubeconfig).await?;
+    cluster.kinds_are_crds();
+    let agent = converge_engine::node::start_on_libvirt(cluster, settings.config, &settings.libvirt_uri)
+        .await
+        .context("starting the node agent")?;
+    println!("converge node {} joined the Kubernetes API of {}", agent.node_name, kubeconfig.display());
+    crate::until_stopped().await?;
+    tracing::info!("stopping");
+    drop(agent);
+    Ok(())
+}
+
 /// The API server signs this node's serving certificate for `key` (the node token says which
 /// node it may be).
 async fn serving_certificate(api: &crate::client::Client, node: &str, key: &ServingKey) -> Result<ServingCertificate> {
@@ -151,11 +184,17 @@ pub async fn controllers(args: ControllersArgs) -> Result<()> {
         false => None,
     };
     let cluster = connect(&args.kubeconfig).await?;
+    if args.kubernetes {
+        cluster.kinds_are_crds();
+    }
     let webhooks = match args.kubernetes {
         true => Some(serve_webhooks(&args, Arc::clone(&cluster)).await?),
         false => None,
     };
-    let api = if args.kubernetes { ApiKind::Kubernetes } else { ApiKind::Converge };
+    let api = match args.kubernetes {
+        true => ApiKind::Kubernetes(PodSettings { image: args.launcher_image.clone(), kvm: !args.use_emulation }),
+        false => ApiKind::Converge,
+    };
     let controllers = converge_engine::controllers::spawn(cluster, ranges, api);
     match &webhooks {
         Some(w) => println!(

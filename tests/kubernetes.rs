@@ -190,7 +190,7 @@ struct Controllers {
 async fn start_controllers(c: &RealCluster, port: u16) -> Controllers {
     let log = std::fs::File::create(c.dir.join(format!("controllers-{port}.log"))).expect("log");
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
-        .args(["controllers", "--kubernetes", "--tls-san", "127.0.0.1"])
+        .args(["controllers", "--kubernetes", "--use-emulation", "--tls-san", "127.0.0.1"])
         .arg("--kubeconfig")
         .arg(&c.kubeconfig)
         .args(["--webhook-listen", &format!("127.0.0.1:{port}")])
@@ -328,6 +328,192 @@ async fn webhooks_fill_validate_and_lease_macs() {
     ok(c, &["delete", "namespace", "k-hooks", "--wait=false"], None).await;
     ok(c, &["delete", "-f", "-", "--timeout=120s"], Some(&text)).await;
 }
+
+/// `converge node --kubernetes` on a stand-in Node, with the test images in its own data dir.
+struct NodeAgent {
+    _child: tokio::process::Child,
+    dir: tempfile::TempDir,
+}
+
+async fn start_node(c: &RealCluster, name: &str, prefix: &str) -> NodeAgent {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let st = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args(["image", "import"])
+        .arg(common::guests::guest_dir().join("oci-halt"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .expect("converge image import");
+    assert!(st.success(), "image import");
+    let log = std::fs::File::create(dir.path().join("node.log")).expect("log");
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args([
+            "node",
+            "--kubernetes",
+            "--node-name",
+            name,
+            "--domain-prefix",
+            &format!("{prefix}{name}-"),
+            "--pod-network",
+            "none",
+        ])
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("converge node starts");
+    NodeAgent { _child: child, dir }
+}
+
+impl NodeAgent {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+}
+
+async fn vmi_json(c: &RealCluster, ns: &str, name: &str) -> Value {
+    let (found, out, _) = c.kubectl(&["get", "vmi", name, "-n", ns, "-o", "json"], None).await;
+    if found {
+        json_of(&out)
+    } else {
+        Value::Null
+    }
+}
+
+async fn launcher_pods(c: &RealCluster, ns: &str) -> Vec<Value> {
+    let out = ok(c, &["get", "pods", "-n", ns, "-l", "kubevirt.io=virt-launcher", "-o", "json"], None).await;
+    json_of(&out)["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// A VM applied with kubectl runs as KubeVirt's do: its VMI's launcher pod, asking for the
+/// guest's memory plus overhead, is bound by kube-scheduler beside an ordinary pod that fills
+/// one node, the node agent of the node it was bound to starts the real guest, deleting the pod
+/// stops the guest (and the VM starts a new one), and deleting the VM leaves no VMI, pod or
+/// domain (kube-controller-manager's garbage collector follows the ownerReferences).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_runs_as_a_launcher_pod_placed_by_kube_scheduler() {
+    let Some(c) = cluster() else { return };
+    let _one_at_a_time = INSTALL.lock().await;
+    let prefix = format!("k{}-", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+    let _domains = common::guests::Cleanup(prefix.clone());
+    let port = common::servers::free_port();
+    let text = manifests(&["--webhook-url", &format!("https://127.0.0.1:{port}")]).await;
+    ok(c, &["apply", "-f", "-"], Some(&text)).await;
+    ok(
+        c,
+        &["wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=converge", "--timeout=60s"],
+        None,
+    )
+    .await;
+    let _controllers = start_controllers(c, port).await;
+    let _kubelets = c.kubelet_stand_in(&[("k-node-a", "4", "8Gi"), ("k-node-b", "4", "8Gi")]).await;
+    let node_a = start_node(c, "k-node-a", &prefix).await;
+    let node_b = start_node(c, "k-node-b", &prefix).await;
+    let admin = c.admin();
+    let joined = wait_until(Duration::from_secs(60), || async {
+        let nodes = admin.get("/api/v1/nodes").await;
+        let ready = nodes["items"].as_array().into_iter().flatten().filter(|n| {
+            n.pointer("/metadata/labels/kubevirt.io~1schedulable") == Some(&Value::from("true"))
+                && n.pointer("/status/allocatable/devices.kubevirt.io~1tun") == Some(&Value::from("1k"))
+        });
+        ready.count() == 2
+    })
+    .await;
+    assert!(joined, "the agents never labelled their Nodes\n{}\n{}", node_a.log(), node_b.log());
+
+    // An ordinary pod takes most of node a's memory.
+    ok(c, &["create", "namespace", "k-run"], None).await;
+    // Pods wait for the namespace's default service account (kube-controller-manager makes it).
+    let hog =
+        wait_until(Duration::from_secs(30), || async { c.kubectl(&["apply", "-f", "-"], Some(HOG_POD)).await.0 }).await;
+    assert!(hog, "the ordinary pod was never taken");
+    let hog_bound = wait_until(Duration::from_secs(60), || async {
+        let (_, out, _) =
+            c.kubectl(&["get", "pod", "hog", "-n", "k-run", "-o", "jsonpath={.spec.nodeName}"], None).await;
+        out == "k-node-a"
+    })
+    .await;
+    assert!(hog_bound, "kube-scheduler never bound the ordinary pod{}", c.logs());
+
+    let mut vm = common::guests::halt_vm("runner", "Always");
+    vm["metadata"]["namespace"] = Value::from("k-run");
+    vm["spec"]["template"]["spec"]["domain"]["resources"]["requests"]["memory"] = Value::from("1Gi");
+    vm["spec"]["template"]["metadata"] = serde_json::json!({"labels": {"app": "runner"}});
+    let created = wait_until(Duration::from_secs(60), || async {
+        c.kubectl(&["apply", "-f", "-"], Some(&vm.to_string())).await.0
+    })
+    .await;
+    assert!(created, "the VM was never admitted");
+    let running = wait_until(Duration::from_secs(120), || async {
+        vmi_json(c, "k-run", "runner").await.pointer("/status/phase") == Some(&Value::from("Running"))
+    })
+    .await;
+    let vmi = vmi_json(c, "k-run", "runner").await;
+    assert!(running, "the VMI never ran: {vmi}\n{}\n{}", node_a.log(), node_b.log());
+    assert_eq!(vmi.pointer("/status/nodeName"), Some(&Value::from("k-node-b")), "{vmi}");
+    let pods = launcher_pods(c, "k-run").await;
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    let pod = &pods[0];
+    assert_eq!(pod.pointer("/spec/nodeName"), Some(&Value::from("k-node-b")));
+    assert_eq!(
+        pod.pointer("/metadata/labels/app"),
+        Some(&Value::from("runner")),
+        "Services select launcher pods by the VMI's labels"
+    );
+    let memory =
+        pod.pointer("/spec/containers/0/resources/requests/memory").and_then(Value::as_str).unwrap_or_default();
+    let asked: u64 = memory.parse().unwrap_or(0);
+    assert!(asked > 1 << 30, "the guest's 1Gi plus overhead: {memory}");
+    let domain = format!("{prefix}k-node-b-k-run_runner");
+    let libvirt = converge_engine::hypervisor::Libvirt::open("qemu:///system").expect("libvirt");
+    use converge_engine::hypervisor::Hypervisor;
+    let alive = |d: &str| libvirt.list().unwrap_or_default().iter().any(|x| x.name == d && x.state.is_active());
+    assert!(alive(&domain), "no running domain {domain}");
+
+    // The pod goes: so does the guest, and the VM (Always) starts another.
+    let first_uid = vmi["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+    let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    ok(c, &["delete", "pod", &pod_name, "-n", "k-run", "--wait=false"], None).await;
+    let replaced = wait_until(Duration::from_secs(120), || async {
+        let v = vmi_json(c, "k-run", "runner").await;
+        v["metadata"]["uid"].as_str().is_some_and(|u| u != first_uid)
+            && v.pointer("/status/phase") == Some(&Value::from("Running"))
+    })
+    .await;
+    assert!(replaced, "no new guest after the pod went: {}\n{}", vmi_json(c, "k-run", "runner").await, node_b.log());
+
+    // The VM goes: its VMI, pod and domain follow.
+    ok(c, &["delete", "vm", "runner", "-n", "k-run", "--wait=false"], None).await;
+    let cleaned = wait_until(Duration::from_secs(120), || async {
+        vmi_json(c, "k-run", "runner").await.is_null() && launcher_pods(c, "k-run").await.is_empty() && !alive(&domain)
+    })
+    .await;
+    assert!(cleaned, "left behind: {} {:?}", vmi_json(c, "k-run", "runner").await, launcher_pods(c, "k-run").await);
+
+    ok(c, &["delete", "namespace", "k-run", "--wait=false"], None).await;
+    ok(c, &["delete", "-f", "-", "--timeout=120s"], Some(&text)).await;
+    for node in ["k-node-a", "k-node-b"] {
+        ok(c, &["delete", "node", node, "--wait=false"], None).await;
+    }
+}
+
+const HOG_POD: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: hog, namespace: k-run}
+spec:
+  nodeSelector: {kubernetes.io/hostname: k-node-a}
+  containers:
+  - name: hog
+    image: registry.k8s.io/pause:3.10
+    resources: {requests: {memory: 7Gi, cpu: 100m}}
+";
 
 const CLUSTER_INSTANCETYPE: &str = "apiVersion: instancetype.kubevirt.io/v1beta1
 kind: VirtualMachineClusterInstancetype

@@ -434,6 +434,23 @@ pub static NETWORK_ATTACHMENT_DEFINITION: ResourceKind = ResourceKind {
     create_only: false,
 };
 
+/// Launcher pods, on a Kubernetes cluster only: the embedded API does not serve Pods (it is not
+/// in [`ALL`]), the controllers read and write them through a kube-apiserver.
+pub static POD: ResourceKind = ResourceKind {
+    group: "",
+    version: "v1",
+    kind: "Pod",
+    plural: "pods",
+    singular: "pod",
+    short_names: &["po"],
+    namespaced: true,
+    categories: &["all"],
+    status_subresource: true,
+    scale_subresource: false,
+    definition: "io.k8s.api.core.v1.Pod",
+    create_only: false,
+};
+
 pub static ALL: &[&ResourceKind] = &[
     &NAMESPACE,
     &NODE,
@@ -461,6 +478,13 @@ pub static ALL: &[&ResourceKind] = &[
     &ENDPOINT_SLICE,
     &NETWORK_ATTACHMENT_DEFINITION,
 ];
+
+/// Whether the kind's CRD on a Kubernetes cluster has a status subresource: as the kind table
+/// says, except VMIs — KubeVirt's VMI CRD has none (its webhook turns back others' status
+/// changes instead), while the embedded API serves `/status` for them.
+pub fn crd_status_subresource(kind: &ResourceKind) -> bool {
+    kind.status_subresource && !std::ptr::eq(kind, &VIRTUAL_MACHINE_INSTANCE)
+}
 
 /// The kind served at `group/version` under `plural`.
 pub fn by_plural(group: &str, version: &str, plural: &str) -> Option<&'static ResourceKind> {

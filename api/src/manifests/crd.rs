@@ -38,16 +38,10 @@ pub fn custom_kinds(network_attachment_definitions: bool) -> Vec<&'static Resour
         .collect()
 }
 
-/// KubeVirt's VMI CRD has no status subresource: its webhook turns back status changes by anyone
-/// but its own service accounts instead. The embedded API serves `/status` for VMIs.
-fn status_subresource(kind: &ResourceKind) -> bool {
-    kind.status_subresource && !std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE)
-}
-
 /// The CustomResourceDefinition of `kind`.
 pub fn custom_resource_definition(kind: &'static ResourceKind) -> Value {
     let mut subresources = Map::new();
-    if status_subresource(kind) {
+    if kinds::crd_status_subresource(kind) {
         subresources.insert("status".into(), json!({}));
     }
     if kind.scale_subresource {

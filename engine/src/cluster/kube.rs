@@ -102,6 +102,8 @@ pub struct KubeCluster {
     events: broadcast::Sender<Arc<WatchEvent>>,
     caches: Mutex<HashMap<String, Arc<KindCache>>>,
     watchers: Mutex<Vec<JoinHandle<()>>>,
+    /// The API is a kube-apiserver serving Converge's kinds as CRDs (`converge manifests`).
+    crds: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for KubeCluster {
@@ -123,7 +125,13 @@ pub enum ConnectError {
 impl KubeCluster {
     pub fn new(client: kube::Client) -> Arc<KubeCluster> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        Arc::new(KubeCluster { client, events, caches: Mutex::default(), watchers: Mutex::default() })
+        Arc::new(KubeCluster {
+            client,
+            events,
+            caches: Mutex::default(),
+            watchers: Mutex::default(),
+            crds: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// A client from a kubeconfig file (its current context).
@@ -137,6 +145,19 @@ impl KubeCluster {
             .map_err(|e| ConnectError::Kubeconfig(shown, e.to_string()))?;
         let client = kube::Client::try_from(config).map_err(|e| ConnectError::Client(e.to_string()))?;
         Ok(KubeCluster::new(client))
+    }
+
+    /// The API serves Converge's kinds as `converge manifests`' CRDs: a VMI's status is written
+    /// in the object itself.
+    pub fn kinds_are_crds(&self) {
+        self.crds.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn has_status_subresource(&self, kind: &ResourceKind) -> bool {
+        match self.crds.load(std::sync::atomic::Ordering::Relaxed) {
+            true => crate::kinds::crd_status_subresource(kind),
+            false => kind.status_subresource,
+        }
     }
 
     /// GET of an object outside the kind table (a webhook configuration), as JSON.
@@ -388,7 +409,7 @@ impl Cluster for KubeCluster {
             // A kind without a status subresource (KubeVirt's VMI CRD has none) takes its status
             // in the object itself.
             let updated = match mode {
-                UpdateMode::Status if kind.status_subresource => api.replace_status(&name, &pp, &obj).await,
+                UpdateMode::Status if self.has_status_subresource(kind) => api.replace_status(&name, &pp, &obj).await,
                 _ => api.replace(&name, &pp, &obj).await,
             };
             let updated = to_value(updated.map_err(api_error)?)?;

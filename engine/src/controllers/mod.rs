@@ -4,6 +4,7 @@
 
 pub mod datavolumes;
 pub mod endpoints;
+pub mod launcher_pod;
 pub mod nodeipam;
 pub mod nodes;
 pub mod replicaset;

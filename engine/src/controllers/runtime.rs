@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
+use super::launcher_pod::{self, PodSettings};
 use super::{replicaset, vm_sync, vmi, Key};
 use crate::cluster::Cluster;
 use crate::kinds;
@@ -51,19 +52,22 @@ fn owner_keys(obj: &Value, owner_kind: &str) -> Vec<Key> {
         .collect()
 }
 
-/// Starts every controller on `cluster`; with `pod_ranges`, Nodes are given their pod ranges.
 /// Which API the controllers run against.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ApiKind {
-    /// Converge's own: the node lifecycle and the Services' endpoints are ours to keep.
+    /// Converge's own: VMIs are placed by Converge's scheduler, and the node lifecycle and the
+    /// Services' endpoints are ours to keep.
     Converge,
-    /// A real kube-apiserver: kube-controller-manager keeps Nodes' lifecycle and Endpoints.
-    Kubernetes,
+    /// A real kube-apiserver: VMIs are placed through launcher pods by kube-scheduler, and
+    /// kube-controller-manager keeps Nodes' lifecycle and Endpoints.
+    Kubernetes(PodSettings),
 }
 
+/// Starts every controller on `cluster`; with `pod_ranges`, Nodes are given their pod ranges.
 pub fn spawn(cluster: Arc<dyn Cluster>, pod_ranges: Option<super::nodeipam::PodRanges>, api: ApiKind) -> Controllers {
     let queues = Arc::new(Queues { vm: WorkQueue::new(), vmi: WorkQueue::new(), rs: WorkQueue::new() });
-    let mut tasks = vec![tokio::spawn(feed(Arc::clone(&cluster), Arc::clone(&queues)))];
+    let pods = matches!(api, ApiKind::Kubernetes(_));
+    let mut tasks = vec![tokio::spawn(feed(Arc::clone(&cluster), Arc::clone(&queues), pods))];
     if api == ApiKind::Converge {
         tasks.push(tokio::spawn(super::nodes::run(Arc::clone(&cluster))));
         tasks.extend(super::endpoints::spawn(Arc::clone(&cluster)));
@@ -77,10 +81,19 @@ pub fn spawn(cluster: Arc<dyn Cluster>, pod_ranges: Option<super::nodeipam::PodR
         async move { vm_sync::sync(c.as_ref(), key).await }
     }));
     let c = Arc::clone(&cluster);
-    tasks.extend(worker::spawn("virtualmachineinstance", &queues.vmi, WORKERS, move |key| {
-        let c = Arc::clone(&c);
-        async move { vmi::sync(c.as_ref(), key).await }
-    }));
+    match api {
+        ApiKind::Converge => tasks.extend(worker::spawn("virtualmachineinstance", &queues.vmi, WORKERS, move |key| {
+            let c = Arc::clone(&c);
+            async move { vmi::sync(c.as_ref(), key).await }
+        })),
+        ApiKind::Kubernetes(settings) => {
+            let settings = Arc::new(settings);
+            tasks.extend(worker::spawn("virtualmachineinstance", &queues.vmi, WORKERS, move |key| {
+                let (c, settings) = (Arc::clone(&c), Arc::clone(&settings));
+                async move { launcher_pod::sync(c.as_ref(), key, &settings).await }
+            }))
+        }
+    }
     let c = Arc::clone(&cluster);
     tasks.extend(worker::spawn("virtualmachineinstancereplicaset", &queues.rs, 1, move |key| {
         let c = Arc::clone(&c);
@@ -111,8 +124,12 @@ async fn resync_all(cluster: &dyn Cluster, queues: &Queues) {
     }
 }
 
-async fn feed(cluster: Arc<dyn Cluster>, queues: Arc<Queues>) {
+async fn feed(cluster: Arc<dyn Cluster>, queues: Arc<Queues>, pods: bool) {
     let mut rx = cluster.watch(&WATCHED);
+    if pods {
+        let _ = cluster.watch(&[&kinds::POD]);
+    }
+    let pod_key = kinds::POD.store_key();
     resync_all(cluster.as_ref(), &queues).await;
     let mut resync = tokio::time::interval(RESYNC);
     resync.tick().await;
@@ -135,6 +152,8 @@ async fn feed(cluster: Arc<dyn Cluster>, queues: Arc<Queues>) {
                         owner_keys(&ev.object, "VirtualMachine").into_iter().for_each(|k| queues.vm.add(k));
                         owner_keys(&ev.object, "VirtualMachineInstanceReplicaSet").into_iter().for_each(|k| queues.rs.add(k));
                         queues.vmi.add(key);
+                    } else if ev.kind_key == pod_key {
+                        owner_keys(&ev.object, "VirtualMachineInstance").into_iter().for_each(|k| queues.vmi.add(k));
                     } else if ev.kind_key == rs_key {
                         queues.rs.add(key);
                     } else if ev.kind_key == node_key {

@@ -65,6 +65,9 @@ pub struct NodeConfig {
     /// The port this node's agent serves the API server on (consoles, VNC, pause), published in
     /// the Node's `daemonEndpoints.kubeletEndpoint.Port`; 0 when the API runs the agent itself.
     pub serving_port: u16,
+    /// The Node is a kubelet's (a Kubernetes cluster): the agent never registers it or posts its
+    /// conditions, it only adds its labels and devices.
+    pub kubelet_owns_node: bool,
 }
 
 impl NodeConfig {
@@ -83,6 +86,7 @@ impl NodeConfig {
             network: None,
             host_access: crate::host_access::HostAccess::default(),
             serving_port: 0,
+            kubelet_owns_node: false,
         }
     }
 }
@@ -247,7 +251,7 @@ async fn register(
         attempt += 1;
         match register_once(cluster, config, accel, hv_version).await {
             Err(e) if e.code == 409 && attempt < 5 => continue,
-            other => return other.map_err(|e| NodeError::Register(e.message)),
+            other => return other.map_err(|e| NodeError::Register(e.to_string())),
         }
     }
 }
@@ -267,6 +271,9 @@ async fn register_once(
         hypervisor_version: hv_version,
         serving_port: config.serving_port,
     };
+    if config.kubelet_owns_node {
+        return join_kubelets_node(cluster, config, &nf).await;
+    }
     let now = meta::now_rfc3339();
     let node = match cluster.get(&kinds::NODE, "", &config.name).await? {
         Some(mut existing) => {
@@ -290,6 +297,27 @@ async fn register_once(
     let mut with_status = node.clone();
     with_status["status"] = status;
     cluster.update(&kinds::NODE, with_status, UpdateMode::Status).await
+}
+
+/// A kubelet's Node: labelled and given this node's devices, nothing else touched.
+async fn join_kubelets_node(
+    cluster: &dyn Cluster,
+    config: &NodeConfig,
+    nf: &register::NodeFacts<'_>,
+) -> crate::ApiResult<Value> {
+    let Some(mut node) = cluster.get(&kinds::NODE, "", &config.name).await? else {
+        return Err(crate::ApiError::not_found_message(format!(
+            "Node {} does not exist: on a Kubernetes cluster the node's kubelet registers it (--node-name names it)",
+            config.name
+        )));
+    };
+    if let Some(labelled) = register::joined_labels(&node, nf) {
+        node = cluster.update(&kinds::NODE, labelled, UpdateMode::Main).await?;
+    }
+    if let Some(with_devices) = register::joined_status(&node, nf.accel) {
+        node = cluster.update(&kinds::NODE, with_devices, UpdateMode::Status).await?;
+    }
+    Ok(node)
 }
 
 /// How often a node waiting for its pod range looks again, and says so in its log.

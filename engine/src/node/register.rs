@@ -92,3 +92,77 @@ pub fn merge_heartbeat(previous: Option<&Value>, mut next: Value) -> Value {
     }
     next
 }
+
+/// The devices a node offers as extended resources (`devices.kubevirt.io/tun`: taps for pod
+/// interfaces; the KVM device only where KVM works).
+fn devices(accel: Accel) -> [(&'static str, &'static str); 2] {
+    [
+        (KVM_RESOURCE, if accel == Accel::Kvm { "1k" } else { "0" }),
+        (crate::controllers::launcher_pod::TUN_RESOURCE, "1k"),
+    ]
+}
+
+/// On a Kubernetes cluster the kubelet registers the Node and posts its status; the agent adds
+/// only what virt-handler adds: its labels. The Node with them, or `None` when it has them.
+pub fn joined_labels(node: &Value, f: &NodeFacts) -> Option<Value> {
+    let mut next = node.clone();
+    let labels = crate::meta::at_mut(&mut next, &["metadata", "labels"]);
+    if !labels.is_object() {
+        *labels = json!({});
+    }
+    let map = labels.as_object_mut()?;
+    map.remove(EMULATION_LABEL);
+    map.insert("kubevirt.io/schedulable".into(), json!("true"));
+    if f.accel == Accel::Tcg && f.emulation_allowed {
+        map.insert(EMULATION_LABEL.into(), json!("true"));
+    }
+    (next != *node).then_some(next)
+}
+
+/// The Node's status with the devices this node offers in capacity and allocatable, as a device
+/// plugin's resources appear there (the rest is the kubelet's); `None` when already so.
+pub fn joined_status(node: &Value, accel: Accel) -> Option<Value> {
+    let mut next = node.clone();
+    for field in ["capacity", "allocatable"] {
+        let map = crate::meta::at_mut(&mut next, &["status", field]);
+        if !map.is_object() {
+            *map = json!({});
+        }
+        for (resource, amount) in devices(accel) {
+            map[resource] = json!(amount);
+        }
+    }
+    (next != *node).then_some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_joined_node_gains_labels_and_devices_and_keeps_the_kubelets_status() {
+        let host = super::super::host::gather();
+        let facts = NodeFacts {
+            name: "n1",
+            host: &host,
+            accel: Accel::Tcg,
+            emulation_allowed: true,
+            hypervisor_version: "9.0",
+            serving_port: 0,
+        };
+        let node = json!({"metadata": {"name": "n1", "labels": {"zone": "a"}},
+            "status": {"capacity": {"cpu": "4"}, "allocatable": {"cpu": "3"},
+                       "conditions": [{"type": "Ready", "status": "True"}]}});
+        let labelled = joined_labels(&node, &facts).unwrap_or_default();
+        assert_eq!(labelled["metadata"]["labels"]["zone"], "a");
+        assert_eq!(labelled["metadata"]["labels"][EMULATION_LABEL], "true");
+        assert_eq!(joined_labels(&labelled, &facts), None, "nothing to write twice");
+        let status = joined_status(&labelled, Accel::Tcg).unwrap_or_default();
+        assert_eq!(
+            status["status"]["allocatable"],
+            json!({"cpu": "3", KVM_RESOURCE: "0", "devices.kubevirt.io/tun": "1k"})
+        );
+        assert_eq!(status["status"]["conditions"], node["status"]["conditions"]);
+        assert_eq!(joined_status(&status, Accel::Tcg), None);
+    }
+}
