@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use converge_api::extension::admission::StatusWriters;
+use converge_api::extension::{ExtensionServer, ExtensionSettings};
 use converge_api::nodes::certificate::ServingCertificate;
 use converge_api::nodes::server::ServingKey;
-use converge_api::webhooks::{StatusWriters, WebhookServer, WebhookSettings};
 use converge_engine::cluster::kube::KubeCluster;
 use converge_engine::controllers::launcher_pod::PodSettings;
 use converge_engine::controllers::ApiKind;
@@ -76,6 +77,10 @@ pub struct ControllersArgs {
     /// Where the admission webhooks listen (with --kubernetes).
     #[arg(long, default_value = "0.0.0.0:8443")]
     pub webhook_listen: String,
+    /// Where the aggregated API (`subresources.kubevirt.io`) listens (with --kubernetes); only
+    /// kube-apiserver's front proxy may connect. Not served without it.
+    #[arg(long)]
+    pub aggregated_api_listen: Option<String>,
     /// Converge's namespace on the cluster: the webhooks' CA Secret lives there, and its
     /// service accounts may write VMIs' status.
     #[arg(long, default_value = "converge-system")]
@@ -188,7 +193,7 @@ pub async fn controllers(args: ControllersArgs) -> Result<()> {
         cluster.kinds_are_crds();
     }
     let webhooks = match args.kubernetes {
-        true => Some(serve_webhooks(&args, Arc::clone(&cluster)).await?),
+        true => Some(serve_extension(&args, Arc::clone(&cluster)).await?),
         false => None,
     };
     let api = match args.kubernetes {
@@ -198,9 +203,10 @@ pub async fn controllers(args: ControllersArgs) -> Result<()> {
     let controllers = converge_engine::controllers::spawn(cluster, ranges, api);
     match &webhooks {
         Some(w) => println!(
-            "converge controllers running against the Kubernetes API of {}, webhooks on {}",
+            "converge controllers running against the Kubernetes API of {}, webhooks on {}{}",
             args.kubeconfig.display(),
-            w.addr
+            w.webhook_addr,
+            w.aggregated_addr.map(|a| format!(", aggregated API on {a}")).unwrap_or_default()
         ),
         None => println!("converge controllers running against the API of {}", args.kubeconfig.display()),
     }
@@ -211,20 +217,28 @@ pub async fn controllers(args: ControllersArgs) -> Result<()> {
     Ok(())
 }
 
-async fn serve_webhooks(args: &ControllersArgs, cluster: Arc<KubeCluster>) -> Result<WebhookServer> {
+/// The webhooks and, when asked, the aggregated API.
+async fn serve_extension(args: &ControllersArgs, cluster: Arc<KubeCluster>) -> Result<ExtensionServer> {
     let listener = std::net::TcpListener::bind(&args.webhook_listen)
         .with_context(|| format!("--webhook-listen {}", args.webhook_listen))?;
+    let aggregated = match &args.aggregated_api_listen {
+        Some(addr) => {
+            Some(std::net::TcpListener::bind(addr).with_context(|| format!("--aggregated-api-listen {addr}"))?)
+        }
+        None => None,
+    };
     let mac_range = match &args.mac_range {
         Some(text) => MacRange::parse(text).map_err(|e| anyhow::anyhow!("--mac-range {text}: {e}"))?,
         None => MacRange::default(),
     };
-    let settings = WebhookSettings {
+    let settings = ExtensionSettings {
         namespace: args.namespace.clone(),
-        listener,
+        webhook_listener: listener,
+        aggregated_listener: aggregated,
         tls_sans: args.tls_sans.clone(),
         mac_range,
         status_writers: StatusWriters::of_namespace(&args.namespace),
         host: HostAccess::default(),
     };
-    converge_api::webhooks::start(cluster, settings).await.context("serving the admission webhooks")
+    converge_api::extension::start(cluster, settings).await.context("serving the webhooks and the aggregated API")
 }

@@ -45,6 +45,10 @@ enum Command {
         /// controllers --kubernetes` running outside the cluster; give it HOST as --tls-san).
         #[arg(long)]
         webhook_url: Option<String>,
+        /// Register the aggregated API (`subresources.kubevirt.io`) at this address (IP:PORT of
+        /// `converge controllers --kubernetes --aggregated-api-listen` outside the cluster).
+        #[arg(long)]
+        aggregated_api_endpoint: Option<std::net::SocketAddr>,
     },
     /// Issue, list and revoke bearer tokens (talks to a running server as admin).
     Token {
@@ -288,11 +292,17 @@ fn main() -> Result<()> {
                 init_logging(cli.log_format.as_deref())?;
                 cluster_cmd::controllers(args).await
             }
-            Command::Manifests { namespace, no_network_attachment_definitions, webhook_url } => {
+            Command::Manifests {
+                namespace,
+                no_network_attachment_definitions,
+                webhook_url,
+                aggregated_api_endpoint,
+            } => {
                 let options = converge_api::manifests::Options {
                     namespace,
                     network_attachment_definitions: !no_network_attachment_definitions,
                     webhook_url,
+                    aggregated_api_endpoint,
                 };
                 print!("{}", converge_api::manifests::to_yaml(&converge_api::manifests::manifests(&options))?);
                 Ok(())

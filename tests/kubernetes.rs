@@ -12,7 +12,20 @@ use std::time::Duration;
 /// The tests install and uninstall Converge on the one cluster: one at a time.
 static INSTALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Waits until a previous install is wholly gone (a CRD's deletion first removes every object
+/// of it, and outlives `kubectl delete`'s answer), then prints the manifests.
 async fn manifests(args: &[&str]) -> String {
+    if let Some(c) = cluster() {
+        let gone = wait_until(Duration::from_secs(120), || async {
+            let (_, crds, _) =
+                c.kubectl(&["get", "crd", "-l", "app.kubernetes.io/part-of=converge", "-o", "name"], None).await;
+            let (_, ns, _) =
+                c.kubectl(&["get", "namespace", "converge-system", "--ignore-not-found", "-o", "name"], None).await;
+            crds.trim().is_empty() && ns.trim().is_empty()
+        })
+        .await;
+        assert!(gone, "the previous install never went away");
+    }
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
         .arg("manifests")
         .args(args)
@@ -167,7 +180,7 @@ async fn manifests_install_serve_the_kinds_and_uninstall() {
 
     // Uninstall: the kinds and every object of them go.
     ok(c, &["delete", "namespace", "k-basic", "k-other", "--wait=false"], None).await;
-    let deleted = ok(c, &["delete", "-f", "-", "--timeout=120s"], Some(&text)).await;
+    let deleted = ok(c, &["delete", "-f", "-", "--ignore-not-found", "--timeout=120s"], Some(&text)).await;
     assert!(
         deleted.contains("customresourcedefinition.apiextensions.k8s.io \"virtualmachines.kubevirt.io\" deleted"),
         "{deleted}"
@@ -187,13 +200,18 @@ struct Controllers {
     _child: tokio::process::Child,
 }
 
-async fn start_controllers(c: &RealCluster, port: u16) -> Controllers {
+async fn start_controllers(c: &RealCluster, port: u16, aggregated: Option<&str>) -> Controllers {
     let log = std::fs::File::create(c.dir.join(format!("controllers-{port}.log"))).expect("log");
+    let mut extra = vec![];
+    if let Some(addr) = aggregated {
+        extra = vec!["--aggregated-api-listen", addr];
+    }
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
         .args(["controllers", "--kubernetes", "--use-emulation", "--tls-san", "127.0.0.1"])
         .arg("--kubeconfig")
         .arg(&c.kubeconfig)
         .args(["--webhook-listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(log)
@@ -221,7 +239,7 @@ async fn webhooks_fill_validate_and_lease_macs() {
         None,
     )
     .await;
-    let _controllers = start_controllers(c, port).await;
+    let _controllers = start_controllers(c, port, None).await;
     ok(c, &["create", "namespace", "k-hooks"], None).await;
 
     // Until the controllers have written their CA into the configurations, creates fail closed.
@@ -326,7 +344,7 @@ async fn webhooks_fill_validate_and_lease_macs() {
     assert_ne!(after.pointer("/status/nodeName"), Some(&Value::from("host")), "{err}{after}");
 
     ok(c, &["delete", "namespace", "k-hooks", "--wait=false"], None).await;
-    ok(c, &["delete", "-f", "-", "--timeout=120s"], Some(&text)).await;
+    ok(c, &["delete", "-f", "-", "--ignore-not-found", "--timeout=120s"], Some(&text)).await;
 }
 
 /// `converge node --kubernetes` on a stand-in Node, with the test images in its own data dir.
@@ -394,17 +412,23 @@ async fn launcher_pods(c: &RealCluster, ns: &str) -> Vec<Value> {
 
 /// A VM applied with kubectl runs as KubeVirt's do: its VMI's launcher pod, asking for the
 /// guest's memory plus overhead, is bound by kube-scheduler beside an ordinary pod that fills
-/// one node, the node agent of the node it was bound to starts the real guest, deleting the pod
-/// stops the guest (and the VM starts a new one), and deleting the VM leaves no VMI, pod or
-/// domain (kube-controller-manager's garbage collector follows the ownerReferences).
+/// one node, the node agent of the node it was bound to starts the real guest; `converge stop`
+/// and `start` reach the aggregated API through kube-apiserver, whose RBAC decides who may;
+/// deleting the pod stops the guest (and the VM starts a new one), and deleting the VM leaves no
+/// VMI, pod or domain (kube-controller-manager's garbage collector follows the ownerReferences).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_vm_runs_as_a_launcher_pod_placed_by_kube_scheduler() {
+async fn a_vm_runs_as_a_launcher_pod_and_answers_the_aggregated_api() {
     let Some(c) = cluster() else { return };
     let _one_at_a_time = INSTALL.lock().await;
     let prefix = format!("k{}-", &uuid::Uuid::new_v4().simple().to_string()[..6]);
     let _domains = common::guests::Cleanup(prefix.clone());
     let port = common::servers::free_port();
-    let text = manifests(&["--webhook-url", &format!("https://127.0.0.1:{port}")]).await;
+    // The aggregated API listens on a veth the test makes: Endpoints refuse loopback addresses.
+    let link = TestLink::make();
+    let aggregated = format!("{}:{}", TestLink::HOST_ADDRESS, common::servers::free_port());
+    let text =
+        manifests(&["--webhook-url", &format!("https://127.0.0.1:{port}"), "--aggregated-api-endpoint", &aggregated])
+            .await;
     ok(c, &["apply", "-f", "-"], Some(&text)).await;
     ok(
         c,
@@ -412,7 +436,7 @@ async fn a_vm_runs_as_a_launcher_pod_placed_by_kube_scheduler() {
         None,
     )
     .await;
-    let _controllers = start_controllers(c, port).await;
+    let _controllers = start_controllers(c, port, Some(&aggregated)).await;
     let _kubelets = c.kubelet_stand_in(&[("k-node-a", "4", "8Gi"), ("k-node-b", "4", "8Gi")]).await;
     let node_a = start_node(c, "k-node-a", &prefix).await;
     let node_b = start_node(c, "k-node-b", &prefix).await;
@@ -477,9 +501,104 @@ async fn a_vm_runs_as_a_launcher_pod_placed_by_kube_scheduler() {
     let alive = |d: &str| libvirt.list().unwrap_or_default().iter().any(|x| x.name == d && x.state.is_active());
     assert!(alive(&domain), "no running domain {domain}");
 
+    // The aggregated API, through kube-apiserver: discovery, then `converge stop` and `start`.
+    let available = wait_until(Duration::from_secs(60), || async {
+        let (_, out, _) = c
+            .kubectl(
+                &[
+                    "get",
+                    "apiservice",
+                    "v1.subresources.kubevirt.io",
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type=='Available')].status}",
+                ],
+                None,
+            )
+            .await;
+        out == "True"
+    })
+    .await;
+    let (_, apiservice, _) = c.kubectl(&["get", "apiservice", "v1.subresources.kubevirt.io", "-o", "yaml"], None).await;
+    assert!(available, "the APIService never became available: {apiservice}{}", c.logs());
+    let resources = json_of(&ok(c, &["get", "--raw", "/apis/subresources.kubevirt.io/v1"], None).await);
+    assert!(resources.to_string().contains("virtualmachines/stop"), "{resources}");
+    let converge = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+            .args(&args)
+            .arg("--kubeconfig")
+            .arg(&c.kubeconfig)
+            .output()
+            .await
+            .expect("converge runs");
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (stopped, err) = converge(vec!["stop".into(), "runner".into(), "-n".into(), "k-run".into()]).await;
+    assert!(stopped, "converge stop through the aggregated API: {err}");
+    let halted = wait_until(Duration::from_secs(60), || async {
+        vmi_json(c, "k-run", "runner").await.is_null() && !alive(&domain)
+    })
+    .await;
+    assert!(halted, "the guest outlived its stop");
+    let (started, err) = converge(vec!["start".into(), "runner".into(), "-n".into(), "k-run".into()]).await;
+    assert!(started, "converge start: {err}");
+    let again = wait_until(Duration::from_secs(120), || async {
+        vmi_json(c, "k-run", "runner").await.pointer("/status/phase") == Some(&Value::from("Running"))
+    })
+    .await;
+    assert!(again, "no guest after start: {}", vmi_json(c, "k-run", "runner").await);
+    // Kubernetes RBAC decides: an editor of another namespace may not stop it.
+    ok(c, &["create", "namespace", "k-elsewhere"], None).await;
+    let sa = wait_until(Duration::from_secs(30), || async {
+        c.kubectl(&["create", "serviceaccount", "eve", "-n", "k-elsewhere"], None).await.0
+    })
+    .await;
+    assert!(sa, "no service account");
+    ok(
+        c,
+        &[
+            "create",
+            "rolebinding",
+            "eve-edit",
+            "--clusterrole=edit",
+            "--serviceaccount=k-elsewhere:eve",
+            "-n",
+            "k-elsewhere",
+        ],
+        None,
+    )
+    .await;
+    let token = ok(c, &["create", "token", "eve", "-n", "k-elsewhere"], None).await;
+    let eve = c.kubeconfig_for("eve", token.trim());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args(["stop", "runner", "-n", "k-run", "--kubeconfig"])
+        .arg(&eve)
+        .output()
+        .await
+        .expect("converge runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("forbidden"), "{err}");
+    // Straight to the aggregated server, claiming to be an admin: no front-proxy certificate,
+    // no connection.
+    let forged = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("client")
+        .put(format!(
+            "https://{aggregated}/apis/subresources.kubevirt.io/v1/namespaces/k-run/virtualmachines/runner/stop"
+        ))
+        .header("X-Remote-User", "admin")
+        .header("X-Remote-Group", "system:masters")
+        .send()
+        .await;
+    assert!(forged.is_err(), "the aggregated server answered without the front proxy's certificate: {forged:?}");
+    let vmi = vmi_json(c, "k-run", "runner").await;
+    assert_eq!(vmi.pointer("/status/phase"), Some(&Value::from("Running")), "{vmi}");
+
     // The pod goes: so does the guest, and the VM (Always) starts another.
     let first_uid = vmi["metadata"]["uid"].as_str().unwrap_or_default().to_string();
-    let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let pods = launcher_pods(c, "k-run").await;
+    let live: Vec<&Value> = pods.iter().filter(|p| p.pointer("/metadata/deletionTimestamp").is_none()).collect();
+    let pod_name = live.first().and_then(|p| p["metadata"]["name"].as_str()).unwrap_or_default().to_string();
     ok(c, &["delete", "pod", &pod_name, "-n", "k-run", "--wait=false"], None).await;
     let replaced = wait_until(Duration::from_secs(120), || async {
         let v = vmi_json(c, "k-run", "runner").await;
@@ -497,10 +616,49 @@ async fn a_vm_runs_as_a_launcher_pod_placed_by_kube_scheduler() {
     .await;
     assert!(cleaned, "left behind: {} {:?}", vmi_json(c, "k-run", "runner").await, launcher_pods(c, "k-run").await);
 
-    ok(c, &["delete", "namespace", "k-run", "--wait=false"], None).await;
-    ok(c, &["delete", "-f", "-", "--timeout=120s"], Some(&text)).await;
+    ok(c, &["delete", "namespace", "k-run", "k-elsewhere", "--wait=false"], None).await;
+    ok(c, &["delete", "-f", "-", "--ignore-not-found", "--timeout=120s"], Some(&text)).await;
+    drop(link);
     for node in ["k-node-a", "k-node-b"] {
         ok(c, &["delete", "node", node, "--wait=false"], None).await;
+    }
+}
+
+/// A veth pair into a network namespace of the test's own, for an address that is not loopback.
+struct TestLink;
+
+impl TestLink {
+    const NETNS: &'static str = "cvk-aggregated";
+    const HOST_LINK: &'static str = "cvkagg0";
+    const HOST_ADDRESS: &'static str = "10.213.77.1";
+
+    fn make() -> TestLink {
+        let ip = |args: &[&str]| {
+            let st = std::process::Command::new("ip").args(args).status().expect("ip runs");
+            assert!(st.success(), "ip {args:?}");
+        };
+        TestLink::remove();
+        ip(&["netns", "add", Self::NETNS]);
+        ip(&["link", "add", Self::HOST_LINK, "type", "veth", "peer", "name", "cvkagg1", "netns", Self::NETNS]);
+        ip(&["addr", "add", &format!("{}/30", Self::HOST_ADDRESS), "dev", Self::HOST_LINK]);
+        ip(&["link", "set", Self::HOST_LINK, "up"]);
+        ip(&["-n", Self::NETNS, "addr", "add", "10.213.77.2/30", "dev", "cvkagg1"]);
+        ip(&["-n", Self::NETNS, "link", "set", "cvkagg1", "up"]);
+        TestLink
+    }
+}
+
+impl TestLink {
+    fn remove() {
+        for args in [["netns", "del", Self::NETNS], ["link", "del", Self::HOST_LINK]] {
+            let _ = std::process::Command::new("ip").args(args).stderr(std::process::Stdio::null()).status();
+        }
+    }
+}
+
+impl Drop for TestLink {
+    fn drop(&mut self) {
+        TestLink::remove();
     }
 }
 

@@ -303,9 +303,15 @@ async fn power(req: HttpRequest, state: web::Data<AppState>, op: crate::subresou
                     format!("the host is {}; only a Created host starts, stops and restarts", rec.state.as_str()),
                 ));
             }
-            crate::subresources::vm_request(&state, &rec.namespace, &rec.name, op, &Value::Object(Default::default()))
-                .await
-                .map_err(BridgeError::from)?;
+            crate::subresources::vm_request(
+                &*state.store,
+                &rec.namespace,
+                &rec.name,
+                op,
+                &Value::Object(Default::default()),
+            )
+            .await
+            .map_err(BridgeError::from)?;
             Ok(json(202, &view::host_view(&state.bridge, &rec).await?))
         }
         .await,

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod bridge;
 mod console;
 pub mod discovery;
+pub mod extension;
 pub mod manifests;
 mod node_auth;
 pub mod nodes;
@@ -23,6 +24,5 @@ pub mod table;
 mod tokens;
 pub mod upload;
 mod watch;
-pub mod webhooks;
 
 pub use server::{start, RunningServer, ServeError, ServerConfig};

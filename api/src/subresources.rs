@@ -4,6 +4,7 @@
 //! about what a request changes are pure functions, tested without a server.
 
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use converge_engine::cluster::Cluster;
 use converge_engine::controllers::status::{self as st, is_final, phase};
 use converge_engine::controllers::vm::{
     run_strategy, RUN_ALWAYS, RUN_HALTED, RUN_MANUAL, RUN_ONCE, RUN_RERUN_ON_FAILURE,
@@ -198,21 +199,33 @@ fn parse_body(body: &[u8]) -> ApiResult<Value> {
 
 /// The group's APIResourceList, as virt-api serves it.
 pub fn resource_list(version: &str) -> Value {
+    resource_list_of(version, true)
+}
+
+/// The group's APIResourceList; without `vmi_ops`, the VM verbs alone (what a Kubernetes
+/// cluster's aggregated server answers so far: the VMI verbs need the node's agent).
+pub fn resource_list_of(version: &str, vmi_ops: bool) -> Value {
     let r = |name: &str, verbs: &[&str]| json!({"name": name, "singularName": "", "namespaced": true, "kind": "", "verbs": verbs});
-    json!({
-        "kind": "APIResourceList",
-        "apiVersion": "v1",
-        "groupVersion": format!("{GROUP}/{version}"),
-        "resources": [
+    let mut resources = vec![];
+    if vmi_ops {
+        resources.extend([
             r("virtualmachineinstances/vnc", &["get"]),
             r("virtualmachineinstances/console", &["get"]),
             r("virtualmachineinstances/pause", &["update"]),
             r("virtualmachineinstances/unpause", &["update"]),
             r("virtualmachineinstances/softreboot", &["update"]),
-            r("virtualmachines/start", &["update"]),
-            r("virtualmachines/stop", &["update"]),
-            r("virtualmachines/restart", &["update"]),
-        ],
+        ]);
+    }
+    resources.extend([
+        r("virtualmachines/start", &["update"]),
+        r("virtualmachines/stop", &["update"]),
+        r("virtualmachines/restart", &["update"]),
+    ]);
+    json!({
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": format!("{GROUP}/{version}"),
+        "resources": resources,
     })
 }
 
@@ -286,7 +299,7 @@ async fn dispatch(req: &HttpRequest, payload: web::Payload, state: &AppState) ->
         SubRequest::Healthz => Ok(json_response(200, &json!({"apiserver": "ok", "restclient": "ok"}), &[])),
         SubRequest::Vm { namespace, name, op } => {
             let body = read_body(payload).await?;
-            vm_request(state, &namespace, &name, op, &parse_body(&body)?).await
+            vm_request(&*state.store, &namespace, &name, op, &parse_body(&body)?).await
         }
         SubRequest::Vmi { namespace, name, op } => match op {
             VmiOp::Console | VmiOp::Vnc => crate::console::open(req, payload, state, &namespace, &name, op).await,
@@ -339,31 +352,30 @@ pub async fn domain_xml(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
 }
 
 pub(crate) async fn vm_request(
-    state: &AppState,
+    cluster: &dyn Cluster,
     ns: &str,
     name: &str,
     op: VmOp,
     body: &Value,
 ) -> ApiResult<HttpResponse> {
-    let vm = state
-        .store
+    let vm = cluster
         .get(&kinds::VIRTUAL_MACHINE, ns, name)
         .await?
         .ok_or_else(|| ApiError::not_found("kubevirt.io", "virtualmachines", name))?;
-    let vmi = state.store.get(&kinds::VIRTUAL_MACHINE_INSTANCE, ns, name).await?;
+    let vmi = cluster.get(&kinds::VIRTUAL_MACHINE_INSTANCE, ns, name).await?;
     let change = vm_change(op, &vm, vmi.as_ref(), body)?;
     if is_dry_run(body) {
         return Ok(accepted());
     }
     if let (Some(grace), Some(mut v)) = (change.vmi_grace, vmi) {
         v["spec"]["terminationGracePeriodSeconds"] = json!(grace);
-        state.store.update(&kinds::VIRTUAL_MACHINE_INSTANCE, v, UpdateMode::Main, false).await?;
+        cluster.update(&kinds::VIRTUAL_MACHINE_INSTANCE, v, UpdateMode::Main).await?;
     }
     if !change.add_requests.is_empty() {
         // Requests go first: the VM controller acts on them before the run strategy, so a
         // paused start is never overtaken by an unpaused one.
         let requests = change.add_requests.clone();
-        modify_vm(state, ns, name, UpdateMode::Status, move |vm| {
+        modify_vm(cluster, ns, name, UpdateMode::Status, move |vm| {
             let status = st::status_mut(vm);
             let list = status.entry("stateChangeRequests").or_insert_with(|| json!([]));
             if let Some(items) = list.as_array_mut() {
@@ -374,7 +386,7 @@ pub(crate) async fn vm_request(
     }
     if let Some(strategy) = change.set_strategy {
         let uses_running = vm.pointer("/spec/running").is_some_and(|r| !r.is_null());
-        modify_vm(state, ns, name, UpdateMode::Main, move |vm| {
+        modify_vm(cluster, ns, name, UpdateMode::Main, move |vm| {
             if uses_running {
                 vm["spec"]["running"] = json!(strategy == RUN_ALWAYS);
             } else {
@@ -388,7 +400,7 @@ pub(crate) async fn vm_request(
 
 /// Read-modify-write of a VM, again on a lost race: the VM controller writes status often.
 async fn modify_vm(
-    state: &AppState,
+    cluster: &dyn Cluster,
     ns: &str,
     name: &str,
     mode: UpdateMode,
@@ -396,13 +408,12 @@ async fn modify_vm(
 ) -> ApiResult<()> {
     let mut attempt = 0;
     loop {
-        let mut vm = state
-            .store
+        let mut vm = cluster
             .get(&kinds::VIRTUAL_MACHINE, ns, name)
             .await?
             .ok_or_else(|| ApiError::not_found("kubevirt.io", "virtualmachines", name))?;
         change(&mut vm);
-        match state.store.update(&kinds::VIRTUAL_MACHINE, vm, mode, false).await {
+        match cluster.update(&kinds::VIRTUAL_MACHINE, vm, mode).await {
             Err(e) if e.code == 409 && attempt < 10 => attempt += 1,
             other => return other.map(|_| ()),
         }

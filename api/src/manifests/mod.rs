@@ -1,6 +1,7 @@
 //! `converge manifests`: what a Kubernetes cluster needs to serve Converge's kinds, generated
 //! from the kind table, the schemas and the printer columns the embedded API serves.
 
+mod aggregated;
 mod crd;
 mod rbac;
 mod webhooks;
@@ -20,11 +21,20 @@ pub struct Options {
     /// controllers --kubernetes` runs outside the cluster. Without it no webhook configuration
     /// is printed: the in-cluster Deployment and its Service are not built yet.
     pub webhook_url: Option<String>,
+    /// Where `converge controllers --kubernetes` outside the cluster serves the aggregated API
+    /// (an address kube-apiserver reaches, not loopback): registers `subresources.kubevirt.io`
+    /// there. Without it the group is not registered.
+    pub aggregated_api_endpoint: Option<std::net::SocketAddr>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { namespace: "converge-system".into(), network_attachment_definitions: true, webhook_url: None }
+        Options {
+            namespace: "converge-system".into(),
+            network_attachment_definitions: true,
+            webhook_url: None,
+            aggregated_api_endpoint: None,
+        }
     }
 }
 
@@ -34,7 +44,7 @@ fn part_of() -> Value {
 }
 
 /// Every object, in the order `kubectl apply` should make them: the namespace, the CRDs, RBAC,
-/// then the webhook configurations.
+/// the webhook configurations, then the aggregated API's registration.
 pub fn manifests(options: &Options) -> Vec<Value> {
     let mut out = vec![json!({
         "apiVersion": "v1",
@@ -42,9 +52,12 @@ pub fn manifests(options: &Options) -> Vec<Value> {
         "metadata": {"name": options.namespace, "labels": part_of()},
     })];
     out.extend(custom_kinds(options.network_attachment_definitions).into_iter().map(custom_resource_definition));
-    out.extend(rbac::cluster_roles());
+    out.extend(rbac::cluster_roles(options.aggregated_api_endpoint.is_some()));
     if let Some(url) = &options.webhook_url {
         out.extend(webhooks::configurations(url, options.network_attachment_definitions));
+    }
+    if let Some(endpoint) = options.aggregated_api_endpoint {
+        out.extend(aggregated::registration(&options.namespace, endpoint));
     }
     out
 }

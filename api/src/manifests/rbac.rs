@@ -44,8 +44,9 @@ fn cluster_role(name: &str, aggregate_to: &str, rules: Vec<Value>) -> Value {
 }
 
 /// The user-facing roles. Cluster-scoped kinds (cluster instancetypes and preferences, storage
-/// profiles) stay read-only below `admin`: a namespace's editor chooses among them.
-pub fn cluster_roles() -> Vec<Value> {
+/// profiles) stay read-only below `admin`: a namespace's editor chooses among them. With the
+/// aggregated API, editors and admins may use its VM verbs.
+pub fn cluster_roles(aggregated_api: bool) -> Vec<Value> {
     let all = user_kinds();
     let namespaced: Vec<_> = all.iter().copied().filter(|k| k.namespaced).collect();
     let cluster: Vec<_> = all.iter().copied().filter(|k| !k.namespaced).collect();
@@ -53,6 +54,10 @@ pub fn cluster_roles() -> Vec<Value> {
     edit.extend(rules(&cluster, READ));
     let mut admin = rules(&namespaced, ADMIN);
     admin.extend(rules(&cluster, READ));
+    if aggregated_api {
+        edit.push(super::aggregated::edit_rule());
+        admin.push(super::aggregated::edit_rule());
+    }
     vec![
         cluster_role("converge:view", "view", rules(&all, READ)),
         cluster_role("converge:edit", "edit", edit),
@@ -67,7 +72,7 @@ mod tests {
 
     #[test]
     fn editors_write_namespaced_kinds_and_read_cluster_ones() {
-        let roles = cluster_roles();
+        let roles = cluster_roles(true);
         let edit = &roles[1];
         assert_eq!(edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"], "true");
         let rule_for = |plural: &str| {
@@ -83,5 +88,7 @@ mod tests {
         assert_eq!(rule_for("virtualmachineclusterinstancetypes")["verbs"], json!(READ));
         assert_eq!(rule_for("datavolumes")["apiGroups"], json!([kinds::CDI_GROUP]));
         assert!(rule_for("network-attachment-definitions").is_null());
+        assert_eq!(rule_for("virtualmachines/start")["verbs"], json!(["update"]));
+        assert!(cluster_roles(false)[1].to_string().find("virtualmachines/start").is_none());
     }
 }

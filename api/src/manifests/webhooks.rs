@@ -2,7 +2,8 @@
 //! and update, answered by `converge controllers --kubernetes`.
 
 use super::{crd::custom_kinds, part_of};
-use crate::webhooks::{tls::NAME, MUTATE_PATH, VALIDATE_PATH};
+use crate::extension::admission::{MUTATE_PATH, VALIDATE_PATH};
+use crate::extension::tls::WEBHOOKS;
 use converge_engine::admission;
 use serde_json::{json, Value};
 
@@ -46,7 +47,7 @@ fn webhook(name: &str, path: &str, url: &str, network_attachment_definitions: bo
 /// Both configurations, calling the webhooks at `url` (`https://HOST:PORT`). Their `caBundle`
 /// is written by the controllers, which keep the CA.
 pub fn configurations(url: &str, network_attachment_definitions: bool) -> Vec<Value> {
-    let meta = json!({"name": NAME, "labels": part_of()});
+    let meta = json!({"name": WEBHOOKS, "labels": part_of()});
     vec![
         json!({
             "apiVersion": "admissionregistration.k8s.io/v1",

@@ -168,7 +168,18 @@ impl KubeCluster {
 
     /// PUT of an object outside the kind table.
     pub async fn raw_put(&self, path: &str, body: &Value) -> ApiResult<Value> {
-        let request = http::Request::put(path)
+        self.raw_send(http::Method::PUT, path, body).await
+    }
+
+    /// POST outside the kind table (a SubjectAccessReview).
+    pub async fn raw_post(&self, path: &str, body: &Value) -> ApiResult<Value> {
+        self.raw_send(http::Method::POST, path, body).await
+    }
+
+    async fn raw_send(&self, method: http::Method, path: &str, body: &Value) -> ApiResult<Value> {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
             .header("Content-Type", "application/json")
             .body(serde_json::to_vec(body).map_err(|e| ApiError::internal(e.to_string()))?)
             .map_err(|e| ApiError::internal(e.to_string()))?;

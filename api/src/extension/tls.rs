@@ -12,9 +12,11 @@ use converge_engine::kinds;
 use serde_json::{json, Value};
 
 /// The Secret holding the CA.
-pub const SECRET: &str = "converge-webhooks-ca";
-/// The Service in front of the webhooks (and the name of both webhook configurations).
-pub const NAME: &str = "converge-webhooks";
+pub const SECRET: &str = "converge-api-ca";
+/// The Service in front of the aggregated API (and, in the cluster, the webhooks).
+pub const SERVICE: &str = "converge-api";
+/// The name of both webhook configurations.
+pub const WEBHOOKS: &str = "converge-webhooks";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -35,7 +37,7 @@ fn decoded(secret: &Value, key: &str) -> Option<String> {
 /// The names the serving certificate answers to: the Service's DNS names, then `extra` (the
 /// address of a `url:` client config, for controllers run outside the cluster).
 pub fn names(namespace: &str, extra: &[String]) -> Vec<String> {
-    let mut out = vec![format!("{NAME}.{namespace}.svc"), format!("{NAME}.{namespace}.svc.cluster.local")];
+    let mut out = vec![format!("{SERVICE}.{namespace}.svc"), format!("{SERVICE}.{namespace}.svc.cluster.local")];
     out.extend(extra.iter().cloned());
     out
 }
@@ -71,32 +73,40 @@ pub async fn certificate(
     Err(TlsError::Secret(ApiError::unavailable("the CA Secret kept changing")))
 }
 
-/// Writes `ca_pem` into every webhook of both configurations that exist (a JSON merge patch
-/// cannot reach into a list, so each is read and replaced).
+/// Writes `ca_pem` into every webhook of both configurations and into the APIServices, those
+/// that exist (a JSON merge patch cannot reach into a list, so each is read and replaced).
 pub async fn inject_ca_bundle(cluster: &KubeCluster, ca_pem: &str) -> Result<(), TlsError> {
     let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    for kind in ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"] {
-        let plural = format!("{}s", kind.to_lowercase());
-        let path = format!("/apis/admissionregistration.k8s.io/v1/{plural}/{NAME}");
-        let fail = |e: String| TlsError::Bundle(format!("{kind} {NAME}"), e);
-        let mut config = match cluster.raw_get(&path).await {
-            Ok(config) => config,
+    let mut paths: Vec<String> = ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"]
+        .iter()
+        .map(|plural| format!("/apis/admissionregistration.k8s.io/v1/{plural}/{WEBHOOKS}"))
+        .collect();
+    paths.extend(
+        crate::subresources::VERSIONS
+            .iter()
+            .map(|v| format!("/apis/apiregistration.k8s.io/v1/apiservices/{v}.{}", crate::subresources::GROUP)),
+    );
+    for path in paths {
+        let fail = |e: String| TlsError::Bundle(path.clone(), e);
+        let mut object = match cluster.raw_get(&path).await {
+            Ok(object) => object,
             // Not installed (yet): the next round looks again.
             Err(e) if e.code == 404 => continue,
             Err(e) => return Err(fail(e.message)),
         };
-        let Some(webhooks) = config.get_mut("webhooks").and_then(Value::as_array_mut) else {
-            continue;
-        };
         let mut changed = false;
-        for hook in webhooks.iter_mut() {
-            if hook.pointer("/clientConfig/caBundle").and_then(Value::as_str) != Some(bundle.as_str()) {
-                hook["clientConfig"]["caBundle"] = json!(bundle);
+        let mut set = |client_config: &mut Value| {
+            if client_config.get("caBundle").and_then(Value::as_str) != Some(bundle.as_str()) {
+                client_config["caBundle"] = json!(bundle);
                 changed = true;
             }
+        };
+        match object.get_mut("webhooks").and_then(Value::as_array_mut) {
+            Some(hooks) => hooks.iter_mut().for_each(|hook| set(&mut hook["clientConfig"])),
+            None => set(&mut object["spec"]),
         }
         if changed {
-            cluster.raw_put(&path, &config).await.map_err(|e| fail(e.message))?;
+            cluster.raw_put(&path, &object).await.map_err(|e| fail(e.message))?;
         }
     }
     Ok(())

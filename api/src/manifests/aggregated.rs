@@ -1,0 +1,74 @@
+//! The aggregated API's registration: an APIService per version of `subresources.kubevirt.io`
+//! in front of the `converge-api` Service. For controllers running outside the cluster the
+//! Service has no selector and its EndpointSlice names the address they listen on (an address
+//! kube-apiserver can reach: endpoints refuse loopback ones).
+
+use super::part_of;
+use crate::extension::tls::SERVICE;
+use crate::subresources::{GROUP, VERSIONS};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+
+/// Service, Endpoints and APIServices for a server listening at `endpoint`.
+pub fn registration(namespace: &str, endpoint: SocketAddr) -> Vec<Value> {
+    let port = json!({"name": "https", "port": 443, "targetPort": endpoint.port(), "protocol": "TCP"});
+    let mut out = vec![
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": SERVICE, "namespace": namespace, "labels": part_of()},
+            "spec": {"ports": [port]},
+        }),
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {
+                "name": SERVICE, "namespace": namespace,
+                "labels": {
+                    "app.kubernetes.io/part-of": "converge",
+                    "kubernetes.io/service-name": SERVICE,
+                    "endpointslice.kubernetes.io/managed-by": "converge.dev",
+                },
+            },
+            "addressType": if endpoint.is_ipv4() { "IPv4" } else { "IPv6" },
+            "endpoints": [{"addresses": [endpoint.ip().to_string()], "conditions": {"ready": true}}],
+            "ports": [{"name": "https", "port": endpoint.port(), "protocol": "TCP"}],
+        }),
+    ];
+    for version in VERSIONS {
+        out.push(json!({
+            "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+            "metadata": {"name": format!("{version}.{GROUP}"), "labels": part_of()},
+            "spec": {
+                "group": GROUP, "version": version,
+                "service": {"namespace": namespace, "name": SERVICE, "port": 443},
+                // KubeVirt's priorities; the caBundle is written by the controllers.
+                "groupPriorityMinimum": 1000, "versionPriority": 15,
+            },
+        }));
+    }
+    out
+}
+
+/// What the aggregated API lets users do, for the roles: the VM verbs, as KubeVirt's edit role
+/// grants them.
+pub fn edit_rule() -> Value {
+    json!({
+        "apiGroups": [GROUP],
+        "resources": ["virtualmachines/start", "virtualmachines/stop", "virtualmachines/restart"],
+        "verbs": ["update"],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_versions_are_registered_behind_the_endpoint() {
+        let objects = registration("converge-system", "10.213.7.1:8444".parse().unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(objects[1]["endpoints"][0]["addresses"][0], "10.213.7.1");
+        assert_eq!(objects[0]["spec"]["ports"][0]["targetPort"], 8444);
+        let names: Vec<&str> = objects[2..].iter().filter_map(|o| o["metadata"]["name"].as_str()).collect();
+        assert_eq!(names, vec!["v1.subresources.kubevirt.io", "v1alpha3.subresources.kubevirt.io"]);
+        assert_eq!(objects[2]["spec"]["service"]["name"], SERVICE);
+    }
+}
