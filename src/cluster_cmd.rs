@@ -23,8 +23,12 @@ use crate::config::{self, NodeArgs};
 pub struct NodeCommandArgs {
     /// The API to join: a kubeconfig whose user is this node's token
     /// (`converge token create --role node --node NAME`).
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: PathBuf,
+    #[arg(long, env = "KUBECONFIG", required_unless_present = "in_cluster")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Run in a pod of a Kubernetes cluster (the DaemonSet of `converge manifests`), with its
+    /// service account (implies --kubernetes).
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub in_cluster: bool,
     /// A TOML file with the node's settings (the node's keys of `serve`'s file).
     #[arg(long, env = "CONVERGE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -57,8 +61,12 @@ pub struct NodeCommandArgs {
 #[derive(Args, Debug)]
 pub struct ControllersArgs {
     /// The API to run against: a kubeconfig of an admin (or the controllers' own) token.
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: PathBuf,
+    #[arg(long, env = "KUBECONFIG", required_unless_present = "in_cluster")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Run in a pod of a Kubernetes cluster (the Deployment of `converge manifests`), with its
+    /// service account (implies --kubernetes).
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub in_cluster: bool,
     /// Give Nodes their pod ranges here (as kube-controller-manager's flag of that name). Off by
     /// default: against `converge serve`, the server gives them, and one allocator must.
     #[arg(long)]
@@ -102,6 +110,39 @@ pub struct ControllersArgs {
     pub use_emulation: bool,
 }
 
+/// Where the API is: a kubeconfig, or the pod's own service account.
+#[derive(Debug, Clone)]
+enum ApiSource {
+    Kubeconfig(PathBuf),
+    InCluster,
+}
+
+impl ApiSource {
+    fn of(kubeconfig: &Option<PathBuf>, in_cluster: bool) -> Result<ApiSource> {
+        match (kubeconfig, in_cluster) {
+            (_, true) => Ok(ApiSource::InCluster),
+            (Some(path), false) => Ok(ApiSource::Kubeconfig(path.clone())),
+            (None, false) => anyhow::bail!("--kubeconfig (or $KUBECONFIG) or --in-cluster"),
+        }
+    }
+
+    async fn connect(&self) -> Result<Arc<KubeCluster>> {
+        match self {
+            ApiSource::Kubeconfig(path) => connect(path).await,
+            ApiSource::InCluster => KubeCluster::in_cluster().context("joining the API of this pod's cluster"),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiSource::Kubeconfig(path) => write!(f, "{}", path.display()),
+            ApiSource::InCluster => write!(f, "this pod's cluster"),
+        }
+    }
+}
+
 async fn connect(kubeconfig: &std::path::Path) -> Result<Arc<KubeCluster>> {
     KubeCluster::from_kubeconfig(kubeconfig)
         .await
@@ -117,15 +158,16 @@ pub async fn node(args: NodeCommandArgs) -> Result<()> {
         max_volume_size: args.max_volume_size,
     };
     let mut settings = config::resolve_node_command(input, args.node)?;
-    if args.kubernetes {
-        return kubernetes_node(&args.kubeconfig, settings).await;
-    }
+    let kubeconfig = match ApiSource::of(&args.kubeconfig, args.in_cluster)? {
+        ApiSource::Kubeconfig(path) if !args.kubernetes => path,
+        kubernetes => return kubernetes_node(&kubernetes, settings).await,
+    };
     let listener = std::net::TcpListener::bind(&args.listen).with_context(|| format!("--listen {}", args.listen))?;
-    let api = crate::client::Client::from_kubeconfig(&args.kubeconfig)?;
+    let api = crate::client::Client::from_kubeconfig(&kubeconfig)?;
     let key = ServingKey::generate()?;
     let signed = serving_certificate(&api, &settings.config.name, &key).await?;
     settings.config.serving_port = listener.local_addr()?.port();
-    let cluster = connect(&args.kubeconfig).await?;
+    let cluster = connect(&kubeconfig).await?;
     let agent = converge_engine::node::start_on_libvirt(cluster.clone(), settings.config, &settings.libvirt_uri)
         .await
         .context("starting the node agent")?;
@@ -140,7 +182,7 @@ pub async fn node(args: NodeCommandArgs) -> Result<()> {
     println!(
         "converge node {} joined the API of {}, serving it on {}",
         agent.node_name,
-        args.kubeconfig.display(),
+        kubeconfig.display(),
         server.addr
     );
     crate::until_stopped().await?;
@@ -152,14 +194,14 @@ pub async fn node(args: NodeCommandArgs) -> Result<()> {
 }
 
 /// `converge node --kubernetes`: the agent on a kubelet's Node.
-async fn kubernetes_node(kubeconfig: &std::path::Path, mut settings: config::NodeSettings) -> Result<()> {
+async fn kubernetes_node(source: &ApiSource, mut settings: config::NodeSettings) -> Result<()> {
     settings.config.kubelet_owns_node = true;
-    let cluster = connect(kubeconfig).await?;
+    let cluster = source.connect().await?;
     cluster.kinds_are_crds();
     let agent = converge_engine::node::start_on_libvirt(cluster, settings.config, &settings.libvirt_uri)
         .await
         .context("starting the node agent")?;
-    println!("converge node {} joined the Kubernetes API of {}", agent.node_name, kubeconfig.display());
+    println!("converge node {} joined the Kubernetes API of {source}", agent.node_name);
     crate::until_stopped().await?;
     tracing::info!("stopping");
     drop(agent);
@@ -188,27 +230,28 @@ pub async fn controllers(args: ControllersArgs) -> Result<()> {
         }
         false => None,
     };
-    let cluster = connect(&args.kubeconfig).await?;
-    if args.kubernetes {
+    let source = ApiSource::of(&args.kubeconfig, args.in_cluster)?;
+    let kubernetes = args.kubernetes || args.in_cluster;
+    let cluster = source.connect().await?;
+    if kubernetes {
         cluster.kinds_are_crds();
     }
-    let webhooks = match args.kubernetes {
+    let webhooks = match kubernetes {
         true => Some(serve_extension(&args, Arc::clone(&cluster)).await?),
         false => None,
     };
-    let api = match args.kubernetes {
+    let api = match kubernetes {
         true => ApiKind::Kubernetes(PodSettings { image: args.launcher_image.clone(), kvm: !args.use_emulation }),
         false => ApiKind::Converge,
     };
     let controllers = converge_engine::controllers::spawn(cluster, ranges, api);
     match &webhooks {
         Some(w) => println!(
-            "converge controllers running against the Kubernetes API of {}, webhooks on {}{}",
-            args.kubeconfig.display(),
+            "converge controllers running against the Kubernetes API of {source}, webhooks on {}{}",
             w.webhook_addr,
             w.aggregated_addr.map(|a| format!(", aggregated API on {a}")).unwrap_or_default()
         ),
-        None => println!("converge controllers running against the API of {}", args.kubeconfig.display()),
+        None => println!("converge controllers running against the API of {source}"),
     }
     crate::until_stopped().await?;
     tracing::info!("stopping");

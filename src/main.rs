@@ -49,6 +49,13 @@ enum Command {
         /// `converge controllers --kubernetes --aggregated-api-listen` outside the cluster).
         #[arg(long)]
         aggregated_api_endpoint: Option<std::net::SocketAddr>,
+        /// Run Converge in the cluster from this image (the `converge` binary with libvirt's
+        /// client library): the controllers as a Deployment, the node agents as a DaemonSet.
+        #[arg(long)]
+        image: Option<String>,
+        /// The cluster's nodes run guests under software emulation (KubeVirt's useEmulation).
+        #[arg(long)]
+        use_emulation: bool,
     },
     /// Issue, list and revoke bearer tokens (talks to a running server as admin).
     Token {
@@ -297,12 +304,16 @@ fn main() -> Result<()> {
                 no_network_attachment_definitions,
                 webhook_url,
                 aggregated_api_endpoint,
+                image,
+                use_emulation,
             } => {
                 let options = converge_api::manifests::Options {
                     namespace,
                     network_attachment_definitions: !no_network_attachment_definitions,
                     webhook_url,
                     aggregated_api_endpoint,
+                    image,
+                    use_emulation,
                 };
                 print!("{}", converge_api::manifests::to_yaml(&converge_api::manifests::manifests(&options))?);
                 Ok(())

@@ -616,10 +616,84 @@ async fn a_vm_runs_as_a_launcher_pod_and_answers_the_aggregated_api() {
     .await;
     assert!(cleaned, "left behind: {} {:?}", vmi_json(c, "k-run", "runner").await, launcher_pods(c, "k-run").await);
 
-    ok(c, &["delete", "namespace", "k-run", "k-elsewhere", "--wait=false"], None).await;
+    // Uninstalled with a guest running: the CRDs' deletion takes the VMIs, the agents their
+    // domains; nothing of Converge's is left on the nodes.
+    let mut last = vm.clone();
+    last["metadata"]["name"] = Value::from("last");
+    ok(c, &["apply", "-f", "-"], Some(&last.to_string())).await;
+    let up = wait_until(Duration::from_secs(120), || async {
+        vmi_json(c, "k-run", "last").await.pointer("/status/phase") == Some(&Value::from("Running"))
+    })
+    .await;
+    assert!(up, "the last guest never ran: {}", vmi_json(c, "k-run", "last").await);
+    ok(c, &["delete", "namespace", "k-elsewhere", "--wait=false"], None).await;
     ok(c, &["delete", "-f", "-", "--ignore-not-found", "--timeout=120s"], Some(&text)).await;
+    let ours = || libvirt.list().unwrap_or_default().into_iter().filter(|d| d.name.starts_with(&prefix)).count();
+    let empty = wait_until(Duration::from_secs(60), || async { ours() == 0 }).await;
+    assert!(empty, "domains left after uninstall: {}", ours());
+    ok(c, &["delete", "namespace", "k-run", "--wait=false"], None).await;
     drop(link);
     for node in ["k-node-a", "k-node-b"] {
+        ok(c, &["delete", "node", node, "--wait=false"], None).await;
+    }
+}
+
+/// `converge manifests --image`: Converge's own workloads in the cluster. The controllers'
+/// Deployment and the node agents' DaemonSet are taken and their pods bound by kube-scheduler
+/// (no kubelet runs them here), the webhooks and APIServices point at the Deployment's
+/// Service, and each service account may do its work and no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_with_an_image_run_converge_in_the_cluster() {
+    let Some(c) = cluster() else { return };
+    let _one_at_a_time = INSTALL.lock().await;
+    let text = manifests(&["--image", "registry.local/converge:test", "--use-emulation"]).await;
+    let _kubelets = c.kubelet_stand_in(&[("k-node-c", "4", "8Gi"), ("k-node-d", "4", "8Gi")]).await;
+    ok(c, &["apply", "-f", "-"], Some(&text)).await;
+    let bound = wait_until(Duration::from_secs(60), || async {
+        let (_, out, _) = c
+            .kubectl(
+                &[
+                    "get",
+                    "pods",
+                    "-n",
+                    "converge-system",
+                    "-o",
+                    "jsonpath={range .items[*]}{.metadata.labels.app\\.kubernetes\\.io/name}={.spec.nodeName} {end}",
+                ],
+                None,
+            )
+            .await;
+        let bound: Vec<&str> = out.split_whitespace().filter(|p| !p.ends_with('=')).collect();
+        bound.iter().filter(|p| p.starts_with("converge-node=")).count() == 2
+            && bound.iter().filter(|p| p.starts_with("converge-controllers=")).count() == 1
+    })
+    .await;
+    let (_, pods, _) = c.kubectl(&["get", "pods", "-n", "converge-system", "-o", "wide"], None).await;
+    assert!(bound, "the workloads' pods were not all bound: {pods}");
+    let hook = json_of(&ok(c, &["get", "mutatingwebhookconfiguration", "converge-webhooks", "-o", "json"], None).await);
+    assert_eq!(hook.pointer("/webhooks/0/clientConfig/service/name"), Some(&Value::from("converge-api")), "{hook}");
+    let api = json_of(&ok(c, &["get", "apiservice", "v1.subresources.kubevirt.io", "-o", "json"], None).await);
+    assert_eq!(api.pointer("/spec/service/name"), Some(&Value::from("converge-api")));
+    let may = |who: &'static str, verb: &'static str, what: &'static str| async move {
+        let (_, out, _) = c
+            .kubectl(
+                &["auth", "can-i", verb, what, "-A", &format!("--as=system:serviceaccount:converge-system:{who}")],
+                None,
+            )
+            .await;
+        out.trim() == "yes"
+    };
+    assert!(may("converge-controllers", "create", "pods").await);
+    assert!(may("converge-controllers", "delete", "virtualmachineinstances.kubevirt.io").await);
+    assert!(may("converge-controllers", "create", "subjectaccessreviews.authorization.k8s.io").await);
+    assert!(!may("converge-controllers", "delete", "nodes").await);
+    assert!(may("converge-node", "update", "virtualmachineinstances.kubevirt.io").await);
+    assert!(may("converge-node", "patch", "nodes").await);
+    assert!(!may("converge-node", "delete", "virtualmachines.kubevirt.io").await);
+    assert!(!may("converge-node", "create", "pods").await);
+
+    ok(c, &["delete", "-f", "-", "--ignore-not-found", "--timeout=120s"], Some(&text)).await;
+    for node in ["k-node-c", "k-node-d"] {
         ok(c, &["delete", "node", node, "--wait=false"], None).await;
     }
 }

@@ -9,10 +9,28 @@ use crate::subresources::{GROUP, VERSIONS};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 
-/// Service, Endpoints and APIServices for a server listening at `endpoint`.
-pub fn registration(namespace: &str, endpoint: SocketAddr) -> Vec<Value> {
+/// The APIServices, and for a server outside the cluster listening at `endpoint` the Service
+/// and EndpointSlice they name (in the cluster, the Service is the controllers' Deployment's).
+pub fn registration(namespace: &str, endpoint: Option<SocketAddr>) -> Vec<Value> {
+    let mut out = endpoint.map(|endpoint| outside(namespace, endpoint)).unwrap_or_default();
+    for version in VERSIONS {
+        out.push(json!({
+            "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+            "metadata": {"name": format!("{version}.{GROUP}"), "labels": part_of()},
+            "spec": {
+                "group": GROUP, "version": version,
+                "service": {"namespace": namespace, "name": SERVICE, "port": 443},
+                // KubeVirt's priorities; the caBundle is written by the controllers.
+                "groupPriorityMinimum": 1000, "versionPriority": 15,
+            },
+        }));
+    }
+    out
+}
+
+fn outside(namespace: &str, endpoint: SocketAddr) -> Vec<Value> {
     let port = json!({"name": "https", "port": 443, "targetPort": endpoint.port(), "protocol": "TCP"});
-    let mut out = vec![
+    vec![
         json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": SERVICE, "namespace": namespace, "labels": part_of()},
@@ -32,20 +50,7 @@ pub fn registration(namespace: &str, endpoint: SocketAddr) -> Vec<Value> {
             "endpoints": [{"addresses": [endpoint.ip().to_string()], "conditions": {"ready": true}}],
             "ports": [{"name": "https", "port": endpoint.port(), "protocol": "TCP"}],
         }),
-    ];
-    for version in VERSIONS {
-        out.push(json!({
-            "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
-            "metadata": {"name": format!("{version}.{GROUP}"), "labels": part_of()},
-            "spec": {
-                "group": GROUP, "version": version,
-                "service": {"namespace": namespace, "name": SERVICE, "port": 443},
-                // KubeVirt's priorities; the caBundle is written by the controllers.
-                "groupPriorityMinimum": 1000, "versionPriority": 15,
-            },
-        }));
-    }
-    out
+    ]
 }
 
 /// What the aggregated API lets users do, for the roles: the VM verbs, as KubeVirt's edit role
@@ -64,11 +69,12 @@ mod tests {
 
     #[test]
     fn both_versions_are_registered_behind_the_endpoint() {
-        let objects = registration("converge-system", "10.213.7.1:8444".parse().unwrap_or_else(|e| panic!("{e}")));
+        let objects = registration("converge-system", "10.213.7.1:8444".parse().ok());
         assert_eq!(objects[1]["endpoints"][0]["addresses"][0], "10.213.7.1");
         assert_eq!(objects[0]["spec"]["ports"][0]["targetPort"], 8444);
         let names: Vec<&str> = objects[2..].iter().filter_map(|o| o["metadata"]["name"].as_str()).collect();
         assert_eq!(names, vec!["v1.subresources.kubevirt.io", "v1alpha3.subresources.kubevirt.io"]);
         assert_eq!(objects[2]["spec"]["service"]["name"], SERVICE);
+        assert_eq!(registration("converge-system", None).len(), 2, "in the cluster: the APIServices alone");
     }
 }

@@ -5,6 +5,7 @@ mod aggregated;
 mod crd;
 mod rbac;
 mod webhooks;
+mod workloads;
 
 pub use crd::{custom_kinds, custom_resource_definition, root_schema};
 use serde_json::{json, Value};
@@ -25,6 +26,12 @@ pub struct Options {
     /// (an address kube-apiserver reaches, not loopback): registers `subresources.kubevirt.io`
     /// there. Without it the group is not registered.
     pub aggregated_api_endpoint: Option<std::net::SocketAddr>,
+    /// The image of Converge's workloads in the cluster (the controllers' Deployment, the node
+    /// agents' DaemonSet): with it, the webhooks and the aggregated API are registered at the
+    /// Deployment's Service (unless the two options above say otherwise).
+    pub image: Option<String>,
+    /// The cluster runs guests under software emulation (the controllers' --use-emulation).
+    pub use_emulation: bool,
 }
 
 impl Default for Options {
@@ -34,6 +41,8 @@ impl Default for Options {
             network_attachment_definitions: true,
             webhook_url: None,
             aggregated_api_endpoint: None,
+            image: None,
+            use_emulation: false,
         }
     }
 }
@@ -43,8 +52,9 @@ fn part_of() -> Value {
     json!({"app.kubernetes.io/part-of": "converge"})
 }
 
-/// Every object, in the order `kubectl apply` should make them: the namespace, the CRDs, RBAC,
-/// the webhook configurations, then the aggregated API's registration.
+/// Every object, in the order `kubectl apply` should make them: the namespace, the CRDs, RBAC
+/// and Converge's service accounts, its workloads (with an image), the webhook configurations,
+/// then the aggregated API's registration.
 pub fn manifests(options: &Options) -> Vec<Value> {
     let mut out = vec![json!({
         "apiVersion": "v1",
@@ -52,12 +62,21 @@ pub fn manifests(options: &Options) -> Vec<Value> {
         "metadata": {"name": options.namespace, "labels": part_of()},
     })];
     out.extend(custom_kinds(options.network_attachment_definitions).into_iter().map(custom_resource_definition));
-    out.extend(rbac::cluster_roles(options.aggregated_api_endpoint.is_some()));
-    if let Some(url) = &options.webhook_url {
-        out.extend(webhooks::configurations(url, options.network_attachment_definitions));
+    let in_cluster = options.image.is_some();
+    out.extend(rbac::cluster_roles(in_cluster || options.aggregated_api_endpoint.is_some()));
+    out.extend(workloads::identities(&options.namespace));
+    if let Some(image) = &options.image {
+        out.extend(workloads::workloads(&options.namespace, image, options.use_emulation));
     }
-    if let Some(endpoint) = options.aggregated_api_endpoint {
-        out.extend(aggregated::registration(&options.namespace, endpoint));
+    let webhook_target = match &options.webhook_url {
+        Some(url) => Some(webhooks::Target::Url(url.clone())),
+        None => in_cluster.then(|| webhooks::Target::Service { namespace: options.namespace.clone() }),
+    };
+    if let Some(target) = webhook_target {
+        out.extend(webhooks::configurations(&target, options.network_attachment_definitions));
+    }
+    if in_cluster || options.aggregated_api_endpoint.is_some() {
+        out.extend(aggregated::registration(&options.namespace, options.aggregated_api_endpoint));
     }
     out
 }

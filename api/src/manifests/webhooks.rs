@@ -29,11 +29,30 @@ fn rules(network_attachment_definitions: bool) -> Vec<Value> {
         .collect()
 }
 
-fn webhook(name: &str, path: &str, url: &str, network_attachment_definitions: bool) -> Value {
+/// Where the apiserver calls the webhooks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// `https://HOST:PORT` of controllers outside the cluster.
+    Url(String),
+    /// The controllers' Service in this namespace.
+    Service { namespace: String },
+}
+
+fn client_config(target: &Target, path: &str) -> Value {
+    match target {
+        Target::Url(url) => json!({"url": format!("{}{path}", url.trim_end_matches('/'))}),
+        Target::Service { namespace } => json!({"service": {
+            "namespace": namespace, "name": crate::extension::tls::SERVICE, "path": path,
+            "port": super::workloads::WEBHOOK_PORT,
+        }}),
+    }
+}
+
+fn webhook(name: &str, path: &str, target: &Target, network_attachment_definitions: bool) -> Value {
     json!({
         "name": name,
         "admissionReviewVersions": ["v1"],
-        "clientConfig": {"url": format!("{}{path}", url.trim_end_matches('/'))},
+        "clientConfig": client_config(target, path),
         "rules": rules(network_attachment_definitions),
         // Requests for kubevirt.io/v1alpha3 come converted to v1.
         "matchPolicy": "Equivalent",
@@ -44,22 +63,22 @@ fn webhook(name: &str, path: &str, url: &str, network_attachment_definitions: bo
     })
 }
 
-/// Both configurations, calling the webhooks at `url` (`https://HOST:PORT`). Their `caBundle`
-/// is written by the controllers, which keep the CA.
-pub fn configurations(url: &str, network_attachment_definitions: bool) -> Vec<Value> {
+/// Both configurations, calling the webhooks at `target`. Their `caBundle` is written by the
+/// controllers, which keep the CA.
+pub fn configurations(target: &Target, network_attachment_definitions: bool) -> Vec<Value> {
     let meta = json!({"name": WEBHOOKS, "labels": part_of()});
     vec![
         json!({
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "MutatingWebhookConfiguration",
             "metadata": meta,
-            "webhooks": [webhook("mutate.converge.kubevirt.io", MUTATE_PATH, url, network_attachment_definitions)],
+            "webhooks": [webhook("mutate.converge.kubevirt.io", MUTATE_PATH, target, network_attachment_definitions)],
         }),
         json!({
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "ValidatingWebhookConfiguration",
             "metadata": meta,
-            "webhooks": [webhook("validate.converge.kubevirt.io", VALIDATE_PATH, url, network_attachment_definitions)],
+            "webhooks": [webhook("validate.converge.kubevirt.io", VALIDATE_PATH, target, network_attachment_definitions)],
         }),
     ]
 }
@@ -70,7 +89,7 @@ mod tests {
 
     #[test]
     fn the_rules_name_the_kinds_admission_has_rules_for() {
-        let config = &configurations("https://127.0.0.1:8443/", true)[0];
+        let config = &configurations(&Target::Url("https://127.0.0.1:8443/".into()), true)[0];
         let hook = &config["webhooks"][0];
         assert_eq!(hook["clientConfig"]["url"], "https://127.0.0.1:8443/mutate");
         assert_eq!(
@@ -80,6 +99,8 @@ mod tests {
         assert_eq!(hook["rules"][1]["apiGroups"], json!(["cdi.kubevirt.io"]));
         assert_eq!(hook["rules"][1]["resources"], json!(["datavolumes", "datasources"]));
         assert_eq!(hook["rules"].as_array().map(Vec::len), Some(3));
-        assert_eq!(configurations("https://x", false)[1]["webhooks"][0]["rules"].as_array().map(Vec::len), Some(2));
+        let in_cluster = configurations(&Target::Service { namespace: "converge-system".into() }, false);
+        assert_eq!(in_cluster[1]["webhooks"][0]["rules"].as_array().map(Vec::len), Some(2));
+        assert_eq!(in_cluster[1]["webhooks"][0]["clientConfig"]["service"]["path"], "/validate");
     }
 }

@@ -186,6 +186,15 @@ impl KubeCluster {
         self.client.request::<Value>(request).await.map_err(api_error)
     }
 
+    /// A client from inside a pod: the service account's token and CA, and the API at
+    /// `KUBERNETES_SERVICE_HOST`.
+    pub fn in_cluster() -> Result<Arc<KubeCluster>, ConnectError> {
+        let config = kube::Config::incluster()
+            .map_err(|e| ConnectError::Kubeconfig("the pod's service account".into(), e.to_string()))?;
+        let client = kube::Client::try_from(config).map_err(|e| ConnectError::Client(e.to_string()))?;
+        Ok(KubeCluster::new(client))
+    }
+
     fn api(&self, kind: &ResourceKind, namespace: Option<&str>) -> Api<DynamicObject> {
         let resource = api_resource(kind);
         match namespace.filter(|_| kind.namespaced) {
