@@ -197,6 +197,17 @@ fn parse_body(body: &[u8]) -> ApiResult<Value> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))
 }
 
+/// `version`, as virt-api answers it.
+pub fn version_info() -> Value {
+    json!({"gitVersion": format!("v{}", env!("CARGO_PKG_VERSION")), "gitCommit": "", "gitTreeState": "clean",
+           "buildDate": "", "goVersion": "", "compiler": "rustc", "platform": "linux/amd64"})
+}
+
+/// `healthz`, as virt-api answers it.
+pub fn healthz() -> Value {
+    json!({"apiserver": "ok", "restclient": "ok"})
+}
+
 /// The group's APIResourceList, as virt-api serves it.
 pub fn resource_list(version: &str) -> Value {
     resource_list_of(version, true)
@@ -290,13 +301,8 @@ async fn dispatch(req: &HttpRequest, payload: web::Payload, state: &AppState) ->
         )?;
     }
     match request {
-        SubRequest::Version => Ok(json_response(
-            200,
-            &json!({"gitVersion": format!("v{}", env!("CARGO_PKG_VERSION")), "gitCommit": "", "gitTreeState": "clean",
-                    "buildDate": "", "goVersion": "", "compiler": "rustc", "platform": "linux/amd64"}),
-            &[],
-        )),
-        SubRequest::Healthz => Ok(json_response(200, &json!({"apiserver": "ok", "restclient": "ok"}), &[])),
+        SubRequest::Version => Ok(json_response(200, &version_info(), &[])),
+        SubRequest::Healthz => Ok(json_response(200, &healthz(), &[])),
         SubRequest::Vm { namespace, name, op } => {
             let body = read_body(payload).await?;
             vm_request(&*state.store, &namespace, &name, op, &parse_body(&body)?).await

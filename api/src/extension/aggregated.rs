@@ -65,13 +65,8 @@ async fn dispatch(req: &HttpRequest, body: &[u8], state: &Aggregated) -> ApiResu
     let user = front_proxy::user_of(req.headers(), &state.proxy).ok_or_else(ApiError::unauthorized)?;
     let tail = req.match_info().get("tail").unwrap_or("");
     match subresources::parse(req.method().as_str(), tail)? {
-        SubRequest::Version => Ok(json_response(
-            200,
-            &json!({"gitVersion": format!("v{}", env!("CARGO_PKG_VERSION")), "gitCommit": "", "gitTreeState": "clean",
-                    "buildDate": "", "goVersion": "", "compiler": "rustc", "platform": "linux/amd64"}),
-            &[],
-        )),
-        SubRequest::Healthz => Ok(json_response(200, &json!({"apiserver": "ok", "restclient": "ok"}), &[])),
+        SubRequest::Version => Ok(json_response(200, &subresources::version_info(), &[])),
+        SubRequest::Healthz => Ok(json_response(200, &subresources::healthz(), &[])),
         SubRequest::Vm { namespace, name, op } => {
             let verb = match op {
                 subresources::VmOp::Start => "start",

@@ -9,10 +9,9 @@ use crate::subresources::{GROUP, VERSIONS};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 
-/// The APIServices, and for a server outside the cluster listening at `endpoint` the Service
-/// and EndpointSlice they name (in the cluster, the Service is the controllers' Deployment's).
-pub fn registration(namespace: &str, endpoint: Option<SocketAddr>) -> Vec<Value> {
-    let mut out = endpoint.map(|endpoint| outside(namespace, endpoint)).unwrap_or_default();
+/// The APIServices of both versions, in front of the `converge-api` Service.
+pub fn api_services(namespace: &str) -> Vec<Value> {
+    let mut out = vec![];
     for version in VERSIONS {
         out.push(json!({
             "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
@@ -28,7 +27,10 @@ pub fn registration(namespace: &str, endpoint: Option<SocketAddr>) -> Vec<Value>
     out
 }
 
-fn outside(namespace: &str, endpoint: SocketAddr) -> Vec<Value> {
+/// For a server outside the cluster listening at `endpoint`: the Service the APIServices name,
+/// without a selector, and its EndpointSlice (in the cluster, the Service is the controllers'
+/// Deployment's).
+pub fn outside(namespace: &str, endpoint: SocketAddr) -> Vec<Value> {
     let port = json!({"name": "https", "port": 443, "targetPort": endpoint.port(), "protocol": "TCP"});
     vec![
         json!({
@@ -69,12 +71,13 @@ mod tests {
 
     #[test]
     fn both_versions_are_registered_behind_the_endpoint() {
-        let objects = registration("converge-system", "10.213.7.1:8444".parse().ok());
+        let endpoint = "10.213.7.1:8444".parse().unwrap_or_else(|e| panic!("{e}"));
+        let objects = outside("converge-system", endpoint);
         assert_eq!(objects[1]["endpoints"][0]["addresses"][0], "10.213.7.1");
         assert_eq!(objects[0]["spec"]["ports"][0]["targetPort"], 8444);
-        let names: Vec<&str> = objects[2..].iter().filter_map(|o| o["metadata"]["name"].as_str()).collect();
+        let services = api_services("converge-system");
+        let names: Vec<&str> = services.iter().filter_map(|o| o["metadata"]["name"].as_str()).collect();
         assert_eq!(names, vec!["v1.subresources.kubevirt.io", "v1alpha3.subresources.kubevirt.io"]);
-        assert_eq!(objects[2]["spec"]["service"]["name"], SERVICE);
-        assert_eq!(registration("converge-system", None).len(), 2, "in the cluster: the APIServices alone");
+        assert_eq!(services[0]["spec"]["service"]["name"], SERVICE);
     }
 }

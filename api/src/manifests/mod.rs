@@ -52,21 +52,17 @@ fn part_of() -> Value {
     json!({"app.kubernetes.io/part-of": "converge"})
 }
 
-/// Every object, in the order `kubectl apply` should make them: the namespace, the CRDs, RBAC
-/// and Converge's service accounts, its workloads (with an image), the webhook configurations,
-/// then the aggregated API's registration.
+/// Every object, in an order `kubectl apply -f` and `kubectl delete -f` both take: the
+/// registrations first (the aggregated API's, then the webhook configurations) — deleted first,
+/// an APIService whose server is going can no longer hold up the namespace's deletion (the
+/// namespace controller stops at any API group it cannot discover) — then the namespace, the
+/// CRDs, RBAC and Converge's service accounts, and the aggregated API's Service (or, with an
+/// image, Converge's workloads and theirs).
 pub fn manifests(options: &Options) -> Vec<Value> {
-    let mut out = vec![json!({
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": options.namespace, "labels": part_of()},
-    })];
-    out.extend(custom_kinds(options.network_attachment_definitions).into_iter().map(custom_resource_definition));
     let in_cluster = options.image.is_some();
-    out.extend(rbac::cluster_roles(in_cluster || options.aggregated_api_endpoint.is_some()));
-    out.extend(workloads::identities(&options.namespace));
-    if let Some(image) = &options.image {
-        out.extend(workloads::workloads(&options.namespace, image, options.use_emulation));
+    let mut out = vec![];
+    if in_cluster || options.aggregated_api_endpoint.is_some() {
+        out.extend(aggregated::api_services(&options.namespace));
     }
     let webhook_target = match &options.webhook_url {
         Some(url) => Some(webhooks::Target::Url(url.clone())),
@@ -75,8 +71,19 @@ pub fn manifests(options: &Options) -> Vec<Value> {
     if let Some(target) = webhook_target {
         out.extend(webhooks::configurations(&target, options.network_attachment_definitions));
     }
-    if in_cluster || options.aggregated_api_endpoint.is_some() {
-        out.extend(aggregated::registration(&options.namespace, options.aggregated_api_endpoint));
+    out.push(json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": options.namespace, "labels": part_of()},
+    }));
+    out.extend(custom_kinds(options.network_attachment_definitions).into_iter().map(custom_resource_definition));
+    out.extend(rbac::cluster_roles(in_cluster || options.aggregated_api_endpoint.is_some()));
+    out.extend(workloads::identities(&options.namespace));
+    if let Some(endpoint) = options.aggregated_api_endpoint {
+        out.extend(aggregated::outside(&options.namespace, endpoint));
+    }
+    if let Some(image) = &options.image {
+        out.extend(workloads::workloads(&options.namespace, image, options.use_emulation));
     }
     out
 }

@@ -187,25 +187,14 @@ pub fn reconcile(vmi: &Value, pods: &[&Value], settings: &PodSettings, now: &str
         (None, Some(pod)) => match pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
             Some(node) => {
                 plan.node_label = Some(node.to_string());
-                st::status_mut(&mut next).insert("nodeName".into(), json!(node));
-                st::set_phase(&mut next, st::SCHEDULED, now);
-                st::set_condition(&mut next, "PodScheduled", true, "", "", now);
+                st::mark_scheduled(&mut next, node, now);
             }
             None => {
                 // kube-scheduler's own words, as KubeVirt copies them from the pod.
                 let scheduled = st::condition(pod, "PodScheduled");
                 let reason = scheduled.and_then(|c| c.get("reason")).and_then(Value::as_str).unwrap_or("");
                 let message = scheduled.and_then(|c| c.get("message")).and_then(Value::as_str).unwrap_or("");
-                st::set_phase(&mut next, st::SCHEDULING, now);
-                st::set_condition(&mut next, "PodScheduled", false, reason, message, now);
-                st::set_condition(
-                    &mut next,
-                    "Ready",
-                    false,
-                    "PodNotExists",
-                    "virt-launcher pod has not yet been scheduled",
-                    now,
-                );
+                st::mark_unscheduled(&mut next, reason, message, now);
             }
         },
         (Some(_), _) => {}
@@ -231,10 +220,7 @@ pub(super) async fn sync(cluster: &dyn Cluster, (ns, name): Key, settings: &PodS
         }
     }
     if plan.remove_finalizer {
-        let mut updated = vmi.clone();
-        let rest: Vec<String> = meta::finalizers(&vmi).into_iter().filter(|f| f != VMI_FINALIZER).collect();
-        meta::set_finalizers(&mut updated, &rest);
-        cluster.update(&kinds::VIRTUAL_MACHINE_INSTANCE, updated, UpdateMode::Main).await?;
+        super::vmi::release(cluster, &vmi).await?;
         return Ok(Action::AwaitChange);
     }
     let mut status = plan.status;

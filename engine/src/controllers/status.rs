@@ -71,6 +71,20 @@ pub fn set_phase(obj: &mut Value, to: &str, now: &str) -> bool {
     true
 }
 
+/// Scheduling, not yet placed: PodScheduled false with the scheduler's words, not Ready.
+pub fn mark_unscheduled(obj: &mut Value, reason: &str, message: &str, now: &str) {
+    set_phase(obj, SCHEDULING, now);
+    set_condition(obj, "PodScheduled", false, reason, message, now);
+    set_condition(obj, "Ready", false, "PodNotExists", "virt-launcher pod has not yet been scheduled", now);
+}
+
+/// Placed on `node`: Scheduled, PodScheduled true.
+pub fn mark_scheduled(obj: &mut Value, node: &str, now: &str) {
+    status_mut(obj).insert("nodeName".into(), json!(node));
+    set_phase(obj, SCHEDULED, now);
+    set_condition(obj, "PodScheduled", true, "", "", now);
+}
+
 pub fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
     obj.pointer("/status/conditions")?.as_array()?.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
 }

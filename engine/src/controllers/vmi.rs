@@ -55,22 +55,11 @@ pub fn reconcile(
     st::set_phase(&mut next, st::PENDING, now);
     match scheduler::schedule(vmi, nodes, used, volumes) {
         Ok(node) => {
-            plan.node_label = Some(node.clone());
-            st::status_mut(&mut next).insert("nodeName".into(), Value::String(node));
-            st::set_phase(&mut next, st::SCHEDULED, now);
-            st::set_condition(&mut next, "PodScheduled", true, "", "", now);
+            st::mark_scheduled(&mut next, &node, now);
+            plan.node_label = Some(node);
         }
         Err(message) => {
-            st::set_phase(&mut next, st::SCHEDULING, now);
-            st::set_condition(&mut next, "PodScheduled", false, "Unschedulable", &message, now);
-            st::set_condition(
-                &mut next,
-                "Ready",
-                false,
-                "PodNotExists",
-                "virt-launcher pod has not yet been scheduled",
-                now,
-            );
+            st::mark_unscheduled(&mut next, "Unschedulable", &message, now);
             plan.requeue_after = Some(RETRY_UNSCHEDULABLE);
         }
     }
@@ -122,10 +111,7 @@ pub(super) async fn sync(cluster: &dyn Cluster, (ns, name): Key) -> ApiResult<Ac
             false => return Ok(Action::AwaitChange),
         };
         if node.as_ref().is_none_or(|n| !st::condition_true(n, "Ready")) {
-            let mut updated = vmi.clone();
-            let rest: Vec<String> = meta::finalizers(&vmi).into_iter().filter(|f| f != VMI_FINALIZER).collect();
-            meta::set_finalizers(&mut updated, &rest);
-            cluster.update(&kinds::VIRTUAL_MACHINE_INSTANCE, updated, UpdateMode::Main).await?;
+            release(cluster, &vmi).await?;
         }
         return Ok(Action::AwaitChange);
     }
@@ -150,10 +136,7 @@ pub(super) async fn sync(cluster: &dyn Cluster, (ns, name): Key) -> ApiResult<Ac
     let volumes = volume_binding::binding(&views, &classes);
     let plan = reconcile(&vmi, &nodes, &used, &volumes.terms, &meta::now_rfc3339());
     if plan.remove_finalizer {
-        let mut updated = vmi.clone();
-        let rest: Vec<String> = meta::finalizers(&vmi).into_iter().filter(|f| f != VMI_FINALIZER).collect();
-        meta::set_finalizers(&mut updated, &rest);
-        cluster.update(&kinds::VIRTUAL_MACHINE_INSTANCE, updated, UpdateMode::Main).await?;
+        release(cluster, &vmi).await?;
         return Ok(Action::AwaitChange);
     }
     if let Some(node) = &plan.node_label {
@@ -196,6 +179,14 @@ pub(super) async fn sync(cluster: &dyn Cluster, (ns, name): Key) -> ApiResult<Ac
         }
     }
     Ok(plan.requeue_after.into())
+}
+
+/// Drops the VMI's finalizer (no node holds a domain of it).
+pub(super) async fn release(cluster: &dyn Cluster, vmi: &Value) -> ApiResult<()> {
+    let mut updated = vmi.clone();
+    let rest: Vec<String> = meta::finalizers(vmi).into_iter().filter(|f| f != VMI_FINALIZER).collect();
+    meta::set_finalizers(&mut updated, &rest);
+    cluster.update(&kinds::VIRTUAL_MACHINE_INSTANCE, updated, UpdateMode::Main).await.map(|_| ())
 }
 
 /// Each claim `vmi` uses, with the volume it names.
