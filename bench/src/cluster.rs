@@ -3,6 +3,11 @@
 //! same ramp against one `converge serve` running its own node — both in this run, rounds
 //! alternating which goes first. Also the resident memory of a joined agent, beside the whole
 //! single-process server's, with the same guests running.
+//!
+//! P1 on a real Kubernetes control plane (with `--kubernetes`, when `scripts/kubernetes.sh` has
+//! built it): the same ramp against kube-apiserver with Converge's CRDs and webhooks, `converge
+//! controllers --kubernetes` placing each VMI through a launcher pod that kube-scheduler binds,
+//! and one `converge node --kubernetes` agent on a Node the bench plays the kubelet for.
 //! Usage: bench/run (everything), or cargo run --release -p converge-bench --bin cluster-bench
 
 use std::path::{Path, PathBuf};
@@ -15,6 +20,8 @@ use clap::Parser;
 use serde_json::{json, Value};
 
 mod host;
+#[path = "../../tests/common/kubelet.rs"]
+mod kubelet;
 mod vmi_watch;
 use host::rss_kib;
 use vmi_watch::{seen_at, watch, Seen};
@@ -39,6 +46,10 @@ struct Args {
     guests: PathBuf,
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also ramp on a real Kubernetes control plane (kube-apiserver, kube-controller-manager,
+    /// kube-scheduler, etcd from `scripts/kubernetes.sh build`).
+    #[arg(long)]
+    kubernetes: bool,
 }
 
 mod api;
@@ -85,6 +96,9 @@ struct Layout {
     api: Arc<Api>,
     server: tokio::process::Child,
     agents: Vec<tokio::process::Child>,
+    /// On Kubernetes: the control plane's supervisor (it stops the cluster when its stdin
+    /// closes) and the kubelet stand-in.
+    cluster: Option<(tokio::process::Child, kubelet::KubeletStandIn)>,
     _work: tempfile::TempDir,
 }
 
@@ -168,7 +182,118 @@ async fn start(args: &Args, agents: usize, prefix: &str) -> Result<Layout> {
         anyhow::ensure!(Instant::now() < end, "{want} nodes Ready within 60 s (saw {up})");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(Layout { api, server, agents: children, _work: work })
+    Ok(Layout { api, server, agents: children, cluster: None, _work: work })
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// kube-apiserver and friends (`scripts/kubernetes.sh run`), Converge installed by its
+/// manifests, `converge controllers --kubernetes` and one `converge node --kubernetes` agent on a
+/// Node declared big enough for every launcher pod (each asks ~300 MiB: the guest's 32 MiB plus
+/// KubeVirt's overhead estimate), with the bench as its kubelet.
+async fn start_kubernetes(args: &Args, prefix: &str, ns: &str) -> Result<Layout> {
+    let work = tempfile::tempdir()?;
+    let dir = work.path().join("cluster");
+    std::fs::create_dir_all(&dir)?;
+    let apiserver = free_port()?;
+    let supervisor = tokio::process::Command::new("scripts/kubernetes.sh")
+        .arg("run")
+        .arg(&dir)
+        .env("CONVERGE_ETCD_PORT", free_port()?.to_string())
+        .env("CONVERGE_ETCD_PEER_PORT", free_port()?.to_string())
+        .env("CONVERGE_APISERVER_PORT", apiserver.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.path().join("cluster.log"))?)
+        .kill_on_drop(true)
+        .spawn()?;
+    let ready = dir.join("ready");
+    anyhow::ensure!(wait_for(Duration::from_secs(120), || ready.exists()).await, "the control plane was not ready");
+    let kubeconfig = dir.join("admin.kubeconfig");
+    let tokens = std::fs::read_to_string(dir.join("tokens.csv"))?;
+    let token = tokens.lines().next().and_then(|l| l.split(',').next()).unwrap_or_default().to_string();
+    let http = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(dir.join("ca.crt"))?)?)
+        .build()?;
+    let base = format!("https://127.0.0.1:{apiserver}");
+    let api = Arc::new(Api { http: http.clone(), base: base.clone(), token: token.clone() });
+    let webhooks = free_port()?;
+    let manifests = converge_cmd(&args.converge)
+        .args(["manifests", "--webhook-url", &format!("https://127.0.0.1:{webhooks}")])
+        .output()
+        .await?;
+    anyhow::ensure!(manifests.status.success(), "converge manifests");
+    let kubectl = |args: Vec<String>, input: Option<Vec<u8>>| {
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let mut child = tokio::process::Command::new("kubectl")
+                .args(&args)
+                .env("KUBECONFIG", &kubeconfig)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            if let (Some(mut pipe), Some(bytes)) = (child.stdin.take(), input) {
+                pipe.write_all(&bytes).await?;
+            }
+            let out = child.wait_with_output().await?;
+            anyhow::ensure!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            Ok::<(), anyhow::Error>(())
+        }
+    };
+    kubectl(vec!["apply".into(), "-f".into(), "-".into()], Some(manifests.stdout)).await?;
+    let wait =
+        ["wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=converge", "--timeout=60s"];
+    kubectl(wait.iter().map(|s| s.to_string()).collect(), None).await?;
+    let node = format!("{prefix}k8s");
+    let admin = kubelet::Admin { http, token, server: base };
+    let stand_in = kubelet::stand_in(admin, &[(&node, "64", "128Gi")]).await;
+    let server = converge_cmd(&args.converge)
+        .args(["controllers", "--kubernetes", "--use-emulation", "--tls-san", "127.0.0.1"])
+        .args(["--webhook-listen", &format!("127.0.0.1:{webhooks}")])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.path().join("controllers.log"))?)
+        .spawn()?;
+    let data = work.path().join("node");
+    import_halt(&args.converge, &args.guests, &data).await?;
+    let agent = converge_cmd(&args.converge)
+        .args(["node", "--kubernetes", "--node-name", &node, "--domain-prefix", prefix, "--pod-network", "none"])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--data-dir")
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.path().join("node.log"))?)
+        .spawn()?;
+    // The ramp's namespace with its default service account (pods wait for it), and the
+    // webhooks answering (their CA written into the configurations).
+    api.send(reqwest::Method::POST, "/api/v1/namespaces", Some(&json!({"metadata": {"name": ns}}))).await?;
+    let end = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (sa, _) =
+            api.send(reqwest::Method::GET, &format!("/api/v1/namespaces/{ns}/serviceaccounts/default"), None).await?;
+        let probe = format!("{}?dryRun=All", vmis(ns));
+        let (admitted, _) = api.send(reqwest::Method::POST, &probe, Some(&halt_vmi("probe"))).await?;
+        let (_, n) = api.send(reqwest::Method::GET, &format!("/api/v1/nodes/{node}"), None).await?;
+        let joined = n.pointer("/metadata/labels/kubevirt.io~1schedulable") == Some(&json!("true"));
+        if sa == 200 && admitted == 201 && joined {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < end,
+            "Kubernetes layout not ready in 90 s (sa {sa}, webhook {admitted}, node {joined})"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(Layout { api, server, agents: vec![agent], cluster: Some((supervisor, stand_in)), _work: work })
 }
 
 /// A ramp: create → Running per VMI, seconds; memory (KiB) of the server and of each agent with
@@ -233,6 +358,12 @@ async fn stop(mut layout: Layout, prefix: &str) -> Result<()> {
         let _ = a.kill().await;
     }
     let _ = layout.server.kill().await;
+    if let Some((mut supervisor, stand_in)) = layout.cluster.take() {
+        drop(stand_in);
+        // Its stdin closing stops the control plane.
+        drop(supervisor.stdin.take());
+        let _ = tokio::time::timeout(Duration::from_secs(20), supervisor.wait()).await;
+    }
     // Nothing of this layout may stay defined for the next one to pay for.
     let end = Instant::now() + Duration::from_secs(60);
     loop {
@@ -265,7 +396,25 @@ async fn main() -> Result<()> {
     let interval = Duration::from_millis(args.interval_ms);
     let (mut one, mut two) = (vec![], vec![]);
     let (mut one_kib, mut agent_kib, mut server_kib) = (vec![], vec![], vec![]);
+    let (mut on_kubernetes, mut controllers_kib) = (vec![], vec![]);
     for round in 0..args.rounds {
+        if args.kubernetes {
+            let prefix = format!("cb{}r{round}k-", std::process::id() % 10_000);
+            let ns = format!("cb-{round}-k");
+            let layout = start_kubernetes(&args, &prefix, &ns).await?;
+            let r = ramp(&layout, args.count, interval, &ns).await;
+            stop(layout, &prefix).await?;
+            let r = r?;
+            say(&format!(
+                "round {round}, Kubernetes: p50 {:.3} s, p95 {:.3} s, controllers {} MiB, agent {:?} MiB",
+                pct(&r.times, 0.5),
+                pct(&r.times, 0.95),
+                r.server_kib / 1024,
+                r.agent_kib.iter().map(|k| k / 1024).collect::<Vec<_>>()
+            ));
+            on_kubernetes.extend(r.times);
+            controllers_kib.push(r.server_kib as f64);
+        }
         // Alternate which layout goes first: the machine warms up over a run.
         let order: [usize; 2] = if round % 2 == 0 { [0, 2] } else { [2, 0] };
         for agents in order {
@@ -325,6 +474,32 @@ async fn main() -> Result<()> {
         )
         .against(format!("the whole converge serve with {n} guests"), mean(&one_kib) / 1024.0),
     );
+    if args.kubernetes {
+        for (p, label) in [(0.5, "p50"), (0.95, "p95")] {
+            report.push(
+                Figure::new(
+                    format!("P1.{n}.kubernetes.{label}"),
+                    format!(
+                        "create → Running {label}, {n} VMIs {} ms apart, on kube-apiserver: launcher pods bound by kube-scheduler, one node agent",
+                        args.interval_ms
+                    ),
+                    "s",
+                    pct(&on_kubernetes, p),
+                )
+                .against(format!("one converge serve with its own node, same run ({label})"), pct(&one, p)),
+            );
+        }
+        report.push(
+            Figure::new(
+                format!("P1.{n}.kubernetes-controllers-rss"),
+                format!("RSS of converge controllers --kubernetes (controllers, webhooks) with {n} guests"),
+                "MiB",
+                mean(&controllers_kib) / 1024.0,
+            )
+            .against(format!("the whole converge serve with {n} guests"), mean(&one_kib) / 1024.0),
+        );
+        report.series(&format!("P1.{n}.kubernetes"), json!(on_kubernetes));
+    }
     report.series(&format!("P1.{n}.two-nodes"), json!(two));
     report.series(&format!("P1.{n}.one-process"), json!(one));
     report.finish("cluster-bench", args.json.as_deref())

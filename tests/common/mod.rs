@@ -238,6 +238,7 @@ pub fn vm_manifest(name: &str) -> Value {
 pub const VMS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
 pub mod cassette;
 pub mod guests;
+pub mod kubelet;
 pub mod kubernetes;
 pub mod netapp;
 pub mod process;
