@@ -300,6 +300,9 @@ async fn start_kubernetes(args: &Args, prefix: &str, ns: &str) -> Result<Layout>
 /// every guest running.
 struct Ramp {
     times: Vec<f64>,
+    /// create → first seen Scheduled (placement: Converge's scheduler, or a launcher pod bound
+    /// by kube-scheduler), per VMI, seconds.
+    placed: Vec<f64>,
     server_kib: u64,
     agent_kib: Vec<u64>,
 }
@@ -333,8 +336,12 @@ async fn ramp(layout: &Layout, count: usize, interval: Duration, ns: &str) -> Re
             Ok(at.duration_since(created[j]).as_secs_f64())
         })
         .collect::<Result<Vec<_>>>()?;
+    let placed = (0..count)
+        .filter_map(|j| seen_at(&seen, &name_of(j), "Scheduled").map(|at| at.duration_since(created[j]).as_secs_f64()))
+        .collect();
     let out = Ramp {
         times,
+        placed,
         server_kib: rss_kib(layout.server_pid()),
         agent_kib: layout.agent_pids().into_iter().map(rss_kib).collect(),
     };
@@ -406,9 +413,10 @@ async fn main() -> Result<()> {
             stop(layout, &prefix).await?;
             let r = r?;
             say(&format!(
-                "round {round}, Kubernetes: p50 {:.3} s, p95 {:.3} s, controllers {} MiB, agent {:?} MiB",
+                "round {round}, Kubernetes: p50 {:.3} s, p95 {:.3} s (placed p50 {:.3} s), controllers {} MiB, agent {:?} MiB",
                 pct(&r.times, 0.5),
                 pct(&r.times, 0.95),
+                pct(&r.placed, 0.5),
                 r.server_kib / 1024,
                 r.agent_kib.iter().map(|k| k / 1024).collect::<Vec<_>>()
             ));
@@ -425,10 +433,11 @@ async fn main() -> Result<()> {
             stop(layout, &prefix).await?;
             let r = r?;
             say(&format!(
-                "round {round}, {}: p50 {:.3} s, p95 {:.3} s, server {} MiB, agents {:?} MiB",
+                "round {round}, {}: p50 {:.3} s, p95 {:.3} s (placed p50 {:.3} s), server {} MiB, agents {:?} MiB",
                 if agents == 0 { "one process" } else { "two nodes" },
                 pct(&r.times, 0.5),
                 pct(&r.times, 0.95),
+                pct(&r.placed, 0.5),
                 r.server_kib / 1024,
                 r.agent_kib.iter().map(|k| k / 1024).collect::<Vec<_>>()
             ));
