@@ -69,7 +69,7 @@ pub fn manifests(options: &Options) -> Vec<Value> {
         None => in_cluster.then(|| webhooks::Target::Service { namespace: options.namespace.clone() }),
     };
     if let Some(target) = webhook_target {
-        out.extend(webhooks::configurations(&target, options.network_attachment_definitions));
+        out.extend(webhooks::configurations(&target, options.network_attachment_definitions, &options.namespace));
     }
     out.push(json!({
         "apiVersion": "v1",
