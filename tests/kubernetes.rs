@@ -72,6 +72,18 @@ async fn ok(c: &RealCluster, args: &[&str], stdin: Option<&str>) -> String {
     out
 }
 
+/// `kubectl apply -f -` of the manifests, then the CRDs established; kubectl's answer.
+async fn install(c: &RealCluster, text: &str) -> String {
+    let applied = ok(c, &["apply", "-f", "-"], Some(text)).await;
+    ok(
+        c,
+        &["wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=converge", "--timeout=60s"],
+        None,
+    )
+    .await;
+    applied
+}
+
 fn json_of(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -85,17 +97,11 @@ async fn manifests_install_serve_the_kinds_and_uninstall() {
     let Some(c) = cluster() else { return };
     let _one_at_a_time = INSTALL.lock().await;
     let text = manifests(&[]).await;
-    let applied = ok(c, &["apply", "-f", "-"], Some(&text)).await;
+    let applied = install(c, &text).await;
     assert!(
         applied.contains("customresourcedefinition.apiextensions.k8s.io/virtualmachines.kubevirt.io created"),
         "{applied}"
     );
-    ok(
-        c,
-        &["wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=converge", "--timeout=60s"],
-        None,
-    )
-    .await;
     let again = ok(c, &["apply", "-f", "-"], Some(&text)).await;
     assert!(!again.contains("created") && again.contains("unchanged"), "{again}");
 
@@ -232,13 +238,7 @@ async fn webhooks_fill_validate_and_lease_macs() {
     let port = common::servers::free_port();
     let url = format!("https://127.0.0.1:{port}");
     let text = manifests(&["--webhook-url", &url]).await;
-    ok(c, &["apply", "-f", "-"], Some(&text)).await;
-    ok(
-        c,
-        &["wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=converge", "--timeout=60s"],
-        None,
-    )
-    .await;
+    install(c, &text).await;
     let _controllers = start_controllers(c, port, None).await;
     ok(c, &["create", "namespace", "k-hooks"], None).await;
 
@@ -429,13 +429,7 @@ async fn a_vm_runs_as_a_launcher_pod_and_answers_the_aggregated_api() {
     let text =
         manifests(&["--webhook-url", &format!("https://127.0.0.1:{port}"), "--aggregated-api-endpoint", &aggregated])
             .await;
-    ok(c, &["apply", "-f", "-"], Some(&text)).await;
-    ok(
-        c,
-        &["wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=converge", "--timeout=60s"],
-        None,
-    )
-    .await;
+    install(c, &text).await;
     let _controllers = start_controllers(c, port, Some(&aggregated)).await;
     let _kubelets = c.kubelet_stand_in(&[("k-node-a", "4", "8Gi"), ("k-node-b", "4", "8Gi")]).await;
     let node_a = start_node(c, "k-node-a", &prefix).await;

@@ -59,13 +59,15 @@ pub fn memory_overhead(vmi: &Value) -> u64 {
     let vcpus = vcpu_count(&spec);
     let graphics = vmi.pointer("/spec/domain/devices/autoattachGraphicsDevice").and_then(Value::as_bool) != Some(false);
     let fixed = (100 + 25 + 25 + 40 + 30 + 8) * MI;
-    fixed + vcpus * 8 * MI + if graphics { 32 * MI } else { 0 } + guest / 512
+    // Saturating: the VMI is read back from the cluster, whatever admission bounded then.
+    let video = if graphics { 32 * MI } else { 0 };
+    fixed.saturating_add(vcpus.saturating_mul(8 * MI)).saturating_add(video).saturating_add(guest / 512)
 }
 
-/// Sockets × cores × threads (each at most admission's bound, so no overflow in u64).
+/// Sockets × cores × threads.
 fn vcpu_count(spec: &VmiSpec) -> u64 {
     let (sockets, cores, threads) = spec.vcpus();
-    u64::from(sockets) * u64::from(cores) * u64::from(threads)
+    u64::from(sockets).saturating_mul(u64::from(cores)).saturating_mul(u64::from(threads))
 }
 
 /// The launcher pod for `vmi`.
@@ -74,8 +76,8 @@ pub fn launcher_pod(vmi: &Value, settings: &PodSettings) -> Value {
     let request = scheduler::request_of(vmi);
     let vcpus = VmiSpec::from_vmi(vmi).map(|s| vcpu_count(&s)).unwrap_or(1);
     // KubeVirt's default: a tenth of a core per vCPU (cpuAllocationRatio 10).
-    let cpu_milli = if request.cpu_milli > 0 { request.cpu_milli } else { vcpus * 100 };
-    let memory = request.memory_bytes + memory_overhead(vmi);
+    let cpu_milli = if request.cpu_milli > 0 { request.cpu_milli } else { vcpus.saturating_mul(100) };
+    let memory = request.memory_bytes.saturating_add(memory_overhead(vmi));
     let mut labels: Map<String, Value> = meta::labels(vmi);
     labels.insert(APP_LABEL.into(), json!("virt-launcher"));
     labels.insert(CREATED_BY.into(), json!(meta::uid(vmi)));
