@@ -686,7 +686,18 @@ async fn manifests_with_an_image_run_converge_in_the_cluster() {
     assert!(!may("converge-node", "delete", "virtualmachines.kubevirt.io").await);
     assert!(!may("converge-node", "create", "pods").await);
 
-    ok(c, &["delete", "-f", "-", "--ignore-not-found", "--timeout=120s"], Some(&text)).await;
+    // The workloads' pods are finished by the stand-in kubelet: it stays until the namespace is gone
+    // (its deletion waits for them, and, once, took longer than kubectl's two minutes).
+    ok(c, &["delete", "-f", "-", "--ignore-not-found", "--wait=false"], Some(&text)).await;
+    let gone = wait_until(Duration::from_secs(300), || async {
+        let (_, ns, _) =
+            c.kubectl(&["get", "namespace", "converge-system", "--ignore-not-found", "-o", "name"], None).await;
+        ns.trim().is_empty()
+    })
+    .await;
+    let (_, left, _) =
+        c.kubectl(&["get", "namespace", "converge-system", "-o", "yaml", "--ignore-not-found"], None).await;
+    assert!(gone, "converge-system was not deleted in 5 minutes: {left}");
     for node in ["k-node-c", "k-node-d"] {
         ok(c, &["delete", "node", node, "--wait=false"], None).await;
     }
