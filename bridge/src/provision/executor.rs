@@ -238,11 +238,25 @@ impl Provisioner {
                 }
             }
         }
-        record::transition(self.pool(), &rec.id, HostState::Creating, HostState::Created).await?;
-        let view = super::view::host_view(self, &self.reload(&rec.id).await?).await?;
+        let mut created = self.reload(&rec.id).await?;
+        created.state = HostState::Created;
+        created.updated_at = record::now_ms();
+        let view = super::view::host_view(self, &created).await?;
         let answer = Answer { code: 201, body: view.to_string(), replayed: false };
-        record::set_response(self.pool(), &rec.id, answer.code, &answer.body).await?;
-        Ok(answer)
+        self.settle(&created, HostState::Creating, answer).await
+    }
+
+    /// Stores the answer with the state it belongs to; when another server settled the
+    /// record first, its answer is the one given.
+    async fn settle(&self, rec: &HostRecord, from: HostState, answer: Answer) -> Result<Answer, BridgeError> {
+        let pool = self.pool();
+        if record::settle(pool, &rec.id, from, rec.state, rec.updated_at, answer.code, &answer.body).await? {
+            return Ok(answer);
+        }
+        match self.reload(&rec.id).await?.response {
+            Some((code, body)) => Ok(Answer { code, body, replayed: true }),
+            None => Err(BridgeError::internal(format!("host {} changed while it was being settled", rec.id))),
+        }
     }
 
     /// Records why a Creating record failed, and rolls it back.
@@ -274,11 +288,9 @@ impl Provisioner {
                 StepState::RolledBack | StepState::Skipped => {}
             }
         }
-        record::transition(self.pool(), &rec.id, HostState::RollingBack, HostState::Failed).await?;
         let error = rec.error.clone().unwrap_or_else(|| BridgeError::internal("rolled back without an error"));
-        let answer = Answer::error(&error);
-        record::set_response(self.pool(), &rec.id, answer.code, &answer.body).await?;
-        Ok(answer)
+        let failed = HostRecord { state: HostState::Failed, updated_at: record::now_ms(), ..rec.clone() };
+        self.settle(&failed, HostState::RollingBack, Answer::error(&error)).await
     }
 
     /// Starts tearing a Created host down: its objects are deleted, newest first; the record

@@ -243,6 +243,35 @@ pub async fn transition(pool: &AnyPool, id: &str, from: HostState, to: HostState
     Ok(done.rows_affected() == 1)
 }
 
+/// Moves a record to its settled state and stores the answer its request gets, in one
+/// statement: a retry with the same key never sees the state without the answer.
+pub async fn settle(
+    pool: &AnyPool,
+    id: &str,
+    from: HostState,
+    to: HostState,
+    updated_at: i64,
+    code: u16,
+    body: &str,
+) -> Result<bool, BridgeError> {
+    if !from.may_become(to) {
+        return Err(BridgeError::internal(format!("a host may not go from {from:?} to {to:?}")));
+    }
+    let done = sqlx::query(
+        "UPDATE bridge_hosts SET state = $1, updated_at = $2, response_code = $3, response = $4 \
+         WHERE id = $5 AND state = $6 AND response_code = 0",
+    )
+    .bind(to.as_str())
+    .bind(updated_at)
+    .bind(i64::from(code))
+    .bind(body)
+    .bind(id)
+    .bind(from.as_str())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Moves a step; timestamps follow (started when it runs, finished when it settles).
 pub async fn step(
     pool: &AnyPool,
@@ -276,17 +305,6 @@ pub async fn step(
 pub async fn set_error(pool: &AnyPool, id: &str, error: &BridgeError) -> Result<(), BridgeError> {
     let text = serde_json::to_string(error).map_err(|e| BridgeError::internal(e.to_string()))?;
     sqlx::query("UPDATE bridge_hosts SET error = $1 WHERE id = $2").bind(text).bind(id).execute(pool).await?;
-    Ok(())
-}
-
-/// Records the answer the request got, once: a replay gives the same one.
-pub async fn set_response(pool: &AnyPool, id: &str, code: u16, body: &str) -> Result<(), BridgeError> {
-    sqlx::query("UPDATE bridge_hosts SET response_code = $1, response = $2 WHERE id = $3 AND response_code = 0")
-        .bind(i64::from(code))
-        .bind(body)
-        .bind(id)
-        .execute(pool)
-        .await?;
     Ok(())
 }
 
