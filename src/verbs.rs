@@ -265,12 +265,17 @@ pub async fn vnc(api: Arc<Client>, ns: String, name: String, address: &str, port
     let local = listener.local_addr()?;
     // Fail early if the VMI has no VNC to give.
     drop(websocket(&api, &vmi_path(&ns, &name, "vnc")).await?);
-    println!("VNC of {ns}/{name} is served on {local}");
-    println!(
+    // A reader that took the address and closed our stdout must not end the serving.
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "VNC of {ns}/{name} is served on {local}");
+    let _ = writeln!(
+        out,
         "connect a viewer to it, e.g. `vncviewer {}::{}` or `remote-viewer vnc://{local}`",
         local.ip(),
         local.port()
     );
+    let _ = out.flush();
     loop {
         let (mut tcp, _) = listener.accept().await?;
         let (api, ns, name) = (Arc::clone(&api), ns.clone(), name.clone());
