@@ -45,15 +45,22 @@ pub struct NodeCommandArgs {
     #[arg(long, env = "CONVERGE_MAX_VOLUME_SIZE")]
     pub max_volume_size: Option<String>,
     /// Where the agent serves the API server (consoles, VNC, pause) with the certificate the API
-    /// signs for it; published in the Node's `daemonEndpoints`. Port 0 picks a free one.
-    #[arg(long, env = "CONVERGE_NODE_LISTEN", default_value = "0.0.0.0:10250")]
-    pub listen: String,
+    /// signs for it; published in the Node's `daemonEndpoints` (on Kubernetes, in its annotation
+    /// `converge.dev/agent-port`). Port 0 picks a free one. Default 0.0.0.0:10250, and
+    /// 0.0.0.0:8186 on Kubernetes (virt-handler's port: the kubelet has 10250 there).
+    #[arg(long, env = "CONVERGE_NODE_LISTEN")]
+    pub listen: Option<String>,
     /// The API is a real kube-apiserver with Converge's CRDs: use the Node its kubelet
-    /// registered (--node-name) and add only labels and devices to it; guests are the VMIs whose
-    /// launcher pods kube-scheduler bound here. Consoles, uploads and node-local volumes are not
-    /// served in this mode yet.
+    /// registered (--node-name) and add only labels, devices and the agent's port to it; guests
+    /// are the VMIs whose launcher pods kube-scheduler bound here. The serving certificate comes
+    /// through the cluster's CertificateSigningRequest API. Uploads and node-local volumes are
+    /// not served in this mode yet.
     #[arg(long)]
     pub kubernetes: bool,
+    /// Converge's namespace on a Kubernetes cluster: where the controllers publish the CA this
+    /// agent trusts (with --kubernetes).
+    #[arg(long, default_value = "converge-system")]
+    pub namespace: String,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -160,9 +167,14 @@ pub async fn node(args: NodeCommandArgs) -> Result<()> {
     let mut settings = config::resolve_node_command(input, args.node)?;
     let kubeconfig = match ApiSource::of(&args.kubeconfig, args.in_cluster)? {
         ApiSource::Kubeconfig(path) if !args.kubernetes => path,
-        kubernetes => return kubernetes_node(&kubernetes, settings).await,
+        kubernetes => {
+            let listen = args.listen.as_deref().unwrap_or("0.0.0.0:8186");
+            let listener = std::net::TcpListener::bind(listen).with_context(|| format!("--listen {listen}"))?;
+            return kubernetes_node(&kubernetes, settings, listener, &args.namespace).await;
+        }
     };
-    let listener = std::net::TcpListener::bind(&args.listen).with_context(|| format!("--listen {}", args.listen))?;
+    let listen = args.listen.as_deref().unwrap_or("0.0.0.0:10250");
+    let listener = std::net::TcpListener::bind(listen).with_context(|| format!("--listen {listen}"))?;
     let api = crate::client::Client::from_kubeconfig(&kubeconfig)?;
     let key = ServingKey::generate()?;
     let signed = serving_certificate(&api, &settings.config.name, &key).await?;
@@ -193,17 +205,34 @@ pub async fn node(args: NodeCommandArgs) -> Result<()> {
     Ok(())
 }
 
-/// `converge node --kubernetes`: the agent on a kubelet's Node.
-async fn kubernetes_node(source: &ApiSource, mut settings: config::NodeSettings) -> Result<()> {
+/// `converge node --kubernetes`: the agent on a kubelet's Node, serving the controllers'
+/// aggregated API with a certificate the controllers sign through the CSR API.
+async fn kubernetes_node(
+    source: &ApiSource,
+    mut settings: config::NodeSettings,
+    listener: std::net::TcpListener,
+    namespace: &str,
+) -> Result<()> {
+    use converge_api::nodes::csr;
     settings.config.kubelet_owns_node = true;
+    settings.config.serving_port = listener.local_addr()?.port();
     let cluster = source.connect().await?;
     cluster.kinds_are_crds();
+    let key = ServingKey::generate()?;
+    let ca = csr::published_ca(&cluster, namespace).await.context("reading the controllers' CA")?;
+    let certificate =
+        csr::obtain(&cluster, &settings.config.name, &key).await.context("this node's serving certificate")?;
     let agent = converge_engine::node::start_on_libvirt(cluster, settings.config, &settings.libvirt_uri)
         .await
         .context("starting the node agent")?;
-    println!("converge node {} joined the Kubernetes API of {source}", agent.node_name);
+    let agent = Arc::new(agent);
+    let signed = ServingCertificate { certificate, ca };
+    let server = converge_api::nodes::server::start(Arc::clone(&agent), None, listener, key, &signed)
+        .context("serving the controllers")?;
+    println!("converge node {} joined the Kubernetes API of {source}, serving on {}", agent.node_name, server.addr);
     crate::until_stopped().await?;
     tracing::info!("stopping");
+    drop(server);
     drop(agent);
     Ok(())
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use common::kubernetes::{cluster, RealCluster};
+use common::kubernetes_agents::*;
 use common::wait_until;
 use serde_json::Value;
 use std::time::Duration;
@@ -66,12 +67,6 @@ spec:
     )
 }
 
-async fn ok(c: &RealCluster, args: &[&str], stdin: Option<&str>) -> String {
-    let (ok, out, err) = c.kubectl(args, stdin).await;
-    assert!(ok, "kubectl {args:?}: {err}{}", c.logs());
-    out
-}
-
 /// `kubectl apply -f -` of the manifests, then the CRDs established; kubectl's answer.
 async fn install(c: &RealCluster, text: &str) -> String {
     let applied = ok(c, &["apply", "-f", "-"], Some(text)).await;
@@ -84,8 +79,29 @@ async fn install(c: &RealCluster, text: &str) -> String {
     applied
 }
 
-fn json_of(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+/// `kubectl delete -f -` of the manifests, waiting up to two minutes; what is left, and why,
+/// when that is not enough. kubectl's answer.
+async fn uninstall(c: &RealCluster, text: &str, logs: &dyn Fn() -> String) -> String {
+    let (uninstalled, out, err) =
+        c.kubectl(&["delete", "-f", "-", "--ignore-not-found", "--timeout=120s"], Some(text)).await;
+    if uninstalled {
+        return out;
+    }
+    let mut left = String::new();
+    for args in [
+        &["get", "namespace", "converge-system", "-o", "yaml"][..],
+        &["get", "all", "-n", "converge-system", "-o", "wide"],
+        &["get", "crd", "-o", "custom-columns=NAME:.metadata.name,DELETING:.metadata.deletionTimestamp,CONDITIONS:.status.conditions[*].message"],
+        &["get", "vmi,vm,dv,pods", "-A", "-o", "yaml"],
+        &["get", "apiservices", "-o", "wide"],
+    ] {
+        let (_, out, err) = c.kubectl(args, None).await;
+        left.push_str(&format!("kubectl {args:?}:\n{out}{err}\n"));
+    }
+    let kcm = std::fs::read_to_string(c.dir.join("kcm.log")).unwrap_or_default();
+    let deletion: Vec<&str> = kcm.lines().filter(|l| l.contains("namespace") || l.contains("garbage")).collect();
+    let deletion = deletion[deletion.len().saturating_sub(30)..].join("\n");
+    panic!("uninstall: {err}\n{left}\n{}\n--- kcm.log (namespaces, GC)\n{deletion}\n{}", logs(), c.logs());
 }
 
 /// `converge manifests | kubectl apply -f -`: the CRDs are taken as structural and established,
@@ -186,7 +202,7 @@ async fn manifests_install_serve_the_kinds_and_uninstall() {
 
     // Uninstall: the kinds and every object of them go.
     ok(c, &["delete", "namespace", "k-basic", "k-other", "--wait=false"], None).await;
-    let deleted = ok(c, &["delete", "-f", "-", "--ignore-not-found", "--timeout=120s"], Some(&text)).await;
+    let deleted = uninstall(c, &text, &String::new).await;
     assert!(
         deleted.contains("customresourcedefinition.apiextensions.k8s.io \"virtualmachines.kubevirt.io\" deleted"),
         "{deleted}"
@@ -199,32 +215,6 @@ async fn manifests_install_serve_the_kinds_and_uninstall() {
     })
     .await;
     assert!(gone, "kubevirt.io/v1 is still served");
-}
-
-/// `converge controllers --kubernetes` outside the cluster, its webhooks registered by URL.
-struct Controllers {
-    _child: tokio::process::Child,
-}
-
-async fn start_controllers(c: &RealCluster, port: u16, aggregated: Option<&str>) -> Controllers {
-    let log = std::fs::File::create(c.dir.join(format!("controllers-{port}.log"))).expect("log");
-    let mut extra = vec![];
-    if let Some(addr) = aggregated {
-        extra = vec!["--aggregated-api-listen", addr];
-    }
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
-        .args(["controllers", "--kubernetes", "--use-emulation", "--tls-san", "127.0.0.1"])
-        .arg("--kubeconfig")
-        .arg(&c.kubeconfig)
-        .args(["--webhook-listen", &format!("127.0.0.1:{port}")])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("converge controllers starts");
-    Controllers { _child: child }
 }
 
 /// The admission webhooks on a real apiserver: defaults and MACs filled at create, invalid
@@ -344,70 +334,7 @@ async fn webhooks_fill_validate_and_lease_macs() {
     assert_ne!(after.pointer("/status/nodeName"), Some(&Value::from("host")), "{err}{after}");
 
     ok(c, &["delete", "namespace", "k-hooks", "--wait=false"], None).await;
-    ok(c, &["delete", "-f", "-", "--ignore-not-found", "--timeout=120s"], Some(&text)).await;
-}
-
-/// `converge node --kubernetes` on a stand-in Node, with the test images in its own data dir.
-struct NodeAgent {
-    _child: tokio::process::Child,
-    dir: tempfile::TempDir,
-}
-
-async fn start_node(c: &RealCluster, name: &str, prefix: &str) -> NodeAgent {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let st = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
-        .args(["image", "import"])
-        .arg(common::guests::guest_dir().join("oci-halt"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stdout(std::process::Stdio::null())
-        .status()
-        .await
-        .expect("converge image import");
-    assert!(st.success(), "image import");
-    let log = std::fs::File::create(dir.path().join("node.log")).expect("log");
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
-        .args([
-            "node",
-            "--kubernetes",
-            "--node-name",
-            name,
-            "--domain-prefix",
-            &format!("{prefix}{name}-"),
-            "--pod-network",
-            "none",
-        ])
-        .arg("--kubeconfig")
-        .arg(&c.kubeconfig)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("converge node starts");
-    NodeAgent { _child: child, dir }
-}
-
-impl NodeAgent {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
-    }
-}
-
-async fn vmi_json(c: &RealCluster, ns: &str, name: &str) -> Value {
-    let (found, out, _) = c.kubectl(&["get", "vmi", name, "-n", ns, "-o", "json"], None).await;
-    if found {
-        json_of(&out)
-    } else {
-        Value::Null
-    }
-}
-
-async fn launcher_pods(c: &RealCluster, ns: &str) -> Vec<Value> {
-    let out = ok(c, &["get", "pods", "-n", ns, "-l", "kubevirt.io=virt-launcher", "-o", "json"], None).await;
-    json_of(&out)["items"].as_array().cloned().unwrap_or_default()
+    uninstall(c, &text, &String::new).await;
 }
 
 /// A VM applied with kubectl runs as KubeVirt's do: its VMI's launcher pod, asking for the
@@ -587,6 +514,7 @@ async fn a_vm_runs_as_a_launcher_pod_and_answers_the_aggregated_api() {
     assert!(forged.is_err(), "the aggregated server answered without the front proxy's certificate: {forged:?}");
     let vmi = vmi_json(c, "k-run", "runner").await;
     assert_eq!(vmi.pointer("/status/phase"), Some(&Value::from("Running")), "{vmi}");
+    the_aggregated_api_reaches_a_guest(c, &eve, &|| format!("{}\n{}", node_a.log(), node_b.log())).await;
 
     // The pod goes: so does the guest, and the VM (Always) starts another.
     let first_uid = vmi["metadata"]["uid"].as_str().unwrap_or_default().to_string();
@@ -621,7 +549,7 @@ async fn a_vm_runs_as_a_launcher_pod_and_answers_the_aggregated_api() {
     .await;
     assert!(up, "the last guest never ran: {}", vmi_json(c, "k-run", "last").await);
     ok(c, &["delete", "namespace", "k-elsewhere", "--wait=false"], None).await;
-    ok(c, &["delete", "-f", "-", "--ignore-not-found", "--timeout=120s"], Some(&text)).await;
+    uninstall(c, &text, &|| format!("{}\n{}", node_a.log(), node_b.log())).await;
     let ours = || libvirt.list().unwrap_or_default().into_iter().filter(|d| d.name.starts_with(&prefix)).count();
     let empty = wait_until(Duration::from_secs(60), || async { ours() == 0 }).await;
     assert!(empty, "domains left after uninstall: {}", ours());
@@ -630,6 +558,154 @@ async fn a_vm_runs_as_a_launcher_pod_and_answers_the_aggregated_api() {
     for node in ["k-node-a", "k-node-b"] {
         ok(c, &["delete", "node", node, "--wait=false"], None).await;
     }
+}
+
+/// `converge` with `args` against the cluster as `kubeconfig`'s user; `input` typed a line at a
+/// time, then the console's escape. Success, stdout, stderr.
+async fn converge_as(kubeconfig: &std::path::Path, args: &[&str], input: Option<&str>) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("converge runs");
+    let mut pipe = child.stdin.take().expect("stdin");
+    match input.map(str::to_string) {
+        Some(input) => {
+            tokio::spawn(async move {
+                for line in input.split_inclusive('\n') {
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    let _ = pipe.write_all(line.as_bytes()).await;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let _ = pipe.write_all(&[0x1d]).await;
+            });
+        }
+        None => drop(pipe),
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("converge finished in 60s")
+        .expect("converge output");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// Console, VNC, pause and unpause of a guest through kube-apiserver's aggregation layer: the
+/// controllers relay each to the agent of the guest's node, whose serving certificate they
+/// signed through the cluster's CSR API; `eve`, an editor elsewhere, gets none of it.
+async fn the_aggregated_api_reaches_a_guest(c: &RealCluster, eve: &std::path::Path, logs: &dyn Fn() -> String) {
+    let signed = json_of(&ok(c, &["get", "csr", "-o", "json"], None).await);
+    let ours: Vec<&Value> = signed["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r.pointer("/spec/signerName") == Some(&Value::from("converge.dev/node-serving")))
+        .filter(|r| r.pointer("/status/certificate").is_some())
+        .collect();
+    assert!(ours.len() >= 2, "each agent's certificate came through the CSR API: {signed}");
+    let mut spec = common::guests::kernel_vmi_spec();
+    spec["domain"]["devices"]["autoattachGraphicsDevice"] = Value::from(true);
+    spec["domain"]["devices"]["autoattachPodInterface"] = Value::from(false);
+    let vmi = serde_json::json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": "talker", "namespace": "k-run"}, "spec": spec});
+    ok(c, &["apply", "-f", "-"], Some(&vmi.to_string())).await;
+    let running = wait_until(Duration::from_secs(120), || async {
+        vmi_json(c, "k-run", "talker").await.pointer("/status/phase") == Some(&Value::from("Running"))
+    })
+    .await;
+    assert!(running, "the talker never ran: {}\n{}", vmi_json(c, "k-run", "talker").await, logs());
+    let admin = &c.kubeconfig;
+    // The guest's shell, once it has booted, answers through kube-apiserver.
+    let said = std::cell::RefCell::new(String::new());
+    let answered = wait_until(Duration::from_secs(120), || async {
+        let (_, out, err) =
+            converge_as(admin, &["console", "talker", "-n", "k-run"], Some("echo console-$((6*7))\n")).await;
+        *said.borrow_mut() = format!("{out}{err}");
+        out.contains("console-42")
+    })
+    .await;
+    assert!(answered, "converge console through the aggregated API: {:?}\n{}", said.borrow(), logs());
+    // `converge vnc` serves a local port: a viewer's first read is the guest's RFB banner.
+    let mut viewer = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args(["vnc", "talker", "-n", "k-run", "--port", "0", "--kubeconfig"])
+        .arg(admin)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("converge vnc");
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let stdout = viewer.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = lines.next_line().await.ok().flatten().unwrap_or_default();
+    let addr = first.rsplit(' ').next().unwrap_or_default().to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.expect("the local VNC port");
+    let mut banner = [0u8; 12];
+    let read = tokio::time::timeout(Duration::from_secs(20), tcp.read_exact(&mut banner)).await;
+    assert!(read.is_ok_and(|r| r.is_ok()) && banner.starts_with(b"RFB "), "{:?}", String::from_utf8_lossy(&banner));
+    drop((lines, viewer));
+    let paused_is = |want: bool| async move {
+        let v = vmi_json(c, "k-run", "talker").await;
+        let paused = v
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Paused" && c["status"] == "True"));
+        paused == want
+    };
+    for (verb, paused) in [("pause", true), ("unpause", false)] {
+        let (done, _, err) = converge_as(admin, &[verb, "talker", "-n", "k-run"], None).await;
+        assert!(done, "converge {verb}: {err}");
+        assert!(wait_until(Duration::from_secs(60), || paused_is(paused)).await, "{verb}: {}", logs());
+    }
+    for verb in ["console", "pause"] {
+        let (done, _, err) = converge_as(eve, &[verb, "talker", "-n", "k-run"], None).await;
+        assert!(!done && err.contains("forbidden"), "eve's {verb}: {err}");
+    }
+    eve_may_not_be_a_node(c, eve).await;
+    ok(c, &["delete", "vmi", "talker", "-n", "k-run", "--wait=false"], None).await;
+}
+
+/// Eve, allowed to ask for certificates but not to change Nodes, asks for node a's serving
+/// certificate (whose key would let her answer for node a): the controllers deny it.
+async fn eve_may_not_be_a_node(c: &RealCluster, eve: &std::path::Path) {
+    ok(c, &["create", "clusterrole", "csr-asker", "--verb=create,get", "--resource=certificatesigningrequests"], None)
+        .await;
+    ok(
+        c,
+        &["create", "clusterrolebinding", "eve-asks", "--clusterrole=csr-asker", "--serviceaccount=k-elsewhere:eve"],
+        None,
+    )
+    .await;
+    let request = std::process::Command::new("openssl")
+        .args(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-keyout", "/dev/null", "-subj", "/CN=system:node:k-node-a"])
+        .output()
+        .expect("openssl req");
+    assert!(request.status.success(), "{}", String::from_utf8_lossy(&request.stderr));
+    use base64::Engine;
+    let csr = serde_json::json!({"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"name": "eve-is-node-a"},
+        "spec": {"request": base64::engine::general_purpose::STANDARD.encode(&request.stdout),
+                 "signerName": "converge.dev/node-serving", "usages": ["digital signature", "server auth"]}});
+    let (made, _, err) = c.kubectl_with(eve, &["create", "-f", "-"], Some(&csr.to_string())).await;
+    assert!(made, "eve may ask: {err}");
+    let denied = wait_until(Duration::from_secs(30), || async {
+        let (_, out, _) = c.kubectl(&["get", "csr", "eve-is-node-a", "-o", "json"], None).await;
+        let csr: Value = serde_json::from_str(&out).unwrap_or_default();
+        let refused = csr.pointer("/status/conditions/0/type") == Some(&Value::from("Denied"));
+        refused && csr.pointer("/status/certificate").is_none()
+    })
+    .await;
+    let (_, out, _) = c.kubectl(&["get", "csr", "eve-is-node-a", "-o", "yaml"], None).await;
+    assert!(denied && out.contains("may not update Node"), "{out}");
+    ok(c, &["delete", "csr", "eve-is-node-a"], None).await;
+    ok(c, &["delete", "clusterrolebinding", "eve-asks"], None).await;
+    ok(c, &["delete", "clusterrole", "csr-asker"], None).await;
 }
 
 /// `converge manifests --image`: Converge's own workloads in the cluster. The controllers'
@@ -700,44 +776,6 @@ async fn manifests_with_an_image_run_converge_in_the_cluster() {
     assert!(gone, "converge-system was not deleted in 5 minutes: {left}");
     for node in ["k-node-c", "k-node-d"] {
         ok(c, &["delete", "node", node, "--wait=false"], None).await;
-    }
-}
-
-/// A veth pair into a network namespace of the test's own, for an address that is not loopback.
-struct TestLink;
-
-impl TestLink {
-    const NETNS: &'static str = "cvk-aggregated";
-    const HOST_LINK: &'static str = "cvkagg0";
-    const HOST_ADDRESS: &'static str = "10.213.77.1";
-
-    fn make() -> TestLink {
-        let ip = |args: &[&str]| {
-            let st = std::process::Command::new("ip").args(args).status().expect("ip runs");
-            assert!(st.success(), "ip {args:?}");
-        };
-        TestLink::remove();
-        ip(&["netns", "add", Self::NETNS]);
-        ip(&["link", "add", Self::HOST_LINK, "type", "veth", "peer", "name", "cvkagg1", "netns", Self::NETNS]);
-        ip(&["addr", "add", &format!("{}/30", Self::HOST_ADDRESS), "dev", Self::HOST_LINK]);
-        ip(&["link", "set", Self::HOST_LINK, "up"]);
-        ip(&["-n", Self::NETNS, "addr", "add", "10.213.77.2/30", "dev", "cvkagg1"]);
-        ip(&["-n", Self::NETNS, "link", "set", "cvkagg1", "up"]);
-        TestLink
-    }
-}
-
-impl TestLink {
-    fn remove() {
-        for args in [["netns", "del", Self::NETNS], ["link", "del", Self::HOST_LINK]] {
-            let _ = std::process::Command::new("ip").args(args).stderr(std::process::Stdio::null()).status();
-        }
-    }
-}
-
-impl Drop for TestLink {
-    fn drop(&mut self) {
-        TestLink::remove();
     }
 }
 

@@ -12,10 +12,11 @@ use converge_engine::kinds;
 use converge_engine::meta;
 use converge_engine::node::NodeAgent;
 use converge_engine::{ApiError, ApiResult};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use crate::nodes::link::{self, NodeSocket, NodeTarget};
+use crate::nodes::link::{self, NodeLink, NodeSocket, NodeTarget, RemoteNode};
 use crate::state::AppState;
 use crate::subresources::VmiOp;
 
@@ -40,25 +41,40 @@ pub async fn open(
         .get(&kinds::VIRTUAL_MACHINE_INSTANCE, ns, name)
         .await?
         .ok_or_else(|| ApiError::not_found("kubevirt.io", "virtualmachineinstances", name))?;
-    if phase(&vmi) != RUNNING {
-        return Err(ApiError::bad_request(format!(
-            "Unable to connect to VirtualMachineInstance because phase is {} instead of Running",
-            if phase(&vmi).is_empty() { "Pending" } else { phase(&vmi) }
-        )));
-    }
+    connectable(&vmi)?;
     let uid = meta::uid(&vmi).to_string();
-    let serial = op == VmiOp::Console;
     match link::locate(state, &vmi).await? {
-        NodeTarget::Local(node) => attach(req, payload, &node, &uid, serial, &format!("{ns}/{name}")).await,
-        NodeTarget::Remote(remote) => {
-            let what = if serial { "console" } else { "vnc" };
-            let path = format!("/v1/namespaces/{ns}/virtualmachineinstances/{name}/{what}?uid={uid}");
-            let upstream = state.node_link.websocket(&remote, &path).await?;
-            let (response, session, stream) = handshake(req, payload)?;
-            actix_web::rt::spawn(relay(session, stream, upstream));
-            Ok(response)
+        NodeTarget::Local(node) => {
+            attach(req, payload, &node, &uid, op == VmiOp::Console, &format!("{ns}/{name}")).await
         }
+        NodeTarget::Remote(remote) => relay_to_node(req, payload, &state.node_link, &remote, &vmi, op).await,
     }
+}
+
+/// A console or VNC connection is made to a running guest only (virt-api's words otherwise).
+pub fn connectable(vmi: &Value) -> ApiResult<()> {
+    if phase(vmi) == RUNNING {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(format!(
+        "Unable to connect to VirtualMachineInstance because phase is {} instead of Running",
+        if phase(vmi).is_empty() { "Pending" } else { phase(vmi) }
+    )))
+}
+
+/// Opens the guest's console or VNC on its node's agent and relays the client's websocket to it.
+pub async fn relay_to_node(
+    req: &HttpRequest,
+    payload: web::Payload,
+    node_link: &NodeLink,
+    remote: &RemoteNode,
+    vmi: &Value,
+    op: VmiOp,
+) -> ApiResult<HttpResponse> {
+    let upstream = node_link.websocket(remote, &crate::subresources::node_op_path(vmi, op)).await?;
+    let (response, session, stream) = handshake(req, payload)?;
+    actix_web::rt::spawn(relay(session, stream, upstream));
+    Ok(response)
 }
 
 fn handshake(

@@ -158,6 +158,14 @@ pub struct Identity {
 }
 
 impl Authority {
+    /// The CA of a key kept elsewhere (the Secret on a Kubernetes cluster), its certificate
+    /// re-derived as `ensure` does: `ca_pem` is the one clients were given.
+    pub fn from_kept(ca_key_pem: &str, ca_pem: &str) -> Result<Authority, PkiError> {
+        let key = KeyPair::from_pem(ca_key_pem)?;
+        let cert = ca_params()?.self_signed(&key)?;
+        Ok(Authority { ca_pem: ca_pem.to_string(), cert, key })
+    }
+
     /// The server's certificate as a client of node agents: the only client-auth certificate
     /// this CA signs, so a node's serving certificate cannot stand in for it.
     pub fn api_client_identity(&self) -> Result<Identity, PkiError> {

@@ -186,11 +186,11 @@ fn is_dry_run(body: &Value) -> bool {
     body.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|v| v == "All"))
 }
 
-fn accepted() -> HttpResponse {
+pub fn accepted() -> HttpResponse {
     HttpResponse::Accepted().finish()
 }
 
-fn parse_body(body: &[u8]) -> ApiResult<Value> {
+pub fn parse_body(body: &[u8]) -> ApiResult<Value> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
@@ -258,7 +258,7 @@ pub async fn handle(req: HttpRequest, payload: web::Payload, state: web::Data<Ap
 /// Bodies here are small option objects.
 const BODY_LIMIT: usize = 64 * 1024;
 
-async fn read_body(mut payload: web::Payload) -> ApiResult<Vec<u8>> {
+pub async fn read_body(mut payload: web::Payload) -> ApiResult<Vec<u8>> {
     use futures::StreamExt;
     let mut body = Vec::new();
     while let Some(chunk) = payload.next().await {
@@ -432,29 +432,44 @@ async fn vmi_request(state: &AppState, ns: &str, name: &str, op: VmiOp, body: &V
         .get(&kinds::VIRTUAL_MACHINE_INSTANCE, ns, name)
         .await?
         .ok_or_else(|| ApiError::not_found("kubevirt.io", "virtualmachineinstances", name))?;
+    if !vmi_op_allowed(&vmi, name, op, body)? {
+        return Ok(accepted());
+    }
+    match link::locate(state, &vmi).await? {
+        NodeTarget::Local(node) => domain_op(&node, ns, name, op).await?,
+        NodeTarget::Remote(remote) => {
+            state.node_link.call(&remote, reqwest::Method::PUT, &node_op_path(&vmi, op)).await?;
+        }
+    }
+    Ok(accepted())
+}
+
+/// Where a node agent takes `op` on `vmi`: the uid says which guest of that name is meant.
+pub fn node_op_path(vmi: &Value, op: VmiOp) -> String {
+    format!(
+        "/v1/namespaces/{}/virtualmachineinstances/{}/{}?uid={}",
+        meta::namespace(vmi),
+        meta::name(vmi),
+        op.path(),
+        meta::uid(vmi)
+    )
+}
+
+/// Whether `op` may be taken on `vmi` now (virt-api's conflicts); false for a dry run, which
+/// is answered without acting.
+pub fn vmi_op_allowed(vmi: &Value, name: &str, op: VmiOp, body: &Value) -> ApiResult<bool> {
     let conflict = |why: &str| ApiError::conflict("kubevirt.io", "virtualmachineinstances", name, why);
-    if phase(&vmi) != st::RUNNING {
+    if phase(vmi) != st::RUNNING {
         return Err(conflict("VMI is not running"));
     }
-    let paused = st::condition_true(&vmi, "Paused");
+    let paused = st::condition_true(vmi, "Paused");
     match op {
         VmiOp::Pause if paused => return Err(conflict("VMI is already paused")),
         VmiOp::Unpause if !paused => return Err(conflict("VMI is not paused")),
         VmiOp::SoftReboot if paused => return Err(conflict("VMI is paused")),
         _ => {}
     }
-    if is_dry_run(body) {
-        return Ok(accepted());
-    }
-    match link::locate(state, &vmi).await? {
-        NodeTarget::Local(node) => domain_op(&node, ns, name, op).await?,
-        NodeTarget::Remote(remote) => {
-            let path =
-                format!("/v1/namespaces/{ns}/virtualmachineinstances/{name}/{}?uid={}", op.path(), meta::uid(&vmi));
-            state.node_link.call(&remote, reqwest::Method::PUT, &path).await?;
-        }
-    }
-    Ok(accepted())
+    Ok(!is_dry_run(body))
 }
 
 /// Pause, unpause or soft-reboot the domain of `ns/name` on this process's node agent.

@@ -75,7 +75,7 @@ pub async fn stand_in(admin: Admin, nodes: &[(&str, &str, &str)]) -> KubeletStan
         let status = serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
             "status": {"capacity": {"cpu": cpu, "memory": memory, "pods": "110"},
                        "allocatable": {"cpu": cpu, "memory": memory, "pods": "110"},
-                       "addresses": [{"type": "Hostname", "address": name}],
+                       "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
                        "nodeInfo": {"kubeletVersion": "v1.34.4-stand-in", "operatingSystem": "linux", "architecture": "amd64"}}});
         let path = format!("/api/v1/nodes/{name}/status?fieldManager=kubelet-capacity&force=true");
         let (code, text) = admin.send(reqwest::Method::PATCH, &path, apply, &status).await;

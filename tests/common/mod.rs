@@ -252,6 +252,7 @@ pub mod cassette;
 pub mod guests;
 pub mod kubelet;
 pub mod kubernetes;
+pub mod kubernetes_agents;
 pub mod netapp;
 pub mod process;
 pub mod pxe;

@@ -1,25 +1,27 @@
 //! `subresources.kubevirt.io` through kube-apiserver's aggregation layer, as virt-api serves it:
-//! discovery, and the VM verbs (start, stop, restart) with virt-api's rules
-//! (`subresources::vm_change`). Every request comes through the front proxy (its certificate is
-//! checked at the handshake, `front_proxy`); the user it names is authorized by a
-//! SubjectAccessReview, so Kubernetes RBAC decides, as for virt-api.
-//!
-//! The VMI verbs (console, VNC, pause, unpause, softreboot) need the agent of the guest's node,
-//! which this server does not reach yet on a Kubernetes cluster: they are not listed, and answer
-//! 404.
+//! discovery, the VM verbs (start, stop, restart) with virt-api's rules
+//! (`subresources::vm_change`), and the VMI verbs (console, VNC, pause, unpause, softreboot)
+//! relayed to the agent of the guest's node over mutual TLS (`nodes::link`), found at its Node's
+//! InternalIP and the port it publishes. Every request comes through the front proxy (its
+//! certificate is checked at the handshake, `front_proxy`); the user it names is authorized by
+//! a SubjectAccessReview, so Kubernetes RBAC decides, as for virt-api.
 
 use super::front_proxy::{self, FrontProxy, ProxiedUser};
+use crate::nodes::link::{NodeLink, RemoteNode};
 use crate::response::{json_response, status_response};
-use crate::subresources::{self, SubRequest, GROUP, VERSIONS};
+use crate::subresources::{self, SubRequest, VmiOp, GROUP, VERSIONS};
 use actix_web::{web, HttpRequest, HttpResponse};
 use converge_engine::cluster::kube::KubeCluster;
+use converge_engine::cluster::Cluster;
 use converge_engine::error::{ApiError, ApiResult};
+use converge_engine::kinds;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
 pub struct Aggregated {
     pub cluster: Arc<KubeCluster>,
     pub proxy: FrontProxy,
+    pub node_link: NodeLink,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -48,16 +50,14 @@ async fn version(req: HttpRequest) -> HttpResponse {
     if !VERSIONS.contains(&version) {
         return status_response(&ApiError::route_not_found());
     }
-    json_response(200, &subresources::resource_list_of(version, false), &[])
+    json_response(200, &subresources::resource_list_of(version, true), &[])
 }
 
-async fn request(req: HttpRequest, body: web::Bytes, state: web::Data<Aggregated>) -> HttpResponse {
-    dispatch(&req, &body, &state).await.unwrap_or_else(|e| status_response(&e))
+async fn request(req: HttpRequest, payload: web::Payload, state: web::Data<Aggregated>) -> HttpResponse {
+    dispatch(&req, payload, &state).await.unwrap_or_else(|e| status_response(&e))
 }
 
-const BODY_LIMIT: usize = 64 * 1024;
-
-async fn dispatch(req: &HttpRequest, body: &[u8], state: &Aggregated) -> ApiResult<HttpResponse> {
+async fn dispatch(req: &HttpRequest, payload: web::Payload, state: &Aggregated) -> ApiResult<HttpResponse> {
     let version = req.match_info().get("version").unwrap_or("");
     if !VERSIONS.contains(&version) {
         return Err(ApiError::route_not_found());
@@ -73,29 +73,62 @@ async fn dispatch(req: &HttpRequest, body: &[u8], state: &Aggregated) -> ApiResu
                 subresources::VmOp::Stop => "stop",
                 subresources::VmOp::Restart => "restart",
             };
-            authorize(&state.cluster, &user, &namespace, "virtualmachines", verb, &name).await?;
-            if body.len() > BODY_LIMIT {
-                return Err(ApiError::too_large(BODY_LIMIT));
-            }
-            let options = match body.iter().all(u8::is_ascii_whitespace) {
-                true => json!({}),
-                false => serde_json::from_slice(body)
-                    .map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))?,
-            };
+            authorize(&state.cluster, &user, &namespace, "virtualmachines", verb, "update", &name).await?;
+            let body = subresources::read_body(payload).await?;
+            let options = subresources::parse_body(&body)?;
             subresources::vm_request(&*state.cluster, &namespace, &name, op, &options).await
         }
-        SubRequest::Vmi { .. } => Err(ApiError::route_not_found()),
+        SubRequest::Vmi { namespace, name, op } => {
+            // KubeVirt's roles: connecting is `get`, changing the guest's run is `update`.
+            let verb = if matches!(op, VmiOp::Console | VmiOp::Vnc) { "get" } else { "update" };
+            authorize(&state.cluster, &user, &namespace, "virtualmachineinstances", op.path(), verb, &name).await?;
+            let vmi = state
+                .cluster
+                .get(&kinds::VIRTUAL_MACHINE_INSTANCE, &namespace, &name)
+                .await?
+                .ok_or_else(|| ApiError::not_found("kubevirt.io", "virtualmachineinstances", &name))?;
+            match op {
+                VmiOp::Console | VmiOp::Vnc => {
+                    crate::console::connectable(&vmi)?;
+                    let remote = node_of(&state.cluster, &vmi).await?;
+                    crate::console::relay_to_node(req, payload, &state.node_link, &remote, &vmi, op).await
+                }
+                _ => {
+                    let body = subresources::read_body(payload).await?;
+                    if subresources::vmi_op_allowed(&vmi, &name, op, &subresources::parse_body(&body)?)? {
+                        let remote = node_of(&state.cluster, &vmi).await?;
+                        let path = subresources::node_op_path(&vmi, op);
+                        state.node_link.call(&remote, reqwest::Method::PUT, &path).await?;
+                    }
+                    Ok(subresources::accepted())
+                }
+            }
+        }
     }
 }
 
-/// Asks the apiserver whether `user` may `update` `resource/subresource` (KubeVirt's roles grant
-/// the VM verbs as `update` of the subresource).
+/// The agent of the kubelet's Node the VMI runs on.
+async fn node_of(cluster: &KubeCluster, vmi: &Value) -> ApiResult<RemoteNode> {
+    let wanted = converge_engine::controllers::status::node_name(vmi).unwrap_or("");
+    if wanted.is_empty() {
+        return Err(ApiError::unavailable("the VMI is on no node"));
+    }
+    let node = cluster
+        .get(&kinds::NODE, "", wanted)
+        .await?
+        .ok_or_else(|| ApiError::unavailable(format!("node {wanted:?} of the VMI is gone")))?;
+    RemoteNode::from_kubelets_node(&node).map_err(ApiError::unavailable)
+}
+
+/// Asks the apiserver whether `user` may `verb` `resource/subresource`, as KubeVirt's roles grant
+/// them.
 async fn authorize(
     cluster: &KubeCluster,
     user: &ProxiedUser,
     namespace: &str,
     resource: &str,
     subresource: &str,
+    verb: &str,
     name: &str,
 ) -> ApiResult<()> {
     let review = json!({
@@ -105,7 +138,7 @@ async fn authorize(
             "user": user.name,
             "groups": user.groups,
             "resourceAttributes": {
-                "namespace": namespace, "verb": "update", "group": GROUP,
+                "namespace": namespace, "verb": verb, "group": GROUP,
                 "resource": resource, "subresource": subresource, "name": name,
             },
         },
@@ -115,7 +148,7 @@ async fn authorize(
         return Ok(());
     }
     Err(ApiError::forbidden(format!(
-        "{resource}.{GROUP} \"{name}\" is forbidden: User \"{}\" cannot update resource \"{resource}/{subresource}\" in API group \"{GROUP}\" in the namespace \"{namespace}\"",
+        "{resource}.{GROUP} \"{name}\" is forbidden: User \"{}\" cannot {verb} resource \"{resource}/{subresource}\" in API group \"{GROUP}\" in the namespace \"{namespace}\"",
         user.name
     )))
 }

@@ -101,8 +101,13 @@ pub fn common_name(der: &[u8]) -> Option<String> {
         })
     })
     .ok()?;
+    common_name_of_name(&subject)
+}
+
+/// The common name of a DER X.501 Name (a certificate's or a request's subject).
+pub fn common_name_of_name(subject: &[u8]) -> Option<String> {
     let mut cn = None;
-    yasna::parse_der(&subject, |r| {
+    yasna::parse_der(subject, |r| {
         r.read_sequence_of(|r| {
             r.read_set_of(|r| {
                 r.read_sequence(|r| {

@@ -3,12 +3,14 @@
 //! `subresources.kubevirt.io` API (`aggregated`) on another, which only kube-apiserver's front
 //! proxy may open (its client certificate is required at the handshake). Both serve a
 //! certificate of Converge's own CA (`tls`), which the server writes into the webhook
-//! configurations and APIServices.
+//! configurations and APIServices. The same CA signs node agents' serving certificates
+//! (`signer`) and the client certificate the aggregated API shows them.
 
 pub mod admission;
 pub mod aggregated;
 pub mod front_proxy;
 pub mod review;
+pub mod signer;
 pub mod tls;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
@@ -49,6 +51,10 @@ pub enum ExtensionError {
     FrontProxy(ApiError),
     #[error("serving: {0}")]
     Serve(String),
+    #[error("the CA: {0}")]
+    Authority(#[from] crate::pki::PkiError),
+    #[error("publishing the CA: {0}")]
+    PublishCa(ApiError),
 }
 
 /// The running servers; stopped when dropped.
@@ -74,6 +80,8 @@ impl Drop for ExtensionServer {
 pub async fn start(cluster: Arc<KubeCluster>, settings: ExtensionSettings) -> Result<ExtensionServer, ExtensionError> {
     let sans = tls::names(&settings.namespace, &settings.tls_sans);
     let cert = tls::certificate(&cluster, &settings.namespace, &sans).await?;
+    let authority = Arc::new(crate::pki::Authority::from_kept(&cert.ca_key_pem, &cert.ca_pem)?);
+    signer::publish_ca(&cluster, &settings.namespace, &cert.ca_pem).await.map_err(ExtensionError::PublishCa)?;
     let mut pool = MemoryPool::new();
     let events = cluster.watch(&[&kinds::VIRTUAL_MACHINE, &kinds::VIRTUAL_MACHINE_INSTANCE]);
     admission::fill_pool(&*cluster, &mut pool).await.map_err(ExtensionError::Pool)?;
@@ -84,7 +92,10 @@ pub async fn start(cluster: Arc<KubeCluster>, settings: ExtensionSettings) -> Re
         status_writers: settings.status_writers,
         host: settings.host,
     });
-    let mut tasks = vec![tokio::spawn(admission::follow_pool(Arc::clone(&state), events))];
+    let mut tasks = vec![
+        tokio::spawn(admission::follow_pool(Arc::clone(&state), events)),
+        tokio::spawn(signer::run(Arc::clone(&cluster), Arc::clone(&authority))),
+    ];
     let mut handles = vec![];
     let webhook_addr = settings.webhook_listener.local_addr().map_err(|e| ExtensionError::Serve(e.to_string()))?;
     let data = web::Data::from(Arc::clone(&state));
@@ -112,7 +123,8 @@ pub async fn start(cluster: Arc<KubeCluster>, settings: ExtensionSettings) -> Re
         let verifier = front_proxy::ProxyCertVerifier::new(&proxy).map_err(ExtensionError::Serve)?;
         let tls = server_tls(&cert, Some(Arc::new(verifier))).map_err(ExtensionError::Serve)?;
         aggregated_addr = Some(listener.local_addr().map_err(|e| ExtensionError::Serve(e.to_string()))?);
-        let data = web::Data::new(aggregated::Aggregated { cluster: Arc::clone(&cluster), proxy });
+        let node_link = crate::nodes::link::NodeLink::new(&authority)?;
+        let data = web::Data::new(aggregated::Aggregated { cluster: Arc::clone(&cluster), proxy, node_link });
         let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(aggregated::routes))
             .workers(2)
             .disable_signals()

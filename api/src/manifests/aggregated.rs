@@ -55,14 +55,23 @@ pub fn outside(namespace: &str, endpoint: SocketAddr) -> Vec<Value> {
     ]
 }
 
-/// What the aggregated API lets users do, for the roles: the VM verbs, as KubeVirt's edit role
-/// grants them.
-pub fn edit_rule() -> Value {
-    json!({
-        "apiGroups": [GROUP],
-        "resources": ["virtualmachines/start", "virtualmachines/stop", "virtualmachines/restart"],
-        "verbs": ["update"],
-    })
+/// What the aggregated API lets users do, for the roles, as KubeVirt's edit role grants it:
+/// the VM and VMI verbs (`update`), the console and VNC (`get`).
+pub fn edit_rules() -> Vec<Value> {
+    vec![
+        json!({
+            "apiGroups": [GROUP],
+            "resources": ["virtualmachines/start", "virtualmachines/stop", "virtualmachines/restart",
+                          "virtualmachineinstances/pause", "virtualmachineinstances/unpause",
+                          "virtualmachineinstances/softreboot"],
+            "verbs": ["update"],
+        }),
+        json!({
+            "apiGroups": [GROUP],
+            "resources": ["virtualmachineinstances/console", "virtualmachineinstances/vnc"],
+            "verbs": ["get"],
+        }),
+    ]
 }
 
 #[cfg(test)]

@@ -55,8 +55,8 @@ pub fn cluster_roles(aggregated_api: bool) -> Vec<Value> {
     let mut admin = rules(&namespaced, ADMIN);
     admin.extend(rules(&cluster, READ));
     if aggregated_api {
-        edit.push(super::aggregated::edit_rule());
-        admin.push(super::aggregated::edit_rule());
+        edit.extend(super::aggregated::edit_rules());
+        admin.extend(super::aggregated::edit_rules());
     }
     vec![
         cluster_role("converge:view", "view", rules(&all, READ)),

@@ -5,6 +5,7 @@
 
 use super::part_of;
 use crate::extension::tls::{SECRET, SERVICE, WEBHOOKS};
+use crate::nodes::csr::{CA_CONFIG_MAP, SIGNER};
 use crate::subresources::{GROUP, VERSIONS};
 use converge_engine::kinds;
 use serde_json::{json, Value};
@@ -62,7 +63,8 @@ fn binding(
 }
 
 /// What the controllers do: run every Converge kind, make launcher pods, keep the webhook
-/// configurations' and APIServices' CA, ask who may use the aggregated API.
+/// configurations' and APIServices' CA, ask who may use the aggregated API, sign node agents'
+/// serving certificates.
 fn controllers_rules() -> Vec<Value> {
     let apiservices: Vec<String> = VERSIONS.iter().map(|v| format!("{v}.{GROUP}")).collect();
     vec![
@@ -84,11 +86,20 @@ fn controllers_rules() -> Vec<Value> {
         ),
         named_rule("apiregistration.k8s.io", &["apiservices"], &apiservices, &["get", "update"]),
         rule("authorization.k8s.io", &["subjectaccessreviews"], &["create"]),
+        // Signing node agents' serving certificates (`extension::signer`).
+        rule("certificates.k8s.io", &["certificatesigningrequests"], READ),
+        rule(
+            "certificates.k8s.io",
+            &["certificatesigningrequests/approval", "certificatesigningrequests/status"],
+            &["update"],
+        ),
+        named_rule("certificates.k8s.io", &["signers"], &[SIGNER.to_string()], &["approve", "sign"]),
     ]
 }
 
 /// What a node agent does: run the VMIs placed on its node, label its Node and offer its
-/// devices, read what guests need (secrets and config maps for cloud-init, claims, networks).
+/// devices, read what guests need (secrets and config maps for cloud-init, claims, networks),
+/// ask for its serving certificate.
 fn node_rules() -> Vec<Value> {
     vec![
         rule(kinds::KUBEVIRT_GROUP, &["virtualmachineinstances"], &["get", "list", "watch", "update", "patch"]),
@@ -102,6 +113,7 @@ fn node_rules() -> Vec<Value> {
         rule("", &["events"], &["create", "update", "patch"]),
         rule(kinds::CDI_GROUP, &["datavolumes"], READ),
         rule(kinds::NETWORK_ATTACHMENT_DEFINITION.group, &[kinds::NETWORK_ATTACHMENT_DEFINITION.plural], READ),
+        rule("certificates.k8s.io", &["certificatesigningrequests"], &["create", "get"]),
     ]
 }
 
@@ -109,7 +121,9 @@ fn node_rules() -> Vec<Value> {
 pub fn identities(namespace: &str) -> Vec<Value> {
     let own_secret = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
         "metadata": {"name": "converge:controllers", "namespace": namespace, "labels": part_of()},
-        "rules": [rule("", &["secrets"], &["create"]), named_rule("", &["secrets"], &[SECRET.to_string()], &["get"])]});
+        "rules": [rule("", &["secrets", "configmaps"], &["create"]),
+                  named_rule("", &["secrets"], &[SECRET.to_string()], &["get"]),
+                  named_rule("", &["configmaps"], &[CA_CONFIG_MAP.to_string()], &["get", "update"])]});
     vec![
         account(namespace, CONTROLLERS),
         account(namespace, NODE),

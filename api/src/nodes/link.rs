@@ -17,6 +17,8 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 use crate::pki::{Authority, PkiError};
 use crate::state::AppState;
 
+pub use converge_engine::node::register::AGENT_PORT_ANNOTATION;
+
 /// How long a call to a node may take (a pause or a domain's XML), beside the console streams.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,12 +43,27 @@ impl RemoteNode {
     /// Where the Node says its agent serves: its InternalIP (parsed, never a host name a
     /// resolver would send elsewhere) and `daemonEndpoints.kubeletEndpoint.Port`.
     pub fn from_node(node: &Value) -> Result<RemoteNode, String> {
-        let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
         let port = node
             .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
             .and_then(Value::as_u64)
-            .filter(|p| (1..=u64::from(u16::MAX)).contains(p))
-            .ok_or_else(|| format!("the node agent of node {name:?} serves no endpoint this server can reach"))?;
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0);
+        Self::at_port(node, port)
+    }
+
+    /// On a Kubernetes cluster the kubelet owns the Node's endpoints: the agent publishes its
+    /// port in an annotation of its own (`AGENT_PORT_ANNOTATION`), parsed as a port.
+    pub fn from_kubelets_node(node: &Value) -> Result<RemoteNode, String> {
+        let annotation = format!("/metadata/annotations/{}", AGENT_PORT_ANNOTATION.replace('/', "~1"));
+        let port =
+            node.pointer(&annotation).and_then(Value::as_str).and_then(|p| p.parse::<u16>().ok()).filter(|p| *p != 0);
+        Self::at_port(node, port)
+    }
+
+    fn at_port(node: &Value, port: Option<u16>) -> Result<RemoteNode, String> {
+        let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+        let port =
+            port.ok_or_else(|| format!("the node agent of node {name:?} serves no endpoint this server can reach"))?;
         let ip = node
             .pointer("/status/addresses")
             .and_then(Value::as_array)
@@ -55,8 +72,7 @@ impl RemoteNode {
             .filter(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))
             .find_map(|a| a.get("address").and_then(Value::as_str)?.parse::<IpAddr>().ok())
             .ok_or_else(|| format!("node {name:?} has no InternalIP address"))?;
-        // Port is within 1..=65535 by the filter above.
-        Ok(RemoteNode { name, addr: SocketAddr::new(ip, port as u16) })
+        Ok(RemoteNode { name, addr: SocketAddr::new(ip, port) })
     }
 }
 

@@ -36,6 +36,10 @@ impl ServingKey {
         Ok(ServingKey(KeyPair::generate()?))
     }
 
+    pub(crate) fn key_pair(&self) -> &KeyPair {
+        &self.0
+    }
+
     /// What the node sends the API server to have its certificate signed.
     pub fn request(&self) -> ServingCertificateRequest {
         ServingCertificateRequest {

@@ -102,10 +102,29 @@ fn devices(accel: Accel) -> [(&'static str, &'static str); 2] {
     ]
 }
 
+/// Where the agent on a kubelet's Node serves the controllers (the Node's endpoints are the
+/// kubelet's): the port on the Node's InternalIP.
+pub const AGENT_PORT_ANNOTATION: &str = "converge.dev/agent-port";
+
 /// On a Kubernetes cluster the kubelet registers the Node and posts its status; the agent adds
-/// only what virt-handler adds: its labels. The Node with them, or `None` when it has them.
+/// only what virt-handler adds: its labels, and the annotation saying where it serves. The Node
+/// with them, or `None` when it has them.
 pub fn joined_labels(node: &Value, f: &NodeFacts) -> Option<Value> {
     let mut next = node.clone();
+    let annotations = crate::meta::at_mut(&mut next, &["metadata", "annotations"]);
+    if !annotations.is_object() {
+        *annotations = json!({});
+    }
+    let map = annotations.as_object_mut()?;
+    match f.serving_port {
+        0 => map.remove(AGENT_PORT_ANNOTATION),
+        port => map.insert(AGENT_PORT_ANNOTATION.into(), json!(port.to_string())),
+    };
+    if map.is_empty() && node.pointer("/metadata/annotations").is_none() {
+        if let Some(meta) = next.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("annotations");
+        }
+    }
     let labels = crate::meta::at_mut(&mut next, &["metadata", "labels"]);
     if !labels.is_object() {
         *labels = json!({});
@@ -148,7 +167,7 @@ mod tests {
             accel: Accel::Tcg,
             emulation_allowed: true,
             hypervisor_version: "9.0",
-            serving_port: 0,
+            serving_port: 8186,
         };
         let node = json!({"metadata": {"name": "n1", "labels": {"zone": "a"}},
             "status": {"capacity": {"cpu": "4"}, "allocatable": {"cpu": "3"},
@@ -156,6 +175,7 @@ mod tests {
         let labelled = joined_labels(&node, &facts).unwrap_or_default();
         assert_eq!(labelled["metadata"]["labels"]["zone"], "a");
         assert_eq!(labelled["metadata"]["labels"][EMULATION_LABEL], "true");
+        assert_eq!(labelled["metadata"]["annotations"][AGENT_PORT_ANNOTATION], "8186");
         assert_eq!(joined_labels(&labelled, &facts), None, "nothing to write twice");
         let status = joined_status(&labelled, Accel::Tcg).unwrap_or_default();
         assert_eq!(
