@@ -53,8 +53,8 @@ pub struct NodeCommandArgs {
     /// The API is a real kube-apiserver with Converge's CRDs: use the Node its kubelet
     /// registered (--node-name) and add only labels, devices and the agent's port to it; guests
     /// are the VMIs whose launcher pods kube-scheduler bound here. The serving certificate comes
-    /// through the cluster's CertificateSigningRequest API. Uploads and node-local volumes are
-    /// not served in this mode yet.
+    /// through the cluster's CertificateSigningRequest API; the volumes of
+    /// claims in WaitForFirstConsumer classes of Converge's provisioner live here.
     #[arg(long)]
     pub kubernetes: bool,
     /// Converge's namespace on a Kubernetes cluster: where the controllers publish the CA this
@@ -222,17 +222,25 @@ async fn kubernetes_node(
     let ca = csr::published_ca(&cluster, namespace).await.context("reading the controllers' CA")?;
     let certificate =
         csr::obtain(&cluster, &settings.config.name, &key).await.context("this node's serving certificate")?;
-    let agent = converge_engine::node::start_on_libvirt(cluster, settings.config, &settings.libvirt_uri)
+    let agent = converge_engine::node::start_on_libvirt(cluster.clone(), settings.config, &settings.libvirt_uri)
         .await
         .context("starting the node agent")?;
     let agent = Arc::new(agent);
+    // The volumes that live here: made for claims kube-scheduler selected this node for, bound
+    // by kube-controller-manager, filled and reclaimed here.
+    let storage = converge_engine::storage::spawn(cluster, settings.storage)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the node's storage: {}", e.message))?;
+    let storage = Arc::new(storage);
     let signed = ServingCertificate { certificate, ca };
-    let server = converge_api::nodes::server::start(Arc::clone(&agent), None, listener, key, &signed)
-        .context("serving the controllers")?;
+    let server =
+        converge_api::nodes::server::start(Arc::clone(&agent), Some(Arc::clone(&storage)), listener, key, &signed)
+            .context("serving the controllers")?;
     println!("converge node {} joined the Kubernetes API of {source}, serving on {}", agent.node_name, server.addr);
     crate::until_stopped().await?;
     tracing::info!("stopping");
     drop(server);
+    drop(storage);
     drop(agent);
     Ok(())
 }
@@ -273,6 +281,16 @@ pub async fn controllers(args: ControllersArgs) -> Result<()> {
         true => ApiKind::Kubernetes(PodSettings { image: args.launcher_image.clone(), kvm: !args.use_emulation }),
         false => ApiKind::Converge,
     };
+    // On Kubernetes no `serve` runs the storage controllers: DataVolumes, profiles and
+    // DataSources are kept here, volumes by the nodes' agents.
+    let storage = match kubernetes {
+        true => Some(
+            converge_engine::storage::spawn(cluster.clone(), converge_engine::storage::StorageConfig::cluster())
+                .await
+                .map_err(|e| anyhow::anyhow!("starting the storage controllers: {}", e.message))?,
+        ),
+        false => None,
+    };
     let controllers = converge_engine::controllers::spawn(cluster, ranges, api);
     match &webhooks {
         Some(w) => println!(
@@ -285,6 +303,7 @@ pub async fn controllers(args: ControllersArgs) -> Result<()> {
     crate::until_stopped().await?;
     tracing::info!("stopping");
     drop(controllers);
+    drop(storage);
     drop(webhooks);
     Ok(())
 }

@@ -10,33 +10,6 @@ use common::wait_until;
 use serde_json::Value;
 use std::time::Duration;
 
-/// The tests install and uninstall Converge on the one cluster: one at a time.
-static INSTALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Waits until a previous install is wholly gone (a CRD's deletion first removes every object
-/// of it, and outlives `kubectl delete`'s answer), then prints the manifests.
-async fn manifests(args: &[&str]) -> String {
-    if let Some(c) = cluster() {
-        let gone = wait_until(Duration::from_secs(120), || async {
-            let (_, crds, _) =
-                c.kubectl(&["get", "crd", "-l", "app.kubernetes.io/part-of=converge", "-o", "name"], None).await;
-            let (_, ns, _) =
-                c.kubectl(&["get", "namespace", "converge-system", "--ignore-not-found", "-o", "name"], None).await;
-            crds.trim().is_empty() && ns.trim().is_empty()
-        })
-        .await;
-        assert!(gone, "the previous install never went away");
-    }
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
-        .arg("manifests")
-        .args(args)
-        .output()
-        .await
-        .expect("converge manifests runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("UTF-8 manifests")
-}
-
 fn vm_yaml(namespace: &str, name: &str, extra_spec: &str) -> String {
     format!(
         r#"apiVersion: kubevirt.io/v1
@@ -65,43 +38,6 @@ spec:
           image: registry.local/busybox
 "#
     )
-}
-
-/// `kubectl apply -f -` of the manifests, then the CRDs established; kubectl's answer.
-async fn install(c: &RealCluster, text: &str) -> String {
-    let applied = ok(c, &["apply", "-f", "-"], Some(text)).await;
-    ok(
-        c,
-        &["wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=converge", "--timeout=60s"],
-        None,
-    )
-    .await;
-    applied
-}
-
-/// `kubectl delete -f -` of the manifests, waiting up to two minutes; what is left, and why,
-/// when that is not enough. kubectl's answer.
-async fn uninstall(c: &RealCluster, text: &str, logs: &dyn Fn() -> String) -> String {
-    let (uninstalled, out, err) =
-        c.kubectl(&["delete", "-f", "-", "--ignore-not-found", "--timeout=120s"], Some(text)).await;
-    if uninstalled {
-        return out;
-    }
-    let mut left = String::new();
-    for args in [
-        &["get", "namespace", "converge-system", "-o", "yaml"][..],
-        &["get", "all", "-n", "converge-system", "-o", "wide"],
-        &["get", "crd", "-o", "custom-columns=NAME:.metadata.name,DELETING:.metadata.deletionTimestamp,CONDITIONS:.status.conditions[*].message"],
-        &["get", "vmi,vm,dv,pods", "-A", "-o", "yaml"],
-        &["get", "apiservices", "-o", "wide"],
-    ] {
-        let (_, out, err) = c.kubectl(args, None).await;
-        left.push_str(&format!("kubectl {args:?}:\n{out}{err}\n"));
-    }
-    let kcm = std::fs::read_to_string(c.dir.join("kcm.log")).unwrap_or_default();
-    let deletion: Vec<&str> = kcm.lines().filter(|l| l.contains("namespace") || l.contains("garbage")).collect();
-    let deletion = deletion[deletion.len().saturating_sub(30)..].join("\n");
-    panic!("uninstall: {err}\n{left}\n{}\n--- kcm.log (namespaces, GC)\n{deletion}\n{}", logs(), c.logs());
 }
 
 /// `converge manifests | kubectl apply -f -`: the CRDs are taken as structural and established,
@@ -762,18 +698,8 @@ async fn manifests_with_an_image_run_converge_in_the_cluster() {
     assert!(!may("converge-node", "delete", "virtualmachines.kubevirt.io").await);
     assert!(!may("converge-node", "create", "pods").await);
 
-    // The workloads' pods are finished by the stand-in kubelet: it stays until the namespace is gone
-    // (its deletion waits for them, and, once, took longer than kubectl's two minutes).
-    ok(c, &["delete", "-f", "-", "--ignore-not-found", "--wait=false"], Some(&text)).await;
-    let gone = wait_until(Duration::from_secs(300), || async {
-        let (_, ns, _) =
-            c.kubectl(&["get", "namespace", "converge-system", "--ignore-not-found", "-o", "name"], None).await;
-        ns.trim().is_empty()
-    })
-    .await;
-    let (_, left, _) =
-        c.kubectl(&["get", "namespace", "converge-system", "-o", "yaml", "--ignore-not-found"], None).await;
-    assert!(gone, "converge-system was not deleted in 5 minutes: {left}");
+    // The workloads' pods are finished by the stand-in kubelet: it stays until all is gone.
+    uninstall(c, &text, &String::new).await;
     for node in ["k-node-c", "k-node-d"] {
         ok(c, &["delete", "node", node, "--wait=false"], None).await;
     }

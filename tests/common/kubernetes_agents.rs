@@ -1,9 +1,12 @@
 //! Converge's own processes beside the real control plane: `converge controllers --kubernetes`
 //! and `converge node --kubernetes` outside the cluster, the veth the aggregated API listens on,
-//! and the kubectl readings the Kubernetes tests share.
+//! installing and uninstalling the manifests, and the kubectl readings the Kubernetes tests
+//! share.
 
-use super::kubernetes::RealCluster;
+use super::kubernetes::{cluster, RealCluster};
+use super::wait_until;
 use serde_json::Value;
+use std::time::Duration;
 
 pub async fn ok(c: &RealCluster, args: &[&str], stdin: Option<&str>) -> String {
     let (ok, out, err) = c.kubectl(args, stdin).await;
@@ -49,6 +52,11 @@ pub struct NodeAgent {
 }
 
 pub async fn start_node(c: &RealCluster, name: &str, prefix: &str) -> NodeAgent {
+    start_node_with(c, name, prefix, &[]).await
+}
+
+/// `start_node` with more arguments for the agent.
+pub async fn start_node_with(c: &RealCluster, name: &str, prefix: &str, extra: &[&str]) -> NodeAgent {
     let dir = tempfile::tempdir().expect("tempdir");
     for image in ["oci-halt", "oci-kernel"] {
         let st = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
@@ -81,6 +89,7 @@ pub async fn start_node(c: &RealCluster, name: &str, prefix: &str) -> NodeAgent 
         .arg(&c.kubeconfig)
         .arg("--data-dir")
         .arg(dir.path())
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(log)
@@ -93,6 +102,16 @@ pub async fn start_node(c: &RealCluster, name: &str, prefix: &str) -> NodeAgent 
 impl NodeAgent {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// What the guest of `vmi` printed on its serial port.
+    pub fn serial_log(&self, vmi: &Value) -> String {
+        let uid = vmi.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
+        std::fs::read_to_string(self.dir.path().join("node/vmis").join(uid).join("serial0.log")).unwrap_or_default()
     }
 }
 
@@ -146,4 +165,85 @@ impl Drop for TestLink {
     fn drop(&mut self) {
         TestLink::remove();
     }
+}
+
+/// The tests install and uninstall Converge on the one cluster: one at a time.
+pub static INSTALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits until a previous install is wholly gone (the image test's ends in the background),
+/// then prints the manifests.
+pub async fn manifests(args: &[&str]) -> String {
+    if let Some(c) = cluster() {
+        let gone = wait_until(Duration::from_secs(120), || install_gone(c)).await;
+        assert!(gone, "the previous install never went away");
+    }
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+        .arg("manifests")
+        .args(args)
+        .output()
+        .await
+        .expect("converge manifests runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("UTF-8 manifests")
+}
+
+/// `kubectl apply -f -` of the manifests, then the CRDs established; kubectl's answer.
+pub async fn install(c: &RealCluster, text: &str) -> String {
+    let applied = ok(c, &["apply", "-f", "-"], Some(text)).await;
+    ok(
+        c,
+        &["wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=converge", "--timeout=60s"],
+        None,
+    )
+    .await;
+    applied
+}
+
+/// Whether Converge's CRDs and namespace are all gone.
+pub async fn install_gone(c: &RealCluster) -> bool {
+    let (_, crds, _) = c.kubectl(&["get", "crd", "-l", "app.kubernetes.io/part-of=converge", "-o", "name"], None).await;
+    let (_, ns, _) =
+        c.kubectl(&["get", "namespace", "converge-system", "--ignore-not-found", "-o", "name"], None).await;
+    crds.trim().is_empty() && ns.trim().is_empty()
+}
+
+/// `kubectl delete -f -` of the manifests, then up to three minutes for the CRDs and namespace to
+/// go; what is left, and why, when that is not enough. A CRD's deletion lists its objects right
+/// after the deletion reset the CRD's storage, and kube-apiserver answers "storage is
+/// (re)initializing" until its cache is filled again; its finalizer controller then retries with
+/// a backoff that doubles up to 1000 s (the namespace controller likewise). Touching the object
+/// retries at once, as an admin would: what lingers is annotated every 10 s.
+pub async fn uninstall(c: &RealCluster, text: &str, logs: &dyn Fn() -> String) -> String {
+    let (deleted, out, err) = c.kubectl(&["delete", "-f", "-", "--ignore-not-found", "--wait=false"], Some(text)).await;
+    assert!(deleted, "kubectl delete: {err}");
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(180) {
+        if wait_until(Duration::from_secs(10), || install_gone(c)).await {
+            return out;
+        }
+        let nudge = format!("converge.dev/uninstall-retry={}", started.elapsed().as_secs());
+        let _ = c
+            .kubectl(&["annotate", "--overwrite", "crd", "-l", "app.kubernetes.io/part-of=converge", &nudge], None)
+            .await;
+        let _ = c.kubectl(&["annotate", "--overwrite", "namespace", "converge-system", &nudge], None).await;
+    }
+    let mut left = String::new();
+    for args in [
+        &["get", "namespace", "converge-system", "-o", "yaml"][..],
+        &["get", "all", "-n", "converge-system", "-o", "wide"],
+        &["get", "crd", "-o", "custom-columns=NAME:.metadata.name,DELETING:.metadata.deletionTimestamp,CONDITIONS:.status.conditions[*].message"],
+        &["get", "vmi,vm,dv,pods", "-A", "-o", "yaml"],
+        &["get", "apiservices", "-o", "wide"],
+    ] {
+        let (_, out, err) = c.kubectl(args, None).await;
+        left.push_str(&format!("kubectl {args:?}:\n{out}{err}\n"));
+    }
+    let kcm = std::fs::read_to_string(c.dir.join("kcm.log")).unwrap_or_default();
+    let deletion: Vec<&str> = kcm.lines().filter(|l| l.contains("namespace") || l.contains("garbage")).collect();
+    let deletion = deletion[deletion.len().saturating_sub(30)..].join("\n");
+    panic!(
+        "uninstall left this after 3 minutes:\n{left}\n{}\n--- kcm.log (namespaces, GC)\n{deletion}\n{}",
+        logs(),
+        c.logs()
+    );
 }

@@ -56,7 +56,7 @@ fn part_of() -> Value {
 /// registrations first (the aggregated API's, then the webhook configurations) — deleted first,
 /// an APIService whose server is going can no longer hold up the namespace's deletion (the
 /// namespace controller stops at any API group it cannot discover) — then the namespace, the
-/// CRDs, RBAC and Converge's service accounts, and the aggregated API's Service (or, with an
+/// CRDs, the node-local StorageClass, RBAC and Converge's service accounts, and the aggregated API's Service (or, with an
 /// image, Converge's workloads and theirs).
 pub fn manifests(options: &Options) -> Vec<Value> {
     let in_cluster = options.image.is_some();
@@ -77,6 +77,9 @@ pub fn manifests(options: &Options) -> Vec<Value> {
         "metadata": {"name": options.namespace, "labels": part_of()},
     }));
     out.extend(custom_kinds(options.network_attachment_definitions).into_iter().map(custom_resource_definition));
+    let mut class = converge_engine::storage::provisioner::node_local_class();
+    class["metadata"]["labels"] = part_of();
+    out.push(class);
     out.extend(rbac::cluster_roles(in_cluster || options.aggregated_api_endpoint.is_some()));
     out.extend(workloads::identities(&options.namespace));
     if let Some(endpoint) = options.aggregated_api_endpoint {

@@ -74,7 +74,8 @@ fn controllers_rules() -> Vec<Value> {
         rule("apps", &["controllerrevisions"], ALL),
         rule("", &["pods"], &["get", "list", "watch", "create", "delete"]),
         rule("", &["nodes", "services", "endpoints", "persistentvolumes", "namespaces"], READ),
-        rule("", &["persistentvolumeclaims"], &["get", "list", "watch", "update", "patch"]),
+        // A DataVolume's claim is made here; its volume by a node.
+        rule("", &["persistentvolumeclaims"], &["get", "list", "watch", "create", "update", "patch"]),
         rule("", &["events"], &["create", "update", "patch"]),
         rule("storage.k8s.io", &["storageclasses"], READ),
         rule(kinds::NETWORK_ATTACHMENT_DEFINITION.group, &[kinds::NETWORK_ATTACHMENT_DEFINITION.plural], READ),
@@ -99,19 +100,21 @@ fn controllers_rules() -> Vec<Value> {
 
 /// What a node agent does: run the VMIs placed on its node, label its Node and offer its
 /// devices, read what guests need (secrets and config maps for cloud-init, claims, networks),
-/// ask for its serving certificate.
+/// keep the volumes that live on it, ask for its serving certificate.
 fn node_rules() -> Vec<Value> {
     vec![
         rule(kinds::KUBEVIRT_GROUP, &["virtualmachineinstances"], &["get", "list", "watch", "update", "patch"]),
         rule("", &["nodes"], &["get", "list", "watch", "update", "patch"]),
         rule("", &["nodes/status"], &["update", "patch"]),
-        rule(
-            "",
-            &["pods", "services", "endpoints", "secrets", "configmaps", "persistentvolumeclaims", "persistentvolumes"],
-            READ,
-        ),
+        rule("", &["pods", "services", "endpoints", "secrets", "configmaps"], READ),
+        // The volumes that live on the node: made, pinned, reclaimed; their claims' import
+        // annotations; the DataVolumes filling them.
+        rule("", &["persistentvolumes"], &["get", "list", "watch", "create", "update", "patch", "delete"]),
+        rule("", &["persistentvolumeclaims"], &["get", "list", "watch", "update", "patch"]),
         rule("", &["events"], &["create", "update", "patch"]),
-        rule(kinds::CDI_GROUP, &["datavolumes"], READ),
+        rule("storage.k8s.io", &["storageclasses"], READ),
+        rule(kinds::CDI_GROUP, &["datavolumes", "storageprofiles", "datasources"], READ),
+        rule(kinds::CDI_GROUP, &["datavolumes/status"], &["update", "patch"]),
         rule(kinds::NETWORK_ATTACHMENT_DEFINITION.group, &[kinds::NETWORK_ATTACHMENT_DEFINITION.plural], READ),
         rule("certificates.k8s.io", &["certificatesigningrequests"], &["create", "get"]),
     ]

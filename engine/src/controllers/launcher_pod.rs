@@ -104,6 +104,16 @@ pub fn launcher_pod(vmi: &Value, settings: &PodSettings) -> Value {
             },
         }],
     });
+    // The guest's claims, as virt-launcher mounts them: kube-scheduler then places the pod where
+    // its volumes are, and picks the node of a WaitForFirstConsumer claim's volume.
+    let volumes: Vec<Value> = crate::storage::claims::claims_of(vmi)
+        .iter()
+        .enumerate()
+        .map(|(i, claim)| json!({"name": format!("claim-{i}"), "persistentVolumeClaim": {"claimName": claim}}))
+        .collect();
+    if !volumes.is_empty() {
+        spec["volumes"] = json!(volumes);
+    }
     for key in ["affinity", "tolerations", "schedulerName", "priorityClassName"] {
         if let Some(v) = vmi.pointer(&format!("/spec/{key}")) {
             spec[key] = v.clone();
@@ -277,6 +287,17 @@ mod tests {
         assert_eq!(pod["metadata"]["labels"][CREATED_BY], "u-1");
         assert_eq!(pod["metadata"]["ownerReferences"][0]["uid"], "u-1");
         assert_eq!(pod["metadata"]["generateName"], "virt-launcher-web-");
+        assert!(pod["spec"].get("volumes").is_none(), "no claims, no volumes");
+        let mut with_disks = vmi();
+        with_disks["spec"]["volumes"] = json!([{"name": "root", "dataVolume": {"name": "web-root"}},
+            {"name": "data", "persistentVolumeClaim": {"claimName": "web-data"}}, {"name": "e", "emptyDisk": {}}]);
+        let pod = launcher_pod(&with_disks, &PodSettings::default());
+        assert_eq!(
+            pod["spec"]["volumes"],
+            json!([{"name": "claim-0", "persistentVolumeClaim": {"claimName": "web-root"}},
+                   {"name": "claim-1", "persistentVolumeClaim": {"claimName": "web-data"}}]),
+            "kube-scheduler places the pod by its claims"
+        );
     }
 
     #[test]

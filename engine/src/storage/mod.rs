@@ -84,13 +84,18 @@ impl StorageConfig {
         }
     }
 
+    /// The storage of `converge controllers` on a Kubernetes cluster: no pool of its own.
+    pub fn cluster() -> Self {
+        StorageConfig { role: placement::StorageRole::Cluster, ..StorageConfig::new(Path::new("")) }
+    }
+
     /// Whether this process keeps the volumes that live on `node` (`None`: no node, the
     /// server's pool).
     pub fn keeps(&self, node: Option<&str>) -> bool {
         match (self.role, node) {
             (placement::StorageRole::Server, None) => true,
             (_, Some(n)) => self.node.as_deref() == Some(n),
-            (placement::StorageRole::Node, None) => false,
+            (placement::StorageRole::Node | placement::StorageRole::Cluster, None) => false,
         }
     }
 

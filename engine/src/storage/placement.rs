@@ -25,6 +25,17 @@ pub enum StorageRole {
     Server,
     /// `converge node`: the volumes that live on this node alone.
     Node,
+    /// `converge controllers` on a Kubernetes cluster: DataVolumes (their claims and status
+    /// until a node's volume is bound), StorageProfiles and DataSources. Binding and protection
+    /// are kube-controller-manager's there, every volume a node's.
+    Cluster,
+}
+
+impl StorageRole {
+    /// Whether this process keeps the cluster's storage catalog: StorageProfiles, DataSources.
+    pub fn keeps_catalog(self) -> bool {
+        matches!(self, StorageRole::Server | StorageRole::Cluster)
+    }
 }
 
 /// A PersistentVolume's `spec.nodeAffinity` pinning it to `node`.

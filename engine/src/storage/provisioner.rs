@@ -255,6 +255,24 @@ pub fn default_class() -> Value {
     })
 }
 
+/// The class `converge manifests` installs on a Kubernetes cluster: volumes made by the node
+/// agent of the node kube-scheduler picks for the claim's first guest (local-path-provisioner's
+/// way); not the cluster's default.
+pub fn node_local_class() -> Value {
+    json!({
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": NODE_LOCAL_CLASS},
+        "provisioner": PROVISIONER,
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "WaitForFirstConsumer",
+        "allowVolumeExpansion": false,
+    })
+}
+
+/// Its name.
+pub const NODE_LOCAL_CLASS: &str = "converge-local";
+
 /// The StorageProfile CDI would publish for `class`: its claim defaults.
 pub fn profile_for(class: &Value) -> Value {
     let sets = if class.get("provisioner").and_then(Value::as_str) == Some(PROVISIONER) {

@@ -287,7 +287,8 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
 }
 
 /// Whether this process drives the DataVolume: the process that keeps its claim's volume once
-/// the claim is bound (it fills it, and only it knows how far it got), the server before.
+/// the claim is bound (it fills it, and only it knows how far it got), the server (or the
+/// controllers, on Kubernetes) before.
 async fn drives_here(s: &Shared, pvc: Option<&Value>) -> ApiResult<bool> {
     let volume = pvc.and_then(|p| p.pointer("/spec/volumeName")).and_then(Value::as_str);
     let bound = pvc.and_then(|p| p.pointer("/status/phase")).and_then(Value::as_str) == Some("Bound");
@@ -297,7 +298,7 @@ async fn drives_here(s: &Shared, pvc: Option<&Value>) -> ApiResult<bool> {
     };
     Ok(match pv {
         Some(pv) => s.config.keeps_volume(&pv),
-        None => s.config.role == StorageRole::Server,
+        None => s.config.role != StorageRole::Node,
     })
 }
 

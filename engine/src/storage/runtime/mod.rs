@@ -127,7 +127,7 @@ async fn resync_all(s: &Shared) {
             items.iter().for_each(|o| queue.add(key_of(o)));
         }
     }
-    if s.config.role == StorageRole::Server {
+    if s.config.role.keeps_catalog() {
         sync_profiles(s).await;
         sync_data_sources(s).await;
     }
@@ -198,7 +198,7 @@ async fn feed(s: Arc<Shared>) {
                             s.pvs.add((String::new(), pv.to_string()));
                         }
                         requeue_waiting_dvs(&s).await;
-                        if s.config.role == StorageRole::Server {
+                        if s.config.role.keeps_catalog() {
                             sync_data_sources(&s).await;
                         }
                     } else if ev.kind_key == pv_key {
@@ -217,13 +217,13 @@ async fn feed(s: Arc<Shared>) {
                             s.pvcs.add((ev.namespace.clone(), claim));
                         }
                     } else if ev.kind_key == sc_key {
-                        if s.config.role == StorageRole::Server {
+                        if s.config.role.keeps_catalog() {
                             sync_profiles(&s).await;
                         }
                         if let Ok(items) = s.cluster.list(&kinds::PERSISTENT_VOLUME_CLAIM, None).await {
                             items.iter().for_each(|o| s.pvcs.add(key_of(o)));
                         }
-                    } else if ev.kind_key == ds_key && s.config.role == StorageRole::Server {
+                    } else if ev.kind_key == ds_key && s.config.role.keeps_catalog() {
                         requeue_waiting_dvs(&s).await;
                         sync_data_sources(&s).await;
                     }
@@ -284,8 +284,11 @@ async fn classes(s: &Shared) -> ApiResult<Vec<Value>> {
 /// Binds, provisions or releases one claim (on a node: makes the volumes that live there).
 async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
     let Some(pvc) = s.cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, name).await? else { return Ok(()) };
-    if s.config.role == StorageRole::Node {
-        return provision_here(s, &pvc).await;
+    match s.config.role {
+        StorageRole::Node => return provision_here(s, &pvc).await,
+        // kube-controller-manager binds and protects claims there.
+        StorageRole::Cluster => return Ok(()),
+        StorageRole::Server => {}
     }
     let consumers = claims::consumers(&*s.cluster).await?;
     let consumed = consumers.contains_key(&(ns.clone(), name.clone()));
@@ -436,7 +439,8 @@ async fn events_said(s: &Shared, pvc: &Value, message: &str) -> bool {
 }
 
 /// On a node: makes the volume of a claim in a WaitForFirstConsumer class of this provisioner
-/// whose first guest was placed here. The server binds the claim to it.
+/// whose first guest was placed here. The server (on Kubernetes, kube-controller-manager) binds
+/// the claim to it.
 async fn provision_here(s: &Shared, pvc: &Value) -> ApiResult<()> {
     let here = s.config.node.as_deref();
     if meta::is_deleting(pvc)
