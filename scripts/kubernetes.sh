@@ -9,6 +9,7 @@
 #
 # Ports come from the environment: CONVERGE_ETCD_PORT, CONVERGE_ETCD_PEER_PORT and
 # CONVERGE_APISERVER_PORT (defaults 23790, 23800, 26443; not ETCD_*, which etcd reads as flags).
+# kube-controller-manager gives Nodes /24 pod ranges of CONVERGE_CLUSTER_CIDR (10.124.0.0/16).
 # No kubelet runs: the tests play the kubelet's heartbeat for their Nodes.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -168,7 +169,9 @@ run() {
   "$bin/kube-controller-manager" --kubeconfig kcm.kubeconfig --authentication-kubeconfig kcm.kubeconfig \
     --authorization-kubeconfig kcm.kubeconfig --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
     --service-account-private-key-file sa.key --root-ca-file ca.crt --use-service-account-credentials \
-    --cluster-signing-cert-file ca.crt --cluster-signing-key-file ca.key >kcm.log 2>&1 &
+    --cluster-signing-cert-file ca.crt --cluster-signing-key-file ca.key \
+    --allocate-node-cidrs --cluster-cidr "${CONVERGE_CLUSTER_CIDR:-10.124.0.0/16}" --node-cidr-mask-size 24 \
+    >kcm.log 2>&1 &
   pids+=($!)
   "$bin/kube-scheduler" --kubeconfig scheduler.kubeconfig --authentication-kubeconfig scheduler.kubeconfig \
     --authorization-kubeconfig scheduler.kubeconfig --bind-address 127.0.0.1 --secure-port 0 \

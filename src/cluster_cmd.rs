@@ -115,6 +115,11 @@ pub struct ControllersArgs {
     /// launcher pods do not ask for the KVM device.
     #[arg(long)]
     pub use_emulation: bool,
+    /// Host bridges NetworkAttachmentDefinitions may name (with --kubernetes, the webhooks'
+    /// check; repeatable, `PREFIX*` for a prefix); none: NADs of type bridge are refused. Each
+    /// node agent checks its own `--nad-bridge` too.
+    #[arg(long = "nad-bridge", env = "CONVERGE_NAD_BRIDGES", value_delimiter = ',')]
+    pub nad_bridge: Vec<String>,
 }
 
 /// Where the API is: a kubeconfig, or the pod's own service account.
@@ -329,7 +334,7 @@ async fn serve_extension(args: &ControllersArgs, cluster: Arc<KubeCluster>) -> R
         tls_sans: args.tls_sans.clone(),
         mac_range,
         status_writers: StatusWriters::of_namespace(&args.namespace),
-        host: HostAccess::default(),
+        host: HostAccess { nad_bridges: args.nad_bridge.clone(), ..HostAccess::default() },
     };
     converge_api::extension::start(cluster, settings).await.context("serving the webhooks and the aggregated API")
 }

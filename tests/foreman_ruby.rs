@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::fog::{fog, Form};
 use common::guests::*;
 use common::netapp::*;
 use common::pxe::PxeServer;
@@ -18,12 +19,6 @@ use std::time::Duration;
 
 const NS: &str = "foreman";
 const BOOT: Duration = Duration::from_secs(240);
-
-/// The connection form of Foreman's KubeVirt compute resource.
-struct Form {
-    env: Vec<(String, String)>,
-    _ca: tempfile::NamedTempFile,
-}
 
 async fn connection_form(g: &GuestApp) -> Form {
     let data_dir = g.app.dir.path().display().to_string();
@@ -45,26 +40,7 @@ async fn connection_form(g: &GuestApp) -> Form {
         ("CONVERGE_CA".into(), ca_file.path().display().to_string()),
         ("FOREMAN_NAMESPACE".into(), NS.into()),
     ];
-    Form { env, _ca: ca_file }
-}
-
-/// One phase of the Ruby flow; its JSON report.
-async fn fog(form: &Form, phase: &str, extra: &[(&str, &str)]) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/foreman/fog_flow.rb");
-    let started = std::time::Instant::now();
-    let out = tokio::process::Command::new("ruby")
-        .arg(script)
-        .arg(phase)
-        .envs(form.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .envs(extra.iter().copied())
-        .output()
-        .await
-        .expect("ruby runs (ruby-kubeclient is installed by scripts/setup.sh)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "fog_flow.rb {phase}: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-    // Figures for the record (what a Foreman user waits), not assertions.
-    eprintln!("fog_flow.rb {phase}: {} ms", started.elapsed().as_millis());
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("a JSON report")
+    Form { env, ca: ca_file }
 }
 
 async fn namespace(g: &GuestApp, name: &str, annotations: Value) {

@@ -30,7 +30,7 @@ pub async fn start_controllers(c: &RealCluster, port: u16, aggregated: Option<&s
         extra = vec!["--aggregated-api-listen", addr];
     }
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
-        .args(["controllers", "--kubernetes", "--use-emulation", "--tls-san", "127.0.0.1"])
+        .args(["controllers", "--kubernetes", "--use-emulation", "--tls-san", "127.0.0.1", "--nad-bridge", "cv*"])
         .arg("--kubeconfig")
         .arg(&c.kubeconfig)
         .args(["--webhook-listen", &format!("127.0.0.1:{port}")])
@@ -79,12 +79,12 @@ pub async fn start_node_with(c: &RealCluster, name: &str, prefix: &str, extra: &
             name,
             "--domain-prefix",
             &format!("{prefix}{name}-"),
-            "--pod-network",
-            "none",
             // Each agent its own port on the stand-in Nodes' InternalIP (127.0.0.1).
             "--listen",
             "127.0.0.1:0",
         ])
+        // No pod network unless the test gives one.
+        .args(if extra.contains(&"--pod-network") { &[][..] } else { &["--pod-network", "none"][..] })
         .arg("--kubeconfig")
         .arg(&c.kubeconfig)
         .arg("--data-dir")

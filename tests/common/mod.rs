@@ -249,6 +249,7 @@ pub fn vm_manifest(name: &str) -> Value {
 
 pub const VMS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
 pub mod cassette;
+pub mod fog;
 pub mod guests;
 pub mod kubelet;
 pub mod kubernetes;

@@ -8,7 +8,8 @@
 #        stop | delete-build | delete-image)
 # Connection form, from the environment: CONVERGE_HOST, CONVERGE_PORT, CONVERGE_TOKEN,
 # CONVERGE_CA (a PEM file), FOREMAN_NAMESPACE, and per flow VM_NAME, NAD_NAME, DATASOURCE,
-# DATASOURCE_NAMESPACE. Prints one JSON line with what it read.
+# DATASOURCE_NAMESPACE, STORAGE_CLASS (the class picked in Foreman's form, default `local`).
+# Prints one JSON line with what it read.
 
 require 'json'
 require 'openssl'
@@ -200,7 +201,8 @@ when 'build-create'
     f.kube_client.create_persistent_volume_claim(Kubeclient::Resource.new(
       apiVersion: 'v1', kind: 'PersistentVolumeClaim',
       metadata: { name: claim, namespace: f.namespace },
-      spec: { storageClassName: 'local', resources: { requests: { storage: '64M' } }, accessModes: ['ReadWriteOnce'] }
+      spec: { storageClassName: ENV.fetch('STORAGE_CLASS', 'local'), resources: { requests: { storage: '64M' } },
+              accessModes: ['ReadWriteOnce'] }
     ))
     claim
   end
