@@ -1,10 +1,12 @@
-//! Foreman's network-based build through its Ruby client (`tests/foreman/fog_flow.rb`, the same
-//! flow `tests/foreman_ruby.rs` runs against `converge serve`) against a real kube-apiserver with
-//! Converge installed, with a ServiceAccount token and the cluster's CA in the connection form:
-//! claims in the node-local class, a NIC PXE-booting from a NAD bridge beside the pod network,
-//! MACs at create, start and stop by PUT of the VM, the pod address, Foreman's VNC console through
-//! the aggregated API. Uninstalling leaves no domain, tap or pod namespace on the node. Skipped,
-//! with the reason printed, only when the cluster binaries are not built.
+//! Foreman's two provisioning flows through its Ruby client (`tests/foreman/fog_flow.rb`, the
+//! same flows `tests/foreman_ruby.rs` runs against `converge serve`) against a real
+//! kube-apiserver with Converge installed, with a ServiceAccount token and the cluster's CA in
+//! the connection form. The network build: claims in the node-local class, a NIC PXE-booting from
+//! a NAD bridge beside the pod network, MACs at create, start and stop by PUT of the VM, the pod
+//! address, Foreman's VNC console through the aggregated API. The image build: a root disk
+//! cloned from a DataSource in another namespace. Uninstalling leaves no domain, tap or pod
+//! namespace on the node. Skipped, with the reason printed, only when the cluster binaries are
+//! not built.
 
 mod common;
 
@@ -111,6 +113,65 @@ async fn rfb_greeting(c: &RealCluster, token: &str, vm: &str) -> String {
     String::from_utf8_lossy(&data).into_owned()
 }
 
+/// Foreman's image-based build: a golden image in a namespace of its own, imported at once
+/// (CDI's `storage.bind.immediate.requested`: nothing consumes it) and published as a
+/// DataSource; the host's root disk cloned from it on the node where it lives, booted.
+async fn image_build(c: &RealCluster, form: &Form, agent: &NodeAgent) {
+    let web_dir = tempfile::tempdir().expect("web dir");
+    std::fs::copy(common::guests::guest_dir().join("disk.qcow2"), web_dir.path().join("disk.qcow2")).expect("disk");
+    let web = common::servers::http(web_dir.path()).await;
+    // The admin's part: the cluster's default class, the golden image, who may clone it.
+    ok(c, &["annotate", "storageclass", "converge-local", "storageclass.kubernetes.io/is-default-class=true"], None)
+        .await;
+    ok(c, &["create", "namespace", "os-images"], None).await;
+    ok(c, &["annotate", "namespace", "os-images", "converge.dev/clone-to=*"], None).await;
+    let golden = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+        "metadata": {"name": "busybox-golden", "namespace": "os-images",
+                     "annotations": {"cdi.kubevirt.io/storage.bind.immediate.requested": "true"}},
+        "spec": {"source": {"http": {"url": format!("http://127.0.0.1:{}/disk.qcow2", web.port)}},
+                 "storage": {"resources": {"requests": {"storage": "256Mi"}}}}});
+    let source = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataSource",
+        "metadata": {"name": "busybox", "namespace": "os-images"},
+        "spec": {"source": {"pvc": {"name": "busybox-golden", "namespace": "os-images"}}}});
+    for object in [golden, source] {
+        ok(c, &["apply", "-f", "-"], Some(&object.to_string())).await;
+    }
+    let imported = wait_until(Duration::from_secs(120), || async {
+        let (_, phase, _) = c
+            .kubectl(&["get", "dv", "busybox-golden", "-n", "os-images", "-o", "jsonpath={.status.phase}"], None)
+            .await;
+        phase == "Succeeded"
+    })
+    .await;
+    let (_, dv, _) = c.kubectl(&["get", "dv,pvc", "-n", "os-images", "-o", "yaml"], None).await;
+    assert!(imported, "the golden image was never imported: {dv}\n{}", agent.log());
+
+    let host = [("VM_NAME", "image.example.com"), ("DATASOURCE", "busybox"), ("DATASOURCE_NAMESPACE", "os-images")];
+    let created = fog(form, "image-create", &host).await;
+    assert!(created["created_macs"]["default"].is_string(), "{created}");
+    // A VM made elsewhere says runStrategy, not running: fog-kubevirt starts it by runStrategy.
+    let halted = json!({"spec": {"running": null, "runStrategy": "Halted"}}).to_string();
+    ok(c, &["patch", "vm", "image.example.com", "-n", NS, "--type", "merge", "-p", &halted], None).await;
+    let started = fog(form, "start", &host).await;
+    assert_eq!((started["running"].is_null(), started["runStrategy"].as_str()), (true, Some("Always")), "{started}");
+    let running = fog(form, "wait-running", &[host[0], ("WAIT_SECONDS", "300")]).await;
+    assert!(running["ip"].as_str().is_some_and(|ip| ip.starts_with("10.124.")), "{running}");
+    let vmi = json_of(&ok(c, &["get", "vmi", "image.example.com", "-n", NS, "-o", "json"], None).await);
+    let booted = wait_until(Duration::from_secs(240), || async { agent.serial_log(&vmi).contains(GUEST_MARKER) }).await;
+    assert!(booted, "the cloned disk booted: {}", agent.serial_log(&vmi));
+    let (_, phase, _) =
+        c.kubectl(&["get", "dv", "image.example.com-root", "-n", NS, "-o", "jsonpath={.status.phase}"], None).await;
+    assert_eq!(phase, "Succeeded");
+    let deleted = fog(form, "delete-image", &host[..1]).await;
+    assert_eq!(deleted["deleted"], true, "{deleted}");
+    let gone = wait_until(Duration::from_secs(60), || async {
+        !c.kubectl(&["get", "dv", "image.example.com-root", "-n", NS], None).await.0
+    })
+    .await;
+    assert!(gone, "the root DataVolume goes with the VM");
+    ok(c, &["delete", "namespace", "os-images", "--wait=false"], None).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn foreman_builds_a_host_by_network_boot_on_kubernetes() {
     let Some(c) = cluster() else { return };
@@ -145,6 +206,8 @@ async fn foreman_builds_a_host_by_network_boot_on_kubernetes() {
         "false",
         "--nad-bridge",
         "cv*",
+        "--allow-private-imports",
+        "true",
     ];
     let agent = start_node_with(c, NODE, &prefix, &network).await;
     let joined = wait_until(Duration::from_secs(60), || async {
@@ -211,6 +274,8 @@ async fn foreman_builds_a_host_by_network_boot_on_kubernetes() {
     })
     .await;
     assert!(cleaned, "the claims and the Secret go with the host");
+
+    image_build(c, &form, &agent).await;
 
     // Uninstalled with a guest running: nothing of it stays on the node.
     let mut last = common::guests::halt_vm("last", "Always");

@@ -107,6 +107,8 @@ fn node_rules() -> Vec<Value> {
         rule("", &["nodes"], &["get", "list", "watch", "update", "patch"]),
         rule("", &["nodes/status"], &["update", "patch"]),
         rule("", &["pods", "services", "endpoints", "secrets", "configmaps"], READ),
+        // Whether a namespace lets its claims be cloned into another (`converge.dev/clone-to`).
+        rule("", &["namespaces"], READ),
         // The volumes that live on the node: made, pinned, reclaimed; their claims' import
         // annotations; the DataVolumes filling them.
         rule("", &["persistentvolumes"], &["get", "list", "watch", "create", "update", "patch", "delete"]),

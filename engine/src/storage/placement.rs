@@ -76,6 +76,27 @@ pub fn selected_node(pvc: &Value) -> Option<&str> {
         .filter(|n| !n.is_empty() && crate::meta::dns1123_subdomain_errors(n).is_empty())
 }
 
+/// CDI's annotation on a DataVolume: fill it now, though its class waits for a first consumer
+/// (what golden images want: nothing consumes them).
+pub const BIND_IMMEDIATE: &str = "cdi.kubevirt.io/storage.bind.immediate.requested";
+
+/// Where a claim filled at once lives, there being no guest to follow: this process's own node
+/// when it has one, else the first (by name) Ready, schedulable node that runs Converge.
+pub fn immediate_node(own: Option<&str>, nodes: &[Value]) -> Option<String> {
+    if let Some(own) = own {
+        return Some(own.to_string());
+    }
+    let mut eligible: Vec<&str> = nodes
+        .iter()
+        .filter(|n| crate::meta::labels(n).get("kubevirt.io/schedulable").and_then(Value::as_str) == Some("true"))
+        .filter(|n| crate::controllers::status::condition_true(n, "Ready"))
+        .filter(|n| n.pointer("/spec/unschedulable").and_then(Value::as_bool) != Some(true))
+        .map(crate::meta::name)
+        .collect();
+    eligible.sort_unstable();
+    eligible.first().map(|n| n.to_string())
+}
+
 /// The node terms a volume puts on its guests' placement: its `required` node selector terms.
 pub fn required_terms(pv: &Value) -> Option<&Value> {
     pv.pointer("/spec/nodeAffinity/required/nodeSelectorTerms")
@@ -84,6 +105,25 @@ pub fn required_terms(pv: &Value) -> Option<&Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claim_filled_at_once_goes_to_a_ready_node_of_converge() {
+        let node = |name: &str, schedulable: bool, ready: bool, cordoned: bool| {
+            json!({"metadata": {"name": name, "labels": {"kubevirt.io/schedulable": schedulable.to_string()}},
+                   "spec": {"unschedulable": cordoned},
+                   "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}})
+        };
+        let nodes = [
+            node("d", true, true, false),
+            node("a", false, true, false),
+            node("b", true, false, false),
+            node("c", true, true, true),
+            node("e", true, true, false),
+        ];
+        assert_eq!(immediate_node(None, &nodes), Some("d".to_string()));
+        assert_eq!(immediate_node(Some("own"), &nodes), Some("own".to_string()));
+        assert_eq!(immediate_node(None, &nodes[1..4]), None);
+    }
 
     #[test]
     fn a_volume_names_its_node_only_by_one_host_name() {

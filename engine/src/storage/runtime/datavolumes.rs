@@ -232,8 +232,9 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
             format!("PersistentVolumeClaim {:?} already exists and is not owned by this DataVolume", meta::name(p));
         return write_failed(s, &dv, "ErrClaimNotValid", &message, &now).await;
     }
-    let wait_for_consumer =
-        class.and_then(|c| c.get("volumeBindingMode")).and_then(Value::as_str) == Some("WaitForFirstConsumer");
+    let class_waits = class.is_some_and(provisioner::waits_for_consumer);
+    let immediate = annotation(&dv, placement::BIND_IMMEDIATE) == Some("true");
+    let wait_for_consumer = class_waits && !immediate;
     let restarts = pvc.as_ref().and_then(|p| annotation(p, ANN_RESTARTS)).and_then(|r| r.parse().ok()).unwrap_or(0);
     let bound = pvc.as_ref().and_then(|p| p.pointer("/status/phase")).and_then(Value::as_str) == Some("Bound");
     let mut clone_from = None;
@@ -256,11 +257,20 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
     let decision = datavolume::decide(&dv, &source, &seen, &now);
     if decision.create_claim {
         match datavolume::claim_for(&dv, profile.as_ref()) {
-            Ok(claim) => match s.cluster.create(&kinds::PERSISTENT_VOLUME_CLAIM, claim).await {
-                Ok(_) => {}
-                Err(e) if e.code == 409 => {}
-                Err(e) => return write_failed(s, &dv, "ClaimNotCreated", &e.message, &now).await,
-            },
+            Ok(mut claim) => {
+                if class_waits && immediate {
+                    // No guest to follow: the claim is given a node now, as kube-scheduler would.
+                    let nodes = s.cluster.list(&kinds::NODE, None).await?;
+                    if let Some(node) = placement::immediate_node(s.config.node.as_deref(), &nodes) {
+                        *meta::at_mut(&mut claim, &["metadata", "annotations", placement::SELECTED_NODE]) = json!(node);
+                    }
+                }
+                match s.cluster.create(&kinds::PERSISTENT_VOLUME_CLAIM, claim).await {
+                    Ok(_) => {}
+                    Err(e) if e.code == 409 => {}
+                    Err(e) => return write_failed(s, &dv, "ClaimNotCreated", &e.message, &now).await,
+                }
+            }
             Err(message) => return write_failed(s, &dv, "InvalidStorage", &message, &now).await,
         }
     }
