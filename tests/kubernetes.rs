@@ -496,40 +496,9 @@ async fn a_vm_runs_as_a_launcher_pod_and_answers_the_aggregated_api() {
     }
 }
 
-/// `converge` with `args` against the cluster as `kubeconfig`'s user; `input` typed a line at a
-/// time, then the console's escape. Success, stdout, stderr.
+/// `converge` with `args` against the cluster as `kubeconfig`'s user.
 async fn converge_as(kubeconfig: &std::path::Path, args: &[&str], input: Option<&str>) -> (bool, String, String) {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("converge runs");
-    let mut pipe = child.stdin.take().expect("stdin");
-    match input.map(str::to_string) {
-        Some(input) => {
-            tokio::spawn(async move {
-                for line in input.split_inclusive('\n') {
-                    tokio::time::sleep(Duration::from_millis(700)).await;
-                    let _ = pipe.write_all(line.as_bytes()).await;
-                }
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                let _ = pipe.write_all(&[0x1d]).await;
-            });
-        }
-        None => drop(pipe),
-    }
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("converge finished in 60s")
-        .expect("converge output");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.success(), text(&out.stdout), text(&out.stderr))
+    common::run_converge(kubeconfig, args, input).await
 }
 
 /// Console, VNC, pause and unpause of a guest through kube-apiserver's aggregation layer: the

@@ -58,12 +58,26 @@ async fn foreman_account(c: &RealCluster) -> String {
         None,
     )
     .await;
+    // Multus's NADs are not in Kubernetes' edit role: the admin lets Foreman's account make them.
+    let nads = "--resource=network-attachment-definitions.k8s.cni.cncf.io";
+    ok(c, &["create", "role", "foreman-nads", "--verb=create,get,list", nads, "-n", NS], None).await;
+    ok(
+        c,
+        &["create", "rolebinding", "foreman-nads", "--role=foreman-nads", "--serviceaccount=foreman:foreman", "-n", NS],
+        None,
+    )
+    .await;
     // The roles Kubernetes aggregates into edit, and its authorizer's cache, take a moment.
     let as_foreman = "--as=system:serviceaccount:foreman:foreman";
     let may = wait_until(Duration::from_secs(60), || async {
         let mut all = true;
-        for (verb, what) in [("get", "namespace/foreman"), ("create", "virtualmachines.kubevirt.io"), ("list", "nodes")]
-        {
+        let wanted = [
+            ("get", "namespace/foreman"),
+            ("create", "virtualmachines.kubevirt.io"),
+            ("list", "nodes"),
+            ("create", "network-attachment-definitions.k8s.cni.cncf.io"),
+        ];
+        for (verb, what) in wanted {
             all &= c.kubectl(&["auth", "can-i", verb, what, "-n", NS, as_foreman], None).await.0;
         }
         all
@@ -224,6 +238,15 @@ async fn foreman_builds_a_host_by_network_boot_on_kubernetes() {
         "metadata": {"name": "provisioning", "namespace": NS},
         "spec": {"config": json!({"cniVersion": "0.3.1", "type": "bridge", "bridge": pxe.bridge}).to_string()}});
     ok(c, &["apply", "-f", "-"], Some(&nad.to_string())).await;
+    // Foreman's account may make NADs in its namespace, but not onto a host bridge the admin did
+    // not allow (`converge controllers --nad-bridge`).
+    let foreman = c.kubeconfig_for("foreman", &token);
+    let mut onto_host = nad.clone();
+    onto_host["metadata"]["name"] = json!("host-lan");
+    onto_host["spec"]["config"] =
+        json!(json!({"cniVersion": "0.3.1", "type": "bridge", "bridge": "br-lan"}).to_string());
+    let (made, _, err) = c.kubectl_with(&foreman, &["apply", "-f", "-"], Some(&onto_host.to_string())).await;
+    assert!(!made && err.contains("not one the admin allowed"), "{err}");
     let ca = tempfile::NamedTempFile::new().expect("ca file");
     std::fs::copy(c.dir.join("ca.crt"), ca.path()).expect("ca");
     let apiserver_port = c.server.rsplit(':').next().expect("port").to_string();

@@ -165,38 +165,7 @@ impl GuestApp {
 
     /// Runs the `converge` binary against this server.
     pub async fn converge(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-        use tokio::io::AsyncWriteExt;
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
-            .args(args)
-            .env("KUBECONFIG", &self.app.kubeconfig)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("converge binary");
-        let mut pipe = child.stdin.take().expect("stdin");
-        if let Some(input) = stdin.map(str::to_string) {
-            tokio::spawn(async move {
-                for line in input.split_inclusive('\n') {
-                    tokio::time::sleep(Duration::from_millis(700)).await;
-                    let _ = pipe.write_all(line.as_bytes()).await;
-                }
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                let _ = pipe.write_all(&[0x1d]).await;
-            });
-        } else {
-            drop(pipe);
-        }
-        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-            .await
-            .expect("converge finished in 60s")
-            .expect("converge output");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        super::run_converge(&self.app.kubeconfig, args, stdin).await
     }
 }
 

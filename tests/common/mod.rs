@@ -210,6 +210,41 @@ pub async fn run_kubectl(
     )
 }
 
+/// The `converge` binary against the API of `kubeconfig`: `input` typed a line at a time (a
+/// console's user), then the console's escape (Ctrl-]); (exit ok, stdout, stderr).
+pub async fn run_converge(kubeconfig: &Path, args: &[&str], input: Option<&str>) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("converge binary");
+    let mut pipe = child.stdin.take().expect("stdin");
+    match input.map(str::to_string) {
+        Some(input) => {
+            tokio::spawn(async move {
+                for line in input.split_inclusive('\n') {
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    let _ = pipe.write_all(line.as_bytes()).await;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let _ = pipe.write_all(&[0x1d]).await;
+            });
+        }
+        None => drop(pipe),
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("converge finished in 60s")
+        .expect("converge output");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
 /// Poll `condition` until it holds or `timeout` passes.
 pub async fn wait_until<F, Fut>(timeout: Duration, mut condition: F) -> bool
 where
