@@ -265,6 +265,8 @@ async fn start_kubernetes(args: &Args, prefix: &str, ns: &str) -> Result<Layout>
     import_halt(&args.converge, &args.guests, &data).await?;
     let agent = converge_cmd(&args.converge)
         .args(["node", "--kubernetes", "--node-name", &node, "--domain-prefix", prefix, "--pod-network", "none"])
+        // It serves the controllers on the stand-in Node's InternalIP (127.0.0.1), any free port.
+        .args(["--listen", "127.0.0.1:0"])
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .arg("--data-dir")
