@@ -251,7 +251,11 @@ pub fn workloads(namespace: &str, image: &str, use_emulation: bool) -> Vec<Value
                         "containers": [{
                             "name": "node",
                             "image": image,
-                            "args": ["node", "--in-cluster", "--node-name", "$(NODE_NAME)", "--data-dir", "/var/lib/converge", "--pod-network", "none"],
+                            "args": ["node", "--in-cluster", "--namespace", namespace, "--node-name", "$(NODE_NAME)",
+                                     "--data-dir", "/var/lib/converge", "--pod-network", "none"],
+                            // Where the controllers reach it (`converge.dev/agent-port`): the
+                            // port is the host's, and the scheduler keeps it free.
+                            "ports": [{"name": "agent", "containerPort": 8186, "hostPort": 8186, "protocol": "TCP"}],
                             "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
                             "securityContext": {"privileged": true},
                             "volumeMounts": [mount("libvirt", "/var/run/libvirt"), mount("data", "/var/lib/converge"), mount("dev", "/dev")],
@@ -284,6 +288,8 @@ mod tests {
             objects[2].pointer("/spec/template/spec/containers/0/env/0/valueFrom/fieldRef/fieldPath"),
             Some(&json!("spec.nodeName"))
         );
+        let agent = objects[2].pointer("/spec/template/spec/containers/0/args").cloned().unwrap_or_default();
+        assert!(agent.to_string().contains(r#""--namespace","converge-system""#), "the CA's namespace: {agent}");
         let ids = identities("converge-system");
         let kinds_made: Vec<&str> = ids.iter().filter_map(|o| o["kind"].as_str()).collect();
         assert_eq!(kinds_made.iter().filter(|k| **k == "ServiceAccount").count(), 2);
