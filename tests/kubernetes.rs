@@ -379,24 +379,14 @@ async fn a_vm_runs_as_a_launcher_pod_and_answers_the_aggregated_api() {
     assert!(available, "the APIService never became available: {apiservice}{}", c.logs());
     let resources = json_of(&ok(c, &["get", "--raw", "/apis/subresources.kubevirt.io/v1"], None).await);
     assert!(resources.to_string().contains("virtualmachines/stop"), "{resources}");
-    let converge = |args: Vec<String>| async move {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
-            .args(&args)
-            .arg("--kubeconfig")
-            .arg(&c.kubeconfig)
-            .output()
-            .await
-            .expect("converge runs");
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
-    let (stopped, err) = converge(vec!["stop".into(), "runner".into(), "-n".into(), "k-run".into()]).await;
+    let (stopped, _, err) = converge_as(&c.kubeconfig, &["stop", "runner", "-n", "k-run"], None).await;
     assert!(stopped, "converge stop through the aggregated API: {err}");
     let halted = wait_until(Duration::from_secs(60), || async {
         vmi_json(c, "k-run", "runner").await.is_null() && !alive(&domain)
     })
     .await;
     assert!(halted, "the guest outlived its stop");
-    let (started, err) = converge(vec!["start".into(), "runner".into(), "-n".into(), "k-run".into()]).await;
+    let (started, _, err) = converge_as(&c.kubeconfig, &["start", "runner", "-n", "k-run"], None).await;
     assert!(started, "converge start: {err}");
     let again = wait_until(Duration::from_secs(120), || async {
         vmi_json(c, "k-run", "runner").await.pointer("/status/phase") == Some(&Value::from("Running"))
@@ -426,14 +416,8 @@ async fn a_vm_runs_as_a_launcher_pod_and_answers_the_aggregated_api() {
     .await;
     let token = ok(c, &["create", "token", "eve", "-n", "k-elsewhere"], None).await;
     let eve = c.kubeconfig_for("eve", token.trim());
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
-        .args(["stop", "runner", "-n", "k-run", "--kubeconfig"])
-        .arg(&eve)
-        .output()
-        .await
-        .expect("converge runs");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("forbidden"), "{err}");
+    let (stopped, _, err) = converge_as(&eve, &["stop", "runner", "-n", "k-run"], None).await;
+    assert!(!stopped && err.contains("forbidden"), "{err}");
     // Straight to the aggregated server, claiming to be an admin: no front-proxy certificate,
     // no connection.
     let forged = reqwest::Client::builder()

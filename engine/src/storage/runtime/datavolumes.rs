@@ -427,7 +427,9 @@ pub(super) async fn finish_job(s: &Arc<Shared>, key: &Key, uid: &str, result: Re
         Err(e) => {
             tracing::info!(namespace = %ns, name = %name, error = %e, "volume population will be retried");
             let restarts = match s.cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, name).await {
-                Ok(Some(p)) => annotation(&p, ANN_RESTARTS).and_then(|r| r.parse::<u32>().ok()).unwrap_or(0) + 1,
+                Ok(Some(p)) => {
+                    annotation(&p, ANN_RESTARTS).and_then(|r| r.parse::<u32>().ok()).unwrap_or(0).saturating_add(1)
+                }
                 _ => 1,
             };
             let _ = annotate_claim(s, ns, name, &[(ANN_RESTARTS, Some(restarts.to_string()))]).await;
