@@ -97,6 +97,38 @@ pub static VIRTUAL_MACHINE_INSTANCE_REPLICA_SET: ResourceKind = ResourceKind {
     create_only: false,
 };
 
+pub static VIRTUAL_MACHINE_INSTANCE_MIGRATION: ResourceKind = ResourceKind {
+    group: KUBEVIRT_GROUP,
+    version: "v1",
+    kind: "VirtualMachineInstanceMigration",
+    plural: "virtualmachineinstancemigrations",
+    singular: "virtualmachineinstancemigration",
+    short_names: &["vmim", "vmims"],
+    namespaced: true,
+    categories: &["all"],
+    status_subresource: true,
+    scale_subresource: false,
+    definition: "v1.VirtualMachineInstanceMigration",
+    create_only: false,
+};
+
+pub const MIGRATIONS_GROUP: &str = "migrations.kubevirt.io";
+
+pub static MIGRATION_POLICY: ResourceKind = ResourceKind {
+    group: MIGRATIONS_GROUP,
+    version: "v1alpha1",
+    kind: "MigrationPolicy",
+    plural: "migrationpolicies",
+    singular: "migrationpolicy",
+    short_names: &[],
+    namespaced: false,
+    categories: &["all"],
+    status_subresource: true,
+    scale_subresource: false,
+    definition: "v1alpha1.MigrationPolicy",
+    create_only: false,
+};
+
 pub static VIRTUAL_MACHINE_INSTANCE_PRESET: ResourceKind = ResourceKind {
     group: KUBEVIRT_GROUP,
     version: "v1",
@@ -463,6 +495,7 @@ pub static ALL: &[&ResourceKind] = &[
     &VIRTUAL_MACHINE_INSTANCE,
     &VIRTUAL_MACHINE_INSTANCE_REPLICA_SET,
     &VIRTUAL_MACHINE_INSTANCE_PRESET,
+    &VIRTUAL_MACHINE_INSTANCE_MIGRATION,
     &INSTANCETYPE,
     &CLUSTER_INSTANCETYPE,
     &PREFERENCE,
@@ -477,6 +510,7 @@ pub static ALL: &[&ResourceKind] = &[
     &ENDPOINTS,
     &ENDPOINT_SLICE,
     &NETWORK_ATTACHMENT_DEFINITION,
+    &MIGRATION_POLICY,
 ];
 
 /// Whether the kind's CRD on a Kubernetes cluster has a status subresource: as the kind table
@@ -550,6 +584,7 @@ mod tests {
                 ("upload.cdi.kubevirt.io", "v1beta1"),
                 ("discovery.k8s.io", "v1"),
                 ("k8s.cni.cncf.io", "v1"),
+                ("migrations.kubevirt.io", "v1alpha1"),
             ]
         );
     }

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use super::{DomainState, DomainSummary, HvResult, Hypervisor, HypervisorError};
+use super::{DomainState, DomainSummary, HvResult, Hypervisor, HypervisorError, MigrationProgress, MigrationTarget};
 
 #[derive(Default)]
 struct Inner {
@@ -16,6 +16,8 @@ struct Inner {
     /// Transient domains gone at their stop: (name, XML, how they stopped), until undefined.
     stopped: Vec<(String, String, DomainState)>,
     calls: Vec<String>,
+    /// What the next `migrate` answers (`None`: success, the domain leaves).
+    migration_failure: Option<String>,
 }
 
 pub struct FakeHypervisor {
@@ -38,6 +40,12 @@ fn name_of(xml: &str) -> String {
 impl FakeHypervisor {
     pub fn calls(&self) -> Vec<String> {
         self.inner.lock().map(|i| i.calls.clone()).unwrap_or_default()
+    }
+    /// Makes the next migrations fail with this libvirt message.
+    pub fn fail_migrations(&self, message: &str) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.migration_failure = Some(message.into());
+        }
     }
     /// Changes a domain's state as if the guest or QEMU did it, and fires the event.
     pub fn set_state(&self, name: &str, state: DomainState) {
@@ -143,6 +151,30 @@ impl Hypervisor for FakeHypervisor {
     fn xml(&self, name: &str) -> HvResult<String> {
         let inner = self.inner.lock().map_err(|_| HypervisorError::Libvirt("poisoned".into()))?;
         inner.domains.get(name).map(|d| d.2.clone()).ok_or_else(|| HypervisorError::NoDomain(name.into()))
+    }
+    fn migratable_xml(&self, name: &str) -> HvResult<String> {
+        self.xml(name)
+    }
+    fn migrate(&self, name: &str, target: &MigrationTarget) -> HvResult<()> {
+        let call = format!("migrate {name} to {} as {}", target.libvirt_uri, target.domain_name);
+        let result = self.record(call, |i| {
+            if let Some(message) = i.migration_failure.clone() {
+                return Err(HypervisorError::Libvirt(message));
+            }
+            i.persistent.remove(name);
+            i.domains.remove(name).map(|_| ()).ok_or_else(|| HypervisorError::NoDomain(name.into()))
+        });
+        let _ = self.tx.send(name.into());
+        result
+    }
+    fn migration_progress(&self, _name: &str) -> HvResult<Option<MigrationProgress>> {
+        Ok(None)
+    }
+    fn abort_migration(&self, name: &str) -> HvResult<()> {
+        self.record(format!("abort migration {name}"), |_| Ok(()))
+    }
+    fn last_migration(&self, _name: &str) -> HvResult<Option<MigrationProgress>> {
+        Ok(None)
     }
     fn events(&self) -> Option<UnboundedReceiver<String>> {
         self.rx.lock().ok()?.take()

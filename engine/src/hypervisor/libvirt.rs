@@ -10,7 +10,8 @@ use virt::enumutil::Enum;
 use virt::error::ErrorNumber;
 use virt::sys;
 
-use super::{lifecycle, DomainState, DomainSummary, HvResult, Hypervisor, HypervisorError};
+use super::{lifecycle, migration, DomainState, DomainSummary, HvResult, Hypervisor, HypervisorError};
+use super::{MigrationProgress, MigrationTarget};
 
 /// Empty name on the event channel: "the connection was re-opened, look at everything".
 pub const RESYNC_ALL: &str = "";
@@ -273,6 +274,32 @@ impl Hypervisor for Libvirt {
 
     fn xml(&self, name: &str) -> HvResult<String> {
         self.with_domain(name, |dom| dom.xml_desc(0).map_err(err))
+    }
+
+    fn migratable_xml(&self, name: &str) -> HvResult<String> {
+        self.with_domain(name, |dom| dom.xml_desc(sys::VIR_DOMAIN_XML_MIGRATABLE).map_err(err))
+    }
+
+    fn migrate(&self, name: &str, target: &MigrationTarget) -> HvResult<()> {
+        // A start connection: the call lasts as long as the migration, and quick queries (the
+        // progress, the abort) must not queue behind it.
+        self.with_start_conn(|conn| match conn.lookup_domain_by_name(name) {
+            Ok(dom) => migration::migrate(&dom, &target.libvirt_uri, target),
+            Err(e) if is_no_domain(&e) => Err(HypervisorError::NoDomain(name.into())),
+            Err(e) => Err(err(e)),
+        })
+    }
+
+    fn migration_progress(&self, name: &str) -> HvResult<Option<MigrationProgress>> {
+        self.with_domain(name, migration::progress)
+    }
+
+    fn abort_migration(&self, name: &str) -> HvResult<()> {
+        self.with_domain(name, migration::abort)
+    }
+
+    fn last_migration(&self, name: &str) -> HvResult<Option<MigrationProgress>> {
+        self.with_domain(name, migration::completed)
     }
 
     fn events(&self) -> Option<UnboundedReceiver<String>> {

@@ -4,8 +4,10 @@
 pub mod fake;
 mod libvirt;
 mod lifecycle;
+mod migration;
 
 pub use libvirt::{node_uid_from_xml, vmi_uid_from_xml, Libvirt, RESYNC_ALL};
+pub use migration::migration_flags;
 
 /// What libvirt says a domain is doing, with the reason where it matters to a VMI's phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +55,41 @@ pub enum HypervisorError {
 
 pub type HvResult<T> = Result<T, HypervisorError>;
 
+/// Where and how a live migration goes (libvirt's peer-to-peer migration: the source libvirtd
+/// drives it, talking to the target's libvirtd at `libvirt_uri`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationTarget {
+    /// The target libvirtd as the source libvirtd reaches it (`qemu+unix:///system?socket=…`
+    /// on one machine, `qemu+tls://HOST/system` across machines).
+    pub libvirt_uri: String,
+    /// Where the target's QEMU listens for the guest's memory and disks, and where the source's
+    /// QEMU sends them.
+    pub address: std::net::IpAddr,
+    /// The domain on the target: its name and XML (the target's paths, taps, node).
+    pub domain_name: String,
+    pub domain_xml: String,
+    /// Copy the writable disks' top layers (containerDisk overlays, ephemeral disks) to the
+    /// target: KubeVirt's BlockMigration.
+    pub copy_disks: bool,
+    /// MiB/s; `None` is unlimited.
+    pub bandwidth_mib: Option<u64>,
+    pub auto_converge: bool,
+    pub post_copy: bool,
+}
+
+/// A migration job's progress, as libvirt reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MigrationProgress {
+    pub elapsed_ms: u64,
+    pub data_total: u64,
+    pub data_processed: u64,
+    pub data_remaining: u64,
+    /// Bytes per second of guest memory being sent.
+    pub memory_bps: u64,
+    /// How long the guest was paused for the switch-over (known once it finished).
+    pub downtime_ms: Option<u64>,
+}
+
 /// Calls block (libvirt is synchronous): the node agent makes them from blocking threads.
 pub trait Hypervisor: Send + Sync + 'static {
     /// Starts the domain as a transient one (`virDomainCreateXML`, one call), with its vCPUs
@@ -80,6 +117,17 @@ pub trait Hypervisor: Send + Sync + 'static {
     /// Asks the guest to reboot (ACPI), the way KubeVirt's soft reboot does without an agent.
     fn soft_reboot(&self, name: &str) -> HvResult<()>;
     fn xml(&self, name: &str) -> HvResult<String>;
+    /// The XML a migration starts from (`VIR_DOMAIN_XML_MIGRATABLE`: no runtime-only parts).
+    fn migratable_xml(&self, name: &str) -> HvResult<String>;
+    /// Live-migrates `name` to `target`; blocks until the guest runs there (or the migration
+    /// failed or was aborted, and the guest still runs here).
+    fn migrate(&self, name: &str, target: &MigrationTarget) -> HvResult<()>;
+    /// The migration job of `name` now; `None` when none runs.
+    fn migration_progress(&self, name: &str) -> HvResult<Option<MigrationProgress>>;
+    /// Stops a running migration: the guest stays here.
+    fn abort_migration(&self, name: &str) -> HvResult<()>;
+    /// The figures of the last finished job of `name` (on a migration's target: its downtime).
+    fn last_migration(&self, name: &str) -> HvResult<Option<MigrationProgress>>;
     /// Names of domains whose lifecycle changed, as libvirt reports them. One receiver.
     fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>>;
 }

@@ -1,0 +1,142 @@
+//! Live migration through libvirt: peer to peer (the source libvirtd talks to the target's), the
+//! guest's memory and disks over QEMU's own connections to the target's migration address.
+
+use virt::domain::{Domain, JobStats, MigrateParameters};
+use virt::sys;
+
+use super::{HvResult, HypervisorError, MigrationProgress, MigrationTarget};
+
+/// libvirt's flags for a migration as Converge runs it: live, peer to peer, the domain defined
+/// on the target and undefined here, and nothing left half-done on an error.
+pub fn migration_flags(target: &MigrationTarget) -> u32 {
+    let mut flags = sys::VIR_MIGRATE_LIVE
+        | sys::VIR_MIGRATE_PEER2PEER
+        | sys::VIR_MIGRATE_PERSIST_DEST
+        | sys::VIR_MIGRATE_UNDEFINE_SOURCE
+        | sys::VIR_MIGRATE_ABORT_ON_ERROR;
+    if target.copy_disks {
+        // Only the top layer: the target has the same base (the image) under its overlay.
+        flags |= sys::VIR_MIGRATE_NON_SHARED_INC;
+    }
+    if target.auto_converge {
+        flags |= sys::VIR_MIGRATE_AUTO_CONVERGE;
+    }
+    if target.post_copy {
+        flags |= sys::VIR_MIGRATE_POSTCOPY;
+    }
+    flags
+}
+
+/// `tcp://ADDRESS` (IPv6 in brackets), what QEMU connects to for memory and disks.
+pub fn tcp_uri(address: std::net::IpAddr) -> String {
+    match address {
+        std::net::IpAddr::V4(a) => format!("tcp://{a}"),
+        std::net::IpAddr::V6(a) => format!("tcp://[{a}]"),
+    }
+}
+
+pub(super) fn parameters(target: &MigrationTarget) -> MigrateParameters {
+    let uri = tcp_uri(target.address);
+    MigrateParameters {
+        dest_name: Some(target.domain_name.clone()),
+        dest_xml: Some(target.domain_xml.clone()),
+        persist_xml: Some(target.domain_xml.clone()),
+        // The target QEMU listens on this address only (libvirt's default is every address).
+        listen_address: Some(target.address.to_string()),
+        uri: Some(uri.clone()),
+        disks_uri: target.copy_disks.then_some(uri),
+        bandwidth: target.bandwidth_mib,
+        ..Default::default()
+    }
+}
+
+fn err(e: virt::error::Error) -> HypervisorError {
+    HypervisorError::Libvirt(e.to_string())
+}
+
+pub(super) fn migrate(dom: &Domain, dconn_uri: &str, target: &MigrationTarget) -> HvResult<()> {
+    dom.migrate_to_uri3(Some(dconn_uri), parameters(target), migration_flags(target)).map_err(err)
+}
+
+fn progress_of(stats: &JobStats) -> MigrationProgress {
+    MigrationProgress {
+        elapsed_ms: stats.time_elapsed.unwrap_or(0),
+        data_total: stats.data_total.unwrap_or(0),
+        data_processed: stats.data_processed.unwrap_or(0),
+        data_remaining: stats.data_remaining.unwrap_or(0),
+        memory_bps: stats.mem_bps.unwrap_or(0),
+        downtime_ms: stats.downtime,
+    }
+}
+
+/// The running job's progress; `None` when no job runs.
+pub(super) fn progress(dom: &Domain) -> HvResult<Option<MigrationProgress>> {
+    let stats = dom.job_stats(0).map_err(err)?;
+    if stats.r#type == sys::VIR_DOMAIN_JOB_NONE as i32 {
+        return Ok(None);
+    }
+    Ok(Some(progress_of(&stats)))
+}
+
+/// The last finished job's figures (on the target after a migration: its downtime, its time).
+pub(super) fn completed(dom: &Domain) -> HvResult<Option<MigrationProgress>> {
+    let stats = dom.job_stats(sys::VIR_DOMAIN_JOB_STATS_COMPLETED).map_err(err)?;
+    if stats.r#type == sys::VIR_DOMAIN_JOB_NONE as i32 {
+        return Ok(None);
+    }
+    Ok(Some(progress_of(&stats)))
+}
+
+pub(super) fn abort(dom: &Domain) -> HvResult<()> {
+    // SAFETY: `dom` holds a live virDomainPtr for the duration of the call; virDomainAbortJob
+    // takes no ownership of it.
+    let rc = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
+    if rc < 0 {
+        return Err(HypervisorError::Libvirt(
+            virt::error::Error::last_error().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(copy_disks: bool) -> MigrationTarget {
+        MigrationTarget {
+            libvirt_uri: "qemu+unix:///system?socket=/run/b/libvirt-sock".into(),
+            address: "127.0.0.1".parse().unwrap(),
+            domain_name: "b-default_vm".into(),
+            domain_xml: "<domain/>".into(),
+            copy_disks,
+            bandwidth_mib: Some(64),
+            auto_converge: false,
+            post_copy: false,
+        }
+    }
+
+    #[test]
+    fn disks_are_copied_only_when_asked_and_only_their_top_layer() {
+        let with = migration_flags(&target(true));
+        assert_ne!(with & sys::VIR_MIGRATE_NON_SHARED_INC, 0);
+        assert_eq!(with & sys::VIR_MIGRATE_NON_SHARED_DISK, 0);
+        assert_eq!(migration_flags(&target(false)) & sys::VIR_MIGRATE_NON_SHARED_INC, 0);
+        for f in [sys::VIR_MIGRATE_LIVE, sys::VIR_MIGRATE_PEER2PEER, sys::VIR_MIGRATE_PERSIST_DEST] {
+            assert_ne!(with & f, 0);
+        }
+        assert_eq!(with & sys::VIR_MIGRATE_TUNNELLED, 0);
+    }
+
+    #[test]
+    fn the_target_listens_and_is_reached_on_its_address() {
+        let p = parameters(&target(true));
+        assert_eq!(p.uri.as_deref(), Some("tcp://127.0.0.1"));
+        assert_eq!(p.disks_uri.as_deref(), Some("tcp://127.0.0.1"));
+        assert_eq!(p.listen_address.as_deref(), Some("127.0.0.1"));
+        assert_eq!(p.dest_name.as_deref(), Some("b-default_vm"));
+        assert_eq!(p.bandwidth, Some(64));
+        assert_eq!(parameters(&target(false)).disks_uri, None);
+        assert_eq!(tcp_uri("fd00::1".parse().unwrap()), "tcp://[fd00::1]");
+    }
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# A libvirtd of its own for one node, so that several nodes on one machine are several hosts to
+# libvirt (live migration refuses to migrate a guest "to the same host"): its own config, sockets,
+# state, logs and host UUID, in a mount namespace of its own where those are bind-mounted over
+# /etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/cache/libvirt and /var/log/libvirt — the
+# paths a root libvirtd has compiled in. Its virtlogd runs in the same namespace. The socket is
+# outside those mounts, so every process (agents, peers' libvirtds) reaches it.
+#
+# Usage: scripts/node-libvirtd.sh start NAME   prints the connection URI
+#        scripts/node-libvirtd.sh stop NAME
+# Where incoming migrations listen is not configured here: libvirt refuses a local address as
+# `migration_address`/`migration_host`, so Converge's source agent names the target node's
+# migration address in each migration (its listen address and URI).
+set -euo pipefail
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+cmd=${1:?start or stop}
+name=${2:?node name}
+case "$name" in *[!a-z0-9-]*|'') echo "node-libvirtd: bad name $name" >&2; exit 2 ;; esac
+root=/run/converge-libvirt/$name
+uri="qemu+unix:///system?socket=$root/sock/libvirt-sock"
+
+stop() {
+  for pidfile in "$root/run/libvirtd.pid" "$root/run/virtlogd.pid"; do
+    if [ -f "$pidfile" ]; then
+      pid=$(cat "$pidfile")
+      as_root kill "$pid" 2>/dev/null || true
+      for _ in $(seq 50); do as_root kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      as_root kill -9 "$pid" 2>/dev/null || true
+    fi
+  done
+}
+
+case "$cmd" in
+  stop) stop; exit 0 ;;
+  start) ;;
+  *) echo "node-libvirtd: start or stop" >&2; exit 2 ;;
+esac
+
+if virsh -c "$uri" version >/dev/null 2>&1; then echo "$uri"; exit 0; fi
+stop
+# A stale socket of a dead daemon would be found by the next virtlogd and removed under it.
+as_root rm -rf "$root/run" "$root/sock"
+as_root mkdir -p "$root"/{etc/qemu,run,lib/qemu,lib/images,lib/boot,cache,log,sock}
+as_root mkdir -p /run/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt
+# A stable host UUID per node name: libvirt compares them to refuse a migration to itself.
+uuid=$(printf '%s' "converge-node-$name" | md5sum | sed -E 's/^(.{8})(.{4})(.{4})(.{4})(.{12}).*/\1-\2-\3-\4-\5/')
+as_root tee "$root/etc/libvirtd.conf" >/dev/null <<CONF
+unix_sock_dir = "$root/sock"
+unix_sock_group = "root"
+unix_sock_rw_perms = "0770"
+auth_unix_rw = "none"
+auth_unix_ro = "none"
+host_uuid = "$uuid"
+CONF
+as_root cp /etc/libvirt/qemu.conf "$root/etc/qemu.conf"
+as_root cp /etc/libvirt/virtlogd.conf "$root/etc/virtlogd.conf"
+[ -f /etc/libvirt/libvirt.conf ] && as_root cp /etc/libvirt/libvirt.conf "$root/etc/"
+as_root setsid unshare --mount --propagation private sh -c "
+  mount --bind '$root/etc' /etc/libvirt
+  mount --bind '$root/run' /run/libvirt
+  mount --bind '$root/lib' /var/lib/libvirt
+  mount --bind '$root/cache' /var/cache/libvirt
+  mount --bind '$root/log' /var/log/libvirt
+  virtlogd -d -p /run/libvirt/virtlogd.pid
+  exec libvirtd --config /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid
+" </dev/null >"$root/libvirtd.log" 2>&1 &
+for _ in $(seq 150); do
+  if virsh -c "$uri" version >/dev/null 2>&1; then echo "$uri"; exit 0; fi
+  sleep 0.2
+done
+echo "node-libvirtd: libvirtd of $name did not answer on $uri" >&2
+tail -5 "$root/libvirtd.log" >&2 || true
+exit 1
