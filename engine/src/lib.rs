@@ -15,6 +15,7 @@ pub mod kinds;
 pub mod launcher;
 pub mod macpool;
 pub mod meta;
+pub mod migration;
 pub mod network;
 pub mod node;
 pub mod patch;

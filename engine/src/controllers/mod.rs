@@ -5,6 +5,7 @@
 pub mod datavolumes;
 pub mod endpoints;
 pub mod launcher_pod;
+pub mod migration;
 pub mod nodeipam;
 pub mod nodes;
 pub mod replicaset;

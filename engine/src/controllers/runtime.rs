@@ -35,6 +35,7 @@ struct Queues {
     vm: Arc<WorkQueue<Key>>,
     vmi: Arc<WorkQueue<Key>>,
     rs: Arc<WorkQueue<Key>>,
+    migration: Arc<WorkQueue<Key>>,
 }
 
 fn key_of(obj: &Value) -> Key {
@@ -65,7 +66,12 @@ pub enum ApiKind {
 
 /// Starts every controller on `cluster`; with `pod_ranges`, Nodes are given their pod ranges.
 pub fn spawn(cluster: Arc<dyn Cluster>, pod_ranges: Option<super::nodeipam::PodRanges>, api: ApiKind) -> Controllers {
-    let queues = Arc::new(Queues { vm: WorkQueue::new(), vmi: WorkQueue::new(), rs: WorkQueue::new() });
+    let queues = Arc::new(Queues {
+        vm: WorkQueue::new(),
+        vmi: WorkQueue::new(),
+        rs: WorkQueue::new(),
+        migration: WorkQueue::new(),
+    });
     let pods = matches!(api, ApiKind::Kubernetes(_));
     let mut tasks = vec![tokio::spawn(feed(Arc::clone(&cluster), Arc::clone(&queues), pods))];
     if api == ApiKind::Converge {
@@ -99,12 +105,18 @@ pub fn spawn(cluster: Arc<dyn Cluster>, pod_ranges: Option<super::nodeipam::PodR
         let c = Arc::clone(&c);
         async move { replicaset::sync(c.as_ref(), key).await }
     }));
+    let c = Arc::clone(&cluster);
+    tasks.extend(worker::spawn("migration", &queues.migration, 2, move |key| {
+        let c = Arc::clone(&c);
+        async move { super::migration::sync(c.as_ref(), key).await }
+    }));
     Controllers { tasks }
 }
 
 /// What wakes these controllers.
-const WATCHED: [&kinds::ResourceKind; 5] = [
+const WATCHED: [&kinds::ResourceKind; 6] = [
     &kinds::VIRTUAL_MACHINE,
+    &kinds::VIRTUAL_MACHINE_INSTANCE_MIGRATION,
     &kinds::VIRTUAL_MACHINE_INSTANCE,
     &kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET,
     &kinds::NODE,
@@ -116,11 +128,23 @@ async fn resync_all(cluster: &dyn Cluster, queues: &Queues) {
         (&kinds::VIRTUAL_MACHINE, &queues.vm),
         (&kinds::VIRTUAL_MACHINE_INSTANCE, &queues.vmi),
         (&kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET, &queues.rs),
+        (&kinds::VIRTUAL_MACHINE_INSTANCE_MIGRATION, &queues.migration),
     ] {
         match cluster.list(kind, None).await {
             Ok(items) => items.iter().for_each(|o| queue.add(key_of(o))),
             Err(e) => tracing::warn!(error = %e.message, "controller resync could not list {}", kind.plural),
         }
+    }
+}
+
+/// The migrations of a VMI whose migrationState moved (the agents write it).
+async fn queue_migrations_of(cluster: &dyn Cluster, queues: &Queues, vmi: &Value) {
+    let ns = meta::namespace(vmi);
+    if let Ok(items) = cluster.list(&kinds::VIRTUAL_MACHINE_INSTANCE_MIGRATION, Some(ns)).await {
+        items
+            .iter()
+            .filter(|m| m.pointer("/spec/vmiName").and_then(Value::as_str) == Some(meta::name(vmi)))
+            .for_each(|m| queues.migration.add(key_of(m)));
     }
 }
 
@@ -138,6 +162,7 @@ async fn feed(cluster: Arc<dyn Cluster>, queues: Arc<Queues>, pods: bool) {
     let rs_key = kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET.store_key();
     let node_key = kinds::NODE.store_key();
     let dv_key = kinds::DATA_VOLUME.store_key();
+    let vmim_key = kinds::VIRTUAL_MACHINE_INSTANCE_MIGRATION.store_key();
     loop {
         tokio::select! {
             _ = resync.tick() => resync_all(cluster.as_ref(), &queues).await,
@@ -148,7 +173,12 @@ async fn feed(cluster: Arc<dyn Cluster>, queues: Arc<Queues>, pods: bool) {
                         queues.vm.add(key);
                     } else if ev.kind_key == dv_key {
                         owner_keys(&ev.object, "VirtualMachine").into_iter().for_each(|k| queues.vm.add(k));
+                    } else if ev.kind_key == vmim_key {
+                        queues.migration.add(key);
                     } else if ev.kind_key == vmi_key {
+                        if ev.object.pointer("/status/migrationState").is_some() {
+                            queue_migrations_of(cluster.as_ref(), &queues, &ev.object).await;
+                        }
                         owner_keys(&ev.object, "VirtualMachine").into_iter().for_each(|k| queues.vm.add(k));
                         owner_keys(&ev.object, "VirtualMachineInstanceReplicaSet").into_iter().for_each(|k| queues.rs.add(k));
                         queues.vmi.add(key);

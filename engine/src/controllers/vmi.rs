@@ -94,7 +94,7 @@ pub fn node_usage(vmis: &[Value]) -> BTreeMap<String, Request> {
 
 /// One placement at a time: each reads every node's load and adds to it, so two at once could
 /// both fit into the same free memory.
-fn placement_lock() -> &'static tokio::sync::Mutex<()> {
+pub(super) fn placement_lock() -> &'static tokio::sync::Mutex<()> {
     static LOCK: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
     LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
 }

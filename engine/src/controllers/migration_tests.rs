@@ -1,0 +1,153 @@
+use serde_json::json;
+
+use super::*;
+
+const NOW: &str = "2026-12-04T05:00:00Z";
+
+fn node(name: &str, endpoint: bool) -> Value {
+    let mut n = json!({
+        "metadata": {"name": name, "uid": format!("{name}-uid"), "labels": {"kubernetes.io/hostname": name}},
+        "status": {"allocatable": {"cpu": "2", "memory": "4Gi", "devices.kubevirt.io/kvm": "1k"},
+                   "conditions": [{"type": "Ready", "status": "True"}]},
+    });
+    if endpoint {
+        let e = Endpoint {
+            libvirt_uri: format!("qemu+unix:///system?socket=/run/converge-libvirt/{name}/sock/libvirt-sock"),
+            address: "127.0.0.1".parse().unwrap(),
+            state_dir: format!("/data/{name}").into(),
+            domain_prefix: format!("{name}-"),
+        };
+        n["metadata"]["annotations"] = json!({crate::migration::endpoint::ANNOTATION: e.annotation_value()});
+    }
+    n
+}
+
+fn vmim() -> Value {
+    json!({"metadata": {"name": "m1", "namespace": "default", "uid": "mig-1", "finalizers": [mig::FINALIZER]},
+           "spec": {"vmiName": "vm1"}})
+}
+
+fn vmi(migratable: bool) -> Value {
+    let cond = match migratable {
+        true => json!({"type": "LiveMigratable", "status": "True"}),
+        false => json!({"type": "LiveMigratable", "status": "False", "reason": "DisksNotLiveMigratable", "message": "cannot migrate VMI: PVC d is not shared"}),
+    };
+    json!({"metadata": {"name": "vm1", "namespace": "default", "uid": "vmi-1", "labels": {"kubevirt.io/nodeName": "a"}},
+           "spec": {"domain": {"resources": {"requests": {"memory": "128Mi"}}}},
+           "status": {"phase": "Running", "nodeName": "a", "conditions": [cond]}})
+}
+
+fn with_state(mut vmi: Value, fields: Value) -> Value {
+    let mut state = json!({"migrationUid": "mig-1", "sourceNode": "a", "targetNode": "b", "targetNodeAddress": "127.0.0.1"});
+    state.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+    vmi["status"]["migrationState"] = state;
+    vmi
+}
+
+fn phase(plan: &MigrationPlan) -> Option<&str> {
+    plan.status.as_ref().and_then(|s| s.get("phase")).and_then(Value::as_str)
+}
+
+#[test]
+fn the_target_is_another_node_that_can_receive() {
+    let nodes = [node("a", true), node("b", true), node("c", false)];
+    let plan = reconcile(&vmim(), Some(&vmi(true)), &nodes, &BTreeMap::new(), NOW);
+    assert_eq!(phase(&plan), Some("PreparingTarget"));
+    let state = &plan.vmi_status.as_ref().unwrap()["migrationState"];
+    assert_eq!(state["targetNode"], "b");
+    assert_eq!(state["sourceNode"], "a");
+    assert_eq!(state["migrationUid"], "mig-1");
+    assert_eq!(state["targetNodeAddress"], "127.0.0.1");
+    let stamps: Vec<&str> = plan.status.as_ref().unwrap()["phaseTransitionTimestamps"]
+        .as_array().unwrap().iter().map(|t| t["phase"].as_str().unwrap()).collect();
+    assert_eq!(stamps, ["Pending", "Scheduling", "Scheduled", "PreparingTarget"]);
+}
+
+#[test]
+fn no_fitting_node_refuses_the_migration_with_the_reason() {
+    let nodes = [node("a", true), node("c", false)];
+    let plan = reconcile(&vmim(), Some(&vmi(true)), &nodes, &BTreeMap::new(), NOW);
+    assert_eq!(phase(&plan), Some("Failed"));
+    let (_, reason, message) = plan.event.unwrap();
+    assert_eq!(reason, "FailedMigration");
+    assert!(message.contains("1 node(s) were the source"), "{message}");
+    assert!(message.contains("1 node(s) publish no migration endpoint"), "{message}");
+    assert_eq!(plan.vmi_status, None, "the VMI is untouched");
+}
+
+#[test]
+fn a_vmi_that_cannot_migrate_is_refused_with_kubevirts_reason() {
+    let nodes = [node("a", true), node("b", true)];
+    let plan = reconcile(&vmim(), Some(&vmi(false)), &nodes, &BTreeMap::new(), NOW);
+    assert_eq!(phase(&plan), Some("Failed"));
+    let cond = &plan.status.as_ref().unwrap()["conditions"][0];
+    assert_eq!(cond["reason"], "DisksNotLiveMigratable");
+    let plan = reconcile(&vmim(), None, &nodes, &BTreeMap::new(), NOW);
+    assert_eq!(phase(&plan), Some("Failed"));
+}
+
+#[test]
+fn the_phase_follows_the_agents() {
+    let mut m = vmim();
+    m["status"] = json!({"phase": "PreparingTarget"});
+    let ready = with_state(vmi(true), json!({"targetNodeDomainReadyTimestamp": NOW}));
+    assert_eq!(phase(&reconcile(&m, Some(&ready), &[], &BTreeMap::new(), NOW)), Some("TargetReady"));
+    let running = with_state(vmi(true), json!({"targetNodeDomainReadyTimestamp": NOW, "startTimestamp": NOW}));
+    let plan = reconcile(&m, Some(&running), &[], &BTreeMap::new(), NOW);
+    assert_eq!(phase(&plan), Some("Running"));
+    assert_eq!(plan.status.as_ref().unwrap()["migrationState"]["targetNode"], "b");
+    m["status"]["phase"] = json!("Running");
+    let mut done = with_state(vmi(true), json!({"startTimestamp": NOW, "completed": true, "endTimestamp": NOW}));
+    done["status"]["nodeName"] = json!("b");
+    let plan = reconcile(&m, Some(&done), &[], &BTreeMap::new(), NOW);
+    assert_eq!(phase(&plan), Some("Succeeded"));
+    assert_eq!(plan.relabel_vmi.as_deref(), Some("b"));
+    let failed = with_state(vmi(true), json!({"startTimestamp": NOW, "failed": true, "failureReason": "boom"}));
+    let plan = reconcile(&m, Some(&failed), &[], &BTreeMap::new(), NOW);
+    assert_eq!(phase(&plan), Some("Failed"));
+    assert!(plan.event.unwrap().2.contains("boom"));
+}
+
+#[test]
+fn deleting_an_unfinished_migration_aborts_it_first() {
+    let mut m = vmim();
+    m["metadata"]["deletionTimestamp"] = json!(NOW);
+    m["status"] = json!({"phase": "Running"});
+    let running = with_state(vmi(true), json!({"startTimestamp": NOW}));
+    let plan = reconcile(&m, Some(&running), &[], &BTreeMap::new(), NOW);
+    assert!(!plan.remove_finalizer, "held until the abort ends");
+    assert_eq!(plan.vmi_status.unwrap()["migrationState"]["abortRequested"], true);
+    let preparing = with_state(vmi(true), json!({}));
+    let state = reconcile(&m, Some(&preparing), &[], &BTreeMap::new(), NOW).vmi_status.unwrap();
+    assert_eq!(state["migrationState"]["failed"], true, "never started: ended at once");
+    assert_eq!(state["migrationState"]["abortStatus"], "Succeeded");
+    let aborted = with_state(vmi(true), json!({"startTimestamp": NOW, "failed": true, "abortStatus": "Succeeded"}));
+    assert!(reconcile(&m, Some(&aborted), &[], &BTreeMap::new(), NOW).remove_finalizer);
+}
+
+#[test]
+fn a_target_that_never_gets_ready_fails_the_migration() {
+    let mut m = vmim();
+    m["status"] = json!({"phase": "PreparingTarget",
+        "phaseTransitionTimestamps": [{"phase": "PreparingTarget", "phaseTransitionTimestamp": "2026-12-04T04:00:00Z"}]});
+    let preparing = with_state(vmi(true), json!({}));
+    let plan = reconcile(&m, Some(&preparing), &[], &BTreeMap::new(), NOW);
+    let state = &plan.vmi_status.unwrap()["migrationState"];
+    assert_eq!(state["failed"], true);
+    m["status"]["phaseTransitionTimestamps"][0]["phaseTransitionTimestamp"] = json!("2026-12-04T04:59:00Z");
+    let plan = reconcile(&m, Some(&preparing), &[], &BTreeMap::new(), NOW);
+    assert_eq!(plan.vmi_status, None);
+    assert!(plan.requeue_after.is_some());
+}
+
+#[test]
+fn a_second_migration_waits_for_the_first() {
+    let other = {
+        let mut v = with_state(vmi(true), json!({}));
+        v["status"]["migrationState"]["migrationUid"] = json!("other");
+        v
+    };
+    let plan = reconcile(&vmim(), Some(&other), &[node("a", true), node("b", true)], &BTreeMap::new(), NOW);
+    assert_eq!(plan.vmi_status, None);
+    assert!(plan.requeue_after.is_some());
+}

@@ -1,0 +1,96 @@
+//! The target's domain XML, from the source's migratable XML: the same guest (libvirt checks its
+//! ABI is unchanged) under the target's domain name, owned by the target's Node, with every file
+//! the source node made re-rooted from the source's state directory to the target's — where the
+//! target agent made the same files (`node::migration`). Files outside the state directory
+//! (shared volumes) keep their paths: every node reaches them there.
+
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum XmlError {
+    #[error("the domain XML has no <name>")]
+    NoName,
+    #[error("the domain XML names no owning node {0}")]
+    NoOwner(String),
+}
+
+/// Where a domain lives on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement<'a> {
+    pub state_dir: &'a Path,
+    pub domain_name: &'a str,
+    pub node_uid: &'a str,
+}
+
+pub fn for_target(source_xml: &str, from: &Placement, to: &Placement) -> Result<String, XmlError> {
+    let old_name = format!("<name>{}</name>", from.domain_name);
+    if !source_xml.contains(&old_name) {
+        return Err(XmlError::NoName);
+    }
+    let old_owner = format!("node=\"{}\"", from.node_uid);
+    let old_owner_single = format!("node='{}'", from.node_uid);
+    if !source_xml.contains(&old_owner) && !source_xml.contains(&old_owner_single) {
+        return Err(XmlError::NoOwner(from.node_uid.to_string()));
+    }
+    let mut xml = source_xml.replacen(&old_name, &format!("<name>{}</name>", to.domain_name), 1);
+    xml = xml.replace(&old_owner, &format!("node=\"{}\"", to.node_uid));
+    xml = xml.replace(&old_owner_single, &format!("node='{}'", to.node_uid));
+    let (from_dir, to_dir) = (from.state_dir.display().to_string(), to.state_dir.display().to_string());
+    for quote in ['\'', '"'] {
+        // Only attribute values (and kernel/initrd elements) that start with the directory.
+        xml = xml.replace(&format!("{quote}{from_dir}/"), &format!("{quote}{to_dir}/"));
+    }
+    for element in ["kernel", "initrd", "loader", "nvram"] {
+        xml = xml.replace(&format!("<{element}>{from_dir}/"), &format!("<{element}>{to_dir}/"));
+    }
+    Ok(xml)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SOURCE: &str = r#"<domain type='qemu'>
+  <name>a-default_vm</name>
+  <uuid>5e1c0f3a-0000-4000-8000-000000000001</uuid>
+  <metadata><converge:vmi xmlns:converge="https://converge.dev/vmi" uid="u1" node="node-a-uid"/></metadata>
+  <os><kernel>/data/a/images/k/boot/vmlinuz</kernel></os>
+  <devices>
+    <disk type='file' device='disk'><source file='/data/a/vmis/u1/disks/root.qcow2'/></disk>
+    <disk type='file' device='disk'><source file='/shared/pool/pvc-1/disk.img'/></disk>
+    <disk type='file' device='disk'><source file='/data/ab/vmis/u1/x.qcow2'/></disk>
+    <serial type='unix'><source mode='bind' path='/data/a/vmis/u1/serial.sock'/></serial>
+  </devices>
+</domain>"#;
+
+    fn placements() -> (Placement<'static>, Placement<'static>) {
+        (
+            Placement { state_dir: Path::new("/data/a"), domain_name: "a-default_vm", node_uid: "node-a-uid" },
+            Placement { state_dir: Path::new("/data/b"), domain_name: "b-default_vm", node_uid: "node-b-uid" },
+        )
+    }
+
+    #[test]
+    fn the_targets_files_name_and_owner_replace_the_sources() {
+        let (a, b) = placements();
+        let xml = for_target(SOURCE, &a, &b).unwrap();
+        assert!(xml.contains("<name>b-default_vm</name>"));
+        assert!(xml.contains(r#"node="node-b-uid""#));
+        assert!(xml.contains("'/data/b/vmis/u1/disks/root.qcow2'"));
+        assert!(xml.contains("'/data/b/vmis/u1/serial.sock'"));
+        assert!(xml.contains("<kernel>/data/b/images/k/boot/vmlinuz</kernel>"));
+        assert!(xml.contains("'/shared/pool/pvc-1/disk.img'"), "shared volumes keep their path");
+        assert!(xml.contains("'/data/ab/vmis/u1/x.qcow2'"), "a directory that only starts alike is not ours");
+        assert!(!xml.contains("/data/a/"));
+        assert!(xml.contains("5e1c0f3a-0000-4000-8000-000000000001"), "the same guest");
+    }
+
+    #[test]
+    fn a_domain_not_made_by_the_source_is_refused() {
+        let (a, b) = placements();
+        let other = Placement { node_uid: "someone-else", ..a.clone() };
+        assert_eq!(for_target(SOURCE, &other, &b), Err(XmlError::NoOwner("someone-else".into())));
+        let renamed = Placement { domain_name: "x", ..a };
+        assert_eq!(for_target(SOURCE, &renamed, &b), Err(XmlError::NoName));
+    }
+}
