@@ -49,7 +49,7 @@ fn failed(next: &mut Value, reason: &str, message: &str, now: &str) {
 fn set_phase(vmim: &mut Value, to: Phase, now: &str) -> bool {
     let from = mig::phase_of(vmim);
     let fresh = vmim.pointer("/status/phase").is_none();
-    if !(fresh || from.may_become(to)) || (!fresh && from == to) {
+    if !fresh && (from == to || !from.may_become(to)) {
         return false;
     }
     let status = st::status_mut(vmim);

@@ -116,7 +116,8 @@ mod tests {
 
     #[test]
     fn what_a_source_would_act_on_is_checked() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Endpoint)>)> = vec![
+        type Change = Box<dyn Fn(&mut Endpoint)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("plain tcp", Box::new(|e| e.libvirt_uri = "qemu+tcp://10.0.0.2/system".into())),
             ("relative socket", Box::new(|e| e.libvirt_uri = "qemu+unix:///system?socket=sock".into())),
             ("dotdot socket", Box::new(|e| e.libvirt_uri = "qemu+unix:///system?socket=/run/../etc/x".into())),
