@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::auth::{forbidden, Access, Principal};
 
+mod migration;
 mod volumes;
 pub use volumes::{admit_related, may_delete};
 
@@ -122,14 +123,16 @@ pub fn admit_write(
         return Err(refused(p, node, "not a kind nodes write"));
     }
     let Some(old) = old else { return Err(refused(p, node, "nodes create no VMIs")) };
+    if mode == UpdateMode::Status {
+        // The VMI's node, or a migration's target (`migration`).
+        return migration::admit_status(node, old, new).map_err(|why| refused(p, node, why));
+    }
     if node_of(old) != Some(node) {
         return Err(refused(p, node, "the VMI is not placed on this node"));
     }
-    match mode {
-        UpdateMode::Status if node_of(new) == Some(node) => Ok(()),
-        UpdateMode::Status => Err(refused(p, node, "a node cannot hand a VMI to another node")),
-        UpdateMode::Main if only_finalizers_dropped(old, new) => Ok(()),
-        UpdateMode::Main => Err(refused(p, node, "a node changes no VMI spec or metadata but dropping a finalizer")),
+    match only_finalizers_dropped(old, new) {
+        true => Ok(()),
+        false => Err(refused(p, node, "a node changes no VMI spec or metadata but dropping a finalizer")),
     }
 }
 
