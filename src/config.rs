@@ -101,6 +101,14 @@ pub struct NodeArgs {
     /// Registries (HOST:PORT) spoken to over plain HTTP (repeatable).
     #[arg(long = "insecure-registry", env = "CONVERGE_INSECURE_REGISTRIES", value_delimiter = ',')]
     pub insecure_registry: Vec<String>,
+    /// This node's libvirtd as the other nodes' libvirtds reach it (qemu+tls://HOST/system, or
+    /// qemu+unix:///system?socket=PATH for nodes on one machine): guests may migrate to this
+    /// node. Without it the node takes part in no live migration.
+    #[arg(long, env = "CONVERGE_MIGRATION_URI")]
+    pub migration_uri: Option<String>,
+    /// Where incoming guests' memory and disks arrive (default: the node's InternalIP).
+    #[arg(long, env = "CONVERGE_MIGRATION_ADDRESS")]
+    pub migration_address: Option<std::net::IpAddr>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -119,6 +127,8 @@ struct FileConfig {
     domain_prefix: Option<String>,
     allow_emulation: Option<bool>,
     libvirt_uri: Option<String>,
+    migration_uri: Option<String>,
+    migration_address: Option<std::net::IpAddr>,
     allow_private_imports: Option<bool>,
     #[serde(default)]
     insecure_registry: Vec<String>,
@@ -312,6 +322,19 @@ fn resolve_node(
         )?);
     }
     let libvirt_uri = args.libvirt_uri.or(file.libvirt_uri.clone()).unwrap_or_else(|| "qemu:///system".into());
+    if let Some(uri) = args.migration_uri.or(file.migration_uri.clone()) {
+        let address = args
+            .migration_address
+            .or(file.migration_address)
+            .or(converge_engine::node::host::gather().internal_ip.map(std::net::IpAddr::V4));
+        let Some(address) = address else {
+            bail!("--migration-uri: the host has no address; give --migration-address")
+        };
+        node.migration = Some(converge_engine::node::migration::MigrationConfig { libvirt_uri: uri, address });
+        if let Err(e) = converge_engine::node::migration::checked_endpoint(&node) {
+            bail!("--migration-uri/--migration-address: {e}");
+        }
+    }
     let storage = converge_engine::storage::StorageConfig::new(data_dir);
     Ok(NodeSettings { config: node, libvirt_uri, storage })
 }

@@ -106,6 +106,13 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Live-migrate a VM's guest to another node (virtctl migrate).
+    Migrate {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Pause a running VMI.
     Pause {
         #[command(flatten)]
@@ -204,7 +211,7 @@ enum TokenCommand {
         /// Confine the token to this namespace (repeatable); none: every namespace.
         #[arg(long = "namespace", short = 'n')]
         namespaces: Vec<String>,
-        /// view, edit, admin, or node (with --node).
+        /// view, edit, migrate (edit and live migrations), admin, or node (with --node).
         #[arg(long, default_value = "edit")]
         role: String,
         /// The Node a `node` token speaks for.
@@ -333,6 +340,10 @@ fn main() -> Result<()> {
             Command::Restart { target, grace_period, dry_run } => {
                 let (api, ns) = target.client()?;
                 verbs::restart(&api, &ns, target.name(), grace_period, dry_run).await
+            }
+            Command::Migrate { target, dry_run } => {
+                let (api, ns) = target.client()?;
+                verbs::migrate(&api, &ns, target.name(), dry_run).await
             }
             Command::Pause { target } => {
                 let (api, ns) = target.client()?;

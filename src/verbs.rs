@@ -119,6 +119,13 @@ pub async fn restart(api: &Client, ns: &str, name: &str, grace: Option<i64>, dry
     Ok(())
 }
 
+pub async fn migrate(api: &Client, ns: &str, name: &str, dry_run: bool) -> Result<()> {
+    let body = if dry_run { json!({"dryRun": ["All"]}) } else { json!({}) };
+    api.put(&vm_path(ns, name, "migrate"), &body).await?;
+    println!("VM {name} was scheduled to migrate");
+    Ok(())
+}
+
 /// pause / unpause / softreboot a VMI (virtctl's `pause vm` targets the VM's VMI of that name).
 pub async fn vmi_action(api: &Client, ns: &str, name: &str, action: &str) -> Result<()> {
     api.put(&vmi_path(ns, name, action), &json!({})).await?;

@@ -18,6 +18,9 @@ pub enum Role {
     Node,
     View,
     Edit,
+    /// `edit` and live migrations (KubeVirt 1.5's `kubevirt.io:migrate`, which `edit` lacks):
+    /// moving a guest decides which host runs it.
+    Migrate,
     Admin,
 }
 
@@ -27,9 +30,10 @@ impl std::str::FromStr for Role {
         match s {
             "view" => Ok(Role::View),
             "edit" => Ok(Role::Edit),
+            "migrate" => Ok(Role::Migrate),
             "admin" => Ok(Role::Admin),
             "node" => Ok(Role::Node),
-            other => Err(format!("unknown role \"{other}\": one of view, edit, admin, node")),
+            other => Err(format!("unknown role \"{other}\": one of view, edit, migrate, admin, node")),
         }
     }
 }
@@ -39,6 +43,7 @@ impl Role {
         match self {
             Role::View => "view",
             Role::Edit => "edit",
+            Role::Migrate => "migrate",
             Role::Admin => "admin",
             Role::Node => "node",
         }
@@ -253,10 +258,13 @@ pub struct Access<'a> {
 /// but Secrets; `edit` also writes namespaced objects (Secrets included) but neither
 /// cluster-scoped kinds (PersistentVolumes, StorageClasses, Nodes, cluster instancetypes,
 /// Namespaces) nor any `/status`; `admin` does all of it (`/status` only when confined to no
-/// namespace, see `authorize`). Returns the least role that may.
+/// namespace, see `authorize`). Starting, aborting and asking for live migrations takes
+/// `migrate`. Returns the least role that may.
 pub fn role_needed(a: &Access) -> Role {
     if a.write && (a.cluster_scoped || a.status) {
         Role::Admin
+    } else if a.write && (a.resource == "virtualmachineinstancemigrations" || a.resource == "virtualmachines/migrate") {
+        Role::Migrate
     } else if a.write || (a.group.is_empty() && a.resource == "secrets") {
         Role::Edit
     } else {

@@ -71,8 +71,21 @@ impl VmiOp {
 pub enum SubRequest {
     Version,
     Healthz,
-    Vm { namespace: String, name: String, op: VmOp },
-    Vmi { namespace: String, name: String, op: VmiOp },
+    Vm {
+        namespace: String,
+        name: String,
+        op: VmOp,
+    },
+    /// virtctl migrate: a VirtualMachineInstanceMigration of the VM's guest.
+    VmMigrate {
+        namespace: String,
+        name: String,
+    },
+    Vmi {
+        namespace: String,
+        name: String,
+        op: VmiOp,
+    },
 }
 
 /// Pure: method and path (after `/apis/subresources.kubevirt.io/{version}/`) → the request.
@@ -83,6 +96,10 @@ pub fn parse(method: &str, tail: &str) -> ApiResult<SubRequest> {
     match parts.as_slice() {
         ["version"] if method == "GET" => Ok(SubRequest::Version),
         ["healthz"] if method == "GET" => Ok(SubRequest::Healthz),
+        ["namespaces", ns, "virtualmachines", name, "migrate"] => match method {
+            "PUT" => Ok(SubRequest::VmMigrate { namespace: ns.to_string(), name: name.to_string() }),
+            _ => Err(wrong_method("PUT")),
+        },
         ["namespaces", ns, "virtualmachines", name, action] => {
             let op = match *action {
                 "start" => VmOp::Start,
@@ -232,6 +249,9 @@ pub fn resource_list_of(version: &str, vmi_ops: bool) -> Value {
         r("virtualmachines/stop", &["update"]),
         r("virtualmachines/restart", &["update"]),
     ]);
+    if vmi_ops {
+        resources.push(r("virtualmachines/migrate", &["update"]));
+    }
     json!({
         "kind": "APIResourceList",
         "apiVersion": "v1",
@@ -281,6 +301,7 @@ async fn dispatch(req: &HttpRequest, payload: web::Payload, state: &AppState) ->
     let principal = req.extensions().get::<Principal>().cloned().ok_or_else(ApiError::unauthorized)?;
     let (namespace, resource, verb) = match &request {
         SubRequest::Version | SubRequest::Healthz => (None, "", "get"),
+        SubRequest::VmMigrate { namespace, .. } => (Some(namespace.as_str()), "virtualmachines/migrate", "update"),
         SubRequest::Vm { namespace, .. } => (Some(namespace.as_str()), "virtualmachines", "update"),
         SubRequest::Vmi { namespace, .. } => (Some(namespace.as_str()), "virtualmachineinstances", "update"),
     };
@@ -303,6 +324,10 @@ async fn dispatch(req: &HttpRequest, payload: web::Payload, state: &AppState) ->
     match request {
         SubRequest::Version => Ok(json_response(200, &version_info(), &[])),
         SubRequest::Healthz => Ok(json_response(200, &healthz(), &[])),
+        SubRequest::VmMigrate { namespace, name } => {
+            let body = read_body(payload).await?;
+            migrate_request(&state.store, &namespace, &name, &parse_body(&body)?).await
+        }
         SubRequest::Vm { namespace, name, op } => {
             let body = read_body(payload).await?;
             vm_request(&*state.store, &namespace, &name, op, &parse_body(&body)?).await
@@ -355,6 +380,58 @@ pub async fn domain_xml(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
     }
     .await;
     result.unwrap_or_else(|e| status_response(&e))
+}
+
+/// Pure: the migration virt-api makes for `virtctl migrate` (its `addedNodeSelector` kept).
+pub fn migration_for(vm: &Value, body: &Value) -> Value {
+    let mut spec = json!({"vmiName": meta::name(vm)});
+    if let Some(selector) = body.get("addedNodeSelector").filter(|s| s.is_object()) {
+        spec["addedNodeSelector"] = selector.clone();
+    }
+    json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstanceMigration",
+        "metadata": {"generateName": "kubevirt-migrate-vm-", "namespace": meta::namespace(vm)},
+        "spec": spec,
+    })
+}
+
+/// `PUT …/virtualmachines/{name}/migrate`: the migration of the VM's running guest to create,
+/// or `None` for a dry run. The caller creates it through admission, which refuses a guest
+/// that cannot move with KubeVirt's reason.
+pub(crate) async fn migration_request(
+    cluster: &dyn Cluster,
+    ns: &str,
+    name: &str,
+    body: &Value,
+) -> ApiResult<Option<Value>> {
+    let vm = cluster
+        .get(&kinds::VIRTUAL_MACHINE, ns, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("kubevirt.io", "virtualmachines", name))?;
+    let vmi = cluster.get(&kinds::VIRTUAL_MACHINE_INSTANCE, ns, name).await?;
+    if running_vmi(vmi.as_ref()).is_none() {
+        return Err(conflict(&vm, "VM is not running"));
+    }
+    Ok((!is_dry_run(body)).then(|| migration_for(&vm, body)))
+}
+
+async fn migrate_request(
+    store: &converge_engine::store::Store,
+    ns: &str,
+    name: &str,
+    body: &Value,
+) -> ApiResult<HttpResponse> {
+    let kind = &kinds::VIRTUAL_MACHINE_INSTANCE_MIGRATION;
+    match migration_request(store, ns, name, body).await? {
+        Some(migration) => converge_engine::admission::create_admitted(store, kind, migration, false).await?,
+        // A dry run still asks admission whether the guest could move.
+        None => {
+            let vm = json!({"metadata": {"name": name, "namespace": ns}});
+            converge_engine::admission::create_admitted(store, kind, migration_for(&vm, body), true).await?
+        }
+    };
+    Ok(accepted())
 }
 
 pub(crate) async fn vm_request(

@@ -78,6 +78,17 @@ async fn dispatch(req: &HttpRequest, payload: web::Payload, state: &Aggregated) 
             let options = subresources::parse_body(&body)?;
             subresources::vm_request(&*state.cluster, &namespace, &name, op, &options).await
         }
+        SubRequest::VmMigrate { namespace, name } => {
+            authorize(&state.cluster, &user, &namespace, "virtualmachines", "migrate", "update", &name).await?;
+            let body = subresources::read_body(payload).await?;
+            let options = subresources::parse_body(&body)?;
+            if let Some(migration) =
+                subresources::migration_request(&*state.cluster, &namespace, &name, &options).await?
+            {
+                state.cluster.create(&kinds::VIRTUAL_MACHINE_INSTANCE_MIGRATION, migration).await?;
+            }
+            Ok(subresources::accepted())
+        }
         SubRequest::Vmi { namespace, name, op } => {
             // KubeVirt's roles: connecting is `get`, changing the guest's run is `update`.
             let verb = if matches!(op, VmiOp::Console | VmiOp::Vnc) { "get" } else { "update" };

@@ -57,6 +57,11 @@ pub fn outside(namespace: &str, endpoint: SocketAddr) -> Vec<Value> {
 
 /// What the aggregated API lets users do, for the roles, as KubeVirt's edit role grants it:
 /// the VM and VMI verbs (`update`), the console and VNC (`get`).
+/// What `converge:migrate` adds with the aggregated API: virtctl's migrate.
+pub fn migrate_rules() -> Vec<Value> {
+    vec![json!({"apiGroups": [GROUP], "resources": ["virtualmachines/migrate"], "verbs": ["update"]})]
+}
+
 pub fn edit_rules() -> Vec<Value> {
     vec![
         json!({

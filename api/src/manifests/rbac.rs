@@ -1,6 +1,7 @@
 //! RBAC: `converge:view`, `converge:edit` and `converge:admin`, aggregated into Kubernetes'
 //! own view, edit and admin roles as KubeVirt's `kubevirt.io:view/edit/admin` are, so binding a
-//! user to `edit` in a namespace lets them run VMs there.
+//! user to `edit` in a namespace lets them run VMs there. Live migrations are neither edit's nor
+//! admin's (KubeVirt 1.5): `converge:migrate`, as `kubevirt.io:migrate`, is bound on its own.
 
 use super::{crd::custom_kinds, part_of};
 use converge_engine::kinds::ResourceKind;
@@ -34,7 +35,9 @@ fn rules(kinds: &[&'static ResourceKind], verbs: &[&str]) -> Vec<Value> {
 
 fn cluster_role(name: &str, aggregate_to: &str, rules: Vec<Value>) -> Value {
     let mut labels = part_of();
-    labels[format!("rbac.authorization.k8s.io/aggregate-to-{aggregate_to}")] = json!("true");
+    if !aggregate_to.is_empty() {
+        labels[format!("rbac.authorization.k8s.io/aggregate-to-{aggregate_to}")] = json!("true");
+    }
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
@@ -48,20 +51,27 @@ fn cluster_role(name: &str, aggregate_to: &str, rules: Vec<Value>) -> Value {
 /// aggregated API, editors and admins may use its VM verbs.
 pub fn cluster_roles(aggregated_api: bool) -> Vec<Value> {
     let all = user_kinds();
-    let namespaced: Vec<_> = all.iter().copied().filter(|k| k.namespaced).collect();
+    let migrations = [&converge_engine::kinds::VIRTUAL_MACHINE_INSTANCE_MIGRATION];
+    let is_migration = |k: &&ResourceKind| std::ptr::eq(*k, migrations[0]);
+    let namespaced: Vec<_> = all.iter().copied().filter(|k| k.namespaced && !is_migration(k)).collect();
     let cluster: Vec<_> = all.iter().copied().filter(|k| !k.namespaced).collect();
     let mut edit = rules(&namespaced, WRITE);
     edit.extend(rules(&cluster, READ));
+    edit.extend(rules(&migrations, READ));
     let mut admin = rules(&namespaced, ADMIN);
     admin.extend(rules(&cluster, READ));
+    admin.extend(rules(&migrations, READ));
+    let mut migrate = rules(&migrations, ADMIN);
     if aggregated_api {
         edit.extend(super::aggregated::edit_rules());
         admin.extend(super::aggregated::edit_rules());
+        migrate.extend(super::aggregated::migrate_rules());
     }
     vec![
         cluster_role("converge:view", "view", rules(&all, READ)),
         cluster_role("converge:edit", "edit", edit),
         cluster_role("converge:admin", "admin", admin),
+        cluster_role("converge:migrate", "", migrate),
     ]
 }
 
@@ -90,5 +100,10 @@ mod tests {
         assert!(rule_for("network-attachment-definitions").is_null());
         assert_eq!(rule_for("virtualmachines/start")["verbs"], json!(["update"]));
         assert!(cluster_roles(false)[1].to_string().find("virtualmachines/start").is_none());
+        assert_eq!(rule_for("virtualmachineinstancemigrations")["verbs"], json!(READ), "not edit's to start");
+        let migrate = &roles[3];
+        assert_eq!(migrate["metadata"]["name"], "converge:migrate");
+        assert!(migrate["metadata"]["labels"].as_object().is_some_and(|l| !l.keys().any(|k| k.contains("aggregate"))));
+        assert!(migrate["rules"][0]["verbs"].as_array().is_some_and(|v| v.contains(&json!("create"))));
     }
 }

@@ -129,7 +129,12 @@ mod tests {
         assert_eq!(hook["clientConfig"]["url"], "https://127.0.0.1:8443/mutate");
         assert_eq!(
             hook["rules"][0]["resources"],
-            json!(["virtualmachines", "virtualmachineinstances", "virtualmachineinstancereplicasets"])
+            json!([
+                "virtualmachines",
+                "virtualmachineinstances",
+                "virtualmachineinstancereplicasets",
+                "virtualmachineinstancemigrations"
+            ])
         );
         assert_eq!(hook["rules"][1]["apiGroups"], json!(["cdi.kubevirt.io"]));
         assert_eq!(hook["rules"][1]["resources"], json!(["datavolumes", "datasources"]));

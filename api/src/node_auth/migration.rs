@@ -9,6 +9,8 @@ use serde_json::Value;
 const CONTROLLER_OWNED: [&str; 5] = ["migrationUid", "sourceNode", "targetNode", "targetNodeAddress", "abortRequested"];
 /// What the target's agent adds.
 const TARGET_OWNED: [&str; 2] = ["targetNodeDomainReadyTimestamp", "targetNodeDomainDetected"];
+/// What the target's agent may add before the migration started: that it cannot take the guest.
+const TARGET_REFUSAL: [&str; 3] = ["failed", "failureReason", "endTimestamp"];
 
 fn node_of(vmi: &Value) -> Option<&str> {
     vmi.pointer("/status/nodeName").and_then(Value::as_str)
@@ -43,11 +45,15 @@ pub fn admit_status(node: &str, old: &Value, new: &Value) -> Result<(), &'static
     if in_flight.and_then(mig::target_node) != Some(node) {
         return Err("the VMI is not placed on this node");
     }
+    let may_refuse = in_flight.is_some_and(|s| !mig::is_started(s));
     let without_target_fields = |vmi: &Value| {
         let mut v = vmi.get("status").cloned().unwrap_or_default();
         if let Some(s) = v.get_mut("migrationState").and_then(Value::as_object_mut) {
             for f in TARGET_OWNED {
                 s.remove(f);
+            }
+            for f in TARGET_REFUSAL.iter().filter(|_| may_refuse) {
+                s.remove(*f);
             }
         }
         v
@@ -68,7 +74,8 @@ mod tests {
     }
 
     fn state(extra: Value) -> Value {
-        let mut s = json!({"migrationUid": "m", "sourceNode": "a", "targetNode": "b", "targetNodeAddress": "127.0.0.1"});
+        let mut s =
+            json!({"migrationUid": "m", "sourceNode": "a", "targetNode": "b", "targetNodeAddress": "127.0.0.1"});
         s.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         s
     }
@@ -85,6 +92,11 @@ mod tests {
         phase["status"]["phase"] = json!("Failed");
         assert!(admit_status("b", &old, &phase).is_err());
         assert!(admit_status("c", &old, &ready).is_err(), "a bystander writes nothing");
+        let refused = vmi("a", state(json!({"failed": true, "failureReason": "no image"})));
+        assert_eq!(admit_status("b", &old, &refused), Ok(()), "a target may refuse before the start");
+        let started = vmi("a", state(json!({"startTimestamp": "t"})));
+        let failed = vmi("a", state(json!({"startTimestamp": "t", "failed": true})));
+        assert!(admit_status("b", &started, &failed).is_err(), "but not fail a running migration");
         let done = vmi("a", state(json!({"completed": true})));
         assert!(admit_status("b", &done, &done).is_err(), "a finished migration's target is no one");
     }

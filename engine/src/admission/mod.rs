@@ -2,6 +2,7 @@
 //! functions over the object; whatever they need from the store (presets) is passed in.
 
 mod core;
+mod migration;
 mod spec;
 mod storage;
 mod vm;
@@ -44,6 +45,7 @@ pub fn admits(kind: &ResourceKind) -> bool {
         &kinds::DATA_VOLUME,
         &kinds::DATA_SOURCE,
         &kinds::NETWORK_ATTACHMENT_DEFINITION,
+        &kinds::VIRTUAL_MACHINE_INSTANCE_MIGRATION,
     ]
     .iter()
     .any(|k| std::ptr::eq(*k, kind))
@@ -101,6 +103,8 @@ pub fn admit(kind: &ResourceKind, op: Operation, obj: &mut Value, ctx: &Context)
         storage::admit_data_source(obj, &mut causes);
     } else if std::ptr::eq(kind, &kinds::NETWORK_ATTACHMENT_DEFINITION) {
         validate_nad_host_access(obj, ctx.host, &mut causes);
+    } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE_MIGRATION) {
+        migration::validate(op, obj, ctx.old, &mut causes);
     }
     validate_metadata(kind, obj, op, &mut causes);
     if causes.is_empty() {
@@ -218,10 +222,13 @@ fn validate_metadata(kind: &ResourceKind, obj: &Value, op: Operation, causes: &m
 #[cfg(test)]
 mod tests;
 
-/// Defaults that need the store, applied on create before admission: the DefaultStorageClass
-/// admission plugin's (a claim without `storageClassName` gets the default class; an explicit
-/// empty string means "no class" and stays).
+/// What admission reads from the store on a create, before the pure rules: the DefaultStorageClass
+/// admission plugin's default (a claim without `storageClassName` gets the default class; an
+/// explicit empty string means "no class" and stays), and a migration's VMI (`migration`).
 pub async fn defaults_from_store(store: &crate::store::Store, kind: &ResourceKind, obj: &mut Value) -> ApiResult<()> {
+    if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE_MIGRATION) {
+        migration::validate_create(store, obj).await?;
+    }
     if std::ptr::eq(kind, &kinds::PERSISTENT_VOLUME_CLAIM) && obj.pointer("/spec/storageClassName").is_none() {
         let classes = store.list_values(&kinds::STORAGE_CLASS, None).await?;
         if let Some(class) = crate::storage::provisioner::class_for(None, &classes) {

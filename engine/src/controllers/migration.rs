@@ -191,14 +191,22 @@ pub fn reconcile(
                 }
                 set_phase(&mut next, derived, now);
                 let (kind, reason, message) = match derived {
-                    Phase::Succeeded => (crate::events::NORMAL, "Migrated", format!(
-                        "The VirtualMachineInstance migrated to node {}.",
-                        mig::target_node(state).unwrap_or_default()
-                    )),
-                    _ => (crate::events::WARNING, "FailedMigration", format!(
-                        "VirtualMachineInstance migration uid {uid} failed: {}",
-                        state.get("failureReason").and_then(Value::as_str).unwrap_or("unknown")
-                    )),
+                    Phase::Succeeded => (
+                        crate::events::NORMAL,
+                        "Migrated",
+                        format!(
+                            "The VirtualMachineInstance migrated to node {}.",
+                            mig::target_node(state).unwrap_or_default()
+                        ),
+                    ),
+                    _ => (
+                        crate::events::WARNING,
+                        "FailedMigration",
+                        format!(
+                            "VirtualMachineInstance migration uid {uid} failed: {}",
+                            state.get("failureReason").and_then(Value::as_str).unwrap_or("unknown")
+                        ),
+                    ),
                 };
                 if derived == Phase::Failed {
                     st::set_condition(&mut next, "Failed", true, "MigrationFailed", &message, now);
@@ -228,7 +236,8 @@ pub fn reconcile(
                     );
                     plan.vmi_status = v.get("status").cloned();
                 } else {
-                    plan.requeue_after = Some(TARGET_PREPARE_TIMEOUT.saturating_sub(waited).max(Duration::from_secs(1)));
+                    plan.requeue_after =
+                        Some(TARGET_PREPARE_TIMEOUT.saturating_sub(waited).max(Duration::from_secs(1)));
                 }
             }
             st::status_mut(&mut next).insert("migrationState".into(), state.clone());
@@ -268,10 +277,8 @@ fn schedule(
         match pick_target(vmi, source, nodes, used) {
             Ok((target, endpoint)) => {
                 let mut v = vmi.clone();
-                st::status_mut(&mut v).insert(
-                    "migrationState".into(),
-                    mig::scheduled_state(vmim, source, &target, endpoint.address),
-                );
+                st::status_mut(&mut v)
+                    .insert("migrationState".into(), mig::scheduled_state(vmim, source, &target, endpoint.address));
                 plan.vmi_status = v.get("status").cloned();
                 set_phase(&mut next, Phase::Scheduling, now);
                 set_phase(&mut next, Phase::Scheduled, now);
@@ -332,8 +339,11 @@ async fn apply(cluster: &dyn Cluster, mut vmim: Value, vmi: Option<Value>, plan:
         crate::cluster::write_status(cluster, &kinds::VIRTUAL_MACHINE_INSTANCE, vmi, status).await?;
     }
     if let (Some(vmi), Some(node)) = (&vmi, &plan.relabel_vmi) {
-        if let Some(mut fresh) = cluster.get(&kinds::VIRTUAL_MACHINE_INSTANCE, meta::namespace(vmi), meta::name(vmi)).await? {
-            *meta::at_mut(&mut fresh, &["metadata", "labels", super::vmi::NODE_NAME_LABEL]) = Value::String(node.clone());
+        if let Some(mut fresh) =
+            cluster.get(&kinds::VIRTUAL_MACHINE_INSTANCE, meta::namespace(vmi), meta::name(vmi)).await?
+        {
+            *meta::at_mut(&mut fresh, &["metadata", "labels", super::vmi::NODE_NAME_LABEL]) =
+                Value::String(node.clone());
             cluster.update(&kinds::VIRTUAL_MACHINE_INSTANCE, fresh, UpdateMode::Main).await?;
         }
     }

@@ -30,7 +30,9 @@ fn vmim() -> Value {
 fn vmi(migratable: bool) -> Value {
     let cond = match migratable {
         true => json!({"type": "LiveMigratable", "status": "True"}),
-        false => json!({"type": "LiveMigratable", "status": "False", "reason": "DisksNotLiveMigratable", "message": "cannot migrate VMI: PVC d is not shared"}),
+        false => {
+            json!({"type": "LiveMigratable", "status": "False", "reason": "DisksNotLiveMigratable", "message": "cannot migrate VMI: PVC d is not shared"})
+        }
     };
     json!({"metadata": {"name": "vm1", "namespace": "default", "uid": "vmi-1", "labels": {"kubevirt.io/nodeName": "a"}},
            "spec": {"domain": {"resources": {"requests": {"memory": "128Mi"}}}},
@@ -38,7 +40,8 @@ fn vmi(migratable: bool) -> Value {
 }
 
 fn with_state(mut vmi: Value, fields: Value) -> Value {
-    let mut state = json!({"migrationUid": "mig-1", "sourceNode": "a", "targetNode": "b", "targetNodeAddress": "127.0.0.1"});
+    let mut state =
+        json!({"migrationUid": "mig-1", "sourceNode": "a", "targetNode": "b", "targetNodeAddress": "127.0.0.1"});
     state.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
     vmi["status"]["migrationState"] = state;
     vmi
@@ -59,7 +62,11 @@ fn the_target_is_another_node_that_can_receive() {
     assert_eq!(state["migrationUid"], "mig-1");
     assert_eq!(state["targetNodeAddress"], "127.0.0.1");
     let stamps: Vec<&str> = plan.status.as_ref().unwrap()["phaseTransitionTimestamps"]
-        .as_array().unwrap().iter().map(|t| t["phase"].as_str().unwrap()).collect();
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["phase"].as_str().unwrap())
+        .collect();
     assert_eq!(stamps, ["Pending", "Scheduling", "Scheduled", "PreparingTarget"]);
 }
 

@@ -92,9 +92,7 @@ pub(super) fn abort(dom: &Domain) -> HvResult<()> {
     // takes no ownership of it.
     let rc = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
     if rc < 0 {
-        return Err(HypervisorError::Libvirt(
-            virt::error::Error::last_error().to_string(),
-        ));
+        return Err(HypervisorError::Libvirt(virt::error::Error::last_error().to_string()));
     }
     Ok(())
 }

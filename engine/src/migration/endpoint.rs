@@ -81,8 +81,7 @@ impl Endpoint {
             .and_then(|a| a.get(ANNOTATION))
             .and_then(Value::as_str)
             .ok_or(EndpointError::Missing)?;
-        let endpoint: Endpoint =
-            serde_json::from_str(text).map_err(|e| EndpointError::Malformed(e.to_string()))?;
+        let endpoint: Endpoint = serde_json::from_str(text).map_err(|e| EndpointError::Malformed(e.to_string()))?;
         endpoint.validate()?;
         Ok(endpoint)
     }

@@ -200,8 +200,7 @@ pub fn migratable(vmi: &Value, volumes: &[VolumeKind], pod_network_here: bool) -
     }
     let spec = crate::launcher::spec::VmiSpec::from_vmi(vmi).unwrap_or_default();
     let allow_bridge = crate::meta::annotation(vmi, ALLOW_POD_BRIDGE_ANNOTATION).is_some();
-    let pod_networks: Vec<&str> =
-        spec.networks.iter().filter(|n| n.pod.is_some()).map(|n| n.name.as_str()).collect();
+    let pod_networks: Vec<&str> = spec.networks.iter().filter(|n| n.pod.is_some()).map(|n| n.name.as_str()).collect();
     for iface in spec.domain.devices.interfaces.iter().filter(|i| pod_networks.contains(&i.name.as_str())) {
         if iface.bridge.is_some() && !allow_bridge {
             return Err(NotMigratable {

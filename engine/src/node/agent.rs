@@ -77,7 +77,9 @@ async fn feed_store(s: Arc<Shared>) {
     loop {
         match rx.recv().await {
             Ok(ev) if ev.kind_key == vmi_key => {
-                if node_name(&ev.object) == Some(s.config.name.as_str()) {
+                if node_name(&ev.object) == Some(s.config.name.as_str())
+                    || super::migration::role(&s, &ev.object).is_some()
+                {
                     s.queue.add((ev.namespace.clone(), ev.name.clone()));
                 }
             }
@@ -146,6 +148,7 @@ async fn resync(s: &Arc<Shared>) {
         for v in vmis.iter().filter(|v| node_name(v) == Some(s.config.name.as_str())) {
             s.queue.add((meta::namespace(v).to_string(), meta::name(v).to_string()));
         }
+        super::migration::involved(s, &vmis).into_iter().for_each(|k| s.queue.add(k));
     }
     let hv = Arc::clone(&s.hv);
     if let Ok(Ok(domains)) = blocking(move || hv.list()).await {
@@ -162,7 +165,7 @@ async fn resync(s: &Arc<Shared>) {
     }
 }
 
-fn vmi_dir(s: &Shared, uid: &str) -> PathBuf {
+pub(super) fn vmi_dir(s: &Shared, uid: &str) -> PathBuf {
     s.config.state_dir.join("vmis").join(uid)
 }
 
@@ -201,7 +204,12 @@ async fn our_domain(s: &Arc<Shared>, name: &str) -> ApiResult<Option<(String, Do
 }
 
 /// Destroys and undefines a domain and removes the VMI's directory.
-async fn tear_down(s: &Arc<Shared>, domain: &str, vmi_uid: &str, owner: Option<(&str, &str)>) -> ApiResult<()> {
+pub(super) async fn tear_down(
+    s: &Arc<Shared>,
+    domain: &str,
+    vmi_uid: &str,
+    owner: Option<(&str, &str)>,
+) -> ApiResult<()> {
     let (hv, n) = (Arc::clone(&s.hv), domain.to_string());
     blocking(move || hv.destroy(&n).and_then(|_| hv.undefine(&n))).await?.map_err(hv_error)?;
     forget_domain(s, domain);
@@ -214,9 +222,17 @@ async fn tear_down(s: &Arc<Shared>, domain: &str, vmi_uid: &str, owner: Option<(
     Ok(())
 }
 
+/// A guest that left this node (migrated): what the node held for it goes, the domain is the
+/// target's now.
+pub(super) async fn forget_local(s: &Arc<Shared>, domain: &str, vmi_uid: &str) {
+    forget_domain(s, domain);
+    release_vmi(s, vmi_uid, None).await;
+    let _ = std::fs::remove_dir_all(vmi_dir(s, vmi_uid));
+}
+
 /// What a VMI held on this node besides its domain: loop devices, its pod network and address
 /// (`owner` is its namespace and name, when the address is still its own to give back).
-async fn release_vmi(s: &Shared, vmi_uid: &str, owner: Option<(&str, &str)>) {
+pub(super) async fn release_vmi(s: &Shared, vmi_uid: &str, owner: Option<(&str, &str)>) {
     super::volumes::release_vmi(s, vmi_uid).await;
     if let Some(net) = &s.net {
         super::network::release_pod(net, vmi_uid, owner).await;
@@ -250,6 +266,18 @@ async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> 
     let mut timer = LaunchTimer::start();
     let domain = domain_name_of(&s.config.domain_prefix, ns, name);
     let vmi = s.cluster.get(&kinds::VIRTUAL_MACHINE_INSTANCE, ns, name).await?;
+    if let Some(v) = &vmi {
+        use super::migration::{self as m, Role};
+        match m::role(s, v) {
+            Some(Role::Target(state)) => return m::sync_target(s, v, state).await,
+            Some(Role::FormerTarget) => {
+                m::clean_former_target(s, v, &domain).await?;
+                return Ok(None);
+            }
+            Some(Role::Source(state)) if m::sync_source(s, v, state) => return Ok(None),
+            _ => {}
+        }
+    }
     let vmi = vmi.filter(|v| node_name(v) == Some(s.config.name.as_str()));
     let existing = our_domain(s, &domain).await?;
 
@@ -345,6 +373,9 @@ async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> 
             st::set_phase(&mut next, st::FAILED, &now);
         }
     }
+    if phase(&next) == st::RUNNING {
+        super::migration::mark_migratability(s, &vmi, &mut next, &now).await;
+    }
     write(s, &vmi, &next).await?;
     if launched {
         timer.status = timer.lap().saturating_sub(timer.start);
@@ -380,7 +411,6 @@ async fn record_transition(s: &Shared, before: &Value, after: &Value) {
 fn mark_running(s: &Shared, next: &mut Value, now: &str, pod: Option<&PodPlan>) {
     st::set_phase(next, st::RUNNING, now);
     st::set_condition(next, "Ready", true, "", "", now);
-    st::set_condition(next, "LiveMigratable", false, "NotMigratable", "live migration is not available yet", now);
     match (&s.emulation_reason, s.accel) {
         (Some(why), Accel::Tcg) => st::set_condition(next, "SoftwareEmulation", true, "KVMUnusable", why, now),
         _ => st::remove_condition(next, "SoftwareEmulation"),
@@ -392,7 +422,6 @@ fn mark_running(s: &Shared, next: &mut Value, now: &str, pod: Option<&PodPlan>) 
     status.insert("interfaces".into(), interfaces);
     status.insert("guestOSInfo".into(), json!({}));
     status.insert("qosClass".into(), json!("Burstable"));
-    status.insert("migrationMethod".into(), json!("BlockMigration"));
 }
 
 /// libvirt's words when a domain of that UUID exists under another name (`virDomainObjListAdd`).
@@ -400,7 +429,7 @@ fn uuid_in_use(message: &str) -> bool {
     message.contains("is already defined with uuid") || message.contains("already exists with uuid")
 }
 
-enum StartError {
+pub(super) enum StartError {
     /// Try again (libvirt unreachable, cluster conflict).
     Retry(ApiError),
     /// The VMI cannot run as specified: it fails, with this reason and message.
@@ -409,7 +438,13 @@ enum StartError {
     Wait(String, String, Duration),
 }
 
-async fn start_domain(s: &Arc<Shared>, vmi: &Value, timer: &mut LaunchTimer) -> Result<Option<PodPlan>, StartError> {
+/// Makes the guest's files (images pulled, claims attached, disks made): what a start and a
+/// migration's target both need, at the same paths under this node's state directory.
+pub(super) async fn prepare_files(s: &Arc<Shared>, vmi: &Value) -> Result<(), StartError> {
+    prepare(s, vmi, &mut LaunchTimer::start()).await.map(|_| ())
+}
+
+async fn prepare(s: &Arc<Shared>, vmi: &Value, timer: &mut LaunchTimer) -> Result<build::Prepared, StartError> {
     let uid = meta::uid(vmi).to_string();
     let dir = vmi_dir(s, &uid);
     std::fs::create_dir_all(&dir).map_err(|e| StartError::Retry(ApiError::internal(e.to_string())))?;
@@ -425,7 +460,7 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value, timer: &mut LaunchTimer) -> 
     let claims = super::volumes::attach_claims(s, vmi)
         .await
         .map_err(|(reason, message)| StartError::Wait(reason, message, Duration::from_secs(2)))?;
-    let (vmi_c, dir_c, shared) = (vmi.clone(), dir.clone(), Arc::clone(s));
+    let (vmi_c, dir_c, shared) = (vmi.clone(), dir, Arc::clone(s));
     timer.inputs = timer.lap();
     let prepared = blocking(move || {
         let host = &shared.config.host_access;
@@ -433,14 +468,20 @@ async fn start_domain(s: &Arc<Shared>, vmi: &Value, timer: &mut LaunchTimer) -> 
     })
     .await
     .map_err(StartError::Retry)?;
-    let prepared = match prepared {
+    match prepared {
         Ok(p) => {
             crate::failpoint::hit(crate::failpoint::NODE_AFTER_DISK_PREPARE);
-            p
+            Ok(p)
         }
-        Err(disks::DiskError::Image(e)) => return Err(StartError::Fatal("ErrImagePull".into(), e.to_string())),
-        Err(e) => return Err(StartError::Fatal("FailedDiskPreparation".into(), e.to_string())),
-    };
+        Err(disks::DiskError::Image(e)) => Err(StartError::Fatal("ErrImagePull".into(), e.to_string())),
+        Err(e) => Err(StartError::Fatal("FailedDiskPreparation".into(), e.to_string())),
+    }
+}
+
+async fn start_domain(s: &Arc<Shared>, vmi: &Value, timer: &mut LaunchTimer) -> Result<Option<PodPlan>, StartError> {
+    let uid = meta::uid(vmi).to_string();
+    let dir = vmi_dir(s, &uid);
+    let prepared = prepare(s, vmi, timer).await?;
     timer.disks = timer.lap();
     let pod = match &s.net {
         Some(net) => Some(super::network::prepare_pod(s, net, vmi).await.map_err(|e| match e {

@@ -14,6 +14,7 @@ mod volumes;
 
 mod agent;
 mod launch_timing;
+pub mod migration;
 mod persist;
 mod routes;
 
@@ -68,6 +69,9 @@ pub struct NodeConfig {
     /// The Node is a kubelet's (a Kubernetes cluster): the agent never registers it or posts its
     /// conditions, it only adds its labels and devices.
     pub kubelet_owns_node: bool,
+    /// Where other nodes' libvirtds send guests to this node; `None`: it takes part in no
+    /// live migration.
+    pub migration: Option<migration::MigrationConfig>,
 }
 
 impl NodeConfig {
@@ -87,6 +91,7 @@ impl NodeConfig {
             host_access: crate::host_access::HostAccess::default(),
             serving_port: 0,
             kubelet_owns_node: false,
+            migration: None,
         }
     }
 }
@@ -132,6 +137,8 @@ pub(crate) struct Shared {
     pub start_slots: tokio::sync::Semaphore,
     /// Started domains to define once no start is in flight (see `persist`).
     pub pending_persist: persist::PendingPersist,
+    /// Guests this node is migrating away.
+    pub outgoing: migration::Outgoing,
 }
 
 pub struct NodeAgent {
@@ -275,6 +282,7 @@ async fn register_once(
         return join_kubelets_node(cluster, config, &nf).await;
     }
     let now = meta::now_rfc3339();
+    let endpoint = migration::endpoint(config);
     let node = match cluster.get(&kinds::NODE, "", &config.name).await? {
         Some(mut existing) => {
             let labels = meta::at_mut(&mut existing, &["metadata", "labels"]);
@@ -282,14 +290,16 @@ async fn register_once(
                 map.remove(crate::controllers::scheduler::EMULATION_LABEL);
                 map.extend(new.clone());
             }
+            register::set_migration_endpoint(&mut existing, endpoint.as_ref());
             cluster.update(&kinds::NODE, existing, UpdateMode::Main).await?
         }
         None => {
-            let node = json!({
+            let mut node = json!({
                 "apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": config.name, "labels": register::labels(&nf)},
                 "spec": {},
             });
+            register::set_migration_endpoint(&mut node, endpoint.as_ref());
             cluster.create(&kinds::NODE, node).await?
         }
     };
@@ -442,6 +452,7 @@ pub async fn start_with(
         started_domains: Mutex::new(HashMap::new()),
         start_slots: tokio::sync::Semaphore::new(agent::START_SLOTS),
         pending_persist: persist::PendingPersist::default(),
+        outgoing: migration::Outgoing::default(),
         queue: WorkQueue::new(),
         config: config.clone(),
         net,

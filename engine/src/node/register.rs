@@ -102,6 +102,21 @@ fn devices(accel: Accel) -> [(&'static str, &'static str); 2] {
     ]
 }
 
+/// Publishes (or withdraws) where guests migrate to this node (`migration::endpoint`).
+pub fn set_migration_endpoint(node: &mut Value, endpoint: Option<&crate::migration::Endpoint>) {
+    use crate::migration::endpoint::ANNOTATION;
+    let annotations = crate::meta::at_mut(node, &["metadata", "annotations"]);
+    if !annotations.is_object() {
+        *annotations = json!({});
+    }
+    if let Some(map) = annotations.as_object_mut() {
+        match endpoint {
+            Some(e) => map.insert(ANNOTATION.into(), json!(e.annotation_value())),
+            None => map.remove(ANNOTATION),
+        };
+    }
+}
+
 /// Where the agent on a kubelet's Node serves the controllers (the Node's endpoints are the
 /// kubelet's): the port on the Node's InternalIP.
 pub const AGENT_PORT_ANNOTATION: &str = "converge.dev/agent-port";

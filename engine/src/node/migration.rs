@@ -1,0 +1,373 @@
+//! The node agents' share of a live migration (virt-handler's): the target makes the guest's
+//! files as for a start and says it is ready; the source then has its libvirtd migrate the
+//! domain to the target's, peer to peer, under the target's name and paths
+//! (`migration::xml`), follows its progress, aborts it when asked, and hands the VMI to the
+//! target once the guest runs there.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::Shared;
+use crate::controllers::status::{self as st, node_name};
+use crate::error::{ApiError, ApiResult};
+use crate::hypervisor::{HypervisorError, MigrationProgress, MigrationTarget};
+use crate::kinds;
+use crate::meta;
+use crate::migration::{self as mig, xml, Endpoint, NotMigratable, VolumeKind};
+
+/// How often a running migration's progress and abort request are looked at.
+const POLL: Duration = Duration::from_millis(250);
+
+/// What this node publishes so that guests can migrate to it (`--migration-uri`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationConfig {
+    /// This node's libvirtd as the other nodes' libvirtds reach it.
+    pub libvirt_uri: String,
+    /// Where its QEMUs listen for incoming guests.
+    pub address: std::net::IpAddr,
+}
+
+/// Migrations this node is sending, by VMI uid, with their last progress.
+#[derive(Default)]
+pub struct Outgoing {
+    running: Mutex<std::collections::HashMap<String, Option<MigrationProgress>>>,
+}
+
+impl Outgoing {
+    fn claim(&self, uid: &str) -> bool {
+        self.running.lock().map(|mut m| m.insert(uid.to_string(), None).is_none()).unwrap_or(false)
+    }
+    fn release(&self, uid: &str) {
+        if let Ok(mut m) = self.running.lock() {
+            m.remove(uid);
+        }
+    }
+    fn record(&self, uid: &str, p: MigrationProgress) {
+        if let Ok(mut m) = self.running.lock() {
+            if let Some(slot) = m.get_mut(uid) {
+                *slot = Some(p);
+            }
+        }
+    }
+    pub fn is_sending(&self, uid: &str) -> bool {
+        self.running.lock().map(|m| m.contains_key(uid)).unwrap_or(false)
+    }
+    /// (VMI uid, progress) of every migration being sent.
+    pub fn progress(&self) -> Vec<(String, Option<MigrationProgress>)> {
+        self.running.lock().map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect()).unwrap_or_default()
+    }
+}
+
+/// The endpoint this node publishes on its Node, or `None` when it takes no migrations.
+pub fn endpoint(config: &super::NodeConfig) -> Option<Endpoint> {
+    checked_endpoint(config).unwrap_or_else(|err| {
+        tracing::warn!(error = %err, "this node takes no migrations");
+        None
+    })
+}
+
+/// The endpoint, or why it is unusable.
+pub fn checked_endpoint(config: &super::NodeConfig) -> Result<Option<Endpoint>, mig::EndpointError> {
+    let Some(m) = config.migration.as_ref() else { return Ok(None) };
+    // Absolute: the source re-roots paths from this directory to the target's.
+    let state_dir = std::path::absolute(&config.state_dir).unwrap_or_else(|_| config.state_dir.clone());
+    let e = Endpoint {
+        libvirt_uri: m.libvirt_uri.clone(),
+        address: m.address,
+        state_dir,
+        domain_prefix: config.domain_prefix.clone(),
+    };
+    e.validate().map(|()| Some(e))
+}
+
+/// What the VMI's volumes are, as migration sees them: claims read for their access modes and
+/// where their volumes live.
+pub(super) async fn volume_kinds(s: &Shared, vmi: &Value) -> ApiResult<Vec<VolumeKind>> {
+    let ns = meta::namespace(vmi);
+    let mut out = vec![];
+    for v in vmi.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
+        let claim = v.pointer("/persistentVolumeClaim/claimName").or_else(|| v.pointer("/dataVolume/name"));
+        let name = v.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        if let Some(claim) = claim.and_then(Value::as_str) {
+            let pvc = s.cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, claim).await?;
+            let rwx = pvc
+                .as_ref()
+                .and_then(|p| p.pointer("/spec/accessModes"))
+                .and_then(Value::as_array)
+                .is_some_and(|m| m.iter().any(|m| m == "ReadWriteMany"));
+            // A volume pinned to a node is reached there only, whatever the claim asked.
+            let pinned = match crate::storage::claims::resolve(&*s.cluster, ns, claim).await? {
+                crate::storage::claims::ClaimState::Ready(cv) => cv.node.is_some(),
+                crate::storage::claims::ClaimState::Waiting(..) => true,
+            };
+            out.push(VolumeKind::Claim { name: claim.to_string(), shared: rwx && !pinned });
+        } else if v.get("hostDisk").is_some() {
+            out.push(VolumeKind::HostDisk { name });
+        } else {
+            out.push(VolumeKind::NodeMade);
+        }
+    }
+    Ok(out)
+}
+
+/// Sets the VMI's LiveMigratable condition and migrationMethod, as virt-handler does.
+pub(super) async fn mark_migratability(s: &Shared, vmi: &Value, next: &mut Value, now: &str) {
+    let kinds = match volume_kinds(s, vmi).await {
+        Ok(k) => k,
+        Err(_) => return,
+    };
+    let verdict = match s.config.migration {
+        None => Err(NotMigratable {
+            reason: "NotMigratable",
+            message: "this node takes part in no live migration (its agent runs without --migration-uri)".into(),
+        }),
+        Some(_) => mig::migratable(vmi, &kinds, s.net.is_some()),
+    };
+    match verdict {
+        Ok(()) => st::set_condition(next, "LiveMigratable", true, "", "", now),
+        Err(n) => st::set_condition(next, "LiveMigratable", false, n.reason, &n.message, now),
+    }
+    let method = if mig::needs_block_migration(&kinds) { "BlockMigration" } else { "LiveMigration" };
+    st::status_mut(next).insert("migrationMethod".into(), json!(method));
+}
+
+/// The migration this VMI is in and this node's part in it, if any.
+pub(super) enum Role<'a> {
+    /// Sending the guest: the VMI is on this node.
+    Source(&'a Value),
+    /// Receiving it: the VMI is still on the source.
+    Target(&'a Value),
+    /// A migration to this node that ended without it (failed, aborted): what was made goes.
+    FormerTarget,
+}
+
+pub(super) fn role<'a>(s: &Shared, vmi: &'a Value) -> Option<Role<'a>> {
+    let me = s.config.name.as_str();
+    let state = vmi.pointer("/status/migrationState")?;
+    let on_me = node_name(vmi) == Some(me);
+    match (mig::in_flight(vmi), on_me) {
+        (Some(state), true) if mig::source_node(state) == Some(me) => Some(Role::Source(state)),
+        (Some(state), false) if mig::target_node(state) == Some(me) => Some(Role::Target(state)),
+        (None, false) if mig::target_node(state) == Some(me) => Some(Role::FormerTarget),
+        _ => None,
+    }
+}
+
+/// The target's sync: make the guest's files, then say so. `Some(delay)` looks again.
+pub(super) async fn sync_target(s: &Arc<Shared>, vmi: &Value, state: &Value) -> ApiResult<Option<Duration>> {
+    if mig::is_ready(state) {
+        return Ok(None);
+    }
+    match super::agent::prepare_files(s, vmi).await {
+        Ok(()) => {}
+        Err(super::agent::StartError::Wait(_, _, after)) => return Ok(Some(after)),
+        Err(super::agent::StartError::Retry(e)) => return Err(e),
+        Err(super::agent::StartError::Fatal(reason, message)) => {
+            // The migration fails before it starts; the guest stays where it is.
+            tracing::warn!(%reason, %message, "cannot prepare a migration target");
+            let now = meta::now_rfc3339();
+            let why = format!("the target node cannot prepare the guest: {reason}: {message}");
+            let fields = [("failed", json!(true)), ("failureReason", json!(why)), ("endTimestamp", json!(now))];
+            return write_state(s, vmi, &fields).await.map(|_| None);
+        }
+    }
+    let now = meta::now_rfc3339();
+    write_state(s, vmi, &[("targetNodeDomainReadyTimestamp", json!(now))]).await?;
+    Ok(None)
+}
+
+/// A migration to this node ended without it: the incoming domain (if libvirt left one) and
+/// the files go.
+pub(super) async fn clean_former_target(s: &Arc<Shared>, vmi: &Value, domain: &str) -> ApiResult<()> {
+    let dir = super::agent::vmi_dir(s, meta::uid(vmi));
+    let (hv, n) = (Arc::clone(&s.hv), domain.to_string());
+    let exists = tokio::task::spawn_blocking(move || hv.state(&n))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::unavailable(e.to_string()))?
+        .is_some();
+    if exists {
+        super::agent::tear_down(s, domain, meta::uid(vmi), None).await?;
+    } else if dir.exists() {
+        super::agent::release_vmi(s, meta::uid(vmi), None).await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Ok(())
+}
+
+/// The source's sync while its VMI migrates: starts the migration once the target is ready.
+/// `true` when the migration owns the VMI now (the agent's usual sync leaves it alone).
+pub(super) fn sync_source(s: &Arc<Shared>, vmi: &Value, state: &Value) -> bool {
+    let uid = meta::uid(vmi);
+    if s.outgoing.is_sending(uid) {
+        return true;
+    }
+    if !mig::is_ready(state) || mig::is_started(state) || mig::abort_requested(state) {
+        // Started without this process (it restarted mid-migration): libvirt's job ended with
+        // the process that called it; the guest is still here, and the migration failed.
+        if mig::is_started(state) && s.outgoing.claim(uid) {
+            let (s, vmi) = (Arc::clone(s), vmi.clone());
+            tokio::spawn(async move {
+                let why = "the source node's agent restarted during the migration";
+                let _ = end(&s, &vmi, Err(why.to_string())).await;
+                s.outgoing.release(meta::uid(&vmi));
+            });
+            return true;
+        }
+        return false;
+    }
+    if !s.outgoing.claim(uid) {
+        return true;
+    }
+    let (s, vmi, state) = (Arc::clone(s), vmi.clone(), state.clone());
+    tokio::spawn(async move {
+        let outcome = send(&s, &vmi, &state).await;
+        if let Err(e) = end(&s, &vmi, outcome).await {
+            tracing::warn!(error = %e.message, "could not record the end of a migration");
+        }
+        s.outgoing.release(meta::uid(&vmi));
+        s.queue.add((meta::namespace(&vmi).to_string(), meta::name(&vmi).to_string()));
+    });
+    true
+}
+
+/// Runs the migration; `Ok` once the guest runs on the target.
+async fn send(s: &Arc<Shared>, vmi: &Value, state: &Value) -> Result<String, String> {
+    let target_name = mig::target_node(state).ok_or("the migration names no target")?.to_string();
+    let node = s.cluster.get(&kinds::NODE, "", &target_name).await.map_err(|e| e.message)?;
+    let node = node.ok_or_else(|| format!("the target node {target_name} is gone"))?;
+    let target = Endpoint::of_node(&node).map_err(|e| e.to_string())?;
+    let mine = endpoint(&s.config).ok_or("this node takes no part in migrations")?;
+    let (ns, name) = (meta::namespace(vmi), meta::name(vmi));
+    let domain = super::agent::domain_name_of(&s.config.domain_prefix, ns, name);
+    let target_domain = super::agent::domain_name_of(&target.domain_prefix, ns, name);
+    let (hv, d) = (Arc::clone(&s.hv), domain.clone());
+    let source_xml = tokio::task::spawn_blocking(move || hv.migratable_xml(&d))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let from = xml::Placement { state_dir: &mine.state_dir, domain_name: &domain, node_uid: &s.node_uid };
+    let to = xml::Placement { state_dir: &target.state_dir, domain_name: &target_domain, node_uid: meta::uid(&node) };
+    let domain_xml = xml::for_target(&source_xml, &from, &to).map_err(|e| e.to_string())?;
+    let kinds = volume_kinds(s, vmi).await.map_err(|e| e.message)?;
+    let plan = MigrationTarget {
+        libvirt_uri: target.libvirt_uri.clone(),
+        address: target.address,
+        domain_name: target_domain,
+        domain_xml,
+        copy_disks: mig::needs_block_migration(&kinds),
+        bandwidth_mib: None,
+        auto_converge: false,
+        post_copy: false,
+    };
+    let now = meta::now_rfc3339();
+    write_state(s, vmi, &[("startTimestamp", json!(now))]).await.map_err(|e| e.message)?;
+    let (hv, d) = (Arc::clone(&s.hv), domain.clone());
+    let mut migrating = tokio::task::spawn_blocking(move || hv.migrate(&d, &plan));
+    let mut tick = tokio::time::interval(POLL);
+    let mut aborted = false;
+    let result = loop {
+        tokio::select! {
+            done = &mut migrating => break done.map_err(|e| e.to_string())?,
+            _ = tick.tick() => {
+                let (hv, d) = (Arc::clone(&s.hv), domain.clone());
+                if let Ok(Ok(Ok(Some(p)))) = tokio::time::timeout(POLL, tokio::task::spawn_blocking(move || hv.migration_progress(&d))).await {
+                    s.outgoing.record(meta::uid(vmi), p);
+                }
+                if !aborted && abort_asked(s, vmi).await {
+                    aborted = true;
+                    let (hv, d) = (Arc::clone(&s.hv), domain.clone());
+                    let _ = tokio::task::spawn_blocking(move || hv.abort_migration(&d)).await;
+                }
+            }
+        }
+    };
+    match result {
+        Ok(()) => Ok(target_name),
+        Err(HypervisorError::Libvirt(m)) | Err(HypervisorError::NoDomain(m)) => Err(m),
+    }
+}
+
+async fn abort_asked(s: &Shared, vmi: &Value) -> bool {
+    let fresh = s.cluster.get(&kinds::VIRTUAL_MACHINE_INSTANCE, meta::namespace(vmi), meta::name(vmi)).await;
+    fresh.ok().flatten().as_ref().and_then(|v| mig::state_for(v, state_uid(vmi))).is_some_and(mig::abort_requested)
+}
+
+fn state_uid(vmi: &Value) -> &str {
+    vmi.pointer("/status/migrationState/migrationUid").and_then(Value::as_str).unwrap_or_default()
+}
+
+/// Records how the migration ended: on success the VMI is the target's now, and what this node
+/// held for the guest goes; on failure the guest runs here still.
+async fn end(s: &Arc<Shared>, vmi: &Value, outcome: Result<String, String>) -> ApiResult<()> {
+    let now = meta::now_rfc3339();
+    let uid = meta::uid(vmi).to_string();
+    match outcome {
+        Ok(target) => {
+            let fields = [("completed", json!(true)), ("endTimestamp", json!(now))];
+            write_state_with(s, vmi, &fields, |v| {
+                st::status_mut(v).insert("nodeName".into(), json!(target));
+            })
+            .await?;
+            let domain = super::agent::domain_name_of(&s.config.domain_prefix, meta::namespace(vmi), meta::name(vmi));
+            super::agent::forget_local(s, &domain, &uid).await;
+            tracing::info!(vmi = %meta::name(vmi), %target, "migrated");
+        }
+        Err(message) => {
+            let abort = abort_asked(s, vmi).await;
+            let mut fields =
+                vec![("failed", json!(true)), ("failureReason", json!(message)), ("endTimestamp", json!(now))];
+            if abort {
+                fields.push(("abortStatus", json!("Succeeded")));
+            }
+            write_state(s, vmi, &fields).await?;
+            tracing::warn!(vmi = %meta::name(vmi), %message, "migration failed; the guest stays");
+        }
+    }
+    Ok(())
+}
+
+async fn write_state(s: &Shared, vmi: &Value, fields: &[(&str, Value)]) -> ApiResult<()> {
+    write_state_with(s, vmi, fields, |_| {}).await
+}
+
+/// Writes fields of the VMI's migrationState (of this migration only) on a fresh read, again
+/// on a conflict.
+async fn write_state_with(
+    s: &Shared,
+    vmi: &Value,
+    fields: &[(&str, Value)],
+    also: impl Fn(&mut Value),
+) -> ApiResult<()> {
+    let migration = state_uid(vmi).to_string();
+    for _ in 0..10 {
+        let Some(fresh) =
+            s.cluster.get(&kinds::VIRTUAL_MACHINE_INSTANCE, meta::namespace(vmi), meta::name(vmi)).await?
+        else {
+            return Ok(());
+        };
+        if meta::uid(&fresh) != meta::uid(vmi) || mig::state_for(&fresh, &migration).is_none() {
+            return Ok(());
+        }
+        let mut next = fresh.clone();
+        mig::update_state(&mut next, fields);
+        also(&mut next);
+        let status = next.get("status").cloned().unwrap_or_default();
+        match crate::cluster::write_status(&*s.cluster, &kinds::VIRTUAL_MACHINE_INSTANCE, &fresh, status).await {
+            Err(e) if e.code == 409 => continue,
+            other => return other,
+        }
+    }
+    Err(ApiError::unavailable("the VMI kept changing while its migration state was written"))
+}
+
+/// VMI uids of migrations this node is receiving or sending (for its resync).
+pub(super) fn involved(s: &Shared, vmis: &[Value]) -> HashSet<(String, String)> {
+    vmis.iter()
+        .filter(|v| role(s, v).is_some())
+        .map(|v| (meta::namespace(v).to_string(), meta::name(v).to_string()))
+        .collect()
+}
