@@ -286,6 +286,7 @@ pub const VMS: &str = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines";
 pub mod cassette;
 pub mod fog;
 pub mod guests;
+pub mod joined;
 pub mod kubelet;
 pub mod kubernetes;
 pub mod kubernetes_agents;

@@ -40,7 +40,6 @@ pub(super) fn parameters(target: &MigrationTarget) -> MigrateParameters {
     MigrateParameters {
         dest_name: Some(target.domain_name.clone()),
         dest_xml: Some(target.domain_xml.clone()),
-        persist_xml: Some(target.domain_xml.clone()),
         // The target QEMU listens on this address only (libvirt's default is every address).
         listen_address: Some(target.address.to_string()),
         uri: Some(uri.clone()),
@@ -69,9 +68,33 @@ fn progress_of(stats: &JobStats) -> MigrationProgress {
     }
 }
 
+/// `virDomainGetJobStats`, safely: the `virt` crate's wrapper builds a Vec from libvirt's
+/// pointer even when libvirt returns none (no job: a null pointer, which aborted the process)
+/// and frees libvirt's memory with Rust's allocator.
+fn job_stats(dom: &Domain, flags: u32) -> HvResult<JobStats> {
+    let mut kind: std::os::raw::c_int = 0;
+    let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
+    let mut count: std::os::raw::c_int = 0;
+    // SAFETY: `dom` is a live domain; libvirt fills the three out-pointers, allocating `params`.
+    let rc = unsafe { sys::virDomainGetJobStats(dom.as_ptr(), &mut kind, &mut params, &mut count, flags) };
+    if rc < 0 {
+        return Err(HypervisorError::Libvirt(virt::error::Error::last_error().to_string()));
+    }
+    if params.is_null() || count <= 0 {
+        return Ok(JobStats { r#type: kind, ..Default::default() });
+    }
+    // SAFETY: libvirt returned `count` initialized parameters at `params`; they are copied (the
+    // strings are read, not taken, by the conversion) before libvirt's own free releases them.
+    let copied = unsafe { std::slice::from_raw_parts(params, count as usize) }.to_vec();
+    let stats = JobStats::from((kind, copied));
+    // SAFETY: `params`/`count` are what virDomainGetJobStats allocated, freed once.
+    unsafe { sys::virTypedParamsFree(params, count) };
+    Ok(stats)
+}
+
 /// The running job's progress; `None` when no job runs.
 pub(super) fn progress(dom: &Domain) -> HvResult<Option<MigrationProgress>> {
-    let stats = dom.job_stats(0).map_err(err)?;
+    let stats = job_stats(dom, 0)?;
     if stats.r#type == sys::VIR_DOMAIN_JOB_NONE as i32 {
         return Ok(None);
     }
@@ -80,7 +103,7 @@ pub(super) fn progress(dom: &Domain) -> HvResult<Option<MigrationProgress>> {
 
 /// The last finished job's figures (on the target after a migration: its downtime, its time).
 pub(super) fn completed(dom: &Domain) -> HvResult<Option<MigrationProgress>> {
-    let stats = dom.job_stats(sys::VIR_DOMAIN_JOB_STATS_COMPLETED).map_err(err)?;
+    let stats = job_stats(dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED)?;
     if stats.r#type == sys::VIR_DOMAIN_JOB_NONE as i32 {
         return Ok(None);
     }

@@ -1,5 +1,6 @@
 //! The target's domain XML, from the source's migratable XML: the same guest (libvirt checks its
-//! ABI is unchanged) under the target's domain name, owned by the target's Node, with every file
+//! ABI is unchanged, its name included: the target's name is given to libvirt apart, as the
+//! migration's `dname`), owned by the target's Node, with every file
 //! the source node made re-rooted from the source's state directory to the target's — where the
 //! target agent made the same files (`node::migration`). Files outside the state directory
 //! (shared volumes) keep their paths: every node reaches them there.
@@ -32,8 +33,7 @@ pub fn for_target(source_xml: &str, from: &Placement, to: &Placement) -> Result<
     if !source_xml.contains(&old_owner) && !source_xml.contains(&old_owner_single) {
         return Err(XmlError::NoOwner(from.node_uid.to_string()));
     }
-    let mut xml = source_xml.replacen(&old_name, &format!("<name>{}</name>", to.domain_name), 1);
-    xml = xml.replace(&old_owner, &format!("node=\"{}\"", to.node_uid));
+    let mut xml = source_xml.replace(&old_owner, &format!("node=\"{}\"", to.node_uid));
     xml = xml.replace(&old_owner_single, &format!("node='{}'", to.node_uid));
     let (from_dir, to_dir) = (from.state_dir.display().to_string(), to.state_dir.display().to_string());
     for quote in ['\'', '"'] {
@@ -74,7 +74,7 @@ mod tests {
     fn the_targets_files_name_and_owner_replace_the_sources() {
         let (a, b) = placements();
         let xml = for_target(SOURCE, &a, &b).unwrap();
-        assert!(xml.contains("<name>b-default_vm</name>"));
+        assert!(xml.contains("<name>a-default_vm</name>"), "renamed by libvirt, not in the XML");
         assert!(xml.contains(r#"node="node-b-uid""#));
         assert!(xml.contains("'/data/b/vmis/u1/disks/root.qcow2'"));
         assert!(xml.contains("'/data/b/vmis/u1/serial.sock'"));
