@@ -6,7 +6,15 @@ use converge_engine::migration as mig;
 use serde_json::Value;
 
 /// The migrationState fields only the controller sets.
-const CONTROLLER_OWNED: [&str; 5] = ["migrationUid", "sourceNode", "targetNode", "targetNodeAddress", "abortRequested"];
+const CONTROLLER_OWNED: [&str; 7] = [
+    "migrationUid",
+    "sourceNode",
+    "targetNode",
+    "targetNodeAddress",
+    "abortRequested",
+    "migrationPolicyName",
+    "migrationConfiguration",
+];
 /// What the target's agent adds.
 const TARGET_OWNED: [&str; 2] = ["targetNodeDomainReadyTimestamp", "targetNodeDomainDetected"];
 /// What the target's agent may add before the migration started: that it cannot take the guest.

@@ -22,6 +22,16 @@ use crate::worker::Action;
 /// How long a target may take to prepare (pull images, make disks) before the migration fails.
 pub const TARGET_PREPARE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// What the controller reads besides the migration and its VMI.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    pub nodes: Vec<Value>,
+    pub used: BTreeMap<String, Request>,
+    pub policies: Vec<Value>,
+    /// The VMI's Namespace (its labels select policies).
+    pub namespace: Option<Value>,
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct MigrationPlan {
     pub add_finalizer: bool,
@@ -115,13 +125,7 @@ pub fn pick_target(
 }
 
 /// Pure: what to do about one migration, given its VMI and the nodes.
-pub fn reconcile(
-    vmim: &Value,
-    vmi: Option<&Value>,
-    nodes: &[Value],
-    used: &BTreeMap<String, Request>,
-    now: &str,
-) -> MigrationPlan {
+pub fn reconcile(vmim: &Value, vmi: Option<&Value>, facts: &Facts, now: &str) -> MigrationPlan {
     let mut plan = MigrationPlan::default();
     let uid = meta::uid(vmim);
     let phase = mig::phase_of(vmim);
@@ -177,7 +181,7 @@ pub fn reconcile(
     };
     match state {
         None => {
-            schedule(&mut plan, vmim, vmi, nodes, used, now);
+            schedule(&mut plan, vmim, vmi, facts, now);
             return plan;
         }
         Some(state) => {
@@ -247,14 +251,7 @@ pub fn reconcile(
     plan
 }
 
-fn schedule(
-    plan: &mut MigrationPlan,
-    vmim: &Value,
-    vmi: &Value,
-    nodes: &[Value],
-    used: &BTreeMap<String, Request>,
-    now: &str,
-) {
+fn schedule(plan: &mut MigrationPlan, vmim: &Value, vmi: &Value, facts: &Facts, now: &str) {
     let mut next = vmim.clone();
     if vmim.pointer("/status/phase").is_none() {
         set_phase(&mut next, Phase::Pending, now);
@@ -274,11 +271,16 @@ fn schedule(
         refuse(&mut next, plan, reason, format!("Cannot migrate VMI, Reason: {reason}, Message: {message}"));
     } else {
         let source = node_name(vmi).unwrap_or_default();
-        match pick_target(vmi, source, nodes, used) {
+        match pick_target(vmi, source, &facts.nodes, &facts.used) {
             Ok((target, endpoint)) => {
                 let mut v = vmi.clone();
-                st::status_mut(&mut v)
-                    .insert("migrationState".into(), mig::scheduled_state(vmim, source, &target, endpoint.address));
+                let mut state = mig::scheduled_state(vmim, source, &target, endpoint.address);
+                let policy = mig::policy::pick(&facts.policies, vmi, facts.namespace.as_ref());
+                if let Some(p) = policy {
+                    state["migrationPolicyName"] = json!(meta::name(p));
+                }
+                state["migrationConfiguration"] = mig::policy::configuration(policy);
+                st::status_mut(&mut v).insert("migrationState".into(), state);
                 plan.vmi_status = v.get("status").cloned();
                 set_phase(&mut next, Phase::Scheduling, now);
                 set_phase(&mut next, Phase::Scheduled, now);
@@ -316,14 +318,16 @@ pub(super) async fn sync(cluster: &dyn Cluster, (ns, name): Key) -> ApiResult<Ac
     let scheduling = vmi.as_ref().is_some_and(|v| mig::state_for(v, meta::uid(&vmim)).is_none())
         && !mig::phase_of(&vmim).is_final()
         && !meta::is_deleting(&vmim);
-    let (nodes, used) = match scheduling {
-        true => (
-            cluster.list(&kinds::NODE, None).await?,
-            usage(&cluster.list(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await?),
-        ),
-        false => (vec![], BTreeMap::new()),
+    let facts = match scheduling {
+        true => Facts {
+            nodes: cluster.list(&kinds::NODE, None).await?,
+            used: usage(&cluster.list(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await?),
+            policies: cluster.list(&kinds::MIGRATION_POLICY, None).await?,
+            namespace: cluster.get(&kinds::NAMESPACE, "", &ns).await?,
+        },
+        false => Facts::default(),
     };
-    let plan = reconcile(&vmim, vmi.as_ref(), &nodes, &used, &meta::now_rfc3339());
+    let plan = reconcile(&vmim, vmi.as_ref(), &facts, &meta::now_rfc3339());
     apply(cluster, vmim, vmi, plan).await
 }
 

@@ -22,6 +22,10 @@ fn node(name: &str, endpoint: bool) -> Value {
     n
 }
 
+fn facts(nodes: &[Value]) -> Facts {
+    Facts { nodes: nodes.to_vec(), ..Facts::default() }
+}
+
 fn vmim() -> Value {
     json!({"metadata": {"name": "m1", "namespace": "default", "uid": "mig-1", "finalizers": [mig::FINALIZER]},
            "spec": {"vmiName": "vm1"}})
@@ -54,7 +58,7 @@ fn phase(plan: &MigrationPlan) -> Option<&str> {
 #[test]
 fn the_target_is_another_node_that_can_receive() {
     let nodes = [node("a", true), node("b", true), node("c", false)];
-    let plan = reconcile(&vmim(), Some(&vmi(true)), &nodes, &BTreeMap::new(), NOW);
+    let plan = reconcile(&vmim(), Some(&vmi(true)), &facts(&nodes), NOW);
     assert_eq!(phase(&plan), Some("PreparingTarget"));
     let state = &plan.vmi_status.as_ref().unwrap()["migrationState"];
     assert_eq!(state["targetNode"], "b");
@@ -73,7 +77,7 @@ fn the_target_is_another_node_that_can_receive() {
 #[test]
 fn no_fitting_node_refuses_the_migration_with_the_reason() {
     let nodes = [node("a", true), node("c", false)];
-    let plan = reconcile(&vmim(), Some(&vmi(true)), &nodes, &BTreeMap::new(), NOW);
+    let plan = reconcile(&vmim(), Some(&vmi(true)), &facts(&nodes), NOW);
     assert_eq!(phase(&plan), Some("Failed"));
     let (_, reason, message) = plan.event.unwrap();
     assert_eq!(reason, "FailedMigration");
@@ -85,11 +89,11 @@ fn no_fitting_node_refuses_the_migration_with_the_reason() {
 #[test]
 fn a_vmi_that_cannot_migrate_is_refused_with_kubevirts_reason() {
     let nodes = [node("a", true), node("b", true)];
-    let plan = reconcile(&vmim(), Some(&vmi(false)), &nodes, &BTreeMap::new(), NOW);
+    let plan = reconcile(&vmim(), Some(&vmi(false)), &facts(&nodes), NOW);
     assert_eq!(phase(&plan), Some("Failed"));
     let cond = &plan.status.as_ref().unwrap()["conditions"][0];
     assert_eq!(cond["reason"], "DisksNotLiveMigratable");
-    let plan = reconcile(&vmim(), None, &nodes, &BTreeMap::new(), NOW);
+    let plan = reconcile(&vmim(), None, &facts(&nodes), NOW);
     assert_eq!(phase(&plan), Some("Failed"));
 }
 
@@ -98,19 +102,19 @@ fn the_phase_follows_the_agents() {
     let mut m = vmim();
     m["status"] = json!({"phase": "PreparingTarget"});
     let ready = with_state(vmi(true), json!({"targetNodeDomainReadyTimestamp": NOW}));
-    assert_eq!(phase(&reconcile(&m, Some(&ready), &[], &BTreeMap::new(), NOW)), Some("TargetReady"));
+    assert_eq!(phase(&reconcile(&m, Some(&ready), &Facts::default(), NOW)), Some("TargetReady"));
     let running = with_state(vmi(true), json!({"targetNodeDomainReadyTimestamp": NOW, "startTimestamp": NOW}));
-    let plan = reconcile(&m, Some(&running), &[], &BTreeMap::new(), NOW);
+    let plan = reconcile(&m, Some(&running), &Facts::default(), NOW);
     assert_eq!(phase(&plan), Some("Running"));
     assert_eq!(plan.status.as_ref().unwrap()["migrationState"]["targetNode"], "b");
     m["status"]["phase"] = json!("Running");
     let mut done = with_state(vmi(true), json!({"startTimestamp": NOW, "completed": true, "endTimestamp": NOW}));
     done["status"]["nodeName"] = json!("b");
-    let plan = reconcile(&m, Some(&done), &[], &BTreeMap::new(), NOW);
+    let plan = reconcile(&m, Some(&done), &Facts::default(), NOW);
     assert_eq!(phase(&plan), Some("Succeeded"));
     assert_eq!(plan.relabel_vmi.as_deref(), Some("b"));
     let failed = with_state(vmi(true), json!({"startTimestamp": NOW, "failed": true, "failureReason": "boom"}));
-    let plan = reconcile(&m, Some(&failed), &[], &BTreeMap::new(), NOW);
+    let plan = reconcile(&m, Some(&failed), &Facts::default(), NOW);
     assert_eq!(phase(&plan), Some("Failed"));
     assert!(plan.event.unwrap().2.contains("boom"));
 }
@@ -121,15 +125,15 @@ fn deleting_an_unfinished_migration_aborts_it_first() {
     m["metadata"]["deletionTimestamp"] = json!(NOW);
     m["status"] = json!({"phase": "Running"});
     let running = with_state(vmi(true), json!({"startTimestamp": NOW}));
-    let plan = reconcile(&m, Some(&running), &[], &BTreeMap::new(), NOW);
+    let plan = reconcile(&m, Some(&running), &Facts::default(), NOW);
     assert!(!plan.remove_finalizer, "held until the abort ends");
     assert_eq!(plan.vmi_status.unwrap()["migrationState"]["abortRequested"], true);
     let preparing = with_state(vmi(true), json!({}));
-    let state = reconcile(&m, Some(&preparing), &[], &BTreeMap::new(), NOW).vmi_status.unwrap();
+    let state = reconcile(&m, Some(&preparing), &Facts::default(), NOW).vmi_status.unwrap();
     assert_eq!(state["migrationState"]["failed"], true, "never started: ended at once");
     assert_eq!(state["migrationState"]["abortStatus"], "Succeeded");
     let aborted = with_state(vmi(true), json!({"startTimestamp": NOW, "failed": true, "abortStatus": "Succeeded"}));
-    assert!(reconcile(&m, Some(&aborted), &[], &BTreeMap::new(), NOW).remove_finalizer);
+    assert!(reconcile(&m, Some(&aborted), &Facts::default(), NOW).remove_finalizer);
 }
 
 #[test]
@@ -138,11 +142,11 @@ fn a_target_that_never_gets_ready_fails_the_migration() {
     m["status"] = json!({"phase": "PreparingTarget",
         "phaseTransitionTimestamps": [{"phase": "PreparingTarget", "phaseTransitionTimestamp": "2026-12-04T04:00:00Z"}]});
     let preparing = with_state(vmi(true), json!({}));
-    let plan = reconcile(&m, Some(&preparing), &[], &BTreeMap::new(), NOW);
+    let plan = reconcile(&m, Some(&preparing), &Facts::default(), NOW);
     let state = &plan.vmi_status.unwrap()["migrationState"];
     assert_eq!(state["failed"], true);
     m["status"]["phaseTransitionTimestamps"][0]["phaseTransitionTimestamp"] = json!("2026-12-04T04:59:00Z");
-    let plan = reconcile(&m, Some(&preparing), &[], &BTreeMap::new(), NOW);
+    let plan = reconcile(&m, Some(&preparing), &Facts::default(), NOW);
     assert_eq!(plan.vmi_status, None);
     assert!(plan.requeue_after.is_some());
 }
@@ -154,7 +158,21 @@ fn a_second_migration_waits_for_the_first() {
         v["status"]["migrationState"]["migrationUid"] = json!("other");
         v
     };
-    let plan = reconcile(&vmim(), Some(&other), &[node("a", true), node("b", true)], &BTreeMap::new(), NOW);
+    let plan = reconcile(&vmim(), Some(&other), &facts(&[node("a", true), node("b", true)]), NOW);
     assert_eq!(plan.vmi_status, None);
     assert!(plan.requeue_after.is_some());
+}
+
+#[test]
+fn the_matching_policy_configures_the_migration() {
+    let policy = json!({"metadata": {"name": "slow"}, "spec": {
+        "selectors": {"virtualMachineInstanceSelector": {"kubevirt.io/nodeName": "a"}},
+        "bandwidthPerMigration": "1Mi", "allowAutoConverge": true}});
+    let f = Facts { policies: vec![policy], ..facts(&[node("a", true), node("b", true)]) };
+    let plan = reconcile(&vmim(), Some(&vmi(true)), &f, NOW);
+    let state = &plan.vmi_status.unwrap()["migrationState"];
+    assert_eq!(state["migrationPolicyName"], "slow");
+    assert_eq!(state["migrationConfiguration"]["bandwidthPerMigration"], "1Mi");
+    assert_eq!(state["migrationConfiguration"]["allowAutoConverge"], true);
+    assert_eq!(state["migrationConfiguration"]["completionTimeoutPerGiB"], 150);
 }

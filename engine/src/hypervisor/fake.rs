@@ -173,6 +173,9 @@ impl Hypervisor for FakeHypervisor {
     fn abort_migration(&self, name: &str) -> HvResult<()> {
         self.record(format!("abort migration {name}"), |_| Ok(()))
     }
+    fn start_post_copy(&self, name: &str) -> HvResult<()> {
+        self.record(format!("post-copy {name}"), |_| Ok(()))
+    }
     fn last_migration(&self, _name: &str) -> HvResult<Option<MigrationProgress>> {
         Ok(None)
     }

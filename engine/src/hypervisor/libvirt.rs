@@ -298,6 +298,10 @@ impl Hypervisor for Libvirt {
         self.with_domain(name, migration::abort)
     }
 
+    fn start_post_copy(&self, name: &str) -> HvResult<()> {
+        self.with_domain(name, migration::start_post_copy)
+    }
+
     fn last_migration(&self, name: &str) -> HvResult<Option<MigrationProgress>> {
         self.with_domain(name, migration::completed)
     }

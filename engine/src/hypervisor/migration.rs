@@ -110,6 +110,15 @@ pub(super) fn completed(dom: &Domain) -> HvResult<Option<MigrationProgress>> {
     Ok(Some(progress_of(&stats)))
 }
 
+pub(super) fn start_post_copy(dom: &Domain) -> HvResult<()> {
+    // SAFETY: `dom` holds a live virDomainPtr for the duration of the call.
+    let rc = unsafe { sys::virDomainMigrateStartPostCopy(dom.as_ptr(), 0) };
+    if rc < 0 {
+        return Err(HypervisorError::Libvirt(virt::error::Error::last_error().to_string()));
+    }
+    Ok(())
+}
+
 pub(super) fn abort(dom: &Domain) -> HvResult<()> {
     // SAFETY: `dom` holds a live virDomainPtr for the duration of the call; virDomainAbortJob
     // takes no ownership of it.

@@ -126,6 +126,9 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn migration_progress(&self, name: &str) -> HvResult<Option<MigrationProgress>>;
     /// Stops a running migration: the guest stays here.
     fn abort_migration(&self, name: &str) -> HvResult<()>;
+    /// Switches a running migration (started with `post_copy`) to post-copy: the guest runs on
+    /// the target at once and fetches the pages it still lacks from here.
+    fn start_post_copy(&self, name: &str) -> HvResult<()>;
     /// The figures of the last finished job of `name` (on a migration's target: its downtime).
     fn last_migration(&self, name: &str) -> HvResult<Option<MigrationProgress>>;
     /// Names of domains whose lifecycle changed, as libvirt reports them. One receiver.

@@ -4,6 +4,7 @@
 //! act on them.
 
 pub mod endpoint;
+pub mod policy;
 pub mod xml;
 
 use serde_json::{json, Map, Value};

@@ -253,16 +253,19 @@ async fn send(s: &Arc<Shared>, vmi: &Value, state: &Value) -> Result<String, Str
     let to = xml::Placement { state_dir: &target.state_dir, domain_name: &target_domain, node_uid: meta::uid(&node) };
     let domain_xml = xml::for_target(&source_xml, &from, &to).map_err(|e| e.to_string())?;
     let kinds = volume_kinds(s, vmi).await.map_err(|e| e.message)?;
+    let options = mig::policy::options(state.get("migrationConfiguration"));
     let plan = MigrationTarget {
         libvirt_uri: target.libvirt_uri.clone(),
         address: target.address,
         domain_name: target_domain,
         domain_xml,
         copy_disks: mig::needs_block_migration(&kinds),
-        bandwidth_mib: None,
-        auto_converge: false,
-        post_copy: false,
+        bandwidth_mib: options.bandwidth_mib,
+        auto_converge: options.auto_converge,
+        post_copy: options.post_copy,
     };
+    let memory = crate::launcher::spec::VmiSpec::from_vmi(vmi).ok().and_then(|s| s.guest_memory_bytes()).unwrap_or(0);
+    let mut watch = Watch::new(options, mig::policy::completion_limit(&options, memory));
     let now = meta::now_rfc3339();
     write_state(s, vmi, &[("startTimestamp", json!(now))]).await.map_err(|e| e.message)?;
     let (hv, d) = (Arc::clone(&s.hv), domain.clone());
@@ -274,20 +277,100 @@ async fn send(s: &Arc<Shared>, vmi: &Value, state: &Value) -> Result<String, Str
             done = &mut migrating => break done.map_err(|e| e.to_string())?,
             _ = tick.tick() => {
                 let (hv, d) = (Arc::clone(&s.hv), domain.clone());
-                if let Ok(Ok(Ok(Some(p)))) = tokio::time::timeout(POLL, tokio::task::spawn_blocking(move || hv.migration_progress(&d))).await {
+                let progress = tokio::time::timeout(POLL, tokio::task::spawn_blocking(move || hv.migration_progress(&d))).await;
+                if let Ok(Ok(Ok(Some(p)))) = progress {
                     s.outgoing.record(meta::uid(vmi), p);
+                    watch.saw(p.data_remaining);
                 }
-                if !aborted && abort_asked(s, vmi).await {
-                    aborted = true;
-                    let (hv, d) = (Arc::clone(&s.hv), domain.clone());
-                    let _ = tokio::task::spawn_blocking(move || hv.abort_migration(&d)).await;
+                let step = if aborted {
+                    Step::Wait
+                } else if abort_asked(s, vmi).await {
+                    Step::Abort("Live migration aborted".into())
+                } else {
+                    watch.step()
+                };
+                match step {
+                    Step::Wait => {}
+                    Step::PostCopy => {
+                        let (hv, d) = (Arc::clone(&s.hv), domain.clone());
+                        if let Ok(Ok(())) = tokio::task::spawn_blocking(move || hv.start_post_copy(&d)).await {
+                            let _ = write_state(s, vmi, &[("mode", json!("PostCopy"))]).await;
+                        }
+                    }
+                    Step::Abort(why) => {
+                        aborted = true;
+                        watch.reason = Some(why);
+                        let (hv, d) = (Arc::clone(&s.hv), domain.clone());
+                        let _ = tokio::task::spawn_blocking(move || hv.abort_migration(&d)).await;
+                    }
                 }
             }
         }
     };
-    match result {
-        Ok(()) => Ok(target_name),
-        Err(HypervisorError::Libvirt(m)) | Err(HypervisorError::NoDomain(m)) => Err(m),
+    match (result, watch.reason) {
+        (Ok(()), _) => Ok(target_name),
+        (Err(_), Some(why)) => Err(why),
+        (Err(HypervisorError::Libvirt(m)), None) | (Err(HypervisorError::NoDomain(m)), None) => Err(m),
+    }
+}
+
+/// What the source does next about a running migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Wait,
+    PostCopy,
+    Abort(String),
+}
+
+/// The source's watch over a running migration: KubeVirt's completion timeout (per GiB moved;
+/// post-copy then, where the policy allows it, else an abort) and progress timeout.
+struct Watch {
+    options: mig::policy::Options,
+    limit: Duration,
+    started: std::time::Instant,
+    /// The least data remaining seen, and when it last went down.
+    least: Option<(u64, std::time::Instant)>,
+    post_copy_started: bool,
+    /// Why the source aborted, when it did.
+    reason: Option<String>,
+}
+
+impl Watch {
+    fn new(options: mig::policy::Options, limit: Duration) -> Watch {
+        let now = std::time::Instant::now();
+        Watch { options, limit, started: now, least: None, post_copy_started: false, reason: None }
+    }
+
+    fn saw(&mut self, remaining: u64) {
+        let now = std::time::Instant::now();
+        if self.least.is_none_or(|(least, _)| remaining < least) {
+            self.least = Some((remaining, now));
+        }
+    }
+
+    fn step(&mut self) -> Step {
+        if self.post_copy_started {
+            // Post-copy cannot go back: the guest already runs on the target.
+            return Step::Wait;
+        }
+        if self.started.elapsed() > self.limit {
+            if self.options.post_copy {
+                self.post_copy_started = true;
+                return Step::PostCopy;
+            }
+            return Step::Abort(format!(
+                "Live migration is not completed after {} seconds and has been aborted",
+                self.limit.as_secs()
+            ));
+        }
+        let stalled = self.least.is_some_and(|(_, since)| since.elapsed().as_secs() > self.options.progress_timeout);
+        if stalled {
+            return Step::Abort(format!(
+                "Live migration stuck for {} seconds and has been aborted",
+                self.options.progress_timeout
+            ));
+        }
+        Step::Wait
     }
 }
 
@@ -370,4 +453,32 @@ pub(super) fn involved(s: &Shared, vmis: &[Value]) -> HashSet<(String, String)> 
         .filter(|v| role(s, v).is_some())
         .map(|v| (meta::namespace(v).to_string(), meta::name(v).to_string()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_its_time_a_migration_goes_post_copy_where_allowed_else_it_is_aborted() {
+        let strict = mig::policy::Options::default();
+        let mut w = Watch::new(strict, Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(matches!(w.step(), Step::Abort(m) if m.contains("not completed after 0 seconds")));
+        let lenient = mig::policy::Options { post_copy: true, ..strict };
+        let mut w = Watch::new(lenient, Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(w.step(), Step::PostCopy);
+        assert_eq!(w.step(), Step::Wait, "once in post-copy, no way back and no abort");
+        let mut w = Watch::new(strict, Duration::from_secs(3600));
+        w.saw(100);
+        w.saw(50);
+        assert_eq!(w.step(), Step::Wait, "progressing");
+        let stuck = mig::policy::Options { progress_timeout: 0, ..strict };
+        let mut w = Watch::new(stuck, Duration::from_secs(3600));
+        w.saw(100);
+        std::thread::sleep(Duration::from_millis(1100));
+        w.saw(100);
+        assert!(matches!(w.step(), Step::Abort(m) if m.contains("stuck")));
+    }
 }
