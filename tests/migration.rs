@@ -70,15 +70,25 @@ async fn migration(app: &TestApp, name: &str) -> Value {
 
 /// What the guest answers on its console to `command` (its output follows `marker`).
 async fn ask(app: &TestApp, vm: &str, command: &str, marker: &str) -> String {
-    use futures::SinkExt;
+    use futures::{SinkExt, StreamExt};
     let mut console = api_socket(app, vm, "console").await;
     let line = format!("echo {marker}$({command})\n");
     console.send(tokio_tungstenite::tungstenite::Message::Binary(line.into_bytes().into())).await.expect("typed");
-    let said = read_until(&mut console, &format!("\n{marker}"), Duration::from_secs(20)).await;
-    let _ =
-        tokio::time::timeout(Duration::from_millis(500), read_until(&mut console, "\r\n#", Duration::from_millis(400)))
-            .await;
-    said.rsplit(marker).next().unwrap_or_default().lines().next().unwrap_or_default().trim().to_string()
+    // The answer is the line after the marker at a line's start (the echoed command has it
+    // after `echo `), once that line is complete.
+    let start = format!("\n{marker}");
+    let mut seen = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(frame)) = console.next().await {
+            seen.push_str(&String::from_utf8_lossy(&frame.into_data()));
+            if seen.rsplit_once(&start).is_some_and(|(_, rest)| rest.contains('\n')) {
+                return;
+            }
+        }
+    })
+    .await;
+    let answer = seen.rsplit_once(&start).map(|(_, rest)| rest).unwrap_or_default();
+    answer.lines().next().unwrap_or_default().trim().to_string()
 }
 
 fn ticks(log: &str) -> Vec<u64> {
@@ -233,4 +243,85 @@ fn st_condition(obj: &Value, kind: &str) -> Value {
         .and_then(|c| c.iter().find(|c| c["type"] == kind))
         .cloned()
         .unwrap_or_default()
+}
+
+/// Fills 48 MiB of the guest's memory with random bytes, so that a migration of it at 1 MiB/s
+/// runs for a while.
+async fn fill_memory(app: &TestApp, pair: &Pair, vm: &str) {
+    let v = vmi(app, vm).await;
+    type_line(app, vm, "dd if=/dev/urandom of=/fill bs=1M count=48 2>/dev/null; echo fill-$((40+2))").await;
+    let filled = wait_until(SETTLE, || async { pair.nodes[0].serial_log(&v).contains("fill-42") }).await;
+    assert!(filled, "{}", pair.nodes[0].serial_log(&v));
+}
+
+async fn running_on(app: &TestApp, vm: &str, node: &str) -> bool {
+    let v = vmi(app, vm).await;
+    v["status"]["phase"] == "Running" && v["status"]["nodeName"] == node
+}
+
+/// The target's QEMU process (its pid file under its libvirtd's state).
+fn target_qemu_pid(libvirtd: &NodeLibvirtd, domain: &str) -> Option<i32> {
+    let file = format!("/run/converge-libvirt/{}/run/qemu/{domain}.pid", libvirtd.name);
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aborted_or_broken_migration_leaves_the_guest_on_its_source() {
+    let (app, mut pair) = Pair::new().await;
+    pair.join(&app, 0).await;
+    let app = &app;
+    within(LIMIT, async {
+        let (code, body) = app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachines", &mover("slow")).await;
+        assert_eq!(code, 201, "{body}");
+        assert!(wait_until(SETTLE, || running_on(app, "slow", "node-a")).await, "{}", vmi(app, "slow").await);
+        let v = vmi(app, "slow").await;
+        let booted = wait_until(SETTLE, || async { pair.nodes[0].serial_log(&v).contains(GUEST_MARKER) }).await;
+        assert!(booted, "{}", pair.nodes[0].serial_log(&v));
+        let boot_id = ask(app, "slow", "cat /proc/sys/kernel/random/boot_id", "boot-").await;
+        fill_memory(app, &pair, "slow").await;
+        let policy = json!({"apiVersion": "migrations.kubevirt.io/v1alpha1", "kind": "MigrationPolicy",
+            "metadata": {"name": "trickle"},
+            "spec": {"selectors": {"virtualMachineInstanceSelector": {"guest": "slow"}}, "bandwidthPerMigration": "1Mi"}});
+        let (code, body) = app.post("/apis/migrations.kubevirt.io/v1alpha1/migrationpolicies", &policy).await;
+        assert_eq!(code, 201, "{body}");
+        pair.join(app, 1).await;
+
+        // Deleting a running migration aborts it.
+        let (code, body) = app.post(VMIMS, &json!({"metadata": {"name": "aborted"}, "spec": {"vmiName": "slow"}})).await;
+        assert_eq!(code, 201, "{body}");
+        let started = wait_until(SETTLE, || async { migration(app, "aborted").await["status"]["phase"] == "Running" }).await;
+        let m = migration(app, "aborted").await;
+        assert!(started, "{m}\n{}", pair.logs());
+        assert_eq!(m["status"]["migrationState"]["migrationPolicyName"], "trickle", "{m}");
+        let (code, body) = app.delete(&format!("{VMIMS}/aborted"), None).await;
+        assert!(code == 200 || code == 202, "{code} {body}");
+        let gone = wait_until(SETTLE, || async { app.get(&format!("{VMIMS}/aborted")).await.0 == 404 }).await;
+        assert!(gone, "the finalizer goes once the abort ended: {}", migration(app, "aborted").await);
+        let v = vmi(app, "slow").await;
+        let state = &v["status"]["migrationState"];
+        assert_eq!((state["failed"].as_bool(), state["abortStatus"].as_str()), (Some(true), Some("Succeeded")), "{v}");
+        assert!(running_on(app, "slow", "node-a").await, "{v}");
+        assert_eq!(ask(app, "slow", "cat /proc/sys/kernel/random/boot_id", "boot-").await, boot_id);
+        let cleaned = wait_until(SETTLE, || async { pair.libvirtds[1].domains().is_empty() }).await;
+        assert!(cleaned, "nothing left on the target: {:?}", pair.libvirtds[1].domains());
+
+        // The target dies mid-way (its QEMU killed): the migration fails, the guest stays.
+        let (code, body) = app.post(VMIMS, &json!({"metadata": {"name": "doomed"}, "spec": {"vmiName": "slow"}})).await;
+        assert_eq!(code, 201, "{body}");
+        let started = wait_until(SETTLE, || async { migration(app, "doomed").await["status"]["phase"] == "Running" }).await;
+        assert!(started, "{}", migration(app, "doomed").await);
+        let domain_b = format!("{}node-b-default_slow", pair.prefix);
+        let incoming = wait_until(SETTLE, || async { target_qemu_pid(&pair.libvirtds[1], &domain_b).is_some() }).await;
+        assert!(incoming, "the incoming QEMU on node-b");
+        let pid = target_qemu_pid(&pair.libvirtds[1], &domain_b).unwrap_or_default();
+        // SAFETY: kill(2) of the target QEMU this test's migration started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let failed = wait_until(SETTLE, || async { migration(app, "doomed").await["status"]["phase"] == "Failed" }).await;
+        let m = migration(app, "doomed").await;
+        assert!(failed, "{m}\n{}", pair.logs());
+        assert!(running_on(app, "slow", "node-a").await, "{}", vmi(app, "slow").await);
+        assert_eq!(ask(app, "slow", "cat /proc/sys/kernel/random/boot_id", "boot-").await, boot_id, "the same guest");
+    })
+    .await;
+    pair.stop().await;
 }
