@@ -31,7 +31,7 @@ stop() {
 }
 
 case "$cmd" in
-  stop) stop; exit 0 ;;
+  stop) stop; as_root rm -rf "$root"; exit 0 ;;
   start) ;;
   *) echo "node-libvirtd: start or stop" >&2; exit 2 ;;
 esac
