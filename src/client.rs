@@ -141,6 +141,33 @@ impl Client {
         Ok(())
     }
 
+    /// A JSON merge patch; the patched object back.
+    pub async fn merge_patch(&self, path: &str, body: &Value) -> Result<Value> {
+        let req = self
+            .http
+            .patch(format!("{}{path}", self.server))
+            .header(reqwest::header::CONTENT_TYPE, "application/merge-patch+json")
+            .body(body.to_string());
+        self.send(req).await
+    }
+
+    /// DELETE; gone already is fine.
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        let resp = self
+            .http
+            .delete(format!("{}{path}", self.server))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("talking to {}", self.server))?;
+        let status = resp.status();
+        if !status.is_success() && status != reqwest::StatusCode::NOT_FOUND {
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            bail!("{}", body.get("message").and_then(Value::as_str).unwrap_or(status.as_str()));
+        }
+        Ok(())
+    }
+
     pub async fn get_text(&self, path: &str) -> Result<String> {
         let resp = self.get(path).await?;
         let status = resp.status();

@@ -21,6 +21,8 @@ use crate::config::{self, NodeArgs};
 
 #[derive(Args, Debug)]
 pub struct NodeCommandArgs {
+    #[command(subcommand)]
+    pub action: Option<NodeAction>,
     /// The API to join: a kubeconfig whose user is this node's token
     /// (`converge token create --role node --node NAME`).
     #[arg(long, env = "KUBECONFIG", required_unless_present = "in_cluster")]
@@ -159,6 +161,24 @@ async fn connect(kubeconfig: &std::path::Path) -> Result<Arc<KubeCluster>> {
     KubeCluster::from_kubeconfig(kubeconfig)
         .await
         .with_context(|| format!("joining the API of {}", kubeconfig.display()))
+}
+
+/// What `converge node` does besides running the agent.
+#[derive(clap::Subcommand, Debug)]
+pub enum NodeAction {
+    /// Cordon NODE and move its guests off it, each as its evictionStrategy says: live-migrated
+    /// (LiveMigrate, LiveMigrateIfPossible when it can move) or shut down (its VM restarts it
+    /// elsewhere); done when none is left (kubectl drain's role, for guests).
+    Drain {
+        node: String,
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        #[arg(long, env = "CONVERGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Seconds to wait for the node to be empty.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
 }
 
 pub async fn node(args: NodeCommandArgs) -> Result<()> {

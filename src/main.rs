@@ -3,6 +3,7 @@
 mod client;
 mod cluster_cmd;
 mod config;
+mod drain;
 mod upload;
 mod verbs;
 
@@ -26,6 +27,7 @@ enum Command {
     Serve(Box<config::ServeArgs>),
     /// Run this host as a node of an API in another process: the node agent alone (KVM probe,
     /// Node heartbeat, libvirt domains, disks, pod network).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Node(Box<cluster_cmd::NodeCommandArgs>),
     /// Run the VM, VMI, replica-set, node-lifecycle and endpoints controllers against an API in
     /// another process.
@@ -298,10 +300,16 @@ fn main() -> Result<()> {
                 init_logging(Some(&settings.log_format))?;
                 serve(settings.server).await
             }
-            Command::Node(args) => {
-                init_logging(cli.log_format.as_deref())?;
-                cluster_cmd::node(*args).await
-            }
+            Command::Node(args) => match args.action {
+                Some(cluster_cmd::NodeAction::Drain { node, kubeconfig, data_dir, timeout }) => {
+                    let api = client::Client::from_kubeconfig(&verbs::kubeconfig_path(kubeconfig, data_dir))?;
+                    drain::drain(&api, &node, std::time::Duration::from_secs(timeout)).await
+                }
+                None => {
+                    init_logging(cli.log_format.as_deref())?;
+                    cluster_cmd::node(*args).await
+                }
+            },
             Command::Controllers(args) => {
                 init_logging(cli.log_format.as_deref())?;
                 cluster_cmd::controllers(args).await

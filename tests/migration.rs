@@ -325,3 +325,51 @@ async fn an_aborted_or_broken_migration_leaves_the_guest_on_its_source() {
     .await;
     pair.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drained_node_is_left_empty() {
+    let (app, mut pair) = Pair::new().await;
+    pair.join(&app, 0).await;
+    let app = &app;
+    within(LIMIT, async {
+        // Three guests that migrate (two with containerDisks, one kernel-booted) and one that
+        // shuts down and starts again elsewhere (KubeVirt's default strategy, None).
+        let mut vms = vec![];
+        for (name, strategy) in [("d1", "LiveMigrate"), ("d2", "LiveMigrate"), ("d3", "None")] {
+            let mut vm = halt_vm(name, "Always");
+            vm["spec"]["template"]["spec"]["evictionStrategy"] = json!(strategy);
+            vms.push(vm);
+        }
+        let mut k = mover("d4");
+        k["spec"]["template"]["spec"]["evictionStrategy"] = json!("LiveMigrateIfPossible");
+        vms.push(k);
+        for vm in &vms {
+            let (code, body) = app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachines", vm).await;
+            assert_eq!(code, 201, "{body}");
+        }
+        for name in ["d1", "d2", "d3", "d4"] {
+            assert!(wait_until(SETTLE, || running_on(app, name, "node-a")).await, "{}", vmi(app, name).await);
+        }
+        let restarted_uid = vmi(app, "d3").await["metadata"]["uid"].clone();
+        let migrated_uid = vmi(app, "d1").await["metadata"]["uid"].clone();
+        pair.join(app, 1).await;
+
+        let (ok, out, err) =
+            run_converge(&app.kubeconfig, &["node", "drain", "node-a", "--timeout", "240"], None).await;
+        assert!(ok, "drain: {out}{err}\n{}", pair.logs());
+        assert!(out.contains("node/node-a cordoned") && out.contains("node/node-a drained"), "{out}");
+        assert!(out.contains("virtualmachineinstance/default/d1: migrating"), "{out}");
+        assert!(out.contains("virtualmachineinstance/default/d3: shutting down"), "{out}");
+        let (_, node) = app.get("/api/v1/nodes/node-a").await;
+        assert_eq!(node["spec"]["unschedulable"], true, "{node}");
+        assert!(pair.libvirtds[0].domains().is_empty(), "node-a runs nothing: {:?}", pair.libvirtds[0].domains());
+        for name in ["d1", "d2", "d3", "d4"] {
+            let there = wait_until(SETTLE, || running_on(app, name, "node-b")).await;
+            assert!(there, "{name} runs on node-b: {}", vmi(app, name).await);
+        }
+        assert_eq!(vmi(app, "d1").await["metadata"]["uid"], migrated_uid, "d1 moved, the same VMI");
+        assert_ne!(vmi(app, "d3").await["metadata"]["uid"], restarted_uid, "d3 was started again");
+    })
+    .await;
+    pair.stop().await;
+}

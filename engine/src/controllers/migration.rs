@@ -19,6 +19,10 @@ use crate::migration::{self as mig, Endpoint, Phase};
 use crate::store::UpdateMode;
 use crate::worker::Action;
 
+/// KubeVirt's defaults: migrations at once leaving one node, and in the whole cluster.
+pub const PARALLEL_OUTBOUND_PER_NODE: usize = 2;
+pub const PARALLEL_PER_CLUSTER: usize = 5;
+
 /// How long a target may take to prepare (pull images, make disks) before the migration fails.
 pub const TARGET_PREPARE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -30,6 +34,8 @@ pub struct Facts {
     pub policies: Vec<Value>,
     /// The VMI's Namespace (its labels select policies).
     pub namespace: Option<Value>,
+    /// Migrations in flight, by source node.
+    pub outbound: BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -260,8 +266,11 @@ fn schedule(plan: &mut MigrationPlan, vmim: &Value, vmi: &Value, facts: &Facts, 
         failed(next, reason, &message, now);
         plan.event = Some((crate::events::WARNING, "FailedMigration", message));
     };
-    if mig::in_flight(vmi).is_some() {
-        // One migration of a VMI at a time: this one waits for the other to end.
+    let source = node_name(vmi).unwrap_or_default();
+    let busy = facts.outbound.get(source).copied().unwrap_or(0) >= PARALLEL_OUTBOUND_PER_NODE
+        || facts.outbound.values().sum::<usize>() >= PARALLEL_PER_CLUSTER;
+    if mig::in_flight(vmi).is_some() || (busy && st::phase(vmi) == st::RUNNING) {
+        // One migration of a VMI at a time, and a few per node and cluster: this one waits.
         plan.requeue_after = Some(Duration::from_secs(2));
     } else if st::phase(vmi) != st::RUNNING {
         refuse(&mut next, plan, "VMINotRunning", format!("Cannot migrate VMI in phase {}", st::phase(vmi)));
@@ -270,7 +279,6 @@ fn schedule(plan: &mut MigrationPlan, vmim: &Value, vmi: &Value, facts: &Facts, 
         let message = c.get("message").and_then(Value::as_str).unwrap_or("");
         refuse(&mut next, plan, reason, format!("Cannot migrate VMI, Reason: {reason}, Message: {message}"));
     } else {
-        let source = node_name(vmi).unwrap_or_default();
         match pick_target(vmi, source, &facts.nodes, &facts.used) {
             Ok((target, endpoint)) => {
                 let mut v = vmi.clone();
@@ -308,6 +316,15 @@ fn usage(vmis: &[Value]) -> BTreeMap<String, Request> {
     used
 }
 
+/// Migrations in flight by source node.
+fn outbound(vmis: &[Value]) -> BTreeMap<String, usize> {
+    let mut out: BTreeMap<String, usize> = BTreeMap::new();
+    for source in vmis.iter().filter_map(mig::in_flight).filter_map(mig::source_node) {
+        *out.entry(source.to_string()).or_default() += 1;
+    }
+    out
+}
+
 /// One placement at a time, shared with the VMI controller's (see `vmi::placement_lock`).
 pub(super) async fn sync(cluster: &dyn Cluster, (ns, name): Key) -> ApiResult<Action> {
     let _placing = super::vmi::placement_lock().lock().await;
@@ -319,12 +336,16 @@ pub(super) async fn sync(cluster: &dyn Cluster, (ns, name): Key) -> ApiResult<Ac
         && !mig::phase_of(&vmim).is_final()
         && !meta::is_deleting(&vmim);
     let facts = match scheduling {
-        true => Facts {
-            nodes: cluster.list(&kinds::NODE, None).await?,
-            used: usage(&cluster.list(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await?),
-            policies: cluster.list(&kinds::MIGRATION_POLICY, None).await?,
-            namespace: cluster.get(&kinds::NAMESPACE, "", &ns).await?,
-        },
+        true => {
+            let vmis = cluster.list(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await?;
+            Facts {
+                nodes: cluster.list(&kinds::NODE, None).await?,
+                used: usage(&vmis),
+                outbound: outbound(&vmis),
+                policies: cluster.list(&kinds::MIGRATION_POLICY, None).await?,
+                namespace: cluster.get(&kinds::NAMESPACE, "", &ns).await?,
+            }
+        }
         false => Facts::default(),
     };
     let plan = reconcile(&vmim, vmi.as_ref(), &facts, &meta::now_rfc3339());

@@ -176,3 +176,14 @@ fn the_matching_policy_configures_the_migration() {
     assert_eq!(state["migrationConfiguration"]["allowAutoConverge"], true);
     assert_eq!(state["migrationConfiguration"]["completionTimeoutPerGiB"], 150);
 }
+
+#[test]
+fn a_node_sends_two_guests_at_a_time() {
+    let mut f = facts(&[node("a", true), node("b", true)]);
+    f.outbound.insert("a".into(), PARALLEL_OUTBOUND_PER_NODE);
+    let plan = reconcile(&vmim(), Some(&vmi(true)), &f, NOW);
+    assert_eq!(plan.vmi_status, None, "waits");
+    assert!(plan.requeue_after.is_some());
+    f.outbound.insert("a".into(), 1);
+    assert!(reconcile(&vmim(), Some(&vmi(true)), &f, NOW).vmi_status.is_some());
+}
