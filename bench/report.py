@@ -22,7 +22,7 @@ readme = sys.argv[2] if len(sys.argv) > 2 else "README.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 # The benchmarks one full run makes; a report without one of them is labelled partial.
-EXPECTED = ["api-bench", "guest-bench", "cluster-bench", "import-bench"]
+EXPECTED = ["api-bench", "guest-bench", "cluster-bench", "import-bench", "migration-bench"]
 parts = {}
 for path in sorted(glob.glob(os.path.join(results, "parts", "*.json"))):
     doc = json.load(open(path))
