@@ -19,7 +19,7 @@ use crate::meta;
 use crate::migration::{self as mig, xml, Endpoint, NotMigratable, VolumeKind};
 
 /// How often a running migration's progress and abort request are looked at.
-const POLL: Duration = Duration::from_millis(250);
+const POLL: Duration = Duration::from_millis(1000);
 
 /// What this node publishes so that guests can migrate to it (`--migration-uri`).
 #[derive(Debug, Clone, PartialEq, Eq)]
