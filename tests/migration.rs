@@ -162,6 +162,8 @@ async fn a_running_guest_moves_to_another_node_without_restarting() {
             "{m}"
         );
 
+        let (ok, out, err) = app.kubectl(&["get", "vmim", &name]).await;
+        assert!(ok && out.contains("PHASE") && out.contains("Succeeded") && out.contains("mover"), "{out}{err}");
         let after = vmi(app, "mover").await;
         assert_eq!(after["status"]["nodeName"], "node-b", "{after}");
         let state = &after["status"]["migrationState"];

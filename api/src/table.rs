@@ -248,6 +248,27 @@ fn columns(kind: &ResourceKind) -> Vec<Column> {
                 cell: Cell::Condition("Paused"),
             },
         ]
+    } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE_MIGRATION) {
+        // KubeVirt's printer columns for migrations: no age.
+        vec![
+            NAME,
+            Column {
+                name: "Phase",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "The migration phase",
+                cell: Cell::Field("/status/phase"),
+            },
+            Column {
+                name: "VMI",
+                kind: "string",
+                format: "",
+                priority: 0,
+                description: "The name of the VMI to perform the migration on",
+                cell: Cell::Field("/spec/vmiName"),
+            },
+        ]
     } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE_REPLICA_SET) {
         vec![
             NAME,

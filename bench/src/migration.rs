@@ -30,7 +30,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "128,512")]
     sizes: Vec<u64>,
     /// Migrations of each guest and of its copy (alternating direction and which goes first).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 10)]
     rounds: usize,
     #[arg(long, default_value = "target/release/converge")]
     converge: PathBuf,
@@ -275,7 +275,7 @@ async fn completed_job(uri: &str, domain: &str) -> Result<(f64, f64)> {
 
 /// One Converge migration of `name`: wall time from the create to Succeeded, and libvirt's
 /// downtime on the target.
-async fn converge_migration(c: &Cluster, name: &str, round: usize) -> Result<(f64, f64)> {
+async fn converge_migration(c: &Cluster, name: &str, round: usize) -> Result<(f64, f64, f64)> {
     let vmim = format!("{name}-r{round}");
     let body = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
         "metadata": {"name": vmim}, "spec": {"vmiName": name}});
@@ -296,8 +296,8 @@ async fn converge_migration(c: &Cluster, name: &str, round: usize) -> Result<(f6
     let node = v["status"]["nodeName"].as_str().unwrap_or("");
     let (i, letter) = if node == "node-a" { (0, "a") } else { (1, "b") };
     let domain = format!("{}{letter}-{NS}_{name}", c.prefix);
-    let (_, downtime) = completed_job(&c.libvirtds[i].uri, &domain).await?;
-    Ok((took, downtime))
+    let (job_ms, downtime) = completed_job(&c.libvirtds[i].uri, &domain).await?;
+    Ok((took, downtime, job_ms / 1000.0))
 }
 
 /// The copy: the guest's domain XML under another name and UUID, its files in `dir`, no
@@ -334,7 +334,7 @@ fn uuid_v4() -> Result<String> {
 
 /// One `virsh migrate --live --p2p` of the copy with Converge's flags: the same libvirtds, the
 /// same address, persistent on the target and undefined here.
-async fn virsh_migration(c: &Cluster, copy: &str, from: usize) -> Result<(f64, f64)> {
+async fn virsh_migration(c: &Cluster, copy: &str, from: usize) -> Result<(f64, f64, f64)> {
     let (src, dst) = (&c.libvirtds[from].uri, &c.libvirtds[1 - from].uri);
     let t0 = Instant::now();
     run(
@@ -358,8 +358,8 @@ async fn virsh_migration(c: &Cluster, copy: &str, from: usize) -> Result<(f64, f
     )
     .await?;
     let took = t0.elapsed().as_secs_f64();
-    let (_, downtime) = completed_job(dst, copy).await?;
-    Ok((took, downtime))
+    let (job_ms, downtime) = completed_job(dst, copy).await?;
+    Ok((took, downtime, job_ms / 1000.0))
 }
 
 async fn guest(c: &Cluster, args: &Args, mib: u64, report: &mut Report, work: &Path) -> Result<()> {
@@ -393,22 +393,24 @@ async fn guest(c: &Cluster, args: &Args, mib: u64, report: &mut Report, work: &P
     tokio::time::sleep(Duration::from_secs(2)).await;
     type_into(&sock, &log, &fill_line(mib), "filled-42").await?;
 
-    let (mut ours, mut theirs) = ((vec![], vec![]), (vec![], vec![]));
+    let (mut ours, mut theirs) = ((vec![], vec![], vec![]), (vec![], vec![], vec![]));
     for round in 0..args.rounds {
         // Both guests sit on the same node at the start of a round; the direction alternates.
         let from = round % 2;
         let converge_first = round % 2 == 0;
         for turn in 0..2 {
             if (turn == 0) == converge_first {
-                let (t, d) = converge_migration(c, &name, round).await?;
-                say(&format!("{name} round {round}: Converge {t:.2} s, downtime {d} ms"));
+                let (t, d, job) = converge_migration(c, &name, round).await?;
+                say(&format!("{name} round {round}: Converge {t:.2} s (libvirt's job {job:.2} s), downtime {d} ms"));
                 ours.0.push(t);
                 ours.1.push(d);
+                ours.2.push(job);
             } else {
-                let (t, d) = virsh_migration(c, &copy, from).await?;
-                say(&format!("{name} round {round}: virsh {t:.2} s, downtime {d} ms"));
+                let (t, d, job) = virsh_migration(c, &copy, from).await?;
+                say(&format!("{name} round {round}: virsh {t:.2} s (libvirt's job {job:.2} s), downtime {d} ms"));
                 theirs.0.push(t);
                 theirs.1.push(d);
+                theirs.2.push(job);
             }
         }
     }
@@ -423,8 +425,14 @@ async fn guest(c: &Cluster, args: &Args, mib: u64, report: &mut Report, work: &P
             .against("virsh migrate --live --p2p, same flags", med(&theirs.1))
             .goal(Goal::RatioAtMost(1.2)),
     );
+    report.push(
+        Figure::new(format!("P6.{mib}.job"), format!("libvirt's own migration job, {mib} MiB, p50"), "s", med(&ours.2))
+            .against("the same, virsh migrate --live --p2p", med(&theirs.2)),
+    );
     report.series(&format!("P6.{mib}.converge_s"), json!(ours.0));
     report.series(&format!("P6.{mib}.virsh_s"), json!(theirs.0));
+    report.series(&format!("P6.{mib}.converge_downtime_ms"), json!(ours.1));
+    report.series(&format!("P6.{mib}.virsh_downtime_ms"), json!(theirs.1));
     let _ = run("virsh", &["-c", &c.libvirtds[args.rounds % 2].uri, "destroy", &copy]).await;
     let (code, body) = c.api.send(reqwest::Method::DELETE, &format!("{}/{name}", vms()), None).await?;
     anyhow::ensure!(code == 200 || code == 202, "{body}");
