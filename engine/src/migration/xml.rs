@@ -19,12 +19,12 @@ pub enum XmlError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement<'a> {
     pub state_dir: &'a Path,
-    pub domain_name: &'a str,
     pub node_uid: &'a str,
 }
 
-pub fn for_target(source_xml: &str, from: &Placement, to: &Placement) -> Result<String, XmlError> {
-    let old_name = format!("<name>{}</name>", from.domain_name);
+/// `source_xml` (of the domain `domain` on the node `from`) as the node `to` runs it.
+pub fn for_target(source_xml: &str, domain: &str, from: &Placement, to: &Placement) -> Result<String, XmlError> {
+    let old_name = format!("<name>{domain}</name>");
     if !source_xml.contains(&old_name) {
         return Err(XmlError::NoName);
     }
@@ -65,15 +65,15 @@ mod tests {
 
     fn placements() -> (Placement<'static>, Placement<'static>) {
         (
-            Placement { state_dir: Path::new("/data/a"), domain_name: "a-default_vm", node_uid: "node-a-uid" },
-            Placement { state_dir: Path::new("/data/b"), domain_name: "b-default_vm", node_uid: "node-b-uid" },
+            Placement { state_dir: Path::new("/data/a"), node_uid: "node-a-uid" },
+            Placement { state_dir: Path::new("/data/b"), node_uid: "node-b-uid" },
         )
     }
 
     #[test]
     fn the_targets_files_name_and_owner_replace_the_sources() {
         let (a, b) = placements();
-        let xml = for_target(SOURCE, &a, &b).unwrap();
+        let xml = for_target(SOURCE, "a-default_vm", &a, &b).unwrap();
         assert!(xml.contains("<name>a-default_vm</name>"), "renamed by libvirt, not in the XML");
         assert!(xml.contains(r#"node="node-b-uid""#));
         assert!(xml.contains("'/data/b/vmis/u1/disks/root.qcow2'"));
@@ -89,8 +89,7 @@ mod tests {
     fn a_domain_not_made_by_the_source_is_refused() {
         let (a, b) = placements();
         let other = Placement { node_uid: "someone-else", ..a.clone() };
-        assert_eq!(for_target(SOURCE, &other, &b), Err(XmlError::NoOwner("someone-else".into())));
-        let renamed = Placement { domain_name: "x", ..a };
-        assert_eq!(for_target(SOURCE, &renamed, &b), Err(XmlError::NoName));
+        assert_eq!(for_target(SOURCE, "a-default_vm", &other, &b), Err(XmlError::NoOwner("someone-else".into())));
+        assert_eq!(for_target(SOURCE, "x", &a, &b), Err(XmlError::NoName));
     }
 }

@@ -249,9 +249,9 @@ async fn send(s: &Arc<Shared>, vmi: &Value, state: &Value) -> Result<String, Str
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let from = xml::Placement { state_dir: &mine.state_dir, domain_name: &domain, node_uid: &s.node_uid };
-    let to = xml::Placement { state_dir: &target.state_dir, domain_name: &target_domain, node_uid: meta::uid(&node) };
-    let domain_xml = xml::for_target(&source_xml, &from, &to).map_err(|e| e.to_string())?;
+    let from = xml::Placement { state_dir: &mine.state_dir, node_uid: &s.node_uid };
+    let to = xml::Placement { state_dir: &target.state_dir, node_uid: meta::uid(&node) };
+    let domain_xml = xml::for_target(&source_xml, &domain, &from, &to).map_err(|e| e.to_string())?;
     let kinds = volume_kinds(s, vmi).await.map_err(|e| e.message)?;
     let options = mig::policy::options(state.get("migrationConfiguration"));
     let plan = MigrationTarget {
@@ -267,7 +267,16 @@ async fn send(s: &Arc<Shared>, vmi: &Value, state: &Value) -> Result<String, Str
     let memory = crate::launcher::spec::VmiSpec::from_vmi(vmi).ok().and_then(|s| s.guest_memory_bytes()).unwrap_or(0);
     let mut watch = Watch::new(options, mig::policy::completion_limit(&options, memory));
     let now = meta::now_rfc3339();
-    write_state(s, vmi, &[("startTimestamp", json!(now))]).await.map_err(|e| e.message)?;
+    // Only while nothing ended it meanwhile: the controller ends a migration that was deleted
+    // before it started, and a start written over that end would run it anyway.
+    let started = write_state_with(s, vmi, &[("startTimestamp", json!(now))], |v| {
+        mig::in_flight(v).is_some_and(|st| !mig::abort_requested(st))
+    })
+    .await
+    .map_err(|e| e.message)?;
+    if !started {
+        return Err("Live migration aborted before it started".into());
+    }
     let (hv, d) = (Arc::clone(&s.hv), domain.clone());
     let mut migrating = tokio::task::spawn_blocking(move || hv.migrate(&d, &plan));
     let mut tick = tokio::time::interval(POLL);
@@ -391,10 +400,7 @@ async fn end(s: &Arc<Shared>, vmi: &Value, outcome: Result<String, String>) -> A
     match outcome {
         Ok(target) => {
             let fields = [("completed", json!(true)), ("endTimestamp", json!(now))];
-            write_state_with(s, vmi, &fields, |v| {
-                st::status_mut(v).insert("nodeName".into(), json!(target));
-            })
-            .await?;
+            write_handover(s, vmi, &fields, &target).await?;
             let domain = super::agent::domain_name_of(&s.config.domain_prefix, meta::namespace(vmi), meta::name(vmi));
             super::agent::forget_local(s, &domain, &uid).await;
             tracing::info!(vmi = %meta::name(vmi), %target, "migrated");
@@ -414,34 +420,59 @@ async fn end(s: &Arc<Shared>, vmi: &Value, outcome: Result<String, String>) -> A
 }
 
 async fn write_state(s: &Shared, vmi: &Value, fields: &[(&str, Value)]) -> ApiResult<()> {
-    write_state_with(s, vmi, fields, |_| {}).await
+    write_state_with(s, vmi, fields, |_| true).await.map(|_| ())
 }
 
-/// Writes fields of the VMI's migrationState (of this migration only) on a fresh read, again
-/// on a conflict.
+/// The end of a migration that moved the guest: completed, and the VMI the target's, in one write.
+async fn write_handover(s: &Shared, vmi: &Value, fields: &[(&str, Value)], target: &str) -> ApiResult<()> {
+    update_vmi(s, vmi, |next| {
+        mig::update_state(next, fields);
+        st::status_mut(next).insert("nodeName".into(), json!(target));
+        true
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Writes fields of the VMI's migrationState (of this migration only) on a fresh read when
+/// `when` holds for it, again on a conflict; `Ok(false)` when it did not hold.
 async fn write_state_with(
     s: &Shared,
     vmi: &Value,
     fields: &[(&str, Value)],
-    also: impl Fn(&mut Value),
-) -> ApiResult<()> {
+    when: impl Fn(&Value) -> bool,
+) -> ApiResult<bool> {
+    update_vmi(s, vmi, |next| {
+        if !when(next) {
+            return false;
+        }
+        mig::update_state(next, fields);
+        true
+    })
+    .await
+}
+
+/// Read-modify-write of this migration's VMI status; `change` says whether to write.
+async fn update_vmi(s: &Shared, vmi: &Value, change: impl Fn(&mut Value) -> bool) -> ApiResult<bool> {
     let migration = state_uid(vmi).to_string();
     for _ in 0..10 {
         let Some(fresh) =
             s.cluster.get(&kinds::VIRTUAL_MACHINE_INSTANCE, meta::namespace(vmi), meta::name(vmi)).await?
         else {
-            return Ok(());
+            return Ok(false);
         };
         if meta::uid(&fresh) != meta::uid(vmi) || mig::state_for(&fresh, &migration).is_none() {
-            return Ok(());
+            return Ok(false);
         }
         let mut next = fresh.clone();
-        mig::update_state(&mut next, fields);
-        also(&mut next);
+        if !change(&mut next) {
+            return Ok(false);
+        }
         let status = next.get("status").cloned().unwrap_or_default();
         match crate::cluster::write_status(&*s.cluster, &kinds::VIRTUAL_MACHINE_INSTANCE, &fresh, status).await {
             Err(e) if e.code == 409 => continue,
-            other => return other,
+            Err(e) => return Err(e),
+            Ok(()) => return Ok(true),
         }
     }
     Err(ApiError::unavailable("the VMI kept changing while its migration state was written"))
