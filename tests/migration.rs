@@ -375,3 +375,65 @@ async fn a_drained_node_is_left_empty() {
     .await;
     pair.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_on_a_shared_volume_migrates_without_copying_it() {
+    let (app, mut pair) = Pair::new().await;
+    pair.join(&app, 0).await;
+    let app = &app;
+    let pool = tempfile::tempdir().expect("pool");
+    within(LIMIT, async {
+        // The admin's class: a pool every node reaches at one path (here a directory of this machine).
+        let class = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "shared"},
+            "provisioner": "converge.dev/local-pool",
+            "parameters": {"path": pool.path().display().to_string(), "shared": "true"}});
+        let (code, body) = app.post("/apis/storage.k8s.io/v1/storageclasses", &class).await;
+        assert_eq!(code, 201, "{body}");
+        let claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+            "spec": {"storageClassName": "shared", "accessModes": ["ReadWriteMany"],
+                     "resources": {"requests": {"storage": "16Mi"}}}});
+        let (code, body) = app.post("/api/v1/namespaces/default/persistentvolumeclaims", &claim).await;
+        assert_eq!(code, 201, "{body}");
+        let bound = wait_until(SETTLE, || async {
+            app.get("/api/v1/namespaces/default/persistentvolumeclaims/data").await.1["status"]["phase"] == "Bound"
+        })
+        .await;
+        assert!(bound, "{}", app.get("/api/v1/namespaces/default/persistentvolumeclaims/data").await.1);
+        let mut vm = mover("keeper");
+        let spec = &mut vm["spec"]["template"]["spec"];
+        spec["domain"]["devices"]["disks"] = json!([{"name": "data", "disk": {"bus": "virtio"}}]);
+        spec["volumes"] = json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]);
+        let (code, body) = app.post("/apis/kubevirt.io/v1/namespaces/default/virtualmachines", &vm).await;
+        assert_eq!(code, 201, "{body}");
+        assert!(wait_until(SETTLE, || running_on(app, "keeper", "node-a")).await, "{}", vmi(app, "keeper").await);
+        let before = vmi(app, "keeper").await;
+        assert_eq!(st_condition(&before, "LiveMigratable")["status"], "True", "{before}");
+        assert_eq!(before["status"]["migrationMethod"], "LiveMigration", "nothing to copy: {before}");
+        let booted = wait_until(SETTLE, || async { pair.nodes[0].serial_log(&before).contains(GUEST_MARKER) }).await;
+        assert!(booted, "{}", pair.nodes[0].serial_log(&before));
+        let written = ask(app, "keeper", "echo shared-before > /dev/vda; sync; head -c 13 /dev/vda", "disk-").await;
+        assert_eq!(written, "shared-before", "the guest writes its shared disk");
+
+        pair.join(app, 1).await;
+        let (code, body) = app.post(VMIMS, &json!({"metadata": {"name": "keep"}, "spec": {"vmiName": "keeper"}})).await;
+        assert_eq!(code, 201, "{body}");
+        let done =
+            wait_until(SETTLE, || async { migration(app, "keep").await["status"]["phase"] == "Succeeded" }).await;
+        assert!(done, "{}\n{}", migration(app, "keep").await, pair.logs());
+        assert!(running_on(app, "keeper", "node-b").await, "{}", vmi(app, "keeper").await);
+        let read = ask(app, "keeper", "head -c 13 /dev/vda", "disk-").await;
+        assert_eq!(read, "shared-before", "the same volume on node-b");
+        let _ = ask(app, "keeper", "echo shared-after! > /dev/vda; sync; head -c 13 /dev/vda", "disk-").await;
+        let pv =
+            app.get("/api/v1/namespaces/default/persistentvolumeclaims/data").await.1["spec"]["volumeName"].clone();
+        let file = pool.path().join(pv.as_str().unwrap_or("?")).join("disk.img");
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            bytes.starts_with(b"shared-after!"),
+            "the guest on node-b wrote the shared file itself: {}",
+            file.display()
+        );
+    })
+    .await;
+    pair.stop().await;
+}

@@ -140,6 +140,18 @@ pub fn admit_storage_class(op: Operation, obj: &Value, old: Option<&Value>, caus
             causes.push(Cause::invalid("parameters.path", "the pool directory must be an absolute path without '..'"));
         }
     }
+    match obj.pointer("/parameters/shared").and_then(Value::as_str) {
+        None | Some("false") => {}
+        Some("true") if obj.pointer("/parameters/path").and_then(Value::as_str).is_some_and(|p| !p.is_empty()) => {}
+        Some("true") => causes.push(Cause::required(
+            "parameters.path",
+            "a shared pool is the path where every node mounts it: parameters.path is required",
+        )),
+        Some(other) => causes.push(Cause::not_supported(
+            "parameters.shared",
+            format!("Unsupported value: \"{other}\": supported values: \"true\", \"false\""),
+        )),
+    }
     if let (Operation::Update, Some(old)) = (op, old) {
         for field in ["provisioner", "parameters", "reclaimPolicy", "volumeBindingMode"] {
             if obj.get(field) != old.get(field) {

@@ -14,9 +14,12 @@ pub fn migration_flags(target: &MigrationTarget) -> u32 {
         | sys::VIR_MIGRATE_PERSIST_DEST
         | sys::VIR_MIGRATE_UNDEFINE_SOURCE
         | sys::VIR_MIGRATE_ABORT_ON_ERROR;
-    if target.copy_disks {
+    if !target.copy_disks.is_empty() {
         // Only the top layer: the target has the same base (the image) under its overlay.
         flags |= sys::VIR_MIGRATE_NON_SHARED_INC;
+    }
+    if target.shared_disks {
+        flags |= sys::VIR_MIGRATE_UNSAFE;
     }
     if target.auto_converge {
         flags |= sys::VIR_MIGRATE_AUTO_CONVERGE;
@@ -43,7 +46,8 @@ pub(super) fn parameters(target: &MigrationTarget) -> MigrateParameters {
         // The target QEMU listens on this address only (libvirt's default is every address).
         listen_address: Some(target.address.to_string()),
         uri: Some(uri.clone()),
-        disks_uri: target.copy_disks.then_some(uri),
+        disks_uri: (!target.copy_disks.is_empty()).then_some(uri),
+        migrate_disks: target.copy_disks.clone(),
         bandwidth: target.bandwidth_mib,
         ..Default::default()
     }
@@ -133,13 +137,15 @@ pub(super) fn abort(dom: &Domain) -> HvResult<()> {
 mod tests {
     use super::*;
 
-    fn target(copy_disks: bool) -> MigrationTarget {
+    fn target(copy: bool) -> MigrationTarget {
+        let copy_disks = if copy { vec!["vda".to_string()] } else { vec![] };
         MigrationTarget {
             libvirt_uri: "qemu+unix:///system?socket=/run/b/libvirt-sock".into(),
             address: "127.0.0.1".parse().unwrap(),
             domain_name: "b-default_vm".into(),
             domain_xml: "<domain/>".into(),
             copy_disks,
+            shared_disks: false,
             bandwidth_mib: Some(64),
             auto_converge: false,
             post_copy: false,
@@ -156,6 +162,9 @@ mod tests {
             assert_ne!(with & f, 0);
         }
         assert_eq!(with & sys::VIR_MIGRATE_TUNNELLED, 0);
+        assert_eq!(with & sys::VIR_MIGRATE_UNSAFE, 0, "libvirt's safety checks stand unless a class says shared");
+        let shared = MigrationTarget { shared_disks: true, ..target(false) };
+        assert_ne!(migration_flags(&shared) & sys::VIR_MIGRATE_UNSAFE, 0);
     }
 
     #[test]
@@ -165,6 +174,7 @@ mod tests {
         assert_eq!(p.disks_uri.as_deref(), Some("tcp://127.0.0.1"));
         assert_eq!(p.listen_address.as_deref(), Some("127.0.0.1"));
         assert_eq!(p.dest_name.as_deref(), Some("b-default_vm"));
+        assert_eq!(p.migrate_disks, vec!["vda".to_string()], "only the disks the node made");
         assert_eq!(p.bandwidth, Some(64));
         assert_eq!(parameters(&target(false)).disks_uri, None);
         assert_eq!(tcp_uri("fd00::1".parse().unwrap()), "tcp://[fd00::1]");

@@ -68,9 +68,14 @@ pub struct MigrationTarget {
     /// The domain on the target: its name and XML (the target's paths, taps, node).
     pub domain_name: String,
     pub domain_xml: String,
-    /// Copy the writable disks' top layers (containerDisk overlays, ephemeral disks) to the
-    /// target: KubeVirt's BlockMigration.
-    pub copy_disks: bool,
+    /// The disks (target devices) whose top layers are copied to the target (containerDisk
+    /// overlays, ephemeral disks: KubeVirt's BlockMigration); the others stay (shared volumes,
+    /// read-only disks the target made itself).
+    pub copy_disks: Vec<String>,
+    /// Writable disks stay in place because the admin's class says every node reaches them
+    /// (`parameters.shared`): libvirt, which recognises only the shared file systems it knows
+    /// (NFS, GFS2, Ceph…), is told so (`VIR_MIGRATE_UNSAFE`).
+    pub shared_disks: bool,
     /// MiB/s; `None` is unlimited.
     pub bandwidth_mib: Option<u64>,
     pub auto_converge: bool,

@@ -167,13 +167,18 @@ pub struct NotMigratable {
 /// What a VMI's volumes are, as far as migration cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VolumeKind {
-    /// containerDisk, emptyDisk, ephemeral, cloud-init, config volumes: the node makes them;
-    /// writable ones are copied (block migration).
+    /// containerDisk, emptyDisk, ephemeral: the node makes them writable; a migration copies
+    /// their top layers (block migration).
     NodeMade,
+    /// cloud-init, ConfigMap, Secret, service account, downward API disks: the node makes them
+    /// read-only, and the target makes its own.
+    NodeMadeReadOnly,
     /// A claim, with whether every node reaches its volume (ReadWriteMany).
     Claim { name: String, shared: bool },
     /// hostDisk: a file on one host.
     HostDisk { name: String },
+    /// A block-mode claim, which its node attaches through a loop device of its own.
+    LoopBlock { name: String },
 }
 
 /// Whether the VMI may live-migrate, KubeVirt's rules: every claim shared, no pod-network
@@ -194,6 +199,14 @@ pub fn migratable(vmi: &Value, volumes: &[VolumeKind], pod_network_here: bool) -
                 return Err(NotMigratable {
                     reason: "DisksNotLiveMigratable",
                     message: format!("cannot migrate VMI with non-shared HostDisk {name}"),
+                })
+            }
+            VolumeKind::LoopBlock { name } => {
+                return Err(NotMigratable {
+                    reason: "DisksNotLiveMigratable",
+                    message: format!(
+                        "cannot migrate VMI: block-mode PVC {name} is attached through its node's loop device"
+                    ),
                 })
             }
             _ => {}

@@ -73,6 +73,9 @@ fn kubevirts_rules_for_what_may_migrate() {
     let rwx = [VolumeKind::Claim { name: "data".into(), shared: true }];
     assert_eq!(migratable(&none, &rwx, false), Ok(()));
     assert!(!needs_block_migration(&rwx) && needs_block_migration(&made));
+    assert!(!needs_block_migration(&[VolumeKind::NodeMadeReadOnly]), "a cloud-init disk is made again, not copied");
+    let loop_block = [VolumeKind::LoopBlock { name: "b".into() }];
+    assert!(migratable(&none, &loop_block, false).unwrap_err().message.contains("loop device"));
     let host = [VolumeKind::HostDisk { name: "h".into() }];
     assert_eq!(migratable(&none, &host, false).unwrap_err().reason, "DisksNotLiveMigratable");
 }

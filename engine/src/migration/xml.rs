@@ -46,6 +46,46 @@ pub fn for_target(source_xml: &str, domain: &str, from: &Placement, to: &Placeme
     Ok(xml)
 }
 
+/// The target devices of the writable disks whose files the node made (under `state_dir`):
+/// what a migration copies. Shared volumes and read-only disks stay where they are.
+pub fn node_made_disks(source_xml: &str, state_dir: &Path) -> Vec<String> {
+    use quick_xml::events::Event;
+    let dir = format!("{}/", state_dir.display());
+    let mut reader = quick_xml::Reader::from_str(source_xml);
+    let (mut out, mut in_disk) = (vec![], false);
+    let (mut source, mut target, mut readonly) = (None::<String>, None::<String>, false);
+    let attr = |e: &quick_xml::events::BytesStart, name: &[u8]| {
+        e.attributes()
+            .flatten()
+            .find(|a| a.key.as_ref() == name)
+            .and_then(|a| a.unescape_value().ok().map(|v| v.into_owned()))
+    };
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) if e.name().as_ref() == b"disk" => {
+                in_disk = true;
+                (source, target, readonly) = (None, None, false);
+            }
+            Ok(Event::Start(e) | Event::Empty(e)) if in_disk => match e.name().as_ref() {
+                b"source" => source = attr(&e, b"file").or_else(|| attr(&e, b"dev")),
+                b"target" => target = attr(&e, b"dev"),
+                b"readonly" => readonly = true,
+                _ => {}
+            },
+            Ok(Event::End(e)) if e.name().as_ref() == b"disk" => {
+                in_disk = false;
+                if let (Some(src), Some(dev), false) = (&source, &target, readonly) {
+                    if src.starts_with(&dir) {
+                        out.push(dev.clone());
+                    }
+                }
+            }
+            Ok(Event::Eof) | Err(_) => return out,
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +123,18 @@ mod tests {
         assert!(xml.contains("'/data/ab/vmis/u1/x.qcow2'"), "a directory that only starts alike is not ours");
         assert!(!xml.contains("/data/a/"));
         assert!(xml.contains("5e1c0f3a-0000-4000-8000-000000000001"), "the same guest");
+    }
+
+    #[test]
+    fn only_writable_disks_the_node_made_are_copied() {
+        let xml = r#"<domain><devices>
+          <disk type='file' device='disk'><source file='/data/a/vmis/u1/disks/root.qcow2'/><target dev='vda' bus='virtio'/></disk>
+          <disk type='file' device='disk'><source file='/shared/pool/pvc-1/disk.img'/><target dev='vdb' bus='virtio'/></disk>
+          <disk type='file' device='cdrom'><source file='/data/a/vmis/u1/disks/ci.iso'/><target dev='sda' bus='sata'/><readonly/></disk>
+          <disk type='block' device='disk'><source dev='/dev/loop7'/><target dev='vdc' bus='virtio'/></disk>
+        </devices></domain>"#;
+        assert_eq!(node_made_disks(xml, Path::new("/data/a")), vec!["vda".to_string()]);
+        assert!(node_made_disks(xml, Path::new("/data/b")).is_empty());
     }
 
     #[test]

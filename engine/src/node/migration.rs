@@ -99,15 +99,20 @@ pub(super) async fn volume_kinds(s: &Shared, vmi: &Value) -> ApiResult<Vec<Volum
                 .and_then(Value::as_array)
                 .is_some_and(|m| m.iter().any(|m| m == "ReadWriteMany"));
             // A volume pinned to a node is reached there only, whatever the claim asked.
-            let pinned = match crate::storage::claims::resolve(&*s.cluster, ns, claim).await? {
-                crate::storage::claims::ClaimState::Ready(cv) => cv.node.is_some(),
-                crate::storage::claims::ClaimState::Waiting(..) => true,
+            let (pinned, block) = match crate::storage::claims::resolve(&*s.cluster, ns, claim).await? {
+                crate::storage::claims::ClaimState::Ready(cv) => (cv.node.is_some(), cv.block),
+                crate::storage::claims::ClaimState::Waiting(..) => (true, false),
             };
-            out.push(VolumeKind::Claim { name: claim.to_string(), shared: rwx && !pinned });
+            match block {
+                true => out.push(VolumeKind::LoopBlock { name: claim.to_string() }),
+                false => out.push(VolumeKind::Claim { name: claim.to_string(), shared: rwx && !pinned }),
+            }
         } else if v.get("hostDisk").is_some() {
             out.push(VolumeKind::HostDisk { name });
-        } else {
+        } else if ["containerDisk", "emptyDisk", "ephemeral"].iter().any(|k| v.get(*k).is_some()) {
             out.push(VolumeKind::NodeMade);
+        } else {
+            out.push(VolumeKind::NodeMadeReadOnly);
         }
     }
     Ok(out)
@@ -259,7 +264,8 @@ async fn send(s: &Arc<Shared>, vmi: &Value, state: &Value) -> Result<String, Str
         address: target.address,
         domain_name: target_domain,
         domain_xml,
-        copy_disks: mig::needs_block_migration(&kinds),
+        copy_disks: xml::node_made_disks(&source_xml, &mine.state_dir),
+        shared_disks: kinds.iter().any(|k| matches!(k, VolumeKind::Claim { shared: true, .. })),
         bandwidth_mib: options.bandwidth_mib,
         auto_converge: options.auto_converge,
         post_copy: options.post_copy,

@@ -10,7 +10,16 @@ use crate::meta;
 
 /// A class whose claims bind only once a guest uses them.
 pub fn waits_for_consumer(class: &Value) -> bool {
-    class.get("volumeBindingMode").and_then(Value::as_str) == Some("WaitForFirstConsumer")
+    class.get("volumeBindingMode").and_then(Value::as_str) == Some("WaitForFirstConsumer") && !shared_pool(class)
+}
+
+/// The class's pool is reached at the same path on every node (`parameters.shared: "true"`
+/// with `parameters.path`: on one machine a directory, across machines a mount the admin
+/// provides): its volumes are made by the server at once and pinned to no node, so their guests
+/// run — and live-migrate — anywhere.
+pub fn shared_pool(class: &Value) -> bool {
+    class.pointer("/parameters/shared").and_then(Value::as_str) == Some("true")
+        && class.pointer("/parameters/path").and_then(Value::as_str).is_some_and(|p| !p.is_empty())
 }
 
 /// Whether `pvc` should be provisioned now, or why not (reason, message).

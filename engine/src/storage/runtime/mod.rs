@@ -396,10 +396,12 @@ async fn sync_pvc(s: &Shared, (ns, name): &Key) -> ApiResult<()> {
         return pending(reason, message).await;
     }
     let Some(class) = class else { return Ok(()) };
-    // Where the volume lives: its first guest's node, or (made at once) the server's own node.
-    let node = match provisioner::waits_for_consumer(class) {
-        true => selected,
-        false => s.config.node.clone(),
+    // Where the volume lives: its first guest's node, or (made at once) the server's own node;
+    // a shared pool's on none.
+    let node = match (provisioner::shared_pool(class), provisioner::waits_for_consumer(class)) {
+        (true, _) => None,
+        (false, true) => selected,
+        (false, false) => s.config.node.clone(),
     };
     if !s.config.keeps(node.as_deref()) {
         let waiting =
