@@ -397,14 +397,14 @@ pub fn migration_for(vm: &Value, body: &Value) -> Value {
 }
 
 /// `PUT …/virtualmachines/{name}/migrate`: the migration of the VM's running guest to create,
-/// or `None` for a dry run. The caller creates it through admission, which refuses a guest
-/// that cannot move with KubeVirt's reason.
+/// and whether the request is a dry run. The caller creates it through admission, which refuses
+/// a guest that cannot move with KubeVirt's reason.
 pub(crate) async fn migration_request(
     cluster: &dyn Cluster,
     ns: &str,
     name: &str,
     body: &Value,
-) -> ApiResult<Option<Value>> {
+) -> ApiResult<(Value, bool)> {
     let vm = cluster
         .get(&kinds::VIRTUAL_MACHINE, ns, name)
         .await?
@@ -413,7 +413,7 @@ pub(crate) async fn migration_request(
     if running_vmi(vmi.as_ref()).is_none() {
         return Err(conflict(&vm, "VM is not running"));
     }
-    Ok((!is_dry_run(body)).then(|| migration_for(&vm, body)))
+    Ok((migration_for(&vm, body), is_dry_run(body)))
 }
 
 async fn migrate_request(
@@ -423,14 +423,9 @@ async fn migrate_request(
     body: &Value,
 ) -> ApiResult<HttpResponse> {
     let kind = &kinds::VIRTUAL_MACHINE_INSTANCE_MIGRATION;
-    match migration_request(store, ns, name, body).await? {
-        Some(migration) => converge_engine::admission::create_admitted(store, kind, migration, false).await?,
-        // A dry run still asks admission whether the guest could move.
-        None => {
-            let vm = json!({"metadata": {"name": name, "namespace": ns}});
-            converge_engine::admission::create_admitted(store, kind, migration_for(&vm, body), true).await?
-        }
-    };
+    // A dry run still asks admission whether the guest could move.
+    let (migration, dry_run) = migration_request(store, ns, name, body).await?;
+    converge_engine::admission::create_admitted(store, kind, migration, dry_run).await?;
     Ok(accepted())
 }
 

@@ -82,9 +82,9 @@ async fn dispatch(req: &HttpRequest, payload: web::Payload, state: &Aggregated) 
             authorize(&state.cluster, &user, &namespace, "virtualmachines", "migrate", "update", &name).await?;
             let body = subresources::read_body(payload).await?;
             let options = subresources::parse_body(&body)?;
-            if let Some(migration) =
-                subresources::migration_request(&*state.cluster, &namespace, &name, &options).await?
-            {
+            let (migration, dry_run) =
+                subresources::migration_request(&*state.cluster, &namespace, &name, &options).await?;
+            if !dry_run {
                 state.cluster.create(&kinds::VIRTUAL_MACHINE_INSTANCE_MIGRATION, migration).await?;
             }
             Ok(subresources::accepted())

@@ -167,13 +167,9 @@ pub fn reconcile(vmim: &Value, vmi: Option<&Value>, facts: &Facts, now: &str) ->
         }
         return plan;
     }
-    if phase.is_final() && vmim.pointer("/status/phase").is_some() {
+    if phase.is_final() {
         if let (Some(vmi), Some(state), Phase::Succeeded) = (vmi, state, phase) {
-            let target = mig::target_node(state).unwrap_or_default();
-            let label = meta::labels(vmi).get(super::vmi::NODE_NAME_LABEL).and_then(Value::as_str).map(str::to_string);
-            if node_name(vmi) == Some(target) && label.as_deref() != Some(target) {
-                plan.relabel_vmi = Some(target.to_string());
-            }
+            plan.relabel_vmi = relabel(vmi, state);
         }
         return plan;
     }
@@ -186,75 +182,74 @@ pub fn reconcile(vmim: &Value, vmi: Option<&Value>, facts: &Facts, now: &str) ->
         return plan;
     };
     match state {
-        None => {
-            schedule(&mut plan, vmim, vmi, facts, now);
-            return plan;
-        }
+        None => schedule(&mut plan, vmim, vmi, facts, now),
         Some(state) => {
-            let derived = mig::phase_from_state(state);
-            if derived == Phase::Failed || derived == Phase::Succeeded {
-                // The phases passed on the way, so that the history reads as it happened.
-                if derived == Phase::Succeeded {
-                    for p in [Phase::Scheduled, Phase::PreparingTarget, Phase::TargetReady, Phase::Running] {
-                        set_phase(&mut next, p, now);
-                    }
-                }
-                set_phase(&mut next, derived, now);
-                let (kind, reason, message) = match derived {
-                    Phase::Succeeded => (
-                        crate::events::NORMAL,
-                        "Migrated",
-                        format!(
-                            "The VirtualMachineInstance migrated to node {}.",
-                            mig::target_node(state).unwrap_or_default()
-                        ),
-                    ),
-                    _ => (
-                        crate::events::WARNING,
-                        "FailedMigration",
-                        format!(
-                            "VirtualMachineInstance migration uid {uid} failed: {}",
-                            state.get("failureReason").and_then(Value::as_str).unwrap_or("unknown")
-                        ),
-                    ),
-                };
-                if derived == Phase::Failed {
-                    st::set_condition(&mut next, "Failed", true, "MigrationFailed", &message, now);
-                }
-                plan.event = Some((kind, reason, message));
-                if derived == Phase::Succeeded && node_name(vmi) == mig::target_node(state) {
-                    plan.relabel_vmi = mig::target_node(state).map(str::to_string);
-                }
-            } else if derived > phase || vmim.pointer("/status/phase").is_none() {
-                for p in [Phase::Scheduled, Phase::PreparingTarget, Phase::TargetReady, Phase::Running] {
-                    if p <= derived {
-                        set_phase(&mut next, p, now);
-                    }
-                }
-            } else if phase == Phase::PreparingTarget {
-                let since = phase_since(vmim, Phase::PreparingTarget);
-                let now_t = chrono::DateTime::parse_from_rfc3339(now).ok().map(|t| t.with_timezone(&chrono::Utc));
-                let waited = since.zip(now_t).and_then(|(s, n)| (n - s).to_std().ok()).unwrap_or_default();
-                if waited >= TARGET_PREPARE_TIMEOUT {
-                    // The target never got ready (its agent is gone): the migration ends, and the
-                    // target agent, if it returns, removes what it made.
-                    let mut v = vmi.clone();
-                    let why = "the target node did not prepare the guest in time";
-                    mig::update_state(
-                        &mut v,
-                        &[("failed", json!(true)), ("failureReason", json!(why)), ("endTimestamp", json!(now))],
-                    );
-                    plan.vmi_status = v.get("status").cloned();
-                } else {
-                    plan.requeue_after =
-                        Some(TARGET_PREPARE_TIMEOUT.saturating_sub(waited).max(Duration::from_secs(1)));
-                }
-            }
-            st::status_mut(&mut next).insert("migrationState".into(), state.clone());
+            follow(&mut plan, &mut next, vmi, state, now);
+            plan.status = next.get("status").cloned().filter(|s| Some(s) != vmim.get("status"));
         }
     }
-    plan.status = next.get("status").cloned().filter(|s| Some(s) != vmim.get("status"));
     plan
+}
+
+/// The node the VMI's label should name after the migration moved it, when it does not yet.
+fn relabel(vmi: &Value, state: &Value) -> Option<String> {
+    let target = mig::target_node(state)?;
+    let label = meta::labels(vmi).get(super::vmi::NODE_NAME_LABEL).and_then(Value::as_str).map(str::to_string);
+    (node_name(vmi) == Some(target) && label.as_deref() != Some(target)).then(|| target.to_string())
+}
+
+/// Records every phase up to `last` not yet passed, so that the history reads as it happened.
+fn pass_through(vmim: &mut Value, last: Phase, now: &str) {
+    for p in [Phase::Scheduled, Phase::PreparingTarget, Phase::TargetReady, Phase::Running] {
+        if p <= last {
+            set_phase(vmim, p, now);
+        }
+    }
+}
+
+/// A scheduled migration: its phase follows the agents' fields of the VMI's migrationState
+/// (mirrored into the migration's status); a target that never gets ready ends it.
+fn follow(plan: &mut MigrationPlan, next: &mut Value, vmi: &Value, state: &Value, now: &str) {
+    let (phase, derived) = (mig::phase_of(next), mig::phase_from_state(state));
+    let fresh = next.pointer("/status/phase").is_none();
+    match derived {
+        Phase::Succeeded => {
+            pass_through(next, Phase::Running, now);
+            set_phase(next, Phase::Succeeded, now);
+            let target = mig::target_node(state).unwrap_or_default();
+            let message = format!("The VirtualMachineInstance migrated to node {target}.");
+            plan.event = Some((crate::events::NORMAL, "Migrated", message));
+            plan.relabel_vmi = relabel(vmi, state);
+        }
+        Phase::Failed => {
+            set_phase(next, Phase::Failed, now);
+            let why = state.get("failureReason").and_then(Value::as_str).unwrap_or("unknown");
+            let message = format!("VirtualMachineInstance migration uid {} failed: {why}", meta::uid(next));
+            st::set_condition(next, "Failed", true, "MigrationFailed", &message, now);
+            plan.event = Some((crate::events::WARNING, "FailedMigration", message));
+        }
+        _ if derived > phase || fresh => pass_through(next, derived, now),
+        _ if phase == Phase::PreparingTarget => {
+            let since = phase_since(next, Phase::PreparingTarget);
+            let now_t = chrono::DateTime::parse_from_rfc3339(now).ok().map(|t| t.with_timezone(&chrono::Utc));
+            let waited = since.zip(now_t).and_then(|(s, n)| (n - s).to_std().ok()).unwrap_or_default();
+            if waited >= TARGET_PREPARE_TIMEOUT {
+                // The target never got ready (its agent is gone): the migration ends, and the
+                // target agent, if it returns, removes what it made.
+                let mut v = vmi.clone();
+                let why = "the target node did not prepare the guest in time";
+                mig::update_state(
+                    &mut v,
+                    &[("failed", json!(true)), ("failureReason", json!(why)), ("endTimestamp", json!(now))],
+                );
+                plan.vmi_status = v.get("status").cloned();
+            } else {
+                plan.requeue_after = Some(TARGET_PREPARE_TIMEOUT.saturating_sub(waited).max(Duration::from_secs(1)));
+            }
+        }
+        _ => {}
+    }
+    st::status_mut(next).insert("migrationState".into(), state.clone());
 }
 
 fn schedule(plan: &mut MigrationPlan, vmim: &Value, vmi: &Value, facts: &Facts, now: &str) {
@@ -279,7 +274,7 @@ fn schedule(plan: &mut MigrationPlan, vmim: &Value, vmi: &Value, facts: &Facts, 
         let message = c.get("message").and_then(Value::as_str).unwrap_or("");
         refuse(&mut next, plan, reason, format!("Cannot migrate VMI, Reason: {reason}, Message: {message}"));
     } else {
-        match pick_target(vmi, source, &facts.nodes, &facts.used) {
+        match pick_target(&with_added_selector(vmi, vmim), source, &facts.nodes, &facts.used) {
             Ok((target, endpoint)) => {
                 let mut v = vmi.clone();
                 let mut state = mig::scheduled_state(vmim, source, &target, endpoint.address);
@@ -300,6 +295,24 @@ fn schedule(plan: &mut MigrationPlan, vmim: &Value, vmi: &Value, facts: &Facts, 
         }
     }
     plan.status = next.get("status").cloned().filter(|s| Some(s) != vmim.get("status"));
+}
+
+/// The VMI as the target is chosen for it: the migration's `addedNodeSelector` joins its own
+/// node selector (KubeVirt's: it narrows the targets, never widens them).
+fn with_added_selector(vmi: &Value, vmim: &Value) -> Value {
+    let mut v = vmi.clone();
+    if let Some(added) = vmim.pointer("/spec/addedNodeSelector").and_then(Value::as_object) {
+        let selector = meta::at_mut(&mut v, &["spec", "nodeSelector"]);
+        if !selector.is_object() {
+            *selector = json!({});
+        }
+        if let Some(map) = selector.as_object_mut() {
+            for (k, val) in added {
+                map.entry(k.clone()).or_insert_with(|| val.clone());
+            }
+        }
+    }
+    v
 }
 
 /// What each node holds, counting a migrating guest on its target as well.

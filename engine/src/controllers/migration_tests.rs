@@ -187,3 +187,14 @@ fn a_node_sends_two_guests_at_a_time() {
     f.outbound.insert("a".into(), 1);
     assert!(reconcile(&vmim(), Some(&vmi(true)), &f, NOW).vmi_status.is_some());
 }
+
+#[test]
+fn an_added_node_selector_narrows_the_targets() {
+    let f = facts(&[node("a", true), node("b", true), node("c", true)]);
+    let mut m = vmim();
+    m["spec"]["addedNodeSelector"] = json!({"kubernetes.io/hostname": "c"});
+    let plan = reconcile(&m, Some(&vmi(true)), &f, NOW);
+    assert_eq!(plan.vmi_status.unwrap()["migrationState"]["targetNode"], "c");
+    m["spec"]["addedNodeSelector"] = json!({"kubernetes.io/hostname": "a"});
+    assert_eq!(phase(&reconcile(&m, Some(&vmi(true)), &f, NOW)), Some("Failed"), "the source never");
+}

@@ -374,7 +374,7 @@ async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> 
         }
     }
     if phase(&next) == st::RUNNING {
-        super::migration::mark_migratability(s, &vmi, &mut next, &now).await;
+        super::migration::mark_migratability(s, &vmi, &mut next, &now, launched).await;
     }
     write(s, &vmi, &next).await?;
     if launched {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::Shared;
 use crate::controllers::status::{self as st, node_name};
 use crate::error::{ApiError, ApiResult};
-use crate::hypervisor::{HypervisorError, MigrationProgress, MigrationTarget};
+use crate::hypervisor::{HypervisorError, MigrationTarget};
 use crate::kinds;
 use crate::meta;
 use crate::migration::{self as mig, xml, Endpoint, NotMigratable, VolumeKind};
@@ -30,34 +30,23 @@ pub struct MigrationConfig {
     pub address: std::net::IpAddr,
 }
 
-/// Migrations this node is sending, by VMI uid, with their last progress.
+/// Migrations this node is sending, by VMI uid.
 #[derive(Default)]
 pub struct Outgoing {
-    running: Mutex<std::collections::HashMap<String, Option<MigrationProgress>>>,
+    running: Mutex<HashSet<String>>,
 }
 
 impl Outgoing {
     fn claim(&self, uid: &str) -> bool {
-        self.running.lock().map(|mut m| m.insert(uid.to_string(), None).is_none()).unwrap_or(false)
+        self.running.lock().map(|mut m| m.insert(uid.to_string())).unwrap_or(false)
     }
     fn release(&self, uid: &str) {
         if let Ok(mut m) = self.running.lock() {
             m.remove(uid);
         }
     }
-    fn record(&self, uid: &str, p: MigrationProgress) {
-        if let Ok(mut m) = self.running.lock() {
-            if let Some(slot) = m.get_mut(uid) {
-                *slot = Some(p);
-            }
-        }
-    }
     pub fn is_sending(&self, uid: &str) -> bool {
-        self.running.lock().map(|m| m.contains_key(uid)).unwrap_or(false)
-    }
-    /// (VMI uid, progress) of every migration being sent.
-    pub fn progress(&self) -> Vec<(String, Option<MigrationProgress>)> {
-        self.running.lock().map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect()).unwrap_or_default()
+        self.running.lock().map(|m| m.contains(uid)).unwrap_or(false)
     }
 }
 
@@ -83,60 +72,88 @@ pub fn checked_endpoint(config: &super::NodeConfig) -> Result<Option<Endpoint>, 
     e.validate().map(|()| Some(e))
 }
 
-/// What the VMI's volumes are, as migration sees them: claims read for their access modes and
-/// where their volumes live.
+/// What a volume is to a migration, from the VMI's spec alone (claims: `None`, see
+/// `volume_kinds`).
+fn spec_kind(v: &Value) -> Option<VolumeKind> {
+    let name = v.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+    if v.get("persistentVolumeClaim").is_some() || v.get("dataVolume").is_some() {
+        None
+    } else if v.get("hostDisk").is_some() {
+        Some(VolumeKind::HostDisk { name })
+    } else if ["containerDisk", "emptyDisk", "ephemeral"].iter().any(|k| v.get(*k).is_some()) {
+        Some(VolumeKind::NodeMade)
+    } else {
+        Some(VolumeKind::NodeMadeReadOnly)
+    }
+}
+
+fn volumes(vmi: &Value) -> impl Iterator<Item = &Value> {
+    vmi.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten()
+}
+
+/// What the VMI's volumes are, as migration sees them: each claim and its volume read once, for
+/// the claim's access modes and where the volume lives.
 pub(super) async fn volume_kinds(s: &Shared, vmi: &Value) -> ApiResult<Vec<VolumeKind>> {
+    use crate::storage::claims::{state_of, ClaimState};
     let ns = meta::namespace(vmi);
     let mut out = vec![];
-    for v in vmi.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
-        let claim = v.pointer("/persistentVolumeClaim/claimName").or_else(|| v.pointer("/dataVolume/name"));
-        let name = v.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-        if let Some(claim) = claim.and_then(Value::as_str) {
-            let pvc = s.cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, claim).await?;
-            let rwx = pvc
-                .as_ref()
-                .and_then(|p| p.pointer("/spec/accessModes"))
-                .and_then(Value::as_array)
-                .is_some_and(|m| m.iter().any(|m| m == "ReadWriteMany"));
-            // A volume pinned to a node is reached there only, whatever the claim asked.
-            let (pinned, block) = match crate::storage::claims::resolve(&*s.cluster, ns, claim).await? {
-                crate::storage::claims::ClaimState::Ready(cv) => (cv.node.is_some(), cv.block),
-                crate::storage::claims::ClaimState::Waiting(..) => (true, false),
-            };
-            match block {
-                true => out.push(VolumeKind::LoopBlock { name: claim.to_string() }),
-                false => out.push(VolumeKind::Claim { name: claim.to_string(), shared: rwx && !pinned }),
-            }
-        } else if v.get("hostDisk").is_some() {
-            out.push(VolumeKind::HostDisk { name });
-        } else if ["containerDisk", "emptyDisk", "ephemeral"].iter().any(|k| v.get(*k).is_some()) {
-            out.push(VolumeKind::NodeMade);
-        } else {
-            out.push(VolumeKind::NodeMadeReadOnly);
+    for v in volumes(vmi) {
+        if let Some(kind) = spec_kind(v) {
+            out.push(kind);
+            continue;
         }
+        let claim = v.pointer("/persistentVolumeClaim/claimName").or_else(|| v.pointer("/dataVolume/name"));
+        let claim = claim.and_then(Value::as_str).unwrap_or_default();
+        let pvc = s.cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, ns, claim).await?;
+        let pv = match pvc.as_ref().and_then(|p| p.pointer("/spec/volumeName")).and_then(Value::as_str) {
+            Some(n) => s.cluster.get(&kinds::PERSISTENT_VOLUME, "", n).await?,
+            None => None,
+        };
+        let rwx = pvc
+            .as_ref()
+            .and_then(|p| p.pointer("/spec/accessModes"))
+            .and_then(Value::as_array)
+            .is_some_and(|m| m.iter().any(|m| m == "ReadWriteMany"));
+        // A volume pinned to a node is reached there only, whatever the claim asked.
+        out.push(match state_of(pvc.as_ref(), pv.as_ref(), claim) {
+            ClaimState::Ready(cv) if cv.block => VolumeKind::LoopBlock { name: claim.to_string() },
+            ClaimState::Ready(cv) => VolumeKind::Claim { name: claim.to_string(), shared: rwx && cv.node.is_none() },
+            ClaimState::Waiting(..) => VolumeKind::Claim { name: claim.to_string(), shared: false },
+        });
     }
     Ok(out)
 }
 
-/// Sets the VMI's LiveMigratable condition and migrationMethod, as virt-handler does.
-pub(super) async fn mark_migratability(s: &Shared, vmi: &Value, next: &mut Value, now: &str) {
-    let kinds = match volume_kinds(s, vmi).await {
-        Ok(k) => k,
-        Err(_) => return,
-    };
+/// The LiveMigratable reason of a node that takes part in no migration.
+const NO_MIGRATION: &str = "NotMigratable";
+
+/// Sets the VMI's LiveMigratable condition and migrationMethod, as virt-handler does. The
+/// condition is worked out (its claims read) when the guest starts here, when it has none, and
+/// when this node's part in migrations changed since; otherwise it stands.
+pub(super) async fn mark_migratability(s: &Shared, vmi: &Value, next: &mut Value, now: &str, started: bool) {
+    // Only disks the node makes are ever copied: the spec says which.
+    let copied = volumes(vmi).filter_map(spec_kind).collect::<Vec<_>>();
+    let method = if mig::needs_block_migration(&copied) { "BlockMigration" } else { "LiveMigration" };
+    st::status_mut(next).insert("migrationMethod".into(), json!(method));
+    let known = st::condition(vmi, "LiveMigratable");
+    let said_no_migration = known.is_some_and(|c| c["reason"] == NO_MIGRATION);
+    if !started && known.is_some() && said_no_migration == s.config.migration.is_none() {
+        return;
+    }
     let verdict = match s.config.migration {
         None => Err(NotMigratable {
-            reason: "NotMigratable",
+            reason: NO_MIGRATION,
             message: "this node takes part in no live migration (its agent runs without --migration-uri)".into(),
         }),
-        Some(_) => mig::migratable(vmi, &kinds, s.net.is_some()),
+        Some(_) => match volume_kinds(s, vmi).await {
+            Ok(kinds) => mig::migratable(vmi, &kinds, s.net.is_some()),
+            Err(_) => return,
+        },
     };
     match verdict {
         Ok(()) => st::set_condition(next, "LiveMigratable", true, "", "", now),
         Err(n) => st::set_condition(next, "LiveMigratable", false, n.reason, &n.message, now),
     }
-    let method = if mig::needs_block_migration(&kinds) { "BlockMigration" } else { "LiveMigration" };
-    st::status_mut(next).insert("migrationMethod".into(), json!(method));
 }
 
 /// The migration this VMI is in and this node's part in it, if any.
@@ -185,9 +202,13 @@ pub(super) async fn sync_target(s: &Arc<Shared>, vmi: &Value, state: &Value) -> 
 }
 
 /// A migration to this node ended without it: the incoming domain (if libvirt left one) and
-/// the files go.
+/// the files go. Nothing to look at once the files are gone: the target made them before any
+/// domain could come (so a resync costs no libvirt call for the migrations that ended long ago).
 pub(super) async fn clean_former_target(s: &Arc<Shared>, vmi: &Value, domain: &str) -> ApiResult<()> {
     let dir = super::agent::vmi_dir(s, meta::uid(vmi));
+    if !dir.exists() {
+        return Ok(());
+    }
     let (hv, n) = (Arc::clone(&s.hv), domain.to_string());
     let exists = tokio::task::spawn_blocking(move || hv.state(&n))
         .await
@@ -196,7 +217,7 @@ pub(super) async fn clean_former_target(s: &Arc<Shared>, vmi: &Value, domain: &s
         .is_some();
     if exists {
         super::agent::tear_down(s, domain, meta::uid(vmi), None).await?;
-    } else if dir.exists() {
+    } else {
         super::agent::release_vmi(s, meta::uid(vmi), None).await;
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -211,8 +232,9 @@ pub(super) fn sync_source(s: &Arc<Shared>, vmi: &Value, state: &Value) -> bool {
         return true;
     }
     if !mig::is_ready(state) || mig::is_started(state) || mig::abort_requested(state) {
-        // Started without this process (it restarted mid-migration): libvirt's job ended with
-        // the process that called it; the guest is still here, and the migration failed.
+        // Started without this process (it restarted mid-migration): nothing here follows
+        // libvirt's job any more, so the migration is marked failed — though the job may still
+        // finish (the note of issue 21 says so).
         if mig::is_started(state) && s.outgoing.claim(uid) {
             let (s, vmi) = (Arc::clone(s), vmi.clone());
             tokio::spawn(async move {
@@ -294,7 +316,6 @@ async fn send(s: &Arc<Shared>, vmi: &Value, state: &Value) -> Result<String, Str
                 let (hv, d) = (Arc::clone(&s.hv), domain.clone());
                 let progress = tokio::time::timeout(POLL, tokio::task::spawn_blocking(move || hv.migration_progress(&d))).await;
                 if let Ok(Ok(Ok(Some(p)))) = progress {
-                    s.outgoing.record(meta::uid(vmi), p);
                     watch.saw(p.data_remaining);
                 }
                 let step = if aborted {
@@ -484,7 +505,7 @@ async fn update_vmi(s: &Shared, vmi: &Value, change: impl Fn(&mut Value) -> bool
     Err(ApiError::unavailable("the VMI kept changing while its migration state was written"))
 }
 
-/// VMI uids of migrations this node is receiving or sending (for its resync).
+/// The VMIs this node is receiving or sending, or received for nothing (for its resync).
 pub(super) fn involved(s: &Shared, vmis: &[Value]) -> HashSet<(String, String)> {
     vmis.iter()
         .filter(|v| role(s, v).is_some())
