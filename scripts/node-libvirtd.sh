@@ -6,7 +6,7 @@
 # paths a root libvirtd has compiled in. Its virtlogd runs in the same namespace. The socket is
 # outside those mounts, so every process (agents, peers' libvirtds) reaches it.
 #
-# Usage: scripts/node-libvirtd.sh start NAME   prints the connection URI
+# Usage: [MIGRATION_PORTS=MIN-MAX] scripts/node-libvirtd.sh start NAME   prints the connection URI
 #        scripts/node-libvirtd.sh stop NAME
 # Where incoming migrations listen is not configured here: libvirt refuses a local address as
 # `migration_address`/`migration_host`, so Converge's source agent names the target node's
@@ -53,6 +53,15 @@ auth_unix_ro = "none"
 host_uuid = "$uuid"
 CONF
 as_root cp /etc/libvirt/qemu.conf "$root/etc/qemu.conf"
+# Ports of its own for incoming guests and their disks (libvirt's default 49152-49215 is every
+# libvirtd's: two on one machine would pick the same port, and the second QEMU fails to bind it):
+# MIGRATION_PORTS=MIN-MAX, else a slot from the name; out of the kernel's ephemeral range and
+# Kubernetes' node ports.
+slot=$(( $(printf '%s' "$name" | cksum | cut -d' ' -f1) % 300 ))
+ports=${MIGRATION_PORTS:-$((20000 + 32 * slot))-$((20031 + 32 * slot))}
+case "$ports" in *[!0-9-]*|-*|*-) echo "node-libvirtd: MIGRATION_PORTS is MIN-MAX" >&2; exit 2 ;; esac
+printf 'migration_port_min = %d\nmigration_port_max = %d\n' "${ports%-*}" "${ports#*-}" \
+  | as_root tee -a "$root/etc/qemu.conf" >/dev/null
 as_root cp /etc/libvirt/virtlogd.conf "$root/etc/virtlogd.conf"
 [ -f /etc/libvirt/libvirt.conf ] && as_root cp /etc/libvirt/libvirt.conf "$root/etc/"
 as_root setsid unshare --mount --propagation private sh -c "

@@ -172,8 +172,13 @@ fn node_libvirtd_script() -> PathBuf {
 
 impl NodeLibvirtd {
     pub fn start(name: &str) -> NodeLibvirtd {
+        // Each libvirtd of this process its own incoming ports: they all share the machine's.
+        static STARTED: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let slot = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 300;
+        let min = 20000 + 32 * slot;
         let out = std::process::Command::new(node_libvirtd_script())
             .args(["start", name])
+            .env("MIGRATION_PORTS", format!("{min}-{}", min + 31))
             .output()
             .expect("scripts/node-libvirtd.sh runs");
         assert!(out.status.success(), "node libvirtd {name}: {}", String::from_utf8_lossy(&out.stderr));
