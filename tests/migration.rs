@@ -19,25 +19,99 @@ struct Pair {
     nodes: Vec<NodeProcess>,
     libvirtds: Vec<NodeLibvirtd>,
     prefix: String,
+    pod_network: Option<PodNetwork>,
     _cleanup: Cleanup,
+}
+
+/// A pod network of this test's own on both nodes: its ranges, a node namespace each, and
+/// their removal however the test ends. Nothing is routed off the machine (no egress).
+struct PodNetwork {
+    pods: String,
+    services: String,
+    netns: Vec<String>,
+    tag: u32,
+    _cleanup: Vec<common::netapp::NetCleanup>,
+}
+
+impl PodNetwork {
+    fn new() -> PodNetwork {
+        let tag = std::process::id() % 40;
+        let netns: Vec<String> = (0..2).map(|i| format!("cvm{}{}", std::process::id() % 100_000, i)).collect();
+        let cleanup = netns
+            .iter()
+            .map(|ns| {
+                let net = converge_engine::network::NetworkConfig { node_namespace: ns.clone(), ..Default::default() };
+                common::netapp::NetCleanup(net)
+            })
+            .collect();
+        // Ranges no other test uses (those of tests/cluster.rs and common::netapp are above 10.100).
+        let (pods, services) = (format!("10.{}.0.0/16", 40 + tag), format!("10.{}.0.0/16", 80 + tag));
+        PodNetwork { pods, services, netns, tag, _cleanup: cleanup }
+    }
+
+    fn args(&self, i: usize) -> Vec<String> {
+        let transit = format!("169.254.{}.{}/30", 40 + self.tag, 4 * i);
+        [
+            "--pod-network",
+            "on",
+            "--pod-cidr",
+            &self.pods,
+            "--service-cidr",
+            &self.services,
+            "--node-netns",
+            &self.netns[i],
+            "--node-transit-cidr",
+            &transit,
+            "--pod-egress",
+            "false",
+        ]
+        .map(str::to_string)
+        .to_vec()
+    }
 }
 
 impl Pair {
     async fn new() -> (TestApp, Pair) {
+        Self::start(None).await
+    }
+
+    /// Both nodes on a pod network of the test's own.
+    async fn with_pod_network() -> (TestApp, Pair) {
+        Self::start(Some(PodNetwork::new())).await
+    }
+
+    async fn start(pod_network: Option<PodNetwork>) -> (TestApp, Pair) {
         let tag = &uuid::Uuid::new_v4().simple().to_string()[..6];
         let prefix = format!("m{tag}-");
-        let app = api_without_a_node().await;
+        let app = match &pod_network {
+            None => api_without_a_node().await,
+            Some(net) => {
+                let pods = converge_engine::network::Cidr::parse(&net.pods).expect("pods");
+                let services = converge_engine::network::Cidr::parse(&net.services).expect("services");
+                spawn_app_with(None, |c| {
+                    c.node = None;
+                    c.pod_ranges.cluster = pods;
+                    c.service_network.cidr = services;
+                })
+                .await
+            }
+        };
         let libvirtds = vec![NodeLibvirtd::start(&format!("m{tag}a")), NodeLibvirtd::start(&format!("m{tag}b"))];
-        (app, Pair { nodes: vec![], libvirtds, _cleanup: Cleanup(prefix.clone()), prefix })
+        (app, Pair { nodes: vec![], libvirtds, _cleanup: Cleanup(prefix.clone()), prefix, pod_network })
     }
 
     /// Joins node `i` (node-a, node-b) on its libvirtd.
     async fn join(&mut self, app: &TestApp, i: usize) {
         let name = ["node-a", "node-b"][i];
         let uri = self.libvirtds[i].uri.clone();
-        let args = ["--pod-network", "none", "--libvirt-uri", &uri, "--migration-uri", &uri];
-        let mut args: Vec<&str> = args.to_vec();
-        args.extend(["--migration-address", "127.0.0.1"]);
+        let mut args: Vec<String> = match &self.pod_network {
+            None => vec!["--pod-network".into(), "none".into()],
+            Some(net) => net.args(i),
+        };
+        args.extend(
+            ["--libvirt-uri", &uri, "--migration-uri", &uri, "--migration-address", "127.0.0.1"].map(String::from),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let node = NodeProcess::join_with(app, name, &self.prefix, &args).await;
         let ready = wait_until(SETTLE, || node_ready(app, name)).await;
         assert!(ready, "{name} joins:\n{}", node.log_text());
@@ -61,7 +135,33 @@ fn mover(name: &str) -> Value {
     let spec = &mut vm["spec"]["template"]["spec"];
     spec["domain"]["devices"]["interfaces"] = json!([{"name": "default", "masquerade": {}}]);
     spec["networks"] = json!([{"name": "default", "pod": {}}]);
+    vm["spec"]["template"]["metadata"]["labels"]["app"] = json!(name);
     vm
+}
+
+fn pod_ip(vmi: &Value) -> Option<std::net::Ipv4Addr> {
+    converge_engine::network::services::pod_ip(vmi)
+}
+
+async fn pod_range(app: &TestApp, node: &str) -> converge_engine::network::Cidr {
+    let (_, n) = app.get(&format!("/api/v1/nodes/{node}")).await;
+    converge_engine::network::Cidr::parse(n["spec"]["podCIDR"].as_str().unwrap_or_default()).expect("a pod range")
+}
+
+/// The page the guest serves, fetched from the host (the cluster IP routes into a node namespace).
+async fn fetch(url: &str) -> String {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().expect("client");
+    match client.get(url).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn endpoint_addresses(app: &TestApp, service: &str) -> Vec<String> {
+    let (_, e) = app.get(&format!("/api/v1/namespaces/default/endpoints/{service}")).await;
+    let subsets = e["subsets"].as_array().cloned().unwrap_or_default();
+    let addresses = subsets.iter().flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default());
+    addresses.filter_map(|a| a["ip"].as_str().map(str::to_string)).collect()
 }
 
 async fn migration(app: &TestApp, name: &str) -> Value {
@@ -97,7 +197,7 @@ fn ticks(log: &str) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_running_guest_moves_to_another_node_without_restarting() {
-    let (app, mut pair) = Pair::new().await;
+    let (app, mut pair) = Pair::with_pod_network().await;
     pair.join(&app, 0).await;
     let app = &app;
     within(LIMIT, async {
@@ -123,6 +223,21 @@ async fn a_running_guest_moves_to_another_node_without_restarting() {
         assert!(failed, "{refused}");
         let message = refused["status"]["conditions"][0]["message"].as_str().unwrap_or_default();
         assert!(message.contains("1 node(s) were the source"), "{refused}");
+
+        // A Service reaches it on node-a, by its pod address there.
+        let range_a = pod_range(app, "node-a").await;
+        let ip_a = pod_ip(&before).expect("a pod address");
+        assert!(range_a.contains(ip_a), "{ip_a} from node-a's range {range_a}");
+        type_line(app, "mover", "mkdir -p /www; echo mover-$((6*7)) > /www/index.html; httpd -p 8080 -h /www").await;
+        let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "mover"},
+            "spec": {"selector": {"app": "mover"}, "ports": [{"port": 80, "targetPort": 8080}]}});
+        let (code, svc) = app.post("/api/v1/namespaces/default/services", &service).await;
+        assert_eq!(code, 201, "{svc}");
+        let cluster_ip = svc["spec"]["clusterIP"].as_str().unwrap_or_default().to_string();
+        let url = format!("http://{cluster_ip}/");
+        let served = wait_until(SETTLE, || async { fetch(&url).await.contains("mover-42") }).await;
+        assert!(served, "the Service {cluster_ip} reaches the guest on node-a: {}", pair.logs());
+        assert_eq!(endpoint_addresses(app, "mover").await, vec![ip_a.to_string()]);
 
         pair.join(app, 1).await;
         let boot_id = ask(app, "mover", "cat /proc/sys/kernel/random/boot_id", "boot-").await;
@@ -193,6 +308,28 @@ async fn a_running_guest_moves_to_another_node_without_restarting() {
         assert_eq!(ask(app, "mover", "cat /proc/sys/kernel/random/boot_id", "boot-").await, boot_id);
         let uptime_after: f64 = ask(app, "mover", "cut -d' ' -f1 /proc/uptime", "up-").await.parse().unwrap_or(0.0);
         assert!(uptime_after > uptime_before, "uptime goes on: {uptime_before} then {uptime_after}");
+
+        // The guest keeps its MAC and, behind masquerade, its own side of the pod (10.0.2.2); its
+        // pod address is node-b's now, and the Service and its endpoints follow it there.
+        let range_b = pod_range(app, "node-b").await;
+        let ip_b = pod_ip(&after).expect("a pod address on node-b");
+        assert!(range_b.contains(ip_b), "{ip_b} from node-b's range {range_b}: {after}");
+        assert_eq!(after["status"]["interfaces"][0]["mac"], before["status"]["interfaces"][0]["mac"]);
+        assert_eq!(ask(app, "mover", "ifconfig eth0 | grep -o 10.0.2.2 | head -n1", "addr-").await, "10.0.2.2");
+        let followed = wait_until(SETTLE, || async {
+            endpoint_addresses(app, "mover").await == vec![ip_b.to_string()] && fetch(&url).await.contains("mover-42")
+        })
+        .await;
+        assert!(
+            followed,
+            "the Service reaches the guest on node-b ({:?}): {}",
+            endpoint_addresses(app, "mover").await,
+            pair.logs()
+        );
+        let moved =
+            wait_until(SETTLE, || async { fetch(&format!("http://{ip_b}:8080/")).await.contains("mover-42") }).await;
+        assert!(moved, "and so does its new pod address {ip_b}");
+        assert!(fetch(&format!("http://{ip_a}:8080/")).await.is_empty(), "node-a let go of its pod address {ip_a}");
         assert!(
             !pair.nodes[0].dir.path().join("node/vmis").join(after["metadata"]["uid"].as_str().unwrap_or("?")).exists(),
             "node-a let go of the guest's files"

@@ -95,9 +95,14 @@ pub fn pick_target(
     nodes: &[Value],
     used: &BTreeMap<String, Request>,
 ) -> Result<(String, Endpoint), String> {
-    let (mut skipped_source, mut no_endpoint) = (0, 0);
+    let (mut skipped_source, mut no_endpoint, mut other_network) = (0, 0, 0);
     let mut candidates = vec![];
     let mut endpoints = BTreeMap::new();
+    // The guest's interfaces are taps on a pod network, or QEMU's user network, as its node has
+    // it: a target must have the same (a domain carries its interfaces over unchanged).
+    let pod_network = |e: &Endpoint| e.network_namespace.is_some();
+    let source_pod_network =
+        nodes.iter().find(|n| meta::name(n) == source).and_then(|n| Endpoint::of_node(n).ok()).map(|e| pod_network(&e));
     for node in nodes {
         let name = meta::name(node);
         if name == source {
@@ -105,6 +110,7 @@ pub fn pick_target(
             continue;
         }
         match Endpoint::of_node(node) {
+            Ok(e) if source_pod_network.is_some_and(|p| p != pod_network(&e)) => other_network += 1,
             Ok(e) => {
                 endpoints.insert(name.to_string(), e);
                 candidates.push(NodeView::from_node(node));
@@ -118,6 +124,9 @@ pub fn pick_target(
     }
     if no_endpoint > 0 {
         extra.push(format!("{no_endpoint} node(s) publish no migration endpoint"));
+    }
+    if other_network > 0 {
+        extra.push(format!("{other_network} node(s) had a pod network unlike the source's"));
     }
     let picked = match candidates.is_empty() {
         true => Err(format!("0/{} nodes are available", nodes.len())),

@@ -5,6 +5,10 @@ use super::*;
 const NOW: &str = "2026-12-04T05:00:00Z";
 
 fn node(name: &str, endpoint: bool) -> Value {
+    node_on(name, endpoint, None)
+}
+
+fn node_on(name: &str, endpoint: bool, network_namespace: Option<&str>) -> Value {
     let mut n = json!({
         "metadata": {"name": name, "uid": format!("{name}-uid"), "labels": {"kubernetes.io/hostname": name}},
         "status": {"allocatable": {"cpu": "2", "memory": "4Gi", "devices.kubevirt.io/kvm": "1k"},
@@ -16,6 +20,7 @@ fn node(name: &str, endpoint: bool) -> Value {
             address: "127.0.0.1".parse().unwrap(),
             state_dir: format!("/data/{name}").into(),
             domain_prefix: format!("{name}-"),
+            network_namespace: network_namespace.map(str::to_string),
         };
         n["metadata"]["annotations"] = json!({crate::migration::endpoint::ANNOTATION: e.annotation_value()});
     }
@@ -84,6 +89,16 @@ fn no_fitting_node_refuses_the_migration_with_the_reason() {
     assert!(message.contains("1 node(s) were the source"), "{message}");
     assert!(message.contains("1 node(s) publish no migration endpoint"), "{message}");
     assert_eq!(plan.vmi_status, None, "the VMI is untouched");
+}
+
+#[test]
+fn a_target_has_a_pod_network_as_the_source_has() {
+    let nodes = [node_on("a", true, Some("cva")), node("b", true), node_on("c", true, Some("cvc"))];
+    let plan = reconcile(&vmim(), Some(&vmi(true)), &facts(&nodes), NOW);
+    assert_eq!(plan.vmi_status.as_ref().unwrap()["migrationState"]["targetNode"], "c");
+    let plan = reconcile(&vmim(), Some(&vmi(true)), &facts(&nodes[..2]), NOW);
+    let (_, _, message) = plan.event.unwrap();
+    assert!(message.contains("1 node(s) had a pod network unlike the source's"), "{message}");
 }
 
 #[test]

@@ -21,6 +21,10 @@ pub struct Endpoint {
     pub address: IpAddr,
     pub state_dir: PathBuf,
     pub domain_prefix: String,
+    /// The node namespace of its pod network, when it has one: the guest's taps there are named
+    /// from it (`network::names::tap`), so the source names them in the target's domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +75,12 @@ impl Endpoint {
         if self.address.is_unspecified() || self.address.is_multicast() {
             return bad("address must be a unicast address");
         }
+        let namespace_ok = |n: &String| {
+            !n.is_empty() && n.len() <= 63 && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        if !self.network_namespace.as_ref().is_none_or(namespace_ok) {
+            return bad("networkNamespace may hold letters, digits, -, _ and . only");
+        }
         Ok(())
     }
 
@@ -102,6 +112,7 @@ mod tests {
             address: "127.0.0.1".parse().unwrap(),
             state_dir: "/var/lib/converge/b".into(),
             domain_prefix: "b-".into(),
+            network_namespace: Some("cvb".into()),
         }
     }
 
@@ -127,6 +138,8 @@ mod tests {
             ("quote in dir", Box::new(|e| e.state_dir = "/var/lib/x'".into())),
             ("prefix", Box::new(|e| e.domain_prefix = "a/b".into())),
             ("address", Box::new(|e| e.address = "0.0.0.0".parse().unwrap())),
+            ("namespace", Box::new(|e| e.network_namespace = Some("a b".into()))),
+            ("empty namespace", Box::new(|e| e.network_namespace = Some(String::new()))),
         ];
         for (what, change) in cases {
             let mut e = endpoint();

@@ -182,9 +182,9 @@ pub enum VolumeKind {
 }
 
 /// Whether the VMI may live-migrate, KubeVirt's rules: every claim shared, no pod-network
-/// interface with the bridge binding (unless the VMI allows it), and — where Converge has not
-/// built it yet — no interface on the pod network at all.
-pub fn migratable(vmi: &Value, volumes: &[VolumeKind], pod_network_here: bool) -> Result<(), NotMigratable> {
+/// interface with the bridge binding (unless the VMI allows it); and no SR-IOV function, which
+/// Converge does not unplug for a migration as KubeVirt does.
+pub fn migratable(vmi: &Value, volumes: &[VolumeKind]) -> Result<(), NotMigratable> {
     for v in volumes {
         match v {
             VolumeKind::Claim { name, shared: false } => {
@@ -222,15 +222,15 @@ pub fn migratable(vmi: &Value, volumes: &[VolumeKind], pod_network_here: bool) -
                 message: "cannot migrate VMI which does not use masquerade, bridge with kubevirt.io/allow-pod-bridge-network-live-migration VM annotation or a migratable plugin to connect to the pod network".into(),
             });
         }
-        if pod_network_here {
-            return Err(NotMigratable {
-                reason: "InterfaceNotLiveMigratable",
-                message: format!(
-                    "interface {} is on Converge's pod network, whose live migration is not built yet",
-                    iface.name
-                ),
-            });
-        }
+    }
+    if let Some(iface) = spec.domain.devices.interfaces.iter().find(|i| i.sriov.is_some()) {
+        return Err(NotMigratable {
+            reason: "InterfaceNotLiveMigratable",
+            message: format!(
+                "interface {} is an SR-IOV function, which Converge does not unplug for a migration",
+                iface.name
+            ),
+        });
     }
     Ok(())
 }

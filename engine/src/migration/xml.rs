@@ -13,6 +13,8 @@ pub enum XmlError {
     NoName,
     #[error("the domain XML names no owning node {0}")]
     NoOwner(String),
+    #[error("the guest's interfaces are taps on a pod network, and the target node has none")]
+    NoPodNetwork,
 }
 
 /// Where a domain lives on one node.
@@ -20,10 +22,19 @@ pub enum XmlError {
 pub struct Placement<'a> {
     pub state_dir: &'a Path,
     pub node_uid: &'a str,
+    /// The node namespace of the node's pod network, which names the guest's taps there.
+    pub network_namespace: Option<&'a str>,
 }
 
-/// `source_xml` (of the domain `domain` on the node `from`) as the node `to` runs it.
-pub fn for_target(source_xml: &str, domain: &str, from: &Placement, to: &Placement) -> Result<String, XmlError> {
+/// `source_xml` (of the domain `domain` of the VMI `vmi_uid` on the node `from`) as the node
+/// `to` runs it.
+pub fn for_target(
+    source_xml: &str,
+    domain: &str,
+    vmi_uid: &str,
+    from: &Placement,
+    to: &Placement,
+) -> Result<String, XmlError> {
     let old_name = format!("<name>{domain}</name>");
     if !source_xml.contains(&old_name) {
         return Err(XmlError::NoName);
@@ -43,7 +54,26 @@ pub fn for_target(source_xml: &str, domain: &str, from: &Placement, to: &Placeme
     for element in ["kernel", "initrd", "loader", "nvram"] {
         xml = xml.replace(&format!("<{element}>{from_dir}/"), &format!("<{element}>{to_dir}/"));
     }
-    Ok(xml)
+    rename_taps(&xml, vmi_uid, from.network_namespace, to.network_namespace)
+}
+
+/// The guest's taps under the target's names: the target made its own (named from its node
+/// namespace), which its incoming QEMU opens.
+fn rename_taps(xml: &str, vmi_uid: &str, from: Option<&str>, to: Option<&str>) -> Result<String, XmlError> {
+    use crate::network::names::tap;
+    let Some(from) = from else { return Ok(xml.to_string()) };
+    let mut out = xml.to_string();
+    for index in 0..16 {
+        let old = tap(from, vmi_uid, index);
+        for quote in ['\'', '"'] {
+            let quoted = format!("dev={quote}{old}{quote}");
+            if out.contains(&quoted) {
+                let new = tap(to.ok_or(XmlError::NoPodNetwork)?, vmi_uid, index);
+                out = out.replace(&quoted, &format!("dev={quote}{new}{quote}"));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The target devices of the writable disks whose files the node made (under `state_dir`):
@@ -90,7 +120,11 @@ pub fn node_made_disks(source_xml: &str, state_dir: &Path) -> Vec<String> {
 mod tests {
     use super::*;
 
-    const SOURCE: &str = r#"<domain type='qemu'>
+    fn source() -> String {
+        SOURCE_TEMPLATE.replace("TAP0", &crate::network::names::tap("cva", "u1", 0))
+    }
+
+    const SOURCE_TEMPLATE: &str = r#"<domain type='qemu'>
   <name>a-default_vm</name>
   <uuid>5e1c0f3a-0000-4000-8000-000000000001</uuid>
   <metadata><converge:vmi xmlns:converge="https://converge.dev/vmi" uid="u1" node="node-a-uid"/></metadata>
@@ -100,20 +134,21 @@ mod tests {
     <disk type='file' device='disk'><source file='/shared/pool/pvc-1/disk.img'/></disk>
     <disk type='file' device='disk'><source file='/data/ab/vmis/u1/x.qcow2'/></disk>
     <serial type='unix'><source mode='bind' path='/data/a/vmis/u1/serial.sock'/></serial>
+    <interface type='ethernet'><mac address='02:00:00:00:00:01'/><target dev='TAP0' managed='no'/></interface>
   </devices>
 </domain>"#;
 
     fn placements() -> (Placement<'static>, Placement<'static>) {
         (
-            Placement { state_dir: Path::new("/data/a"), node_uid: "node-a-uid" },
-            Placement { state_dir: Path::new("/data/b"), node_uid: "node-b-uid" },
+            Placement { state_dir: Path::new("/data/a"), node_uid: "node-a-uid", network_namespace: Some("cva") },
+            Placement { state_dir: Path::new("/data/b"), node_uid: "node-b-uid", network_namespace: Some("cvb") },
         )
     }
 
     #[test]
     fn the_targets_files_name_and_owner_replace_the_sources() {
         let (a, b) = placements();
-        let xml = for_target(SOURCE, "a-default_vm", &a, &b).unwrap();
+        let xml = for_target(&source(), "a-default_vm", "u1", &a, &b).unwrap();
         assert!(xml.contains("<name>a-default_vm</name>"), "renamed by libvirt, not in the XML");
         assert!(xml.contains(r#"node="node-b-uid""#));
         assert!(xml.contains("'/data/b/vmis/u1/disks/root.qcow2'"));
@@ -123,6 +158,19 @@ mod tests {
         assert!(xml.contains("'/data/ab/vmis/u1/x.qcow2'"), "a directory that only starts alike is not ours");
         assert!(!xml.contains("/data/a/"));
         assert!(xml.contains("5e1c0f3a-0000-4000-8000-000000000001"), "the same guest");
+        let tap = crate::network::names::tap("cvb", "u1", 0);
+        assert!(xml.contains(&format!("<target dev='{tap}' managed='no'/>")), "the target's tap: {xml}");
+        assert!(xml.contains("02:00:00:00:00:01"), "the same MAC");
+    }
+
+    #[test]
+    fn a_guest_on_a_pod_network_goes_only_where_there_is_one() {
+        let (a, mut b) = placements();
+        b.network_namespace = None;
+        assert_eq!(for_target(&source(), "a-default_vm", "u1", &a, &b), Err(XmlError::NoPodNetwork));
+        let user_network = SOURCE_TEMPLATE.replace("<interface type='ethernet'>", "<interface type='user'>");
+        let user_network = user_network.replace("<target dev='TAP0' managed='no'/>", "");
+        assert!(for_target(&user_network, "a-default_vm", "u1", &a, &b).is_ok());
     }
 
     #[test]
@@ -141,7 +189,10 @@ mod tests {
     fn a_domain_not_made_by_the_source_is_refused() {
         let (a, b) = placements();
         let other = Placement { node_uid: "someone-else", ..a.clone() };
-        assert_eq!(for_target(SOURCE, "a-default_vm", &other, &b), Err(XmlError::NoOwner("someone-else".into())));
-        assert_eq!(for_target(SOURCE, "x", &a, &b), Err(XmlError::NoName));
+        assert_eq!(
+            for_target(&source(), "a-default_vm", "u1", &other, &b),
+            Err(XmlError::NoOwner("someone-else".into()))
+        );
+        assert_eq!(for_target(&source(), "x", "u1", &a, &b), Err(XmlError::NoName));
     }
 }

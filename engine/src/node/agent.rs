@@ -222,11 +222,11 @@ pub(super) async fn tear_down(
     Ok(())
 }
 
-/// A guest that left this node (migrated): what the node held for it goes, the domain is the
-/// target's now.
-pub(super) async fn forget_local(s: &Arc<Shared>, domain: &str, vmi_uid: &str) {
+/// A guest that left this node (migrated): what the node held for it goes, its pod address
+/// (leased to `owner`, its namespace and name) included; the domain is the target's now.
+pub(super) async fn forget_local(s: &Arc<Shared>, domain: &str, vmi_uid: &str, owner: (&str, &str)) {
     forget_domain(s, domain);
-    release_vmi(s, vmi_uid, None).await;
+    release_vmi(s, vmi_uid, Some(owner)).await;
     let _ = std::fs::remove_dir_all(vmi_dir(s, vmi_uid));
 }
 
@@ -345,7 +345,9 @@ async fn sync(s: &Arc<Shared>, (ns, name): &Key) -> ApiResult<Option<Duration>> 
         (st::PENDING | st::SCHEDULING | st::SCHEDULED, Some(_)) => mark_running(s, &mut next, &now, None),
         (_, Some(DomainState::Running)) => {
             if let Some(net) = &s.net {
-                super::network::adopt_running(s, net, &vmi).await;
+                if let Some(interfaces) = super::network::adopt_running(s, net, &vmi).await {
+                    st::status_mut(&mut next).insert("interfaces".into(), json!(interfaces));
+                }
             }
             st::set_condition(&mut next, "Ready", true, "", "", &now);
             st::remove_condition(&mut next, "Paused");

@@ -68,6 +68,7 @@ pub fn checked_endpoint(config: &super::NodeConfig) -> Result<Option<Endpoint>, 
         address: m.address,
         state_dir,
         domain_prefix: config.domain_prefix.clone(),
+        network_namespace: config.network.as_ref().map(|n| n.node_namespace.clone()),
     };
     e.validate().map(|()| Some(e))
 }
@@ -146,7 +147,7 @@ pub(super) async fn mark_migratability(s: &Shared, vmi: &Value, next: &mut Value
             message: "this node takes part in no live migration (its agent runs without --migration-uri)".into(),
         }),
         Some(_) => match volume_kinds(s, vmi).await {
-            Ok(kinds) => mig::migratable(vmi, &kinds, s.net.is_some()),
+            Ok(kinds) => mig::migratable(vmi, &kinds),
             Err(_) => return,
         },
     };
@@ -183,7 +184,7 @@ pub(super) async fn sync_target(s: &Arc<Shared>, vmi: &Value, state: &Value) -> 
     if mig::is_ready(state) {
         return Ok(None);
     }
-    match super::agent::prepare_files(s, vmi).await {
+    match prepare(s, vmi).await {
         Ok(()) => {}
         Err(super::agent::StartError::Wait(_, _, after)) => return Ok(Some(after)),
         Err(super::agent::StartError::Retry(e)) => return Err(e),
@@ -201,6 +202,20 @@ pub(super) async fn sync_target(s: &Arc<Shared>, vmi: &Value, state: &Value) -> 
     Ok(None)
 }
 
+/// The target's part of a start: the guest's files, then its pod (a pod address of this node's,
+/// the taps its incoming QEMU opens under this node's names). The taps join the pod once the
+/// guest runs here (`network::adopt_running`).
+async fn prepare(s: &Arc<Shared>, vmi: &Value) -> Result<(), super::agent::StartError> {
+    use super::agent::StartError;
+    super::agent::prepare_files(s, vmi).await?;
+    let Some(net) = &s.net else { return Ok(()) };
+    match super::network::prepare_pod(s, net, vmi).await {
+        Ok(_) => Ok(()),
+        Err(super::network::PodError::Retry(m)) => Err(StartError::Retry(ApiError::unavailable(m))),
+        Err(super::network::PodError::Invalid(m)) => Err(StartError::Fatal("FailedNetworkSetup".into(), m)),
+    }
+}
+
 /// A migration to this node ended without it: the incoming domain (if libvirt left one) and
 /// the files go. Nothing to look at once the files are gone: the target made them before any
 /// domain could come (so a resync costs no libvirt call for the migrations that ended long ago).
@@ -215,10 +230,12 @@ pub(super) async fn clean_former_target(s: &Arc<Shared>, vmi: &Value, domain: &s
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::unavailable(e.to_string()))?
         .is_some();
+    // The pod address this node leased for the guest is the guest's alone here: it goes too.
+    let owner = Some((meta::namespace(vmi), meta::name(vmi)));
     if exists {
-        super::agent::tear_down(s, domain, meta::uid(vmi), None).await?;
+        super::agent::tear_down(s, domain, meta::uid(vmi), owner).await?;
     } else {
-        super::agent::release_vmi(s, meta::uid(vmi), None).await;
+        super::agent::release_vmi(s, meta::uid(vmi), owner).await;
         let _ = std::fs::remove_dir_all(dir);
     }
     Ok(())
@@ -276,9 +293,17 @@ async fn send(s: &Arc<Shared>, vmi: &Value, state: &Value) -> Result<String, Str
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let from = xml::Placement { state_dir: &mine.state_dir, node_uid: &s.node_uid };
-    let to = xml::Placement { state_dir: &target.state_dir, node_uid: meta::uid(&node) };
-    let domain_xml = xml::for_target(&source_xml, &domain, &from, &to).map_err(|e| e.to_string())?;
+    let from = xml::Placement {
+        state_dir: &mine.state_dir,
+        node_uid: &s.node_uid,
+        network_namespace: mine.network_namespace.as_deref(),
+    };
+    let to = xml::Placement {
+        state_dir: &target.state_dir,
+        node_uid: meta::uid(&node),
+        network_namespace: target.network_namespace.as_deref(),
+    };
+    let domain_xml = xml::for_target(&source_xml, &domain, meta::uid(vmi), &from, &to).map_err(|e| e.to_string())?;
     let kinds = volume_kinds(s, vmi).await.map_err(|e| e.message)?;
     let options = mig::policy::options(state.get("migrationConfiguration"));
     let plan = MigrationTarget {
@@ -429,7 +454,7 @@ async fn end(s: &Arc<Shared>, vmi: &Value, outcome: Result<String, String>) -> A
             let fields = [("completed", json!(true)), ("endTimestamp", json!(now))];
             write_handover(s, vmi, &fields, &target).await?;
             let domain = super::agent::domain_name_of(&s.config.domain_prefix, meta::namespace(vmi), meta::name(vmi));
-            super::agent::forget_local(s, &domain, &uid).await;
+            super::agent::forget_local(s, &domain, &uid, (meta::namespace(vmi), meta::name(vmi))).await;
             tracing::info!(vmi = %meta::name(vmi), %target, "migrated");
         }
         Err(message) => {

@@ -463,7 +463,12 @@ pub async fn start_with(
             .await
             .map_err(|e| NodeError::Register(e.message))?
             .into_iter()
-            .filter(|v| v.pointer("/status/nodeName").and_then(Value::as_str) == Some(config.name.as_str()))
+            .filter(|v| {
+                // A guest migrating here holds its pod here already.
+                let incoming = crate::migration::in_flight(v).and_then(crate::migration::target_node);
+                v.pointer("/status/nodeName").and_then(Value::as_str) == Some(config.name.as_str())
+                    || incoming == Some(config.name.as_str())
+            })
             .collect();
         network::sweep_orphans(net, &live).await;
     }

@@ -280,30 +280,43 @@ fn start_responder(net: &NodeNetwork, plan: &PodPlan, vmi: &Value) -> Result<(),
     net.dhcp.start(&plan.vmi_uid, socket, lease)
 }
 
-/// A running VMI the agent knows nothing of (it restarted): plan again, answer DHCP again and
-/// keep its VLAN ports apart again.
-pub(crate) async fn adopt_running(s: &Shared, net: &NodeNetwork, vmi: &Value) {
+/// A running VMI the agent knows nothing of (it restarted), or one that just migrated here:
+/// plan again, join its taps to its pod (a migrated guest's incoming QEMU opened them in the
+/// host namespace), answer DHCP again and keep its VLAN ports apart again. Returns the VMI's
+/// interfaces when what it reports is not this node's (its pod address is from the source's
+/// range after a migration).
+pub(crate) async fn adopt_running(s: &Shared, net: &NodeNetwork, vmi: &Value) -> Option<Vec<Value>> {
     let uid = meta::uid(vmi);
     let spec = VmiSpec::from_vmi(vmi).unwrap_or_default();
-    let needs_dhcp = plan::uses_pod_network(&spec) && !net.dhcp.running(uid);
+    let on_pod_network = plan::uses_pod_network(&spec);
+    let needs_dhcp = on_pod_network && !net.dhcp.running(uid);
     let node_ns = &net.config.node_namespace;
     let known = net.vlan_ports.lock().map(|p| p.keys().any(|t| names::is_tap_of(node_ns, uid, t))).unwrap_or(true);
     let needs_vlans = !net.kernel_vlans() && !known && !plan::multus_networks(&spec).is_empty();
-    if !needs_dhcp && !needs_vlans {
-        return;
+    let elsewhere = |ip: std::net::Ipv4Addr| !net.config.pod_cidr.contains(ip);
+    let stale_address = on_pod_network && services::pod_ip(vmi).is_some_and(elsewhere);
+    if !needs_dhcp && !needs_vlans && !stale_address {
+        return None;
     }
-    let Ok(plan) = plan_pod(s, net, vmi, &spec).await else { return };
+    let Ok(plan) = plan_pod(s, net, vmi, &spec).await else { return None };
     if needs_vlans {
         if let Err(e) = update_vlan_ports(net, Some(&plan), None).await {
             tracing::warn!(error = %e, "VLAN rules not restored");
         }
     }
     let pod_ns = names::pod_namespace(&net.config.node_namespace, uid);
-    if needs_dhcp && net.host.namespaces().contains(&pod_ns) {
+    let arrived = plan.pod_nic().is_some_and(|nic| net.host.links(None).contains(&nic.tap));
+    if arrived && net.host.namespaces().contains(&pod_ns) {
+        if let Err(e) = finish_pod(net, &plan, vmi).await {
+            tracing::warn!(error = %e, "a migrated guest's pod not finished");
+            return None;
+        }
+    } else if needs_dhcp && net.host.namespaces().contains(&pod_ns) {
         if let Err(e) = start_responder(net, &plan, vmi) {
             tracing::warn!(error = %e, "DHCP responder not restarted");
         }
     }
+    stale_address.then(|| interface_status(&spec, Some(&plan)))
 }
 
 /// Removes what a VMI's networking made: its namespace, its taps, its responder, its address.
