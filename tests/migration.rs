@@ -432,6 +432,16 @@ async fn an_aborted_or_broken_migration_leaves_the_guest_on_its_source() {
         let m = migration(app, "aborted").await;
         assert!(started, "{m}\n{}", pair.logs());
         assert_eq!(m["status"]["migrationState"]["migrationPolicyName"], "trickle", "{m}");
+        // Its progress shows in its status while it runs (1 MiB/s: far from done).
+        let progressing = wait_until(SETTLE, || async {
+            let p = &migration(app, "aborted").await["status"]["migrationState"]["progress"];
+            p["dataRemainingBytes"].as_u64().unwrap_or(0) > 0 && p["dataProcessedBytes"].as_u64().unwrap_or(0) > 0
+        })
+        .await;
+        let m = migration(app, "aborted").await;
+        assert!(progressing, "{m}");
+        let rate = m["status"]["migrationState"]["progress"]["memoryTransferRateBytesPerSecond"].as_u64();
+        assert!(rate.is_some_and(|r| r <= 4 << 20), "held to about the policy's 1 MiB/s: {m}");
         let (code, body) = app.delete(&format!("{VMIMS}/aborted"), None).await;
         assert!(code == 200 || code == 202, "{code} {body}");
         let gone = wait_until(SETTLE, || async { app.get(&format!("{VMIMS}/aborted")).await.0 == 404 }).await;

@@ -34,8 +34,34 @@ pub fn definitions() -> &'static Map<String, Value> {
         for (name, def) in doc.get("definitions").and_then(Value::as_object).into_iter().flatten() {
             all.insert(format!("{CDI_PREFIX}{name}"), def.clone());
         }
+        extend(&mut all);
         all
     })
+}
+
+/// What Converge serves beyond KubeVirt's definitions, each an optional field KubeVirt's clients
+/// ignore: a running migration's progress, which KubeVirt exports only as metrics
+/// (`kubevirt_vmi_migration_data_remaining_bytes`, `…_memory_transfer_rate_bytes`).
+fn extend(all: &mut Map<String, Value>) {
+    let bytes = |d: &str| serde_json::json!({"type": "integer", "format": "int64", "description": d});
+    let progress = serde_json::json!({
+        "description": "Converge: the migration's progress as the source's libvirt reports it, refreshed every few seconds while it runs.",
+        "type": "object",
+        "properties": {
+            "dataTotalBytes": bytes("Guest memory and copied disks to move, in bytes."),
+            "dataProcessedBytes": bytes("What was sent so far, in bytes."),
+            "dataRemainingBytes": bytes("What is left to send, in bytes."),
+            "memoryTransferRateBytesPerSecond": bytes("How fast guest memory is being sent, in bytes per second."),
+            "timestamp": {"type": "string", "format": "date-time", "description": "When it was read."}
+        }
+    });
+    let state = all
+        .get_mut("v1.VirtualMachineInstanceMigrationState")
+        .and_then(|d| d.get_mut("properties"))
+        .and_then(Value::as_object_mut);
+    if let Some(properties) = state {
+        properties.insert("progress".into(), progress);
+    }
 }
 
 const OBJECT_META: &str = "k8s.io.apimachinery.pkg.apis.meta.v1.ObjectMeta";

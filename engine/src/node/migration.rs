@@ -20,6 +20,9 @@ use crate::migration::{self as mig, xml, Endpoint, NotMigratable, VolumeKind};
 
 /// How often a running migration's progress and abort request are looked at.
 const POLL: Duration = Duration::from_millis(1000);
+/// How often its progress is written to the VMI (and so the migration): every write is an event
+/// to every watcher of VMIs.
+const PROGRESS_EVERY: Duration = Duration::from_secs(3);
 
 /// What this node publishes so that guests can migrate to it (`--migration-uri`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,6 +337,7 @@ async fn send(s: &Arc<Shared>, vmi: &Value, state: &Value) -> Result<String, Str
     let mut migrating = tokio::task::spawn_blocking(move || hv.migrate(&d, &plan));
     let mut tick = tokio::time::interval(POLL);
     let mut aborted = false;
+    let mut reported = std::time::Instant::now();
     let result = loop {
         tokio::select! {
             done = &mut migrating => break done.map_err(|e| e.to_string())?,
@@ -342,6 +346,13 @@ async fn send(s: &Arc<Shared>, vmi: &Value, state: &Value) -> Result<String, Str
                 let progress = tokio::time::timeout(POLL, tokio::task::spawn_blocking(move || hv.migration_progress(&d))).await;
                 if let Ok(Ok(Ok(Some(p)))) = progress {
                     watch.saw(p.data_remaining);
+                    if reported.elapsed() >= PROGRESS_EVERY {
+                        reported = std::time::Instant::now();
+                        let _ = write_state_with(s, vmi, &[("progress", progress_status(&p))], |v| {
+                            mig::in_flight(v).is_some()
+                        })
+                        .await;
+                    }
                 }
                 let step = if aborted {
                     Step::Wait
@@ -373,6 +384,17 @@ async fn send(s: &Arc<Shared>, vmi: &Value, state: &Value) -> Result<String, Str
         (Err(_), Some(why)) => Err(why),
         (Err(HypervisorError::Libvirt(m)), None) | (Err(HypervisorError::NoDomain(m)), None) => Err(m),
     }
+}
+
+/// A migration's progress as Converge reports it (`migrationState.progress`, see `schema`).
+fn progress_status(p: &crate::hypervisor::MigrationProgress) -> Value {
+    json!({
+        "dataTotalBytes": p.data_total,
+        "dataProcessedBytes": p.data_processed,
+        "dataRemainingBytes": p.data_remaining,
+        "memoryTransferRateBytesPerSecond": p.memory_bps,
+        "timestamp": meta::now_rfc3339(),
+    })
 }
 
 /// What the source does next about a running migration.
