@@ -20,6 +20,8 @@ struct Pair {
     libvirtds: Vec<NodeLibvirtd>,
     prefix: String,
     pod_network: Option<PodNetwork>,
+    /// The CA of the libvirtds' certificates, when they take migrations over TLS.
+    _tls_ca: Option<tempfile::TempDir>,
     _cleanup: Cleanup,
 }
 
@@ -72,15 +74,20 @@ impl PodNetwork {
 
 impl Pair {
     async fn new() -> (TestApp, Pair) {
-        Self::start(None).await
+        Self::start(None, false).await
     }
 
     /// Both nodes on a pod network of the test's own.
     async fn with_pod_network() -> (TestApp, Pair) {
-        Self::start(Some(PodNetwork::new())).await
+        Self::start(Some(PodNetwork::new()), false).await
     }
 
-    async fn start(pod_network: Option<PodNetwork>) -> (TestApp, Pair) {
+    /// Libvirtds that reach each other over TLS, their QEMUs too, with certificates of one CA.
+    async fn with_tls() -> (TestApp, Pair) {
+        Self::start(None, true).await
+    }
+
+    async fn start(pod_network: Option<PodNetwork>, tls: bool) -> (TestApp, Pair) {
         let tag = &uuid::Uuid::new_v4().simple().to_string()[..6];
         let prefix = format!("m{tag}-");
         let app = match &pod_network {
@@ -96,21 +103,25 @@ impl Pair {
                 .await
             }
         };
-        let libvirtds = vec![NodeLibvirtd::start(&format!("m{tag}a")), NodeLibvirtd::start(&format!("m{tag}b"))];
-        (app, Pair { nodes: vec![], libvirtds, _cleanup: Cleanup(prefix.clone()), prefix, pod_network })
+        let tls_ca = tls.then(|| tempfile::tempdir().expect("a CA directory"));
+        let ca = tls_ca.as_ref().map(|d| d.path());
+        let libvirtds =
+            vec![NodeLibvirtd::start_with(&format!("m{tag}a"), ca), NodeLibvirtd::start_with(&format!("m{tag}b"), ca)];
+        let cleanup = Cleanup(prefix.clone());
+        (app, Pair { nodes: vec![], libvirtds, _cleanup: cleanup, prefix, pod_network, _tls_ca: tls_ca })
     }
 
     /// Joins node `i` (node-a, node-b) on its libvirtd.
     async fn join(&mut self, app: &TestApp, i: usize) {
         let name = ["node-a", "node-b"][i];
         let uri = self.libvirtds[i].uri.clone();
+        let peers_uri = self.libvirtds[i].tls_uri.clone().unwrap_or_else(|| uri.clone());
         let mut args: Vec<String> = match &self.pod_network {
             None => vec!["--pod-network".into(), "none".into()],
             Some(net) => net.args(i),
         };
-        args.extend(
-            ["--libvirt-uri", &uri, "--migration-uri", &uri, "--migration-address", "127.0.0.1"].map(String::from),
-        );
+        let migration = ["--libvirt-uri", &uri, "--migration-uri", &peers_uri, "--migration-address", "127.0.0.1"];
+        args.extend(migration.map(String::from));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let node = NodeProcess::join_with(app, name, &self.prefix, &args).await;
         let ready = wait_until(SETTLE, || node_ready(app, name)).await;
@@ -341,7 +352,8 @@ async fn a_running_guest_moves_to_another_node_without_restarting() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_disk_guest_migrates_by_copying_its_overlay() {
-    let (app, mut pair) = Pair::new().await;
+    // Over TLS: libvirtd to libvirtd, and QEMU to QEMU for the memory and the overlay (NBD).
+    let (app, mut pair) = Pair::with_tls().await;
     pair.join(&app, 0).await;
     let app = &app;
     within(LIMIT, async {
@@ -406,7 +418,7 @@ fn target_qemu_pid(libvirtd: &NodeLibvirtd, domain: &str) -> Option<i32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_aborted_or_broken_migration_leaves_the_guest_on_its_source() {
-    let (app, mut pair) = Pair::new().await;
+    let (app, mut pair) = Pair::with_tls().await;
     pair.join(&app, 0).await;
     let app = &app;
     within(LIMIT, async {
@@ -442,6 +454,12 @@ async fn an_aborted_or_broken_migration_leaves_the_guest_on_its_source() {
         assert!(progressing, "{m}");
         let rate = m["status"]["migrationState"]["progress"]["memoryTransferRateBytesPerSecond"].as_u64();
         assert!(rate.is_some_and(|r| r <= 4 << 20), "held to about the policy's 1 MiB/s: {m}");
+        // The stream is TLS: the source QEMU sends with libvirt's TLS credentials, checking the
+        // target's certificate for its address.
+        let domain_a = format!("{}node-a-default_slow", pair.prefix);
+        let parameters = pair.libvirtds[0].qmp(&domain_a, r#"{"execute": "query-migrate-parameters"}"#);
+        assert!(parameters.contains(r#""tls-creds":"objlibvirt_migrate_tls0""#), "{parameters}");
+        assert!(parameters.contains(r#""tls-hostname":"127.0.0.1""#), "{parameters}");
         let (code, body) = app.delete(&format!("{VMIMS}/aborted"), None).await;
         assert!(code == 200 || code == 202, "{code} {body}");
         let gone = wait_until(SETTLE, || async { app.get(&format!("{VMIMS}/aborted")).await.0 == 404 }).await;

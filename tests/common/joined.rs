@@ -164,6 +164,8 @@ pub async fn api_without_a_node() -> TestApp {
 pub struct NodeLibvirtd {
     pub name: String,
     pub uri: String,
+    /// With TLS: the URI peers' libvirtds reach it by (TLS on 127.0.0.1).
+    pub tls_uri: Option<String>,
 }
 
 fn node_libvirtd_script() -> PathBuf {
@@ -172,18 +174,37 @@ fn node_libvirtd_script() -> PathBuf {
 
 impl NodeLibvirtd {
     pub fn start(name: &str) -> NodeLibvirtd {
-        // Each libvirtd of this process its own incoming ports: they all share the machine's.
+        Self::start_with(name, None)
+    }
+
+    /// With `tls_ca` (a directory; a CA is made there for the first node): peers reach it over
+    /// TLS with a certificate of that CA, and its QEMUs take migrations over TLS.
+    pub fn start_with(name: &str, tls_ca: Option<&std::path::Path>) -> NodeLibvirtd {
+        // Each libvirtd of this process its own ports: they all share the machine's.
         static STARTED: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
         let slot = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 300;
         let min = 20000 + 32 * slot;
-        let out = std::process::Command::new(node_libvirtd_script())
-            .args(["start", name])
-            .env("MIGRATION_PORTS", format!("{min}-{}", min + 31))
-            .output()
-            .expect("scripts/node-libvirtd.sh runs");
+        let mut script = std::process::Command::new(node_libvirtd_script());
+        script.args(["start", name]).env("MIGRATION_PORTS", format!("{min}-{}", min + 31));
+        if let Some(ca) = tls_ca {
+            let port = 16000 + slot;
+            script.env("TLS_CA", ca).env("TLS_PORT", port.to_string());
+        }
+        let out = script.output().expect("scripts/node-libvirtd.sh runs");
         assert!(out.status.success(), "node libvirtd {name}: {}", String::from_utf8_lossy(&out.stderr));
-        let uri = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        NodeLibvirtd { name: name.to_string(), uri }
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut lines = stdout.lines().map(|l| l.trim().to_string());
+        let uri = lines.next().unwrap_or_default();
+        let tls_uri = lines.next().filter(|_| tls_ca.is_some());
+        NodeLibvirtd { name: name.to_string(), uri, tls_uri }
+    }
+
+    /// What the QEMU of `domain` answers to a QMP command (through libvirt).
+    pub fn qmp(&self, domain: &str, command: &str) -> String {
+        let out = std::process::Command::new("virsh")
+            .args(["-c", &self.uri, "qemu-monitor-command", domain, command])
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
     }
 
     /// The names of the domains this libvirtd runs or keeps.

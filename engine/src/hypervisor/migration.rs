@@ -27,6 +27,9 @@ pub fn migration_flags(target: &MigrationTarget) -> u32 {
     if target.post_copy {
         flags |= sys::VIR_MIGRATE_POSTCOPY;
     }
+    if target.tls {
+        flags |= sys::VIR_MIGRATE_TLS;
+    }
     flags
 }
 
@@ -149,6 +152,7 @@ mod tests {
             bandwidth_mib: Some(64),
             auto_converge: false,
             post_copy: false,
+            tls: false,
         }
     }
 
@@ -165,6 +169,8 @@ mod tests {
         assert_eq!(with & sys::VIR_MIGRATE_UNSAFE, 0, "libvirt's safety checks stand unless a class says shared");
         let shared = MigrationTarget { shared_disks: true, ..target(false) };
         assert_ne!(migration_flags(&shared) & sys::VIR_MIGRATE_UNSAFE, 0);
+        assert_eq!(with & sys::VIR_MIGRATE_TLS, 0);
+        assert_ne!(migration_flags(&MigrationTarget { tls: true, ..target(false) }) & sys::VIR_MIGRATE_TLS, 0);
     }
 
     #[test]

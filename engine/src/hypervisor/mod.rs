@@ -80,6 +80,9 @@ pub struct MigrationTarget {
     pub bandwidth_mib: Option<u64>,
     pub auto_converge: bool,
     pub post_copy: bool,
+    /// The guest's memory and disks go encrypted, QEMU to QEMU (`VIR_MIGRATE_TLS`): both
+    /// libvirtds hold certificates of one CA for their QEMUs (`/etc/pki/qemu`).
+    pub tls: bool,
 }
 
 /// A migration job's progress, as libvirt reports it.

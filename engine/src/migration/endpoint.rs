@@ -84,6 +84,13 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Whether guests come to this node encrypted: a node whose libvirtd peers reach over TLS
+    /// has its QEMUs take the guest's memory and disks over TLS too (their certificates are of
+    /// the same CA, as KubeVirt's virt-handlers' are), never in the clear beside it.
+    pub fn stream_over_tls(&self) -> bool {
+        self.libvirt_uri.starts_with("qemu+tls://")
+    }
+
     /// The endpoint a Node publishes.
     pub fn of_node(node: &Value) -> Result<Endpoint, EndpointError> {
         let text = node
@@ -147,8 +154,10 @@ mod tests {
             assert!(e.validate().is_err(), "{what} accepted");
         }
         let mut e = endpoint();
+        assert!(!e.stream_over_tls(), "a local socket: one machine");
         e.libvirt_uri = "qemu+tls://node-b.example/system".into();
         assert_eq!(e.validate(), Ok(()));
+        assert!(e.stream_over_tls(), "a libvirtd reached over TLS takes its guests over TLS");
         let node = json!({"metadata": {"annotations": {ANNOTATION: "{\"libvirtURI\": 1}"}}});
         assert!(matches!(Endpoint::of_node(&node), Err(EndpointError::Malformed(_))));
     }

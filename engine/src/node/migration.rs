@@ -319,6 +319,7 @@ async fn send(s: &Arc<Shared>, vmi: &Value, state: &Value) -> Result<String, Str
         bandwidth_mib: options.bandwidth_mib,
         auto_converge: options.auto_converge,
         post_copy: options.post_copy,
+        tls: target.stream_over_tls(),
     };
     let memory = crate::launcher::spec::VmiSpec::from_vmi(vmi).ok().and_then(|s| s.guest_memory_bytes()).unwrap_or(0);
     let mut watch = Watch::new(options, mig::policy::completion_limit(&options, memory));
