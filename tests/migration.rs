@@ -460,6 +460,17 @@ async fn an_aborted_or_broken_migration_leaves_the_guest_on_its_source() {
         let parameters = pair.libvirtds[0].qmp(&domain_a, r#"{"execute": "query-migrate-parameters"}"#);
         assert!(parameters.contains(r#""tls-creds":"objlibvirt_migrate_tls0""#), "{parameters}");
         assert!(parameters.contains(r#""tls-hostname":"127.0.0.1""#), "{parameters}");
+
+        // node-a's agent restarts mid-way: libvirt's job goes on, and the agent, back, follows it.
+        pair.nodes[0].kill().await;
+        pair.nodes[0].start();
+        let before_restart = m["status"]["migrationState"]["progress"]["timestamp"].clone();
+        let followed = wait_until(SETTLE, || async {
+            let now = migration(app, "aborted").await;
+            now["status"]["phase"] == "Running" && now["status"]["migrationState"]["progress"]["timestamp"] != before_restart
+        })
+        .await;
+        assert!(followed, "still running, its progress read again: {}\n{}", migration(app, "aborted").await, pair.logs());
         let (code, body) = app.delete(&format!("{VMIMS}/aborted"), None).await;
         assert!(code == 200 || code == 202, "{code} {body}");
         let gone = wait_until(SETTLE, || async { app.get(&format!("{VMIMS}/aborted")).await.0 == 404 }).await;

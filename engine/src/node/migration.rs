@@ -185,6 +185,9 @@ pub(super) fn role<'a>(s: &Shared, vmi: &'a Value) -> Option<Role<'a>> {
 /// The target's sync: make the guest's files, then say so. `Some(delay)` looks again.
 pub(super) async fn sync_target(s: &Arc<Shared>, vmi: &Value, state: &Value) -> ApiResult<Option<Duration>> {
     if mig::is_ready(state) {
+        if mig::is_started(state) {
+            join_pod_once_running(s, vmi).await?;
+        }
         return Ok(None);
     }
     match prepare(s, vmi).await {
@@ -203,6 +206,24 @@ pub(super) async fn sync_target(s: &Arc<Shared>, vmi: &Value, state: &Value) -> 
     let now = meta::now_rfc3339();
     write_state(s, vmi, &[("targetNodeDomainReadyTimestamp", json!(now))]).await?;
     Ok(None)
+}
+
+/// The guest runs here (libvirt resumed it at the switch-over, or it runs in post-copy): its
+/// taps join its pod now, not when the source's handover is read, so its network is back as
+/// soon as it is.
+async fn join_pod_once_running(s: &Arc<Shared>, vmi: &Value) -> ApiResult<()> {
+    let Some(net) = &s.net else { return Ok(()) };
+    let domain = super::agent::domain_name_of(&s.config.domain_prefix, meta::namespace(vmi), meta::name(vmi));
+    let hv = Arc::clone(&s.hv);
+    let state = tokio::task::spawn_blocking(move || hv.state(&domain))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    if state == Some(crate::hypervisor::DomainState::Running) {
+        // Its interfaces are written once the VMI is this node's (the handover).
+        let _ = super::network::adopt_running(s, net, vmi).await;
+    }
+    Ok(())
 }
 
 /// The target's part of a start: the guest's files, then its pod (a pod address of this node's,
@@ -252,15 +273,16 @@ pub(super) fn sync_source(s: &Arc<Shared>, vmi: &Value, state: &Value) -> bool {
         return true;
     }
     if !mig::is_ready(state) || mig::is_started(state) || mig::abort_requested(state) {
-        // Started without this process (it restarted mid-migration): nothing here follows
-        // libvirt's job any more, so the migration is marked failed — though the job may still
-        // finish (the note of issue 21 says so).
+        // Started by this node's agent before it restarted: libvirt's job went on without it.
         if mig::is_started(state) && s.outgoing.claim(uid) {
-            let (s, vmi) = (Arc::clone(s), vmi.clone());
+            let (s, vmi, state) = (Arc::clone(s), vmi.clone(), state.clone());
             tokio::spawn(async move {
-                let why = "the source node's agent restarted during the migration";
-                let _ = end(&s, &vmi, Err(why.to_string())).await;
+                let outcome = follow_after_restart(&s, &vmi, &state).await;
+                if let Err(e) = end(&s, &vmi, outcome).await {
+                    tracing::warn!(error = %e.message, "could not record the end of a migration");
+                }
                 s.outgoing.release(meta::uid(&vmi));
+                s.queue.add((meta::namespace(&vmi).to_string(), meta::name(&vmi).to_string()));
             });
             return true;
         }
@@ -347,13 +369,7 @@ async fn send(s: &Arc<Shared>, vmi: &Value, state: &Value) -> Result<String, Str
                 let progress = tokio::time::timeout(POLL, tokio::task::spawn_blocking(move || hv.migration_progress(&d))).await;
                 if let Ok(Ok(Ok(Some(p)))) = progress {
                     watch.saw(p.data_remaining);
-                    if reported.elapsed() >= PROGRESS_EVERY {
-                        reported = std::time::Instant::now();
-                        let _ = write_state_with(s, vmi, &[("progress", progress_status(&p))], |v| {
-                            mig::in_flight(v).is_some()
-                        })
-                        .await;
-                    }
+                    report_progress(s, vmi, &p, &mut reported).await;
                 }
                 let step = if aborted {
                     Step::Wait
@@ -387,15 +403,62 @@ async fn send(s: &Arc<Shared>, vmi: &Value, state: &Value) -> Result<String, Str
     }
 }
 
-/// A migration's progress as Converge reports it (`migrationState.progress`, see `schema`).
-fn progress_status(p: &crate::hypervisor::MigrationProgress) -> Value {
-    json!({
+/// A migration this agent started before it restarted, followed to its end as libvirt ends it
+/// (and aborted if asked meanwhile). The job is peer to peer with `UNDEFINE_SOURCE`: libvirt
+/// undefines the domain here only once the guest runs on the target, so a domain gone is a
+/// guest moved; a domain still here, with no job left, is a migration that failed.
+async fn follow_after_restart(s: &Arc<Shared>, vmi: &Value, state: &Value) -> Result<String, String> {
+    let target = mig::target_node(state).ok_or("the migration names no target")?.to_string();
+    let domain = super::agent::domain_name_of(&s.config.domain_prefix, meta::namespace(vmi), meta::name(vmi));
+    let (mut aborted, mut reported) = (false, std::time::Instant::now());
+    loop {
+        let (hv, d) = (Arc::clone(&s.hv), domain.clone());
+        let progress =
+            tokio::task::spawn_blocking(move || hv.migration_progress(&d)).await.map_err(|e| e.to_string())?;
+        match progress {
+            Ok(Some(p)) => {
+                report_progress(s, vmi, &p, &mut reported).await;
+                if !aborted && abort_asked(s, vmi).await {
+                    aborted = true;
+                    let (hv, d) = (Arc::clone(&s.hv), domain.clone());
+                    let _ = tokio::task::spawn_blocking(move || hv.abort_migration(&d)).await;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+            Ok(None) => break,
+            Err(HypervisorError::NoDomain(_)) => return Ok(target),
+            Err(e) => return Err(format!("the source node's agent restarted and cannot follow the migration: {e}")),
+        }
+    }
+    let (hv, d) = (Arc::clone(&s.hv), domain.clone());
+    match tokio::task::spawn_blocking(move || hv.state(&d)).await.map_err(|e| e.to_string())? {
+        Ok(None) => Ok(target),
+        Ok(Some(_)) if aborted => Err("Live migration aborted".into()),
+        Ok(Some(_)) => Err("the migration ended while the source node's agent restarted, and the guest stayed".into()),
+        Err(e) => Err(format!("the source node's agent restarted and cannot follow the migration: {e}")),
+    }
+}
+
+/// Writes a running migration's progress (`migrationState.progress`, see `schema`), at most
+/// every `PROGRESS_EVERY` since `reported`.
+async fn report_progress(
+    s: &Shared,
+    vmi: &Value,
+    p: &crate::hypervisor::MigrationProgress,
+    reported: &mut std::time::Instant,
+) {
+    if reported.elapsed() < PROGRESS_EVERY {
+        return;
+    }
+    *reported = std::time::Instant::now();
+    let progress = json!({
         "dataTotalBytes": p.data_total,
         "dataProcessedBytes": p.data_processed,
         "dataRemainingBytes": p.data_remaining,
         "memoryTransferRateBytesPerSecond": p.memory_bps,
         "timestamp": meta::now_rfc3339(),
-    })
+    });
+    let _ = write_state_with(s, vmi, &[("progress", progress)], |v| mig::in_flight(v).is_some()).await;
 }
 
 /// What the source does next about a running migration.
