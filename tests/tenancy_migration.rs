@@ -95,6 +95,16 @@ async fn migrations_are_the_migrate_roles_and_checked() {
         })
         .await;
     assert_eq!(s, 422, "not even the admin's: {body}");
+    // Nor does a tenant write where a guest is or how its migration goes (its progress included).
+    let status_path = format!("/apis/kubevirt.io/v1/namespaces/{TEAM}/virtualmachineinstances/vm/status");
+    let mut forged = app.get(&format!("/apis/kubevirt.io/v1/namespaces/{TEAM}/virtualmachineinstances/vm")).await.1;
+    forged["status"]["nodeName"] = json!("node-b");
+    forged["status"]["migrationState"] = json!({"migrationUid": "x", "targetNode": "node-b", "completed": true,
+        "progress": {"dataRemainingBytes": 0}});
+    for who in [&mover, &admin_a] {
+        let (s, body) = who.put(&status_path, &forged).await;
+        assert_eq!(s, 403, "{body}");
+    }
     let (s, _) = app.get("/readyz").await;
     assert_eq!(s, 200);
 }
