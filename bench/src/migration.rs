@@ -5,8 +5,10 @@
 //! its own name, UUID and console) migrates between the same two libvirtds with `virsh migrate
 //! --live --p2p` and the same flags, rounds alternating which goes first. Figures: the total
 //! time (Converge's: migration created → Succeeded; virsh's: the command) and the guest's
-//! downtime as libvirt reports it on the target (`domjobinfo --completed`). Also the time to
-//! drain a node of 4 guests.
+//! downtime as libvirt reports it on the target (`domjobinfo --completed`). Each twice: between
+//! libvirtds on their local sockets with the stream in the clear, and between libvirtds that
+//! reach each other over TLS with the stream over TLS too (`P6.tls.*`; virsh with `--tls`).
+//! Also the time to drain a node of 4 guests.
 //! Usage: bench/run, or cargo run --release -p converge-bench --bin migration-bench
 
 use std::path::{Path, PathBuf};
@@ -32,6 +34,9 @@ struct Args {
     /// Migrations of each guest and of its copy (alternating direction and which goes first).
     #[arg(long, default_value_t = 10)]
     rounds: usize,
+    /// Transports: `plain` (local sockets, the stream in the clear) and `tls`.
+    #[arg(long, value_delimiter = ',', default_value = "plain,tls")]
+    modes: Vec<String>,
     #[arg(long, default_value = "target/release/converge")]
     converge: PathBuf,
     #[arg(long, env = "CONVERGE_GUEST_DIR", default_value = "target/guest")]
@@ -62,17 +67,36 @@ async fn run(program: &str, args: &[&str]) -> Result<String> {
 struct Libvirtd {
     name: String,
     uri: String,
+    /// How its peers reach it: its socket, or TLS.
+    peer_uri: String,
 }
 
 impl Libvirtd {
-    async fn start(name: &str) -> Result<Libvirtd> {
-        let uri = run("scripts/node-libvirtd.sh", &["start", name]).await?.trim().to_string();
-        Ok(Libvirtd { name: name.into(), uri })
+    async fn start(name: &str, tls_ca: Option<&Path>) -> Result<Libvirtd> {
+        let mut script = tokio::process::Command::new("scripts/node-libvirtd.sh");
+        script.args(["start", name]);
+        if let Some(ca) = tls_ca {
+            script.env("TLS_CA", ca);
+        }
+        let out = script.output().await?;
+        anyhow::ensure!(out.status.success(), "node-libvirtd {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines().map(|l| l.trim().to_string());
+        let uri = lines.next().unwrap_or_default();
+        let peer_uri = lines.next().filter(|_| tls_ca.is_some()).unwrap_or_else(|| uri.clone());
+        Ok(Libvirtd { name: name.into(), uri, peer_uri })
     }
 }
 
 impl Drop for Libvirtd {
     fn drop(&mut self) {
+        // Its QEMUs outlive libvirtd: they go first.
+        let virsh = |args: &[&str]| std::process::Command::new("virsh").arg("-c").arg(&self.uri).args(args).output();
+        let names = virsh(&["list", "--all", "--name"]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        for domain in names.unwrap_or_default().lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let _ = virsh(&["destroy", domain]);
+            let _ = virsh(&["undefine", domain]);
+        }
         let _ = std::process::Command::new("scripts/node-libvirtd.sh").args(["stop", &self.name]).status();
     }
 }
@@ -85,13 +109,15 @@ struct Cluster {
     data: Vec<PathBuf>,
     kubeconfig: PathBuf,
     prefix: String,
+    tls: bool,
     _work: tempfile::TempDir,
 }
 
-async fn start(args: &Args) -> Result<Cluster> {
+async fn start(args: &Args, tls: bool) -> Result<Cluster> {
     let work = tempfile::tempdir()?;
-    let tag = format!("{:06x}", std::process::id() % 0xffffff);
+    let tag = format!("{:05x}{}", std::process::id() % 0xfffff, if tls { "t" } else { "p" });
     let prefix = format!("p6{tag}-");
+    let libvirt_ca = work.path().join("libvirt-ca");
     let data = work.path().join("server");
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let server = cmd(&args.converge)
@@ -116,7 +142,7 @@ async fn start(args: &Args) -> Result<Cluster> {
     let api = Arc::new(Api { http, base: base.clone(), token: std::fs::read_to_string(&token)?.trim().into() });
     let (mut agents, mut libvirtds, mut dirs) = (vec![], vec![], vec![]);
     for name in ["a", "b"] {
-        let libvirtd = Libvirtd::start(&format!("p6{tag}{name}")).await?;
+        let libvirtd = Libvirtd::start(&format!("p6{tag}{name}"), tls.then_some(libvirt_ca.as_path())).await?;
         let node = format!("node-{name}");
         let dir = work.path().join(&node);
         for image in ["oci-kernel", "oci-halt"] {
@@ -150,7 +176,7 @@ async fn start(args: &Args) -> Result<Cluster> {
                 "--libvirt-uri",
                 &libvirtd.uri,
                 "--migration-uri",
-                &libvirtd.uri,
+                &libvirtd.peer_uri,
                 "--migration-address",
                 "127.0.0.1",
             ])
@@ -170,6 +196,7 @@ async fn start(args: &Args) -> Result<Cluster> {
         data: dirs,
         kubeconfig: data.join("kubeconfig"),
         prefix,
+        tls,
         _work: work,
     };
     let ready = wait(Duration::from_secs(60), || async {
@@ -335,30 +362,17 @@ fn uuid_v4() -> Result<String> {
 /// One `virsh migrate --live --p2p` of the copy with Converge's flags: the same libvirtds, the
 /// same address, persistent on the target and undefined here.
 async fn virsh_migration(c: &Cluster, copy: &str, from: usize) -> Result<(f64, f64, f64)> {
-    let (src, dst) = (&c.libvirtds[from].uri, &c.libvirtds[1 - from].uri);
+    let (src, dst) = (&c.libvirtds[from].uri, &c.libvirtds[1 - from].peer_uri);
+    let mut flags =
+        vec!["-c", src, "migrate", "--live", "--p2p", "--persistent", "--undefinesource", "--abort-on-error"];
+    if c.tls {
+        flags.push("--tls");
+    }
+    flags.extend(["--migrateuri", "tcp://127.0.0.1", "--listen-address", "127.0.0.1", copy, dst]);
     let t0 = Instant::now();
-    run(
-        "virsh",
-        &[
-            "-c",
-            src,
-            "migrate",
-            "--live",
-            "--p2p",
-            "--persistent",
-            "--undefinesource",
-            "--abort-on-error",
-            "--migrateuri",
-            "tcp://127.0.0.1",
-            "--listen-address",
-            "127.0.0.1",
-            copy,
-            dst,
-        ],
-    )
-    .await?;
+    run("virsh", &flags).await?;
     let took = t0.elapsed().as_secs_f64();
-    let (job_ms, downtime) = completed_job(dst, copy).await?;
+    let (job_ms, downtime) = completed_job(&c.libvirtds[1 - from].uri, copy).await?;
     Ok((took, downtime, job_ms / 1000.0))
 }
 
@@ -415,24 +429,33 @@ async fn guest(c: &Cluster, args: &Args, mib: u64, report: &mut Report, work: &P
         }
     }
     let med = |v: &[f64]| quantile(v, 0.5);
+    let (id, over, virsh) = match c.tls {
+        true => (format!("P6.tls.{mib}"), " over TLS", "virsh migrate --live --p2p --tls, same flags"),
+        false => (format!("P6.{mib}"), "", "virsh migrate --live --p2p, same flags"),
+    };
     report.push(
-        Figure::new(format!("P6.{mib}.time"), format!("live migration of a {mib} MiB guest, p50"), "s", med(&ours.0))
-            .against("virsh migrate --live --p2p, same flags", med(&theirs.0))
+        Figure::new(format!("{id}.time"), format!("live migration of a {mib} MiB guest{over}, p50"), "s", med(&ours.0))
+            .against(virsh, med(&theirs.0))
             .goal(Goal::RatioAtMost(1.1)),
     );
     report.push(
-        Figure::new(format!("P6.{mib}.downtime"), format!("guest downtime, {mib} MiB, p50"), "ms", med(&ours.1))
-            .against("virsh migrate --live --p2p, same flags", med(&theirs.1))
+        Figure::new(format!("{id}.downtime"), format!("guest downtime, {mib} MiB{over}, p50"), "ms", med(&ours.1))
+            .against(virsh, med(&theirs.1))
             .goal(Goal::RatioAtMost(1.2)),
     );
     report.push(
-        Figure::new(format!("P6.{mib}.job"), format!("libvirt's own migration job, {mib} MiB, p50"), "s", med(&ours.2))
-            .against("the same, virsh migrate --live --p2p", med(&theirs.2)),
+        Figure::new(
+            format!("{id}.job"),
+            format!("libvirt's own migration job, {mib} MiB{over}, p50"),
+            "s",
+            med(&ours.2),
+        )
+        .against(format!("the same, {virsh}"), med(&theirs.2)),
     );
-    report.series(&format!("P6.{mib}.converge_s"), json!(ours.0));
-    report.series(&format!("P6.{mib}.virsh_s"), json!(theirs.0));
-    report.series(&format!("P6.{mib}.converge_downtime_ms"), json!(ours.1));
-    report.series(&format!("P6.{mib}.virsh_downtime_ms"), json!(theirs.1));
+    report.series(&format!("{id}.converge_s"), json!(ours.0));
+    report.series(&format!("{id}.virsh_s"), json!(theirs.0));
+    report.series(&format!("{id}.converge_downtime_ms"), json!(ours.1));
+    report.series(&format!("{id}.virsh_downtime_ms"), json!(theirs.1));
     let _ = run("virsh", &["-c", &c.libvirtds[args.rounds % 2].uri, "destroy", &copy]).await;
     let (code, body) = c.api.send(reqwest::Method::DELETE, &format!("{}/{name}", vms()), None).await?;
     anyhow::ensure!(code == 200 || code == 202, "{body}");
@@ -483,14 +506,23 @@ async fn drain(c: &Cluster, args: &Args, report: &mut Report) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let c = start(&args).await?;
-    say("two nodes with their own libvirtds are up");
     let work = tempfile::tempdir()?;
     let mut report = Report::default();
-    for &mib in &args.sizes {
-        guest(&c, &args, mib, &mut report, work.path()).await?;
+    for mode in &args.modes {
+        let tls = match mode.as_str() {
+            "plain" => false,
+            "tls" => true,
+            other => anyhow::bail!("--modes: plain or tls, not {other}"),
+        };
+        let c = start(&args, tls).await?;
+        say(&format!("two nodes with their own libvirtds are up ({mode})"));
+        for &mib in &args.sizes {
+            guest(&c, &args, mib, &mut report, work.path()).await?;
+        }
+        if !tls {
+            drain(&c, &args, &mut report).await?;
+        }
     }
-    drain(&c, &args, &mut report).await?;
     report.notes.push(format!(
         "P6: {} rounds per size, directions alternating; Converge's time runs from the migration's create to Succeeded (controller, target preparation, libvirt); virsh's is the command alone; downtime is libvirt's on the target",
         args.rounds
