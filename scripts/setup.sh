@@ -10,7 +10,8 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v pg_ctlcluster >/dev/null 2>&1 || need+=(postgresql)
 command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 command -v curl >/dev/null 2>&1 || need+=(curl)
-# Certificates of the test control plane (scripts/kubernetes.sh).
+# Certificates of the test control plane (scripts/kubernetes.sh) and of TLS node libvirtds
+# (scripts/node-libvirtd.sh).
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 # libvirt + QEMU (the node agent), the tools disk preparation runs, and what the test guests are
