@@ -213,6 +213,11 @@ pub(super) async fn sync_target(s: &Arc<Shared>, vmi: &Value, state: &Value) -> 
 /// soon as it is.
 async fn join_pod_once_running(s: &Arc<Shared>, vmi: &Value) -> ApiResult<()> {
     let Some(net) = &s.net else { return Ok(()) };
+    // Joined already (its DHCP answers), or nothing to join: no libvirt call at each progress write.
+    let spec = crate::launcher::spec::VmiSpec::from_vmi(vmi).unwrap_or_default();
+    if net.dhcp.running(meta::uid(vmi)) || !crate::network::plan::uses_pod_network(&spec) {
+        return Ok(());
+    }
     let domain = super::agent::domain_name_of(&s.config.domain_prefix, meta::namespace(vmi), meta::name(vmi));
     let hv = Arc::clone(&s.hv);
     let state = tokio::task::spawn_blocking(move || hv.state(&domain))

@@ -305,13 +305,15 @@ pub(crate) async fn adopt_running(s: &Shared, net: &NodeNetwork, vmi: &Value) ->
         }
     }
     let pod_ns = names::pod_namespace(&net.config.node_namespace, uid);
-    let arrived = plan.pod_nic().is_some_and(|nic| net.host.links(None).contains(&nic.tap));
-    if arrived && net.host.namespaces().contains(&pod_ns) {
+    let pod_exists = needs_dhcp && net.host.namespaces().contains(&pod_ns);
+    // A migrated guest's tap is still in the host namespace, where its incoming QEMU opened it.
+    let arrived = pod_exists && plan.pod_nic().is_some_and(|nic| net.host.links(None).contains(&nic.tap));
+    if arrived {
         if let Err(e) = finish_pod(net, &plan, vmi).await {
             tracing::warn!(error = %e, "a migrated guest's pod not finished");
             return None;
         }
-    } else if needs_dhcp && net.host.namespaces().contains(&pod_ns) {
+    } else if pod_exists {
         if let Err(e) = start_responder(net, &plan, vmi) {
             tracing::warn!(error = %e, "DHCP responder not restarted");
         }
