@@ -18,6 +18,7 @@ pub mod request;
 mod resources;
 pub mod response;
 pub mod server;
+mod server_side_apply;
 pub mod state;
 pub mod subresources;
 pub mod table;

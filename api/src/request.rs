@@ -142,6 +142,10 @@ pub struct Query {
     pub field_validation: FieldValidation,
     pub propagation: Option<Propagation>,
     pub include_object: IncludeObject,
+    /// Who writes, for `managedFields`; required for an apply.
+    pub field_manager: Option<String>,
+    /// An apply's `force`: take fields other managers own.
+    pub force: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -175,6 +179,8 @@ fn truthy(v: &str) -> bool {
 
 /// The longest a watch or a request waits, whatever `timeoutSeconds` asks.
 pub const MAX_TIMEOUT_SECONDS: u64 = 24 * 3600;
+/// The apiserver's limit on a field manager's name.
+pub const MAX_FIELD_MANAGER: usize = 128;
 /// The most items one page may ask for.
 pub const MAX_LIMIT: i64 = 100_000;
 
@@ -213,6 +219,21 @@ pub fn parse_query(pairs: &[(String, String)]) -> Result<Query, ApiError> {
                 }
             }
             "propagationPolicy" => q.propagation = Some(parse_propagation(v)?),
+            "fieldManager" => {
+                if v.len() > MAX_FIELD_MANAGER || v.chars().any(char::is_control) {
+                    return Err(ApiError::bad_request(format!(
+                        "fieldManager: Invalid value: {v:?}: must be at most {MAX_FIELD_MANAGER} printable characters"
+                    )));
+                }
+                q.field_manager = Some(v.clone()).filter(|s| !s.is_empty());
+            }
+            "force" => {
+                q.force = Some(match v.as_str() {
+                    "true" | "1" | "True" => true,
+                    "false" | "0" | "False" | "" => false,
+                    other => return Err(ApiError::bad_request(format!("force: Invalid value: {other:?}: must be true or false"))),
+                })
+            }
             "includeObject" => {
                 q.include_object = match v.as_str() {
                     "None" => IncludeObject::None,

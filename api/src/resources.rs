@@ -9,6 +9,7 @@ use crate::{table, watch};
 use actix_web::http::Method;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use converge_engine::admission::{self, Operation};
+use converge_engine::apply::{self, Operation as FieldOperation};
 use converge_engine::kinds::{self, ResourceKind};
 use converge_engine::patch::{self, PatchError, PatchType};
 use converge_engine::store::{DeleteOptions, DeleteOutcome, ListOptions, UpdateMode};
@@ -91,6 +92,21 @@ async fn handle(req: &HttpRequest, body: &[u8], state: &AppState) -> ApiResult<H
     let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
     let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let as_table = request::wants_table(accept);
+    if q.force.is_some()
+        && !(req.method() == Method::PATCH && PatchType::from_content_type(content_type) == Some(PatchType::Apply))
+    {
+        return Err(ApiError::invalid(
+            "meta.k8s.io",
+            "PatchOptions",
+            "",
+            vec![Cause::forbidden("force", "may not be specified for non-apply patch")],
+        ));
+    }
+    let user_agent = req.headers().get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let writer = Writer {
+        principal: &principal,
+        manager: q.field_manager.clone().unwrap_or_else(|| manager_from_user_agent(user_agent)),
+    };
     match (req.method().as_str(), &path.name, path.subresource) {
         ("GET", None, _) if q.watch || path.watch_prefix => watch::serve(state, &path, &q, as_table).await,
         ("GET", None, _) => list(state, &path, &q, as_table).await,
@@ -116,21 +132,78 @@ async fn handle(req: &HttpRequest, body: &[u8], state: &AppState) -> ApiResult<H
                 Ok(json_response(200, &obj, &[]))
             }
         }
-        ("POST", None, None) => create(state, &path, &q, body, content_type, &principal).await,
+        ("POST", None, None) => create(state, &path, &q, body, content_type, &writer).await,
         ("PUT", Some(name), Some(Subresource::Scale)) => {
-            scale_update(state, &path, name, &q, ScaleChange::Replace(body), &principal).await
+            scale_update(state, &path, name, &q, ScaleChange::Replace(body), &writer).await
         }
-        ("PUT", Some(name), sub) => replace(state, &path, name, &q, body, content_type, mode(sub), &principal).await,
+        ("PUT", Some(name), sub) => replace(state, &path, name, &q, body, content_type, mode(sub), &writer).await,
         ("PATCH", Some(name), Some(Subresource::Scale)) => {
             let pt = patch_type(path.kind, content_type)?;
-            scale_update(state, &path, name, &q, ScaleChange::Patch(pt, body), &principal).await
+            scale_update(state, &path, name, &q, ScaleChange::Patch(pt, body), &writer).await
         }
-        ("PATCH", Some(name), sub) => patch(state, &path, name, &q, body, content_type, mode(sub), &principal).await,
+        ("PATCH", Some(name), sub) if PatchType::from_content_type(content_type) == Some(PatchType::Apply) => {
+            crate::server_side_apply::apply(state, &path, name, &q, body, mode(sub), &writer).await
+        }
+        ("PATCH", Some(name), sub) => patch(state, &path, name, &q, body, content_type, mode(sub), &writer).await,
         ("DELETE", Some(name), None) => delete(state, &path, name, &q, body).await,
         ("DELETE", None, None) => delete_collection(state, &path, &q).await,
         (method, _, _) => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource: {method}"
         ))),
+    }
+}
+
+/// Who makes a write: the principal it is authorized as and the field manager it is recorded as.
+pub(crate) struct Writer<'a> {
+    pub principal: &'a Principal,
+    pub manager: String,
+}
+
+impl Writer<'_> {
+    pub fn manager(&self, operation: FieldOperation, path: &ResourcePath, mode: UpdateMode) -> apply::Manager {
+        apply::Manager {
+            name: self.manager.clone(),
+            operation,
+            api_version: path.api_version(),
+            subresource: (mode == UpdateMode::Status).then(|| "status".to_string()),
+        }
+    }
+}
+
+/// The apiserver's default manager: the client's name from its User-Agent (`kubectl/v1.32 …`).
+fn manager_from_user_agent(user_agent: &str) -> String {
+    let name = user_agent.split('/').next().unwrap_or("").trim();
+    name.chars().filter(|c| !c.is_control()).take(request::MAX_FIELD_MANAGER).collect()
+}
+
+pub(crate) fn scope(kind: &ResourceKind, mode: UpdateMode) -> apply::Scope {
+    match mode {
+        UpdateMode::Status => apply::Scope::Status,
+        _ => apply::Scope::Main { status_subresource: kind.status_subresource },
+    }
+}
+
+pub(crate) fn apply_error(kind: &ResourceKind, name: &str, e: apply::ApplyError) -> ApiError {
+    match e {
+        apply::ApplyError::Conflicts(conflicts) => {
+            let message = apply::ApplyError::Conflicts(conflicts.clone()).to_string();
+            let causes = conflicts
+                .into_iter()
+                .map(|c| Cause {
+                    reason: "FieldManagerConflict",
+                    message: format!("conflict with {}", c.manager),
+                    field: c.path,
+                })
+                .collect();
+            let mut err = ApiError::invalid(kind.group, kind.kind, name, causes);
+            err.code = 409;
+            err.reason = "Conflict";
+            err.message = message;
+            err
+        }
+        apply::ApplyError::ManagedFields(m) => {
+            ApiError::invalid(kind.group, kind.kind, name, vec![Cause::invalid("metadata.managedFields", m)])
+        }
     }
 }
 
@@ -142,11 +215,11 @@ fn mode(sub: Option<Subresource>) -> UpdateMode {
     }
 }
 
-fn item_namespace(path: &ResourcePath) -> &str {
+pub(crate) fn item_namespace(path: &ResourcePath) -> &str {
     path.namespace.as_deref().unwrap_or("")
 }
 
-async fn get(state: &AppState, path: &ResourcePath, name: &str) -> ApiResult<Value> {
+pub(crate) async fn get(state: &AppState, path: &ResourcePath, name: &str) -> ApiResult<Value> {
     let kind = path.kind;
     state
         .store
@@ -194,7 +267,7 @@ async fn list(state: &AppState, path: &ResourcePath, q: &Query, as_table: bool) 
 }
 
 /// Parse a request body as a JSON object.
-fn decode(kind: &ResourceKind, body: &[u8], content_type: &str) -> ApiResult<Value> {
+pub(crate) fn decode(kind: &ResourceKind, body: &[u8], content_type: &str) -> ApiResult<Value> {
     let ct = content_type.split(';').next().unwrap_or("").trim();
     if ct == crate::protobuf::CONTENT_TYPE && crate::protobuf::accepts(kind) {
         return crate::protobuf::decode(kind, body);
@@ -219,7 +292,7 @@ fn decode(kind: &ResourceKind, body: &[u8], content_type: &str) -> ApiResult<Val
 
 /// apiVersion/kind as the endpoint expects (filled when absent), and the shape by the schema. An
 /// object sent to an alias version leaves here in the version it stands for.
-fn check_object(path: &ResourcePath, obj: &mut Value, validation: FieldValidation) -> ApiResult<Warnings> {
+pub(crate) fn check_object(path: &ResourcePath, obj: &mut Value, validation: FieldValidation) -> ApiResult<Warnings> {
     let kind = path.kind;
     let expected = path.api_version();
     match obj.get("apiVersion").and_then(Value::as_str) {
@@ -264,7 +337,7 @@ fn check_object(path: &ResourcePath, obj: &mut Value, validation: FieldValidatio
     }
 }
 
-fn place(path: &ResourcePath, obj: &mut Value, url_name: Option<&str>) -> ApiResult<()> {
+pub(crate) fn place(path: &ResourcePath, obj: &mut Value, url_name: Option<&str>) -> ApiResult<()> {
     let kind = path.kind;
     let m = meta::metadata_mut(obj);
     if kind.namespaced {
@@ -310,10 +383,27 @@ async fn create(
     q: &Query,
     body: &[u8],
     content_type: &str,
+    writer: &Writer<'_>,
+) -> ApiResult<HttpResponse> {
+    let mut obj = decode(path.kind, body, content_type)?;
+    place(path, &mut obj, None)?;
+    let warnings = check_object(path, &mut obj, q.field_validation)?;
+    let manager = writer.manager(FieldOperation::Update, path, UpdateMode::Main);
+    create_object(state, path, q, obj, warnings, Some(&manager), writer.principal).await
+}
+
+/// Admission and the store's create, shared by POST and an apply to a missing object. `obj` is
+/// placed and checked; with `track`, the create is recorded in its `managedFields`.
+pub(crate) async fn create_object(
+    state: &AppState,
+    path: &ResourcePath,
+    q: &Query,
+    mut obj: Value,
+    mut warnings: Warnings,
+    track: Option<&apply::Manager>,
     principal: &Principal,
 ) -> ApiResult<HttpResponse> {
     let kind = path.kind;
-    let mut obj = decode(kind, body, content_type)?;
     // Status is what the node and controllers report; a tenant's claim to a phase, an address
     // or a bound volume is dropped, as the apiserver resets status on create. Admins keep
     // theirs (restores and recordings replay whole objects); a namespaced admin is a tenant.
@@ -322,9 +412,12 @@ async fn create(
             m.remove("status");
         }
     }
-    place(path, &mut obj, None)?;
     crate::node_auth::admit_write(principal, kind, None, &obj, UpdateMode::Main)?;
-    let mut warnings = check_object(path, &mut obj, q.field_validation)?;
+    if let Some(manager) = track {
+        let scope = scope(kind, UpdateMode::Main);
+        apply::track_update(kind.definition, scope, None, &mut obj, manager, &meta::now_rfc3339())
+            .map_err(|e| apply_error(kind, meta::name(&obj), e))?;
+    }
     warnings.extend(admission::warnings(kind, &obj));
     let presets = presets_for(state, kind, item_namespace(path)).await?;
     admission::defaults_from_store(&state.store, kind, &mut obj).await?;
@@ -337,18 +430,25 @@ async fn create(
     Ok(json_response(201, &created, &warnings))
 }
 
-/// Admission and the store's update, shared by PUT and PATCH.
-async fn write_update(
+/// Admission and the store's update, shared by PUT and PATCH. With `track`, the update is
+/// recorded in `managedFields` (an apply has recorded itself).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn write_update(
     state: &AppState,
     kind: &ResourceKind,
     mut obj: Value,
     old: &Value,
     q: &Query,
     mode: UpdateMode,
+    track: Option<&apply::Manager>,
     principal: &Principal,
 ) -> ApiResult<Value> {
     crate::node_auth::admit_write(principal, kind, Some(old), &obj, mode)?;
     crate::node_auth::admit_related(&state.store, principal, kind, &obj).await?;
+    if let Some(manager) = track {
+        apply::track_update(kind.definition, scope(kind, mode), Some(old), &mut obj, manager, &meta::now_rfc3339())
+            .map_err(|e| apply_error(kind, meta::name(old), e))?;
+    }
     if mode == UpdateMode::Main {
         // The frozen revision lives in the stored status; an update's body may not carry it.
         let mut probe = obj.clone();
@@ -372,7 +472,7 @@ async fn replace(
     body: &[u8],
     content_type: &str,
     mode: UpdateMode,
-    principal: &Principal,
+    writer: &Writer<'_>,
 ) -> ApiResult<HttpResponse> {
     let kind = path.kind;
     let mut obj = decode(kind, body, content_type)?;
@@ -380,7 +480,8 @@ async fn replace(
     let mut warnings = check_object(path, &mut obj, q.field_validation)?;
     warnings.extend(admission::warnings(kind, &obj));
     let old = get(state, path, name).await?;
-    let mut updated = write_update(state, kind, obj, &old, q, mode, principal).await?;
+    let manager = writer.manager(FieldOperation::Update, path, mode);
+    let mut updated = write_update(state, kind, obj, &old, q, mode, Some(&manager), writer.principal).await?;
     path.present(&mut updated);
     Ok(json_response(200, &updated, &warnings))
 }
@@ -388,9 +489,9 @@ async fn replace(
 fn patch_type(kind: &ResourceKind, content_type: &str) -> ApiResult<PatchType> {
     match PatchType::from_content_type(content_type) {
         Some(PatchType::Strategic) if !kind.is_core() => Err(ApiError::unsupported_media_type(content_type)),
-        Some(PatchType::Apply) => {
-            Err(ApiError::unsupported_media_type(&format!("{content_type} (server-side apply is not supported yet)")))
-        }
+        Some(PatchType::Apply) => Err(ApiError::unsupported_media_type(&format!(
+            "{content_type} (the scale subresource takes no apply: apply spec.replicas to the object itself)"
+        ))),
         Some(pt) => Ok(pt),
         None => Err(ApiError::unsupported_media_type(content_type)),
     }
@@ -415,10 +516,11 @@ async fn patch(
     body: &[u8],
     content_type: &str,
     mode: UpdateMode,
-    principal: &Principal,
+    writer: &Writer<'_>,
 ) -> ApiResult<HttpResponse> {
     let kind = path.kind;
     let pt = patch_type(kind, content_type)?;
+    let manager = writer.manager(FieldOperation::Update, path, mode);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -449,7 +551,7 @@ async fn patch(
             ));
         }
         let warnings = check_object(path, &mut patched, q.field_validation)?;
-        match write_update(state, kind, patched, &current, q, mode, principal).await {
+        match write_update(state, kind, patched, &current, q, mode, Some(&manager), writer.principal).await {
             Ok(mut updated) => {
                 path.present(&mut updated);
                 return Ok(json_response(200, &updated, &warnings));
@@ -587,7 +689,7 @@ async fn scale_update(
     name: &str,
     q: &Query,
     change: ScaleChange<'_>,
-    principal: &Principal,
+    writer: &Writer<'_>,
 ) -> ApiResult<HttpResponse> {
     let kind = path.kind;
     let current = get(state, path, name).await?;
@@ -618,6 +720,9 @@ async fn scale_update(
     if let Some(rv) = meta::meta_str(&scale, "resourceVersion").filter(|s| !s.is_empty()) {
         meta::metadata_mut(&mut updated).insert("resourceVersion".into(), json!(rv));
     }
-    let stored = write_update(state, kind, updated, &current, q, UpdateMode::Main, principal).await?;
+    let mut manager = writer.manager(FieldOperation::Update, path, UpdateMode::Main);
+    manager.subresource = Some("scale".into());
+    let stored =
+        write_update(state, kind, updated, &current, q, UpdateMode::Main, Some(&manager), writer.principal).await?;
     Ok(json_response(200, &scale_of(&stored), &[]))
 }

@@ -2,6 +2,7 @@
 //! node agent. No HTTP here.
 
 pub mod admission;
+pub mod apply;
 pub mod cluster;
 pub mod controllers;
 pub mod error;

@@ -32,6 +32,10 @@ pub(super) fn merge_for_update(kind: &ResourceKind, current: &Value, new: Value,
             if let (Some(m), Some(status)) = (merged.as_object_mut(), new.get("status")) {
                 m.insert("status".into(), status.clone());
             }
+            // Who wrote the status is recorded with it (the API's field manager computed this).
+            if let Some(fields) = new.pointer("/metadata/managedFields") {
+                meta::metadata_mut(&mut merged).insert("managedFields".into(), fields.clone());
+            }
             merged
         }
         UpdateMode::Main => {

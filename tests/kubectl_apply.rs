@@ -1,0 +1,201 @@
+//! Server-side apply with the machine's real kubectl: field managers, conflicts, force, pruning,
+//! `kubectl diff --server-side`, and the way to and from client-side apply.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn json_of(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("kubectl printed no JSON ({e}): {out}"))
+}
+
+fn config_map(data: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n{data}")
+}
+
+fn manager<'a>(obj: &'a Value, name: &str) -> Option<&'a Value> {
+    obj.pointer("/metadata/managedFields")?.as_array()?.iter().find(|e| e["manager"] == name)
+}
+
+async fn get_json(app: &TestApp, args: &[&str]) -> Value {
+    let mut all = vec!["get"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-o", "json", "--show-managed-fields"]);
+    let (ok, out, err) = app.kubectl(&all).await;
+    assert!(ok, "{err}");
+    json_of(&out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_managers_conflict_force_and_prune() {
+    let app = spawn_api_only().await;
+    let ssa = ["apply", "--server-side", "-f", "-"];
+    let (ok, out, err) = app.kubectl_stdin(&ssa, Some(&config_map("  a: \"1\"\n  b: \"2\"\n"))).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("configmap/settings serverside-applied"), "{out}");
+    let cm = get_json(&app, &["cm", "settings"]).await;
+    let kubectl = manager(&cm, "kubectl").expect("kubectl's entry");
+    assert_eq!(kubectl["operation"], "Apply");
+    assert_eq!(kubectl["fieldsV1"], serde_json::json!({"f:data": {"f:a": {}, "f:b": {}}}));
+    let rv = cm["metadata"]["resourceVersion"].clone();
+
+    // The same configuration again changes nothing, not even the resourceVersion.
+    let (ok, _, err) = app.kubectl_stdin(&ssa, Some(&config_map("  a: \"1\"\n  b: \"2\"\n"))).await;
+    assert!(ok, "{err}");
+    assert_eq!(get_json(&app, &["cm", "settings"]).await["metadata"]["resourceVersion"], rv);
+
+    // A second manager may set the same value (shared) but not change kubectl's.
+    let pipeline = ["apply", "--server-side", "--field-manager=pipeline", "-f", "-"];
+    let (ok, _, err) = app.kubectl_stdin(&pipeline, Some(&config_map("  a: \"1\"\n  c: \"3\"\n"))).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = app.kubectl_stdin(&pipeline, Some(&config_map("  a: \"changed\"\n  c: \"3\"\n"))).await;
+    assert!(!ok, "a conflicting apply went through");
+    assert!(err.contains("Apply failed with 1 conflict: conflict with \"kubectl\": .data.a"), "{err}");
+    assert!(err.contains("--force-conflicts"), "kubectl explains the way out: {err}");
+
+    // kubectl diff --server-side shows what the apply would do, and does nothing.
+    let (ok, out, err) = app
+        .kubectl_stdin(
+            &["diff", "--server-side", "--field-manager=pipeline", "--force-conflicts", "-f", "-"],
+            Some(&config_map("  a: \"changed\"\n  c: \"3\"\n")),
+        )
+        .await;
+    assert!(!ok && out.contains("-  a: \"1\"") && out.contains("+  a: changed"), "{out}{err}");
+    assert_eq!(get_json(&app, &["cm", "settings"]).await["data"]["a"], "1");
+
+    let forced = ["apply", "--server-side", "--field-manager=pipeline", "--force-conflicts", "-f", "-"];
+    let (ok, _, err) = app.kubectl_stdin(&forced, Some(&config_map("  a: \"changed\"\n  c: \"3\"\n"))).await;
+    assert!(ok, "{err}");
+    let cm = get_json(&app, &["cm", "settings"]).await;
+    assert_eq!(cm["data"]["a"], "changed");
+    assert_eq!(
+        manager(&cm, "kubectl").map(|e| e["fieldsV1"].clone()),
+        Some(serde_json::json!({"f:data": {"f:b": {}}}))
+    );
+
+    // kubectl stops applying b: b goes (only kubectl had it); a and c stay (pipeline's).
+    let (ok, _, err) = app.kubectl_stdin(&ssa, Some(&config_map("  d: \"4\"\n"))).await;
+    assert!(ok, "{err}");
+    let cm = get_json(&app, &["cm", "settings"]).await;
+    assert_eq!(cm["data"], serde_json::json!({"a": "changed", "c": "3", "d": "4"}));
+
+    // An ordinary patch takes the field it changes; kubectl's next apply of it conflicts.
+    let (ok, _, err) = app.kubectl(&["patch", "cm", "settings", "-p", r#"{"data":{"d":"patched"}}"#]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = app.kubectl_stdin(&ssa, Some(&config_map("  d: \"4\"\n"))).await;
+    assert!(!ok && err.contains("conflict with \"kubectl-patch\" using v1: .data.d"), "{err}");
+
+    // The field manager is required, and force belongs to apply alone.
+    let url = format!("{}/api/v1/namespaces/default/configmaps/settings", app.base_url);
+    let resp = app
+        .http
+        .patch(&url)
+        .bearer_auth(&app.token)
+        .header("content-type", "application/apply-patch+yaml")
+        .body(config_map("  e: \"5\"\n"))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(resp.status(), 422);
+    let resp = app
+        .http
+        .patch(format!("{url}?force=true"))
+        .bearer_auth(&app.token)
+        .header("content-type", "application/merge-patch+json")
+        .body("{}")
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(resp.status(), 422);
+}
+
+const VM_YAML: &str = r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachine
+metadata:
+  name: ssa-vm
+spec:
+  runStrategy: Halted
+  template:
+    spec:
+      domain:
+        devices:
+          disks:
+          - name: root
+            disk: {}
+          interfaces:
+          - name: default
+            masquerade: {}
+        resources:
+          requests:
+            memory: 128Mi
+      networks:
+      - name: default
+        pod: {}
+      volumes:
+      - name: root
+        containerDisk:
+          image: registry.local/busybox
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_machines_apply_server_side_and_keep_their_mac() {
+    let app = spawn_api_only().await;
+    let ssa = ["apply", "--server-side", "-f", "-"];
+    let (ok, out, err) = app.kubectl_stdin(&ssa, Some(VM_YAML)).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("virtualmachine.kubevirt.io/ssa-vm serverside-applied"), "{out}");
+    let first = get_json(&app, &["vm", "ssa-vm"]).await;
+    let mac = first.pointer("/spec/template/spec/domain/devices/interfaces/0/macAddress").cloned();
+    assert!(mac.as_ref().and_then(Value::as_str).is_some_and(|m| m.starts_with("02:")), "{first}");
+    let owned = &manager(&first, "kubectl").expect("kubectl's entry")["fieldsV1"];
+    // KubeVirt's CRDs make disks an atomic list: owned whole, as on a real cluster.
+    assert_eq!(owned.pointer("/f:spec/f:template/f:spec/f:domain/f:devices/f:disks"), Some(&serde_json::json!({})));
+
+    let (ok, _, err) = app.kubectl_stdin(&ssa, Some(VM_YAML)).await;
+    assert!(ok, "{err}");
+    let again = get_json(&app, &["vm", "ssa-vm"]).await;
+    assert_eq!(again["metadata"]["resourceVersion"], first["metadata"]["resourceVersion"]);
+
+    let bigger = VM_YAML.replace("memory: 128Mi", "memory: 256Mi");
+    let (ok, _, err) = app.kubectl_stdin(&ssa, Some(&bigger)).await;
+    assert!(ok, "{err}");
+    let after = get_json(&app, &["vm", "ssa-vm"]).await;
+    assert_eq!(
+        after.pointer("/spec/template/spec/domain/resources/requests/memory"),
+        Some(&serde_json::json!("256Mi"))
+    );
+    assert_eq!(after["metadata"]["generation"], 2);
+    assert_eq!(
+        after.pointer("/spec/template/spec/domain/devices/interfaces/0/macAddress").cloned(),
+        mac,
+        "the MAC stays"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_side_apply_migrates_to_server_side_and_back() {
+    let app = spawn_api_only().await;
+    let (ok, _, err) = app.kubectl_stdin(&["apply", "-f", "-"], Some(&config_map("  a: \"1\"\n"))).await;
+    assert!(ok, "{err}");
+    let cm = get_json(&app, &["cm", "settings"]).await;
+    assert!(manager(&cm, "kubectl-client-side-apply").is_some(), "{cm}");
+
+    // kubectl hands client-side apply's fields to its server-side manager first (a JSON patch
+    // of managedFields), so changing them is no conflict.
+    let (ok, _, err) =
+        app.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&config_map("  a: \"2\"\n"))).await;
+    assert!(ok, "{err}");
+    let cm = get_json(&app, &["cm", "settings"]).await;
+    assert_eq!(cm["data"]["a"], "2");
+    assert!(manager(&cm, "kubectl-client-side-apply").is_none(), "{cm}");
+    let last =
+        cm.pointer("/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration").and_then(Value::as_str);
+    assert!(last.is_some_and(|l| l.contains("\"a\":\"2\"")), "last-applied kept current: {last:?}");
+
+    // And back: client-side apply computes its patch from that annotation.
+    let (ok, _, err) = app.kubectl_stdin(&["apply", "-f", "-"], Some(&config_map("  b: \"3\"\n"))).await;
+    assert!(ok, "{err}");
+    let cm = get_json(&app, &["cm", "settings"]).await;
+    assert_eq!(cm["data"], serde_json::json!({"b": "3"}));
+}
