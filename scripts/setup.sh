@@ -48,10 +48,24 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
 # Foreman: the Ruby client its KubeVirt plugin speaks through (fog-kubevirt itself is not packaged).
 ruby -e 'require "kubeclient"' >/dev/null 2>&1 || need+=(ruby-kubeclient)
+# QEMU's tools go with QEMU: installing Debian's qemu-system-x86 over an image's newer qemu-utils
+# removes that qemu-utils, and every import and disk needs qemu-img.
+if [[ " ${need[*]} " == *" qemu-system-x86 "* && " ${need[*]} " != *" qemu-utils "* ]]; then need+=(qemu-utils); fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if ! qemu-img --version >/dev/null 2>&1; then
+  qemu_version="$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)"
+  echo "setup: qemu-img does not run; installing Debian's qemu-utils ${qemu_version:-(any)} to match QEMU"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --allow-downgrades \
+    "qemu-utils${qemu_version:+=$qemu_version}" >/dev/null
+fi
+if ! qemu-img --version >/dev/null 2>&1; then
+  echo "setup: qemu-img still does not run after installing qemu-utils" >&2
+  exit 1
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: a Rust toolchain (cargo, rustc >= 1.85) is required and is not on PATH" >&2

@@ -41,7 +41,7 @@ pub struct NodeCommandArgs {
     #[arg(long, env = "CONVERGE_SERVICE_CIDR")]
     pub service_cidr: Option<String>,
     /// Let imports into this node's volumes fetch from loopback, link-local and private addresses.
-    #[arg(long, env = "CONVERGE_ALLOW_PRIVATE_IMPORTS")]
+    #[arg(long, env = "CONVERGE_ALLOW_PRIVATE_IMPORTS", num_args = 0..=1, default_missing_value = "true")]
     pub allow_private_imports: Option<bool>,
     /// The largest volume a claim on this node may ask for (a quantity: 100Gi).
     #[arg(long, env = "CONVERGE_MAX_VOLUME_SIZE")]

@@ -37,7 +37,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CONVERGE_NO_CONTROLLERS")]
     pub no_controllers: bool,
     /// Let DataVolume imports fetch from loopback, link-local and metadata addresses.
-    #[arg(long, env = "CONVERGE_ALLOW_PRIVATE_IMPORTS")]
+    #[arg(long, env = "CONVERGE_ALLOW_PRIVATE_IMPORTS", num_args = 0..=1, default_missing_value = "true")]
     pub allow_private_imports: Option<bool>,
     /// The largest volume a claim may ask for (e.g. 500Gi).
     #[arg(long, env = "CONVERGE_MAX_VOLUME_SIZE")]
@@ -65,7 +65,7 @@ pub struct NodeArgs {
     #[arg(long, env = "CONVERGE_DOMAIN_PREFIX")]
     pub domain_prefix: Option<String>,
     /// Run guests under software emulation (TCG) when KVM is unusable (default true).
-    #[arg(long, env = "CONVERGE_ALLOW_EMULATION")]
+    #[arg(long, env = "CONVERGE_ALLOW_EMULATION", num_args = 0..=1, default_missing_value = "true")]
     pub allow_emulation: Option<bool>,
     /// libvirt connection URI (default qemu:///system).
     #[arg(long, env = "CONVERGE_LIBVIRT_URI")]
@@ -86,7 +86,7 @@ pub struct NodeArgs {
     pub node_netns: Option<String>,
     /// Route pods' traffic to the outside, masqueraded by the host (sets the host's
     /// net.ipv4.ip_forward); default true.
-    #[arg(long, env = "CONVERGE_POD_EGRESS")]
+    #[arg(long, env = "CONVERGE_POD_EGRESS", num_args = 0..=1, default_missing_value = "true")]
     pub pod_egress: Option<bool>,
     /// Directories hostDisk volumes may lie under (repeatable); none: hostDisk is refused.
     #[arg(long = "host-disk-dir", env = "CONVERGE_HOST_DISK_DIRS", value_delimiter = ',')]

@@ -34,6 +34,13 @@ enum Command {
     Controllers(cluster_cmd::ControllersArgs),
     /// Print the version.
     Version,
+    /// Print a shell completion script: `source <(converge completion bash)`, or save it where
+    /// the shell loads completions (zsh: a file `_converge` on `$fpath`; fish:
+    /// `~/.config/fish/completions/converge.fish`).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Print what a Kubernetes cluster needs to serve Converge's kinds (YAML for `kubectl apply
     /// -f -`): the namespace, CRDs and RBAC roles.
     Manifests {
@@ -337,6 +344,11 @@ fn main() -> Result<()> {
                 println!("converge {}", env!("CARGO_PKG_VERSION"));
                 Ok(())
             }
+            Command::Completion { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(shell, &mut Cli::command(), "converge", &mut std::io::stdout());
+                Ok(())
+            }
             Command::Start { target, paused, dry_run } => {
                 let (api, ns) = target.client()?;
                 verbs::start(&api, &ns, target.name(), paused, dry_run).await
@@ -520,4 +532,43 @@ async fn terminate() -> Result<()> {
         .context("installing SIGTERM handler")?;
     s.recv().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(args: &[&str]) -> config::ServeArgs {
+        let mut all = vec!["converge", "serve"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all).map(|c| c.command) {
+            Ok(Command::Serve(a)) => *a,
+            Ok(_) => panic!("not serve"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn boolean_flags_take_the_bare_form_and_a_value() {
+        assert_eq!(serve_args(&["--allow-private-imports"]).allow_private_imports, Some(true));
+        assert_eq!(serve_args(&["--allow-private-imports", "false"]).allow_private_imports, Some(false));
+        assert_eq!(serve_args(&["--allow-private-imports=true"]).allow_private_imports, Some(true));
+        assert_eq!(serve_args(&[]).allow_private_imports, None);
+        let a = serve_args(&["--allow-emulation", "--pod-egress", "--listen", "127.0.0.1:1"]);
+        assert_eq!((a.node.allow_emulation, a.node.pod_egress), (Some(true), Some(true)));
+    }
+
+    #[test]
+    fn completion_scripts_name_the_verbs() {
+        use clap::CommandFactory;
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "converge", &mut out);
+            let text = String::from_utf8_lossy(&out);
+            assert!(
+                text.contains("serve") && text.contains("migrate") && text.contains("allow-private-imports"),
+                "{shell}"
+            );
+        }
+    }
 }
