@@ -401,6 +401,75 @@ async fn uploads_and_clones_across_namespaces_when_allowed() {
     // Writes to the clone don't reach the source.
     std::fs::write(&copy, b"guest writes here").unwrap();
     assert_eq!(&std::fs::read(&src).unwrap()[..want.len()], &want[..]);
+
+    // Clones that name no size take their source's, as CDI's `storage: {}` example does: by
+    // DataSource with the storage API, and by claim with the pvc API.
+    let golden = app.get("/api/v1/namespaces/golden/persistentvolumeclaims/golden-disk").await.1;
+    let golden_size = golden.pointer("/status/capacity/storage").cloned().expect("the source is bound");
+    let by_ref_unsized = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": "root-unsized"},
+        "spec": {"sourceRef": {"kind": "DataSource", "name": "debian", "namespace": "golden"}, "storage": {}}});
+    let by_claim_unsized = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": "pvc-unsized"},
+        "spec": {"source": {"pvc": {"name": "golden-disk", "namespace": "golden"}}, "pvc": {"accessModes": ["ReadWriteOnce"]}}});
+    for dv in [&by_ref_unsized, &by_claim_unsized] {
+        let (code, body) = app.post(&dvs("default"), dv).await;
+        assert_eq!(code, 201, "{body}");
+        let name = dv["metadata"]["name"].as_str().unwrap();
+        wait_dv(&app, "default", name, &["Succeeded"]).await;
+        let claim = app.get(&format!("/api/v1/namespaces/default/persistentvolumeclaims/{name}")).await.1;
+        assert_eq!(claim.pointer("/spec/resources/requests/storage"), Some(&golden_size), "{claim}");
+    }
+    // An import has no source to size it by.
+    let unsized_import = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": "blank-unsized"},
+        "spec": {"source": {"blank": {}}, "storage": {}}});
+    let (code, body) = app.post(&dvs("default"), &unsized_import).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("spec.storage.resources[storage]"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_come_as_multipart_forms_too() {
+    let app = storage_app(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let want = images(dir.path());
+    let image = std::fs::read(dir.path().join("img.qcow2")).unwrap();
+    let (code, body) = app.post(&dvs("default"), &dv("form-disk", json!({"upload": {}}), "8Mi")).await;
+    assert_eq!(code, 201, "{body}");
+    wait_dv(&app, "default", "form-disk", &["UploadReady"]).await;
+    let token_req = json!({"apiVersion": "upload.cdi.kubevirt.io/v1beta1", "kind": "UploadTokenRequest",
+        "metadata": {"name": "form"}, "spec": {"pvcName": "form-disk"}});
+    let (code, body) =
+        app.post("/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/default/uploadtokenrequests", &token_req).await;
+    assert_eq!(code, 201, "{body}");
+    let token = body["status"]["token"].as_str().unwrap().to_string();
+    // What a browser's FormData sends: another field first, then the file.
+    let boundary = "----converge-test-boundary";
+    let mut form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nignored\r\n--{boundary}\r\n\
+         Content-Disposition: form-data; name=\"file\"; filename=\"img.qcow2\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+    )
+    .into_bytes();
+    form.extend_from_slice(&image);
+    form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let no_file =
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nx\r\n--{boundary}--\r\n");
+    let post = |body: Vec<u8>| {
+        app.http
+            .post(app.url("/v1beta1/upload-form"))
+            .bearer_auth(&token)
+            .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+            .body(body)
+            .send()
+    };
+    let r = post(no_file.into_bytes()).await.unwrap();
+    assert_eq!(r.status().as_u16(), 400, "a form without its file is an error");
+    let text = r.text().await.unwrap();
+    assert!(text.contains("the upload form has no"), "{text}");
+    wait_dv(&app, "default", "form-disk", &["UploadReady"]).await;
+    let r = post(form).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap_or_default());
+    wait_dv(&app, "default", "form-disk", &["Succeeded"]).await;
+    let file = volume_file(&app, "default", "form-disk").await;
+    assert_eq!(&std::fs::read(&file).unwrap()[..want.len()], &want[..]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -272,6 +272,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             .route("/v1beta1/upload", web::put().to(upload::upload))
             .route("/v1beta1/upload-async", web::post().to(upload::upload))
             .route("/v1beta1/upload-async", web::put().to(upload::upload))
+            .route("/v1beta1/upload-form", web::post().to(upload::upload))
+            .route("/v1beta1/upload-form-async", web::post().to(upload::upload))
             .route("/v1alpha1/upload", web::post().to(upload::upload))
             .route("/v1alpha1/upload-async", web::post().to(upload::upload))
             .route("/apis/subresources.kubevirt.io/{version}", web::get().to(subresources::group_version))

@@ -1,5 +1,5 @@
 //! CDI's upload path: `POST …/uploadtokenrequests` hands out a short-lived token for one claim,
-//! and the upload proxy (`/v1beta1/upload`, `/v1beta1/upload-async`) takes the image with it.
+//! and the upload proxy (`/v1beta1/upload`, `-async`, and the multipart `upload-form`, `-async`) takes the image with it.
 //! Tokens are signed with a key derived from, but different from, the API's, so an upload token
 //! never works as an API token, nor the other way round.
 
@@ -18,7 +18,14 @@ use converge_engine::ApiResult;
 const TOKEN_TTL_SECONDS: i64 = 300;
 
 /// The upload proxy's paths; they check their own token instead of the API's.
-pub const PATHS: &[&str] = &["/v1beta1/upload", "/v1beta1/upload-async", "/v1alpha1/upload", "/v1alpha1/upload-async"];
+pub const PATHS: &[&str] = &[
+    "/v1beta1/upload",
+    "/v1beta1/upload-async",
+    "/v1beta1/upload-form",
+    "/v1beta1/upload-form-async",
+    "/v1alpha1/upload",
+    "/v1alpha1/upload-async",
+];
 
 /// The upload-token signer, from the API's signing secret.
 pub fn authenticator(api_secret: &[u8]) -> Authenticator {
@@ -108,10 +115,63 @@ pub(crate) fn upload_error(e: UploadError) -> ApiError {
     }
 }
 
+/// An upload's bytes as they arrive.
+pub(crate) type BodyStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<bytes::Bytes, std::io::Error>>>>;
+
+pub(crate) fn raw_body(payload: web::Payload) -> BodyStream {
+    Box::pin(payload.map(|chunk| chunk.map_err(|e| std::io::Error::other(e.to_string()))))
+}
+
+/// The `file` field of a multipart form (CDI's `/upload-form`, what its web console posts),
+/// streamed: an image is never held whole. The rest of the form is not read.
+fn form_file(content_type: &str, mut payload: web::Payload) -> ApiResult<BodyStream> {
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|e| ApiError::bad_request(format!("an upload form must be multipart/form-data: {e}")))?;
+    // multer wants a stream it can send; actix's payload stays on this worker and is relayed.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
+    actix_web::rt::spawn(async move {
+        while let Some(chunk) = payload.next().await {
+            if tx.send(chunk.map_err(|e| std::io::Error::other(e.to_string()))).await.is_err() {
+                break;
+            }
+        }
+    });
+    let form = multer::Multipart::new(tokio_stream::wrappers::ReceiverStream::new(rx), boundary);
+    let fail = |why: String| Err(std::io::Error::other(why));
+    let file = futures::stream::unfold(
+        (form, None::<multer::Field<'static>>, false),
+        move |(mut form, mut field, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                if let Some(f) = field.as_mut() {
+                    return match f.chunk().await {
+                        Ok(Some(bytes)) => Some((Ok(bytes), (form, field, false))),
+                        Ok(None) => None,
+                        Err(e) => Some((fail(format!("reading the upload form: {e}")), (form, None, true))),
+                    };
+                }
+                match form.next_field().await {
+                    Ok(Some(f)) if f.name() == Some("file") => field = Some(f),
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        return Some((fail("the upload form has no \"file\" field".into()), (form, None, true)))
+                    }
+                    Err(e) => return Some((fail(format!("reading the upload form: {e}")), (form, None, true))),
+                }
+            }
+        },
+    );
+    Ok(Box::pin(file))
+}
+
 /// The proxy: streams the body into the claim the token names. `/upload` answers when the image
-/// is in place; `/upload-async` once the body is received.
+/// is in place; `/upload-async` once the body is received. The `-form` paths take the image as
+/// a multipart form's `file` field.
 pub async fn upload(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
     let is_async = req.path().ends_with("-async");
+    let is_form = req.path().contains("/upload-form");
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let result = async {
         let token = auth::bearer_token(header("authorization").as_deref(), None).ok_or_else(ApiError::unauthorized)?;
@@ -119,12 +179,15 @@ pub async fn upload(req: HttpRequest, payload: web::Payload, state: web::Data<Ap
         let (namespace, claim) = principal.subject.split_once('/').ok_or_else(ApiError::unauthorized)?;
         let storage =
             state.storage.as_ref().ok_or_else(|| ApiError::unavailable("storage controllers are not running"))?;
-        let total = header("content-length").and_then(|l| l.parse::<u64>().ok()).filter(|l| *l > 0);
+        // A form's length is the form's, not the image's.
+        let total = header("content-length").and_then(|l| l.parse::<u64>().ok()).filter(|l| *l > 0 && !is_form);
+        let body =
+            if is_form { form_file(&header("content-type").unwrap_or_default(), payload)? } else { raw_body(payload) };
         match storage.begin_upload(namespace, claim, total).await {
-            Ok(session) => feed(session, payload, is_async).await,
+            Ok(session) => feed(session, body, is_async).await,
             // The volume lives on a joined node: its agent takes the body.
             Err(UploadError::Elsewhere { node: Some(node) }) => {
-                relay(&state, &node, namespace, claim, total, is_async, payload).await
+                relay(&state, &node, namespace, claim, total, is_async, body).await
             }
             Err(e) => Err(upload_error(e)),
         }
@@ -136,11 +199,10 @@ pub async fn upload(req: HttpRequest, payload: web::Payload, state: web::Data<Ap
     }
 }
 
-/// Streams `payload` into an upload; with `is_async`, answers once the body is in, else once the
+/// Streams `body` into an upload; with `is_async`, answers once the body is in, else once the
 /// image is in place.
-pub async fn feed(session: UploadSession, mut payload: web::Payload, is_async: bool) -> ApiResult<()> {
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
+pub async fn feed(session: UploadSession, mut body: BodyStream, is_async: bool) -> ApiResult<()> {
+    while let Some(chunk) = body.next().await {
         if session.chunks.send(chunk).await.is_err() {
             break; // The import has already ended (with an error): it is reported below.
         }
@@ -164,7 +226,7 @@ async fn relay(
     claim: &str,
     total: Option<u64>,
     is_async: bool,
-    mut payload: web::Payload,
+    mut body: BodyStream,
 ) -> ApiResult<()> {
     let found = state.store.get(&kinds::NODE, "", node).await?;
     let found = found.ok_or_else(|| ApiError::unavailable(format!("node {node:?} of the claim's volume is gone")))?;
@@ -172,17 +234,16 @@ async fn relay(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(16);
     // The body is read here (actix's payload stays on this thread) and sent on as it comes.
     let pump = async move {
-        while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()));
+        while let Some(chunk) = body.next().await {
             if tx.send(chunk).await.is_err() {
                 break;
             }
         }
     };
-    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let sent_body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     let size = total.map(|t| format!("&size={t}")).unwrap_or_default();
     let path = format!("/v1/uploads/{namespace}/{claim}?async={is_async}{size}");
-    let ((), sent) = tokio::join!(pump, state.node_link.upload(&remote, &path, body));
+    let ((), sent) = tokio::join!(pump, state.node_link.upload(&remote, &path, sent_body));
     sent
 }
 

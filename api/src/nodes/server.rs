@@ -232,7 +232,7 @@ async fn upload(req: HttpRequest, payload: web::Payload, storage: web::Data<Node
         let storage = storage.0.as_ref().ok_or_else(|| ApiError::unavailable("this node runs no storage"))?;
         let session =
             storage.begin_upload(&t.namespace, &t.claim, t.size).await.map_err(crate::upload::upload_error)?;
-        crate::upload::feed(session, payload, t.is_async).await
+        crate::upload::feed(session, crate::upload::raw_body(payload), t.is_async).await
     }
     .await;
     match result {

@@ -97,7 +97,15 @@ pub fn admit_datavolume(op: Operation, obj: &Value, old: Option<&Value>, causes:
             return;
         }
     };
-    check_claim_spec(claim, path, causes);
+    // A clone may leave the size out (`storage: {}` among CDI's examples): it takes its source's.
+    let is_clone = datavolume::source_of(obj).is_ok_and(|s| s.is_clone());
+    if is_clone && claim.pointer("/resources/requests/storage").is_none() {
+        let mut sized = claim.clone();
+        *crate::meta::at_mut(&mut sized, &["resources", "requests", "storage"]) = serde_json::json!("1");
+        check_claim_spec(&sized, path, causes);
+    } else {
+        check_claim_spec(claim, path, causes);
+    }
     match obj.pointer("/spec/contentType").and_then(Value::as_str) {
         None | Some("kubevirt") | Some("archive") => {}
         Some(other) => causes.push(Cause::not_supported(

@@ -95,6 +95,18 @@ pub fn source_of(dv: &Value) -> Result<Source, String> {
     })
 }
 
+/// The size `dv` asks for, from `spec.storage` or `spec.pvc`.
+pub fn requested_size(dv: &Value) -> Option<&Value> {
+    dv.pointer("/spec/storage/resources/requests/storage")
+        .or_else(|| dv.pointer("/spec/pvc/resources/requests/storage"))
+}
+
+/// Fill in the size a clone takes from its source.
+pub fn set_requested_size(dv: &mut Value, size: Value) {
+    let api = if dv.pointer("/spec/pvc").is_some_and(Value::is_object) { "pvc" } else { "storage" };
+    *meta::at_mut(dv, &["spec", api, "resources", "requests", "storage"]) = size;
+}
+
 /// The claim for `dv`: `spec.pvc` as given, or `spec.storage` filled from the StorageProfile's
 /// first claim property set (accessModes, volumeMode), as CDI does.
 pub fn claim_for(dv: &Value, profile: Option<&Value>) -> Result<Value, String> {

@@ -124,7 +124,10 @@ pub(super) async fn annotate_claim(
 }
 
 /// The claim a clone reads, once the source is allowed and ready: (reason, message) otherwise.
-async fn clone_source(s: &Shared, dv: &Value, source: &Source) -> ApiResult<Result<PathBuf, (String, String)>> {
+type Blocked = (String, String);
+
+/// The claim a clone copies, once the namespaces allow it (a DataSource resolved to its claim).
+async fn clone_claim(s: &Shared, dv: &Value, source: &Source) -> ApiResult<Result<(String, String), Blocked>> {
     let ns = meta::namespace(dv);
     let (src_ns, src_name) = match source {
         Source::Pvc { namespace, name } => (namespace.clone(), name.clone()),
@@ -170,6 +173,32 @@ async fn clone_source(s: &Shared, dv: &Value, source: &Source) -> ApiResult<Resu
             )));
         }
     }
+    Ok(Ok((src_ns, src_name)))
+}
+
+/// The size of a clone that names none: its source claim's, as CDI infers it (`storage: {}`).
+async fn clone_size(s: &Shared, dv: &Value, source: &Source) -> ApiResult<Result<Value, Blocked>> {
+    let (src_ns, src_name) = match clone_claim(s, dv, source).await? {
+        Ok(claim) => claim,
+        Err(blocked) => return Ok(Err(blocked)),
+    };
+    let claim = s.cluster.get(&kinds::PERSISTENT_VOLUME_CLAIM, &src_ns, &src_name).await?;
+    let size = claim.as_ref().and_then(|c| {
+        c.pointer("/status/capacity/storage").or_else(|| c.pointer("/spec/resources/requests/storage")).cloned()
+    });
+    Ok(size.ok_or_else(|| {
+        (
+            "CloneSourceNotFound".into(),
+            format!("the source claim {src_ns}/{src_name} does not exist yet; the clone takes its size"),
+        )
+    }))
+}
+
+async fn clone_source(s: &Shared, dv: &Value, source: &Source) -> ApiResult<Result<PathBuf, Blocked>> {
+    let (src_ns, src_name) = match clone_claim(s, dv, source).await? {
+        Ok(claim) => claim,
+        Err(blocked) => return Ok(Err(blocked)),
+    };
     // A guest writing the source would give a torn copy: the clone waits, as CDI's does.
     if claims::consumed(&*s.cluster).await?.contains(&(src_ns.clone(), src_name.clone())) {
         return Ok(Err((
@@ -255,8 +284,26 @@ pub(in crate::storage::runtime) async fn sync_dv(s: &Arc<Shared>, (ns, name): &K
     };
     let seen = Observed { pvc: pvc.as_ref(), wait_for_consumer, job: job.clone(), blocked, restarts, claim_waiting };
     let decision = datavolume::decide(&dv, &source, &seen, &now);
+    let mut sized = dv.clone();
+    if decision.create_claim && source.is_clone() && datavolume::requested_size(&dv).is_none() {
+        match clone_size(s, &dv, &source).await? {
+            Ok(size) => datavolume::set_requested_size(&mut sized, size),
+            Err((reason, message)) => {
+                // Nothing to size the claim by yet: the DataVolume waits, and looks again soon.
+                s.dvs.add_after((ns.clone(), name.clone()), Duration::from_secs(3));
+                let mut status = decision.status.clone();
+                if let Some(conditions) = status.get_mut("conditions").and_then(Value::as_array_mut) {
+                    crate::storage::set_cdi_condition(conditions, "Running", false, &reason, &message, &now);
+                }
+                if !dv.get("status").is_some_and(|old| super::super::same_ignoring_heartbeats(old, &status)) {
+                    crate::cluster::write_status(&*s.cluster, &kinds::DATA_VOLUME, &dv, status).await?;
+                }
+                return Ok(());
+            }
+        }
+    }
     if decision.create_claim {
-        match datavolume::claim_for(&dv, profile.as_ref()) {
+        match datavolume::claim_for(&sized, profile.as_ref()) {
             Ok(mut claim) => {
                 if class_waits && immediate {
                     // No guest to follow: the claim is given a node now, as kube-scheduler would.
