@@ -199,3 +199,38 @@ async fn client_side_apply_migrates_to_server_side_and_back() {
     let cm = get_json(&app, &["cm", "settings"]).await;
     assert_eq!(cm["data"], serde_json::json!({"b": "3"}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alias_versions_apply_and_unserved_kinds_get_kubectls_own_answer() {
+    let app = spawn_api_only().await;
+    // Foreman's plugin and CDI's vm-dv.yaml example pin kubevirt.io/v1alpha3.
+    let old = VM_YAML.replace("kubevirt.io/v1", "kubevirt.io/v1alpha3").replace("ssa-vm", "old-vm");
+    let (ok, out, err) = app.kubectl_stdin(&["apply", "-f", "-"], Some(&old)).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("virtualmachine.kubevirt.io/old-vm created"), "{out}");
+    let (ok, _, err) =
+        app.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(&old.replace("128Mi", "192Mi"))).await;
+    assert!(ok, "{err}");
+    let vm = get_json(&app, &["vm", "old-vm"]).await;
+    assert_eq!(vm.pointer("/spec/template/spec/domain/resources/requests/memory"), Some(&serde_json::json!("192Mi")));
+    assert_eq!(
+        manager(&vm, "kubectl").map(|e| e["apiVersion"].clone()),
+        Some(serde_json::json!("kubevirt.io/v1alpha3"))
+    );
+    // Server-side validation on the alias, as on v1: an unknown field is named.
+    let typo = old.replace("runStrategy: Halted", "runStrategy: Halted\n  runStrategi: Always");
+    let (ok, _, err) = app.kubectl_stdin(&["apply", "-f", "-"], Some(&typo)).await;
+    assert!(!ok && err.contains("unknown field \"spec.runStrategi\""), "{err}");
+
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n      - name: web\n        image: nginx\n";
+    let (ok, _, err) = app.kubectl_stdin(&["apply", "-f", "-"], Some(deployment)).await;
+    assert!(!ok && err.contains("no matches for kind \"Deployment\" in version \"apps/v1\""), "{err}");
+    let (ok, _, err) = app.kubectl_stdin(&["apply", "--server-side", "-f", "-"], Some(deployment)).await;
+    assert!(!ok && err.contains("no matches for kind \"Deployment\" in version \"apps/v1\""), "{err}");
+    // What kubectl asked before that answer: which custom kinds this server has.
+    let (ok, out, err) = app.kubectl(&["get", "crds"]).await;
+    assert!(
+        ok && out.contains("virtualmachines.kubevirt.io") && out.contains("datavolumes.cdi.kubevirt.io"),
+        "{out}{err}"
+    );
+}

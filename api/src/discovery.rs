@@ -25,11 +25,24 @@ pub fn api_group_list() -> Value {
             groups.push(g);
         }
     }
-    let groups: Vec<Value> = groups.into_iter().map(group_entry).collect();
+    let mut groups: Vec<Value> = groups.into_iter().map(group_entry).collect();
+    groups.push(crd_group());
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
+/// The read-only CRD listing (`crate::crds`).
+fn crd_group() -> Value {
+    let v1 = json!({"groupVersion": format!("{}/v1", crate::crds::GROUP), "version": "v1"});
+    json!({"name": crate::crds::GROUP, "versions": [v1.clone()], "preferredVersion": v1})
+}
+
 pub fn api_group(group: &str) -> Option<Value> {
+    if group == crate::crds::GROUP {
+        let mut g = crd_group();
+        g["kind"] = json!("APIGroup");
+        g["apiVersion"] = json!("v1");
+        return Some(g);
+    }
     kinds::group_versions().iter().any(|(g, _)| *g == group && !g.is_empty()).then(|| {
         let mut g = group_entry(group);
         g["kind"] = json!("APIGroup");
@@ -63,6 +76,9 @@ fn resource_entries(k: &ResourceKind) -> Vec<Value> {
 }
 
 pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
+    if (group, version) == (crate::crds::GROUP, "v1") {
+        return Some(crate::crds::resource_list());
+    }
     let resources: Vec<Value> =
         converge_bridge::foreman::kinds_at(group, version).into_iter().flat_map(resource_entries).collect();
     if resources.is_empty() {

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod bridge;
 mod console;
+mod crds;
 pub mod discovery;
 pub mod extension;
 pub mod manifests;
@@ -12,6 +13,7 @@ mod node_auth;
 pub mod nodes;
 pub mod openapi;
 pub mod openapi_k8s;
+pub mod openapi_pb;
 pub mod pki;
 pub mod protobuf;
 pub mod request;

@@ -206,9 +206,14 @@ fn paths_for(k: &ResourceKind, v3: bool) -> Vec<(String, Value)> {
     let obj = schema_ref(k.definition, v3);
     let list = list_schema(k, v3);
     let patch_types: Vec<&str> = if k.is_core() {
-        vec!["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json"]
+        vec![
+            "application/json-patch+json",
+            "application/merge-patch+json",
+            "application/strategic-merge-patch+json",
+            "application/apply-patch+yaml",
+        ]
     } else {
-        vec!["application/json-patch+json", "application/merge-patch+json"]
+        vec!["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"]
     };
     let ns_params: Vec<Value> = if k.namespaced { vec![path_param("namespace")] } else { vec![] };
     let with = |mut base: Vec<Value>, more: Vec<Value>| {
@@ -216,6 +221,11 @@ fn paths_for(k: &ResourceKind, v3: bool) -> Vec<(String, Value)> {
         base
     };
     let item_params = with(ns_params.clone(), vec![path_param("name")]);
+    let patch_params = || {
+        let force =
+            "Force is going to \"force\" Apply requests: taking the fields other managers own. Apply patches alone.";
+        with(with(item_params.clone(), write_params()), vec![query_param("force", "boolean", force)])
+    };
     let mut out = vec![];
     if k.create_only {
         let post = operation(
@@ -242,7 +252,7 @@ fn paths_for(k: &ResourceKind, v3: bool) -> Vec<(String, Value)> {
         json!({
             "get": operation(k, "get", &format!("read{scope}{}", k.kind), item_params.clone(), None, obj.clone(), v3),
             "put": operation(k, "put", &format!("replace{scope}{}", k.kind), with(item_params.clone(), write_params()), Some((vec!["application/json"], obj.clone())), obj.clone(), v3),
-            "patch": operation(k, "patch", &format!("patch{scope}{}", k.kind), with(item_params.clone(), write_params()), Some((patch_types.clone(), json!({"type": "object"}))), obj.clone(), v3),
+            "patch": operation(k, "patch", &format!("patch{scope}{}", k.kind), patch_params(), Some((patch_types.clone(), json!({"type": "object"}))), obj.clone(), v3),
             "delete": operation(k, "delete", &format!("delete{scope}{}", k.kind), with(item_params.clone(), vec![query_param("dryRun", "string", ""), query_param("propagationPolicy", "string", "")]), None, obj.clone(), v3),
         }),
     ));
@@ -252,7 +262,7 @@ fn paths_for(k: &ResourceKind, v3: bool) -> Vec<(String, Value)> {
             json!({
                 "get": operation(k, "get", &format!("read{scope}{}Status", k.kind), item_params.clone(), None, obj.clone(), v3),
                 "put": operation(k, "put", &format!("replace{scope}{}Status", k.kind), with(item_params.clone(), write_params()), Some((vec!["application/json"], obj.clone())), obj.clone(), v3),
-                "patch": operation(k, "patch", &format!("patch{scope}{}Status", k.kind), with(item_params.clone(), write_params()), Some((patch_types, json!({"type": "object"}))), obj.clone(), v3),
+                "patch": operation(k, "patch", &format!("patch{scope}{}Status", k.kind), patch_params(), Some((patch_types, json!({"type": "object"}))), obj.clone(), v3),
             }),
         ));
     }
@@ -288,29 +298,62 @@ fn definitions_with_gvk() -> Map<String, Value> {
 /// (group, version, (document text, hash)).
 type GroupVersionDoc = (String, String, (String, String));
 
-/// `/openapi/v3/{api/v1 | apis/g/v}` for one group-version.
+/// The OpenAPI 3 document of `group/version`, a served version or an alias of one. An alias's
+/// document is its version's with the alias in the paths and in every group-version-kind, so
+/// kubectl finds `fieldValidation` on `kubevirt.io/v1alpha3` PATCHes as it does on `v1`'s.
+fn build_v3(group: &str, version: &str) -> Value {
+    let canonical = converge_bridge::foreman::canonical_version(group, version);
+    let mut paths = Map::new();
+    for k in kinds::ALL.iter().filter(|k| k.group == group && k.version == canonical) {
+        for (p, item) in paths_for(k, true) {
+            paths.insert(p, item);
+        }
+    }
+    let mut schemas = Value::Object(definitions_with_gvk());
+    rewrite_refs(&mut schemas);
+    let title = if group.is_empty() { "Kubernetes".to_string() } else { format!("{group}/{version}") };
+    let mut doc = json!({
+        "openapi": "3.0.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {"schemas": schemas, "responses": error_responses(true), "securitySchemes": {"BearerToken": {"type": "apiKey", "name": "authorization", "in": "header"}}},
+    });
+    if canonical != version {
+        let from = format!("/apis/{group}/{canonical}/");
+        let to = format!("/apis/{group}/{version}/");
+        let renamed: Map<String, Value> =
+            paths.into_iter().map(|(p, item)| (p.replacen(&from, &to, 1), item)).collect();
+        doc["paths"] = Value::Object(renamed);
+        alias_gvks(&mut doc, group, canonical, version);
+    }
+    doc
+}
+
+/// Every group-version-kind of `group/canonical` in `v` named as `group/alias`.
+fn alias_gvks(v: &mut Value, group: &str, canonical: &str, alias: &str) {
+    match v {
+        Value::Object(m) => {
+            if m.get("group").and_then(Value::as_str) == Some(group)
+                && m.get("version").and_then(Value::as_str) == Some(canonical)
+                && m.contains_key("kind")
+            {
+                m.insert("version".into(), json!(alias));
+            }
+            m.values_mut().for_each(|c| alias_gvks(c, group, canonical, alias));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|c| alias_gvks(c, group, canonical, alias)),
+        _ => {}
+    }
+}
+
+/// `/openapi/v3/{api/v1 | apis/g/v}` for one group-version (aliases included).
 pub fn v3_document(group: &str, version: &str) -> Option<&'static (String, String)> {
     static DOCS: OnceLock<Vec<GroupVersionDoc>> = OnceLock::new();
     let docs = DOCS.get_or_init(|| {
-        kinds::group_versions()
+        converge_bridge::foreman::served_group_versions()
             .into_iter()
             .map(|(g, v)| {
-                let mut paths = Map::new();
-                for k in kinds::ALL.iter().filter(|k| k.group == g && k.version == v) {
-                    for (p, item) in paths_for(k, true) {
-                        paths.insert(p, item);
-                    }
-                }
-                let mut schemas = Value::Object(definitions_with_gvk());
-                rewrite_refs(&mut schemas);
-                let title = if g.is_empty() { "Kubernetes".to_string() } else { format!("{g}/{v}") };
-                let doc = json!({
-                    "openapi": "3.0.0",
-                    "info": {"title": title, "version": v},
-                    "paths": paths,
-                    "components": {"schemas": schemas, "responses": error_responses(true), "securitySchemes": {"BearerToken": {"type": "apiKey", "name": "authorization", "in": "header"}}},
-                });
-                let text = doc.to_string();
+                let text = build_v3(g, v).to_string();
                 let hash = fnv_hex(&text);
                 (g.to_string(), v.to_string(), (text, hash))
             })
@@ -322,7 +365,7 @@ pub fn v3_document(group: &str, version: &str) -> Option<&'static (String, Strin
 /// `/openapi/v3`: where each group-version's document is.
 pub fn v3_index() -> Value {
     let mut paths = Map::new();
-    for (g, v) in kinds::group_versions() {
+    for (g, v) in converge_bridge::foreman::served_group_versions() {
         let key = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
         if let Some((_, hash)) = v3_document(g, v) {
             paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={hash}")}));
@@ -336,16 +379,36 @@ pub fn v2_document() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
         let mut paths = Map::new();
+        let mut definitions = definitions_with_gvk();
         for k in kinds::ALL {
             for (p, item) in paths_for(k, false) {
                 paths.insert(p, item);
+            }
+            // An alias's paths too, and its group-version-kind beside the kind's own.
+            for alias in converge_bridge::foreman::VERSION_ALIASES
+                .iter()
+                .filter(|a| a.group == k.group && a.version == k.version)
+            {
+                let (from, to) =
+                    (format!("/apis/{}/{}/", k.group, k.version), format!("/apis/{}/{}/", k.group, alias.alias));
+                for (p, mut item) in paths_for(k, false) {
+                    alias_gvks(&mut item, k.group, k.version, alias.alias);
+                    paths.insert(p.replacen(&from, &to, 1), item);
+                }
+                if let Some(list) = definitions
+                    .get_mut(k.definition)
+                    .and_then(|d| d.get_mut("x-kubernetes-group-version-kind"))
+                    .and_then(Value::as_array_mut)
+                {
+                    list.push(json!({"group": k.group, "version": alias.alias, "kind": k.kind}));
+                }
             }
         }
         json!({
             "swagger": "2.0",
             "info": {"title": "Converge", "version": env!("CARGO_PKG_VERSION")},
             "paths": paths,
-            "definitions": definitions_with_gvk(),
+            "definitions": definitions,
             "responses": error_responses(false),
             "securityDefinitions": {"BearerToken": {"type": "apiKey", "name": "authorization", "in": "header"}},
             "security": [{"BearerToken": []}],

@@ -245,6 +245,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             .route("/api", web::get().to(api_versions))
             .route("/apis", web::get().to(api_groups))
             .route("/api/{version}", web::get().to(core_resources))
+            .route("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", web::get().to(crate::crds::list))
+            .route("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}", web::get().to(crate::crds::get))
             .route("/apis/{group}", web::get().to(api_group))
             .route("/apis/{group}/{version}", web::get().to(group_resources))
             .route("/openapi/v2", web::get().to(openapi_v2))
@@ -480,7 +482,12 @@ async fn group_resources(path: web::Path<(String, String)>) -> HttpResponse {
     }
 }
 
-async fn openapi_v2() -> HttpResponse {
+/// Protobuf when the client asks for it first (kubectl, client-go), else JSON.
+async fn openapi_v2(req: HttpRequest) -> HttpResponse {
+    let accept = req.headers().get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if crate::openapi_pb::wants_protobuf(accept) {
+        return HttpResponse::Ok().content_type(crate::openapi_pb::CONTENT_TYPE).body(crate::openapi_pb::v2_document());
+    }
     HttpResponse::Ok().content_type("application/json").body(openapi_k8s::v2_document())
 }
 

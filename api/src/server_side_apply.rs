@@ -7,6 +7,7 @@ use crate::resources::{self, Writer};
 use crate::response::json_response;
 use crate::state::AppState;
 use actix_web::HttpResponse;
+use converge_engine::admission;
 use converge_engine::apply::{self, Operation};
 use converge_engine::store::UpdateMode;
 use converge_engine::{meta, ApiError, ApiResult, Cause};
@@ -63,7 +64,7 @@ pub async fn apply(
             if mode == UpdateMode::Status {
                 return Err(ApiError::not_found(kind.group, kind.plural, name));
             }
-            let obj = apply::apply(kind.definition, scope, None, &config, &manager, force, &now)
+            let obj = apply::apply(kind.definition, scope, None, &config, &manager, force, &now, &|_| {})
                 .map_err(|e| resources::apply_error(kind, name, e))?;
             return resources::create_object(state, path, q, obj, warnings, None, writer.principal).await;
         };
@@ -76,7 +77,10 @@ pub async fn apply(
                 "the object has been modified; please apply your changes to the latest version and try again",
             ));
         }
-        let mut merged = apply::apply(kind.definition, scope, Some(&live), &config, &manager, force, &now)
+        // The MACs a VM was given stay (admission puts them back), so leaving them out of a
+        // configuration changes nothing and takes nothing from anyone.
+        let keep_macs = |obj: &mut Value| admission::keep_assigned_macs(kind, obj, &live);
+        let mut merged = apply::apply(kind.definition, scope, Some(&live), &config, &manager, force, &now, &keep_macs)
             .map_err(|e| resources::apply_error(kind, name, e))?;
         meta::metadata_mut(&mut merged).insert("resourceVersion".into(), Value::String(live_rv));
         match resources::write_update(state, kind, merged, &live, q, mode, None, writer.principal).await {

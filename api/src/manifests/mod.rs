@@ -2,7 +2,7 @@
 //! from the kind table, the schemas and the printer columns the embedded API serves.
 
 mod aggregated;
-mod crd;
+pub(crate) mod crd;
 mod rbac;
 mod webhooks;
 mod workloads;

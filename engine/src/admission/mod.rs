@@ -134,7 +134,7 @@ pub fn warnings(kind: &ResourceKind, obj: &Value) -> Vec<String> {
 
 /// An update that omits a MAC the pool assigned (kubectl's merge patches replace whole lists)
 /// keeps the MAC its interface had, matched by name, as KubeMacPool does.
-fn keep_assigned_macs(kind: &ResourceKind, obj: &mut Value, old: &Value) {
+pub fn keep_assigned_macs(kind: &ResourceKind, obj: &mut Value, old: &Value) {
     let path: &[&str] = if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE) {
         &["spec", "template", "spec", "domain", "devices", "interfaces"]
     } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE) {

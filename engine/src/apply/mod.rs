@@ -303,32 +303,35 @@ fn entry_for(manager: &Manager, fields: FieldSet, now: &str) -> Entry {
 /// later `kubectl apply` without `--server-side` computes its patch from what was applied.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Whether kubectl's first server-side apply to an object it applied client-side may take the
-/// contested fields: those its last-applied configuration set and the live object still holds,
+/// The fields kubectl's first server-side apply to an object it applied client-side may take
+/// without a conflict: those its last-applied configuration set and the live object still holds,
 /// as the apiserver lets manager `kubectl` (alone) take them, so switching needs no `--force`.
-fn upgrades_client_side_apply(
+fn allowed_by_client_side_apply(
     def: &str,
     scope: Scope,
     live: Option<&Value>,
     manager: &Manager,
-    contested: &FieldSet,
-) -> bool {
+    normalize: &dyn Fn(&mut Value),
+) -> FieldSet {
     if manager.name != "kubectl" {
-        return false;
+        return FieldSet::new();
     }
     let Some(text) =
         live.and_then(|l| l.pointer("/metadata/annotations")).and_then(|a| a.get(LAST_APPLIED)).and_then(Value::as_str)
     else {
-        return false;
+        return FieldSet::new();
     };
-    let Ok(last) = serde_json::from_str::<Value>(text) else { return false };
+    let Ok(mut last) = serde_json::from_str::<Value>(text) else { return FieldSet::new() };
+    normalize(&mut last);
     let (last, live) = (owned_view(&last, scope), live.map(|l| owned_view(l, scope)).unwrap_or_default());
-    let allowed = set_of(&last, def).difference(&changes(&last, &live, def));
-    contested.difference(&allowed).is_empty()
+    set_of(&last, def).difference(&changes(&last, &live, def))
 }
 
 /// Server-side apply of `applied` by `manager` to `live` (`None`: the object is created).
-/// Returns the object to write, its `managedFields` set.
+/// Returns the object to write, its `managedFields` set. `normalize` does to a configuration
+/// what the server's defaulting will (a VM keeps the MACs it was given), so a field the
+/// server puts back is not counted as changed.
+#[allow(clippy::too_many_arguments)]
 pub fn apply(
     def: &str,
     scope: Scope,
@@ -337,6 +340,7 @@ pub fn apply(
     manager: &Manager,
     force: bool,
     now: &str,
+    normalize: &dyn Fn(&mut Value),
 ) -> Result<Value, ApplyError> {
     let mut config = applied.clone();
     if let Some(meta) = config.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -366,18 +370,27 @@ pub fn apply(
     let mut list = stored_entries(live);
     let base = live.cloned().unwrap_or_else(|| json!({}));
     let mut merged = typed::merge(&base, &config, ty);
+    normalize(&mut merged);
     let changed = changes(&owned_view(&base, scope), &owned_view(&merged, scope), def);
     let taken: Vec<FieldSet> =
         list.iter().map(|e| if e.is(manager) { FieldSet::new() } else { e.fields.intersection(&changed) }).collect();
-    let contested = taken.iter().fold(FieldSet::new(), |all, t| all.union(t));
-    if !force && !contested.is_empty() && !upgrades_client_side_apply(def, scope, live, manager, &contested) {
-        let conflicts = list
+    if !force && taken.iter().any(|t| !t.is_empty()) {
+        let allowed = allowed_by_client_side_apply(def, scope, live, manager, normalize);
+        let conflicts: Vec<Conflict> = list
             .iter()
             .zip(&taken)
-            .flat_map(|(e, t)| t.iter().map(|p| Conflict { manager: e.describe(), path: display(p) }))
+            .flat_map(|(e, t)| {
+                t.difference(&allowed)
+                    .iter()
+                    .map(|p| Conflict { manager: e.describe(), path: display(p) })
+                    .collect::<Vec<_>>()
+            })
             .collect();
-        return Err(ApplyError::Conflicts(conflicts));
+        if !conflicts.is_empty() {
+            return Err(ApplyError::Conflicts(conflicts));
+        }
     }
+    // Forced, or all taken as client-side apply's: the others lose what this apply changes.
     for (e, t) in list.iter_mut().zip(&taken) {
         e.fields = e.fields.difference(t);
     }
