@@ -234,3 +234,72 @@ async fn alias_versions_apply_and_unserved_kinds_get_kubectls_own_answer() {
         "{out}{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_generators_for_the_kinds_served() {
+    let app = spawn_api_only().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=web"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success());
+    let (cert, key) = (format!("--cert={}", cert.display()), format!("--key={}", key.display()));
+    // Each is sent as kubectl's typed client sends it (protobuf for these core kinds).
+    let generators: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["create", "namespace", "lab"], "namespace/lab created"),
+        (vec!["create", "configmap", "cfg", "--from-literal=a=1"], "configmap/cfg created"),
+        (vec!["create", "secret", "generic", "pw", "--from-literal=user=admin"], "secret/pw created"),
+        (
+            vec![
+                "create",
+                "secret",
+                "docker-registry",
+                "reg",
+                "--docker-server=r.example",
+                "--docker-username=u",
+                "--docker-password=p",
+            ],
+            "secret/reg created",
+        ),
+        (vec!["create", "secret", "tls", "web-tls", &cert, &key], "secret/web-tls created"),
+        (vec!["create", "service", "clusterip", "ghost", "--tcp=80:8080"], "service/ghost created"),
+        (vec!["create", "service", "nodeport", "np", "--tcp=8443:443"], "service/np created"),
+        (vec!["create", "service", "clusterip", "headless", "--clusterip=None"], "service/headless created"),
+    ];
+    for (args, want) in &generators {
+        let (ok, out, err) = app.kubectl(args).await;
+        assert!(ok && out.contains(want), "kubectl {args:?}: {out}{err}");
+    }
+    let svc = get_json(&app, &["svc", "ghost"]).await;
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+    assert_eq!(svc["spec"]["selector"], serde_json::json!({"app": "ghost"}));
+    let np = get_json(&app, &["svc", "np"]).await;
+    assert!(np["spec"]["ports"][0]["nodePort"].as_i64().is_some_and(|p| p >= 30000), "{np}");
+    let pw = get_json(&app, &["secret", "pw"]).await;
+    assert_eq!(pw["data"]["user"], "YWRtaW4=");
+    let tls = get_json(&app, &["secret", "web-tls"]).await;
+    assert_eq!(tls["type"], "kubernetes.io/tls");
+
+    // A body in a type no endpoint takes: a 415 naming what a POST takes.
+    let url = format!("{}/apis/kubevirt.io/v1/namespaces/default/virtualmachines", app.base_url);
+    let resp = app
+        .http
+        .post(&url)
+        .bearer_auth(&app.token)
+        .header("content-type", "application/vnd.kubernetes.protobuf")
+        .body("k8s\0")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(resp.status(), 415);
+    let text = resp.text().await.unwrap_or_default();
+    assert!(text.contains("application/json, application/yaml") && !text.contains("patch"), "{text}");
+}

@@ -266,26 +266,29 @@ async fn list(state: &AppState, path: &ResourcePath, q: &Query, as_table: bool) 
     Ok(HttpResponse::Ok().content_type("application/json").body(body))
 }
 
-/// Parse a request body as a JSON object.
+/// Parse a POST or PUT body (JSON, YAML, or protobuf for Kubernetes' own kinds) as an object.
 pub(crate) fn decode(kind: &ResourceKind, body: &[u8], content_type: &str) -> ApiResult<Value> {
     let ct = content_type.split(';').next().unwrap_or("").trim();
-    if ct == crate::protobuf::CONTENT_TYPE && crate::protobuf::accepts(kind) {
-        return crate::protobuf::decode(kind, body);
-    }
-    if !ct.is_empty() && ct != "application/json" && ct != "*/*" {
-        return Err(ApiError::unsupported_media_type(content_type));
-    }
-    let obj: Value = serde_json::from_slice(body).map_err(|e| {
+    let cannot = |why: String| {
         ApiError::bad_request(format!(
-            "{} in version \"{}\" cannot be handled as a {}: {e}",
+            "{} in version \"{}\" cannot be handled as a {}: {why}",
             kind.kind, kind.version, kind.kind
         ))
-    })?;
+    };
+    let obj: Value = match ct {
+        crate::protobuf::CONTENT_TYPE if crate::protobuf::accepts(kind) => return crate::protobuf::decode(kind, body),
+        "" | "application/json" | "*/*" => serde_json::from_slice(body).map_err(|e| cannot(e.to_string()))?,
+        "application/yaml" => serde_yaml::from_slice(body).map_err(|e| cannot(e.to_string()))?,
+        _ => {
+            let mut accepted = vec!["application/json", "application/yaml"];
+            if crate::protobuf::accepts(kind) {
+                accepted.push(crate::protobuf::CONTENT_TYPE);
+            }
+            return Err(ApiError::unsupported_body(content_type, &accepted));
+        }
+    };
     if !obj.is_object() {
-        return Err(ApiError::bad_request(format!(
-            "{} in version \"{}\" cannot be handled as a {}: the body must be a JSON object",
-            kind.kind, kind.version, kind.kind
-        )));
+        return Err(cannot("the body must be a JSON object".into()));
     }
     Ok(obj)
 }

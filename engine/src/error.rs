@@ -113,8 +113,23 @@ impl ApiError {
     pub fn too_large(limit: usize) -> Self {
         Self::new(413, "RequestEntityTooLarge", format!("Request entity too large: limit is {limit}"))
     }
+    /// A PATCH body of a type this kind takes no patch in.
     pub fn unsupported_media_type(content_type: &str) -> Self {
-        Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml; got {content_type}"))
+        Self::unsupported_body(
+            content_type,
+            &["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"],
+        )
+    }
+    /// A body in none of the `accepted` media types (415, as the apiserver words it).
+    pub fn unsupported_body(content_type: &str, accepted: &[&str]) -> Self {
+        Self::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: {}; got {content_type}",
+                accepted.join(", ")
+            ),
+        )
     }
     /// 422 with field causes, worded as the apiserver words validation failures.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> Self {
