@@ -137,10 +137,10 @@ impl ApiError {
         let mut e = Self::new(
             422,
             "Invalid",
-            format!("{}.{} \"{}\" is invalid: [{}]", kind, group_or_core(group), name, summary.join(", ")),
+            format!("{} \"{}\" is invalid: [{}]", qualified(group, kind), name, summary.join(", ")),
         );
         if causes.len() == 1 {
-            e.message = format!("{}.{} \"{}\" is invalid: {}", kind, group_or_core(group), name, summary[0]);
+            e.message = format!("{} \"{}\" is invalid: {}", qualified(group, kind), name, summary[0]);
         }
         e.details = Some(Box::new(Details {
             name: Some(name.to_string()),
@@ -231,14 +231,7 @@ impl ApiError {
     }
 }
 
-fn group_or_core(group: &str) -> &str {
-    if group.is_empty() {
-        ""
-    } else {
-        group
-    }
-}
-
+/// `virtualmachines.kubevirt.io`, `VirtualMachine.kubevirt.io`; a core one by its name alone.
 fn qualified(group: &str, plural: &str) -> String {
     if group.is_empty() {
         plural.to_string()
