@@ -416,11 +416,6 @@ pub(crate) async fn create_object(
         }
     }
     crate::node_auth::admit_write(principal, kind, None, &obj, UpdateMode::Main)?;
-    if let Some(manager) = track {
-        let scope = scope(kind, UpdateMode::Main);
-        apply::track_update(kind.definition, scope, None, &mut obj, manager, &meta::now_rfc3339())
-            .map_err(|e| apply_error(kind, meta::name(&obj), e))?;
-    }
     warnings.extend(admission::warnings(kind, &obj));
     let presets = presets_for(state, kind, item_namespace(path)).await?;
     admission::defaults_from_store(&state.store, kind, &mut obj).await?;
@@ -428,6 +423,12 @@ pub(crate) async fn create_object(
     let host = Some(state.store.host_access());
     let ctx = admission::Context { old: None, presets: &presets, instancetype, preference, host };
     admission::admit(kind, Operation::Create, &mut obj, &ctx)?;
+    // Recorded as admitted: what the server fills in (defaults, a MAC) is the writer's too.
+    if let Some(manager) = track {
+        let scope = scope(kind, UpdateMode::Main);
+        apply::track_update(kind.definition, scope, None, &mut obj, manager, &meta::now_rfc3339())
+            .map_err(|e| apply_error(kind, meta::name(&obj), e))?;
+    }
     let mut created = state.store.create(kind, obj, q.dry_run).await?;
     path.present(&mut created);
     Ok(json_response(201, &created, &warnings))
@@ -448,10 +449,6 @@ pub(crate) async fn write_update(
 ) -> ApiResult<Value> {
     crate::node_auth::admit_write(principal, kind, Some(old), &obj, mode)?;
     crate::node_auth::admit_related(&state.store, principal, kind, &obj).await?;
-    if let Some(manager) = track {
-        apply::track_update(kind.definition, scope(kind, mode), Some(old), &mut obj, manager, &meta::now_rfc3339())
-            .map_err(|e| apply_error(kind, meta::name(old), e))?;
-    }
     if mode == UpdateMode::Main {
         // The frozen revision lives in the stored status; an update's body may not carry it.
         let mut probe = obj.clone();
@@ -462,6 +459,12 @@ pub(crate) async fn write_update(
         let host = Some(state.store.host_access());
         let ctx = admission::Context { old: Some(old), presets: &[], instancetype, preference, host };
         admission::admit(kind, Operation::Update, &mut obj, &ctx)?;
+    }
+    // Recorded as admitted, so a field the server puts back (a MAC left out of a client-side
+    // apply) counts as no change.
+    if let Some(manager) = track {
+        apply::track_update(kind.definition, scope(kind, mode), Some(old), &mut obj, manager, &meta::now_rfc3339())
+            .map_err(|e| apply_error(kind, meta::name(old), e))?;
     }
     state.store.update(kind, obj, mode, q.dry_run).await
 }

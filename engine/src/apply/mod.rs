@@ -279,9 +279,13 @@ pub fn track_update(
             }
         };
         let entry = &mut list[mine];
-        entry.fields = entry.fields.union(&changed).intersection(&now_set);
-        entry.api_version = manager.api_version.clone();
-        entry.time = Some(now.to_string());
+        let fields = entry.fields.union(&changed).intersection(&now_set);
+        // The time says when the manager's fields last changed, not when it last wrote.
+        if fields != entry.fields {
+            entry.fields = fields;
+            entry.api_version = manager.api_version.clone();
+            entry.time = Some(now.to_string());
+        }
     }
     list.retain(|e| !e.fields.is_empty());
     write_entries(new, &list);

@@ -32,8 +32,12 @@ pub(super) fn merge_for_update(kind: &ResourceKind, current: &Value, new: Value,
             if let (Some(m), Some(status)) = (merged.as_object_mut(), new.get("status")) {
                 m.insert("status".into(), status.clone());
             }
-            // Who wrote the status is recorded with it (the API's field manager computed this).
-            if let Some(fields) = new.pointer("/metadata/managedFields") {
+            // Who wrote the status is recorded with it (the API's field manager computed this),
+            // from a write made against this very version: an unconditional write's copy may be
+            // older than what is stored.
+            let current_version = meta::meta_str(current, "resourceVersion");
+            let same_version = current_version.is_some() && meta::meta_str(&new, "resourceVersion") == current_version;
+            if let (true, Some(fields)) = (same_version, new.pointer("/metadata/managedFields")) {
                 meta::metadata_mut(&mut merged).insert("managedFields".into(), fields.clone());
             }
             merged
