@@ -222,6 +222,16 @@ async fn alias_versions_apply_and_unserved_kinds_get_kubectls_own_answer() {
     let (ok, _, err) = app.kubectl_stdin(&["apply", "-f", "-"], Some(&typo)).await;
     assert!(!ok && err.contains("unknown field \"spec.runStrategi\""), "{err}");
 
+    // The form of CDI's vm-dv.yaml example: v1alpha3, `running`, an empty machine type and a
+    // DataVolume template with the pvc API, applied both ways.
+    let vm_dv = "apiVersion: kubevirt.io/v1alpha3\nkind: VirtualMachine\nmetadata:\n  name: vm-dv\n  creationTimestamp: null\nspec:\n  running: false\n  dataVolumeTemplates:\n  - metadata:\n      name: vm-dv-root\n      creationTimestamp: null\n    spec:\n      pvc:\n        accessModes: [ReadWriteOnce]\n        resources:\n          requests:\n            storage: 100M\n      source:\n        http:\n          url: http://images.example/disk.img\n  template:\n    spec:\n      domain:\n        devices:\n          disks:\n          - disk: {bus: virtio}\n            name: root\n        machine:\n          type: \"\"\n        resources:\n          requests:\n            memory: 64M\n      terminationGracePeriodSeconds: 0\n      volumes:\n      - dataVolume:\n          name: vm-dv-root\n        name: root\n";
+    for args in
+        [&["apply", "--dry-run=server", "-f", "-"][..], &["apply", "-f", "-"], &["apply", "--server-side", "-f", "-"]]
+    {
+        let (ok, out, err) = app.kubectl_stdin(args, Some(vm_dv)).await;
+        assert!(ok && out.contains("virtualmachine.kubevirt.io/vm-dv"), "kubectl {args:?}: {out}{err}");
+    }
+
     let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n      - name: web\n        image: nginx\n";
     let (ok, _, err) = app.kubectl_stdin(&["apply", "-f", "-"], Some(deployment)).await;
     assert!(!ok && err.contains("no matches for kind \"Deployment\" in version \"apps/v1\""), "{err}");

@@ -77,10 +77,10 @@ pub async fn apply(
                 "the object has been modified; please apply your changes to the latest version and try again",
             ));
         }
-        // The MACs a VM was given stay (admission puts them back), so leaving them out of a
-        // configuration changes nothing and takes nothing from anyone.
-        let keep_macs = |obj: &mut Value| admission::keep_assigned_macs(kind, obj, &live);
-        let mut merged = apply::apply(kind.definition, scope, Some(&live), &config, &manager, force, &now, &keep_macs)
+        // What admission will put back (a VM's MACs, its machine type) is compared as it will be
+        // stored, so leaving it out of a configuration changes nothing and takes nothing.
+        let defaults = |obj: &mut Value| admission::default_update(kind, obj, &live);
+        let mut merged = apply::apply(kind.definition, scope, Some(&live), &config, &manager, force, &now, &defaults)
             .map_err(|e| resources::apply_error(kind, name, e))?;
         meta::metadata_mut(&mut merged).insert("resourceVersion".into(), Value::String(live_rv));
         match resources::write_update(state, kind, merged, &live, q, mode, None, writer.principal).await {

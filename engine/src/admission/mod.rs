@@ -132,9 +132,32 @@ pub fn warnings(kind: &ResourceKind, obj: &Value) -> Vec<String> {
     vec![]
 }
 
+/// What admission's defaulting makes of an update of `kind`, as far as it needs no store: nulls
+/// read as unset, the MACs the pool assigned, a VM's machine type and firmware UUID. Server-side
+/// apply compares configurations after it, so what the server puts back is no change and takes
+/// nothing from anyone.
+pub fn default_update(kind: &ResourceKind, obj: &mut Value, old: &Value) {
+    drop_nulls(obj);
+    keep_assigned_macs(kind, obj, old);
+    if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE) {
+        vm::mutate_vm(Operation::Update, obj, Some(old));
+    }
+}
+
+fn drop_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, c| !c.is_null());
+            m.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
 /// An update that omits a MAC the pool assigned (kubectl's merge patches replace whole lists)
 /// keeps the MAC its interface had, matched by name, as KubeMacPool does.
-pub fn keep_assigned_macs(kind: &ResourceKind, obj: &mut Value, old: &Value) {
+fn keep_assigned_macs(kind: &ResourceKind, obj: &mut Value, old: &Value) {
     let path: &[&str] = if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE) {
         &["spec", "template", "spec", "domain", "devices", "interfaces"]
     } else if std::ptr::eq(kind, &kinds::VIRTUAL_MACHINE_INSTANCE) {

@@ -216,3 +216,16 @@ fn cluster_defaults_foreman_relies_on() {
         .is_empty());
     assert!(warnings(&kinds::NETWORK_ATTACHMENT_DEFINITION, &nad)[0].contains("not JSON"));
 }
+
+#[test]
+fn update_defaults_are_what_admission_puts_back() {
+    let old = json!({"spec": {"template": {"spec": {"domain": {"machine": {"type": "q35"}, "firmware": {"uuid": "u-1"},
+        "devices": {"interfaces": [{"name": "default", "masquerade": {}, "macAddress": "02:00:00:00:00:01"}]}}}}}});
+    let mut new = json!({"spec": {"template": {"metadata": {"creationTimestamp": null}, "spec": {"domain": {"machine": {"type": ""},
+        "devices": {"interfaces": [{"name": "default", "masquerade": {}}]}}}}}});
+    default_update(&kinds::VIRTUAL_MACHINE, &mut new, &old);
+    assert_eq!(new["spec"]["template"]["metadata"], json!({}));
+    let domain = &new["spec"]["template"]["spec"]["domain"];
+    assert_eq!((&domain["machine"]["type"], &domain["firmware"]["uuid"]), (&json!("q35"), &json!("u-1")));
+    assert_eq!(domain["devices"]["interfaces"][0]["macAddress"], "02:00:00:00:00:01");
+}
