@@ -19,6 +19,8 @@ strip "$api/core/v1/generated.proto" core-v1.proto
 strip "$api/apps/v1/generated.proto" apps-v1.proto
 strip "$api/storage/v1/generated.proto" storage-v1.proto
 strip "$api/discovery/v1/generated.proto" discovery-v1.proto
+strip "$api/authorization/v1/generated.proto" authorization-v1.proto
+strip "$api/authentication/v1/generated.proto" authentication-v1.proto
 strip "$machinery/pkg/apis/meta/v1/generated.proto" meta-v1.proto
 strip "$machinery/pkg/api/resource/generated.proto" resource.proto
 strip "$machinery/pkg/util/intstr/generated.proto" intstr.proto

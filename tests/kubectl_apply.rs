@@ -243,6 +243,45 @@ async fn alias_versions_apply_and_unserved_kinds_get_kubectls_own_answer() {
         ok && out.contains("virtualmachines.kubevirt.io") && out.contains("datavolumes.cdi.kubevirt.io"),
         "{out}{err}"
     );
+    assert!(!out.contains("<unknown>"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_can_i_and_whoami() {
+    let app = spawn_api_only().await;
+    let (s, body) = app.post("/api/v1/namespaces", &serde_json::json!({"metadata": {"name": "team-a"}})).await;
+    assert_eq!(s, 201, "{body}");
+    let (ok, out, err) = app.kubectl(&["auth", "can-i", "create", "vm"]).await;
+    assert!(ok && out.trim() == "yes", "{out}{err}");
+    let (s, body) = app
+        .post("/converge/v1/tokens", &serde_json::json!({"role": "edit", "ttlSeconds": 600, "namespaces": ["team-a"]}))
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let tenant = tenant_kubeconfig(&app, body["token"].as_str().unwrap_or_default());
+    let limit = std::time::Duration::from_secs(60);
+    let (ok, out, _) = run_kubectl(
+        &tenant,
+        app.dir.path(),
+        &["auth", "can-i", "create", "virtualmachines", "-n", "team-a"],
+        None,
+        limit,
+    )
+    .await;
+    assert!(ok && out.trim() == "yes", "{out}");
+    let (ok, out, _) =
+        run_kubectl(&tenant, app.dir.path(), &["auth", "can-i", "delete", "vm", "-n", "default"], None, limit).await;
+    assert!(!ok && out.trim().starts_with("no"), "{out}");
+    let (ok, out, _) = run_kubectl(
+        &tenant,
+        app.dir.path(),
+        &["auth", "can-i", "patch", "vmi", "--subresource=status", "-n", "team-a"],
+        None,
+        limit,
+    )
+    .await;
+    assert!(!ok && out.trim().starts_with("no"), "{out}");
+    let (ok, out, err) = run_kubectl(&tenant, app.dir.path(), &["auth", "whoami"], None, limit).await;
+    assert!(ok && out.contains("converge:edit") && out.contains("converge:namespace:team-a"), "{out}{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,4 +351,19 @@ async fn kubectl_create_generators_for_the_kinds_served() {
     assert_eq!(resp.status(), 415);
     let text = resp.text().await.unwrap_or_default();
     assert!(text.contains("application/json, application/yaml") && !text.contains("patch"), "{text}");
+}
+
+/// The server's kubeconfig with a tenant's token in place of the admin's.
+fn tenant_kubeconfig(app: &TestApp, token: &str) -> std::path::PathBuf {
+    let admin = std::fs::read_to_string(&app.kubeconfig).expect("kubeconfig");
+    let text: Vec<String> = admin
+        .lines()
+        .map(|l| match l.split_once("token:") {
+            Some((indent, _)) => format!("{indent}token: {token}"),
+            None => l.to_string(),
+        })
+        .collect();
+    let path = app.dir.path().join("tenant.kubeconfig");
+    std::fs::write(&path, text.join("\n")).expect("write kubeconfig");
+    path
 }

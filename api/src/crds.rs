@@ -14,10 +14,14 @@ pub const GROUP: &str = "apiextensions.k8s.io";
 fn all() -> &'static [Value] {
     static CRDS: OnceLock<Vec<Value>> = OnceLock::new();
     CRDS.get_or_init(|| {
+        // Served since this process first listed them: the closest a definition that is not
+        // stored has to a creation time.
+        let since = converge_engine::meta::now_rfc3339();
         crate::manifests::crd::custom_kinds(true)
             .into_iter()
             .map(|k| {
                 let mut crd = crate::manifests::crd::custom_resource_definition(k);
+                crd["metadata"]["creationTimestamp"] = json!(since);
                 crd["status"] = json!({
                     "acceptedNames": crd["spec"]["names"].clone(),
                     "storedVersions": [k.version],

@@ -26,19 +26,23 @@ pub fn api_group_list() -> Value {
         }
     }
     let mut groups: Vec<Value> = groups.into_iter().map(group_entry).collect();
-    groups.push(crd_group());
+    groups.extend(FIXED_GROUPS.iter().map(|g| fixed_group(g)));
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
-/// The read-only CRD listing (`crate::crds`).
-fn crd_group() -> Value {
-    let v1 = json!({"groupVersion": format!("{}/v1", crate::crds::GROUP), "version": "v1"});
-    json!({"name": crate::crds::GROUP, "versions": [v1.clone()], "preferredVersion": v1})
+/// Groups served by hand, `v1` each: the read-only CRD listing (`crate::crds`) and the access
+/// and identity reviews (`crate::access_review`).
+const FIXED_GROUPS: &[&str] =
+    &[crate::crds::GROUP, crate::access_review::AUTHORIZATION_GROUP, crate::access_review::AUTHENTICATION_GROUP];
+
+fn fixed_group(group: &str) -> Value {
+    let v1 = json!({"groupVersion": format!("{group}/v1"), "version": "v1"});
+    json!({"name": group, "versions": [v1.clone()], "preferredVersion": v1})
 }
 
 pub fn api_group(group: &str) -> Option<Value> {
-    if group == crate::crds::GROUP {
-        let mut g = crd_group();
+    if FIXED_GROUPS.contains(&group) {
+        let mut g = fixed_group(group);
         g["kind"] = json!("APIGroup");
         g["apiVersion"] = json!("v1");
         return Some(g);
@@ -76,8 +80,10 @@ fn resource_entries(k: &ResourceKind) -> Vec<Value> {
 }
 
 pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
-    if (group, version) == (crate::crds::GROUP, "v1") {
-        return Some(crate::crds::resource_list());
+    match (group, version) {
+        (crate::crds::GROUP, "v1") => return Some(crate::crds::resource_list()),
+        (g, "v1") if FIXED_GROUPS.contains(&g) => return crate::access_review::resource_list(g),
+        _ => {}
     }
     let resources: Vec<Value> =
         converge_bridge::foreman::kinds_at(group, version).into_iter().flat_map(resource_entries).collect();

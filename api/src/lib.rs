@@ -2,6 +2,7 @@
 //! status, scale), the `/bridge/v1` provisioning API, bearer-token auth over TLS, and the
 //! OpenAPI documents.
 
+mod access_review;
 pub mod auth;
 pub mod bridge;
 mod console;

@@ -247,6 +247,14 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             .route("/api/{version}", web::get().to(core_resources))
             .route("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", web::get().to(crate::crds::list))
             .route("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}", web::get().to(crate::crds::get))
+            .route(
+                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                web::post().to(crate::access_review::access_review),
+            )
+            .route(
+                "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                web::post().to(crate::access_review::self_review),
+            )
             .route("/apis/{group}", web::get().to(api_group))
             .route("/apis/{group}/{version}", web::get().to(group_resources))
             .route("/openapi/v2", web::get().to(openapi_v2))

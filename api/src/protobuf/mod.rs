@@ -292,6 +292,17 @@ fn value_of(ty: &Type, wire: Wire<'_>, depth: usize, field: &str) -> Result<Valu
 /// Decode a protobuf body for `kind` into its JSON form.
 pub fn decode(kind: &ResourceKind, body: &[u8]) -> Result<Value, ApiError> {
     let name = message_of(kind).ok_or_else(|| ApiError::unsupported_media_type(CONTENT_TYPE))?;
+    let mut obj = decode_message(&name, body)?;
+    if let Some(m) = obj.as_object_mut() {
+        m.entry("apiVersion").or_insert_with(|| Value::String(kind.api_version()));
+        m.entry("kind").or_insert_with(|| Value::String(kind.kind.to_string()));
+    }
+    Ok(obj)
+}
+
+/// Decode a protobuf body holding message `name` (a served kind's, or a review's) into JSON,
+/// with the envelope's apiVersion and kind.
+pub fn decode_message(name: &str, body: &[u8]) -> Result<Value, ApiError> {
     let envelope = body.strip_prefix(MAGIC).ok_or_else(|| bad("missing the k8s protobuf prefix"))?;
     let mut r = Reader { buf: envelope, pos: 0 };
     let (mut api_version, mut kind_name, mut raw) = (None, None, None);
@@ -307,10 +318,14 @@ pub fn decode(kind: &ResourceKind, body: &[u8]) -> Result<Value, ApiError> {
             _ => {}
         }
     }
-    let mut obj = message(&name, raw.ok_or_else(|| bad("no object in the envelope"))?, 0)?;
+    let mut obj = message(name, raw.ok_or_else(|| bad("no object in the envelope"))?, 0)?;
     if let Some(m) = obj.as_object_mut() {
-        m.insert("apiVersion".into(), api_version.unwrap_or_else(|| Value::String(kind.api_version())));
-        m.insert("kind".into(), kind_name.unwrap_or_else(|| Value::String(kind.kind.to_string())));
+        if let Some(v) = api_version {
+            m.insert("apiVersion".into(), v);
+        }
+        if let Some(k) = kind_name {
+            m.insert("kind".into(), k);
+        }
     }
     Ok(obj)
 }

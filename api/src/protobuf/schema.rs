@@ -11,6 +11,8 @@ const FILES: &[&str] = &[
     include_str!("../../proto/apps-v1.proto"),
     include_str!("../../proto/storage-v1.proto"),
     include_str!("../../proto/discovery-v1.proto"),
+    include_str!("../../proto/authorization-v1.proto"),
+    include_str!("../../proto/authentication-v1.proto"),
     include_str!("../../proto/meta-v1.proto"),
     include_str!("../../proto/resource.proto"),
     include_str!("../../proto/intstr.proto"),
