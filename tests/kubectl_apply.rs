@@ -244,6 +244,8 @@ async fn alias_versions_apply_and_unserved_kinds_get_kubectls_own_answer() {
         "{out}{err}"
     );
     assert!(!out.contains("<unknown>"), "{out}");
+    let (ok, _, err) = app.kubectl(&["delete", "crd", "virtualmachines.kubevirt.io"]).await;
+    assert!(!ok && err.contains("read-only"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,3 +51,10 @@ pub async fn get(name: actix_web::web::Path<String>) -> actix_web::HttpResponse 
         None => status_response(&ApiError::not_found(GROUP, "customresourcedefinitions", &name)),
     }
 }
+
+/// Any write: the definitions follow from the kinds this server serves.
+pub async fn read_only() -> actix_web::HttpResponse {
+    status_response(&ApiError::method_not_allowed(
+        "customresourcedefinitions are read-only here: they follow from the kinds this server serves",
+    ))
+}

@@ -245,8 +245,16 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             .route("/api", web::get().to(api_versions))
             .route("/apis", web::get().to(api_groups))
             .route("/api/{version}", web::get().to(core_resources))
-            .route("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", web::get().to(crate::crds::list))
-            .route("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}", web::get().to(crate::crds::get))
+            .service(
+                web::resource("/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+                    .route(web::get().to(crate::crds::list))
+                    .default_service(web::to(crate::crds::read_only)),
+            )
+            .service(
+                web::resource("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+                    .route(web::get().to(crate::crds::get))
+                    .default_service(web::to(crate::crds::read_only)),
+            )
             .route(
                 "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
                 web::post().to(crate::access_review::access_review),

@@ -66,7 +66,11 @@ pub async fn apply(
             }
             let obj = apply::apply(kind.definition, scope, None, &config, &manager, force, &now, &|_| {})
                 .map_err(|e| resources::apply_error(kind, name, e))?;
-            return resources::create_object(state, path, q, obj, warnings, None, writer.principal).await;
+            match resources::create_object(state, path, q, obj, warnings.clone(), None, writer.principal).await {
+                // Another writer created it between the read and the create: apply to theirs.
+                Err(e) if e.reason == "AlreadyExists" && attempt < RETRIES => continue,
+                created => return created,
+            }
         };
         let live_rv = meta::meta_str(&live, "resourceVersion").unwrap_or("").to_string();
         if precondition.as_ref().is_some_and(|rv| *rv != live_rv) {
