@@ -457,11 +457,21 @@ fn row_object(obj: &Value, include: IncludeObject) -> Value {
 /// (the VMI template: most of the bytes) is skipped while parsing.
 #[derive(serde::Deserialize)]
 struct RowSource {
-    metadata: Value,
+    metadata: RowMetadata,
     #[serde(default)]
     spec: RowSpec,
     #[serde(default)]
     status: Value,
+}
+
+/// A row's metadata without `managedFields`: kubectl's tables never show them, and read into
+/// every row of a large list they tripled its time (54 → 143 ms for 3,000 VMs).
+#[derive(serde::Deserialize)]
+struct RowMetadata {
+    #[serde(rename = "managedFields", default)]
+    _managed_fields: serde::de::IgnoredAny,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, Value>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -478,7 +488,7 @@ pub fn parse_row_source(kind: &ResourceKind, raw: &str, include: IncludeObject) 
     }
     let row: RowSource = serde_json::from_str(raw)?;
     let mut out = serde_json::Map::new();
-    out.insert("metadata".into(), row.metadata);
+    out.insert("metadata".into(), Value::Object(row.metadata.rest));
     if let Some(replicas) = row.spec.replicas {
         out.insert("spec".into(), json!({"replicas": replicas}));
     }

@@ -17,7 +17,8 @@ impl PatchType {
             "application/merge-patch+json" => Some(PatchType::Merge),
             "application/json-patch+json" => Some(PatchType::Json),
             "application/strategic-merge-patch+json" => Some(PatchType::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+cbor" => Some(PatchType::Apply),
+            // CBOR apply bodies are behind a feature gate in Kubernetes 1.32 too: a 415 here.
+            "application/apply-patch+yaml" => Some(PatchType::Apply),
             _ => None,
         }
     }
@@ -111,7 +112,10 @@ pub fn apply(kind: PatchType, doc: &Value, body: &[u8]) -> Result<Value, PatchEr
             }
             strategic_merge(&mut out, &patch, "");
         }
-        PatchType::Apply => return Err(PatchError::Failed("server-side apply is not supported".into())),
+        // Server-side apply merges by schema and ownership: `crate::apply`, not a patch.
+        PatchType::Apply => {
+            return Err(PatchError::Failed("an apply is not a patch: see converge_engine::apply".into()))
+        }
     }
     let size = json_size(&out);
     if size > MAX_PATCHED_SIZE {
