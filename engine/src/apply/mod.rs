@@ -263,14 +263,17 @@ pub fn track_update(
         }
         Given::Unchanged => stored_entries(old),
     };
-    let old_view = old.map_or_else(|| json!({}), |o| owned_view(o, scope));
     let new_view = owned_view(new, scope);
-    let changed = changes(&old_view, &new_view, def);
+    let now_set = set_of(&new_view, def);
+    // A create changes every field it sets: one walk instead of a comparison with nothing.
+    let changed = match old {
+        Some(o) => changes(&owned_view(o, scope), &new_view, def),
+        None => now_set.clone(),
+    };
     if !changed.is_empty() {
         for e in list.iter_mut().filter(|e| !e.is(manager)) {
             e.fields = e.fields.difference(&changed);
         }
-        let now_set = set_of(&new_view, def);
         let mine = match list.iter().position(|e| e.is(manager)) {
             Some(i) => i,
             None => {
