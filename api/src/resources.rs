@@ -511,7 +511,8 @@ fn patch_error(kind: &ResourceKind, name: &str, e: PatchError) -> ApiError {
     }
 }
 
-const PATCH_RETRIES: usize = 5;
+/// How often a PATCH or an apply that lost a race to another writer is tried again.
+pub(crate) const PATCH_RETRIES: usize = 5;
 
 #[allow(clippy::too_many_arguments)]
 async fn patch(

@@ -13,8 +13,6 @@ use converge_engine::store::UpdateMode;
 use converge_engine::{meta, ApiError, ApiResult, Cause};
 use serde_json::Value;
 
-const RETRIES: usize = 5;
-
 /// An apply body: YAML (JSON being YAML too), one object.
 fn parse_config(body: &[u8]) -> ApiResult<Value> {
     let config: Value =
@@ -68,7 +66,7 @@ pub async fn apply(
                 .map_err(|e| resources::apply_error(kind, name, e))?;
             match resources::create_object(state, path, q, obj, warnings.clone(), None, writer.principal).await {
                 // Another writer created it between the read and the create: apply to theirs.
-                Err(e) if e.reason == "AlreadyExists" && attempt < RETRIES => continue,
+                Err(e) if e.reason == "AlreadyExists" && attempt < resources::PATCH_RETRIES => continue,
                 created => return created,
             }
         };
@@ -93,7 +91,7 @@ pub async fn apply(
                 return Ok(json_response(200, &updated, &warnings));
             }
             // Another writer came between the read and the write: apply again to what it left.
-            Err(e) if e.code == 409 && precondition.is_none() && attempt < RETRIES => continue,
+            Err(e) if e.code == 409 && precondition.is_none() && attempt < resources::PATCH_RETRIES => continue,
             Err(e) => return Err(e),
         }
     }

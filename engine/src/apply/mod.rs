@@ -264,13 +264,17 @@ pub fn track_update(
         Given::Unchanged => stored_entries(old),
     };
     let new_view = owned_view(new, scope);
-    let now_set = set_of(&new_view, def);
-    // A create changes every field it sets: one walk instead of a comparison with nothing.
-    let changed = match old {
-        Some(o) => changes(&owned_view(o, scope), &new_view, def),
-        None => now_set.clone(),
+    // A create changes every field it sets: one walk instead of a comparison with nothing. An
+    // update walks the new object's fields only when something changed.
+    let (changed, walked) = match old {
+        Some(o) => (changes(&owned_view(o, scope), &new_view, def), None),
+        None => {
+            let set = set_of(&new_view, def);
+            (set.clone(), Some(set))
+        }
     };
     if !changed.is_empty() {
+        let now_set = walked.unwrap_or_else(|| set_of(&new_view, def));
         for e in list.iter_mut().filter(|e| !e.is(manager)) {
             e.fields = e.fields.difference(&changed);
         }

@@ -143,17 +143,21 @@ pub fn merge(live: &Value, applied: &Value, ty: Ty) -> Value {
     let ty = resolve(ty);
     match (live, applied) {
         (Value::Object(l), Value::Object(a)) if !is_atomic_object(ty) => {
-            let mut out = l.clone();
-            for (k, av) in a {
-                if av.is_null() {
-                    out.remove(k);
-                    continue;
+            // Live's fields in live's order, each merged or copied once; then the new ones.
+            let mut out = Map::new();
+            for (k, lv) in l {
+                match a.get(k) {
+                    Some(Value::Null) => {}
+                    Some(av) => {
+                        out.insert(k.clone(), merge(lv, av, child_of(ty, k).0));
+                    }
+                    None => {
+                        out.insert(k.clone(), lv.clone());
+                    }
                 }
-                let merged = match l.get(k) {
-                    Some(lv) => merge(lv, av, child_of(ty, k).0),
-                    None => av.clone(),
-                };
-                out.insert(k.clone(), merged);
+            }
+            for (k, av) in a.iter().filter(|(k, av)| !av.is_null() && !l.contains_key(*k)) {
+                out.insert(k.clone(), av.clone());
             }
             Value::Object(out)
         }
@@ -163,16 +167,14 @@ pub fn merge(live: &Value, applied: &Value, ty: Ty) -> Value {
                 return applied.clone();
             }
             let item_ty = items_of(ty);
-            let named = |items: &[Value]| -> Vec<(Option<Element>, Value)> {
-                items.iter().enumerate().map(|(i, v)| (item_element(&kind, v, item_ty, i), v.clone())).collect()
-            };
-            let mut out = named(l);
-            for (e, av) in named(a) {
+            let mut out: Vec<(Option<Element>, Value)> =
+                named(&kind, l, item_ty).into_iter().map(|(e, v)| (e, v.clone())).collect();
+            for (e, av) in named(&kind, a, item_ty) {
                 let at = e.as_ref().and_then(|e| out.iter().position(|(o, _)| o.as_ref() == Some(e)));
                 match (at, &e) {
-                    (Some(i), Some(Element::Key(_))) => out[i].1 = merge(&out[i].1, &av, item_ty),
+                    (Some(i), Some(Element::Key(_))) => out[i].1 = merge(&out[i].1, av, item_ty),
                     (Some(_), _) => {}
-                    (None, _) => out.push((e, av)),
+                    (None, _) => out.push((e, av.clone())),
                 }
             }
             Value::Array(out.into_iter().map(|(_, v)| v).collect())
@@ -181,9 +183,14 @@ pub fn merge(live: &Value, applied: &Value, ty: Ty) -> Value {
     }
 }
 
+/// A granular list's items with the path element naming each (borrowed: compared, not copied).
+fn named<'v>(kind: &ListKind, items: &'v [Value], item_ty: Ty) -> Vec<(Option<Element>, &'v Value)> {
+    items.iter().enumerate().map(|(i, v)| (item_element(kind, v, item_ty, i), v)).collect()
+}
+
 /// The paths that differ between `old` and `new` (added, changed or removed), with everything
 /// under a subtree that appeared or went.
-pub fn compare(old: Option<&Value>, new: Option<&Value>, ty: Ty, path: &mut Path, out: &mut FieldSet) {
+pub fn compare<'a>(old: Option<&'a Value>, new: Option<&'a Value>, ty: Ty, path: &mut Path, out: &mut FieldSet) {
     if old == new {
         return;
     }
@@ -199,19 +206,16 @@ pub fn compare(old: Option<&Value>, new: Option<&Value>, ty: Ty, path: &mut Path
         (Some(Value::Array(o)), Some(Value::Array(n))) if !matches!(list_kind(ty), ListKind::Atomic) => {
             let kind = list_kind(ty);
             let item_ty = items_of(ty);
-            let named = |items: &[Value]| -> Vec<(Option<Element>, Value)> {
-                items.iter().enumerate().map(|(i, v)| (item_element(&kind, v, item_ty, i), v.clone())).collect()
-            };
-            let (o, n) = (named(o), named(n));
-            let find = |list: &[(Option<Element>, Value)], e: &Element| {
-                list.iter().find(|(x, _)| x.as_ref() == Some(e)).map(|(_, v)| v.clone())
+            let (o, n) = (named(&kind, o, item_ty), named(&kind, n, item_ty));
+            let find = |list: &[(Option<Element>, &'a Value)], e: &Element| {
+                list.iter().find(|(x, _)| x.as_ref() == Some(e)).map(|(_, v)| *v)
             };
             let elements: std::collections::BTreeSet<Element> =
                 o.iter().chain(n.iter()).filter_map(|(e, _)| e.clone()).collect();
             for e in elements {
                 let (ov, nv) = (find(&o, &e), find(&n, &e));
                 path.push(e);
-                compare(ov.as_ref(), nv.as_ref(), item_ty, path, out);
+                compare(ov, nv, item_ty, path, out);
                 path.pop();
             }
         }
