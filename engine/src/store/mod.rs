@@ -16,6 +16,7 @@ pub(crate) mod db;
 mod sql;
 mod sqlite_read;
 mod update_rules;
+pub mod versions;
 pub mod watch;
 mod write_tx;
 
@@ -148,6 +149,32 @@ async fn sqlite_file(pool: &AnyPool) -> ApiResult<Option<std::path::PathBuf>> {
     Ok(if file.is_empty() { None } else { Some(file.into()) })
 }
 
+/// Brings the store's schema up to this binary's. An SQLite store that had a schema is first
+/// copied beside itself (`<file>.schema-<version>`), a way back that costs one file copy.
+async fn upgrade_schema(
+    pool: &AnyPool,
+    backend: Backend,
+    file: Option<&std::path::Path>,
+) -> ApiResult<versions::Upgrade> {
+    let known = versions::known(backend);
+    let mut conn = pool.acquire().await?;
+    let had = versions::applied_versions(&mut conn).await?;
+    let newest = known.last().map(|m| m.version).unwrap_or(0);
+    if let (Some(file), Some(&from)) = (file, had.last()) {
+        if from < newest {
+            let copy = format!("{}.schema-{from}", file.display());
+            let _ = std::fs::remove_file(&copy);
+            sqlx::query("VACUUM INTO $1")
+                .bind(copy.clone())
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| ApiError::unavailable(format!("copying the store to {copy} before upgrading it: {e}")))?;
+            tracing::info!(%copy, "the store before its upgrade");
+        }
+    }
+    versions::migrate(&mut conn, backend, &known).await
+}
+
 /// How often the hub looks for changes other processes committed.
 const FOREIGN_POLL: Duration = Duration::from_millis(500);
 const HUB_BATCH: i64 = 1000;
@@ -173,15 +200,14 @@ impl Store {
             .connect(&config.url)
             .await
             .map_err(|e| ApiError::unavailable(format!("cannot open database: {e}")))?;
-        let migrator = match backend {
-            Backend::Sqlite => sqlx::migrate!("../migrations/sqlite"),
-            Backend::Postgres => sqlx::migrate!("../migrations/postgres"),
-        };
-        migrator.run(&pool).await.map_err(|e| ApiError::unavailable(format!("database migration failed: {e}")))?;
         let file = match backend {
             Backend::Sqlite => sqlite_file(&pool).await?,
             Backend::Postgres => None,
         };
+        let upgrade = upgrade_schema(&pool, backend, file.as_deref()).await?;
+        if upgrade.from != upgrade.to {
+            tracing::info!(from = upgrade.from, to = upgrade.to, "store schema upgraded");
+        }
         let (reader, writer) = match (&file, backend) {
             (Some(file), _) => {
                 (Some(Arc::new(sqlite_read::SqliteReader::open(file)?)), write_tx::Writer::sqlite(file)?)
