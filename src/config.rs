@@ -233,6 +233,18 @@ pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> 
     Ok(Settings { server, log_format })
 }
 
+/// Where a store lives, as `serve` would find it from the same flags and config file: the data
+/// dir, and the database URL (`None`: SQLite in the data dir).
+pub fn store_location(
+    config: Option<&PathBuf>,
+    data_dir: Option<PathBuf>,
+    database: Option<String>,
+) -> Result<(PathBuf, Option<String>)> {
+    let file = read_file(config)?;
+    let data_dir = data_dir.or(file.data_dir).unwrap_or_else(default_data_dir);
+    Ok((data_dir, database.or(file.database)))
+}
+
 /// `converge node`'s settings: its flags over the file's node keys.
 /// What `converge node` reads beyond the node's own flags.
 pub struct NodeCommandInput {

@@ -1,5 +1,6 @@
 //! The `converge` binary: `converge serve` and the client verbs.
 
+mod backup;
 mod client;
 mod cluster_cmd;
 mod config;
@@ -206,11 +207,45 @@ enum Command {
         #[arg(long)]
         archive: bool,
     },
+    /// Write a consistent snapshot of the store, with the data dir's CA, signing key and admin
+    /// token, to FILE (a gzipped tar; online: the server may be running). Guests' disks and
+    /// volumes are not in it.
+    Backup {
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Load a backup into a fresh data dir (and, with --database, an empty PostgreSQL
+    /// database); `converge serve` then runs on it, upgrading an older store.
+    Restore {
+        file: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Print the CA certificate that signs the server's certificate.
     Ca {
         #[arg(long, env = "CONVERGE_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+}
+
+/// Where the store is, as `converge serve` is told.
+#[derive(clap::Args)]
+struct StoreArgs {
+    #[arg(long, env = "CONVERGE_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "CONVERGE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// postgres://… when the store is in PostgreSQL.
+    #[arg(long, env = "CONVERGE_DATABASE")]
+    database: Option<String>,
+}
+
+impl StoreArgs {
+    fn location(self) -> Result<backup::Location> {
+        let (data_dir, database) = config::store_location(self.config.as_ref(), self.data_dir, self.database)?;
+        Ok(backup::Location { data_dir, database })
+    }
 }
 
 #[derive(Subcommand)]
@@ -442,6 +477,29 @@ fn main() -> Result<()> {
                 };
                 upload::image_upload(&api, args).await
             }
+            Command::Backup { file, store } => {
+                let summary = backup::backup(&store.location()?, &file).await?;
+                println!(
+                    "backup written to {}: {} objects at resourceVersion {}, schema {}",
+                    file.display(),
+                    summary.objects,
+                    summary.resource_version,
+                    summary.schema
+                );
+                Ok(())
+            }
+            Command::Restore { file, store } => {
+                let location = store.location()?;
+                let summary = backup::restore(&file, &location).await?;
+                println!(
+                    "restored {} objects (resourceVersion {}, schema {}) into {}",
+                    summary.objects,
+                    summary.resource_version,
+                    summary.schema,
+                    location.database.as_deref().map(redact).unwrap_or_else(|| location.data_dir.display().to_string())
+                );
+                Ok(())
+            }
             Command::Ca { data_dir } => {
                 let dir = data_dir.unwrap_or_else(config::default_data_dir);
                 let pem = std::fs::read_to_string(dir.join("ca.crt")).with_context(|| {
@@ -503,6 +561,18 @@ async fn serve(config: converge_api::ServerConfig) -> Result<()> {
     tracing::info!("stopping");
     server.stop().await;
     Ok(())
+}
+
+/// A database URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user = &url[scheme + 3..at];
+            let user = user.split_once(':').map_or(user, |(u, _)| u);
+            format!("{}{user}@{}", &url[..scheme + 3], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// Writes a file only its owner may read (it holds a token).

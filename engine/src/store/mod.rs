@@ -11,6 +11,7 @@
 //! processes' — and fans each change out to watchers. So a watch resumed from any retained
 //! resourceVersion, on any process, sees every change once.
 
+pub mod backup;
 mod continue_token;
 pub(crate) mod db;
 mod sql;
