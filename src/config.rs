@@ -245,6 +245,11 @@ pub fn store_location(
     Ok((data_dir, database.or(file.database)))
 }
 
+/// Whether the config file at `path` says `no_node`.
+pub fn no_node(path: &PathBuf) -> Result<bool> {
+    Ok(read_file(Some(path))?.no_node.unwrap_or(false))
+}
+
 /// `converge node`'s settings: its flags over the file's node keys.
 /// What `converge node` reads beyond the node's own flags.
 pub struct NodeCommandInput {

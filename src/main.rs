@@ -5,6 +5,7 @@ mod client;
 mod cluster_cmd;
 mod config;
 mod drain;
+mod install;
 mod upload;
 mod verbs;
 
@@ -207,6 +208,12 @@ enum Command {
         #[arg(long)]
         archive: bool,
     },
+    /// Install Converge as a systemd service (converge.service, Restart=always, after libvirtd),
+    /// with a config file, and start it where systemd runs. Running a newer binary's `install`
+    /// upgrades: the binary is replaced and the service restarted; guests run on.
+    Install(Box<install::InstallArgs>),
+    /// Stop every guest, stop and remove the service; --purge also removes the data.
+    Uninstall(install::UninstallArgs),
     /// Write a consistent snapshot of the store, with the data dir's CA, signing key and admin
     /// token, to FILE (a gzipped tar; online: the server may be running). Guests' disks and
     /// volumes are not in it.
@@ -477,6 +484,8 @@ fn main() -> Result<()> {
                 };
                 upload::image_upload(&api, args).await
             }
+            Command::Install(args) => install::install(*args).await,
+            Command::Uninstall(args) => install::uninstall(args).await,
             Command::Backup { file, store } => {
                 let summary = backup::backup(&store.location()?, &file).await?;
                 println!(
@@ -557,10 +566,33 @@ async fn serve(config: converge_api::ServerConfig) -> Result<()> {
     }
     let server = converge_api::start(config).await?;
     println!("converge serving at {}; kubeconfig: {}", server.base_url, server.kubeconfig.display());
+    notify_systemd("READY=1");
     until_stopped().await?;
     tracing::info!("stopping");
+    notify_systemd("STOPPING=1");
     server.stop().await;
     Ok(())
+}
+
+/// Tells systemd (a `Type=notify` unit) how the server is doing, when it runs under one.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let socket = std::os::unix::net::UnixDatagram::unbound();
+    let sent = socket.and_then(|s| {
+        let bytes = path.as_encoded_bytes();
+        match bytes.strip_prefix(b"@") {
+            // An abstract socket, as systemd gives it.
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                s.send_to_addr(state.as_bytes(), &addr)
+            }
+            None => s.send_to(state.as_bytes(), &path),
+        }
+    });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "telling systemd {state}");
+    }
 }
 
 /// A database URL without its password.

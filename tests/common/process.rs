@@ -22,6 +22,12 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// A new data dir with the test images imported, and a server on it with `failpoints` armed.
     pub async fn start(failpoints: &str, extra_args: &[&str]) -> ServeProcess {
+        Self::start_prepared(failpoints, extra_args, |_| {}).await
+    }
+
+    /// `start`, with `prepare` given the data dir before the first server starts on it (to put
+    /// an older store there).
+    pub async fn start_prepared(failpoints: &str, extra_args: &[&str], prepare: impl FnOnce(&Path)) -> ServeProcess {
         let prefix = format!("f{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let dir = tempfile::tempdir().expect("tempdir");
         let guests = guest_dir();
@@ -36,6 +42,7 @@ impl ServeProcess {
                 .expect("converge image import");
             assert!(st.success(), "image import of {image}");
         }
+        prepare(dir.path());
         let port = servers::free_port();
         let app = TestApp {
             server: None,
@@ -106,6 +113,16 @@ impl ServeProcess {
         (1..=self.starts)
             .map(|i| format!("--- start {i}\n{}", std::fs::read_to_string(self.log_path(i)).unwrap_or_default()))
             .collect()
+    }
+
+    /// SIGTERM, as systemd stops a service, and waits for the server to exit (true: cleanly).
+    pub async fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return false };
+        if let Some(pid) = child.id() {
+            // SAFETY: a signal to the child this struct started and has not yet reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        matches!(tokio::time::timeout(Duration::from_secs(30), child.wait()).await, Ok(Ok(s)) if s.success())
     }
 
     /// `kill -9` of the server.

@@ -81,11 +81,10 @@ async fn read_record(conn: &mut AnyConnection) -> ApiResult<Vec<Applied>> {
 
 /// The versions the database has had; empty for a new database.
 pub async fn applied_versions(conn: &mut AnyConnection) -> ApiResult<Vec<i64>> {
-    match read_record(conn).await {
-        Ok(rows) => Ok(rows.iter().map(|r| r.version).collect()),
-        Err(_) if !record_exists(conn).await? => Ok(Vec::new()),
-        Err(e) => Err(e),
+    if !record_exists(conn).await? {
+        return Ok(Vec::new());
     }
+    Ok(read_record(conn).await?.iter().map(|r| r.version).collect())
 }
 
 async fn record_exists(conn: &mut AnyConnection) -> ApiResult<bool> {
