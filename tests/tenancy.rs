@@ -179,6 +179,9 @@ async fn a_namespaced_admin_is_a_tenant_for_status() {
     assert_eq!(s, 403, "{body}");
     let (s, _) = t.post("/converge/v1/tokens", &json!({"role": "admin", "ttlSeconds": 60})).await;
     assert_eq!(s, 403, "nor does it mint tokens");
+    // Nor read the server's metrics: every namespace's guests and the control plane's health.
+    let (s, body) = t.get("/metrics").await;
+    assert_eq!(s, 403, "nor read /metrics: {body}");
 }
 
 /// Attack: a claim of team-a names team-b's volume and claims to be Bound, to attach, clone or

@@ -10,6 +10,7 @@ mod crds;
 pub mod discovery;
 pub mod extension;
 pub mod manifests;
+pub mod metrics;
 mod node_auth;
 pub mod nodes;
 pub mod openapi;

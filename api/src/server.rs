@@ -64,6 +64,9 @@ pub struct ServerConfig {
     pub host_access: converge_engine::host_access::HostAccess,
     /// The cluster's pod range and each node's slice of it: this server gives Nodes theirs.
     pub pod_ranges: PodRanges,
+    /// ADDR:PORT to serve `/metrics` on without a token, over plain HTTP (for a scraper beside
+    /// the server); `None`: only on the API's port, with a token.
+    pub metrics_listen: Option<String>,
 }
 
 impl ServerConfig {
@@ -85,6 +88,7 @@ impl ServerConfig {
             libvirt_uri: "qemu:///system".into(),
             host_access: Default::default(),
             pod_ranges: PodRanges::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -107,12 +111,18 @@ pub struct RunningServer {
     node_ranges: Option<tokio::task::JoinHandle<()>>,
     bridge_recovery: tokio::task::JoinHandle<()>,
     revocations: tokio::task::JoinHandle<()>,
+    /// The `--metrics-listen` server, and where it listens.
+    metrics: Option<(ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>)>,
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl RunningServer {
     /// Serve until the server stops (a signal, or `stop`).
     pub async fn wait(self) -> std::io::Result<()> {
         let result = self.server.await.unwrap_or(Ok(()));
+        if let Some((handle, _)) = &self.metrics {
+            handle.stop(true).await;
+        }
         self.collector.abort();
         self.node_ranges.iter().for_each(tokio::task::JoinHandle::abort);
         self.bridge_recovery.abort();
@@ -125,6 +135,10 @@ impl RunningServer {
     }
 
     pub async fn stop(self) {
+        if let Some((handle, server)) = self.metrics {
+            handle.stop(true).await;
+            let _ = server.await;
+        }
         self.handle.stop(true).await;
         let _ = self.server.await;
         self.collector.abort();
@@ -233,6 +247,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         node_link: Arc::new(crate::nodes::link::NodeLink::new(&pki.authority)?),
         authority: Arc::clone(&pki.authority),
     });
+    let metrics = match &config.metrics_listen {
+        Some(listen) => Some(crate::metrics::serve_open(listen, state.clone())?),
+        None => None,
+    };
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -242,6 +260,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             .route("/livez", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/version", web::get().to(version))
+            .route("/metrics", web::get().to(crate::metrics::metrics))
             .route("/api", web::get().to(api_versions))
             .route("/apis", web::get().to(api_groups))
             .route("/api/{version}", web::get().to(core_resources))
@@ -341,6 +360,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         node_ranges,
         bridge_recovery,
         revocations,
+        metrics_addr: metrics.as_ref().map(|(_, _, addr)| *addr),
+        metrics: metrics.map(|(handle, server, _)| (handle, server)),
     })
 }
 
@@ -380,6 +401,8 @@ async fn authenticate(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = std::time::Instant::now();
     let (method, path) = (req.method().clone(), req.path().to_string());
+    let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let labels = crate::metrics::requests::classify(method.as_str(), &path, req.query_string(), content_type);
     if !PUBLIC_PATHS.contains(&req.path()) && !upload::PATHS.contains(&req.path()) {
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let token = auth::bearer_token(header("authorization").as_deref(), header("sec-websocket-protocol").as_deref());
@@ -399,11 +422,13 @@ async fn authenticate(
                 } else {
                     status_response(&e)
                 };
+                crate::metrics::requests::observe(&labels, resp.status().as_u16(), started.elapsed());
                 return Ok(req.into_response(resp).map_into_right_body());
             }
         }
     }
     let resp = next.call(req).await?;
+    crate::metrics::requests::observe(&labels, resp.status().as_u16(), started.elapsed());
     tracing::debug!(%method, %path, status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     Ok(resp.map_into_left_body())
 }

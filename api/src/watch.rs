@@ -40,7 +40,15 @@ pub async fn serve(state: &AppState, path: &ResourcePath, q: &Query, as_table: b
     let deadline = tokio::time::Instant::now() + timeout;
     let include = q.include_object;
     let alias = path.alias;
-    let stream = futures::stream::unfold(rx, move |mut rx| async move {
+    let held = crate::metrics::requests::LongRunning::start(&crate::metrics::requests::RequestLabels {
+        verb: "WATCH",
+        group: kind.group,
+        version: kind.version,
+        resource: kind.plural,
+        subresource: "",
+        scope: if path.namespace.is_some() { "namespace" } else { "cluster" },
+    });
+    let stream = futures::stream::unfold((rx, held), move |(mut rx, held)| async move {
         let item = tokio::select! {
             item = rx.recv() => item?,
             _ = tokio::time::sleep_until(deadline) => return None,
@@ -64,7 +72,7 @@ pub async fn serve(state: &AppState, path: &ResourcePath, q: &Query, as_table: b
                 line("BOOKMARK", &obj.to_string())
             }
         };
-        Some((Ok::<Bytes, actix_web::Error>(bytes), rx))
+        Some((Ok::<Bytes, actix_web::Error>(bytes), (rx, held)))
     });
     Ok(HttpResponse::Ok().content_type("application/json").streaming(stream))
 }

@@ -16,6 +16,7 @@ pub mod kinds;
 pub mod launcher;
 pub mod macpool;
 pub mod meta;
+pub mod metrics;
 pub mod migration;
 pub mod network;
 pub mod node;

@@ -188,6 +188,10 @@ impl Hypervisor for Libvirt {
         self.with_start_conn(|conn| conn.define_domain_xml(xml).map(|_| ()).map_err(err))
     }
 
+    fn stats(&self) -> HvResult<Vec<super::stats::DomainStats>> {
+        self.with_conn(super::stats::read_all)
+    }
+
     fn list(&self) -> HvResult<Vec<DomainSummary>> {
         self.with_conn(|conn| {
             let mut out = Vec::new();

@@ -5,6 +5,7 @@ pub mod fake;
 mod libvirt;
 mod lifecycle;
 mod migration;
+pub mod stats;
 
 pub use libvirt::{node_uid_from_xml, vmi_uid_from_xml, Libvirt, RESYNC_ALL};
 pub use migration::migration_flags;
@@ -139,6 +140,8 @@ pub trait Hypervisor: Send + Sync + 'static {
     fn start_post_copy(&self, name: &str) -> HvResult<()>;
     /// The figures of the last finished job of `name` (on a migration's target: its downtime).
     fn last_migration(&self, name: &str) -> HvResult<Option<MigrationProgress>>;
+    /// Every domain's statistics (CPU, vCPUs, memory, NICs, disks), in one call.
+    fn stats(&self) -> HvResult<Vec<stats::DomainStats>>;
     /// Names of domains whose lifecycle changed, as libvirt reports them. One receiver.
     fn events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>>;
 }

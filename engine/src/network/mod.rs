@@ -8,6 +8,7 @@
 //! the plans themselves are pure and unit-tested.
 
 pub mod cidr;
+pub mod counters;
 pub mod dhcp;
 pub mod host;
 pub mod ipam;

@@ -36,7 +36,7 @@ pub fn domain_name_of(prefix: &str, namespace: &str, name: &str) -> String {
     build::domain_name(prefix, namespace, name)
 }
 
-fn key_of_domain(prefix: &str, domain: &str) -> Option<Key> {
+pub(crate) fn key_of_domain(prefix: &str, domain: &str) -> Option<Key> {
     let rest = domain.strip_prefix(prefix)?;
     let (ns, name) = rest.split_once('_')?;
     Some((ns.to_string(), name.to_string()))

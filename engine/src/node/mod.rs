@@ -173,6 +173,49 @@ impl NodeAgent {
     pub fn domain_name(&self, namespace: &str, name: &str) -> String {
         agent::domain_name_of(&self.shared.config.domain_prefix, namespace, name)
     }
+    /// The statistics of the guests this node runs: (namespace, VMI name, its domain's figures).
+    /// Domains of other agents or not Converge's are left out.
+    pub async fn guest_stats(&self) -> Vec<(String, String, crate::hypervisor::stats::DomainStats)> {
+        let hv = Arc::clone(&self.shared.hv);
+        let prefix = self.shared.config.domain_prefix.clone();
+        let node_uid = self.shared.node_uid.clone();
+        let pod_network = self.shared.net.as_ref().map(|n| n.config.node_namespace.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            // Domain name → its VMI's uid.
+            let ours: HashMap<String, String> = hv
+                .list()?
+                .into_iter()
+                .filter(|d| d.node_uid.as_deref() == Some(node_uid.as_str()))
+                .filter_map(|d| Some((d.name, d.vmi_uid?)))
+                .collect();
+            let stats = hv.stats()?;
+            Ok::<_, crate::hypervisor::HypervisorError>(
+                stats
+                    .into_iter()
+                    .filter_map(|mut s| {
+                        let uid = ours.get(&s.name)?;
+                        let (namespace, name) = agent::key_of_domain(&prefix, &s.name)?;
+                        if let Some(node_namespace) = &pod_network {
+                            network::count_pod_taps(&mut s, node_namespace, uid);
+                        }
+                        if let Ok(xml) = hv.xml(&s.name) {
+                            crate::hypervisor::stats::name_devices(&mut s, &xml);
+                        }
+                        Some((namespace, name, s))
+                    })
+                    .collect(),
+            )
+        });
+        match read.await {
+            Ok(Ok(stats)) => stats,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reading guests' statistics");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Runs a hypervisor call for the domain of `namespace/name` off the async threads.
     pub async fn with_domain<T: Send + 'static>(
         &self,

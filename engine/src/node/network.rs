@@ -395,3 +395,28 @@ pub(crate) async fn sync_services(s: &Shared, net: &NodeNetwork) -> Result<(), S
     }
     Ok(())
 }
+
+/// Fills in the traffic of a pod guest's taps, which libvirt cannot see once they moved into the
+/// pod's namespace: read there, and turned to the guest's side (what the tap receives, the guest
+/// sent).
+pub(crate) fn count_pod_taps(stats: &mut crate::hypervisor::stats::DomainStats, node_namespace: &str, vmi_uid: &str) {
+    use crate::network::names;
+    if !stats.interfaces.iter().any(|n| names::is_tap_of(node_namespace, vmi_uid, &n.name)) {
+        return;
+    }
+    let Ok(links) = crate::network::counters::in_namespace(&names::pod_namespace(node_namespace, vmi_uid)) else {
+        return;
+    };
+    for nic in stats.interfaces.iter_mut().filter(|n| names::is_tap_of(node_namespace, vmi_uid, &n.name)) {
+        if let Some(c) = links.get(&nic.name) {
+            nic.rx_bytes = c.tx_bytes;
+            nic.rx_packets = c.tx_packets;
+            nic.rx_errors = c.tx_errors;
+            nic.rx_dropped = c.tx_dropped;
+            nic.tx_bytes = c.rx_bytes;
+            nic.tx_packets = c.rx_packets;
+            nic.tx_errors = c.rx_errors;
+            nic.tx_dropped = c.rx_dropped;
+        }
+    }
+}

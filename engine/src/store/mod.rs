@@ -150,32 +150,6 @@ async fn sqlite_file(pool: &AnyPool) -> ApiResult<Option<std::path::PathBuf>> {
     Ok(if file.is_empty() { None } else { Some(file.into()) })
 }
 
-/// Brings the store's schema up to this binary's. An SQLite store that had a schema is first
-/// copied beside itself (`<file>.schema-<version>`), a way back that costs one file copy.
-async fn upgrade_schema(
-    pool: &AnyPool,
-    backend: Backend,
-    file: Option<&std::path::Path>,
-) -> ApiResult<versions::Upgrade> {
-    let known = versions::known(backend);
-    let mut conn = pool.acquire().await?;
-    let had = versions::applied_versions(&mut conn).await?;
-    let newest = known.last().map(|m| m.version).unwrap_or(0);
-    if let (Some(file), Some(&from)) = (file, had.last()) {
-        if from < newest {
-            let copy = format!("{}.schema-{from}", file.display());
-            let _ = std::fs::remove_file(&copy);
-            sqlx::query("VACUUM INTO $1")
-                .bind(copy.clone())
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| ApiError::unavailable(format!("copying the store to {copy} before upgrading it: {e}")))?;
-            tracing::info!(%copy, "the store before its upgrade");
-        }
-    }
-    versions::migrate(&mut conn, backend, &known).await
-}
-
 /// How often the hub looks for changes other processes committed.
 const FOREIGN_POLL: Duration = Duration::from_millis(500);
 const HUB_BATCH: i64 = 1000;
@@ -205,7 +179,7 @@ impl Store {
             Backend::Sqlite => sqlite_file(&pool).await?,
             Backend::Postgres => None,
         };
-        let upgrade = upgrade_schema(&pool, backend, file.as_deref()).await?;
+        let upgrade = versions::upgrade(&pool, backend, file.as_deref()).await?;
         if upgrade.from != upgrade.to {
             tracing::info!(from = upgrade.from, to = upgrade.to, "store schema upgraded");
         }
@@ -369,6 +343,7 @@ impl Store {
     /// Store a new object, filling uid, creationTimestamp, generation and resourceVersion.
     #[tracing::instrument(skip(self, obj), fields(kind = kind.kind))]
     pub async fn create(&self, kind: &ResourceKind, mut obj: Value, dry_run: bool) -> ApiResult<Value> {
+        let _timer = self.transaction_timer("create");
         let mut tx = self.begin_write().await?;
         let key = kind.store_key();
         let namespace = meta::namespace(&obj).to_string();
@@ -443,6 +418,7 @@ impl Store {
     }
 
     async fn update_once(&self, kind: &ResourceKind, new: Value, mode: UpdateMode, dry_run: bool) -> ApiResult<Value> {
+        let _timer = self.transaction_timer("update");
         let mut tx = self.begin_write().await?;
         let key = kind.store_key();
         let (namespace, name) = (meta::namespace(&new).to_string(), meta::name(&new).to_string());
@@ -538,6 +514,7 @@ impl Store {
         name: &str,
         opts: &DeleteOptions,
     ) -> ApiResult<DeleteOutcome> {
+        let _timer = self.transaction_timer("delete");
         let mut tx = self.begin_write().await?;
         let key = kind.store_key();
         let current = sql::load(&mut tx, &key, namespace, name)
@@ -606,6 +583,20 @@ impl Store {
     /// SQLite has one writer at a time anyway: taking turns here saves its busy-waiting. On
     /// PostgreSQL, writers run concurrently; the counter row orders their commits and
     /// conditional writes (`sql::put`, `sql::remove`) catch lost races.
+    /// Observes a write's duration (waiting for the writer included) when dropped.
+    fn transaction_timer(&self, operation: &str) -> prometheus::HistogramTimer {
+        let backend = match self.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        };
+        crate::metrics::STORE_TRANSACTION_DURATION.with_label_values(&[operation, backend]).start_timer()
+    }
+
+    /// Watches following this store's changes.
+    pub fn watchers(&self) -> usize {
+        self.events.receiver_count()
+    }
+
     async fn begin_write(&self) -> ApiResult<write_tx::WriteTx<'_>> {
         self.writer.begin(&self.pool, self.backend == Backend::Sqlite).await
     }
@@ -654,6 +645,7 @@ impl Store {
         reserved: &[std::net::Ipv4Addr],
         vmi: &Value,
     ) -> ApiResult<std::net::Ipv4Addr> {
+        let _timer = self.transaction_timer("lease");
         let mut tx = self.begin_write().await?;
         let key = kinds::VIRTUAL_MACHINE_INSTANCE.store_key();
         let address =
@@ -664,6 +656,7 @@ impl Store {
 
     /// Gives back a VMI's pod address (its domain is gone).
     pub async fn release_pod_address(&self, namespace: &str, name: &str) -> ApiResult<()> {
+        let _timer = self.transaction_timer("release");
         let mut tx = self.begin_write().await?;
         let key = kinds::VIRTUAL_MACHINE_INSTANCE.store_key();
         ipam::release_owner(&mut tx, Some(ipam::POD_POOL), (&key, namespace, name)).await?;

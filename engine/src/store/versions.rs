@@ -173,6 +173,32 @@ async fn migrate_in_transaction(conn: &mut AnyConnection, backend: Backend, know
     Ok(Upgrade { from, to })
 }
 
+/// Brings the store's schema up to this binary's. An SQLite store that had a schema is first
+/// copied beside itself (`<file>.schema-<version>`), a way back that costs one file copy.
+pub(super) async fn upgrade(
+    pool: &sqlx::AnyPool,
+    backend: Backend,
+    file: Option<&std::path::Path>,
+) -> ApiResult<Upgrade> {
+    let known = known(backend);
+    let mut conn = pool.acquire().await?;
+    let had = applied_versions(&mut conn).await?;
+    let newest = known.last().map(|m| m.version).unwrap_or(0);
+    if let (Some(file), Some(&from)) = (file, had.last()) {
+        if from < newest {
+            let copy = format!("{}.schema-{from}", file.display());
+            let _ = std::fs::remove_file(&copy);
+            sqlx::query("VACUUM INTO $1")
+                .bind(copy.clone())
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| ApiError::unavailable(format!("copying the store to {copy} before upgrading it: {e}")))?;
+            tracing::info!(%copy, "the store before its upgrade");
+        }
+    }
+    migrate(&mut conn, backend, &known).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

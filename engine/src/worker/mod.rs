@@ -101,6 +101,7 @@ where
 {
     let reconcile = Arc::new(reconcile);
     let failures = Arc::new(Failures::default());
+    queue.name(controller);
     (0..workers)
         .map(|_| {
             let (queue, reconcile, failures) = (Arc::clone(queue), Arc::clone(&reconcile), Arc::clone(&failures));
@@ -124,6 +125,7 @@ where
                                     failures = n, retry_in = ?after, "reconcile failed"
                                 );
                             }
+                            queue.retried();
                             queue.add_after(key.clone(), after);
                         }
                     }

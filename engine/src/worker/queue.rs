@@ -1,10 +1,12 @@
 //! A work queue with client-go's guarantees: a key is queued at most once, never handed to two
 //! workers at the same time, and a key added while it is being worked on runs again afterwards.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use prometheus::{Histogram, IntCounter, IntGauge};
 
 use tokio::sync::Notify;
 
@@ -12,28 +14,85 @@ struct State<K> {
     queue: VecDeque<K>,
     dirty: HashSet<K>,
     processing: HashSet<K>,
+    /// When each queued key was queued, and when each key being worked on was handed out.
+    queued_at: HashMap<K, Instant>,
+    started_at: HashMap<K, Instant>,
+}
+
+/// client-go's work-queue metrics of one named queue.
+struct QueueMetrics {
+    depth: IntGauge,
+    adds: IntCounter,
+    retries: IntCounter,
+    queue_duration: Histogram,
+    work_duration: Histogram,
 }
 
 pub struct WorkQueue<K> {
     state: Mutex<State<K>>,
     ready: Notify,
+    /// Set once the queue has a name (`worker::spawn` gives it its controller's).
+    metrics: OnceLock<QueueMetrics>,
+}
+
+impl<K: Clone + Eq + Hash> State<K> {
+    fn enqueue(&mut self, key: K) {
+        self.queued_at.insert(key.clone(), Instant::now());
+        self.queue.push_back(key);
+    }
 }
 
 impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
     pub fn new() -> Arc<Self> {
         Arc::new(WorkQueue {
-            state: Mutex::new(State { queue: VecDeque::new(), dirty: HashSet::new(), processing: HashSet::new() }),
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                dirty: HashSet::new(),
+                processing: HashSet::new(),
+                queued_at: HashMap::new(),
+                started_at: HashMap::new(),
+            }),
             ready: Notify::new(),
+            metrics: OnceLock::new(),
         })
+    }
+
+    /// Names the queue in the `workqueue_*` metrics (the first name given stays).
+    pub fn name(&self, name: &str) {
+        let m = crate::metrics::WORKQUEUE_DEPTH.with_label_values(&[name]);
+        let _ = self.metrics.set(QueueMetrics {
+            depth: m,
+            adds: crate::metrics::WORKQUEUE_ADDS.with_label_values(&[name]),
+            retries: crate::metrics::WORKQUEUE_RETRIES.with_label_values(&[name]),
+            queue_duration: crate::metrics::WORKQUEUE_QUEUE_DURATION.with_label_values(&[name]),
+            work_duration: crate::metrics::WORKQUEUE_WORK_DURATION.with_label_values(&[name]),
+        });
+    }
+
+    /// Counts a key coming back after a failure.
+    pub fn retried(&self) {
+        if let Some(m) = self.metrics.get() {
+            m.retries.inc();
+        }
+    }
+
+    fn set_depth(&self, s: &State<K>) {
+        if let Some(m) = self.metrics.get() {
+            m.depth.set(s.queue.len() as i64);
+        }
     }
 
     pub fn add(&self, key: K) {
         let Ok(mut s) = self.state.lock() else { return };
+        if let Some(m) = self.metrics.get() {
+            m.adds.inc();
+        }
         if !s.dirty.insert(key.clone()) {
             return;
         }
         if !s.processing.contains(&key) {
-            s.queue.push_back(key);
+            s.enqueue(key);
+            self.set_depth(&s);
             drop(s);
             self.ready.notify_one();
         }
@@ -55,6 +114,12 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
                 if let Some(key) = s.queue.pop_front() {
                     s.dirty.remove(&key);
                     s.processing.insert(key.clone());
+                    let now = Instant::now();
+                    if let (Some(m), Some(at)) = (self.metrics.get(), s.queued_at.remove(&key)) {
+                        m.queue_duration.observe(now.duration_since(at).as_secs_f64());
+                    }
+                    s.started_at.insert(key.clone(), now);
+                    self.set_depth(&s);
                     if !s.queue.is_empty() {
                         self.ready.notify_one();
                     }
@@ -68,8 +133,12 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
     pub fn done(&self, key: &K) {
         let Ok(mut s) = self.state.lock() else { return };
         s.processing.remove(key);
+        if let (Some(m), Some(at)) = (self.metrics.get(), s.started_at.remove(key)) {
+            m.work_duration.observe(at.elapsed().as_secs_f64());
+        }
         if s.dirty.contains(key) {
-            s.queue.push_back(key.clone());
+            s.enqueue(key.clone());
+            self.set_depth(&s);
             drop(s);
             self.ready.notify_one();
         }

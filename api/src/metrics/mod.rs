@@ -1,0 +1,111 @@
+//! `/metrics` in Prometheus' text format: the process's instruments (requests, work queues, store
+//! transactions) and, gathered at each scrape, KubeVirt's and CDI's families for the VMIs,
+//! migrations and imports in the store and the guests this server's node runs.
+//!
+//! On the API's port it takes a token of a cluster-wide role (`view` or more): a token confined
+//! to a namespace may not read other namespaces' guests nor the server's health. `--metrics-listen`
+//! serves the same text without a token on an address of the operator's choosing, for a
+//! scraper the operator has put beside it.
+
+pub mod inventory;
+pub mod requests;
+
+use crate::auth::{Principal, Role};
+use crate::state::AppState;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use converge_engine::error::ApiError;
+use converge_engine::kinds;
+use prometheus::Encoder;
+use std::sync::LazyLock;
+
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+static WATCHERS: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    let gauge = prometheus::IntGauge::new(
+        "converge_store_watchers",
+        "Watches following the store's changes now (API watches, controllers' and the node's).",
+    )
+    .expect("metric");
+    let _ = prometheus::register(Box::new(gauge.clone()));
+    gauge
+});
+
+/// May this principal read the metrics? Cluster-wide roles only; never a node's token.
+pub fn may_read(p: &Principal) -> Result<(), ApiError> {
+    if p.node.is_some() || p.role == Role::Node || p.role < Role::View || !p.namespaces.is_empty() {
+        return Err(ApiError::forbidden(format!(
+            "User \"{}\" cannot get path \"/metrics\": metrics are cluster-wide, and this token is not",
+            p.subject
+        )));
+    }
+    Ok(())
+}
+
+/// `GET /metrics` on the API's port.
+pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let principal = req.extensions().get::<Principal>().cloned();
+    let allowed = principal.ok_or_else(ApiError::unauthorized).and_then(|p| may_read(&p));
+    if let Err(e) = allowed {
+        return crate::response::status_response(&e);
+    }
+    respond(&state).await
+}
+
+/// `GET /metrics` on `--metrics-listen`.
+pub async fn open_metrics(state: web::Data<AppState>) -> HttpResponse {
+    respond(&state).await
+}
+
+async fn respond(state: &AppState) -> HttpResponse {
+    match render(state).await {
+        Ok(text) => HttpResponse::Ok().content_type(CONTENT_TYPE).body(text),
+        Err(e) => crate::response::status_response(&e),
+    }
+}
+
+/// Everything, as Prometheus reads it.
+pub async fn render(state: &AppState) -> Result<String, ApiError> {
+    let scrape = inventory::Families::new();
+    let vmis = state.store.list_values(&kinds::VIRTUAL_MACHINE_INSTANCE, None).await?;
+    inventory::vmi_info(&scrape, &vmis);
+    let migrations = state.store.list_values(&kinds::VIRTUAL_MACHINE_INSTANCE_MIGRATION, None).await?;
+    inventory::migrations(&scrape, &migrations, &vmis);
+    inventory::imports(&scrape, &state.store.list_values(&kinds::DATA_VOLUME, None).await?);
+    if let Some(node) = &state.node {
+        inventory::guests(&scrape, &node.node_name, &node.guest_stats().await);
+    }
+    WATCHERS.set(state.store.watchers() as i64);
+    let mut families = prometheus::gather();
+    families.extend(scrape.gather());
+    let mut out = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&families, &mut out)
+        .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
+    String::from_utf8(out).map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))
+}
+
+/// Starts the `--metrics-listen` server: plain HTTP, `/metrics` alone.
+#[allow(clippy::type_complexity)]
+pub fn serve_open(
+    listen: &str,
+    state: web::Data<AppState>,
+) -> Result<
+    (actix_web::dev::ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>, std::net::SocketAddr),
+    crate::server::ServeError,
+> {
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| crate::server::ServeError::Listen { addr: listen.to_string(), source: e })?;
+    let addr =
+        listener.local_addr().map_err(|e| crate::server::ServeError::Listen { addr: listen.to_string(), source: e })?;
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new().app_data(state.clone()).route("/metrics", web::get().to(open_metrics))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)
+    .map_err(|e| crate::server::ServeError::Listen { addr: listen.to_string(), source: e })?
+    .run();
+    let handle = server.handle();
+    Ok((handle, tokio::spawn(server), addr))
+}
