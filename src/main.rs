@@ -139,10 +139,17 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Attach to a VMI's serial console (escape with Ctrl-]).
+    /// Attach to a VMI's serial console (escape with Ctrl-]); with --log, print what the guest
+    /// wrote to it so far instead (kept by its node, rotated at 1 MiB).
     Console {
         #[command(flatten)]
         target: Target,
+        /// Print the console's log and exit.
+        #[arg(long)]
+        log: bool,
+        /// With --log: only the last N lines.
+        #[arg(long, requires = "log")]
+        tail: Option<u64>,
     },
     /// Serve a VMI's VNC display on a local port for a viewer.
     Vnc {
@@ -419,9 +426,13 @@ fn main() -> Result<()> {
                 let (api, ns) = target.client()?;
                 verbs::vmi_action(&api, &ns, target.name(), "softreboot").await
             }
-            Command::Console { target } => {
+            Command::Console { target, log, tail } => {
                 let (api, ns) = target.client()?;
-                verbs::console(&api, &ns, target.name()).await
+                if log {
+                    verbs::console_log(&api, &ns, target.name(), tail).await
+                } else {
+                    verbs::console(&api, &ns, target.name()).await
+                }
             }
             Command::Vnc { target, port, address } => {
                 let (api, ns) = target.client()?;

@@ -144,6 +144,14 @@ pub async fn domxml(api: &Client, ns: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Prints a VMI's console log so far (the last `tail` lines when given).
+pub async fn console_log(api: &Client, ns: &str, name: &str, tail: Option<u64>) -> Result<()> {
+    let query = tail.map(|n| format!("?tailLines={n}")).unwrap_or_default();
+    let path = format!("/converge/v1/namespaces/{ns}/virtualmachineinstances/{name}/consolelog{query}");
+    print!("{}", api.get_text(&path).await?);
+    Ok(())
+}
+
 type Socket = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
 /// A `plain.kubevirt.io` websocket to `path`, over TLS checked against the kubeconfig's CA.

@@ -110,6 +110,14 @@ async fn the_api_reaches_the_guest_through_its_node(app: &TestApp, node: &NodePr
     let (code, xml) = app.get("/converge/v1/namespaces/default/virtualmachineinstances/far/domain").await;
     let xml = xml.as_str().unwrap_or_default().to_string();
     assert!(code == 200 && xml.contains("<domain"), "the domain's XML from the node: {code} {xml}");
+    // Its console log, kept by the node that runs it.
+    let log_path = "/converge/v1/namespaces/default/virtualmachineinstances/far/consolelog";
+    let logged = wait_until(SETTLE, || async {
+        let (_, body) = app.get(log_path).await;
+        body.as_str().is_some_and(|t| t.contains(common::guests::GUEST_MARKER))
+    })
+    .await;
+    assert!(logged, "the guest's console log from its node: {:?}", app.get(log_path).await);
 
     // The agent's own endpoint: the cluster CA's server certificate, and no way in without the
     // API server's client certificate.

@@ -6,6 +6,7 @@ mod access_review;
 pub mod auth;
 pub mod bridge;
 mod console;
+mod console_log;
 mod crds;
 pub mod discovery;
 pub mod extension;

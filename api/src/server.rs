@@ -302,6 +302,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
                 web::get().to(subresources::domain_xml),
             )
             .route(
+                "/converge/v1/namespaces/{namespace}/virtualmachineinstances/{name}/consolelog",
+                web::get().to(crate::console_log::console_log),
+            )
+            .route(
                 "/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/{namespace}/uploadtokenrequests",
                 web::post().to(upload::token_request),
             )

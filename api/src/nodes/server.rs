@@ -106,6 +106,10 @@ pub fn start(
             .route("/healthz", web::get().to(|| async { HttpResponse::Ok().body("ok") }))
             // `domain` is not an operation of the subresource group: it is `converge domxml`'s.
             .route("/v1/namespaces/{namespace}/virtualmachineinstances/{name}/domain", web::get().to(domain_xml))
+            .route(
+                "/v1/namespaces/{namespace}/virtualmachineinstances/{name}/consolelog",
+                web::get().to(crate::console_log::on_node),
+            )
             .route("/v1/namespaces/{namespace}/virtualmachineinstances/{name}/{op}", web::to(vmi_request))
     })
     .workers(1)
