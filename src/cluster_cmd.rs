@@ -63,6 +63,10 @@ pub struct NodeCommandArgs {
     /// agent trusts (with --kubernetes).
     #[arg(long, default_value = "converge-system")]
     pub namespace: String,
+    /// ADDR:PORT to serve this node's /metrics on (its guests' figures, its work queue) over
+    /// plain HTTP without a token, for a scraper beside it, as each virt-handler serves its own.
+    #[arg(long, env = "CONVERGE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -216,14 +220,24 @@ pub async fn node(args: NodeCommandArgs) -> Result<()> {
     let server =
         converge_api::nodes::server::start(Arc::clone(&agent), Some(Arc::clone(&storage)), listener, key, &signed)
             .context("serving the API server")?;
+    let metrics = match &args.metrics_listen {
+        Some(listen) => Some(converge_api::metrics::serve_node(listen, Arc::clone(&agent))?),
+        None => None,
+    };
     println!(
         "converge node {} joined the API of {}, serving it on {}",
         agent.node_name,
         kubeconfig.display(),
         server.addr
     );
+    if let Some((_, _, addr)) = &metrics {
+        println!("metrics on http://{addr}/metrics");
+    }
     crate::until_stopped().await?;
     tracing::info!("stopping");
+    if let Some((handle, _, _)) = metrics {
+        handle.stop(true).await;
+    }
     drop(server);
     drop(storage);
     drop(agent);

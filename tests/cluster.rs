@@ -35,7 +35,11 @@ async fn a_node_joins_over_the_api_and_runs_a_guest_from_start_to_stop() {
     let prefix = format!("c{}-", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let _cleanup = Cleanup(prefix.clone());
     let app = api_without_a_node().await;
-    let mut node = NodeProcess::join(&app, "node-a", &prefix).await;
+    let metrics_port = common::servers::free_port();
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let mut node =
+        NodeProcess::join_with(&app, "node-a", &prefix, &["--pod-network", "none", "--metrics-listen", &metrics_listen])
+            .await;
     within(LIMIT, async {
         let joined = wait_until(SETTLE, || node_ready(&app, "node-a")).await;
         assert!(joined, "node-a registers and posts Ready:\n{}", node.log_text());
@@ -56,6 +60,11 @@ async fn a_node_joins_over_the_api_and_runs_a_guest_from_start_to_stop() {
         let (_, vm) = app.get("/apis/kubevirt.io/v1/namespaces/default/virtualmachines/far").await;
         assert_eq!(vm["status"]["printableStatus"], "Running", "{vm}");
         the_api_reaches_the_guest_through_its_node(&app, &node).await;
+        // The node serves its own guests' figures, as each virt-handler does.
+        let resident = "kubevirt_vmi_memory_resident_bytes{name=\"far\",namespace=\"default\",node=\"node-a\"}";
+        let text = reqwest::get(format!("http://{metrics_listen}/metrics")).await.expect("node metrics");
+        let text = text.text().await.unwrap_or_default();
+        assert!(text.contains(resident) && text.contains("kubevirt_workqueue_depth{name=\"node\"}"), "{text}");
 
         let (code, body) = app
             .patch(

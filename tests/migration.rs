@@ -290,6 +290,12 @@ async fn a_running_guest_moves_to_another_node_without_restarting() {
 
         let (ok, out, err) = app.kubectl(&["get", "vmim", &name]).await;
         assert!(ok && out.contains("PHASE") && out.contains("Succeeded") && out.contains("mover"), "{out}{err}");
+        // KubeVirt's migration metrics say so.
+        let (_, metrics) = app.get("/metrics").await;
+        let metrics = metrics.as_str().unwrap_or_default().to_string();
+        let succeeded = format!("kubevirt_vmi_migration_succeeded{{name=\"{name}\",namespace=\"default\",vmi=\"mover\"}} 1");
+        assert!(metrics.contains(&succeeded), "{succeeded} in\n{metrics}");
+        assert!(metrics.contains("kubevirt_vmi_migrations_in_running_phase 0"), "{metrics}");
         let after = vmi(app, "mover").await;
         assert_eq!(after["status"]["nodeName"], "node-b", "{after}");
         let state = &after["status"]["migrationState"];
@@ -454,6 +460,12 @@ async fn an_aborted_or_broken_migration_leaves_the_guest_on_its_source() {
         assert!(progressing, "{m}");
         let rate = m["status"]["migrationState"]["progress"]["memoryTransferRateBytesPerSecond"].as_u64();
         assert!(rate.is_some_and(|r| r <= 4 << 20), "held to about the policy's 1 MiB/s: {m}");
+        // …and in KubeVirt's migration metrics.
+        let (_, metrics) = app.get("/metrics").await;
+        let metrics = metrics.as_str().unwrap_or_default().to_string();
+        assert!(metrics.contains("kubevirt_vmi_migrations_in_running_phase 1"), "{metrics}");
+        let remaining = "kubevirt_vmi_migration_data_remaining_bytes{name=\"slow\",namespace=\"default\",node=\"node-a\"}";
+        assert!(metrics.contains(remaining), "{remaining} in\n{metrics}");
         // The stream is TLS: the source QEMU sends with libvirt's TLS credentials, checking the
         // target's certificate for its address.
         let domain_a = format!("{}node-a-default_slow", pair.prefix);

@@ -84,6 +84,51 @@ pub async fn render(state: &AppState) -> Result<String, ApiError> {
     String::from_utf8(out).map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))
 }
 
+/// A joined node's own metrics (`converge node --metrics-listen`), as each virt-handler serves
+/// its node's: its guests' figures and its process's instruments (its work queue, its storage).
+pub async fn render_node(agent: &converge_engine::node::NodeAgent) -> Result<String, ApiError> {
+    let scrape = inventory::Families::new();
+    inventory::guests(&scrape, &agent.node_name, &agent.guest_stats().await);
+    let mut families = prometheus::gather();
+    families.extend(scrape.gather());
+    let mut out = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&families, &mut out)
+        .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
+    String::from_utf8(out).map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))
+}
+
+async fn node_metrics(agent: web::Data<converge_engine::node::NodeAgent>) -> HttpResponse {
+    match render_node(&agent).await {
+        Ok(text) => HttpResponse::Ok().content_type(CONTENT_TYPE).body(text),
+        Err(e) => crate::response::status_response(&e),
+    }
+}
+
+/// Starts a joined node's `--metrics-listen` server: plain HTTP, `/metrics` alone.
+#[allow(clippy::type_complexity)]
+pub fn serve_node(
+    listen: &str,
+    agent: std::sync::Arc<converge_engine::node::NodeAgent>,
+) -> Result<(actix_web::dev::ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>, std::net::SocketAddr), crate::server::ServeError>
+{
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| crate::server::ServeError::Listen { addr: listen.to_string(), source: e })?;
+    let addr = listener.local_addr().map_err(|e| crate::server::ServeError::Listen { addr: listen.to_string(), source: e })?;
+    let agent = web::Data::from(agent);
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new().app_data(agent.clone()).route("/metrics", web::get().to(node_metrics))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)
+    .map_err(|e| crate::server::ServeError::Listen { addr: listen.to_string(), source: e })?
+    .run();
+    let handle = server.handle();
+    Ok((handle, tokio::spawn(server), addr))
+}
+
 /// Starts the `--metrics-listen` server: plain HTTP, `/metrics` alone.
 #[allow(clippy::type_complexity)]
 pub fn serve_open(
