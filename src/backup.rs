@@ -116,7 +116,14 @@ pub async fn restore(file: &Path, to: &Location) -> Result<Summary> {
     if manifest.format != FORMAT {
         bail!("{}: backup format {} (this converge reads {FORMAT})", file.display(), manifest.format);
     }
-    let summary = backup::restore(&scratch.path().join(STORE), &to.url(true)).await.context("loading the store")?;
+    let loaded = backup::restore(&scratch.path().join(STORE), &to.url(true)).await;
+    if loaded.is_err() && to.database.is_none() {
+        // Nothing was loaded: the empty file the attempt made must not make the next one refuse.
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(to.data_dir.join(format!("{STORE}{suffix}")));
+        }
+    }
+    let summary = loaded.context("loading the store")?;
     for name in IDENTITY {
         let from = scratch.path().join(name);
         if from.exists() {

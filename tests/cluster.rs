@@ -37,9 +37,13 @@ async fn a_node_joins_over_the_api_and_runs_a_guest_from_start_to_stop() {
     let app = api_without_a_node().await;
     let metrics_port = common::servers::free_port();
     let metrics_listen = format!("127.0.0.1:{metrics_port}");
-    let mut node =
-        NodeProcess::join_with(&app, "node-a", &prefix, &["--pod-network", "none", "--metrics-listen", &metrics_listen])
-            .await;
+    let mut node = NodeProcess::join_with(
+        &app,
+        "node-a",
+        &prefix,
+        &["--pod-network", "none", "--metrics-listen", &metrics_listen],
+    )
+    .await;
     within(LIMIT, async {
         let joined = wait_until(SETTLE, || node_ready(&app, "node-a")).await;
         assert!(joined, "node-a registers and posts Ready:\n{}", node.log_text());

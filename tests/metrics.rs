@@ -89,6 +89,12 @@ async fn prometheus_scrapes_kubevirts_series_for_two_guests_and_the_control_plan
             spec["volumes"] = json!([{"name": "data", "containerDisk": {"image": common::guests::HALT_IMAGE}}]);
             assert_eq!(app.post(VMS_DEFAULT, &vm).await.0, 201);
         }
+        // An import (blank: CDI's importer fills it too), for CDI's progress series.
+        let dv = json!({"apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume", "metadata": {"name": "scratch"},
+                        "spec": {"source": {"blank": {}}, "storage": {"resources": {"requests": {"storage": "16Mi"}}}}});
+        let (code, created) = app.post("/apis/cdi.kubevirt.io/v1beta1/namespaces/default/datavolumes", &dv).await;
+        assert_eq!(code, 201, "{created}");
+        let dv_uid = created["metadata"]["uid"].as_str().expect("uid").to_string();
         for name in ["alpha", "beta"] {
             assert!(net.g.wait_phase(name, "Running", Duration::from_secs(120)).await, "{name} runs");
         }
@@ -130,6 +136,12 @@ async fn prometheus_scrapes_kubevirts_series_for_two_guests_and_the_control_plan
         assert_eq!(interfaces[0].pointer("/metric/interface"), Some(&json!("default")), "the VMI's name for its NIC");
         let drives = prometheus.query("kubevirt_vmi_storage_read_traffic_bytes_total{name=\"alpha\"}").await;
         assert_eq!(drives[0].pointer("/metric/drive"), Some(&json!("data")), "the VMI's name for its disk");
+        let imported = format!("kubevirt_cdi_import_progress_total{{ownerUID=\"{dv_uid}\"}}");
+        let done = wait_until(Duration::from_secs(60), || async {
+            prometheus.query(&imported).await.first().map(value) == Some(100.0)
+        })
+        .await;
+        assert!(done, "{imported}: {:?}", prometheus.query("kubevirt_cdi_import_progress_total").await);
         for series in ["kubevirt_vmi_storage_write_traffic_bytes_total", "kubevirt_vmi_migrations_in_running_phase"] {
             assert!(!prometheus.query(series).await.is_empty(), "{series}");
         }

@@ -293,7 +293,8 @@ async fn a_running_guest_moves_to_another_node_without_restarting() {
         // KubeVirt's migration metrics say so.
         let (_, metrics) = app.get("/metrics").await;
         let metrics = metrics.as_str().unwrap_or_default().to_string();
-        let succeeded = format!("kubevirt_vmi_migration_succeeded{{name=\"{name}\",namespace=\"default\",vmi=\"mover\"}} 1");
+        let succeeded =
+            format!("kubevirt_vmi_migration_succeeded{{name=\"{name}\",namespace=\"default\",vmi=\"mover\"}} 1");
         assert!(metrics.contains(&succeeded), "{succeeded} in\n{metrics}");
         assert!(metrics.contains("kubevirt_vmi_migrations_in_running_phase 0"), "{metrics}");
         let after = vmi(app, "mover").await;

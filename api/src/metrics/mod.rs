@@ -110,11 +110,14 @@ async fn node_metrics(agent: web::Data<converge_engine::node::NodeAgent>) -> Htt
 pub fn serve_node(
     listen: &str,
     agent: std::sync::Arc<converge_engine::node::NodeAgent>,
-) -> Result<(actix_web::dev::ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>, std::net::SocketAddr), crate::server::ServeError>
-{
+) -> Result<
+    (actix_web::dev::ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>, std::net::SocketAddr),
+    crate::server::ServeError,
+> {
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| crate::server::ServeError::Listen { addr: listen.to_string(), source: e })?;
-    let addr = listener.local_addr().map_err(|e| crate::server::ServeError::Listen { addr: listen.to_string(), source: e })?;
+    let addr =
+        listener.local_addr().map_err(|e| crate::server::ServeError::Listen { addr: listen.to_string(), source: e })?;
     let agent = web::Data::from(agent);
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new().app_data(agent.clone()).route("/metrics", web::get().to(node_metrics))

@@ -186,14 +186,11 @@ pub async fn snapshot(url: &str, dest: &Path) -> Result<Summary, BackupError> {
 async fn copy_from_postgres(source: &mut AnyConnection, dest: &Path) -> Result<(), BackupError> {
     let schema = versions::applied_versions(source).await?;
     let mut target = connect(&sqlite_url(dest, true)).await?;
-    migrate_to(&mut target, Backend::Sqlite, &schema).await?;
-    target.execute("BEGIN IMMEDIATE").await?;
-    load(source, &mut target, Backend::Sqlite).await?;
-    target.execute("COMMIT").await?;
-    Ok(())
+    in_transaction(&mut target, Backend::Sqlite, &schema, source).await
 }
 
-/// Migrates an empty store exactly to the versions `schema` lists, which this binary must know.
+/// Migrates an empty store exactly to the versions `schema` lists, which this binary must know,
+/// inside the caller's transaction.
 async fn migrate_to(conn: &mut AnyConnection, backend: Backend, schema: &[i64]) -> Result<(), BackupError> {
     let known = versions::known(backend);
     let wanted: Vec<_> = known.iter().filter(|m| schema.contains(&m.version)).cloned().collect();
@@ -205,7 +202,7 @@ async fn migrate_to(conn: &mut AnyConnection, backend: Backend, schema: &[i64]) 
             schema
         )));
     }
-    versions::migrate(conn, backend, &wanted).await?;
+    versions::migrate_in_transaction(conn, backend, &wanted).await?;
     Ok(())
 }
 
@@ -247,12 +244,26 @@ pub async fn restore(snapshot: &Path, url: &str) -> Result<Summary, BackupError>
             "the target already holds a store: restore into a fresh data dir or an empty database".into(),
         ));
     }
-    migrate_to(&mut target, backend, &schema).await?;
-    target.execute(if backend == Backend::Sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" }).await?;
-    let copied = load(&mut source, &mut target, backend).await;
-    target.execute(if copied.is_ok() { "COMMIT" } else { "ROLLBACK" }).await?;
-    copied?;
+    in_transaction(&mut target, backend, &schema, &mut source).await?;
     Ok(summary)
+}
+
+/// Migrates the empty `target` to `schema` and loads `source`'s rows into it: one transaction,
+/// so a restore that fails leaves the target as empty as it was.
+async fn in_transaction(
+    target: &mut AnyConnection,
+    backend: Backend,
+    schema: &[i64],
+    source: &mut AnyConnection,
+) -> Result<(), BackupError> {
+    target.execute(if backend == Backend::Sqlite { "BEGIN IMMEDIATE" } else { "BEGIN" }).await?;
+    let done = async {
+        migrate_to(target, backend, schema).await?;
+        load(source, target, backend).await
+    }
+    .await;
+    target.execute(if done.is_ok() { "COMMIT" } else { "ROLLBACK" }).await?;
+    done
 }
 
 async fn load(source: &mut AnyConnection, target: &mut AnyConnection, backend: Backend) -> Result<(), BackupError> {

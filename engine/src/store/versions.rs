@@ -141,7 +141,12 @@ pub async fn migrate(conn: &mut AnyConnection, backend: Backend, known: &[Migrat
     }
 }
 
-async fn migrate_in_transaction(conn: &mut AnyConnection, backend: Backend, known: &[Migration]) -> ApiResult<Upgrade> {
+/// `migrate`'s work inside a transaction the caller opened (a restore loads rows in the same one).
+pub(super) async fn migrate_in_transaction(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    known: &[Migration],
+) -> ApiResult<Upgrade> {
     if backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(PG_LOCK_KEY).execute(&mut *conn).await?;
     }
