@@ -4,13 +4,12 @@
 //! `limitBytes` cut it as they cut a pod's log. The node that runs the guest keeps the log
 //! (`node::console_log`); the API reads it there, in process or through the node's link.
 
-use crate::auth::{self, Access, Principal};
-use crate::nodes::link::{self, NodeTarget};
+use crate::nodes::link::NodeTarget;
 use crate::response::status_response;
 use crate::state::AppState;
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use crate::subresources::vmi_to_read;
+use actix_web::{web, HttpRequest, HttpResponse};
 use converge_engine::error::{ApiError, ApiResult};
-use converge_engine::kinds;
 use converge_engine::meta;
 use converge_engine::node::console_log::Window;
 use converge_engine::node::NodeAgent;
@@ -50,34 +49,16 @@ fn text(bytes: Vec<u8>) -> HttpResponse {
 
 /// The API's handler.
 pub async fn console_log(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let ns = req.match_info().get("namespace").unwrap_or("").to_string();
-    let name = req.match_info().get("name").unwrap_or("").to_string();
     let result: ApiResult<HttpResponse> = async {
-        let principal = req.extensions().get::<Principal>().cloned().ok_or_else(ApiError::unauthorized)?;
-        auth::authorize(
-            &principal,
-            &Access {
-                write: false,
-                namespace: Some(&ns),
-                cluster_scoped: false,
-                listable_across_namespaces: false,
-                resource: "virtualmachineinstances/consolelog",
-                group: "kubevirt.io",
-                verb: "get",
-                status: false,
-            },
-        )?;
         let window = parse_window(req.query_string())?;
-        let vmi = state
-            .store
-            .get(&kinds::VIRTUAL_MACHINE_INSTANCE, &ns, &name)
-            .await?
-            .ok_or_else(|| ApiError::not_found("kubevirt.io", "virtualmachineinstances", &name))?;
-        match link::locate(&state, &vmi).await? {
+        let (vmi, node) = vmi_to_read(&req, &state, "virtualmachineinstances/consolelog").await?;
+        match node {
             NodeTarget::Local(node) => Ok(text(read_local(&node, meta::uid(&vmi), window).await?)),
             NodeTarget::Remote(remote) => {
                 let path = format!(
-                    "/v1/namespaces/{ns}/virtualmachineinstances/{name}/consolelog?uid={}{}",
+                    "/v1/namespaces/{}/virtualmachineinstances/{}/consolelog?uid={}{}",
+                    meta::namespace(&vmi),
+                    meta::name(&vmi),
                     meta::uid(&vmi),
                     query_of(window)
                 );
@@ -99,14 +80,7 @@ async fn read_local(node: &NodeAgent, uid: &str, window: Window) -> ApiResult<Ve
 /// The node server's handler: the same names and uid checks as its other VMI calls.
 pub async fn on_node(req: HttpRequest, agent: web::Data<NodeAgent>) -> HttpResponse {
     let result: ApiResult<HttpResponse> = async {
-        let info = req.match_info();
-        let t = crate::nodes::server::parse(
-            "PUT",
-            info.get("namespace").unwrap_or(""),
-            info.get("name").unwrap_or(""),
-            "pause",
-            req.query_string(),
-        )?;
+        let t = crate::nodes::server::read_target(&req)?;
         let window = parse_window(req.query_string())?;
         Ok(text(read_local(&agent, &t.uid, window).await?))
     }

@@ -345,29 +345,10 @@ async fn dispatch(req: &HttpRequest, payload: web::Payload, state: &AppState) ->
 /// `GET /converge/v1/namespaces/{ns}/virtualmachineinstances/{name}/domain`: the live libvirt
 /// domain XML of a running VMI (Converge's own; KubeVirt has no such endpoint).
 pub async fn domain_xml(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let ns = req.match_info().get("namespace").unwrap_or("").to_string();
-    let name = req.match_info().get("name").unwrap_or("").to_string();
     let result: ApiResult<HttpResponse> = async {
-        let principal = req.extensions().get::<Principal>().cloned().ok_or_else(ApiError::unauthorized)?;
-        auth::authorize(
-            &principal,
-            &Access {
-                write: false,
-                namespace: Some(&ns),
-                cluster_scoped: false,
-                listable_across_namespaces: false,
-                resource: "virtualmachineinstances",
-                group: "kubevirt.io",
-                verb: "get",
-                status: false,
-            },
-        )?;
-        let vmi = state
-            .store
-            .get(&kinds::VIRTUAL_MACHINE_INSTANCE, &ns, &name)
-            .await?
-            .ok_or_else(|| ApiError::not_found("kubevirt.io", "virtualmachineinstances", &name))?;
-        let xml = match link::locate(&state, &vmi).await? {
+        let (vmi, node) = vmi_to_read(&req, &state, "virtualmachineinstances").await?;
+        let (ns, name) = (meta::namespace(&vmi).to_string(), meta::name(&vmi).to_string());
+        let xml = match node {
             NodeTarget::Local(node) => node.with_domain(&ns, &name, |hv, d| hv.xml(d)).await.map_err(|e| {
                 ApiError::not_found("kubevirt.io", "virtualmachineinstances", &format!("{name} (domain: {e})"))
             })?,
@@ -380,6 +361,32 @@ pub async fn domain_xml(req: HttpRequest, state: web::Data<AppState>) -> HttpRes
     }
     .await;
     result.unwrap_or_else(|e| status_response(&e))
+}
+
+/// The VMI of the request's path, once the caller may read `resource` of it in its namespace,
+/// and the node that runs it.
+pub async fn vmi_to_read(req: &HttpRequest, state: &AppState, resource: &str) -> ApiResult<(Value, NodeTarget)> {
+    let ns = req.match_info().get("namespace").unwrap_or("");
+    let name = req.match_info().get("name").unwrap_or("");
+    let principal = req.extensions().get::<Principal>().cloned().ok_or_else(ApiError::unauthorized)?;
+    let access = Access {
+        write: false,
+        namespace: Some(ns),
+        cluster_scoped: false,
+        listable_across_namespaces: false,
+        resource,
+        group: "kubevirt.io",
+        verb: "get",
+        status: false,
+    };
+    auth::authorize(&principal, &access)?;
+    let vmi = state
+        .store
+        .get(&kinds::VIRTUAL_MACHINE_INSTANCE, ns, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("kubevirt.io", "virtualmachineinstances", name))?;
+    let node = link::locate(state, &vmi).await?;
+    Ok((vmi, node))
 }
 
 /// Pure: the migration virt-api makes for `virtctl migrate` (its `addedNodeSelector` kept).

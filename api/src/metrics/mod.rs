@@ -11,11 +11,15 @@ pub mod inventory;
 pub mod requests;
 
 use crate::auth::{Principal, Role};
+use crate::server::ServeError;
 use crate::state::AppState;
+use actix_web::dev::ServerHandle;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use converge_engine::error::ApiError;
 use converge_engine::kinds;
+use converge_engine::node::NodeAgent;
 use prometheus::Encoder;
+use std::net::SocketAddr;
 use std::sync::LazyLock;
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -57,10 +61,25 @@ pub async fn open_metrics(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn respond(state: &AppState) -> HttpResponse {
-    match render(state).await {
+    text_response(render(state).await)
+}
+
+fn text_response(rendered: Result<String, ApiError>) -> HttpResponse {
+    match rendered {
         Ok(text) => HttpResponse::Ok().content_type(CONTENT_TYPE).body(text),
         Err(e) => crate::response::status_response(&e),
     }
+}
+
+/// The process's instruments and this scrape's families, as Prometheus reads them.
+fn encode(scrape: &inventory::Families) -> Result<String, ApiError> {
+    let mut families = prometheus::gather();
+    families.extend(scrape.gather());
+    let mut out = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&families, &mut out)
+        .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
+    String::from_utf8(out).map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))
 }
 
 /// Everything, as Prometheus reads it.
@@ -75,85 +94,50 @@ pub async fn render(state: &AppState) -> Result<String, ApiError> {
         inventory::guests(&scrape, &node.node_name, &node.guest_stats().await);
     }
     WATCHERS.set(state.store.watchers() as i64);
-    let mut families = prometheus::gather();
-    families.extend(scrape.gather());
-    let mut out = Vec::new();
-    prometheus::TextEncoder::new()
-        .encode(&families, &mut out)
-        .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
-    String::from_utf8(out).map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))
+    encode(&scrape)
 }
 
 /// A joined node's own metrics (`converge node --metrics-listen`), as each virt-handler serves
 /// its node's: its guests' figures and its process's instruments (its work queue, its storage).
-pub async fn render_node(agent: &converge_engine::node::NodeAgent) -> Result<String, ApiError> {
+pub async fn render_node(agent: &NodeAgent) -> Result<String, ApiError> {
     let scrape = inventory::Families::new();
     inventory::guests(&scrape, &agent.node_name, &agent.guest_stats().await);
-    let mut families = prometheus::gather();
-    families.extend(scrape.gather());
-    let mut out = Vec::new();
-    prometheus::TextEncoder::new()
-        .encode(&families, &mut out)
-        .map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
-    String::from_utf8(out).map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))
+    encode(&scrape)
 }
 
-async fn node_metrics(agent: web::Data<converge_engine::node::NodeAgent>) -> HttpResponse {
-    match render_node(&agent).await {
-        Ok(text) => HttpResponse::Ok().content_type(CONTENT_TYPE).body(text),
-        Err(e) => crate::response::status_response(&e),
-    }
+async fn node_metrics(agent: web::Data<NodeAgent>) -> HttpResponse {
+    text_response(render_node(&agent).await)
 }
 
-/// Starts a joined node's `--metrics-listen` server: plain HTTP, `/metrics` alone.
-#[allow(clippy::type_complexity)]
-pub fn serve_node(
+/// A `--metrics-listen` server: plain HTTP, `/metrics` alone; its handle, task and address.
+pub type MetricsServer = (ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>, SocketAddr);
+
+fn plain_server<D: Send + Sync + 'static>(
     listen: &str,
-    agent: std::sync::Arc<converge_engine::node::NodeAgent>,
-) -> Result<
-    (actix_web::dev::ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>, std::net::SocketAddr),
-    crate::server::ServeError,
-> {
-    let listener = std::net::TcpListener::bind(listen)
-        .map_err(|e| crate::server::ServeError::Listen { addr: listen.to_string(), source: e })?;
-    let addr =
-        listener.local_addr().map_err(|e| crate::server::ServeError::Listen { addr: listen.to_string(), source: e })?;
-    let agent = web::Data::from(agent);
-    let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new().app_data(agent.clone()).route("/metrics", web::get().to(node_metrics))
-    })
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(1)
-    .listen(listener)
-    .map_err(|e| crate::server::ServeError::Listen { addr: listen.to_string(), source: e })?
-    .run();
+    data: web::Data<D>,
+    route: fn() -> actix_web::Route,
+) -> Result<MetricsServer, ServeError> {
+    let failed = |e| ServeError::Listen { addr: listen.to_string(), source: e };
+    let listener = std::net::TcpListener::bind(listen).map_err(failed)?;
+    let addr = listener.local_addr().map_err(failed)?;
+    let server =
+        actix_web::HttpServer::new(move || actix_web::App::new().app_data(data.clone()).route("/metrics", route()))
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(1)
+            .listen(listener)
+            .map_err(failed)?
+            .run();
     let handle = server.handle();
     Ok((handle, tokio::spawn(server), addr))
 }
 
-/// Starts the `--metrics-listen` server: plain HTTP, `/metrics` alone.
-#[allow(clippy::type_complexity)]
-pub fn serve_open(
-    listen: &str,
-    state: web::Data<AppState>,
-) -> Result<
-    (actix_web::dev::ServerHandle, tokio::task::JoinHandle<std::io::Result<()>>, std::net::SocketAddr),
-    crate::server::ServeError,
-> {
-    let listener = std::net::TcpListener::bind(listen)
-        .map_err(|e| crate::server::ServeError::Listen { addr: listen.to_string(), source: e })?;
-    let addr =
-        listener.local_addr().map_err(|e| crate::server::ServeError::Listen { addr: listen.to_string(), source: e })?;
-    let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new().app_data(state.clone()).route("/metrics", web::get().to(open_metrics))
-    })
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(1)
-    .listen(listener)
-    .map_err(|e| crate::server::ServeError::Listen { addr: listen.to_string(), source: e })?
-    .run();
-    let handle = server.handle();
-    Ok((handle, tokio::spawn(server), addr))
+/// Starts a joined node's `--metrics-listen` server.
+pub fn serve_node(listen: &str, agent: std::sync::Arc<NodeAgent>) -> Result<MetricsServer, ServeError> {
+    plain_server(listen, web::Data::from(agent), || web::get().to(node_metrics))
+}
+
+/// Starts `serve`'s `--metrics-listen` server.
+pub fn serve_open(listen: &str, state: web::Data<AppState>) -> Result<MetricsServer, ServeError> {
+    plain_server(listen, state, || web::get().to(open_metrics))
 }

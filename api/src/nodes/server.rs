@@ -177,17 +177,16 @@ async fn vmi_request(req: HttpRequest, payload: web::Payload, agent: web::Data<N
     result.unwrap_or_else(|e| status_response(&e))
 }
 
+/// The VMI a read (its domain's XML, its console log) names, checked as a pause is: the same
+/// names and uid.
+pub fn read_target(req: &HttpRequest) -> ApiResult<Target> {
+    let info = req.match_info();
+    parse("PUT", info.get("namespace").unwrap_or(""), info.get("name").unwrap_or(""), "pause", req.query_string())
+}
+
 async fn domain_xml(req: HttpRequest, agent: web::Data<NodeAgent>) -> HttpResponse {
     let result: ApiResult<HttpResponse> = async {
-        let info = req.match_info();
-        // Checked as a pause is: the same names and uid.
-        let t = parse(
-            "PUT",
-            info.get("namespace").unwrap_or(""),
-            info.get("name").unwrap_or(""),
-            "pause",
-            req.query_string(),
-        )?;
+        let t = read_target(&req)?;
         runs(&agent, &t).await?;
         let xml = agent.with_domain(&t.namespace, &t.name, |hv, d| hv.xml(d)).await.map_err(|e| {
             ApiError::not_found("kubevirt.io", "virtualmachineinstances", &format!("{} (domain: {e})", t.name))
