@@ -199,7 +199,8 @@ pub async fn node(args: NodeCommandArgs) -> Result<()> {
         kubernetes => {
             let listen = args.listen.as_deref().unwrap_or("0.0.0.0:8186");
             let listener = std::net::TcpListener::bind(listen).with_context(|| format!("--listen {listen}"))?;
-            return kubernetes_node(&kubernetes, settings, listener, &args.namespace).await;
+            return kubernetes_node(&kubernetes, settings, listener, &args.namespace, args.metrics_listen.as_deref())
+                .await;
         }
     };
     let listen = args.listen.as_deref().unwrap_or("0.0.0.0:10250");
@@ -220,19 +221,13 @@ pub async fn node(args: NodeCommandArgs) -> Result<()> {
     let server =
         converge_api::nodes::server::start(Arc::clone(&agent), Some(Arc::clone(&storage)), listener, key, &signed)
             .context("serving the API server")?;
-    let metrics = match &args.metrics_listen {
-        Some(listen) => Some(converge_api::metrics::serve_node(listen, Arc::clone(&agent))?),
-        None => None,
-    };
+    let metrics = node_metrics(args.metrics_listen.as_deref(), &agent)?;
     println!(
         "converge node {} joined the API of {}, serving it on {}",
         agent.node_name,
         kubeconfig.display(),
         server.addr
     );
-    if let Some((_, _, addr)) = &metrics {
-        println!("metrics on http://{addr}/metrics");
-    }
     crate::until_stopped().await?;
     tracing::info!("stopping");
     if let Some((handle, _, _)) = metrics {
@@ -251,6 +246,7 @@ async fn kubernetes_node(
     mut settings: config::NodeSettings,
     listener: std::net::TcpListener,
     namespace: &str,
+    metrics_listen: Option<&str>,
 ) -> Result<()> {
     use converge_api::nodes::csr;
     settings.config.kubelet_owns_node = true;
@@ -275,8 +271,12 @@ async fn kubernetes_node(
     let server =
         converge_api::nodes::server::start(Arc::clone(&agent), Some(Arc::clone(&storage)), listener, key, &signed)
             .context("serving the controllers")?;
+    let metrics = node_metrics(metrics_listen, &agent)?;
     println!("converge node {} joined the Kubernetes API of {source}, serving on {}", agent.node_name, server.addr);
     crate::until_stopped().await?;
+    if let Some((handle, _, _)) = metrics {
+        handle.stop(true).await;
+    }
     tracing::info!("stopping");
     drop(server);
     drop(storage);
@@ -371,4 +371,15 @@ async fn serve_extension(args: &ControllersArgs, cluster: Arc<KubeCluster>) -> R
         host: HostAccess { nad_bridges: args.nad_bridge.clone(), ..HostAccess::default() },
     };
     converge_api::extension::start(cluster, settings).await.context("serving the webhooks and the aggregated API")
+}
+
+/// A node's `--metrics-listen` server, when asked for (its guests, its own instruments).
+fn node_metrics(
+    listen: Option<&str>,
+    agent: &Arc<converge_engine::node::NodeAgent>,
+) -> Result<Option<converge_api::metrics::MetricsServer>> {
+    let Some(listen) = listen else { return Ok(None) };
+    let server = converge_api::metrics::serve_node(listen, Arc::clone(agent))?;
+    println!("metrics on http://{}/metrics", server.2);
+    Ok(Some(server))
 }

@@ -296,7 +296,8 @@ async fn a_vm_runs_as_a_launcher_pod_and_answers_the_aggregated_api() {
     let _controllers = start_controllers(c, port, Some(&aggregated)).await;
     let _kubelets = c.kubelet_stand_in(&[("k-node-a", "4", "8Gi"), ("k-node-b", "4", "8Gi")]).await;
     let node_a = start_node(c, "k-node-a", &prefix).await;
-    let node_b = start_node(c, "k-node-b", &prefix).await;
+    let metrics_b = format!("127.0.0.1:{}", common::servers::free_port());
+    let node_b = start_node_with(c, "k-node-b", &prefix, &["--metrics-listen", &metrics_b]).await;
     let admin = c.admin();
     let joined = wait_until(Duration::from_secs(60), || async {
         let nodes = admin.get("/api/v1/nodes").await;
@@ -357,6 +358,11 @@ async fn a_vm_runs_as_a_launcher_pod_and_answers_the_aggregated_api() {
     use converge_engine::hypervisor::Hypervisor;
     let alive = |d: &str| libvirt.list().unwrap_or_default().iter().any(|x| x.name == d && x.state.is_active());
     assert!(alive(&domain), "no running domain {domain}");
+    // The node serves its guest's figures, as a virt-handler does.
+    let scraped = reqwest::get(format!("http://{metrics_b}/metrics")).await.expect("node metrics");
+    let scraped = scraped.text().await.unwrap_or_default();
+    let resident = "kubevirt_vmi_memory_resident_bytes{name=\"runner\",namespace=\"k-run\",node=\"k-node-b\"}";
+    assert!(scraped.contains(resident), "{resident} in\n{scraped}");
 
     // The aggregated API, through kube-apiserver: discovery, then `converge stop` and `start`.
     let available = wait_until(Duration::from_secs(60), || async {

@@ -446,9 +446,14 @@ async fn catch_panics(
     use futures::FutureExt;
     // Only strings: a clone of the request would stop the router from matching it.
     let (method, path) = (req.method().to_string(), req.path().to_string());
+    let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let labels = crate::metrics::requests::classify(&method, &path, req.query_string(), content_type);
+    let started = std::time::Instant::now();
     match std::panic::AssertUnwindSafe(next.call(req)).catch_unwind().await {
         Ok(resp) => resp,
         Err(panic) => {
+            // The request never reached the counting middleware's end: a bug is a 500 there too.
+            crate::metrics::requests::observe(&labels, 500, started.elapsed());
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
@@ -595,5 +600,14 @@ mod tests {
         let again =
             actix_web::test::call_service(&app, actix_web::test::TestRequest::get().uri("/ok").to_request()).await;
         assert_eq!(again.status().as_u16(), 200, "the worker lives on");
+        // …and the bug is counted as the 500 it answered.
+        let mut text = Vec::new();
+        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &prometheus::gather(), &mut text)
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.lines().any(|l| l.starts_with("apiserver_request_total{code=\"500\"") && l.contains("verb=\"GET\"")),
+            "{text}"
+        );
     }
 }
