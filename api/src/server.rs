@@ -446,13 +446,14 @@ async fn catch_panics(
     use futures::FutureExt;
     // Only strings: a clone of the request would stop the router from matching it.
     let (method, path) = (req.method().to_string(), req.path().to_string());
-    let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let labels = crate::metrics::requests::classify(&method, &path, req.query_string(), content_type);
+    let query = req.query_string().to_string();
+    let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let started = std::time::Instant::now();
     match std::panic::AssertUnwindSafe(next.call(req)).catch_unwind().await {
         Ok(resp) => resp,
         Err(panic) => {
             // The request never reached the counting middleware's end: a bug is a 500 there too.
+            let labels = crate::metrics::requests::classify(&method, &path, &query, &content_type);
             crate::metrics::requests::observe(&labels, 500, started.elapsed());
             let what = panic
                 .downcast_ref::<&str>()

@@ -107,15 +107,12 @@ pub fn classify(method: &str, path: &str, query: &str, content_type: &str) -> Re
         _ => ("", "", &[][..]),
     };
     let group_label = kinds::ALL.iter().map(|k| k.group).chain(["subresources.kubevirt.io"]).find(|g| *g == group);
-    let rest: Vec<&str> = match rest {
-        ["watch", tail @ ..] => tail.to_vec(),
-        tail => tail.to_vec(),
+    let rest = rest.strip_prefix(&["watch"][..]).unwrap_or(rest);
+    let (namespaced, rest) = match rest {
+        ["namespaces", ns, tail @ ..] if !tail.is_empty() => (Some(*ns), tail),
+        tail => (None, tail),
     };
-    let (namespaced, rest) = match rest.as_slice() {
-        ["namespaces", ns, tail @ ..] if !tail.is_empty() => (Some(*ns), tail.to_vec()),
-        tail => (None, tail.to_vec()),
-    };
-    let (resource, name, subresource) = match rest.as_slice() {
+    let (resource, name, subresource) = match rest {
         [resource] => (*resource, None, ""),
         [resource, name] => (*resource, Some(*name), ""),
         [resource, name, sub, ..] => (*resource, Some(*name), known(SUBRESOURCES, sub)),

@@ -191,26 +191,22 @@ impl NodeAgent {
         let node_uid = self.shared.node_uid.clone();
         let pod_network = self.shared.net.as_ref().map(|n| n.config.node_namespace.clone());
         let read = tokio::task::spawn_blocking(move || {
-            // Domain name → its VMI's uid.
-            let ours: HashMap<String, String> = hv
-                .list()?
-                .into_iter()
-                .filter(|d| d.node_uid.as_deref() == Some(node_uid.as_str()))
-                .filter_map(|d| Some((d.name, d.vmi_uid?)))
-                .collect();
             let stats = hv.stats()?;
             Ok::<_, crate::hypervisor::HypervisorError>(
                 stats
                     .into_iter()
                     .filter_map(|mut s| {
-                        let uid = ours.get(&s.name)?;
                         let (namespace, name) = agent::key_of_domain(&prefix, &s.name)?;
+                        // One read of the XML: whose domain it is, and the VMI's names for its devices.
+                        let xml = hv.xml(&s.name).ok()?;
+                        if crate::hypervisor::node_uid_from_xml(&xml).as_deref() != Some(node_uid.as_str()) {
+                            return None;
+                        }
+                        let uid = crate::hypervisor::vmi_uid_from_xml(&xml)?;
                         if let Some(node_namespace) = &pod_network {
-                            network::count_pod_taps(&mut s, node_namespace, uid);
+                            network::count_pod_taps(&mut s, node_namespace, &uid);
                         }
-                        if let Ok(xml) = hv.xml(&s.name) {
-                            crate::hypervisor::stats::name_devices(&mut s, &xml);
-                        }
+                        crate::hypervisor::stats::name_devices(&mut s, &xml);
                         Some((namespace, name, s))
                     })
                     .collect(),

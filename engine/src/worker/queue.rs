@@ -57,7 +57,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
         })
     }
 
-    /// Names the queue in the `workqueue_*` metrics (the first name given stays).
+    /// Names the queue in the `kubevirt_workqueue_*` metrics (the first name given stays).
     pub fn name(&self, name: &str) {
         let m = crate::metrics::WORKQUEUE_DEPTH.with_label_values(&[name]);
         let _ = self.metrics.set(QueueMetrics {
