@@ -151,7 +151,11 @@ pub fn vm_change(op: VmOp, vm: &Value, vmi: Option<&Value>, body: &Value) -> Api
     if grace.is_some_and(|g| !(0..=max).contains(&g)) {
         return Err(ApiError::bad_request(format!("gracePeriod must be between 0 and {max}")));
     }
-    let mut change = VmChange { vmi_grace: grace.filter(|_| live.is_some()), ..VmChange::default() };
+    // virt-api shortens the grace period of any guest not yet finished, one already stopping
+    // included: `virtctl stop --force --grace-period=0` on a guest that ignores ACPI.
+    let unfinished = vmi.filter(|v| !is_final(phase(v)));
+    let old_grace = unfinished.and_then(|v| v.pointer("/spec/terminationGracePeriodSeconds")).and_then(Value::as_i64);
+    let mut change = VmChange { vmi_grace: grace.filter(|_| unfinished.is_some()), ..VmChange::default() };
     let paused = body.get("paused").and_then(Value::as_bool) == Some(true);
     // virtctl start --paused: a Start request carrying startPaused, which the VM controller
     // turns into the new VMI's `startStrategy: Paused`.
@@ -175,7 +179,17 @@ pub fn vm_change(op: VmOp, vm: &Value, vmi: Option<&Value>, body: &Value) -> Api
             other => return Err(ApiError::bad_request(format!("unknown runStrategy {other:?}"))),
         },
         VmOp::Stop => match strategy {
-            RUN_HALTED if live.is_none() => return Err(conflict(vm, "VM is not running")),
+            // Stopping already: only a shorter grace period is something to do.
+            RUN_HALTED if live.is_none() => {
+                let shorter = match (grace, old_grace) {
+                    (Some(new), Some(old)) => new < old,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                if unfinished.is_none() || !shorter {
+                    return Err(conflict(vm, "VM is not running"));
+                }
+            }
             RUN_HALTED => {}
             RUN_ALWAYS | RUN_RERUN_ON_FAILURE => change.set_strategy = Some(RUN_HALTED),
             _ => match live {
@@ -621,5 +635,25 @@ mod tests {
         assert_eq!(c.add_requests.len(), 2);
         assert_eq!(vm_change(VmOp::Restart, &always, None, &json!({})).unwrap_err().code, 409);
         assert_eq!(vm_change(VmOp::Stop, &always, None, &json!({"gracePeriod": -1})).unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn a_forced_stop_shortens_the_grace_of_a_guest_already_stopping() {
+        let halted = vm(json!({"runStrategy": "Halted"}));
+        let mut stopping = vmi("Running");
+        stopping["metadata"]["deletionTimestamp"] = json!("2026-12-04T00:00:00Z");
+        stopping["spec"] = json!({"terminationGracePeriodSeconds": 180});
+        let c = vm_change(VmOp::Stop, &halted, Some(&stopping), &json!({"gracePeriod": 0})).unwrap();
+        assert_eq!((c.vmi_grace, c.set_strategy), (Some(0), None));
+        // Nothing shorter to do: virt-api's conflict.
+        assert_eq!(vm_change(VmOp::Stop, &halted, Some(&stopping), &json!({})).unwrap_err().code, 409);
+        assert_eq!(
+            vm_change(VmOp::Stop, &halted, Some(&stopping), &json!({"gracePeriod": 180})).unwrap_err().code,
+            409
+        );
+        assert_eq!(
+            vm_change(VmOp::Stop, &halted, Some(&vmi("Succeeded")), &json!({"gracePeriod": 0})).unwrap_err().code,
+            409
+        );
     }
 }

@@ -577,10 +577,13 @@ async fn shut_down_for_delete(
         let if_first = Instant::now().checked_add(grace).unwrap_or_else(Instant::now);
         let deadline = {
             let mut d = s.shutdown_deadlines.lock().map_err(|_| ApiError::internal("deadline lock poisoned"))?;
-            *d.entry(uid.clone()).or_insert_with(|| {
+            let deadline = d.entry(uid.clone()).or_insert_with(|| {
                 first_request = true;
                 if_first
-            })
+            });
+            // A grace period shortened meanwhile (a forced stop) brings the deadline forward.
+            *deadline = (*deadline).min(if_first);
+            *deadline
         };
         if first_request {
             let message = "Signaled Graceful Shutdown";
