@@ -48,6 +48,11 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
 # Foreman: the Ruby client its KubeVirt plugin speaks through (fog-kubevirt itself is not packaged).
 ruby -e 'require "kubeclient"' >/dev/null 2>&1 || need+=(ruby-kubeclient)
+# The web console: Node.js and npm (its bundle's drift check, Playwright) and the browser its tests
+# drive (Debian's chromium: Playwright cannot download one here).
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # `converge install`'s unit is checked with systemd-analyze where systemd is not PID 1.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # QEMU's tools go with QEMU: installing Debian's qemu-system-x86 over an image's newer qemu-utils

@@ -28,6 +28,7 @@ pub mod state;
 pub mod subresources;
 pub mod table;
 mod tokens;
+mod ui;
 pub mod upload;
 mod watch;
 

@@ -290,6 +290,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             .route("/openapi/v3/apis/{group}/{version}", web::get().to(openapi_v3_group))
             .route("/openapi.json", web::get().to(own_openapi))
             .route("/docs", web::get().to(docs))
+            .configure(crate::ui::routes)
             .service(
                 web::resource("/converge/v1/tokens")
                     .route(web::post().to(tokens::create))
@@ -396,7 +397,8 @@ fn close_database_files(dir: &std::path::Path) {
 }
 
 /// Routes anyone may call: health and version, as on a Kubernetes apiserver; and the docs shell,
-/// which holds no data and asks for a token before it loads anything.
+/// which holds no data and asks for a token before it loads anything (the web console's routes,
+/// `ui::is_public`, likewise).
 pub const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version", "/docs"];
 
 async fn authenticate(
@@ -407,7 +409,8 @@ async fn authenticate(
     let (method, path) = (req.method().clone(), req.path().to_string());
     let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
     let labels = crate::metrics::requests::classify(method.as_str(), &path, req.query_string(), content_type);
-    if !PUBLIC_PATHS.contains(&req.path()) && !upload::PATHS.contains(&req.path()) {
+    if !PUBLIC_PATHS.contains(&req.path()) && !upload::PATHS.contains(&req.path()) && !crate::ui::is_public(req.path())
+    {
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let token = auth::bearer_token(header("authorization").as_deref(), header("sec-websocket-protocol").as_deref());
         let state = req.app_data::<web::Data<AppState>>().cloned();
