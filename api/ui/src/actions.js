@@ -7,7 +7,8 @@ import { h, notify, confirmDialog } from "./dom.js";
 export function actionsFor(vm, vmi) {
   const status = vm?.status?.printableStatus || "";
   const running = Boolean(vmi) && vmi.status?.phase === "Running";
-  const paused = (vmi?.status?.conditions || []).some((c) => c.type === "Paused" && c.status === "True");
+  const holds = (type) => (vmi?.status?.conditions || []).some((c) => c.type === type && c.status === "True");
+  const paused = holds("Paused");
   const stopped = ["Stopped", "Stopping", ""].includes(status) && !running;
   return {
     start: stopped,
@@ -17,7 +18,8 @@ export function actionsFor(vm, vmi) {
     restart: running,
     pause: running && !paused,
     unpause: running && paused,
-    migrate: running && !paused,
+    // Offered where the guest can move (its LiveMigratable condition), as virtctl would refuse.
+    migrate: running && !paused && holds("LiveMigratable"),
     delete: true,
   };
 }

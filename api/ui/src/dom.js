@@ -86,7 +86,15 @@ export function setProgress(bar, percent) {
 export function notify(message, kind = "info") {
   const box = document.getElementById("notice");
   if (!box) return;
+  box.dataset.at = String(Date.now());
   fill(box, message ? h("p", { class: `notice notice-${kind}` }, message) : null);
+}
+
+/// Clears a message left from an earlier page; one set just now (say, by the action that moved
+/// here) stays.
+export function clearStaleNotice() {
+  const box = document.getElementById("notice");
+  if (box && Date.now() - Number(box.dataset.at || 0) > 1500) fill(box);
 }
 
 /// Asks before something that cannot be undone; resolves true when confirmed. A native <dialog>:

@@ -3,7 +3,7 @@
 // and sockets end when the page is left).
 import "./app.css";
 import { session, whenExpired } from "./api.js";
-import { h, fill, notify } from "./dom.js";
+import { h, fill, notify, clearStaleNotice } from "./dom.js";
 import { go, target } from "./router.js";
 import { loginPage } from "./pages/login.js";
 import { namespacesPage, currentNamespace, rememberNamespace } from "./pages/namespaces.js";
@@ -69,6 +69,7 @@ function render() {
     go(ns ? `/ns/${ns}/vms` : "/namespaces");
     return;
   }
+  clearStaleNotice();
   const nsMatch = path.match(/^\/ns\/([^/]+)\//);
   if (nsMatch) rememberNamespace(decodeURIComponent(nsMatch[1]));
   fill(navEl, path === "/login" ? [] : nav(currentNamespace()));

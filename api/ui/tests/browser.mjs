@@ -9,7 +9,7 @@
 // Each step prints what it did; the first failure ends the run with a non-zero status and a
 // screenshot of where it stood.
 import { chromium } from "playwright-core";
-import { readFileSync, mkdirSync } from "node:fs";
+import { readFileSync, mkdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import yaml from "js-yaml";
 
@@ -22,6 +22,7 @@ const base = env("CONVERGE_URL");
 const kubeconfig = readFileSync(env("CONVERGE_KUBECONFIG"), "utf8");
 const shots = env("CONVERGE_SCREENSHOTS");
 mkdirSync(shots, { recursive: true });
+rmSync(join(shots, "failure.png"), { force: true });
 const VM = "webvm";
 const BOOT = 180_000;
 

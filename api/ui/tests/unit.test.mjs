@@ -100,12 +100,14 @@ test("readings: progress, actions, addresses, rows, tone, age", () => {
   assert.equal(percentOf({ status: { progress: "N/A" } }), null);
   assert.equal(percentOf({ status: { phase: "Succeeded", progress: "N/A" } }), 100);
   const vm = { status: { printableStatus: "Running" } };
-  const vmi = { status: { phase: "Running", conditions: [] } };
+  const vmi = { status: { phase: "Running", conditions: [{ type: "LiveMigratable", status: "True" }] } };
   assert.deepEqual(actionsFor(vm, vmi), { start: false, stop: true, forcestop: false, restart: true, pause: true, unpause: false, migrate: true,
     delete: true });
   const paused = { status: { phase: "Running", conditions: [{ type: "Paused", status: "True" }] } };
   assert.equal(actionsFor({ status: { printableStatus: "Paused" } }, paused).unpause, true);
   assert.equal(actionsFor({ status: { printableStatus: "Stopped" } }, null).start, true);
+  assert.equal(actionsFor(vm, { status: { phase: "Running", conditions: [{ type: "LiveMigratable", status: "False" }] } }).migrate,
+    false);
   const stopping = actionsFor({ status: { printableStatus: "Stopping" } }, vmi);
   assert.ok(stopping.forcestop && !stopping.stop && !stopping.start);
   assert.deepEqual(addresses({ status: { interfaces: [{ ipAddresses: ["10.0.2.2", "fd00::2"] }, { ipAddress: "10.0.2.2" }] } }),
