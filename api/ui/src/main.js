@@ -82,6 +82,8 @@ function render() {
     // Focus starts at the page (a screen reader reads it from the top) unless the page put it on
     // its first control.
     if (!main.contains(document.activeElement) || document.activeElement === document.body) main.focus({ preventScroll: true });
+    // Each page its own title, so history and screen readers tell them apart.
+    document.title = `${main.querySelector("h1")?.textContent || "Converge"} · Converge`;
     return;
   }
   fill(main, h("h1", {}, "Not found"), h("p", {}, "There is no page here. ", h("a", { href: "#/" }, "Start over.")));

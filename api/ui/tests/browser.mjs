@@ -150,6 +150,12 @@ try {
         null, { timeout: 5_000 }).then(() => true, () => false);
     }
     if (!answered) throw new Error(`no answer: ${await page.locator("#serial-console .xterm-rows").textContent()}`);
+    // Escape then Tab leaves the terminal: a keyboard user is not trapped in it.
+    await page.keyboard.press("Escape");
+    await page.keyboard.press("Tab");
+    const inside = await page.evaluate(() => document.querySelector("#serial-console").contains(document.activeElement));
+    if (inside) throw new Error("Escape, Tab left the focus in the terminal");
+    if (!(await page.title()).startsWith(VM)) throw new Error(`the page's title is ${await page.title()}`);
     await shot("vm-console");
   });
 
