@@ -113,6 +113,13 @@ try {
     await page.getByText("container image").first().waitFor();
   });
 
+  await step("pause and unpause, live", async () => {
+    await page.getByRole("button", { name: `Pause ${VM}` }).click();
+    await page.waitForFunction(() => document.querySelector("#vm-status")?.dataset.status === "Paused", null, { timeout: 30_000 });
+    await page.getByRole("button", { name: `Unpause ${VM}` }).click();
+    await page.waitForFunction(() => document.querySelector("#vm-status")?.dataset.status === "Running", null, { timeout: 30_000 });
+  });
+
   await step("markup in an Event's message is shown as text, never run (a hostile tenant's event)", async () => {
     await page.evaluate(async (name) => {
       const token = sessionStorage.getItem("converge.token");
@@ -266,26 +273,27 @@ try {
     await page.getByText("No virtual machines here yet.").waitFor({ timeout: 60_000 });
   });
 
-  await step("an expired token sends the tab back to the login page", async () => {
+  await step("a tenant's token lands in its namespace; once expired, the tab goes back to the login page", async () => {
     // An admin issues a token for default that lives five seconds.
     const issued = await page.evaluate(async () => {
       const token = sessionStorage.getItem("converge.token");
       const r = await fetch("/converge/v1/tokens", { method: "POST",
         headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
-        body: JSON.stringify({ subject: "short-lived", role: "edit", namespaces: ["default"], ttlSeconds: 5 }) });
+        body: JSON.stringify({ subject: "short-lived", role: "edit", namespaces: ["default"], ttlSeconds: 8 }) });
       if (r.status !== 201) throw new Error(`token: ${r.status} ${await r.text()}`);
       return (await r.json()).token;
     });
-    const expires = Date.now() + 5_000;
+    const expires = Date.now() + 8_000;
     const short = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 } });
     const tab = await short.newPage();
     await tab.goto(`${base}/ui/`);
     await tab.getByLabel("Bearer token").fill(issued);
     await tab.getByRole("button", { name: "Log in" }).click();
     await tab.waitForURL(/#\/ns\/default\/vms$/);
+    await tab.getByText("No virtual machines here yet.").waitFor();
     const wait = expires - Date.now() + 1500;
     if (wait > 0) await tab.waitForTimeout(wait);
-    await tab.getByRole("link", { name: "Namespaces" }).click();
+    await tab.getByRole("link", { name: "Storage" }).click();
     await tab.waitForURL(/#\/login$/);
     await tab.getByText("Your session has expired").waitFor();
     if (await tab.evaluate(() => sessionStorage.getItem("converge.token"))) throw new Error("the expired token was kept");
