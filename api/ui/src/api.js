@@ -126,7 +126,15 @@ export function follow(path, onChange, { onError = () => {}, query = "" } = {}) 
   const abort = new AbortController();
   let stopped = false;
   const key = (o) => `${o.metadata?.namespace || ""}/${o.metadata?.name}`;
-  const emit = () => onChange([...objects.values()].sort((a, b) => key(a).localeCompare(key(b))));
+  // A burst of events (a hundred VMs starting) redraws once, not a hundred times.
+  let pending = null;
+  const emit = () => {
+    if (pending !== null) return;
+    pending = setTimeout(() => {
+      pending = null;
+      if (!stopped) onChange([...objects.values()].sort((a, b) => key(a).localeCompare(key(b))));
+    }, 40);
+  };
   const sep = query ? "&" : "";
 
   async function list() {
@@ -177,8 +185,12 @@ export function follow(path, onChange, { onError = () => {}, query = "" } = {}) 
     while (!stopped) {
       try {
         if (version === null) version = await list();
+        const began = Date.now();
         version = await watch(version);
-        backoff = 250;
+        // The server ended the watch (its timeout): follow on at once, unless it keeps ending
+        // them as soon as they begin.
+        if (Date.now() - began > 1000) backoff = 250;
+        else await new Promise((r) => setTimeout(r, backoff));
       } catch (e) {
         if (stopped || e.name === "AbortError") return;
         if (e.code === 401) return;
@@ -187,6 +199,8 @@ export function follow(path, onChange, { onError = () => {}, query = "" } = {}) 
           return;
         }
         version = null;
+        // 410: the log moved past the version; a fresh list is the normal way on.
+        if (e.code === 410) continue;
         onError(e);
         await new Promise((r) => setTimeout(r, backoff));
         backoff = Math.min(backoff * 2, 5000);
@@ -195,6 +209,7 @@ export function follow(path, onChange, { onError = () => {}, query = "" } = {}) 
   })();
   return () => {
     stopped = true;
+    clearTimeout(pending);
     abort.abort();
   };
 }

@@ -31,24 +31,34 @@ export function hostsPage(main) {
   const all = h("input", { type: "checkbox", id: "hosts-all" });
   const body = h("div", {}, h("p", {}, "Loading…"));
   const refresh = h("button", { type: "button", class: "secondary" }, "Refresh");
-  async function load() {
+  const more = h("button", { type: "button", class: "secondary", hidden: true }, "Show more");
+  let next = null;
+  async function load(append = false) {
     refresh.disabled = true;
     try {
-      const query = !all.checked && ns ? `?namespace=${encodeURIComponent(ns)}` : "";
-      const list = await get(`${paths.hosts()}${query}`);
-      fill(body, (list.items || []).length ? list.items.map(hostCard) : h("p", { class: "empty" }, "No host records."));
+      const params = new URLSearchParams();
+      if (!all.checked && ns) params.set("namespace", ns);
+      if (append && next) params.set("continue", next);
+      const list = await get(`${paths.hosts()}?${params}`);
+      next = list.continue || null;
+      more.hidden = !next;
+      const cards = (list.items || []).map(hostCard);
+      if (append) body.append(...cards);
+      else fill(body, cards.length ? cards : h("p", { class: "empty" }, "No host records."));
     } catch (e) {
       fill(body, h("p", { class: "error" }, `Cannot list host records: ${e.message}`));
     } finally {
       refresh.disabled = false;
     }
   }
-  refresh.addEventListener("click", load);
-  all.addEventListener("change", load);
+  refresh.addEventListener("click", () => load());
+  all.addEventListener("change", () => load());
+  more.addEventListener("click", () => load(true));
   main.append(
     h("div", { class: "title-row" }, h("h1", {}, "Hosts ", h("span", { class: "muted" }, "(/bridge/v1 records)")), refresh),
     ns ? h("div", { class: "field check" }, all, h("label", { for: "hosts-all" }, `Every namespace, not only ${ns}`)) : null,
     body,
+    more,
   );
   load();
 }

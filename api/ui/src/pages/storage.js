@@ -47,10 +47,21 @@ export function storagePage(main, ns) {
     }
   }, { onError: (e) => fill(list, h("p", { class: "error" }, `Cannot list DataVolumes: ${e.message}`)) });
 
-  const ready = (name) => new Promise((resolve) => {
+  const ready = (name) => new Promise((resolve, reject) => {
     const dv = dvs.find((d) => d.metadata.name === name);
-    if (dv && ["UploadReady", "Failed"].includes(dv.status?.phase)) resolve(dv);
-    else waiting.set(name, resolve);
+    if (dv && ["UploadReady", "Failed"].includes(dv.status?.phase)) {
+      resolve(dv);
+      return;
+    }
+    const timer = setTimeout(() => {
+      waiting.delete(name);
+      const phase = dvs.find((d) => d.metadata.name === name)?.status?.phase || "Pending";
+      reject(new Error(`${name} was not ready for an upload within 5 minutes (it is ${phase}); its events say why`));
+    }, 300_000);
+    waiting.set(name, (v) => {
+      clearTimeout(timer);
+      resolve(v);
+    });
   });
   main.append(uploadForm(ns, ready));
   return stop;

@@ -31,8 +31,16 @@ export function vmListPage(main, ns) {
         actionButtons(ns, vm, vmi, { small: true }),
       ];
     });
+    // A redraw keeps the keyboard's place: the focused button or link is focused again.
+    const focused = body.contains(document.activeElement) ? document.activeElement.getAttribute("aria-label")
+      || document.activeElement.textContent : null;
     fill(body, table(`Virtual machines in ${ns}`, ["Name", "Status", "Node", "IPs", "Age", "Actions"], rows,
       "No virtual machines here yet."));
+    if (focused) {
+      const again = [...body.querySelectorAll("a, button")].find((el) =>
+        (el.getAttribute("aria-label") || el.textContent) === focused);
+      again?.focus();
+    }
   }
 
   const failed = (what) => (e) =>
