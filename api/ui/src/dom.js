@@ -29,12 +29,13 @@ export function fill(el, ...children) {
   return el;
 }
 
-/// A table in a scrolling wrapper (phones), with a caption for screen readers.
+/// A table in a scrolling wrapper (phones), with a caption for screen readers; the wrapper takes
+/// focus so the keyboard can scroll it too.
 export function table(caption, headers, rows, empty = "None.") {
   if (!rows.length) return h("p", { class: "empty" }, empty);
   return h(
     "div",
-    { class: "table-wrap" },
+    { class: "table-wrap", tabindex: 0, role: "region", "aria-label": caption },
     h(
       "table",
       {},

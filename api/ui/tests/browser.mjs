@@ -263,6 +263,44 @@ try {
     await page.setViewportSize({ width: 1280, height: 800 });
   });
 
+  await step("axe-core finds no serious or critical accessibility problem on any page", async () => {
+    // A context of its own that lets axe's script in (the console's policy would refuse it).
+    const audit = await browser.newContext({ ignoreHTTPSErrors: true, bypassCSP: true, viewport: { width: 1280, height: 800 } });
+    const tab = await audit.newPage();
+    const axe = readFileSync(new URL("../node_modules/axe-core/axe.min.js", import.meta.url), "utf8");
+    const token = await page.evaluate(() => sessionStorage.getItem("converge.token"));
+    await tab.goto(`${base}/ui/#/login`);
+    await tab.addScriptTag({ content: axe });
+    const problems = [];
+    const check = async (where) => {
+      await tab.waitForFunction(() => document.querySelector("main h1") && !document.querySelector("main")?.textContent.includes("Loading…"));
+      const found = await tab.evaluate(async () => (await window.axe.run(document, { resultTypes: ["violations"] })).violations
+        .filter((v) => ["serious", "critical"].includes(v.impact))
+        .map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(" ")).slice(0, 3).join(", ")}`));
+      for (const f of found) problems.push(`${where}: ${f}`);
+    };
+    await check("#/login");
+    await tab.evaluate((t) => sessionStorage.setItem("converge.token", t), token);
+    for (const hash of ["#/namespaces", "#/ns/default/vms", `#/ns/default/vms/${VM}`, `#/ns/default/vms/${VM}/yaml`,
+      "#/ns/default/create", "#/ns/default/storage", "#/hosts"]) {
+      await tab.evaluate((h) => {
+        location.hash = h;
+      }, hash);
+      await tab.waitForTimeout(300);
+      await check(hash);
+    }
+    // And at a phone's width, where tables scroll sideways.
+    await tab.setViewportSize({ width: 390, height: 844 });
+    await check("#/hosts (phone)");
+    await tab.evaluate(() => {
+      location.hash = "#/ns/default/vms";
+    });
+    await tab.waitForTimeout(300);
+    await check("#/ns/default/vms (phone)");
+    await audit.close();
+    if (problems.length) throw new Error(`accessibility problems:\n${problems.join("\n")}`);
+  });
+
   await step("delete asks first, then the VM goes from the list", async () => {
     await page.getByRole("button", { name: `Delete ${VM}` }).click();
     const dialog = page.getByRole("dialog");

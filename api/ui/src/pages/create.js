@@ -143,7 +143,8 @@ export function createPage(main, ns) {
     f.dataset.for = key;
     return f;
   };
-  const preview = h("pre", { class: "json", "aria-label": "The JSON that will be sent" });
+  // Focusable, so the keyboard can scroll it.
+  const preview = h("pre", { class: "json", tabindex: 0, role: "region", "aria-label": "The JSON that will be sent" });
   const submit = h("button", { type: "submit" }, "Create");
   const form = h("form", { class: "create", novalidate: true },
     h("fieldset", {}, h("legend", {}, "Name and size"),
