@@ -126,14 +126,17 @@ export function follow(path, onChange, { onError = () => {}, query = "" } = {}) 
   const abort = new AbortController();
   let stopped = false;
   const key = (o) => `${o.metadata?.namespace || ""}/${o.metadata?.name}`;
-  // A burst of events (a hundred VMs starting) redraws once, not a hundred times.
+  // A burst of events (a hundred VMs starting) redraws once per 40 ms, not a hundred times; a
+  // lone event is drawn at once.
   let pending = null;
+  let last = 0;
+  const deliver = () => {
+    pending = null;
+    last = performance.now();
+    if (!stopped) onChange([...objects.values()].sort((a, b) => key(a).localeCompare(key(b))));
+  };
   const emit = () => {
-    if (pending !== null) return;
-    pending = setTimeout(() => {
-      pending = null;
-      if (!stopped) onChange([...objects.values()].sort((a, b) => key(a).localeCompare(key(b))));
-    }, 40);
+    if (pending === null) pending = setTimeout(deliver, Math.max(0, last + 40 - performance.now()));
   };
   const sep = query ? "&" : "";
 
