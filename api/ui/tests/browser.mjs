@@ -247,9 +247,20 @@ try {
     await shot("storage");
   });
 
-  await step("the hosts page lists /bridge/v1 records", async () => {
+  await step("the hosts page lists /bridge/v1 records with their steps", async () => {
+    // A pipeline provisions a host through the bridge.
+    await page.evaluate(async () => {
+      const token = sessionStorage.getItem("converge.token");
+      const r = await fetch("/bridge/v1/hosts", { method: "POST",
+        headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+        body: JSON.stringify({ name: "pipeline-host", memory: "128Mi", start: false,
+          disks: [{ name: "root", size: "16Mi", source: { blank: {} } }] }) });
+      if (r.status >= 300) throw new Error(`host: ${r.status} ${await r.text()}`);
+    });
     await page.getByRole("link", { name: "Hosts" }).click();
-    await page.getByText(/No host records|Steps of/).first().waitFor();
+    const card = page.getByRole("article", { name: "Host default/pipeline-host" });
+    await card.getByRole("table", { name: "Steps of default/pipeline-host" }).waitFor();
+    await card.getByRole("cell", { name: /VirtualMachine pipeline-host/ }).waitFor();
     await shot("hosts");
   });
 
@@ -308,7 +319,7 @@ try {
     await page.getByRole("row", { name: new RegExp(VM) }).waitFor();
     await page.getByRole("button", { name: `Delete ${VM}` }).click();
     await dialog.getByRole("button", { name: `Delete ${VM}` }).click();
-    await page.getByText("No virtual machines here yet.").waitFor({ timeout: 60_000 });
+    await page.getByRole("row", { name: new RegExp(VM) }).waitFor({ state: "detached", timeout: 60_000 });
   });
 
   await step("a tenant's token lands in its namespace; once expired, the tab goes back to the login page", async () => {
@@ -328,7 +339,7 @@ try {
     await tab.getByLabel("Bearer token").fill(issued);
     await tab.getByRole("button", { name: "Log in" }).click();
     await tab.waitForURL(/#\/ns\/default\/vms$/);
-    await tab.getByText("No virtual machines here yet.").waitFor();
+    await tab.getByRole("row", { name: /pipeline-host/ }).waitFor();
     const wait = expires - Date.now() + 1500;
     if (wait > 0) await tab.waitForTimeout(wait);
     await tab.getByRole("link", { name: "Storage" }).click();
