@@ -6,7 +6,8 @@
 
 mod common;
 
-use common::guests::{guest_dir, spawn_guest_app, within};
+use common::guests::{guest_dir, within};
+use common::netapp::spawn_net_app;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,7 +41,10 @@ fn chromium() -> String {
 async fn the_web_console_works_in_a_real_browser() {
     node_modules();
     let browser = chromium();
-    let g = spawn_guest_app().await;
+    // A node with a pod network (on addresses of this test's own, nothing leaving the host), so
+    // the guest's address reaches the VM list.
+    let net = spawn_net_app(42).await;
+    let g = &net.g;
     g.agent().images().import(&guest_dir().join("oci-disk"), None).expect("import the disk image");
     // A small raw image to upload: 4 MiB that is not all zeroes, so it is really sent.
     let upload = g.app.dir.path().join("upload.img");

@@ -141,6 +141,8 @@ try {
     const row = page.getByRole("row", { name: new RegExp(VM) });
     await row.getByText("Running").waitFor();
     await row.getByText("node-1").waitFor();
+    // The pod address, when the node reports it, without a reload.
+    await row.getByRole("cell", { name: /^\d+\.\d+\.\d+\.\d+$/ }).waitFor({ timeout: 60_000 });
     await shot("vm-list");
   });
 
