@@ -1,5 +1,6 @@
-//! The web console at `/ui/`: a page and its two assets, built from `api/ui` by esbuild and
-//! committed under `api/ui/dist`, so a plain `cargo build` needs neither npm nor the network.
+//! The web console at `/ui/`: a page (`api/ui/src/index.html`) and its two assets, built from
+//! `api/ui/src` by esbuild and committed under `api/ui/dist`, so a plain `cargo build` needs
+//! neither npm nor the network.
 //! They hold no data: the page asks for a token and reads everything else through the API, so
 //! the routes are public, as `/docs` is.
 
@@ -16,7 +17,7 @@ struct Asset {
 }
 
 const ASSETS: &[Asset] = &[
-    Asset { path: "/ui/", content_type: "text/html; charset=utf-8", body: include_bytes!("../ui/dist/index.html") },
+    Asset { path: "/ui/", content_type: "text/html; charset=utf-8", body: include_bytes!("../ui/src/index.html") },
     Asset {
         path: "/ui/assets/app.js",
         content_type: "text/javascript; charset=utf-8",

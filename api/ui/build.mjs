@@ -1,10 +1,10 @@
-// Builds the web console into dist/ (committed; `converge serve` embeds it with include_bytes!):
-//   dist/index.html, dist/assets/app.js (every module, xterm.js, noVNC and js-yaml in one ES
-//   module), dist/assets/app.css (ours and xterm.js's).
+// Builds the web console's assets into dist/ (committed; `converge serve` embeds them, and the
+// page src/index.html as it is, with include_bytes!): dist/assets/app.js (every module,
+// xterm.js, noVNC and js-yaml in one ES module), dist/assets/app.css (ours and xterm.js's).
 // `node build.mjs --check` builds into a scratch directory and fails when dist/ differs from it,
 // so a change to src/ or to the lockfile that was not rebuilt cannot land.
 import * as esbuild from "esbuild";
-import { mkdtempSync, readFileSync, writeFileSync, mkdirSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -12,7 +12,7 @@ import { fileURLToPath } from "node:url";
 const here = dirname(fileURLToPath(import.meta.url));
 const check = process.argv.includes("--check");
 const out = check ? mkdtempSync(join(tmpdir(), "converge-ui-")) : join(here, "dist");
-const files = ["index.html", "assets/app.js", "assets/app.css"];
+const files = ["assets/app.js", "assets/app.css"];
 
 mkdirSync(join(out, "assets"), { recursive: true });
 await esbuild.build({
@@ -27,7 +27,6 @@ await esbuild.build({
   loader: { ".css": "css" },
   logLevel: "warning",
 });
-writeFileSync(join(out, "index.html"), readFileSync(join(here, "src/index.html")));
 
 if (check) {
   const stale = files.filter((f) => !readFileSync(join(out, f)).equals(readFileSync(join(here, "dist", f))));

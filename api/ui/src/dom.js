@@ -29,11 +29,11 @@ export function fill(el, ...children) {
   return el;
 }
 
-/// A table in a scrolling wrapper (phones), with a caption for screen readers; the wrapper takes
-/// focus so the keyboard can scroll it too.
-export function table(caption, headers, rows, empty = "None.") {
-  if (!rows.length) return h("p", { class: "empty" }, empty);
-  return h(
+/// An empty table in a scrolling wrapper (phones), with a caption for screen readers; the
+/// wrapper takes focus so the keyboard can scroll it too. Its rows go into `tbody`.
+export function tableShell(caption, headers) {
+  const tbody = h("tbody");
+  const wrap = h(
     "div",
     { class: "table-wrap", tabindex: 0, role: "region", "aria-label": caption },
     h(
@@ -41,9 +41,18 @@ export function table(caption, headers, rows, empty = "None.") {
       {},
       h("caption", { class: "visually-hidden" }, caption),
       h("thead", {}, h("tr", {}, headers.map((x) => h("th", { scope: "col" }, x)))),
-      h("tbody", {}, rows.map((r) => h("tr", {}, r.map((c) => h("td", {}, c))))),
+      tbody,
     ),
   );
+  return { wrap, tbody };
+}
+
+/// A table of `rows` (arrays of cells), or `empty` when there are none.
+export function table(caption, headers, rows, empty = "None.") {
+  if (!rows.length) return h("p", { class: "empty" }, empty);
+  const { wrap, tbody } = tableShell(caption, headers);
+  tbody.append(...rows.map((r) => h("tr", {}, r.map((c) => h("td", {}, c)))));
+  return wrap;
 }
 
 /// "3m", "2h", "5d": the age column kubectl prints.

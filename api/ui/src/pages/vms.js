@@ -3,7 +3,7 @@
 // guest changed, so a create among a thousand VMs touches one row (and the keyboard's focus
 // stays where it was).
 import { follow, paths } from "../api.js";
-import { h, fill, age } from "../dom.js";
+import { h, fill, age, tableShell } from "../dom.js";
 import { actionButtons } from "../actions.js";
 import { addresses, nodeOf, printable, tone } from "../vmstate.js";
 
@@ -15,10 +15,7 @@ export function vmListPage(main, ns) {
   const rows = new Map(); // name → { version, tr }
   const body = h("div", {}, h("p", {}, "Loading…"));
   const caption = `Virtual machines in ${ns}`;
-  const tbody = h("tbody");
-  const wrap = h("div", { class: "table-wrap", tabindex: 0, role: "region", "aria-label": caption },
-    h("table", {}, h("caption", { class: "visually-hidden" }, caption),
-      h("thead", {}, h("tr", {}, HEADERS.map((x) => h("th", { scope: "col" }, x)))), tbody));
+  const { wrap, tbody } = tableShell(caption, HEADERS);
   const empty = h("p", { class: "empty" }, "No virtual machines here yet.");
   main.append(
     h("div", { class: "title-row" },
